@@ -1,0 +1,342 @@
+//! Wiring, supervision and shutdown: the only place that spawns tasks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, GATEWAY_DEVICE};
+use crate::model::{now_ms, Health, Severity, Values};
+use crate::sink::mqtt::{MqttSink, RunInfo, SinkCounters, SINK_NAME};
+use crate::source::{self, DeviceHandle};
+use crate::spool::{Spool, StartReport};
+use crate::status::StatusHub;
+
+/// Budget for a clean stop after SIGTERM (systemd's default is 90 s; the
+/// promise is 10 s).
+const STOP_SOURCES: Duration = Duration::from_secs(2);
+const STOP_SINK: Duration = Duration::from_secs(5);
+
+/// What a running gateway exposes to its caller (tests, main).
+pub struct Running {
+    pub status: StatusHub,
+    pub spool: Arc<Spool>,
+}
+
+/// Runs the gateway until `cancel`, then stops cleanly. `ready` is called
+/// once the config is valid and the spool is open.
+pub async fn run(
+    cfg: Config,
+    cancel: CancellationToken,
+    ready: impl FnOnce(&Running),
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let spool_cfg = cfg.spool.clone();
+    let site = cfg.site.clone();
+    let (spool, report) =
+        tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &site, &[SINK_NAME]))
+            .await
+            .context("opening the spool")?
+            .with_context(|| format!("opening the spool at {}", cfg.spool.path.display()))?;
+    let status = StatusHub::new(&cfg.site);
+    let gateway = DeviceHandle::new(
+        GATEWAY_DEVICE,
+        "gateway",
+        cfg.gateway.telemetry_interval,
+        spool.clone(),
+        status.clone(),
+    );
+    report_start(&gateway, &report);
+
+    let running = Running {
+        status: status.clone(),
+        spool: spool.clone(),
+    };
+    ready(&running);
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(
+        site = %cfg.site,
+        devices = cfg.devices.len(),
+        spool = %cfg.spool.path.display(),
+        policy = ?cfg.spool.policy,
+        "wardgate started"
+    );
+
+    let sources = TaskTracker::new();
+    let sources_stop = CancellationToken::new();
+    let sink_stop = CancellationToken::new();
+    let flusher_stop = CancellationToken::new();
+    let infra = TaskTracker::new();
+
+    infra.spawn(spool.clone().run_flusher(flusher_stop.clone()));
+
+    let counters = Arc::new(SinkCounters::default());
+    let lane = spool
+        .lane(SINK_NAME)
+        .context("the spool has no lane for the MQTT sink")?;
+    let run_info = RunInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        boot_id: boot_id(),
+        run_id: format!("{:016x}", rand::random::<u64>()),
+        started_ms: now_ms(),
+    };
+    let sink = MqttSink::new(
+        cfg.clone(),
+        lane,
+        status.clone(),
+        run_info,
+        counters.clone(),
+    );
+    let sink_task = tokio::spawn(sink.run(sink_stop.clone()));
+
+    let mut handles = vec![gateway.clone()];
+    for dev in &cfg.devices {
+        let h = DeviceHandle::new(
+            dev.id(),
+            dev.kind(),
+            dev.interval(),
+            spool.clone(),
+            status.clone(),
+        );
+        handles.push(h.clone());
+        sources.spawn(source::run(dev.clone(), h, sources_stop.clone()));
+    }
+    sources.spawn(health_monitor(handles, sources_stop.clone()));
+    sources.spawn(gateway_telemetry(
+        cfg.clone(),
+        gateway,
+        status.clone(),
+        spool.clone(),
+        counters.clone(),
+        sources_stop.clone(),
+    ));
+    sources.spawn(status_refresher(
+        status.clone(),
+        spool.clone(),
+        counters.clone(),
+        sources_stop.clone(),
+    ));
+    sources.spawn(watchdog(spool.clone(), sources_stop.clone()));
+    sources.close();
+
+    cancel.cancelled().await;
+    tracing::info!("stopping");
+    notify(&[sd_notify::NotifyState::Stopping]);
+
+    // 1. No new readings.
+    sources_stop.cancel();
+    if tokio::time::timeout(STOP_SOURCES, sources.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sources did not stop in time");
+    }
+    // 2. Everything unacknowledged goes to disk before anything else.
+    let s = spool.clone();
+    match tokio::task::spawn_blocking(move || s.flush(true)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "final spool write failed"),
+        Err(e) => tracing::error!(error = %e, "final spool write task failed"),
+    }
+    // 3. Offline status and disconnect.
+    sink_stop.cancel();
+    if tokio::time::timeout(STOP_SINK, sink_task).await.is_err() {
+        tracing::warn!("MQTT sink did not stop in time");
+    }
+    flusher_stop.cancel();
+    infra.close();
+    infra.wait().await;
+    // 4. Acknowledged rows deleted, sequence positions recorded, marked clean.
+    let s = spool.clone();
+    tokio::task::spawn_blocking(move || s.close())
+        .await
+        .context("closing the spool")?
+        .context("closing the spool")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The kernel's boot id, so the operations centre can tell a reboot from a
+/// restart of the service.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Tells the operations centre what opening the spool found.
+fn report_start(gateway: &DeviceHandle, report: &StartReport) {
+    if let Some((aside, reason)) = &report.moved_aside {
+        let mut v = Values::new();
+        v.set("spool.moved_to", aside.display().to_string());
+        v.set("spool.reason", reason.clone());
+        let msg = format!(
+            "The spool was unreadable ({reason}) and was moved to {}; a new one was started. Readings in it were not sent.",
+            aside.display()
+        );
+        if let Err(e) = gateway.event(Severity::Critical, "spool.corrupt", &msg, v) {
+            tracing::error!(error = %e, "could not record the spool event");
+        }
+    }
+    if !report.resumed_unclean.is_empty() {
+        let mut v = Values::new();
+        let mut parts = Vec::new();
+        for (dev, kind, at) in &report.resumed_unclean {
+            let name = format!(
+                "seq_resumed.{dev}.{}",
+                match kind {
+                    crate::model::Kind::Sample => "samples",
+                    crate::model::Kind::Event => "events",
+                }
+            );
+            v.num(&name, *at as f64);
+            parts.push(format!("{dev} {kind:?} at {at}").to_lowercase());
+        }
+        let msg = format!(
+            "wardgate did not stop cleanly last time (power cut or crash). Sequence numbers resume after the reserved block ({}): a jump there is not a loss; readings taken in the last moments before the stop may be missing.",
+            parts.join(", ")
+        );
+        if let Err(e) = gateway.event(Severity::Warning, "gateway.unclean_stop", &msg, v) {
+            tracing::error!(error = %e, "could not record the restart event");
+        }
+    }
+}
+
+async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for h in handles.iter().filter(|h| h.id() != GATEWAY_DEVICE) {
+            if let Err(e) = h.check_stale() {
+                tracing::error!(device = h.id(), error = %e, "health event not kept");
+            }
+        }
+    }
+}
+
+/// The gateway's own health on `{prefix}/{site}/gateway/telemetry`.
+async fn gateway_telemetry(
+    cfg: Arc<Config>,
+    gateway: DeviceHandle,
+    status: StatusHub,
+    spool: Arc<Spool>,
+    counters: Arc<SinkCounters>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(cfg.gateway.telemetry_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_msgs = 0u64;
+    let mut last_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snap = status.get();
+        let st = spool.stats();
+        let c = spool.counters();
+        let mut v = Values::new();
+        v.num("spool.depth", st.disk_rows as f64);
+        v.num("spool.bytes", st.disk_bytes as f64);
+        v.num("spool.memory", st.memory as f64);
+        v.num("spool.dropped", st.dropped as f64);
+        v.num("spool.write_errors", st.write_errors as f64);
+        v.num("spool.spilled", c.spilled.load(Ordering::Relaxed) as f64);
+        v.set("mqtt.connected", snap.uplink.connected);
+        let up = if snap.uplink.connected {
+            ((now_ms() - snap.uplink.since_ms).max(0) / 1000) as f64
+        } else {
+            0.0
+        };
+        v.num("mqtt.link_uptime", up);
+        v.num("mqtt.reconnects", snap.uplink.reconnects as f64);
+        let msgs = counters.messages_acked.load(Ordering::Relaxed);
+        let dt = last_at.elapsed().as_secs_f64().max(0.001);
+        v.num(
+            "mqtt.publish_rate",
+            ((msgs - last_msgs) as f64 / dt * 10.0).round() / 10.0,
+        );
+        last_msgs = msgs;
+        last_at = tokio::time::Instant::now();
+        v.num(
+            "mqtt.records_acked",
+            counters.records_acked.load(Ordering::Relaxed) as f64,
+        );
+        v.num(
+            "gateway.uptime",
+            ((now_ms() - snap.started_ms).max(0) / 1000) as f64,
+        );
+        for (id, d) in &snap.devices {
+            if id != GATEWAY_DEVICE {
+                v.set(&format!("device.{id}.health"), d.health.word());
+            }
+        }
+        if let Err(e) = gateway.sample(v) {
+            tracing::error!(error = %e, "gateway telemetry not kept");
+        }
+    }
+}
+
+/// Copies counters into the snapshot once a second.
+async fn status_refresher(
+    status: StatusHub,
+    spool: Arc<Spool>,
+    counters: Arc<SinkCounters>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stats = spool.stats();
+        let acked = counters.records_acked.load(Ordering::Relaxed);
+        let last = counters.last_ack_ms.load(Ordering::Relaxed);
+        status.update(|s| {
+            s.spool = stats;
+            s.uplink.acked = acked;
+            s.uplink.last_ack_ms = (last > 0).then_some(last);
+            if let Some(g) = s.devices.get_mut(GATEWAY_DEVICE) {
+                g.health = Health::Ok;
+            }
+        });
+    }
+}
+
+/// Pings systemd's watchdog only while the spool's commit loop makes progress.
+async fn watchdog(spool: Arc<Spool>, cancel: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    let mut last = spool.progress();
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = spool.progress();
+        if now != last {
+            last = now;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::warn!("no spool progress since the last watchdog period; not pinging");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The technician's commands: `check`, `spool stats`, `spool export`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::model::Kind;
+use crate::source;
+use crate::spool::db::Db;
+
+/// Exit codes from sysexits.h, which systemd and technicians' scripts know.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A device could not be reached.
+    pub const UNAVAILABLE: u8 = 69;
+    /// The spool or another file could not be read.
+    pub const IO: u8 = 74;
+    /// The configuration is invalid.
+    pub const CONFIG: u8 = 78;
+}
+
+/// Prints config problems, one per line, for a technician.
+pub fn print_config_error(path: &Path, e: &ConfigError, out: &mut impl Write) {
+    let _ = writeln!(out, "wardgate: configuration {} is not valid:", path.display());
+    for p in e.problems() {
+        let _ = writeln!(out, "  - {p}");
+    }
+}
+
+/// `wardgate check`: validates the config, then reads each device once and
+/// prints what it read. Returns the exit code.
+pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut impl Write) -> u8 {
+    let cfg = match Config::load(path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            print_config_error(path, &e, out);
+            return exit::CONFIG;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "config {}: ok (site {}, {} device(s), broker {}:{}{})",
+        if path.exists() {
+            path.display().to_string()
+        } else {
+            "(defaults and environment)".into()
+        },
+        cfg.site,
+        cfg.devices.len(),
+        cfg.mqtt.host,
+        cfg.mqtt_port(),
+        if cfg.mqtt_tls() { ", TLS" } else { ", no TLS" }
+    );
+    if config_only {
+        return exit::OK;
+    }
+    let mut code = exit::OK;
+    for dev in &cfg.devices {
+        match source::probe(dev).await {
+            Ok(values) => {
+                let _ = writeln!(out, "device {} ({}): ok", dev.id(), dev.kind());
+                for (k, v) in &values.0 {
+                    let v = serde_json::to_string(v).unwrap_or_default();
+                    let _ = writeln!(out, "  {k} = {v}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "device {} ({}): NOT REACHABLE: {e}", dev.id(), dev.kind());
+                code = exit::UNAVAILABLE;
+            }
+        }
+    }
+    code
+}
+
+#[derive(Serialize)]
+struct StatsRow {
+    sink: String,
+    kind: &'static str,
+    device: String,
+    records: u64,
+    oldest_ts: i64,
+    first_seq: i64,
+    last_seq: i64,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    path: String,
+    bytes: u64,
+    records: u64,
+    dropped: i64,
+    clean_stop: bool,
+    backlog: Vec<StatsRow>,
+}
+
+fn kind_word(k: i64) -> &'static str {
+    match Kind::from_i64(k) {
+        Some(Kind::Sample) => "sample",
+        Some(Kind::Event) => "event",
+        None => "unknown",
+    }
+}
+
+/// `wardgate spool stats`: what the spool holds, as JSON.
+pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
+    if !path.exists() {
+        return Err(format!("{}: no spool there", path.display()));
+    }
+    let db = Db::open_read_only(path).map_err(|e| e.to_string())?;
+    let e = |e: rusqlite::Error| format!("{}: {e}", path.display());
+    let rows = db.summary().map_err(e)?;
+    let stats = Stats {
+        path: path.display().to_string(),
+        bytes: db.used_bytes().map_err(e)?,
+        records: db.row_count().map_err(e)?,
+        dropped: db.meta_get("dropped").map_err(e)?.unwrap_or(0),
+        clean_stop: db.meta_get("clean").map_err(e)? == Some(1),
+        backlog: rows
+            .into_iter()
+            .map(|(sink, kind, device, records, oldest_ts, first_seq, last_seq)| StatsRow {
+                sink,
+                kind: kind_word(kind),
+                device,
+                records,
+                oldest_ts,
+                first_seq,
+                last_seq,
+            })
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?;
+    writeln!(out, "{text}").map_err(|e| e.to_string())
+}
+
+/// `wardgate spool export`: every record as one JSON line
+/// `{"sink","kind","device","seq","ts","record":{…}}`, oldest first.
+pub fn spool_export(path: &Path, out: &mut impl Write) -> Result<u64, String> {
+    if !path.exists() {
+        return Err(format!("{}: no spool there", path.display()));
+    }
+    let db = Db::open_read_only(path).map_err(|e| e.to_string())?;
+    db.for_each_record(|sink, kind, device, seq, ts, body| {
+        // The body is stored JSON; a damaged one is exported as a string so
+        // nothing is silently left out.
+        let record: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|_| serde_json::Value::String(body.to_owned()));
+        let line = serde_json::json!({
+            "sink": sink,
+            "kind": kind_word(kind),
+            "device": device,
+            "seq": seq,
+            "ts": ts,
+            "record": record,
+        });
+        writeln!(out, "{line}")
+    })
+    .map_err(|e| e.to_string())
+}

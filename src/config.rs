@@ -1,0 +1,653 @@
+//! Configuration: built-in defaults, then one TOML file
+//! (`/etc/wardgate/wardgate.toml` or `--config PATH`), then environment
+//! variables `WARDGATE__SECTION__KEY`.
+//!
+//! Defaults live in exactly one place: the `#[serde(default = ...)]`
+//! attributes below. Unknown keys are errors. [`Config::validate`] reports
+//! every problem at once, one line each, naming the key and the bad value.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::model::valid_id;
+
+/// Where the daemon looks when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/wardgate/wardgate.toml";
+
+/// The device id reserved for the gateway's own health telemetry.
+pub const GATEWAY_DEVICE: &str = "gateway";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a key has the wrong type:
+    /// the operator fixes the file; the daemon does not start.
+    #[error("{0}")]
+    Load(String),
+    /// The file parsed but some values are invalid, one message per problem:
+    /// the operator fixes the file; the daemon does not start.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl ConfigError {
+    /// Every problem, one per line.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Load(m) => vec![m.clone()],
+            ConfigError::Invalid(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's site id, used in every topic. Required.
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Default 8883 with TLS, 1883 without. Kept wide here so that a value
+    /// out of range gets a plain message from `validate` instead of a type error.
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// `None`: TLS unless the broker is on loopback.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Default `wardgate-{site}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: i64,
+    /// Cap on backlog messages per second; `None` = as fast as acks come.
+    #[serde(default)]
+    pub backlog_rate: Option<f64>,
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// QoS 1 messages in flight (sent, not yet acknowledged).
+    #[serde(default = "default_inflight")]
+    pub inflight: i64,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolPolicy {
+    /// Send from memory; write to disk only what is not acknowledged in time.
+    Spill,
+    /// Commit every record to disk before sending it.
+    Wal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    #[serde(default = "default_policy")]
+    pub policy: SpoolPolicy,
+    #[serde(default = "default_spill_after", with = "humantime_serde")]
+    pub spill_after: Duration,
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Records held in memory per sink before the oldest are written to disk
+    /// even though the link is up.
+    #[serde(default = "default_memory_max")]
+    pub memory_max: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// How often the gateway publishes its own health on
+    /// `{prefix}/{site}/gateway/telemetry`.
+    #[serde(default = "default_gateway_interval", with = "humantime_serde")]
+    pub telemetry_interval: Duration,
+}
+
+/// One `[[device]]` table. The set of kinds is closed; the `type` key picks one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DeviceConfig {
+    Sim(SimConfig),
+}
+
+impl DeviceConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            DeviceConfig::Sim(c) => &c.id,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        match self {
+            DeviceConfig::Sim(c) => c.interval,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceConfig::Sim(_) => "sim",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimProfile {
+    /// UPS-like values: status, load, battery, input/output voltage.
+    Ups,
+    /// Environment sensor values: temperature and humidity.
+    Sensor,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    pub id: String,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_sim_profile")]
+    pub profile: SimProfile,
+    /// Produce an event every N samples (0 = never). For the UPS profile the
+    /// events toggle between "on battery" and "back on mains".
+    #[serde(default)]
+    pub event_every: i64,
+    /// Samples produced per interval tick (for load tests).
+    #[serde(default = "default_one")]
+    pub samples_per_tick: i64,
+    /// Stop after this many samples (0 = never).
+    #[serde(default)]
+    pub count: i64,
+}
+
+fn default_host() -> String {
+    "localhost".into()
+}
+fn default_prefix() -> String {
+    "ioc".into()
+}
+fn default_max_batch() -> i64 {
+    100
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_inflight() -> i64 {
+    100
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("/var/lib/wardgate/spool.db")
+}
+fn default_policy() -> SpoolPolicy {
+    SpoolPolicy::Spill
+}
+fn default_spill_after() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(256)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_memory_max() -> i64 {
+    10_000
+}
+fn default_gateway_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_sim_profile() -> SimProfile {
+    SimProfile::Ups
+}
+fn default_one() -> i64 {
+    1
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        // One source of truth for defaults: an empty table through serde.
+        toml_default("mqtt")
+    }
+}
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        toml_default("spool")
+    }
+}
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        toml_default("gateway")
+    }
+}
+
+fn toml_default<T: serde::de::DeserializeOwned>(what: &str) -> T {
+    let empty = config::Config::default();
+    empty
+        .try_deserialize()
+        .unwrap_or_else(|e| panic!("defaults of [{what}] must deserialize from nothing: {e}"))
+}
+
+impl Config {
+    /// Loads the file (if it exists or was named) and the environment, then
+    /// validates. `explicit` says whether the path was given on the command
+    /// line: a named file that is missing is an error, the default one is not.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, explicit, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        explicit: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WARDGATE__"))
+            .collect();
+        let mut builder = config::Config::builder();
+        if explicit || path.exists() {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "{}: no such file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("WARDGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
+        let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if key.is_empty() || key == "." {
+                ConfigError::Load(inner)
+            } else {
+                ConfigError::Load(format!("{key}: {inner}"))
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML text (no environment), then validates. For tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Load(format!("{key}: {}", e.into_inner()))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every problem, one message each, naming the key and the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        if self.site.is_empty() {
+            p.push("site: missing; set site = \"your-site-id\" (lowercase letters, digits, - and _)".into());
+        } else if !valid_id(&self.site) {
+            p.push(format!(
+                "site: {:?} is not a valid id (lowercase letters, digits, - and _, starting with a letter or digit)",
+                self.site
+            ));
+        }
+        let m = &self.mqtt;
+        if m.host.trim().is_empty() {
+            p.push("mqtt.host: must not be empty".into());
+        }
+        if let Some(port) = m.port {
+            if !(1..=65535).contains(&port) {
+                p.push(format!("mqtt.port: {port} is not a port (1-65535)"));
+            }
+        }
+        if m.prefix.is_empty()
+            || m.prefix.contains(['#', '+'])
+            || m.prefix.starts_with('/')
+            || m.prefix.ends_with('/')
+        {
+            p.push(format!(
+                "mqtt.prefix: {:?} is not a topic prefix (no #, +, or leading/trailing /)",
+                m.prefix
+            ));
+        }
+        if !(1..=10_000).contains(&m.max_batch) {
+            p.push(format!(
+                "mqtt.max_batch: {} must be between 1 and 10000",
+                m.max_batch
+            ));
+        }
+        if !(1..=65_535).contains(&m.inflight) {
+            p.push(format!(
+                "mqtt.inflight: {} must be between 1 and 65535",
+                m.inflight
+            ));
+        }
+        if let Some(r) = m.backlog_rate {
+            if !(r.is_finite() && r > 0.0) {
+                p.push(format!(
+                    "mqtt.backlog_rate: {r} must be a positive number of messages per second"
+                ));
+            }
+        }
+        if m.keep_alive < Duration::from_secs(5) {
+            p.push(format!(
+                "mqtt.keep_alive: {} is too short (at least 5s)",
+                humantime::format_duration(m.keep_alive)
+            ));
+        }
+        if m.cert_file.is_some() != m.key_file.is_some() {
+            p.push("mqtt.cert_file / mqtt.key_file: give both or neither".into());
+        }
+        if m.tls == Some(false) && (m.ca_file.is_some() || m.cert_file.is_some()) {
+            p.push("mqtt.tls: false, but ca_file or cert_file is set".into());
+        }
+        if m.username.is_none() && m.password_file.is_some() {
+            p.push("mqtt.password_file: set, but mqtt.username is not".into());
+        }
+        for (key, file) in [
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.cert_file", &m.cert_file),
+            ("mqtt.key_file", &m.key_file),
+            ("mqtt.password_file", &m.password_file),
+        ] {
+            if let Some(f) = file {
+                if !f.is_absolute() {
+                    p.push(format!(
+                        "{key}: {:?} must be an absolute path (the service runs from /)",
+                        f.display()
+                    ));
+                }
+            }
+        }
+        if let Some(id) = &m.client_id {
+            if id.is_empty() || id.len() > 128 {
+                p.push(format!("mqtt.client_id: {id:?} must be 1-128 characters"));
+            }
+        }
+
+        let s = &self.spool;
+        if !s.path.is_absolute() {
+            p.push(format!(
+                "spool.path: {:?} must be an absolute path (the service runs from /)",
+                s.path.display()
+            ));
+        }
+        if s.commit_interval < Duration::from_millis(10) || s.commit_interval > Duration::from_secs(60) {
+            p.push(format!(
+                "spool.commit_interval: {} must be between 10ms and 60s",
+                humantime::format_duration(s.commit_interval)
+            ));
+        }
+        if s.spill_after > Duration::from_secs(3600) {
+            p.push(format!(
+                "spool.spill_after: {} is longer than an hour",
+                humantime::format_duration(s.spill_after)
+            ));
+        }
+        if s.max_bytes.as_u64() < 64 * 1024 {
+            p.push(format!(
+                "spool.max_bytes: {} is too small (at least 64 KiB)",
+                s.max_bytes
+            ));
+        }
+        if s.max_age < Duration::from_secs(60) {
+            p.push(format!(
+                "spool.max_age: {} is too short (at least 1m)",
+                humantime::format_duration(s.max_age)
+            ));
+        }
+        if !(1..=10_000_000).contains(&s.memory_max) {
+            p.push(format!(
+                "spool.memory_max: {} must be between 1 and 10000000",
+                s.memory_max
+            ));
+        }
+        if self.gateway.telemetry_interval < Duration::from_millis(100) {
+            p.push(format!(
+                "gateway.telemetry_interval: {} is too short (at least 100ms)",
+                humantime::format_duration(self.gateway.telemetry_interval)
+            ));
+        }
+
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let id = d.id();
+            let key = format!("device[{i}]");
+            if !valid_id(id) {
+                p.push(format!(
+                    "{key}.id: {id:?} is not a valid id (lowercase letters, digits, - and _, starting with a letter or digit)"
+                ));
+            } else if id == GATEWAY_DEVICE {
+                p.push(format!(
+                    "{key}.id: {id:?} is reserved for the gateway's own telemetry"
+                ));
+            } else if !seen.insert(id) {
+                p.push(format!("{key}.id: {id:?} is used by another device"));
+            }
+            if d.interval() < Duration::from_millis(1) {
+                p.push(format!(
+                    "{key}.interval: {} is too short (at least 1ms)",
+                    humantime::format_duration(d.interval())
+                ));
+            }
+            match d {
+                DeviceConfig::Sim(c) => {
+                    if c.event_every < 0 {
+                        p.push(format!("{key}.event_every: {} must not be negative", c.event_every));
+                    }
+                    if !(1..=100_000).contains(&c.samples_per_tick) {
+                        p.push(format!(
+                            "{key}.samples_per_tick: {} must be between 1 and 100000",
+                            c.samples_per_tick
+                        ));
+                    }
+                    if c.count < 0 {
+                        p.push(format!("{key}.count: {} must not be negative", c.count));
+                    }
+                }
+            }
+        }
+
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    /// TLS in effect: as configured, or on unless the broker is on loopback.
+    pub fn mqtt_tls(&self) -> bool {
+        match self.mqtt.tls {
+            Some(t) => t,
+            None => !is_loopback(&self.mqtt.host),
+        }
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        match self.mqtt.port {
+            Some(p) => u16::try_from(p).unwrap_or(1883),
+            None if self.mqtt_tls() => 8883,
+            None => 1883,
+        }
+    }
+
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("wardgate-{}", self.site))
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Ok(_) => vec![],
+            Err(e) => e.problems(),
+        }
+    }
+
+    const MIN: &str = "site = \"xa-a\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MIN).unwrap();
+        assert_eq!(c.mqtt.prefix, "ioc");
+        assert_eq!(c.mqtt.max_batch, 100);
+        assert_eq!(c.spool.policy, SpoolPolicy::Spill);
+        assert_eq!(c.spool.spill_after, Duration::from_secs(2));
+        assert_eq!(c.spool.max_bytes, ByteSize::mib(256));
+        assert_eq!(c.spool.max_age, Duration::from_secs(30 * 86400));
+        assert_eq!(c.spool.path, PathBuf::from("/var/lib/wardgate/spool.db"));
+        // localhost: no TLS by default, so port 1883.
+        assert!(!c.mqtt_tls());
+        assert_eq!(c.mqtt_port(), 1883);
+    }
+
+    #[test]
+    fn remote_broker_needs_tls_by_default() {
+        let c = Config::from_toml("site = \"a\"\n[mqtt]\nhost = \"ioc.example\"\n").unwrap();
+        assert!(c.mqtt_tls());
+        assert_eq!(c.mqtt_port(), 8883);
+        let c = Config::from_toml("site = \"a\"\n[mqtt]\nhost = \"127.0.0.2\"\n").unwrap();
+        assert!(!c.mqtt_tls());
+    }
+
+    #[test]
+    fn each_problem_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("site = \"a\"\n[mqtt]\nport = 70000\n", "mqtt.port: 70000 is not a port"),
+            ("site = \"a\"\n[mqtt]\nprot = 1\n", "mqtt.prot"),
+            ("site = \"a\"\nbogus = 1\n", "bogus"),
+            ("", "site: missing"),
+            ("site = \"Phuong Tan\"\n", "site: \"Phuong Tan\" is not a valid id"),
+            (
+                "site = \"a\"\n[[device]]\nid = \"UPS 1\"\ntype = \"sim\"\n",
+                "device[0].id: \"UPS 1\"",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"sim\"\nspeed = 3\n",
+                "speed",
+            ),
+            ("site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"warp\"\n", "warp"),
+            ("site = \"a\"\n[spool]\npolicy = \"fast\"\n", "spool.policy"),
+            ("site = \"a\"\n[spool]\nspill_after = \"soon\"\n", "spool.spill_after"),
+            ("site = \"a\"\n[spool]\npath = \"spool.db\"\n", "spool.path"),
+            (
+                "site = \"a\"\n[[device]]\nid = \"gateway\"\ntype = \"sim\"\n",
+                "reserved",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"sim\"\n[[device]]\nid = \"u\"\ntype = \"sim\"\n",
+                "device[1].id: \"u\" is used by another device",
+            ),
+        ];
+        for (text, want) in cases {
+            let p = problems(text);
+            assert!(
+                p.iter().any(|m| m.contains(want)),
+                "config {text:?}: wanted a problem containing {want:?}, got {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_problems_reported_together() {
+        let p = problems("site = \"A\"\n[mqtt]\nport = 0\nmax_batch = 0\n");
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "site = \"a\"\n[mqtt]\nhost = \"file-host\"\nport = 1883\n").unwrap();
+        let env = vec![
+            ("WARDGATE__MQTT__HOST".to_string(), "env-host".to_string()),
+            ("WARDGATE__MQTT__PORT".to_string(), "1999".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::load_with_env(&path, true, env).unwrap();
+        assert_eq!(c.mqtt.host, "env-host");
+        assert_eq!(c.mqtt_port(), 1999);
+    }
+
+    #[test]
+    fn named_file_must_exist() {
+        let e = Config::load_with_env(Path::new("/nonexistent/w.toml"), true, vec![]).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wardgate.example.toml");
+        let c = Config::load_with_env(&path, true, vec![]).unwrap();
+        assert_eq!(c.site, "phuong-tan-phong");
+        assert!(!c.devices.is_empty());
+    }
+}

@@ -1,0 +1,12 @@
+//! wardgate: an edge telemetry gateway for ward service centres.
+//!
+//! Data runs one way: sources -> spool -> sinks. Status only observes.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod sink;
+pub mod source;
+pub mod spool;
+pub mod status;

@@ -1,0 +1,163 @@
+//! The `wardgate` command: CLI, logging, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wardgate::cli::{self, exit};
+use wardgate::config::{Config, DEFAULT_PATH};
+
+#[derive(Parser)]
+#[command(name = "wardgate", version, about = "Edge telemetry gateway for ward service centres")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (what the systemd service does).
+    Run,
+    /// Validate the configuration and read each device once.
+    /// Exit 0 = all good, 78 = bad configuration, 69 = a device did not answer.
+    Check {
+        /// Only validate the configuration; do not touch devices.
+        #[arg(long)]
+        config_only: bool,
+    },
+    /// Look into the spool (the readings kept on this device).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// What the spool holds: records per device, bytes, drops.
+    Stats,
+    /// Every record as JSON lines (to copy a backlog to a USB stick).
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARDGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd stderr goes to the journal, which adds its own time.
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    if under_systemd {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let explicit = cli.config.is_some();
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wardgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match cli.command {
+        Command::Check { config_only } => {
+            rt.block_on(cli::check(&path, explicit, config_only, &mut std::io::stdout()))
+        }
+        Command::Run => rt.block_on(run(&path, explicit)),
+        Command::Spool { command } => {
+            let cfg = match Config::load(&path, explicit) {
+                Ok(c) => c,
+                Err(e) => {
+                    cli::print_config_error(&path, &e, &mut std::io::stderr());
+                    return ExitCode::from(exit::CONFIG);
+                }
+            };
+            let result = match command {
+                SpoolCommand::Stats => cli::spool_stats(&cfg.spool.path, &mut std::io::stdout()),
+                SpoolCommand::Export { output } => {
+                    let r = match output {
+                        Some(p) => std::fs::File::create(&p)
+                            .map_err(|e| format!("{}: {e}", p.display()))
+                            .and_then(|f| {
+                                let mut w = std::io::BufWriter::new(f);
+                                let n = cli::spool_export(&cfg.spool.path, &mut w)?;
+                                std::io::Write::flush(&mut w).map_err(|e| e.to_string())?;
+                                Ok(n)
+                            }),
+                        None => cli::spool_export(
+                            &cfg.spool.path,
+                            &mut std::io::BufWriter::new(std::io::stdout()),
+                        ),
+                    };
+                    r.map(|n| eprintln!("exported {n} record(s)"))
+                }
+            };
+            match result {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("wardgate: {e}");
+                    exit::IO
+                }
+            }
+        }
+    };
+    ExitCode::from(code)
+}
+
+async fn run(path: &std::path::Path, explicit: bool) -> u8 {
+    let cfg = match Config::load(path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            cli::print_config_error(path, &e, &mut std::io::stderr());
+            return exit::CONFIG;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        c.cancel();
+    });
+    match wardgate::app::run(cfg, cancel, |_| {}).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("wardgate: {e:#}");
+            1
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Sinks: where records go once read. Each keeps its own position in the
+//! spool and reports success only after the remote acknowledged.
+
+pub mod mqtt;
+pub mod payload;

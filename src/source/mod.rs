@@ -1,0 +1,222 @@
+//! Sources: one file per kind. Each runs as one task that reads its device
+//! and reports through a [`DeviceHandle`], which stamps readings into the
+//! spool and keeps the device's health in the status snapshot.
+
+pub mod sim;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeviceConfig;
+use crate::model::{now_ms, Health, Reading, Severity, Values};
+use crate::spool::{Spool, SpoolError};
+use crate::status::{RecentEvent, StatusHub};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The device could not be read; the source reports a fault and retries.
+    #[error("{0}")]
+    Device(String),
+    /// The spool refused the reading (disk trouble): logged and counted.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+struct HealthState {
+    health: Health,
+    ever_ok: bool,
+    last_good: Option<Instant>,
+    last_status: Option<Instant>,
+}
+
+/// What a source uses to report. Cloning shares the device's state.
+#[derive(Clone)]
+pub struct DeviceHandle {
+    id: Arc<str>,
+    interval: Duration,
+    spool: Arc<Spool>,
+    status: StatusHub,
+    state: Arc<Mutex<HealthState>>,
+}
+
+impl DeviceHandle {
+    pub fn new(
+        id: &str,
+        kind: &str,
+        interval: Duration,
+        spool: Arc<Spool>,
+        status: StatusHub,
+    ) -> Self {
+        status.add_device(id, kind);
+        DeviceHandle {
+            id: Arc::from(id),
+            interval,
+            spool,
+            status,
+            state: Arc::new(Mutex::new(HealthState {
+                health: Health::Stale,
+                ever_ok: false,
+                last_good: None,
+                last_status: None,
+            })),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A good reading.
+    pub fn sample(&self, values: Values) -> Result<u64, SourceError> {
+        let now = Instant::now();
+        let (was, ever_ok, refresh) = {
+            let mut st = self.lock();
+            let was = st.health.clone();
+            let ever_ok = st.ever_ok;
+            st.health = Health::Ok;
+            st.ever_ok = true;
+            st.last_good = Some(now);
+            // The snapshot needs fresh values, not one update per sample
+            // under load.
+            let refresh = was != Health::Ok
+                || st
+                    .last_status
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250));
+            if refresh {
+                st.last_status = Some(now);
+            }
+            (was, ever_ok, refresh)
+        };
+        if refresh {
+            let v = values.clone();
+            self.status.update(|s| {
+                if let Some(d) = s.devices.get_mut(&*self.id) {
+                    d.health = Health::Ok;
+                    d.last_seen_ms = Some(now_ms());
+                    d.last_values = v;
+                    d.samples += 1;
+                }
+            });
+        }
+        let seq = self.spool.push(&self.id, Reading::Sample(values))?;
+        if was != Health::Ok && ever_ok {
+            self.event(
+                Severity::Info,
+                "device.restored",
+                &format!("{} is answering again", self.id),
+                Values::new(),
+            )?;
+        }
+        Ok(seq)
+    }
+
+    /// A state change or alarm, sent ahead of telemetry.
+    pub fn event(
+        &self,
+        severity: Severity,
+        code: &str,
+        message: &str,
+        values: Values,
+    ) -> Result<u64, SourceError> {
+        tracing::info!(device = %self.id, code, %message, "event");
+        self.status.record_event(RecentEvent {
+            device: self.id.to_string(),
+            ts: now_ms(),
+            severity,
+            code: code.to_owned(),
+            message: message.to_owned(),
+        });
+        Ok(self.spool.push(
+            &self.id,
+            Reading::Event {
+                severity,
+                code: code.to_owned(),
+                message: message.to_owned(),
+                values,
+            },
+        )?)
+    }
+
+    /// The device failed; `reason` says how. An event is sent on the change.
+    pub fn fault(&self, reason: &str) -> Result<(), SourceError> {
+        let changed = {
+            let mut st = self.lock();
+            let new = Health::Fault(reason.to_owned());
+            let changed = st.health != new;
+            st.health = new;
+            changed
+        };
+        if changed {
+            let r = reason.to_owned();
+            self.status.update(|s| {
+                if let Some(d) = s.devices.get_mut(&*self.id) {
+                    d.health = Health::Fault(r);
+                }
+            });
+            self.event(
+                Severity::Warning,
+                "device.fault",
+                &format!("{}: {reason}", self.id),
+                Values::new(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Marks the device stale when no good reading came for three intervals.
+    pub fn check_stale(&self) -> Result<(), SourceError> {
+        let limit = self.interval.saturating_mul(3).max(Duration::from_millis(10));
+        let became_stale = {
+            let mut st = self.lock();
+            let late = st.last_good.is_some_and(|t| t.elapsed() > limit);
+            if st.health == Health::Ok && late {
+                st.health = Health::Stale;
+                true
+            } else {
+                false
+            }
+        };
+        if became_stale {
+            self.status.update(|s| {
+                if let Some(d) = s.devices.get_mut(&*self.id) {
+                    d.health = Health::Stale;
+                }
+            });
+            self.event(
+                Severity::Warning,
+                "device.lost",
+                &format!(
+                    "{} has not answered for {}",
+                    self.id,
+                    humantime::format_duration(limit)
+                ),
+                Values::new(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn health(&self) -> Health {
+        self.lock().health.clone()
+    }
+}
+
+/// Runs one configured device until `cancel`.
+pub async fn run(cfg: DeviceConfig, handle: DeviceHandle, cancel: CancellationToken) {
+    match cfg {
+        DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
+    }
+}
+
+/// Reads a device once, for `wardgate check`.
+pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
+    match cfg {
+        DeviceConfig::Sim(c) => Ok(sim::probe(c)),
+    }
+}

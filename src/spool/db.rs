@@ -1,0 +1,400 @@
+//! SQLite storage of the spool: one table of records (one row per record per
+//! sink), one table of counters. Every function here is blocking; callers run
+//! it on a blocking thread.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::SpoolError;
+use crate::model::Kind;
+
+/// A record on its way to disk.
+pub struct NewRow<'a> {
+    pub sink: &'a str,
+    pub kind: Kind,
+    pub device: &'a str,
+    pub seq: u64,
+    pub ts: i64,
+    pub synced: bool,
+    pub body: &'a str,
+}
+
+/// A record read back for sending.
+pub struct Row {
+    pub id: i64,
+    pub device: String,
+    pub body: String,
+}
+
+/// What opening found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// Where an unreadable spool was moved, and why.
+    pub moved_aside: Option<(PathBuf, String)>,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rec (
+    id     INTEGER PRIMARY KEY,
+    sink   TEXT    NOT NULL,
+    kind   INTEGER NOT NULL,
+    device TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    ts     INTEGER NOT NULL,
+    synced INTEGER NOT NULL,
+    body   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rec_lane ON rec(sink, kind, id);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt)
+    )
+}
+
+impl Db {
+    /// Opens (or creates) the spool. A file that is not a database or fails
+    /// SQLite's quick check is moved aside as `<name>.corrupt-<time>` and a new
+    /// spool is created in its place; other failures (permissions, a missing
+    /// directory that cannot be created) are errors.
+    pub fn open(path: &Path) -> Result<(Db, OpenReport), SpoolError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| SpoolError::Io {
+                    what: format!("creating {}", dir.display()),
+                    source: e,
+                })?;
+            }
+        }
+        match Self::open_checked(path) {
+            Ok(db) => Ok((db, OpenReport::default())),
+            Err(OpenFail::Corrupt(reason)) => {
+                let aside = move_aside(path)?;
+                tracing::error!(
+                    spool = %path.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "spool unreadable: moved aside, starting a new one"
+                );
+                match Self::open_checked(path) {
+                    Ok(db) => Ok((
+                        db,
+                        OpenReport {
+                            moved_aside: Some((aside, reason)),
+                        },
+                    )),
+                    Err(OpenFail::Corrupt(r)) => Err(SpoolError::Corrupt(r)),
+                    Err(OpenFail::Other(e)) => Err(e),
+                }
+            }
+            Err(OpenFail::Other(e)) => Err(e),
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Db, OpenFail> {
+        let conn = Connection::open(path).map_err(|e| OpenFail::from_sql(e, path))?;
+        let db = Db { conn };
+        db.init().map_err(|e| OpenFail::from_sql(e, path))?;
+        let check: String = db
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| OpenFail::from_sql(e, path))?;
+        if check != "ok" {
+            return Err(OpenFail::Corrupt(format!("quick_check: {check}")));
+        }
+        Ok(db)
+    }
+
+    fn init(&self) -> rusqlite::Result<()> {
+        // auto_vacuum must be chosen before the first table exists; on an
+        // existing file this is a no-op.
+        self.conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "spool could not switch to WAL journal mode");
+        }
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        // Keep the page cache small: the Pi has little memory and the spool
+        // is read sequentially.
+        self.conn.pragma_update(None, "cache_size", -1024)?;
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        self.conn.execute_batch(SCHEMA)?;
+        Ok(())
+    }
+
+    /// Opens an existing spool read-only (for `wardgate spool stats/export`
+    /// while the daemon runs).
+    pub fn open_read_only(path: &Path) -> Result<Db, SpoolError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| SpoolError::Sql {
+            what: format!("opening {}", path.display()),
+            source: e,
+        })?;
+        Ok(Db { conn })
+    }
+
+    /// Inserts rows in one durable transaction; returns their ids in order.
+    pub fn insert(&mut self, rows: &[NewRow<'_>]) -> rusqlite::Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(rows.len());
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO rec (sink, kind, device, seq, ts, synced, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for r in rows {
+                st.execute(params![
+                    r.sink,
+                    r.kind.as_i64(),
+                    r.device,
+                    r.seq as i64,
+                    r.ts,
+                    r.synced as i64,
+                    r.body
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Deletes rows by id; returns how many existed.
+    pub fn delete(&mut self, ids: &[i64]) -> rusqlite::Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM rec WHERE id = ?1")?;
+            for id in ids {
+                n += st.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Up to `limit` rows of one sink and kind after `after`, oldest first.
+    pub fn window(
+        &self,
+        sink: &str,
+        kind: Kind,
+        after: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Row>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, device, body FROM rec WHERE sink = ?1 AND kind = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+        )?;
+        let rows = st.query_map(params![sink, kind.as_i64(), after, limit as i64], |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                device: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Bytes the database really uses (pages in use, not free pages).
+    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        Ok(((pages - free).max(0) * page_size) as u64)
+    }
+
+    pub fn row_count(&self) -> rusqlite::Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM rec", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Deletes the `n` oldest records of one kind (all sinks); returns how
+    /// many went.
+    pub fn drop_oldest(&mut self, kind: Kind, n: usize) -> rusqlite::Result<usize> {
+        self.conn.execute(
+            "DELETE FROM rec WHERE id IN (SELECT id FROM rec WHERE kind = ?1 ORDER BY id LIMIT ?2)",
+            params![kind.as_i64(), n as i64],
+        )
+    }
+
+    /// Deletes records taken with a synchronised clock before `cutoff_ms`.
+    pub fn drop_older_than(&mut self, cutoff_ms: i64) -> rusqlite::Result<usize> {
+        self.conn.execute(
+            "DELETE FROM rec WHERE synced = 1 AND ts < ?1",
+            params![cutoff_ms],
+        )
+    }
+
+    pub fn count_kind(&self, kind: Kind) -> rusqlite::Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM rec WHERE kind = ?1",
+            [kind.as_i64()],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Gives free pages back to the filesystem, a little at a time.
+    pub fn vacuum_some(&mut self, pages: u32) -> rusqlite::Result<()> {
+        self.conn
+            .execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))
+    }
+
+    pub fn checkpoint(&mut self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    }
+
+    pub fn meta_get(&self, key: &str) -> rusqlite::Result<Option<i64>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    }
+
+    /// Sets counters in one durable transaction.
+    pub fn meta_set(&mut self, pairs: &[(String, i64)]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?;
+            for (k, v) in pairs {
+                st.execute(params![k, v])?;
+            }
+        }
+        tx.commit()
+    }
+
+    pub fn meta_all(&self, prefix: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, value FROM meta WHERE key >= ?1 AND key < ?2")?;
+        let hi = format!("{prefix}\u{10FFFF}");
+        let rows = st.query_map(params![prefix, hi], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Every record, oldest first, for export: (sink, kind, device, seq, ts, body).
+    pub fn for_each_record(
+        &self,
+        mut f: impl FnMut(&str, i64, &str, i64, i64, &str) -> std::io::Result<()>,
+    ) -> Result<u64, SpoolError> {
+        let sql_err = |e| SpoolError::Sql {
+            what: "reading records".into(),
+            source: e,
+        };
+        let mut st = self
+            .conn
+            .prepare("SELECT sink, kind, device, seq, ts, body FROM rec ORDER BY id")
+            .map_err(sql_err)?;
+        let mut rows = st.query([]).map_err(sql_err)?;
+        let mut n = 0;
+        while let Some(r) = rows.next().map_err(sql_err)? {
+            let sink: String = r.get(0).map_err(sql_err)?;
+            let kind: i64 = r.get(1).map_err(sql_err)?;
+            let device: String = r.get(2).map_err(sql_err)?;
+            let seq: i64 = r.get(3).map_err(sql_err)?;
+            let ts: i64 = r.get(4).map_err(sql_err)?;
+            let body: String = r.get(5).map_err(sql_err)?;
+            f(&sink, kind, &device, seq, ts, &body).map_err(|e| SpoolError::Io {
+                what: "writing export".into(),
+                source: e,
+            })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Per (sink, kind, device): rows, oldest ts, lowest and highest seq.
+    pub fn summary(&self) -> rusqlite::Result<Vec<(String, i64, String, u64, i64, i64, i64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT sink, kind, device, COUNT(*), MIN(ts), MIN(seq), MAX(seq) FROM rec GROUP BY sink, kind, device ORDER BY sink, kind, device",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)? as u64,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })?;
+        rows.collect()
+    }
+}
+
+enum OpenFail {
+    Corrupt(String),
+    Other(SpoolError),
+}
+
+impl OpenFail {
+    fn from_sql(e: rusqlite::Error, path: &Path) -> Self {
+        if is_corruption(&e) {
+            OpenFail::Corrupt(e.to_string())
+        } else {
+            OpenFail::Other(SpoolError::Sql {
+                what: format!("opening {}", path.display()),
+                source: e,
+            })
+        }
+    }
+}
+
+/// Renames the spool and its WAL to `<name>.corrupt-<UTC time>`, drops the
+/// shared-memory file, and syncs the directory so the rename survives a
+/// power cut.
+fn move_aside(path: &Path) -> Result<PathBuf, SpoolError> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "spool.db".into());
+    let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let io = |what: String| move |e| SpoolError::Io { what, source: e };
+    std::fs::rename(path, &aside).map_err(io(format!("moving {} aside", path.display())))?;
+    let wal = path.with_file_name(format!("{name}-wal"));
+    if wal.exists() {
+        let wal_aside = aside.with_file_name(format!(
+            "{}-wal",
+            aside.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
+        std::fs::rename(&wal, wal_aside).map_err(io(format!("moving {} aside", wal.display())))?;
+    }
+    let shm = path.with_file_name(format!("{name}-shm"));
+    if shm.exists() {
+        std::fs::remove_file(&shm).map_err(io(format!("removing {}", shm.display())))?;
+    }
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            // Best effort: a directory fsync failing leaves the rename in place.
+            let _ = d.sync_all();
+        }
+    }
+    Ok(aside)
+}

@@ -1,0 +1,112 @@
+//! The gateway's status snapshot. Components report into it; the LED, the
+//! web page, the gateway telemetry and the watchdog only read it. Nothing
+//! here sits on the data path.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::model::{now_ms, Health, Severity, Values};
+use crate::spool::SpoolStats;
+
+/// How many recent events the snapshot keeps.
+pub const RECENT_EVENTS: usize = 50;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Uplink {
+    pub connected: bool,
+    /// When `connected` last changed, ms since the epoch.
+    pub since_ms: i64,
+    /// The last connection error, in words.
+    pub last_error: Option<String>,
+    pub reconnects: u64,
+    /// When the broker last acknowledged a message, ms since the epoch.
+    pub last_ack_ms: Option<i64>,
+    /// Records acknowledged by the broker since start.
+    pub acked: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    pub kind: String,
+    pub health: Health,
+    pub last_seen_ms: Option<i64>,
+    pub last_values: Values,
+    pub samples: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentEvent {
+    pub device: String,
+    pub ts: i64,
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub site: String,
+    pub version: String,
+    pub started_ms: i64,
+    pub uplink: Uplink,
+    pub spool: SpoolStats,
+    pub devices: BTreeMap<String, DeviceStatus>,
+    pub events: VecDeque<RecentEvent>,
+}
+
+/// The sending side of the snapshot.
+#[derive(Clone)]
+pub struct StatusHub {
+    tx: watch::Sender<Snapshot>,
+}
+
+impl StatusHub {
+    pub fn new(site: &str) -> Self {
+        let (tx, _) = watch::channel(Snapshot {
+            site: site.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms: now_ms(),
+            uplink: Uplink::default(),
+            spool: SpoolStats::default(),
+            devices: BTreeMap::new(),
+            events: VecDeque::new(),
+        });
+        StatusHub { tx }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
+    pub fn get(&self) -> Snapshot {
+        self.tx.borrow().clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.tx.send_modify(f);
+    }
+
+    pub fn add_device(&self, id: &str, kind: &str) {
+        self.update(|s| {
+            s.devices.insert(
+                id.to_owned(),
+                DeviceStatus {
+                    kind: kind.to_owned(),
+                    health: Health::Stale,
+                    last_seen_ms: None,
+                    last_values: Values::new(),
+                    samples: 0,
+                },
+            );
+        });
+    }
+
+    pub fn record_event(&self, ev: RecentEvent) {
+        self.update(|s| {
+            s.events.push_front(ev);
+            s.events.truncate(RECENT_EVENTS);
+        });
+    }
+}
