@@ -218,6 +218,7 @@ impl MqttSink {
             error,
             up: Duration::ZERO,
         };
+        self.status.update(|s| s.uplink.attempts += 1);
         let opts = match self.options() {
             Ok(o) => o,
             Err(e) => return failed(e.to_string()),

@@ -146,6 +146,11 @@ impl Db {
             what: format!("opening {}", path.display()),
             source: e,
         })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| SpoolError::Sql {
+                what: format!("opening {}", path.display()),
+                source: e,
+            })?;
         Ok(Db { conn })
     }
 

@@ -21,6 +21,8 @@ pub struct Uplink {
     /// The last connection error, in words.
     pub last_error: Option<String>,
     pub reconnects: u64,
+    /// Connection attempts since start (successful or not).
+    pub attempts: u64,
     /// When the broker last acknowledged a message, ms since the epoch.
     pub last_ack_ms: Option<i64>,
     /// Records acknowledged by the broker since start.

@@ -1,0 +1,456 @@
+//! Shared helpers: a real mosquitto per test, a recording subscriber with
+//! schema validation, and ways to start the gateway in-process or as the
+//! real binary.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use wardgate::config::Config;
+use wardgate::spool::Spool;
+use wardgate::status::StatusHub;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
+}
+
+/// A real mosquitto on a loopback port of its own, with persistence in a
+/// temp dir so a durable subscriber session survives a broker restart.
+pub struct Broker {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// `extra` is added to the listener's configuration.
+    pub fn start_with(extra: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let text = format!(
+            "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlistener {port} 127.0.0.1\n{extra}",
+            dir.path().display(),
+            dir.path().display(),
+        );
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let mut b = Broker {
+            port,
+            dir,
+            conf,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start on port {}: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker (SIGTERM, so it saves its sessions).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), libc::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// A message a subscriber received.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub retain: bool,
+    pub body: Value,
+}
+
+/// A durable subscriber on `{prefix}/#` that records every message and
+/// checks each against the JSON Schemas in docs/schema/.
+pub struct Subscriber {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    pub invalid: Arc<Mutex<Vec<String>>>,
+    cancel: CancellationToken,
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema").join(name);
+    let text = std::fs::read_to_string(&path).expect("schema file");
+    let v: Value = serde_json::from_str(&text).expect("schema is JSON");
+    jsonschema::validator_for(&v).expect("schema compiles")
+}
+
+pub struct Schemas {
+    telemetry: jsonschema::Validator,
+    event: jsonschema::Validator,
+    status: jsonschema::Validator,
+}
+
+impl Schemas {
+    pub fn load() -> Schemas {
+        Schemas {
+            telemetry: schema("telemetry.schema.json"),
+            event: schema("event.schema.json"),
+            status: schema("status.schema.json"),
+        }
+    }
+
+    /// Problems with one message, if any.
+    pub fn check(&self, topic: &str, body: &Value) -> Option<String> {
+        let v = if topic.ends_with("/telemetry") {
+            &self.telemetry
+        } else if topic.ends_with("/event") {
+            &self.event
+        } else if topic.ends_with("/status") {
+            &self.status
+        } else {
+            return Some(format!("{topic}: not a topic of the contract"));
+        };
+        let errs: Vec<String> = v.iter_errors(body).map(|e| e.to_string()).collect();
+        (!errs.is_empty()).then(|| format!("{topic}: {body}: {}", errs.join("; ")))
+    }
+}
+
+impl Subscriber {
+    pub async fn start(port: u16, prefix: &str) -> Subscriber {
+        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
+        let cancel = CancellationToken::new();
+        let id = format!("test-sub-{}", rand::random::<u32>());
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(16 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let topic = format!("{prefix}/#");
+        let (m, inv, c) = (msgs.clone(), invalid.clone(), cancel.clone());
+        let subscribed = Arc::new(tokio::sync::Notify::new());
+        let sub2 = subscribed.clone();
+        tokio::spawn(async move {
+            let schemas = Schemas::load();
+            loop {
+                let ev = tokio::select! {
+                    _ = c.cancelled() => return,
+                    ev = el.poll() => ev,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let body: Value = match serde_json::from_slice(&p.payload) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                inv.lock().unwrap().push(format!("{}: not JSON: {e}", p.topic));
+                                continue;
+                            }
+                        };
+                        if let Some(problem) = schemas.check(&p.topic, &body) {
+                            inv.lock().unwrap().push(problem);
+                        }
+                        m.lock().unwrap().push(Msg {
+                            topic: p.topic.clone(),
+                            retain: p.retain,
+                            body,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        within(Duration::from_secs(10), "subscription", subscribed.notified()).await;
+        Subscriber {
+            msgs,
+            invalid,
+            cancel,
+        }
+    }
+
+    pub fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Every sample received for a device, in arrival order, with the
+    /// message index and whether it was historical.
+    pub fn samples(&self, device: &str) -> Vec<(usize, Value)> {
+        self.records(device, "telemetry", "samples")
+    }
+
+    pub fn events(&self, device: &str) -> Vec<(usize, Value)> {
+        self.records(device, "event", "events")
+    }
+
+    fn records(&self, device: &str, leaf: &str, array: &str) -> Vec<(usize, Value)> {
+        let suffix = format!("/{device}/{leaf}");
+        let mut out = Vec::new();
+        for (i, m) in self.all().iter().enumerate() {
+            if m.topic.ends_with(&suffix) {
+                if let Some(a) = m.body[array].as_array() {
+                    for r in a {
+                        out.push((i, r.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Distinct sample seqs of a device.
+    pub fn seqs(&self, device: &str) -> std::collections::BTreeSet<u64> {
+        self.samples(device)
+            .iter()
+            .filter_map(|(_, s)| s["seq"].as_u64())
+            .collect()
+    }
+
+    pub fn assert_all_valid(&self) {
+        let inv = self.invalid.lock().unwrap();
+        assert!(inv.is_empty(), "messages that break the contract: {inv:#?}");
+    }
+
+    pub fn statuses(&self) -> Vec<Msg> {
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic.ends_with("/status"))
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Asserts `seqs` is exactly `lo..=hi` without holes; returns hi.
+pub fn assert_contiguous(seqs: &std::collections::BTreeSet<u64>, lo: u64, what: &str) -> u64 {
+    let first = *seqs.iter().next().unwrap_or_else(|| panic!("{what}: nothing received"));
+    assert_eq!(first, lo, "{what}: first seq");
+    let last = *seqs.iter().next_back().expect("non-empty");
+    let missing: Vec<u64> = (lo..=last).filter(|s| !seqs.contains(s)).take(20).collect();
+    assert!(missing.is_empty(), "{what}: missing seqs (first 20): {missing:?}");
+    last
+}
+
+/// A gateway configuration for tests: local broker, spool in `dir`.
+pub fn config_text(port: u16, dir: &Path, extra: &str) -> String {
+    format!(
+        "site = \"xa-test\"\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         [spool]\npath = \"{}\"\n\
+         {extra}\n",
+        dir.join("spool.db").display()
+    )
+}
+
+pub fn config(port: u16, dir: &Path, extra: &str) -> Config {
+    Config::from_toml(&config_text(port, dir, extra)).expect("test config is valid")
+}
+
+/// The gateway running in this process.
+pub struct Gateway {
+    cancel: CancellationToken,
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub status: StatusHub,
+    pub spool: Arc<Spool>,
+}
+
+impl Gateway {
+    pub async fn start(cfg: Config) -> Gateway {
+        let cancel = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let c = cancel.clone();
+        let join = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            wardgate::app::run(cfg, c, move |r| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send((r.status.clone(), r.spool.clone()));
+                }
+            })
+            .await
+        });
+        let (status, spool) = within(Duration::from_secs(20), "gateway start", rx)
+            .await
+            .expect("gateway started");
+        Gateway {
+            cancel,
+            join,
+            status,
+            spool,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.join.is_finished()
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        within(Duration::from_secs(15), "gateway stop", self.join)
+            .await
+            .expect("gateway task")
+            .expect("gateway ran without error");
+    }
+}
+
+/// The real `wardgate` binary, spawned.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(config_path: &Path, log: &Path) -> Process {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .arg("run")
+            .arg("--config")
+            .arg(config_path)
+            .env("WARDGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn wardgate");
+        Process {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        signal(self.child.id(), sig);
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("wardgate did not exit within {limit:?}; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Per-device map from seq to the sample, keeping the first copy and
+/// asserting that duplicates are identical.
+pub fn dedupe(samples: &[(usize, Value)]) -> BTreeMap<u64, Value> {
+    let mut out = BTreeMap::new();
+    for (_, s) in samples {
+        let seq = s["seq"].as_u64().expect("seq");
+        let mut plain = s.clone();
+        plain["historical"] = Value::Null;
+        if let Some(prev) = out.get(&seq) {
+            assert_eq!(prev, &plain, "duplicate seq {seq} with different content");
+        } else {
+            out.insert(seq, plain);
+        }
+    }
+    out
+}

@@ -1,0 +1,5 @@
+//! Integration tests: one binary, real mosquitto on loopback, the gateway
+//! in-process or as the real binary.
+
+mod common;
+mod spine;
