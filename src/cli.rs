@@ -23,7 +23,11 @@ pub mod exit {
 
 /// Prints config problems, one per line, for a technician.
 pub fn print_config_error(path: &Path, e: &ConfigError, out: &mut impl Write) {
-    let _ = writeln!(out, "wardgate: configuration {} is not valid:", path.display());
+    let _ = writeln!(
+        out,
+        "wardgate: configuration {} is not valid:",
+        path.display()
+    );
     for p in e.problems() {
         let _ = writeln!(out, "  - {p}");
     }
@@ -67,7 +71,12 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
                 }
             }
             Err(e) => {
-                let _ = writeln!(out, "device {} ({}): NOT REACHABLE: {e}", dev.id(), dev.kind());
+                let _ = writeln!(
+                    out,
+                    "device {} ({}): NOT REACHABLE: {e}",
+                    dev.id(),
+                    dev.kind()
+                );
                 code = exit::UNAVAILABLE;
             }
         }
@@ -120,14 +129,14 @@ pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
         clean_stop: db.meta_get("clean").map_err(e)? == Some(1),
         backlog: rows
             .into_iter()
-            .map(|(sink, kind, device, records, oldest_ts, first_seq, last_seq)| StatsRow {
-                sink,
-                kind: kind_word(kind),
-                device,
-                records,
-                oldest_ts,
-                first_seq,
-                last_seq,
+            .map(|r| StatsRow {
+                kind: kind_word(r.kind),
+                sink: r.sink,
+                device: r.device,
+                records: r.records,
+                oldest_ts: r.oldest_ts,
+                first_seq: r.first_seq,
+                last_seq: r.last_seq,
             })
             .collect(),
     };

@@ -342,7 +342,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
         if self.site.is_empty() {
-            p.push("site: missing; set site = \"your-site-id\" (lowercase letters, digits, - and _)".into());
+            p.push(
+                "site: missing; set site = \"your-site-id\" (lowercase letters, digits, - and _)"
+                    .into(),
+            );
         } else if !valid_id(&self.site) {
             p.push(format!(
                 "site: {:?} is not a valid id (lowercase letters, digits, - and _, starting with a letter or digit)",
@@ -430,7 +433,9 @@ impl Config {
                 s.path.display()
             ));
         }
-        if s.commit_interval < Duration::from_millis(10) || s.commit_interval > Duration::from_secs(60) {
+        if s.commit_interval < Duration::from_millis(10)
+            || s.commit_interval > Duration::from_secs(60)
+        {
             p.push(format!(
                 "spool.commit_interval: {} must be between 10ms and 60s",
                 humantime::format_duration(s.commit_interval)
@@ -491,7 +496,10 @@ impl Config {
             match d {
                 DeviceConfig::Sim(c) => {
                     if c.event_every < 0 {
-                        p.push(format!("{key}.event_every: {} must not be negative", c.event_every));
+                        p.push(format!(
+                            "{key}.event_every: {} must not be negative",
+                            c.event_every
+                        ));
                     }
                     if !(1..=100_000).contains(&c.samples_per_tick) {
                         p.push(format!(
@@ -538,7 +546,11 @@ impl Config {
 }
 
 fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -626,7 +638,11 @@ mod tests {
     fn environment_overrides_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
-        std::fs::write(&path, "site = \"a\"\n[mqtt]\nhost = \"file-host\"\nport = 1883\n").unwrap();
+        std::fs::write(
+            &path,
+            "site = \"a\"\n[mqtt]\nhost = \"file-host\"\nport = 1883\n",
+        )
+        .unwrap();
         let env = vec![
             ("WARDGATE__MQTT__HOST".to_string(), "env-host".to_string()),
             ("WARDGATE__MQTT__PORT".to_string(), "1999".to_string()),

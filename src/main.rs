@@ -9,7 +9,11 @@ use wardgate::cli::{self, exit};
 use wardgate::config::{Config, DEFAULT_PATH};
 
 #[derive(Parser)]
-#[command(name = "wardgate", version, about = "Edge telemetry gateway for ward service centres")]
+#[command(
+    name = "wardgate",
+    version,
+    about = "Edge telemetry gateway for ward service centres"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
@@ -79,9 +83,12 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Check { config_only } => {
-            rt.block_on(cli::check(&path, explicit, config_only, &mut std::io::stdout()))
-        }
+        Command::Check { config_only } => rt.block_on(cli::check(
+            &path,
+            explicit,
+            config_only,
+            &mut std::io::stdout(),
+        )),
         Command::Run => rt.block_on(run(&path, explicit)),
         Command::Spool { command } => {
             let cfg = match Config::load(&path, explicit) {

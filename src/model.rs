@@ -309,7 +309,10 @@ mod tests {
             serde_json::to_string(&Health::Fault("port gone".into())).unwrap(),
             r#"{"state":"fault","reason":"port gone"}"#
         );
-        assert_eq!(serde_json::to_string(&Health::Ok).unwrap(), r#"{"state":"ok"}"#);
+        assert_eq!(
+            serde_json::to_string(&Health::Ok).unwrap(),
+            r#"{"state":"ok"}"#
+        );
     }
 
     #[test]

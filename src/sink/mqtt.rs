@@ -378,7 +378,9 @@ impl MqttSink {
 }
 
 fn tags_push(tags: &Mutex<VecDeque<Option<u64>>>, tag: Option<u64>) {
-    tags.lock().unwrap_or_else(|p| p.into_inner()).push_back(tag);
+    tags.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push_back(tag);
 }
 
 async fn wait_connack(el: &mut EventLoop) -> Result<(), ConnectionError> {
@@ -470,7 +472,7 @@ pub fn tls_config(
             }
             if roots.is_empty() {
                 return Err(tls(
-                    "no system CA certificates found; set mqtt.ca_file".into(),
+                    "no system CA certificates found; set mqtt.ca_file".into()
                 ));
             }
         }
@@ -510,7 +512,10 @@ fn describe(e: &ConnectionError, cfg: &Config) -> String {
                 format!("broker {broker} refused the login: not authorised")
             }
             ConnectReturnCode::BadClientId => {
-                format!("broker {broker} refused the client id {:?}", cfg.mqtt_client_id())
+                format!(
+                    "broker {broker} refused the client id {:?}",
+                    cfg.mqtt_client_id()
+                )
             }
             other => format!("broker {broker} refused the connection: {other:?}"),
         },

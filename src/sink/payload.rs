@@ -137,8 +137,14 @@ mod tests {
 
     #[test]
     fn topics_and_status() {
-        assert_eq!(data_topic("ioc", "s", "ups1", Kind::Sample), "ioc/s/ups1/telemetry");
-        assert_eq!(data_topic("ioc", "s", "ups1", Kind::Event), "ioc/s/ups1/event");
+        assert_eq!(
+            data_topic("ioc", "s", "ups1", Kind::Sample),
+            "ioc/s/ups1/telemetry"
+        );
+        assert_eq!(
+            data_topic("ioc", "s", "ups1", Kind::Event),
+            "ioc/s/ups1/event"
+        );
         assert_eq!(status_topic("ioc", "s"), "ioc/s/status");
         assert_eq!(
             status_offline("lost"),

@@ -171,7 +171,10 @@ impl DeviceHandle {
 
     /// Marks the device stale when no good reading came for three intervals.
     pub fn check_stale(&self) -> Result<(), SourceError> {
-        let limit = self.interval.saturating_mul(3).max(Duration::from_millis(10));
+        let limit = self
+            .interval
+            .saturating_mul(3)
+            .max(Duration::from_millis(10));
         let became_stale = {
             let mut st = self.lock();
             let late = st.last_good.is_some_and(|t| t.elapsed() > limit);

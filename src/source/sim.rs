@@ -102,9 +102,19 @@ impl SimState {
             (SimProfile::Sensor, open) => {
                 v.set("door.state", if open { "open" } else { "closed" });
                 if open {
-                    (Severity::Warning, "door.open", "Equipment room door opened", v)
+                    (
+                        Severity::Warning,
+                        "door.open",
+                        "Equipment room door opened",
+                        v,
+                    )
                 } else {
-                    (Severity::Info, "door.closed", "Equipment room door closed", v)
+                    (
+                        Severity::Info,
+                        "door.closed",
+                        "Equipment room door closed",
+                        v,
+                    )
                 }
             }
         }
@@ -183,7 +193,10 @@ mod tests {
             last = s.step(&mut rng);
         }
         assert_eq!(last.get("ups.status"), Some(&"OB LB".into()));
-        assert_eq!(last.get("input.voltage").and_then(|v| v.as_f64()), Some(0.0));
+        assert_eq!(
+            last.get("input.voltage").and_then(|v| v.as_f64()),
+            Some(0.0)
+        );
         let (_, code, _, _) = s.toggle();
         assert_eq!(code, "ups.on_line");
     }

@@ -27,6 +27,20 @@ pub struct Row {
     pub body: String,
 }
 
+/// One line of `wardgate spool stats`.
+#[derive(Debug, serde::Serialize)]
+pub struct SummaryRow {
+    pub sink: String,
+    /// 0 = sample, 1 = event.
+    #[serde(skip)]
+    pub kind: i64,
+    pub device: String,
+    pub records: u64,
+    pub oldest_ts: i64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+}
+
 /// What opening found.
 #[derive(Debug, Default)]
 pub struct OpenReport {
@@ -35,7 +49,7 @@ pub struct OpenReport {
 }
 
 pub struct Db {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 const SCHEMA: &str = "
@@ -119,7 +133,8 @@ impl Db {
     fn init(&self) -> rusqlite::Result<()> {
         // auto_vacuum must be chosen before the first table exists; on an
         // existing file this is a no-op.
-        self.conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        self.conn
+            .pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -332,20 +347,20 @@ impl Db {
     }
 
     /// Per (sink, kind, device): rows, oldest ts, lowest and highest seq.
-    pub fn summary(&self) -> rusqlite::Result<Vec<(String, i64, String, u64, i64, i64, i64)>> {
+    pub fn summary(&self) -> rusqlite::Result<Vec<SummaryRow>> {
         let mut st = self.conn.prepare(
             "SELECT sink, kind, device, COUNT(*), MIN(ts), MIN(seq), MAX(seq) FROM rec GROUP BY sink, kind, device ORDER BY sink, kind, device",
         )?;
         let rows = st.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get::<_, i64>(3)? as u64,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(SummaryRow {
+                sink: r.get(0)?,
+                kind: r.get(1)?,
+                device: r.get(2)?,
+                records: r.get::<_, i64>(3)? as u64,
+                oldest_ts: r.get(4)?,
+                first_seq: r.get(5)?,
+                last_seq: r.get(6)?,
+            })
         })?;
         rows.collect()
     }
@@ -387,7 +402,10 @@ fn move_aside(path: &Path) -> Result<PathBuf, SpoolError> {
     if wal.exists() {
         let wal_aside = aside.with_file_name(format!(
             "{}-wal",
-            aside.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            aside
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         std::fs::rename(&wal, wal_aside).map_err(io(format!("moving {} aside", wal.display())))?;
     }

@@ -257,8 +257,11 @@ impl Spool {
             // key: seq/<kind>/<device>
             let mut parts = key.splitn(3, '/');
             let (_, k, dev) = (parts.next(), parts.next(), parts.next());
-            let (Some(k), Some(dev)) = (k.and_then(|k| k.parse::<i64>().ok()).and_then(Kind::from_i64), dev)
-            else {
+            let (Some(k), Some(dev)) = (
+                k.and_then(|k| k.parse::<i64>().ok())
+                    .and_then(Kind::from_i64),
+                dev,
+            ) else {
                 tracing::warn!(%key, "ignoring unknown sequence entry in spool");
                 continue;
             };
@@ -408,7 +411,9 @@ impl Spool {
                 let mut entry = Some(entry);
                 for i in 0..n {
                     let e = if i + 1 == n {
-                        entry.take().expect("the last lane takes the original entry")
+                        entry
+                            .take()
+                            .expect("the last lane takes the original entry")
                     } else {
                         entry
                             .as_ref()
@@ -428,13 +433,10 @@ impl Spool {
     }
 
     fn next_seq(&self, st: &mut State, device: &Arc<str>, kind: Kind) -> Result<u64, SpoolError> {
-        let s = st
-            .seqs
-            .entry((device.clone(), kind))
-            .or_insert(SeqState {
-                next: 0,
-                reserved: 0,
-            });
+        let s = st.seqs.entry((device.clone(), kind)).or_insert(SeqState {
+            next: 0,
+            reserved: 0,
+        });
         if s.next >= s.reserved {
             let reserved = s.next + SEQ_BLOCK;
             let key = format!("seq/{}/{}", kind.as_i64(), device);
@@ -617,7 +619,7 @@ impl Spool {
                 }
             }
         }
-        remove.sort_by(|a, b| b.2.cmp(&a.2));
+        remove.sort_by_key(|r| std::cmp::Reverse(r.2));
         for (li, k, qi) in remove {
             let lane = &mut st.lanes[li];
             let q = if k == Kind::Event {
@@ -718,7 +720,9 @@ impl Spool {
         let mut db = lock(&self.db);
         if check_age && self.clock.get() == ClockState::Synced {
             let cutoff = now_ms() - self.cfg.max_age.as_millis() as i64;
-            let n = db.drop_older_than(cutoff).map_err(sql("dropping old records"))?;
+            let n = db
+                .drop_older_than(cutoff)
+                .map_err(sql("dropping old records"))?;
             if n > 0 {
                 self.counters
                     .disk_rows
@@ -1137,7 +1141,8 @@ impl ClockCache {
         let last = self.checked_ms.load(Ordering::Relaxed);
         if last == 0 || (now - last).abs() > 5_000 {
             let s = ClockState::from_kernel();
-            self.synced.store(s == ClockState::Synced, Ordering::Relaxed);
+            self.synced
+                .store(s == ClockState::Synced, Ordering::Relaxed);
             self.checked_ms.store(now.max(1), Ordering::Relaxed);
             return s;
         }
@@ -1146,5 +1151,306 @@ impl ClockCache {
         } else {
             ClockState::Unsynced
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Severity, Values};
+
+    fn cfg(dir: &Path, policy: &str, extra: &str) -> SpoolConfig {
+        let text = format!(
+            "site = \"s\"\n[spool]\npath = \"{}\"\npolicy = \"{policy}\"\n{extra}\n",
+            dir.join("spool.db").display()
+        );
+        crate::config::Config::from_toml(&text).unwrap().spool
+    }
+
+    fn open(c: &SpoolConfig) -> (Arc<Spool>, StartReport, LaneHandle) {
+        let (s, r) = Spool::open(c, "s", &["mqtt"]).unwrap();
+        let lane = s.lane("mqtt").unwrap();
+        (s, r, lane)
+    }
+
+    fn sample(n: f64) -> Reading {
+        let mut v = Values::new();
+        v.num("x", n);
+        Reading::Sample(v)
+    }
+
+    fn event() -> Reading {
+        Reading::Event {
+            severity: Severity::Warning,
+            code: "t.e".into(),
+            message: "m".into(),
+            values: Values::new(),
+        }
+    }
+
+    async fn next(lane: &LaneHandle, max: usize) -> Batch {
+        tokio::time::timeout(Duration::from_secs(5), lane.next_batch(max))
+            .await
+            .expect("a batch is ready")
+            .unwrap()
+    }
+
+    fn seqs(b: &Batch) -> Vec<u64> {
+        b.bodies
+            .iter()
+            .map(|x| {
+                serde_json::from_str::<serde_json::Value>(x).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn rows(s: &Spool) -> u64 {
+        lock(&s.db).row_count().unwrap()
+    }
+
+    #[tokio::test]
+    async fn live_record_acked_never_touches_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(true);
+        let dev: Arc<str> = Arc::from("d");
+        assert_eq!(s.push(&dev, sample(1.0)).unwrap(), 0);
+        let b = next(&lane, 100).await;
+        assert!(!b.historical);
+        assert_eq!(seqs(&b), vec![0]);
+        assert_eq!(lane.ack(b.id), 1);
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 0);
+        assert_eq!(s.counters().spilled.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn events_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(true);
+        let dev: Arc<str> = Arc::from("d");
+        s.push(&dev, sample(1.0)).unwrap();
+        s.push(&dev, event()).unwrap();
+        assert_eq!(next(&lane, 100).await.kind, Kind::Event);
+        assert_eq!(next(&lane, 100).await.kind, Kind::Sample);
+    }
+
+    #[tokio::test]
+    async fn link_down_spills_and_backlog_is_batched_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        for i in 0..250 {
+            s.push(&a, sample(i as f64)).unwrap();
+            s.push(&b, sample(i as f64)).unwrap();
+        }
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 500);
+        assert_eq!(s.stats().memory, 0);
+        lane.set_link(true);
+        let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut ids = Vec::new();
+        while got.values().map(|v| v.len()).sum::<usize>() < 500 {
+            let batch = next(&lane, 100).await;
+            assert!(batch.historical);
+            assert!(batch.bodies.len() <= 100);
+            got.entry(batch.device.to_string())
+                .or_default()
+                .extend(seqs(&batch));
+            ids.push(batch.id);
+        }
+        for dev in ["a", "b"] {
+            assert_eq!(got[dev], (0..250).collect::<Vec<u64>>(), "{dev} in order");
+        }
+        for id in ids {
+            lane.ack(id);
+        }
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 0);
+    }
+
+    #[tokio::test]
+    async fn unacked_after_spill_after_goes_to_disk_and_ack_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", "spill_after = \"0s\""));
+        lane.set_link(true);
+        let dev: Arc<str> = Arc::from("d");
+        s.push(&dev, sample(1.0)).unwrap();
+        let b = next(&lane, 100).await;
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 1, "in flight too long: written");
+        // The backlog reader does not send it a second time.
+        lane.set_link(true);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100))
+                .await
+                .is_err()
+        );
+        lane.ack(b.id);
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 0);
+    }
+
+    #[tokio::test]
+    async fn nack_requeues_memory_records_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(true);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        s.push(&a, sample(0.0)).unwrap();
+        s.push(&b, sample(0.0)).unwrap();
+        let first = next(&lane, 100).await;
+        let second = next(&lane, 100).await;
+        assert_eq!((&*first.device, &*second.device), ("a", "b"));
+        lane.nack_all();
+        let again = next(&lane, 100).await;
+        assert_eq!(&*again.device, "a");
+        assert_eq!(seqs(&again), vec![0]);
+        // Link down: the next commit writes everything left in memory.
+        lane.set_link(false);
+        lane.nack_all();
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 2);
+    }
+
+    #[tokio::test]
+    async fn wal_commits_before_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "wal", ""));
+        lane.set_link(true);
+        let dev: Arc<str> = Arc::from("d");
+        s.push(&dev, sample(1.0)).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100))
+                .await
+                .is_err(),
+            "nothing is sent before its commit"
+        );
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 1);
+        let b = next(&lane, 100).await;
+        assert!(!b.historical, "sent live from memory once committed");
+        lane.ack(b.id);
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 0);
+    }
+
+    #[tokio::test]
+    async fn sequences_survive_clean_and_unclean_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), "spill", "");
+        let dev: Arc<str> = Arc::from("d");
+        {
+            let (s, r, _) = open(&c);
+            assert!(r.resumed_unclean.is_empty());
+            for _ in 0..3 {
+                s.push(&dev, sample(0.0)).unwrap();
+            }
+            s.push(&dev, event()).unwrap();
+            s.close().unwrap();
+        }
+        {
+            let (s, r, _) = open(&c);
+            assert!(r.resumed_unclean.is_empty(), "clean stop");
+            assert_eq!(s.push(&dev, sample(0.0)).unwrap(), 3);
+            assert_eq!(s.push(&dev, event()).unwrap(), 1);
+            // Dropped without close: a crash.
+        }
+        let (s, r, _) = open(&c);
+        assert_eq!(s.push(&dev, sample(0.0)).unwrap(), 3 + SEQ_BLOCK);
+        assert!(r
+            .resumed_unclean
+            .iter()
+            .any(|(d, k, at)| d == "d" && *k == Kind::Sample && *at == 3 + SEQ_BLOCK));
+        // The first run's records were written at its clean stop; the
+        // crashed run's two were still in memory (within spill_after) and
+        // are the loss a crash may cause.
+        assert_eq!(rows(&s), 4);
+    }
+
+    #[tokio::test]
+    async fn full_spool_drops_oldest_telemetry_keeps_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, _lane) = open(&cfg(dir.path(), "spill", "max_bytes = \"64 KiB\""));
+        let dev: Arc<str> = Arc::from("d");
+        for i in 0..3000 {
+            s.push(&dev, sample(i as f64)).unwrap();
+            if i % 100 == 0 {
+                s.push(&dev, event()).unwrap();
+            }
+            if i % 500 == 0 {
+                s.flush(false).unwrap();
+            }
+        }
+        s.flush(false).unwrap();
+        let db = lock(&s.db);
+        assert!(db.used_bytes().unwrap() <= 64 * 1024);
+        assert_eq!(db.count_kind(Kind::Event).unwrap(), 30, "every event kept");
+        let oldest: i64 = db
+            .conn
+            .query_row("SELECT MIN(seq) FROM rec WHERE kind = 0", [], |r| r.get(0))
+            .unwrap();
+        assert!(oldest > 0, "oldest telemetry went first");
+        drop(db);
+        assert!(s.counters().dropped_full.load(Ordering::Relaxed) > 0);
+        assert_eq!(s.stats().dropped, s.counters().dropped_total());
+    }
+
+    #[tokio::test]
+    async fn memory_bound_spills_oldest_even_with_link_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", "memory_max = 10"));
+        lane.set_link(true);
+        let dev: Arc<str> = Arc::from("d");
+        for i in 0..25 {
+            s.push(&dev, sample(i as f64)).unwrap();
+        }
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 15);
+        assert_eq!(s.stats().memory, 10);
+    }
+
+    #[tokio::test]
+    async fn garbage_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("spool.db"),
+            b"this is not a database, not at all....",
+        )
+        .unwrap();
+        let (s, r, _) = open(&cfg(dir.path(), "spill", ""));
+        let (aside, reason) = r.moved_aside.expect("moved aside");
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("spool.db.corrupt-"));
+        assert!(!reason.is_empty());
+        assert!(aside.exists());
+        s.push(&Arc::from("d"), sample(0.0)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        let dev: Arc<str> = Arc::from("d");
+        s.push(&dev, sample(0.0)).unwrap();
+        s.flush(false).unwrap();
+        lock(&s.db)
+            .conn
+            .execute("UPDATE rec SET body = 'garbage'", [])
+            .unwrap();
+        s.push(&dev, sample(1.0)).unwrap();
+        s.flush(false).unwrap();
+        lane.set_link(true);
+        let b = next(&lane, 100).await;
+        assert_eq!(seqs(&b), vec![1]);
+        assert_eq!(s.counters().dropped_corrupt.load(Ordering::Relaxed), 1);
     }
 }

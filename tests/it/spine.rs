@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use crate::common::*;
-use serde_json::Value;
 
 fn sim(id: &str, interval: &str, extra: &str) -> String {
     format!("[[device]]\nid = \"{id}\"\ntype = \"sim\"\ninterval = \"{interval}\"\n{extra}\n")
@@ -76,8 +75,16 @@ async fn outage_backlog_arrives_batched_after_events() {
     broker.stop();
     let before_outage = sub.all().len();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let pushed_during = gw.spool.counters().pushed.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(gw.spool.stats().disk_rows > 1000, "the outage went to disk: {:?}", gw.spool.stats());
+    let pushed_during = gw
+        .spool
+        .counters()
+        .pushed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        gw.spool.stats().disk_rows > 1000,
+        "the outage went to disk: {:?}",
+        gw.spool.stats()
+    );
     broker.restart();
     eventually(Duration::from_secs(90), "backlog drained", || {
         gw.spool.stats().disk_rows == 0 && sub.seqs("ups1").len() as u64 > 1500
@@ -102,7 +109,10 @@ async fn outage_backlog_arrives_batched_after_events() {
                 .filter(|(i, r)| *i >= before_outage && r["historical"] == hist)
                 .map(|(_, r)| r["seq"].as_u64().unwrap())
                 .collect();
-            assert!(s.windows(2).all(|w| w[0] < w[1]), "{dev} historical={hist} out of order");
+            assert!(
+                s.windows(2).all(|w| w[0] < w[1]),
+                "{dev} historical={hist} out of order"
+            );
         }
     }
     let msgs = sub.all();
@@ -127,9 +137,15 @@ async fn outage_backlog_arrives_batched_after_events() {
         .filter(|(_, m)| m.body["events"][0]["historical"] == true)
         .map(|(i, _)| i)
         .collect();
-    assert!(!outage_events.is_empty(), "events were raised during the outage");
+    assert!(
+        !outage_events.is_empty(),
+        "events were raised during the outage"
+    );
     for i in outage_events {
-        assert!(i < first_backlog, "event message {i} came after backlog message {first_backlog}");
+        assert!(
+            i < first_backlog,
+            "event message {i} came after backlog message {first_backlog}"
+        );
     }
 }
 
@@ -180,8 +196,18 @@ async fn sigkill_with_broker_down_keeps_all_but_the_last_spill_after() {
     );
     // After an unclean stop the sequence resumes after the reserved block,
     // and the gateway says so.
-    let after: Vec<u64> = unique.keys().copied().filter(|s| *s >= block).take(5).collect();
-    assert_eq!(after.first(), Some(&block), "resumed at the reserved block; log:\n{}", gw.log_text());
+    let after: Vec<u64> = unique
+        .keys()
+        .copied()
+        .filter(|s| *s >= block)
+        .take(5)
+        .collect();
+    assert_eq!(
+        after.first(),
+        Some(&block),
+        "resumed at the reserved block; log:\n{}",
+        gw.log_text()
+    );
     let evs = sub.events("gateway");
     assert!(
         evs.iter().any(|(_, e)| e["code"] == "gateway.unclean_stop"),
@@ -198,8 +224,10 @@ async fn sigterm_with_broker_down_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // A long spill_after: without the shutdown flush, these would be lost.
     let extra = format!("{}\n[spool]\n", sim("ups1", "20ms", ""));
-    let text = config_text(broker.port, dir.path(), &extra)
-        .replace("[spool]\npath", "[spool]\nspill_after = \"30s\"\ncommit_interval = \"10s\"\npath");
+    let text = config_text(broker.port, dir.path(), &extra).replace(
+        "[spool]\npath",
+        "[spool]\nspill_after = \"30s\"\ncommit_interval = \"10s\"\npath",
+    );
     let cfg = dir.path().join("wardgate.toml");
     std::fs::write(&cfg, text.replace("\n[spool]\n\n", "\n")).unwrap();
     let log = dir.path().join("wardgate.log");
@@ -209,7 +237,11 @@ async fn sigterm_with_broker_down_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let t0 = std::time::Instant::now();
     gw.signal(libc::SIGTERM);
-    assert_eq!(gw.wait(Duration::from_secs(10)).await, Some(0), "clean exit");
+    assert_eq!(
+        gw.wait(Duration::from_secs(10)).await,
+        Some(0),
+        "clean exit"
+    );
     assert!(t0.elapsed() < Duration::from_secs(10));
     broker.restart();
     let mut gw = Process::start(&cfg, &log);
@@ -299,13 +331,64 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
 async fn tls_with_password_and_wrong_password_retries() {
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=wardgate test CA"], d);
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-        "-out", "server.csr", "-subj", "/CN=localhost"], d);
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"], d);
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=wardgate test CA",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        d,
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+        d,
+    );
     let pw = d.join("passwd");
     let st = std::process::Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
@@ -332,9 +415,7 @@ async fn tls_with_password_and_wrong_password_retries() {
     std::fs::write(d.join("bad"), "wrong\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tls = |pwfile: &str| {
-        format!(
-            "{}",
-            config_text(broker.port, dir.path(), &sim("ups1", "50ms", ""))
+        config_text(broker.port, dir.path(), &sim("ups1", "50ms", ""))
                 .replace(
                     "[mqtt]\n",
                     &format!(
@@ -343,12 +424,14 @@ async fn tls_with_password_and_wrong_password_retries() {
                         d.join(pwfile).display()
                     ),
                 )
-                .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
-        )
+            .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
     };
     let cfg = wardgate::config::Config::from_toml(&tls("good")).unwrap();
     let gw = Gateway::start(cfg).await;
-    eventually(WAIT, "acknowledged over TLS", || gw.status.get().uplink.acked >= 20).await;
+    eventually(WAIT, "acknowledged over TLS", || {
+        gw.status.get().uplink.acked >= 20
+    })
+    .await;
     assert!(gw.status.get().uplink.connected);
     gw.stop().await;
 
@@ -367,11 +450,17 @@ async fn tls_with_password_and_wrong_password_retries() {
     })
     .await;
     eventually(WAIT, "retried", || gw.status.get().uplink.attempts >= 3).await;
-    assert!(gw.is_running(), "a wrong password does not stop the gateway");
+    assert!(
+        gw.is_running(),
+        "a wrong password does not stop the gateway"
+    );
     assert!(!gw.status.get().uplink.connected);
     assert_eq!(gw.status.get().uplink.acked, 0);
     // Readings are kept meanwhile.
-    eventually(WAIT, "readings kept on disk", || gw.spool.stats().disk_rows > 0).await;
+    eventually(WAIT, "readings kept on disk", || {
+        gw.spool.stats().disk_rows > 0
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -391,7 +480,11 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
     );
     let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
     eventually(WAIT, "drops", || {
-        gw.spool.counters().dropped_full.load(std::sync::atomic::Ordering::Relaxed) > 500
+        gw.spool
+            .counters()
+            .dropped_full
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 500
     })
     .await;
     let bytes = gw.spool.stats().disk_bytes;
@@ -403,7 +496,14 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
         b.stop();
         let conf = b.dir.path().join("mosquitto.conf");
         let t = std::fs::read_to_string(&conf).unwrap();
-        std::fs::write(&conf, t.replace(&format!("listener {} ", b.port), &format!("listener {port} "))).unwrap();
+        std::fs::write(
+            &conf,
+            t.replace(
+                &format!("listener {} ", b.port),
+                &format!("listener {port} "),
+            ),
+        )
+        .unwrap();
         b.port = port;
         b.restart();
         b
@@ -415,7 +515,12 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
             .any(|(_, s)| s["values"]["spool.dropped"].as_f64().unwrap_or(0.0) > 500.0)
     })
     .await;
-    let pushed_events = gw.spool.counters().pushed.load(std::sync::atomic::Ordering::Relaxed) / 101;
+    let pushed_events = gw
+        .spool
+        .counters()
+        .pushed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        / 101;
     eventually(WAIT, "events delivered", || {
         sub.events("ups1").len() as u64 >= pushed_events.saturating_sub(5)
     })
@@ -456,10 +561,18 @@ async fn garbage_spool_is_moved_aside() {
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("spool.db.corrupt-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("spool.db.corrupt-")
+        })
         .collect();
     assert_eq!(aside.len(), 1, "one file moved aside");
-    assert_eq!(std::fs::read(aside[0].path()).unwrap(), garbage, "kept intact for inspection");
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        garbage,
+        "kept intact for inspection"
+    );
     sub.assert_all_valid();
 }
 
@@ -484,13 +597,25 @@ fn check_rejects_bad_configs_naming_the_key() {
     let good = "site = \"xa-a\"\n[[device]]\nid = \"ups1\"\ntype = \"sim\"\n";
     let (code, out) = check(good);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("device ups1 (sim): ok") && out.contains("ups.status = \"OL\""), "{out}");
+    assert!(
+        out.contains("device ups1 (sim): ok") && out.contains("ups.status = \"OL\""),
+        "{out}"
+    );
     let cases = [
         ("site = \"xa-a\"\ncolour = \"red\"\n", "colour"),
-        ("site = \"xa-a\"\n[mqtt]\nport = 70000\n", "mqtt.port: 70000 is not a port"),
-        ("site = \"xa-a\"\n[[device]]\nid = \"UPS 1\"\ntype = \"sim\"\n", "device[0].id"),
+        (
+            "site = \"xa-a\"\n[mqtt]\nport = 70000\n",
+            "mqtt.port: 70000 is not a port",
+        ),
+        (
+            "site = \"xa-a\"\n[[device]]\nid = \"UPS 1\"\ntype = \"sim\"\n",
+            "device[0].id",
+        ),
         ("[mqtt]\nhost = \"x\"\n", "site: missing"),
-        ("site = \"xa-a\"\n[spool]\nmax_bytes = \"lots\"\n", "spool.max_bytes"),
+        (
+            "site = \"xa-a\"\n[spool]\nmax_bytes = \"lots\"\n",
+            "spool.max_bytes",
+        ),
         ("site = \"xa-a\"\n[mqtt\n", "TOML"),
     ];
     for (text, want) in cases {
@@ -523,18 +648,31 @@ async fn healthy_broker_writes_no_rows() {
     let gw = Gateway::start(config(
         broker.port,
         dir.path(),
-        &format!("{}{}", sim("ups1", "5ms", "event_every = 50"), sim("env1", "10ms", "profile = \"sensor\"")),
+        &format!(
+            "{}{}",
+            sim("ups1", "5ms", "event_every = 50"),
+            sim("env1", "10ms", "profile = \"sensor\"")
+        ),
     ))
     .await;
     let db = dir.path().join("spool.db");
     for _ in 0..25 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let ro = wardgate::spool::db::Db::open_read_only(&db).unwrap();
-        assert_eq!(ro.row_count().unwrap(), 0, "no rows while the broker is healthy");
+        assert_eq!(
+            ro.row_count().unwrap(),
+            0,
+            "no rows while the broker is healthy"
+        );
     }
     assert!(sub.seqs("ups1").len() > 300);
-    assert_eq!(gw.spool.counters().spilled.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        gw.spool
+            .counters()
+            .spilled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     gw.stop().await;
     sub.assert_all_valid();
-    let _: Option<Value> = None;
 }

@@ -159,7 +159,9 @@ pub struct Subscriber {
 }
 
 fn schema(name: &str) -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/schema")
+        .join(name);
     let text = std::fs::read_to_string(&path).expect("schema file");
     let v: Value = serde_json::from_str(&text).expect("schema is JSON");
     jsonschema::validator_for(&v).expect("schema compiles")
@@ -227,7 +229,9 @@ impl Subscriber {
                         let body: Value = match serde_json::from_slice(&p.payload) {
                             Ok(v) => v,
                             Err(e) => {
-                                inv.lock().unwrap().push(format!("{}: not JSON: {e}", p.topic));
+                                inv.lock()
+                                    .unwrap()
+                                    .push(format!("{}: not JSON: {e}", p.topic));
                                 continue;
                             }
                         };
@@ -245,7 +249,12 @@ impl Subscriber {
                 }
             }
         });
-        within(Duration::from_secs(10), "subscription", subscribed.notified()).await;
+        within(
+            Duration::from_secs(10),
+            "subscription",
+            subscribed.notified(),
+        )
+        .await;
         Subscriber {
             msgs,
             invalid,
@@ -311,11 +320,17 @@ impl Drop for Subscriber {
 
 /// Asserts `seqs` is exactly `lo..=hi` without holes; returns hi.
 pub fn assert_contiguous(seqs: &std::collections::BTreeSet<u64>, lo: u64, what: &str) -> u64 {
-    let first = *seqs.iter().next().unwrap_or_else(|| panic!("{what}: nothing received"));
+    let first = *seqs
+        .iter()
+        .next()
+        .unwrap_or_else(|| panic!("{what}: nothing received"));
     assert_eq!(first, lo, "{what}: first seq");
     let last = *seqs.iter().next_back().expect("non-empty");
     let missing: Vec<u64> = (lo..=last).filter(|s| !seqs.contains(s)).take(20).collect();
-    assert!(missing.is_empty(), "{what}: missing seqs (first 20): {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "{what}: missing seqs (first 20): {missing:?}"
+    );
     last
 }
 
@@ -420,7 +435,10 @@ impl Process {
                 return st.code();
             }
             if std::time::Instant::now() > deadline {
-                panic!("wardgate did not exit within {limit:?}; log:\n{}", self.log_text());
+                panic!(
+                    "wardgate did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
