@@ -44,7 +44,9 @@ fn mosquitto(dir: &Path) -> (Kill, u16) {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("user root\nmax_queued_messages 0\nlistener {port} 127.0.0.1\nallow_anonymous true\n"),
+        format!(
+            "user root\nmax_queued_messages 0\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+        ),
     )
     .unwrap();
     let child = Command::new("mosquitto")
@@ -64,11 +66,18 @@ fn mosquitto(dir: &Path) -> (Kill, u16) {
 async fn counter(port: u16, historical: bool) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
     let n = Arc::new(AtomicU64::new(0));
     let last_ms = Arc::new(AtomicU64::new(0));
-    let mut o = MqttOptions::new(format!("bench-{}", rand::random::<u32>()), "127.0.0.1", port);
+    let mut o = MqttOptions::new(
+        format!("bench-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
     o.set_max_packet_size(64 << 20, 1 << 20);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = AsyncClient::new(o, 100);
-    client.subscribe("ioc/+/+/telemetry", QoS::AtMostOnce).await.unwrap();
+    client
+        .subscribe("ioc/+/+/telemetry", QoS::AtMostOnce)
+        .await
+        .unwrap();
     let (n2, l2) = (n.clone(), last_ms.clone());
     let start = Instant::now();
     let ready = Arc::new(tokio::sync::Notify::new());
@@ -206,7 +215,9 @@ async fn main() {
         }
         spool.close().unwrap();
     }
-    let db_bytes = std::fs::metadata(dir.path().join("spool.db")).map(|m| m.len()).unwrap_or(0);
+    let db_bytes = std::fs::metadata(dir.path().join("spool.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     println!(
         "backlog prepared:         {:>10} samples, {:.1} MiB on disk ({:.1} s)",
         backlog_n,
@@ -232,5 +243,9 @@ async fn main() {
         drained,
         got as f64 / drained
     );
-    println!("peak RSS during drain:    {:>10} KiB ({:.1} MiB)", peak, peak as f64 / 1024.0);
+    println!(
+        "peak RSS during drain:    {:>10} KiB ({:.1} MiB)",
+        peak,
+        peak as f64 / 1024.0
+    );
 }
