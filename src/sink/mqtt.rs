@@ -156,6 +156,7 @@ impl MqttSink {
             match self.session(&cancel).await {
                 SessionEnd::Cancelled => return,
                 SessionEnd::Failed { error, up } => {
+                    self.lane.set_link(false);
                     backoff.connection_ended(up);
                     let delay = backoff.next_delay(&mut rand::rng());
                     tracing::warn!(

@@ -124,9 +124,19 @@ enum InFlight {
     Disk(Vec<i64>),
 }
 
+/// What the spool knows of a sink's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not tried yet (start-up): records wait in memory as if the link were up.
+    Unknown,
+    Up,
+    /// Records go to disk at the next commit.
+    Down,
+}
+
 struct Lane {
     name: String,
-    link_up: bool,
+    link: Link,
     events: VecDeque<Entry>,
     live: VecDeque<Entry>,
     inflight: HashMap<u64, InFlight>,
@@ -291,7 +301,7 @@ impl Spool {
             .iter()
             .map(|name| Lane {
                 name: (*name).to_owned(),
-                link_up: false,
+                link: Link::Unknown,
                 events: VecDeque::new(),
                 live: VecDeque::new(),
                 inflight: HashMap::new(),
@@ -469,7 +479,7 @@ impl Spool {
             locs.push(Loc::Wal(i));
         }
         for (li, lane) in st.lanes.iter().enumerate() {
-            let down = !lane.link_up;
+            let down = lane.link == Link::Down;
             for (kind, q) in [(Kind::Event, &lane.events), (Kind::Sample, &lane.live)] {
                 let over = q.len().saturating_sub(memory_max);
                 for (qi, e) in q.iter().enumerate() {
@@ -639,7 +649,7 @@ impl Spool {
                 let mut le = e.clone_for_lane();
                 le.row = Some(row);
                 lane.mem_rows.insert(row);
-                if lane.link_up {
+                if lane.link != Link::Down {
                     match le.kind {
                         Kind::Event => lane.events.push_back(le),
                         Kind::Sample => lane.live.push_back(le),
@@ -654,7 +664,7 @@ impl Spool {
         // wal: records that are on disk need not stay in memory while the
         // link is down.
         for lane in st.lanes.iter_mut() {
-            if !lane.link_up {
+            if lane.link == Link::Down {
                 for q in [&mut lane.events, &mut lane.live] {
                     let before = q.len();
                     q.retain(|e| match e.row {
@@ -873,7 +883,7 @@ impl LaneHandle {
     /// next commit writes its queued records to disk.
     pub fn set_link(&self, up: bool) {
         let mut st = lock(&self.spool.state);
-        st.lanes[self.idx].link_up = up;
+        st.lanes[self.idx].link = if up { Link::Up } else { Link::Down };
     }
 
     /// Waits for the next batch: events first, then live telemetry, then the
@@ -1227,6 +1237,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_is_written_before_the_first_connection_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        s.push(&Arc::from("d"), sample(0.0)).unwrap();
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 0, "link unknown at start: wait in memory");
+        lane.set_link(false);
+        s.flush(false).unwrap();
+        assert_eq!(rows(&s), 1, "link down: written");
+    }
+
+    #[tokio::test]
     async fn events_go_first() {
         let dir = tempfile::tempdir().unwrap();
         let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
@@ -1242,6 +1264,7 @@ mod tests {
     async fn link_down_spills_and_backlog_is_batched_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(false);
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
         for i in 0..250 {
@@ -1376,7 +1399,8 @@ mod tests {
     #[tokio::test]
     async fn full_spool_drops_oldest_telemetry_keeps_events() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _, _lane) = open(&cfg(dir.path(), "spill", "max_bytes = \"64 KiB\""));
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", "max_bytes = \"64 KiB\""));
+        lane.set_link(false);
         let dev: Arc<str> = Arc::from("d");
         for i in 0..3000 {
             s.push(&dev, sample(i as f64)).unwrap();
@@ -1439,6 +1463,7 @@ mod tests {
     async fn corrupt_rows_are_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(false);
         let dev: Arc<str> = Arc::from("d");
         s.push(&dev, sample(0.0)).unwrap();
         s.flush(false).unwrap();
