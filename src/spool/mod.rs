@@ -148,6 +148,9 @@ struct Lane {
     disk_maybe: [bool; 2],
     /// Batches read from disk, waiting to be sent.
     disk_ready: [VecDeque<Batch>; 2],
+    /// The last, partial batch of each device from a full window, held back
+    /// to be filled from the next window (so backlog batches stay full).
+    carry: [Vec<(String, Vec<(i64, String)>)>; 2],
     notify: Arc<Notify>,
 }
 
@@ -309,6 +312,7 @@ impl Spool {
                 cursor: [0, 0],
                 disk_maybe: [true, true],
                 disk_ready: [VecDeque::new(), VecDeque::new()],
+                carry: [Vec::new(), Vec::new()],
                 notify: Arc::new(Notify::new()),
             })
             .collect();
@@ -992,6 +996,7 @@ impl LaneHandle {
         lane.cursor = [0, 0];
         lane.disk_maybe = [true, true];
         lane.disk_ready = [VecDeque::new(), VecDeque::new()];
+        lane.carry = [Vec::new(), Vec::new()];
         lane.notify.notify_one();
     }
 
@@ -1042,14 +1047,16 @@ impl Spool {
             // The lane was reset while we read: this window is stale.
             return Ok(());
         }
-        if rows.is_empty() {
+        let full = rows.len() >= window;
+        if rows.is_empty() && st.lanes[idx].carry[k].is_empty() {
             st.lanes[idx].disk_maybe[k] = false;
             return Ok(());
         }
         let last = rows.last().map(|r| r.id).unwrap_or(after);
         let mut corrupt = Vec::new();
-        // Group by device, keeping each device's rows in order.
-        let mut groups: Vec<(String, Vec<(i64, String)>)> = Vec::new();
+        // Group by device, keeping each device's rows in order, after what
+        // the previous window held back.
+        let mut groups = std::mem::take(&mut st.lanes[idx].carry[k]);
         for r in rows {
             if st.lanes[idx].mem_rows.contains(&r.id) {
                 continue;
@@ -1063,9 +1070,14 @@ impl Spool {
                 None => groups.push((r.device, vec![(r.id, r.body)])),
             }
         }
+        let mut carry = Vec::new();
         let lane_batches: Vec<Batch> = {
             let mut out = Vec::new();
-            for (device, rows) in groups {
+            for (device, mut rows) in groups {
+                if full && rows.len() % max != 0 {
+                    let keep = rows.split_off(rows.len() - rows.len() % max);
+                    carry.push((device.clone(), keep));
+                }
                 let device: Arc<str> = Arc::from(device);
                 for chunk in rows.chunks(max) {
                     let id = st.next_batch_id;
@@ -1084,6 +1096,7 @@ impl Spool {
             }
             out
         };
+        st.lanes[idx].carry[k] = carry;
         let lane = &mut st.lanes[idx];
         lane.cursor[k] = last;
         lane.disk_ready[k].extend(lane_batches);
@@ -1423,6 +1436,35 @@ mod tests {
         drop(db);
         assert!(s.counters().dropped_full.load(Ordering::Relaxed) > 0);
         assert_eq!(s.stats().dropped, s.counters().dropped_total());
+    }
+
+    #[tokio::test]
+    async fn max_age_drops_old_synced_records_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(false);
+        let dev: Arc<str> = Arc::from("d");
+        for i in 0..4 {
+            s.push(&dev, sample(i as f64)).unwrap();
+        }
+        s.flush(false).unwrap();
+        let mut db = lock(&s.db);
+        // Two old readings, one taken with a synchronised clock, one not.
+        db.conn
+            .execute("UPDATE rec SET ts = 1000, synced = 1 WHERE seq = 0", [])
+            .unwrap();
+        db.conn
+            .execute("UPDATE rec SET ts = 1000, synced = 0 WHERE seq = 1", [])
+            .unwrap();
+        db.conn
+            .execute("UPDATE rec SET synced = 1 WHERE seq >= 2", [])
+            .unwrap();
+        assert_eq!(db.drop_older_than(now_ms() - 86_400_000).unwrap(), 1);
+        assert_eq!(
+            db.row_count().unwrap(),
+            3,
+            "an unsynced timestamp is not trusted"
+        );
     }
 
     #[tokio::test]

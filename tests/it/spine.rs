@@ -676,3 +676,176 @@ async fn healthy_broker_writes_no_rows() {
     gw.stop().await;
     sub.assert_all_valid();
 }
+
+/// `wardgate spool stats` and `wardgate spool export` on a spool holding a
+/// backlog (the broker never came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_stats_and_export_show_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg_path = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg_path,
+        config_text(
+            port,
+            dir.path(),
+            &sim("ups1", "10ms", "count = 40\nevent_every = 20"),
+        ),
+    )
+    .unwrap();
+    let cfg = wardgate::config::Config::load(&cfg_path, true).unwrap();
+    let gw = Gateway::start(cfg).await;
+    eventually(WAIT, "40 samples read", || {
+        gw.status.get().devices["ups1"].samples >= 1
+            && gw
+                .spool
+                .counters()
+                .pushed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 42
+    })
+    .await;
+    gw.stop().await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg_path)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["spool", "stats"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["clean_stop"], true);
+    let ups = stats["backlog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["device"] == "ups1" && r["kind"] == "sample")
+        .expect("ups1 samples in the backlog")
+        .clone();
+    assert_eq!(ups["records"], 40);
+    assert_eq!(
+        (ups["first_seq"].as_i64(), ups["last_seq"].as_i64()),
+        (Some(0), Some(39))
+    );
+
+    let file = dir.path().join("export.jsonl");
+    let out = run(&["spool", "export", "-o", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, stats["records"].as_u64().unwrap());
+    let ups_seqs: Vec<i64> = lines
+        .iter()
+        .filter(|l| l["device"] == "ups1" && l["kind"] == "sample")
+        .map(|l| l["record"]["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ups_seqs, (0..40).collect::<Vec<i64>>());
+    assert!(lines
+        .iter()
+        .any(|l| l["kind"] == "event" && l["record"]["code"] == "ups.on_battery"));
+    // A spool that is not there is a clear error, not a new empty file.
+    std::fs::remove_file(dir.path().join("spool.db")).unwrap();
+    let out = run(&["spool", "stats"]);
+    assert_eq!(out.status.code(), Some(74));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no spool there"));
+}
+
+/// Under systemd: READY=1 after start, WATCHDOG=1 while the pipeline runs,
+/// STOPPING=1 on SIGTERM, through a real notify socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notify_ready_watchdog_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let cfg = process_config(dir.path(), free_port(), &sim("ups1", "100ms", ""));
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the
+    // shell's pid for wardgate.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_wardgate"))
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 512];
+    let recv = |seen: &mut Vec<String>, buf: &mut [u8]| {
+        let n = sock.recv(buf).expect("a notification within 10 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    };
+    while !seen.iter().any(|m| m.contains("WATCHDOG=1")) {
+        recv(&mut seen, &mut buf);
+    }
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    signal(child.id(), libc::SIGTERM);
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        recv(&mut seen, &mut buf);
+    }
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+}
+
+/// mqtt.backlog_rate paces backlog messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_rate_paces_the_backlog() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(port, dir.path(), &sim("ups1", "10ms", "count = 100"))
+        .replace("[mqtt]\n", "[mqtt]\nmax_batch = 10\nbacklog_rate = 5.0\n");
+    let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
+    eventually(WAIT, "100 samples on disk", || {
+        gw.spool.stats().disk_rows >= 100
+    })
+    .await;
+    let mut broker = Broker::start();
+    broker.stop();
+    let conf = broker.dir.path().join("mosquitto.conf");
+    let t = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        t.replace(
+            &format!("listener {} ", broker.port),
+            &format!("listener {port} "),
+        ),
+    )
+    .unwrap();
+    broker.port = port;
+    broker.restart();
+    let sub = Subscriber::start(port, "ioc").await;
+    let t0 = std::time::Instant::now();
+    eventually(WAIT, "backlog delivered", || sub.seqs("ups1").len() == 100).await;
+    let took = t0.elapsed();
+    gw.stop().await;
+    // 10 messages at 5 per second: at least 9 gaps of 200 ms.
+    assert!(took >= Duration::from_millis(1700), "paced: took {took:?}");
+    let sizes: Vec<(usize, bool)> = sub
+        .all()
+        .iter()
+        .filter(|m| m.topic.ends_with("ups1/telemetry"))
+        .map(|m| {
+            let s = m.body["samples"].as_array().unwrap();
+            (s.len(), s[0]["historical"] == true)
+        })
+        .collect();
+    assert_eq!(sizes, vec![(10, true); 10], "batches of max_batch");
+}
