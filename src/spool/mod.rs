@@ -124,6 +124,9 @@ enum InFlight {
     Disk(Vec<i64>),
 }
 
+/// Backlog rows of one device: (device, [(row id, body)]).
+type DeviceRows = (String, Vec<(i64, String)>);
+
 /// What the spool knows of a sink's link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
@@ -150,7 +153,7 @@ struct Lane {
     disk_ready: [VecDeque<Batch>; 2],
     /// The last, partial batch of each device from a full window, held back
     /// to be filled from the next window (so backlog batches stay full).
-    carry: [Vec<(String, Vec<(i64, String)>)>; 2],
+    carry: [Vec<DeviceRows>; 2],
     notify: Arc<Notify>,
 }
 
