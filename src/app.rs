@@ -50,6 +50,21 @@ pub async fn run(
         status.clone(),
     );
     report_start(&gateway, &report);
+    // Every configured device is in the status from the start.
+    let devices: Vec<(crate::config::DeviceConfig, DeviceHandle)> = cfg
+        .devices
+        .iter()
+        .map(|dev| {
+            let h = DeviceHandle::new(
+                dev.id(),
+                dev.kind(),
+                dev.interval(),
+                spool.clone(),
+                status.clone(),
+            );
+            (dev.clone(), h)
+        })
+        .collect();
 
     let running = Running {
         status: status.clone(),
@@ -93,16 +108,9 @@ pub async fn run(
     let sink_task = tokio::spawn(sink.run(sink_stop.clone()));
 
     let mut handles = vec![gateway.clone()];
-    for dev in &cfg.devices {
-        let h = DeviceHandle::new(
-            dev.id(),
-            dev.kind(),
-            dev.interval(),
-            spool.clone(),
-            status.clone(),
-        );
+    for (dev, h) in devices {
         handles.push(h.clone());
-        sources.spawn(source::run(dev.clone(), h, sources_stop.clone()));
+        sources.spawn(source::run(dev, h, sources_stop.clone()));
     }
     sources.spawn(health_monitor(handles, sources_stop.clone()));
     sources.spawn(gateway_telemetry(
@@ -282,6 +290,10 @@ async fn gateway_telemetry(
         for (id, d) in &snap.devices {
             if id != GATEWAY_DEVICE {
                 v.set(&format!("device.{id}.health"), d.health.word());
+                v.num(
+                    &format!("device.{id}.errors"),
+                    d.errors.values().sum::<u64>() as f64,
+                );
             }
         }
         if let Err(e) = gateway.sample(v) {

@@ -144,24 +144,28 @@ pub struct GatewayConfig {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum DeviceConfig {
     Sim(SimConfig),
+    Megatec(MegatecConfig),
 }
 
 impl DeviceConfig {
     pub fn id(&self) -> &str {
         match self {
             DeviceConfig::Sim(c) => &c.id,
+            DeviceConfig::Megatec(c) => &c.id,
         }
     }
 
     pub fn interval(&self) -> Duration {
         match self {
             DeviceConfig::Sim(c) => c.interval,
+            DeviceConfig::Megatec(c) => c.interval,
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             DeviceConfig::Sim(_) => "sim",
+            DeviceConfig::Megatec(_) => "megatec",
         }
     }
 }
@@ -193,6 +197,35 @@ pub struct SimConfig {
     /// Stop after this many samples (0 = never).
     #[serde(default)]
     pub count: i64,
+}
+
+/// A Megatec / Q1 UPS on a serial line (Santak-class and most low-cost UPS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MegatecConfig {
+    pub id: String,
+    /// Stable path of the serial port (`/dev/serial/by-id/...`).
+    pub serial: PathBuf,
+    #[serde(default = "default_ups_baud")]
+    pub baud: u32,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait for each reply.
+    #[serde(default = "default_reply_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Battery voltage at 0 % and 100 % for estimating `battery.charge`.
+    /// Default: 10.4 V and 13.0 V per 12 V of the rated battery voltage.
+    #[serde(default)]
+    pub battery_voltage_low: Option<f64>,
+    #[serde(default)]
+    pub battery_voltage_high: Option<f64>,
+}
+
+fn default_ups_baud() -> u32 {
+    2400
+}
+fn default_reply_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_host() -> String {
@@ -494,6 +527,29 @@ impl Config {
                 ));
             }
             match d {
+                DeviceConfig::Megatec(c) => {
+                    check_serial(&mut p, &key, &c.serial, c.baud);
+                    if c.timeout < Duration::from_millis(100) || c.timeout > Duration::from_secs(30)
+                    {
+                        p.push(format!(
+                            "{key}.timeout: {} must be between 100ms and 30s",
+                            humantime::format_duration(c.timeout)
+                        ));
+                    }
+                    match (c.battery_voltage_low, c.battery_voltage_high) {
+                        (Some(l), Some(h))
+                            if !(l.is_finite() && h.is_finite() && 0.0 < l && l < h) =>
+                        {
+                            p.push(format!(
+                                "{key}.battery_voltage_low/high: {l} / {h}: need 0 < low < high"
+                            ))
+                        }
+                        (Some(_), None) | (None, Some(_)) => p.push(format!(
+                            "{key}.battery_voltage_low/high: give both or neither"
+                        )),
+                        _ => {}
+                    }
+                }
                 DeviceConfig::Sim(c) => {
                     if c.event_every < 0 {
                         p.push(format!(
@@ -542,6 +598,29 @@ impl Config {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("wardgate-{}", self.site))
+    }
+}
+
+const BAUD_RATES: &[u32] = &[
+    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200,
+];
+
+fn check_serial(p: &mut Vec<String>, key: &str, path: &Path, baud: u32) {
+    if !path.is_absolute() {
+        p.push(format!(
+            "{key}.serial: {:?} must be an absolute path such as /dev/serial/by-id/...",
+            path.display()
+        ));
+    }
+    if !BAUD_RATES.contains(&baud) {
+        p.push(format!(
+            "{key}.baud: {baud} is not a standard rate ({})",
+            BAUD_RATES
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
 }
 

@@ -2,7 +2,10 @@
 //! and reports through a [`DeviceHandle`], which stamps readings into the
 //! spool and keeps the device's health in the status snapshot.
 
+pub mod megatec;
+pub mod serial;
 pub mod sim;
+pub mod ups;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,6 +208,15 @@ impl DeviceHandle {
         Ok(())
     }
 
+    /// Counts a failed read (timeout, garbage, malformed reply) by kind.
+    pub fn count_error(&self, kind: &str) {
+        self.status.update(|s| {
+            if let Some(d) = s.devices.get_mut(&*self.id) {
+                *d.errors.entry(kind.to_owned()).or_default() += 1;
+            }
+        });
+    }
+
     pub fn health(&self) -> Health {
         self.lock().health.clone()
     }
@@ -214,6 +226,7 @@ impl DeviceHandle {
 pub async fn run(cfg: DeviceConfig, handle: DeviceHandle, cancel: CancellationToken) {
     match cfg {
         DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
+        DeviceConfig::Megatec(c) => megatec::run(c, handle, cancel).await,
     }
 }
 
@@ -221,5 +234,8 @@ pub async fn run(cfg: DeviceConfig, handle: DeviceHandle, cancel: CancellationTo
 pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
     match cfg {
         DeviceConfig::Sim(c) => Ok(sim::probe(c)),
+        DeviceConfig::Megatec(c) => megatec::probe(c)
+            .await
+            .map_err(|e| SourceError::Device(e.to_string())),
     }
 }

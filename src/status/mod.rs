@@ -36,6 +36,8 @@ pub struct DeviceStatus {
     pub last_seen_ms: Option<i64>,
     pub last_values: Values,
     pub samples: u64,
+    /// Failed reads by kind (timeout, garbage, malformed, port...).
+    pub errors: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +102,7 @@ impl StatusHub {
                     last_seen_ms: None,
                     last_values: Values::new(),
                     samples: 0,
+                    errors: BTreeMap::new(),
                 },
             );
         });

@@ -103,8 +103,7 @@ pub struct Identity {
 
 /// Strips the trailing CR and spots NAK and echoes.
 fn body<'a>(reply: &'a [u8], cmd: Command) -> Result<&'a str, CodecError> {
-    let text = std::str::from_utf8(reply)
-        .map_err(|_| CodecError::Malformed("not ASCII".into()))?;
+    let text = std::str::from_utf8(reply).map_err(|_| CodecError::Malformed("not ASCII".into()))?;
     let text = text.strip_suffix('\r').unwrap_or(text);
     if text.starts_with("(NAK") || text == "NAK" {
         return Err(CodecError::Nak);
@@ -136,9 +135,9 @@ fn field(s: &str, name: &str) -> Result<Option<f64>, CodecError> {
 /// Decodes `(MMM.M NNN.N PPP.P QQQ RR.R S.SS TT.T b7b6b5b4b3b2b1b0<cr>`.
 pub fn parse_q1(reply: &[u8]) -> Result<Q1, CodecError> {
     let text = body(reply, Command::Q1)?;
-    let rest = text
-        .strip_prefix('(')
-        .ok_or_else(|| CodecError::Malformed(format!("Q1 reply does not start with '(': {text:?}")))?;
+    let rest = text.strip_prefix('(').ok_or_else(|| {
+        CodecError::Malformed(format!("Q1 reply does not start with '(': {text:?}"))
+    })?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     if f.len() != 8 {
         return Err(CodecError::Malformed(format!(
@@ -180,9 +179,9 @@ pub fn parse_q1(reply: &[u8]) -> Result<Q1, CodecError> {
 /// Decodes `#VVV.V CCC BB.B FF.F<cr>`.
 pub fn parse_f(reply: &[u8]) -> Result<Rated, CodecError> {
     let text = body(reply, Command::F)?;
-    let rest = text
-        .strip_prefix('#')
-        .ok_or_else(|| CodecError::Malformed(format!("F reply does not start with '#': {text:?}")))?;
+    let rest = text.strip_prefix('#').ok_or_else(|| {
+        CodecError::Malformed(format!("F reply does not start with '#': {text:?}"))
+    })?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     if f.len() != 4 {
         return Err(CodecError::Malformed(format!(
@@ -201,16 +200,18 @@ pub fn parse_f(reply: &[u8]) -> Result<Rated, CodecError> {
 /// Decodes `#` + manufacturer (15) + ` ` + model (10) + ` ` + firmware (10) + CR.
 pub fn parse_i(reply: &[u8]) -> Result<Identity, CodecError> {
     let text = body(reply, Command::I)?;
-    let rest = text
-        .strip_prefix('#')
-        .ok_or_else(|| CodecError::Malformed(format!("I reply does not start with '#': {text:?}")))?;
+    let rest = text.strip_prefix('#').ok_or_else(|| {
+        CodecError::Malformed(format!("I reply does not start with '#': {text:?}"))
+    })?;
     let take = |from: usize, len: usize| -> Option<String> {
         let end = (from + len).min(rest.len());
         let s = rest.get(from.min(end)..end)?.trim();
         (!s.is_empty() && !s.chars().all(|c| c == '-' || c == '@')).then(|| s.to_owned())
     };
     if rest.len() < 15 {
-        return Err(CodecError::Malformed(format!("I reply too short: {text:?}")));
+        return Err(CodecError::Malformed(format!(
+            "I reply too short: {text:?}"
+        )));
     }
     Ok(Identity {
         mfr: take(0, 15),
@@ -325,7 +326,11 @@ pub fn to_values(
     );
     v.set(
         "ups.beeper.status",
-        if q.status.beeper_on { "enabled" } else { "disabled" },
+        if q.status.beeper_on {
+            "enabled"
+        } else {
+            "disabled"
+        },
     );
     if q.status.ups_failed {
         v.set("ups.alarm", "UPS internal failure");
@@ -382,27 +387,69 @@ mod tests {
     fn q1_table() {
         // (frame, expected ups.status or error substring)
         let cases: &[(&[u8], Result<&str, &str>)] = &[
-            (b"(230.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r", Ok("OL")),
-            (b"(000.0 000.0 229.8 023 00.0 12.1 30.5 10001001\r", Ok("OB")),
-            (b"(000.0 000.0 229.8 023 00.0 10.6 30.5 11001001\r", Ok("OB LB")),
-            (b"(198.0 140.0 220.0 023 50.0 13.6 30.5 00101001\r", Ok("OL BOOST")),
-            (b"(250.0 140.0 220.0 023 50.0 13.6 30.5 00101001\r", Ok("OL TRIM")),
-            (b"(230.0 140.0 230.0 023 50.0 2.27 30.5 00100000\r", Ok("OL BYPASS")),
-            (b"(230.0 140.0 230.0 023 50.0 13.6 30.5 00001100\r", Ok("OL CAL")),
-            (b"(000.0 140.0 230.0 023 50.0 11.0 30.5 10001010\r", Ok("OB FSD")),
+            (
+                b"(230.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r",
+                Ok("OL"),
+            ),
+            (
+                b"(000.0 000.0 229.8 023 00.0 12.1 30.5 10001001\r",
+                Ok("OB"),
+            ),
+            (
+                b"(000.0 000.0 229.8 023 00.0 10.6 30.5 11001001\r",
+                Ok("OB LB"),
+            ),
+            (
+                b"(198.0 140.0 220.0 023 50.0 13.6 30.5 00101001\r",
+                Ok("OL BOOST"),
+            ),
+            (
+                b"(250.0 140.0 220.0 023 50.0 13.6 30.5 00101001\r",
+                Ok("OL TRIM"),
+            ),
+            (
+                b"(230.0 140.0 230.0 023 50.0 2.27 30.5 00100000\r",
+                Ok("OL BYPASS"),
+            ),
+            (
+                b"(230.0 140.0 230.0 023 50.0 13.6 30.5 00001100\r",
+                Ok("OL CAL"),
+            ),
+            (
+                b"(000.0 140.0 230.0 023 50.0 11.0 30.5 10001010\r",
+                Ok("OB FSD"),
+            ),
             // Unknown fields: omitted, not an error.
-            (b"(230.0 @@@.@ 230.0 023 50.0 13.6 @@.@ 00001001\r", Ok("OL")),
+            (
+                b"(230.0 @@@.@ 230.0 023 50.0 13.6 @@.@ 00001001\r",
+                Ok("OL"),
+            ),
             (b"(NAK\r", Err("NAK")),
             (b"Q1\r", Err("echoed")),
             // Truncated.
             (b"(230.4 140.0 229.8 023 50.0 13.6\r", Err("fields")),
-            (b"(230.4 140.0 229.8 023 50.0 13.6 30.5 0000100\r", Err("status bits")),
-            (b"(230.4 140.0 229.8 023 50.0 13.6 30.5 00002001\r", Err("status bits")),
-            (b"230.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r", Err("'('")),
-            (b"(23x.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r", Err("not a number")),
+            (
+                b"(230.4 140.0 229.8 023 50.0 13.6 30.5 0000100\r",
+                Err("status bits"),
+            ),
+            (
+                b"(230.4 140.0 229.8 023 50.0 13.6 30.5 00002001\r",
+                Err("status bits"),
+            ),
+            (
+                b"230.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r",
+                Err("'('"),
+            ),
+            (
+                b"(23x.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r",
+                Err("not a number"),
+            ),
             (b"(\xff\xfe\r", Err("ASCII")),
             (b"", Err("'('")),
-            (b"(nan 140.0 229.8 023 50.0 13.6 30.5 00001001\r", Err("not a number")),
+            (
+                b"(nan 140.0 229.8 023 50.0 13.6 30.5 00001001\r",
+                Err("not a number"),
+            ),
         ];
         for (frame, want) in cases {
             let got = parse_q1(frame);
@@ -479,7 +526,12 @@ mod tests {
         assert_eq!(e.charge(30.0), Some(100.0));
         assert_eq!(e.charge(5.0), Some(0.0));
         assert!(ChargeEstimate::from_rated(None).is_none());
-        assert!(ChargeEstimate { low: 2.0, high: 1.0 }.charge(1.5).is_none());
+        assert!(ChargeEstimate {
+            low: 2.0,
+            high: 1.0
+        }
+        .charge(1.5)
+        .is_none());
     }
 
     #[test]
@@ -487,13 +539,21 @@ mod tests {
         let q = parse_q1(Q1_OK).unwrap();
         let r = parse_f(b"#230.0 004 012.0 50.0\r").unwrap();
         let i = parse_i(b"#SANTAK          BLAZER-PRO VT12046Q  \r").unwrap();
-        let v = to_values(&q, Some(&r), Some(&i), ChargeEstimate::from_rated(r.battery_voltage));
+        let v = to_values(
+            &q,
+            Some(&r),
+            Some(&i),
+            ChargeEstimate::from_rated(r.battery_voltage),
+        );
         assert_eq!(v.get("ups.status"), Some(&"OL".into()));
         assert_eq!(num(&v, "ups.load"), Some(23.0));
         assert_eq!(num(&v, "input.voltage.nominal"), Some(230.0));
         assert_eq!(num(&v, "battery.voltage.nominal"), Some(12.0));
         assert_eq!(num(&v, "battery.charge"), Some(100.0));
-        assert_eq!(v.get("ups.type"), Some(&"offline / line interactive".into()));
+        assert_eq!(
+            v.get("ups.type"),
+            Some(&"offline / line interactive".into())
+        );
         assert_eq!(v.get("ups.beeper.status"), Some(&"enabled".into()));
         assert_eq!(v.get("device.mfr"), Some(&"SANTAK".into()));
         assert!(v.get("ups.alarm").is_none());

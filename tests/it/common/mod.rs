@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod megatec_sim;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;

@@ -1,0 +1,347 @@
+//! Megatec / Q1 UPS over a serial line (`type = "megatec"`).
+//!
+//! The driver is generic over `AsyncRead + AsyncWrite`, so unit tests talk
+//! to it through `tokio::io::duplex` and integration tests through a real
+//! pseudo-terminal pair; the protocol itself lives in [`codec`].
+
+pub mod codec;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::serial::{self, SerialError};
+use super::ups::status_events;
+use super::DeviceHandle;
+use crate::config::MegatecConfig;
+use crate::model::Values;
+use codec::{ChargeEstimate, CodecError, Command, Identity, Rated};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MegatecError {
+    /// No reply within the timeout: counted; after a few in a row the
+    /// device is marked faulty and the port reopened.
+    #[error("no reply to {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// More than the protocol allows without a CR (wrong baud rate, line
+    /// noise): counted, the rest of the line is discarded.
+    #[error("reply longer than {0} bytes without CR (wrong baud rate or line noise?)")]
+    TooLong(usize),
+    /// Some bytes came but no CR within the timeout (wrong baud rate, noise,
+    /// or a cut-off reply): counted as garbage.
+    #[error("{1} bytes without CR in reply to {0} (wrong baud rate or line noise?)")]
+    Partial(&'static str, usize),
+    /// The UPS sent something the codec rejects: counted.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The port failed (unplugged adapter): the device is faulty; reopen.
+    #[error("serial port: {0}")]
+    Io(#[from] std::io::Error),
+    /// The port could not be opened: the device is faulty; retry.
+    #[error(transparent)]
+    Open(#[from] SerialError),
+}
+
+impl MegatecError {
+    /// Whether the port itself is gone and must be reopened.
+    fn port_lost(&self) -> bool {
+        matches!(self, MegatecError::Io(_) | MegatecError::Open(_))
+    }
+}
+
+/// One conversation with a Megatec UPS over any byte stream.
+pub struct Megatec<S> {
+    io: S,
+    timeout: Duration,
+    rated: Option<Rated>,
+    ident: Option<Identity>,
+    estimate: Option<ChargeEstimate>,
+    configured_estimate: Option<ChargeEstimate>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Megatec<S> {
+    pub fn new(io: S, timeout: Duration, estimate: Option<ChargeEstimate>) -> Self {
+        Megatec {
+            io,
+            timeout,
+            rated: None,
+            ident: None,
+            estimate,
+            configured_estimate: estimate,
+        }
+    }
+
+    /// Sends one command and reads one CR-terminated reply.
+    pub async fn transact(&mut self, cmd: Command) -> Result<Vec<u8>, MegatecError> {
+        // Drop anything left over from an earlier, late reply.
+        let mut junk = [0u8; 256];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), self.io.read(&mut junk)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+        self.io.write_all(cmd.bytes()).await?;
+        self.io.flush().await?;
+        let name = match cmd {
+            Command::Q1 => "Q1",
+            Command::F => "F",
+            Command::I => "I",
+            Command::Test => "T",
+            Command::TestLow => "TL",
+            Command::CancelTest => "CT",
+        };
+        let mut reply = Vec::with_capacity(64);
+        let read = async {
+            let mut byte = [0u8; 1];
+            loop {
+                let n = self.io.read(&mut byte).await?;
+                if n == 0 {
+                    return Err(MegatecError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the port closed",
+                    )));
+                }
+                reply.push(byte[0]);
+                if byte[0] == b'\r' {
+                    return Ok(());
+                }
+                if reply.len() > codec::MAX_REPLY {
+                    return Err(MegatecError::TooLong(codec::MAX_REPLY));
+                }
+            }
+        };
+        let r = tokio::time::timeout(self.timeout, read).await;
+        match r {
+            Ok(Ok(())) => Ok(reply),
+            Ok(Err(e)) => Err(e),
+            Err(_) if !reply.is_empty() => Err(MegatecError::Partial(name, reply.len())),
+            Err(_) => Err(MegatecError::Timeout(name, self.timeout)),
+        }
+    }
+
+    /// Reads the rated values and identity (at start and after a reconnect).
+    /// Units that do not support them answer NAK or echo: that is fine.
+    pub async fn identify(&mut self) -> Result<(), MegatecError> {
+        match self.transact(Command::F).await {
+            Ok(r) => match codec::parse_f(&r) {
+                Ok(rated) => {
+                    if self.configured_estimate.is_none() {
+                        self.estimate = ChargeEstimate::from_rated(rated.battery_voltage);
+                    }
+                    self.rated = Some(rated);
+                }
+                Err(e) => tracing::debug!(error = %e, "F not supported"),
+            },
+            Err(e) if e.port_lost() => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "F not answered"),
+        }
+        match self.transact(Command::I).await {
+            Ok(r) => match codec::parse_i(&r) {
+                Ok(i) => self.ident = Some(i),
+                Err(e) => tracing::debug!(error = %e, "I not supported"),
+            },
+            Err(e) if e.port_lost() => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "I not answered"),
+        }
+        Ok(())
+    }
+
+    /// One Q1 poll, mapped to NUT's names.
+    pub async fn poll(&mut self) -> Result<Values, MegatecError> {
+        let reply = self.transact(Command::Q1).await?;
+        let q = codec::parse_q1(&reply)?;
+        Ok(codec::to_values(
+            &q,
+            self.rated.as_ref(),
+            self.ident.as_ref(),
+            self.estimate,
+        ))
+    }
+}
+
+fn estimate_of(cfg: &MegatecConfig) -> Option<ChargeEstimate> {
+    match (cfg.battery_voltage_low, cfg.battery_voltage_high) {
+        (Some(low), Some(high)) => Some(ChargeEstimate { low, high }),
+        _ => None,
+    }
+}
+
+/// Failed polls in a row before the device is marked faulty and the port reopened.
+const FAILS_BEFORE_FAULT: u32 = 3;
+
+pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken) {
+    // Opening a missing port is cheap: try again every interval, so a
+    // replugged adapter is back within two polls.
+    let retry = cfg.interval;
+    let mut last_status: Option<String> = None;
+    loop {
+        let port = match serial::open(&cfg.serial, cfg.baud, Default::default()) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = h.fault(&e.to_string());
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                continue;
+            }
+        };
+        let mut ups = Megatec::new(port, cfg.timeout, estimate_of(&cfg));
+        if let Err(e) = ups.identify().await {
+            let _ = h.fault(&e.to_string());
+            continue;
+        }
+        let mut tick = tokio::time::interval(cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fails = 0u32;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match ups.poll().await {
+                Ok(values) => {
+                    fails = 0;
+                    publish(&h, &mut last_status, values);
+                }
+                Err(e) => {
+                    h.count_error(error_kind(&e));
+                    tracing::debug!(device = h.id(), error = %e, "poll failed");
+                    fails += 1;
+                    if e.port_lost() || fails >= FAILS_BEFORE_FAULT {
+                        let reason = if e.port_lost() {
+                            format!("{}: {e}", cfg.serial.display())
+                        } else {
+                            format!("not answering on {}: {e}", cfg.serial.display())
+                        };
+                        let _ = h.fault(&reason);
+                        // Reopen: an unplugged adapter comes back as a new device.
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+fn error_kind(e: &MegatecError) -> &'static str {
+    match e {
+        MegatecError::Timeout(..) => "timeout",
+        MegatecError::TooLong(_) | MegatecError::Partial(..) => "garbage",
+        MegatecError::Codec(CodecError::Malformed(_)) => "malformed",
+        MegatecError::Codec(_) => "unsupported",
+        MegatecError::Io(_) | MegatecError::Open(_) => "port",
+    }
+}
+
+/// Sends the sample, with an event first for each change of `ups.status`.
+pub(crate) fn publish(h: &DeviceHandle, last: &mut Option<String>, values: Values) {
+    if let Some(crate::model::Value::Str(status)) = values.get("ups.status") {
+        let status = status.clone();
+        for ev in status_events(last.as_deref(), &status) {
+            let mut v = Values::new();
+            v.set("ups.status", status.clone());
+            if let Some(p) = last.as_deref() {
+                v.set("ups.status.previous", p);
+            }
+            if let Err(e) = h.event(ev.severity, ev.code, ev.message, v) {
+                tracing::error!(device = h.id(), error = %e, "event not kept");
+            }
+        }
+        *last = Some(status);
+    }
+    if let Err(e) = h.sample(values) {
+        tracing::error!(device = h.id(), error = %e, "reading not kept");
+    }
+}
+
+/// Reads the UPS once, for `wardgate check`.
+pub async fn probe(cfg: &MegatecConfig) -> Result<Values, MegatecError> {
+    let port = serial::open(&cfg.serial, cfg.baud, Default::default())?;
+    let mut ups = Megatec::new(port, cfg.timeout, estimate_of(cfg));
+    ups.identify().await?;
+    ups.poll().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A scripted UPS on the other end of a duplex pipe.
+    async fn fake_ups(io: tokio::io::DuplexStream, replies: Vec<(&'static str, &'static [u8])>) {
+        let (r, mut w) = tokio::io::split(io);
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        while r.read_until(b'\r', &mut line).await.unwrap_or(0) > 0 {
+            let cmd = String::from_utf8_lossy(&line).trim_end().to_string();
+            line.clear();
+            if let Some((_, reply)) = replies.iter().find(|(c, _)| *c == cmd) {
+                if !reply.is_empty() {
+                    let _ = w.write_all(reply).await;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn identify_then_poll() {
+        let (a, b) = tokio::io::duplex(256);
+        tokio::spawn(fake_ups(
+            b,
+            vec![
+                ("F", b"#230.0 004 024.0 50.0\r"),
+                ("I", b"#SANTAK          BLAZER-PRO VT12046Q  \r"),
+                ("Q1", b"(000.0 140.0 229.8 023 00.0 24.0 30.5 10001001\r"),
+            ],
+        ));
+        let mut ups = Megatec::new(a, Duration::from_secs(1), None);
+        ups.identify().await.unwrap();
+        let v = ups.poll().await.unwrap();
+        assert_eq!(v.get("ups.status"), Some(&"OB".into()));
+        assert_eq!(v.get("device.model"), Some(&"BLAZER-PRO".into()));
+        // 24 V on a 24 V rated battery: (24 - 20.8) / (26 - 20.8).
+        assert_eq!(v.get("battery.charge").and_then(|x| x.as_f64()), Some(61.5));
+    }
+
+    #[tokio::test]
+    async fn silent_ups_times_out_and_nak_is_tolerated() {
+        let (a, b) = tokio::io::duplex(256);
+        tokio::spawn(fake_ups(b, vec![("F", b"(NAK\r"), ("I", b"I\r")]));
+        let mut ups = Megatec::new(a, Duration::from_millis(200), None);
+        ups.identify().await.unwrap();
+        match ups.poll().await {
+            Err(MegatecError::Timeout("Q1", _)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_garbage_is_cut_off() {
+        let (a, mut b) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let _ = b.read(&mut buf).await;
+            let _ = b.write_all(&[0x55u8; 1000]).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let mut ups = Megatec::new(a, Duration::from_secs(1), None);
+        assert!(matches!(ups.poll().await, Err(MegatecError::TooLong(_))));
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_reported_as_lost() {
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        let mut ups = Megatec::new(a, Duration::from_secs(1), None);
+        let e = ups.poll().await.unwrap_err();
+        assert!(e.port_lost(), "{e}");
+    }
+}

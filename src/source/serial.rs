@@ -1,0 +1,87 @@
+//! Opening serial ports (RS-232, RS-485, USB-serial adapters).
+//!
+//! Ports are named by stable paths (`/dev/serial/by-id/...` or a udev
+//! symlink such as `/dev/wardgate-ups`), so an adapter that is unplugged and
+//! plugged back comes back under the same name and is simply reopened.
+
+use std::path::Path;
+
+use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    /// The port does not exist (adapter unplugged, wrong path): fault, retry.
+    #[error("{path}: no such serial port (is the adapter plugged in? see /dev/serial/by-id/)")]
+    Missing { path: String },
+    /// The port exists but we may not open it: fault with a hint, retry.
+    #[error("{path}: permission denied (is the service user in the dialout group?)")]
+    Permission { path: String },
+    /// Any other failure to open or configure the port: fault, retry.
+    #[error("{path}: {message}")]
+    Other { path: String, message: String },
+}
+
+/// Line settings besides the baud rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Line {
+    pub data_bits: DataBits,
+    pub parity: Parity,
+    pub stop_bits: StopBits,
+}
+
+impl Default for Line {
+    /// 8N1, what UPS serial ports use.
+    fn default() -> Self {
+        Line {
+            data_bits: DataBits::Eight,
+            parity: Parity::None,
+            stop_bits: StopBits::One,
+        }
+    }
+}
+
+pub fn open(path: &Path, baud: u32, line: Line) -> Result<SerialStream, SerialError> {
+    let p = path.display().to_string();
+    if !path.exists() {
+        return Err(SerialError::Missing { path: p });
+    }
+    tokio_serial::new(p.clone(), baud)
+        .data_bits(line.data_bits)
+        .parity(line.parity)
+        .stop_bits(line.stop_bits)
+        .flow_control(FlowControl::None)
+        .open_native_async()
+        .map_err(|e| {
+            let msg = e.to_string();
+            match e.kind {
+                tokio_serial::ErrorKind::NoDevice => SerialError::Missing { path: p },
+                tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
+                    SerialError::Missing { path: p }
+                }
+                tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
+                    SerialError::Permission { path: p }
+                }
+                _ => SerialError::Other {
+                    path: p,
+                    message: msg,
+                },
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn missing_port_says_so() {
+        let e = open(
+            Path::new("/dev/serial/by-id/nothing-here"),
+            2400,
+            Line::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, SerialError::Missing { .. }));
+        assert!(e.to_string().contains("plugged in"), "{e}");
+    }
+}

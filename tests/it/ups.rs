@@ -1,0 +1,206 @@
+//! UPS sources end to end: simulators on real pseudo-terminals, real NUT.
+
+use std::time::Duration;
+
+use crate::common::megatec_sim::{MegatecSim, Mode};
+use crate::common::*;
+
+fn megatec(id: &str, link: &std::path::Path, interval: &str) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\ntype = \"megatec\"\nserial = \"{}\"\ninterval = \"{interval}\"\ntimeout = \"300ms\"\n",
+        link.display()
+    )
+}
+
+fn codes(sub: &Subscriber, dev: &str) -> Vec<String> {
+    sub.events(dev)
+        .iter()
+        .map(|(_, e)| e["code"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Megatec simulator -> wardgate -> mosquitto: the right values, OL->OB->OL
+/// events in order, unplug -> fault, replug -> recovered without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megatec_over_a_pty_to_mqtt() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyUPS");
+    let mut sim = MegatecSim::start(&link);
+    let gw = Gateway::start(config(
+        broker.port,
+        dir.path(),
+        &megatec("ups1", &link, "200ms"),
+    ))
+    .await;
+    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 3).await;
+    let (_, s) = sub.samples("ups1").last().cloned().unwrap();
+    let v = &s["values"];
+    assert_eq!(v["ups.status"], "OL");
+    assert_eq!(v["input.voltage"], 230.4);
+    assert_eq!(v["input.voltage.fault"], 140.0);
+    assert_eq!(v["output.voltage"], 229.8);
+    assert_eq!(v["ups.load"], 23.0);
+    assert_eq!(v["input.frequency"], 50.0);
+    assert_eq!(v["battery.voltage"], 13.6);
+    assert_eq!(v["ups.temperature"], 30.5);
+    assert_eq!(v["input.voltage.nominal"], 230.0);
+    assert_eq!(v["battery.voltage.nominal"], 12.0);
+    assert_eq!(v["device.mfr"], "WARDGATE-SIM");
+    assert_eq!(v["device.model"], "MEGA-1000");
+    assert_eq!(v["ups.firmware"], "V1.0");
+    assert_eq!(v["ups.beeper.status"], "enabled");
+    assert_eq!(v["battery.charge.estimated"], true);
+
+    // Mains fails, then returns.
+    sim.set(|s| {
+        s.bits = "10001001".into();
+        s.input_v = 0.0;
+    });
+    eventually(WAIT, "on battery event", || {
+        codes(&sub, "ups1").contains(&"ups.on_battery".to_string())
+    })
+    .await;
+    sim.set(|s| {
+        s.bits = "00001001".into();
+        s.input_v = 230.4;
+    });
+    eventually(WAIT, "back on line event", || {
+        codes(&sub, "ups1").contains(&"ups.on_line".to_string())
+    })
+    .await;
+    let c = codes(&sub, "ups1");
+    let ob = c.iter().position(|x| x == "ups.on_battery").unwrap();
+    let ol = c.iter().position(|x| x == "ups.on_line").unwrap();
+    assert!(ob < ol, "events in order: {c:?}");
+    let on_batt = &sub.events("ups1")[ob].1;
+    assert_eq!(on_batt["severity"], "critical");
+    assert_eq!(on_batt["values"]["ups.status"], "OB");
+
+    // Unplug: the device turns faulty; replug: it recovers, no restart.
+    sim.unplug();
+    eventually(WAIT, "fault after unplug", || {
+        matches!(
+            gw.status.get().devices["ups1"].health,
+            wardgate::model::Health::Fault(_)
+        )
+    })
+    .await;
+    eventually(WAIT, "device.fault event", || {
+        codes(&sub, "ups1").contains(&"device.fault".to_string())
+    })
+    .await;
+    let before = sub.seqs("ups1").len();
+    sim.plug();
+    let t = std::time::Instant::now();
+    eventually(WAIT, "recovered", || {
+        gw.status.get().devices["ups1"].health == wardgate::model::Health::Ok
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "recovered in {:?}",
+        t.elapsed()
+    );
+    eventually(WAIT, "samples again", || {
+        sub.seqs("ups1").len() > before + 2
+    })
+    .await;
+    eventually(WAIT, "device.restored event", || {
+        codes(&sub, "ups1").contains(&"device.restored".to_string())
+    })
+    .await;
+    gw.stop().await;
+    sub.assert_all_valid();
+}
+
+/// NAK, echo, garbage, truncated and silent replies are counted, never fatal;
+/// a silent UPS turns the device faulty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megatec_bad_replies_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyUPS");
+    let sim = MegatecSim::start(&link);
+    let gw = Gateway::start(config(
+        free_port(),
+        dir.path(),
+        &megatec("ups1", &link, "100ms"),
+    ))
+    .await;
+    eventually(WAIT, "ok", || {
+        gw.status.get().devices["ups1"].health == wardgate::model::Health::Ok
+    })
+    .await;
+    for (mode, kind) in [
+        (Mode::Garbage, "garbage"),
+        (Mode::Truncated, "malformed"),
+        (Mode::Nak, "unsupported"),
+        (Mode::Echo, "unsupported"),
+    ] {
+        sim.set(|s| s.mode = mode);
+        eventually(WAIT, kind, || {
+            gw.status.get().devices["ups1"]
+                .errors
+                .get(kind)
+                .copied()
+                .unwrap_or(0)
+                > 0
+        })
+        .await;
+        sim.set(|s| s.mode = Mode::Normal);
+        eventually(WAIT, "ok again", || {
+            gw.status.get().devices["ups1"].health == wardgate::model::Health::Ok
+        })
+        .await;
+        gw.status.update(|s| {
+            if let Some(d) = s.devices.get_mut("ups1") {
+                d.errors.clear();
+            }
+        });
+    }
+    sim.set(|s| s.mode = Mode::Silent);
+    eventually(WAIT, "fault when silent", || {
+        matches!(&gw.status.get().devices["ups1"].health, wardgate::model::Health::Fault(r) if r.contains("not answering"))
+    })
+    .await;
+    assert!(gw.is_running());
+    gw.stop().await;
+}
+
+/// `wardgate check` reads the UPS once and prints the decoded values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_the_megatec_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyUPS");
+    let _sim = MegatecSim::start(&link);
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(free_port(), dir.path(), &megatec("ups1", &link, "1s")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("device ups1 (megatec): ok"), "{text}");
+    assert!(text.contains("ups.status = \"OL\""), "{text}");
+    assert!(text.contains("input.voltage = 230.4"), "{text}");
+    // Unplugged: exit 69 with the reason.
+    std::fs::remove_file(&link).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{text}");
+    assert!(
+        text.contains("NOT REACHABLE") && text.contains("no such serial port"),
+        "{text}"
+    );
+}
