@@ -102,7 +102,7 @@ pub struct Identity {
 }
 
 /// Strips the trailing CR and spots NAK and echoes.
-fn body<'a>(reply: &'a [u8], cmd: Command) -> Result<&'a str, CodecError> {
+fn body(reply: &[u8], cmd: Command) -> Result<&str, CodecError> {
     let text = std::str::from_utf8(reply).map_err(|_| CodecError::Malformed("not ASCII".into()))?;
     let text = text.strip_suffix('\r').unwrap_or(text);
     if text.starts_with("(NAK") || text == "NAK" {
