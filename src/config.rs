@@ -145,6 +145,7 @@ pub struct GatewayConfig {
 pub enum DeviceConfig {
     Sim(SimConfig),
     Megatec(MegatecConfig),
+    Nut(NutConfig),
 }
 
 impl DeviceConfig {
@@ -152,6 +153,7 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Sim(c) => &c.id,
             DeviceConfig::Megatec(c) => &c.id,
+            DeviceConfig::Nut(c) => &c.id,
         }
     }
 
@@ -159,6 +161,7 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Sim(c) => c.interval,
             DeviceConfig::Megatec(c) => c.interval,
+            DeviceConfig::Nut(c) => c.interval,
         }
     }
 
@@ -166,6 +169,7 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Sim(_) => "sim",
             DeviceConfig::Megatec(_) => "megatec",
+            DeviceConfig::Nut(_) => "nut",
         }
     }
 }
@@ -219,6 +223,39 @@ pub struct MegatecConfig {
     pub battery_voltage_low: Option<f64>,
     #[serde(default)]
     pub battery_voltage_high: Option<f64>,
+}
+
+/// A UPS served by an existing NUT `upsd` (any UPS NUT supports, USB HID
+/// models included). One device per UPS name, so each has its own health,
+/// sequence and events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NutConfig {
+    pub id: String,
+    #[serde(default = "default_nut_host")]
+    pub host: String,
+    #[serde(default = "default_nut_port")]
+    pub port: i64,
+    /// The UPS name in upsd (`upsc -l` lists them).
+    pub ups: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_nut_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_nut_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_nut_port() -> i64 {
+    3493
+}
+fn default_nut_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_ups_baud() -> u32 {
@@ -527,6 +564,28 @@ impl Config {
                 ));
             }
             match d {
+                DeviceConfig::Nut(c) => {
+                    if !(1..=65535).contains(&c.port) {
+                        p.push(format!("{key}.port: {} is not a port (1-65535)", c.port));
+                    }
+                    if c.host.trim().is_empty() {
+                        p.push(format!("{key}.host: must not be empty"));
+                    }
+                    if c.ups.is_empty() || c.ups.contains(char::is_whitespace) {
+                        p.push(format!("{key}.ups: {:?} is not a NUT UPS name", c.ups));
+                    }
+                    if c.username.is_none() && c.password_file.is_some() {
+                        p.push(format!("{key}.password_file: set, but username is not"));
+                    }
+                    if let Some(f) = &c.password_file {
+                        if !f.is_absolute() {
+                            p.push(format!(
+                                "{key}.password_file: {:?} must be an absolute path",
+                                f.display()
+                            ));
+                        }
+                    }
+                }
                 DeviceConfig::Megatec(c) => {
                     check_serial(&mut p, &key, &c.serial, c.baud);
                     if c.timeout < Duration::from_millis(100) || c.timeout > Duration::from_secs(30)

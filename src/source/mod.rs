@@ -3,6 +3,7 @@
 //! spool and keeps the device's health in the status snapshot.
 
 pub mod megatec;
+pub mod nut;
 pub mod serial;
 pub mod sim;
 pub mod ups;
@@ -172,6 +173,31 @@ impl DeviceHandle {
         Ok(())
     }
 
+    /// The device's data is stale for a known reason (e.g. upsd's
+    /// DATA-STALE); an event is sent on the change.
+    pub fn mark_stale(&self, reason: &str) -> Result<(), SourceError> {
+        let changed = {
+            let mut st = self.lock();
+            let changed = st.health != Health::Stale;
+            st.health = Health::Stale;
+            changed
+        };
+        if changed {
+            self.status.update(|s| {
+                if let Some(d) = s.devices.get_mut(&*self.id) {
+                    d.health = Health::Stale;
+                }
+            });
+            self.event(
+                Severity::Warning,
+                "device.lost",
+                &format!("{}: {reason}", self.id),
+                Values::new(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Marks the device stale when no good reading came for three intervals.
     pub fn check_stale(&self) -> Result<(), SourceError> {
         let limit = self
@@ -227,6 +253,7 @@ pub async fn run(cfg: DeviceConfig, handle: DeviceHandle, cancel: CancellationTo
     match cfg {
         DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
         DeviceConfig::Megatec(c) => megatec::run(c, handle, cancel).await,
+        DeviceConfig::Nut(c) => nut::run(c, handle, cancel).await,
     }
 }
 
@@ -235,6 +262,9 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
     match cfg {
         DeviceConfig::Sim(c) => Ok(sim::probe(c)),
         DeviceConfig::Megatec(c) => megatec::probe(c)
+            .await
+            .map_err(|e| SourceError::Device(e.to_string())),
+        DeviceConfig::Nut(c) => nut::probe(c)
             .await
             .map_err(|e| SourceError::Device(e.to_string())),
     }

@@ -1,7 +1,8 @@
 //! What every UPS source shares: turning changes of NUT's `ups.status`
 //! tokens into events, at once.
 
-use crate::model::Severity;
+use super::DeviceHandle;
+use crate::model::{Severity, Values};
 
 /// One status change worth telling the operations centre about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +132,27 @@ pub fn status_events(prev: Option<&str>, now: &str) -> Vec<StatusEvent> {
         }
     }
     out
+}
+
+/// Sends the sample, with an event first for each change of `ups.status`.
+pub fn publish(h: &DeviceHandle, last: &mut Option<String>, values: Values) {
+    if let Some(crate::model::Value::Str(status)) = values.get("ups.status") {
+        let status = status.clone();
+        for ev in status_events(last.as_deref(), &status) {
+            let mut v = Values::new();
+            v.set("ups.status", status.clone());
+            if let Some(p) = last.as_deref() {
+                v.set("ups.status.previous", p);
+            }
+            if let Err(e) = h.event(ev.severity, ev.code, ev.message, v) {
+                tracing::error!(device = h.id(), error = %e, "event not kept");
+            }
+        }
+        *last = Some(status);
+    }
+    if let Err(e) = h.sample(values) {
+        tracing::error!(device = h.id(), error = %e, "reading not kept");
+    }
 }
 
 #[cfg(test)]

@@ -204,3 +204,94 @@ async fn check_probes_the_megatec_ups() {
         "{text}"
     );
 }
+
+const DUMMY: &str = "ups.status: OL\nbattery.charge: 100\nbattery.runtime: 1800\ninput.voltage: 230.0\nups.load: 20\ndevice.mfr: Dummy\ndevice.model: Test\nups.serial: 0123\n";
+
+fn nut_device(port: u16, extra: &str) -> String {
+    format!(
+        "[[device]]\nid = \"ups2\"\ntype = \"nut\"\nhost = \"127.0.0.1\"\nport = {port}\nups = \"dummy\"\ninterval = \"300ms\"\ntimeout = \"2s\"\n{extra}\n"
+    )
+}
+
+/// Real NUT: dummy-ups + upsd. Values arrive; a status change in the .dev
+/// file becomes an event; a stopped driver makes the device faulty with
+/// upsd's reason; it recovers when the driver returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nut_upsd_to_mqtt() {
+    let mut nut = crate::common::nut::NutServer::start(DUMMY);
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(broker.port, dir.path(), &nut_device(nut.port, ""))).await;
+    eventually(WAIT, "ups2 samples", || sub.seqs("ups2").len() >= 2).await;
+    let (_, s) = sub.samples("ups2").last().cloned().unwrap();
+    assert_eq!(s["values"]["ups.status"], "OL");
+    assert_eq!(s["values"]["battery.charge"], 100.0);
+    assert_eq!(s["values"]["battery.runtime"], 1800.0);
+    assert_eq!(s["values"]["ups.serial"], "0123");
+    assert!(s["values"].get("driver.name").is_none());
+
+    nut.set("ups.status", "OB");
+    eventually(WAIT, "on battery", || {
+        codes(&sub, "ups2").contains(&"ups.on_battery".to_string())
+    })
+    .await;
+    nut.set("ups.status", "OB LB");
+    eventually(WAIT, "low battery", || {
+        codes(&sub, "ups2").contains(&"ups.low_battery".to_string())
+    })
+    .await;
+
+    nut.stop_driver();
+    eventually(WAIT, "fault with upsd's reason", || {
+        matches!(&gw.status.get().devices["ups2"].health,
+            wardgate::model::Health::Fault(r) if r.contains("driver is not running"))
+    })
+    .await;
+    nut.set("ups.status", "OL");
+    nut.start_driver();
+    eventually(Duration::from_secs(90), "recovered", || {
+        gw.status.get().devices["ups2"].health == wardgate::model::Health::Ok
+    })
+    .await;
+    eventually(WAIT, "back on line", || {
+        codes(&sub, "ups2").contains(&"ups.on_line".to_string())
+    })
+    .await;
+    gw.stop().await;
+    sub.assert_all_valid();
+}
+
+/// Login with a password file (used later for instant commands such as a
+/// battery test). upsd checks the password only when a privileged command is
+/// sent, not at login, so reading works either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nut_login() {
+    let nut = crate::common::nut::NutServer::start(DUMMY);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good"), "s3cret\n").unwrap();
+    let dev = nut_device(
+        nut.port,
+        &format!(
+            "username = \"mon\"\npassword_file = \"{}\"",
+            dir.path().join("good").display()
+        ),
+    );
+    let d1 = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(free_port(), d1.path(), &dev)).await;
+    eventually(WAIT, "ok with login", || {
+        gw.status.get().devices["ups2"].health == wardgate::model::Health::Ok
+    })
+    .await;
+    gw.stop().await;
+    // A password file that cannot be read is a fault naming it.
+    let d2 = tempfile::tempdir().unwrap();
+    let missing = dev.replace("good", "missing");
+    let gw = Gateway::start(config(free_port(), d2.path(), &missing)).await;
+    eventually(WAIT, "fault naming the file", || {
+        matches!(&gw.status.get().devices["ups2"].health,
+            wardgate::model::Health::Fault(r) if r.contains("password_file") && r.contains("missing"))
+    })
+    .await;
+    gw.stop().await;
+}

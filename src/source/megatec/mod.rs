@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::serial::{self, SerialError};
-use super::ups::status_events;
+use super::ups::publish;
 use super::DeviceHandle;
 use crate::config::MegatecConfig;
 use crate::model::Values;
@@ -238,27 +238,6 @@ fn error_kind(e: &MegatecError) -> &'static str {
         MegatecError::Codec(CodecError::Malformed(_)) => "malformed",
         MegatecError::Codec(_) => "unsupported",
         MegatecError::Io(_) | MegatecError::Open(_) => "port",
-    }
-}
-
-/// Sends the sample, with an event first for each change of `ups.status`.
-pub(crate) fn publish(h: &DeviceHandle, last: &mut Option<String>, values: Values) {
-    if let Some(crate::model::Value::Str(status)) = values.get("ups.status") {
-        let status = status.clone();
-        for ev in status_events(last.as_deref(), &status) {
-            let mut v = Values::new();
-            v.set("ups.status", status.clone());
-            if let Some(p) = last.as_deref() {
-                v.set("ups.status.previous", p);
-            }
-            if let Err(e) = h.event(ev.severity, ev.code, ev.message, v) {
-                tracing::error!(device = h.id(), error = %e, "event not kept");
-            }
-        }
-        *last = Some(status);
-    }
-    if let Err(e) = h.sample(values) {
-        tracing::error!(device = h.id(), error = %e, "reading not kept");
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod megatec_sim;
+pub mod nut;
 
 use std::collections::BTreeMap;
 use std::future::Future;

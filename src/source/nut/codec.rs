@@ -1,0 +1,342 @@
+//! NUT network protocol codec (the line protocol `upsd` speaks on port
+//! 3493): pure functions from lines to typed replies.
+//!
+//! Written here rather than taken from a crate: the only Rust client
+//! (`rups`) is unmaintained, pins an old rustls, and has no sans-IO parser
+//! to table-test; the part wardgate needs (LIST VAR, login, ERR) is small.
+
+use crate::model::Values;
+
+/// Longest line accepted from upsd; NUT's own limit is 512 bytes.
+pub const MAX_LINE: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// A line that does not follow the protocol: count it, reconnect.
+    #[error("malformed line from upsd: {0}")]
+    Malformed(String),
+}
+
+/// One line from upsd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    Ok,
+    /// `ERR <code> [<extra>]`: DATA-STALE, DRIVER-NOT-CONNECTED, UNKNOWN-UPS,
+    /// ACCESS-DENIED, INVALID-PASSWORD...
+    Err(String),
+    BeginListVar(String),
+    Var {
+        ups: String,
+        name: String,
+        value: String,
+    },
+    EndListVar(String),
+}
+
+/// Splits a line into words; double quotes group, backslash escapes.
+fn words(line: &str) -> Result<Vec<String>, CodecError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut has_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => {
+                    cur.push(n);
+                    has_word = true;
+                }
+                None => return Err(CodecError::Malformed(format!("dangling escape: {line:?}"))),
+            },
+            '"' => {
+                in_quotes = !in_quotes;
+                has_word = true;
+            }
+            ' ' | '\t' if !in_quotes => {
+                if has_word {
+                    out.push(std::mem::take(&mut cur));
+                    has_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if in_quotes {
+        return Err(CodecError::Malformed(format!("unclosed quote: {line:?}")));
+    }
+    if has_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+pub fn parse_line(line: &str) -> Result<Line, CodecError> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let w = words(line)?;
+    let bad = || CodecError::Malformed(line.chars().take(120).collect());
+    match w.first().map(String::as_str) {
+        Some("OK") => Ok(Line::Ok),
+        Some("ERR") => Ok(Line::Err(w.get(1).cloned().ok_or_else(bad)?)),
+        Some("BEGIN") if w.len() == 4 && w[1] == "LIST" && w[2] == "VAR" => {
+            Ok(Line::BeginListVar(w[3].clone()))
+        }
+        Some("END") if w.len() == 4 && w[1] == "LIST" && w[2] == "VAR" => {
+            Ok(Line::EndListVar(w[3].clone()))
+        }
+        Some("VAR") if w.len() == 4 => Ok(Line::Var {
+            ups: w[1].clone(),
+            name: w[2].clone(),
+            value: w[3].clone(),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+/// Quotes a word for a command.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+pub fn cmd_list_var(ups: &str) -> String {
+    format!("LIST VAR {}\n", quote(ups))
+}
+
+pub fn cmd_username(user: &str) -> String {
+    format!("USERNAME {}\n", quote(user))
+}
+
+pub fn cmd_password(pass: &str) -> String {
+    format!("PASSWORD {}\n", quote(pass))
+}
+
+/// Names whose values stay words even when they look like numbers.
+fn is_text(name: &str) -> bool {
+    const TEXT: &[&str] = &[
+        "status",
+        "alarm",
+        "serial",
+        "model",
+        "mfr",
+        "firmware",
+        "date",
+        "name",
+        "version",
+        "type",
+        "id",
+        "productid",
+        "vendorid",
+        "description",
+        "contact",
+        "location",
+        "result",
+        "sku",
+        "macaddr",
+        "package",
+        "mode",
+    ];
+    let last = name.rsplit('.').next().unwrap_or(name);
+    TEXT.contains(&last) || name.contains(".firmware") || name.contains(".mfr")
+}
+
+/// Maps one UPS's variables to values: numbers where NUT gives numbers,
+/// words otherwise. `driver.*` variables (driver name, parameters) are
+/// configuration, not readings, and are left out.
+pub fn to_values(vars: &[(String, String)]) -> Values {
+    let mut v = Values::new();
+    for (name, value) in vars {
+        if name.starts_with("driver.") {
+            continue;
+        }
+        if !is_text(name) {
+            if let Ok(n) = value.trim().parse::<f64>() {
+                if v.num(name, n) {
+                    continue;
+                }
+            }
+        }
+        v.set(name, value.clone());
+    }
+    v
+}
+
+/// What a finished `LIST VAR` exchange said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListOutcome {
+    Vars(Vec<(String, String)>),
+    /// upsd answered `ERR <code>`.
+    Err(String),
+}
+
+/// Collects lines of a `LIST VAR <ups>` reply; feed lines until it returns
+/// `Some`.
+#[derive(Debug, Default)]
+pub struct ListVar {
+    started: bool,
+    vars: Vec<(String, String)>,
+}
+
+impl ListVar {
+    pub fn feed(&mut self, ups: &str, line: &str) -> Result<Option<ListOutcome>, CodecError> {
+        match parse_line(line)? {
+            Line::Err(code) if !self.started => Ok(Some(ListOutcome::Err(code))),
+            Line::BeginListVar(u) if !self.started && u == ups => {
+                self.started = true;
+                Ok(None)
+            }
+            Line::Var {
+                ups: u,
+                name,
+                value,
+            } if self.started && u == ups => {
+                self.vars.push((name, value));
+                Ok(None)
+            }
+            Line::EndListVar(u) if self.started && u == ups => {
+                Ok(Some(ListOutcome::Vars(std::mem::take(&mut self.vars))))
+            }
+            other => Err(CodecError::Malformed(format!(
+                "unexpected in LIST VAR {ups}: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Plain words for upsd's error codes.
+pub fn explain(code: &str) -> String {
+    match code {
+        "DATA-STALE" => "upsd: data stale (the UPS driver has no fresh data from the UPS)".into(),
+        "DRIVER-NOT-CONNECTED" => "upsd: the UPS driver is not running or not connected".into(),
+        "UNKNOWN-UPS" => "upsd does not know this UPS name (check `ups` in the config)".into(),
+        "ACCESS-DENIED" => "upsd refused access (check upsd.users and the password)".into(),
+        "INVALID-PASSWORD" | "INVALID-USERNAME" => "upsd refused the login".into(),
+        other => format!("upsd: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        let cases: &[(&str, Result<Line, &str>)] = &[
+            ("OK\n", Ok(Line::Ok)),
+            ("ERR DATA-STALE\n", Ok(Line::Err("DATA-STALE".into()))),
+            (
+                "ERR DRIVER-NOT-CONNECTED",
+                Ok(Line::Err("DRIVER-NOT-CONNECTED".into())),
+            ),
+            (
+                "BEGIN LIST VAR dummy\n",
+                Ok(Line::BeginListVar("dummy".into())),
+            ),
+            ("END LIST VAR dummy\n", Ok(Line::EndListVar("dummy".into()))),
+            (
+                "VAR dummy ups.status \"OL CHRG\"\n",
+                Ok(Line::Var {
+                    ups: "dummy".into(),
+                    name: "ups.status".into(),
+                    value: "OL CHRG".into(),
+                }),
+            ),
+            (
+                "VAR su700 ups.mfr \"APC \\\"Smart\\\" \\\\ co\"\r\n",
+                Ok(Line::Var {
+                    ups: "su700".into(),
+                    name: "ups.mfr".into(),
+                    value: "APC \"Smart\" \\ co".into(),
+                }),
+            ),
+            (
+                "VAR dummy ups.alarm \"\"\n",
+                Ok(Line::Var {
+                    ups: "dummy".into(),
+                    name: "ups.alarm".into(),
+                    value: "".into(),
+                }),
+            ),
+            ("VAR dummy ups.status \"OL\n", Err("unclosed quote")),
+            ("VAR dummy ups.status\n", Err("malformed")),
+            ("HELLO\n", Err("malformed")),
+            ("", Err("malformed")),
+            ("ERR\n", Err("malformed")),
+            ("VAR a b \"c\\", Err("dangling escape")),
+        ];
+        for (line, want) in cases {
+            match (want, parse_line(line)) {
+                (Ok(w), Ok(g)) => assert_eq!(&g, w, "{line:?}"),
+                (Err(m), Err(e)) => assert!(e.to_string().contains(m), "{line:?}: {e}"),
+                (w, g) => panic!("{line:?}: wanted {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn list_var_exchange() {
+        let mut l = ListVar::default();
+        let reply = [
+            "BEGIN LIST VAR dummy",
+            "VAR dummy battery.charge \"100\"",
+            "VAR dummy ups.status \"OB LB\"",
+            "VAR dummy ups.serial \"0123\"",
+            "VAR dummy driver.name \"dummy-ups\"",
+            "VAR dummy input.voltage \"230.0\"",
+        ];
+        for r in reply {
+            assert_eq!(l.feed("dummy", r).unwrap(), None);
+        }
+        let Some(ListOutcome::Vars(vars)) = l.feed("dummy", "END LIST VAR dummy").unwrap() else {
+            panic!()
+        };
+        let v = to_values(&vars);
+        assert_eq!(
+            v.get("battery.charge").and_then(|x| x.as_f64()),
+            Some(100.0)
+        );
+        assert_eq!(v.get("ups.status"), Some(&"OB LB".into()));
+        assert_eq!(
+            v.get("ups.serial"),
+            Some(&"0123".into()),
+            "serials stay text"
+        );
+        assert!(v.get("driver.name").is_none());
+        let mut l = ListVar::default();
+        assert_eq!(
+            l.feed("dummy", "ERR DATA-STALE").unwrap(),
+            Some(ListOutcome::Err("DATA-STALE".into()))
+        );
+        let mut l = ListVar::default();
+        assert!(
+            l.feed("dummy", "VAR dummy x \"1\"").is_err(),
+            "VAR before BEGIN"
+        );
+        let mut l = ListVar::default();
+        l.feed("dummy", "BEGIN LIST VAR dummy").unwrap();
+        assert!(
+            l.feed("dummy", "VAR other x \"1\"").is_err(),
+            "another UPS's line"
+        );
+    }
+
+    #[test]
+    fn commands_are_quoted() {
+        assert_eq!(cmd_list_var("dummy"), "LIST VAR \"dummy\"\n");
+        assert_eq!(cmd_password("p\"w\\"), "PASSWORD \"p\\\"w\\\\\"\n");
+        assert_eq!(cmd_username("mon"), "USERNAME \"mon\"\n");
+        assert!(explain("DATA-STALE").contains("stale"));
+    }
+}

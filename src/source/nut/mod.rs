@@ -1,0 +1,253 @@
+//! NUT client (`type = "nut"`): reads a UPS from an existing `upsd` over
+//! TCP. This covers every UPS NUT supports, USB HID models included.
+
+pub mod codec;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::DeviceHandle;
+use crate::config::NutConfig;
+use crate::model::{Value, Values};
+use codec::{ListOutcome, ListVar};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NutError {
+    /// upsd cannot be reached or the connection broke: fault, reconnect.
+    #[error("upsd at {0}: {1}")]
+    Connect(String, std::io::Error),
+    /// upsd did not answer in time: counted; reconnect.
+    #[error("upsd did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A line that breaks the protocol: counted; reconnect.
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    /// upsd answered `ERR`: stale or fault with upsd's reason.
+    #[error("{}", codec::explain(.0))]
+    Server(String),
+    /// The password file could not be read: fault until fixed.
+    #[error("reading password_file {0}: {1}")]
+    Password(String, std::io::Error),
+}
+
+/// One connection to upsd, over any byte stream.
+pub struct Nut<S> {
+    io: BufReader<S>,
+    timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
+    pub fn new(io: S, timeout: Duration) -> Self {
+        Nut {
+            io: BufReader::new(io),
+            timeout,
+        }
+    }
+
+    async fn line(&mut self) -> Result<String, NutError> {
+        let mut buf = Vec::with_capacity(128);
+        let read = async {
+            loop {
+                let chunk = self
+                    .io
+                    .fill_buf()
+                    .await
+                    .map_err(|e| NutError::Connect("the connection".into(), e))?;
+                if chunk.is_empty() {
+                    return Err(NutError::Connect(
+                        "the connection".into(),
+                        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by upsd"),
+                    ));
+                }
+                let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (chunk.len(), false),
+                };
+                buf.extend_from_slice(&chunk[..take]);
+                self.io.consume(take);
+                if buf.len() > codec::MAX_LINE {
+                    return Err(NutError::Codec(codec::CodecError::Malformed(format!(
+                        "line longer than {} bytes",
+                        codec::MAX_LINE
+                    ))));
+                }
+                if done {
+                    return Ok(());
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(())) => String::from_utf8(buf)
+                .map_err(|_| NutError::Codec(codec::CodecError::Malformed("not UTF-8".into()))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(NutError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn send(&mut self, cmd: &str) -> Result<(), NutError> {
+        let w = self.io.get_mut();
+        w.write_all(cmd.as_bytes())
+            .await
+            .map_err(|e| NutError::Connect("the connection".into(), e))?;
+        w.flush()
+            .await
+            .map_err(|e| NutError::Connect("the connection".into(), e))
+    }
+
+    async fn expect_ok(&mut self) -> Result<(), NutError> {
+        match codec::parse_line(&self.line().await?)? {
+            codec::Line::Ok => Ok(()),
+            codec::Line::Err(code) => Err(NutError::Server(code)),
+            other => Err(NutError::Codec(codec::CodecError::Malformed(format!(
+                "expected OK, got {other:?}"
+            )))),
+        }
+    }
+
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<(), NutError> {
+        self.send(&codec::cmd_username(user)).await?;
+        self.expect_ok().await?;
+        self.send(&codec::cmd_password(password)).await?;
+        self.expect_ok().await
+    }
+
+    /// `LIST VAR <ups>`, mapped to values.
+    pub async fn list_var(&mut self, ups: &str) -> Result<Values, NutError> {
+        self.send(&codec::cmd_list_var(ups)).await?;
+        let mut list = ListVar::default();
+        loop {
+            let line = self.line().await?;
+            match list.feed(ups, &line)? {
+                None => continue,
+                Some(ListOutcome::Vars(vars)) => return Ok(codec::to_values(&vars)),
+                Some(ListOutcome::Err(code)) => return Err(NutError::Server(code)),
+            }
+        }
+    }
+}
+
+async fn connect(cfg: &NutConfig) -> Result<Nut<TcpStream>, NutError> {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let tcp = tokio::time::timeout(cfg.timeout, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| NutError::Timeout(cfg.timeout))?
+        .map_err(|e| NutError::Connect(addr.clone(), e))?;
+    let _ = tcp.set_nodelay(true);
+    let mut nut = Nut::new(tcp, cfg.timeout);
+    if let Some(user) = &cfg.username {
+        let password = match &cfg.password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| NutError::Password(p.display().to_string(), e))?,
+            None => String::new(),
+        };
+        nut.login(user, &password).await?;
+    }
+    Ok(nut)
+}
+
+pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let mut last_status: Option<String> = None;
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<Nut<TcpStream>> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if conn.is_none() {
+            match connect(&cfg).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    h.count_error("connect");
+                    let _ = h.fault(&e.to_string());
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match c.list_var(&cfg.ups).await {
+            Ok(values) => {
+                if values.get("ups.status") == Some(&Value::Str("WAIT".into())) {
+                    // The driver is starting: not ready yet, not a fault.
+                    tracing::debug!(device = h.id(), "upsd says WAIT");
+                    continue;
+                }
+                super::ups::publish(&h, &mut last_status, values);
+            }
+            Err(NutError::Server(code)) => {
+                h.count_error("upsd");
+                let reason = codec::explain(&code);
+                let r = if code == "DATA-STALE" {
+                    h.mark_stale(&reason)
+                } else {
+                    h.fault(&reason)
+                };
+                if let Err(e) = r {
+                    tracing::error!(device = h.id(), error = %e, "event not kept");
+                }
+            }
+            Err(e) => {
+                h.count_error(match e {
+                    NutError::Timeout(_) => "timeout",
+                    NutError::Codec(_) => "malformed",
+                    _ => "connection",
+                });
+                let _ = h.fault(&e.to_string());
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Reads the UPS once, for `wardgate check`.
+pub async fn probe(cfg: &NutConfig) -> Result<Values, NutError> {
+    let mut c = connect(cfg).await?;
+    c.list_var(&cfg.ups).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn list_var_over_a_stream() {
+        let (a, mut b) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            let n = b.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"LIST VAR \"u\"\n");
+            b.write_all(b"BEGIN LIST VAR u\nVAR u ups.status \"OL\"\nVAR u ups.load \"12\"\nEND LIST VAR u\n")
+                .await
+                .unwrap();
+            let _ = b.read(&mut buf).await;
+            b.write_all(b"ERR DATA-STALE\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let mut n = Nut::new(a, Duration::from_secs(1));
+        let v = n.list_var("u").await.unwrap();
+        assert_eq!(v.get("ups.load").and_then(|x| x.as_f64()), Some(12.0));
+        match n.list_var("u").await {
+            Err(NutError::Server(c)) => assert_eq!(c, "DATA-STALE"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_line_is_rejected() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            let _ = b.read(&mut buf).await;
+            let _ = b.write_all(&vec![b'x'; 4000]).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let mut n = Nut::new(a, Duration::from_secs(1));
+        assert!(matches!(n.list_var("u").await, Err(NutError::Codec(_))));
+    }
+}

@@ -1,0 +1,129 @@
+//! A real NUT server from Debian's packages (nut-server): `dummy-ups`
+//! serving a `.dev` file, and `upsd` on a loopback port of its own.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct NutServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub dev: PathBuf,
+    driver: Option<Child>,
+    upsd: Option<Child>,
+}
+
+fn user() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+impl NutServer {
+    /// `dev` is the dummy UPS's variables, `name: value` per line.
+    pub fn start(dev: &str) -> NutServer {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = super::free_port();
+        let devp = d.join("dummy.dev");
+        std::fs::write(&devp, dev).unwrap();
+        std::fs::write(
+            d.join("ups.conf"),
+            format!(
+                "[dummy]\n\tdriver = dummy-ups\n\tport = {}\n\tdesc = \"test\"\n",
+                devp.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n")).unwrap();
+        std::fs::write(
+            d.join("upsd.users"),
+            "[mon]\n\tpassword = s3cret\n\tupsmon primary\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("nut.conf"), "MODE=standalone\n").unwrap();
+        let mut s = NutServer {
+            port,
+            dev: devp,
+            dir,
+            driver: None,
+            upsd: None,
+        };
+        s.start_driver();
+        let sock = s.dir.path().join("dummy-ups-dummy");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dummy-ups did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s.upsd = Some(s.spawn("/lib/nut/upsd", &[]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "upsd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn spawn(&self, prog: &str, args: &[&str]) -> Child {
+        let d = self.dir.path();
+        Command::new(prog)
+            .args(args)
+            .args(["-u", &user(), "-F"])
+            .env("NUT_CONFPATH", d)
+            .env("NUT_STATEPATH", d)
+            .env("NUT_ALTPIDPATH", d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install nut-server)"))
+    }
+
+    pub fn start_driver(&mut self) {
+        self.driver = Some(self.spawn("/lib/nut/dummy-ups", &["-a", "dummy"]));
+    }
+
+    pub fn stop_driver(&mut self) {
+        if let Some(mut c) = self.driver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Rewrites one variable in the .dev file (dummy-ups re-reads it when
+    /// it changes).
+    pub fn set(&self, name: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.dev).unwrap();
+        let mut out = String::new();
+        let mut found = false;
+        for l in text.lines() {
+            if l.starts_with(&format!("{name}:")) {
+                out.push_str(&format!("{name}: {value}\n"));
+                found = true;
+            } else {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        if !found {
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+        std::fs::write(&self.dev, out).unwrap();
+    }
+}
+
+impl Drop for NutServer {
+    fn drop(&mut self) {
+        for c in [self.upsd.take(), self.driver.take()].into_iter().flatten() {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
