@@ -146,6 +146,7 @@ pub enum DeviceConfig {
     Sim(SimConfig),
     Megatec(MegatecConfig),
     Nut(NutConfig),
+    ApcSmart(ApcSmartConfig),
 }
 
 impl DeviceConfig {
@@ -154,6 +155,7 @@ impl DeviceConfig {
             DeviceConfig::Sim(c) => &c.id,
             DeviceConfig::Megatec(c) => &c.id,
             DeviceConfig::Nut(c) => &c.id,
+            DeviceConfig::ApcSmart(c) => &c.id,
         }
     }
 
@@ -162,6 +164,7 @@ impl DeviceConfig {
             DeviceConfig::Sim(c) => c.interval,
             DeviceConfig::Megatec(c) => c.interval,
             DeviceConfig::Nut(c) => c.interval,
+            DeviceConfig::ApcSmart(c) => c.interval,
         }
     }
 
@@ -170,6 +173,7 @@ impl DeviceConfig {
             DeviceConfig::Sim(_) => "sim",
             DeviceConfig::Megatec(_) => "megatec",
             DeviceConfig::Nut(_) => "nut",
+            DeviceConfig::ApcSmart(_) => "apc-smart",
         }
     }
 }
@@ -223,6 +227,20 @@ pub struct MegatecConfig {
     pub battery_voltage_low: Option<f64>,
     #[serde(default)]
     pub battery_voltage_high: Option<f64>,
+}
+
+/// An APC Smart-UPS on a serial line (APC's "smart" cable, 940-0024).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApcSmartConfig {
+    pub id: String,
+    pub serial: PathBuf,
+    #[serde(default = "default_ups_baud")]
+    pub baud: u32,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_reply_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// A UPS served by an existing NUT `upsd` (any UPS NUT supports, USB HID
@@ -564,6 +582,16 @@ impl Config {
                 ));
             }
             match d {
+                DeviceConfig::ApcSmart(c) => {
+                    check_serial(&mut p, &key, &c.serial, c.baud);
+                    if c.timeout < Duration::from_millis(100) || c.timeout > Duration::from_secs(30)
+                    {
+                        p.push(format!(
+                            "{key}.timeout: {} must be between 100ms and 30s",
+                            humantime::format_duration(c.timeout)
+                        ));
+                    }
+                }
                 DeviceConfig::Nut(c) => {
                     if !(1..=65535).contains(&c.port) {
                         p.push(format!("{key}.port: {} is not a port (1-65535)", c.port));

@@ -2,6 +2,7 @@
 //! and reports through a [`DeviceHandle`], which stamps readings into the
 //! spool and keeps the device's health in the status snapshot.
 
+pub mod apc;
 pub mod megatec;
 pub mod nut;
 pub mod serial;
@@ -254,6 +255,7 @@ pub async fn run(cfg: DeviceConfig, handle: DeviceHandle, cancel: CancellationTo
         DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
         DeviceConfig::Megatec(c) => megatec::run(c, handle, cancel).await,
         DeviceConfig::Nut(c) => nut::run(c, handle, cancel).await,
+        DeviceConfig::ApcSmart(c) => apc::run(c, handle, cancel).await,
     }
 }
 
@@ -265,6 +267,9 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
             .await
             .map_err(|e| SourceError::Device(e.to_string())),
         DeviceConfig::Nut(c) => nut::probe(c)
+            .await
+            .map_err(|e| SourceError::Device(e.to_string())),
+        DeviceConfig::ApcSmart(c) => apc::probe(c)
             .await
             .map_err(|e| SourceError::Device(e.to_string())),
     }

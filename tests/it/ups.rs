@@ -295,3 +295,72 @@ async fn nut_login() {
     .await;
     gw.stop().await;
 }
+
+/// APC Smart simulator -> wardgate -> mosquitto: values; an alert becomes
+/// an event at once (long before the next poll) and is not repeated when
+/// the next poll shows the same change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apc_smart_over_a_pty_with_immediate_alerts() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyAPC");
+    let sim = crate::common::apc_sim::ApcSim::start(&link);
+    let dev = format!(
+        "[[device]]\nid = \"ups3\"\ntype = \"apc-smart\"\nserial = \"{}\"\ninterval = \"4s\"\ntimeout = \"500ms\"\n",
+        link.display()
+    );
+    let gw = Gateway::start(config(broker.port, dir.path(), &dev)).await;
+    eventually(WAIT, "ups3 sample", || !sub.samples("ups3").is_empty()).await;
+    let (_, s) = sub.samples("ups3")[0].clone();
+    let v = &s["values"];
+    assert_eq!(v["ups.status"], "OL");
+    assert_eq!(v["battery.voltage"], 27.87);
+    assert_eq!(v["battery.charge"], 94.0);
+    assert_eq!(v["input.voltage"], 229.6);
+    assert_eq!(v["output.voltage"], 230.4);
+    assert_eq!(v["ups.load"], 31.2);
+    assert_eq!(v["battery.runtime"], 2520.0);
+    assert_eq!(v["input.frequency"], 50.0);
+    assert_eq!(v["ups.serial"], "QS0123456789");
+    assert!(v.get("ups.temperature").is_none(), "NA is left out");
+
+    // Mains fails: the alert comes first, the status byte follows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *sim.status.lock().unwrap() = 0x10;
+    let t = std::time::Instant::now();
+    sim.alert(b'!');
+    eventually(WAIT, "on battery event", || {
+        codes(&sub, "ups3").contains(&"ups.on_battery".to_string())
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "immediate: {:?}",
+        t.elapsed()
+    );
+    // The next poll sees OB; no second on_battery event.
+    let n = sub.seqs("ups3").len();
+    eventually(WAIT, "next poll", || sub.seqs("ups3").len() > n).await;
+    assert_eq!(
+        sub.samples("ups3").last().unwrap().1["values"]["ups.status"],
+        "OB"
+    );
+    *sim.status.lock().unwrap() = 0x08;
+    sim.alert(b'$');
+    eventually(WAIT, "on line event", || {
+        codes(&sub, "ups3").contains(&"ups.on_line".to_string())
+    })
+    .await;
+    let n = sub.seqs("ups3").len();
+    eventually(WAIT, "next poll", || sub.seqs("ups3").len() > n).await;
+    gw.stop().await;
+    let c = codes(&sub, "ups3");
+    assert_eq!(
+        c.iter().filter(|x| *x == "ups.on_battery").count(),
+        1,
+        "one event per change: {c:?}"
+    );
+    assert_eq!(c.iter().filter(|x| *x == "ups.on_line").count(), 1, "{c:?}");
+    sub.assert_all_valid();
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod apc_sim;
 pub mod megatec_sim;
 pub mod nut;
 

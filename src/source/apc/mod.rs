@@ -1,0 +1,371 @@
+//! APC Smart-UPS over a serial line (`type = "apc-smart"`).
+//!
+//! Alerts (`!` line fail, `$` restored, `%` low battery, `+` recovered)
+//! arrive unsolicited; they become events at once, not at the next poll.
+
+pub mod codec;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::serial::{self, SerialError};
+use super::ups::publish;
+use super::DeviceHandle;
+use crate::config::ApcSmartConfig;
+use crate::model::{Severity, Values};
+use codec::{Alert, CodecError, Command, Reply};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApcError {
+    /// No reply in time: counted; a few in a row make the device faulty.
+    #[error("no reply to '{0}' within {1:?}")]
+    Timeout(char, Duration),
+    /// Bytes without CR LF beyond what the protocol allows: counted.
+    #[error("reply longer than {0} bytes (wrong baud rate or line noise?)")]
+    TooLong(usize),
+    /// The UPS did not enter smart mode: fault, retry after reopening.
+    #[error("the UPS did not enter smart mode (is it an APC Smart-UPS on a smart cable?)")]
+    NoSmartMode,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The port failed (unplugged adapter): fault; reopen.
+    #[error("serial port: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Open(#[from] SerialError),
+}
+
+impl ApcError {
+    fn port_lost(&self) -> bool {
+        matches!(self, ApcError::Io(_) | ApcError::Open(_))
+    }
+}
+
+pub struct ApcSmart<S> {
+    io: S,
+    timeout: Duration,
+    alerts: Vec<Alert>,
+    unsupported: HashSet<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
+    pub fn new(io: S, timeout: Duration) -> Self {
+        ApcSmart {
+            io,
+            timeout,
+            alerts: Vec::new(),
+            unsupported: HashSet::new(),
+        }
+    }
+
+    /// Alerts received since the last call.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    pub async fn transact(&mut self, cmd: Command) -> Result<Reply, ApcError> {
+        self.io.write_all(&[cmd.byte()]).await?;
+        self.io.flush().await?;
+        let mut line = Vec::with_capacity(16);
+        let mut byte = [0u8; 1];
+        let read = async {
+            loop {
+                if self.io.read(&mut byte).await? == 0 {
+                    return Err(ApcError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the port closed",
+                    )));
+                }
+                let (alerts, rest) = codec::split_alerts(&byte);
+                self.alerts.extend(alerts);
+                line.extend_from_slice(&rest);
+                if line.ends_with(b"\r\n") {
+                    return Ok(());
+                }
+                if line.len() > codec::MAX_REPLY {
+                    return Err(ApcError::TooLong(codec::MAX_REPLY));
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(())) => Ok(codec::parse(cmd, &line)?),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ApcError::Timeout(cmd.byte() as char, self.timeout)),
+        }
+    }
+
+    /// `Y` → `SM`; needed after every reconnect.
+    pub async fn smart_mode(&mut self) -> Result<(), ApcError> {
+        match self.transact(Command::SmartMode).await {
+            Ok(Reply::SmartMode) => Ok(()),
+            Err(e) if e.port_lost() => Err(e),
+            _ => Err(ApcError::NoSmartMode),
+        }
+    }
+
+    /// Every polled variable the UPS supports.
+    pub async fn poll(&mut self) -> Result<Values, ApcError> {
+        let mut v = Values::new();
+        for cmd in Command::POLL {
+            if self.unsupported.contains(&cmd.byte()) {
+                continue;
+            }
+            match self.transact(cmd).await {
+                Ok(Reply::Number(n)) => {
+                    v.num(cmd.variable(), n);
+                }
+                Ok(Reply::Text(t)) | Ok(Reply::Status(t)) => v.set(cmd.variable(), t),
+                Ok(Reply::SmartMode) => {}
+                Err(ApcError::Codec(CodecError::NotAvailable)) => {
+                    self.unsupported.insert(cmd.byte());
+                }
+                // Without the status there is no useful reading.
+                Err(e) if cmd == Command::Status => return Err(e),
+                Err(e) if e.port_lost() => return Err(e),
+                Err(e) => tracing::debug!(command = ?cmd, error = %e, "APC variable not read"),
+            }
+        }
+        Ok(v)
+    }
+
+    /// Waits up to `d` for alerts arriving between polls.
+    pub async fn listen(&mut self, d: Duration) -> Result<(), ApcError> {
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(d, self.io.read(&mut buf)).await {
+            Ok(Ok(0)) => Err(ApcError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the port closed",
+            ))),
+            Ok(Ok(n)) => {
+                let (alerts, _) = codec::split_alerts(&buf[..n]);
+                self.alerts.extend(alerts);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// The event for an alert, and how it changes the known status (so the
+/// next poll does not report the same change twice).
+fn alert_event(
+    a: Alert,
+) -> (
+    Severity,
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+) {
+    match a {
+        Alert::LineFail => (
+            Severity::Critical,
+            "ups.on_battery",
+            "UPS on battery: mains power lost",
+            Some(("OB", "OL")),
+        ),
+        Alert::LineRestored => (
+            Severity::Info,
+            "ups.on_line",
+            "UPS back on mains power",
+            Some(("OL", "OB")),
+        ),
+        Alert::LowBattery => (
+            Severity::Critical,
+            "ups.low_battery",
+            "UPS battery low: the UPS will shut down soon",
+            Some(("LB", "")),
+        ),
+        Alert::BatteryRecovered => (
+            Severity::Info,
+            "ups.battery_ok",
+            "UPS battery no longer low",
+            Some(("", "LB")),
+        ),
+        Alert::ReplaceBattery => (
+            Severity::Warning,
+            "ups.replace_battery",
+            "UPS asks for its battery to be replaced",
+            Some(("RB", "")),
+        ),
+        Alert::Abnormal => (
+            Severity::Warning,
+            "ups.abnormal",
+            "UPS reports an abnormal condition",
+            None,
+        ),
+        Alert::AbnormalCleared => (
+            Severity::Info,
+            "ups.abnormal_cleared",
+            "UPS abnormal condition cleared",
+            None,
+        ),
+        Alert::TurningOff => (
+            Severity::Critical,
+            "ups.shutdown_pending",
+            "UPS is about to turn off",
+            None,
+        ),
+    }
+}
+
+fn apply(status: &mut Option<String>, add: &str, remove: &str) {
+    let mut t: Vec<String> = status
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter(|t| *t != remove && *t != add)
+        .map(str::to_owned)
+        .collect();
+    if !add.is_empty() {
+        t.insert(0, add.to_owned());
+    }
+    *status = Some(t.join(" "));
+}
+
+fn raise_alerts(h: &DeviceHandle, alerts: Vec<Alert>, last: &mut Option<String>) {
+    for a in alerts {
+        let (sev, code, msg, change) = alert_event(a);
+        if let Some((add, remove)) = change {
+            apply(last, add, remove);
+        }
+        let mut v = Values::new();
+        if let Some(s) = last.as_deref() {
+            v.set("ups.status", s);
+        }
+        if let Err(e) = h.event(sev, code, msg, v) {
+            tracing::error!(device = h.id(), error = %e, "event not kept");
+        }
+    }
+}
+
+const FAILS_BEFORE_FAULT: u32 = 3;
+
+pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let mut last_status: Option<String> = None;
+    loop {
+        let port = match serial::open(&cfg.serial, cfg.baud, Default::default()) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = h.fault(&e.to_string());
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(cfg.interval) => {}
+                }
+                continue;
+            }
+        };
+        let mut ups = ApcSmart::new(port, cfg.timeout);
+        if let Err(e) = ups.smart_mode().await {
+            h.count_error("smart_mode");
+            let _ = h.fault(&e.to_string());
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(cfg.interval) => {}
+            }
+            continue;
+        }
+        let mut fails = 0u32;
+        let mut next = tokio::time::Instant::now();
+        loop {
+            // Between polls, listen for alerts so they are sent at once.
+            while tokio::time::Instant::now() < next {
+                let left = next - tokio::time::Instant::now();
+                let r = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = ups.listen(left) => r,
+                };
+                raise_alerts(&h, ups.take_alerts(), &mut last_status);
+                if let Err(e) = r {
+                    let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
+                    break;
+                }
+            }
+            next += cfg.interval;
+            let r = ups.poll().await;
+            raise_alerts(&h, ups.take_alerts(), &mut last_status);
+            match r {
+                Ok(values) => {
+                    fails = 0;
+                    publish(&h, &mut last_status, values);
+                }
+                Err(e) => {
+                    h.count_error(match e {
+                        ApcError::Timeout(..) => "timeout",
+                        ApcError::TooLong(_) => "garbage",
+                        ApcError::Codec(_) => "malformed",
+                        _ => "port",
+                    });
+                    fails += 1;
+                    if e.port_lost() || fails >= FAILS_BEFORE_FAULT {
+                        let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Reads the UPS once, for `wardgate check`.
+pub async fn probe(cfg: &ApcSmartConfig) -> Result<Values, ApcError> {
+    let port = serial::open(&cfg.serial, cfg.baud, Default::default())?;
+    let mut ups = ApcSmart::new(port, cfg.timeout);
+    ups.smart_mode().await?;
+    ups.poll().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_update_the_known_status() {
+        let mut s = Some("OL".to_owned());
+        apply(&mut s, "OB", "OL");
+        assert_eq!(s.as_deref(), Some("OB"));
+        apply(&mut s, "LB", "");
+        assert_eq!(s.as_deref(), Some("LB OB"));
+        apply(&mut s, "", "LB");
+        apply(&mut s, "OL", "OB");
+        assert_eq!(s.as_deref(), Some("OL"));
+    }
+
+    #[tokio::test]
+    async fn smart_mode_poll_and_alerts_over_a_stream() {
+        let (a, mut b) = tokio::io::duplex(256);
+        tokio::spawn(async move {
+            let mut c = [0u8; 1];
+            while b.read(&mut c).await.unwrap_or(0) == 1 {
+                let reply: &[u8] = match c[0] {
+                    b'Y' => b"SM\r\n",
+                    // An alert inside the status reply.
+                    b'Q' => b"1!0\r\n",
+                    b'B' => b"27.87\r\n",
+                    b'f' => b"094.0\r\n",
+                    b'j' => b"0012:\r\n",
+                    _ => b"NA\r\n",
+                };
+                let _ = b.write_all(reply).await;
+            }
+        });
+        let mut u = ApcSmart::new(a, Duration::from_secs(1));
+        u.smart_mode().await.unwrap();
+        let v = u.poll().await.unwrap();
+        assert_eq!(v.get("ups.status"), Some(&"OB".into()));
+        assert_eq!(
+            v.get("battery.runtime").and_then(|x| x.as_f64()),
+            Some(720.0)
+        );
+        assert_eq!(u.take_alerts(), vec![Alert::LineFail]);
+        // NA variables are not asked again.
+        assert!(u.unsupported.contains(&b'C'));
+    }
+}
