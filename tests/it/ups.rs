@@ -364,3 +364,115 @@ async fn apc_smart_over_a_pty_with_immediate_alerts() {
     assert_eq!(c.iter().filter(|x| *x == "ups.on_line").count(), 1, "{c:?}");
     sub.assert_all_valid();
 }
+
+/// NUT's own Megatec parser (nutdrv_qx, protocol = megatec) and wardgate's
+/// read the same simulator state; the values must agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megatec_values_agree_with_nut_nutdrv_qx() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyQX");
+    let sim = MegatecSim::start(&link);
+    for (bits, input_v, battery_v) in [("00001001", 230.4, 13.6), ("11001000", 0.0, 10.9)] {
+        sim.set(|s| {
+            s.bits = bits.into();
+            s.input_v = input_v;
+            s.battery_v = battery_v;
+        });
+        // NUT first: driver + upsd, read with upsc, then stop them.
+        let nut = tempfile::tempdir().unwrap();
+        let d = nut.path();
+        let port = free_port();
+        std::fs::write(
+            d.join("ups.conf"),
+            format!("[qx]\n\tdriver = nutdrv_qx\n\tport = {}\n\tprotocol = megatec\n\tpollinterval = 1\n", link.display()),
+        )
+        .unwrap();
+        std::fs::write(d.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n")).unwrap();
+        std::fs::write(d.join("upsd.users"), "").unwrap();
+        let user =
+            String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let spawn = |prog: &str, args: &[&str]| {
+            Command::new(prog)
+                .args(args)
+                .args(["-u", user.trim(), "-F"])
+                .env("NUT_CONFPATH", d)
+                .env("NUT_STATEPATH", d)
+                .env("NUT_ALTPIDPATH", d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut drv = spawn("/lib/nut/nutdrv_qx", &["-a", "qx"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !d.join("nutdrv_qx-qx").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nutdrv_qx did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut upsd = spawn("/lib/nut/upsd", &[]);
+        let mut nut_vals = std::collections::BTreeMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let out = Command::new("upsc")
+                .arg(format!("qx@127.0.0.1:{port}"))
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("ups.status") && text.contains("input.voltage.nominal") {
+                for l in text.lines() {
+                    if let Some((k, v)) = l.split_once(": ") {
+                        nut_vals.insert(k.to_owned(), v.to_owned());
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = upsd.kill();
+        let _ = drv.kill();
+        let _ = upsd.wait();
+        let _ = drv.wait();
+        assert!(!nut_vals.is_empty(), "upsc gave nothing");
+
+        // Then wardgate, on the same simulator.
+        let cfg = wardgate::config::Config::from_toml(&format!(
+            "site = \"s\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"{}\"\n",
+            link.display()
+        ))
+        .unwrap();
+        let wardgate::config::DeviceConfig::Megatec(mc) = &cfg.devices[0] else {
+            unreachable!()
+        };
+        let ours = wardgate::source::megatec::probe(mc).await.unwrap();
+
+        let mut compared = 0;
+        for (name, theirs) in &nut_vals {
+            let Some(mine) = ours.get(name) else { continue };
+            compared += 1;
+            match (mine, theirs.parse::<f64>()) {
+                (wardgate::model::Value::Num(m), Ok(t)) => {
+                    assert!((m - t).abs() < 0.51, "{bits} {name}: wardgate {m}, NUT {t}")
+                }
+                (wardgate::model::Value::Str(m), _) if name == "ups.status" => {
+                    let mut a: Vec<&str> = m.split_whitespace().collect();
+                    let mut b: Vec<&str> = theirs.split_whitespace().collect();
+                    a.sort();
+                    b.sort();
+                    assert_eq!(a, b, "{bits} ups.status");
+                }
+                (wardgate::model::Value::Str(m), _) => assert_eq!(m, theirs, "{bits} {name}"),
+                (m, _) => panic!("{bits} {name}: wardgate {m:?}, NUT {theirs}"),
+            }
+        }
+        eprintln!("{bits}: compared {compared} values with NUT: {nut_vals:?}");
+        assert!(
+            compared >= 12,
+            "{bits}: only {compared} values in common: NUT {nut_vals:?}, wardgate {ours:?}"
+        );
+    }
+}
