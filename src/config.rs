@@ -774,6 +774,34 @@ mod tests {
             ),
             ("site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"warp\"\n", "warp"),
             ("site = \"a\"\n[spool]\npolicy = \"fast\"\n", "spool.policy"),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUSB0\"\nbaud = 1234\n",
+                "device[0].baud: 1234 is not a standard rate",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\n",
+                "serial",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"ttyUSB0\"\n",
+                "device[0].serial: \"ttyUSB0\" must be an absolute path",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/x\"\nbattery_voltage_low = 10.0\n",
+                "give both or neither",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"nut\"\nups = \"x\"\nport = 0\n",
+                "device[0].port: 0 is not a port",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"nut\"\n",
+                "ups",
+            ),
+            (
+                "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"apc-smart\"\nserial = \"/dev/x\"\ntimeout = \"1ms\"\n",
+                "device[0].timeout",
+            ),
             ("site = \"a\"\n[spool]\nspill_after = \"soon\"\n", "spool.spill_after"),
             ("site = \"a\"\n[spool]\npath = \"spool.db\"\n", "spool.path"),
             (
