@@ -31,7 +31,7 @@ async fn megatec_over_a_pty_to_mqtt() {
     let gw = Gateway::start(config(
         broker.port,
         dir.path(),
-        &megatec("ups1", &link, "200ms"),
+        &megatec("ups1", &link, "1s"),
     ))
     .await;
     eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 3).await;
@@ -98,8 +98,9 @@ async fn megatec_over_a_pty_to_mqtt() {
         gw.status.get().devices["ups1"].health == wardgate::model::Health::Ok
     })
     .await;
+    // Within two poll intervals.
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_secs(2),
         "recovered in {:?}",
         t.elapsed()
     );
@@ -159,11 +160,7 @@ async fn megatec_bad_replies_are_counted() {
             }
         });
     }
-    sim.set(|s| s.mode = Mode::Silent);
-    eventually(WAIT, "fault when silent", || {
-        matches!(&gw.status.get().devices["ups1"].health, wardgate::model::Health::Fault(r) if r.contains("not answering"))
-    })
-    .await;
+
     assert!(gw.is_running());
     gw.stop().await;
 }

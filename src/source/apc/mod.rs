@@ -300,8 +300,13 @@ pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken
                         _ => "port",
                     });
                     fails += 1;
-                    if e.port_lost() || fails >= FAILS_BEFORE_FAULT {
+                    if e.port_lost() {
                         let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
+                        break;
+                    }
+                    if fails >= FAILS_BEFORE_FAULT {
+                        let _ = h
+                            .mark_stale(&format!("not answering on {}: {e}", cfg.serial.display()));
                         break;
                     }
                 }

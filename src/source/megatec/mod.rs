@@ -169,7 +169,7 @@ fn estimate_of(cfg: &MegatecConfig) -> Option<ChargeEstimate> {
     }
 }
 
-/// Failed polls in a row before the device is marked faulty and the port reopened.
+/// Failed polls in a row before the device is marked stale and the port reopened.
 const FAILS_BEFORE_FAULT: u32 = 3;
 
 pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken) {
@@ -211,14 +211,16 @@ pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken)
                     h.count_error(error_kind(&e));
                     tracing::debug!(device = h.id(), error = %e, "poll failed");
                     fails += 1;
-                    if e.port_lost() || fails >= FAILS_BEFORE_FAULT {
-                        let reason = if e.port_lost() {
-                            format!("{}: {e}", cfg.serial.display())
-                        } else {
-                            format!("not answering on {}: {e}", cfg.serial.display())
-                        };
-                        let _ = h.fault(&reason);
+                    if e.port_lost() {
+                        let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
                         // Reopen: an unplugged adapter comes back as a new device.
+                        break;
+                    }
+                    if fails >= FAILS_BEFORE_FAULT {
+                        // The port is there but the UPS says nothing useful:
+                        // stale, and reopen in case the line is confused.
+                        let _ = h
+                            .mark_stale(&format!("not answering on {}: {e}", cfg.serial.display()));
                         break;
                     }
                 }
