@@ -462,6 +462,50 @@ async fn tls_with_password_and_wrong_password_retries() {
     })
     .await;
     gw.stop().await;
+
+    // A broker certificate from another CA: a TLS error in plain words,
+    // retried, the gateway stays up.
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=some other CA",
+        ],
+        d,
+    );
+    let dir3 = tempfile::tempdir().unwrap();
+    let text = tls("good")
+        .replace(
+            &dir.path().join("spool.db").display().to_string(),
+            &dir3.path().join("spool.db").display().to_string(),
+        )
+        .replace(
+            &d.join("ca.pem").display().to_string(),
+            &d.join("other.pem").display().to_string(),
+        );
+    let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
+    eventually(WAIT, "certificate rejected, reported", || {
+        gw.status
+            .get()
+            .uplink
+            .last_error
+            .is_some_and(|e| e.contains("TLS") && e.contains("certificate"))
+    })
+    .await;
+    eventually(WAIT, "retried", || gw.status.get().uplink.attempts >= 2).await;
+    assert!(gw.is_running());
+    assert_eq!(gw.status.get().uplink.acked, 0);
+    gw.stop().await;
 }
 
 /// 7. Spool cap: tiny max_bytes with the broker down -> oldest telemetry
