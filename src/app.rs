@@ -128,6 +128,20 @@ pub async fn run(
         sources_stop.clone(),
     ));
     sources.spawn(watchdog(spool.clone(), sources_stop.clone()));
+    if cfg.led.backend == crate::config::LedBackend::Sysfs {
+        match crate::status::led::SysfsLed::open(&cfg.led.path, cfg.led.active_low) {
+            Ok(led) => {
+                sources.spawn(crate::status::led::run(
+                    Box::new(led),
+                    status.subscribe(),
+                    sources_stop.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no status LED (set led.backend = \"none\" to silence this)")
+            }
+        }
+    }
     sources.close();
 
     cancel.cancelled().await;

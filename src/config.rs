@@ -55,6 +55,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub led: LedConfig,
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
 }
@@ -137,6 +139,40 @@ pub struct GatewayConfig {
     /// `{prefix}/{site}/gateway/telemetry`.
     #[serde(default = "default_gateway_interval", with = "humantime_serde")]
     pub telemetry_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedBackend {
+    /// The kernel's LED class (the Pi's onboard ACT LED).
+    Sysfs,
+    /// No status LED.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedConfig {
+    #[serde(default = "default_led_backend")]
+    pub backend: LedBackend,
+    /// The LED's directory (`/sys/class/leds/ACT`; `led0` on older Pi OS).
+    #[serde(default = "default_led_path")]
+    pub path: PathBuf,
+    #[serde(default)]
+    pub active_low: bool,
+}
+
+impl Default for LedConfig {
+    fn default() -> Self {
+        toml_default("led")
+    }
+}
+
+fn default_led_backend() -> LedBackend {
+    LedBackend::Sysfs
+}
+fn default_led_path() -> PathBuf {
+    PathBuf::from("/sys/class/leds/ACT")
 }
 
 /// One `[[device]]` table. The set of kinds is closed; the `type` key picks one.

@@ -2,6 +2,8 @@
 //! web page, the gateway telemetry and the watchdog only read it. Nothing
 //! here sits on the data path.
 
+pub mod led;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
@@ -58,6 +60,8 @@ pub struct Snapshot {
     pub spool: SpoolStats,
     pub devices: BTreeMap<String, DeviceStatus>,
     pub events: VecDeque<RecentEvent>,
+    /// "Identify" (LED flicker) is on until then, ms since the epoch.
+    pub identify_until_ms: Option<i64>,
 }
 
 /// The sending side of the snapshot.
@@ -76,6 +80,7 @@ impl StatusHub {
             spool: SpoolStats::default(),
             devices: BTreeMap::new(),
             events: VecDeque::new(),
+            identify_until_ms: None,
         });
         StatusHub { tx }
     }
@@ -106,6 +111,12 @@ impl StatusHub {
                 },
             );
         });
+    }
+
+    /// Starts "identify": the LED flickers for `d` so the right box can be found.
+    pub fn identify(&self, d: std::time::Duration) {
+        let until = now_ms() + d.as_millis() as i64;
+        self.update(|s| s.identify_until_ms = Some(until));
     }
 
     pub fn record_event(&self, ev: RecentEvent) {

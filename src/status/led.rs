@@ -1,0 +1,351 @@
+//! The status LED: which pattern the gateway's state calls for, and whether
+//! the LED is lit at a given moment of that pattern. Both are pure functions;
+//! a small task drives a [`Led`] from them.
+//!
+//! Patterns, worst first (the worst that applies wins):
+//! 1. rapid flicker (10 Hz) for 60 s: "identify", asked for by a technician
+//!    or the operations centre, overrides everything while it lasts;
+//! 2. two short flashes every 2 s: starting, or no valid configuration;
+//! 3. fast blink (4 Hz): at least one device is stale or faulty (readings
+//!    are being missed);
+//! 4. slow blink (1 Hz): no link to the operations centre, readings are
+//!    being kept on the device;
+//! 5. steady on: all good.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Snapshot;
+use crate::config::GATEWAY_DEVICE;
+use crate::model::{now_ms, Health};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pattern {
+    /// All good.
+    Steady,
+    /// Uplink down, readings kept on the device.
+    SlowBlink,
+    /// A device is stale or faulty.
+    FastBlink,
+    /// Starting, or no valid configuration.
+    DoubleFlash,
+    /// Identify.
+    Flicker,
+}
+
+/// What the LED reflects, taken from the status snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LedInputs {
+    pub starting: bool,
+    pub uplink_up: bool,
+    pub device_bad: bool,
+    pub identify: bool,
+}
+
+impl LedInputs {
+    /// Starting lasts until the first connection attempt to the broker.
+    pub fn from_snapshot(s: &Snapshot) -> LedInputs {
+        LedInputs {
+            starting: s.uplink.attempts == 0,
+            uplink_up: s.uplink.connected,
+            device_bad: s
+                .devices
+                .iter()
+                .any(|(id, d)| id != GATEWAY_DEVICE && d.health != Health::Ok),
+            identify: s.identify_until_ms.is_some_and(|t| t > now_ms()),
+        }
+    }
+}
+
+/// The pattern for the gateway's state: the worst that applies.
+pub fn pattern(i: LedInputs) -> Pattern {
+    if i.identify {
+        Pattern::Flicker
+    } else if i.starting {
+        Pattern::DoubleFlash
+    } else if i.device_bad {
+        Pattern::FastBlink
+    } else if !i.uplink_up {
+        Pattern::SlowBlink
+    } else {
+        Pattern::Steady
+    }
+}
+
+/// Whether the LED is lit `t` into a pattern.
+pub fn lit(p: Pattern, t: Duration) -> bool {
+    let ms = t.as_millis() as u64;
+    match p {
+        Pattern::Steady => true,
+        Pattern::SlowBlink => ms % 1000 < 500,
+        Pattern::FastBlink => ms % 250 < 125,
+        Pattern::Flicker => ms % 100 < 50,
+        Pattern::DoubleFlash => {
+            let m = ms % 2000;
+            m < 100 || (300..400).contains(&m)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedError {
+    /// The LED could not be driven: logged once, the LED is given up on;
+    /// the gateway goes on without it.
+    #[error("LED {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One LED, named after embedded-hal's output pin methods.
+pub trait Led: Send {
+    fn set_high(&mut self) -> Result<(), LedError>;
+    fn set_low(&mut self) -> Result<(), LedError>;
+}
+
+/// An LED of the kernel's LED class (`/sys/class/leds/ACT` on current
+/// Raspberry Pi OS, `led0` on older): takes it over from its trigger, and
+/// gives it back on drop.
+pub struct SysfsLed {
+    dir: PathBuf,
+    old_trigger: Option<String>,
+    active_low: bool,
+}
+
+impl SysfsLed {
+    pub fn open(dir: &Path, active_low: bool) -> Result<SysfsLed, LedError> {
+        let io = |p: &Path| {
+            let path = p.display().to_string();
+            move |e| LedError::Io { path, source: e }
+        };
+        let trig = dir.join("trigger");
+        let text = std::fs::read_to_string(&trig).map_err(io(&trig))?;
+        // The kernel lists every trigger with the active one in brackets.
+        let old = text
+            .split_whitespace()
+            .find(|w| w.starts_with('[') && w.ends_with(']'))
+            .map(|w| w.trim_matches(['[', ']']).to_owned());
+        std::fs::write(&trig, "none").map_err(io(&trig))?;
+        Ok(SysfsLed {
+            dir: dir.to_path_buf(),
+            old_trigger: old,
+            active_low,
+        })
+    }
+
+    fn write(&self, on: bool) -> Result<(), LedError> {
+        let p = self.dir.join("brightness");
+        let v = if on != self.active_low { "1" } else { "0" };
+        std::fs::write(&p, v).map_err(|e| LedError::Io {
+            path: p.display().to_string(),
+            source: e,
+        })
+    }
+}
+
+impl Led for SysfsLed {
+    fn set_high(&mut self) -> Result<(), LedError> {
+        self.write(true)
+    }
+    fn set_low(&mut self) -> Result<(), LedError> {
+        self.write(false)
+    }
+}
+
+impl Drop for SysfsLed {
+    fn drop(&mut self) {
+        if let Some(t) = &self.old_trigger {
+            let _ = std::fs::write(self.dir.join("trigger"), t);
+        }
+    }
+}
+
+/// Records what it was told, for tests.
+#[derive(Clone, Default)]
+pub struct FakeLed {
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, bool)>>>,
+}
+
+impl Led for FakeLed {
+    fn set_high(&mut self) -> Result<(), LedError> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((tokio::time::Instant::now(), true));
+        Ok(())
+    }
+    fn set_low(&mut self) -> Result<(), LedError> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((tokio::time::Instant::now(), false));
+        Ok(())
+    }
+}
+
+/// Drives `led` from the snapshot until `cancel`, then switches it off.
+pub async fn run(
+    mut led: Box<dyn Led>,
+    status: watch::Receiver<Snapshot>,
+    cancel: CancellationToken,
+) {
+    let mut current = None;
+    let mut since = tokio::time::Instant::now();
+    let mut level = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        let inputs = LedInputs::from_snapshot(&status.borrow());
+        let p = pattern(inputs);
+        if current != Some(p) {
+            current = Some(p);
+            since = now;
+        }
+        let on = lit(p, now - since);
+        if level != Some(on) {
+            let r = if on { led.set_high() } else { led.set_low() };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "status LED given up");
+                return;
+            }
+            level = Some(on);
+        }
+    }
+    let _ = led.set_low();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(starting: bool, up: bool, bad: bool, identify: bool) -> LedInputs {
+        LedInputs {
+            starting,
+            uplink_up: up,
+            device_bad: bad,
+            identify,
+        }
+    }
+
+    #[test]
+    fn each_state_has_its_pattern_and_the_worst_wins() {
+        assert_eq!(pattern(inputs(false, true, false, false)), Pattern::Steady);
+        assert_eq!(
+            pattern(inputs(false, false, false, false)),
+            Pattern::SlowBlink
+        );
+        assert_eq!(
+            pattern(inputs(false, true, true, false)),
+            Pattern::FastBlink
+        );
+        assert_eq!(
+            pattern(inputs(false, false, true, false)),
+            Pattern::FastBlink
+        );
+        assert_eq!(
+            pattern(inputs(true, false, true, false)),
+            Pattern::DoubleFlash
+        );
+        assert_eq!(pattern(inputs(true, false, true, true)), Pattern::Flicker);
+    }
+
+    #[test]
+    fn timings() {
+        let ms = Duration::from_millis;
+        assert!(lit(Pattern::Steady, ms(123_456)));
+        assert!(lit(Pattern::SlowBlink, ms(0)) && !lit(Pattern::SlowBlink, ms(500)));
+        assert!(lit(Pattern::SlowBlink, ms(1000)));
+        assert!(lit(Pattern::FastBlink, ms(0)) && !lit(Pattern::FastBlink, ms(125)));
+        assert!(lit(Pattern::FastBlink, ms(250)));
+        let on: Vec<bool> = (0..20)
+            .map(|i| lit(Pattern::DoubleFlash, ms(i * 100)))
+            .collect();
+        assert_eq!(on.iter().filter(|x| **x).count(), 2, "two flashes per 2 s");
+        assert!(on[0] && !on[1] && !on[2] && on[3]);
+        assert!(lit(Pattern::Flicker, ms(0)) && !lit(Pattern::Flicker, ms(50)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn driver_blinks_slowly_with_the_uplink_down_and_identify_expires() {
+        let hub = super::super::StatusHub::new("s");
+        let led = FakeLed::default();
+        let log = led.log.clone();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(Box::new(led), hub.subscribe(), cancel.clone()));
+        // Starting: two short flashes every 2 s (at 0, 0.3, 2.0, 2.3 s).
+        tokio::time::sleep(Duration::from_millis(3990)).await;
+        let edges: Vec<bool> = log.lock().unwrap().iter().map(|(_, on)| *on).collect();
+        assert_eq!(edges.iter().filter(|on| **on).count(), 4, "{edges:?}");
+        log.lock().unwrap().clear();
+        hub.update(|s| s.uplink.attempts = 1);
+        tokio::time::sleep(Duration::from_millis(4010)).await;
+        let edges: Vec<bool> = log.lock().unwrap().iter().map(|(_, on)| *on).collect();
+        // Uplink down: on/off each 500 ms, 4 s -> 8 edges (+1 for the start).
+        assert!((8..=9).contains(&edges.len()), "{edges:?}");
+        log.lock().unwrap().clear();
+        hub.update(|s| s.uplink.connected = true);
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(
+            log.lock().unwrap().iter().filter(|(_, on)| *on).count(),
+            1,
+            "steady: one switch on, then nothing"
+        );
+        log.lock().unwrap().clear();
+        // Identify for 60 s (wall clock, as the snapshot stores it): flicker.
+        hub.update(|s| s.identify_until_ms = Some(now_ms() + 60_000));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(log.lock().unwrap().len() >= 18, "10 Hz flicker");
+        // Expired: back to steady.
+        hub.update(|s| s.identify_until_ms = Some(now_ms() - 1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(log.lock().unwrap().is_empty(), "steady again");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn sysfs_led_takes_over_and_gives_back_the_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("trigger"), "none [mmc0] timer heartbeat\n").unwrap();
+        std::fs::write(dir.path().join("brightness"), "0\n").unwrap();
+        {
+            let mut led = SysfsLed::open(dir.path(), false).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("trigger")).unwrap(),
+                "none"
+            );
+            led.set_high().unwrap();
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("brightness")).unwrap(),
+                "1"
+            );
+            led.set_low().unwrap();
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("brightness")).unwrap(),
+                "0"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("trigger")).unwrap(),
+            "mmc0"
+        );
+        let mut inv = SysfsLed::open(dir.path(), true).unwrap();
+        inv.set_high().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("brightness")).unwrap(),
+            "0"
+        );
+        assert!(SysfsLed::open(&dir.path().join("missing"), false).is_err());
+    }
+}
