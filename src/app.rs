@@ -24,6 +24,8 @@ const STOP_SINK: Duration = Duration::from_secs(5);
 pub struct Running {
     pub status: StatusHub,
     pub spool: Arc<Spool>,
+    /// Where the local page listens, when enabled.
+    pub web_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the gateway until `cancel`, then stops cleanly. `ready` is called
@@ -66,9 +68,32 @@ pub async fn run(
         })
         .collect();
 
+    let sources = TaskTracker::new();
+    let sources_stop = CancellationToken::new();
+    let history = Arc::new(crate::status::history::History::default());
+    let mut web_addr = None;
+    if cfg.web.enabled {
+        match crate::status::web::bind(
+            &cfg.web,
+            status.subscribe(),
+            history.clone(),
+            sources_stop.clone(),
+        )
+        .await
+        {
+            Ok((addr, server)) => {
+                tracing::info!(%addr, "local status page");
+                web_addr = Some(addr);
+                sources.spawn(server);
+            }
+            Err(e) => tracing::error!(error = %e, "local status page not started"),
+        }
+    }
+
     let running = Running {
         status: status.clone(),
         spool: spool.clone(),
+        web_addr,
     };
     ready(&running);
     notify(&[sd_notify::NotifyState::Ready]);
@@ -80,8 +105,6 @@ pub async fn run(
         "wardgate started"
     );
 
-    let sources = TaskTracker::new();
-    let sources_stop = CancellationToken::new();
     let sink_stop = CancellationToken::new();
     let flusher_stop = CancellationToken::new();
     let infra = TaskTracker::new();
@@ -125,6 +148,7 @@ pub async fn run(
         status.clone(),
         spool.clone(),
         counters.clone(),
+        history,
         sources_stop.clone(),
     ));
     sources.spawn(watchdog(spool.clone(), sources_stop.clone()));
@@ -321,6 +345,7 @@ async fn status_refresher(
     status: StatusHub,
     spool: Arc<Spool>,
     counters: Arc<SinkCounters>,
+    history: Arc<crate::status::history::History>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -339,7 +364,9 @@ async fn status_refresher(
             if let Some(g) = s.devices.get_mut(GATEWAY_DEVICE) {
                 g.health = Health::Ok;
             }
+            s.updated_ms = now_ms();
         });
+        history.record(&status.get(), now_ms());
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub led: LedConfig,
+    #[serde(default)]
+    pub web: WebConfig,
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
 }
@@ -139,6 +141,40 @@ pub struct GatewayConfig {
     /// `{prefix}/{site}/gateway/telemetry`.
     #[serde(default = "default_gateway_interval", with = "humantime_serde")]
     pub telemetry_interval: Duration,
+}
+
+/// The local status page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_web_listen")]
+    pub listen: String,
+    /// Optional HTTP basic auth: both or neither.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// "vi" (default) or "en", when the browser does not say.
+    #[serde(default = "default_language")]
+    pub language: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        toml_default("web")
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_web_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_language() -> String {
+    "vi".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -594,6 +630,23 @@ impl Config {
                 "gateway.telemetry_interval: {} is too short (at least 100ms)",
                 humantime::format_duration(self.gateway.telemetry_interval)
             ));
+        }
+
+        let w = &self.web;
+        if w.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "web.listen: {:?} is not an address:port such as \"0.0.0.0:8080\"",
+                w.listen
+            ));
+        }
+        if w.language != "vi" && w.language != "en" {
+            p.push(format!(
+                "web.language: {:?} must be \"vi\" or \"en\"",
+                w.language
+            ));
+        }
+        if w.username.is_some() != w.password_file.is_some() {
+            p.push("web.username / web.password_file: give both or neither".into());
         }
 
         let mut seen = std::collections::HashSet::new();

@@ -31,6 +31,7 @@ pub enum SourceError {
 
 struct HealthState {
     health: Health,
+    samples: u64,
     ever_ok: bool,
     last_good: Option<Instant>,
     last_status: Option<Instant>,
@@ -62,6 +63,7 @@ impl DeviceHandle {
             status,
             state: Arc::new(Mutex::new(HealthState {
                 health: Health::Stale,
+                samples: 0,
                 ever_ok: false,
                 last_good: None,
                 last_status: None,
@@ -80,8 +82,9 @@ impl DeviceHandle {
     /// A good reading.
     pub fn sample(&self, values: Values) -> Result<u64, SourceError> {
         let now = Instant::now();
-        let (was, ever_ok, refresh) = {
+        let (was, ever_ok, refresh, count) = {
             let mut st = self.lock();
+            st.samples += 1;
             let was = st.health.clone();
             let ever_ok = st.ever_ok;
             st.health = Health::Ok;
@@ -96,7 +99,7 @@ impl DeviceHandle {
             if refresh {
                 st.last_status = Some(now);
             }
-            (was, ever_ok, refresh)
+            (was, ever_ok, refresh, st.samples)
         };
         if refresh {
             let v = values.clone();
@@ -105,7 +108,7 @@ impl DeviceHandle {
                     d.health = Health::Ok;
                     d.last_seen_ms = Some(now_ms());
                     d.last_values = v;
-                    d.samples += 1;
+                    d.samples = count;
                 }
             });
         }

@@ -2,7 +2,9 @@
 //! web page, the gateway telemetry and the watchdog only read it. Nothing
 //! here sits on the data path.
 
+pub mod history;
 pub mod led;
+pub mod web;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -62,6 +64,8 @@ pub struct Snapshot {
     pub events: VecDeque<RecentEvent>,
     /// "Identify" (LED flicker) is on until then, ms since the epoch.
     pub identify_until_ms: Option<i64>,
+    /// When the app last refreshed the snapshot (the pipeline's heartbeat).
+    pub updated_ms: i64,
 }
 
 /// The sending side of the snapshot.
@@ -81,6 +85,7 @@ impl StatusHub {
             devices: BTreeMap::new(),
             events: VecDeque::new(),
             identify_until_ms: None,
+            updated_ms: 0,
         });
         StatusHub { tx }
     }

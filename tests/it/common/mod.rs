@@ -344,6 +344,8 @@ pub fn config_text(port: u16, dir: &Path, extra: &str) -> String {
         "site = \"xa-test\"\n\
          [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          [spool]\npath = \"{}\"\n\
+         [web]\nlisten = \"127.0.0.1:0\"\n\
+         [led]\nbackend = \"none\"\n\
          {extra}\n",
         dir.join("spool.db").display()
     )
@@ -359,6 +361,7 @@ pub struct Gateway {
     join: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub status: StatusHub,
     pub spool: Arc<Spool>,
+    pub web: Option<std::net::SocketAddr>,
 }
 
 impl Gateway {
@@ -370,12 +373,12 @@ impl Gateway {
             let mut tx = Some(tx);
             wardgate::app::run(cfg, c, move |r| {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send((r.status.clone(), r.spool.clone()));
+                    let _ = tx.send((r.status.clone(), r.spool.clone(), r.web_addr));
                 }
             })
             .await
         });
-        let (status, spool) = within(Duration::from_secs(20), "gateway start", rx)
+        let (status, spool, web) = within(Duration::from_secs(20), "gateway start", rx)
             .await
             .expect("gateway started");
         Gateway {
@@ -383,6 +386,7 @@ impl Gateway {
             join,
             status,
             spool,
+            web,
         }
     }
 
@@ -475,4 +479,29 @@ pub fn dedupe(samples: &[(usize, Value)]) -> BTreeMap<u64, Value> {
         }
     }
     out
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status code, headers+body text).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = within(
+        Duration::from_secs(5),
+        "connect",
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .expect("connect to the page");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    within(Duration::from_secs(10), "response", s.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
 }

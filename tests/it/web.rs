@@ -1,0 +1,225 @@
+//! The local page, the API and the metrics against a running gateway, and
+//! the page in a real headless browser.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+/// /api/status follows a broker outage and a device fault; /metrics is
+/// Prometheus text; no secret appears anywhere; basic auth is enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_metrics_health_and_no_secrets() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqtt.pw"), "MQTT-SECRET-123\n").unwrap();
+    std::fs::write(dir.path().join("web.pw"), "WEB-SECRET-456\n").unwrap();
+    let text = config_text(
+        broker.port,
+        dir.path(),
+        "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"100ms\"\n\
+         [[device]]\nid = \"ups2\"\ntype = \"megatec\"\nserial = \"/dev/serial/by-id/not-plugged\"\ninterval = \"200ms\"\n",
+    )
+    .replace("[mqtt]\n", &format!("[mqtt]\nusername = \"ward\"\npassword_file = \"{}\"\n", dir.path().join("mqtt.pw").display()))
+    .replace("[web]\n", &format!("[web]\nusername = \"staff\"\npassword_file = \"{}\"\n", dir.path().join("web.pw").display()));
+    let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
+    let addr = gw.web.expect("page enabled");
+    use base64::Engine as _;
+    let auth = format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode("staff:WEB-SECRET-456")
+    );
+    // Without credentials: refused.
+    assert_eq!(http_get(addr, "/api/status", "").await.0, 401);
+    assert_eq!(http_get(addr, "/", "").await.0, 401);
+    let status = || async {
+        let (code, text) = http_get(addr, "/api/status", &auth).await;
+        assert_eq!(code, 200, "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = status().await;
+        if s["uplink"]["connected"] == true && s["devices"]["ups2"]["health"]["state"] == "fault" {
+            assert!(s["devices"]["ups2"]["health"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no such serial port"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connected+fault: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Broker outage: visible within one refresh (1 s) plus detection.
+    broker.stop();
+    let t = std::time::Instant::now();
+    loop {
+        let s = status().await;
+        if s["uplink"]["connected"] == false {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "outage not shown: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, health) = http_get(addr, "/healthz", "").await;
+    assert_eq!(code, 200, "{health}");
+    let (code, metrics) = http_get(addr, "/metrics", &auth).await;
+    assert_eq!(code, 200);
+    let body = metrics.split("\r\n\r\n").nth(1).unwrap_or("");
+    let lines: Vec<String> = body.lines().map(str::to_owned).collect();
+    let parsed =
+        prometheus_parse::Scrape::parse(lines.into_iter().map(Ok)).expect("Prometheus text");
+    let names: Vec<&str> = parsed.samples.iter().map(|s| s.metric.as_str()).collect();
+    for want in [
+        "wardgate_samples_read",
+        "wardgate_records_published",
+        "wardgate_spool_bytes",
+        "wardgate_spool_dropped",
+        "wardgate_uplink_up",
+        "wardgate_device_health",
+        "wardgate_build_info",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let up = parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == "wardgate_uplink_up")
+        .unwrap();
+    assert!(matches!(up.value, prometheus_parse::Value::Gauge(v) if v == 0.0));
+    for path in [
+        "/",
+        "/body",
+        "/api/status",
+        "/metrics",
+        "/healthz",
+        "/?lang=en",
+    ] {
+        let (_, text) = http_get(addr, path, &auth).await;
+        assert!(
+            !text.contains("MQTT-SECRET-123"),
+            "{path} leaks the broker password"
+        );
+        assert!(
+            !text.contains("WEB-SECRET-456"),
+            "{path} leaks the page password"
+        );
+    }
+    gw.stop().await;
+}
+
+fn chromium(args: &[&str], profile: &std::path::Path) -> String {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=4000",
+            "--accept-lang=vi-VN,vi",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium must be installed (apt-get install chromium)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page in a real browser: Vietnamese headline, a card per device,
+/// English on request, the outage sentence when the broker is gone, and a
+/// screenshot as a test artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_in_headless_chromium() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        broker.port,
+        dir.path(),
+        "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"200ms\"\n\
+         [[device]]\nid = \"env1\"\ntype = \"sim\"\nprofile = \"sensor\"\ninterval = \"200ms\"\n",
+    ))
+    .await;
+    eventually(WAIT, "connected", || gw.status.get().uplink.connected).await;
+    eventually(WAIT, "devices ok", || {
+        gw.status
+            .get()
+            .devices
+            .values()
+            .all(|d| d.health == wardgate::model::Health::Ok)
+    })
+    .await;
+    let url = format!("http://{}/", gw.web.unwrap());
+    let profile = tempfile::tempdir().unwrap();
+    let dom = tokio::task::spawn_blocking({
+        let (u, p) = (url.clone(), profile.path().to_path_buf());
+        move || chromium(&["--dump-dom", &u], &p)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("Mọi thứ hoạt động bình thường"), "{dom}");
+    assert_eq!(
+        dom.matches("class=\"card ok\"").count(),
+        2,
+        "one card per device"
+    );
+    assert!(dom.contains("đang dùng điện lưới"));
+    let dom = tokio::task::spawn_blocking({
+        let (u, p) = (format!("{url}?lang=en"), profile.path().to_path_buf());
+        move || chromium(&["--dump-dom", &u], &p)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("All systems normal"), "{dom}");
+    assert!(
+        !dom.contains("http://") || !dom.contains("src=\"http"),
+        "no external assets"
+    );
+
+    broker.stop();
+    eventually(WAIT, "link down", || !gw.status.get().uplink.connected).await;
+    let dom = tokio::task::spawn_blocking({
+        let (u, p) = (url.clone(), profile.path().to_path_buf());
+        move || chromium(&["--dump-dom", &u], &p)
+    })
+    .await
+    .unwrap();
+    assert!(
+        dom.contains("Mất kết nối tới trung tâm — dữ liệu đang được lưu tạm"),
+        "{dom}"
+    );
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&shot).unwrap();
+    let png = shot.join("status-page-outage.png");
+    let _ = std::fs::remove_file(&png);
+    tokio::task::spawn_blocking({
+        let (u, p, png) = (url.clone(), profile.path().to_path_buf(), png.clone());
+        move || {
+            chromium(
+                &[
+                    &format!("--screenshot={}", png.display()),
+                    "--window-size=412,915",
+                    &u,
+                ],
+                &p,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        std::fs::metadata(&png)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false),
+        "screenshot written"
+    );
+    gw.stop().await;
+}
