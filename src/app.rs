@@ -152,19 +152,33 @@ pub async fn run(
         sources_stop.clone(),
     ));
     sources.spawn(watchdog(spool.clone(), sources_stop.clone()));
-    if cfg.led.backend == crate::config::LedBackend::Sysfs {
-        match crate::status::led::SysfsLed::open(&cfg.led.path, cfg.led.active_low) {
-            Ok(led) => {
-                sources.spawn(crate::status::led::run(
-                    Box::new(led),
-                    status.subscribe(),
-                    sources_stop.clone(),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no status LED (set led.backend = \"none\" to silence this)")
-            }
+    let led: Option<Result<Box<dyn crate::status::led::Led>, _>> = match cfg.led.backend {
+        crate::config::LedBackend::None => None,
+        crate::config::LedBackend::Sysfs => Some(
+            crate::status::led::SysfsLed::open(&cfg.led.path, cfg.led.active_low)
+                .map(|l| Box::new(l) as Box<dyn crate::status::led::Led>),
+        ),
+        crate::config::LedBackend::Gpio => Some(
+            crate::status::led::GpioLed::open(
+                cfg.led.pin.unwrap_or_default().clamp(0, 27) as u8,
+                cfg.led.active_low,
+            )
+            .map(|l| Box::new(l) as Box<dyn crate::status::led::Led>),
+        ),
+    };
+    match led {
+        Some(Ok(led)) => {
+            sources.spawn(crate::status::led::run(
+                led,
+                status.subscribe(),
+                sources_stop.clone(),
+            ));
         }
+        Some(Err(e)) => tracing::warn!(
+            error = %e,
+            "no status LED (set led.backend = \"none\" if this box has none)"
+        ),
+        None => {}
     }
     sources.close();
 

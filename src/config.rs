@@ -182,6 +182,8 @@ fn default_language() -> String {
 pub enum LedBackend {
     /// The kernel's LED class (the Pi's onboard ACT LED).
     Sysfs,
+    /// An external LED on a GPIO pin.
+    Gpio,
     /// No status LED.
     None,
 }
@@ -194,6 +196,9 @@ pub struct LedConfig {
     /// The LED's directory (`/sys/class/leds/ACT`; `led0` on older Pi OS).
     #[serde(default = "default_led_path")]
     pub path: PathBuf,
+    /// BCM pin number, for `backend = "gpio"`.
+    #[serde(default)]
+    pub pin: Option<i64>,
     #[serde(default)]
     pub active_low: bool,
 }
@@ -632,6 +637,15 @@ impl Config {
             ));
         }
 
+        match (self.led.backend, self.led.pin) {
+            (LedBackend::Gpio, None) => {
+                p.push("led.pin: needed with led.backend = \"gpio\" (BCM number)".into())
+            }
+            (LedBackend::Gpio, Some(pin)) if !(0..=27).contains(&pin) => {
+                p.push(format!("led.pin: {pin} is not a BCM GPIO number (0-27)"))
+            }
+            _ => {}
+        }
         let w = &self.web;
         if w.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!(
@@ -863,6 +877,12 @@ mod tests {
             ),
             ("site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"warp\"\n", "warp"),
             ("site = \"a\"\n[spool]\npolicy = \"fast\"\n", "spool.policy"),
+            ("site = \"a\"\n[led]\nbackend = \"gpio\"\n", "led.pin: needed"),
+            ("site = \"a\"\n[led]\nbackend = \"gpio\"\npin = 40\n", "led.pin: 40"),
+            ("site = \"a\"\n[led]\nbackend = \"blink\"\n", "led.backend"),
+            ("site = \"a\"\n[web]\nlisten = \"8080\"\n", "web.listen"),
+            ("site = \"a\"\n[web]\nlanguage = \"fr\"\n", "web.language"),
+            ("site = \"a\"\n[web]\nusername = \"x\"\n", "web.username / web.password_file"),
             (
                 "site = \"a\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUSB0\"\nbaud = 1234\n",
                 "device[0].baud: 1234 is not a standard rate",

@@ -144,7 +144,22 @@ async fn run(path: &std::path::Path, explicit: bool) -> u8 {
         wait_for_signal().await;
         c.cancel();
     });
-    match wardgate::app::run(cfg, cancel, |_| {}).await {
+    let identify = |r: &wardgate::app::Running| {
+        // SIGUSR1 (`systemctl kill -s USR1 wardgate`): flicker the LED for
+        // 60 s so a technician can find this box.
+        let status = r.status.clone();
+        if let Ok(mut usr1) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        {
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    tracing::info!("identify requested: LED flickers for 60 s");
+                    status.identify(std::time::Duration::from_secs(60));
+                }
+            });
+        }
+    };
+    match wardgate::app::run(cfg, cancel, identify).await {
         Ok(()) => exit::OK,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -211,6 +211,9 @@ pub struct SpoolStats {
     pub memory: u64,
     pub dropped: u64,
     pub write_errors: u64,
+    /// Records written to disk since start (not acknowledged in time, or
+    /// the link was down).
+    pub spilled: u64,
 }
 
 /// What opening the spool found, for the gateway to report.
@@ -842,6 +845,7 @@ impl Spool {
             memory: memory as u64,
             dropped: self.counters.dropped_total(),
             write_errors: self.counters.write_errors.load(Ordering::Relaxed),
+            spilled: self.counters.spilled.load(Ordering::Relaxed),
         }
     }
 

@@ -165,6 +165,50 @@ impl Drop for SysfsLed {
     }
 }
 
+/// An external LED on a GPIO pin (BCM numbering), through rppal.
+pub struct GpioLed {
+    pin: rppal::gpio::OutputPin,
+    active_low: bool,
+}
+
+impl GpioLed {
+    pub fn open(bcm: u8, active_low: bool) -> Result<GpioLed, LedError> {
+        let gpio = rppal::gpio::Gpio::new().map_err(|e| LedError::Io {
+            path: format!("GPIO {bcm}"),
+            source: std::io::Error::other(format!(
+                "{e} (no Raspberry Pi GPIO chip on this machine?)"
+            )),
+        })?;
+        let pin = gpio.get(bcm).map_err(|e| LedError::Io {
+            path: format!("GPIO {bcm}"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(GpioLed {
+            pin: pin.into_output_low(),
+            active_low,
+        })
+    }
+}
+
+impl Led for GpioLed {
+    fn set_high(&mut self) -> Result<(), LedError> {
+        if self.active_low {
+            self.pin.set_low()
+        } else {
+            self.pin.set_high()
+        }
+        Ok(())
+    }
+    fn set_low(&mut self) -> Result<(), LedError> {
+        if self.active_low {
+            self.pin.set_high()
+        } else {
+            self.pin.set_low()
+        }
+        Ok(())
+    }
+}
+
 /// Records what it was told, for tests.
 #[derive(Clone, Default)]
 pub struct FakeLed {

@@ -479,6 +479,15 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Records acknowledged by the sink since start",
         published,
     );
+    let spooled: Family<Labels, Gauge> = Family::default();
+    spooled
+        .get_or_create(&vec![("sink".into(), "mqtt".into())])
+        .set(s.spool.spilled as i64);
+    r.register(
+        "records_spooled",
+        "Records written to disk since start (link down or slow)",
+        spooled,
+    );
     gauge(
         &mut r,
         "spool_records",

@@ -79,6 +79,7 @@ async fn api_metrics_health_and_no_secrets() {
     for want in [
         "wardgate_samples_read",
         "wardgate_records_published",
+        "wardgate_records_spooled",
         "wardgate_spool_bytes",
         "wardgate_spool_dropped",
         "wardgate_uplink_up",
@@ -222,4 +223,46 @@ async fn page_in_headless_chromium() {
         "screenshot written"
     );
     gw.stop().await;
+}
+
+/// SIGUSR1 asks the running daemon to identify itself (LED flicker for 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_starts_identify() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = free_port();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(free_port(), dir.path(), "").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{web}\""),
+        ),
+    )
+    .unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "page did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let identify = || async {
+        let (_, text) = http_get(addr, "/api/status", "").await;
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["identify_until_ms"].as_i64()
+    };
+    assert_eq!(identify().await, None);
+    gw.signal(libc::SIGUSR1);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(until) = identify().await {
+            let left = until - wardgate::model::now_ms();
+            assert!((50_000..=60_000).contains(&left), "{left}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "identify not started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(10)).await, Some(0));
 }
