@@ -162,6 +162,48 @@ pub const EN: Strings = Strings {
     kept_on_device: "Readings kept on this device",
 };
 
+/// Events in Vietnamese, by code (sources write their messages in English;
+/// the page says them in the reader's language). Unknown codes show the
+/// source's own message.
+const EVENTS_VI: &[(&str, &str)] = &[
+    ("ups.on_battery", "UPS chuyển sang chạy pin: mất điện lưới"),
+    ("ups.on_line", "UPS đã có điện lưới trở lại"),
+    ("ups.low_battery", "Pin UPS yếu: UPS sắp tắt"),
+    ("ups.battery_ok", "Pin UPS không còn yếu"),
+    ("ups.replace_battery", "UPS báo cần thay pin"),
+    ("ups.overload", "UPS quá tải"),
+    ("ups.overload_cleared", "UPS hết quá tải"),
+    ("ups.bypass", "UPS chạy bypass: thiết bị không được bảo vệ"),
+    ("ups.bypass_ended", "UPS hết chạy bypass"),
+    ("ups.shutdown_pending", "UPS sắp tắt"),
+    ("ups.test_started", "UPS đang kiểm tra pin"),
+    ("ups.test_ended", "UPS đã kiểm tra pin xong"),
+    ("ups.off", "UPS đã tắt nguồn ra"),
+    ("ups.on", "UPS đã bật nguồn ra"),
+    ("device.lost", "Thiết bị không có số liệu mới"),
+    ("device.fault", "Thiết bị bị lỗi"),
+    ("device.restored", "Thiết bị hoạt động trở lại"),
+    ("door.open", "Cửa phòng máy mở"),
+    ("door.closed", "Cửa phòng máy đóng"),
+    (
+        "spool.corrupt",
+        "Dữ liệu lưu tạm bị hỏng và đã được tạo mới",
+    ),
+    (
+        "gateway.unclean_stop",
+        "Lần trước thiết bị bị tắt đột ngột (mất điện?)",
+    ),
+];
+
+fn event_words<'a>(t: &Strings, code: &str, message: &'a str) -> std::borrow::Cow<'a, str> {
+    if t.lang == "vi" {
+        if let Some((_, words)) = EVENTS_VI.iter().find(|(c, _)| *c == code) {
+            return std::borrow::Cow::Borrowed(words);
+        }
+    }
+    std::borrow::Cow::Borrowed(message)
+}
+
 fn strings(lang: &str) -> &'static Strings {
     if lang == "en" {
         &EN
@@ -384,7 +426,7 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings) -> String {
                 "<li class=\"{class}\"><time>{}</time> <b>{}</b> {}</li>",
                 hhmm(e.ts),
                 esc(&e.device),
-                esc(&e.message)
+                esc(&event_words(t, &e.code, &e.message))
             );
         }
         b.push_str("</ul>");
@@ -773,6 +815,20 @@ mod tests {
         assert!(page.contains("data-device=\"ups1\""));
         assert!(page.contains("đang chạy bằng pin"));
         assert!(page.contains("20 phút"));
+        hub.record_event(crate::status::RecentEvent {
+            device: "ups1".into(),
+            ts: 0,
+            severity: Severity::Critical,
+            code: "ups.on_battery".into(),
+            message: "UPS on battery: mains power lost".into(),
+        });
+        let vi = render_body(&hub.get(), &History::default(), &VI);
+        assert!(
+            vi.contains("UPS chuyển sang chạy pin: mất điện lưới"),
+            "{vi}"
+        );
+        let en = render_body(&hub.get(), &History::default(), &EN);
+        assert!(en.contains("UPS on battery: mains power lost"));
         assert!(
             !page.contains("http://") && !page.contains("https://"),
             "no external URL"
