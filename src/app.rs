@@ -63,7 +63,8 @@ pub async fn run(
                 dev.interval(),
                 spool.clone(),
                 status.clone(),
-            );
+            )
+            .with_thresholds(dev.thresholds());
             (dev.clone(), h)
         })
         .collect();

@@ -245,6 +245,15 @@ impl DeviceConfig {
         }
     }
 
+    pub fn thresholds(&self) -> &[crate::source::threshold::ThresholdConfig] {
+        match self {
+            DeviceConfig::Sim(c) => &c.threshold,
+            DeviceConfig::Megatec(c) => &c.threshold,
+            DeviceConfig::Nut(c) => &c.threshold,
+            DeviceConfig::ApcSmart(c) => &c.threshold,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             DeviceConfig::Sim(_) => "sim",
@@ -282,6 +291,9 @@ pub struct SimConfig {
     /// Stop after this many samples (0 = never).
     #[serde(default)]
     pub count: i64,
+    /// Alarms on this device's values (`[[device.threshold]]`).
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
 }
 
 /// A Megatec / Q1 UPS on a serial line (Santak-class and most low-cost UPS).
@@ -304,6 +316,9 @@ pub struct MegatecConfig {
     pub battery_voltage_low: Option<f64>,
     #[serde(default)]
     pub battery_voltage_high: Option<f64>,
+    /// Alarms on this device's values (`[[device.threshold]]`).
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
 }
 
 /// An APC Smart-UPS on a serial line (APC's "smart" cable, 940-0024).
@@ -318,6 +333,9 @@ pub struct ApcSmartConfig {
     pub interval: Duration,
     #[serde(default = "default_reply_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Alarms on this device's values (`[[device.threshold]]`).
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
 }
 
 /// A UPS served by an existing NUT `upsd` (any UPS NUT supports, USB HID
@@ -341,6 +359,9 @@ pub struct NutConfig {
     pub interval: Duration,
     #[serde(default = "default_nut_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Alarms on this device's values (`[[device.threshold]]`).
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
 }
 
 fn default_nut_host() -> String {
@@ -677,6 +698,9 @@ impl Config {
                 ));
             } else if !seen.insert(id) {
                 p.push(format!("{key}.id: {id:?} is used by another device"));
+            }
+            for (ti, t) in d.thresholds().iter().enumerate() {
+                p.extend(t.problems(&format!("{key}.threshold[{ti}]")));
             }
             if d.interval() < Duration::from_millis(1) {
                 p.push(format!(

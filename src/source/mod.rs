@@ -7,6 +7,7 @@ pub mod megatec;
 pub mod nut;
 pub mod serial;
 pub mod sim;
+pub mod threshold;
 pub mod ups;
 
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,8 @@ pub struct DeviceHandle {
     spool: Arc<Spool>,
     status: StatusHub,
     state: Arc<Mutex<HealthState>>,
+    thresholds: Arc<Vec<(threshold::ThresholdConfig, Mutex<threshold::ThresholdState>)>>,
+    born: tokio::time::Instant,
 }
 
 impl DeviceHandle {
@@ -68,7 +71,48 @@ impl DeviceHandle {
                 last_good: None,
                 last_status: None,
             })),
+            thresholds: Arc::new(Vec::new()),
+            born: tokio::time::Instant::now(),
         }
+    }
+
+    /// Watches these thresholds on every sample.
+    pub fn with_thresholds(mut self, t: &[threshold::ThresholdConfig]) -> Self {
+        self.thresholds = Arc::new(
+            t.iter()
+                .map(|c| (c.clone(), Mutex::new(threshold::ThresholdState::default())))
+                .collect(),
+        );
+        self
+    }
+
+    fn check_thresholds(&self, values: &Values) -> Result<(), SourceError> {
+        let now = self.born.elapsed();
+        for (cfg, st) in self.thresholds.iter() {
+            let Some(v) = values.get(&cfg.value).and_then(|v| v.as_f64()) else {
+                continue;
+            };
+            let t = st
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(cfg, v, now);
+            if let Some(t) = t {
+                let (code, en, vi) = threshold::describe(cfg, &t);
+                let mut ev = Values::new();
+                ev.num(&cfg.value, v);
+                let (threshold::Transition::Raised { limit, .. }
+                | threshold::Transition::Cleared { limit, .. }) = t;
+                ev.num("threshold.limit", limit);
+                ev.set("message.vi", vi);
+                let sev = if code == "threshold.cleared" {
+                    Severity::Info
+                } else {
+                    cfg.severity
+                };
+                self.event(sev, code, &en, ev)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn id(&self) -> &str {
@@ -112,6 +156,9 @@ impl DeviceHandle {
                 }
             });
         }
+        if !self.thresholds.is_empty() {
+            self.check_thresholds(&values)?;
+        }
         let seq = self.spool.push(&self.id, Reading::Sample(values))?;
         if was != Health::Ok && ever_ok {
             self.event(
@@ -139,6 +186,10 @@ impl DeviceHandle {
             severity,
             code: code.to_owned(),
             message: message.to_owned(),
+            message_vi: match values.get("message.vi") {
+                Some(crate::model::Value::Str(m)) => Some(m.clone()),
+                _ => None,
+            },
         });
         Ok(self.spool.push(
             &self.id,

@@ -51,6 +51,9 @@ pub struct RecentEvent {
     pub severity: Severity,
     pub code: String,
     pub message: String,
+    /// The message in Vietnamese, when the source gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_vi: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -426,7 +426,10 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings) -> String {
                 "<li class=\"{class}\"><time>{}</time> <b>{}</b> {}</li>",
                 hhmm(e.ts),
                 esc(&e.device),
-                esc(&event_words(t, &e.code, &e.message))
+                esc(&match (&e.message_vi, t.lang) {
+                    (Some(vi), "vi") => std::borrow::Cow::Borrowed(vi.as_str()),
+                    _ => event_words(t, &e.code, &e.message),
+                })
             );
         }
         b.push_str("</ul>");
@@ -821,6 +824,7 @@ mod tests {
             severity: Severity::Critical,
             code: "ups.on_battery".into(),
             message: "UPS on battery: mains power lost".into(),
+            message_vi: None,
         });
         let vi = render_body(&hub.get(), &History::default(), &VI);
         assert!(
