@@ -54,7 +54,7 @@ pub async fn run(
     report_start(&gateway, &report);
     // Every configured device is in the status from the start.
     let devices: Vec<(crate::config::DeviceConfig, DeviceHandle)> = cfg
-        .devices
+        .all_devices()
         .iter()
         .map(|dev| {
             let h = DeviceHandle::new(
@@ -100,7 +100,7 @@ pub async fn run(
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(
         site = %cfg.site,
-        devices = cfg.devices.len(),
+        devices = cfg.all_devices().len(),
         spool = %cfg.spool.path.display(),
         policy = ?cfg.spool.policy,
         "wardgate started"
@@ -134,7 +134,13 @@ pub async fn run(
     let mut handles = vec![gateway.clone()];
     for (dev, h) in devices {
         handles.push(h.clone());
-        sources.spawn(source::run(dev, h, sources_stop.clone()));
+        let spool_dir = cfg
+            .spool
+            .path
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| "/".into());
+        sources.spawn(source::run(dev, h, spool_dir, sources_stop.clone()));
     }
     sources.spawn(health_monitor(handles, sources_stop.clone()));
     sources.spawn(gateway_telemetry(

@@ -141,6 +141,9 @@ pub struct GatewayConfig {
     /// `{prefix}/{site}/gateway/telemetry`.
     #[serde(default = "default_gateway_interval", with = "humantime_serde")]
     pub telemetry_interval: Duration,
+    /// Read the Pi's own health as device "pi" without configuring it.
+    #[serde(default = "default_true")]
+    pub system_health: bool,
 }
 
 /// The local status page.
@@ -224,6 +227,9 @@ pub enum DeviceConfig {
     Megatec(MegatecConfig),
     Nut(NutConfig),
     ApcSmart(ApcSmartConfig),
+    #[serde(rename = "onewire")]
+    OneWire(OneWireConfig),
+    System(SystemConfig),
 }
 
 impl DeviceConfig {
@@ -233,6 +239,8 @@ impl DeviceConfig {
             DeviceConfig::Megatec(c) => &c.id,
             DeviceConfig::Nut(c) => &c.id,
             DeviceConfig::ApcSmart(c) => &c.id,
+            DeviceConfig::OneWire(c) => &c.id,
+            DeviceConfig::System(c) => &c.id,
         }
     }
 
@@ -242,6 +250,8 @@ impl DeviceConfig {
             DeviceConfig::Megatec(c) => c.interval,
             DeviceConfig::Nut(c) => c.interval,
             DeviceConfig::ApcSmart(c) => c.interval,
+            DeviceConfig::OneWire(c) => c.interval,
+            DeviceConfig::System(c) => c.interval,
         }
     }
 
@@ -251,6 +261,8 @@ impl DeviceConfig {
             DeviceConfig::Megatec(c) => &c.threshold,
             DeviceConfig::Nut(c) => &c.threshold,
             DeviceConfig::ApcSmart(c) => &c.threshold,
+            DeviceConfig::OneWire(c) => &c.threshold,
+            DeviceConfig::System(c) => &c.threshold,
         }
     }
 
@@ -260,6 +272,8 @@ impl DeviceConfig {
             DeviceConfig::Megatec(_) => "megatec",
             DeviceConfig::Nut(_) => "nut",
             DeviceConfig::ApcSmart(_) => "apc-smart",
+            DeviceConfig::OneWire(_) => "onewire",
+            DeviceConfig::System(_) => "system",
         }
     }
 }
@@ -319,6 +333,73 @@ pub struct MegatecConfig {
     /// Alarms on this device's values (`[[device.threshold]]`).
     #[serde(default)]
     pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+/// DS18B20 probes on the 1-Wire bus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneWireConfig {
+    pub id: String,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where the kernel lists 1-Wire devices.
+    #[serde(default = "default_w1_root")]
+    pub root: PathBuf,
+    /// Value names by probe id (`"28-0316a2795aff" = "rack.temperature"`).
+    #[serde(default)]
+    pub names: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+fn default_w1_root() -> PathBuf {
+    PathBuf::from("/sys/bus/w1/devices")
+}
+
+/// The Pi's own health; added automatically (id "pi") unless
+/// `gateway.system_health = false` or a `system` device is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    pub id: String,
+    #[serde(default = "default_system_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_thermal")]
+    pub thermal_path: PathBuf,
+    /// The firmware's throttling flags (same as `vcgencmd get_throttled`).
+    #[serde(default = "default_throttled")]
+    pub throttled_path: PathBuf,
+    #[serde(default = "default_proc")]
+    pub proc_root: PathBuf,
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+fn default_system_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_thermal() -> PathBuf {
+    PathBuf::from("/sys/class/thermal/thermal_zone0/temp")
+}
+fn default_throttled() -> PathBuf {
+    PathBuf::from("/sys/devices/platform/soc/soc:firmware/get_throttled")
+}
+fn default_proc() -> PathBuf {
+    PathBuf::from("/proc")
+}
+
+impl SystemConfig {
+    /// The automatic Pi health device.
+    pub fn automatic() -> SystemConfig {
+        SystemConfig {
+            id: "pi".into(),
+            interval: default_system_interval(),
+            thermal_path: default_thermal(),
+            throttled_path: default_throttled(),
+            proc_root: default_proc(),
+            threshold: Vec::new(),
+        }
+    }
 }
 
 /// An APC Smart-UPS on a serial line (APC's "smart" cable, 940-0024).
@@ -709,6 +790,7 @@ impl Config {
                 ));
             }
             match d {
+                DeviceConfig::OneWire(_) | DeviceConfig::System(_) => {}
                 DeviceConfig::ApcSmart(c) => {
                     check_serial(&mut p, &key, &c.serial, c.baud);
                     if c.timeout < Duration::from_millis(100) || c.timeout > Duration::from_secs(30)
@@ -789,6 +871,17 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(p))
         }
+    }
+
+    /// The configured devices, plus the automatic Pi health device.
+    pub fn all_devices(&self) -> Vec<DeviceConfig> {
+        let mut d = self.devices.clone();
+        let has_system = d.iter().any(|x| matches!(x, DeviceConfig::System(_)));
+        let pi_taken = d.iter().any(|x| x.id() == "pi");
+        if self.gateway.system_health && !has_system && !pi_taken {
+            d.push(DeviceConfig::System(SystemConfig::automatic()));
+        }
+        d
     }
 
     /// TLS in effect: as configured, or on unless the broker is on loopback.

@@ -5,8 +5,10 @@
 pub mod apc;
 pub mod megatec;
 pub mod nut;
+pub mod onewire;
 pub mod serial;
 pub mod sim;
+pub mod system;
 pub mod threshold;
 pub mod ups;
 
@@ -303,9 +305,17 @@ impl DeviceHandle {
     }
 }
 
-/// Runs one configured device until `cancel`.
-pub async fn run(cfg: DeviceConfig, handle: DeviceHandle, cancel: CancellationToken) {
+/// Runs one configured device until `cancel`. `spool_dir` is where the
+/// spool lives (the Pi health source reports its free space).
+pub async fn run(
+    cfg: DeviceConfig,
+    handle: DeviceHandle,
+    spool_dir: std::path::PathBuf,
+    cancel: CancellationToken,
+) {
     match cfg {
+        DeviceConfig::OneWire(c) => onewire::run(c, handle, cancel).await,
+        DeviceConfig::System(c) => system::run(c, spool_dir, handle, cancel).await,
         DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
         DeviceConfig::Megatec(c) => megatec::run(c, handle, cancel).await,
         DeviceConfig::Nut(c) => nut::run(c, handle, cancel).await,
@@ -326,5 +336,17 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
         DeviceConfig::ApcSmart(c) => apc::probe(c)
             .await
             .map_err(|e| SourceError::Device(e.to_string())),
+        DeviceConfig::OneWire(c) => match onewire::read_all(c) {
+            Ok((v, bad)) if !v.is_empty() || bad.is_empty() => Ok(v),
+            Ok((_, bad)) => Err(SourceError::Device(format!(
+                "every probe gave a bad reading: {}",
+                bad.iter()
+                    .map(|(id, e)| format!("{id}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            Err(e) => Err(SourceError::Device(e)),
+        },
+        DeviceConfig::System(c) => Ok(system::read_all(c, std::path::Path::new("/"))),
     }
 }

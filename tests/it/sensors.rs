@@ -51,3 +51,69 @@ async fn threshold_event_reaches_the_broker() {
     gw.stop().await;
     sub.assert_all_valid();
 }
+
+/// 1-Wire probes (fixture files in the kernel's format) and the Pi's health
+/// (fixture files) through the whole path to the broker; bad 1-Wire reads
+/// are counted, not published; under-voltage is an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onewire_and_pi_health_to_the_broker() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let w1 = dir.path().join("w1");
+    for (id, text) in [
+        (
+            "28-0316a2795aff",
+            "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",
+        ),
+        (
+            "28-0316a2795b00",
+            "50 05 4b 46 7f ff 0c 10 1c : crc=1c YES\n50 05 4b 46 7f ff 0c 10 1c t=85000\n",
+        ),
+    ] {
+        std::fs::create_dir_all(w1.join(id)).unwrap();
+        std::fs::write(w1.join(id).join("w1_slave"), text).unwrap();
+    }
+    let pi = dir.path().join("pi");
+    std::fs::create_dir_all(&pi).unwrap();
+    std::fs::write(pi.join("temp"), "51234\n").unwrap();
+    std::fs::write(pi.join("throttled"), "0x50005\n").unwrap();
+    let dev = format!(
+        "[[device]]\nid = \"probe1\"\ntype = \"onewire\"\ninterval = \"100ms\"\nroot = \"{}\"\n\
+         [[device]]\nid = \"pi\"\ntype = \"system\"\ninterval = \"100ms\"\nthermal_path = \"{}\"\nthrottled_path = \"{}\"\n",
+        w1.display(),
+        pi.join("temp").display(),
+        pi.join("throttled").display()
+    );
+    let gw = Gateway::start(config(broker.port, dir.path(), &dev)).await;
+    eventually(WAIT, "probe and pi samples", || {
+        !sub.samples("probe1").is_empty() && !sub.samples("pi").is_empty()
+    })
+    .await;
+    let (_, p) = sub.samples("probe1")[0].clone();
+    assert_eq!(p["values"]["temperature.28-0316a2795aff"], 23.125);
+    assert!(
+        p["values"].get("temperature.28-0316a2795b00").is_none(),
+        "85 °C power-on value left out"
+    );
+    eventually(WAIT, "power-on read counted", || {
+        gw.status.get().devices["probe1"]
+            .errors
+            .get("power_on")
+            .copied()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let (_, s) = sub.samples("pi")[0].clone();
+    assert_eq!(s["values"]["cpu.temperature"], 51.234);
+    assert_eq!(s["values"]["pi.under_voltage"], true);
+    eventually(WAIT, "under-voltage event", || {
+        sub.events("pi")
+            .iter()
+            .any(|(_, e)| e["code"] == "pi.under_voltage")
+    })
+    .await;
+    gw.stop().await;
+    sub.assert_all_valid();
+}

@@ -167,11 +167,13 @@ async fn page_in_headless_chromium() {
     .await
     .unwrap();
     assert!(dom.contains("Mọi thứ hoạt động bình thường"), "{dom}");
+    // ups1, env1 and the Pi's own health.
     assert_eq!(
         dom.matches("class=\"card ok\"").count(),
-        2,
+        3,
         "one card per device"
     );
+    assert!(dom.contains("data-device=\"pi\""));
     assert!(dom.contains("đang dùng điện lưới"));
     let dom = tokio::task::spawn_blocking({
         let (u, p) = (format!("{url}?lang=en"), profile.path().to_path_buf());
