@@ -230,6 +230,7 @@ pub enum DeviceConfig {
     #[serde(rename = "onewire")]
     OneWire(OneWireConfig),
     System(SystemConfig),
+    Probe(ProbeConfig),
 }
 
 impl DeviceConfig {
@@ -241,6 +242,7 @@ impl DeviceConfig {
             DeviceConfig::ApcSmart(c) => &c.id,
             DeviceConfig::OneWire(c) => &c.id,
             DeviceConfig::System(c) => &c.id,
+            DeviceConfig::Probe(c) => &c.id,
         }
     }
 
@@ -252,6 +254,7 @@ impl DeviceConfig {
             DeviceConfig::ApcSmart(c) => c.interval,
             DeviceConfig::OneWire(c) => c.interval,
             DeviceConfig::System(c) => c.interval,
+            DeviceConfig::Probe(c) => c.interval,
         }
     }
 
@@ -263,6 +266,7 @@ impl DeviceConfig {
             DeviceConfig::ApcSmart(c) => &c.threshold,
             DeviceConfig::OneWire(c) => &c.threshold,
             DeviceConfig::System(c) => &c.threshold,
+            DeviceConfig::Probe(c) => &c.threshold,
         }
     }
 
@@ -274,6 +278,7 @@ impl DeviceConfig {
             DeviceConfig::ApcSmart(_) => "apc-smart",
             DeviceConfig::OneWire(_) => "onewire",
             DeviceConfig::System(_) => "system",
+            DeviceConfig::Probe(_) => "probe",
         }
     }
 }
@@ -333,6 +338,39 @@ pub struct MegatecConfig {
     /// Alarms on this device's values (`[[device.threshold]]`).
     #[serde(default)]
     pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+/// Reachability of hosts over TCP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub id: String,
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_nut_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Rounds over which loss is computed.
+    #[serde(default = "default_probe_window")]
+    pub window: i64,
+    pub targets: Vec<ProbeTarget>,
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeTarget {
+    /// Used in value names: `<name>.latency`, `<name>.loss`, `<name>.up`.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_probe_window() -> i64 {
+    10
 }
 
 /// DS18B20 probes on the 1-Wire bus.
@@ -791,6 +829,35 @@ impl Config {
             }
             match d {
                 DeviceConfig::OneWire(_) | DeviceConfig::System(_) => {}
+                DeviceConfig::Probe(c) => {
+                    if c.targets.is_empty() {
+                        p.push(format!("{key}.targets: give at least one target"));
+                    }
+                    for (ti, t) in c.targets.iter().enumerate() {
+                        if !valid_id(&t.name) {
+                            p.push(format!(
+                                "{key}.targets[{ti}].name: {:?} is not a valid name",
+                                t.name
+                            ));
+                        }
+                        if t.address
+                            .rsplit_once(':')
+                            .and_then(|(_, port)| port.parse::<u16>().ok())
+                            .is_none()
+                        {
+                            p.push(format!(
+                                "{key}.targets[{ti}].address: {:?} is not host:port",
+                                t.address
+                            ));
+                        }
+                    }
+                    if !(1..=1000).contains(&c.window) {
+                        p.push(format!(
+                            "{key}.window: {} must be between 1 and 1000",
+                            c.window
+                        ));
+                    }
+                }
                 DeviceConfig::ApcSmart(c) => {
                     check_serial(&mut p, &key, &c.serial, c.baud);
                     if c.timeout < Duration::from_millis(100) || c.timeout > Duration::from_secs(30)

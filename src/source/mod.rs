@@ -6,6 +6,7 @@ pub mod apc;
 pub mod megatec;
 pub mod nut;
 pub mod onewire;
+pub mod probe;
 pub mod serial;
 pub mod sim;
 pub mod system;
@@ -315,6 +316,7 @@ pub async fn run(
 ) {
     match cfg {
         DeviceConfig::OneWire(c) => onewire::run(c, handle, cancel).await,
+        DeviceConfig::Probe(c) => probe::run(c, handle, cancel).await,
         DeviceConfig::System(c) => system::run(c, spool_dir, handle, cancel).await,
         DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
         DeviceConfig::Megatec(c) => megatec::run(c, handle, cancel).await,
@@ -348,5 +350,6 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
             Err(e) => Err(SourceError::Device(e)),
         },
         DeviceConfig::System(c) => Ok(system::read_all(c, std::path::Path::new("/"))),
+        DeviceConfig::Probe(c) => Ok(probe::probe_once(c).await),
     }
 }

@@ -117,3 +117,48 @@ async fn onewire_and_pi_health_to_the_broker() {
     gw.stop().await;
     sub.assert_all_valid();
 }
+
+/// Reachability against a local TCP listener and a closed port: latency,
+/// loss, and WAN down/up events when every target fails and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reachability_probe_and_wan_events() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap();
+    let closed = free_port();
+    let dev = format!(
+        "[[device]]\nid = \"wan\"\ntype = \"probe\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nwindow = 4\n\
+         [[device.targets]]\nname = \"local\"\naddress = \"{open}\"\n\
+         [[device.targets]]\nname = \"closed\"\naddress = \"127.0.0.1:{closed}\"\n"
+    );
+    let gw = Gateway::start(config(broker.port, dir.path(), &dev)).await;
+    eventually(WAIT, "probe samples", || sub.seqs("wan").len() >= 5).await;
+    let (_, s) = sub.samples("wan").last().cloned().unwrap();
+    assert_eq!(s["values"]["local.up"], true);
+    assert!(s["values"]["local.latency"].as_f64().unwrap() >= 0.0);
+    assert_eq!(s["values"]["local.loss"], 0.0);
+    assert_eq!(s["values"]["closed.up"], false);
+    assert_eq!(s["values"]["closed.loss"], 100.0);
+    assert!(s["values"].get("closed.latency").is_none());
+    assert!(!sub
+        .events("wan")
+        .iter()
+        .any(|(_, e)| e["code"] == "wan.down"));
+    // Every target gone: WAN down; back: WAN up.
+    drop(listener);
+    eventually(WAIT, "wan.down", || {
+        sub.events("wan")
+            .iter()
+            .any(|(_, e)| e["code"] == "wan.down")
+    })
+    .await;
+    let _back = std::net::TcpListener::bind(open).unwrap();
+    eventually(WAIT, "wan.up", || {
+        sub.events("wan").iter().any(|(_, e)| e["code"] == "wan.up")
+    })
+    .await;
+    gw.stop().await;
+    sub.assert_all_valid();
+}
