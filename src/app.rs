@@ -43,6 +43,14 @@ pub async fn run(
             .await
             .context("opening the spool")?
             .with_context(|| format!("opening the spool at {}", cfg.spool.path.display()))?;
+    // GPIO needs the Pi's GPIO chip: without it, a config that uses GPIO
+    // does not start (clear message, no restart loop of half a gateway).
+    for dev in &cfg.devices {
+        if let crate::config::DeviceConfig::Gpio(g) = dev {
+            crate::source::gpio::probe(g)
+                .with_context(|| format!("device {}: GPIO inputs cannot be used here", g.id))?;
+        }
+    }
     let status = StatusHub::new(&cfg.site);
     let gateway = DeviceHandle::new(
         GATEWAY_DEVICE,

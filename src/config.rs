@@ -231,6 +231,7 @@ pub enum DeviceConfig {
     OneWire(OneWireConfig),
     System(SystemConfig),
     Probe(ProbeConfig),
+    Gpio(GpioConfig),
 }
 
 impl DeviceConfig {
@@ -243,6 +244,7 @@ impl DeviceConfig {
             DeviceConfig::OneWire(c) => &c.id,
             DeviceConfig::System(c) => &c.id,
             DeviceConfig::Probe(c) => &c.id,
+            DeviceConfig::Gpio(c) => &c.id,
         }
     }
 
@@ -255,6 +257,7 @@ impl DeviceConfig {
             DeviceConfig::OneWire(c) => c.interval,
             DeviceConfig::System(c) => c.interval,
             DeviceConfig::Probe(c) => c.interval,
+            DeviceConfig::Gpio(c) => c.interval,
         }
     }
 
@@ -267,6 +270,7 @@ impl DeviceConfig {
             DeviceConfig::OneWire(c) => &c.threshold,
             DeviceConfig::System(c) => &c.threshold,
             DeviceConfig::Probe(c) => &c.threshold,
+            DeviceConfig::Gpio(c) => &c.threshold,
         }
     }
 
@@ -279,6 +283,7 @@ impl DeviceConfig {
             DeviceConfig::OneWire(_) => "onewire",
             DeviceConfig::System(_) => "system",
             DeviceConfig::Probe(_) => "probe",
+            DeviceConfig::Gpio(_) => "gpio",
         }
     }
 }
@@ -338,6 +343,86 @@ pub struct MegatecConfig {
     /// Alarms on this device's values (`[[device.threshold]]`).
     #[serde(default)]
     pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+/// Dry contacts and pulse counters on GPIO inputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioConfig {
+    pub id: String,
+    /// How often the inputs' state is published (changes are events at once).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    pub inputs: Vec<GpioInput>,
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    Up,
+    Down,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpioMode {
+    /// A contact: each debounced change is an event.
+    Contact,
+    /// A pulse counter (energy meter S0 output): rising edges are counted.
+    Counter,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioInput {
+    /// BCM pin number.
+    pub pin: i64,
+    /// Value name and event prefix: `door` -> `door`, `door.open`.
+    pub name: String,
+    /// Words for the active and the inactive state, e.g. ["open", "closed"],
+    /// ["wet", "dry"].
+    #[serde(default = "default_states")]
+    pub states: [String; 2],
+    #[serde(default = "default_pull")]
+    pub pull: Pull,
+    /// Active when the pin is low (contacts to ground with a pull-up).
+    #[serde(default)]
+    pub active_low: bool,
+    #[serde(default = "default_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+    #[serde(default = "default_gpio_mode")]
+    pub mode: GpioMode,
+    /// Severity of the event when the input becomes active.
+    #[serde(default = "default_warning")]
+    pub severity: crate::model::Severity,
+    /// Words for people in messages (e.g. "Cửa phòng máy").
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+fn default_states() -> [String; 2] {
+    ["active".into(), "inactive".into()]
+}
+fn default_pull() -> Pull {
+    Pull::Up
+}
+fn default_debounce() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_gpio_mode() -> GpioMode {
+    GpioMode::Contact
+}
+fn default_warning() -> crate::model::Severity {
+    crate::model::Severity::Warning
+}
+
+fn code_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Reachability of hosts over TCP.
@@ -829,6 +914,42 @@ impl Config {
             }
             match d {
                 DeviceConfig::OneWire(_) | DeviceConfig::System(_) => {}
+                DeviceConfig::Gpio(c) => {
+                    if c.inputs.is_empty() {
+                        p.push(format!("{key}.inputs: give at least one input"));
+                    }
+                    let mut pins = std::collections::HashSet::new();
+                    for (ii, i) in c.inputs.iter().enumerate() {
+                        let k = format!("{key}.inputs[{ii}]");
+                        if !(0..=27).contains(&i.pin) {
+                            p.push(format!(
+                                "{k}.pin: {} is not a BCM GPIO number (0-27)",
+                                i.pin
+                            ));
+                        } else if !pins.insert(i.pin) {
+                            p.push(format!("{k}.pin: {} is used twice", i.pin));
+                        }
+                        if !code_word(&i.name) {
+                            p.push(format!(
+                                "{k}.name: {:?} must be lowercase letters, digits and _",
+                                i.name
+                            ));
+                        }
+                        for w in &i.states {
+                            if !code_word(w) {
+                                p.push(format!(
+                                    "{k}.states: {w:?} must be lowercase letters, digits and _"
+                                ));
+                            }
+                        }
+                        if i.debounce > Duration::from_secs(10) {
+                            p.push(format!(
+                                "{k}.debounce: {} is longer than 10s",
+                                humantime::format_duration(i.debounce)
+                            ));
+                        }
+                    }
+                }
                 DeviceConfig::Probe(c) => {
                     if c.targets.is_empty() {
                         p.push(format!("{key}.targets: give at least one target"));

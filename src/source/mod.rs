@@ -3,6 +3,7 @@
 //! spool and keeps the device's health in the status snapshot.
 
 pub mod apc;
+pub mod gpio;
 pub mod megatec;
 pub mod nut;
 pub mod onewire;
@@ -317,6 +318,7 @@ pub async fn run(
     match cfg {
         DeviceConfig::OneWire(c) => onewire::run(c, handle, cancel).await,
         DeviceConfig::Probe(c) => probe::run(c, handle, cancel).await,
+        DeviceConfig::Gpio(c) => gpio::run(c, handle, cancel).await,
         DeviceConfig::System(c) => system::run(c, spool_dir, handle, cancel).await,
         DeviceConfig::Sim(c) => sim::run(c, handle, cancel).await,
         DeviceConfig::Megatec(c) => megatec::run(c, handle, cancel).await,
@@ -351,5 +353,6 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
         },
         DeviceConfig::System(c) => Ok(system::read_all(c, std::path::Path::new("/"))),
         DeviceConfig::Probe(c) => Ok(probe::probe_once(c).await),
+        DeviceConfig::Gpio(c) => gpio::probe(c).map_err(|e| SourceError::Device(e.to_string())),
     }
 }

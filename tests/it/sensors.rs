@@ -1,5 +1,7 @@
 //! Sensors and alarms: thresholds through the whole path.
 
+use std::time::Duration;
+
 use crate::common::*;
 
 /// A threshold on a simulated sensor raises an event (both languages)
@@ -161,4 +163,31 @@ async fn reachability_probe_and_wan_events() {
     .await;
     gw.stop().await;
     sub.assert_all_valid();
+}
+
+/// On a machine without a Raspberry Pi GPIO chip, a config that uses GPIO
+/// does not start, with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpio_without_a_gpio_chip_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            free_port(),
+            dir.path(),
+            "[[device]]\nid = \"contacts\"\ntype = \"gpio\"\n[[device.inputs]]\npin = 17\nname = \"door\"\nstates = [\"open\", \"closed\"]\n",
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut gw = Process::start(&cfg, &log);
+    let code = gw.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1));
+    let text = gw.log_text();
+    assert!(
+        text.contains("device contacts: GPIO inputs cannot be used here")
+            && text.contains("GPIO 17"),
+        "{text}"
+    );
 }
