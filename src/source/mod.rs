@@ -208,48 +208,33 @@ impl DeviceHandle {
 
     /// The device failed; `reason` says how. An event is sent on the change.
     pub fn fault(&self, reason: &str) -> Result<(), SourceError> {
-        let changed = {
-            let mut st = self.lock();
-            let new = Health::Fault(reason.to_owned());
-            let changed = st.health != new;
-            st.health = new;
-            changed
-        };
-        if changed {
-            let r = reason.to_owned();
-            self.status.update(|s| {
-                if let Some(d) = s.devices.get_mut(&*self.id) {
-                    d.health = Health::Fault(r);
-                }
-            });
-            self.event(
-                Severity::Warning,
-                "device.fault",
-                &format!("{}: {reason}", self.id),
-                Values::new(),
-            )?;
-        }
-        Ok(())
+        self.degrade(Health::Fault(reason.to_owned()), "device.fault", reason)
     }
 
     /// The device's data is stale for a known reason (e.g. upsd's
     /// DATA-STALE); an event is sent on the change.
     pub fn mark_stale(&self, reason: &str) -> Result<(), SourceError> {
+        self.degrade(Health::Stale, "device.lost", reason)
+    }
+
+    /// Moves the device to `health`; on a change, updates the status and
+    /// sends `code` as a warning with the reason.
+    fn degrade(&self, health: Health, code: &str, reason: &str) -> Result<(), SourceError> {
         let changed = {
             let mut st = self.lock();
-            let changed = st.health != Health::Stale;
-            st.health = Health::Stale;
+            let changed = st.health != health;
+            st.health = health.clone();
             changed
         };
         if changed {
             self.status.update(|s| {
                 if let Some(d) = s.devices.get_mut(&*self.id) {
-                    d.health = Health::Stale;
+                    d.health = health;
                 }
             });
             self.event(
                 Severity::Warning,
-                "device.lost",
+                code,
                 &format!("{}: {reason}", self.id),
                 Values::new(),
             )?;
