@@ -140,15 +140,18 @@ pub async fn run(
     let sink_task = tokio::spawn(sink.run(sink_stop.clone()));
 
     let mut handles = vec![gateway.clone()];
-    for (dev, h) in devices {
-        handles.push(h.clone());
-        let spool_dir = cfg
+    let shared = source::Shared {
+        spool_dir: cfg
             .spool
             .path
             .parent()
             .map(|p| p.to_path_buf())
-            .unwrap_or_else(|| "/".into());
-        sources.spawn(source::run(dev, h, spool_dir, sources_stop.clone()));
+            .unwrap_or_else(|| "/".into()),
+        buses: Default::default(),
+    };
+    for (dev, h) in devices {
+        handles.push(h.clone());
+        sources.spawn(source::run(dev, h, shared.clone(), sources_stop.clone()));
     }
     sources.spawn(health_monitor(handles, sources_stop.clone()));
     sources.spawn(gateway_telemetry(

@@ -232,6 +232,8 @@ pub enum DeviceConfig {
     System(SystemConfig),
     Probe(ProbeConfig),
     Gpio(GpioConfig),
+    Modbus(ModbusConfig),
+    Snmp(SnmpConfig),
 }
 
 impl DeviceConfig {
@@ -245,6 +247,8 @@ impl DeviceConfig {
             DeviceConfig::System(c) => &c.id,
             DeviceConfig::Probe(c) => &c.id,
             DeviceConfig::Gpio(c) => &c.id,
+            DeviceConfig::Modbus(c) => &c.id,
+            DeviceConfig::Snmp(c) => &c.id,
         }
     }
 
@@ -258,6 +262,8 @@ impl DeviceConfig {
             DeviceConfig::System(c) => c.interval,
             DeviceConfig::Probe(c) => c.interval,
             DeviceConfig::Gpio(c) => c.interval,
+            DeviceConfig::Modbus(c) => c.interval,
+            DeviceConfig::Snmp(c) => c.interval,
         }
     }
 
@@ -271,6 +277,8 @@ impl DeviceConfig {
             DeviceConfig::System(c) => &c.threshold,
             DeviceConfig::Probe(c) => &c.threshold,
             DeviceConfig::Gpio(c) => &c.threshold,
+            DeviceConfig::Modbus(c) => &c.threshold,
+            DeviceConfig::Snmp(c) => &c.threshold,
         }
     }
 
@@ -284,6 +292,8 @@ impl DeviceConfig {
             DeviceConfig::System(_) => "system",
             DeviceConfig::Probe(_) => "probe",
             DeviceConfig::Gpio(_) => "gpio",
+            DeviceConfig::Modbus(_) => "modbus",
+            DeviceConfig::Snmp(_) => "snmp",
         }
     }
 }
@@ -423,6 +433,173 @@ fn code_word(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModbusTransport {
+    /// RS-485 (or RS-232) serial line.
+    #[default]
+    Rtu,
+    /// Modbus TCP (a meter with Ethernet, or an RS-485-to-Ethernet gateway).
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParityName {
+    None,
+    Even,
+    Odd,
+}
+
+/// A Modbus slave: a sensor or meter on an RS-485 bus or over TCP.
+/// Several devices may name the same `serial` bus (or TCP gateway); their
+/// requests are then sent one at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusConfig {
+    pub id: String,
+    #[serde(default)]
+    pub transport: ModbusTransport,
+    /// RTU: the serial port (`/dev/serial/by-id/...`).
+    #[serde(default)]
+    pub serial: Option<PathBuf>,
+    /// RTU line settings; default from the profile, else 9600 8N1.
+    #[serde(default)]
+    pub baud: Option<u32>,
+    #[serde(default)]
+    pub parity: Option<ParityName>,
+    #[serde(default)]
+    pub stop_bits: Option<i64>,
+    /// TCP: the device or gateway.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_modbus_port")]
+    pub port: i64,
+    /// Slave id (1-247); default from the profile, else 1.
+    #[serde(default)]
+    pub unit: Option<i64>,
+    /// A built-in register map: "xy-md02" or "sdm120".
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Registers to read (added to the profile's, if any).
+    #[serde(default)]
+    pub registers: Vec<crate::source::modbus::map::RegisterConfig>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait for each reply.
+    #[serde(default = "default_modbus_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Quiet time on the bus between a reply and the next request.
+    #[serde(default = "default_modbus_gap", with = "humantime_serde")]
+    pub gap: Duration,
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+fn default_modbus_port() -> i64 {
+    502
+}
+fn default_modbus_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_modbus_gap() -> Duration {
+    Duration::from_millis(20)
+}
+
+impl ModbusConfig {
+    fn profile_def(&self) -> Option<crate::source::modbus::profile::Profile> {
+        self.profile
+            .as_deref()
+            .and_then(crate::source::modbus::profile::get)
+    }
+    pub fn baud(&self) -> u32 {
+        self.baud
+            .or(self.profile_def().map(|p| p.baud))
+            .unwrap_or(9600)
+    }
+    pub fn parity(&self) -> ParityName {
+        self.parity
+            .or(self.profile_def().map(|p| p.parity))
+            .unwrap_or(ParityName::None)
+    }
+    pub fn stop_bits(&self) -> u8 {
+        self.stop_bits
+            .and_then(|s| u8::try_from(s).ok())
+            .or(self.profile_def().map(|p| p.stop_bits))
+            .unwrap_or(1)
+    }
+    /// The slave id (validated 1-247).
+    pub fn unit_id(&self) -> u8 {
+        self.unit
+            .and_then(|u| u8::try_from(u).ok())
+            .or(self.profile_def().map(|p| p.unit))
+            .unwrap_or(1)
+    }
+    /// The profile's registers, then the configured ones.
+    pub fn all_registers(&self) -> Vec<crate::source::modbus::map::RegisterConfig> {
+        let mut r = self.profile_def().map(|p| p.registers).unwrap_or_default();
+        r.extend(self.registers.iter().cloned());
+        r
+    }
+}
+
+/// A router (or switch) read over SNMP v2c.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnmpConfig {
+    pub id: String,
+    pub host: String,
+    #[serde(default = "default_snmp_port")]
+    pub port: i64,
+    #[serde(default = "default_community")]
+    pub community: String,
+    /// Interfaces by ifName (`"eth0"`, `"pppoe-wan"`) or ifIndex (`2`).
+    #[serde(default)]
+    pub interfaces: Vec<IfRef>,
+    /// The interface that is the ward's link to the outside: its down/up
+    /// changes are critical `wan.down` / `wan.up` events.
+    #[serde(default)]
+    pub wan: Option<IfRef>,
+    #[serde(default = "default_snmp_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_snmp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_one")]
+    pub retries: i64,
+    #[serde(default)]
+    pub threshold: Vec<crate::source::threshold::ThresholdConfig>,
+}
+
+/// An interface named by ifName or by ifIndex.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IfRef {
+    Index(i64),
+    Name(String),
+}
+
+impl std::fmt::Display for IfRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IfRef::Index(i) => write!(f, "ifIndex {i}"),
+            IfRef::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn default_snmp_port() -> i64 {
+    161
+}
+fn default_community() -> String {
+    "public".into()
+}
+fn default_snmp_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_snmp_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Reachability of hosts over TCP.
@@ -914,6 +1091,44 @@ impl Config {
             }
             match d {
                 DeviceConfig::OneWire(_) | DeviceConfig::System(_) => {}
+                DeviceConfig::Modbus(c) => modbus_problems(&mut p, &key, c),
+                DeviceConfig::Snmp(c) => {
+                    if c.host.trim().is_empty() {
+                        p.push(format!("{key}.host: must not be empty"));
+                    }
+                    if !(1..=65535).contains(&c.port) {
+                        p.push(format!("{key}.port: {} is not a port (1-65535)", c.port));
+                    }
+                    if c.community.is_empty() {
+                        p.push(format!("{key}.community: must not be empty"));
+                    }
+                    for (ii, i) in c.interfaces.iter().chain(c.wan.iter()).enumerate() {
+                        match i {
+                            IfRef::Index(n) if !(1..=i64::from(i32::MAX)).contains(n) => {
+                                p.push(format!(
+                                    "{key}.interfaces[{ii}]: {n} is not an ifIndex (1 or more)"
+                                ))
+                            }
+                            IfRef::Name(n) if n.trim().is_empty() => {
+                                p.push(format!("{key}.interfaces[{ii}]: empty interface name"))
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !(0..=5).contains(&c.retries) {
+                        p.push(format!(
+                            "{key}.retries: {} must be between 0 and 5",
+                            c.retries
+                        ));
+                    }
+                    if c.timeout < Duration::from_millis(100) || c.timeout > Duration::from_secs(30)
+                    {
+                        p.push(format!(
+                            "{key}.timeout: {} must be between 100ms and 30s",
+                            humantime::format_duration(c.timeout)
+                        ));
+                    }
+                }
                 DeviceConfig::Gpio(c) => {
                     if c.inputs.is_empty() {
                         p.push(format!("{key}.inputs: give at least one input"));
@@ -1054,6 +1269,8 @@ impl Config {
             }
         }
 
+        shared_bus_problems(&mut p, &self.devices);
+
         if p.is_empty() {
             Ok(())
         } else {
@@ -1099,6 +1316,112 @@ impl Config {
 const BAUD_RATES: &[u32] = &[
     300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200,
 ];
+
+fn modbus_problems(p: &mut Vec<String>, key: &str, c: &ModbusConfig) {
+    match c.transport {
+        ModbusTransport::Rtu => {
+            match &c.serial {
+                Some(s) => check_serial(p, key, s, c.baud()),
+                None => p.push(format!(
+                    "{key}.serial: needed for transport = \"rtu\" (the RS-485 adapter, /dev/serial/by-id/...)"
+                )),
+            }
+            if c.host.is_some() {
+                p.push(format!(
+                    "{key}.host: only for transport = \"tcp\" (this device is on a serial line)"
+                ));
+            }
+        }
+        ModbusTransport::Tcp => {
+            match &c.host {
+                Some(h) if !h.trim().is_empty() => {}
+                _ => p.push(format!("{key}.host: needed for transport = \"tcp\"")),
+            }
+            if c.serial.is_some() {
+                p.push(format!(
+                    "{key}.serial: only for transport = \"rtu\" (this device is on TCP)"
+                ));
+            }
+            if !(1..=65535).contains(&c.port) {
+                p.push(format!("{key}.port: {} is not a port (1-65535)", c.port));
+            }
+        }
+    }
+    if let Some(s) = c.stop_bits {
+        if s != 1 && s != 2 {
+            p.push(format!("{key}.stop_bits: {s} must be 1 or 2"));
+        }
+    }
+    if let Some(u) = c.unit {
+        if !(1..=247).contains(&u) {
+            p.push(format!("{key}.unit: {u} is not a slave id (1-247)"));
+        }
+    }
+    if let Some(name) = &c.profile {
+        if crate::source::modbus::profile::get(name).is_none() {
+            p.push(format!(
+                "{key}.profile: {name:?} is not a built-in profile ({})",
+                crate::source::modbus::profile::NAMES.join(", ")
+            ));
+        }
+    }
+    let regs = c.all_registers();
+    if regs.is_empty() {
+        p.push(format!(
+            "{key}.registers: give a profile or at least one register"
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, r) in c.registers.iter().enumerate() {
+        p.extend(r.problems(&format!("{key}.registers[{i}]")));
+    }
+    for r in &regs {
+        if !names.insert(r.name.as_str()) {
+            p.push(format!(
+                "{key}.registers: the value name {:?} is used twice",
+                r.name
+            ));
+        }
+    }
+    if c.timeout < Duration::from_millis(20) || c.timeout > Duration::from_secs(30) {
+        p.push(format!(
+            "{key}.timeout: {} must be between 20ms and 30s",
+            humantime::format_duration(c.timeout)
+        ));
+    }
+    if c.gap > Duration::from_secs(5) {
+        p.push(format!(
+            "{key}.gap: {} is longer than 5s",
+            humantime::format_duration(c.gap)
+        ));
+    }
+}
+
+/// Modbus devices on one serial bus must agree on the line settings.
+fn shared_bus_problems(p: &mut Vec<String>, devices: &[DeviceConfig]) {
+    let mut first: std::collections::HashMap<&Path, (usize, u32, ParityName, u8)> =
+        std::collections::HashMap::new();
+    for (i, d) in devices.iter().enumerate() {
+        let DeviceConfig::Modbus(c) = d else { continue };
+        let (ModbusTransport::Rtu, Some(path)) = (c.transport, &c.serial) else {
+            continue;
+        };
+        let line = (i, c.baud(), c.parity(), c.stop_bits());
+        match first.get(path.as_path()) {
+            None => {
+                first.insert(path, line);
+            }
+            Some(&(j, b, par, st)) if (b, par, st) != (line.1, line.2, line.3) => p.push(format!(
+                "device[{i}]: shares the bus {} with device[{j}] but its line settings differ ({} {:?} {} vs {b} {par:?} {st}); one bus has one speed",
+                path.display(),
+                line.1,
+                line.2,
+                line.3
+            )),
+            _ => {}
+        }
+    }
+}
 
 fn check_serial(p: &mut Vec<String>, key: &str, path: &Path, baud: u32) {
     if !path.is_absolute() {

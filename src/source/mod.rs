@@ -5,11 +5,13 @@
 pub mod apc;
 pub mod gpio;
 pub mod megatec;
+pub mod modbus;
 pub mod nut;
 pub mod onewire;
 pub mod probe;
 pub mod serial;
 pub mod sim;
+pub mod snmp;
 pub mod system;
 pub mod threshold;
 pub mod ups;
@@ -292,15 +294,28 @@ impl DeviceHandle {
     }
 }
 
-/// Runs one configured device until `cancel`. `spool_dir` is where the
-/// spool lives (the Pi health source reports its free space).
+/// What sources share: where the spool lives (the Pi health source reports
+/// its free space) and the Modbus buses.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub spool_dir: std::path::PathBuf,
+    pub buses: modbus::bus::Buses,
+}
+
+/// Runs one configured device until `cancel`.
 pub async fn run(
     cfg: DeviceConfig,
     handle: DeviceHandle,
-    spool_dir: std::path::PathBuf,
+    shared: Shared,
     cancel: CancellationToken,
 ) {
+    let spool_dir = shared.spool_dir;
     match cfg {
+        DeviceConfig::Modbus(c) => {
+            let bus = shared.buses.get(&c);
+            modbus::run(c, bus, handle, cancel).await
+        }
+        DeviceConfig::Snmp(c) => snmp::run(c, handle, cancel).await,
         DeviceConfig::OneWire(c) => onewire::run(c, handle, cancel).await,
         DeviceConfig::Probe(c) => probe::run(c, handle, cancel).await,
         DeviceConfig::Gpio(c) => gpio::run(c, handle, cancel).await,
@@ -339,5 +354,11 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
         DeviceConfig::System(c) => Ok(system::read_all(c, std::path::Path::new("/"))),
         DeviceConfig::Probe(c) => Ok(probe::probe_once(c).await),
         DeviceConfig::Gpio(c) => gpio::probe(c).map_err(|e| SourceError::Device(e.to_string())),
+        DeviceConfig::Modbus(c) => modbus::probe(c)
+            .await
+            .map_err(|e| SourceError::Device(e.to_string())),
+        DeviceConfig::Snmp(c) => snmp::probe(c)
+            .await
+            .map_err(|e| SourceError::Device(e.to_string())),
     }
 }

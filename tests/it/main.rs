@@ -2,6 +2,7 @@
 //! in-process or as the real binary.
 
 mod common;
+mod field;
 mod sensors;
 mod spine;
 mod ups;

@@ -7,6 +7,7 @@
 pub mod apc_sim;
 pub mod megatec_sim;
 pub mod nut;
+pub mod peers;
 
 use std::collections::BTreeMap;
 use std::future::Future;

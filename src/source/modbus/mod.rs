@@ -1,0 +1,176 @@
+//! Modbus RTU and TCP sensors and meters (`type = "modbus"`), through
+//! tokio-modbus. Register maps come from config or a built-in profile;
+//! registers that sit together are read in one request; devices naming
+//! the same bus take turns on it (see `bus`).
+
+pub mod bus;
+pub mod map;
+pub mod profile;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use self::bus::{Bus, ModbusError, Reply};
+use self::map::{Block, Decoded, RegisterConfig};
+use super::DeviceHandle;
+use crate::config::ModbusConfig;
+use crate::model::{Severity, Values};
+
+/// Failed polls in a row (timeouts, garbled replies) before the device is
+/// faulted. An exception or a port that cannot be opened faults at once:
+/// waiting will not change it.
+const FAULT_AFTER: u32 = 3;
+
+pub struct Poller {
+    cfg: ModbusConfig,
+    regs: Vec<RegisterConfig>,
+    blocks: Vec<Block>,
+    bus: Arc<Bus>,
+}
+
+/// What one poll gave.
+#[derive(Debug, Default)]
+pub struct Poll {
+    pub values: Values,
+    pub errors: Vec<ModbusError>,
+    /// Registers whose words could not be decoded (NaN, short reply).
+    pub bad_values: Vec<(String, String)>,
+}
+
+impl Poller {
+    pub fn new(cfg: ModbusConfig, bus: Arc<Bus>) -> Self {
+        let regs = cfg.all_registers();
+        let blocks = map::plan(&regs);
+        Poller {
+            cfg,
+            regs,
+            blocks,
+            bus,
+        }
+    }
+
+    pub async fn poll(&self) -> Poll {
+        let mut out = Poll::default();
+        let unit = self.cfg.unit_id();
+        for b in &self.blocks {
+            match self.bus.read(unit, b, self.cfg.timeout, self.cfg.gap).await {
+                Ok(reply) => {
+                    for &(i, off) in &b.fields {
+                        let Some(r) = self.regs.get(i) else { continue };
+                        let d = match &reply {
+                            Reply::Words(w) => {
+                                map::decode_words(r, w.get(usize::from(off)..).unwrap_or(&[]))
+                            }
+                            Reply::Bits(bits) => map::decode_bit(bits, off),
+                        };
+                        match d {
+                            Ok(Decoded::Num(x)) => {
+                                out.values.num(&r.name, x);
+                            }
+                            Ok(Decoded::Bool(x)) => out.values.set(&r.name, x),
+                            Err(e) => out.bad_values.push((r.name.clone(), e.to_string())),
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A silent slave will not answer the next request
+                    // either: leave the bus to the others.
+                    let give_up = !matches!(e, ModbusError::Exception { .. });
+                    out.errors.push(e);
+                    if give_up {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: CancellationToken) {
+    let poller = Poller::new(cfg.clone(), bus);
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed_polls = 0u32;
+    let mut reported_exceptions: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let p = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = poller.poll() => p,
+        };
+        for e in &p.errors {
+            h.count_error(e.kind());
+            tracing::debug!(device = h.id(), error = %e, "modbus request failed");
+        }
+        for (name, e) in &p.bad_values {
+            h.count_error("bad_value");
+            tracing::warn!(device = h.id(), value = %name, error = %e, "bad Modbus value left out");
+        }
+        if !p.values.is_empty() {
+            failed_polls = 0;
+            let _ = h.sample(p.values);
+            // Part of the map failed: say so once, not on every poll.
+            let exceptions: Vec<String> = p
+                .errors
+                .iter()
+                .filter(|e| matches!(e, ModbusError::Exception { .. }))
+                .map(|e| e.to_string())
+                .collect();
+            if exceptions != reported_exceptions {
+                for e in exceptions
+                    .iter()
+                    .filter(|e| !reported_exceptions.contains(e))
+                {
+                    let mut v = Values::new();
+                    v.set("reason", e.as_str());
+                    let _ = h.event(
+                        Severity::Warning,
+                        "modbus.exception",
+                        &format!("{}: {e}", h.id()),
+                        v,
+                    );
+                }
+                reported_exceptions = exceptions;
+            }
+        } else if let Some(e) = p.errors.first() {
+            failed_polls += 1;
+            let at_once = matches!(e, ModbusError::Exception { .. } | ModbusError::Open(_));
+            if at_once || failed_polls >= FAULT_AFTER {
+                let _ = h.fault(&e.to_string());
+            } else {
+                let _ = h.check_stale();
+            }
+        } else if !p.bad_values.is_empty() {
+            let _ = h.fault(&format!(
+                "no usable value ({})",
+                p.bad_values
+                    .iter()
+                    .map(|(n, e)| format!("{n}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+}
+
+/// One poll, for `wardgate check`: the values, or the first error when
+/// nothing could be read.
+pub async fn probe(cfg: &ModbusConfig) -> Result<Values, ModbusError> {
+    let bus = Bus::for_device(cfg);
+    let p = Poller::new(cfg.clone(), bus).poll().await;
+    if p.values.is_empty() {
+        if let Some(e) = p.errors.first() {
+            return Err(e.clone());
+        }
+    }
+    let mut v = p.values;
+    for e in p.errors {
+        v.set(&format!("error.{}", e.kind()), e.to_string());
+    }
+    Ok(v)
+}

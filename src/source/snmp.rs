@@ -1,0 +1,526 @@
+//! The ward's router over SNMP v2c (`type = "snmp"`): uptime, name, and for
+//! each configured interface its operational status, traffic in bit/s from
+//! the octet counters, and error counters. Interface down/up changes are
+//! events; the WAN interface's are critical `wan.down` / `wan.up`.
+//!
+//! Client: the `csnmp` crate (async tokio, v2c only, small dependency set).
+//! `snmp2` also covers v3, which pulls in crypto crates we do not need for
+//! a community-string read of a router on the LAN. Numeric OIDs only: no
+//! MIB files on the Pi.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use csnmp::{ObjectIdentifier, ObjectValue, Snmp2cClient};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::DeviceHandle;
+use crate::config::{IfRef, SnmpConfig};
+use crate::model::{Severity, Values};
+
+const SYS_UPTIME: &str = "1.3.6.1.2.1.1.3.0";
+const SYS_NAME: &str = "1.3.6.1.2.1.1.5.0";
+const IF_DESCR: &str = "1.3.6.1.2.1.2.2.1.2";
+const IF_OPER_STATUS: &str = "1.3.6.1.2.1.2.2.1.8";
+const IF_IN_OCTETS: &str = "1.3.6.1.2.1.2.2.1.10";
+const IF_IN_ERRORS: &str = "1.3.6.1.2.1.2.2.1.14";
+const IF_OUT_OCTETS: &str = "1.3.6.1.2.1.2.2.1.16";
+const IF_OUT_ERRORS: &str = "1.3.6.1.2.1.2.2.1.20";
+const IF_NAME: &str = "1.3.6.1.2.1.31.1.1.1.1";
+const IF_HC_IN_OCTETS: &str = "1.3.6.1.2.1.31.1.1.1.6";
+const IF_HC_OUT_OCTETS: &str = "1.3.6.1.2.1.31.1.1.1.10";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnmpError {
+    /// No answer: wrong community (agents stay silent), SNMP off, router
+    /// down or address wrong. The device is faulted; retried each interval.
+    #[error("no answer from {0} (wrong community, SNMP not enabled, or the router is down)")]
+    NoAnswer(String),
+    /// A configured interface is not on the router: faulted with the list
+    /// of names it has.
+    #[error("interface {wanted} not found on the router (it has: {have})")]
+    NoSuchInterface { wanted: String, have: String },
+    /// Anything else the agent or the socket said: faulted with the reason.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn oid(s: &str) -> ObjectIdentifier {
+    // The constants above are valid numeric OIDs.
+    s.parse().expect("numeric OID constant")
+}
+
+fn column(base: &str, index: u32) -> ObjectIdentifier {
+    oid(&format!("{base}.{index}"))
+}
+
+/// `ifOperStatus` in words (RFC 2863).
+pub fn oper_word(v: i32) -> &'static str {
+    match v {
+        1 => "up",
+        2 => "down",
+        3 => "testing",
+        5 => "dormant",
+        6 => "not_present",
+        7 => "lower_layer_down",
+        _ => "unknown",
+    }
+}
+
+/// An interface name made fit for a value name (`GigabitEthernet0/1` ->
+/// `GigabitEthernet0_1`).
+pub fn value_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Whether the router restarted between two readings of sysUpTime
+/// (hundredths of a second, wrapping at 2^32 after 497 days).
+/// `elapsed_ticks` is the local time between the readings.
+pub fn restarted(prev: u32, now: u32, elapsed_ticks: u64) -> bool {
+    if now >= prev {
+        return false;
+    }
+    // Gone back: a wrap if the previous reading was close enough to 2^32
+    // that the elapsed time carries it past, else a restart.
+    let slack = elapsed_ticks * 2 + 6_000;
+    let to_wrap = u64::from(u32::MAX - prev) + 1;
+    !(to_wrap <= slack && u64::from(now) <= slack)
+}
+
+/// Bits per second from two readings of an octet counter `width` bits
+/// wide. None when no rate can be given: first reading, the router
+/// restarted, or a 64-bit counter went back (reset, not a wrap).
+pub fn rate_bps(prev: u64, now: u64, width: u32, secs: f64, restarted: bool) -> Option<f64> {
+    if restarted || secs <= 0.0 {
+        return None;
+    }
+    let delta = if now >= prev {
+        now - prev
+    } else if width == 32 && prev <= u64::from(u32::MAX) {
+        now + (1u64 << 32) - prev
+    } else {
+        return None;
+    };
+    Some((delta as f64 * 8.0 / secs).round())
+}
+
+struct IfState {
+    key: String,
+    index: u32,
+    is_wan: bool,
+    oper: Option<i32>,
+    last: Option<(u64, u64, u32)>, // in, out, counter width
+}
+
+struct Router {
+    client: Snmp2cClient,
+    target: String,
+    ifs: Vec<IfState>,
+    last_uptime: Option<(u32, Instant)>,
+}
+
+async fn connect(cfg: &SnmpConfig) -> Result<Snmp2cClient, SnmpError> {
+    let port = u16::try_from(cfg.port).unwrap_or(161);
+    let target: SocketAddr = tokio::net::lookup_host((cfg.host.as_str(), port))
+        .await
+        .map_err(|e| SnmpError::Other(format!("{}: {e}", cfg.host)))?
+        .next()
+        .ok_or_else(|| SnmpError::Other(format!("{}: no address", cfg.host)))?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    Snmp2cClient::new(
+        target,
+        cfg.community.as_bytes().to_vec(),
+        Some(bind),
+        Some(cfg.timeout),
+        usize::try_from(cfg.retries).unwrap_or(1),
+    )
+    .await
+    .map_err(|e| SnmpError::Other(e.to_string()))
+}
+
+fn client_error(target: &str, e: csnmp::SnmpClientError) -> SnmpError {
+    match e {
+        csnmp::SnmpClientError::TimedOut => SnmpError::NoAnswer(target.to_owned()),
+        e => SnmpError::Other(format!("{target}: {e}")),
+    }
+}
+
+fn text(v: &ObjectValue) -> Option<String> {
+    v.as_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+impl Router {
+    async fn new(cfg: &SnmpConfig) -> Result<Router, SnmpError> {
+        let client = connect(cfg).await?;
+        let mut r = Router {
+            client,
+            target: format!("{}:{}", cfg.host, cfg.port),
+            ifs: Vec::new(),
+            last_uptime: None,
+        };
+        r.resolve(cfg).await?;
+        Ok(r)
+    }
+
+    /// Finds each configured interface's ifIndex (again after a restart:
+    /// indexes may change).
+    async fn resolve(&mut self, cfg: &SnmpConfig) -> Result<(), SnmpError> {
+        let wanted: Vec<&IfRef> = {
+            let mut w: Vec<&IfRef> = cfg.interfaces.iter().collect();
+            if let Some(wan) = &cfg.wan {
+                if !w.contains(&wan) {
+                    w.push(wan);
+                }
+            }
+            w
+        };
+        if wanted.is_empty() {
+            self.ifs.clear();
+            return Ok(());
+        }
+        let mut names: BTreeMap<u32, String> = BTreeMap::new();
+        for base in [IF_NAME, IF_DESCR] {
+            let t = self
+                .client
+                .walk_bulk(oid(base), 16)
+                .await
+                .map_err(|e| client_error(&self.target, e))?;
+            for (o, v) in t {
+                if let (Some(i), Some(n)) = (o.as_slice().last(), text(&v)) {
+                    names.entry(*i).or_insert(n);
+                }
+            }
+            if !names.is_empty() {
+                break;
+            }
+        }
+        let mut ifs = Vec::new();
+        for w in wanted {
+            let found = match w {
+                IfRef::Index(i) => u32::try_from(*i)
+                    .ok()
+                    .map(|i| (i, names.get(&i).cloned().unwrap_or(format!("if{i}")))),
+                IfRef::Name(n) => names
+                    .iter()
+                    .find(|(_, name)| *name == n)
+                    .map(|(i, name)| (*i, name.clone())),
+            };
+            let Some((index, name)) = found else {
+                return Err(SnmpError::NoSuchInterface {
+                    wanted: w.to_string(),
+                    have: names.values().cloned().collect::<Vec<_>>().join(", "),
+                });
+            };
+            let old = self.ifs.iter().find(|s| s.index == index);
+            ifs.push(IfState {
+                key: value_key(&name),
+                index,
+                is_wan: cfg.wan.as_ref() == Some(w),
+                oper: old.and_then(|o| o.oper),
+                last: None,
+            });
+        }
+        self.ifs = ifs;
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        oids: Vec<ObjectIdentifier>,
+    ) -> Result<HashMap<ObjectIdentifier, ObjectValue>, SnmpError> {
+        self.client
+            .get_multiple(oids)
+            .await
+            .map(|m| m.into_iter().collect())
+            .map_err(|e| client_error(&self.target, e))
+    }
+
+    /// One reading: values, and the interface changes worth an event.
+    async fn poll(&mut self, cfg: &SnmpConfig) -> Result<(Values, Vec<Change>), SnmpError> {
+        let sys = self.get(vec![oid(SYS_UPTIME), oid(SYS_NAME)]).await?;
+        let now = Instant::now();
+        let uptime = match sys.get(&oid(SYS_UPTIME)) {
+            Some(ObjectValue::TimeTicks(t)) => *t,
+            other => return Err(SnmpError::Other(format!("sysUpTime.0 is {other:?}"))),
+        };
+        let mut changes = Vec::new();
+        let restart = self
+            .last_uptime
+            .is_some_and(|(prev, at)| restarted(prev, uptime, (now - at).as_millis() as u64 / 10));
+        if restart {
+            changes.push(Change::Restarted);
+            self.resolve(cfg).await?;
+        }
+        let secs = self
+            .last_uptime
+            .map(|(_, at)| (now - at).as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_uptime = Some((uptime, now));
+        let mut v = Values::new();
+        v.num("sys.uptime", f64::from(uptime / 100));
+        if let Some(n) = sys.get(&oid(SYS_NAME)).and_then(text) {
+            v.set("sys.name", n);
+        }
+        for i in 0..self.ifs.len() {
+            let index = self.ifs[i].index;
+            let basic = self
+                .get(vec![
+                    column(IF_OPER_STATUS, index),
+                    column(IF_IN_ERRORS, index),
+                    column(IF_OUT_ERRORS, index),
+                ])
+                .await?;
+            // 64-bit counters where the agent has them (ifXTable), else the
+            // 32-bit ones, which wrap every 34 s at 1 Gbit/s.
+            let counters = match self
+                .get(vec![
+                    column(IF_HC_IN_OCTETS, index),
+                    column(IF_HC_OUT_OCTETS, index),
+                ])
+                .await
+            {
+                Ok(m) => Some((m, 64, IF_HC_IN_OCTETS, IF_HC_OUT_OCTETS)),
+                Err(SnmpError::Other(_)) => self
+                    .get(vec![
+                        column(IF_IN_OCTETS, index),
+                        column(IF_OUT_OCTETS, index),
+                    ])
+                    .await
+                    .ok()
+                    .map(|m| (m, 32, IF_IN_OCTETS, IF_OUT_OCTETS)),
+                Err(e) => return Err(e),
+            };
+            let st = &mut self.ifs[i];
+            let k = st.key.clone();
+            if let Some(ObjectValue::Integer(o)) = basic.get(&column(IF_OPER_STATUS, index)) {
+                v.set(&format!("if.{k}.oper"), oper_word(*o));
+                v.set(&format!("if.{k}.up"), *o == 1);
+                let was = st.oper.replace(*o);
+                let now_up = *o == 1;
+                match was {
+                    Some(w) if (w == 1) != now_up => changes.push(Change::Link {
+                        name: k.clone(),
+                        up: now_up,
+                        wan: st.is_wan,
+                        word: oper_word(*o),
+                    }),
+                    // A WAN found down at start is an alarm too.
+                    None if !now_up && st.is_wan => changes.push(Change::Link {
+                        name: k.clone(),
+                        up: false,
+                        wan: true,
+                        word: oper_word(*o),
+                    }),
+                    _ => {}
+                }
+            }
+            for (col, name) in [(IF_IN_ERRORS, "in_errors"), (IF_OUT_ERRORS, "out_errors")] {
+                if let Some(n) = basic.get(&column(col, index)).and_then(|x| x.as_u32()) {
+                    v.num(&format!("if.{k}.{name}"), f64::from(n));
+                }
+            }
+            if let Some((m, width, in_col, out_col)) = counters {
+                let rd = |c| {
+                    m.get(&column(c, index))
+                        .and_then(|x: &ObjectValue| x.as_u64())
+                };
+                if let (Some(inn), Some(out)) = (rd(in_col), rd(out_col)) {
+                    if let Some((pi, po, pw)) = st.last {
+                        if pw == width {
+                            if let Some(r) = rate_bps(pi, inn, width, secs, restart) {
+                                v.num(&format!("if.{k}.in_bps"), r);
+                            }
+                            if let Some(r) = rate_bps(po, out, width, secs, restart) {
+                                v.num(&format!("if.{k}.out_bps"), r);
+                            }
+                        }
+                    }
+                    st.last = Some((inn, out, width));
+                }
+            }
+        }
+        Ok((v, changes))
+    }
+}
+
+enum Change {
+    Restarted,
+    Link {
+        name: String,
+        up: bool,
+        wan: bool,
+        word: &'static str,
+    },
+}
+
+pub async fn run(cfg: SnmpConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut router: Option<Router> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let res = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = poll_router(&cfg, &mut router) => r,
+        };
+        match res {
+            Ok((v, changes)) => {
+                for c in changes {
+                    report(&h, c);
+                }
+                let _ = h.sample(v);
+            }
+            Err(e) => {
+                h.count_error(match e {
+                    SnmpError::NoAnswer(_) => "timeout",
+                    SnmpError::NoSuchInterface { .. } => "interface",
+                    SnmpError::Other(_) => "snmp",
+                });
+                tracing::debug!(device = h.id(), error = %e, "SNMP poll failed");
+                let _ = h.fault(&e.to_string());
+            }
+        }
+    }
+}
+
+async fn poll_router(
+    cfg: &SnmpConfig,
+    router: &mut Option<Router>,
+) -> Result<(Values, Vec<Change>), SnmpError> {
+    if router.is_none() {
+        *router = Some(Router::new(cfg).await?);
+    }
+    let Some(r) = router.as_mut() else {
+        return Err(SnmpError::Other("not connected".into()));
+    };
+    let res = r.poll(cfg).await;
+    if let Err(SnmpError::NoSuchInterface { .. } | SnmpError::Other(_)) = &res {
+        // Look the interfaces up afresh next time.
+        *router = None;
+    }
+    res
+}
+
+fn report(h: &DeviceHandle, c: Change) {
+    let (sev, code, msg, mut v) = match c {
+        Change::Restarted => (
+            Severity::Warning,
+            "router.restarted".to_owned(),
+            "The router restarted (its uptime went back)".to_owned(),
+            Values::new(),
+        ),
+        Change::Link {
+            name,
+            up,
+            wan,
+            word,
+        } => {
+            let mut v = Values::new();
+            v.set("interface", name.as_str());
+            v.set("oper", word);
+            match (wan, up) {
+                (true, false) => (
+                    Severity::Critical,
+                    "wan.down".to_owned(),
+                    format!(
+                        "The router's WAN interface {name} is {word}: the internet link is down"
+                    ),
+                    v,
+                ),
+                (true, true) => (
+                    Severity::Info,
+                    "wan.up".to_owned(),
+                    format!("The router's WAN interface {name} is up again"),
+                    v,
+                ),
+                (false, false) => (
+                    Severity::Warning,
+                    "interface.down".to_owned(),
+                    format!("Router interface {name} is {word}"),
+                    v,
+                ),
+                (false, true) => (
+                    Severity::Info,
+                    "interface.up".to_owned(),
+                    format!("Router interface {name} is up again"),
+                    v,
+                ),
+            }
+        }
+    };
+    v.set("source", "snmp");
+    let _ = h.event(sev, &code, &msg, v);
+}
+
+/// One reading, for `wardgate check`.
+pub async fn probe(cfg: &SnmpConfig) -> Result<Values, SnmpError> {
+    let mut r = Router::new(cfg).await?;
+    r.poll(cfg).await.map(|(v, _)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_and_uptime_wraps() {
+        // 30 s between polls = 3000 ticks.
+        assert!(!restarted(1_000, 4_000, 3_000));
+        assert!(restarted(500_000, 1_200, 3_000));
+        // sysUpTime wraps after 497 days: not a restart.
+        assert!(!restarted(u32::MAX - 1_000, 1_900, 3_000));
+        // A restart near the wrap point that lands far from zero is one.
+        assert!(restarted(u32::MAX - 1_000, 900_000, 3_000));
+    }
+
+    #[test]
+    fn counter_rates_wrap_and_reset() {
+        // 1,250,000 octets in 10 s = 1 Mbit/s.
+        assert_eq!(
+            rate_bps(1_000, 1_251_000, 64, 10.0, false),
+            Some(1_000_000.0)
+        );
+        // A 32-bit counter wrapped: 2^32 - 1000 -> 1_249_000.
+        let prev = (1u64 << 32) - 1_000;
+        assert_eq!(
+            rate_bps(prev, 1_249_000, 32, 10.0, false),
+            Some(1_000_000.0)
+        );
+        // A 64-bit counter going back is a reset: no rate.
+        assert_eq!(rate_bps(5_000, 10, 64, 10.0, false), None);
+        // After a router restart: no rate for this round.
+        assert_eq!(rate_bps(1_000, 2_000, 64, 10.0, true), None);
+        assert_eq!(rate_bps(1_000, 2_000, 64, 0.0, false), None);
+    }
+
+    #[test]
+    fn words_and_keys() {
+        assert_eq!(oper_word(1), "up");
+        assert_eq!(oper_word(2), "down");
+        assert_eq!(oper_word(7), "lower_layer_down");
+        assert_eq!(oper_word(99), "unknown");
+        assert_eq!(value_key("GigabitEthernet0/1"), "GigabitEthernet0_1");
+        assert_eq!(value_key("pppoe-wan"), "pppoe-wan");
+        assert!(crate::model::valid_value_name(&format!(
+            "if.{}.in_bps",
+            value_key("Port 1 (WAN)")
+        )));
+    }
+}

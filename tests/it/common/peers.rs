@@ -1,0 +1,197 @@
+//! Real field peers started per test: a pymodbus server (RTU on one end of
+//! a socat pseudo-terminal pair, or TCP on a loopback port) and Debian's
+//! snmpd on a loopback UDP port.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn wait_for(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what} did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(c: &mut Option<Child>) {
+    if let Some(mut c) = c.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// The Modbus peer in tests/peers/modbus_peer.py: XY-MD02 at id 1, SDM120
+/// at id 2, a mixed map at id 3.
+pub struct ModbusPeer {
+    pub dir: tempfile::TempDir,
+    /// RTU: the gateway's end of the pty pair.
+    pub serial: PathBuf,
+    /// TCP: the port.
+    pub port: u16,
+    pub trace: PathBuf,
+    socat: Option<Child>,
+    peer: Option<Child>,
+}
+
+fn start_peer(args: &[&str], trace: &Path) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/modbus_peer.py");
+    let mut c = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .arg("--trace")
+        .arg(trace)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with pymodbus (scripts/test installs it)");
+    let out = c.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "modbus peer did not start");
+    c
+}
+
+impl ModbusPeer {
+    pub fn rtu() -> ModbusPeer {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("peer"), dir.path().join("gateway"));
+        let socat = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat");
+        wait_for(&a, "socat pty");
+        wait_for(&b, "socat pty");
+        let trace = dir.path().join("trace");
+        let peer = start_peer(&["rtu", a.to_str().unwrap()], &trace);
+        ModbusPeer {
+            serial: b,
+            port: 0,
+            trace,
+            dir,
+            socat: Some(socat),
+            peer: Some(peer),
+        }
+    }
+
+    pub fn tcp() -> ModbusPeer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let trace = dir.path().join("trace");
+        let peer = start_peer(&["tcp", &port.to_string()], &trace);
+        ModbusPeer {
+            serial: PathBuf::new(),
+            port,
+            trace,
+            dir,
+            socat: None,
+            peer: Some(peer),
+        }
+    }
+
+    /// Frames the peer received ("rx ...") and sent ("tx ..."), hex.
+    pub fn trace(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for ModbusPeer {
+    fn drop(&mut self) {
+        kill(&mut self.peer);
+        kill(&mut self.socat);
+    }
+}
+
+/// Debian's snmpd on udp:127.0.0.1:<port>, read community `wardtest`, and
+/// `wardrw` to change the pinned ifOperStatus of `lo` (ifIndex 1) with
+/// snmpset. sysName.0 is pinned to "ward-router".
+pub struct Snmpd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Snmpd {
+    pub fn start() -> Snmpd {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let conf = dir.path().join("snmpd.conf");
+        std::fs::write(
+            &conf,
+            "rocommunity wardtest 127.0.0.1\n\
+             rwcommunity wardrw 127.0.0.1\n\
+             override -rw .1.3.6.1.2.1.2.2.1.8.1 integer 1\n\
+             override .1.3.6.1.2.1.1.5.0 octet_str ward-router\n",
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/snmpd")
+            .env("MIBS", "")
+            .args(["-f", "-C", "-Lf"])
+            .arg(dir.path().join("log"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path().join("pid"))
+            .arg(format!("udp:127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("snmpd (scripts/test installs it)");
+        let s = Snmpd {
+            dir,
+            port,
+            child: Some(child),
+        };
+        // Ready when it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.get("1.3.6.1.2.1.1.5.0").is_none() {
+            assert!(Instant::now() < deadline, "snmpd did not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    pub fn get(&self, oid: &str) -> Option<String> {
+        let out = Command::new("snmpget")
+            .env("MIBS", "")
+            .args([
+                "-On", "-Oqv", "-v2c", "-c", "wardtest", "-t", "0.3", "-r", "0",
+            ])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(oid)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Pins ifOperStatus of lo (1 up, 2 down).
+    pub fn set_lo_oper(&self, v: i32) {
+        let st = Command::new("snmpset")
+            .env("MIBS", "")
+            .args(["-On", "-v2c", "-c", "wardrw"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args([".1.3.6.1.2.1.2.2.1.8.1", "i", &v.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "snmpset");
+    }
+}
+
+impl Drop for Snmpd {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
