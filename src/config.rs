@@ -602,7 +602,7 @@ fn default_snmp_timeout() -> Duration {
     Duration::from_secs(2)
 }
 
-/// Reachability of hosts over TCP.
+/// Reachability of hosts: TCP connect time or ICMP echo.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
@@ -624,8 +624,45 @@ pub struct ProbeConfig {
 pub struct ProbeTarget {
     /// Used in value names: `<name>.latency`, `<name>.loss`, `<name>.up`.
     pub name: String,
-    /// `host:port`.
+    /// `host:port` for TCP; `host` or `host:port` for ICMP (the port is
+    /// used when ICMP is not permitted and TCP is measured instead; 443
+    /// when not given).
     pub address: String,
+    #[serde(default)]
+    pub method: ProbeMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeMethod {
+    /// Time to open a TCP connection (no privilege needed).
+    #[default]
+    Tcp,
+    /// ICMP echo (ping); needs net.ipv4.ping_group_range to include the
+    /// service's group, or CAP_NET_RAW.
+    Icmp,
+}
+
+impl ProbeTarget {
+    /// Host and port, with the ICMP fallback port filled in.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let a = self.address.trim();
+        // [v6]:port, host:port, or a bare host / v6 address for ICMP.
+        if let Some(rest) = a.strip_prefix('[') {
+            let (h, p) = rest.split_once(']')?;
+            let port = match p.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if p.is_empty() && self.method == ProbeMethod::Icmp => 443,
+                None => return None,
+            };
+            return Some((h.to_owned(), port));
+        }
+        match a.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => Some((h.to_owned(), p.parse().ok()?)),
+            _ if self.method == ProbeMethod::Icmp && !a.is_empty() => Some((a.to_owned(), 443)),
+            _ => None,
+        }
+    }
 }
 
 fn default_probe_interval() -> Duration {
@@ -1176,14 +1213,15 @@ impl Config {
                                 t.name
                             ));
                         }
-                        if t.address
-                            .rsplit_once(':')
-                            .and_then(|(_, port)| port.parse::<u16>().ok())
-                            .is_none()
-                        {
+                        if t.host_port().is_none() {
                             p.push(format!(
-                                "{key}.targets[{ti}].address: {:?} is not host:port",
-                                t.address
+                                "{key}.targets[{ti}].address: {:?} is not {}",
+                                t.address,
+                                if t.method == ProbeMethod::Icmp {
+                                    "a host or host:port"
+                                } else {
+                                    "host:port"
+                                }
                             ));
                         }
                     }
@@ -1596,5 +1634,59 @@ mod tests {
         let c = Config::load_with_env(&path, true, vec![]).unwrap();
         assert_eq!(c.site, "phuong-tan-phong");
         assert!(!c.devices.is_empty());
+    }
+
+    /// Every `[[device]]` example in the docs, and every commented-out
+    /// device in the example config, is a valid device.
+    #[test]
+    fn documented_device_examples_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let header = "site = \"t\"\n[mqtt]\nhost = \"localhost\"\n";
+        let mut n = 0;
+        for doc in ["docs/sensors.md", "docs/ups.md"] {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            for block in text.split("```toml").skip(1) {
+                let body = block.split("```").next().unwrap();
+                if !body.contains("[[device]]") {
+                    continue;
+                }
+                let cfg = format!("{header}{body}");
+                Config::from_toml(&cfg)
+                    .unwrap_or_else(|e| panic!("{doc}: example does not load: {e}\n{body}"));
+                n += 1;
+            }
+        }
+        // The example config: each commented block starting at "# [[device]]".
+        let text = std::fs::read_to_string(root.join("config/wardgate.example.toml")).unwrap();
+        let mut blocks: Vec<String> = Vec::new();
+        let mut cur: Option<String> = None;
+        for line in text.lines() {
+            if line == "# [[device]]" {
+                if let Some(b) = cur.take() {
+                    blocks.push(b);
+                }
+                cur = Some(String::new());
+            }
+            match (&mut cur, line.strip_prefix("# ")) {
+                (Some(b), Some(l)) => {
+                    b.push_str(l);
+                    b.push('\n');
+                }
+                (Some(_), None) => blocks.extend(cur.take()),
+                _ => {}
+            }
+        }
+        blocks.extend(cur);
+        assert!(
+            blocks.len() >= 8,
+            "found {} commented devices",
+            blocks.len()
+        );
+        for b in &blocks {
+            let b = b.replace("/etc/wardgate/nut.password", "/dev/null");
+            Config::from_toml(&format!("{header}{b}"))
+                .unwrap_or_else(|e| panic!("example config block does not load: {e}\n{b}"));
+        }
+        assert!(n >= 6, "only {n} doc examples");
     }
 }

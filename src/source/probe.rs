@@ -1,17 +1,25 @@
-//! Reachability (`type = "probe"`): TCP connect time to configured hosts
-//! (the IOC broker, DNS, a public host), loss over a window, and WAN
-//! down/up events when every target fails / one answers again.
+//! Reachability (`type = "probe"`): TCP connect time or ICMP echo to
+//! configured hosts (the IOC broker, DNS, a public host), loss over a
+//! window, and WAN down/up events when every target fails / one answers
+//! again.
 //!
-//! ICMP echo is not implemented yet: TCP connect time is measured for every
-//! target (it needs no privilege and is what the MQTT link itself uses).
+//! ICMP uses the `surge-ping` crate: an unprivileged ICMP datagram socket
+//! where `net.ipv4.ping_group_range` allows it (systemd's default sysctl
+//! does), else a raw socket, which needs CAP_NET_RAW. When neither is
+//! permitted, the target is measured over TCP instead (to its port, 443 by
+//! default), with one warning in the log saying so and how to fix it, and
+//! `<name>.method` in telemetry says which was used.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use surge_ping::{Client, PingIdentifier, PingSequence, ICMP};
 use tokio_util::sync::CancellationToken;
 
 use super::DeviceHandle;
-use crate::config::ProbeConfig;
+use crate::config::{ProbeConfig, ProbeMethod, ProbeTarget};
 use crate::model::{Severity, Values};
 
 /// Loss in percent over a window of results (true = answered).
@@ -23,17 +31,143 @@ pub fn loss_percent(window: &VecDeque<bool>) -> f64 {
     (lost as f64 / window.len() as f64 * 1000.0).round() / 10.0
 }
 
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
 /// One TCP connect attempt: latency in ms, or the error in words.
 pub async fn tcp_ping(address: &str, timeout: Duration) -> Result<f64, String> {
     let t = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
-        Ok(Ok(_)) => Ok((t.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
+        Ok(Ok(_)) => Ok(ms(t.elapsed())),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 
+/// ICMP sockets, one per address family, opened once.
+#[derive(Clone, Default)]
+pub struct Icmp {
+    v4: Option<Arc<Client>>,
+    v6: Option<Arc<Client>>,
+}
+
+impl Icmp {
+    /// Opens the sockets; the error says why ICMP cannot be used.
+    pub fn open() -> Result<Icmp, String> {
+        let v4 = Client::new(&surge_ping::Config::default()).map_err(|e| e.to_string())?;
+        let v6 = Client::new(&surge_ping::Config::builder().kind(ICMP::V6).build()).ok();
+        Ok(Icmp {
+            v4: Some(Arc::new(v4)),
+            v6: v6.map(Arc::new),
+        })
+    }
+
+    async fn ping(&self, host: &str, seq: u16, timeout: Duration) -> Result<f64, String> {
+        let ip: IpAddr = match host.parse() {
+            Ok(ip) => ip,
+            Err(_) => tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|e| format!("{host}: {e}"))?
+                .next()
+                .map(|a| a.ip())
+                .ok_or_else(|| format!("{host}: no address"))?,
+        };
+        let client = match ip {
+            IpAddr::V4(_) => self.v4.as_ref(),
+            IpAddr::V6(_) => self.v6.as_ref(),
+        }
+        .ok_or_else(|| format!("{ip}: no ICMP socket for this address family"))?;
+        let mut pinger = client.pinger(ip, PingIdentifier(rand::random())).await;
+        pinger.timeout(timeout);
+        match pinger.ping(PingSequence(seq), &[0u8; 16]).await {
+            Ok((_, rtt)) => Ok(ms(rtt)),
+            Err(surge_ping::SurgeError::Timeout { .. }) => {
+                Err(format!("no echo reply within {timeout:?}"))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// How targets are measured in this process.
+#[derive(Clone)]
+struct Prober {
+    icmp: Option<Icmp>,
+    seq: u16,
+}
+
+impl Prober {
+    fn new(cfg: &ProbeConfig, device: &str) -> Prober {
+        let wants_icmp = cfg.targets.iter().any(|t| t.method == ProbeMethod::Icmp);
+        let icmp = if wants_icmp {
+            match Icmp::open() {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(
+                        device,
+                        error = %e,
+                        "ICMP echo is not permitted for this process: measuring TCP connect time \
+                         to the ICMP targets instead. To ping, give the service CAP_NET_RAW \
+                         (AmbientCapabilities=CAP_NET_RAW) or allow its group in \
+                         net.ipv4.ping_group_range"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Prober { icmp, seq: 0 }
+    }
+
+    fn method(&self, t: &ProbeTarget) -> &'static str {
+        match (t.method, &self.icmp) {
+            (ProbeMethod::Icmp, Some(_)) => "icmp",
+            _ => "tcp",
+        }
+    }
+
+    async fn round(&mut self, cfg: &ProbeConfig) -> Vec<Result<f64, String>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut set = tokio::task::JoinSet::new();
+        for (i, t) in cfg.targets.iter().enumerate() {
+            let timeout = cfg.timeout;
+            let Some((host, port)) = t.host_port() else {
+                continue;
+            };
+            let icmp = match t.method {
+                ProbeMethod::Icmp => self.icmp.clone(),
+                ProbeMethod::Tcp => None,
+            };
+            let seq = self.seq;
+            set.spawn(async move {
+                let r = match icmp {
+                    Some(icmp) => icmp.ping(&host, seq, timeout).await,
+                    None => {
+                        let addr = if host.contains(':') {
+                            format!("[{host}]:{port}")
+                        } else {
+                            format!("{host}:{port}")
+                        };
+                        tcp_ping(&addr, timeout).await
+                    }
+                };
+                (i, r)
+            });
+        }
+        let mut out: Vec<Result<f64, String>> = vec![Err("not run".into()); cfg.targets.len()];
+        while let Some(r) = set.join_next().await {
+            if let Ok((i, r)) = r {
+                out[i] = r;
+            }
+        }
+        out
+    }
+}
+
 pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let mut prober = Prober::new(&cfg, h.id());
     let mut windows: Vec<VecDeque<bool>> = vec![VecDeque::new(); cfg.targets.len()];
     let mut wan_up: Option<bool> = None;
     let mut tick = tokio::time::interval(cfg.interval);
@@ -42,7 +176,7 @@ pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let results = futures_join(&cfg).await;
+        let results = prober.round(&cfg).await;
         let mut v = Values::new();
         let mut any_up = false;
         for ((t, r), w) in cfg.targets.iter().zip(results).zip(windows.iter_mut()) {
@@ -59,6 +193,7 @@ pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
             }
             v.set(&format!("{}.up", t.name), ok);
             v.num(&format!("{}.loss", t.name), loss_percent(w));
+            v.set(&format!("{}.method", t.name), prober.method(t));
         }
         if wan_up != Some(any_up) {
             if any_up && wan_up == Some(false) {
@@ -82,25 +217,12 @@ pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
     }
 }
 
-async fn futures_join(cfg: &ProbeConfig) -> Vec<Result<f64, String>> {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, t) in cfg.targets.iter().enumerate() {
-        let (addr, timeout) = (t.address.clone(), cfg.timeout);
-        set.spawn(async move { (i, tcp_ping(&addr, timeout).await) });
-    }
-    let mut out: Vec<Result<f64, String>> = vec![Err("not run".into()); cfg.targets.len()];
-    while let Some(r) = set.join_next().await {
-        if let Ok((i, r)) = r {
-            out[i] = r;
-        }
-    }
-    out
-}
-
 /// One round, for `wardgate check`.
 pub async fn probe_once(cfg: &ProbeConfig) -> Values {
+    let mut prober = Prober::new(cfg, &cfg.id);
     let mut v = Values::new();
-    for (t, r) in cfg.targets.iter().zip(futures_join(cfg).await) {
+    for (t, r) in cfg.targets.iter().zip(prober.round(cfg).await) {
+        v.set(&format!("{}.method", t.name), prober.method(t));
         match r {
             Ok(ms) => {
                 v.num(&format!("{}.latency", t.name), ms);
@@ -137,5 +259,66 @@ mod tests {
         };
         let e = tcp_ping(&closed, Duration::from_secs(2)).await.unwrap_err();
         assert!(e.to_lowercase().contains("refused"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn icmp_echo_to_loopback() {
+        // Root (or CAP_NET_RAW, or ping_group_range) is needed; the test
+        // machines run as root.
+        let icmp = match Icmp::open() {
+            Ok(i) => i,
+            Err(e) if unsafe { libc::geteuid() } != 0 => {
+                eprintln!("ICMP not permitted here ({e}); checked by tests/it instead");
+                return;
+            }
+            Err(e) => panic!("root cannot open an ICMP socket: {e}"),
+        };
+        let ms = icmp
+            .ping("127.0.0.1", 1, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!((0.0..1000.0).contains(&ms), "{ms}");
+        let e = icmp
+            .ping("no-such-host.invalid", 2, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(e.contains("no-such-host.invalid"), "{e}");
+    }
+
+    #[test]
+    fn target_addresses() {
+        let t = |a: &str, m| ProbeTarget {
+            name: "x".into(),
+            address: a.into(),
+            method: m,
+        };
+        use ProbeMethod::*;
+        assert_eq!(
+            t("1.1.1.1:53", Tcp).host_port(),
+            Some(("1.1.1.1".into(), 53))
+        );
+        assert_eq!(t("1.1.1.1", Tcp).host_port(), None);
+        assert_eq!(
+            t("1.1.1.1", Icmp).host_port(),
+            Some(("1.1.1.1".into(), 443))
+        );
+        assert_eq!(
+            t("ioc.example.vn:8883", Icmp).host_port(),
+            Some(("ioc.example.vn".into(), 8883))
+        );
+        assert_eq!(
+            t("[2001:db8::1]:443", Tcp).host_port(),
+            Some(("2001:db8::1".into(), 443))
+        );
+        assert_eq!(
+            t("[2001:db8::1]", Icmp).host_port(),
+            Some(("2001:db8::1".into(), 443))
+        );
+        assert_eq!(
+            t("2001:db8::1", Icmp).host_port(),
+            Some(("2001:db8::1".into(), 443))
+        );
+        assert_eq!(t("host:notaport", Tcp).host_port(), None);
+        assert_eq!(t("", Icmp).host_port(), None);
     }
 }

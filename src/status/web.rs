@@ -42,6 +42,8 @@ pub struct Strings {
     pub last_seen: &'static str,
     pub never: &'static str,
     pub on_mains: &'static str,
+    pub yes: &'static str,
+    pub no: &'static str,
     pub on_battery_word: &'static str,
     pub low_battery_word: &'static str,
     pub load: &'static str,
@@ -84,6 +86,8 @@ pub const VI: Strings = Strings {
     last_seen: "Cập nhật lúc",
     never: "chưa có",
     on_mains: "đang dùng điện lưới",
+    yes: "có",
+    no: "không",
     on_battery_word: "đang chạy bằng pin",
     low_battery_word: "pin yếu",
     load: "Tải",
@@ -132,6 +136,8 @@ pub const EN: Strings = Strings {
     last_seen: "Last reading",
     never: "none yet",
     on_mains: "on mains power",
+    yes: "yes",
+    no: "no",
     on_battery_word: "on battery",
     low_battery_word: "low battery",
     load: "Load",
@@ -334,6 +340,18 @@ fn value_lines(d: &super::DeviceStatus, t: &Strings) -> Vec<(String, String)> {
     }
     if let Some(x) = num("ambient.humidity") {
         out.push((t.humidity.to_owned(), format!("{x:.0} %")));
+    }
+    // Devices without words of their own here (meters, the router, custom
+    // Modbus maps): their first 12 values as they are named.
+    if out.is_empty() {
+        for (k, val) in v.0.iter().take(12) {
+            let shown = match val {
+                Value::Num(n) => format!("{}", (n * 100.0).round() / 100.0),
+                Value::Bool(b) => (if *b { t.yes } else { t.no }).to_owned(),
+                Value::Str(s) => s.clone(),
+            };
+            out.push((k.clone(), shown));
+        }
     }
     out
 }

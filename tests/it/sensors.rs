@@ -191,3 +191,74 @@ async fn gpio_without_a_gpio_chip_fails_at_start() {
         "{text}"
     );
 }
+
+/// ICMP echo where the process may use it; without CAP_NET_RAW (and
+/// without an unprivileged ping group) the target is measured over TCP,
+/// with a warning saying why and how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icmp_probe_and_tcp_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            free_port(),
+            dir.path(),
+            &format!(
+                "[[device]]\nid = \"wan\"\ntype = \"probe\"\ntimeout = \"1s\"\n\
+                 [[device.targets]]\nname = \"local\"\naddress = \"127.0.0.1:{port}\"\nmethod = \"icmp\"\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let run = |prefix: &'static [&'static str]| {
+        let cfg = cfg.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = std::process::Command::new(
+                    prefix
+                        .first()
+                        .copied()
+                        .unwrap_or(env!("CARGO_BIN_EXE_wardgate")),
+                );
+                if !prefix.is_empty() {
+                    c.args(&prefix[1..]).arg(env!("CARGO_BIN_EXE_wardgate"));
+                }
+                c.args(["check", "--config"]).arg(&cfg).output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // As root: ICMP.
+    let out = run(&[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("local.method = \"icmp\""), "{text}");
+    assert!(text.contains("local.up = true"), "{text}");
+
+    // Without CAP_NET_RAW. Whether an unprivileged ICMP socket is allowed
+    // depends on this machine's net.ipv4.ping_group_range.
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap();
+    let mut it = range.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    let (lo, hi) = (it.next().unwrap(), it.next().unwrap());
+    let gid = u64::from(unsafe { libc::getegid() });
+    let unprivileged_ping = lo <= gid && gid <= hi;
+    let out = run(&["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{log}");
+    assert!(text.contains("local.up = true"), "{text}");
+    if unprivileged_ping {
+        assert!(text.contains("local.method = \"icmp\""), "{text}");
+    } else {
+        assert!(text.contains("local.method = \"tcp\""), "{text}");
+        assert!(
+            log.contains("ICMP echo is not permitted") && log.contains("CAP_NET_RAW"),
+            "{log}"
+        );
+    }
+    drop(listener);
+}
