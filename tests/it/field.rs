@@ -300,5 +300,33 @@ async fn snmp_router_to_the_broker() {
     assert!(r.contains("wrong community"), "{r}");
     assert!(sub.samples("wrong").is_empty());
     gw.stop().await;
+
+    // `wardgate check` reads the router once.
+    let path = dir.path().join("check.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            free_port(),
+            dir.path(),
+            &format!(
+                "[[device]]\nid = \"router\"\ntype = \"snmp\"\nhost = \"127.0.0.1\"\nport = {}\ncommunity = \"wardtest\"\ninterfaces = [1]\ntimeout = \"500ms\"\n",
+                snmpd.port
+            ),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("sys.name = \"ward-router\""), "{text}");
+    assert!(text.contains("if.lo.oper = \"up\""), "{text}");
     sub.assert_all_valid();
 }
