@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod provision;
 pub mod sink;
 pub mod source;
 pub mod spool;

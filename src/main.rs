@@ -33,6 +33,18 @@ enum Command {
         #[arg(long)]
         config_only: bool,
     },
+    /// Install a configuration a technician put on the SD card's boot
+    /// partition (run once at boot by wardgate-provision.service).
+    /// Exit 0 = installed or nothing to do, 78 = the file is not valid
+    /// (the errors are in wardgate-provisioning.txt beside it), 74 = I/O.
+    Provision {
+        /// Boot partition(s) to look in, first found wins.
+        #[arg(long, value_name = "DIR", default_values_t = wardgate::provision::BOOT_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+        boot: Vec<String>,
+        /// Where the configuration is installed.
+        #[arg(long, value_name = "DIR", default_value = "/etc/wardgate")]
+        etc: PathBuf,
+    },
     /// Look into the spool (the readings kept on this device).
     Spool {
         #[command(subcommand)]
@@ -90,6 +102,35 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
         )),
         Command::Run => rt.block_on(run(&path, explicit)),
+        Command::Provision { boot, etc } => {
+            let dirs: Vec<PathBuf> = boot.iter().map(PathBuf::from).collect();
+            match wardgate::provision::provision(&dirs, &etc) {
+                Ok(wardgate::provision::Outcome::Nothing) => {
+                    println!("no wardgate.toml on the boot partition: nothing to do");
+                    exit::OK
+                }
+                Ok(wardgate::provision::Outcome::Installed { from, files }) => {
+                    println!(
+                        "installed {} -> {}",
+                        from.display(),
+                        files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    exit::OK
+                }
+                Err(e @ wardgate::provision::ProvisionError::Invalid { .. }) => {
+                    eprintln!("wardgate provision: {e}");
+                    exit::CONFIG
+                }
+                Err(e) => {
+                    eprintln!("wardgate provision: {e}");
+                    exit::IO
+                }
+            }
+        }
         Command::Spool { command } => {
             let cfg = match Config::load(&path, explicit) {
                 Ok(c) => c,

@@ -3,6 +3,7 @@
 
 mod common;
 mod field;
+mod install;
 mod sensors;
 mod spine;
 mod ups;
