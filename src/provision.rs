@@ -307,7 +307,10 @@ mod tests {
             "{res}"
         );
         // Again: nothing on the card, nothing to do; the install stays.
-        assert_eq!(provision(&[boot.clone()], &etc).unwrap(), Outcome::Nothing);
+        assert_eq!(
+            provision(std::slice::from_ref(&boot), &etc).unwrap(),
+            Outcome::Nothing
+        );
         assert!(etc.join(CONFIG_NAME).exists());
     }
 
@@ -318,7 +321,7 @@ mod tests {
         std::fs::write(etc.join(CONFIG_NAME), "old").unwrap();
         let bad = "site = \"Xa Test\"\n[mqtt]\nhost = \"ioc.example\"\nport = 70000\n";
         std::fs::write(boot.join(CONFIG_NAME), bad).unwrap();
-        let e = provision(&[boot.clone()], &etc).unwrap_err();
+        let e = provision(std::slice::from_ref(&boot), &etc).unwrap_err();
         assert!(matches!(e, ProvisionError::Invalid { .. }));
         // The old config is untouched, the bad one still on the card.
         assert_eq!(
@@ -342,7 +345,9 @@ mod tests {
     fn a_named_file_that_is_nowhere_is_an_error() {
         let (_t, boot, etc) = dirs();
         std::fs::write(boot.join(CONFIG_NAME), GOOD).unwrap();
-        let e = provision(&[boot.clone()], &etc).unwrap_err().to_string();
+        let e = provision(std::slice::from_ref(&boot), &etc)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("mqtt.ca_file") && e.contains("wardgate-ca.crt"),
             "{e}"
@@ -350,7 +355,9 @@ mod tests {
         assert!(!etc.join(CONFIG_NAME).exists());
         // Garbage bytes: a clear error, no panic.
         std::fs::write(boot.join(CONFIG_NAME), [0xff, 0xfe, 0x00, 0x41]).unwrap();
-        let e = provision(&[boot.clone()], &etc).unwrap_err().to_string();
+        let e = provision(std::slice::from_ref(&boot), &etc)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not UTF-8"), "{e}");
     }
 
