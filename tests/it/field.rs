@@ -176,17 +176,8 @@ async fn modbus_check_and_bus_settings() {
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(69), "{text}");
+    let (code, text) = wardgate_check(&path).await;
+    assert_eq!(code, Some(69), "{text}");
     assert!(text.contains("device meter (modbus): ok"), "{text}");
     assert!(text.contains("voltage = 231.2"), "{text}");
     assert!(
@@ -315,17 +306,8 @@ async fn snmp_router_to_the_broker() {
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = wardgate_check(&path).await;
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("sys.name = \"ward-router\""), "{text}");
     assert!(text.contains("if.lo.oper = \"up\""), "{text}");
     sub.assert_all_valid();

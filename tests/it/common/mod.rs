@@ -506,3 +506,22 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u
         .unwrap_or(0);
     (code, text)
 }
+
+/// Runs `wardgate check --config <path>` (the real binary, off the async
+/// workers): the exit code and what it printed on stdout.
+pub async fn wardgate_check(path: &Path) -> (Option<i32>, String) {
+    let path = path.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("the wardgate binary runs")
+    })
+    .await
+    .expect("check task");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
