@@ -236,50 +236,37 @@ pub enum DeviceConfig {
     Snmp(SnmpConfig),
 }
 
+/// One arm per device kind, for accessors every kind has (each kind's
+/// struct has `id`, `interval` and `threshold`; serde's flatten would break
+/// deny_unknown_fields, so there is no shared struct).
+macro_rules! each_kind {
+    ($d:expr, $c:ident => $e:expr) => {
+        match $d {
+            DeviceConfig::Sim($c) => $e,
+            DeviceConfig::Megatec($c) => $e,
+            DeviceConfig::Nut($c) => $e,
+            DeviceConfig::ApcSmart($c) => $e,
+            DeviceConfig::OneWire($c) => $e,
+            DeviceConfig::System($c) => $e,
+            DeviceConfig::Probe($c) => $e,
+            DeviceConfig::Gpio($c) => $e,
+            DeviceConfig::Modbus($c) => $e,
+            DeviceConfig::Snmp($c) => $e,
+        }
+    };
+}
+
 impl DeviceConfig {
     pub fn id(&self) -> &str {
-        match self {
-            DeviceConfig::Sim(c) => &c.id,
-            DeviceConfig::Megatec(c) => &c.id,
-            DeviceConfig::Nut(c) => &c.id,
-            DeviceConfig::ApcSmart(c) => &c.id,
-            DeviceConfig::OneWire(c) => &c.id,
-            DeviceConfig::System(c) => &c.id,
-            DeviceConfig::Probe(c) => &c.id,
-            DeviceConfig::Gpio(c) => &c.id,
-            DeviceConfig::Modbus(c) => &c.id,
-            DeviceConfig::Snmp(c) => &c.id,
-        }
+        each_kind!(self, c => &c.id)
     }
 
     pub fn interval(&self) -> Duration {
-        match self {
-            DeviceConfig::Sim(c) => c.interval,
-            DeviceConfig::Megatec(c) => c.interval,
-            DeviceConfig::Nut(c) => c.interval,
-            DeviceConfig::ApcSmart(c) => c.interval,
-            DeviceConfig::OneWire(c) => c.interval,
-            DeviceConfig::System(c) => c.interval,
-            DeviceConfig::Probe(c) => c.interval,
-            DeviceConfig::Gpio(c) => c.interval,
-            DeviceConfig::Modbus(c) => c.interval,
-            DeviceConfig::Snmp(c) => c.interval,
-        }
+        each_kind!(self, c => c.interval)
     }
 
     pub fn thresholds(&self) -> &[crate::source::threshold::ThresholdConfig] {
-        match self {
-            DeviceConfig::Sim(c) => &c.threshold,
-            DeviceConfig::Megatec(c) => &c.threshold,
-            DeviceConfig::Nut(c) => &c.threshold,
-            DeviceConfig::ApcSmart(c) => &c.threshold,
-            DeviceConfig::OneWire(c) => &c.threshold,
-            DeviceConfig::System(c) => &c.threshold,
-            DeviceConfig::Probe(c) => &c.threshold,
-            DeviceConfig::Gpio(c) => &c.threshold,
-            DeviceConfig::Modbus(c) => &c.threshold,
-            DeviceConfig::Snmp(c) => &c.threshold,
-        }
+        each_kind!(self, c => &c.threshold)
     }
 
     pub fn kind(&self) -> &'static str {
