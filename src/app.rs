@@ -12,7 +12,7 @@ use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health, Severity, Values};
 use crate::sink::mqtt::{MqttSink, RunInfo, SinkCounters, SINK_NAME};
 use crate::source::{self, DeviceHandle};
-use crate::spool::{Spool, StartReport};
+use crate::spool::{Notice, Spool, StartReport};
 use crate::status::StatusHub;
 
 /// Budget for a clean stop after SIGTERM (systemd's default is 90 s; the
@@ -60,6 +60,11 @@ pub async fn run(
         status.clone(),
     );
     report_start(&gateway, &report);
+    // What the spool found while opening (degraded store, new epoch).
+    for n in spool.take_notices() {
+        report_notice(&gateway, n);
+    }
+    let notices_gateway = gateway.clone();
     // Every configured device is in the status from the start.
     let devices: Vec<(crate::config::DeviceConfig, DeviceHandle)> = cfg
         .all_devices()
@@ -170,6 +175,11 @@ pub async fn run(
         sources_stop.clone(),
     ));
     sources.spawn(watchdog(spool.clone(), sources_stop.clone()));
+    sources.spawn(spool_notices(
+        spool.clone(),
+        notices_gateway,
+        sources_stop.clone(),
+    ));
     let led: Option<Result<Box<dyn crate::status::led::Led>, _>> = match cfg.led.backend {
         crate::config::LedBackend::None => None,
         crate::config::LedBackend::Sysfs => Some(
@@ -228,11 +238,14 @@ pub async fn run(
     infra.close();
     infra.wait().await;
     // 4. Acknowledged rows deleted, sequence positions recorded, marked clean.
+    // A store that cannot be written is not a failed stop: what could not be
+    // kept was counted and reported while running.
     let s = spool.clone();
-    tokio::task::spawn_blocking(move || s.close())
-        .await
-        .context("closing the spool")?
-        .context("closing the spool")?;
+    match tokio::task::spawn_blocking(move || s.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the spool could not keep everything at stop"),
+        Err(e) => tracing::error!(error = %e, "closing the spool failed"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -269,24 +282,147 @@ fn report_start(gateway: &DeviceHandle, report: &StartReport) {
     if !report.resumed_unclean.is_empty() {
         let mut v = Values::new();
         let mut parts = Vec::new();
-        for (dev, kind, at) in &report.resumed_unclean {
-            let name = format!(
-                "seq_resumed.{dev}.{}",
-                match kind {
-                    crate::model::Kind::Sample => "samples",
-                    crate::model::Kind::Event => "events",
+        for r in &report.resumed_unclean {
+            let leaf = match r.kind {
+                crate::model::Kind::Sample => "samples",
+                crate::model::Kind::Event => "events",
+            };
+            v.num(&format!("seq_resumed.{}.{leaf}", r.device), r.at as f64);
+            match r.last_used {
+                Some(u) => {
+                    v.num(&format!("seq_last_used.{}.{leaf}", r.device), u as f64);
+                    parts.push(format!(
+                        "{} {leaf}: last known used {u}, resumes at {}",
+                        r.device, r.at
+                    ));
                 }
-            );
-            v.num(&name, *at as f64);
-            parts.push(format!("{dev} {kind:?} at {at}").to_lowercase());
+                None => parts.push(format!("{} {leaf}: resumes at {}", r.device, r.at)),
+            }
         }
         let msg = format!(
-            "wardgate did not stop cleanly last time (power cut or crash). Sequence numbers resume after the reserved block ({}): a jump there is not a loss; readings taken in the last moments before the stop may be missing.",
-            parts.join(", ")
+            "wardgate did not stop cleanly last time (power cut or crash). {}. Numbers after the last known used one and before the resume point that never arrive were either never used or were readings lost in the stop (at most those of the last spool.spill_after + spool.commit_interval).",
+            parts.join("; ")
         );
         if let Err(e) = gateway.event(Severity::Warning, "gateway.unclean_stop", &msg, v) {
             tracing::error!(error = %e, "could not record the restart event");
         }
+    }
+}
+
+/// Turns what the spool reports into gateway events (shown on the page and
+/// sent to the operations centre like any event).
+async fn spool_notices(spool: Arc<Spool>, gateway: DeviceHandle, cancel: CancellationToken) {
+    loop {
+        let notices = tokio::select! {
+            _ = cancel.cancelled() => return,
+            n = spool.next_notices() => n,
+        };
+        for n in notices {
+            report_notice(&gateway, n);
+        }
+    }
+}
+
+fn report_notice(gateway: &DeviceHandle, n: Notice) {
+    let mut v = Values::new();
+    let (severity, code, msg, vi) = match n {
+        Notice::CorruptRecords { count, reason } => {
+            v.num("spool.records", count as f64);
+            v.set("spool.reason", reason.clone());
+            (
+                Severity::Warning,
+                "spool.corrupt_record",
+                format!(
+                    "{count} damaged record(s) in the spool were dropped, not sent ({reason})."
+                ),
+                format!("{count} bản ghi bị hỏng trong bộ nhớ đệm đã bị bỏ, không gửi."),
+            )
+        }
+        Notice::Degraded { reason, detail } => {
+            v.set("spool.reason", reason);
+            v.set("spool.detail", detail.clone());
+            let vi = match reason {
+                "read_only" => "thẻ nhớ chỉ đọc",
+                "permission_denied" => "không có quyền ghi thư mục lưu trữ",
+                "disk_full" => "đĩa đầy",
+                _ => "lỗi ghi đĩa",
+            };
+            (
+                Severity::Critical,
+                "spool.degraded",
+                format!(
+                    "Readings cannot be kept on the card: {} ({detail}). They are sent from memory; if the link drops they are lost. Tried again every few seconds.",
+                    crate::spool::degraded_words(reason)
+                ),
+                format!("Không lưu được dữ liệu vào thẻ nhớ: {vi}. Dữ liệu vẫn được gửi từ bộ nhớ."),
+            )
+        }
+        Notice::Restored { degraded_for, lost } => {
+            v.num("spool.degraded_for", degraded_for.as_secs() as f64);
+            v.num("spool.lost", lost as f64);
+            (
+                Severity::Info,
+                "spool.restored",
+                format!(
+                    "The spool can be written again after {}; {lost} reading(s) could not be kept meanwhile.",
+                    humantime::format_duration(Duration::from_secs(degraded_for.as_secs()))
+                ),
+                "Đã lưu được dữ liệu vào thẻ nhớ trở lại.".to_owned(),
+            )
+        }
+        Notice::Quarantined {
+            device,
+            kind,
+            seq,
+            bytes,
+            reason,
+        } => {
+            v.set("record.device", device.clone());
+            v.set(
+                "record.kind",
+                match kind {
+                    crate::model::Kind::Sample => "samples",
+                    crate::model::Kind::Event => "events",
+                },
+            );
+            v.num("record.seq", seq as f64);
+            v.num("record.bytes", bytes as f64);
+            (
+                Severity::Warning,
+                "spool.quarantined",
+                format!("A record of {device} (seq {seq}, {bytes} bytes) was set aside and will not be sent: {reason}."),
+                format!("Một bản ghi của {device} đã bị để riêng, không gửi được."),
+            )
+        }
+        Notice::SequenceReset {
+            epoch,
+            previous,
+            reason,
+            first_start,
+        } => {
+            v.set("epoch", crate::spool::positions::epoch_hex(epoch));
+            if let Some(p) = previous {
+                v.set("previous_epoch", crate::spool::positions::epoch_hex(p));
+            }
+            v.set("reason", reason.clone());
+            (
+                if first_start {
+                    Severity::Info
+                } else {
+                    Severity::Critical
+                },
+                "gateway.sequence_reset",
+                format!(
+                    "Sequence numbers start again at 0 in epoch {}: {reason}.",
+                    crate::spool::positions::epoch_hex(epoch)
+                ),
+                "Số thứ tự dữ liệu bắt đầu lại từ 0.".to_owned(),
+            )
+        }
+    };
+    v.set("message.vi", vi);
+    if let Err(e) = gateway.event(severity, code, &msg, v) {
+        tracing::error!(error = %e, code, "could not record the spool event");
     }
 }
 
@@ -333,6 +469,13 @@ async fn gateway_telemetry(
         v.num("spool.dropped", st.dropped as f64);
         v.num("spool.write_errors", st.write_errors as f64);
         v.num("spool.spilled", c.spilled.load(Ordering::Relaxed) as f64);
+        v.set("spool.degraded", st.degraded.is_some());
+        for r in crate::spool::DropReason::ALL {
+            v.num(
+                &format!("spool.dropped.{}", r.as_str()),
+                c.dropped(r) as f64,
+            );
+        }
         v.set("mqtt.connected", snap.uplink.connected);
         let up = if snap.uplink.connected {
             ((now_ms() - snap.uplink.since_ms).max(0) / 1000) as f64

@@ -406,7 +406,7 @@ async fn publish_loop(
         .map(|r| Duration::from_secs_f64(1.0 / r));
     let mut next_backlog = tokio::time::Instant::now();
     loop {
-        let batch = match lane.next_batch(max).await {
+        let batch = match lane.next_batch(max, 256 * 1024).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading the spool failed; retrying");

@@ -28,7 +28,9 @@ pub fn encode_batch(site: &str, batch: &Batch) -> Vec<u8> {
     push_json_str(&mut out, site);
     out.extend_from_slice(b",\"device\":");
     push_json_str(&mut out, &batch.device);
-    out.extend_from_slice(b",\"");
+    out.extend_from_slice(b",\"epoch\":\"");
+    out.extend_from_slice(crate::spool::positions::epoch_hex(batch.epoch).as_bytes());
+    out.extend_from_slice(b"\",\"");
     out.extend_from_slice(batch.kind.array_name().as_bytes());
     out.extend_from_slice(b"\":[");
     let flag: &[u8] = if batch.historical {
@@ -103,6 +105,8 @@ mod tests {
             id: 1,
             kind,
             device: Arc::from("ups1"),
+            epoch: 0x2a,
+            first_seq: 0,
             historical,
             bodies: bodies.iter().map(|b| Arc::from(*b)).collect(),
         }
@@ -121,7 +125,7 @@ mod tests {
         let out = String::from_utf8(encode_batch("xa-a", &b)).unwrap();
         assert_eq!(
             out,
-            r#"{"site":"xa-a","device":"ups1","samples":[{"historical":true,"seq":1,"ts":5,"clock":"synced","values":{"a":1.0}},{"historical":true,"seq":2,"ts":6,"clock":"synced","values":{}}]}"#
+            r#"{"site":"xa-a","device":"ups1","epoch":"000000000000002a","samples":[{"historical":true,"seq":1,"ts":5,"clock":"synced","values":{"a":1.0}},{"historical":true,"seq":2,"ts":6,"clock":"synced","values":{}}]}"#
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["samples"][1]["seq"], 2);

@@ -14,17 +14,33 @@ pub struct NewRow<'a> {
     pub sink: &'a str,
     pub kind: Kind,
     pub device: &'a str,
+    pub epoch: u64,
     pub seq: u64,
     pub ts: i64,
     pub synced: bool,
     pub body: &'a str,
 }
 
-/// A record read back for sending.
+/// A record read back for sending, checked: its checksum matched, its device
+/// id is one a topic can carry and its body is text.
 pub struct Row {
     pub id: i64,
-    pub device: String,
+    pub seq: u64,
     pub body: String,
+}
+
+/// A row that failed the checks when read back.
+pub struct BadRow {
+    pub id: i64,
+    pub reason: &'static str,
+}
+
+/// One backlog stream of a sink: records of one device, kind and epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub kind: Kind,
+    pub device: String,
+    pub epoch: u64,
 }
 
 /// One line of `wardgate spool stats`.
@@ -61,14 +77,46 @@ CREATE TABLE IF NOT EXISTS rec (
     seq    INTEGER NOT NULL,
     ts     INTEGER NOT NULL,
     synced INTEGER NOT NULL,
-    body   TEXT    NOT NULL
+    body   TEXT    NOT NULL,
+    epoch  INTEGER NOT NULL DEFAULT 0,
+    crc    INTEGER
 );
-CREATE INDEX IF NOT EXISTS rec_lane ON rec(sink, kind, id);
+CREATE INDEX IF NOT EXISTS rec_stream ON rec(sink, kind, device, epoch, seq);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// The columns `rec` must have, in order; an older spool (without `epoch`
+/// and `crc`) is upgraded in place, any other shape is moved aside.
+const REC_COLUMNS: [&str; 10] = [
+    "id", "sink", "kind", "device", "seq", "ts", "synced", "body", "epoch", "crc",
+];
+
+/// The checksum of a stored record: it covers everything the record is sent
+/// with (kind, epoch, seq, device and body), so a bit flip in any of them is
+/// caught when the row is read back.
+pub fn row_checksum(kind: Kind, epoch: u64, device: &str, seq: u64, body: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[kind.as_i64() as u8]);
+    h.update(&epoch.to_be_bytes());
+    h.update(&seq.to_be_bytes());
+    h.update(device.as_bytes());
+    h.update(&[0]);
+    h.update(body.as_bytes());
+    h.finalize()
+}
+
+/// Whether `id` can be a device id in a topic (the contract's pattern).
+pub fn valid_device_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
@@ -78,10 +126,11 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
 }
 
 impl Db {
-    /// Opens (or creates) the spool. A file that is not a database or fails
-    /// SQLite's quick check is moved aside as `<name>.corrupt-<time>` and a new
-    /// spool is created in its place; other failures (permissions, a missing
-    /// directory that cannot be created) are errors.
+    /// Opens (or creates) the spool. A file that is not a database, fails
+    /// SQLite's quick check or holds tables of another shape is moved aside
+    /// as `<name>.corrupt-<time>` and a new spool is created in its place;
+    /// other failures (permissions, a read-only or full disk) are errors the
+    /// caller reports as a degraded store and retries.
     pub fn open(path: &Path) -> Result<(Db, OpenReport), SpoolError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
@@ -127,6 +176,10 @@ impl Db {
         if check != "ok" {
             return Err(OpenFail::Corrupt(format!("quick_check: {check}")));
         }
+        db.check_shape().map_err(|e| match e {
+            ShapeError::Sql(e) => OpenFail::from_sql(e, path),
+            ShapeError::Wrong(w) => OpenFail::Corrupt(w),
+        })?;
         Ok(db)
     }
 
@@ -146,6 +199,39 @@ impl Db {
         // is read sequentially.
         self.conn.pragma_update(None, "cache_size", -1024)?;
         self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    /// Creates the tables, upgrades a spool of the first version (no `epoch`
+    /// or `crc` columns), and refuses tables of any other shape.
+    fn check_shape(&self) -> Result<(), ShapeError> {
+        let cols = |table: &str| -> rusqlite::Result<Vec<String>> {
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        };
+        let rec = cols("rec")?;
+        if rec.len() == 8 && rec[..] == REC_COLUMNS[..8] {
+            self.conn.execute_batch(
+                "ALTER TABLE rec ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE rec ADD COLUMN crc INTEGER;
+                 DROP INDEX IF EXISTS rec_lane;",
+            )?;
+        } else if !rec.is_empty() && rec[..] != REC_COLUMNS[..] {
+            return Err(ShapeError::Wrong(format!(
+                "table rec has columns ({}), not a wardgate spool",
+                rec.join(", ")
+            )));
+        }
+        let meta = cols("meta")?;
+        if !meta.is_empty() && meta[..] != ["key", "value"] {
+            return Err(ShapeError::Wrong(format!(
+                "table meta has columns ({}), not a wardgate spool",
+                meta.join(", ")
+            )));
+        }
         self.conn.execute_batch(SCHEMA)?;
         Ok(())
     }
@@ -169,15 +255,23 @@ impl Db {
         Ok(Db { conn })
     }
 
-    /// Inserts rows in one durable transaction; returns their ids in order.
-    pub fn insert(&mut self, rows: &[NewRow<'_>]) -> rusqlite::Result<Vec<i64>> {
+    /// One durable transaction: inserts `rows` (returning their ids in
+    /// order), deletes `delete` (returning how many existed) and sets `meta`.
+    pub fn commit(
+        &mut self,
+        rows: &[NewRow<'_>],
+        delete: &[i64],
+        meta: &[(String, i64)],
+    ) -> rusqlite::Result<(Vec<i64>, usize)> {
         let tx = self.conn.transaction()?;
         let mut ids = Vec::with_capacity(rows.len());
+        let mut deleted = 0;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO rec (sink, kind, device, seq, ts, synced, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO rec (sink, kind, device, seq, ts, synced, body, epoch, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for r in rows {
+                let crc = row_checksum(r.kind, r.epoch, r.device, r.seq, r.body);
                 st.execute(params![
                     r.sink,
                     r.kind.as_i64(),
@@ -185,13 +279,30 @@ impl Db {
                     r.seq as i64,
                     r.ts,
                     r.synced as i64,
-                    r.body
+                    r.body,
+                    r.epoch as i64,
+                    crc as i64
                 ])?;
                 ids.push(tx.last_insert_rowid());
             }
+            let mut st = tx.prepare_cached("DELETE FROM rec WHERE id = ?1")?;
+            for id in delete {
+                deleted += st.execute([id])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?;
+            for (k, v) in meta {
+                st.execute(params![k, v])?;
+            }
         }
         tx.commit()?;
-        Ok(ids)
+        Ok((ids, deleted))
+    }
+
+    /// Inserts rows in one durable transaction; returns their ids in order.
+    pub fn insert(&mut self, rows: &[NewRow<'_>]) -> rusqlite::Result<Vec<i64>> {
+        self.commit(rows, &[], &[]).map(|(ids, _)| ids)
     }
 
     /// Deletes rows by id; returns how many existed.
@@ -199,37 +310,91 @@ impl Db {
         if ids.is_empty() {
             return Ok(0);
         }
-        let tx = self.conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut st = tx.prepare_cached("DELETE FROM rec WHERE id = ?1")?;
-            for id in ids {
-                n += st.execute([id])?;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
+        self.commit(&[], ids, &[]).map(|(_, n)| n)
     }
 
-    /// Up to `limit` rows of one sink and kind after `after`, oldest first.
-    pub fn window(
-        &self,
-        sink: &str,
-        kind: Kind,
-        after: i64,
-        limit: usize,
-    ) -> rusqlite::Result<Vec<Row>> {
+    /// The backlog streams of one sink and kind that hold rows.
+    pub fn streams(&self, sink: &str, kind: Kind) -> rusqlite::Result<Vec<StreamKey>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, device, body FROM rec WHERE sink = ?1 AND kind = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+            "SELECT DISTINCT device, epoch FROM rec WHERE sink = ?1 AND kind = ?2",
         )?;
-        let rows = st.query_map(params![sink, kind.as_i64(), after, limit as i64], |r| {
-            Ok(Row {
-                id: r.get(0)?,
-                device: r.get(1)?,
-                body: r.get(2)?,
+        let rows = st.query_map(params![sink, kind.as_i64()], |r| {
+            let device = match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                _ => String::new(),
+            };
+            Ok(StreamKey {
+                kind,
+                device,
+                epoch: r.get::<_, i64>(1)? as u64,
             })
         })?;
         rows.collect()
+    }
+
+    /// Up to `limit` rows of one stream with `seq > after`, in `seq` order,
+    /// each checked; rows that fail the checks come back apart.
+    pub fn window(
+        &self,
+        sink: &str,
+        key: &StreamKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> rusqlite::Result<(Vec<Row>, Vec<BadRow>)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, seq, body, crc FROM rec WHERE sink = ?1 AND kind = ?2 AND device = ?3 AND epoch = ?4 AND seq > ?5 ORDER BY seq LIMIT ?6",
+        )?;
+        let after = after.map(|a| a as i64).unwrap_or(-1);
+        let mut rows = st.query(params![
+            sink,
+            key.kind.as_i64(),
+            key.device,
+            key.epoch as i64,
+            after,
+            limit as i64
+        ])?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        let device_ok = valid_device_id(&key.device);
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let seq = r.get::<_, i64>(1)?;
+            let body = match r.get_ref(2)? {
+                rusqlite::types::ValueRef::Text(t) => {
+                    std::str::from_utf8(t).ok().map(str::to_owned)
+                }
+                _ => None,
+            };
+            let crc = match r.get_ref(3)? {
+                rusqlite::types::ValueRef::Integer(c) => Some(c),
+                _ => None,
+            };
+            let reason = match (&body, crc) {
+                _ if !device_ok => Some("device id not valid"),
+                _ if seq < 0 => Some("negative sequence number"),
+                (None, _) => Some("body is not text"),
+                (Some(b), Some(c)) => {
+                    (row_checksum(key.kind, key.epoch, &key.device, seq as u64, b) as i64 != c)
+                        .then_some("checksum mismatch")
+                }
+                // A row of the first version has no checksum: parse it whole.
+                (Some(b), None) => serde_json::from_str::<serde::de::IgnoredAny>(b)
+                    .is_err()
+                    .then_some("body is not JSON"),
+            };
+            match (reason, body) {
+                (None, Some(body)) => good.push(Row {
+                    id,
+                    seq: seq as u64,
+                    body,
+                }),
+                (r, _) => bad.push(BadRow {
+                    id,
+                    reason: r.unwrap_or("body is not text"),
+                }),
+            }
+        }
+        Ok((good, bad))
     }
 
     /// Bytes the database really uses (pages in use, not free pages).
@@ -253,7 +418,7 @@ impl Db {
     /// many went.
     pub fn drop_oldest(&mut self, kind: Kind, n: usize) -> rusqlite::Result<usize> {
         self.conn.execute(
-            "DELETE FROM rec WHERE id IN (SELECT id FROM rec WHERE kind = ?1 ORDER BY id LIMIT ?2)",
+            "DELETE FROM rec WHERE id IN (SELECT id FROM rec WHERE kind = ?1 ORDER BY ts, id LIMIT ?2)",
             params![kind.as_i64(), n as i64],
         )
     }
@@ -331,12 +496,21 @@ impl Db {
         let mut rows = st.query([]).map_err(sql_err)?;
         let mut n = 0;
         while let Some(r) = rows.next().map_err(sql_err)? {
-            let sink: String = r.get(0).map_err(sql_err)?;
-            let kind: i64 = r.get(1).map_err(sql_err)?;
-            let device: String = r.get(2).map_err(sql_err)?;
-            let seq: i64 = r.get(3).map_err(sql_err)?;
-            let ts: i64 = r.get(4).map_err(sql_err)?;
-            let body: String = r.get(5).map_err(sql_err)?;
+            let sink: String = r.get(0).unwrap_or_default();
+            let kind: i64 = r.get(1).unwrap_or(-1);
+            // Damaged rows are exported too, as well as they can be read.
+            let text = |i: usize| -> Result<String, SpoolError> {
+                Ok(match r.get_ref(i).map_err(sql_err)? {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                })
+            };
+            let device = text(2)?;
+            let seq: i64 = r.get(3).unwrap_or(-1);
+            let ts: i64 = r.get(4).unwrap_or(0);
+            let body = text(5)?;
             f(&sink, kind, &device, seq, ts, &body).map_err(|e| SpoolError::Io {
                 what: "writing export".into(),
                 source: e,
@@ -369,6 +543,17 @@ impl Db {
 enum OpenFail {
     Corrupt(String),
     Other(SpoolError),
+}
+
+enum ShapeError {
+    Sql(rusqlite::Error),
+    Wrong(String),
+}
+
+impl From<rusqlite::Error> for ShapeError {
+    fn from(e: rusqlite::Error) -> Self {
+        ShapeError::Sql(e)
+    }
 }
 
 impl OpenFail {

@@ -195,7 +195,22 @@ async fn sigkill_with_broker_down_keeps_all_but_the_last_spill_after() {
         gw.log_text()
     );
     // After an unclean stop the sequence resumes after the reserved block,
-    // and the gateway says so.
+    // and the gateway says where, and which numbers were really used.
+    let evs = sub.events("gateway");
+    let unclean = evs
+        .iter()
+        .find(|(_, e)| e["code"] == "gateway.unclean_stop")
+        .map(|(_, e)| e["values"].clone())
+        .unwrap_or_else(|| panic!("unclean stop reported: {evs:?}"));
+    let resumed = unclean["seq_resumed.ups1.samples"]
+        .as_f64()
+        .map(|f| f as u64)
+        .unwrap_or_else(|| panic!("seq_resumed in {unclean}"));
+    let last_used = unclean["seq_last_used.ups1.samples"]
+        .as_f64()
+        .map(|f| f as u64)
+        .expect("seq_last_used after a crash on the same boot");
+    assert!(resumed >= block, "{unclean}");
     let after: Vec<u64> = unique
         .keys()
         .copied()
@@ -204,15 +219,18 @@ async fn sigkill_with_broker_down_keeps_all_but_the_last_spill_after() {
         .collect();
     assert_eq!(
         after.first(),
-        Some(&block),
-        "resumed at the reserved block; log:\n{}",
+        Some(&resumed),
+        "resumed where the event says; log:\n{}",
         gw.log_text()
     );
-    let evs = sub.events("gateway");
+    // Every number up to the last used one was really used; none after it
+    // (before the resume point) ever arrives.
+    assert!(last >= last_used.saturating_sub(200), "{last} {last_used}");
     assert!(
-        evs.iter().any(|(_, e)| e["code"] == "gateway.unclean_stop"),
-        "unclean stop reported: {evs:?}"
+        last <= last_used,
+        "received {last} above last used {last_used}"
     );
+    assert!(unique.keys().all(|s| *s <= last_used || *s >= resumed));
 }
 
 /// 4. SIGTERM with the broker down: every unacknowledged sample is kept and
