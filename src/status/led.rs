@@ -28,7 +28,7 @@ pub enum Pattern {
     Steady,
     /// Uplink down, readings kept on the device.
     SlowBlink,
-    /// A device is stale or faulty.
+    /// A device is stale or faulty, or the SD card cannot be written.
     FastBlink,
     /// Starting, or no valid configuration.
     DoubleFlash,
@@ -42,6 +42,8 @@ pub struct LedInputs {
     pub starting: bool,
     pub uplink_up: bool,
     pub device_bad: bool,
+    /// The spool cannot be written (read-only or full card, permissions).
+    pub storage_bad: bool,
     pub identify: bool,
 }
 
@@ -55,6 +57,7 @@ impl LedInputs {
                 .devices
                 .iter()
                 .any(|(id, d)| id != GATEWAY_DEVICE && d.health != Health::Ok),
+            storage_bad: s.spool.degraded.is_some(),
             identify: s.identify_until_ms.is_some_and(|t| t > now_ms()),
         }
     }
@@ -66,7 +69,7 @@ pub fn pattern(i: LedInputs) -> Pattern {
         Pattern::Flicker
     } else if i.starting {
         Pattern::DoubleFlash
-    } else if i.device_bad {
+    } else if i.device_bad || i.storage_bad {
         Pattern::FastBlink
     } else if !i.uplink_up {
         Pattern::SlowBlink
@@ -276,8 +279,19 @@ mod tests {
             starting,
             uplink_up: up,
             device_bad: bad,
+            storage_bad: false,
             identify,
         }
+    }
+
+    #[test]
+    fn a_card_that_cannot_be_written_blinks_fast() {
+        let mut i = inputs(false, true, false, false);
+        i.storage_bad = true;
+        assert_eq!(pattern(i), Pattern::FastBlink);
+        let mut s = Snapshot::default();
+        s.spool.degraded = Some("read_only".into());
+        assert!(LedInputs::from_snapshot(&s).storage_bad);
     }
 
     #[test]

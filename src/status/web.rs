@@ -34,6 +34,12 @@ pub struct Strings {
     pub readings_since: &'static str,
     pub ups_not_responding: &'static str,
     pub device_not_responding: &'static str,
+    /// The spool cannot be written; followed by the reason.
+    pub storage_bad: &'static str,
+    pub storage_read_only: &'static str,
+    pub storage_permission: &'static str,
+    pub storage_full: &'static str,
+    pub storage_io: &'static str,
     pub on_battery: &'static str,
     pub low_battery: &'static str,
     pub health_ok: &'static str,
@@ -78,6 +84,12 @@ pub const VI: Strings = Strings {
     readings_since: "từ",
     ups_not_responding: "Thiết bị UPS không phản hồi",
     device_not_responding: "Thiết bị không phản hồi:",
+    storage_bad:
+        "Không lưu được dữ liệu vào thẻ nhớ — dữ liệu vẫn được gửi, nhưng sẽ mất nếu mất kết nối",
+    storage_read_only: "thẻ nhớ chỉ đọc (có thể bị hỏng), cần thay thẻ",
+    storage_permission: "không có quyền ghi thư mục lưu trữ",
+    storage_full: "thẻ nhớ đầy",
+    storage_io: "lỗi ghi thẻ nhớ",
     on_battery: "Mất điện lưới — UPS đang chạy bằng pin",
     low_battery: "Pin UPS sắp hết — thiết bị sẽ sớm tắt",
     health_ok: "bình thường",
@@ -128,6 +140,11 @@ pub const EN: Strings = Strings {
     readings_since: "since",
     ups_not_responding: "The UPS is not responding",
     device_not_responding: "A device is not responding:",
+    storage_bad: "Readings cannot be kept on the SD card — they are still sent, but would be lost if the link drops",
+    storage_read_only: "the card is read-only (probably worn out): replace it",
+    storage_permission: "permission denied on the spool directory",
+    storage_full: "the card is full",
+    storage_io: "the card reports write errors",
     on_battery: "Mains power lost — the UPS is running on battery",
     low_battery: "UPS battery almost empty — equipment will shut down soon",
     health_ok: "normal",
@@ -198,6 +215,20 @@ const EVENTS_VI: &[(&str, &str)] = &[
     (
         "gateway.unclean_stop",
         "Lần trước thiết bị bị tắt đột ngột (mất điện?)",
+    ),
+    ("spool.degraded", "Không ghi được dữ liệu vào thẻ nhớ"),
+    ("spool.restored", "Đã ghi được dữ liệu vào thẻ nhớ trở lại"),
+    (
+        "spool.corrupt_record",
+        "Một số bản ghi lưu tạm bị hỏng và đã bị bỏ",
+    ),
+    (
+        "spool.quarantined",
+        "Một bản ghi quá lớn, không gửi được, đã được để riêng",
+    ),
+    (
+        "gateway.sequence_reset",
+        "Số thứ tự dữ liệu bắt đầu lại (mất thông tin vị trí)",
     ),
 ];
 
@@ -277,6 +308,15 @@ pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
     }
     if let Some((id, _)) = devices.clone().find(|(_, d)| d.health != Health::Ok) {
         return (format!("{} {id}", t.device_not_responding), "bad");
+    }
+    if let Some(reason) = &s.spool.degraded {
+        let why = match reason.as_str() {
+            "read_only" => t.storage_read_only,
+            "permission_denied" => t.storage_permission,
+            "disk_full" => t.storage_full,
+            _ => t.storage_io,
+        };
+        return (format!("{} ({why})", t.storage_bad), "bad");
     }
     for (_, d) in devices {
         if let Some(Value::Str(st)) = d.last_values.get("ups.status") {
@@ -816,6 +856,12 @@ mod tests {
             "{h}"
         );
         assert_eq!(c, "warn");
+        hub.update(|s| s.spool.degraded = Some("read_only".into()));
+        let (h, c) = headline(&hub.get(), &VI);
+        assert!(h.contains("thẻ nhớ chỉ đọc"), "{h}");
+        assert_eq!(c, "bad");
+        assert!(headline(&hub.get(), &EN).0.contains("read-only"));
+        hub.update(|s| s.spool.degraded = None);
         hub.update(|s| s.devices.get_mut("ups1").unwrap().health = Health::Fault("x".into()));
         assert_eq!(headline(&hub.get(), &VI).0, "Thiết bị UPS không phản hồi");
         assert_eq!(headline(&hub.get(), &EN).0, "The UPS is not responding");
