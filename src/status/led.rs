@@ -289,9 +289,9 @@ mod tests {
         let mut i = inputs(false, true, false, false);
         i.storage_bad = true;
         assert_eq!(pattern(i), Pattern::FastBlink);
-        let mut s = Snapshot::default();
-        s.spool.degraded = Some("read_only".into());
-        assert!(LedInputs::from_snapshot(&s).storage_bad);
+        let hub = crate::status::StatusHub::new("s");
+        hub.update(|s| s.spool.degraded = Some("read_only".into()));
+        assert!(LedInputs::from_snapshot(&hub.get()).storage_bad);
     }
 
     #[test]
