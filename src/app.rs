@@ -545,3 +545,45 @@ async fn watchdog(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A supervised task that returns or panics before its stop token is
+    /// named on `died`; one that ends after the token was cancelled is not.
+    #[tokio::test]
+    async fn supervisor_reports_tasks_that_end_early() {
+        let (tx, mut died) = tokio::sync::mpsc::unbounded_channel();
+        let sup = Supervisor { died: tx };
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        sup.spawn(&tracker, "returns", &stop, async {});
+        sup.spawn(&tracker, "panics", &stop, async { panic!("boom") });
+        let s = stop.clone();
+        sup.spawn(&tracker, "runs until stop", &stop, async move {
+            s.cancelled().await
+        });
+        let mut names = Vec::new();
+        for _ in 0..2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), died.recv())
+                .await
+                .expect("reported within 5 s")
+                .expect("a name");
+            names.push(n);
+        }
+        names.sort_unstable();
+        assert_eq!(names, vec!["panics", "returns"]);
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("all stop");
+        drop(sup);
+        assert_eq!(
+            died.recv().await,
+            None,
+            "a task stopped on request is not reported"
+        );
+    }
+}
