@@ -234,12 +234,13 @@ pub async fn run(
     };
     match led {
         Some(Ok(led)) => {
-            supervisor.spawn(
-                &sources,
-                "status LED",
-                &sources_stop,
-                crate::status::led::run(led, status.subscribe(), sources_stop.clone()),
-            );
+            // Not supervised: the LED gives up on a write error by design,
+            // and a dark LED is no reason to stop delivering.
+            sources.spawn(crate::status::led::run(
+                led,
+                status.subscribe(),
+                sources_stop.clone(),
+            ));
         }
         Some(Err(e)) => tracing::warn!(
             error = %e,
