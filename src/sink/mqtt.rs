@@ -856,6 +856,7 @@ mod tests {
             self.0.lock().unwrap()
         }
         fn push(&self, id: u64, device: &str, bodies: &[&str]) {
+            // ADAPTER: `epoch` joins Batch when the new spool lands.
             self.state().batches.push_back(Batch {
                 id,
                 kind: crate::model::Kind::Sample,
