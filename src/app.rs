@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health, Severity, Values};
-use crate::sink::mqtt::{MqttSink, RunInfo, SinkCounters, SINK_NAME};
+use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, SINK_NAME};
 use crate::source::{self, DeviceHandle};
 use crate::spool::{Notice, Spool, StartReport};
 use crate::status::StatusHub;
@@ -84,6 +84,8 @@ pub async fn run(
 
     let sources = TaskTracker::new();
     let sources_stop = CancellationToken::new();
+    let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel();
+    let supervisor = Supervisor { died: died_tx };
     let history = Arc::new(crate::status::history::History::default());
     let mut web_addr = None;
     if cfg.web.enabled {
@@ -98,7 +100,7 @@ pub async fn run(
             Ok((addr, server)) => {
                 tracing::info!(%addr, "local status page");
                 web_addr = Some(addr);
-                sources.spawn(server);
+                supervisor.spawn(&sources, "web page", &sources_stop, server);
             }
             Err(e) => tracing::error!(error = %e, "local status page not started"),
         }
@@ -122,8 +124,14 @@ pub async fn run(
     let sink_stop = CancellationToken::new();
     let flusher_stop = CancellationToken::new();
     let infra = TaskTracker::new();
+    let uplink = TaskTracker::new();
 
-    infra.spawn(spool.clone().run_flusher(flusher_stop.clone()));
+    supervisor.spawn(
+        &infra,
+        "spool flusher",
+        &flusher_stop,
+        spool.clone().run_flusher(flusher_stop.clone()),
+    );
 
     let counters = Arc::new(SinkCounters::default());
     let lane = spool
@@ -135,14 +143,27 @@ pub async fn run(
         run_id: format!("{:016x}", rand::random::<u64>()),
         started_ms: now_ms(),
     };
+    let g = gateway.clone();
+    let report: EventReport = Arc::new(move |severity, code, message, values| {
+        if let Err(e) = g.event(severity, code, message, values) {
+            tracing::error!(code, error = %e, "could not record the event");
+        }
+    });
     let sink = MqttSink::new(
         cfg.clone(),
         lane,
         status.clone(),
         run_info,
         counters.clone(),
+        report,
     );
-    let sink_task = tokio::spawn(sink.run(sink_stop.clone()));
+    supervisor.spawn(
+        &uplink,
+        "MQTT sink",
+        &sink_stop,
+        sink.run(sink_stop.clone()),
+    );
+    uplink.close();
 
     let mut handles = vec![gateway.clone()];
     let shared = source::Shared {
@@ -158,28 +179,56 @@ pub async fn run(
         handles.push(h.clone());
         sources.spawn(source::run(dev, h, shared.clone(), sources_stop.clone()));
     }
-    sources.spawn(health_monitor(handles, sources_stop.clone()));
-    sources.spawn(gateway_telemetry(
-        cfg.clone(),
-        gateway,
-        status.clone(),
-        spool.clone(),
-        counters.clone(),
-        sources_stop.clone(),
-    ));
-    sources.spawn(status_refresher(
-        status.clone(),
-        spool.clone(),
-        counters.clone(),
-        history,
-        sources_stop.clone(),
-    ));
-    sources.spawn(watchdog(spool.clone(), sources_stop.clone()));
-    sources.spawn(spool_notices(
-        spool.clone(),
-        notices_gateway,
-        sources_stop.clone(),
-    ));
+    supervisor.spawn(
+        &sources,
+        "health monitor",
+        &sources_stop,
+        health_monitor(handles, sources_stop.clone()),
+    );
+    supervisor.spawn(
+        &sources,
+        "gateway telemetry",
+        &sources_stop,
+        gateway_telemetry(
+            cfg.clone(),
+            gateway,
+            status.clone(),
+            spool.clone(),
+            counters.clone(),
+            sources_stop.clone(),
+        ),
+    );
+    supervisor.spawn(
+        &sources,
+        "status refresher",
+        &sources_stop,
+        status_refresher(
+            status.clone(),
+            spool.clone(),
+            counters.clone(),
+            history,
+            sources_stop.clone(),
+        ),
+    );
+    if let Some(period) = watchdog_period() {
+        supervisor.spawn(
+            &sources,
+            "watchdog",
+            &sources_stop,
+            watchdog(
+                period,
+                spool.clone(),
+                counters.clone(),
+                sources_stop.clone(),
+            ),
+        );
+    }
+    supervisor.spawn(
+        &sources,
+        "spool notices",
+        &sources_stop,
+        spool_notices(spool.clone(), notices_gateway, sources_stop.clone()),
+    );
     let led: Option<Result<Box<dyn crate::status::led::Led>, _>> = match cfg.led.backend {
         crate::config::LedBackend::None => None,
         crate::config::LedBackend::Sysfs => Some(
@@ -196,6 +245,8 @@ pub async fn run(
     };
     match led {
         Some(Ok(led)) => {
+            // Not supervised: the LED gives up on a write error by design,
+            // and a dark LED is no reason to stop delivering.
             sources.spawn(crate::status::led::run(
                 led,
                 status.subscribe(),
@@ -210,7 +261,13 @@ pub async fn run(
     }
     sources.close();
 
-    cancel.cancelled().await;
+    // Runs until asked to stop, or until a task that should run until then
+    // ends: then stops cleanly all the same and exits non-zero, so systemd
+    // restarts the gateway.
+    let died = tokio::select! {
+        _ = cancel.cancelled() => None,
+        Some(task) = died.recv() => Some(task),
+    };
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
 
@@ -231,7 +288,10 @@ pub async fn run(
     }
     // 3. Offline status and disconnect.
     sink_stop.cancel();
-    if tokio::time::timeout(STOP_SINK, sink_task).await.is_err() {
+    if tokio::time::timeout(STOP_SINK, uplink.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("MQTT sink did not stop in time");
     }
     flusher_stop.cancel();
@@ -247,7 +307,42 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "closing the spool failed"),
     }
     tracing::info!("stopped");
-    Ok(())
+    match died {
+        Some(task) => Err(anyhow::anyhow!(
+            "{task} ended unexpectedly; stopped so that the service manager restarts wardgate"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Spawns tasks that must run until their stop token: one that ends
+/// before (returns or panics) is logged and named on `died`.
+struct Supervisor {
+    died: tokio::sync::mpsc::UnboundedSender<&'static str>,
+}
+
+impl Supervisor {
+    fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        name: &'static str,
+        stop: &CancellationToken,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let handle = tracker.spawn(task);
+        let (died, stop) = (self.died.clone(), stop.clone());
+        tracker.spawn(async move {
+            let result = handle.await;
+            if stop.is_cancelled() {
+                return;
+            }
+            match result {
+                Ok(()) => tracing::error!(task = name, "task ended before shutdown"),
+                Err(e) => tracing::error!(task = name, error = %e, "task failed"),
+            }
+            let _ = died.send(name);
+        });
+    }
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -484,6 +579,10 @@ async fn gateway_telemetry(
         };
         v.num("mqtt.link_uptime", up);
         v.num("mqtt.reconnects", snap.uplink.reconnects as f64);
+        v.num(
+            "mqtt.stalls",
+            counters.stalls.load(Ordering::Relaxed) as f64,
+        );
         let msgs = counters.messages_acked.load(Ordering::Relaxed);
         let dt = last_at.elapsed().as_secs_f64().max(0.001);
         v.num(
@@ -545,26 +644,91 @@ async fn status_refresher(
     }
 }
 
-/// Pings systemd's watchdog only while the spool's commit loop makes progress.
-async fn watchdog(spool: Arc<Spool>, cancel: CancellationToken) {
+/// Half of systemd's watchdog interval, when it watches us.
+fn watchdog_period() -> Option<Duration> {
     let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
-    let period = Duration::from_micros(usec / 2);
+    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+        .then(|| Duration::from_micros(usec / 2))
+}
+
+/// The MQTT sink's sign of life advances every second; this long without
+/// it, the sink is wedged.
+const SINK_SILENT: Duration = Duration::from_secs(5);
+
+/// Pings systemd's watchdog only while delivery is alive: the spool's commit
+/// loop makes progress, the MQTT sink's loop turns, and delivery is not
+/// stalled (records pending with the link up and no PUBACK for
+/// `mqtt.stall_timeout`). A broker that is simply down is not a stall.
+async fn watchdog(
+    period: Duration,
+    spool: Arc<Spool>,
+    counters: Arc<SinkCounters>,
+    cancel: CancellationToken,
+) {
     let mut last = spool.progress();
+    let mut sink_seen = (counters.alive.load(Ordering::Relaxed), Instant::now());
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let alive = counters.alive.load(Ordering::Relaxed);
+        if alive != sink_seen.0 {
+            sink_seen = (alive, Instant::now());
+        }
         let now = spool.progress();
-        if now != last {
+        if now == last {
+            tracing::warn!("no spool progress since the last watchdog period; not pinging");
+        } else if sink_seen.1.elapsed() > SINK_SILENT {
+            tracing::warn!("the MQTT sink's loop is not turning; not pinging the watchdog");
+        } else if counters.stalled.load(Ordering::Relaxed) {
+            tracing::warn!("MQTT delivery stalled; not pinging the watchdog");
+        } else {
             last = now;
             notify(&[sd_notify::NotifyState::Watchdog]);
-        } else {
-            tracing::warn!("no spool progress since the last watchdog period; not pinging");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A supervised task that returns or panics before its stop token is
+    /// named on `died`; one that ends after the token was cancelled is not.
+    #[tokio::test]
+    async fn supervisor_reports_tasks_that_end_early() {
+        let (tx, mut died) = tokio::sync::mpsc::unbounded_channel();
+        let sup = Supervisor { died: tx };
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        sup.spawn(&tracker, "returns", &stop, async {});
+        sup.spawn(&tracker, "panics", &stop, async { panic!("boom") });
+        let s = stop.clone();
+        sup.spawn(&tracker, "runs until stop", &stop, async move {
+            s.cancelled().await
+        });
+        let mut names = Vec::new();
+        for _ in 0..2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), died.recv())
+                .await
+                .expect("reported within 5 s")
+                .expect("a name");
+            names.push(n);
+        }
+        names.sort_unstable();
+        assert_eq!(names, vec!["panics", "returns"]);
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("all stop");
+        drop(sup);
+        assert_eq!(
+            died.recv().await,
+            None,
+            "a task stopped on request is not reported"
+        );
     }
 }

@@ -102,6 +102,17 @@ pub struct MqttConfig {
     pub inflight: i64,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A batch's record bodies total at most this (a single record may exceed it).
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: ByteSize,
+    /// No MQTT packet bigger than this is sent; a record that would need
+    /// one is set aside instead of blocking the uplink.
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: ByteSize,
+    /// Records pending, link up and no PUBACK for this long: the link is
+    /// stuck (reconnect, `mqtt.stalled` event, `/healthz` 503).
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -804,6 +815,15 @@ fn default_inflight() -> i64 {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(20)
 }
+fn default_max_batch_bytes() -> ByteSize {
+    ByteSize::kib(256)
+}
+fn default_max_packet_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_spool_path() -> PathBuf {
     PathBuf::from("/var/lib/wardgate/spool.db")
 }
@@ -1014,6 +1034,44 @@ impl Config {
         if let Some(id) = &m.client_id {
             if id.is_empty() || id.len() > 128 {
                 p.push(format!("mqtt.client_id: {id:?} must be 1-128 characters"));
+            }
+        }
+        if m.connect_timeout < Duration::from_secs(1)
+            || m.connect_timeout > Duration::from_secs(600)
+        {
+            p.push(format!(
+                "mqtt.connect_timeout: {} must be between 1s and 10m",
+                humantime::format_duration(m.connect_timeout)
+            ));
+        }
+        // MQTT's own limit is 256 MiB - 1; below 4 KiB not even one
+        // reading with its envelope fits.
+        let (packet, batch) = (m.max_packet_size.as_u64(), m.max_batch_bytes.as_u64());
+        if !(4 << 10..256 << 20).contains(&packet) {
+            p.push(format!(
+                "mqtt.max_packet_size: {} must be at least 4 KiB and less than 256 MiB",
+                m.max_packet_size
+            ));
+        }
+        if batch < 1 << 10 || batch >= packet {
+            p.push(format!(
+                "mqtt.max_batch_bytes: {} must be at least 1 KiB and less than mqtt.max_packet_size ({})",
+                m.max_batch_bytes, m.max_packet_size
+            ));
+        }
+        if m.stall_timeout < Duration::from_secs(1) || m.stall_timeout > Duration::from_secs(3600) {
+            p.push(format!(
+                "mqtt.stall_timeout: {} must be between 1s and 1h",
+                humantime::format_duration(m.stall_timeout)
+            ));
+        }
+        if let Some(r) = m.backlog_rate.filter(|r| r.is_finite() && *r > 0.0) {
+            // A paced backlog must not look like a stuck link.
+            if 1.0 / r >= m.stall_timeout.as_secs_f64() {
+                p.push(format!(
+                    "mqtt.backlog_rate: {r} messages per second is slower than one per mqtt.stall_timeout ({})",
+                    humantime::format_duration(m.stall_timeout)
+                ));
             }
         }
 
@@ -1510,6 +1568,54 @@ mod tests {
         assert_eq!(c.mqtt_port(), 8883);
         let c = Config::from_toml("site = \"a\"\n[mqtt]\nhost = \"127.0.0.2\"\n").unwrap();
         assert!(!c.mqtt_tls());
+    }
+
+    #[test]
+    fn mqtt_sizes_and_timeouts() {
+        let c = Config::from_toml(MIN).unwrap();
+        assert_eq!(c.mqtt.max_batch_bytes, ByteSize::kib(256));
+        assert_eq!(c.mqtt.max_packet_size, ByteSize::mib(1));
+        assert_eq!(c.mqtt.stall_timeout, Duration::from_secs(60));
+        let c = Config::from_toml(
+            "site = \"a\"\n[mqtt]\nmax_batch_bytes = \"64 KiB\"\nmax_packet_size = 131072\nstall_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.max_batch_bytes, ByteSize::kib(64));
+        assert_eq!(c.mqtt.max_packet_size, ByteSize::kib(128));
+        let cases: &[(&str, &str)] = &[
+            (
+                "max_batch_bytes = \"2 MiB\"",
+                "mqtt.max_batch_bytes: 2.0 MiB must be",
+            ),
+            (
+                "max_batch_bytes = 100",
+                "mqtt.max_batch_bytes: 100 B must be",
+            ),
+            (
+                "max_packet_size = \"1 KiB\"",
+                "mqtt.max_packet_size: 1.0 KiB must be",
+            ),
+            (
+                "max_packet_size = \"300 MiB\"",
+                "mqtt.max_packet_size: 300.0 MiB must be",
+            ),
+            (
+                "stall_timeout = \"100ms\"",
+                "mqtt.stall_timeout: 100ms must be",
+            ),
+            (
+                "connect_timeout = \"0s\"",
+                "mqtt.connect_timeout: 0s must be",
+            ),
+            (
+                "backlog_rate = 0.01",
+                "mqtt.backlog_rate: 0.01 messages per second",
+            ),
+        ];
+        for (line, want) in cases {
+            let p = problems(&format!("site = \"a\"\n[mqtt]\n{line}\n"));
+            assert!(p.iter().any(|m| m.contains(want)), "{line}: {p:?}");
+        }
     }
 
     #[test]

@@ -18,19 +18,45 @@ pub fn status_topic(prefix: &str, site: &str) -> String {
     format!("{prefix}/{site}/status")
 }
 
-/// `{"site":…,"device":…,"samples":[…]}` (or `"events"`), each record with
-/// its `historical` flag. The stored bodies are JSON objects; the flag is
+/// Whether `device` may be a topic level: `^[a-z0-9][a-z0-9_-]{0,63}$`, so
+/// never `#`, `+` or `/` (a record whose device is not is set aside, never
+/// published: rumqttc refuses such a topic).
+pub fn valid_device(device: &str) -> bool {
+    let b = device.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// The size on the wire of a QoS 1 PUBLISH of `payload_len` bytes on `topic`
+/// (fixed header, topic, packet id, payload), as rumqttc counts it against
+/// its outgoing packet limit.
+pub fn publish_packet_size(topic: &str, payload_len: usize) -> usize {
+    let remaining = 2 + topic.len() + 2 + payload_len;
+    let len_len = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_len + remaining
+}
+
+/// `{"site":…,"device":…,"epoch":…,"samples":[…]}` (or `"events"`), each
+/// record with its `historical` flag; `epoch` is the sequence epoch as 16
+/// lowercase hex digits. The stored bodies are JSON objects; the flag is
 /// spliced in front of their first key rather than re-encoding each record.
-pub fn encode_batch(site: &str, batch: &Batch) -> Vec<u8> {
+pub fn encode_batch(site: &str, batch: &Batch, epoch: u64) -> Vec<u8> {
     let body_len: usize = batch.bodies.iter().map(|b| b.len() + 20).sum();
-    let mut out = Vec::with_capacity(body_len + 64 + site.len() + batch.device.len());
+    let mut out = Vec::with_capacity(body_len + 96 + site.len() + batch.device.len());
     out.extend_from_slice(b"{\"site\":");
     push_json_str(&mut out, site);
     out.extend_from_slice(b",\"device\":");
     push_json_str(&mut out, &batch.device);
-    out.extend_from_slice(b",\"epoch\":\"");
-    out.extend_from_slice(crate::spool::positions::epoch_hex(batch.epoch).as_bytes());
-    out.extend_from_slice(b"\",\"");
+    out.extend_from_slice(format!(",\"epoch\":\"{epoch:016x}\"").as_bytes());
+    out.extend_from_slice(b",\"");
     out.extend_from_slice(batch.kind.array_name().as_bytes());
     out.extend_from_slice(b"\":[");
     let flag: &[u8] = if batch.historical {
@@ -105,7 +131,7 @@ mod tests {
             id: 1,
             kind,
             device: Arc::from("ups1"),
-            epoch: 0x2a,
+            epoch: 0,
             first_seq: 0,
             historical,
             bodies: bodies.iter().map(|b| Arc::from(*b)).collect(),
@@ -122,10 +148,10 @@ mod tests {
                 r#"{"seq":2,"ts":6,"clock":"synced","values":{}}"#,
             ],
         );
-        let out = String::from_utf8(encode_batch("xa-a", &b)).unwrap();
+        let out = String::from_utf8(encode_batch("xa-a", &b, 0)).unwrap();
         assert_eq!(
             out,
-            r#"{"site":"xa-a","device":"ups1","epoch":"000000000000002a","samples":[{"historical":true,"seq":1,"ts":5,"clock":"synced","values":{"a":1.0}},{"historical":true,"seq":2,"ts":6,"clock":"synced","values":{}}]}"#
+            r#"{"site":"xa-a","device":"ups1","epoch":"0000000000000000","samples":[{"historical":true,"seq":1,"ts":5,"clock":"synced","values":{"a":1.0}},{"historical":true,"seq":2,"ts":6,"clock":"synced","values":{}}]}"#
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["samples"][1]["seq"], 2);
@@ -134,9 +160,57 @@ mod tests {
     #[test]
     fn live_event() {
         let b = batch(Kind::Event, false, &[r#"{"seq":0,"code":"x"}"#]);
-        let v: serde_json::Value = serde_json::from_slice(&encode_batch("s", &b)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&encode_batch("s", &b, 0)).unwrap();
         assert_eq!(v["events"][0]["historical"], false);
         assert_eq!(v["events"][0]["code"], "x");
+    }
+
+    #[test]
+    fn epoch_is_16_hex_digits_after_device() {
+        let b = batch(Kind::Event, false, &[r#"{"seq":0,"code":"x"}"#]);
+        let out = String::from_utf8(encode_batch("s", &b, 0x1f2e_3d4c_5b6a_7988)).unwrap();
+        assert!(
+            out.starts_with(r#"{"site":"s","device":"ups1","epoch":"1f2e3d4c5b6a7988","events":["#),
+            "{out}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["epoch"], "1f2e3d4c5b6a7988");
+        let small = String::from_utf8(encode_batch("s", &b, 0xab)).unwrap();
+        assert!(small.contains(r#""epoch":"00000000000000ab""#), "{small}");
+        let max = String::from_utf8(encode_batch("s", &b, u64::MAX)).unwrap();
+        assert!(max.contains(r#""epoch":"ffffffffffffffff""#), "{max}");
+    }
+
+    #[test]
+    fn device_ids_that_may_be_topic_levels() {
+        for ok in ["ups1", "0", "env-1_a", &"a".repeat(64)] {
+            assert!(valid_device(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "ups#1",
+            "ups+",
+            "a/b",
+            "Ups1",
+            "-a",
+            "_a",
+            "ưps",
+            &"a".repeat(65),
+            "a b",
+        ] {
+            assert!(!valid_device(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn packet_size_matches_rumqttc() {
+        use rumqttc::mqttbytes::v4::Publish;
+        for n in [0usize, 10, 120, 127, 200, 16_000, 16_400, 2_100_000] {
+            let topic = "ioc/site/ups1/telemetry";
+            let mut p = Publish::new(topic, rumqttc::QoS::AtLeastOnce, vec![b'x'; n]);
+            p.pkid = 1;
+            assert_eq!(publish_packet_size(topic, n), p.size(), "payload {n}");
+        }
     }
 
     #[test]

@@ -1883,8 +1883,9 @@ impl LaneHandle {
     }
 
     /// Sets a batch aside for good: its records are never sent, counted as
-    /// dropped (`too_large`), and each reported in a `spool.quarantined`
-    /// notice. For records the broker can never take.
+    /// dropped (`too_large`, or `corrupt` for any other reason), and each
+    /// reported in a `spool.quarantined` notice. For records the broker can
+    /// never take.
     pub fn set_aside(&self, batch_id: u64, reason: &str) {
         let mut q = lock(&self.spool.q);
         let lane = &mut q.lanes[self.idx];

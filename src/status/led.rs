@@ -52,7 +52,8 @@ impl LedInputs {
     pub fn from_snapshot(s: &Snapshot) -> LedInputs {
         LedInputs {
             starting: s.uplink.attempts == 0,
-            uplink_up: s.uplink.connected,
+            // A stalled link delivers nothing: shown as a link that is down.
+            uplink_up: s.uplink.connected && !s.uplink.stalled,
             device_bad: s
                 .devices
                 .iter()

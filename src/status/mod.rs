@@ -31,6 +31,9 @@ pub struct Uplink {
     pub last_ack_ms: Option<i64>,
     /// Records acknowledged by the broker since start.
     pub acked: u64,
+    /// Records pending, link up and no acknowledgement for
+    /// `mqtt.stall_timeout`; cleared when acknowledgements move again.
+    pub stalled: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -719,6 +719,12 @@ async fn healthz(State(st): State<AppState>) -> Response {
             ),
         )
             .into_response()
+    } else if snap.uplink.stalled {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "delivery stalled: the broker acknowledges nothing while records wait\n",
+        )
+            .into_response()
     } else {
         (StatusCode::OK, "ok\n").into_response()
     }

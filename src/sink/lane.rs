@@ -1,0 +1,62 @@
+//! The seam between a sink and its lane of the spool: what the MQTT sink
+//! needs from the spool, and nothing else, so a fake lane can drive the
+//! sink in unit tests.
+
+use std::future::Future;
+
+use crate::spool::{Batch, LaneHandle, SpoolError};
+
+/// One sink's position in the spool.
+pub trait Lane: Send + Sync + Clone + 'static {
+    /// The next batch: events first, then live telemetry, then the backlog;
+    /// at most `max_records` records whose bodies total at most `max_bytes`
+    /// (a single bigger record comes alone). Never waits on the disk.
+    fn next_batch(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Batch, SpoolError>> + Send;
+    /// The broker acknowledged the batch; returns how many records it held.
+    fn ack(&self, batch_id: u64) -> usize;
+    /// The link went down: nothing in flight will be acknowledged; it is all
+    /// sent again, in order.
+    fn nack_all(&self);
+    /// Whether the sink can deliver (while it cannot, records go to disk).
+    fn set_link(&self, up: bool);
+    /// The batch can never be sent (too large, a device id that cannot be a
+    /// topic): its records are quarantined, counted and reported, never
+    /// sent again.
+    fn set_aside(&self, batch_id: u64, reason: &str);
+    /// Records of this lane not yet acknowledged (memory and disk).
+    fn pending(&self) -> u64;
+}
+
+impl Lane for LaneHandle {
+    fn next_batch(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Batch, SpoolError>> + Send {
+        LaneHandle::next_batch(self, max_records, max_bytes)
+    }
+
+    fn ack(&self, batch_id: u64) -> usize {
+        LaneHandle::ack(self, batch_id)
+    }
+
+    fn nack_all(&self) {
+        LaneHandle::nack_all(self)
+    }
+
+    fn set_link(&self, up: bool) {
+        LaneHandle::set_link(self, up)
+    }
+
+    fn set_aside(&self, batch_id: u64, reason: &str) {
+        LaneHandle::set_aside(self, batch_id, reason)
+    }
+
+    fn pending(&self) -> u64 {
+        LaneHandle::pending(self)
+    }
+}
