@@ -6,5 +6,6 @@ mod field;
 mod install;
 mod sensors;
 mod spine;
+mod storage;
 mod ups;
 mod web;
