@@ -142,10 +142,13 @@ impl Process {
         self.child.try_wait().expect("try_wait")
     }
 
-    /// The last 40 lines of the log.
+    /// The last 40 lines of the log, without the simulated devices' events.
     pub fn log_tail(&self) -> String {
         let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("wardgate::source: event"))
+            .collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
