@@ -497,10 +497,12 @@ async fn full_disk_degrades_but_keeps_live_readings() {
     rig.broker.stop();
     let sub = &rig.sub;
     let mut gw = rig.start();
+    let t0 = std::time::Instant::now();
     gw.until(Duration::from_secs(40), "the tmpfs is full", || {
         fs.available() < 64 * 1024
     })
     .await;
+    eprintln!("the 2 MiB spool filled in {:?}", t0.elapsed());
     // Keep reading with the disk full for a while.
     tokio::time::sleep(Duration::from_secs(2)).await;
     gw.assert_running("with the disk full");
@@ -532,6 +534,16 @@ async fn full_disk_degrades_but_keeps_live_readings() {
         Duration::from_secs(15),
         "drops counted in gateway telemetry",
         || gateway_dropped(sub) > 0.0,
+    )
+    .await;
+    gw.until(
+        Duration::from_secs(15),
+        "spool.degraded = true in the gateway telemetry",
+        || {
+            sub.samples("gateway")
+                .iter()
+                .any(|(_, s)| s["values"]["spool.degraded"] == true)
+        },
     )
     .await;
     gw.stop_clean("with the disk full").await;
@@ -594,6 +606,16 @@ async fn assert_degraded_but_live(gw: &mut Process, sub: &Subscriber, reason: &s
             .any(|v| v["spool.detail"].as_str().is_some_and(|d| !d.is_empty())),
         "spool.degraded carries spool.detail (the OS error): {v:?}"
     );
+    gw.until(
+        Duration::from_secs(15),
+        "spool.degraded = true in the gateway telemetry",
+        || {
+            sub.samples("gateway")
+                .iter()
+                .any(|(_, s)| s["values"]["spool.degraded"] == true)
+        },
+    )
+    .await;
     gw.stop_clean(&format!("with the spool {reason}")).await;
     sub.assert_all_valid();
 }
