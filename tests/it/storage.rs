@@ -280,6 +280,88 @@ async fn corrupt_spool_never_reuses_a_sequence_number() {
     assert!(checked >= 2, "ups1 samples and events arrived in both runs");
 }
 
+/// Finding 3, everything lost: the spool file and its positions file
+/// (`<spool.path>.seq`) both gone. The gateway starts a new epoch, announces
+/// it with `gateway.sequence_reset` (`values.epoch` = the new epoch,
+/// `values.reason` set), and no (device, kind, epoch, seq) arrives twice
+/// with different content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_spool_and_positions_start_an_announced_epoch() {
+    let devices = sim("ups1", "10ms", "event_every = 10");
+    let rig = Rig::new(RigOpts {
+        devices: &devices,
+        ..Default::default()
+    })
+    .await;
+    let sub = &rig.sub;
+    let mut gw = rig.start();
+    gw.until(WAIT, "40 samples", || sub.seqs("ups1").len() >= 40)
+        .await;
+    gw.stop_clean("first run").await;
+    settle(sub).await;
+    let mark = sub.all().len();
+    let positions = rig.spool.with_file_name("spool.db.seq");
+    assert!(
+        positions.exists(),
+        "the positions file {} exists after a run",
+        positions.display()
+    );
+    for f in ["spool.db", "spool.db-wal", "spool.db-shm", "spool.db.seq"] {
+        let _ = std::fs::remove_file(rig.spool.with_file_name(f));
+    }
+    let mut gw = rig.start();
+    gw.until(WAIT, "40 samples after the restart", || {
+        sub.samples("ups1")
+            .iter()
+            .filter(|(i, _)| *i >= mark)
+            .count()
+            >= 40
+    })
+    .await;
+    let _ = wait_for(Duration::from_secs(10), || {
+        gateway_events(sub, "gateway.sequence_reset").len() >= 2
+    })
+    .await;
+    gw.stop_clean("second run").await;
+    sub.assert_all_valid();
+
+    let recs = records(sub);
+    let ups: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.device == "ups1" && r.kind == "samples")
+        .collect();
+    let old = &ups.iter().find(|r| r.msg < mark).expect("first run").epoch;
+    let new = &ups
+        .iter()
+        .find(|r| r.msg >= mark)
+        .expect("second run")
+        .epoch;
+    assert_ne!(
+        old, new,
+        "with the spool and its positions lost, a new epoch starts"
+    );
+    let resets = spool_event_values(sub, "gateway.sequence_reset");
+    assert!(
+        resets
+            .iter()
+            .any(|v| v["epoch"] == new.as_str()
+                && v["reason"].as_str().is_some_and(|r| !r.is_empty())),
+        "gateway.sequence_reset with values.epoch = {new:?} and a reason; got {resets:?}"
+    );
+    let mut first: BTreeMap<(String, &str, String, u64), &Value> = BTreeMap::new();
+    for r in &recs {
+        let key = (r.device.clone(), r.kind, r.epoch.clone(), r.seq);
+        if let Some(prev) = first.get(&key) {
+            assert_eq!(
+                *prev, &r.content,
+                "{key:?} arrived twice with different content"
+            );
+        } else {
+            first.insert(key, &r.content);
+        }
+    }
+}
+
 /// Finding 4. One flipped byte in one row's body: every message is valid
 /// JSON and schema-valid, the damaged record is not delivered, everything
 /// else is, `spool.corrupt_record` is raised and `spool.dropped` (and
