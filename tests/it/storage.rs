@@ -926,3 +926,10 @@ async fn unclean_stop_reports_the_last_sequence_used() {
         "kill -9: highest delivered {top}, last used {last_used}, resumed {resumed}: {lost} lost"
     );
 }
+
+/// The test's copy of the CRC is the standard CRC-32 (crc32fast's).
+#[test]
+fn crc32_copy_matches_the_standard_check_value() {
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    assert_eq!(crc32(b""), 0);
+}

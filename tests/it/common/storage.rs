@@ -471,7 +471,7 @@ pub fn spool_rows(conn: &Connection) -> Vec<SpoolRow> {
 }
 
 /// CRC-32 (IEEE, reflected; what crc32fast computes).
-fn crc32(bytes: &[u8]) -> u32 {
+pub fn crc32(bytes: &[u8]) -> u32 {
     let mut c = !0u32;
     for &b in bytes {
         c ^= b as u32;
