@@ -443,12 +443,12 @@ async fn poison_device_ids_do_not_stop_publishing() {
     check_replica(&rows);
     let a = middle_sample(&rows, "ups1").clone();
     let b = middle_sample(&rows, "env1").clone();
-    // A flipped device byte: the crc (where there is one) no longer
-    // matches, as on a real damaged card.
+    // `de#ice`: a flipped device byte, the crc (where there is one) no
+    // longer matches, as on a real damaged card. `a+b`: crc made correct
+    // for it, so only the device id check can catch it.
     conn.execute("UPDATE rec SET device = 'de#ice' WHERE id = ?1", [a.id])
         .unwrap();
-    conn.execute("UPDATE rec SET device = 'a+b' WHERE id = ?1", [b.id])
-        .unwrap();
+    rewrite_row(&conn, &b, "a+b", &b.body);
     drop(conn);
 
     rig.broker.restart();
