@@ -62,7 +62,7 @@ pub async fn run(
     report_start(&gateway, &report);
     // What the spool found while opening (degraded store, new epoch).
     for n in spool.take_notices() {
-        report_notice(&gateway, n);
+        report_notice(&cfg, &gateway, n);
     }
     let notices_gateway = gateway.clone();
     // Every configured device is in the status from the start.
@@ -227,7 +227,12 @@ pub async fn run(
         &sources,
         "spool notices",
         &sources_stop,
-        spool_notices(spool.clone(), notices_gateway, sources_stop.clone()),
+        spool_notices(
+            cfg.clone(),
+            spool.clone(),
+            notices_gateway,
+            sources_stop.clone(),
+        ),
     );
     let led: Option<Result<Box<dyn crate::status::led::Led>, _>> = match cfg.led.backend {
         crate::config::LedBackend::None => None,
@@ -406,19 +411,24 @@ fn report_start(gateway: &DeviceHandle, report: &StartReport) {
 
 /// Turns what the spool reports into gateway events (shown on the page and
 /// sent to the operations centre like any event).
-async fn spool_notices(spool: Arc<Spool>, gateway: DeviceHandle, cancel: CancellationToken) {
+async fn spool_notices(
+    cfg: Arc<Config>,
+    spool: Arc<Spool>,
+    gateway: DeviceHandle,
+    cancel: CancellationToken,
+) {
     loop {
         let notices = tokio::select! {
             _ = cancel.cancelled() => return,
             n = spool.next_notices() => n,
         };
         for n in notices {
-            report_notice(&gateway, n);
+            report_notice(&cfg, &gateway, n);
         }
     }
 }
 
-fn report_notice(gateway: &DeviceHandle, n: Notice) {
+fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
     let mut v = Values::new();
     let (severity, code, msg, vi) = match n {
         Notice::CorruptRecords { count, reason } => {
@@ -482,6 +492,10 @@ fn report_notice(gateway: &DeviceHandle, n: Notice) {
             );
             v.num("record.seq", seq as f64);
             v.num("record.bytes", bytes as f64);
+            v.num(
+                "mqtt.max_packet_size",
+                cfg.mqtt.max_packet_size.as_u64() as f64,
+            );
             (
                 Severity::Warning,
                 "spool.quarantined",

@@ -1826,8 +1826,13 @@ impl LaneHandle {
             }
         });
         let lane = &mut lanes[self.idx];
+        if lane.bounds_known && (lane.max_records, lane.max_bytes) != (max_records, max_bytes) {
+            // Batches read ahead were cut for other bounds: read again.
+            lane.reset();
+        }
         lane.max_records = max_records;
         lane.max_bytes = max_bytes;
+        lane.bounds_known = true;
         let want = lane.wants_backlog(0) || lane.wants_backlog(1);
         let batch = lane
             .take_memory(Kind::Event, id, sendable)
@@ -1893,9 +1898,28 @@ impl LaneHandle {
             return;
         };
         let mut out: Vec<(String, Kind, u64, u64)> = Vec::new();
+        // Only the records that cannot go in any message are set aside; when
+        // a batch held others too, they are sent again (the lane starts
+        // over, in order).
+        let limit = lane.max_bytes;
+        let several = match &f {
+            InFlight::Memory(v) => v.len() > 1,
+            InFlight::Disk(r, _) => r.len() > 1,
+        };
+        let largest = match &f {
+            InFlight::Memory(v) => v.iter().map(|e| e.body.len()).max(),
+            InFlight::Disk(r, _) => r.iter().map(|x| x.2).max(),
+        }
+        .unwrap_or(0);
+        let doomed = |len: usize| !several || len > limit || len == largest;
         match f {
             InFlight::Memory(v) => {
+                let mut keep = Vec::new();
                 for e in v {
+                    if !doomed(e.body.len()) {
+                        keep.push(e);
+                        continue;
+                    }
                     if let Some(r) = e.row {
                         lane.mem_rows.remove(&r);
                         lane.gone_rows.insert(r);
@@ -1903,18 +1927,32 @@ impl LaneHandle {
                     }
                     out.push((e.device.to_string(), e.kind, e.seq, e.body.len() as u64));
                 }
+                if !keep.is_empty() {
+                    lane.inflight.insert(batch_id, InFlight::Memory(keep));
+                }
             }
             InFlight::Disk(rows, key) => {
                 for (r, seq, len) in rows {
-                    lane.gone_rows.insert(r);
-                    lane.to_delete.push(r);
-                    out.push((key.device.clone(), key.kind, seq, len as u64));
+                    if doomed(len) {
+                        lane.gone_rows.insert(r);
+                        lane.to_delete.push(r);
+                        out.push((key.device.clone(), key.kind, seq, len as u64));
+                    }
                 }
             }
         }
+        if several {
+            lane.reset();
+        }
         drop(q);
-        self.spool
-            .count_drop(DropReason::TooLarge, out.len() as u64);
+        // A record that cannot be sent is either too large for the broker
+        // or carries a device id no topic can (damage the checksum missed).
+        let why = if reason.contains("large") {
+            DropReason::TooLarge
+        } else {
+            DropReason::Corrupt
+        };
+        self.spool.count_drop(why, out.len() as u64);
         for (device, kind, seq, bytes) in out {
             tracing::error!(%device, ?kind, seq, bytes, reason, "record set aside: it can never be sent");
             self.spool.notice(Notice::Quarantined {
@@ -2607,6 +2645,34 @@ mod tests {
         assert!(notices(&s)
             .iter()
             .any(|n| matches!(n, Notice::Quarantined { seq: 0, .. })));
+    }
+
+    #[tokio::test]
+    async fn setting_aside_a_mixed_batch_keeps_the_small_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+        lane.set_link(false);
+        let dev: Arc<str> = Arc::from("d");
+        s.push(&dev, sample(0.0)).unwrap();
+        let mut big = Values::new();
+        big.set("blob", "x".repeat(5000));
+        s.push(&dev, Reading::Sample(big)).unwrap();
+        s.push(&dev, sample(2.0)).unwrap();
+        s.flush(false).unwrap();
+        lane.set_link(true);
+        // Bounds large enough for all three (as read ahead before the sink
+        // said its own), then the sink finds the message too large.
+        let b = next(&lane, 100).await;
+        assert_eq!(seqs(&b), vec![0, 1, 2]);
+        lane.set_aside(b.id, "too large");
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let b = next(&lane, 100).await;
+            got.extend(seqs(&b));
+            lane.ack(b.id);
+        }
+        assert_eq!(got, vec![0, 2], "only the large record was set aside");
+        assert_eq!(s.counters().dropped(DropReason::TooLarge), 1);
     }
 
     #[tokio::test]

@@ -118,9 +118,11 @@ pub(crate) struct Lane {
     pub backlog: [KindBacklog; 2],
     /// Bumped on every reset, so a backlog read started before it is thrown away.
     pub gen: u64,
-    /// The batch bounds the sink last asked for.
+    /// The batch bounds the sink last asked for; the backlog is not read
+    /// before the sink has said them (`bounds_known`).
     pub max_records: usize,
     pub max_bytes: usize,
+    pub bounds_known: bool,
     pub notify: Arc<Notify>,
 }
 
@@ -139,6 +141,7 @@ impl Lane {
             gen: 0,
             max_records: 100,
             max_bytes: 256 * 1024,
+            bounds_known: false,
             notify: Arc::new(Notify::new()),
         }
     }
@@ -253,6 +256,7 @@ impl Lane {
     /// have more, and few batches are ready.
     pub fn wants_backlog(&self, k: usize) -> bool {
         self.link != Link::Down
+            && self.bounds_known
             && self.backlog[k].ready.len() < READY_TARGET / 2
             && self.backlog[k].maybe()
     }

@@ -6,6 +6,7 @@ mod field;
 mod install;
 mod sensors;
 mod spine;
+mod storage;
 mod uplink;
 mod ups;
 mod web;

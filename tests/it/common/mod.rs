@@ -8,6 +8,7 @@ pub mod apc_sim;
 pub mod megatec_sim;
 pub mod nut;
 pub mod peers;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::future::Future;
