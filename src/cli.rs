@@ -102,6 +102,8 @@ struct Stats {
     records: u64,
     dropped: i64,
     clean_stop: bool,
+    /// The sequence epoch (from the positions file beside the spool).
+    epoch: Option<String>,
     backlog: Vec<StatsRow>,
 }
 
@@ -121,12 +123,15 @@ pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
     let db = Db::open_read_only(path).map_err(|e| e.to_string())?;
     let e = |e: rusqlite::Error| format!("{}: {e}", path.display());
     let rows = db.summary().map_err(e)?;
+    let positions =
+        crate::spool::positions::read(&crate::spool::positions::path_for(path)).unwrap_or(None);
     let stats = Stats {
         path: path.display().to_string(),
         bytes: db.used_bytes().map_err(e)?,
         records: db.row_count().map_err(e)?,
         dropped: db.meta_get("dropped").map_err(e)?.unwrap_or(0),
-        clean_stop: db.meta_get("clean").map_err(e)? == Some(1),
+        clean_stop: positions.as_ref().is_some_and(|p| p.clean),
+        epoch: positions.map(|p| p.epoch),
         backlog: rows
             .into_iter()
             .map(|r| StatsRow {

@@ -648,6 +648,16 @@ impl Spool {
             );
         }
         let persisted = store.write_positions(epoch, false);
+        if persisted.is_ok() {
+            // A spool of the first version kept positions in its database;
+            // from now on the positions file is the only authority, so the
+            // old copy must not outlive it.
+            if let Some(d) = store.db.as_mut() {
+                if let Err(e) = d.forget_positions() {
+                    tracing::warn!(error = %e, "could not remove old sequence positions from the spool");
+                }
+            }
+        }
         let (epoch, epoch_durable, reset) = match persisted {
             Ok(()) => {
                 for ((dev, kind), s) in seqs.iter_mut() {
@@ -980,7 +990,6 @@ impl Spool {
         let mut writes: Vec<(Option<usize>, Entry)> = Vec::new();
         let mut deletes: Vec<(usize, Vec<i64>)> = Vec::new();
         let mut reserve: Vec<(String, Mark)> = Vec::new();
-        let mut used: Vec<(String, i64)> = Vec::new();
         let mut reads: Vec<ReadWant> = Vec::new();
         let (epoch, make_durable, lane_names) = {
             let mut q = lock(&self.q);
@@ -1080,7 +1089,6 @@ impl Spool {
                             },
                         ));
                     }
-                    used.push((key, s.next as i64 - 1));
                 }
             }
             (q.epoch, make_durable, lane_names)
@@ -1129,18 +1137,9 @@ impl Spool {
                 .iter()
                 .flat_map(|(_, v)| v.iter().copied())
                 .collect();
+            // Sequence positions live in the positions file alone (a stale
+            // copy here could be trusted one day and reuse numbers).
             let mut meta: Vec<(String, i64)> = Vec::new();
-            if !rows.is_empty() || reserved_ok {
-                // Used marks ride along with writes that happen anyway.
-                meta.extend(used.iter().map(|(k, u)| (format!("used/{k}"), *u)));
-                meta.extend(
-                    store
-                        .marks
-                        .iter()
-                        .map(|(k, m)| (format!("seq/{k}"), m.reserved as i64)),
-                );
-                meta.push(("epoch".into(), epoch as i64));
-            }
             if store.degraded.is_some() {
                 // Proves the store writable again even with nothing to write.
                 meta.push(("alive".into(), now_ms()));
@@ -1612,14 +1611,7 @@ impl Spool {
                 }
             }
             if let Some(db) = store.db.as_mut() {
-                let mut pairs: Vec<(String, i64)> = store
-                    .marks
-                    .iter()
-                    .map(|(k, m)| (format!("seq/{k}"), m.reserved as i64))
-                    .collect();
-                pairs.push(("clean".into(), 1));
-                pairs.push(("epoch".into(), epoch as i64));
-                pairs.push(("dropped".into(), self.counters.dropped_total() as i64));
+                let pairs = vec![("dropped".into(), self.counters.dropped_total() as i64)];
                 if let Err(e) = db.commit(&[], &[], &pairs) {
                     tracing::warn!(error = %e, "could not record positions in the spool");
                 }
@@ -2606,6 +2598,52 @@ mod tests {
             blocker.join("spool.db.seq").exists(),
             "positions kept once writable"
         );
+    }
+
+    #[tokio::test]
+    async fn a_first_version_spool_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE rec (id INTEGER PRIMARY KEY, sink TEXT NOT NULL, kind INTEGER NOT NULL,
+                   device TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+                   synced INTEGER NOT NULL, body TEXT NOT NULL);
+                 CREATE INDEX rec_lane ON rec(sink, kind, id);
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO meta VALUES ('seq/0/d', 7), ('clean', 1);
+                 INSERT INTO rec (sink, kind, device, seq, ts, synced, body) VALUES
+                   ('mqtt', 0, 'd', 5, 1, 1, '{\"seq\":5,\"ts\":1,\"clock\":\"synced\",\"values\":{}}'),
+                   ('mqtt', 0, 'd', 6, 2, 1, '{\"seq\":6,\"ts\":2,\"clock\":\"synced\",\"values\":{}}');",
+            )
+            .unwrap();
+        }
+        let c = cfg(dir.path(), "spill", "");
+        {
+            let (s, r, lane) = open(&c);
+            assert!(r.moved_aside.is_none() && r.resumed_unclean.is_empty());
+            assert_eq!(s.epoch(), 0, "the old numbers continue in epoch 0");
+            assert!(notices(&s).is_empty(), "no reset: positions were kept");
+            assert_eq!(s.push(&Arc::from("d"), sample(0.0)).unwrap(), 7);
+            lane.set_link(true);
+            let live = next(&lane, 10).await;
+            assert_eq!(
+                (live.historical, seqs(&live)),
+                (false, vec![7]),
+                "live first"
+            );
+            let b = next(&lane, 10).await;
+            assert!(b.historical, "then the old backlog");
+            assert_eq!((seqs(&b), b.epoch), (vec![5, 6], 0));
+            lane.ack(b.id);
+            lane.ack(live.id);
+            s.close().unwrap();
+        }
+        // The old copy of the positions is gone: losing the positions file
+        // now starts a new epoch instead of trusting it.
+        std::fs::remove_file(dir.path().join("spool.db.seq")).unwrap();
+        let (s, _, _) = open(&c);
+        assert_ne!(s.epoch(), 0);
     }
 
     #[tokio::test]

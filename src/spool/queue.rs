@@ -333,9 +333,11 @@ pub(crate) struct SeqState {
     pub slot: Option<u32>,
 }
 
-/// How far ahead of use numbers are reserved again.
+/// How far ahead of use numbers are reserved again: once per block, with
+/// an eighth of a block left, so a reservation is on disk well before a
+/// stream needs it.
 pub(crate) fn needs_reservation(s: &SeqState) -> bool {
-    s.durable.saturating_sub(s.next) < SEQ_BLOCK / 2
+    s.durable.saturating_sub(s.next) < SEQ_BLOCK / 8
 }
 
 /// Rewrites the `seq` at the front of a body this spool encoded
