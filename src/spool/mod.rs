@@ -1199,7 +1199,7 @@ impl Spool {
                 let limit = (max * 4).clamp(16, 4000);
                 let mut batches = 0usize;
                 for (key, after) in streams {
-                    if batches >= 32 {
+                    if batches >= queue::READY_TARGET {
                         break;
                     }
                     match d.window(&lane_names[*li], key, *after, limit) {

@@ -21,7 +21,7 @@ use crate::model::Kind;
 pub const SEQ_BLOCK: u64 = 65_536;
 
 /// Batches kept ready from the backlog, per lane and kind.
-const READY_TARGET: usize = 32;
+pub(crate) const READY_TARGET: usize = 8;
 
 /// Bytes a record adds to a message besides its body (the `historical` flag
 /// and separators), and the envelope's own bytes: batches are cut so that the
