@@ -1,6 +1,6 @@
 //! Fault-injection suite: runs the real `wardgate` binary (any build: the
-//! path comes from `--bin PATH` or `WARDGATE_BIN`, default
-//! `target/release/wardgate`) against a real mosquitto on loopback, injects
+//! path comes from `--bin PATH` or `WARDGATE_BIN`, default the
+//! `target/release/wardgate` that `cargo bench` builds) against a real mosquitto on loopback, injects
 //! one kind of fault per scenario, and accounts for every reading.
 //!
 //! Run with `scripts/faults [--short] [--only NAME[,NAME]] [--list]`
@@ -149,10 +149,15 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Self::start_with("")
+    }
+
+    /// `extra`: more mosquitto.conf lines (e.g. `max_packet_size`).
+    fn start_with(extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let text = format!(
-            "per_listener_settings false\nuser root\npersistence true\npersistence_location {d}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {d}/mosquitto.log\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
+            "per_listener_settings false\nuser root\npersistence true\npersistence_location {d}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {d}/mosquitto.log\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}",
             d = dir.path().display()
         );
         std::fs::write(dir.path().join("mosquitto.conf"), text).expect("mosquitto.conf");
@@ -231,6 +236,8 @@ struct Gateway {
     env: Vec<(String, String)>,
     child: Option<Child>,
     runs: u32,
+    /// The exit code of the last run that ended by itself or on a signal.
+    last_exit: Option<Option<i32>>,
 }
 
 impl Gateway {
@@ -269,10 +276,20 @@ impl Gateway {
         match c.try_wait() {
             Ok(Some(st)) => {
                 self.child = None;
+                self.last_exit = Some(st.code());
                 Some(st.code())
             }
             _ => None,
         }
+    }
+
+    /// How the last run ended: None while it runs (or never ran).
+    fn exit_code(&mut self) -> Option<Option<i32>> {
+        self.exited().or(if self.child.is_none() {
+            self.last_exit
+        } else {
+            None
+        })
     }
 
     fn running(&mut self) -> bool {
@@ -880,8 +897,16 @@ struct Rig {
 impl Rig {
     /// `spool_dir`: where spool.db goes (a mount), else a temp dir.
     async fn new(name: &'static str, o: &Opts, spool_dir: Option<&Path>) -> Rig {
+        Self::with_broker(name, o, spool_dir, Broker::start()).await
+    }
+
+    async fn with_broker(
+        name: &'static str,
+        o: &Opts,
+        spool_dir: Option<&Path>,
+        broker: Broker,
+    ) -> Rig {
         let dir = tempfile::tempdir().expect("temp dir");
-        let broker = Broker::start();
         let rec = Recorder::start(broker.port).await;
         let spool = spool_dir.unwrap_or(dir.path()).join("spool.db");
         let gw = Gateway {
@@ -891,6 +916,7 @@ impl Rig {
             env: vec![],
             child: None,
             runs: 0,
+            last_exit: None,
         };
         Rig {
             gw,
@@ -946,20 +972,48 @@ impl Rig {
         self.notes.push(what);
     }
 
+    /// Waits for a record from `from` on that satisfies `pred`, giving up
+    /// early when the gateway has exited (nothing more will come).
+    async fn wait_while_up(
+        &mut self,
+        from: usize,
+        limit: Duration,
+        pred: &dyn Fn(&Rec) -> bool,
+    ) -> Option<usize> {
+        let deadline = Instant::now() + limit;
+        let mut grace = 2;
+        loop {
+            let step = Duration::from_millis(250);
+            if let Some(i) = self.rec.wait_for(from, step, pred).await {
+                return Some(i);
+            }
+            if !self.gw.running() {
+                // What it sent just before exiting may still be on its way.
+                grace -= 1;
+                if grace == 0 {
+                    return None;
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+        }
+    }
+
     /// Waits for a live ups1 reading that arrived after record `from`.
-    async fn live_after(&self, from: usize, limit: Duration) -> Option<usize> {
-        self.rec.wait_for(from, limit, &|r| r.is_live("ups1")).await
+    async fn live_after(&mut self, from: usize, limit: Duration) -> Option<usize> {
+        self.wait_while_up(from, limit, &|r| r.is_live("ups1"))
+            .await
     }
 
     /// Waits for an event with `code` on the gateway device.
-    async fn event_seen(&self, code: &str, limit: Duration) -> bool {
+    async fn event_seen(&mut self, code: &str, limit: Duration) -> bool {
         let needle = format!("\"code\":\"{code}\"");
-        self.rec
-            .wait_for(0, limit, &|r| {
-                r.topic.ends_with("/gateway/event") && contains(&r.payload, needle.as_bytes())
-            })
-            .await
-            .is_some()
+        self.wait_while_up(0, limit, &|r| {
+            r.topic.ends_with("/gateway/event") && contains(&r.payload, needle.as_bytes())
+        })
+        .await
+        .is_some()
     }
 
     /// SIGTERM; a failure unless it exits 0 within `limit`.
@@ -992,13 +1046,12 @@ impl Rig {
     async fn drain(&mut self) {
         self.broker.resume();
         self.broker.spawn();
-        let limit = Duration::from_secs(self.o.pick(60, 300));
+        let limit = Duration::from_secs(self.o.pick(30, 300));
         self.gw.kill9();
         let from = self.rec.len();
         self.start(Load::None);
         let drained = self
-            .rec
-            .wait_for(from, limit, &|r| {
+            .wait_while_up(from, limit, &|r| {
                 r.topic.ends_with("/gateway/telemetry")
                     && r.json().is_some_and(|v| {
                         v["samples"]
@@ -1010,7 +1063,7 @@ impl Rig {
             .await;
         if drained.is_none() {
             let tail = self.gw.log_tail(3);
-            let why = if let Some(code) = self.gw.exited() {
+            let why = if let Some(code) = self.gw.exit_code() {
                 format!("exited with {code:?}")
             } else {
                 "still running".into()
@@ -1092,7 +1145,10 @@ async fn kill9(o: &Opts, name: &'static str, policy: &str) -> Outcome {
         // A random moment: anywhere from start-up to a few seconds in.
         let (life, toggle) = {
             let mut r = rand::rng();
-            (r.random_range(200..2500u64), r.random_bool(0.3))
+            (
+                r.random_range(200..o.pick(1600, 2500u64)),
+                r.random_bool(0.3),
+            )
         };
         sleep_ms(life / 2).await;
         if toggle {
@@ -1288,6 +1344,14 @@ fn free_bytes(dir: &Path) -> u64 {
     }
 }
 
+/// Takes every free byte of the file system holding `dir`.
+fn fill_up(dir: &Path, name: &str) {
+    let free = free_bytes(dir);
+    if free > 0 {
+        let _ = std::fs::write(dir.join(name), vec![0u8; free as usize]);
+    }
+}
+
 /// A spool on a 2 MiB tmpfs that fills up during an outage.
 async fn disk_full(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
@@ -1340,13 +1404,16 @@ async fn disk_full(o: &Opts) -> Outcome {
         "{live} live ups1 messages in {:.0} s with the disk full",
         back.elapsed().as_secs_f64()
     ));
+    // Whatever the gateway freed meanwhile is taken again.
+    fill_up(&mnt.dir, "filler2");
     rig.term_expect_0(Duration::from_secs(10), "SIGTERM with the disk full")
         .await;
     // Start again, disk still full.
+    fill_up(&mnt.dir, "filler3");
     let idx = rig.rec.len();
     rig.start(Load::Heavy);
     if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
-        let code = rig.gw.exited();
+        let code = rig.gw.exit_code();
         let tail = rig.gw.log_tail(2);
         rig.fail(format!(
             "restart with the disk full: no live reading within 15 s (exit {code:?}; log: {tail})"
@@ -1360,7 +1427,9 @@ async fn disk_full(o: &Opts) -> Outcome {
     rig.note(format!(
         "{dups_before_free} duplicates while the disk was full"
     ));
-    let _ = std::fs::remove_file(&filler);
+    for f in ["filler", "filler2", "filler3"] {
+        let _ = std::fs::remove_file(mnt.dir.join(f));
+    }
     let out = rig.finish().await;
     drop(mnt);
     with_expectation(out, |a| {
@@ -1395,7 +1464,7 @@ async fn readonly_start(o: &Opts) -> Outcome {
     let idx = rig.rec.len();
     rig.start(Load::Normal);
     if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
-        let code = rig.gw.exited();
+        let code = rig.gw.exit_code();
         let tail = rig.gw.log_tail(2);
         rig.fail(format!(
             "read-only spool at start: no live reading within 15 s (exit {code:?}; log: {tail})"
@@ -1452,7 +1521,7 @@ async fn readonly_running(o: &Opts) -> Outcome {
     let idx = rig.rec.len();
     rig.broker.spawn();
     if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
-        let code = rig.gw.exited();
+        let code = rig.gw.exit_code();
         let tail = rig.gw.log_tail(2);
         rig.fail(format!(
             "read-only spool while running: no live reading within 15 s of the broker's return (exit {code:?}; log: {tail})"
@@ -1468,7 +1537,7 @@ async fn readonly_running(o: &Opts) -> Outcome {
         rig.term_expect_0(Duration::from_secs(10), "SIGTERM, read-only spool")
             .await;
     } else {
-        let code = rig.gw.exited();
+        let code = rig.gw.exit_code();
         rig.fail(format!("gateway ended by itself ({code:?})"));
     }
     rig.gw.kill9();
@@ -1533,7 +1602,7 @@ async fn corrupt_file(o: &Opts) -> Outcome {
     let idx = rig.rec.len();
     rig.start(Load::Normal);
     if rig.live_after(idx, Duration::from_secs(20)).await.is_none() {
-        let code = rig.gw.exited();
+        let code = rig.gw.exit_code();
         let tail = rig.gw.log_tail(2);
         rig.fail(format!(
             "corrupt spool: no live reading within 20 s (exit {code:?}; log: {tail})"
@@ -1634,10 +1703,14 @@ fn crc32(parts: &[&[u8]]) -> u32 {
 /// is built with): an existing row's body gets a 2 MiB value, and when the
 /// table has a `crc` column the checksum is recomputed as docs/spec say
 /// (crc32 over kind byte, epoch BE u64, seq BE u64, device, 0, body), so
-/// the record is valid but too large, not corrupt. Expectation: env1 keeps
-/// delivering, ups1's other backlog arrives, the big one is declared.
+/// the record is valid but too large, not corrupt. The broker, like an
+/// operations centre's, refuses packets over 1 MiB (mosquitto
+/// `max_packet_size`: it disconnects the sender), which is also the new
+/// default `mqtt.max_packet_size`. Expectation: env1 keeps delivering,
+/// ups1's other backlog arrives, the big one is declared.
 async fn oversized_reading(o: &Opts) -> Outcome {
-    let mut rig = Rig::new("oversized_reading", o, None).await;
+    let broker = Broker::start_with("max_packet_size 1048576\n");
+    let mut rig = Rig::with_broker("oversized_reading", o, None, broker).await;
     backlog_on_disk(&mut rig, Load::Normal, 3).await;
     let made = (|| -> Result<(u64, bool), String> {
         let c = rusqlite::Connection::open(&rig.spool).map_err(|e| e.to_string())?;
@@ -1698,7 +1771,7 @@ async fn oversized_reading(o: &Opts) -> Outcome {
     let idx = rig.rec.len();
     rig.start(Load::Normal);
     let t = Instant::now();
-    sleep_ms(o.pick(10_000, 30_000)).await;
+    sleep_ms(o.pick(6_000, 30_000)).await;
     let env1_msgs = {
         let recs = rig.rec.lock();
         recs[idx..].iter().filter(|r| r.is_live("env1")).count()
@@ -1888,7 +1961,7 @@ async fn slow_fsync(o: &Opts) -> Outcome {
         Err(e) => return Outcome::skip("slow_fsync", format!("cannot build the shim: {e}")),
     };
     let mut rig = Rig::new("slow_fsync", o, None).await;
-    let f = measure_slow_fsync(&mut rig, &so, o.pick(8, 30)).await;
+    let f = measure_slow_fsync(&mut rig, &so, o.pick(5, 30)).await;
     let h_out = pct(&f.healthz_outage, 99.0);
     let h_drain = pct(&f.healthz_drain, 99.0);
     let l_drain = pct(&f.live_drain, 99.0);
@@ -2053,7 +2126,9 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let bin = bin.unwrap_or_else(|| root.join("target/release/wardgate"));
+    // cargo bench builds the binary with the bench profile, which is the
+    // release profile (Cargo.toml): target/release/wardgate.
+    let bin = bin.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wardgate")));
     if !bin.exists() {
         eprintln!("no binary at {} (cargo build --release)", bin.display());
         std::process::exit(2);
