@@ -145,6 +145,43 @@ fn fmt_ms(v: Option<f64>) -> String {
 // ---------------------------------------------------------------------------
 // Peers: mosquitto, the gateway process, mounts
 
+/// Children and mounts alive right now, so that an interrupted run (Ctrl-C,
+/// SIGTERM: the guards' Drop does not run then) still cleans up. Normal
+/// cleanup is the guards' Drop, which also takes them off this list.
+#[derive(PartialEq)]
+enum Live {
+    Pid(u32),
+    Mount(PathBuf),
+}
+
+static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
+
+fn live(add: bool, what: Live) {
+    let mut l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if add {
+        l.push(what);
+    } else {
+        l.retain(|x| *x != what);
+    }
+}
+
+/// Kills every child and unmounts every mount still listed.
+fn clean_up_everything() {
+    let l = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in &l {
+        if let Live::Pid(pid) = w {
+            signal(*pid, libc::SIGCONT);
+            signal(*pid, libc::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for w in l.iter().rev() {
+        if let Live::Mount(d) = w {
+            let _ = sh("umount", &["-l", &d.to_string_lossy()]);
+        }
+    }
+}
+
 /// A real mosquitto with persistence, so the recorder's session and its
 /// queued messages survive restarts (stopped with SIGTERM, which saves).
 struct Broker {
@@ -189,6 +226,7 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
+        live(true, Live::Pid(child.id()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -202,6 +240,7 @@ impl Broker {
         if let Some(mut c) = self.child.take() {
             signal(c.id(), libc::SIGTERM);
             let _ = c.wait();
+            live(false, Live::Pid(c.id()));
         }
     }
 
@@ -231,6 +270,7 @@ impl Drop for Broker {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            live(false, Live::Pid(c.id()));
         }
     }
 }
@@ -266,7 +306,9 @@ impl Gateway {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().expect("spawn the wardgate binary"));
+        let child = cmd.spawn().expect("spawn the wardgate binary");
+        live(true, Live::Pid(child.id()));
+        self.child = Some(child);
         self.runs += 1;
     }
 
@@ -274,6 +316,7 @@ impl Gateway {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            live(false, Live::Pid(c.id()));
         }
     }
 
@@ -282,6 +325,7 @@ impl Gateway {
         let c = self.child.as_mut()?;
         match c.try_wait() {
             Ok(Some(st)) => {
+                live(false, Live::Pid(c.id()));
                 self.child = None;
                 self.last_exit = Some(st.code());
                 Some(st.code())
@@ -350,6 +394,7 @@ impl Mount {
             "mount",
             &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", &d],
         )?;
+        live(true, Live::Mount(dir.to_owned()));
         Ok(Mount {
             dir: dir.to_owned(),
             image: None,
@@ -370,6 +415,7 @@ impl Mount {
             image: Some(image.to_owned()),
         };
         m.mount_image()?;
+        live(true, Live::Mount(dir.to_owned()));
         Ok(m)
     }
 
@@ -433,6 +479,7 @@ impl Drop for Mount {
         if sh("umount", &[&d]).is_err() {
             let _ = sh("umount", &["-l", &d]);
         }
+        live(false, Live::Mount(self.dir.clone()));
     }
 }
 
@@ -1032,14 +1079,37 @@ impl Rig {
             .await
     }
 
-    /// Waits for an event with `code` on the gateway device.
-    async fn event_seen(&mut self, code: &str, limit: Duration) -> bool {
+    /// Waits for an event with `code` on the gateway device; its values.
+    async fn event_seen(&mut self, code: &str, limit: Duration) -> Option<Value> {
         let needle = format!("\"code\":\"{code}\"");
-        self.wait_while_up(0, limit, &|r| {
-            r.topic.ends_with("/gateway/event") && contains(&r.payload, needle.as_bytes())
-        })
-        .await
-        .is_some()
+        let i = self
+            .wait_while_up(0, limit, &|r| {
+                r.topic.ends_with("/gateway/event") && contains(&r.payload, needle.as_bytes())
+            })
+            .await?;
+        let body = self.rec.lock()[i].json()?;
+        body["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["code"] == code)
+            .map(|e| e["values"].clone())
+    }
+
+    /// Expects a `spool.degraded` event saying `reason` (spec of issue 10).
+    async fn expect_degraded(&mut self, reason: &str) {
+        match self
+            .event_seen("spool.degraded", Duration::from_secs(10))
+            .await
+        {
+            None => self.fail(format!(
+                "no spool.degraded event (reason {reason} expected)"
+            )),
+            Some(v) if v["spool.reason"] != reason => self.fail(format!(
+                "spool.degraded says {} (expected reason {reason})",
+                v["spool.reason"]
+            )),
+            Some(_) => {}
+        }
     }
 
     /// SIGTERM; a failure unless it exits 0 within `limit`.
@@ -1473,6 +1543,15 @@ async fn disk_full(o: &Opts) -> Outcome {
     rig.note(format!(
         "{dups_before_free} duplicates while the disk was full"
     ));
+    // The spec raises spool.degraded (disk_full) here; the brief of this
+    // scenario does not require it, so it is reported, not judged.
+    let degraded = rig
+        .event_seen("spool.degraded", Duration::from_secs(1))
+        .await;
+    rig.note(match degraded {
+        Some(v) => format!("spool.degraded event: reason {}", v["spool.reason"]),
+        None => "no spool.degraded event".into(),
+    });
     for f in ["filler", "filler2", "filler3"] {
         let _ = std::fs::remove_file(mnt.dir.join(f));
     }
@@ -1516,12 +1595,7 @@ async fn readonly_start(o: &Opts) -> Outcome {
             "read-only spool at start: no live reading within 15 s (exit {code:?}; log: {tail})"
         ));
     }
-    if !rig
-        .event_seen("spool.degraded", Duration::from_secs(10))
-        .await
-    {
-        rig.fail("no spool.degraded event".into());
-    }
+    rig.expect_degraded("read_only").await;
     if rig.gw.running() {
         rig.term_expect_0(Duration::from_secs(10), "SIGTERM, read-only spool")
             .await;
@@ -1573,12 +1647,7 @@ async fn readonly_running(o: &Opts) -> Outcome {
             "read-only spool while running: no live reading within 15 s of the broker's return (exit {code:?}; log: {tail})"
         ));
     }
-    if !rig
-        .event_seen("spool.degraded", Duration::from_secs(10))
-        .await
-    {
-        rig.fail("no spool.degraded event".into());
-    }
+    rig.expect_degraded("read_only").await;
     if rig.gw.running() {
         rig.term_expect_0(Duration::from_secs(10), "SIGTERM, read-only spool")
             .await;
@@ -2272,6 +2341,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    rt.spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("interrupted: stopping mosquitto and wardgate, unmounting");
+        clean_up_everything();
+        std::process::exit(130);
+    });
     if figs {
         std::process::exit(rt.block_on(figures(&o)));
     }
@@ -2285,7 +2370,21 @@ fn main() {
         if !only.is_empty() && !only.iter().any(|n| n == name) {
             continue;
         }
-        let out = rt.block_on(f(&o));
+        // A panic in one scenario (a harness bug, a peer that would not
+        // start) is that scenario's FAIL; its guards have already cleaned
+        // up (children killed, mounts unmounted) while unwinding.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f(&o))))
+            .unwrap_or_else(|p| {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "panic".into());
+                let mut out = Outcome::skip(name, String::new());
+                out.skipped = None;
+                out.failures.push(format!("the harness panicked: {why}"));
+                out
+            });
         println!(
             "  {:<20} {:>5} ({:.0} s){}",
             out.name,
