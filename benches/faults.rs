@@ -1363,6 +1363,18 @@ async fn sigterm_hung_broker(o: &Opts) -> Outcome {
         {
             rig.fail("no live reading after start".into());
         }
+        // The previous stop's backlog is sent first, so that what is in
+        // flight when the broker hangs is only the newest readings.
+        rig.wait_while_up(from, Duration::from_secs(20), &|r| {
+            r.topic.ends_with("/gateway/telemetry")
+                && r.json().is_some_and(|v| {
+                    v["samples"]
+                        .as_array()
+                        .and_then(|a| a.last())
+                        .is_some_and(|s| num(&s["values"]["spool.depth"]) == Some(0.0))
+                })
+        })
+        .await;
         rig.broker.pause();
         sleep_ms(o.pick(2000, 6000)).await;
         if let Some(took) = rig
