@@ -314,6 +314,7 @@ impl Queue {
                 next: 0,
                 durable: 0,
                 slot: None,
+                mark: 0,
             });
             renumber.insert(rid, s.next);
             s.next += 1;
@@ -581,6 +582,7 @@ impl Spool {
                         tracing::warn!(%key, "ignoring unknown sequence entry");
                         continue;
                     };
+                    let mut last_used_here = None;
                     if !clean && m.reserved > 0 {
                         // Exact only from the used-marks file of the same
                         // epoch and the same boot (a crash, not a power cut).
@@ -590,6 +592,7 @@ impl Spool {
                             .and_then(|p| p.next.get(m.slot? as usize).copied())
                             .filter(|n| *n > 0)
                             .map(|n| n - 1);
+                        last_used_here = last_used;
                         report.resumed_unclean.push(Resumed {
                             device: dev.to_owned(),
                             kind,
@@ -603,6 +606,11 @@ impl Spool {
                             next: m.reserved,
                             durable: m.reserved,
                             slot: m.slot,
+                            mark: if clean {
+                                m.reserved
+                            } else {
+                                last_used_here.map(|u| u + 1).unwrap_or(0)
+                            },
                         },
                     );
                 }
@@ -705,7 +713,7 @@ impl Spool {
             Ok(mut u) => {
                 for s in seqs.values() {
                     if let Some(slot) = s.slot {
-                        u.set(slot, s.next);
+                        u.set(slot, s.mark);
                     }
                 }
                 Some(u)
@@ -867,11 +875,13 @@ impl Spool {
             next: 0,
             durable: 0,
             slot: None,
+            mark: 0,
         });
         let seq = s.next;
         s.next += 1;
+        s.mark = s.next;
         if let (Some(slot), Some(u)) = (s.slot, used.as_mut()) {
-            u.set(slot, s.next);
+            u.set(slot, s.mark);
         }
         let reserve = durable && needs_reservation(s);
         let body = match reading {
@@ -1343,7 +1353,7 @@ impl Spool {
                         s.durable = s.durable.max(m.reserved);
                         s.slot = m.slot;
                         if let (Some(slot), Some(u)) = (s.slot, used.as_mut()) {
-                            u.set(slot, s.next);
+                            u.set(slot, s.mark);
                         }
                     }
                 }
@@ -2257,6 +2267,29 @@ mod tests {
         // crashed run's two were still in memory (within spill_after) and
         // are the loss a crash may cause.
         assert_eq!(rows(&s), 4);
+        drop(s);
+        // Another crash before any reading: nothing of the skipped block was
+        // used, and the report says so (the last used number stays 3 + block).
+        let (s, r, _) = open(&c);
+        let d = r
+            .resumed_unclean
+            .iter()
+            .find(|x| x.device == "d" && x.kind == Kind::Sample)
+            .expect("d's samples resumed");
+        assert_eq!(d.last_used, Some(3 + SEQ_BLOCK));
+        drop(s);
+        let (_, r, _) = open(&c);
+        let d = r
+            .resumed_unclean
+            .iter()
+            .find(|x| x.device == "d" && x.kind == Kind::Sample)
+            .expect("d's samples resumed");
+        assert_eq!(
+            d.last_used,
+            Some(3 + SEQ_BLOCK),
+            "a run that used nothing does not claim its skipped numbers"
+        );
+        assert!(d.at > 3 + 2 * SEQ_BLOCK);
     }
 
     #[tokio::test]

@@ -331,6 +331,10 @@ pub(crate) struct SeqState {
     pub durable: u64,
     /// The stream's slot in the used-marks file, once it has one.
     pub slot: Option<u32>,
+    /// What the slot holds: one past the last number known to be used (0:
+    /// not known). At start it is the previous run's, not `next`: the
+    /// numbers skipped by the resume were never used.
+    pub mark: u64,
 }
 
 /// How far ahead of use numbers are reserved again: once per block, with
