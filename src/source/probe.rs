@@ -304,7 +304,10 @@ mod tests {
         let method = v.get("local.method").cloned();
         match Icmp::open() {
             Ok(icmp) => {
-                assert!(permitted, "ICMP opened though this process is not permitted");
+                assert!(
+                    permitted,
+                    "ICMP opened though this process is not permitted"
+                );
                 let ms = icmp
                     .ping("127.0.0.1", 1, Duration::from_secs(2))
                     .await
