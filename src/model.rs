@@ -324,9 +324,36 @@ mod tests {
         );
     }
 
+    /// The kernel's NTP state read another way than `from_kernel` does:
+    /// `clock_adjtime(CLOCK_REALTIME)`, read-only (`modes = 0`).
+    fn unsynced_per_clock_adjtime() -> bool {
+        // SAFETY: `timex` is plain old data; with `modes == 0` the call only
+        // reads the kernel state into it.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::clock_adjtime(libc::CLOCK_REALTIME, &mut tx) };
+        assert_ne!(rc, -1, "clock_adjtime: {}", std::io::Error::last_os_error());
+        rc == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0
+    }
+
     #[test]
-    fn kernel_clock_state_reads() {
-        // Either answer is fine here; the call itself must not fail or panic.
-        let _ = ClockState::from_kernel();
+    fn kernel_clock_state_matches_the_kernel() {
+        // Read the kernel before and after; when both agree (ntpd may flip
+        // the state in between, then try again), `from_kernel` must say the
+        // same.
+        for _ in 0..10 {
+            let before = unsynced_per_clock_adjtime();
+            let ours = ClockState::from_kernel();
+            let after = unsynced_per_clock_adjtime();
+            if before == after {
+                let expected = if before {
+                    ClockState::Unsynced
+                } else {
+                    ClockState::Synced
+                };
+                assert_eq!(ours, expected, "STA_UNSYNC/TIME_ERROR say {expected:?}");
+                return;
+            }
+        }
+        panic!("the kernel's clock state kept changing");
     }
 }

@@ -261,28 +261,77 @@ mod tests {
         assert!(e.to_lowercase().contains("refused"), "{e}");
     }
 
-    #[tokio::test]
-    async fn icmp_echo_to_loopback() {
-        // Root (or CAP_NET_RAW, or ping_group_range) is needed; the test
-        // machines run as root.
-        let icmp = match Icmp::open() {
-            Ok(i) => i,
-            Err(e) if unsafe { libc::geteuid() } != 0 => {
-                eprintln!("ICMP not permitted here ({e}); checked by tests/it instead");
-                return;
-            }
-            Err(e) => panic!("root cannot open an ICMP socket: {e}"),
-        };
-        let ms = icmp
-            .ping("127.0.0.1", 1, Duration::from_secs(2))
-            .await
+    /// Whether this process may open an ICMP socket, decided without
+    /// trying: root, CAP_NET_RAW in the effective set, or the effective
+    /// group inside `net.ipv4.ping_group_range`.
+    fn icmp_permitted() -> bool {
+        // SAFETY: geteuid/getegid cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
             .unwrap();
-        assert!((0.0..1000.0).contains(&ms), "{ms}");
-        let e = icmp
-            .ping("no-such-host.invalid", 2, Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(e.contains("no-such-host.invalid"), "{e}");
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap();
+        let mut it = range.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+        let (lo, hi) = (it.next().unwrap(), it.next().unwrap());
+        euid == 0 || cap_eff & (1 << 13) != 0 || (lo..=hi).contains(&u64::from(egid))
+    }
+
+    /// Where ICMP is permitted it works against loopback; where it is not,
+    /// opening fails and an ICMP target is measured over TCP instead. Both
+    /// branches assert: neither counts as a pass by returning early.
+    #[tokio::test]
+    async fn icmp_echo_or_the_tcp_fallback() {
+        let permitted = icmp_permitted();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cfg = ProbeConfig {
+            id: "wan".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            window: 4,
+            targets: vec![ProbeTarget {
+                name: "local".into(),
+                address: format!("127.0.0.1:{port}"),
+                method: ProbeMethod::Icmp,
+            }],
+            threshold: Vec::new(),
+        };
+        let v = probe_once(&cfg).await;
+        assert_eq!(v.get("local.up"), Some(&crate::model::Value::Bool(true)));
+        let method = v.get("local.method").cloned();
+        match Icmp::open() {
+            Ok(icmp) => {
+                assert!(
+                    permitted,
+                    "ICMP opened though this process is not permitted"
+                );
+                let ms = icmp
+                    .ping("127.0.0.1", 1, Duration::from_secs(2))
+                    .await
+                    .unwrap();
+                assert!((0.0..1000.0).contains(&ms), "{ms}");
+                let e = icmp
+                    .ping("no-such-host.invalid", 2, Duration::from_millis(200))
+                    .await
+                    .unwrap_err();
+                assert!(e.contains("no-such-host.invalid"), "{e}");
+                assert_eq!(method, Some(crate::model::Value::Str("icmp".into())));
+            }
+            Err(e) => {
+                assert!(!permitted, "ICMP is permitted here but did not open: {e}");
+                // The fallback: TCP connect time to the target's port.
+                assert_eq!(method, Some(crate::model::Value::Str("tcp".into())));
+                assert!(
+                    matches!(v.get("local.latency"), Some(crate::model::Value::Num(ms)) if (0.0..2000.0).contains(ms)),
+                    "{v:?}"
+                );
+                let p = Prober::new(&cfg, "wan");
+                assert!(p.icmp.is_none());
+            }
+        }
     }
 
     #[test]

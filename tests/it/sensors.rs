@@ -8,6 +8,7 @@ use crate::common::*;
 /// that reaches the broker, schema-valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threshold_event_reaches_the_broker() {
+    let clock = crate::common::devices::machine_clock();
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "ioc").await;
     let dir = tempfile::tempdir().unwrap();
@@ -52,6 +53,8 @@ async fn threshold_event_reaches_the_broker() {
     assert!(page.contains("phòng máy"), "{page}");
     gw.stop().await;
     sub.assert_all_valid();
+    // Samples and the event say the machine's clock state.
+    crate::common::devices::assert_clock_is_the_machines(&sub, clock);
 }
 
 /// 1-Wire probes (fixture files in the kernel's format) and the Pi's health
@@ -139,7 +142,11 @@ async fn reachability_probe_and_wan_events() {
     eventually(WAIT, "probe samples", || sub.seqs("wan").len() >= 5).await;
     let (_, s) = sub.samples("wan").last().cloned().unwrap();
     assert_eq!(s["values"]["local.up"], true);
-    assert!(s["values"]["local.latency"].as_f64().unwrap() >= 0.0);
+    // A connect that answers does so within the timeout (500 ms).
+    for (_, s) in sub.samples("wan") {
+        let ms = s["values"]["local.latency"].as_f64().unwrap();
+        assert!((0.0..=500.0).contains(&ms), "local.latency = {ms}");
+    }
     assert_eq!(s["values"]["local.loss"], 0.0);
     assert_eq!(s["values"]["closed.up"], false);
     assert_eq!(s["values"]["closed.loss"], 100.0);

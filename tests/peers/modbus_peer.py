@@ -14,11 +14,13 @@ Registers that are not defined answer with exception 02 (illegal data
 address), like real devices; other slave ids get no answer (an absent
 slave on a real bus is silent).
 
-  modbus_peer.py rtu <serial port> [--trace FILE]
+  modbus_peer.py rtu <serial port> [--trace FILE] [--silent FILE]
   modbus_peer.py tcp <port> [--trace FILE]
 
 Prints "ready" on stdout once serving. With --trace, every frame
-received and sent is appended to FILE as "rx|tx <hex>".
+received and sent is appended to FILE as "rx|tx <hex>". With --silent
+(RTU), the slave ids listed in FILE (whitespace-separated; read on every
+reply, the file may be absent) stop answering, as a slave that lost power.
 """
 import argparse
 import asyncio
@@ -87,16 +89,30 @@ async def main():
     ap.add_argument("mode", choices=["rtu", "tcp"])
     ap.add_argument("where")
     ap.add_argument("--trace")
+    ap.add_argument("--silent")
     a = ap.parse_args()
     trace_file = open(a.trace, "a", buffering=1) if a.trace else None
 
     known = {1, 2, 3}
+
+    def silenced():
+        if not a.silent:
+            return set()
+        try:
+            with open(a.silent) as f:
+                return {int(x) for x in f.read().split()}
+        except FileNotFoundError:
+            return set()
 
     def trace(sending, data):
         # pymodbus answers unknown ids with an exception when given SimDevices
         # (ignore_missing_devices only covers the old datastore): drop those
         # replies, so an absent slave is silent as on a real bus.
         if sending and a.mode == "rtu" and data and data[0] not in known:
+            return b""
+        if sending and a.mode == "rtu" and data and data[0] in silenced():
+            if trace_file is not None:
+                trace_file.write("silent " + data.hex(" ") + "\n")
             return b""
         if trace_file is not None:
             trace_file.write(("tx " if sending else "rx ") + data.hex(" ") + "\n")

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod apc_sim;
+pub mod devices;
 pub mod megatec_sim;
 pub mod nut;
 pub mod peers;

@@ -25,6 +25,12 @@ fn user() -> String {
 impl NutServer {
     /// `dev` is the dummy UPS's variables, `name: value` per line.
     pub fn start(dev: &str) -> NutServer {
+        Self::start_with(dev, "", "")
+    }
+
+    /// As `start`, with lines added to upsd.conf (e.g. `MAXAGE 3`) and to
+    /// the UPS's section of ups.conf (e.g. `\tpollinterval = 1`).
+    pub fn start_with(dev: &str, upsd_extra: &str, ups_extra: &str) -> NutServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let port = super::free_port();
@@ -33,12 +39,16 @@ impl NutServer {
         std::fs::write(
             d.join("ups.conf"),
             format!(
-                "[dummy]\n\tdriver = dummy-ups\n\tport = {}\n\tdesc = \"test\"\n",
+                "[dummy]\n\tdriver = dummy-ups\n\tport = {}\n\tdesc = \"test\"\n{ups_extra}\n",
                 devp.display()
             ),
         )
         .unwrap();
-        std::fs::write(d.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n")).unwrap();
+        std::fs::write(
+            d.join("upsd.conf"),
+            format!("LISTEN 127.0.0.1 {port}\n{upsd_extra}\n"),
+        )
+        .unwrap();
         std::fs::write(
             d.join("upsd.users"),
             "[mon]\n\tpassword = s3cret\n\tupsmon primary\n",
@@ -94,6 +104,18 @@ impl NutServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the driver (SIGSTOP): it stays connected to upsd but sends
+    /// nothing, so upsd answers `ERR DATA-STALE` once `MAXAGE` passes.
+    pub fn pause_driver(&self) {
+        let c = self.driver.as_ref().expect("driver running");
+        super::signal(c.id(), libc::SIGSTOP);
+    }
+
+    pub fn resume_driver(&self) {
+        let c = self.driver.as_ref().expect("driver running");
+        super::signal(c.id(), libc::SIGCONT);
     }
 
     /// Rewrites one variable in the .dev file (dummy-ups re-reads it when

@@ -37,13 +37,19 @@ pub struct ModbusPeer {
     peer: Option<Child>,
 }
 
-fn start_peer(args: &[&str], trace: &Path) -> Child {
+fn start_peer(args: &[&str], trace: &Path, silent: Option<&Path>) -> Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/modbus_peer.py");
     let mut c = Command::new("python3")
         .arg(script)
         .args(args)
         .arg("--trace")
         .arg(trace)
+        .args(
+            silent
+                .map(|p| ["--silent".as_ref(), p.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -69,7 +75,8 @@ impl ModbusPeer {
         wait_for(&a, "socat pty");
         wait_for(&b, "socat pty");
         let trace = dir.path().join("trace");
-        let peer = start_peer(&["rtu", a.to_str().unwrap()], &trace);
+        let silent = dir.path().join("silent");
+        let peer = start_peer(&["rtu", a.to_str().unwrap()], &trace, Some(&silent));
         ModbusPeer {
             serial: b,
             port: 0,
@@ -84,7 +91,7 @@ impl ModbusPeer {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let trace = dir.path().join("trace");
-        let peer = start_peer(&["tcp", &port.to_string()], &trace);
+        let peer = start_peer(&["tcp", &port.to_string()], &trace, None);
         ModbusPeer {
             serial: PathBuf::new(),
             port,
@@ -93,6 +100,14 @@ impl ModbusPeer {
             socat: None,
             peer: Some(peer),
         }
+    }
+
+    /// RTU: these slave ids stop answering (an empty list: all answer).
+    pub fn silence(&self, ids: &[u8]) {
+        let text: Vec<String> = ids.iter().map(u8::to_string).collect();
+        let tmp = self.dir.path().join("silent.tmp");
+        std::fs::write(&tmp, text.join(" ")).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("silent")).unwrap();
     }
 
     /// Frames the peer received ("rx ...") and sent ("tx ..."), hex.
