@@ -386,6 +386,11 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
+        // WARDGATE_FAULTS_KEEP=DIR keeps each gateway's log for a post-mortem.
+        if let Some(dir) = std::env::var_os("WARDGATE_FAULTS_KEEP") {
+            let name = format!("wardgate-{}-{}.log", std::process::id(), now_ms());
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(name));
+        }
     }
 }
 
@@ -648,8 +653,9 @@ struct Account {
     readings: u64,
     delivered: u64,
     duplicates: u64,
-    /// The most copies any one record arrived in.
+    /// The most copies any one record arrived in, and one such record.
     max_copies: u64,
+    max_copies_example: String,
     reused: u64,
     reused_examples: Vec<String>,
     invalid_json: u64,
@@ -725,7 +731,10 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             let key = (device.clone(), kind, epoch.clone(), seq);
             let n = copies.entry(key.clone()).or_insert(0);
             *n += 1;
-            a.max_copies = a.max_copies.max(*n);
+            if *n > a.max_copies {
+                a.max_copies = *n;
+                a.max_copies_example = format!("{device} {kind} epoch {epoch:?} seq {seq}");
+            }
             match seen.get(&key) {
                 Some(prev) => {
                     a.duplicates += 1;
@@ -1502,9 +1511,13 @@ fn fill_up(dir: &Path, name: &str) {
 /// leaves 256 KiB, then takes whatever is freed again). Expectations: live
 /// readings flow while the disk is full once the broker is back; SIGTERM
 /// exits 0; a restart with the disk still full delivers live readings; no
-/// re-send storm: acknowledged rows that could not be deleted are sent again
-/// at most once (no record arrives more than twice); a `spool.degraded`
-/// event with reason `disk_full`; drops declared.
+/// re-send storm: acknowledged rows that could not be deleted are never sent
+/// again in the run that could not delete them, only once more by each later
+/// run. The scenario has three runs with the disk full (the outage run, the
+/// restart, and the drain run that starts after a kill -9), and a record in
+/// flight when a link drops is sent again: so no record may arrive more than
+/// 3 + 1 = 4 times (the old spool re-sent the backlog on every reconnect);
+/// a `spool.degraded` event with reason `disk_full`; drops declared.
 async fn disk_full(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
     let mnt_dir = base.path().join("spool");
@@ -1595,10 +1608,10 @@ async fn disk_full(o: &Opts) -> Outcome {
     let out = rig.finish().await;
     drop(mnt);
     with_expectation(out, |a| {
-        (a.max_copies > 2).then(|| {
+        (a.max_copies > 4).then(|| {
             format!(
-                "re-send storm: a record arrived {} times ({} duplicates in all)",
-                a.max_copies, a.duplicates
+                "re-send storm: a record arrived {} times ({}; {} duplicates in all)",
+                a.max_copies, a.max_copies_example, a.duplicates
             )
         })
     })
