@@ -645,7 +645,13 @@ mod tests {
         let body = r#"{"seq":3,"ts":1,"clock":"synced","values":{}}"#;
         let crc = row_checksum(Kind::Sample, 9, "ups1", 3, body) as i64;
         let flipped = body.replace('3', "2");
-        type Case<'a> = (&'a str, i64, Option<&'a [u8]>, Option<i64>, Result<(), &'a str>);
+        type Case<'a> = (
+            &'a str,
+            i64,
+            Option<&'a [u8]>,
+            Option<i64>,
+            Result<(), &'a str>,
+        );
         let table: &[Case] = &[
             ("ups1", 3, Some(body.as_bytes()), Some(crc), Ok(())),
             // One flipped bit anywhere it covers.
