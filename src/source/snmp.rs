@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use csnmp::{ObjectIdentifier, ObjectValue, Snmp2cClient};
+pub use csnmp::ObjectValue;
+use csnmp::{ObjectIdentifier, Snmp2cClient};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -191,11 +191,17 @@ fn is_text(name: &str) -> bool {
 
 /// Maps one UPS's variables to values: numbers where NUT gives numbers,
 /// words otherwise. `driver.*` variables (driver name, parameters) are
-/// configuration, not readings, and are left out.
+/// configuration, not readings, and are left out, and so are names outside
+/// the contract's pattern (NUT's own are `[a-z0-9.]`; anything else is not
+/// from a sane upsd and cannot be published).
 pub fn to_values(vars: &[(String, String)]) -> Values {
     let mut v = Values::new();
     for (name, value) in vars {
         if name.starts_with("driver.") {
+            continue;
+        }
+        if !crate::model::valid_value_name(name) {
+            tracing::debug!(name = %name.escape_debug(), "NUT variable name outside the contract, left out");
             continue;
         }
         if !is_text(name) {
@@ -379,6 +385,24 @@ mod tests {
         assert!(
             l.feed("dummy", "VAR other x \"1\"").is_err(),
             "another UPS's line"
+        );
+    }
+
+    #[test]
+    fn names_outside_the_contract_are_left_out() {
+        // Found by fuzz/fuzz_targets/nut.rs: upsd's variable names went
+        // into the telemetry as they came, NUL bytes included.
+        let vars = vec![
+            ("ups.s\0\0\0l".to_string(), "OL".to_string()),
+            ("".into(), "1".into()),
+            ("bad name".into(), "1".into()),
+            ("battery.char-e".into(), "100".into()),
+        ];
+        let v = to_values(&vars);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            v.get("battery.char-e").and_then(|x| x.as_f64()),
+            Some(100.0)
         );
     }
 
