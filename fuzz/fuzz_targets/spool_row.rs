@@ -50,7 +50,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             assert!(valid_device_id(&key.device) && seq >= 0);
             match crc {
                 Some(c) => assert_eq!(Some(c), body.as_deref().and_then(good_crc)),
-                None => assert!(serde_json::from_str::<serde_json::de::IgnoredAny>(s).is_ok()),
+                None => assert!(serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()),
             }
         }
         Err(_) => {
