@@ -1,17 +1,37 @@
-//! Any bytes as APC Smart replies (with alerts mixed in): never a panic.
+//! Any bytes as APC Smart replies (with alerts mixed in): never a panic;
+//! numbers finite, text within the reply limit.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wardgate::source::apc::codec::{self, Command};
+use wardgate::source::apc::codec::{self, Command, Reply};
+
+mod common;
+
+fn check(r: &Reply) {
+    match r {
+        Reply::Number(n) => assert!(n.is_finite(), "{n}"),
+        Reply::Text(t) => assert!(t.is_ascii() && t.len() <= codec::MAX_REPLY),
+        Reply::Status(s) => assert!(!s.is_empty()),
+        Reply::SmartMode => {}
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
-    let (_alerts, rest) = codec::split_alerts(data);
+    let (alerts, rest) = codec::split_alerts(data);
+    assert_eq!(alerts.len() + rest.len(), data.len());
+    assert!(rest.iter().all(|b| codec::Alert::from_byte(*b).is_none()));
     for line in rest.split_inclusive(|b| *b == b'\n') {
         for cmd in Command::POLL {
-            let _ = codec::parse(cmd, line);
+            if let Ok(r) = codec::parse(cmd, line) {
+                check(&r);
+            }
+            assert!(common::in_contract(cmd.variable()));
         }
-        let _ = codec::parse(Command::SmartMode, line);
+        if let Ok(r) = codec::parse(Command::SmartMode, line) {
+            check(&r);
+        }
     }
     if let Some(b) = data.first() {
-        let _ = codec::status_tokens(*b);
+        let t = codec::status_tokens(*b);
+        assert!(!t.is_empty() && t.split(' ').all(|w| !w.is_empty()));
     }
 });

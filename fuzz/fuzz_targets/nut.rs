@@ -1,20 +1,57 @@
-//! Any text as upsd's replies to LIST VAR: never a panic.
+//! Any bytes from upsd, through the reader's line framing (in reads of 1 to
+//! 64 bytes, as a socket may give them), then the codec: never a panic.
+//! Lines are cut exactly at LF, never longer than MAX_LINE (1,024 bytes),
+//! refused when not UTF-8; values in the contract.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wardgate::source::nut::codec::{self, ListVar};
+use wardgate::source::nut::codec::{self, LineReader, ListVar};
+
+mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Some((&c, data)) = data.split_first() else {
+        return;
+    };
+    let read_size = usize::from(c % 64) + 1;
+    let mut reader = LineReader::default();
     let mut list = ListVar::default();
-    for line in text.split_inclusive('\n') {
-        let _ = codec::parse_line(line);
-        match list.feed("dummy", line) {
-            Ok(Some(codec::ListOutcome::Vars(vars))) => {
-                let _ = codec::to_values(&vars);
+    let (mut start, mut pos) = (0, 0);
+    while pos < data.len() {
+        let end = (pos + read_size).min(data.len());
+        let (take, line) = reader.feed(&data[pos..end]);
+        assert!(take >= 1 && take <= end - pos);
+        let taken = &data[pos..pos + take];
+        assert!(!taken[..take - 1].contains(&b'\n'), "framing past a LF");
+        pos += take;
+        let so_far = &data[start..pos];
+        match line {
+            Err(_) => {
+                assert!(
+                    so_far.len() > codec::MAX_LINE || std::str::from_utf8(so_far).is_err(),
+                    "a good line refused"
+                );
+                // The reader reconnects: a fresh framer and exchange.
+                reader = LineReader::default();
                 list = ListVar::default();
+                start = pos;
             }
-            Ok(_) => {}
-            Err(_) => list = ListVar::default(),
+            Ok(None) => {
+                assert!(!taken.ends_with(b"\n") && so_far.len() <= codec::MAX_LINE);
+            }
+            Ok(Some(line)) => {
+                assert_eq!(line.as_bytes(), so_far, "the line is exactly the bytes read");
+                assert!(line.ends_with('\n') && line.len() <= codec::MAX_LINE);
+                start = pos;
+                let _ = codec::parse_line(&line);
+                match list.feed("dummy", &line) {
+                    Ok(Some(codec::ListOutcome::Vars(vars))) => {
+                        common::check_values(&codec::to_values(&vars));
+                        list = ListVar::default();
+                    }
+                    Ok(_) => {}
+                    Err(_) => list = ListVar::default(),
+                }
+            }
         }
     }
 });

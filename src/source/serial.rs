@@ -40,6 +40,35 @@ impl Default for Line {
     }
 }
 
+/// What one more byte did to a reply being framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// No terminator yet: keep reading.
+    More,
+    /// The reply ends with its terminator and is complete.
+    Done,
+    /// The reply grew past the protocol's limit without a terminator (line
+    /// noise or a wrong baud rate): the reader gives up on it.
+    TooLong,
+}
+
+/// Line framing of the serial UPS protocols, sans-IO: the readers add each
+/// byte as the port gives it. A reply is done when it ends with
+/// `terminator` (CR for Megatec, CR LF for APC Smart), too long when it
+/// holds more than `max` bytes without one (so a complete reply holds at
+/// most `max` bytes before its last terminator byte). Pure, so it is fuzzed
+/// (`fuzz/fuzz_targets/serial_frame.rs`).
+pub fn push_byte(reply: &mut Vec<u8>, b: u8, terminator: &[u8], max: usize) -> Frame {
+    reply.push(b);
+    if reply.ends_with(terminator) {
+        Frame::Done
+    } else if reply.len() > max {
+        Frame::TooLong
+    } else {
+        Frame::More
+    }
+}
+
 pub fn open(path: &Path, baud: u32, line: Line) -> Result<SerialStream, SerialError> {
     let p = path.display().to_string();
     if !path.exists() {
@@ -72,6 +101,23 @@ pub fn open(path: &Path, baud: u32, line: Line) -> Result<SerialStream, SerialEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing() {
+        let mut r = Vec::new();
+        for b in b"(NAK" {
+            assert_eq!(push_byte(&mut r, *b, b"\r", 64), Frame::More);
+        }
+        assert_eq!(push_byte(&mut r, b'\r', b"\r", 64), Frame::Done);
+        assert_eq!(r, b"(NAK\r");
+        let mut r = Vec::new();
+        assert_eq!(push_byte(&mut r, b'\r', b"\r\n", 4), Frame::More);
+        assert_eq!(push_byte(&mut r, b'\n', b"\r\n", 4), Frame::Done);
+        let mut r = b"xxxx".to_vec();
+        assert_eq!(push_byte(&mut r, b'\r', b"\r", 4), Frame::Done);
+        let mut r = b"xxxx".to_vec();
+        assert_eq!(push_byte(&mut r, b'x', b"\r", 4), Frame::TooLong);
+    }
 
     #[tokio::test]
     async fn missing_port_says_so() {

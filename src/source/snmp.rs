@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use csnmp::{ObjectIdentifier, ObjectValue, Snmp2cClient};
+pub use csnmp::ObjectValue;
+use csnmp::{ObjectIdentifier, Snmp2cClient};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -113,12 +114,104 @@ pub fn rate_bps(prev: u64, now: u64, width: u32, secs: f64, restarted: bool) -> 
     Some((delta as f64 * 8.0 / secs).round())
 }
 
-struct IfState {
-    key: String,
-    index: u32,
-    is_wan: bool,
-    oper: Option<i32>,
-    last: Option<(u64, u64, u32)>, // in, out, counter width
+/// What wardgate keeps about one configured interface between polls.
+#[derive(Debug, Clone)]
+pub struct IfState {
+    /// The interface's name made fit for a value name ([`value_key`]).
+    pub key: String,
+    pub index: u32,
+    pub is_wan: bool,
+    /// ifOperStatus at the last poll.
+    pub oper: Option<i32>,
+    /// in, out, counter width at the last poll.
+    pub last: Option<(u64, u64, u32)>,
+}
+
+/// What one poll read for one interface: the agent's values (None when it
+/// did not return one).
+#[derive(Debug, Clone, Default)]
+pub struct IfReading {
+    pub oper: Option<ObjectValue>,
+    pub in_errors: Option<ObjectValue>,
+    pub out_errors: Option<ObjectValue>,
+    /// Counter width (64 from ifXTable, 32 from ifTable), in and out
+    /// octets; None when neither table answered.
+    pub counters: Option<(u32, Option<ObjectValue>, Option<ObjectValue>)>,
+}
+
+/// sysUpTime.0 in hundredths of a second; anything but TimeTicks is an
+/// error naming what came.
+pub fn uptime_ticks(v: Option<&ObjectValue>) -> Result<u32, SnmpError> {
+    match v {
+        Some(ObjectValue::TimeTicks(t)) => Ok(*t),
+        other => Err(SnmpError::Other(format!("sysUpTime.0 is {other:?}"))),
+    }
+}
+
+/// The system values: uptime in seconds and the router's name.
+pub fn map_system(uptime: u32, name: Option<&ObjectValue>, v: &mut Values) {
+    v.num("sys.uptime", f64::from(uptime / 100));
+    if let Some(n) = name.and_then(text) {
+        v.set("sys.name", n);
+    }
+}
+
+/// Maps one interface's reading to values and link changes, and updates
+/// what is kept for the next poll. `secs` is the time since the last poll,
+/// `restart` whether the router restarted since. Pure, so it is fuzzed
+/// (`fuzz/fuzz_targets/snmp.rs`).
+pub fn map_interface(
+    st: &mut IfState,
+    r: &IfReading,
+    secs: f64,
+    restart: bool,
+    v: &mut Values,
+    changes: &mut Vec<Change>,
+) {
+    let k = st.key.clone();
+    if let Some(ObjectValue::Integer(o)) = &r.oper {
+        v.set(&format!("if.{k}.oper"), oper_word(*o));
+        v.set(&format!("if.{k}.up"), *o == 1);
+        let was = st.oper.replace(*o);
+        let now_up = *o == 1;
+        match was {
+            Some(w) if (w == 1) != now_up => changes.push(Change::Link {
+                name: k.clone(),
+                up: now_up,
+                wan: st.is_wan,
+                word: oper_word(*o),
+            }),
+            // A WAN found down at start is an alarm too.
+            None if !now_up && st.is_wan => changes.push(Change::Link {
+                name: k.clone(),
+                up: false,
+                wan: true,
+                word: oper_word(*o),
+            }),
+            _ => {}
+        }
+    }
+    for (x, name) in [(&r.in_errors, "in_errors"), (&r.out_errors, "out_errors")] {
+        if let Some(n) = x.as_ref().and_then(|x| x.as_u32()) {
+            v.num(&format!("if.{k}.{name}"), f64::from(n));
+        }
+    }
+    if let Some((width, inn, out)) = &r.counters {
+        let rd = |x: &Option<ObjectValue>| x.as_ref().and_then(|x| x.as_u64());
+        if let (Some(inn), Some(out)) = (rd(inn), rd(out)) {
+            if let Some((pi, po, pw)) = st.last {
+                if pw == *width {
+                    if let Some(r) = rate_bps(pi, inn, *width, secs, restart) {
+                        v.num(&format!("if.{k}.in_bps"), r);
+                    }
+                    if let Some(r) = rate_bps(po, out, *width, secs, restart) {
+                        v.num(&format!("if.{k}.out_bps"), r);
+                    }
+                }
+            }
+            st.last = Some((inn, out, *width));
+        }
+    }
 }
 
 struct Router {
@@ -253,10 +346,7 @@ impl Router {
     async fn poll(&mut self, cfg: &SnmpConfig) -> Result<(Values, Vec<Change>), SnmpError> {
         let sys = self.get(vec![oid(SYS_UPTIME), oid(SYS_NAME)]).await?;
         let now = Instant::now();
-        let uptime = match sys.get(&oid(SYS_UPTIME)) {
-            Some(ObjectValue::TimeTicks(t)) => *t,
-            other => return Err(SnmpError::Other(format!("sysUpTime.0 is {other:?}"))),
-        };
+        let uptime = uptime_ticks(sys.get(&oid(SYS_UPTIME)))?;
         let mut changes = Vec::new();
         let restart = self
             .last_uptime
@@ -271,13 +361,10 @@ impl Router {
             .unwrap_or(0.0);
         self.last_uptime = Some((uptime, now));
         let mut v = Values::new();
-        v.num("sys.uptime", f64::from(uptime / 100));
-        if let Some(n) = sys.get(&oid(SYS_NAME)).and_then(text) {
-            v.set("sys.name", n);
-        }
+        map_system(uptime, sys.get(&oid(SYS_NAME)), &mut v);
         for i in 0..self.ifs.len() {
             let index = self.ifs[i].index;
-            let basic = self
+            let mut basic = self
                 .get(vec![
                     column(IF_OPER_STATUS, index),
                     column(IF_IN_ERRORS, index),
@@ -304,60 +391,34 @@ impl Router {
                     .map(|m| (m, 32, IF_IN_OCTETS, IF_OUT_OCTETS)),
                 Err(e) => return Err(e),
             };
-            let st = &mut self.ifs[i];
-            let k = st.key.clone();
-            if let Some(ObjectValue::Integer(o)) = basic.get(&column(IF_OPER_STATUS, index)) {
-                v.set(&format!("if.{k}.oper"), oper_word(*o));
-                v.set(&format!("if.{k}.up"), *o == 1);
-                let was = st.oper.replace(*o);
-                let now_up = *o == 1;
-                match was {
-                    Some(w) if (w == 1) != now_up => changes.push(Change::Link {
-                        name: k.clone(),
-                        up: now_up,
-                        wan: st.is_wan,
-                        word: oper_word(*o),
-                    }),
-                    // A WAN found down at start is an alarm too.
-                    None if !now_up && st.is_wan => changes.push(Change::Link {
-                        name: k.clone(),
-                        up: false,
-                        wan: true,
-                        word: oper_word(*o),
-                    }),
-                    _ => {}
-                }
-            }
-            for (col, name) in [(IF_IN_ERRORS, "in_errors"), (IF_OUT_ERRORS, "out_errors")] {
-                if let Some(n) = basic.get(&column(col, index)).and_then(|x| x.as_u32()) {
-                    v.num(&format!("if.{k}.{name}"), f64::from(n));
-                }
-            }
-            if let Some((m, width, in_col, out_col)) = counters {
-                let rd = |c| {
-                    m.get(&column(c, index))
-                        .and_then(|x: &ObjectValue| x.as_u64())
-                };
-                if let (Some(inn), Some(out)) = (rd(in_col), rd(out_col)) {
-                    if let Some((pi, po, pw)) = st.last {
-                        if pw == width {
-                            if let Some(r) = rate_bps(pi, inn, width, secs, restart) {
-                                v.num(&format!("if.{k}.in_bps"), r);
-                            }
-                            if let Some(r) = rate_bps(po, out, width, secs, restart) {
-                                v.num(&format!("if.{k}.out_bps"), r);
-                            }
-                        }
-                    }
-                    st.last = Some((inn, out, width));
-                }
-            }
+            let reading = IfReading {
+                oper: basic.remove(&column(IF_OPER_STATUS, index)),
+                in_errors: basic.remove(&column(IF_IN_ERRORS, index)),
+                out_errors: basic.remove(&column(IF_OUT_ERRORS, index)),
+                counters: counters.map(|(mut m, width, in_col, out_col)| {
+                    (
+                        width,
+                        m.remove(&column(in_col, index)),
+                        m.remove(&column(out_col, index)),
+                    )
+                }),
+            };
+            map_interface(
+                &mut self.ifs[i],
+                &reading,
+                secs,
+                restart,
+                &mut v,
+                &mut changes,
+            );
         }
         Ok((v, changes))
     }
 }
 
-enum Change {
+/// A change worth an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
     Restarted,
     Link {
         name: String,

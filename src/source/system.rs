@@ -30,13 +30,50 @@ fn read(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
+/// The texts of the files this source reads (None: missing or unreadable).
+#[derive(Debug, Default, Clone)]
+pub struct Files {
+    /// `/sys/class/thermal/thermal_zone0/temp` (millidegrees).
+    pub thermal: Option<String>,
+    /// The firmware's `get_throttled`.
+    pub throttled: Option<String>,
+    /// `/proc/loadavg`.
+    pub loadavg: Option<String>,
+    /// `/proc/meminfo`.
+    pub meminfo: Option<String>,
+    /// `/proc/uptime`.
+    pub uptime: Option<String>,
+}
+
 /// One reading of everything available; what is missing is left out.
 pub fn read_all(cfg: &SystemConfig, spool_dir: &Path) -> Values {
+    let proc_ = &cfg.proc_root;
+    let mut v = to_values(&Files {
+        thermal: read(&cfg.thermal_path),
+        throttled: read(&cfg.throttled_path),
+        loadavg: read(&proc_.join("loadavg")),
+        meminfo: read(&proc_.join("meminfo")),
+        uptime: read(&proc_.join("uptime")),
+    });
+    if let Some((free, total)) = disk_space(spool_dir) {
+        v.num("disk.free", free as f64);
+        v.num("disk.total", total as f64);
+    }
+    v
+}
+
+/// Maps the files' texts to values; what is missing or unreadable is left
+/// out. Pure, so it is fuzzed (`fuzz/fuzz_targets/system.rs`).
+pub fn to_values(f: &Files) -> Values {
     let mut v = Values::new();
-    if let Some(t) = read(&cfg.thermal_path).and_then(|s| s.trim().parse::<f64>().ok()) {
+    if let Some(t) = f
+        .thermal
+        .as_deref()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
         v.num("cpu.temperature", t / 1000.0);
     }
-    if let Some(bits) = read(&cfg.throttled_path).and_then(|s| parse_throttled(&s)) {
+    if let Some(bits) = f.throttled.as_deref().and_then(parse_throttled) {
         v.num("pi.throttled", bits as f64);
         v.set("pi.under_voltage", bits & UNDER_VOLTAGE_NOW != 0);
         v.set(
@@ -49,8 +86,7 @@ pub fn read_all(cfg: &SystemConfig, spool_dir: &Path) -> Values {
         );
         v.set("pi.throttled_since_boot", bits & THROTTLED_SINCE_BOOT != 0);
     }
-    let proc_ = &cfg.proc_root;
-    if let Some(l) = read(&proc_.join("loadavg")) {
+    if let Some(l) = &f.loadavg {
         let f: Vec<f64> = l
             .split_whitespace()
             .take(3)
@@ -62,7 +98,7 @@ pub fn read_all(cfg: &SystemConfig, spool_dir: &Path) -> Values {
             v.num("system.load15", f[2]);
         }
     }
-    if let Some(m) = read(&proc_.join("meminfo")) {
+    if let Some(m) = &f.meminfo {
         let kb = |key: &str| {
             m.lines()
                 .find(|l| l.starts_with(key))
@@ -80,16 +116,12 @@ pub fn read_all(cfg: &SystemConfig, spool_dir: &Path) -> Values {
             }
         }
     }
-    if let Some(u) = read(&proc_.join("uptime")).and_then(|s| {
+    if let Some(u) = f.uptime.as_deref().and_then(|s| {
         s.split_whitespace()
             .next()
             .and_then(|x| x.parse::<f64>().ok())
     }) {
         v.num("system.uptime", u.round());
-    }
-    if let Some((free, total)) = disk_space(spool_dir) {
-        v.num("disk.free", free as f64);
-        v.num("disk.total", total as f64);
     }
     v
 }

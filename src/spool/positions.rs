@@ -94,15 +94,22 @@ pub fn read(path: &Path) -> Result<Option<Positions>, PositionsError> {
             })
         }
     };
-    let damaged = |detail: String| PositionsError::Damaged {
-        path: path.display().to_string(),
-        detail,
-    };
-    let p: Positions = serde_json::from_slice(&text).map_err(|e| damaged(e.to_string()))?;
+    parse(&text)
+        .map(Some)
+        .map_err(|detail| PositionsError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        })
+}
+
+/// Parses the file's bytes (whatever the card gave back); the error says
+/// what is damaged. Pure, so it is fuzzed (`fuzz/fuzz_targets/positions.rs`).
+pub fn parse(bytes: &[u8]) -> Result<Positions, String> {
+    let p: Positions = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if parse_epoch(&p.epoch).is_none() {
-        return Err(damaged(format!("epoch {:?} is not 16 hex digits", p.epoch)));
+        return Err(format!("epoch {:?} is not 16 hex digits", p.epoch));
     }
-    Ok(Some(p))
+    Ok(p)
 }
 
 /// Writes the file atomically: a temp file beside it, fsync, rename, fsync

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::serial::{self, SerialError};
+use super::serial::{self, Frame, SerialError};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::config::ApcSmartConfig;
@@ -81,12 +81,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
                 }
                 let (alerts, rest) = codec::split_alerts(&byte);
                 self.alerts.extend(alerts);
-                line.extend_from_slice(&rest);
-                if line.ends_with(b"\r\n") {
-                    return Ok(());
-                }
-                if line.len() > codec::MAX_REPLY {
-                    return Err(ApcError::TooLong(codec::MAX_REPLY));
+                for b in rest {
+                    match serial::push_byte(&mut line, b, b"\r\n", codec::MAX_REPLY) {
+                        Frame::Done => return Ok(()),
+                        Frame::TooLong => return Err(ApcError::TooLong(codec::MAX_REPLY)),
+                        Frame::More => {}
+                    }
                 }
             }
         };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::serial::{self, SerialError};
+use super::serial::{self, Frame, SerialError};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::config::MegatecConfig;
@@ -104,12 +104,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Megatec<S> {
                         "the port closed",
                     )));
                 }
-                reply.push(byte[0]);
-                if byte[0] == b'\r' {
-                    return Ok(());
-                }
-                if reply.len() > codec::MAX_REPLY {
-                    return Err(MegatecError::TooLong(codec::MAX_REPLY));
+                match serial::push_byte(&mut reply, byte[0], b"\r", codec::MAX_REPLY) {
+                    Frame::Done => return Ok(()),
+                    Frame::TooLong => return Err(MegatecError::TooLong(codec::MAX_REPLY)),
+                    Frame::More => {}
                 }
             }
         };

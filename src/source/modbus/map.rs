@@ -215,7 +215,7 @@ pub enum DecodeError {
     #[error("reply too short: {got} word(s), needed {need}")]
     Short { got: usize, need: usize },
     /// A float register holds NaN or infinity (a sensor fault on many
-    /// meters): counted, the value is left out.
+    /// meters), or scaling overflowed: counted, the value is left out.
     #[error("not a number")]
     NotANumber,
 }
@@ -253,7 +253,13 @@ pub fn decode_words(r: &RegisterConfig, words: &[u16]) -> Result<Decoded, Decode
             f.to_string().parse::<f64>().unwrap_or(f64::from(f))
         }
     };
-    Ok(Decoded::Num(round_sig(raw * r.scale + r.offset)))
+    let x = round_sig(raw * r.scale + r.offset);
+    if !x.is_finite() {
+        // A scale that overflows f64 (validation only asks for a finite,
+        // non-zero one): counted as a bad value rather than silently lost.
+        return Err(DecodeError::NotANumber);
+    }
+    Ok(Decoded::Num(x))
 }
 
 /// Decodes one coil or discrete input.
@@ -390,6 +396,15 @@ mod tests {
         // 0x7FC00000 is NaN, 0x7F800000 infinity.
         assert_eq!(decode_words(&v, &[0x7FC0, 0]), Err(DecodeError::NotANumber));
         assert_eq!(decode_words(&v, &[0x7F80, 0]), Err(DecodeError::NotANumber));
+        // Found by fuzz/fuzz_targets/modbus.rs: a huge (finite) scale made
+        // -inf, which the source then dropped without counting it.
+        let mut big = reg("r5", Function::Input, 218, DataType::U32);
+        big.scale = -4.251746153315108e304;
+        big.offset = 7.880401239278895e115;
+        assert_eq!(
+            decode_words(&big, &[0xFFFF, 0xFFFF]),
+            Err(DecodeError::NotANumber)
+        );
         assert_eq!(
             decode_bit(&[true], 3),
             Err(DecodeError::Short { got: 1, need: 4 })

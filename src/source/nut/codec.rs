@@ -10,6 +10,43 @@ use crate::model::Values;
 /// Longest line accepted from upsd; NUT's own limit is 512 bytes.
 pub const MAX_LINE: usize = 1024;
 
+/// Line framing of upsd's replies, sans-IO: the reader feeds it what the
+/// socket gave until a line is complete. Pure, so it is fuzzed
+/// (`fuzz/fuzz_targets/nut_frame.rs`).
+#[derive(Debug, Default)]
+pub struct LineReader {
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    /// Takes bytes from `chunk` up to and including the first LF. Returns
+    /// how many it took (always consumed, even when the line is refused),
+    /// and the line (LF included) once complete. A line longer than
+    /// [`MAX_LINE`] or not UTF-8 is an error.
+    pub fn feed(&mut self, chunk: &[u8]) -> (usize, Result<Option<String>, CodecError>) {
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        self.buf.extend_from_slice(&chunk[..take]);
+        if self.buf.len() > MAX_LINE {
+            return (
+                take,
+                Err(CodecError::Malformed(format!(
+                    "line longer than {MAX_LINE} bytes"
+                ))),
+            );
+        }
+        if !done {
+            return (take, Ok(None));
+        }
+        let line = String::from_utf8(std::mem::take(&mut self.buf))
+            .map(Some)
+            .map_err(|_| CodecError::Malformed("not UTF-8".into()));
+        (take, line)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     /// A line that does not follow the protocol: count it, reconnect.
@@ -154,11 +191,17 @@ fn is_text(name: &str) -> bool {
 
 /// Maps one UPS's variables to values: numbers where NUT gives numbers,
 /// words otherwise. `driver.*` variables (driver name, parameters) are
-/// configuration, not readings, and are left out.
+/// configuration, not readings, and are left out, and so are names outside
+/// the contract's pattern (NUT's own are `[a-z0-9.]`; anything else is not
+/// from a sane upsd and cannot be published).
 pub fn to_values(vars: &[(String, String)]) -> Values {
     let mut v = Values::new();
     for (name, value) in vars {
         if name.starts_with("driver.") {
+            continue;
+        }
+        if !crate::model::valid_value_name(name) {
+            tracing::debug!(name = %name.escape_debug(), "NUT variable name outside the contract, left out");
             continue;
         }
         if !is_text(name) {
@@ -230,6 +273,19 @@ pub fn explain(code: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing() {
+        let mut r = LineReader::default();
+        assert_eq!(r.feed(b"OK"), (2, Ok(None)));
+        assert_eq!(r.feed(b"\nERR X\n"), (1, Ok(Some("OK\n".into()))));
+        assert_eq!(r.feed(b"ERR X\n"), (6, Ok(Some("ERR X\n".into()))));
+        let mut r = LineReader::default();
+        assert!(matches!(r.feed(b"\xff\n"), (2, Err(_))));
+        let mut r = LineReader::default();
+        let long = vec![b'x'; MAX_LINE + 1];
+        assert!(matches!(r.feed(&long), (n, Err(_)) if n == MAX_LINE + 1));
+    }
 
     #[test]
     fn lines() {
@@ -329,6 +385,24 @@ mod tests {
         assert!(
             l.feed("dummy", "VAR other x \"1\"").is_err(),
             "another UPS's line"
+        );
+    }
+
+    #[test]
+    fn names_outside_the_contract_are_left_out() {
+        // Found by fuzz/fuzz_targets/nut.rs: upsd's variable names went
+        // into the telemetry as they came, NUL bytes included.
+        let vars = vec![
+            ("ups.s\0\0\0l".to_string(), "OL".to_string()),
+            ("".into(), "1".into()),
+            ("bad name".into(), "1".into()),
+            ("battery.char-e".into(), "100".into()),
+        ];
+        let v = to_values(&vars);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            v.get("battery.char-e").and_then(|x| x.as_f64()),
+            Some(100.0)
         );
     }
 

@@ -48,7 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     }
 
     async fn line(&mut self) -> Result<String, NutError> {
-        let mut buf = Vec::with_capacity(128);
+        let mut framer = codec::LineReader::default();
         let read = async {
             loop {
                 let chunk = self
@@ -62,27 +62,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
                         std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by upsd"),
                     ));
                 }
-                let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-                    Some(i) => (i + 1, true),
-                    None => (chunk.len(), false),
-                };
-                buf.extend_from_slice(&chunk[..take]);
+                let (take, line) = framer.feed(chunk);
                 self.io.consume(take);
-                if buf.len() > codec::MAX_LINE {
-                    return Err(NutError::Codec(codec::CodecError::Malformed(format!(
-                        "line longer than {} bytes",
-                        codec::MAX_LINE
-                    ))));
-                }
-                if done {
-                    return Ok(());
+                if let Some(line) = line? {
+                    return Ok(line);
                 }
             }
         };
         match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(())) => String::from_utf8(buf)
-                .map_err(|_| NutError::Codec(codec::CodecError::Malformed("not UTF-8".into()))),
-            Ok(Err(e)) => Err(e),
+            Ok(r) => r,
             Err(_) => Err(NutError::Timeout(self.timeout)),
         }
     }
