@@ -50,11 +50,12 @@ async fn live_samples_arrive_contiguous_and_valid() {
     assert_eq!(ups_events[1].1["code"], "ups.on_line");
     let statuses = sub.statuses();
     assert_eq!(statuses[0].body["state"], "online");
+    let site = test_site();
     assert!(sub
         .all()
         .iter()
-        .any(|m| m.topic == "ioc/xa-test/ups1/telemetry"
-            && m.body["site"] == "xa-test"
+        .any(|m| m.topic == format!("ioc/{site}/ups1/telemetry")
+            && m.body["site"] == site.as_str()
             && m.body["samples"][0]["values"]["ups.status"].is_string()));
 }
 
@@ -420,20 +421,28 @@ async fn tls_with_password_and_wrong_password_retries() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
+    // The broker's main listener is plain text, for the subscriber (with
+    // the password); the gateway talks TLS to a second listener.
+    let tls_port = free_port();
     let broker = Broker::start_with(&format!(
-        "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        "allow_anonymous false\npassword_file {}\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
         pw.display(),
         d.join("ca.pem").display(),
         d.join("server.pem").display(),
         d.join("server.key").display()
     ));
-    // A plain-text subscriber cannot talk to this listener; watch through
-    // the gateway's own acknowledgements instead.
+    let sub = Subscriber::start_login(
+        broker.port,
+        "ioc",
+        &test_site(),
+        Some(("ward", "s3cret-pass")),
+    )
+    .await;
     std::fs::write(d.join("good"), "s3cret-pass\n").unwrap();
     std::fs::write(d.join("bad"), "wrong\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tls = |pwfile: &str| {
-        config_text(broker.port, dir.path(), &sim("ups1", "50ms", ""))
+        config_text(tls_port, dir.path(), &sim("ups1", "50ms", ""))
                 .replace(
                     "[mqtt]\n",
                     &format!(
@@ -451,7 +460,17 @@ async fn tls_with_password_and_wrong_password_retries() {
     })
     .await;
     assert!(gw.status.get().uplink.connected);
+    eventually(WAIT, "received through the broker", || {
+        sub.seqs("ups1").len() >= 20
+    })
+    .await;
     gw.stop().await;
+    eventually(WAIT, "offline status after the stop", || {
+        sub.statuses().iter().any(|m| m.body["state"] == "offline")
+    })
+    .await;
+    sub.assert_all_valid();
+    assert_contiguous(&sub.seqs("ups1"), 0, "ups1 over TLS");
 
     let dir2 = tempfile::tempdir().unwrap();
     let text = tls("bad").replace(
@@ -530,13 +549,23 @@ async fn tls_with_password_and_wrong_password_retries() {
 /// dropped, events kept, drop count reported once the broker returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
-    let port = free_port();
+    // The broker is there first so that the subscriber's durable session
+    // exists before the gateway publishes anything; then it goes away.
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    broker.stop();
     let dir = tempfile::tempdir().unwrap();
+    // A known number of readings, so the number of events is exact: one
+    // event every 100 samples.
     let extra = format!(
         "{}\n[gateway]\ntelemetry_interval = \"1s\"\n",
-        sim("ups1", "5ms", "samples_per_tick = 5\nevent_every = 100")
+        sim(
+            "ups1",
+            "5ms",
+            "samples_per_tick = 5\nevent_every = 100\ncount = 8000"
+        )
     );
-    let text = config_text(port, dir.path(), &extra).replace(
+    let text = config_text(broker.port, dir.path(), &extra).replace(
         "[spool]\npath",
         "[spool]\nmax_bytes = \"64 KiB\"\ncommit_interval = \"100ms\"\npath",
     );
@@ -551,40 +580,16 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
     .await;
     let bytes = gw.spool.stats().disk_bytes;
     assert!(bytes <= 64 * 1024, "spool within its cap: {bytes}");
-    // Now the broker comes (on the port the gateway has been trying).
-    let broker = {
-        let mut b = Broker::start();
-        // Move the broker to the gateway's port.
-        b.stop();
-        let conf = b.dir.path().join("mosquitto.conf");
-        let t = std::fs::read_to_string(&conf).unwrap();
-        std::fs::write(
-            &conf,
-            t.replace(
-                &format!("listener {} ", b.port),
-                &format!("listener {port} "),
-            ),
-        )
-        .unwrap();
-        b.port = port;
-        b.restart();
-        b
-    };
-    let sub = Subscriber::start(broker.port, "ioc").await;
+    // Now the broker comes back (on the port the gateway has been trying).
+    tokio::task::block_in_place(|| broker.start_again());
     eventually(WAIT, "gateway telemetry reports drops", || {
         sub.samples("gateway")
             .iter()
             .any(|(_, s)| s["values"]["spool.dropped"].as_f64().unwrap_or(0.0) > 500.0)
     })
     .await;
-    let pushed_events = gw
-        .spool
-        .counters()
-        .pushed
-        .load(std::sync::atomic::Ordering::Relaxed)
-        / 101;
-    eventually(WAIT, "events delivered", || {
-        sub.events("ups1").len() as u64 >= pushed_events.saturating_sub(5)
+    eventually(WAIT, "all 80 events delivered", || {
+        dedupe(&sub.events("ups1")).len() >= 80
     })
     .await;
     gw.stop().await;
@@ -594,7 +599,11 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
         .iter()
         .map(|(_, e)| e["seq"].as_u64().unwrap())
         .collect();
-    assert_contiguous(&evs, 0, "every event kept");
+    assert_eq!(
+        assert_contiguous(&evs, 0, "every event kept"),
+        79,
+        "exactly the 80 events raised"
+    );
     let seqs = sub.seqs("ups1");
     assert!(
         *seqs.iter().next().unwrap() > 0,
@@ -870,7 +879,10 @@ async fn systemd_notify_ready_watchdog_stopping() {
 /// mqtt.backlog_rate paces backlog messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_rate_paces_the_backlog() {
-    let port = free_port();
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    broker.stop();
+    let port = broker.port;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(port, dir.path(), &sim("ups1", "10ms", "count = 100"))
         .replace("[mqtt]\n", "[mqtt]\nmax_batch = 10\nbacklog_rate = 5.0\n");
@@ -879,25 +891,12 @@ async fn backlog_rate_paces_the_backlog() {
         gw.spool.stats().disk_rows >= 100
     })
     .await;
-    let mut broker = Broker::start();
-    broker.stop();
-    let conf = broker.dir.path().join("mosquitto.conf");
-    let t = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(
-        &conf,
-        t.replace(
-            &format!("listener {} ", broker.port),
-            &format!("listener {port} "),
-        ),
-    )
-    .unwrap();
-    broker.port = port;
-    broker.restart();
-    let sub = Subscriber::start(port, "ioc").await;
+    tokio::task::block_in_place(|| broker.start_again());
     let t0 = std::time::Instant::now();
     eventually(WAIT, "backlog delivered", || sub.seqs("ups1").len() == 100).await;
     let took = t0.elapsed();
     gw.stop().await;
+    sub.assert_all_valid();
     // 10 messages at 5 per second: at least 9 gaps of 200 ms.
     assert!(took >= Duration::from_millis(1700), "paced: took {took:?}");
     let sizes: Vec<(usize, bool)> = sub

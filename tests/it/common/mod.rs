@@ -18,7 +18,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use wardgate::config::Config;
@@ -27,11 +26,35 @@ use wardgate::status::StatusHub;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A loopback port that was free a moment ago. Bind-and-release: another
+/// process may take it before it is used, so use it only for "nothing
+/// listens here" (a gateway pointed at a broker that is not there) and for
+/// peers that cannot bind port 0 themselves (mosquitto: [`Broker`] retries
+/// on another port when the one it was given is taken).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+static SITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+thread_local! {
+    static SITE: String = format!(
+        "xa-t{}-{}",
+        std::process::id(),
+        SITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// This test's own site id (unique per test thread and process), used by
+/// [`config_text`] and [`Subscriber::start`], so that the streams of two
+/// tests never mix even if one reaches the other's broker. Call it from the
+/// test's own thread (the body of a `#[tokio::test]` runs there), not from
+/// a spawned task.
+pub fn test_site() -> String {
+    SITE.with(|s| s.clone())
 }
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes.
@@ -60,7 +83,13 @@ pub struct Broker {
     pub port: u16,
     pub dir: tempfile::TempDir,
     conf: PathBuf,
+    extra: String,
     child: Option<Child>,
+}
+
+enum SpawnError {
+    /// Another process listens on the port.
+    PortTaken,
 }
 
 impl Broker {
@@ -68,44 +97,85 @@ impl Broker {
         Self::start_with("allow_anonymous true\n")
     }
 
-    /// `extra` is added to the listener's configuration.
+    /// `extra` is added to the listener's configuration. mosquitto cannot
+    /// bind port 0 and say which port it got, so the broker is given a port
+    /// that was free a moment ago; if another process took it meanwhile,
+    /// mosquitto says "Address already in use" in its log and exits, and the
+    /// broker is started again on another port.
     pub fn start_with(extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlistener {port} 127.0.0.1\n{extra}",
-            dir.path().display(),
-            dir.path().display(),
-        );
-        std::fs::write(&conf, text).expect("write mosquitto.conf");
         let mut b = Broker {
-            port,
+            port: 0,
             dir,
             conf,
+            extra: extra.to_owned(),
             child: None,
         };
-        b.spawn();
-        b
+        for _ in 0..10 {
+            b.port = free_port();
+            b.write_conf();
+            match b.spawn() {
+                Ok(()) => return b,
+                Err(SpawnError::PortTaken) => continue,
+            }
+        }
+        panic!("mosquitto found no free port in 10 tries: {}", b.log());
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("mosquitto")
+    fn write_conf(&self) {
+        let text = format!(
+            "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nlistener {} 127.0.0.1\n{}",
+            self.dir.path().display(),
+            self.dir.path().display(),
+            self.port,
+            self.extra,
+        );
+        std::fs::write(&self.conf, text).expect("write mosquitto.conf");
+    }
+
+    /// Starts mosquitto and waits until *this* mosquitto listens: its log
+    /// says it opened our port and runs, it is still alive, and the port
+    /// answers (a port answering alone could be another test's broker).
+    fn spawn(&mut self) -> Result<(), SpawnError> {
+        let log_before = self.log().len();
+        let err = std::fs::File::create(self.dir.path().join("mosquitto.stderr"))
+            .expect("mosquitto stderr file");
+        let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
-        self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start on port {}: {}",
-                self.port,
-                self.log()
-            );
+        loop {
+            let log = self.log();
+            let new = log.get(log_before..).unwrap_or("");
+            if let Some(st) = child.try_wait().expect("try_wait mosquitto") {
+                if new.contains("Address already in use") {
+                    return Err(SpawnError::PortTaken);
+                }
+                panic!(
+                    "mosquitto exited ({st}) on port {}: {new}{}",
+                    self.port,
+                    std::fs::read_to_string(self.dir.path().join("mosquitto.stderr"))
+                        .unwrap_or_default()
+                );
+            }
+            let opened = new.contains(&format!("listen socket on port {}.", self.port));
+            if opened
+                && new.contains(" running")
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mosquitto did not start on port {}: {new}", self.port);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -122,9 +192,25 @@ impl Broker {
         }
     }
 
+    /// Stops and starts the broker on the same port (the gateway and the
+    /// durable subscribers know that port).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.start_again();
+    }
+
+    /// Starts a stopped broker again on its port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        for _ in 0..50 {
+            match self.spawn() {
+                Ok(()) => return,
+                // Our own listener may still be closing, or another test's
+                // client holds the port for a moment.
+                Err(SpawnError::PortTaken) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        panic!("port {} stayed taken: {}", self.port, self.log());
     }
 
     pub fn is_running(&self) -> bool {
@@ -156,8 +242,11 @@ pub struct Msg {
     pub body: Value,
 }
 
-/// A durable subscriber on `{prefix}/#` that records every message and
-/// checks each against the JSON Schemas in docs/schema/.
+/// A durable subscriber on `{prefix}/{site}/#` (MQTT 5, so that it sees the
+/// retain flag as the gateway published it) that records every message and
+/// checks each against the contract: the JSON Schemas in docs/schema/, the
+/// topic's shape, `site` and `device` in the payload against the topic, and
+/// the retain flag (status retained, everything else not).
 pub struct Subscriber {
     pub msgs: Arc<Mutex<Vec<Msg>>>,
     pub invalid: Arc<Mutex<Vec<String>>>,
@@ -204,21 +293,102 @@ impl Schemas {
     }
 }
 
+/// What is wrong with a message received on `topic` (published with
+/// `retain`) for `site`, beyond its schema: the topic's shape, the payload's
+/// `site` and `device` against the topic, and the retain flag.
+pub fn check_envelope(
+    prefix: &str,
+    site: &str,
+    topic: &str,
+    retain: bool,
+    body: &Value,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    let id_ok = |s: &str| {
+        let mut c = s.chars();
+        c.next()
+            .is_some_and(|f| f.is_ascii_lowercase() || f.is_ascii_digit())
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    let parts: Vec<&str> = topic.split('/').collect();
+    match parts.as_slice() {
+        [p, s, "status"] if *p == prefix => {
+            if *s != site {
+                bad.push(format!("{topic}: site {s}, expected {site}"));
+            }
+            if !retain {
+                bad.push(format!("{topic}: status not retained"));
+            }
+        }
+        [p, s, device, kind] if *p == prefix && (*kind == "telemetry" || *kind == "event") => {
+            if *s != site {
+                bad.push(format!("{topic}: site {s}, expected {site}"));
+            }
+            if !id_ok(s) || !id_ok(device) {
+                bad.push(format!("{topic}: site or device is not an id"));
+            }
+            if body["site"] != *s {
+                bad.push(format!("{topic}: payload site {} differs", body["site"]));
+            }
+            if body["device"] != *device {
+                bad.push(format!(
+                    "{topic}: payload device {} differs",
+                    body["device"]
+                ));
+            }
+            if retain {
+                bad.push(format!("{topic}: a data message was retained"));
+            }
+        }
+        _ => bad.push(format!("{topic}: not a topic of the contract")),
+    }
+    bad
+}
+
 impl Subscriber {
+    /// Subscribes on this test's site ([`test_site`]); returns once the
+    /// broker confirmed the subscription, so start it before the gateway.
     pub async fn start(port: u16, prefix: &str) -> Subscriber {
+        Self::start_site(port, prefix, &test_site()).await
+    }
+
+    pub async fn start_site(port: u16, prefix: &str, site: &str) -> Subscriber {
+        Self::start_login(port, prefix, site, None).await
+    }
+
+    /// As [`Subscriber::start_site`], logging in with a user name and password.
+    pub async fn start_login(
+        port: u16,
+        prefix: &str,
+        site: &str,
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
+        use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P5};
+        use rumqttc::v5::mqttbytes::QoS as Q5;
+        use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
         let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let cancel = CancellationToken::new();
         let id = format!("test-sub-{}", rand::random::<u32>());
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_clean_session(false);
+        let mut o = O5::new(id, "127.0.0.1", port);
+        // A durable session: survives broker restarts (the broker persists it).
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
         o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(16 << 20, 1 << 20);
-        let (client, mut el) = AsyncClient::new(o, 100);
-        let topic = format!("{prefix}/#");
+        o.set_max_packet_size(Some(16 << 20));
+        if let Some((user, pass)) = login {
+            o.set_credentials(user, pass);
+        }
+        let (client, mut el) = C5::new(o, 100);
+        let mut filter = Filter::new(format!("{prefix}/{site}/#"), Q5::AtLeastOnce);
+        // Retain-as-published: live messages keep the gateway's flag.
+        filter.preserve_retain = true;
         let (m, inv, c) = (msgs.clone(), invalid.clone(), cancel.clone());
         let subscribed = Arc::new(tokio::sync::Notify::new());
         let sub2 = subscribed.clone();
+        let (prefix, site) = (prefix.to_owned(), site.to_owned());
         tokio::spawn(async move {
             let schemas = Schemas::load();
             loop {
@@ -227,25 +397,27 @@ impl Subscriber {
                     ev = el.poll() => ev,
                 };
                 match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    Ok(E5::Incoming(P5::ConnAck(_))) => {
+                        let _ = client.try_subscribe_many([filter.clone()]);
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                    Ok(E5::Incoming(P5::SubAck(_))) => sub2.notify_one(),
+                    Ok(E5::Incoming(P5::Publish(p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
                         let body: Value = match serde_json::from_slice(&p.payload) {
                             Ok(v) => v,
                             Err(e) => {
-                                inv.lock()
-                                    .unwrap()
-                                    .push(format!("{}: not JSON: {e}", p.topic));
+                                inv.lock().unwrap().push(format!("{topic}: not JSON: {e}"));
                                 continue;
                             }
                         };
-                        if let Some(problem) = schemas.check(&p.topic, &body) {
+                        if let Some(problem) = schemas.check(&topic, &body) {
                             inv.lock().unwrap().push(problem);
                         }
+                        inv.lock()
+                            .unwrap()
+                            .extend(check_envelope(&prefix, &site, &topic, p.retain, &body));
                         m.lock().unwrap().push(Msg {
-                            topic: p.topic.clone(),
+                            topic,
                             retain: p.retain,
                             body,
                         });
@@ -343,12 +515,13 @@ pub fn assert_contiguous(seqs: &std::collections::BTreeSet<u64>, lo: u64, what: 
 /// A gateway configuration for tests: local broker, spool in `dir`.
 pub fn config_text(port: u16, dir: &Path, extra: &str) -> String {
     format!(
-        "site = \"xa-test\"\n\
+        "site = \"{}\"\n\
          [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          [spool]\npath = \"{}\"\n\
          [web]\nlisten = \"127.0.0.1:0\"\n\
          [led]\nbackend = \"none\"\n\
          {extra}\n",
+        test_site(),
         dir.join("spool.db").display()
     )
 }
