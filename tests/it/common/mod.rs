@@ -8,6 +8,7 @@ pub mod apc_sim;
 pub mod megatec_sim;
 pub mod nut;
 pub mod peers;
+pub mod proxy;
 pub mod storage;
 
 use std::collections::BTreeMap;
