@@ -219,3 +219,80 @@ async fn a_cut_after_publish_sends_the_batch_again() {
     assert_sent_again(&data, &sent, "cut after PUBLISH");
     assert_complete(&sub, &data, "cut after PUBLISH");
 }
+
+/// Every gateway-telemetry value documented in docs/mqtt.md (read from its
+/// table, so a value added to the contract is tested too) is in a real
+/// gateway telemetry message, with the type the table implies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_telemetry_carries_every_documented_value() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/mqtt.md"),
+    )
+    .unwrap();
+    let section = doc
+        .split("## Gateway telemetry")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Gateway telemetry section");
+    let mut names = Vec::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cols[1].trim_matches('`');
+        if let Some(stem) = name.strip_suffix("<reason>") {
+            // The reasons are the plain words in backticks of the meaning.
+            let reasons: Vec<&str> = cols[2]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|w| !w.contains('.') && !w.contains(' '))
+                .collect();
+            assert!(reasons.len() >= 5, "reasons of {name}: {reasons:?}");
+            names.extend(reasons.iter().map(|r| format!("{stem}{r}")));
+        } else if name.contains("<id>") {
+            names.push(name.replace("<id>", "ups1"));
+        } else {
+            names.push(name.to_owned());
+        }
+    }
+    assert!(names.len() >= 15, "the table was read: {names:?}");
+
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        broker.port,
+        dir.path(),
+        "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"100ms\"\n\
+         [gateway]\ntelemetry_interval = \"1s\"\n",
+    );
+    let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
+    eventually(WAIT, "two gateway telemetry messages", || {
+        sub.samples("gateway").len() >= 2
+    })
+    .await;
+    gw.stop().await;
+    sub.assert_all_valid();
+    let (_, last) = sub.samples("gateway").pop().unwrap();
+    let values = &last["values"];
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| values.get(n.as_str()).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented but not sent: {missing:?} in {values}"
+    );
+    for n in &names {
+        let v = &values[n.as_str()];
+        let ok = if n.ends_with(".health") {
+            v == "ok"
+        } else if n == "mqtt.connected" {
+            v == true
+        } else if n == "spool.degraded" {
+            v == false
+        } else {
+            v.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0)
+        };
+        assert!(ok, "{n} = {v}");
+    }
+}

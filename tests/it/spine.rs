@@ -117,6 +117,23 @@ async fn outage_backlog_arrives_batched_after_events() {
         }
     }
     let msgs = sub.all();
+    // Live ahead of backlog: after the reconnect the first live ups1 sample
+    // arrives before the last backlog message of ups1.
+    let ups_telemetry = |hist: bool| {
+        msgs.iter()
+            .enumerate()
+            .filter(|(i, m)| *i >= before_outage && m.topic.ends_with("/ups1/telemetry"))
+            .filter(move |(_, m)| m.body["samples"][0]["historical"] == hist)
+            .map(|(i, _)| i)
+    };
+    let first_live = ups_telemetry(false).next().expect("live after the outage");
+    let last_backlog = ups_telemetry(true)
+        .last()
+        .expect("backlog after the outage");
+    assert!(
+        first_live < last_backlog,
+        "live readings go ahead of the backlog: first live message {first_live}, last backlog message {last_backlog}"
+    );
     let backlog: Vec<(usize, usize)> = msgs
         .iter()
         .enumerate()
@@ -629,6 +646,27 @@ async fn garbage_spool_is_moved_aside() {
     })
     .await;
     gw.stop().await;
+    // The values the IOC is told to rely on: where the file went, and why.
+    let corrupt = sub
+        .events("gateway")
+        .into_iter()
+        .find(|(_, e)| e["code"] == "spool.corrupt")
+        .map(|(_, e)| e["values"].clone())
+        .unwrap();
+    let moved_to = corrupt["spool.moved_to"]
+        .as_str()
+        .unwrap_or_else(|| panic!("spool.moved_to in {corrupt}"));
+    assert!(
+        std::path::Path::new(moved_to).exists()
+            && moved_to.starts_with(&dir.path().join("spool.db.corrupt-").display().to_string()),
+        "spool.moved_to names the file moved aside: {corrupt}"
+    );
+    assert!(
+        corrupt["spool.reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "spool.reason: {corrupt}"
+    );
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
