@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -295,4 +296,94 @@ async fn gateway_telemetry_carries_every_documented_value() {
         };
         assert!(ok, "{n} = {v}");
     }
+}
+
+/// The subscriber's contract checks catch what they claim to: a retained
+/// data message, a status that is not retained, a payload naming another
+/// device or site, a topic outside the contract, and (schema) a value name
+/// outside the contract's pattern in an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_catches_contract_breaks() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let site = test_site();
+    let mut o = rumqttc::MqttOptions::new("bad-publisher", "127.0.0.1", broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 10);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let sample = |device: &str, name: &str| {
+        format!(
+            r#"{{"site":"{site}","device":"{device}","epoch":"0000000000000000","samples":[{{"historical":false,"seq":0,"ts":1,"clock":"synced","values":{{"{name}":1.0}}}}]}}"#
+        )
+    };
+    let event = |name: &str| {
+        format!(
+            r#"{{"site":"{site}","device":"ups1","epoch":"0000000000000000","events":[{{"historical":false,"seq":0,"ts":1,"clock":"synced","severity":"info","code":"x.y","message":"m","values":{{"{name}":1.0}}}}]}}"#
+        )
+    };
+    let cases: Vec<(String, bool, String, &str)> = vec![
+        (
+            format!("ioc/{site}/ups1/telemetry"),
+            false,
+            sample("ups1", "a.b"),
+            "",
+        ),
+        (
+            format!("ioc/{site}/ups1/telemetry"),
+            true,
+            sample("ups1", "a.b"),
+            "a data message was retained",
+        ),
+        (
+            format!("ioc/{site}/ups2/telemetry"),
+            false,
+            sample("ups1", "a.b"),
+            "payload device",
+        ),
+        (
+            format!("ioc/{site}/status"),
+            false,
+            r#"{"state":"offline","reason":"lost"}"#.into(),
+            "status not retained",
+        ),
+        (
+            format!("ioc/{site}/ups1/bogus"),
+            false,
+            sample("ups1", "a.b"),
+            "not a topic of the contract",
+        ),
+        (
+            format!("ioc/{site}/ups1/event"),
+            false,
+            event("bad name!"),
+            "bad name!",
+        ),
+    ];
+    for (topic, retain, body, _) in &cases {
+        client
+            .publish(
+                topic.clone(),
+                rumqttc::QoS::AtLeastOnce,
+                *retain,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    eventually(WAIT, "all received", || sub.all().len() >= cases.len()).await;
+    let invalid = sub.invalid.lock().unwrap().clone();
+    for (topic, _, _, want) in &cases[1..] {
+        assert!(
+            invalid
+                .iter()
+                .any(|p| p.starts_with(topic.as_str()) && p.contains(want)),
+            "{topic}: {want:?} not reported in {invalid:#?}"
+        );
+    }
+    // The good message (same topic as the retained one) raised nothing.
+    let good = invalid
+        .iter()
+        .filter(|p| p.starts_with(cases[0].0.as_str()))
+        .count();
+    assert_eq!(good, 1, "only the retained copy is reported: {invalid:#?}");
 }
