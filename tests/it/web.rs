@@ -239,23 +239,21 @@ async fn page_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_starts_identify() {
     let dir = tempfile::tempdir().unwrap();
-    let web = free_port();
     let cfg = dir.path().join("w.toml");
-    std::fs::write(
-        &cfg,
-        config_text(free_port(), dir.path(), "").replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{web}\""),
-        ),
-    )
-    .unwrap();
+    // The page binds port 0; the gateway logs the address it got.
+    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "page did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut addr: Option<std::net::SocketAddr> = None;
+    eventually(WAIT, "the page's address in the log", || {
+        addr = gw.log_text().lines().find_map(|l| {
+            l.split("local status page addr=")
+                .nth(1)
+                .and_then(|a| a.trim().parse().ok())
+        });
+        addr.is_some()
+    })
+    .await;
+    let addr = addr.unwrap();
     let identify = || async {
         let (_, text) = http_get(addr, "/api/status", "").await;
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
