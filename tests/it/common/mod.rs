@@ -239,15 +239,19 @@ pub fn signal(pid: u32, sig: i32) {
 #[derive(Debug, Clone)]
 pub struct Msg {
     pub topic: String,
+    /// MQTT 3.1.1 meaning: true only for a retained message delivered
+    /// because the subscriber (re)subscribed, false for a live one.
     pub retain: bool,
     pub body: Value,
 }
 
-/// A durable subscriber on `{prefix}/{site}/#` (MQTT 5, so that it sees the
-/// retain flag as the gateway published it) that records every message and
-/// checks each against the contract: the JSON Schemas in docs/schema/, the
-/// topic's shape, `site` and `device` in the payload against the topic, and
-/// the retain flag (status retained, everything else not).
+/// A durable subscriber on `{prefix}/{site}/#` that records every message
+/// and checks each against the contract: the JSON Schemas in docs/schema/,
+/// the topic's shape, `site` and `device` in the payload against the
+/// topic, and the retain flag as the gateway published it (status
+/// retained, everything else not). The retain flag a 3.1.1 subscriber sees
+/// on a live message is always false, so a second, MQTT 5 client with
+/// retain-as-published checks it on every live message.
 pub struct Subscriber {
     pub msgs: Arc<Mutex<Vec<Msg>>>,
     pub invalid: Arc<Mutex<Vec<String>>>,
@@ -294,20 +298,21 @@ impl Schemas {
     }
 }
 
-/// What is wrong with a message received on `topic` (published with
-/// `retain`) for `site`, beyond its schema: the topic's shape, the payload's
-/// `site` and `device` against the topic, and the retain flag.
+/// What is wrong with a message received on `topic` for `site`, beyond its
+/// schema: the topic's shape, the payload's `site` and `device` against the
+/// topic, and, when `retain` (the flag as published) is given, the retain
+/// flag.
 pub fn check_envelope(
     prefix: &str,
     site: &str,
     topic: &str,
-    retain: bool,
+    retain: Option<bool>,
     body: &Value,
 ) -> Vec<String> {
     let mut bad = Vec::new();
     let id_ok = |s: &str| {
-        let mut c = s.chars();
-        c.next()
+        s.chars()
+            .next()
             .is_some_and(|f| f.is_ascii_lowercase() || f.is_ascii_digit())
             && s.len() <= 64
             && s.chars()
@@ -319,7 +324,7 @@ pub fn check_envelope(
             if *s != site {
                 bad.push(format!("{topic}: site {s}, expected {site}"));
             }
-            if !retain {
+            if retain == Some(false) {
                 bad.push(format!("{topic}: status not retained"));
             }
         }
@@ -339,7 +344,7 @@ pub fn check_envelope(
                     body["device"]
                 ));
             }
-            if retain {
+            if retain == Some(true) {
                 bad.push(format!("{topic}: a data message was retained"));
             }
         }
@@ -350,7 +355,7 @@ pub fn check_envelope(
 
 impl Subscriber {
     /// Subscribes on this test's site ([`test_site`]); returns once the
-    /// broker confirmed the subscription, so start it before the gateway.
+    /// broker confirmed both subscriptions, so start it before the gateway.
     pub async fn start(port: u16, prefix: &str) -> Subscriber {
         Self::start_site(port, prefix, &test_site()).await
     }
@@ -366,30 +371,24 @@ impl Subscriber {
         site: &str,
         login: Option<(&str, &str)>,
     ) -> Subscriber {
-        use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P5};
-        use rumqttc::v5::mqttbytes::QoS as Q5;
-        use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let cancel = CancellationToken::new();
         let id = format!("test-sub-{}", rand::random::<u32>());
-        let mut o = O5::new(id, "127.0.0.1", port);
-        // A durable session: survives broker restarts (the broker persists it).
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(3600));
+        let mut o = MqttOptions::new(id.clone(), "127.0.0.1", port);
+        o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(Some(16 << 20));
+        o.set_max_packet_size(16 << 20, 1 << 20);
         if let Some((user, pass)) = login {
             o.set_credentials(user, pass);
         }
-        let (client, mut el) = C5::new(o, 100);
-        let mut filter = Filter::new(format!("{prefix}/{site}/#"), Q5::AtLeastOnce);
-        // Retain-as-published: live messages keep the gateway's flag.
-        filter.preserve_retain = true;
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let topic = format!("{prefix}/{site}/#");
         let (m, inv, c) = (msgs.clone(), invalid.clone(), cancel.clone());
         let subscribed = Arc::new(tokio::sync::Notify::new());
         let sub2 = subscribed.clone();
-        let (prefix, site) = (prefix.to_owned(), site.to_owned());
+        let (pfx, st) = (prefix.to_owned(), site.to_owned());
         tokio::spawn(async move {
             let schemas = Schemas::load();
             loop {
@@ -398,27 +397,28 @@ impl Subscriber {
                     ev = el.poll() => ev,
                 };
                 match ev {
-                    Ok(E5::Incoming(P5::ConnAck(_))) => {
-                        let _ = client.try_subscribe_many([filter.clone()]);
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
                     }
-                    Ok(E5::Incoming(P5::SubAck(_))) => sub2.notify_one(),
-                    Ok(E5::Incoming(P5::Publish(p))) => {
-                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
                         let body: Value = match serde_json::from_slice(&p.payload) {
                             Ok(v) => v,
                             Err(e) => {
-                                inv.lock().unwrap().push(format!("{topic}: not JSON: {e}"));
+                                inv.lock()
+                                    .unwrap()
+                                    .push(format!("{}: not JSON: {e}", p.topic));
                                 continue;
                             }
                         };
-                        if let Some(problem) = schemas.check(&topic, &body) {
+                        if let Some(problem) = schemas.check(&p.topic, &body) {
                             inv.lock().unwrap().push(problem);
                         }
                         inv.lock()
                             .unwrap()
-                            .extend(check_envelope(&prefix, &site, &topic, p.retain, &body));
+                            .extend(check_envelope(&pfx, &st, &p.topic, None, &body));
                         m.lock().unwrap().push(Msg {
-                            topic,
+                            topic: p.topic.clone(),
                             retain: p.retain,
                             body,
                         });
@@ -432,6 +432,16 @@ impl Subscriber {
             Duration::from_secs(10),
             "subscription",
             subscribed.notified(),
+        )
+        .await;
+        retain_checker(
+            port,
+            prefix,
+            site,
+            login,
+            &id,
+            invalid.clone(),
+            cancel.clone(),
         )
         .await;
         Subscriber {
@@ -489,6 +499,71 @@ impl Subscriber {
             .filter(|m| m.topic.ends_with("/status"))
             .collect()
     }
+}
+
+/// An MQTT 5 client on the same topics with retain-as-published and no
+/// retained copies on subscribe: sees the retain flag of every live message
+/// as the gateway set it, and reports a wrong one.
+async fn retain_checker(
+    port: u16,
+    prefix: &str,
+    site: &str,
+    login: Option<(&str, &str)>,
+    id: &str,
+    invalid: Arc<Mutex<Vec<String>>>,
+    cancel: CancellationToken,
+) {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(format!("{id}-retain"), "127.0.0.1", port);
+    // A durable session: survives broker restarts (the broker persists it).
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(3600));
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(Some(16 << 20));
+    if let Some((user, pass)) = login {
+        o.set_credentials(user, pass);
+    }
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let mut filter = Filter::new(format!("{prefix}/{site}/#"), QoS::AtLeastOnce);
+    filter.preserve_retain = true;
+    filter.retain_forward_rule = RetainForwardRule::Never;
+    let subscribed = Arc::new(tokio::sync::Notify::new());
+    let sub2 = subscribed.clone();
+    let (prefix, site) = (prefix.to_owned(), site.to_owned());
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = el.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe_many([filter.clone()]);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    let bad: Vec<String> =
+                        check_envelope(&prefix, &site, &topic, Some(p.retain), &body)
+                            .into_iter()
+                            .filter(|b| b.contains("retained"))
+                            .collect();
+                    invalid.lock().unwrap().extend(bad);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    within(
+        Duration::from_secs(10),
+        "retain-checking subscription",
+        subscribed.notified(),
+    )
+    .await;
 }
 
 impl Drop for Subscriber {
