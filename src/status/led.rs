@@ -5,12 +5,18 @@
 //! Patterns, worst first (the worst that applies wins):
 //! 1. rapid flicker (10 Hz) for 60 s: "identify", asked for by a technician
 //!    or the operations centre, overrides everything while it lasts;
-//! 2. two short flashes every 2 s: starting, or no valid configuration;
+//! 2. two short flashes every 2 s: starting (until the first connection
+//!    attempt to the broker);
 //! 3. fast blink (4 Hz): at least one device is stale or faulty (readings
 //!    are being missed);
 //! 4. slow blink (1 Hz): no link to the operations centre, readings are
 //!    being kept on the device;
 //! 5. steady on: all good.
+//!
+//! With no valid configuration wardgate does not run at all (systemd's
+//! `ExecCondition=wardgate check --config-only` fails, and `wardgate run`
+//! exits 78 before it opens the LED), so it cannot drive the LED: the LED
+//! is off, or shows the Pi's default trigger (SD card activity).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,7 +36,7 @@ pub enum Pattern {
     SlowBlink,
     /// A device is stale or faulty, or the SD card cannot be written.
     FastBlink,
-    /// Starting, or no valid configuration.
+    /// Starting (with a bad configuration wardgate does not run: LED off).
     DoubleFlash,
     /// Identify.
     Flicker,

@@ -2,6 +2,7 @@
 //! in-process or as the real binary.
 
 mod common;
+mod delivery;
 mod field;
 mod install;
 mod sensors;

@@ -50,11 +50,12 @@ async fn live_samples_arrive_contiguous_and_valid() {
     assert_eq!(ups_events[1].1["code"], "ups.on_line");
     let statuses = sub.statuses();
     assert_eq!(statuses[0].body["state"], "online");
+    let site = test_site();
     assert!(sub
         .all()
         .iter()
-        .any(|m| m.topic == "ioc/xa-test/ups1/telemetry"
-            && m.body["site"] == "xa-test"
+        .any(|m| m.topic == format!("ioc/{site}/ups1/telemetry")
+            && m.body["site"] == site.as_str()
             && m.body["samples"][0]["values"]["ups.status"].is_string()));
 }
 
@@ -96,6 +97,10 @@ async fn outage_backlog_arrives_batched_after_events() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     sub.assert_all_valid();
     assert!(pushed_during > 1500);
+    assert!(
+        sub.seqs("ups1").len() as u64 > 1500,
+        "ups1 alone read through the outage"
+    );
 
     for dev in ["ups1", "env1"] {
         let all = sub.samples(dev);
@@ -116,6 +121,21 @@ async fn outage_backlog_arrives_batched_after_events() {
         }
     }
     let msgs = sub.all();
+    // Live ahead of backlog: after the reconnect the first live ups1 sample
+    // arrives before the last backlog message of ups1.
+    let ups_telemetry = |hist: bool| {
+        msgs.iter()
+            .enumerate()
+            .filter(|(i, m)| *i >= before_outage && m.topic.ends_with("/ups1/telemetry"))
+            .filter(move |(_, m)| m.body["samples"][0]["historical"] == hist)
+            .map(|(i, _)| i)
+    };
+    let first_live = ups_telemetry(false).next().expect("live after the outage");
+    let last_backlog = ups_telemetry(true).max().expect("backlog after the outage");
+    assert!(
+        first_live < last_backlog,
+        "live readings go ahead of the backlog: first live message {first_live}, last backlog message {last_backlog}"
+    );
     let backlog: Vec<(usize, usize)> = msgs
         .iter()
         .enumerate()
@@ -420,20 +440,28 @@ async fn tls_with_password_and_wrong_password_retries() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
+    // The broker's main listener is plain text, for the subscriber (with
+    // the password); the gateway talks TLS to a second listener.
+    let tls_port = free_port();
     let broker = Broker::start_with(&format!(
-        "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        "allow_anonymous false\npassword_file {}\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
         pw.display(),
         d.join("ca.pem").display(),
         d.join("server.pem").display(),
         d.join("server.key").display()
     ));
-    // A plain-text subscriber cannot talk to this listener; watch through
-    // the gateway's own acknowledgements instead.
+    let sub = Subscriber::start_login(
+        broker.port,
+        "ioc",
+        &test_site(),
+        Some(("ward", "s3cret-pass")),
+    )
+    .await;
     std::fs::write(d.join("good"), "s3cret-pass\n").unwrap();
     std::fs::write(d.join("bad"), "wrong\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tls = |pwfile: &str| {
-        config_text(broker.port, dir.path(), &sim("ups1", "50ms", ""))
+        config_text(tls_port, dir.path(), &sim("ups1", "50ms", ""))
                 .replace(
                     "[mqtt]\n",
                     &format!(
@@ -451,7 +479,17 @@ async fn tls_with_password_and_wrong_password_retries() {
     })
     .await;
     assert!(gw.status.get().uplink.connected);
+    eventually(WAIT, "received through the broker", || {
+        sub.seqs("ups1").len() >= 20
+    })
+    .await;
     gw.stop().await;
+    eventually(WAIT, "offline status after the stop", || {
+        sub.statuses().iter().any(|m| m.body["state"] == "offline")
+    })
+    .await;
+    sub.assert_all_valid();
+    assert_contiguous(&sub.seqs("ups1"), 0, "ups1 over TLS");
 
     let dir2 = tempfile::tempdir().unwrap();
     let text = tls("bad").replace(
@@ -530,13 +568,23 @@ async fn tls_with_password_and_wrong_password_retries() {
 /// dropped, events kept, drop count reported once the broker returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
-    let port = free_port();
+    // The broker is there first so that the subscriber's durable session
+    // exists before the gateway publishes anything; then it goes away.
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    broker.stop();
     let dir = tempfile::tempdir().unwrap();
+    // A known number of readings, so the number of events is exact: one
+    // event every 100 samples.
     let extra = format!(
         "{}\n[gateway]\ntelemetry_interval = \"1s\"\n",
-        sim("ups1", "5ms", "samples_per_tick = 5\nevent_every = 100")
+        sim(
+            "ups1",
+            "5ms",
+            "samples_per_tick = 5\nevent_every = 100\ncount = 8000"
+        )
     );
-    let text = config_text(port, dir.path(), &extra).replace(
+    let text = config_text(broker.port, dir.path(), &extra).replace(
         "[spool]\npath",
         "[spool]\nmax_bytes = \"64 KiB\"\ncommit_interval = \"100ms\"\npath",
     );
@@ -551,40 +599,16 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
     .await;
     let bytes = gw.spool.stats().disk_bytes;
     assert!(bytes <= 64 * 1024, "spool within its cap: {bytes}");
-    // Now the broker comes (on the port the gateway has been trying).
-    let broker = {
-        let mut b = Broker::start();
-        // Move the broker to the gateway's port.
-        b.stop();
-        let conf = b.dir.path().join("mosquitto.conf");
-        let t = std::fs::read_to_string(&conf).unwrap();
-        std::fs::write(
-            &conf,
-            t.replace(
-                &format!("listener {} ", b.port),
-                &format!("listener {port} "),
-            ),
-        )
-        .unwrap();
-        b.port = port;
-        b.restart();
-        b
-    };
-    let sub = Subscriber::start(broker.port, "ioc").await;
+    // Now the broker comes back (on the port the gateway has been trying).
+    tokio::task::block_in_place(|| broker.start_again());
     eventually(WAIT, "gateway telemetry reports drops", || {
         sub.samples("gateway")
             .iter()
             .any(|(_, s)| s["values"]["spool.dropped"].as_f64().unwrap_or(0.0) > 500.0)
     })
     .await;
-    let pushed_events = gw
-        .spool
-        .counters()
-        .pushed
-        .load(std::sync::atomic::Ordering::Relaxed)
-        / 101;
-    eventually(WAIT, "events delivered", || {
-        sub.events("ups1").len() as u64 >= pushed_events.saturating_sub(5)
+    eventually(WAIT, "all 80 events delivered", || {
+        dedupe(&sub.events("ups1")).len() >= 80
     })
     .await;
     gw.stop().await;
@@ -594,7 +618,11 @@ async fn full_spool_drops_oldest_telemetry_and_keeps_events() {
         .iter()
         .map(|(_, e)| e["seq"].as_u64().unwrap())
         .collect();
-    assert_contiguous(&evs, 0, "every event kept");
+    assert_eq!(
+        assert_contiguous(&evs, 0, "every event kept"),
+        79,
+        "exactly the 80 events raised"
+    );
     let seqs = sub.seqs("ups1");
     assert!(
         *seqs.iter().next().unwrap() > 0,
@@ -620,6 +648,27 @@ async fn garbage_spool_is_moved_aside() {
     })
     .await;
     gw.stop().await;
+    // The values the IOC is told to rely on: where the file went, and why.
+    let corrupt = sub
+        .events("gateway")
+        .into_iter()
+        .find(|(_, e)| e["code"] == "spool.corrupt")
+        .map(|(_, e)| e["values"].clone())
+        .unwrap();
+    let moved_to = corrupt["spool.moved_to"]
+        .as_str()
+        .unwrap_or_else(|| panic!("spool.moved_to in {corrupt}"));
+    assert!(
+        std::path::Path::new(moved_to).exists()
+            && moved_to.starts_with(&dir.path().join("spool.db.corrupt-").display().to_string()),
+        "spool.moved_to names the file moved aside: {corrupt}"
+    );
+    assert!(
+        corrupt["spool.reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "spool.reason: {corrupt}"
+    );
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -757,14 +806,17 @@ async fn spool_stats_and_export_show_the_backlog() {
     .unwrap();
     let cfg = wardgate::config::Config::load(&cfg_path, true).unwrap();
     let gw = Gateway::start(cfg).await;
+    // The second event (after the 20th and the 40th sample) is raised
+    // right after the last sample was kept. (The spool's own counters count
+    // the `pi` and `gateway` records too, so they cannot say this.)
     eventually(WAIT, "40 samples read", || {
-        gw.status.get().devices["ups1"].samples >= 1
-            && gw
-                .spool
-                .counters()
-                .pushed
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= 42
+        gw.status
+            .get()
+            .events
+            .iter()
+            .filter(|e| e.device == "ups1" && e.code.starts_with("ups."))
+            .count()
+            >= 2
     })
     .await;
     gw.stop().await;
@@ -870,34 +922,33 @@ async fn systemd_notify_ready_watchdog_stopping() {
 /// mqtt.backlog_rate paces backlog messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_rate_paces_the_backlog() {
-    let port = free_port();
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    broker.stop();
+    let port = broker.port;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(port, dir.path(), &sim("ups1", "10ms", "count = 100"))
         .replace("[mqtt]\n", "[mqtt]\nmax_batch = 10\nbacklog_rate = 5.0\n");
     let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
-    eventually(WAIT, "100 samples on disk", || {
-        gw.spool.stats().disk_rows >= 100
+    // All 100 samples of ups1 on disk (the spool's row count includes the
+    // `pi` and `gateway` records, so ask the file itself).
+    let db = dir.path().join("spool.db");
+    eventually(WAIT, "100 samples of ups1 on disk", || {
+        wardgate::spool::db::Db::open_read_only(&db)
+            .ok()
+            .and_then(|d| d.summary().ok())
+            .is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r.device == "ups1" && r.kind == 0 && r.records >= 100)
+            })
     })
     .await;
-    let mut broker = Broker::start();
-    broker.stop();
-    let conf = broker.dir.path().join("mosquitto.conf");
-    let t = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(
-        &conf,
-        t.replace(
-            &format!("listener {} ", broker.port),
-            &format!("listener {port} "),
-        ),
-    )
-    .unwrap();
-    broker.port = port;
-    broker.restart();
-    let sub = Subscriber::start(port, "ioc").await;
+    tokio::task::block_in_place(|| broker.start_again());
     let t0 = std::time::Instant::now();
     eventually(WAIT, "backlog delivered", || sub.seqs("ups1").len() == 100).await;
     let took = t0.elapsed();
     gw.stop().await;
+    sub.assert_all_valid();
     // 10 messages at 5 per second: at least 9 gaps of 200 ms.
     assert!(took >= Duration::from_millis(1700), "paced: took {took:?}");
     let sizes: Vec<(usize, bool)> = sub

@@ -3,15 +3,15 @@
 //! broker restarts are caught quickly, and a link that takes messages but
 //! never acknowledges them is found stuck.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wardgate::model::{Reading, Values};
 
+use crate::common::proxy::{MqttProxy, ProxyState};
 use crate::common::*;
 
 fn sim(id: &str, interval: &str) -> String {
@@ -189,96 +189,6 @@ async fn back_within_five_seconds_after_each_broker_restart() {
     );
 }
 
-/// A proxy in front of the broker that passes everything except the
-/// broker's PUBACKs while `swallow` is set: the link looks fine, nothing is
-/// ever acknowledged.
-struct PubackSwallower {
-    port: u16,
-    swallow: Arc<AtomicBool>,
-    swallowed: Arc<AtomicU64>,
-    cancel: CancellationToken,
-}
-
-impl PubackSwallower {
-    async fn start(upstream: u16) -> PubackSwallower {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let swallow = Arc::new(AtomicBool::new(true));
-        let swallowed = Arc::new(AtomicU64::new(0));
-        let cancel = CancellationToken::new();
-        let (sw, n, c) = (swallow.clone(), swallowed.clone(), cancel.clone());
-        tokio::spawn(async move {
-            loop {
-                let client = tokio::select! {
-                    _ = c.cancelled() => return,
-                    r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                };
-                let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    continue;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut br, mut bw) = broker.into_split();
-                let c2 = c.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = c2.cancelled() => {}
-                        _ = tokio::io::copy(&mut cr, &mut bw) => {}
-                    }
-                });
-                let (sw, n, c3) = (sw.clone(), n.clone(), c.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = c3.cancelled() => {}
-                        _ = forward_packets(&mut br, &mut cw, &sw, &n) => {}
-                    }
-                });
-            }
-        });
-        PubackSwallower {
-            port,
-            swallow,
-            swallowed,
-            cancel,
-        }
-    }
-}
-
-impl Drop for PubackSwallower {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// Copies MQTT packets from `from` to `to`, dropping PUBACKs while `swallow`.
-async fn forward_packets(
-    from: &mut tokio::net::tcp::OwnedReadHalf,
-    to: &mut tokio::net::tcp::OwnedWriteHalf,
-    swallow: &AtomicBool,
-    swallowed: &AtomicU64,
-) -> std::io::Result<()> {
-    loop {
-        let first = from.read_u8().await?;
-        let mut header = vec![first];
-        let mut len = 0usize;
-        for shift in 0..4 {
-            let b = from.read_u8().await?;
-            header.push(b);
-            len |= usize::from(b & 0x7f) << (7 * shift);
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        from.read_exact(&mut body).await?;
-        if first >> 4 == 4 && swallow.load(Ordering::Relaxed) {
-            swallowed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        to.write_all(&header).await?;
-        to.write_all(&body).await?;
-    }
-}
-
 /// Finding 10: records pending, link up, no PUBACK for `mqtt.stall_timeout`
 /// is a stuck link: `mqtt.stalled` event, a reconnect, `/healthz` 503 until
 /// acknowledgements move again; then the event itself is delivered.
@@ -286,7 +196,11 @@ async fn forward_packets(
 async fn a_link_that_never_acknowledges_is_found_stuck() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "ioc").await;
-    let proxy = PubackSwallower::start(broker.port).await;
+    // A proxy that passes everything but the broker's PUBACKs while
+    // `swallow` is set: the link looks fine, nothing is acknowledged.
+    let st = ProxyState::default();
+    st.swallow.store(true, Ordering::Relaxed);
+    let proxy = MqttProxy::start_with(broker.port, st).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(with_mqtt(
         proxy.port,
@@ -304,7 +218,7 @@ async fn a_link_that_never_acknowledges_is_found_stuck() {
             .any(|e| e.code == "mqtt.stalled")
     })
     .await;
-    assert!(proxy.swallowed.load(Ordering::Relaxed) > 0);
+    assert!(proxy.state.swallowed.load(Ordering::Relaxed) > 0);
     let (code, text) = http_get(web, "/healthz", "").await;
     assert_eq!(code, 503, "{text}");
     assert!(text.contains("stalled"), "{text}");
@@ -320,7 +234,7 @@ async fn a_link_that_never_acknowledges_is_found_stuck() {
     assert!(gw.status.get().uplink.stalled);
 
     // The broker's acks get through again: healthy, and the event arrives.
-    proxy.swallow.store(false, Ordering::Relaxed);
+    proxy.state.swallow.store(false, Ordering::Relaxed);
     eventually(Duration::from_secs(30), "stall cleared", || {
         !gw.status.get().uplink.stalled
     })

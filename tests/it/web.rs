@@ -102,7 +102,10 @@ async fn api_metrics_health_and_no_secrets() {
         "/healthz",
         "/?lang=en",
     ] {
-        let (_, text) = http_get(addr, path, &auth).await;
+        let (code, text) = http_get(addr, path, &auth).await;
+        // Every page must really answer (a 401 or 404 page holds no
+        // secret either, and the check below would prove nothing).
+        assert_eq!(code, 200, "{path}: {text}");
         assert!(
             !text.contains("MQTT-SECRET-123"),
             "{path} leaks the broker password"
@@ -182,9 +185,14 @@ async fn page_in_headless_chromium() {
     .await
     .unwrap();
     assert!(dom.contains("All systems normal"), "{dom}");
+    // No external assets: no absolute URL in any src or href, and no
+    // http(s) URL anywhere in the page (both must hold).
+    for bad in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
+        assert!(!dom.contains(bad), "external asset ({bad}) in {dom}");
+    }
     assert!(
-        !dom.contains("http://") || !dom.contains("src=\"http"),
-        "no external assets"
+        !dom.contains("http://") && !dom.contains("https://"),
+        "an external URL in the page: {dom}"
     );
 
     broker.stop();
@@ -231,23 +239,21 @@ async fn page_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_starts_identify() {
     let dir = tempfile::tempdir().unwrap();
-    let web = free_port();
     let cfg = dir.path().join("w.toml");
-    std::fs::write(
-        &cfg,
-        config_text(free_port(), dir.path(), "").replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{web}\""),
-        ),
-    )
-    .unwrap();
+    // The page binds port 0; the gateway logs the address it got.
+    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "page did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut addr: Option<std::net::SocketAddr> = None;
+    eventually(WAIT, "the page's address in the log", || {
+        addr = gw.log_text().lines().find_map(|l| {
+            l.split("local status page addr=")
+                .nth(1)
+                .and_then(|a| a.trim().parse().ok())
+        });
+        addr.is_some()
+    })
+    .await;
+    let addr = addr.unwrap();
     let identify = || async {
         let (_, text) = http_get(addr, "/api/status", "").await;
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
@@ -267,4 +273,102 @@ async fn sigusr1_starts_identify() {
     }
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(Duration::from_secs(10)).await, Some(0));
+}
+
+/// `/healthz` is 503 when the pipeline has never refreshed the status, and
+/// again once it has not refreshed it for more than 10 s (a hung pipeline:
+/// the page's own task still answers); 200 in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_503_when_the_status_is_not_refreshed() {
+    let hub = wardgate::status::StatusHub::new(&test_site());
+    let cfg = wardgate::config::WebConfig {
+        listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (addr, serve) = wardgate::status::web::bind(
+        &cfg,
+        hub.subscribe(),
+        std::sync::Arc::new(wardgate::status::history::History::default()),
+        cancel.clone(),
+    )
+    .await
+    .expect("bind the page");
+    let server = tokio::spawn(serve);
+    let (code, text) = http_get(addr, "/healthz", "").await;
+    assert_eq!(code, 503, "never refreshed: {text}");
+    assert!(text.contains("not refreshed"), "{text}");
+    hub.update(|s| s.updated_ms = wardgate::model::now_ms());
+    let (code, text) = http_get(addr, "/healthz", "").await;
+    assert_eq!(code, 200, "just refreshed: {text}");
+    hub.update(|s| s.updated_ms = wardgate::model::now_ms() - 11_000);
+    let (code, text) = http_get(addr, "/healthz", "").await;
+    assert_eq!(code, 503, "not refreshed for 11 s: {text}");
+    assert!(text.contains("not refreshed for 11 s"), "{text}");
+    cancel.cancel();
+    within(Duration::from_secs(10), "page stops", server)
+        .await
+        .unwrap();
+}
+
+/// A sysfs LED directory as the kernel shows it, in a temp dir.
+fn fake_sysfs_led(dir: &std::path::Path) -> std::path::PathBuf {
+    let led = dir.join("led");
+    std::fs::create_dir_all(&led).unwrap();
+    std::fs::write(led.join("trigger"), "none [mmc0] timer heartbeat\n").unwrap();
+    std::fs::write(led.join("brightness"), "0\n").unwrap();
+    led
+}
+
+fn led_files(led: &std::path::Path) -> Vec<(String, std::time::SystemTime)> {
+    ["trigger", "brightness"]
+        .iter()
+        .map(|f| {
+            let p = led.join(f);
+            (
+                std::fs::read_to_string(&p).unwrap(),
+                std::fs::metadata(&p).unwrap().modified().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// With a bad configuration wardgate does not start and does not touch the
+/// LED (so it is off, or keeps the Pi's default trigger), as the README,
+/// led.rs, the page legend and docs/technician.md say. First the same LED
+/// with a valid configuration, to show that this test sees it when the LED
+/// is driven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_78_and_leaves_the_led_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_led = |led: &std::path::Path, extra: &str| {
+        config_text(free_port(), dir.path(), extra).replace(
+            "[led]\nbackend = \"none\"",
+            &format!("[led]\nbackend = \"sysfs\"\npath = \"{}\"", led.display()),
+        )
+    };
+    // A valid configuration: the LED is taken over (trigger "none").
+    let good_led = fake_sysfs_led(&dir.path().join("good"));
+    let cfg = dir.path().join("good.toml");
+    std::fs::write(&cfg, with_led(&good_led, "")).unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("good.log"));
+    eventually(WAIT, "the LED taken over", || {
+        std::fs::read_to_string(good_led.join("trigger")).unwrap() == "none"
+    })
+    .await;
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(10)).await, Some(0));
+
+    // A bad configuration (an unknown key): exit 78, the LED untouched.
+    let bad_led = fake_sysfs_led(&dir.path().join("bad"));
+    let before = led_files(&bad_led);
+    // Make a write within the same clock tick visible in the mtime.
+    std::thread::sleep(Duration::from_millis(20));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, with_led(&bad_led, "colour = \"red\"")).unwrap();
+    let log = dir.path().join("bad.log");
+    let mut gw = Process::start(&cfg, &log);
+    assert_eq!(gw.wait(Duration::from_secs(10)).await, Some(78));
+    assert!(gw.log_text().contains("colour"), "{}", gw.log_text());
+    assert_eq!(led_files(&bad_led), before, "the LED was touched");
 }

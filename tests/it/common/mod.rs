@@ -9,6 +9,7 @@ pub mod devices;
 pub mod megatec_sim;
 pub mod nut;
 pub mod peers;
+pub mod proxy;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use wardgate::config::Config;
@@ -28,11 +28,35 @@ use wardgate::status::StatusHub;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A loopback port that was free a moment ago. Bind-and-release: another
+/// process may take it before it is used, so use it only for "nothing
+/// listens here" (a gateway pointed at a broker that is not there) and for
+/// peers that cannot bind port 0 themselves (mosquitto: [`Broker`] retries
+/// on another port when the one it was given is taken).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+static SITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+thread_local! {
+    static SITE: String = format!(
+        "xa-t{}-{}",
+        std::process::id(),
+        SITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// This test's own site id (unique per test thread and process), used by
+/// [`config_text`] and [`Subscriber::start`], so that the streams of two
+/// tests never mix even if one reaches the other's broker. Call it from the
+/// test's own thread (the body of a `#[tokio::test]` runs there), not from
+/// a spawned task.
+pub fn test_site() -> String {
+    SITE.with(|s| s.clone())
 }
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes.
@@ -61,7 +85,13 @@ pub struct Broker {
     pub port: u16,
     pub dir: tempfile::TempDir,
     conf: PathBuf,
+    extra: String,
     child: Option<Child>,
+}
+
+enum SpawnError {
+    /// Another process listens on the port.
+    PortTaken,
 }
 
 impl Broker {
@@ -69,44 +99,85 @@ impl Broker {
         Self::start_with("allow_anonymous true\n")
     }
 
-    /// `extra` is added to the listener's configuration.
+    /// `extra` is added to the listener's configuration. mosquitto cannot
+    /// bind port 0 and say which port it got, so the broker is given a port
+    /// that was free a moment ago; if another process took it meanwhile,
+    /// mosquitto says "Address already in use" in its log and exits, and the
+    /// broker is started again on another port.
     pub fn start_with(extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlistener {port} 127.0.0.1\n{extra}",
-            dir.path().display(),
-            dir.path().display(),
-        );
-        std::fs::write(&conf, text).expect("write mosquitto.conf");
         let mut b = Broker {
-            port,
+            port: 0,
             dir,
             conf,
+            extra: extra.to_owned(),
             child: None,
         };
-        b.spawn();
-        b
+        for _ in 0..10 {
+            b.port = free_port();
+            b.write_conf();
+            match b.spawn() {
+                Ok(()) => return b,
+                Err(SpawnError::PortTaken) => continue,
+            }
+        }
+        panic!("mosquitto found no free port in 10 tries: {}", b.log());
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("mosquitto")
+    fn write_conf(&self) {
+        let text = format!(
+            "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nlistener {} 127.0.0.1\n{}",
+            self.dir.path().display(),
+            self.dir.path().display(),
+            self.port,
+            self.extra,
+        );
+        std::fs::write(&self.conf, text).expect("write mosquitto.conf");
+    }
+
+    /// Starts mosquitto and waits until *this* mosquitto listens: its log
+    /// says it opened our port and runs, it is still alive, and the port
+    /// answers (a port answering alone could be another test's broker).
+    fn spawn(&mut self) -> Result<(), SpawnError> {
+        let log_before = self.log().len();
+        let err = std::fs::File::create(self.dir.path().join("mosquitto.stderr"))
+            .expect("mosquitto stderr file");
+        let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
-        self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start on port {}: {}",
-                self.port,
-                self.log()
-            );
+        loop {
+            let log = self.log();
+            let new = log.get(log_before..).unwrap_or("");
+            if let Some(st) = child.try_wait().expect("try_wait mosquitto") {
+                if new.contains("Address already in use") {
+                    return Err(SpawnError::PortTaken);
+                }
+                panic!(
+                    "mosquitto exited ({st}) on port {}: {new}{}",
+                    self.port,
+                    std::fs::read_to_string(self.dir.path().join("mosquitto.stderr"))
+                        .unwrap_or_default()
+                );
+            }
+            let opened = new.contains(&format!("listen socket on port {}.", self.port));
+            if opened
+                && new.contains(" running")
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mosquitto did not start on port {}: {new}", self.port);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -123,9 +194,25 @@ impl Broker {
         }
     }
 
+    /// Stops and starts the broker on the same port (the gateway and the
+    /// durable subscribers know that port).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.start_again();
+    }
+
+    /// Starts a stopped broker again on its port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        for _ in 0..50 {
+            match self.spawn() {
+                Ok(()) => return,
+                // Our own listener may still be closing, or another test's
+                // client holds the port for a moment.
+                Err(SpawnError::PortTaken) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        panic!("port {} stayed taken: {}", self.port, self.log());
     }
 
     pub fn is_running(&self) -> bool {
@@ -153,12 +240,19 @@ pub fn signal(pid: u32, sig: i32) {
 #[derive(Debug, Clone)]
 pub struct Msg {
     pub topic: String,
+    /// MQTT 3.1.1 meaning: true only for a retained message delivered
+    /// because the subscriber (re)subscribed, false for a live one.
     pub retain: bool,
     pub body: Value,
 }
 
-/// A durable subscriber on `{prefix}/#` that records every message and
-/// checks each against the JSON Schemas in docs/schema/.
+/// A durable subscriber on `{prefix}/{site}/#` that records every message
+/// and checks each against the contract: the JSON Schemas in docs/schema/,
+/// the topic's shape, `site` and `device` in the payload against the
+/// topic, and the retain flag as the gateway published it (status
+/// retained, everything else not). The retain flag a 3.1.1 subscriber sees
+/// on a live message is always false, so a second, MQTT 5 client with
+/// retain-as-published checks it on every live message.
 pub struct Subscriber {
     pub msgs: Arc<Mutex<Vec<Msg>>>,
     pub invalid: Arc<Mutex<Vec<String>>>,
@@ -205,21 +299,97 @@ impl Schemas {
     }
 }
 
+/// What is wrong with a message received on `topic` for `site`, beyond its
+/// schema: the topic's shape, the payload's `site` and `device` against the
+/// topic, and, when `retain` (the flag as published) is given, the retain
+/// flag.
+pub fn check_envelope(
+    prefix: &str,
+    site: &str,
+    topic: &str,
+    retain: Option<bool>,
+    body: &Value,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    let id_ok = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|f| f.is_ascii_lowercase() || f.is_ascii_digit())
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    let parts: Vec<&str> = topic.split('/').collect();
+    match parts.as_slice() {
+        [p, s, "status"] if *p == prefix => {
+            if *s != site {
+                bad.push(format!("{topic}: site {s}, expected {site}"));
+            }
+            if retain == Some(false) {
+                bad.push(format!("{topic}: status not retained"));
+            }
+        }
+        [p, s, device, kind] if *p == prefix && (*kind == "telemetry" || *kind == "event") => {
+            if *s != site {
+                bad.push(format!("{topic}: site {s}, expected {site}"));
+            }
+            if !id_ok(s) || !id_ok(device) {
+                bad.push(format!("{topic}: site or device is not an id"));
+            }
+            if body["site"] != *s {
+                bad.push(format!("{topic}: payload site {} differs", body["site"]));
+            }
+            if body["device"] != *device {
+                bad.push(format!(
+                    "{topic}: payload device {} differs",
+                    body["device"]
+                ));
+            }
+            if retain == Some(true) {
+                bad.push(format!("{topic}: a data message was retained"));
+            }
+        }
+        _ => bad.push(format!("{topic}: not a topic of the contract")),
+    }
+    bad
+}
+
 impl Subscriber {
+    /// Subscribes on this test's site ([`test_site`]); returns once the
+    /// broker confirmed both subscriptions, so start it before the gateway.
     pub async fn start(port: u16, prefix: &str) -> Subscriber {
+        Self::start_site(port, prefix, &test_site()).await
+    }
+
+    pub async fn start_site(port: u16, prefix: &str, site: &str) -> Subscriber {
+        Self::start_login(port, prefix, site, None).await
+    }
+
+    /// As [`Subscriber::start_site`], logging in with a user name and password.
+    pub async fn start_login(
+        port: u16,
+        prefix: &str,
+        site: &str,
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let cancel = CancellationToken::new();
         let id = format!("test-sub-{}", rand::random::<u32>());
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        let mut o = MqttOptions::new(id.clone(), "127.0.0.1", port);
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(16 << 20, 1 << 20);
+        if let Some((user, pass)) = login {
+            o.set_credentials(user, pass);
+        }
         let (client, mut el) = AsyncClient::new(o, 100);
-        let topic = format!("{prefix}/#");
+        let topic = format!("{prefix}/{site}/#");
         let (m, inv, c) = (msgs.clone(), invalid.clone(), cancel.clone());
         let subscribed = Arc::new(tokio::sync::Notify::new());
         let sub2 = subscribed.clone();
+        let (pfx, st) = (prefix.to_owned(), site.to_owned());
         tokio::spawn(async move {
             let schemas = Schemas::load();
             loop {
@@ -245,6 +415,9 @@ impl Subscriber {
                         if let Some(problem) = schemas.check(&p.topic, &body) {
                             inv.lock().unwrap().push(problem);
                         }
+                        inv.lock()
+                            .unwrap()
+                            .extend(check_envelope(&pfx, &st, &p.topic, None, &body));
                         m.lock().unwrap().push(Msg {
                             topic: p.topic.clone(),
                             retain: p.retain,
@@ -260,6 +433,16 @@ impl Subscriber {
             Duration::from_secs(10),
             "subscription",
             subscribed.notified(),
+        )
+        .await;
+        retain_checker(
+            port,
+            prefix,
+            site,
+            login,
+            &id,
+            invalid.clone(),
+            cancel.clone(),
         )
         .await;
         Subscriber {
@@ -319,6 +502,71 @@ impl Subscriber {
     }
 }
 
+/// An MQTT 5 client on the same topics with retain-as-published and no
+/// retained copies on subscribe: sees the retain flag of every live message
+/// as the gateway set it, and reports a wrong one.
+async fn retain_checker(
+    port: u16,
+    prefix: &str,
+    site: &str,
+    login: Option<(&str, &str)>,
+    id: &str,
+    invalid: Arc<Mutex<Vec<String>>>,
+    cancel: CancellationToken,
+) {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(format!("{id}-retain"), "127.0.0.1", port);
+    // A durable session: survives broker restarts (the broker persists it).
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(3600));
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(Some(16 << 20));
+    if let Some((user, pass)) = login {
+        o.set_credentials(user, pass);
+    }
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let mut filter = Filter::new(format!("{prefix}/{site}/#"), QoS::AtLeastOnce);
+    filter.preserve_retain = true;
+    filter.retain_forward_rule = RetainForwardRule::Never;
+    let subscribed = Arc::new(tokio::sync::Notify::new());
+    let sub2 = subscribed.clone();
+    let (prefix, site) = (prefix.to_owned(), site.to_owned());
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = el.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe_many([filter.clone()]);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    let bad: Vec<String> =
+                        check_envelope(&prefix, &site, &topic, Some(p.retain), &body)
+                            .into_iter()
+                            .filter(|b| b.contains("retained"))
+                            .collect();
+                    invalid.lock().unwrap().extend(bad);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    within(
+        Duration::from_secs(10),
+        "retain-checking subscription",
+        subscribed.notified(),
+    )
+    .await;
+}
+
 impl Drop for Subscriber {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -344,12 +592,13 @@ pub fn assert_contiguous(seqs: &std::collections::BTreeSet<u64>, lo: u64, what: 
 /// A gateway configuration for tests: local broker, spool in `dir`.
 pub fn config_text(port: u16, dir: &Path, extra: &str) -> String {
     format!(
-        "site = \"xa-test\"\n\
+        "site = \"{}\"\n\
          [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
          [spool]\npath = \"{}\"\n\
          [web]\nlisten = \"127.0.0.1:0\"\n\
          [led]\nbackend = \"none\"\n\
          {extra}\n",
+        test_site(),
         dir.join("spool.db").display()
     )
 }
