@@ -78,6 +78,11 @@ async fn megatec_over_a_pty_to_mqtt() {
     let on_batt = &sub.events("ups1")[ob].1;
     assert_eq!(on_batt["severity"], "critical");
     assert_eq!(on_batt["values"]["ups.status"], "OB");
+    // docs/ups.md: each status event carries the status it left.
+    assert_eq!(on_batt["values"]["ups.status.previous"], "OL", "{on_batt}");
+    let on_line = &sub.events("ups1")[ol].1;
+    assert_eq!(on_line["values"]["ups.status"], "OL", "{on_line}");
+    assert_eq!(on_line["values"]["ups.status.previous"], "OB", "{on_line}");
 
     // Unplug: the device turns faulty; replug: it recovers, no restart.
     sim.unplug();

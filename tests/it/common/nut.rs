@@ -33,13 +33,23 @@ impl NutServer {
     pub fn start_with(dev: &str, upsd_extra: &str, ups_extra: &str) -> NutServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        // A description of this server alone: the readiness check asks for
+        // it, so another test's upsd on the same port is never taken for ours.
+        let desc = format!(
+            "test {}",
+            d.file_name()
+                .map(|n| n
+                    .to_string_lossy()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), ""))
+                .unwrap_or_default()
+        );
         let port = super::free_port();
         let devp = d.join("dummy.dev");
         std::fs::write(&devp, dev).unwrap();
         std::fs::write(
             d.join("ups.conf"),
             format!(
-                "[dummy]\n\tdriver = dummy-ups\n\tport = {}\n\tdesc = \"test\"\n{ups_extra}\n",
+                "[dummy]\n\tdriver = dummy-ups\n\tport = {}\n\tdesc = \"{desc}\"\n{ups_extra}\n",
                 devp.display()
             ),
         )
@@ -72,27 +82,41 @@ impl NutServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        s.upsd = Some(s.spawn("/lib/nut/upsd", &[]));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "upsd did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        // The port was free a moment ago; if another test took it since,
+        // upsd exits: try another one.
+        for attempt in 0.. {
+            s.upsd = Some(s.spawn("/lib/nut/upsd", &[]));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if ups_desc(s.port).is_some_and(|d| d.contains(&desc)) {
+                    return s;
+                }
+                let exited = s
+                    .upsd
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+                if exited || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(attempt < 4, "upsd did not start on 5 ports");
+            if let Some(mut c) = s.upsd.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            s.port = super::free_port();
+            std::fs::write(
+                s.dir.path().join("upsd.conf"),
+                format!("LISTEN 127.0.0.1 {}\n{upsd_extra}\n", s.port),
+            )
+            .unwrap();
         }
-        s
+        unreachable!("the loop returns or panics")
     }
 
     fn spawn(&self, prog: &str, args: &[&str]) -> Child {
-        let d = self.dir.path();
-        Command::new(prog)
-            .args(args)
-            .args(["-u", &user(), "-F"])
-            .env("NUT_CONFPATH", d)
-            .env("NUT_STATEPATH", d)
-            .env("NUT_ALTPIDPATH", d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install nut-server)"))
+        spawn_in(self.dir.path(), prog, args)
     }
 
     pub fn start_driver(&mut self) {
@@ -148,4 +172,28 @@ impl Drop for NutServer {
             let _ = c.wait();
         }
     }
+}
+
+/// `GET UPSDESC dummy` from the upsd on `port`, if one answers.
+fn ups_desc(port: u16) -> Option<String> {
+    use std::io::{BufRead, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.write_all(b"GET UPSDESC dummy\n").ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(c).read_line(&mut line).ok()?;
+    Some(line)
+}
+
+fn spawn_in(d: &std::path::Path, prog: &str, args: &[&str]) -> Child {
+    Command::new(prog)
+        .args(args)
+        .args(["-u", &user(), "-F"])
+        .env("NUT_CONFPATH", d)
+        .env("NUT_STATEPATH", d)
+        .env("NUT_ALTPIDPATH", d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install nut-server)"))
 }

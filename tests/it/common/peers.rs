@@ -138,42 +138,74 @@ pub struct Snmpd {
 
 impl Snmpd {
     pub fn start() -> Snmpd {
-        let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
+        let mut dir = tempfile::tempdir().unwrap();
+        // sysLocation is this instance's own: the readiness check asks for
+        // it, so another test's snmpd on the same port is never taken for
+        // ours.
+        let marker = format!(
+            "wardtest-{}",
+            dir.path()
+                .file_name()
+                .map(|n| n
+                    .to_string_lossy()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), ""))
+                .unwrap_or_default()
+        );
         let conf = dir.path().join("snmpd.conf");
         std::fs::write(
             &conf,
-            "rocommunity wardtest 127.0.0.1\n\
-             rwcommunity wardrw 127.0.0.1\n\
-             override -rw .1.3.6.1.2.1.2.2.1.8.1 integer 1\n\
-             override .1.3.6.1.2.1.1.5.0 octet_str ward-router\n",
+            format!(
+                "rocommunity wardtest 127.0.0.1\n\
+                 rwcommunity wardrw 127.0.0.1\n\
+                 override -rw .1.3.6.1.2.1.2.2.1.8.1 integer 1\n\
+                 override .1.3.6.1.2.1.1.5.0 octet_str ward-router\n\
+                 override .1.3.6.1.2.1.1.6.0 octet_str {marker}\n"
+            ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/snmpd")
-            .env("MIBS", "")
-            .args(["-f", "-C", "-Lf"])
-            .arg(dir.path().join("log"))
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir.path().join("pid"))
-            .arg(format!("udp:127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("snmpd (scripts/test installs it)");
-        let s = Snmpd {
-            dir,
-            port,
-            child: Some(child),
-        };
-        // Ready when it answers.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.get("1.3.6.1.2.1.1.5.0").is_none() {
-            assert!(Instant::now() < deadline, "snmpd did not answer");
-            std::thread::sleep(Duration::from_millis(100));
+        for attempt in 0.. {
+            let port = free_udp_port();
+            let child = Command::new("/usr/sbin/snmpd")
+                .env("MIBS", "")
+                .args(["-f", "-C", "-Lf"])
+                .arg(dir.path().join("log"))
+                .arg("-c")
+                .arg(&conf)
+                .arg("-p")
+                .arg(dir.path().join("pid"))
+                .arg(format!("udp:127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("snmpd (scripts/test installs it)");
+            let mut s = Snmpd {
+                dir,
+                port,
+                child: Some(child),
+            };
+            // Ready when it answers with our marker; a port taken meanwhile
+            // makes snmpd exit: try another.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if s.get("1.3.6.1.2.1.1.6.0")
+                    .is_some_and(|v| v.contains(&marker))
+                {
+                    return s;
+                }
+                let exited = s
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+                if exited || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(attempt < 4, "snmpd did not answer on 5 ports");
+            kill(&mut s.child);
+            dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
         }
-        s
+        unreachable!("the loop returns or panics")
     }
 
     pub fn get(&self, oid: &str) -> Option<String> {
@@ -209,4 +241,13 @@ impl Drop for Snmpd {
     fn drop(&mut self) {
         kill(&mut self.child);
     }
+}
+
+/// A UDP port that was free a moment ago (snmpd cannot bind port 0 and say
+/// which it got; its start is retried if the port was taken meanwhile).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback UDP port")
 }
