@@ -1172,7 +1172,17 @@ impl Config {
                 ));
             }
             match d {
-                DeviceConfig::OneWire(_) | DeviceConfig::System(_) => {}
+                DeviceConfig::OneWire(c) => {
+                    // The names become value names in the contract.
+                    for (probe, name) in &c.names {
+                        if !crate::model::valid_value_name(name) {
+                            p.push(format!(
+                                "{key}.names.{probe:?}: {name:?} must be letters, digits, '.', '_' or '-'"
+                            ));
+                        }
+                    }
+                }
+                DeviceConfig::System(_) => {}
                 DeviceConfig::Modbus(c) => modbus_problems(&mut p, &key, c),
                 DeviceConfig::Snmp(c) => {
                     if c.host.trim().is_empty() {
@@ -1616,6 +1626,21 @@ mod tests {
             let p = problems(&format!("site = \"a\"\n[mqtt]\n{line}\n"));
             assert!(p.iter().any(|m| m.contains(want)), "{line}: {p:?}");
         }
+    }
+
+    #[test]
+    fn one_wire_names_must_be_value_names() {
+        // Found by the config fuzz target: a name the contract cannot carry
+        // passed validation and would have been published as a value name.
+        for bad in ["\u{e0}rack.temperature", "rack temperature", ""] {
+            let text = format!(
+                "site = \"s1\"\n[[device]]\nid = \"rack\"\ntype = \"onewire\"\n[device.names]\n\"28-0316a2795aff\" = {bad:?}\n"
+            );
+            let e = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(e.contains("names"), "{bad:?}: {e}");
+        }
+        let ok = "site = \"s1\"\n[[device]]\nid = \"rack\"\ntype = \"onewire\"\n[device.names]\n\"28-0316a2795aff\" = \"rack.temperature\"\n";
+        Config::from_toml(ok).unwrap();
     }
 
     #[test]
