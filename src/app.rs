@@ -360,9 +360,12 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// The kernel's boot id, so the operations centre can tell a reboot from a
 /// restart of the service.
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+    let id = crate::spool::used::boot_id();
+    if id.is_empty() {
+        "unknown".into()
+    } else {
+        id
+    }
 }
 
 /// Tells the operations centre what opening the spool found.

@@ -63,11 +63,16 @@ pub struct Positions {
 
 /// Where the positions of the spool at `spool` live.
 pub fn path_for(spool: &Path) -> PathBuf {
+    sibling(spool, ".seq")
+}
+
+/// `<spool file name><suffix>` beside the spool: the files that belong to it.
+pub fn sibling(spool: &Path, suffix: &str) -> PathBuf {
     let mut name = spool
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| "spool.db".into());
-    name.push(".seq");
+    name.push(suffix);
     spool.with_file_name(name)
 }
 

@@ -40,12 +40,7 @@ pub struct Previous {
 }
 
 pub fn path_for(spool: &Path) -> PathBuf {
-    let mut name = spool
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "spool.db".into());
-    name.push(".used");
-    spool.with_file_name(name)
+    super::positions::sibling(spool, ".used")
 }
 
 /// The kernel's boot id (changes on every boot).

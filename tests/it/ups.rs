@@ -603,20 +603,7 @@ async fn megatec_values_agree_with_nut_nutdrv_qx() {
         .unwrap();
         std::fs::write(d.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n")).unwrap();
         std::fs::write(d.join("upsd.users"), "").unwrap();
-        let user =
-            String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
-        let spawn = |prog: &str, args: &[&str]| {
-            Command::new(prog)
-                .args(args)
-                .args(["-u", user.trim(), "-F"])
-                .env("NUT_CONFPATH", d)
-                .env("NUT_STATEPATH", d)
-                .env("NUT_ALTPIDPATH", d)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
+        let spawn = |prog: &str, args: &[&str]| crate::common::nut::spawn_in(d, prog, args);
         let mut drv = spawn("/lib/nut/nutdrv_qx", &["-a", "qx"]);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !d.join("nutdrv_qx-qx").exists() {

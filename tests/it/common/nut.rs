@@ -185,7 +185,8 @@ fn ups_desc(port: u16) -> Option<String> {
     Some(line)
 }
 
-fn spawn_in(d: &std::path::Path, prog: &str, args: &[&str]) -> Child {
+/// A NUT program (driver or upsd) with its configuration and state in `d`.
+pub fn spawn_in(d: &std::path::Path, prog: &str, args: &[&str]) -> Child {
     Command::new(prog)
         .args(args)
         .args(["-u", &user(), "-F"])
