@@ -12,3 +12,4 @@ pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod status;
+pub mod telemetry;
