@@ -550,6 +550,64 @@ mod tests {
         }
     }
 
+    /// Templates of senders not yet converted render exactly the messages
+    /// they write today (the literals below are copied from them).
+    #[test]
+    fn templates_render_as_the_senders_write_them() {
+        let (id, reason) = ("ups1", "no reply within 1 s");
+        assert_eq!(
+            DEVICE_FAULT.render(&[("device", &id), ("reason", &reason)]),
+            format!("{id}: {reason}")
+        );
+        assert_eq!(
+            DEVICE_STALE.render(&[("device", &id), ("reason", &reason)]),
+            format!("{id}: {reason}")
+        );
+        let limit = humantime::format_duration(std::time::Duration::from_millis(1500));
+        assert_eq!(
+            DEVICE_LOST.render(&[("device", &id), ("limit", &limit)]),
+            format!("{} has not answered for {}", id, limit)
+        );
+        assert_eq!(
+            DEVICE_RESTORED.render(&[("device", &id)]),
+            format!("{} is answering again", id)
+        );
+        assert_eq!(
+            MODBUS_EXCEPTION.render(&[("device", &id), ("reason", &reason)]),
+            format!("{}: {reason}", id)
+        );
+        let (name, word) = ("pppoe-wan", "down");
+        let args: &[(&str, &dyn fmt::Display)] = &[("interface", &name), ("state", &word)];
+        assert_eq!(
+            WAN_DOWN.render(args),
+            format!("The router's WAN interface {name} is {word}: the internet link is down")
+        );
+        assert_eq!(
+            WAN_UP.render(args),
+            format!("The router's WAN interface {name} is up again")
+        );
+        assert_eq!(
+            INTERFACE_DOWN.render(args),
+            format!("Router interface {name} is {word}")
+        );
+        assert_eq!(
+            INTERFACE_UP.render(args),
+            format!("Router interface {name} is up again")
+        );
+        let (label, w) = ("Cửa phòng máy", "open");
+        assert_eq!(
+            GPIO_CONTACT.render(&[("label", &label), ("state", &w)]),
+            format!("{} {}", label, w)
+        );
+        let (secs, pending) = (60u64, 1234u64);
+        assert_eq!(
+            MQTT_STALLED.render(&[("secs", &secs), ("pending", &pending)]),
+            format!(
+                "The broker has not acknowledged anything for {secs} s while {pending} records wait to be sent; reconnecting."
+            )
+        );
+    }
+
     /// The codes in backticks in the first column of docs/mqtt.md's code
     /// table.
     fn documented_codes() -> BTreeSet<String> {
