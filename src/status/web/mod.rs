@@ -1,8 +1,8 @@
 //! The local web page's server (axum): routes, basic auth, binding the
 //! listen address. Read-only; it only observes the snapshot.
 //!
-//! Its rooms: [`strings`] (the words, per language), [`page`] (the HTML) and
-//! [`api`] (`/api/status`, `/healthz`, `/metrics`).
+//! Its rooms: `strings` (the words, per language), `page` (the HTML) and
+//! `api` (`/api/status`, `/healthz`, `/metrics`).
 
 mod api;
 mod page;
