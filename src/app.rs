@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GATEWAY_DEVICE};
-use crate::model::{now_ms, Health, Severity, Values};
+use crate::model::{now_ms, Health};
 use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, SINK_NAME};
 use crate::source::{self, DeviceHandle};
-use crate::spool::{Notice, Spool, StartReport};
+use crate::spool::Spool;
 use crate::status::StatusHub;
+use crate::telemetry;
 
 /// Budget for a clean stop after SIGTERM (systemd's default is 90 s; the
 /// promise is 10 s).
@@ -59,10 +60,10 @@ pub async fn run(
         spool.clone(),
         status.clone(),
     );
-    report_start(&gateway, &report);
+    telemetry::report_start(&gateway, &report);
     // What the spool found while opening (degraded store, new epoch).
     for n in spool.take_notices() {
-        report_notice(&cfg, &gateway, n);
+        telemetry::report_notice(&cfg, &gateway, n);
     }
     let notices_gateway = gateway.clone();
     // Every configured device is in the status from the start.
@@ -189,7 +190,7 @@ pub async fn run(
         &sources,
         "gateway telemetry",
         &sources_stop,
-        gateway_telemetry(
+        telemetry::run(
             cfg.clone(),
             gateway,
             status.clone(),
@@ -227,28 +228,14 @@ pub async fn run(
         &sources,
         "spool notices",
         &sources_stop,
-        spool_notices(
+        telemetry::spool_notices(
             cfg.clone(),
             spool.clone(),
             notices_gateway,
             sources_stop.clone(),
         ),
     );
-    let led: Option<Result<Box<dyn crate::status::led::Led>, _>> = match cfg.led.backend {
-        crate::config::LedBackend::None => None,
-        crate::config::LedBackend::Sysfs => Some(
-            crate::status::led::SysfsLed::open(&cfg.led.path, cfg.led.active_low)
-                .map(|l| Box::new(l) as Box<dyn crate::status::led::Led>),
-        ),
-        crate::config::LedBackend::Gpio => Some(
-            crate::status::led::GpioLed::open(
-                cfg.led.pin.unwrap_or_default().clamp(0, 27) as u8,
-                cfg.led.active_low,
-            )
-            .map(|l| Box::new(l) as Box<dyn crate::status::led::Led>),
-        ),
-    };
-    match led {
+    match crate::status::led::open(&cfg.led) {
         Some(Ok(led)) => {
             // Not supervised: the LED gives up on a write error by design,
             // and a dark LED is no reason to stop delivering.
@@ -368,176 +355,6 @@ fn boot_id() -> String {
     }
 }
 
-/// Tells the operations centre what opening the spool found.
-fn report_start(gateway: &DeviceHandle, report: &StartReport) {
-    if let Some((aside, reason)) = &report.moved_aside {
-        let mut v = Values::new();
-        v.set("spool.moved_to", aside.display().to_string());
-        v.set("spool.reason", reason.clone());
-        let msg = format!(
-            "The spool was unreadable ({reason}) and was moved to {}; a new one was started. Readings in it were not sent.",
-            aside.display()
-        );
-        if let Err(e) = gateway.event(Severity::Critical, "spool.corrupt", &msg, v) {
-            tracing::error!(error = %e, "could not record the spool event");
-        }
-    }
-    if !report.resumed_unclean.is_empty() {
-        let mut v = Values::new();
-        let mut parts = Vec::new();
-        for r in &report.resumed_unclean {
-            let leaf = match r.kind {
-                crate::model::Kind::Sample => "samples",
-                crate::model::Kind::Event => "events",
-            };
-            v.num(&format!("seq_resumed.{}.{leaf}", r.device), r.at as f64);
-            match r.last_used {
-                Some(u) => {
-                    v.num(&format!("seq_last_used.{}.{leaf}", r.device), u as f64);
-                    parts.push(format!(
-                        "{} {leaf}: last known used {u}, resumes at {}",
-                        r.device, r.at
-                    ));
-                }
-                None => parts.push(format!("{} {leaf}: resumes at {}", r.device, r.at)),
-            }
-        }
-        let msg = format!(
-            "wardgate did not stop cleanly last time (power cut or crash). {}. Numbers after the last known used one and before the resume point that never arrive were either never used or were readings lost in the stop (at most those of the last spool.spill_after + spool.commit_interval).",
-            parts.join("; ")
-        );
-        if let Err(e) = gateway.event(Severity::Warning, "gateway.unclean_stop", &msg, v) {
-            tracing::error!(error = %e, "could not record the restart event");
-        }
-    }
-}
-
-/// Turns what the spool reports into gateway events (shown on the page and
-/// sent to the operations centre like any event).
-async fn spool_notices(
-    cfg: Arc<Config>,
-    spool: Arc<Spool>,
-    gateway: DeviceHandle,
-    cancel: CancellationToken,
-) {
-    loop {
-        let notices = tokio::select! {
-            _ = cancel.cancelled() => return,
-            n = spool.next_notices() => n,
-        };
-        for n in notices {
-            report_notice(&cfg, &gateway, n);
-        }
-    }
-}
-
-fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
-    let mut v = Values::new();
-    let (severity, code, msg, vi) = match n {
-        Notice::CorruptRecords { count, reason } => {
-            v.num("spool.records", count as f64);
-            v.set("spool.reason", reason.clone());
-            (
-                Severity::Warning,
-                "spool.corrupt_record",
-                format!(
-                    "{count} damaged record(s) in the spool were dropped, not sent ({reason})."
-                ),
-                format!("{count} bản ghi bị hỏng trong bộ nhớ đệm đã bị bỏ, không gửi."),
-            )
-        }
-        Notice::Degraded { reason, detail } => {
-            v.set("spool.reason", reason);
-            v.set("spool.detail", detail.clone());
-            let vi = match reason {
-                "read_only" => "thẻ nhớ chỉ đọc",
-                "permission_denied" => "không có quyền ghi thư mục lưu trữ",
-                "disk_full" => "đĩa đầy",
-                _ => "lỗi ghi đĩa",
-            };
-            (
-                Severity::Critical,
-                "spool.degraded",
-                format!(
-                    "Readings cannot be kept on the card: {} ({detail}). They are sent from memory; if the link drops they are lost. Tried again every few seconds.",
-                    crate::spool::degraded_words(reason)
-                ),
-                format!("Không lưu được dữ liệu vào thẻ nhớ: {vi}. Dữ liệu vẫn được gửi từ bộ nhớ."),
-            )
-        }
-        Notice::Restored { degraded_for, lost } => {
-            v.num("spool.degraded_for", degraded_for.as_secs() as f64);
-            v.num("spool.lost", lost as f64);
-            (
-                Severity::Info,
-                "spool.restored",
-                format!(
-                    "The spool can be written again after {}; {lost} reading(s) could not be kept meanwhile.",
-                    humantime::format_duration(Duration::from_secs(degraded_for.as_secs()))
-                ),
-                "Đã lưu được dữ liệu vào thẻ nhớ trở lại.".to_owned(),
-            )
-        }
-        Notice::Quarantined {
-            device,
-            kind,
-            seq,
-            bytes,
-            reason,
-        } => {
-            v.set("record.device", device.clone());
-            v.set(
-                "record.kind",
-                match kind {
-                    crate::model::Kind::Sample => "samples",
-                    crate::model::Kind::Event => "events",
-                },
-            );
-            v.num("record.seq", seq as f64);
-            v.num("record.bytes", bytes as f64);
-            v.num(
-                "mqtt.max_packet_size",
-                cfg.mqtt.max_packet_size.as_u64() as f64,
-            );
-            (
-                Severity::Warning,
-                "spool.quarantined",
-                format!("A record of {device} (seq {seq}, {bytes} bytes) was set aside and will not be sent: {reason}."),
-                format!("Một bản ghi của {device} đã bị để riêng, không gửi được."),
-            )
-        }
-        Notice::SequenceReset {
-            epoch,
-            previous,
-            reason,
-            first_start,
-        } => {
-            v.set("epoch", crate::spool::positions::epoch_hex(epoch));
-            if let Some(p) = previous {
-                v.set("previous_epoch", crate::spool::positions::epoch_hex(p));
-            }
-            v.set("reason", reason.clone());
-            (
-                if first_start {
-                    Severity::Info
-                } else {
-                    Severity::Critical
-                },
-                "gateway.sequence_reset",
-                format!(
-                    "Sequence numbers start again at 0 in epoch {}: {reason}.",
-                    crate::spool::positions::epoch_hex(epoch)
-                ),
-                "Số thứ tự dữ liệu bắt đầu lại từ 0.".to_owned(),
-            )
-        }
-    };
-    v.set("message.vi", vi);
-    if let Err(e) = gateway.event(severity, code, &msg, v) {
-        tracing::error!(error = %e, code, "could not record the spool event");
-    }
-}
-
 async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -549,84 +366,6 @@ async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
             if let Err(e) = h.check_stale() {
                 tracing::error!(device = h.id(), error = %e, "health event not kept");
             }
-        }
-    }
-}
-
-/// The gateway's own health on `{prefix}/{site}/gateway/telemetry`.
-async fn gateway_telemetry(
-    cfg: Arc<Config>,
-    gateway: DeviceHandle,
-    status: StatusHub,
-    spool: Arc<Spool>,
-    counters: Arc<SinkCounters>,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(cfg.gateway.telemetry_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_msgs = 0u64;
-    let mut last_at = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let snap = status.get();
-        let st = spool.stats();
-        let c = spool.counters();
-        let mut v = Values::new();
-        v.num("spool.depth", st.disk_rows as f64);
-        v.num("spool.bytes", st.disk_bytes as f64);
-        v.num("spool.memory", st.memory as f64);
-        v.num("spool.dropped", st.dropped as f64);
-        v.num("spool.write_errors", st.write_errors as f64);
-        v.num("spool.spilled", c.spilled.load(Ordering::Relaxed) as f64);
-        v.set("spool.degraded", st.degraded.is_some());
-        for r in crate::spool::DropReason::ALL {
-            v.num(
-                &format!("spool.dropped.{}", r.as_str()),
-                c.dropped(r) as f64,
-            );
-        }
-        v.set("mqtt.connected", snap.uplink.connected);
-        let up = if snap.uplink.connected {
-            ((now_ms() - snap.uplink.since_ms).max(0) / 1000) as f64
-        } else {
-            0.0
-        };
-        v.num("mqtt.link_uptime", up);
-        v.num("mqtt.reconnects", snap.uplink.reconnects as f64);
-        v.num(
-            "mqtt.stalls",
-            counters.stalls.load(Ordering::Relaxed) as f64,
-        );
-        let msgs = counters.messages_acked.load(Ordering::Relaxed);
-        let dt = last_at.elapsed().as_secs_f64().max(0.001);
-        v.num(
-            "mqtt.publish_rate",
-            ((msgs - last_msgs) as f64 / dt * 10.0).round() / 10.0,
-        );
-        last_msgs = msgs;
-        last_at = tokio::time::Instant::now();
-        v.num(
-            "mqtt.records_acked",
-            counters.records_acked.load(Ordering::Relaxed) as f64,
-        );
-        v.num(
-            "gateway.uptime",
-            ((now_ms() - snap.started_ms).max(0) / 1000) as f64,
-        );
-        for (id, d) in &snap.devices {
-            if id != GATEWAY_DEVICE {
-                v.set(&format!("device.{id}.health"), d.health.word());
-                v.num(
-                    &format!("device.{id}.errors"),
-                    d.errors.values().sum::<u64>() as f64,
-                );
-            }
-        }
-        if let Err(e) = gateway.sample(v) {
-            tracing::error!(error = %e, "gateway telemetry not kept");
         }
     }
 }

@@ -5,9 +5,11 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod model;
 pub mod provision;
 pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod status;
+pub mod telemetry;

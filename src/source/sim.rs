@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DeviceHandle;
 use crate::config::{SimConfig, SimProfile};
+use crate::events;
 use crate::model::{Severity, Values};
 
 /// The simulated device's state; `step` is pure apart from the random source.
@@ -85,39 +86,25 @@ impl SimState {
     pub fn toggle(&mut self) -> (Severity, &'static str, &'static str, Values) {
         self.on_battery = !self.on_battery;
         let mut v = Values::new();
-        match (self.profile, self.on_battery) {
+        let ev = match (self.profile, self.on_battery) {
             (SimProfile::Ups, true) => {
                 v.set("ups.status", "OB");
-                (
-                    Severity::Critical,
-                    "ups.on_battery",
-                    "UPS on battery: mains power lost",
-                    v,
-                )
+                events::UPS_ON_BATTERY
             }
             (SimProfile::Ups, false) => {
                 v.set("ups.status", "OL");
-                (Severity::Info, "ups.on_line", "UPS back on mains power", v)
+                events::UPS_ON_LINE
             }
             (SimProfile::Sensor, open) => {
                 v.set("door.state", if open { "open" } else { "closed" });
                 if open {
-                    (
-                        Severity::Warning,
-                        "door.open",
-                        "Equipment room door opened",
-                        v,
-                    )
+                    events::DOOR_OPEN
                 } else {
-                    (
-                        Severity::Info,
-                        "door.closed",
-                        "Equipment room door closed",
-                        v,
-                    )
+                    events::DOOR_CLOSED
                 }
             }
-        }
+        };
+        (ev.severity, ev.code, ev.message, v)
     }
 }
 
@@ -186,8 +173,9 @@ mod tests {
     fn on_battery_drains_and_reports_low_battery() {
         let mut s = SimState::new(SimProfile::Ups);
         let mut rng = StdRng::seed_from_u64(3);
-        let (sev, code, _, _) = s.toggle();
+        let (sev, code, msg, _) = s.toggle();
         assert_eq!((sev, code), (Severity::Critical, "ups.on_battery"));
+        assert_eq!(msg, "UPS on battery: mains power lost");
         let mut last = Values::new();
         for _ in 0..170 {
             last = s.step(&mut rng);
@@ -199,6 +187,22 @@ mod tests {
         );
         let (_, code, _, _) = s.toggle();
         assert_eq!(code, "ups.on_line");
+    }
+
+    #[test]
+    fn sensor_door_events() {
+        let mut s = SimState::new(SimProfile::Sensor);
+        let (sev, code, msg, v) = s.toggle();
+        assert_eq!(
+            (sev, code, msg),
+            (Severity::Warning, "door.open", "Equipment room door opened")
+        );
+        assert_eq!(v.get("door.state"), Some(&"open".into()));
+        let (sev, code, msg, _) = s.toggle();
+        assert_eq!(
+            (sev, code, msg),
+            (Severity::Info, "door.closed", "Equipment room door closed")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::events;
 use crate::model::Severity;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,25 +154,33 @@ pub fn describe(cfg: &ThresholdConfig, t: &Transition) -> (&'static str, String,
     } else {
         format!(" {}", cfg.unit)
     };
-    match t {
-        Transition::Raised { side, value, limit } => {
-            let op = if *side == Side::High { ">" } else { "<" };
-            (
-                if *side == Side::High {
-                    "threshold.high"
-                } else {
-                    "threshold.low"
-                },
-                format!("{en} {value}{u} {op} {limit}{u}"),
-                format!("{vi} {value}{u} {op} {limit}{u}"),
-            )
-        }
-        Transition::Cleared { value, .. } => (
-            "threshold.cleared",
-            format!("{en} back to normal: {value}{u}"),
-            format!("{vi} đã trở lại bình thường: {value}{u}"),
+    let (ev, value, limit) = match t {
+        Transition::Raised { side, value, limit } => (
+            if *side == Side::High {
+                events::THRESHOLD_HIGH
+            } else {
+                events::THRESHOLD_LOW
+            },
+            value,
+            limit,
         ),
-    }
+        Transition::Cleared { value, limit, .. } => (events::THRESHOLD_CLEARED, value, limit),
+    };
+    let en = ev.render(&[
+        ("label", &en),
+        ("value", value),
+        ("limit", limit),
+        ("unit", &u),
+    ]);
+    let vi = ev
+        .render_vi(&[
+            ("label", &vi),
+            ("value", value),
+            ("limit", limit),
+            ("unit", &u),
+        ])
+        .unwrap_or_default();
+    (ev.code, en, vi)
 }
 
 #[cfg(test)]
@@ -265,6 +274,39 @@ mod tests {
         assert_eq!(code, "threshold.high");
         assert_eq!(en, "equipment room 38.5 °C > 35 °C");
         assert_eq!(vi, "phòng máy 38.5 °C > 35 °C");
+        let low = cfg(None, Some(18.0), 0.0, 0);
+        let t = Transition::Raised {
+            side: Side::Low,
+            value: 17.25,
+            limit: 18.0,
+        };
+        assert_eq!(
+            describe(&low, &t),
+            (
+                "threshold.low",
+                "equipment room 17.25 °C < 18 °C".to_owned(),
+                "phòng máy 17.25 °C < 18 °C".to_owned()
+            )
+        );
+        let bare = ThresholdConfig {
+            label: None,
+            label_en: None,
+            unit: String::new(),
+            ..low
+        };
+        let t = Transition::Cleared {
+            side: Side::Low,
+            value: 19.0,
+            limit: 18.0,
+        };
+        assert_eq!(
+            describe(&bare, &t),
+            (
+                "threshold.cleared",
+                "ambient.temperature back to normal: 19".to_owned(),
+                "ambient.temperature đã trở lại bình thường: 19".to_owned()
+            )
+        );
     }
 
     #[test]

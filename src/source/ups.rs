@@ -2,132 +2,45 @@
 //! tokens into events, at once.
 
 use super::DeviceHandle;
-use crate::model::{Severity, Values};
-
-/// One status change worth telling the operations centre about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusEvent {
-    pub severity: Severity,
-    pub code: &'static str,
-    pub message: &'static str,
-}
+use crate::events::{self, EventDef};
+use crate::model::Values;
 
 fn has(status: &str, token: &str) -> bool {
     status.split_whitespace().any(|t| t == token)
 }
 
 /// (token, raised, cleared): what appearing and disappearing mean.
-const TABLE: &[(&str, StatusEvent, Option<StatusEvent>)] = &[
-    (
-        "OB",
-        StatusEvent {
-            severity: Severity::Critical,
-            code: "ups.on_battery",
-            message: "UPS on battery: mains power lost",
-        },
-        Some(StatusEvent {
-            severity: Severity::Info,
-            code: "ups.on_line",
-            message: "UPS back on mains power",
-        }),
-    ),
-    (
-        "LB",
-        StatusEvent {
-            severity: Severity::Critical,
-            code: "ups.low_battery",
-            message: "UPS battery low: the UPS will shut down soon",
-        },
-        Some(StatusEvent {
-            severity: Severity::Info,
-            code: "ups.battery_ok",
-            message: "UPS battery no longer low",
-        }),
-    ),
-    (
-        "RB",
-        StatusEvent {
-            severity: Severity::Warning,
-            code: "ups.replace_battery",
-            message: "UPS asks for its battery to be replaced",
-        },
-        None,
-    ),
+const TABLE: &[(&str, EventDef, Option<EventDef>)] = &[
+    ("OB", events::UPS_ON_BATTERY, Some(events::UPS_ON_LINE)),
+    ("LB", events::UPS_LOW_BATTERY, Some(events::UPS_BATTERY_OK)),
+    ("RB", events::UPS_REPLACE_BATTERY, None),
     (
         "OVER",
-        StatusEvent {
-            severity: Severity::Warning,
-            code: "ups.overload",
-            message: "UPS overloaded",
-        },
-        Some(StatusEvent {
-            severity: Severity::Info,
-            code: "ups.overload_cleared",
-            message: "UPS no longer overloaded",
-        }),
+        events::UPS_OVERLOAD,
+        Some(events::UPS_OVERLOAD_CLEARED),
     ),
-    (
-        "BYPASS",
-        StatusEvent {
-            severity: Severity::Warning,
-            code: "ups.bypass",
-            message: "UPS on bypass: the load is not protected",
-        },
-        Some(StatusEvent {
-            severity: Severity::Info,
-            code: "ups.bypass_ended",
-            message: "UPS no longer on bypass",
-        }),
-    ),
-    (
-        "FSD",
-        StatusEvent {
-            severity: Severity::Critical,
-            code: "ups.shutdown_pending",
-            message: "UPS shutdown pending",
-        },
-        None,
-    ),
+    ("BYPASS", events::UPS_BYPASS, Some(events::UPS_BYPASS_ENDED)),
+    ("FSD", events::UPS_SHUTDOWN_PENDING, None),
     (
         "CAL",
-        StatusEvent {
-            severity: Severity::Info,
-            code: "ups.test_started",
-            message: "UPS battery test in progress",
-        },
-        Some(StatusEvent {
-            severity: Severity::Info,
-            code: "ups.test_ended",
-            message: "UPS battery test ended",
-        }),
+        events::UPS_TEST_STARTED,
+        Some(events::UPS_TEST_ENDED),
     ),
-    (
-        "OFF",
-        StatusEvent {
-            severity: Severity::Critical,
-            code: "ups.off",
-            message: "UPS output is off",
-        },
-        Some(StatusEvent {
-            severity: Severity::Info,
-            code: "ups.on",
-            message: "UPS output is on again",
-        }),
-    ),
+    ("OFF", events::UPS_OFF, Some(events::UPS_ON)),
 ];
 
 /// Events for a change from `prev` (None: first reading) to `now`. On the
 /// first reading only alarming tokens are reported.
-pub fn status_events(prev: Option<&str>, now: &str) -> Vec<StatusEvent> {
+pub fn status_events(prev: Option<&str>, now: &str) -> Vec<EventDef> {
     let mut out = Vec::new();
     for (token, raised, cleared) in TABLE {
         let was = prev.is_some_and(|p| has(p, token));
         let is = has(now, token);
         if is && !was {
-            out.push(raised.clone());
+            out.push(*raised);
         } else if was && !is {
             if let Some(c) = cleared {
-                out.push(c.clone());
+                out.push(*c);
             }
         }
     }
@@ -185,6 +98,7 @@ mod tests {
             vec!["ups.on_battery", "ups.shutdown_pending"]
         );
         let e = &status_events(Some("OL"), "OB")[0];
-        assert_eq!(e.severity, Severity::Critical);
+        assert_eq!(e.severity, crate::model::Severity::Critical);
+        assert_eq!(e.message, "UPS on battery: mains power lost");
     }
 }

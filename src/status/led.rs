@@ -1,6 +1,7 @@
 //! The status LED: which pattern the gateway's state calls for, and whether
 //! the LED is lit at a given moment of that pattern. Both are pure functions;
-//! a small task drives a [`Led`] from them.
+//! a small task drives a [`Led`] from them, and [`open`] picks the LED the
+//! config names (a sysfs LED, a GPIO pin, or none).
 //!
 //! Patterns, worst first (the worst that applies wins):
 //! 1. rapid flicker (10 Hz) for 60 s: "identify", asked for by a technician
@@ -239,6 +240,24 @@ impl Led for FakeLed {
             .unwrap_or_else(|p| p.into_inner())
             .push((tokio::time::Instant::now(), false));
         Ok(())
+    }
+}
+
+/// The LED the config asks for: `None` when `led.backend = "none"`, else
+/// the opened LED or why it cannot be used.
+pub fn open(cfg: &crate::config::LedConfig) -> Option<Result<Box<dyn Led>, LedError>> {
+    match cfg.backend {
+        crate::config::LedBackend::None => None,
+        crate::config::LedBackend::Sysfs => {
+            Some(SysfsLed::open(&cfg.path, cfg.active_low).map(|l| Box::new(l) as Box<dyn Led>))
+        }
+        crate::config::LedBackend::Gpio => Some(
+            GpioLed::open(
+                cfg.pin.unwrap_or_default().clamp(0, 27) as u8,
+                cfg.active_low,
+            )
+            .map(|l| Box::new(l) as Box<dyn Led>),
+        ),
     }
 }
 

@@ -15,6 +15,7 @@ use super::serial::{self, Frame, SerialError};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::config::ApcSmartConfig;
+use crate::events;
 use crate::model::{Severity, Values};
 use codec::{Alert, CodecError, Command, Reply};
 
@@ -160,56 +161,17 @@ fn alert_event(
     &'static str,
     Option<(&'static str, &'static str)>,
 ) {
-    match a {
-        Alert::LineFail => (
-            Severity::Critical,
-            "ups.on_battery",
-            "UPS on battery: mains power lost",
-            Some(("OB", "OL")),
-        ),
-        Alert::LineRestored => (
-            Severity::Info,
-            "ups.on_line",
-            "UPS back on mains power",
-            Some(("OL", "OB")),
-        ),
-        Alert::LowBattery => (
-            Severity::Critical,
-            "ups.low_battery",
-            "UPS battery low: the UPS will shut down soon",
-            Some(("LB", "")),
-        ),
-        Alert::BatteryRecovered => (
-            Severity::Info,
-            "ups.battery_ok",
-            "UPS battery no longer low",
-            Some(("", "LB")),
-        ),
-        Alert::ReplaceBattery => (
-            Severity::Warning,
-            "ups.replace_battery",
-            "UPS asks for its battery to be replaced",
-            Some(("RB", "")),
-        ),
-        Alert::Abnormal => (
-            Severity::Warning,
-            "ups.abnormal",
-            "UPS reports an abnormal condition",
-            None,
-        ),
-        Alert::AbnormalCleared => (
-            Severity::Info,
-            "ups.abnormal_cleared",
-            "UPS abnormal condition cleared",
-            None,
-        ),
-        Alert::TurningOff => (
-            Severity::Critical,
-            "ups.shutdown_pending",
-            "UPS is about to turn off",
-            None,
-        ),
-    }
+    let (ev, change) = match a {
+        Alert::LineFail => (events::UPS_ON_BATTERY, Some(("OB", "OL"))),
+        Alert::LineRestored => (events::UPS_ON_LINE, Some(("OL", "OB"))),
+        Alert::LowBattery => (events::UPS_LOW_BATTERY, Some(("LB", ""))),
+        Alert::BatteryRecovered => (events::UPS_BATTERY_OK, Some(("", "LB"))),
+        Alert::ReplaceBattery => (events::UPS_REPLACE_BATTERY, Some(("RB", ""))),
+        Alert::Abnormal => (events::UPS_ABNORMAL, None),
+        Alert::AbnormalCleared => (events::UPS_ABNORMAL_CLEARED, None),
+        Alert::TurningOff => (events::UPS_TURNING_OFF, None),
+    };
+    (ev.severity, ev.code, ev.message, change)
 }
 
 fn apply(status: &mut Option<String>, add: &str, remove: &str) {
@@ -341,6 +303,37 @@ mod tests {
         apply(&mut s, "", "LB");
         apply(&mut s, "OL", "OB");
         assert_eq!(s.as_deref(), Some("OL"));
+    }
+
+    #[test]
+    fn alert_words_are_the_contract() {
+        assert_eq!(
+            alert_event(Alert::TurningOff),
+            (
+                Severity::Critical,
+                "ups.shutdown_pending",
+                "UPS is about to turn off",
+                None
+            )
+        );
+        assert_eq!(
+            alert_event(Alert::Abnormal),
+            (
+                Severity::Warning,
+                "ups.abnormal",
+                "UPS reports an abnormal condition",
+                None
+            )
+        );
+        assert_eq!(
+            alert_event(Alert::LineFail),
+            (
+                Severity::Critical,
+                "ups.on_battery",
+                "UPS on battery: mains power lost",
+                Some(("OB", "OL"))
+            )
+        );
     }
 
     #[tokio::test]

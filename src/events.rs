@@ -1,0 +1,650 @@
+//! The event catalogue: every event code the gateway can publish, with its
+//! severity and its message templates in English and Vietnamese.
+//!
+//! Sources, the gateway's own reports and the local page take their words
+//! from here, and docs/mqtt.md lists every code (a unit test checks both
+//! ways). The codes, severities and English messages are part of the MQTT
+//! contract: change them only as the contract allows (add, never rename).
+//!
+//! Templates name their parts in braces (`{device}`, `{reason}`); [`fill`]
+//! puts the values in. Where a code is sent with more than one English
+//! message (a different wording per source), each wording has its own entry
+//! with the same code, severity and Vietnamese words.
+
+use std::fmt::{self, Write as _};
+
+use crate::model::Severity;
+use Severity::{Critical, Info, Warning};
+
+/// How an event is said in Vietnamese.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vi {
+    /// No Vietnamese yet: the page shows the English message.
+    None,
+    /// Fixed words the page shows for this code.
+    Page(&'static str),
+    /// A template the sender fills with the event's values and sends in
+    /// `values."message.vi"`, which the page shows.
+    Carried(&'static str),
+}
+
+/// One kind of event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventDef {
+    /// Machine-readable, dotted like value names. `<input>.<state>` stands
+    /// for codes the config names (GPIO contacts).
+    pub code: &'static str,
+    /// The severity it is sent with (the default, when `varies` says the
+    /// config or the situation chooses another).
+    pub severity: Severity,
+    /// When the severity is not always `severity`, in words (for the docs).
+    pub varies: Option<&'static str>,
+    /// The English message template (`message` of the event).
+    pub message: &'static str,
+    pub vi: Vi,
+}
+
+impl EventDef {
+    /// The English message with `args` filled in.
+    pub fn render(&self, args: &[(&str, &dyn fmt::Display)]) -> String {
+        fill(self.message, args)
+    }
+
+    /// The Vietnamese message with `args` filled in, when there is one.
+    pub fn render_vi(&self, args: &[(&str, &dyn fmt::Display)]) -> Option<String> {
+        match self.vi {
+            Vi::None => None,
+            Vi::Page(t) | Vi::Carried(t) => Some(fill(t, args)),
+        }
+    }
+}
+
+/// Puts `args` into `template`'s `{name}` parts in one pass (a value that
+/// itself contains braces is not read again). A part without a value stays
+/// as it is written, so a forgotten argument shows in the message and in
+/// tests rather than vanishing.
+pub fn fill(template: &str, args: &[(&str, &dyn fmt::Display)]) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                let name = &after[..close];
+                match args.iter().find(|(n, _)| *n == name) {
+                    Some((_, v)) => {
+                        let _ = write!(out, "{v}");
+                    }
+                    None => {
+                        out.push('{');
+                        out.push_str(name);
+                        out.push('}');
+                    }
+                }
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&rest[open..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+const fn def(code: &'static str, severity: Severity, message: &'static str, vi: Vi) -> EventDef {
+    EventDef {
+        code,
+        severity,
+        varies: None,
+        message,
+        vi,
+    }
+}
+
+// ---- UPS: changes of `ups.status` (source/ups.rs) and APC alerts ----
+
+pub const UPS_ON_BATTERY: EventDef = def(
+    "ups.on_battery",
+    Critical,
+    "UPS on battery: mains power lost",
+    Vi::Page("UPS chuyển sang chạy pin: mất điện lưới"),
+);
+pub const UPS_ON_LINE: EventDef = def(
+    "ups.on_line",
+    Info,
+    "UPS back on mains power",
+    Vi::Page("UPS đã có điện lưới trở lại"),
+);
+pub const UPS_LOW_BATTERY: EventDef = def(
+    "ups.low_battery",
+    Critical,
+    "UPS battery low: the UPS will shut down soon",
+    Vi::Page("Pin UPS yếu: UPS sắp tắt"),
+);
+pub const UPS_BATTERY_OK: EventDef = def(
+    "ups.battery_ok",
+    Info,
+    "UPS battery no longer low",
+    Vi::Page("Pin UPS không còn yếu"),
+);
+pub const UPS_REPLACE_BATTERY: EventDef = def(
+    "ups.replace_battery",
+    Warning,
+    "UPS asks for its battery to be replaced",
+    Vi::Page("UPS báo cần thay pin"),
+);
+pub const UPS_OVERLOAD: EventDef = def(
+    "ups.overload",
+    Warning,
+    "UPS overloaded",
+    Vi::Page("UPS quá tải"),
+);
+pub const UPS_OVERLOAD_CLEARED: EventDef = def(
+    "ups.overload_cleared",
+    Info,
+    "UPS no longer overloaded",
+    Vi::Page("UPS hết quá tải"),
+);
+pub const UPS_BYPASS: EventDef = def(
+    "ups.bypass",
+    Warning,
+    "UPS on bypass: the load is not protected",
+    Vi::Page("UPS chạy bypass: thiết bị không được bảo vệ"),
+);
+pub const UPS_BYPASS_ENDED: EventDef = def(
+    "ups.bypass_ended",
+    Info,
+    "UPS no longer on bypass",
+    Vi::Page("UPS hết chạy bypass"),
+);
+pub const UPS_SHUTDOWN_PENDING: EventDef = def(
+    "ups.shutdown_pending",
+    Critical,
+    "UPS shutdown pending",
+    Vi::Page("UPS sắp tắt"),
+);
+/// `ups.shutdown_pending` as an APC Smart-UPS announces it (alert `*`).
+pub const UPS_TURNING_OFF: EventDef = def(
+    "ups.shutdown_pending",
+    Critical,
+    "UPS is about to turn off",
+    Vi::Page("UPS sắp tắt"),
+);
+pub const UPS_TEST_STARTED: EventDef = def(
+    "ups.test_started",
+    Info,
+    "UPS battery test in progress",
+    Vi::Page("UPS đang kiểm tra pin"),
+);
+pub const UPS_TEST_ENDED: EventDef = def(
+    "ups.test_ended",
+    Info,
+    "UPS battery test ended",
+    Vi::Page("UPS đã kiểm tra pin xong"),
+);
+pub const UPS_OFF: EventDef = def(
+    "ups.off",
+    Critical,
+    "UPS output is off",
+    Vi::Page("UPS đã tắt nguồn ra"),
+);
+pub const UPS_ON: EventDef = def(
+    "ups.on",
+    Info,
+    "UPS output is on again",
+    Vi::Page("UPS đã bật nguồn ra"),
+);
+/// APC Smart-UPS alert `?`.
+pub const UPS_ABNORMAL: EventDef = def(
+    "ups.abnormal",
+    Warning,
+    "UPS reports an abnormal condition",
+    Vi::None,
+);
+/// APC Smart-UPS alert `=`.
+pub const UPS_ABNORMAL_CLEARED: EventDef = def(
+    "ups.abnormal_cleared",
+    Info,
+    "UPS abnormal condition cleared",
+    Vi::None,
+);
+
+// ---- Any device: health (source/mod.rs, DeviceHandle) ----
+
+/// No good reading for three intervals (`{limit}`: how long, in words).
+pub const DEVICE_LOST: EventDef = def(
+    "device.lost",
+    Warning,
+    "{device} has not answered for {limit}",
+    Vi::Page("Thiết bị không có số liệu mới"),
+);
+/// `device.lost` for a reason the source knows (e.g. upsd's DATA-STALE).
+pub const DEVICE_STALE: EventDef = def(
+    "device.lost",
+    Warning,
+    "{device}: {reason}",
+    Vi::Page("Thiết bị không có số liệu mới"),
+);
+pub const DEVICE_FAULT: EventDef = def(
+    "device.fault",
+    Warning,
+    "{device}: {reason}",
+    Vi::Page("Thiết bị bị lỗi"),
+);
+pub const DEVICE_RESTORED: EventDef = def(
+    "device.restored",
+    Info,
+    "{device} is answering again",
+    Vi::Page("Thiết bị hoạt động trở lại"),
+);
+
+// ---- Simulated sensor (source/sim.rs) ----
+
+pub const DOOR_OPEN: EventDef = def(
+    "door.open",
+    Warning,
+    "Equipment room door opened",
+    Vi::Page("Cửa phòng máy mở"),
+);
+pub const DOOR_CLOSED: EventDef = def(
+    "door.closed",
+    Info,
+    "Equipment room door closed",
+    Vi::Page("Cửa phòng máy đóng"),
+);
+
+// ---- Thresholds on any value (source/threshold.rs) ----
+// `{label}`: the configured label (English or Vietnamese), `{unit}`: the
+// unit with its leading space, or nothing.
+
+pub const THRESHOLD_HIGH: EventDef = EventDef {
+    code: "threshold.high",
+    severity: Warning,
+    varies: Some("per config (the threshold's `severity`)"),
+    message: "{label} {value}{unit} > {limit}{unit}",
+    vi: Vi::Carried("{label} {value}{unit} > {limit}{unit}"),
+};
+pub const THRESHOLD_LOW: EventDef = EventDef {
+    code: "threshold.low",
+    severity: Warning,
+    varies: Some("per config (the threshold's `severity`)"),
+    message: "{label} {value}{unit} < {limit}{unit}",
+    vi: Vi::Carried("{label} {value}{unit} < {limit}{unit}"),
+};
+pub const THRESHOLD_CLEARED: EventDef = def(
+    "threshold.cleared",
+    Info,
+    "{label} back to normal: {value}{unit}",
+    Vi::Carried("{label} đã trở lại bình thường: {value}{unit}"),
+);
+
+// ---- GPIO contacts (source/gpio.rs) ----
+
+/// A contact changed: the code is the input's `name` and the state's word
+/// (`door.open`); `{label}` is the input's label, or its name.
+pub const GPIO_CONTACT: EventDef = EventDef {
+    code: "<input>.<state>",
+    severity: Warning,
+    varies: Some("per config (the input's `severity`) when it becomes active; info when inactive"),
+    message: "{label} {state}",
+    vi: Vi::None,
+};
+
+// ---- The Pi itself (source/system.rs) ----
+
+pub const PI_UNDER_VOLTAGE: EventDef = def(
+    "pi.under_voltage",
+    Warning,
+    "Under-voltage on the Pi: check its power supply (a weak supply corrupts SD cards)",
+    Vi::None,
+);
+pub const PI_VOLTAGE_OK: EventDef = def(
+    "pi.voltage_ok",
+    Info,
+    "The Pi's supply voltage is normal again",
+    Vi::None,
+);
+
+// ---- The router over SNMP (source/snmp.rs) ----
+// `{interface}`: the interface's name, `{state}`: its oper status word.
+
+pub const ROUTER_RESTARTED: EventDef = def(
+    "router.restarted",
+    Warning,
+    "The router restarted (its uptime went back)",
+    Vi::None,
+);
+pub const WAN_DOWN: EventDef = def(
+    "wan.down",
+    Critical,
+    "The router's WAN interface {interface} is {state}: the internet link is down",
+    Vi::None,
+);
+pub const WAN_UP: EventDef = def(
+    "wan.up",
+    Info,
+    "The router's WAN interface {interface} is up again",
+    Vi::None,
+);
+pub const INTERFACE_DOWN: EventDef = def(
+    "interface.down",
+    Warning,
+    "Router interface {interface} is {state}",
+    Vi::None,
+);
+pub const INTERFACE_UP: EventDef = def(
+    "interface.up",
+    Info,
+    "Router interface {interface} is up again",
+    Vi::None,
+);
+
+// ---- Reachability probes (source/probe.rs) ----
+
+/// `wan.down` as the probes see it (no target answers).
+pub const PROBE_WAN_DOWN: EventDef = def(
+    "wan.down",
+    Critical,
+    "No probe target answers: the internet link is down",
+    Vi::None,
+);
+/// `wan.up` as the probes see it.
+pub const PROBE_WAN_UP: EventDef = def("wan.up", Info, "The internet link is back", Vi::None);
+
+// ---- Modbus (source/modbus) ----
+
+/// Part of the register map was refused (`{reason}`: the exception).
+pub const MODBUS_EXCEPTION: EventDef =
+    def("modbus.exception", Warning, "{device}: {reason}", Vi::None);
+
+// ---- The MQTT sink (sink/mqtt.rs) ----
+
+pub const MQTT_STALLED: EventDef = def(
+    "mqtt.stalled",
+    Warning,
+    "The broker has not acknowledged anything for {secs} s while {pending} records wait to be sent; reconnecting.",
+    Vi::None,
+);
+
+// ---- The spool and the gateway (reported by telemetry.rs) ----
+
+pub const SPOOL_CORRUPT: EventDef = def(
+    "spool.corrupt",
+    Critical,
+    "The spool was unreadable ({reason}) and was moved to {moved_to}; a new one was started. Readings in it were not sent.",
+    Vi::Page("Dữ liệu lưu tạm bị hỏng và đã được tạo mới"),
+);
+/// `{streams}`: one [`UNCLEAN_STREAM_USED`] or [`UNCLEAN_STREAM`] per
+/// stream, joined with "; ".
+pub const GATEWAY_UNCLEAN_STOP: EventDef = def(
+    "gateway.unclean_stop",
+    Warning,
+    "wardgate did not stop cleanly last time (power cut or crash). {streams}. Numbers after the last known used one and before the resume point that never arrive were either never used or were readings lost in the stop (at most those of the last spool.spill_after + spool.commit_interval).",
+    Vi::Page("Lần trước thiết bị bị tắt đột ngột (mất điện?)"),
+);
+/// One stream of [`GATEWAY_UNCLEAN_STOP`] whose last used number is known.
+pub const UNCLEAN_STREAM_USED: &str = "{device} {kind}: last known used {used}, resumes at {at}";
+/// One stream of [`GATEWAY_UNCLEAN_STOP`] (after a power cut).
+pub const UNCLEAN_STREAM: &str = "{device} {kind}: resumes at {at}";
+pub const SPOOL_CORRUPT_RECORD: EventDef = def(
+    "spool.corrupt_record",
+    Warning,
+    "{count} damaged record(s) in the spool were dropped, not sent ({reason}).",
+    Vi::Carried("{count} bản ghi bị hỏng trong bộ nhớ đệm đã bị bỏ, không gửi."),
+);
+/// `{reason}`: the reason in words (English: `spool::degraded_words`,
+/// Vietnamese: [`degraded_reason_vi`]), `{detail}`: the system's words.
+pub const SPOOL_DEGRADED: EventDef = def(
+    "spool.degraded",
+    Critical,
+    "Readings cannot be kept on the card: {reason} ({detail}). They are sent from memory; if the link drops they are lost. Tried again every few seconds.",
+    Vi::Carried("Không lưu được dữ liệu vào thẻ nhớ: {reason}. Dữ liệu vẫn được gửi từ bộ nhớ."),
+);
+/// `{after}`: how long the card could not be written, in words.
+pub const SPOOL_RESTORED: EventDef = def(
+    "spool.restored",
+    Info,
+    "The spool can be written again after {after}; {lost} reading(s) could not be kept meanwhile.",
+    Vi::Carried("Đã lưu được dữ liệu vào thẻ nhớ trở lại."),
+);
+pub const SPOOL_QUARANTINED: EventDef = def(
+    "spool.quarantined",
+    Warning,
+    "A record of {device} (seq {seq}, {bytes} bytes) was set aside and will not be sent: {reason}.",
+    Vi::Carried("Một bản ghi của {device} đã bị để riêng, không gửi được."),
+);
+pub const GATEWAY_SEQUENCE_RESET: EventDef = EventDef {
+    code: "gateway.sequence_reset",
+    severity: Critical,
+    varies: Some("info on a first start"),
+    message: "Sequence numbers start again at 0 in epoch {epoch}: {reason}.",
+    vi: Vi::Carried("Số thứ tự dữ liệu bắt đầu lại từ 0."),
+};
+
+/// The spool's `spool.degraded` reason in Vietnamese.
+pub fn degraded_reason_vi(reason: &str) -> &'static str {
+    match reason {
+        "read_only" => "thẻ nhớ chỉ đọc",
+        "permission_denied" => "không có quyền ghi thư mục lưu trữ",
+        "disk_full" => "đĩa đầy",
+        _ => "lỗi ghi đĩa",
+    }
+}
+
+/// Every entry of the catalogue.
+pub const ALL: &[EventDef] = &[
+    UPS_ON_BATTERY,
+    UPS_ON_LINE,
+    UPS_LOW_BATTERY,
+    UPS_BATTERY_OK,
+    UPS_REPLACE_BATTERY,
+    UPS_OVERLOAD,
+    UPS_OVERLOAD_CLEARED,
+    UPS_BYPASS,
+    UPS_BYPASS_ENDED,
+    UPS_SHUTDOWN_PENDING,
+    UPS_TURNING_OFF,
+    UPS_TEST_STARTED,
+    UPS_TEST_ENDED,
+    UPS_OFF,
+    UPS_ON,
+    UPS_ABNORMAL,
+    UPS_ABNORMAL_CLEARED,
+    DEVICE_LOST,
+    DEVICE_STALE,
+    DEVICE_FAULT,
+    DEVICE_RESTORED,
+    DOOR_OPEN,
+    DOOR_CLOSED,
+    THRESHOLD_HIGH,
+    THRESHOLD_LOW,
+    THRESHOLD_CLEARED,
+    GPIO_CONTACT,
+    PI_UNDER_VOLTAGE,
+    PI_VOLTAGE_OK,
+    ROUTER_RESTARTED,
+    WAN_DOWN,
+    WAN_UP,
+    INTERFACE_DOWN,
+    INTERFACE_UP,
+    PROBE_WAN_DOWN,
+    PROBE_WAN_UP,
+    MODBUS_EXCEPTION,
+    MQTT_STALLED,
+    SPOOL_CORRUPT,
+    GATEWAY_UNCLEAN_STOP,
+    SPOOL_CORRUPT_RECORD,
+    SPOOL_DEGRADED,
+    SPOOL_RESTORED,
+    SPOOL_QUARANTINED,
+    GATEWAY_SEQUENCE_RESET,
+];
+
+/// The words the page shows for `code` in Vietnamese, when the event did
+/// not carry its own (`message.vi`).
+pub fn page_vi(code: &str) -> Option<&'static str> {
+    ALL.iter().find_map(|d| match d.vi {
+        Vi::Page(w) if d.code == code => Some(w),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn fill_puts_values_in_once() {
+        assert_eq!(
+            fill("{a} and {b}: {a}", &[("a", &1), ("b", &"x")]),
+            "1 and x: 1"
+        );
+        assert_eq!(fill("{a}", &[("a", &"{b}"), ("b", &2)]), "{b}");
+        assert_eq!(fill("{missing} {", &[]), "{missing} {");
+        assert_eq!(fill("38.5", &[]), "38.5");
+        assert_eq!(fill("{v}", &[("v", &35.0_f64)]), "35");
+    }
+
+    /// A code sent with several wordings has one severity and one set of
+    /// Vietnamese words, so the page and the docs can speak of the code.
+    #[test]
+    fn one_code_one_severity_and_one_page_wording() {
+        for a in ALL {
+            for b in ALL.iter().filter(|b| b.code == a.code) {
+                assert_eq!(a.severity, b.severity, "{}", a.code);
+                assert_eq!(a.vi, b.vi, "{}", a.code);
+            }
+        }
+        assert_eq!(
+            page_vi("ups.on_battery"),
+            Some("UPS chuyển sang chạy pin: mất điện lưới")
+        );
+        assert_eq!(page_vi("threshold.high"), None, "carried in message.vi");
+        assert_eq!(page_vi("no.such"), None);
+    }
+
+    /// Every placeholder of a Vietnamese template is one the English
+    /// template has, so a sender that fills the English fills both.
+    #[test]
+    fn vietnamese_templates_need_no_other_values() {
+        fn names(t: &str) -> BTreeSet<&str> {
+            t.split('{')
+                .skip(1)
+                .filter_map(|s| s.split_once('}').map(|(n, _)| n))
+                .collect()
+        }
+        for d in ALL {
+            if let Vi::Carried(t) | Vi::Page(t) = d.vi {
+                let en = names(d.message);
+                for n in names(t) {
+                    assert!(en.contains(n), "{}: {{{n}}} is not in the English", d.code);
+                }
+            }
+            if let Vi::Page(t) = d.vi {
+                assert!(!t.contains('{'), "{}: page words are fixed", d.code);
+            }
+        }
+    }
+
+    /// Templates of senders not yet converted render exactly the messages
+    /// they write today (the literals below are copied from them).
+    #[test]
+    fn templates_render_as_the_senders_write_them() {
+        let (id, reason) = ("ups1", "no reply within 1 s");
+        assert_eq!(
+            DEVICE_FAULT.render(&[("device", &id), ("reason", &reason)]),
+            format!("{id}: {reason}")
+        );
+        assert_eq!(
+            DEVICE_STALE.render(&[("device", &id), ("reason", &reason)]),
+            format!("{id}: {reason}")
+        );
+        let limit = humantime::format_duration(std::time::Duration::from_millis(1500));
+        assert_eq!(
+            DEVICE_LOST.render(&[("device", &id), ("limit", &limit)]),
+            format!("{} has not answered for {}", id, limit)
+        );
+        assert_eq!(
+            DEVICE_RESTORED.render(&[("device", &id)]),
+            format!("{} is answering again", id)
+        );
+        assert_eq!(
+            MODBUS_EXCEPTION.render(&[("device", &id), ("reason", &reason)]),
+            format!("{}: {reason}", id)
+        );
+        let (name, word) = ("pppoe-wan", "down");
+        let args: &[(&str, &dyn fmt::Display)] = &[("interface", &name), ("state", &word)];
+        assert_eq!(
+            WAN_DOWN.render(args),
+            format!("The router's WAN interface {name} is {word}: the internet link is down")
+        );
+        assert_eq!(
+            WAN_UP.render(args),
+            format!("The router's WAN interface {name} is up again")
+        );
+        assert_eq!(
+            INTERFACE_DOWN.render(args),
+            format!("Router interface {name} is {word}")
+        );
+        assert_eq!(
+            INTERFACE_UP.render(args),
+            format!("Router interface {name} is up again")
+        );
+        let (label, w) = ("Cửa phòng máy", "open");
+        assert_eq!(
+            GPIO_CONTACT.render(&[("label", &label), ("state", &w)]),
+            format!("{} {}", label, w)
+        );
+        let (secs, pending) = (60u64, 1234u64);
+        assert_eq!(
+            MQTT_STALLED.render(&[("secs", &secs), ("pending", &pending)]),
+            format!(
+                "The broker has not acknowledged anything for {secs} s while {pending} records wait to be sent; reconnecting."
+            )
+        );
+    }
+
+    /// The codes in backticks in the first column of docs/mqtt.md's code
+    /// table.
+    fn documented_codes() -> BTreeSet<String> {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/mqtt.md"),
+        )
+        .expect("docs/mqtt.md");
+        let mut lines = doc.lines().skip_while(|l| !l.starts_with("| code |"));
+        assert!(lines.next().is_some(), "docs/mqtt.md has a code table");
+        lines
+            .skip(1) // |---|
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|row| {
+                let first = row.split('|').nth(1).unwrap_or("").to_owned();
+                first
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_every_code_and_no_other() {
+        let documented = documented_codes();
+        let catalogue: BTreeSet<String> = ALL.iter().map(|d| d.code.to_owned()).collect();
+        let missing: Vec<_> = catalogue.difference(&documented).collect();
+        assert!(
+            missing.is_empty(),
+            "codes of the catalogue not in docs/mqtt.md's table: {missing:?}"
+        );
+        let unknown: Vec<_> = documented.difference(&catalogue).collect();
+        assert!(
+            unknown.is_empty(),
+            "codes in docs/mqtt.md's table the catalogue lacks: {unknown:?}"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The machine-facing endpoints: `/api/status` (the snapshot as JSON),
+//! `/healthz` (is the pipeline alive) and `/metrics` (Prometheus text).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{authorised, AppState};
+use crate::model::now_ms;
+use crate::status::Snapshot;
+
+/// Prometheus text exposition of the snapshot.
+pub fn render_metrics(s: &Snapshot) -> String {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    type Labels = Vec<(String, String)>;
+    let mut r = Registry::with_prefix("wardgate");
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    let samples: Family<Labels, Gauge> = Family::default();
+    let health: Family<Labels, Gauge> = Family::default();
+    let errors: Family<Labels, Gauge> = Family::default();
+    for (id, d) in &s.devices {
+        samples
+            .get_or_create(&vec![("device".into(), id.clone())])
+            .set(d.samples as i64);
+        for st in ["ok", "stale", "fault"] {
+            health
+                .get_or_create(&vec![
+                    ("device".into(), id.clone()),
+                    ("state".into(), st.into()),
+                ])
+                .set((d.health.word() == st) as i64);
+        }
+        errors
+            .get_or_create(&vec![("device".into(), id.clone())])
+            .set(d.errors.values().sum::<u64>() as i64);
+    }
+    r.register(
+        "samples_read",
+        "Readings taken per device since start",
+        samples,
+    );
+    r.register(
+        "device_health",
+        "1 for the device's current health state",
+        health,
+    );
+    r.register(
+        "device_errors",
+        "Failed reads per device since start",
+        errors,
+    );
+    let published: Family<Labels, Gauge> = Family::default();
+    published
+        .get_or_create(&vec![("sink".into(), "mqtt".into())])
+        .set(s.uplink.acked as i64);
+    r.register(
+        "records_published",
+        "Records acknowledged by the sink since start",
+        published,
+    );
+    let spooled: Family<Labels, Gauge> = Family::default();
+    spooled
+        .get_or_create(&vec![("sink".into(), "mqtt".into())])
+        .set(s.spool.spilled as i64);
+    r.register(
+        "records_spooled",
+        "Records written to disk since start (link down or slow)",
+        spooled,
+    );
+    gauge(
+        &mut r,
+        "spool_records",
+        "Records kept on disk",
+        s.spool.disk_rows as i64,
+    );
+    gauge(
+        &mut r,
+        "spool_memory_records",
+        "Records in memory not yet acknowledged",
+        s.spool.memory as i64,
+    );
+    gauge(
+        &mut r,
+        "spool_bytes",
+        "Bytes the spool uses on disk",
+        s.spool.disk_bytes as i64,
+    );
+    gauge(
+        &mut r,
+        "spool_dropped",
+        "Records dropped by the spool (cap, age, errors)",
+        s.spool.dropped as i64,
+    );
+    gauge(
+        &mut r,
+        "uplink_up",
+        "1 when connected to the broker",
+        s.uplink.connected as i64,
+    );
+    gauge(
+        &mut r,
+        "uplink_reconnects",
+        "Reconnections since start",
+        s.uplink.reconnects as i64,
+    );
+    let build: Family<Labels, Gauge> = Family::default();
+    build
+        .get_or_create(&vec![("version".into(), s.version.clone())])
+        .set(1);
+    r.register("build_info", "Build information", build);
+    let mut out = String::new();
+    let _ = encode(&mut out, &r);
+    out
+}
+
+pub(super) async fn api_status(State(st): State<AppState>, h: HeaderMap) -> Response {
+    if let Err(r) = authorised(&st, &h) {
+        return *r;
+    }
+    let snap = st.status.borrow().clone();
+    axum::Json(snap).into_response()
+}
+
+pub(super) async fn healthz(State(st): State<AppState>) -> Response {
+    let snap = st.status.borrow().clone();
+    let age = now_ms() - snap.updated_ms;
+    if snap.updated_ms == 0 || age > 10_000 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "pipeline not running: status not refreshed for {} s\n",
+                age / 1000
+            ),
+        )
+            .into_response()
+    } else if snap.uplink.stalled {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "delivery stalled: the broker acknowledges nothing while records wait\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+pub(super) async fn metrics(State(st): State<AppState>, h: HeaderMap) -> Response {
+    if let Err(r) = authorised(&st, &h) {
+        return *r;
+    }
+    let snap = st.status.borrow().clone();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&snap),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::StatusHub;
+
+    #[test]
+    fn metrics_exposition() {
+        let hub = StatusHub::new("xa-a");
+        hub.add_device("ups1", "sim");
+        hub.update(|s| s.uplink.attempts = 1);
+        let m = render_metrics(&hub.get());
+        assert!(m.contains("wardgate_uplink_up 0"), "{m}");
+        assert!(m.contains("wardgate_build_info{version="), "{m}");
+        assert!(m.ends_with("# EOF\n"));
+    }
+}

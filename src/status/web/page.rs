@@ -1,0 +1,343 @@
+//! The local page's HTML: the one big sentence, a card per device with its
+//! values and 24-hour charts, recent events and the LED legend. Pure
+//! functions of the snapshot; every asset is inline (no CDN, no external
+//! request), and the page refreshes itself by fetching its own body.
+
+use std::fmt::Write as _;
+
+use super::strings::{event_words, Strings};
+use crate::config::GATEWAY_DEVICE;
+use crate::model::{now_ms, Health, Severity, Value};
+use crate::status::history::{svg_chart, History};
+use crate::status::Snapshot;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn hhmm(ms: i64) -> String {
+    // Local staff read Vietnam time (UTC+7, no daylight saving).
+    let t = (ms / 1000 + 7 * 3600).rem_euclid(86_400);
+    format!("{:02}:{:02}", t / 3600, (t % 3600) / 60)
+}
+
+fn is_ups(kind: &str, values: &crate::model::Values) -> bool {
+    matches!(kind, "megatec" | "apc-smart" | "nut") || values.get("ups.status").is_some()
+}
+
+/// The one big sentence, and its colour class (ok / warn / bad).
+pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
+    if s.uplink.attempts == 0 {
+        return (t.starting.to_owned(), "warn");
+    }
+    let devices = s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE);
+    for (id, d) in devices.clone() {
+        if d.health != Health::Ok && is_ups(&d.kind, &d.last_values) {
+            let _ = id;
+            return (t.ups_not_responding.to_owned(), "bad");
+        }
+    }
+    if let Some((id, _)) = devices.clone().find(|(_, d)| d.health != Health::Ok) {
+        return (format!("{} {id}", t.device_not_responding), "bad");
+    }
+    if let Some(reason) = &s.spool.degraded {
+        let why = match reason.as_str() {
+            "read_only" => t.storage_read_only,
+            "permission_denied" => t.storage_permission,
+            "disk_full" => t.storage_full,
+            _ => t.storage_io,
+        };
+        return (format!("{} ({why})", t.storage_bad), "bad");
+    }
+    for (_, d) in devices {
+        if let Some(Value::Str(st)) = d.last_values.get("ups.status") {
+            let toks: Vec<&str> = st.split_whitespace().collect();
+            if toks.contains(&"LB") {
+                return (t.low_battery.to_owned(), "bad");
+            }
+            if toks.contains(&"OB") {
+                return (t.on_battery.to_owned(), "bad");
+            }
+        }
+    }
+    if !s.uplink.connected {
+        let n = s.spool.disk_rows + s.spool.memory;
+        return (
+            format!(
+                "{} ({n} {}, {} {})",
+                t.no_link,
+                t.kept,
+                t.readings_since,
+                hhmm(s.uplink.since_ms)
+            ),
+            "warn",
+        );
+    }
+    (t.all_normal.to_owned(), "ok")
+}
+
+fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, String)> {
+    let v = &d.last_values;
+    let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
+    let mut out = Vec::new();
+    if let Some(Value::Str(st)) = v.get("ups.status") {
+        let toks: Vec<&str> = st.split_whitespace().collect();
+        let word = if toks.contains(&"LB") {
+            t.low_battery_word
+        } else if toks.contains(&"OB") {
+            t.on_battery_word
+        } else {
+            t.on_mains
+        };
+        out.push((t.status_word.to_owned(), word.to_owned()));
+    }
+    if let Some(x) = num("ups.load") {
+        out.push((t.load.to_owned(), format!("{x:.0} %")));
+    }
+    if let Some(x) = num("battery.charge") {
+        out.push((t.charge.to_owned(), format!("{x:.0} %")));
+    }
+    if let Some(x) = num("battery.runtime") {
+        out.push((
+            t.runtime.to_owned(),
+            format!("{:.0} {}", x / 60.0, t.minutes),
+        ));
+    }
+    if let Some(x) = num("input.voltage") {
+        out.push((t.input_voltage.to_owned(), format!("{x:.0} V")));
+    }
+    if let Some(x) = num("ambient.temperature") {
+        out.push((t.temperature.to_owned(), format!("{x:.1} °C")));
+    }
+    if let Some(x) = num("ambient.humidity") {
+        out.push((t.humidity.to_owned(), format!("{x:.0} %")));
+    }
+    // Devices without words of their own here (meters, the router, custom
+    // Modbus maps): their first 12 values as they are named.
+    if out.is_empty() {
+        for (k, val) in v.0.iter().take(12) {
+            let shown = match val {
+                Value::Num(n) => format!("{}", (n * 100.0).round() / 100.0),
+                Value::Bool(b) => (if *b { t.yes } else { t.no }).to_owned(),
+                Value::Str(s) => s.clone(),
+            };
+            out.push((k.clone(), shown));
+        }
+    }
+    out
+}
+
+/// The page body (also what the page fetches to refresh itself).
+pub fn render_body(s: &Snapshot, history: &History, t: &Strings) -> String {
+    let (sentence, class) = headline(s, t);
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<header class=\"{class}\"><h1 id=\"headline\">{}</h1></header>",
+        esc(&sentence)
+    );
+    let _ = write!(
+        b,
+        "<p class=\"bar\"><a href=\"?lang={}\" id=\"lang\">{}</a> · {} · {}: <b>{}</b>",
+        t.switch_to,
+        t.switch_lang,
+        esc(&s.site),
+        t.link,
+        if s.uplink.connected {
+            t.link_up
+        } else {
+            t.link_down
+        }
+    );
+    // In memory a few readings are always in flight; only count them when
+    // the link is down and they are really waiting.
+    let kept = if s.uplink.connected {
+        s.spool.disk_rows
+    } else {
+        s.spool.disk_rows + s.spool.memory
+    };
+    if kept > 0 {
+        let _ = write!(b, " · {}: {kept}", t.kept_on_device);
+    }
+    b.push_str("</p><main>");
+    let now = now_ms();
+    for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
+        let (hw, hc) = match &d.health {
+            Health::Ok => (t.health_ok.to_owned(), "ok"),
+            Health::Stale => (t.health_stale.to_owned(), "warn"),
+            Health::Fault(r) => (format!("{}: {}", t.health_fault, r), "bad"),
+        };
+        let _ = write!(
+            b,
+            "<section class=\"card {hc}\" data-device=\"{id}\"><h2>{id}</h2><p class=\"health\">{}</p><dl>",
+            esc(&hw),
+            id = esc(id)
+        );
+        for (k, v) in value_lines(d, t) {
+            let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(&k), esc(&v));
+        }
+        b.push_str("</dl>");
+        for (key, label, unit) in [
+            ("ups.load", t.load, " %"),
+            ("battery.charge", t.charge, " %"),
+            ("ambient.temperature", t.temperature, " °C"),
+            ("ambient.humidity", t.humidity, " %"),
+        ] {
+            let pts = history.get(id, key);
+            if pts.len() >= 2 {
+                let _ = write!(
+                    b,
+                    "<figure><figcaption>{label} — {}</figcaption>{}</figure>",
+                    t.last_24h,
+                    svg_chart(&pts, now, unit)
+                );
+            }
+        }
+        let seen = d
+            .last_seen_ms
+            .map(hhmm)
+            .unwrap_or_else(|| t.never.to_owned());
+        let _ = write!(b, "<p class=\"seen\">{}: {seen}</p></section>", t.last_seen);
+    }
+    let _ = write!(b, "</main><section class=\"events\"><h2>{}</h2>", t.events);
+    if s.events.is_empty() {
+        let _ = write!(b, "<p>{}</p>", t.no_events);
+    } else {
+        b.push_str("<ul>");
+        for e in &s.events {
+            let class = match e.severity {
+                Severity::Critical => "bad",
+                Severity::Warning => "warn",
+                Severity::Info => "ok",
+            };
+            let _ = write!(
+                b,
+                "<li class=\"{class}\"><time>{}</time> <b>{}</b> {}</li>",
+                hhmm(e.ts),
+                esc(&e.device),
+                esc(&match (&e.message_vi, t.lang) {
+                    (Some(vi), "vi") => std::borrow::Cow::Borrowed(vi.as_str()),
+                    _ => event_words(t, &e.code, &e.message),
+                })
+            );
+        }
+        b.push_str("</ul>");
+    }
+    let _ = write!(
+        b,
+        "</section><section class=\"led\"><h2>{}</h2><ul>",
+        t.led_title
+    );
+    for l in t.led_legend {
+        let _ = write!(b, "<li>{l}</li>");
+    }
+    b.push_str("</ul></section>");
+    b
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}\
+header{padding:1.2em 1em}header h1{margin:0;font-size:1.6em}\
+header.ok{background:#1b7f3b;color:#fff}header.warn{background:#c77c00;color:#fff}header.bad{background:#b3261e;color:#fff}\
+.bar{padding:0 1em}main{display:flex;flex-wrap:wrap;gap:1em;padding:1em}\
+.card{background:#fff;border-radius:8px;padding:1em;flex:1 1 280px;border-left:8px solid #1b7f3b}\
+.card.warn{border-color:#c77c00}.card.bad{border-color:#b3261e}.card h2{margin:0}\
+dl{display:grid;grid-template-columns:auto auto;gap:.2em 1em}dd{margin:0;font-weight:bold}\
+.chart{width:100%;height:80px;color:#1565c0}.chart text{font-size:9px;fill:#555}figure{margin:.5em 0}\
+.events,.led{padding:0 1em 1em}li.bad{color:#b3261e}li.warn{color:#8a5600}";
+
+const SCRIPT: &str = "setInterval(function(){fetch('body'+location.search).then(function(r){return r.ok?r.text():null}).then(function(t){if(t){document.getElementById('page').innerHTML=t}}).catch(function(){})},3000);";
+
+pub fn render_page(s: &Snapshot, history: &History, t: &Strings) -> String {
+    format!(
+        "<!doctype html><html lang=\"{}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{} — {}</title><style>{STYLE}</style></head><body><div id=\"page\">{}</div><script>{SCRIPT}</script></body></html>",
+        t.lang,
+        t.title,
+        esc(&s.site),
+        render_body(s, history, t)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::web::{EN, VI};
+    use crate::status::StatusHub;
+
+    #[test]
+    fn headlines_worst_first() {
+        let hub = StatusHub::new("s");
+        hub.add_device("ups1", "megatec");
+        hub.add_device("env1", "sim");
+        hub.update(|s| s.uplink.attempts = 1);
+        let all_ok = |s: &mut Snapshot| {
+            for d in s.devices.values_mut() {
+                d.health = Health::Ok;
+            }
+            s.uplink.connected = true;
+        };
+        hub.update(all_ok);
+        assert_eq!(headline(&hub.get(), &VI).0, "Mọi thứ hoạt động bình thường");
+        assert_eq!(
+            headline(&hub.get(), &EN),
+            ("All systems normal".into(), "ok")
+        );
+        hub.update(|s| {
+            s.uplink.connected = false;
+            s.spool.disk_rows = 42;
+        });
+        let (h, c) = headline(&hub.get(), &VI);
+        assert!(
+            h.starts_with("Mất kết nối tới trung tâm — dữ liệu đang được lưu tạm (42 bản ghi"),
+            "{h}"
+        );
+        assert_eq!(c, "warn");
+        hub.update(|s| s.spool.degraded = Some("read_only".into()));
+        let (h, c) = headline(&hub.get(), &VI);
+        assert!(h.contains("thẻ nhớ chỉ đọc"), "{h}");
+        assert_eq!(c, "bad");
+        assert!(headline(&hub.get(), &EN).0.contains("read-only"));
+        hub.update(|s| s.spool.degraded = None);
+        hub.update(|s| s.devices.get_mut("ups1").unwrap().health = Health::Fault("x".into()));
+        assert_eq!(headline(&hub.get(), &VI).0, "Thiết bị UPS không phản hồi");
+        assert_eq!(headline(&hub.get(), &EN).0, "The UPS is not responding");
+    }
+
+    #[test]
+    fn page_has_cards_and_no_external_references() {
+        let hub = StatusHub::new("xa-a");
+        hub.add_device("ups1", "sim");
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            let d = s.devices.get_mut("ups1").unwrap();
+            d.last_values.set("ups.status", "OB");
+            d.last_values.num("ups.load", 31.0);
+            d.last_values.num("battery.runtime", 1200.0);
+        });
+        let page = render_page(&hub.get(), &History::default(), &VI);
+        assert!(page.contains("data-device=\"ups1\""));
+        assert!(page.contains("đang chạy bằng pin"));
+        assert!(page.contains("20 phút"));
+        hub.record_event(crate::status::RecentEvent {
+            device: "ups1".into(),
+            ts: 0,
+            severity: Severity::Critical,
+            code: "ups.on_battery".into(),
+            message: "UPS on battery: mains power lost".into(),
+            message_vi: None,
+        });
+        let vi = render_body(&hub.get(), &History::default(), &VI);
+        assert!(
+            vi.contains("UPS chuyển sang chạy pin: mất điện lưới"),
+            "{vi}"
+        );
+        let en = render_body(&hub.get(), &History::default(), &EN);
+        assert!(en.contains("UPS on battery: mains power lost"));
+        assert!(
+            !page.contains("http://") && !page.contains("https://"),
+            "no external URL"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Every word the local page shows, one table per language (Vietnamese
+//! first, English by choice), the choice of language, and the event words
+//! the page takes from the event catalogue (`crate::events`).
+
+/// Every word the page shows, one set per language.
+pub struct Strings {
+    pub lang: &'static str,
+    pub title: &'static str,
+    pub all_normal: &'static str,
+    pub starting: &'static str,
+    pub no_link: &'static str,
+    pub kept: &'static str,
+    pub readings_since: &'static str,
+    pub ups_not_responding: &'static str,
+    pub device_not_responding: &'static str,
+    /// The spool cannot be written; followed by the reason.
+    pub storage_bad: &'static str,
+    pub storage_read_only: &'static str,
+    pub storage_permission: &'static str,
+    pub storage_full: &'static str,
+    pub storage_io: &'static str,
+    pub on_battery: &'static str,
+    pub low_battery: &'static str,
+    pub health_ok: &'static str,
+    pub health_stale: &'static str,
+    pub health_fault: &'static str,
+    pub last_seen: &'static str,
+    pub never: &'static str,
+    pub on_mains: &'static str,
+    pub yes: &'static str,
+    pub no: &'static str,
+    pub on_battery_word: &'static str,
+    pub low_battery_word: &'static str,
+    pub load: &'static str,
+    pub charge: &'static str,
+    pub runtime: &'static str,
+    pub minutes: &'static str,
+    pub temperature: &'static str,
+    pub humidity: &'static str,
+    pub input_voltage: &'static str,
+    pub status_word: &'static str,
+    pub events: &'static str,
+    pub no_events: &'static str,
+    pub last_24h: &'static str,
+    pub led_title: &'static str,
+    pub led_legend: [&'static str; 6],
+    pub switch_to: &'static str,
+    pub switch_lang: &'static str,
+    pub gateway: &'static str,
+    pub link: &'static str,
+    pub link_up: &'static str,
+    pub link_down: &'static str,
+    pub kept_on_device: &'static str,
+}
+
+pub const VI: Strings = Strings {
+    lang: "vi",
+    title: "Trạng thái thiết bị giám sát",
+    all_normal: "Mọi thứ hoạt động bình thường",
+    starting: "Đang khởi động…",
+    no_link: "Mất kết nối tới trung tâm — dữ liệu đang được lưu tạm",
+    kept: "bản ghi",
+    readings_since: "từ",
+    ups_not_responding: "Thiết bị UPS không phản hồi",
+    device_not_responding: "Thiết bị không phản hồi:",
+    storage_bad:
+        "Không lưu được dữ liệu vào thẻ nhớ — dữ liệu vẫn được gửi, nhưng sẽ mất nếu mất kết nối",
+    storage_read_only: "thẻ nhớ chỉ đọc (có thể bị hỏng), cần thay thẻ",
+    storage_permission: "không có quyền ghi thư mục lưu trữ",
+    storage_full: "thẻ nhớ đầy",
+    storage_io: "lỗi ghi thẻ nhớ",
+    on_battery: "Mất điện lưới — UPS đang chạy bằng pin",
+    low_battery: "Pin UPS sắp hết — thiết bị sẽ sớm tắt",
+    health_ok: "bình thường",
+    health_stale: "không có số liệu mới",
+    health_fault: "lỗi",
+    last_seen: "Cập nhật lúc",
+    never: "chưa có",
+    on_mains: "đang dùng điện lưới",
+    yes: "có",
+    no: "không",
+    on_battery_word: "đang chạy bằng pin",
+    low_battery_word: "pin yếu",
+    load: "Tải",
+    charge: "Pin",
+    runtime: "Thời gian còn lại",
+    minutes: "phút",
+    temperature: "Nhiệt độ",
+    humidity: "Độ ẩm",
+    input_voltage: "Điện áp vào",
+    status_word: "Trạng thái",
+    events: "Sự kiện gần đây",
+    no_events: "Chưa có sự kiện nào",
+    last_24h: "24 giờ qua",
+    led_title: "Đèn báo trên thiết bị",
+    led_legend: [
+        "Sáng liên tục: mọi thứ bình thường",
+        "Nháy chậm (1 lần/giây): mất kết nối tới trung tâm, dữ liệu được lưu tạm",
+        "Nháy nhanh (4 lần/giây): có thiết bị không phản hồi",
+        "Hai lần nháy ngắn mỗi 2 giây: đang khởi động",
+        "Nháy rất nhanh trong 60 giây: đang được tìm (nhận diện)",
+        "Tắt (hoặc nháy theo thẻ nhớ như Pi thông thường): wardgate không chạy, ví dụ cấu hình sai",
+    ],
+    switch_to: "en",
+    switch_lang: "English",
+    gateway: "Kết nối",
+    link: "Kết nối tới trung tâm",
+    link_up: "đang kết nối",
+    link_down: "mất kết nối",
+    kept_on_device: "Bản ghi đang lưu tạm",
+};
+
+pub const EN: Strings = Strings {
+    lang: "en",
+    title: "Monitoring box status",
+    all_normal: "All systems normal",
+    starting: "Starting…",
+    no_link: "No link to the operations centre — data is being kept on this device",
+    kept: "readings",
+    readings_since: "since",
+    ups_not_responding: "The UPS is not responding",
+    device_not_responding: "A device is not responding:",
+    storage_bad: "Readings cannot be kept on the SD card — they are still sent, but would be lost if the link drops",
+    storage_read_only: "the card is read-only (probably worn out): replace it",
+    storage_permission: "permission denied on the spool directory",
+    storage_full: "the card is full",
+    storage_io: "the card reports write errors",
+    on_battery: "Mains power lost — the UPS is running on battery",
+    low_battery: "UPS battery almost empty — equipment will shut down soon",
+    health_ok: "normal",
+    health_stale: "no fresh readings",
+    health_fault: "fault",
+    last_seen: "Last reading",
+    never: "none yet",
+    on_mains: "on mains power",
+    yes: "yes",
+    no: "no",
+    on_battery_word: "on battery",
+    low_battery_word: "low battery",
+    load: "Load",
+    charge: "Battery",
+    runtime: "Time left",
+    minutes: "min",
+    temperature: "Temperature",
+    humidity: "Humidity",
+    input_voltage: "Input voltage",
+    status_word: "Status",
+    events: "Recent events",
+    no_events: "No events yet",
+    last_24h: "last 24 hours",
+    led_title: "The light on the box",
+    led_legend: [
+        "Steady on: all good",
+        "Slow blink (once a second): no link to the operations centre, data kept on the box",
+        "Fast blink (4 times a second): a device is not responding",
+        "Two short flashes every 2 s: starting",
+        "Rapid flicker for 60 s: someone asked this box to identify itself",
+        "Off (or the Pi's usual flicker on SD card activity): wardgate is not running, e.g. the configuration is wrong",
+    ],
+    switch_to: "vi",
+    switch_lang: "Tiếng Việt",
+    gateway: "Link",
+    link: "Link to the operations centre",
+    link_up: "connected",
+    link_down: "down",
+    kept_on_device: "Readings kept on this device",
+};
+
+/// The words the page shows for an event: in Vietnamese those of the event
+/// catalogue for its code (sources write their messages in English; the
+/// page says them in the reader's language); unknown codes, and English,
+/// show the source's own message.
+pub(super) fn event_words<'a>(
+    t: &Strings,
+    code: &str,
+    message: &'a str,
+) -> std::borrow::Cow<'a, str> {
+    if t.lang == "vi" {
+        if let Some(words) = crate::events::page_vi(code) {
+            return std::borrow::Cow::Borrowed(words);
+        }
+    }
+    std::borrow::Cow::Borrowed(message)
+}
+
+pub(super) fn strings(lang: &str) -> &'static Strings {
+    if lang == "en" {
+        &EN
+    } else {
+        &VI
+    }
+}
+
+/// The language: `?lang=`, else `Accept-Language`, else the configured one.
+pub fn choose_language(query: Option<&str>, accept: Option<&str>, default: &str) -> &'static str {
+    if let Some(q) = query {
+        return if q == "en" { "en" } else { "vi" };
+    }
+    if let Some(a) = accept {
+        for part in a.split(',') {
+            let tag = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if tag.starts_with("vi") {
+                return "vi";
+            }
+            if tag.starts_with("en") {
+                return "en";
+            }
+        }
+    }
+    if default == "en" {
+        "en"
+    } else {
+        "vi"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_choice() {
+        assert_eq!(choose_language(None, None, "vi"), "vi");
+        assert_eq!(choose_language(None, Some("en-US,en;q=0.9"), "vi"), "en");
+        assert_eq!(choose_language(None, Some("vi-VN,en;q=0.5"), "en"), "vi");
+        assert_eq!(choose_language(Some("en"), Some("vi"), "vi"), "en");
+        assert_eq!(choose_language(None, Some("fr"), "en"), "en");
+    }
+
+    #[test]
+    fn event_words_in_the_readers_language() {
+        assert_eq!(
+            event_words(&VI, "ups.on_battery", "UPS on battery: mains power lost"),
+            "UPS chuyển sang chạy pin: mất điện lưới"
+        );
+        assert_eq!(
+            event_words(&VI, "device.lost", "ups1 has not answered for 3s"),
+            "Thiết bị không có số liệu mới"
+        );
+        assert_eq!(
+            event_words(&VI, "spool.corrupt", "The spool was unreadable"),
+            "Dữ liệu lưu tạm bị hỏng và đã được tạo mới"
+        );
+        assert_eq!(event_words(&VI, "mqtt.stalled", "stalled"), "stalled");
+        assert_eq!(
+            event_words(&EN, "ups.on_battery", "on battery"),
+            "on battery"
+        );
+    }
+}
