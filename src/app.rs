@@ -144,11 +144,8 @@ pub async fn run(
         started_ms: now_ms(),
     };
     let g = gateway.clone();
-    let report: EventReport = Arc::new(move |severity, code, message, values| {
-        if let Err(e) = g.event(severity, code, message, values) {
-            tracing::error!(code, error = %e, "could not record the event");
-        }
-    });
+    let report: EventReport =
+        Arc::new(move |severity, code, message, values| g.event(severity, code, message, values));
     let sink = MqttSink::new(
         cfg.clone(),
         lane,
@@ -378,9 +375,7 @@ fn report_start(gateway: &DeviceHandle, report: &StartReport) {
             "The spool was unreadable ({reason}) and was moved to {}; a new one was started. Readings in it were not sent.",
             aside.display()
         );
-        if let Err(e) = gateway.event(Severity::Critical, "spool.corrupt", &msg, v) {
-            tracing::error!(error = %e, "could not record the spool event");
-        }
+        gateway.event(Severity::Critical, "spool.corrupt", &msg, v);
     }
     if !report.resumed_unclean.is_empty() {
         let mut v = Values::new();
@@ -406,9 +401,7 @@ fn report_start(gateway: &DeviceHandle, report: &StartReport) {
             "wardgate did not stop cleanly last time (power cut or crash). {}. Numbers after the last known used one and before the resume point that never arrive were either never used or were readings lost in the stop (at most those of the last spool.spill_after + spool.commit_interval).",
             parts.join("; ")
         );
-        if let Err(e) = gateway.event(Severity::Warning, "gateway.unclean_stop", &msg, v) {
-            tracing::error!(error = %e, "could not record the restart event");
-        }
+        gateway.event(Severity::Warning, "gateway.unclean_stop", &msg, v);
     }
 }
 
@@ -533,9 +526,7 @@ fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
         }
     };
     v.set("message.vi", vi);
-    if let Err(e) = gateway.event(severity, code, &msg, v) {
-        tracing::error!(error = %e, code, "could not record the spool event");
-    }
+    gateway.event(severity, code, &msg, v);
 }
 
 async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
@@ -546,9 +537,7 @@ async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         for h in handles.iter().filter(|h| h.id() != GATEWAY_DEVICE) {
-            if let Err(e) = h.check_stale() {
-                tracing::error!(device = h.id(), error = %e, "health event not kept");
-            }
+            h.check_stale();
         }
     }
 }
@@ -625,9 +614,7 @@ async fn gateway_telemetry(
                 );
             }
         }
-        if let Err(e) = gateway.sample(v) {
-            tracing::error!(error = %e, "gateway telemetry not kept");
-        }
+        gateway.sample(v);
     }
 }
 
