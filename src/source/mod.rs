@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DeviceConfig;
 use crate::model::{now_ms, Health, Reading, Severity, Values};
 use crate::spool::Spool;
+use crate::status::{RecentEvent, StatusHub};
 
 /// No good reading for this many intervals makes a device stale
 /// (`device.lost`, docs/mqtt.md).
 pub const STALE_AFTER_INTERVALS: u32 = 3;
-use crate::status::{RecentEvent, StatusHub};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

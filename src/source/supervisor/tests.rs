@@ -66,7 +66,8 @@ struct Rig {
 
 const I: Duration = Duration::from_secs(1);
 
-fn start(policy: Policy, script: Script) -> Rig {
+/// A handle for device `d` on a spool in a temporary directory.
+fn handle(interval: Duration) -> (DeviceHandle, StatusHub, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = crate::config::Config::from_toml(&format!(
         "site = \"s\"\n[spool]\npath = \"{}\"\n",
@@ -75,7 +76,12 @@ fn start(policy: Policy, script: Script) -> Rig {
     .unwrap();
     let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
     let hub = StatusHub::new("s");
-    let h = DeviceHandle::new("d", "fake", policy.interval, spool, hub.clone());
+    let h = DeviceHandle::new("d", "fake", interval, spool, hub.clone());
+    (h, hub, dir)
+}
+
+fn start(policy: Policy, script: Script) -> Rig {
+    let (h, hub, dir) = handle(policy.interval);
     let script = Arc::new(Mutex::new(script));
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run(Fake(script.clone()), policy, h, cancel.clone()));
@@ -247,4 +253,30 @@ async fn cancel_is_prompt_in_backoff_and_in_a_hung_poll() {
     let t = Instant::now();
     rig.stop().await;
     assert_eq!(t.elapsed(), Duration::ZERO);
+}
+
+/// The handle's staleness runs on tokio time: three intervals after the
+/// last good reading it is still ok, just after them it is lost, once.
+#[tokio::test(start_paused = true)]
+async fn staleness_on_paused_time() {
+    let (h, hub, _dir) = handle(I);
+    h.check_stale();
+    assert_eq!(h.health(), Health::Stale, "stale until the first reading");
+    h.sample(Values::new());
+    assert_eq!(h.health(), Health::Ok);
+    tokio::time::sleep(3 * I).await;
+    h.check_stale();
+    assert_eq!(h.health(), Health::Ok);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    h.check_stale();
+    h.check_stale();
+    assert_eq!(h.health(), Health::Stale);
+    let ev = hub.get().events;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].code, "device.lost");
+    assert!(
+        ev[0].message.contains("has not answered for 3s"),
+        "{}",
+        ev[0].message
+    );
 }
