@@ -145,11 +145,8 @@ pub async fn run(
         started_ms: now_ms(),
     };
     let g = gateway.clone();
-    let report: EventReport = Arc::new(move |severity, code, message, values| {
-        if let Err(e) = g.event(severity, code, message, values) {
-            tracing::error!(code, error = %e, "could not record the event");
-        }
-    });
+    let report: EventReport =
+        Arc::new(move |severity, code, message, values| g.event(severity, code, message, values));
     let sink = MqttSink::new(
         cfg.clone(),
         lane,
@@ -363,9 +360,7 @@ async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         for h in handles.iter().filter(|h| h.id() != GATEWAY_DEVICE) {
-            if let Err(e) = h.check_stale() {
-                tracing::error!(device = h.id(), error = %e, "health event not kept");
-            }
+            h.check_stale();
         }
     }
 }

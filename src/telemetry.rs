@@ -26,9 +26,7 @@ pub fn report_start(gateway: &DeviceHandle, report: &StartReport) {
         v.set("spool.reason", reason.clone());
         let ev = events::SPOOL_CORRUPT;
         let msg = ev.render(&[("reason", reason), ("moved_to", &aside.display())]);
-        if let Err(e) = gateway.event(ev.severity, ev.code, &msg, v) {
-            tracing::error!(error = %e, "could not record the spool event");
-        }
+        gateway.event(ev.severity, ev.code, &msg, v);
     }
     if !report.resumed_unclean.is_empty() {
         let mut v = Values::new();
@@ -60,9 +58,7 @@ pub fn report_start(gateway: &DeviceHandle, report: &StartReport) {
         }
         let ev = events::GATEWAY_UNCLEAN_STOP;
         let msg = ev.render(&[("streams", &parts.join("; "))]);
-        if let Err(e) = gateway.event(ev.severity, ev.code, &msg, v) {
-            tracing::error!(error = %e, "could not record the restart event");
-        }
+        gateway.event(ev.severity, ev.code, &msg, v);
     }
 }
 
@@ -180,9 +176,7 @@ pub fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
         }
     };
     v.set("message.vi", vi);
-    if let Err(e) = gateway.event(severity, code, &msg, v) {
-        tracing::error!(error = %e, code, "could not record the spool event");
-    }
+    gateway.event(severity, code, &msg, v);
 }
 
 /// A spool notice's severity, code, English message (filled with `en`) and
@@ -272,9 +266,7 @@ pub async fn run(
                 );
             }
         }
-        if let Err(e) = gateway.sample(v) {
-            tracing::error!(error = %e, "gateway telemetry not kept");
-        }
+        gateway.sample(v);
     }
 }
 

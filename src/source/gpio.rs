@@ -177,9 +177,7 @@ pub async fn watch_input<I: ContactInput>(
                 let sev = if now { input.severity } else { Severity::Info };
                 let code = format!("{}.{}", input.name, w);
                 let msg = format!("{} {}", input.label.as_deref().unwrap_or(&input.name), w);
-                if let Err(e) = h.event(sev, &code, &msg, v) {
-                    tracing::error!(device = h.id(), error = %e, "event not kept");
-                }
+                h.event(sev, &code, &msg, v);
             }
             GpioMode::Counter => {
                 if now {
@@ -207,7 +205,7 @@ pub async fn run(cfg: GpioConfig, h: DeviceHandle, cancel: CancellationToken) {
                 ));
             }
             Err(e) => {
-                let _ = h.fault(&e.to_string());
+                h.fault(&e.to_string());
                 return;
             }
         }
@@ -229,7 +227,7 @@ pub async fn report(
             _ = tick.tick() => {}
         }
         let v = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = h.sample(v);
+        h.sample(v);
     }
 }
 

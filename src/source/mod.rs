@@ -1,6 +1,8 @@
 //! Sources: one file per kind. Each runs as one task that reads its device
 //! and reports through a [`DeviceHandle`], which stamps readings into the
-//! spool and keeps the device's health in the status snapshot.
+//! spool, keeps the device's health and failure streak in the status
+//! snapshot, and counts what the spool refused. Polled kinds run under the
+//! one retry loop in [`supervisor`].
 
 pub mod apc;
 pub mod gpio;
@@ -12,28 +14,31 @@ pub mod probe;
 pub mod serial;
 pub mod sim;
 pub mod snmp;
+pub mod supervisor;
 pub mod system;
 pub mod threshold;
 pub mod ups;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeviceConfig;
 use crate::model::{now_ms, Health, Reading, Severity, Values};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::Spool;
 use crate::status::{RecentEvent, StatusHub};
+
+/// No good reading for this many intervals makes a device stale
+/// (`device.lost`, docs/mqtt.md).
+pub const STALE_AFTER_INTERVALS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The device could not be read; the source reports a fault and retries.
     #[error("{0}")]
     Device(String),
-    /// The spool refused the reading (disk trouble): logged and counted.
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
 }
 
 struct HealthState {
@@ -42,6 +47,11 @@ struct HealthState {
     ever_ok: bool,
     last_good: Option<Instant>,
     last_status: Option<Instant>,
+    /// Failed polls since the last good reading (or the last reopen).
+    streak: u32,
+    /// The spool is refusing this device's records: logged once, at the
+    /// first refusal, and again when it accepts one.
+    spool_refusing: bool,
 }
 
 /// What a source uses to report. Cloning shares the device's state.
@@ -76,6 +86,8 @@ impl DeviceHandle {
                 ever_ok: false,
                 last_good: None,
                 last_status: None,
+                streak: 0,
+                spool_refusing: false,
             })),
             thresholds: Arc::new(Vec::new()),
             born: tokio::time::Instant::now(),
@@ -92,7 +104,7 @@ impl DeviceHandle {
         self
     }
 
-    fn check_thresholds(&self, values: &Values) -> Result<(), SourceError> {
+    fn check_thresholds(&self, values: &Values) {
         let now = self.born.elapsed();
         for (cfg, st) in self.thresholds.iter() {
             let Some(v) = values.get(&cfg.value).and_then(|v| v.as_f64()) else {
@@ -115,10 +127,9 @@ impl DeviceHandle {
                 } else {
                     cfg.severity
                 };
-                self.event(sev, code, &en, ev)?;
+                self.event(sev, code, &en, ev);
             }
         }
-        Ok(())
     }
 
     pub fn id(&self) -> &str {
@@ -129,12 +140,37 @@ impl DeviceHandle {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A good reading.
-    pub fn sample(&self, values: Values) -> Result<u64, SourceError> {
+    /// Queues a record in the spool. A refusal (it cannot encode the record)
+    /// is counted as the device's `spool` error, so it shows in the status,
+    /// the page and `device.<id>.errors`; it is logged once per run of
+    /// refusals, not per record.
+    fn push(&self, reading: Reading) {
+        let r = self.spool.push(&self.id, reading);
+        let log = {
+            let mut st = self.lock();
+            let log = st.spool_refusing != r.is_err();
+            st.spool_refusing = r.is_err();
+            log
+        };
+        match r {
+            Ok(_) if log => tracing::info!(device = %self.id, "the spool keeps records again"),
+            Ok(_) => {}
+            Err(e) => {
+                self.count_error("spool");
+                if log {
+                    tracing::error!(device = %self.id, error = %e, "the spool refused a record; further refusals are only counted");
+                }
+            }
+        }
+    }
+
+    /// A good reading; ends the failure streak.
+    pub fn sample(&self, values: Values) {
         let now = Instant::now();
         let (was, ever_ok, refresh, count) = {
             let mut st = self.lock();
             st.samples += 1;
+            st.streak = 0;
             let was = st.health.clone();
             let ever_ok = st.ever_ok;
             st.health = Health::Ok;
@@ -163,28 +199,21 @@ impl DeviceHandle {
             });
         }
         if !self.thresholds.is_empty() {
-            self.check_thresholds(&values)?;
+            self.check_thresholds(&values);
         }
-        let seq = self.spool.push(&self.id, Reading::Sample(values))?;
+        self.push(Reading::Sample(values));
         if was != Health::Ok && ever_ok {
             self.event(
                 Severity::Info,
                 "device.restored",
                 &format!("{} is answering again", self.id),
                 Values::new(),
-            )?;
+            );
         }
-        Ok(seq)
     }
 
     /// A state change or alarm, sent ahead of telemetry.
-    pub fn event(
-        &self,
-        severity: Severity,
-        code: &str,
-        message: &str,
-        values: Values,
-    ) -> Result<u64, SourceError> {
+    pub fn event(&self, severity: Severity, code: &str, message: &str, values: Values) {
         tracing::info!(device = %self.id, code, %message, "event");
         self.status.record_event(RecentEvent {
             device: self.id.to_string(),
@@ -197,31 +226,28 @@ impl DeviceHandle {
                 _ => None,
             },
         });
-        Ok(self.spool.push(
-            &self.id,
-            Reading::Event {
-                severity,
-                code: code.to_owned(),
-                message: message.to_owned(),
-                values,
-            },
-        )?)
+        self.push(Reading::Event {
+            severity,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            values,
+        });
     }
 
     /// The device failed; `reason` says how. An event is sent on the change.
-    pub fn fault(&self, reason: &str) -> Result<(), SourceError> {
+    pub fn fault(&self, reason: &str) {
         self.degrade(Health::Fault(reason.to_owned()), "device.fault", reason)
     }
 
     /// The device's data is stale for a known reason (e.g. upsd's
     /// DATA-STALE); an event is sent on the change.
-    pub fn mark_stale(&self, reason: &str) -> Result<(), SourceError> {
+    pub fn mark_stale(&self, reason: &str) {
         self.degrade(Health::Stale, "device.lost", reason)
     }
 
     /// Moves the device to `health`; on a change, updates the status and
     /// sends `code` as a warning with the reason.
-    fn degrade(&self, health: Health, code: &str, reason: &str) -> Result<(), SourceError> {
+    fn degrade(&self, health: Health, code: &str, reason: &str) {
         let changed = {
             let mut st = self.lock();
             let changed = st.health != health;
@@ -239,20 +265,30 @@ impl DeviceHandle {
                 code,
                 &format!("{}: {reason}", self.id),
                 Values::new(),
-            )?;
+            );
         }
-        Ok(())
     }
 
     /// Marks the device stale when no good reading came for three intervals.
-    pub fn check_stale(&self) -> Result<(), SourceError> {
+    pub fn check_stale(&self) {
+        self.lose(false)
+    }
+
+    /// Marks a device that is still ok stale now (`device.lost`), when its
+    /// polls failed for as many intervals as make it stale: so a fault that
+    /// follows at once never comes without the `device.lost` before it.
+    pub fn lost(&self) {
+        self.lose(true)
+    }
+
+    fn lose(&self, now: bool) {
         let limit = self
             .interval
-            .saturating_mul(3)
+            .saturating_mul(STALE_AFTER_INTERVALS)
             .max(Duration::from_millis(10));
         let became_stale = {
             let mut st = self.lock();
-            let late = st.last_good.is_some_and(|t| t.elapsed() > limit);
+            let late = st.last_good.is_some_and(|t| now || t.elapsed() > limit);
             if st.health == Health::Ok && late {
                 st.health = Health::Stale;
                 true
@@ -275,9 +311,24 @@ impl DeviceHandle {
                     humantime::format_duration(limit)
                 ),
                 Values::new(),
-            )?;
+            );
         }
-        Ok(())
+    }
+
+    /// A failed poll: counts it under `kind` (timeout, garbage, ...) when
+    /// given and extends the failure streak; returns the streak's length.
+    pub fn failed(&self, kind: Option<&str>) -> u32 {
+        if let Some(k) = kind {
+            self.count_error(k);
+        }
+        let mut st = self.lock();
+        st.streak = st.streak.saturating_add(1);
+        st.streak
+    }
+
+    /// A fresh connection starts a fresh streak.
+    pub fn reset_streak(&self) {
+        self.lock().streak = 0;
     }
 
     /// Counts a failed read (timeout, garbage, malformed reply) by kind.

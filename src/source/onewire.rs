@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
 use crate::config::OneWireConfig;
 use crate::model::Values;
@@ -106,16 +107,22 @@ pub fn read_all(cfg: &OneWireConfig) -> Result<(Values, Vec<(String, W1Error)>),
     Ok((v, bad))
 }
 
-pub async fn run(cfg: OneWireConfig, h: DeviceHandle, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let c = cfg.clone();
-        let r = tokio::task::spawn_blocking(move || read_all(&c)).await;
-        match r {
+/// The supervisor's view of the 1-Wire bus: its sysfs files, read each
+/// interval.
+struct Bus {
+    cfg: OneWireConfig,
+}
+
+impl Device for Bus {
+    type Conn = ();
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<(), Fail> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &mut (), h: &DeviceHandle) -> Result<(), Fail> {
+        let c = self.cfg.clone();
+        match tokio::task::spawn_blocking(move || read_all(&c)).await {
             Ok(Ok((values, bad))) => {
                 for (id, e) in &bad {
                     h.count_error(match e {
@@ -126,15 +133,25 @@ pub async fn run(cfg: OneWireConfig, h: DeviceHandle, cancel: CancellationToken)
                     tracing::debug!(device = h.id(), probe = %id, error = %e, "bad 1-Wire read");
                 }
                 if !values.is_empty() {
-                    let _ = h.sample(values);
+                    h.sample(values);
                 }
+                Ok(())
             }
-            Ok(Err(reason)) => {
-                let _ = h.fault(&reason);
+            Ok(Err(reason)) => Err(Fail::new(Action::Fault, None, reason)),
+            Err(e) => {
+                tracing::error!(error = %e, "1-Wire read task failed");
+                Ok(())
             }
-            Err(e) => tracing::error!(error = %e, "1-Wire read task failed"),
         }
     }
+}
+
+pub async fn run(cfg: OneWireConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let policy = Policy {
+        missed: tokio::time::MissedTickBehavior::Burst,
+        ..Policy::new(cfg.interval)
+    };
+    supervisor::run(Bus { cfg }, policy, h, cancel).await
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::time::Duration;
 use surge_ping::{Client, PingIdentifier, PingSequence, ICMP};
 use tokio_util::sync::CancellationToken;
 
+use super::supervisor::{self, Device, Fail, Policy};
 use super::DeviceHandle;
 use crate::config::{ProbeConfig, ProbeMethod, ProbeTarget};
 use crate::model::{Severity, Values};
@@ -166,20 +167,28 @@ impl Prober {
     }
 }
 
-pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
-    let mut prober = Prober::new(&cfg, h.id());
-    let mut windows: Vec<VecDeque<bool>> = vec![VecDeque::new(); cfg.targets.len()];
-    let mut wan_up: Option<bool> = None;
-    let mut tick = tokio::time::interval(cfg.interval);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let results = prober.round(&cfg).await;
+/// What the supervisor keeps of the reachability probes: the prober, each
+/// target's recent results and whether the link was up.
+struct Targets {
+    cfg: ProbeConfig,
+    prober: Prober,
+    windows: Vec<VecDeque<bool>>,
+    wan_up: Option<bool>,
+}
+
+impl Device for Targets {
+    type Conn = ();
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<(), Fail> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &mut (), h: &DeviceHandle) -> Result<(), Fail> {
+        let cfg = &self.cfg;
+        let results = self.prober.round(cfg).await;
         let mut v = Values::new();
         let mut any_up = false;
-        for ((t, r), w) in cfg.targets.iter().zip(results).zip(windows.iter_mut()) {
+        for ((t, r), w) in cfg.targets.iter().zip(results).zip(self.windows.iter_mut()) {
             let ok = r.is_ok();
             any_up |= ok;
             w.push_back(ok);
@@ -193,28 +202,43 @@ pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
             }
             v.set(&format!("{}.up", t.name), ok);
             v.num(&format!("{}.loss", t.name), loss_percent(w));
-            v.set(&format!("{}.method", t.name), prober.method(t));
+            v.set(&format!("{}.method", t.name), self.prober.method(t));
         }
-        if wan_up != Some(any_up) {
-            if any_up && wan_up == Some(false) {
-                let _ = h.event(
+        if self.wan_up != Some(any_up) {
+            if any_up && self.wan_up == Some(false) {
+                h.event(
                     Severity::Info,
                     "wan.up",
                     "The internet link is back",
                     Values::new(),
                 );
             } else if !any_up {
-                let _ = h.event(
+                h.event(
                     Severity::Critical,
                     "wan.down",
                     "No probe target answers: the internet link is down",
                     Values::new(),
                 );
             }
-            wan_up = Some(any_up);
+            self.wan_up = Some(any_up);
         }
-        let _ = h.sample(v);
+        h.sample(v);
+        Ok(())
     }
+}
+
+pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let policy = Policy {
+        missed: tokio::time::MissedTickBehavior::Burst,
+        ..Policy::new(cfg.interval)
+    };
+    let targets = Targets {
+        prober: Prober::new(&cfg, h.id()),
+        windows: vec![VecDeque::new(); cfg.targets.len()],
+        wan_up: None,
+        cfg,
+    };
+    supervisor::run(targets, policy, h, cancel).await
 }
 
 /// One round, for `wardgate check`.

@@ -16,6 +16,7 @@ use csnmp::{ObjectIdentifier, Snmp2cClient};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
 use crate::config::{IfRef, SnmpConfig};
 use crate::model::{Severity, Values};
@@ -428,55 +429,58 @@ pub enum Change {
     },
 }
 
-pub async fn run(cfg: SnmpConfig, h: DeviceHandle, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut router: Option<Router> = None;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let res = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = poll_router(&cfg, &mut router) => r,
-        };
-        match res {
+fn error_kind(e: &SnmpError) -> &'static str {
+    match e {
+        SnmpError::NoAnswer(_) => "timeout",
+        SnmpError::NoSuchInterface { .. } => "interface",
+        SnmpError::Other(_) => "snmp",
+    }
+}
+
+/// What the supervisor needs of the router: its config; the link is a
+/// [`Router`] with the interfaces looked up.
+struct Agent {
+    cfg: SnmpConfig,
+}
+
+impl Device for Agent {
+    type Conn = Router;
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<Router, Fail> {
+        Router::new(&self.cfg)
+            .await
+            .map_err(|e| Fail::new(Action::Reopen, Some(error_kind(&e)), e.to_string()))
+    }
+
+    async fn poll(&mut self, r: &mut Router, h: &DeviceHandle) -> Result<(), Fail> {
+        match r.poll(&self.cfg).await {
             Ok((v, changes)) => {
                 for c in changes {
-                    report(&h, c);
+                    report(h, c);
                 }
-                let _ = h.sample(v);
+                h.sample(v);
+                Ok(())
             }
-            Err(e) => {
-                h.count_error(match e {
-                    SnmpError::NoAnswer(_) => "timeout",
-                    SnmpError::NoSuchInterface { .. } => "interface",
-                    SnmpError::Other(_) => "snmp",
-                });
-                tracing::debug!(device = h.id(), error = %e, "SNMP poll failed");
-                let _ = h.fault(&e.to_string());
-            }
+            // Silence: the router is kept, asked again next interval.
+            Err(e @ SnmpError::NoAnswer(_)) => Err(Fail::new(
+                Action::Fault,
+                Some(error_kind(&e)),
+                e.to_string(),
+            )),
+            // Look the interfaces up afresh next time.
+            Err(e) => Err(Fail::new(
+                Action::Reopen,
+                Some(error_kind(&e)),
+                e.to_string(),
+            )),
         }
     }
 }
 
-async fn poll_router(
-    cfg: &SnmpConfig,
-    router: &mut Option<Router>,
-) -> Result<(Values, Vec<Change>), SnmpError> {
-    if router.is_none() {
-        *router = Some(Router::new(cfg).await?);
-    }
-    let Some(r) = router.as_mut() else {
-        return Err(SnmpError::Other("not connected".into()));
-    };
-    let res = r.poll(cfg).await;
-    if let Err(SnmpError::NoSuchInterface { .. } | SnmpError::Other(_)) = &res {
-        // Look the interfaces up afresh next time.
-        *router = None;
-    }
-    res
+/// Asks the router every interval; any failure faults the device at once.
+pub async fn run(cfg: SnmpConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let policy = Policy::new(cfg.interval);
+    supervisor::run(Agent { cfg }, policy, h, cancel).await
 }
 
 fn report(h: &DeviceHandle, c: Change) {
@@ -527,7 +531,7 @@ fn report(h: &DeviceHandle, c: Change) {
         }
     };
     v.set("source", "snmp");
-    let _ = h.event(sev, &code, &msg, v);
+    h.event(sev, &code, &msg, v);
 }
 
 /// One reading, for `wardgate check`.

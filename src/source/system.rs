@@ -6,6 +6,7 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
+use super::supervisor::{self, Device, Fail, Policy};
 use super::DeviceHandle;
 use crate::config::SystemConfig;
 use crate::model::{Severity, Values};
@@ -139,25 +140,29 @@ fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     Some((st.f_bavail as u64 * bs, st.f_blocks as u64 * bs))
 }
 
-pub async fn run(
+/// What the supervisor keeps of the Pi: where the spool lives (its free
+/// space is reported) and whether it was under-voltage at the last reading.
+struct Pi {
     cfg: SystemConfig,
     spool_dir: std::path::PathBuf,
-    h: DeviceHandle,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(cfg.interval);
-    let mut under_voltage: Option<bool> = None;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let (c, d) = (cfg.clone(), spool_dir.clone());
+    under_voltage: Option<bool>,
+}
+
+impl Device for Pi {
+    type Conn = ();
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<(), Fail> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &mut (), h: &DeviceHandle) -> Result<(), Fail> {
+        let (c, d) = (self.cfg.clone(), self.spool_dir.clone());
         let Ok(v) = tokio::task::spawn_blocking(move || read_all(&c, &d)).await else {
-            continue;
+            return Ok(());
         };
         if let Some(crate::model::Value::Bool(uv)) = v.get("pi.under_voltage") {
-            if under_voltage != Some(*uv) && (*uv || under_voltage.is_some()) {
+            let was = self.under_voltage;
+            if was != Some(*uv) && (*uv || was.is_some()) {
                 let (sev, code, msg) = if *uv {
                     (
                         Severity::Warning,
@@ -171,12 +176,31 @@ pub async fn run(
                         "The Pi's supply voltage is normal again",
                     )
                 };
-                let _ = h.event(sev, code, msg, Values::new());
+                h.event(sev, code, msg, Values::new());
             }
-            under_voltage = Some(*uv);
+            self.under_voltage = Some(*uv);
         }
-        let _ = h.sample(v);
+        h.sample(v);
+        Ok(())
     }
+}
+
+pub async fn run(
+    cfg: SystemConfig,
+    spool_dir: std::path::PathBuf,
+    h: DeviceHandle,
+    cancel: CancellationToken,
+) {
+    let policy = Policy {
+        missed: tokio::time::MissedTickBehavior::Burst,
+        ..Policy::new(cfg.interval)
+    };
+    let pi = Pi {
+        cfg,
+        spool_dir,
+        under_voltage: None,
+    };
+    supervisor::run(pi, policy, h, cancel).await
 }
 
 #[cfg(test)]

@@ -57,15 +57,11 @@ pub fn publish(h: &DeviceHandle, last: &mut Option<String>, values: Values) {
             if let Some(p) = last.as_deref() {
                 v.set("ups.status.previous", p);
             }
-            if let Err(e) = h.event(ev.severity, ev.code, ev.message, v) {
-                tracing::error!(device = h.id(), error = %e, "event not kept");
-            }
+            h.event(ev.severity, ev.code, ev.message, v);
         }
         *last = Some(status);
     }
-    if let Err(e) = h.sample(values) {
-        tracing::error!(device = h.id(), error = %e, "reading not kept");
-    }
+    h.sample(values);
 }
 
 #[cfg(test)]

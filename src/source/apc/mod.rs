@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::serial::{self, Frame, SerialError};
+use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::config::ApcSmartConfig;
@@ -198,87 +199,84 @@ fn raise_alerts(h: &DeviceHandle, alerts: Vec<Alert>, last: &mut Option<String>)
         if let Some(s) = last.as_deref() {
             v.set("ups.status", s);
         }
-        if let Err(e) = h.event(sev, code, msg, v) {
-            tracing::error!(device = h.id(), error = %e, "event not kept");
+        h.event(sev, code, msg, v);
+    }
+}
+
+/// What the supervisor keeps of an APC UPS between links.
+struct Ups {
+    cfg: ApcSmartConfig,
+    last_status: Option<String>,
+}
+
+impl Ups {
+    fn port_lost(&self, e: &ApcError) -> Fail {
+        Fail::new(
+            Action::Reopen,
+            Some("port"),
+            format!("{}: {e}", self.cfg.serial.display()),
+        )
+    }
+}
+
+impl Device for Ups {
+    type Conn = ApcSmart<tokio_serial::SerialStream>;
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<Self::Conn, Fail> {
+        let port = serial::open(&self.cfg.serial, self.cfg.baud, Default::default())
+            .map_err(|e| Fail::new(Action::Reopen, None, e.to_string()))?;
+        let mut ups = ApcSmart::new(port, self.cfg.timeout);
+        ups.smart_mode()
+            .await
+            .map_err(|e| Fail::new(Action::Reopen, Some("smart_mode"), e.to_string()))?;
+        Ok(ups)
+    }
+
+    async fn poll(&mut self, ups: &mut Self::Conn, h: &DeviceHandle) -> Result<(), Fail> {
+        let r = ups.poll().await;
+        raise_alerts(h, ups.take_alerts(), &mut self.last_status);
+        match r {
+            Ok(values) => {
+                publish(h, &mut self.last_status, values);
+                Ok(())
+            }
+            Err(e) if e.port_lost() => Err(self.port_lost(&e)),
+            Err(e) => Err(Fail::new(
+                Action::Streak,
+                Some(match e {
+                    ApcError::Timeout(..) => "timeout",
+                    ApcError::TooLong(_) => "garbage",
+                    ApcError::Codec(_) => "malformed",
+                    _ => "port",
+                }),
+                format!("not answering on {}: {e}", self.cfg.serial.display()),
+            )),
+        }
+    }
+
+    /// Between polls, listens for alerts so they are sent at once.
+    async fn between(&mut self, ups: &mut Self::Conn, h: &DeviceHandle) -> Fail {
+        loop {
+            let r = ups.listen(self.cfg.interval).await;
+            raise_alerts(h, ups.take_alerts(), &mut self.last_status);
+            if let Err(e) = r {
+                return self.port_lost(&e);
+            }
         }
     }
 }
 
-const FAILS_BEFORE_FAULT: u32 = 3;
-
 pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken) {
-    let mut last_status: Option<String> = None;
-    loop {
-        let port = match serial::open(&cfg.serial, cfg.baud, Default::default()) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = h.fault(&e.to_string());
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(cfg.interval) => {}
-                }
-                continue;
-            }
-        };
-        let mut ups = ApcSmart::new(port, cfg.timeout);
-        if let Err(e) = ups.smart_mode().await {
-            h.count_error("smart_mode");
-            let _ = h.fault(&e.to_string());
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(cfg.interval) => {}
-            }
-            continue;
-        }
-        let mut fails = 0u32;
-        let mut next = tokio::time::Instant::now();
-        loop {
-            // Between polls, listen for alerts so they are sent at once.
-            while tokio::time::Instant::now() < next {
-                let left = next - tokio::time::Instant::now();
-                let r = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = ups.listen(left) => r,
-                };
-                raise_alerts(&h, ups.take_alerts(), &mut last_status);
-                if let Err(e) = r {
-                    let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
-                    break;
-                }
-            }
-            next += cfg.interval;
-            let r = ups.poll().await;
-            raise_alerts(&h, ups.take_alerts(), &mut last_status);
-            match r {
-                Ok(values) => {
-                    fails = 0;
-                    publish(&h, &mut last_status, values);
-                }
-                Err(e) => {
-                    h.count_error(match e {
-                        ApcError::Timeout(..) => "timeout",
-                        ApcError::TooLong(_) => "garbage",
-                        ApcError::Codec(_) => "malformed",
-                        _ => "port",
-                    });
-                    fails += 1;
-                    if e.port_lost() {
-                        let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
-                        break;
-                    }
-                    if fails >= FAILS_BEFORE_FAULT {
-                        let _ = h
-                            .mark_stale(&format!("not answering on {}: {e}", cfg.serial.display()));
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    let policy = Policy {
+        // Polls keep their pace: one that overran is followed at once.
+        missed: tokio::time::MissedTickBehavior::Burst,
+        ..super::megatec::serial_policy(cfg.interval)
+    };
+    let ups = Ups {
+        cfg,
+        last_status: None,
+    };
+    supervisor::run(ups, policy, h, cancel).await
 }
 
 /// Reads the UPS once, for `wardgate check`.

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::serial::{self, Frame, SerialError};
+use super::supervisor::{self, Action, AfterStreak, Device, Fail, Policy};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::config::MegatecConfig;
@@ -167,68 +168,76 @@ fn estimate_of(cfg: &MegatecConfig) -> Option<ChargeEstimate> {
     }
 }
 
-/// Failed polls in a row before the device is marked stale and the port reopened.
-const FAILS_BEFORE_FAULT: u32 = 3;
+/// What the supervisor keeps of a Megatec UPS between links: how to open
+/// its port (a serial line; a pipe in tests) and the last `ups.status`.
+struct Ups<F> {
+    cfg: MegatecConfig,
+    open_port: F,
+    last_status: Option<String>,
+}
 
-pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken) {
-    // Opening a missing port is cheap: try again every interval, so a
-    // replugged adapter is back within two polls.
-    let retry = cfg.interval;
-    let mut last_status: Option<String> = None;
-    loop {
-        let port = match serial::open(&cfg.serial, cfg.baud, Default::default()) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = h.fault(&e.to_string());
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(retry) => {}
-                }
-                continue;
+impl<F, S> Device for Ups<F>
+where
+    F: FnMut(&MegatecConfig) -> Result<S, MegatecError>,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Conn = Megatec<S>;
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<Megatec<S>, Fail> {
+        let port = (self.open_port)(&self.cfg)
+            .map_err(|e| Fail::new(Action::Reopen, None, e.to_string()))?;
+        let mut ups = Megatec::new(port, self.cfg.timeout, estimate_of(&self.cfg));
+        // Identify failing means the port is gone: a failed open, retried
+        // after a pause like any other.
+        ups.identify()
+            .await
+            .map_err(|e| Fail::new(Action::Reopen, None, e.to_string()))?;
+        Ok(ups)
+    }
+
+    async fn poll(&mut self, ups: &mut Megatec<S>, h: &DeviceHandle) -> Result<(), Fail> {
+        match ups.poll().await {
+            Ok(values) => {
+                publish(h, &mut self.last_status, values);
+                Ok(())
             }
-        };
-        let mut ups = Megatec::new(port, cfg.timeout, estimate_of(&cfg));
-        if let Err(e) = ups.identify().await {
-            let _ = h.fault(&e.to_string());
-            continue;
-        }
-        let mut tick = tokio::time::interval(cfg.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut fails = 0u32;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match ups.poll().await {
-                Ok(values) => {
-                    fails = 0;
-                    publish(&h, &mut last_status, values);
-                }
-                Err(e) => {
-                    h.count_error(error_kind(&e));
-                    tracing::debug!(device = h.id(), error = %e, "poll failed");
-                    fails += 1;
-                    if e.port_lost() {
-                        let _ = h.fault(&format!("{}: {e}", cfg.serial.display()));
-                        // Reopen: an unplugged adapter comes back as a new device.
-                        break;
-                    }
-                    if fails >= FAILS_BEFORE_FAULT {
-                        // The port is there but the UPS says nothing useful:
-                        // stale, and reopen in case the line is confused.
-                        let _ = h
-                            .mark_stale(&format!("not answering on {}: {e}", cfg.serial.display()));
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // Reopen: an unplugged adapter comes back as a new device.
+            Err(e) if e.port_lost() => Err(Fail::new(
+                Action::Reopen,
+                Some(error_kind(&e)),
+                format!("{}: {e}", self.cfg.serial.display()),
+            )),
+            // The port is there but the UPS says nothing useful: after a
+            // streak, stale, and reopen in case the line is confused.
+            Err(e) => Err(Fail::new(
+                Action::Streak,
+                Some(error_kind(&e)),
+                format!("not answering on {}: {e}", self.cfg.serial.display()),
+            )),
         }
     }
+}
+
+/// The supervisor's timings for a serial UPS (Megatec and APC).
+pub(super) fn serial_policy(interval: Duration) -> Policy {
+    Policy {
+        after_streak: AfterStreak::StaleAndReopen,
+        // Opening a missing port is cheap: try again every interval, so a
+        // replugged adapter is back within two polls.
+        open_retry: interval,
+        reopen_pause: Duration::from_millis(500),
+        ..Policy::new(interval)
+    }
+}
+
+pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let policy = serial_policy(cfg.interval);
+    let ups = Ups {
+        cfg,
+        open_port: |c: &MegatecConfig| Ok(serial::open(&c.serial, c.baud, Default::default())?),
+        last_status: None,
+    };
+    supervisor::run(ups, policy, h, cancel).await
 }
 
 fn error_kind(e: &MegatecError) -> &'static str {
@@ -313,6 +322,57 @@ mod tests {
         });
         let mut ups = Megatec::new(a, Duration::from_secs(1), None);
         assert!(matches!(ups.poll().await, Err(MegatecError::TooLong(_))));
+    }
+
+    /// A port that opens but is gone when the UPS is identified (adapter
+    /// pulled at that moment): a fault, and the next open after a pause
+    /// of one interval, not at once in a loop; cancel stops it at once.
+    #[tokio::test(start_paused = true)]
+    async fn identify_failure_pauses_before_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::from_toml(&format!(
+            "site = \"s\"\n[spool]\npath = \"{}\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUPS\"\ninterval = \"1s\"\n",
+            dir.path().join("s.db").display()
+        ))
+        .unwrap();
+        let crate::config::DeviceConfig::Megatec(mcfg) = cfg.devices[0].clone() else {
+            panic!("not megatec")
+        };
+        let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
+        let hub = crate::status::StatusHub::new("s");
+        let h = DeviceHandle::new("u", "megatec", mcfg.interval, spool, hub.clone());
+        let opens = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let n = opens.clone();
+        let ups = Ups {
+            cfg: mcfg.clone(),
+            open_port: move |_: &MegatecConfig| {
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // The other end is gone: the first write fails.
+                let (a, _) = tokio::io::duplex(64);
+                Ok(a)
+            },
+            last_status: None,
+        };
+        let cancel = CancellationToken::new();
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(supervisor::run(
+            ups,
+            serial_policy(mcfg.interval),
+            h,
+            cancel.clone(),
+        ));
+        tokio::time::sleep_until(t0 + Duration::from_millis(4500)).await;
+        // At 0, 1, 2, 3 and 4 s.
+        assert_eq!(opens.load(std::sync::atomic::Ordering::Relaxed), 5);
+        assert!(matches!(
+            hub.get().devices["u"].health,
+            crate::model::Health::Fault(_)
+        ));
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_millis(1), task)
+            .await
+            .expect("cancel stops the pause at once")
+            .unwrap();
     }
 
     #[tokio::test]

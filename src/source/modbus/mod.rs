@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::bus::{Bus, ModbusError, Reply};
 use self::map::{Block, Decoded, RegisterConfig};
+use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
 use crate::config::ModbusConfig;
 use crate::model::{Severity, Values};
@@ -88,21 +89,23 @@ impl Poller {
     }
 }
 
-pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: CancellationToken) {
-    let poller = Poller::new(cfg.clone(), bus);
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failed_polls = 0u32;
-    let mut reported_exceptions: Vec<String> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let p = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = poller.poll() => p,
-        };
+/// What the supervisor keeps of a Modbus device: its poller (the bus opens
+/// and reopens its own link, shared with the other slaves on it) and the
+/// exceptions already reported.
+struct Slave {
+    poller: Poller,
+    reported_exceptions: Vec<String>,
+}
+
+impl Device for Slave {
+    type Conn = ();
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<(), Fail> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &mut (), h: &DeviceHandle) -> Result<(), Fail> {
+        let p = self.poller.poll().await;
         for e in &p.errors {
             h.count_error(e.kind());
             tracing::debug!(device = h.id(), error = %e, "modbus request failed");
@@ -112,8 +115,7 @@ pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: Canc
             tracing::warn!(device = h.id(), value = %name, error = %e, "bad Modbus value left out");
         }
         if !p.values.is_empty() {
-            failed_polls = 0;
-            let _ = h.sample(p.values);
+            h.sample(p.values);
             // Part of the map failed: say so once, not on every poll.
             let exceptions: Vec<String> = p
                 .errors
@@ -121,41 +123,64 @@ pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: Canc
                 .filter(|e| matches!(e, ModbusError::Exception { .. }))
                 .map(|e| e.to_string())
                 .collect();
-            if exceptions != reported_exceptions {
+            if exceptions != self.reported_exceptions {
                 for e in exceptions
                     .iter()
-                    .filter(|e| !reported_exceptions.contains(e))
+                    .filter(|e| !self.reported_exceptions.contains(e))
                 {
                     let mut v = Values::new();
                     v.set("reason", e.as_str());
-                    let _ = h.event(
+                    h.event(
                         Severity::Warning,
                         "modbus.exception",
                         &format!("{}: {e}", h.id()),
                         v,
                     );
                 }
-                reported_exceptions = exceptions;
+                self.reported_exceptions = exceptions;
             }
+            Ok(())
         } else if let Some(e) = p.errors.first() {
-            failed_polls += 1;
+            // An exception or a port that cannot be opened faults at once:
+            // waiting will not change it. Errors are counted above.
             let at_once = matches!(e, ModbusError::Exception { .. } | ModbusError::Open(_));
-            if at_once || failed_polls >= FAULT_AFTER {
-                let _ = h.fault(&e.to_string());
+            let action = if at_once {
+                Action::Fault
             } else {
-                let _ = h.check_stale();
-            }
+                Action::Streak
+            };
+            Err(Fail::new(action, None, e.to_string()))
         } else if !p.bad_values.is_empty() {
-            let _ = h.fault(&format!(
-                "no usable value ({})",
-                p.bad_values
-                    .iter()
-                    .map(|(n, e)| format!("{n}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            Err(Fail::new(
+                Action::Fault,
+                None,
+                format!(
+                    "no usable value ({})",
+                    p.bad_values
+                        .iter()
+                        .map(|(n, e)| format!("{n}: {e}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        } else {
+            Ok(())
         }
     }
+}
+
+/// Polls every interval; after [`FAULT_AFTER`] failed polls in a row the
+/// device is faulted (lost first, if it was still ok).
+pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: CancellationToken) {
+    let policy = Policy {
+        streak: FAULT_AFTER,
+        ..Policy::new(cfg.interval)
+    };
+    let slave = Slave {
+        poller: Poller::new(cfg, bus),
+        reported_exceptions: Vec::new(),
+    };
+    supervisor::run(slave, policy, h, cancel).await
 }
 
 /// One poll, for `wardgate check`: the values, or the first error when

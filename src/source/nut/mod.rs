@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
 use crate::config::NutConfig;
 use crate::model::{Value, Values};
@@ -137,59 +138,63 @@ async fn connect(cfg: &NutConfig) -> Result<Nut<TcpStream>, NutError> {
     Ok(nut)
 }
 
-pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
-    let mut last_status: Option<String> = None;
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut conn: Option<Nut<TcpStream>> = None;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if conn.is_none() {
-            match connect(&cfg).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    h.count_error("connect");
-                    let _ = h.fault(&e.to_string());
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        match c.list_var(&cfg.ups).await {
+/// What the supervisor keeps of a UPS behind upsd between connections.
+struct Ups {
+    cfg: NutConfig,
+    last_status: Option<String>,
+}
+
+impl Device for Ups {
+    type Conn = Nut<TcpStream>;
+
+    async fn open(&mut self, _h: &DeviceHandle) -> Result<Self::Conn, Fail> {
+        connect(&self.cfg)
+            .await
+            .map_err(|e| Fail::new(Action::Reopen, Some("connect"), e.to_string()))
+    }
+
+    async fn poll(&mut self, c: &mut Self::Conn, h: &DeviceHandle) -> Result<(), Fail> {
+        match c.list_var(&self.cfg.ups).await {
             Ok(values) => {
                 if values.get("ups.status") == Some(&Value::Str("WAIT".into())) {
                     // The driver is starting: not ready yet, not a fault.
                     tracing::debug!(device = h.id(), "upsd says WAIT");
-                    continue;
+                    return Ok(());
                 }
-                super::ups::publish(&h, &mut last_status, values);
+                super::ups::publish(h, &mut self.last_status, values);
+                Ok(())
             }
+            // upsd answered: its reason, and the connection is kept.
             Err(NutError::Server(code)) => {
-                h.count_error("upsd");
-                let reason = codec::explain(&code);
-                let r = if code == "DATA-STALE" {
-                    h.mark_stale(&reason)
+                let action = if code == "DATA-STALE" {
+                    Action::Stale
                 } else {
-                    h.fault(&reason)
+                    Action::Fault
                 };
-                if let Err(e) = r {
-                    tracing::error!(device = h.id(), error = %e, "event not kept");
-                }
+                Err(Fail::new(action, Some("upsd"), codec::explain(&code)))
             }
-            Err(e) => {
-                h.count_error(match e {
+            Err(e) => Err(Fail::new(
+                Action::Reopen,
+                Some(match e {
                     NutError::Timeout(_) => "timeout",
                     NutError::Codec(_) => "malformed",
                     _ => "connection",
-                });
-                let _ = h.fault(&e.to_string());
-                conn = None;
-            }
+                }),
+                e.to_string(),
+            )),
         }
     }
+}
+
+/// Asks upsd every interval; a broken connection is made again an interval
+/// later.
+pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
+    let policy = Policy::new(cfg.interval);
+    let ups = Ups {
+        cfg,
+        last_status: None,
+    };
+    supervisor::run(ups, policy, h, cancel).await
 }
 
 /// Reads the UPS once, for `wardgate check`.
