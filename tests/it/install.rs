@@ -538,3 +538,75 @@ fn both_units_are_sandboxed() {
         );
     }
 }
+
+/// A broker stand-in that records the bytes of every connection (the MQTT
+/// CONNECT carries the password in clear without TLS) and hangs up.
+fn recording_broker() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = c.read(&mut buf) {
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    (port, seen)
+}
+
+/// The attack of issue 11 end to end, with the real daemon: a card config
+/// pointing at another broker (plaintext, the installed password_file) is
+/// refused, and the gateway started afterwards still sends the password
+/// only to the broker it was issued for.
+#[test]
+fn the_installed_password_never_reaches_another_broker() {
+    let (t, boot, etc) = card_and_etc();
+    let (real, real_seen) = recording_broker();
+    let (fake, fake_seen) = recording_broker();
+    let config = |port: u16| {
+        format!(
+            "site = \"xa-test\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntls = false\n\
+             username = \"xa-test\"\npassword_file = \"{pw}\"\n[spool]\npath = \"{spool}\"\n\
+             [web]\nenabled = false\n",
+            pw = etc.join("mqtt.password").display(),
+            spool = t.path().join("spool.db").display(),
+        )
+    };
+    std::fs::write(boot.join("wardgate.toml"), config(real)).unwrap();
+    std::fs::write(boot.join("wardgate-mqtt.password"), "the-real-one").unwrap();
+    assert_eq!(provision_run(&boot, &etc).code, Some(0));
+    std::fs::write(boot.join("wardgate.toml"), config(fake)).unwrap();
+    let r = provision_run(&boot, &etc);
+    assert_eq!(r.code, Some(78), "{}", r.text);
+
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["run", "--config"])
+        .arg(etc.join("wardgate.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let contains = |seen: &std::sync::Mutex<Vec<u8>>, what: &[u8]| {
+        seen.lock().unwrap().windows(what.len()).any(|w| w == what)
+    };
+    while !contains(&real_seen, b"the-real-one") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert!(
+        contains(&real_seen, b"the-real-one"),
+        "the gateway never reached its broker"
+    );
+    assert!(
+        fake_seen.lock().unwrap().is_empty(),
+        "the other broker was contacted"
+    );
+}
