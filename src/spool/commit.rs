@@ -5,7 +5,8 @@
 //! its caps, and the last round at shutdown marks it clean. Blocking: it
 //! runs on the commit task's blocking thread ([`Spool::run_flusher`]),
 //! never on a source's or a sink's task, and never holds the queue lock
-//! across disk I/O.
+//! across a disk write (the one read under it: listing a reopened store's
+//! streams, in `health.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

@@ -25,11 +25,11 @@
 //! started and announced.
 //!
 //! The rooms: this file holds the types every room shares (the spool, its
-//! queue, counters, notices, stats) and does no I/O. [`stamp`] is the way
-//! in (`push`, epochs) and [`handle`] the sinks' side ([`LaneHandle`]),
-//! both memory only. [`commit`] is the commit round, the one owner of the
-//! store, helped by [`backlog`] (read-ahead) and [`health`] (a degraded
-//! store and its notices); [`open`] runs once at start.
+//! queue, counters, notices, stats) and does no I/O. `stamp.rs` is the way
+//! in (`push`, epochs) and `handle.rs` the sinks' side ([`LaneHandle`]),
+//! both memory only. `commit.rs` is the commit round, the one owner of the
+//! store, helped by `backlog.rs` (read-ahead) and `health.rs` (a degraded
+//! store and its notices); `open.rs` runs once at start.
 
 mod backlog;
 mod commit;

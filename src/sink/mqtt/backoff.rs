@@ -21,7 +21,7 @@ pub(super) const BACKOFF_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// Jittered exponential backoff that starts over after a healthy link.
 ///
-/// The first [`BACKOFF_FAST_TRIES`] failed attempts wait about `min` each
+/// The first `BACKOFF_FAST_TRIES` failed attempts wait about `min` each
 /// (half to all of it); after that the step doubles per failure up to
 /// `max`, and at the cap the delay is between `max` and 1.25 x `max`. A
 /// connection that stayed up `healthy_after` resets it; a shorter one does

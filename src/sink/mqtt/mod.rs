@@ -20,9 +20,9 @@
 //! move again.
 //!
 //! The rooms: this file holds the sink's types and its reconnect loop;
-//! [`options`] builds what a connection is made with (client options,
-//! credentials, TLS), [`session`] runs one connection (the event loop, the
-//! publisher task, stall detection), and [`backoff`] paces the attempts.
+//! `options.rs` builds what a connection is made with (client options,
+//! credentials, TLS), `session.rs` runs one connection (the event loop, the
+//! publisher task, stall detection), and `backoff.rs` paces the attempts.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
