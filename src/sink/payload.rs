@@ -20,14 +20,10 @@ pub fn status_topic(prefix: &str, site: &str) -> String {
 
 /// Whether `device` may be a topic level: `^[a-z0-9][a-z0-9_-]{0,63}$`, so
 /// never `#`, `+` or `/` (a record whose device is not is set aside, never
-/// published: rumqttc refuses such a topic).
+/// published: rumqttc refuses such a topic). The one pattern the spool
+/// also checks rows read back against ([`crate::spool::valid_device_id`]).
 pub fn valid_device(device: &str) -> bool {
-    let b = device.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+    crate::spool::valid_device_id(device)
 }
 
 /// The size on the wire of a QoS 1 PUBLISH of `payload_len` bytes on `topic`

@@ -3,7 +3,7 @@
 //!
 //! Nothing here does I/O. Tasks (sources, sinks) touch only this, under a
 //! short lock; the commit task takes work out of it, does the disk work with
-//! the lock released, and gives the results back ([`Queue::apply`]).
+//! the lock released, and gives the results back (`commit.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;

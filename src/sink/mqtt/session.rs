@@ -1,297 +1,29 @@
-//! The MQTT sink: QoS 1 to the operations centre's broker, committing a
-//! batch to the spool only when the broker's PUBACK for it arrives.
-//!
-//! Each connection is a fresh rumqttc client and event loop. rumqttc keeps
-//! unacknowledged publishes only in memory and drops them on reconnect when
-//! the broker has no stored session, so wardgate never lets it retransmit:
-//! when a connection ends, everything in flight goes back to the spool
-//! (`nack_all`) and is sent again on the next connection. The spool, not the
-//! client, is the source of truth.
-//!
-//! Acks are tied to batches by the pure [`AckTracker`]. Publishing happens
-//! in its own task, never in the task that polls the event loop; if that
-//! task ends, the session ends with the reason logged and shown.
-//!
-//! A batch that can never be sent (its device id cannot be a topic level, or
-//! its message would exceed `mqtt.max_packet_size`) is set aside rather than
-//! allowed to break the connection again and again. Records pending, link
-//! up and no PUBACK for `mqtt.stall_timeout` is a stuck link: it is
-//! reported, the session is ended, and `/healthz` answers 503 until acks
-//! move again.
+//! One connection to the broker: connect, the birth message, the publisher
+//! task, the event loop that ties PUBACKs to batches, stall detection, and
+//! the clean goodbye. Publishing runs in its own task and never in the task
+//! that polls rumqttc's event loop (a full request channel would deadlock
+//! it); a batch is acknowledged to the spool only on its PUBACK, and when
+//! the connection ends everything in flight goes back to the spool.
 
-use std::fs::File;
-use std::future::Future;
-use std::io::BufReader;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    NetworkOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::ack::{AckTracker, Acked, Sent, Tag};
-use super::lane::Lane;
-use super::payload;
+use super::options::{max_packet_size, network_options};
+use super::{lock, MqttSink, SessionEnd, SinkCounters};
 use crate::config::Config;
 use crate::model::{now_ms, Severity, Values};
-use crate::status::StatusHub;
-
-/// The name of this sink's lane in the spool.
-pub const SINK_NAME: &str = "mqtt";
-
-/// Reconnect backoff: the first step, and the cap (a broker that refuses
-/// for hours is tried about once a minute, never more often).
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// Failed attempts retried at the first step before the delay grows: a
-/// broker restart (down a few seconds) is caught within a second of its
-/// return.
-const BACKOFF_FAST_TRIES: u32 = 8;
-/// A link that stayed up this long was healthy: its loss starts the
-/// backoff again from the first step.
-const BACKOFF_HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// Incoming packets are acks and pings only.
-const MAX_INCOMING_PACKET: usize = 1 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MqttError {
-    /// TLS material could not be loaded: logged and shown in the status;
-    /// retried with backoff (the technician may be copying the files in).
-    #[error("TLS setup: {0}")]
-    Tls(String),
-    /// The password file could not be read: as for `Tls`.
-    #[error("reading mqtt.password_file {path}: {source}")]
-    Password {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The broker could not be reached or refused us: retried with backoff.
-    #[error("{0}")]
-    Connect(String),
-}
-
-/// Counters this sink keeps for status and gateway telemetry.
-#[derive(Debug, Default)]
-pub struct SinkCounters {
-    pub messages_acked: AtomicU64,
-    pub records_acked: AtomicU64,
-    pub last_ack_ms: AtomicI64,
-    pub connects: AtomicU64,
-    /// Times the link was found stuck (`mqtt.stalls`).
-    pub stalls: AtomicU64,
-    /// Stuck now: set when a stall is found, cleared when acks move again
-    /// or nothing is pending.
-    pub stalled: AtomicBool,
-    /// Batches set aside because they could never be sent.
-    pub set_aside: AtomicU64,
-    /// Advances at least once a second while the sink's loop runs (the
-    /// watchdog's sign that the sink is not wedged).
-    pub alive: AtomicU64,
-}
-
-/// Identity of this run, for the birth message.
-#[derive(Debug, Clone)]
-pub struct RunInfo {
-    pub version: String,
-    pub boot_id: String,
-    pub run_id: String,
-    pub started_ms: i64,
-}
-
-/// How the sink raises a gateway event (app.rs passes one that records it
-/// on the gateway device): severity, code, message, values.
-pub type EventReport = Arc<dyn Fn(Severity, &str, &str, Values) + Send + Sync>;
-
-pub struct MqttSink<L: Lane> {
-    cfg: Arc<Config>,
-    lane: L,
-    status: StatusHub,
-    run: RunInfo,
-    counters: Arc<SinkCounters>,
-    report: EventReport,
-}
-
-/// Jittered exponential backoff that starts over after a healthy link.
-///
-/// The first [`BACKOFF_FAST_TRIES`] failed attempts wait about `min` each
-/// (half to all of it); after that the step doubles per failure up to
-/// `max`, and at the cap the delay is between `max` and 1.25 x `max`. A
-/// connection that stayed up `healthy_after` resets it; a shorter one does
-/// not (a broker that accepts and then drops us keeps backing off).
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    fast_tries: u32,
-    healthy_after: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration, fast_tries: u32, healthy_after: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            fast_tries,
-            healthy_after,
-            failures: 0,
-        }
-    }
-
-    /// The delay before the next attempt, after one more failure.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let doublings = self
-            .failures
-            .saturating_add(1)
-            .saturating_sub(self.fast_tries)
-            .min(20);
-        self.failures = self.failures.saturating_add(1);
-        let min = self.min.as_millis() as u64;
-        let max = self.max.as_millis() as u64;
-        let step = min.saturating_mul(1 << doublings);
-        let ms = if step >= max {
-            rng.random_range(max..=max + max / 4)
-        } else {
-            rng.random_range(step / 2..=step)
-        };
-        Duration::from_millis(ms)
-    }
-
-    /// A connection ended after being up for `up` (zero: it never came up).
-    pub fn connection_ended(&mut self, up: Duration) {
-        if up >= self.healthy_after {
-            self.failures = 0;
-        }
-    }
-}
-
-enum SessionEnd {
-    Cancelled,
-    Failed { error: String, up: Duration },
-}
-
-fn lock(m: &Mutex<AckTracker>) -> MutexGuard<'_, AckTracker> {
-    // The tracker is plain data updated in single steps: usable after a
-    // panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sink::ack::{AckTracker, Acked, Sent, Tag};
+use crate::sink::lane::Lane;
+use crate::sink::payload;
 
 impl<L: Lane> MqttSink<L> {
-    pub fn new(
-        cfg: Arc<Config>,
-        lane: L,
-        status: StatusHub,
-        run: RunInfo,
-        counters: Arc<SinkCounters>,
-        report: EventReport,
-    ) -> Self {
-        MqttSink {
-            cfg,
-            lane,
-            status,
-            run,
-            counters,
-            report,
-        }
-    }
-
-    /// Connects, publishes, reconnects, until `cancel`; then publishes the
-    /// offline status and disconnects.
-    pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(
-            BACKOFF_MIN,
-            BACKOFF_MAX,
-            BACKOFF_FAST_TRIES,
-            BACKOFF_HEALTHY_AFTER,
-        );
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            match self.session(&cancel).await {
-                SessionEnd::Cancelled => return,
-                SessionEnd::Failed { error, up } => {
-                    self.lane.set_link(false);
-                    backoff.connection_ended(up);
-                    let delay = backoff.next_delay(&mut rand::rng());
-                    tracing::warn!(
-                        broker = %format!("{}:{}", self.cfg.mqtt.host, self.cfg.mqtt_port()),
-                        %error,
-                        retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-                        "MQTT link down"
-                    );
-                    self.status.update(|s| {
-                        if s.uplink.connected || s.uplink.since_ms == 0 {
-                            s.uplink.since_ms = now_ms();
-                        }
-                        s.uplink.connected = false;
-                        s.uplink.last_error = Some(error.clone());
-                    });
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = self.alive(tokio::time::sleep(delay)) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs `f`, advancing the sink's sign of life every second meanwhile.
-    async fn alive<T>(&self, f: impl Future<Output = T>) -> T {
-        tokio::pin!(f);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                r = &mut f => return r,
-                _ = tick.tick() => {
-                    self.counters.alive.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    fn options(&self) -> Result<MqttOptions, MqttError> {
-        let c = &self.cfg;
-        let mut o = MqttOptions::new(c.mqtt_client_id(), c.mqtt.host.clone(), c.mqtt_port());
-        o.set_keep_alive(c.mqtt.keep_alive);
-        o.set_clean_session(true);
-        o.set_inflight(c.mqtt.inflight.clamp(1, 65_535) as u16);
-        // The same limit the publisher checks before handing a message over,
-        // so rumqttc never meets a packet it refuses (which would end the
-        // connection, again and again).
-        o.set_max_packet_size(MAX_INCOMING_PACKET, max_packet_size(c));
-        o.set_last_will(LastWill::new(
-            payload::status_topic(&c.mqtt.prefix, &c.site),
-            payload::status_offline("lost"),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        if let Some(user) = &c.mqtt.username {
-            let password = match &c.mqtt.password_file {
-                Some(p) => read_password(p)?,
-                None => String::new(),
-            };
-            o.set_credentials(user.clone(), password);
-        }
-        if c.mqtt_tls() {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls_config(
-                    c.mqtt.ca_file.as_deref(),
-                    c.mqtt.cert_file.as_deref(),
-                    c.mqtt.key_file.as_deref(),
-                )?),
-            )));
-        }
-        Ok(o)
-    }
-
-    async fn session(&self, cancel: &CancellationToken) -> SessionEnd {
+    pub(super) async fn session(&self, cancel: &CancellationToken) -> SessionEnd {
         let failed = |error: String| SessionEnd::Failed {
             error,
             up: Duration::ZERO,
@@ -531,22 +263,6 @@ impl<L: Lane> MqttSink<L> {
     }
 }
 
-/// `mqtt.max_packet_size` in bytes, as rumqttc counts packets.
-fn max_packet_size(cfg: &Config) -> usize {
-    usize::try_from(cfg.mqtt.max_packet_size.as_u64()).unwrap_or(usize::MAX)
-}
-
-/// rumqttc's own connection timeout (whole seconds, default 5 s) would cut
-/// an attempt short of `mqtt.connect_timeout`: set it to at least that, so
-/// the sink's own timeout is the one that applies.
-fn network_options(cfg: &Config) -> NetworkOptions {
-    let t = cfg.mqtt.connect_timeout;
-    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
-    let mut n = NetworkOptions::new();
-    n.set_connection_timeout(secs.max(1));
-    n
-}
-
 async fn wait_connack(el: &mut EventLoop) -> Result<(), ConnectionError> {
     loop {
         if let Event::Incoming(Packet::ConnAck(_)) = el.poll().await? {
@@ -651,73 +367,6 @@ async fn publish_loop<L: Lane>(
     }
 }
 
-fn read_password(path: &Path) -> Result<String, MqttError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| MqttError::Password {
-            path: path.display().to_string(),
-            source: e,
-        })
-}
-
-/// rustls with the ring provider; roots from `ca_file` or the system store.
-pub fn tls_config(
-    ca_file: Option<&Path>,
-    cert_file: Option<&Path>,
-    key_file: Option<&Path>,
-) -> Result<rustls::ClientConfig, MqttError> {
-    let tls = |m: String| MqttError::Tls(m);
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(ca) => {
-            let f = File::open(ca).map_err(|e| tls(format!("{}: {e}", ca.display())))?;
-            let mut n = 0;
-            for cert in rustls_pemfile::certs(&mut BufReader::new(f)) {
-                let cert = cert.map_err(|e| tls(format!("{}: {e}", ca.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls(format!("{}: {e}", ca.display())))?;
-                n += 1;
-            }
-            if n == 0 {
-                return Err(tls(format!("{}: no PEM certificate in it", ca.display())));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(tls(
-                    "no system CA certificates found; set mqtt.ca_file".into()
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .with_root_certificates(roots);
-    match (cert_file, key_file) {
-        (Some(cert), Some(key)) => {
-            let f = File::open(cert).map_err(|e| tls(format!("{}: {e}", cert.display())))?;
-            let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(f))
-                .collect::<Result<_, _>>()
-                .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
-            let f = File::open(key).map_err(|e| tls(format!("{}: {e}", key.display())))?;
-            let key_der = rustls_pemfile::private_key(&mut BufReader::new(f))
-                .map_err(|e| tls(format!("{}: {e}", key.display())))?
-                .ok_or_else(|| tls(format!("{}: no private key in it", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| tls(format!("client certificate: {e}")))
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
 /// A connection error in words a technician can act on.
 fn describe(e: &ConnectionError, cfg: &Config) -> String {
     let broker = format!("{}:{}", cfg.mqtt.host, cfg.mqtt_port());
@@ -748,95 +397,6 @@ fn describe(e: &ConnectionError, cfg: &Config) -> String {
 mod tests {
     use super::*;
     use crate::spool::{Batch, SpoolError};
-    use rand::SeedableRng;
-
-    fn backoff() -> Backoff {
-        Backoff::new(
-            BACKOFF_MIN,
-            BACKOFF_MAX,
-            BACKOFF_FAST_TRIES,
-            BACKOFF_HEALTHY_AFTER,
-        )
-    }
-
-    fn secs(d: Duration) -> f64 {
-        d.as_secs_f64()
-    }
-
-    #[test]
-    fn backoff_fast_first_then_grows_with_jitter_and_caps() {
-        for seed in 0..50 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut b = backoff();
-            let d: Vec<f64> = (0..30).map(|_| secs(b.next_delay(&mut rng))).collect();
-            // The fast tries: half a second to a second each.
-            for x in &d[..8] {
-                assert!((0.5..=1.0).contains(x), "seed {seed}: {d:?}");
-            }
-            // Then doubling: 1-2 s, 2-4 s, 4-8 s...
-            assert!((1.0..=2.0).contains(&d[8]), "seed {seed}: {d:?}");
-            assert!((2.0..=4.0).contains(&d[9]), "seed {seed}: {d:?}");
-            assert!((16.0..=32.0).contains(&d[12]), "seed {seed}: {d:?}");
-            // At the cap: never more often than once a minute.
-            for x in &d[13..] {
-                assert!((60.0..=75.0).contains(x), "seed {seed}: {d:?}");
-            }
-            // Jitter: not all the same.
-            assert!(
-                d[..8].windows(2).any(|w| w[0] != w[1]),
-                "seed {seed}: {d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_resets_only_after_a_healthy_link() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut b = backoff();
-        for _ in 0..20 {
-            b.next_delay(&mut rng);
-        }
-        // A connection that came up and dropped at once keeps the step...
-        b.connection_ended(Duration::from_secs(3));
-        assert!(b.next_delay(&mut rng) >= Duration::from_secs(60));
-        // ...so does a failed attempt...
-        b.connection_ended(Duration::ZERO);
-        assert!(b.next_delay(&mut rng) >= Duration::from_secs(60));
-        // ...a link up for ten seconds starts over.
-        b.connection_ended(Duration::from_secs(10));
-        assert!(b.next_delay(&mut rng) <= Duration::from_secs(1));
-    }
-
-    /// Twenty broker restarts, each down for up to 3 s, 20-40 s apart: the
-    /// first attempt after the broker is back comes within 5 s of the drop
-    /// in every case (the issue asks for 95 %), checked over many seeds.
-    #[test]
-    fn backoff_catches_a_broker_restart_within_five_seconds() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let mut b = backoff();
-        let mut late = 0;
-        let mut total = 0;
-        for _ in 0..200 {
-            for restart in 0..20u32 {
-                let down = 0.5 + f64::from(restart % 6) * 0.5; // 0.5..3 s
-                let mut t = 0.0;
-                loop {
-                    t += secs(b.next_delay(&mut rng));
-                    if t >= down {
-                        break;
-                    }
-                    b.connection_ended(Duration::ZERO);
-                }
-                total += 1;
-                if t > 5.0 {
-                    late += 1;
-                }
-                // Up for 20-40 s before the next restart.
-                b.connection_ended(Duration::from_secs(u64::from(20 + restart % 20)));
-            }
-        }
-        assert_eq!(late, 0, "{late} of {total} reconnects took more than 5 s");
-    }
 
     /// A lane fed by the test, recording what the sink did with it.
     #[derive(Clone, Default)]
@@ -952,20 +512,5 @@ mod tests {
             0,
             "the abandoned tag was taken back"
         );
-    }
-
-    #[test]
-    fn missing_ca_file_is_a_clear_error() {
-        let e = tls_config(Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-    }
-
-    #[test]
-    fn ca_file_without_certificates_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ca.pem");
-        std::fs::write(&p, "not a certificate").unwrap();
-        let e = tls_config(Some(&p), None, None).unwrap_err();
-        assert!(e.to_string().contains("no PEM certificate"), "{e}");
     }
 }

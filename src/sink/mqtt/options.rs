@@ -1,0 +1,160 @@
+//! What a connection is made with: rumqttc's options (client id, keep
+//! alive, packet limits, last will, credentials) and the rustls client
+//! configuration from `mqtt.ca_file`, `cert_file` and `key_file`. Reads
+//! the password and TLS files each time a connection is attempted (so a
+//! technician can fix them without a restart); never opens a connection.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
+
+use super::{MqttError, MqttSink};
+use crate::config::Config;
+use crate::sink::lane::Lane;
+use crate::sink::payload;
+
+/// Incoming packets are acks and pings only.
+const MAX_INCOMING_PACKET: usize = 1 << 20;
+
+impl<L: Lane> MqttSink<L> {
+    pub(super) fn options(&self) -> Result<MqttOptions, MqttError> {
+        let c = &self.cfg;
+        let mut o = MqttOptions::new(c.mqtt_client_id(), c.mqtt.host.clone(), c.mqtt_port());
+        o.set_keep_alive(c.mqtt.keep_alive);
+        o.set_clean_session(true);
+        o.set_inflight(c.mqtt.inflight.clamp(1, 65_535) as u16);
+        // The same limit the publisher checks before handing a message over,
+        // so rumqttc never meets a packet it refuses (which would end the
+        // connection, again and again).
+        o.set_max_packet_size(MAX_INCOMING_PACKET, max_packet_size(c));
+        o.set_last_will(LastWill::new(
+            payload::status_topic(&c.mqtt.prefix, &c.site),
+            payload::status_offline("lost"),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some(user) = &c.mqtt.username {
+            let password = match &c.mqtt.password_file {
+                Some(p) => read_password(p)?,
+                None => String::new(),
+            };
+            o.set_credentials(user.clone(), password);
+        }
+        if c.mqtt_tls() {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls_config(
+                    c.mqtt.ca_file.as_deref(),
+                    c.mqtt.cert_file.as_deref(),
+                    c.mqtt.key_file.as_deref(),
+                )?),
+            )));
+        }
+        Ok(o)
+    }
+}
+
+/// `mqtt.max_packet_size` in bytes, as rumqttc counts packets.
+pub(super) fn max_packet_size(cfg: &Config) -> usize {
+    usize::try_from(cfg.mqtt.max_packet_size.as_u64()).unwrap_or(usize::MAX)
+}
+
+/// rumqttc's own connection timeout (whole seconds, default 5 s) would cut
+/// an attempt short of `mqtt.connect_timeout`: set it to at least that, so
+/// the sink's own timeout is the one that applies.
+pub(super) fn network_options(cfg: &Config) -> NetworkOptions {
+    let t = cfg.mqtt.connect_timeout;
+    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    let mut n = NetworkOptions::new();
+    n.set_connection_timeout(secs.max(1));
+    n
+}
+
+fn read_password(path: &Path) -> Result<String, MqttError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| MqttError::Password {
+            path: path.display().to_string(),
+            source: e,
+        })
+}
+
+/// rustls with the ring provider; roots from `ca_file` or the system store.
+pub fn tls_config(
+    ca_file: Option<&Path>,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> Result<rustls::ClientConfig, MqttError> {
+    let tls = |m: String| MqttError::Tls(m);
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(ca) => {
+            let f = File::open(ca).map_err(|e| tls(format!("{}: {e}", ca.display())))?;
+            let mut n = 0;
+            for cert in rustls_pemfile::certs(&mut BufReader::new(f)) {
+                let cert = cert.map_err(|e| tls(format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls(format!("{}: {e}", ca.display())))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(tls(format!("{}: no PEM certificate in it", ca.display())));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(tls(
+                    "no system CA certificates found; set mqtt.ca_file".into()
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match (cert_file, key_file) {
+        (Some(cert), Some(key)) => {
+            let f = File::open(cert).map_err(|e| tls(format!("{}: {e}", cert.display())))?;
+            let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(f))
+                .collect::<Result<_, _>>()
+                .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
+            let f = File::open(key).map_err(|e| tls(format!("{}: {e}", key.display())))?;
+            let key_der = rustls_pemfile::private_key(&mut BufReader::new(f))
+                .map_err(|e| tls(format!("{}: {e}", key.display())))?
+                .ok_or_else(|| tls(format!("{}: no private key in it", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| tls(format!("client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ca_file_is_a_clear_error() {
+        let e = tls_config(Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_without_certificates_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.pem");
+        std::fs::write(&p, "not a certificate").unwrap();
+        let e = tls_config(Some(&p), None, None).unwrap_err();
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    }
+}

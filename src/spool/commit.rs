@@ -1,0 +1,616 @@
+//! The commit round, the one owner of the store. Each round takes its work
+//! out of the memory queue under the lock (records to write, rows to
+//! delete, numbers to reserve, backlog to read), does the disk work with
+//! the lock released, and gives the results back; it keeps the spool within
+//! its caps, and the last round at shutdown marks it clean. Blocking: it
+//! runs on the commit task's blocking thread ([`Spool::run_flusher`]),
+//! never on a source's or a sink's task, and never holds the queue lock
+//! across a disk write (the one read under it: listing a reopened store's
+//! streams, in `health.rs`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::backlog::{self, ReadWant};
+use super::db::{Db, NewRow, StreamKey};
+use super::health::{io_reason, sql_reason, Degraded};
+use super::positions::{self, Mark, Positions};
+use super::queue::{due, needs_reservation, Entry, InFlight, Link, SEQ_BLOCK};
+use super::{lock, used, DropReason, Queue, Spool, SpoolError};
+use crate::model::{now_ms, ClockState, Kind};
+
+/// The disk side, owned by whoever runs a commit round.
+pub(super) struct Store {
+    pub(super) path: PathBuf,
+    pub(super) pos_path: PathBuf,
+    pub(super) db: Option<Db>,
+    pub(super) degraded: Option<Degraded>,
+    pub(super) next_try: Instant,
+    pub(super) last_age_check: Option<Instant>,
+    /// What the positions file holds.
+    pub(super) marks: BTreeMap<String, Mark>,
+    /// `dropped_total` last written to the database.
+    pub(super) dropped_written: u64,
+}
+
+impl Spool {
+    pub(super) fn take_store(&self) -> Store {
+        let mut slot = lock(&self.store);
+        loop {
+            if let Some(s) = slot.take() {
+                return s;
+            }
+            slot = self
+                .store_free
+                .wait(slot)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub(super) fn put_store(&self, s: Store) {
+        *lock(&self.store) = Some(s);
+        self.store_free.notify_one();
+    }
+
+    /// One commit round: writes what must go to disk, deletes what was
+    /// acknowledged, reserves sequence numbers, enforces the caps and reads
+    /// the backlog ahead. Blocking; run it on a blocking thread. `all`
+    /// writes every unacknowledged record in memory (shutdown).
+    pub fn flush(&self, all: bool) -> Result<(), SpoolError> {
+        let mut store = self.take_store();
+        let r = self.round(&mut store, all);
+        self.put_store(store);
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn round(&self, store: &mut Store, all: bool) -> Result<(), SpoolError> {
+        let now = Instant::now();
+        let may_try = store.degraded.is_none() || all || now >= store.next_try;
+        if store.db.is_none() && may_try {
+            self.reopen(store);
+        }
+        let usable = store.db.is_some() && may_try;
+        let memory_max = self.cfg.memory_max.max(1) as usize;
+        let spill_after = self.cfg.spill_after;
+
+        // 1. Take the work out of the queue.
+        let mut writes: Vec<(Option<usize>, Entry)> = Vec::new();
+        let mut deletes: Vec<(usize, Vec<i64>)> = Vec::new();
+        let mut reserve: Vec<(String, Mark)> = Vec::new();
+        let mut reads: Vec<ReadWant> = Vec::new();
+        let (epoch, make_durable, lane_names) = {
+            let mut q = lock(&self.q);
+            let q = &mut *q;
+            let lane_names: Vec<String> = q.lanes.iter().map(|l| l.name.clone()).collect();
+            if usable {
+                for e in q.wal_pending.iter_mut().filter(|e| !e.writing) {
+                    e.writing = true;
+                    writes.push((None, e.clone_for_lane()));
+                }
+            } else if !q.wal_pending.is_empty() && (store.degraded.is_some() || all) {
+                // The store cannot take them: they go out from memory.
+                for e in std::mem::take(&mut q.wal_pending) {
+                    for lane in q.lanes.iter_mut() {
+                        lane.enqueue(e.clone_for_lane());
+                        lane.notify.notify_one();
+                    }
+                }
+            }
+            for (li, lane) in q.lanes.iter_mut().enumerate() {
+                if usable {
+                    let down = lane.link == Link::Down;
+                    for qu in [&mut lane.events, &mut lane.live] {
+                        let over = qu.len().saturating_sub(memory_max);
+                        for (i, e) in qu.iter_mut().enumerate() {
+                            if e.row.is_none()
+                                && !e.writing
+                                && (all || down || i < over || due(e.born, now, spill_after))
+                            {
+                                e.writing = true;
+                                writes.push((Some(li), e.clone_for_lane()));
+                            }
+                        }
+                    }
+                    for f in lane.inflight.values_mut() {
+                        if let InFlight::Memory(v) = f {
+                            for e in v.iter_mut() {
+                                if e.row.is_none()
+                                    && !e.writing
+                                    && (all || due(e.born, now, spill_after))
+                                {
+                                    e.writing = true;
+                                    writes.push((Some(li), e.clone_for_lane()));
+                                }
+                            }
+                        }
+                    }
+                    if !lane.to_delete.is_empty() {
+                        deletes.push((li, std::mem::take(&mut lane.to_delete)));
+                    }
+                } else if store.degraded.is_some() {
+                    // Nothing can be written: keep memory bounded, oldest
+                    // telemetry first (counted).
+                    let limit = memory_max.saturating_mul(2);
+                    let mut shed = 0u64;
+                    while lane.live.len() > limit {
+                        lane.live.pop_front();
+                        shed += 1;
+                    }
+                    if shed > 0 {
+                        self.count_drop(DropReason::WriteFailed, shed);
+                    }
+                }
+                if store.db.is_some() {
+                    backlog::wants(li, lane, &mut reads);
+                }
+            }
+            let make_durable = !q.epoch_durable && usable;
+            if make_durable {
+                store.marks.clear();
+            }
+            if q.epoch_durable || make_durable {
+                for ((dev, kind), s) in q.seqs.iter() {
+                    let key = positions::stream_key(*kind, dev);
+                    if make_durable || needs_reservation(s) {
+                        let slot = store
+                            .marks
+                            .get(&key)
+                            .and_then(|m| m.slot)
+                            .or_else(|| store.free_slot_except(&reserve));
+                        reserve.push((
+                            key.clone(),
+                            Mark {
+                                reserved: s.next + SEQ_BLOCK,
+                                used: s.next as i64 - 1,
+                                slot,
+                            },
+                        ));
+                    }
+                }
+            }
+            (q.epoch, make_durable, lane_names)
+        };
+
+        // 2. Disk work, with no lock held.
+        let mut failure: Option<(&'static str, String)> = None;
+        let mut reserved_ok = false;
+        if !reserve.is_empty() || make_durable {
+            let before = store.marks.clone();
+            for (k, m) in &reserve {
+                store.marks.insert(k.clone(), *m);
+            }
+            match store.write_positions(epoch, false) {
+                Ok(()) => reserved_ok = true,
+                Err(f) => {
+                    store.marks = before;
+                    failure = Some(f);
+                }
+            }
+        }
+        let mut written: Option<Vec<i64>> = None;
+        let mut deleted_ok = false;
+        if usable && failure.is_none() {
+            let rows: Vec<NewRow<'_>> = writes
+                .iter()
+                .flat_map(|(lane, e)| {
+                    let lanes: Vec<usize> = match lane {
+                        Some(li) => vec![*li],
+                        None => (0..lane_names.len()).collect(),
+                    };
+                    lanes.into_iter().map(move |li| (li, e))
+                })
+                .map(|(li, e)| NewRow {
+                    sink: &lane_names[li],
+                    kind: e.kind,
+                    device: &e.device,
+                    epoch: e.epoch,
+                    seq: e.seq,
+                    ts: e.ts,
+                    synced: e.synced,
+                    body: &e.body,
+                })
+                .collect();
+            let del: Vec<i64> = deletes
+                .iter()
+                .flat_map(|(_, v)| v.iter().copied())
+                .collect();
+            // Sequence positions live in the positions file alone (a stale
+            // copy here could be trusted one day and reuse numbers).
+            let mut meta: Vec<(String, i64)> = Vec::new();
+            if store.degraded.is_some() {
+                // Proves the store writable again even with nothing to write.
+                meta.push(("alive".into(), now_ms()));
+            }
+            let dropped = self.counters.dropped_total();
+            if dropped != store.dropped_written {
+                meta.push(("dropped".into(), dropped as i64));
+            }
+            if !rows.is_empty() || !del.is_empty() || !meta.is_empty() {
+                let db = store.db.as_mut().expect("usable means open");
+                let mut result = db.commit(&rows, &del, &meta);
+                let mut n_deleted = 0;
+                if let Err(e) = &result {
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+                        // A full disk: give the write-ahead log's space back
+                        // and at least delete what was acknowledged.
+                        let _ = db.checkpoint();
+                        if let Ok((_, n)) = db.commit(&[], &del, &[]) {
+                            deleted_ok = true;
+                            n_deleted = n;
+                        }
+                        result = db.commit(&rows, &[], &meta);
+                    }
+                }
+                match result {
+                    Ok((ids, n)) => {
+                        let n = n + n_deleted;
+                        written = Some(ids);
+                        deleted_ok = true;
+                        store.dropped_written = dropped;
+                        let net = rows.len() as i64 - n as i64;
+                        self.counters.disk_rows.fetch_add(net, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if n_deleted > 0 {
+                            self.counters
+                                .disk_rows
+                                .fetch_sub(n_deleted as i64, Ordering::Relaxed);
+                        }
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, records = rows.len(), "spool write failed; records stay in memory");
+                        failure = Some(sql_reason(&e, &store.path));
+                    }
+                }
+            }
+            if failure.is_none() {
+                if let Err(e) = self.enforce_caps(store, now) {
+                    tracing::warn!(error = %e, "enforcing the spool's caps failed");
+                }
+            }
+        }
+
+        // Backlog reads (a reader in WAL mode is not blocked by writers).
+        let read_results = backlog::read(store, &reads, &lane_names, &mut failure);
+
+        // 3. Results back into the queue.
+        let mut corrupt: BTreeMap<&'static str, u64> = BTreeMap::new();
+        {
+            let mut q = lock(&self.q);
+            let q = &mut *q;
+            match &written {
+                Some(ids) => {
+                    let mut ids = ids.iter().copied();
+                    let mut lane_rows: Vec<HashMap<u64, i64>> = vec![HashMap::new(); q.lanes.len()];
+                    let mut wal_rows: HashMap<u64, Vec<i64>> = HashMap::new();
+                    for (lane, e) in &writes {
+                        match lane {
+                            Some(li) => {
+                                if let Some(id) = ids.next() {
+                                    lane_rows[*li].insert(e.rid, id);
+                                }
+                            }
+                            None => {
+                                let rows: Vec<i64> = ids.by_ref().take(q.lanes.len()).collect();
+                                wal_rows.insert(e.rid, rows);
+                            }
+                        }
+                    }
+                    let mut spilled = 0u64;
+                    for (li, lane) in q.lanes.iter_mut().enumerate() {
+                        let map = &mut lane_rows[li];
+                        let mut keys: HashSet<StreamKey> = HashSet::new();
+                        for qu in [&mut lane.events, &mut lane.live] {
+                            qu.retain_mut(|e| match map.remove(&e.rid) {
+                                Some(_) => {
+                                    keys.insert(stream_of(e));
+                                    spilled += 1;
+                                    false
+                                }
+                                None => true,
+                            });
+                        }
+                        for f in lane.inflight.values_mut() {
+                            if let InFlight::Memory(v) = f {
+                                for e in v.iter_mut() {
+                                    if let Some(id) = map.remove(&e.rid) {
+                                        e.row = Some(id);
+                                        e.writing = false;
+                                        lane.mem_rows.insert(id);
+                                        keys.insert(stream_of(e));
+                                        spilled += 1;
+                                    }
+                                }
+                            }
+                        }
+                        // Written but no longer in memory: acknowledged or
+                        // set aside meanwhile.
+                        for (_, id) in map.drain() {
+                            lane.gone_rows.insert(id);
+                            lane.to_delete.push(id);
+                        }
+                        for k in keys {
+                            lane.stream_has_rows(&k);
+                        }
+                        lane.notify.notify_one();
+                    }
+                    self.counters.spilled.fetch_add(spilled, Ordering::Relaxed);
+                    // wal: committed records now go to every sink, with rows.
+                    let pending = std::mem::take(&mut q.wal_pending);
+                    for e in pending {
+                        match wal_rows.remove(&e.rid) {
+                            Some(rows) => {
+                                for (li, row) in rows.into_iter().enumerate() {
+                                    let lane = &mut q.lanes[li];
+                                    let mut le = e.clone_for_lane();
+                                    le.row = Some(row);
+                                    if lane.link != Link::Down {
+                                        lane.mem_rows.insert(row);
+                                        lane.enqueue(le);
+                                    } else {
+                                        lane.stream_has_rows(&stream_of(&le));
+                                    }
+                                    lane.notify.notify_one();
+                                }
+                            }
+                            None => q.wal_pending.push(e),
+                        }
+                    }
+                }
+                None => {
+                    // Not written: the records stay where they are and are
+                    // tried again.
+                    for e in q.wal_pending.iter_mut() {
+                        e.writing = false;
+                    }
+                    for lane in q.lanes.iter_mut() {
+                        for e in lane.events.iter_mut().chain(lane.live.iter_mut()) {
+                            e.writing = false;
+                        }
+                        for f in lane.inflight.values_mut() {
+                            if let InFlight::Memory(v) = f {
+                                for e in v.iter_mut() {
+                                    e.writing = false;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (li, rows) in deletes {
+                let lane = &mut q.lanes[li];
+                if deleted_ok {
+                    for r in rows {
+                        lane.gone_rows.remove(&r);
+                    }
+                } else {
+                    lane.to_delete.extend(rows);
+                }
+            }
+            if reserved_ok {
+                q.epoch_durable = true;
+                q.reserve_failing = false;
+                let Queue { seqs, used, .. } = &mut *q;
+                for ((dev, kind), s) in seqs.iter_mut() {
+                    if let Some(m) = store.marks.get(&positions::stream_key(*kind, dev)) {
+                        s.durable = s.durable.max(m.reserved);
+                        s.slot = m.slot;
+                        if let (Some(slot), Some(u)) = (s.slot, used.as_mut()) {
+                            u.set(slot, s.mark);
+                        }
+                    }
+                }
+                for lane in &q.lanes {
+                    lane.notify.notify_one();
+                }
+            } else if failure.is_some() && q.epoch_durable {
+                q.reserve_failing = true;
+            }
+            backlog::give_back(q, read_results, &mut corrupt);
+        }
+        self.report_corrupt(corrupt);
+
+        // Degraded or restored.
+        let wrote = usable && (written.is_some() || reserved_ok || deleted_ok);
+        self.settle(store, failure, wrote, now)
+    }
+
+    /// Keeps the spool within `max_bytes` (oldest telemetry first, events
+    /// only when no telemetry is left) and `max_age`.
+    fn enforce_caps(&self, store: &mut Store, now: Instant) -> Result<(), SpoolError> {
+        let sql = |what: &str| {
+            let what = what.to_owned();
+            move |e| SpoolError::Sql { what, source: e }
+        };
+        let age_due = store
+            .last_age_check
+            .map(|t| now.duration_since(t) >= Duration::from_secs(60))
+            .unwrap_or(true);
+        let Some(db) = store.db.as_mut() else {
+            return Ok(());
+        };
+        let max = self.cfg.max_bytes.as_u64();
+        if age_due {
+            store.last_age_check = Some(now);
+            if self.clock.get() == ClockState::Synced {
+                let age_ms = i64::try_from(self.cfg.max_age.as_millis()).unwrap_or(i64::MAX);
+                let cutoff = now_ms().saturating_sub(age_ms);
+                let n = db
+                    .drop_older_than(cutoff)
+                    .map_err(sql("dropping old records"))?;
+                if n > 0 {
+                    self.counters
+                        .disk_rows
+                        .fetch_sub(n as i64, Ordering::Relaxed);
+                    self.count_drop(DropReason::Age, n as u64);
+                }
+            }
+        }
+        let mut used = db.used_bytes().map_err(sql("measuring"))?;
+        let mut rounds = 0;
+        while used > max && rounds < 64 {
+            rounds += 1;
+            let rows = db.row_count().map_err(sql("counting"))?.max(1);
+            let per_row = (used / rows).max(1);
+            // Free a tenth of the cap at a time so a full spool does not
+            // trim on every commit.
+            let want = (((used - max) + max / 10) / per_row).max(1) as usize;
+            let mut n = db
+                .drop_oldest(Kind::Sample, want)
+                .map_err(sql("dropping oldest telemetry"))?;
+            if n == 0 {
+                n = db
+                    .drop_oldest(Kind::Event, want)
+                    .map_err(sql("dropping oldest events"))?;
+            }
+            if n == 0 {
+                break;
+            }
+            self.counters
+                .disk_rows
+                .fetch_sub(n as i64, Ordering::Relaxed);
+            self.count_drop(DropReason::Full, n as u64);
+            used = db.used_bytes().map_err(sql("measuring"))?;
+        }
+        // Give free pages back a little at a time (the file shrinks once a
+        // backlog has drained).
+        if let Err(e) = db.vacuum_some(256) {
+            tracing::debug!(error = %e, "incremental vacuum failed");
+        }
+        used = db.used_bytes().map_err(sql("measuring"))?;
+        self.counters.disk_bytes.store(used, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The last commit at shutdown: everything unacknowledged is written,
+    /// acknowledged rows deleted, exact sequence positions recorded and the
+    /// spool marked clean. A store that cannot be written is reported, not
+    /// an error: what it could not keep is the loss a degraded store
+    /// declares.
+    pub fn close(&self) -> Result<(), SpoolError> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let flushed = self.flush(true);
+        let mut store = self.take_store();
+        let (epoch, durable, exact) = {
+            let q = lock(&self.q);
+            let exact: Vec<(String, u64)> = q
+                .seqs
+                .iter()
+                .map(|((dev, kind), s)| (positions::stream_key(*kind, dev), s.next))
+                .collect();
+            (q.epoch, q.epoch_durable, exact)
+        };
+        let mut result = flushed;
+        if durable {
+            for (k, next) in &exact {
+                let slot = store.marks.get(k).and_then(|m| m.slot);
+                store.marks.insert(
+                    k.clone(),
+                    Mark {
+                        reserved: *next,
+                        used: *next as i64 - 1,
+                        slot,
+                    },
+                );
+            }
+            match store.write_positions(epoch, true) {
+                Ok(()) => {}
+                Err((reason, detail)) => {
+                    tracing::error!(reason, %detail, "could not record exact sequence positions; the next start resumes after the reserved block");
+                    result = Err(SpoolError::Degraded(detail));
+                }
+            }
+            if let Some(db) = store.db.as_mut() {
+                let pairs = vec![("dropped".into(), self.counters.dropped_total() as i64)];
+                if let Err(e) = db.commit(&[], &[], &pairs) {
+                    tracing::warn!(error = %e, "could not record positions in the spool");
+                }
+                if let Err(e) = db.checkpoint() {
+                    tracing::debug!(error = %e, "checkpoint at close failed");
+                }
+            }
+        }
+        let memory = self.stats().memory;
+        self.put_store(store);
+        match &result {
+            Ok(()) => tracing::info!(
+                rows = self.counters.disk_rows.load(Ordering::Relaxed),
+                "spool closed cleanly"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, lost = memory, "spool closed without keeping everything")
+            }
+        }
+        result
+    }
+
+    /// Runs the commit loop until `cancel`; the caller calls [`Spool::close`]
+    /// afterwards.
+    pub async fn run_flusher(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+            }
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.flush(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "spool commit round"),
+                Err(e) => tracing::error!(error = %e, "spool commit task failed"),
+            }
+        }
+    }
+}
+
+fn stream_of(e: &Entry) -> StreamKey {
+    StreamKey {
+        kind: e.kind,
+        device: e.device.to_string(),
+        epoch: e.epoch,
+    }
+}
+
+impl Store {
+    /// A slot in the used-marks file no stream has.
+    pub(super) fn free_slot(&self) -> Option<u32> {
+        self.free_slot_except(&[])
+    }
+
+    fn free_slot_except(&self, pending: &[(String, Mark)]) -> Option<u32> {
+        let taken: HashSet<u32> = self
+            .marks
+            .values()
+            .chain(pending.iter().map(|(_, m)| m))
+            .filter_map(|m| m.slot)
+            .collect();
+        (0..used::SLOTS as u32).find(|s| !taken.contains(s))
+    }
+
+    /// Writes the positions file (and so makes reservations durable).
+    pub(super) fn write_positions(
+        &mut self,
+        epoch: u64,
+        clean: bool,
+    ) -> Result<(), (&'static str, String)> {
+        let p = Positions {
+            epoch: positions::epoch_hex(epoch),
+            clean,
+            streams: self.marks.clone(),
+        };
+        match positions::write(&self.pos_path, &p) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let reason = e.io_error().map(io_reason).unwrap_or("io_error");
+                Err((reason, e.to_string()))
+            }
+        }
+    }
+}
