@@ -242,7 +242,7 @@ pub async fn run(
         ),
         crate::config::LedBackend::Gpio => Some(
             crate::status::led::GpioLed::open(
-                cfg.led.pin.unwrap_or_default().clamp(0, 27) as u8,
+                cfg.led.pin.map(|p| p.get()).unwrap_or_default(),
                 cfg.led.active_low,
             )
             .map(|l| Box::new(l) as Box<dyn crate::status::led::Led>),

@@ -206,11 +206,11 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
         .collect();
     let mut missing = Vec::new();
     for (key, f) in [
-        ("mqtt.ca_file", &cfg.mqtt.ca_file),
-        ("mqtt.cert_file", &cfg.mqtt.cert_file),
-        ("mqtt.key_file", &cfg.mqtt.key_file),
-        ("mqtt.password_file", &cfg.mqtt.password_file),
-        ("web.password_file", &cfg.web.password_file),
+        ("mqtt.ca_file", cfg.mqtt.ca_file.as_deref()),
+        ("mqtt.cert_file", cfg.mqtt.cert_file.as_deref()),
+        ("mqtt.key_file", cfg.mqtt.key_file.as_deref()),
+        ("mqtt.password_file", cfg.mqtt.password_file.as_deref()),
+        ("web.password_file", cfg.web.password_file.as_deref()),
     ] {
         let Some(f) = f else { continue };
         // The config names installed paths; map /etc/wardgate/<x> to the
@@ -218,7 +218,7 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
         let installed = f
             .strip_prefix("/etc/wardgate")
             .map(|rel| etc.join(rel))
-            .unwrap_or_else(|_| f.clone());
+            .unwrap_or_else(|_| f.to_path_buf());
         if !installed.exists() && !extras.iter().any(|(_, to)| *to == installed) {
             missing.push(format!(
                 "{key}: {} does not exist; put the file on the card as {} or fix the path",

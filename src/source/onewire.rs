@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use super::onewire_config::OneWireConfig;
 use super::DeviceHandle;
-use crate::config::OneWireConfig;
 use crate::model::Values;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
+use super::system_config::SystemConfig;
 use super::DeviceHandle;
-use crate::config::SystemConfig;
 use crate::model::{Severity, Values};
 
 /// The firmware's `get_throttled` bits.

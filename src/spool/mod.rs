@@ -24,6 +24,7 @@
 //! ever used twice. When no reservation can be made or found, a new epoch is
 //! started and announced.
 
+pub mod config;
 pub mod db;
 pub mod positions;
 pub mod queue;
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::config::{SpoolConfig, SpoolPolicy};
+use self::config::{SpoolConfig, SpoolPolicy};
 use crate::model::{now_ms, ClockState, Event, Kind, Reading, Sample};
 
 pub use db::{row_checksum, valid_device_id};
@@ -993,7 +994,7 @@ impl Spool {
             self.reopen(store);
         }
         let usable = store.db.is_some() && may_try;
-        let memory_max = self.cfg.memory_max.max(1) as usize;
+        let memory_max = self.cfg.memory_max.as_usize();
         let spill_after = self.cfg.spill_after;
 
         // 1. Take the work out of the queue.

@@ -4,6 +4,7 @@
 //! arrive unsolicited; they become events at once, not at the next poll.
 
 pub mod codec;
+pub mod config;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,10 +12,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use self::config::ApcSmartConfig;
 use super::serial::{self, Frame, SerialError};
 use super::ups::publish;
 use super::DeviceHandle;
-use crate::config::ApcSmartConfig;
 use crate::model::{Severity, Values};
 use codec::{Alert, CodecError, Command, Reply};
 
@@ -247,7 +248,7 @@ const FAILS_BEFORE_FAULT: u32 = 3;
 pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken) {
     let mut last_status: Option<String> = None;
     loop {
-        let port = match serial::open(&cfg.serial, cfg.baud, Default::default()) {
+        let port = match serial::open(&cfg.serial, cfg.baud.get(), Default::default()) {
             Ok(p) => p,
             Err(e) => {
                 let _ = h.fault(&e.to_string());
@@ -258,7 +259,7 @@ pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken
                 continue;
             }
         };
-        let mut ups = ApcSmart::new(port, cfg.timeout);
+        let mut ups = ApcSmart::new(port, cfg.timeout.get());
         if let Err(e) = ups.smart_mode().await {
             h.count_error("smart_mode");
             let _ = h.fault(&e.to_string());
@@ -321,8 +322,8 @@ pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken
 
 /// Reads the UPS once, for `wardgate check`.
 pub async fn probe(cfg: &ApcSmartConfig) -> Result<Values, ApcError> {
-    let port = serial::open(&cfg.serial, cfg.baud, Default::default())?;
-    let mut ups = ApcSmart::new(port, cfg.timeout);
+    let port = serial::open(&cfg.serial, cfg.baud.get(), Default::default())?;
+    let mut ups = ApcSmart::new(port, cfg.timeout.get());
     ups.smart_mode().await?;
     ups.poll().await
 }

@@ -5,16 +5,17 @@
 //! pseudo-terminal pair; the protocol itself lives in [`codec`].
 
 pub mod codec;
+pub mod config;
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use self::config::MegatecConfig;
 use super::serial::{self, Frame, SerialError};
 use super::ups::publish;
 use super::DeviceHandle;
-use crate::config::MegatecConfig;
 use crate::model::Values;
 use codec::{ChargeEstimate, CodecError, Command, Identity, Rated};
 
@@ -176,7 +177,7 @@ pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken)
     let retry = cfg.interval;
     let mut last_status: Option<String> = None;
     loop {
-        let port = match serial::open(&cfg.serial, cfg.baud, Default::default()) {
+        let port = match serial::open(&cfg.serial, cfg.baud.get(), Default::default()) {
             Ok(p) => p,
             Err(e) => {
                 let _ = h.fault(&e.to_string());
@@ -187,7 +188,7 @@ pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken)
                 continue;
             }
         };
-        let mut ups = Megatec::new(port, cfg.timeout, estimate_of(&cfg));
+        let mut ups = Megatec::new(port, cfg.timeout.get(), estimate_of(&cfg));
         if let Err(e) = ups.identify().await {
             let _ = h.fault(&e.to_string());
             continue;
@@ -243,8 +244,8 @@ fn error_kind(e: &MegatecError) -> &'static str {
 
 /// Reads the UPS once, for `wardgate check`.
 pub async fn probe(cfg: &MegatecConfig) -> Result<Values, MegatecError> {
-    let port = serial::open(&cfg.serial, cfg.baud, Default::default())?;
-    let mut ups = Megatec::new(port, cfg.timeout, estimate_of(cfg));
+    let port = serial::open(&cfg.serial, cfg.baud.get(), Default::default())?;
+    let mut ups = Megatec::new(port, cfg.timeout.get(), estimate_of(cfg));
     ups.identify().await?;
     ups.poll().await
 }
