@@ -193,11 +193,12 @@ impl Config {
             &mut p,
         );
         let (devices, all_read) = device::read_all(devices, &mut p);
+        let mut later = Vec::new();
         match sections {
             Some(mut cfg) if all_read => {
                 cfg.devices = devices.into_iter().map(|(_, d)| d).collect();
-                p.extend(cfg.problems());
-                if p.is_empty() {
+                later = cfg.problems();
+                if p.is_empty() && later.is_empty() {
                     return Ok(cfg);
                 }
             }
@@ -205,11 +206,20 @@ impl Config {
             // does not hide the problems of the others.
             sections => {
                 if let Some(cfg) = sections {
-                    p.extend(cfg.problems_of_sections());
+                    later.extend(cfg.problems_of_sections());
                 }
-                p.extend(device::problems(devices.iter().map(|(i, d)| (*i, d))));
+                later.extend(device::problems(devices.iter().map(|(i, d)| (*i, d))));
             }
         }
+        // A rejected key stood in by its default: what is said about it
+        // now (e.g. "led.pin: needed") is already said better.
+        let rejected: std::collections::HashSet<String> =
+            p.iter().map(|m| problem_key(m).to_owned()).collect();
+        p.extend(
+            later
+                .into_iter()
+                .filter(|m| !rejected.contains(problem_key(m))),
+        );
         Err(ConfigError::Invalid(p))
     }
 
@@ -342,6 +352,11 @@ fn read_gathering<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// The key a problem line names (the text before the first ": ").
+fn problem_key(line: &str) -> &str {
+    line.split(": ").next().unwrap_or(line)
 }
 
 /// The `config` crate ends its messages with " for key `a.b`": the key is

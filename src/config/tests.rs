@@ -266,3 +266,29 @@ fn documented_device_examples_are_valid() {
     }
     assert!(n >= 6, "only {n} doc examples");
 }
+
+/// A value a type rejects is reported and the rest is still read and
+/// checked: every section and every device has its say, and a rejected
+/// required key is not reported a second time as missing.
+#[test]
+fn rejected_values_do_not_hide_other_problems() {
+    let p = problems(
+        "site = \"A\"\n[mqtt]\nport = 70000\n[led]\nbackend = \"gpio\"\npin = 40\n\
+         [[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"ttyUSB0\"\n\
+         [[device]]\nid = \"n\"\ntype = \"nut\"\nups = \"x\"\nport = 0\n\
+         [[device]]\nid = \"g\"\ntype = \"gpio\"\n[[device.inputs]]\npin = 28\nname = \"door\"\n",
+    );
+    for want in [
+        "site: \"A\" is not a valid id",
+        "mqtt.port: 70000 is not a port (1-65535)",
+        "led.pin: 40 is not a BCM GPIO number (0-27)",
+        "device[0].serial: \"ttyUSB0\" must be an absolute path",
+        "device[1].port: 0 is not a port (1-65535)",
+        "device[2].inputs[0].pin: 28 is not a BCM GPIO number (0-27)",
+    ] {
+        assert!(p.iter().any(|m| m.starts_with(want)), "{want}: {p:?}");
+    }
+    assert!(!p.iter().any(|m| m.contains("missing")), "{p:?}");
+    assert!(!p.iter().any(|m| m.contains("for key")), "{p:?}");
+    assert_eq!(p.len(), 6, "{p:?}");
+}
