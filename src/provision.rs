@@ -456,11 +456,11 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
     // Files the config names must exist once installed: on the card now
     // (as wardgate-*.crt etc.) or already in /etc/wardgate.
     for (key, f) in [
-        ("mqtt.ca_file", &cfg.mqtt.ca_file),
-        ("mqtt.cert_file", &cfg.mqtt.cert_file),
-        ("mqtt.key_file", &cfg.mqtt.key_file),
-        ("mqtt.password_file", &cfg.mqtt.password_file),
-        ("web.password_file", &cfg.web.password_file),
+        ("mqtt.ca_file", cfg.mqtt.ca_file.as_deref()),
+        ("mqtt.cert_file", cfg.mqtt.cert_file.as_deref()),
+        ("mqtt.key_file", cfg.mqtt.key_file.as_deref()),
+        ("mqtt.password_file", cfg.mqtt.password_file.as_deref()),
+        ("web.password_file", cfg.web.password_file.as_deref()),
     ] {
         let Some(f) = f else { continue };
         let installed = in_etc(f, etc);

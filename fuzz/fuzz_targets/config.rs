@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             // TOML must be UTF-8, but the `config` crate reads files with
             // String::from_utf8_lossy: the bad bytes become U+FFFD and the
             // file may load (reported in issue 18; the fix belongs in
-            // config.rs). It must at least load as its lossy text does.
+            // src/config/mod.rs). It must at least load as its lossy text does.
             let r = Config::load_with_env(&path, true, std::iter::empty());
             let lossy = Config::from_toml(&String::from_utf8_lossy(data));
             assert_eq!(r.is_ok(), lossy.is_ok(), "{r:?} / {lossy:?}");

@@ -2,6 +2,7 @@
 //! spool and reports success only after the remote acknowledged.
 
 pub mod ack;
+pub mod config;
 pub mod lane;
 pub mod mqtt;
 pub mod payload;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::gpio_config::{GpioConfig, GpioInput, GpioMode, Pull};
 use super::DeviceHandle;
-use crate::config::{GpioConfig, GpioInput, GpioMode, Pull};
 use crate::model::{Severity, Values};
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ pub async fn watch_input<I: ContactInput>(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 e = pin.wait_for_edge() => if e.is_none() { return } else { continue },
-                _ = tokio::time::sleep(input.debounce) => break,
+                _ = tokio::time::sleep(input.debounce.get()) => break,
             }
         }
         let now = active(&input, pin.is_high());
@@ -194,7 +194,7 @@ pub async fn run(cfg: GpioConfig, h: DeviceHandle, cancel: CancellationToken) {
     let state = std::sync::Arc::new(std::sync::Mutex::new(Values::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for input in cfg.inputs.clone() {
-        match PiInput::open(input.pin as u8, input.pull) {
+        match PiInput::open(input.pin.get(), input.pull) {
             Ok(pin) => {
                 tasks.spawn(watch_input(
                     input,
@@ -235,7 +235,7 @@ pub async fn report(
 pub fn probe(cfg: &GpioConfig) -> Result<Values, GpioError> {
     let mut v = Values::new();
     for input in &cfg.inputs {
-        let pin = PiInput::open(input.pin as u8, input.pull)?;
+        let pin = PiInput::open(input.pin.get(), input.pull)?;
         v.set(&input.name, word(input, active(input, pin.is_high())));
     }
     Ok(v)

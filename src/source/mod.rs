@@ -6,16 +6,22 @@
 
 pub mod apc;
 pub mod gpio;
+pub mod gpio_config;
 pub mod megatec;
 pub mod modbus;
 pub mod nut;
 pub mod onewire;
+pub mod onewire_config;
 pub mod probe;
+pub mod probe_config;
 pub mod serial;
 pub mod sim;
+pub mod sim_config;
 pub mod snmp;
+pub mod snmp_config;
 pub mod supervisor;
 pub mod system;
+pub mod system_config;
 pub mod threshold;
 pub mod ups;
 

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use super::onewire_config::OneWireConfig;
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::config::OneWireConfig;
 use crate::model::Values;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

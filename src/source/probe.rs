@@ -18,9 +18,9 @@ use std::time::Duration;
 use surge_ping::{Client, PingIdentifier, PingSequence, ICMP};
 use tokio_util::sync::CancellationToken;
 
+use super::probe_config::{ProbeConfig, ProbeMethod, ProbeTarget};
 use super::supervisor::{self, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::config::{ProbeConfig, ProbeMethod, ProbeTarget};
 use crate::model::{Severity, Values};
 
 /// Loss in percent over a window of results (true = answered).
@@ -192,7 +192,7 @@ impl Device for Targets {
             let ok = r.is_ok();
             any_up |= ok;
             w.push_back(ok);
-            while w.len() > cfg.window.max(1) as usize {
+            while w.len() > cfg.window.as_usize() {
                 w.pop_front();
             }
             if let Ok(ms) = r {
@@ -315,7 +315,7 @@ mod tests {
             id: "wan".into(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
-            window: 4,
+            window: crate::config::types::Bounded::of(4),
             targets: vec![ProbeTarget {
                 name: "local".into(),
                 address: format!("127.0.0.1:{port}"),

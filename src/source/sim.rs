@@ -6,8 +6,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+use super::sim_config::{SimConfig, SimProfile};
 use super::DeviceHandle;
-use crate::config::{SimConfig, SimProfile};
 use crate::events;
 use crate::model::{Severity, Values};
 
@@ -117,9 +117,9 @@ pub async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
     let mut rng = StdRng::from_os_rng();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let per_tick = cfg.samples_per_tick.max(1) as u64;
-    let count = cfg.count.max(0) as u64;
-    let every = cfg.event_every.max(0) as u64;
+    let per_tick = cfg.samples_per_tick.get();
+    let count = cfg.count.get();
+    let every = cfg.event_every.get();
     let mut n: u64 = 0;
     loop {
         tokio::select! {

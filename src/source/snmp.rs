@@ -16,9 +16,9 @@ use csnmp::{ObjectIdentifier, Snmp2cClient};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::snmp_config::{IfRef, SnmpConfig};
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::config::{IfRef, SnmpConfig};
 use crate::model::{Severity, Values};
 
 const SYS_UPTIME: &str = "1.3.6.1.2.1.1.3.0";
@@ -223,7 +223,7 @@ struct Router {
 }
 
 async fn connect(cfg: &SnmpConfig) -> Result<Snmp2cClient, SnmpError> {
-    let port = u16::try_from(cfg.port).unwrap_or(161);
+    let port = cfg.port.get();
     let target: SocketAddr = tokio::net::lookup_host((cfg.host.as_str(), port))
         .await
         .map_err(|e| SnmpError::Other(format!("{}: {e}", cfg.host)))?
@@ -238,8 +238,8 @@ async fn connect(cfg: &SnmpConfig) -> Result<Snmp2cClient, SnmpError> {
         target,
         cfg.community.as_bytes().to_vec(),
         Some(bind),
-        Some(cfg.timeout),
-        usize::try_from(cfg.retries).unwrap_or(1),
+        Some(cfg.timeout.get()),
+        cfg.retries.as_usize(),
     )
     .await
     .map_err(|e| SnmpError::Other(e.to_string()))

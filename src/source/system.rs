@@ -7,8 +7,8 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::supervisor::{self, Device, Fail, Policy};
+use super::system_config::SystemConfig;
 use super::DeviceHandle;
-use crate::config::SystemConfig;
 use crate::model::{Severity, Values};
 
 /// The firmware's `get_throttled` bits.

@@ -74,7 +74,7 @@ impl Spool {
             self.reopen(store);
         }
         let usable = store.db.is_some() && may_try;
-        let memory_max = self.cfg.memory_max.max(1) as usize;
+        let memory_max = self.cfg.memory_max.as_usize();
         let spill_after = self.cfg.spill_after;
 
         // 1. Take the work out of the queue.

@@ -33,6 +33,7 @@
 
 mod backlog;
 mod commit;
+pub mod config;
 pub mod db;
 mod handle;
 mod health;
@@ -52,7 +53,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::config::SpoolConfig;
+use self::config::SpoolConfig;
 use crate::model::Kind;
 
 use commit::Store;

@@ -252,11 +252,8 @@ pub fn open(cfg: &crate::config::LedConfig) -> Option<Result<Box<dyn Led>, LedEr
             Some(SysfsLed::open(&cfg.path, cfg.active_low).map(|l| Box::new(l) as Box<dyn Led>))
         }
         crate::config::LedBackend::Gpio => Some(
-            GpioLed::open(
-                cfg.pin.unwrap_or_default().clamp(0, 27) as u8,
-                cfg.active_low,
-            )
-            .map(|l| Box::new(l) as Box<dyn Led>),
+            GpioLed::open(cfg.pin.map(|p| p.get()).unwrap_or_default(), cfg.active_low)
+                .map(|l| Box::new(l) as Box<dyn Led>),
         ),
     }
 }

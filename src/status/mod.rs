@@ -2,6 +2,7 @@
 //! web page, the gateway telemetry and the watchdog only read it. Nothing
 //! here sits on the data path.
 
+pub mod config;
 pub mod history;
 pub mod led;
 pub mod web;

@@ -25,7 +25,7 @@ impl<L: Lane> MqttSink<L> {
         let mut o = MqttOptions::new(c.mqtt_client_id(), c.mqtt.host.clone(), c.mqtt_port());
         o.set_keep_alive(c.mqtt.keep_alive);
         o.set_clean_session(true);
-        o.set_inflight(c.mqtt.inflight.clamp(1, 65_535) as u16);
+        o.set_inflight(u16::try_from(c.mqtt.inflight.get()).expect("mqtt.inflight is 1-65535"));
         // The same limit the publisher checks before handing a message over,
         // so rumqttc never meets a packet it refuses (which would end the
         // connection, again and again).

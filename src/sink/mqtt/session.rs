@@ -311,7 +311,7 @@ async fn publish_loop<L: Lane>(
     cfg: Arc<Config>,
     counters: Arc<SinkCounters>,
 ) -> String {
-    let max = cfg.mqtt.max_batch.max(1) as usize;
+    let max = cfg.mqtt.max_batch.as_usize();
     let max_bytes = usize::try_from(cfg.mqtt.max_batch_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_packet = max_packet_size(&cfg);
     let gap = cfg

@@ -4,6 +4,7 @@
 //! arrive unsolicited; they become events at once, not at the next poll.
 
 pub mod codec;
+pub mod config;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,11 +12,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use self::config::ApcSmartConfig;
 use super::serial::{self, Frame, SerialError};
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::ups::publish;
 use super::DeviceHandle;
-use crate::config::ApcSmartConfig;
 use crate::events;
 use crate::model::{Severity, Values};
 use codec::{Alert, CodecError, Command, Reply};
@@ -223,9 +224,9 @@ impl Device for Ups {
     type Conn = ApcSmart<tokio_serial::SerialStream>;
 
     async fn open(&mut self, _h: &DeviceHandle) -> Result<Self::Conn, Fail> {
-        let port = serial::open(&self.cfg.serial, self.cfg.baud, Default::default())
+        let port = serial::open(&self.cfg.serial, self.cfg.baud.get(), Default::default())
             .map_err(|e| Fail::new(Action::Reopen, None, e.to_string()))?;
-        let mut ups = ApcSmart::new(port, self.cfg.timeout);
+        let mut ups = ApcSmart::new(port, self.cfg.timeout.get());
         ups.smart_mode()
             .await
             .map_err(|e| Fail::new(Action::Reopen, Some("smart_mode"), e.to_string()))?;
@@ -281,8 +282,8 @@ pub async fn run(cfg: ApcSmartConfig, h: DeviceHandle, cancel: CancellationToken
 
 /// Reads the UPS once, for `wardgate check`.
 pub async fn probe(cfg: &ApcSmartConfig) -> Result<Values, ApcError> {
-    let port = serial::open(&cfg.serial, cfg.baud, Default::default())?;
-    let mut ups = ApcSmart::new(port, cfg.timeout);
+    let port = serial::open(&cfg.serial, cfg.baud.get(), Default::default())?;
+    let mut ups = ApcSmart::new(port, cfg.timeout.get());
     ups.smart_mode().await?;
     ups.poll().await
 }

@@ -5,17 +5,18 @@
 //! pseudo-terminal pair; the protocol itself lives in [`codec`].
 
 pub mod codec;
+pub mod config;
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use self::config::MegatecConfig;
 use super::serial::{self, Frame, SerialError};
 use super::supervisor::{self, Action, AfterStreak, Device, Fail, Policy};
 use super::ups::publish;
 use super::DeviceHandle;
-use crate::config::MegatecConfig;
 use crate::model::Values;
 use codec::{ChargeEstimate, CodecError, Command, Identity, Rated};
 
@@ -186,7 +187,7 @@ where
     async fn open(&mut self, _h: &DeviceHandle) -> Result<Megatec<S>, Fail> {
         let port = (self.open_port)(&self.cfg)
             .map_err(|e| Fail::new(Action::Reopen, None, e.to_string()))?;
-        let mut ups = Megatec::new(port, self.cfg.timeout, estimate_of(&self.cfg));
+        let mut ups = Megatec::new(port, self.cfg.timeout.get(), estimate_of(&self.cfg));
         // Identify failing means the port is gone: a failed open, retried
         // after a pause like any other.
         ups.identify()
@@ -234,7 +235,9 @@ pub async fn run(cfg: MegatecConfig, h: DeviceHandle, cancel: CancellationToken)
     let policy = serial_policy(cfg.interval);
     let ups = Ups {
         cfg,
-        open_port: |c: &MegatecConfig| Ok(serial::open(&c.serial, c.baud, Default::default())?),
+        open_port: |c: &MegatecConfig| {
+            Ok(serial::open(&c.serial, c.baud.get(), Default::default())?)
+        },
         last_status: None,
     };
     supervisor::run(ups, policy, h, cancel).await
@@ -252,8 +255,8 @@ fn error_kind(e: &MegatecError) -> &'static str {
 
 /// Reads the UPS once, for `wardgate check`.
 pub async fn probe(cfg: &MegatecConfig) -> Result<Values, MegatecError> {
-    let port = serial::open(&cfg.serial, cfg.baud, Default::default())?;
-    let mut ups = Megatec::new(port, cfg.timeout, estimate_of(cfg));
+    let port = serial::open(&cfg.serial, cfg.baud.get(), Default::default())?;
+    let mut ups = Megatec::new(port, cfg.timeout.get(), estimate_of(cfg));
     ups.identify().await?;
     ups.poll().await
 }

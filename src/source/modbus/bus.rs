@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::slave::{Slave, SlaveContext};
 
+use super::config::{ModbusConfig, ModbusTransport, ParityName};
 use super::map::{Block, Function};
-use crate::config::{ModbusConfig, ModbusTransport, ParityName};
 use crate::source::serial::{self, Line};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -140,10 +140,8 @@ pub struct Bus {
 impl Bus {
     pub fn for_device(c: &ModbusConfig) -> Arc<Bus> {
         let key = match (&c.transport, &c.serial, &c.host) {
-            (ModbusTransport::Tcp, _, Some(h)) => {
-                BusKey::Tcp(h.clone(), u16::try_from(c.port).unwrap_or(502))
-            }
-            (_, Some(p), _) => BusKey::Serial(p.clone()),
+            (ModbusTransport::Tcp, _, Some(h)) => BusKey::Tcp(h.clone(), c.port.get()),
+            (_, Some(p), _) => BusKey::Serial(p.to_path_buf()),
             // Validation rules this out; an empty path fails to open with a
             // clear message rather than panicking.
             _ => BusKey::Serial(PathBuf::new()),

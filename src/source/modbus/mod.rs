@@ -4,6 +4,7 @@
 //! the same bus take turns on it (see `bus`).
 
 pub mod bus;
+pub mod config;
 pub mod map;
 pub mod profile;
 
@@ -12,10 +13,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use self::bus::{Bus, ModbusError, Reply};
+use self::config::ModbusConfig;
 use self::map::{Block, Decoded, RegisterConfig};
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::config::ModbusConfig;
 use crate::model::{Severity, Values};
 
 /// Failed polls in a row (timeouts, garbled replies) before the device is
@@ -55,7 +56,11 @@ impl Poller {
         let mut out = Poll::default();
         let unit = self.cfg.unit_id();
         for b in &self.blocks {
-            match self.bus.read(unit, b, self.cfg.timeout, self.cfg.gap).await {
+            match self
+                .bus
+                .read(unit, b, self.cfg.timeout.get(), self.cfg.gap.get())
+                .await
+            {
                 Ok(reply) => {
                     for &(i, off) in &b.fields {
                         let Some(r) = self.regs.get(i) else { continue };

@@ -2,8 +2,8 @@
 //! settings, default slave id and register map of devices common in
 //! service centres.
 
+use super::config::ParityName;
 use super::map::{DataType, Function, RegisterConfig, WordOrder};
-use crate::config::ParityName;
 
 pub struct Profile {
     pub baud: u32,

@@ -2,6 +2,7 @@
 //! TCP. This covers every UPS NUT supports, USB HID models included.
 
 pub mod codec;
+pub mod config;
 
 use std::time::Duration;
 
@@ -9,9 +10,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use self::config::NutConfig;
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::config::NutConfig;
 use crate::model::{Value, Values};
 use codec::{ListOutcome, ListVar};
 

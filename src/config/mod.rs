@@ -1,0 +1,399 @@
+//! Configuration: built-in defaults, then one TOML file
+//! (`/etc/wardgate/wardgate.toml` or `--config PATH`), then environment
+//! variables `WARDGATE__SECTION__KEY`.
+//!
+//! This room loads the layers, holds the top-level sections and gathers
+//! every problem; each component's own section lives beside it (as
+//! Vector's `SourceConfig`/`SinkConfig` do): `[mqtt]` in `sink::config`,
+//! `[spool]` in `spool::config`, `[web]`/`[led]` in `status::config`, and
+//! each `[[device]]` kind in `source::<kind>::config` (or
+//! `source::<kind>_config` beside a one-file source). Values with a range
+//! are [`types`] that parse once, so nothing is clamped where it is used.
+//!
+//! Defaults live in exactly one place: the `#[serde(default = ...)]`
+//! attributes. Unknown keys are errors. Loading reports every problem at
+//! once, one line each, naming the key and the bad value: a value a type
+//! rejects is reported and left out (so its default is used) while the
+//! rest is read and checked on.
+
+mod device;
+#[cfg(test)]
+mod tests;
+pub mod types;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::model::valid_id;
+
+pub use crate::sink::config::MqttConfig;
+pub use crate::source::apc::config::ApcSmartConfig;
+pub use crate::source::gpio_config::{GpioConfig, GpioInput, GpioMode, Pull};
+pub use crate::source::megatec::config::MegatecConfig;
+pub use crate::source::modbus::config::{ModbusConfig, ModbusTransport, ParityName};
+pub use crate::source::nut::config::NutConfig;
+pub use crate::source::onewire_config::OneWireConfig;
+pub use crate::source::probe_config::{ProbeConfig, ProbeMethod, ProbeTarget};
+pub use crate::source::sim_config::{SimConfig, SimProfile};
+pub use crate::source::snmp_config::{IfRef, SnmpConfig};
+pub use crate::source::system_config::SystemConfig;
+pub use crate::spool::config::{SpoolConfig, SpoolPolicy};
+pub use crate::status::config::{LedBackend, LedConfig, WebConfig};
+pub use device::DeviceConfig;
+
+/// Where the daemon looks when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/wardgate/wardgate.toml";
+
+/// The device id reserved for the gateway's own health telemetry.
+pub const GATEWAY_DEVICE: &str = "gateway";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed as TOML, or has no keys a
+    /// config can be read from: the operator fixes the file; the daemon
+    /// does not start.
+    #[error("{0}")]
+    Load(String),
+    /// The file parsed but some keys or values are invalid, one message per
+    /// problem: the operator fixes the file; the daemon does not start.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl ConfigError {
+    /// Every problem, one per line.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Load(m) => vec![m.clone()],
+            ConfigError::Invalid(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's site id, used in every topic. Required.
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub led: LedConfig,
+    #[serde(default)]
+    pub web: WebConfig,
+    /// The `[[device]]` tables: read one by one by the loader (each kind
+    /// has its own struct), never by this derive.
+    #[serde(skip_deserializing)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// How often the gateway publishes its own health on
+    /// `{prefix}/{site}/gateway/telemetry`.
+    #[serde(default = "default_gateway_interval", with = "humantime_serde")]
+    pub telemetry_interval: Duration,
+    /// Read the Pi's own health as device "pi" without configuring it.
+    #[serde(default = "default_true")]
+    pub system_health: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        types::defaults_of("gateway")
+    }
+}
+
+fn default_gateway_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Loads the file (if it exists or was named) and the environment, then
+    /// validates. `explicit` says whether the path was given on the command
+    /// line: a named file that is missing is an error, the default one is not.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, explicit, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        explicit: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WARDGATE__"))
+            .collect();
+        let mut builder = ::config::Config::builder();
+        if explicit || path.exists() {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "{}: no such file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                ::config::File::from(path.to_path_buf()).format(::config::FileFormat::Toml),
+            );
+        }
+        builder = builder.add_source(
+            ::config::Environment::with_prefix("WARDGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
+        Self::from_layers(raw)
+    }
+
+    /// Parses a TOML text (no environment), then validates. For tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        Self::from_layers(raw)
+    }
+
+    /// Reads the merged layers: the sections, then each `[[device]]` by
+    /// its `type`, gathering what the types reject; then the checks the
+    /// types cannot make. Every problem is reported together.
+    fn from_layers(raw: ::config::Config) -> Result<Config, ConfigError> {
+        let tree: ::config::Value = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut table = match tree.kind {
+            ::config::ValueKind::Table(t) => t,
+            ::config::ValueKind::Nil => Default::default(),
+            _ => return Err(ConfigError::Load("the config is not a table".into())),
+        };
+        let devices = table.remove("device");
+        let mut p = Vec::new();
+        let sections = read_gathering::<Config>(
+            ::config::Value::new(None, ::config::ValueKind::Table(table)),
+            "",
+            &mut p,
+        );
+        let (devices, all_read) = device::read_all(devices, &mut p);
+        let mut later = Vec::new();
+        match sections {
+            Some(mut cfg) if all_read => {
+                cfg.devices = devices.into_iter().map(|(_, d)| d).collect();
+                later = cfg.problems();
+                if p.is_empty() && later.is_empty() {
+                    return Ok(cfg);
+                }
+            }
+            // What could be read is still checked, so that one bad table
+            // does not hide the problems of the others.
+            sections => {
+                if let Some(cfg) = sections {
+                    later.extend(cfg.problems_of_sections());
+                }
+                later.extend(device::problems(devices.iter().map(|(i, d)| (*i, d))));
+            }
+        }
+        // A rejected key stood in by its default: what is said about it
+        // now (e.g. "led.pin: needed") is already said better.
+        let rejected: std::collections::HashSet<String> =
+            p.iter().map(|m| problem_key(m).to_owned()).collect();
+        p.extend(
+            later
+                .into_iter()
+                .filter(|m| !rejected.contains(problem_key(m))),
+        );
+        Err(ConfigError::Invalid(p))
+    }
+
+    /// Every problem, one message each, naming the key and the bad value.
+    /// (Values the types reject never get this far: see [`types`].)
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = self.problems();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.problems_of_sections();
+        p.extend(device::problems(self.devices.iter().enumerate()));
+        p
+    }
+
+    fn problems_of_sections(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.site.is_empty() {
+            p.push(
+                "site: missing; set site = \"your-site-id\" (lowercase letters, digits, - and _)"
+                    .into(),
+            );
+        } else if !valid_id(&self.site) {
+            p.push(format!(
+                "site: {:?} is not a valid id (lowercase letters, digits, - and _, starting with a letter or digit)",
+                self.site
+            ));
+        }
+        p.extend(self.mqtt.problems());
+        p.extend(self.spool.problems());
+        if let Some(why) = types::duration_problem(
+            self.gateway.telemetry_interval,
+            Duration::from_millis(100),
+            None,
+        ) {
+            p.push(format!("gateway.telemetry_interval: {why}"));
+        }
+        p.extend(self.led.problems());
+        p.extend(self.web.problems());
+        p
+    }
+
+    /// The configured devices, plus the automatic Pi health device.
+    pub fn all_devices(&self) -> Vec<DeviceConfig> {
+        let mut d = self.devices.clone();
+        let has_system = d.iter().any(|x| matches!(x, DeviceConfig::System(_)));
+        let pi_taken = d.iter().any(|x| x.id() == "pi");
+        if self.gateway.system_health && !has_system && !pi_taken {
+            d.push(DeviceConfig::System(SystemConfig::automatic()));
+        }
+        d
+    }
+
+    /// TLS in effect: as configured, or on unless the broker is on loopback.
+    pub fn mqtt_tls(&self) -> bool {
+        match self.mqtt.tls {
+            Some(t) => t,
+            None => !is_loopback(&self.mqtt.host),
+        }
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        match self.mqtt.port {
+            Some(p) => p.get(),
+            None if self.mqtt_tls() => 8883,
+            None => 1883,
+        }
+    }
+
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("wardgate-{}", self.site))
+    }
+}
+
+/// Deserialises `tree` as a `T`. A key whose value is rejected (out of
+/// range, wrong type, unknown key) is reported as `prefix.key: why` and
+/// taken out, and the rest is read again, so that one bad value does not
+/// hide the others; the key's default then stands in (the config is not
+/// used: it is only checked further). `None` when `T` cannot be read at all
+/// (a required key missing or rejected, a bad list element).
+fn read_gathering<T: DeserializeOwned>(
+    mut tree: ::config::Value,
+    prefix: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let mut taken: Vec<Vec<String>> = Vec::new();
+    // Each round takes one key out; a table has only so many.
+    for _ in 0..256 {
+        let err = match serde_path_to_error::deserialize::<_, T>(tree.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        // Only a path of table keys can be taken out.
+        let segs: Option<Vec<String>> = err
+            .path()
+            .iter()
+            .map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let key = match (prefix, err.path().to_string().as_str()) {
+            (p, ".") | (p, "") => p.to_owned(),
+            ("", k) => k.to_owned(),
+            (p, k) => format!("{p}.{k}"),
+        };
+        // A required key that was taken out: already reported.
+        if let Some(s) = &segs {
+            if taken.iter().any(|t| t.starts_with(s) && t.len() > s.len()) {
+                return None;
+            }
+        }
+        let why = without_key_suffix(&err.into_inner().to_string());
+        problems.push(if key.is_empty() {
+            why
+        } else {
+            format!("{key}: {why}")
+        });
+        match segs {
+            Some(s) if take_out(&mut tree, &s) => taken.push(s),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The key a problem line names (the text before the first ": ").
+fn problem_key(line: &str) -> &str {
+    line.split(": ").next().unwrap_or(line)
+}
+
+/// The `config` crate ends its messages with " for key `a.b`": the key is
+/// already in front of the line.
+fn without_key_suffix(msg: &str) -> String {
+    match msg.rfind(" for key `") {
+        Some(i) if msg.ends_with('`') => msg[..i].to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+/// Removes the table entry at `path` (map keys only). False when `path`
+/// does not end in a key of a table (the root, a list element).
+fn take_out(tree: &mut ::config::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for seg in parents {
+        let ::config::ValueKind::Table(t) = &mut node.kind else {
+            return false;
+        };
+        match t.get_mut(seg) {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    match &mut node.kind {
+        ::config::ValueKind::Table(t) => t.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
