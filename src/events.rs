@@ -550,8 +550,9 @@ mod tests {
         }
     }
 
-    /// Templates of senders not yet converted render exactly the messages
-    /// they write today (the literals below are copied from them).
+    /// The templates render exactly the messages the senders wrote before
+    /// the catalogue existed (the literals below are copied from them): the
+    /// English message is part of the contract.
     #[test]
     fn templates_render_as_the_senders_write_them() {
         let (id, reason) = ("ups1", "no reply within 1 s");

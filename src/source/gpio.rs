@@ -176,7 +176,8 @@ pub async fn watch_input<I: ContactInput>(
                 v.set(&input.name, w.clone());
                 let sev = if now { input.severity } else { Severity::Info };
                 let code = format!("{}.{}", input.name, w);
-                let msg = format!("{} {}", input.label.as_deref().unwrap_or(&input.name), w);
+                let label = input.label.as_deref().unwrap_or(&input.name);
+                let msg = crate::events::GPIO_CONTACT.render(&[("label", &label), ("state", &w)]);
                 h.event(sev, &code, &msg, v);
             }
             GpioMode::Counter => {

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeviceConfig;
+use crate::events::{self, EventDef};
 use crate::model::{now_ms, Health, Reading, Severity, Values};
 use crate::spool::Spool;
 use crate::status::{RecentEvent, StatusHub};
@@ -128,8 +129,8 @@ impl DeviceHandle {
                 | threshold::Transition::Cleared { limit, .. }) = t;
                 ev.num("threshold.limit", limit);
                 ev.set("message.vi", vi);
-                let sev = if code == "threshold.cleared" {
-                    Severity::Info
+                let sev = if code == events::THRESHOLD_CLEARED.code {
+                    events::THRESHOLD_CLEARED.severity
                 } else {
                     cfg.severity
                 };
@@ -209,13 +210,17 @@ impl DeviceHandle {
         }
         self.push(Reading::Sample(values));
         if was != Health::Ok && ever_ok {
-            self.event(
-                Severity::Info,
-                "device.restored",
-                &format!("{} is answering again", self.id),
+            self.report(
+                events::DEVICE_RESTORED,
+                &[("device", &self.id)],
                 Values::new(),
             );
         }
+    }
+
+    /// An event of the catalogue with its message's parts filled in.
+    pub fn report(&self, ev: EventDef, args: &[(&str, &dyn std::fmt::Display)], values: Values) {
+        self.event(ev.severity, ev.code, &ev.render(args), values)
     }
 
     /// A state change or alarm, sent ahead of telemetry.
@@ -242,18 +247,22 @@ impl DeviceHandle {
 
     /// The device failed; `reason` says how. An event is sent on the change.
     pub fn fault(&self, reason: &str) {
-        self.degrade(Health::Fault(reason.to_owned()), "device.fault", reason)
+        self.degrade(
+            Health::Fault(reason.to_owned()),
+            events::DEVICE_FAULT,
+            reason,
+        )
     }
 
     /// The device's data is stale for a known reason (e.g. upsd's
     /// DATA-STALE); an event is sent on the change.
     pub fn mark_stale(&self, reason: &str) {
-        self.degrade(Health::Stale, "device.lost", reason)
+        self.degrade(Health::Stale, events::DEVICE_STALE, reason)
     }
 
     /// Moves the device to `health`; on a change, updates the status and
-    /// sends `code` as a warning with the reason.
-    fn degrade(&self, health: Health, code: &str, reason: &str) {
+    /// sends `ev` with the reason.
+    fn degrade(&self, health: Health, ev: EventDef, reason: &str) {
         let changed = {
             let mut st = self.lock();
             let changed = st.health != health;
@@ -266,10 +275,9 @@ impl DeviceHandle {
                     d.health = health;
                 }
             });
-            self.event(
-                Severity::Warning,
-                code,
-                &format!("{}: {reason}", self.id),
+            self.report(
+                ev,
+                &[("device", &self.id), ("reason", &reason)],
                 Values::new(),
             );
         }
@@ -308,14 +316,12 @@ impl DeviceHandle {
                     d.health = Health::Stale;
                 }
             });
-            self.event(
-                Severity::Warning,
-                "device.lost",
-                &format!(
-                    "{} has not answered for {}",
-                    self.id,
-                    humantime::format_duration(limit)
-                ),
+            self.report(
+                events::DEVICE_LOST,
+                &[
+                    ("device", &self.id),
+                    ("limit", &humantime::format_duration(limit)),
+                ],
                 Values::new(),
             );
         }

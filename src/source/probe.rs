@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::probe_config::{ProbeConfig, ProbeMethod, ProbeTarget};
 use super::supervisor::{self, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::model::{Severity, Values};
+use crate::model::Values;
 
 /// Loss in percent over a window of results (true = answered).
 pub fn loss_percent(window: &VecDeque<bool>) -> f64 {
@@ -206,19 +206,9 @@ impl Device for Targets {
         }
         if self.wan_up != Some(any_up) {
             if any_up && self.wan_up == Some(false) {
-                h.event(
-                    Severity::Info,
-                    "wan.up",
-                    "The internet link is back",
-                    Values::new(),
-                );
+                h.report(crate::events::PROBE_WAN_UP, &[], Values::new());
             } else if !any_up {
-                h.event(
-                    Severity::Critical,
-                    "wan.down",
-                    "No probe target answers: the internet link is down",
-                    Values::new(),
-                );
+                h.report(crate::events::PROBE_WAN_DOWN, &[], Values::new());
             }
             self.wan_up = Some(any_up);
         }

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::snmp_config::{IfRef, SnmpConfig};
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::model::{Severity, Values};
+use crate::events;
+use crate::model::Values;
 
 const SYS_UPTIME: &str = "1.3.6.1.2.1.1.3.0";
 const SYS_NAME: &str = "1.3.6.1.2.1.1.5.0";
@@ -484,11 +485,10 @@ pub async fn run(cfg: SnmpConfig, h: DeviceHandle, cancel: CancellationToken) {
 }
 
 fn report(h: &DeviceHandle, c: Change) {
-    let (sev, code, msg, mut v) = match c {
+    let (ev, msg, mut v) = match c {
         Change::Restarted => (
-            Severity::Warning,
-            "router.restarted".to_owned(),
-            "The router restarted (its uptime went back)".to_owned(),
+            events::ROUTER_RESTARTED,
+            events::ROUTER_RESTARTED.render(&[]),
             Values::new(),
         ),
         Change::Link {
@@ -502,36 +502,30 @@ fn report(h: &DeviceHandle, c: Change) {
             v.set("oper", word);
             match (wan, up) {
                 (true, false) => (
-                    Severity::Critical,
-                    "wan.down".to_owned(),
-                    format!(
-                        "The router's WAN interface {name} is {word}: the internet link is down"
-                    ),
+                    events::WAN_DOWN,
+                    events::WAN_DOWN.render(&[("interface", &name), ("state", &word)]),
                     v,
                 ),
                 (true, true) => (
-                    Severity::Info,
-                    "wan.up".to_owned(),
-                    format!("The router's WAN interface {name} is up again"),
+                    events::WAN_UP,
+                    events::WAN_UP.render(&[("interface", &name)]),
                     v,
                 ),
                 (false, false) => (
-                    Severity::Warning,
-                    "interface.down".to_owned(),
-                    format!("Router interface {name} is {word}"),
+                    events::INTERFACE_DOWN,
+                    events::INTERFACE_DOWN.render(&[("interface", &name), ("state", &word)]),
                     v,
                 ),
                 (false, true) => (
-                    Severity::Info,
-                    "interface.up".to_owned(),
-                    format!("Router interface {name} is up again"),
+                    events::INTERFACE_UP,
+                    events::INTERFACE_UP.render(&[("interface", &name)]),
                     v,
                 ),
             }
         }
     };
     v.set("source", "snmp");
-    h.event(sev, &code, &msg, v);
+    h.event(ev.severity, ev.code, &msg, v);
 }
 
 /// One reading, for `wardgate check`.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::supervisor::{self, Device, Fail, Policy};
 use super::system_config::SystemConfig;
 use super::DeviceHandle;
-use crate::model::{Severity, Values};
+use crate::model::Values;
 
 /// The firmware's `get_throttled` bits.
 pub const UNDER_VOLTAGE_NOW: u32 = 1 << 0;
@@ -163,20 +163,12 @@ impl Device for Pi {
         if let Some(crate::model::Value::Bool(uv)) = v.get("pi.under_voltage") {
             let was = self.under_voltage;
             if was != Some(*uv) && (*uv || was.is_some()) {
-                let (sev, code, msg) = if *uv {
-                    (
-                        Severity::Warning,
-                        "pi.under_voltage",
-                        "Under-voltage on the Pi: check its power supply (a weak supply corrupts SD cards)",
-                    )
+                let ev = if *uv {
+                    crate::events::PI_UNDER_VOLTAGE
                 } else {
-                    (
-                        Severity::Info,
-                        "pi.voltage_ok",
-                        "The Pi's supply voltage is normal again",
-                    )
+                    crate::events::PI_VOLTAGE_OK
                 };
-                h.event(sev, code, msg, Values::new());
+                h.report(ev, &[], Values::new());
             }
             self.under_voltage = Some(*uv);
         }

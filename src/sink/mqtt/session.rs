@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::options::{max_packet_size, network_options};
 use super::{lock, MqttSink, SessionEnd, SinkCounters};
 use crate::config::Config;
-use crate::model::{now_ms, Severity, Values};
+use crate::model::{now_ms, Values};
 use crate::sink::ack::{AckTracker, Acked, Sent, Tag};
 use crate::sink::lane::Lane;
 use crate::sink::payload;
@@ -171,10 +171,9 @@ impl<L: Lane> MqttSink<L> {
             let mut v = Values::new();
             v.num("mqtt.pending", pending as f64);
             v.num("mqtt.stalled_for", secs as f64);
-            let msg = format!(
-                "The broker has not acknowledged anything for {secs} s while {pending} records wait to be sent; reconnecting."
-            );
-            (self.report)(Severity::Warning, "mqtt.stalled", &msg, v);
+            let ev = crate::events::MQTT_STALLED;
+            let msg = ev.render(&[("secs", &secs), ("pending", &pending)]);
+            (self.report)(ev.severity, ev.code, &msg, v);
         }
         error
     }

@@ -17,7 +17,7 @@ use self::config::ModbusConfig;
 use self::map::{Block, Decoded, RegisterConfig};
 use super::supervisor::{self, Action, Device, Fail, Policy};
 use super::DeviceHandle;
-use crate::model::{Severity, Values};
+use crate::model::Values;
 
 /// Failed polls in a row (timeouts, garbled replies) before the device is
 /// faulted. An exception or a port that cannot be opened faults at once:
@@ -135,10 +135,9 @@ impl Device for Slave {
                 {
                     let mut v = Values::new();
                     v.set("reason", e.as_str());
-                    h.event(
-                        Severity::Warning,
-                        "modbus.exception",
-                        &format!("{}: {e}", h.id()),
+                    h.report(
+                        crate::events::MODBUS_EXCEPTION,
+                        &[("device", &h.id()), ("reason", &e)],
                         v,
                     );
                 }
