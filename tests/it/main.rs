@@ -6,6 +6,7 @@ mod delivery;
 mod field;
 mod install;
 mod sensors;
+mod shutdown;
 mod spine;
 mod storage;
 mod uplink;

@@ -4,10 +4,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-fn sim(id: &str, interval: &str, extra: &str) -> String {
-    format!("[[device]]\nid = \"{id}\"\ntype = \"sim\"\ninterval = \"{interval}\"\n{extra}\n")
-}
-
 /// 1. Sim source -> mosquitto -> every sample arrives, seq contiguous per
 /// device, every message schema-valid; birth and shutdown status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,12 +165,6 @@ async fn outage_backlog_arrives_batched_after_events() {
     }
 }
 
-fn process_config(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let p = dir.join("wardgate.toml");
-    std::fs::write(&p, config_text(port, dir, extra)).unwrap();
-    p
-}
-
 /// 3. SIGKILL while the broker is down, then restart: everything read more
 /// than spill_after before the kill is delivered; duplicates keep their seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,47 +299,6 @@ fn assert_contiguous_quiet(s: &std::collections::BTreeSet<u64>) -> bool {
         (Some(&a), Some(&b)) => a == 0 && (b - a + 1) as usize == s.len(),
         _ => false,
     }
-}
-
-/// 5. Last will: SIGKILL -> retained offline/lost; restart -> online.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_will_on_kill_and_birth_on_restart() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = process_config(dir.path(), broker.port, &sim("ups1", "200ms", ""));
-    let log = dir.path().join("wardgate.log");
-    let mut gw = Process::start(&cfg, &log);
-    eventually(WAIT, "online", || {
-        sub.statuses().iter().any(|m| m.body["state"] == "online")
-    })
-    .await;
-    gw.signal(libc::SIGKILL);
-    gw.wait(Duration::from_secs(5)).await;
-    eventually(WAIT, "offline (lost)", || {
-        sub.statuses()
-            .iter()
-            .any(|m| m.body["state"] == "offline" && m.body["reason"] == "lost")
-    })
-    .await;
-    // A consumer connecting now sees the retained offline status.
-    let late = Subscriber::start(broker.port, "ioc").await;
-    eventually(WAIT, "retained offline", || {
-        late.statuses()
-            .iter()
-            .any(|m| m.retain && m.body["state"] == "offline" && m.body["reason"] == "lost")
-    })
-    .await;
-    let n = sub.statuses().len();
-    let _gw = Process::start(&cfg, &log);
-    eventually(WAIT, "online again", || {
-        sub.statuses()
-            .iter()
-            .skip(n)
-            .any(|m| m.body["state"] == "online")
-    })
-    .await;
-    sub.assert_all_valid();
 }
 
 fn openssl(args: &[&str], dir: &std::path::Path) {

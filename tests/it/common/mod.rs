@@ -603,6 +603,19 @@ pub fn config_text(port: u16, dir: &Path, extra: &str) -> String {
     )
 }
 
+/// A simulated device's `[[device]]` table; `extra` holds more of its lines.
+pub fn sim(id: &str, interval: &str, extra: &str) -> String {
+    format!("[[device]]\nid = \"{id}\"\ntype = \"sim\"\ninterval = \"{interval}\"\n{extra}\n")
+}
+
+/// Writes [`config_text`] to `dir/wardgate.toml` for the real binary;
+/// returns its path.
+pub fn process_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let p = dir.join("wardgate.toml");
+    std::fs::write(&p, config_text(port, dir, extra)).unwrap();
+    p
+}
+
 pub fn config(port: u16, dir: &Path, extra: &str) -> Config {
     Config::from_toml(&config_text(port, dir, extra)).expect("test config is valid")
 }

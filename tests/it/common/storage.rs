@@ -13,10 +13,6 @@ use serde_json::Value;
 
 use super::*;
 
-pub fn sim(id: &str, interval: &str, extra: &str) -> String {
-    format!("[[device]]\nid = \"{id}\"\ntype = \"sim\"\ninterval = \"{interval}\"\n{extra}\n")
-}
-
 /// What a [`Rig`] is made of; every text is a list of TOML lines, each
 /// ending in a newline.
 #[derive(Default)]
