@@ -593,27 +593,15 @@ async fn megatec_values_agree_with_nut_nutdrv_qx() {
             s.battery_v = battery_v;
         });
         // NUT first: driver + upsd, read with upsc, then stop them.
-        let nut = tempfile::tempdir().unwrap();
-        let d = nut.path();
-        let port = free_port();
-        std::fs::write(
-            d.join("ups.conf"),
-            format!("[qx]\n\tdriver = nutdrv_qx\n\tport = {}\n\tprotocol = megatec\n\tpollinterval = 1\n", link.display()),
-        )
-        .unwrap();
-        std::fs::write(d.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n")).unwrap();
-        std::fs::write(d.join("upsd.users"), "").unwrap();
-        let spawn = |prog: &str, args: &[&str]| crate::common::nut::spawn_in(d, prog, args);
-        let mut drv = spawn("/lib/nut/nutdrv_qx", &["-a", "qx"]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !d.join("nutdrv_qx-qx").exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nutdrv_qx did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut upsd = spawn("/lib/nut/upsd", &[]);
+        let nut = crate::common::nut::NutServer::start_driver_with(
+            "qx",
+            "nutdrv_qx",
+            &format!(
+                "\tport = {}\n\tprotocol = megatec\n\tpollinterval = 1\n",
+                link.display()
+            ),
+        );
+        let port = nut.port;
         let mut nut_vals = std::collections::BTreeMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
@@ -633,10 +621,7 @@ async fn megatec_values_agree_with_nut_nutdrv_qx() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let _ = upsd.kill();
-        let _ = drv.kill();
-        let _ = upsd.wait();
-        let _ = drv.wait();
+        drop(nut);
         assert!(!nut_vals.is_empty(), "upsc gave nothing");
 
         // Then wardgate, on the same simulator.

@@ -83,9 +83,13 @@ pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) 
 /// temp dir so a durable subscriber session survives a broker restart.
 pub struct Broker {
     pub port: u16,
+    /// The second listener's port, if it was started with one.
+    pub second_port: Option<u16>,
     pub dir: tempfile::TempDir,
     conf: PathBuf,
     extra: String,
+    /// The second listener's settings (after its `listener` line).
+    second: Option<String>,
     child: Option<Child>,
 }
 
@@ -105,17 +109,31 @@ impl Broker {
     /// mosquitto says "Address already in use" in its log and exits, and the
     /// broker is started again on another port.
     pub fn start_with(extra: &str) -> Broker {
+        Self::start_listeners(extra, None)
+    }
+
+    /// As [`Broker::start_with`], with a second listener on a port of its
+    /// own ([`Broker::second_port`]) configured by `second` (e.g. TLS
+    /// settings). Both ports are picked again if either was taken.
+    pub fn start_with_second_listener(extra: &str, second: &str) -> Broker {
+        Self::start_listeners(extra, Some(second))
+    }
+
+    fn start_listeners(extra: &str, second: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("mosquitto.conf");
         let mut b = Broker {
             port: 0,
+            second_port: None,
             dir,
             conf,
             extra: extra.to_owned(),
+            second: second.map(str::to_owned),
             child: None,
         };
         for _ in 0..10 {
             b.port = free_port();
+            b.second_port = b.second.is_some().then(free_port);
             b.write_conf();
             match b.spawn() {
                 Ok(()) => return b,
@@ -126,13 +144,16 @@ impl Broker {
     }
 
     fn write_conf(&self) {
-        let text = format!(
+        let mut text = format!(
             "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nlistener {} 127.0.0.1\n{}",
             self.dir.path().display(),
             self.dir.path().display(),
             self.port,
             self.extra,
         );
+        if let (Some(port), Some(second)) = (self.second_port, &self.second) {
+            text.push_str(&format!("\nlistener {port} 127.0.0.1\n{second}"));
+        }
         std::fs::write(&self.conf, text).expect("write mosquitto.conf");
     }
 
@@ -165,7 +186,10 @@ impl Broker {
                         .unwrap_or_default()
                 );
             }
-            let opened = new.contains(&format!("listen socket on port {}.", self.port));
+            let opened = new.contains(&format!("listen socket on port {}.", self.port))
+                && self
+                    .second_port
+                    .is_none_or(|p| new.contains(&format!("listen socket on port {p}.")));
             if opened
                 && new.contains(" running")
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
