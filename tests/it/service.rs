@@ -1,8 +1,6 @@
 //! Under systemd: the notify protocol (READY, WATCHDOG, STOPPING) through a
 //! real notify socket.
 
-use std::time::Duration;
-
 use crate::common::*;
 
 /// Under systemd: READY=1 after start, WATCHDOG=1 while the pipeline runs,
@@ -12,8 +10,8 @@ async fn systemd_notify_ready_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    // A deadline for each notification (WATCHDOG=1 comes every 0.5 s).
+    sock.set_read_timeout(Some(WAIT)).unwrap();
     let cfg = process_config(dir.path(), free_port(), &sim("ups1", "100ms", ""));
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the
@@ -31,7 +29,7 @@ async fn systemd_notify_ready_watchdog_stopping() {
     let mut seen: Vec<String> = Vec::new();
     let mut buf = [0u8; 512];
     let recv = |seen: &mut Vec<String>, buf: &mut [u8]| {
-        let n = sock.recv(buf).expect("a notification within 10 s");
+        let n = sock.recv(buf).expect("a notification within WAIT");
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     };
     while !seen.iter().any(|m| m.contains("WATCHDOG=1")) {

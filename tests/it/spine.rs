@@ -72,26 +72,27 @@ async fn outage_backlog_arrives_batched_after_events() {
     eventually(WAIT, "live samples", || sub.seqs("ups1").len() >= 20).await;
     broker.stop();
     let before_outage = sub.all().len();
+    // The outage: 30 s of readings (time passing on purpose).
     tokio::time::sleep(Duration::from_secs(30)).await;
     let pushed_during = gw
         .spool
         .counters()
         .pushed
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        gw.spool.stats().disk_rows > 1000,
-        "the outage went to disk: {:?}",
-        gw.spool.stats()
-    );
+    eventually(WAIT, "the outage went to disk (over 1000 rows)", || {
+        gw.spool.stats().disk_rows > 1000
+    })
+    .await;
     broker.restart();
     eventually(Duration::from_secs(90), "backlog drained", || {
         gw.spool.stats().disk_rows == 0 && sub.seqs("ups1").len() as u64 > 1500
     })
     .await;
-    // Let the last live messages land.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything acknowledged before the stop has landed once the offline
+    // status has.
+    let from = sub.all().len();
     gw.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sub.offline_after(from).await;
     sub.assert_all_valid();
     assert!(pushed_during > 1500);
     assert!(
@@ -182,16 +183,26 @@ async fn healthy_broker_writes_no_rows() {
     ))
     .await;
     let db = dir.path().join("spool.db");
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Looks at the file every 200 ms for 5 s (an observation window, not a
+    // wait), then until 300 samples arrived; the `spilled` counter below
+    // covers the whole run.
+    let no_rows = || {
         let ro = wardgate::spool::db::Db::open_read_only(&db).unwrap();
         assert_eq!(
             ro.row_count().unwrap(),
             0,
             "no rows while the broker is healthy"
         );
+    };
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        no_rows();
     }
-    assert!(sub.seqs("ups1").len() > 300);
+    eventually(WAIT, "over 300 samples of ups1", || {
+        no_rows();
+        sub.seqs("ups1").len() > 300
+    })
+    .await;
     assert_eq!(
         gw.spool
             .counters()

@@ -26,7 +26,25 @@ use wardgate::config::Config;
 use wardgate::spool::Spool;
 use wardgate::status::StatusHub;
 
+/// How long a test waits for something that should happen. Wall-clock
+/// bounds in these tests follow two rules, so that they hold on a loaded
+/// machine (`--test-threads 4` on 2 cores):
+/// - wait for the observable condition (a message, a log line, a counter, a
+///   file), never sleep and assume it has happened by then; the deadline is
+///   a generous one ([`WAIT`]), not the expected duration;
+/// - a bound that checks a documented promise is that promise, named where
+///   it is documented (e.g. [`STOP_BUDGET`]), plus at most 2 s for the
+///   machine's load where the promise is a latency.
+///
+/// A fixed sleep is used only to let time pass on purpose (an outage of so
+/// many seconds, readings piling up), never to wait for a result.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// README ("What it promises", "Faults and what they do"): on SIGTERM the
+/// gateway exits, even with the broker hung or the card failing, within
+/// 10 s. A test that sends SIGTERM and waits for the exit uses this bound:
+/// the promise itself, not a guess.
+pub const STOP_BUDGET: Duration = Duration::from_secs(10);
 
 /// A loopback port that was free a moment ago. Bind-and-release: another
 /// process may take it before it is used, so use it only for "nothing
@@ -524,6 +542,23 @@ impl Subscriber {
             .filter(|m| m.topic.ends_with("/status"))
             .collect()
     }
+
+    /// Waits until an offline status arrived at or after message `from`
+    /// (the shutdown status of a clean stop, or the last will the broker
+    /// publishes when the gateway was killed). The broker passes a client's
+    /// messages on in the order it got them, and the offline status comes
+    /// after everything the gateway sent: once it is here, everything the
+    /// broker acknowledged before the stop has reached this subscriber.
+    /// (Not for a stop with a hung broker: no offline status comes then.)
+    pub async fn offline_after(&self, from: usize) {
+        eventually(WAIT, "the offline status after the stop", || {
+            self.all()
+                .iter()
+                .skip(from)
+                .any(|m| m.topic.ends_with("/status") && m.body["state"] == "offline")
+        })
+        .await;
+    }
 }
 
 /// An MQTT 5 client on the same topics with retain-as-published and no
@@ -699,13 +734,30 @@ pub struct Process {
 }
 
 impl Process {
+    /// `wardgate run --config <config_path>`, its log (stderr) appended to
+    /// `log`.
     pub fn start(config_path: &Path, log: &Path) -> Process {
+        Self::start_with_prefix(&[], config_path, log)
+    }
+
+    /// As [`Process::start`], behind a command prefix (none if empty), e.g.
+    /// `["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]`.
+    pub fn start_with_prefix(prefix: &[&str], config_path: &Path, log: &Path) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        let bin = env!("CARGO_BIN_EXE_wardgate");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config_path)
@@ -713,7 +765,7 @@ impl Process {
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
-            .expect("spawn wardgate");
+            .unwrap_or_else(|e| panic!("spawn {prefix:?} wardgate: {e}"));
         Process {
             child,
             log: log.to_path_buf(),
