@@ -42,7 +42,13 @@ async fn live_samples_arrive_contiguous_and_valid() {
             assert_eq!(s["historical"], false, "healthy broker: all live");
         }
     }
-    let ups_events = sub.events("ups1");
+    // The simulator's events (a loaded machine can add device.lost and
+    // device.restored when the 20 ms device is late by three intervals).
+    let ups_events: Vec<_> = sub
+        .events("ups1")
+        .into_iter()
+        .filter(|(_, e)| e["code"].as_str().is_some_and(|c| c.starts_with("ups.")))
+        .collect();
     assert_eq!(ups_events[0].1["code"], "ups.on_battery");
     assert_eq!(ups_events[1].1["code"], "ups.on_line");
     let statuses = sub.statuses();
