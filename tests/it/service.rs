@@ -12,6 +12,7 @@ async fn systemd_notify_ready_watchdog_stopping() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     // A deadline for each notification (WATCHDOG=1 comes every 0.5 s).
     sock.set_read_timeout(Some(WAIT)).unwrap();
+    // No broker (none needed): a port with no server.
     let cfg = process_config(dir.path(), free_port(), &sim("ups1", "100ms", ""));
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the

@@ -132,6 +132,7 @@ async fn megatec_bad_replies_are_counted() {
     let link = dir.path().join("ttyUPS");
     let sim = MegatecSim::start(&link);
     let gw = Gateway::start(config(
+        // No broker (none needed): a port with no server.
         free_port(),
         dir.path(),
         &megatec("ups1", &link, "100ms"),
@@ -182,6 +183,7 @@ async fn check_probes_the_megatec_ups() {
     let cfg = dir.path().join("w.toml");
     std::fs::write(
         &cfg,
+        // No broker (none needed): a port with no server.
         config_text(free_port(), dir.path(), &megatec("ups1", &link, "1s")),
     )
     .unwrap();
@@ -432,6 +434,7 @@ async fn nut_login() {
     for (file, password) in [("good", "s3cret"), ("bad", "guess")] {
         let relay = Relay::start(nut.port).await;
         let d = tempfile::tempdir().unwrap();
+        // No broker (none needed): a port with no server.
         let gw = Gateway::start(config(free_port(), d.path(), &dev(relay.port, file))).await;
         eventually(WAIT, "ok with login", || {
             gw.status.get().devices["ups2"].health == wardgate::model::Health::Ok
@@ -460,6 +463,7 @@ async fn nut_login() {
     // A password file that cannot be read is a fault naming it.
     let d2 = tempfile::tempdir().unwrap();
     let missing = dev(nut.port, "missing");
+    // No broker (none needed): a port with no server.
     let gw = Gateway::start(config(free_port(), d2.path(), &missing)).await;
     eventually(WAIT, "fault naming the file", || {
         matches!(&gw.status.get().devices["ups2"].health,

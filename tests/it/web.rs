@@ -243,6 +243,7 @@ async fn sigusr1_starts_identify() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("w.toml");
     // The page binds port 0; the gateway logs the address it got.
+    // No broker (none needed): a port with no server.
     std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let mut addr: Option<std::net::SocketAddr> = None;
@@ -342,6 +343,7 @@ fn led_files(led: &std::path::Path) -> Vec<(String, std::time::SystemTime)> {
 async fn bad_config_exits_78_and_leaves_the_led_alone() {
     let dir = tempfile::tempdir().unwrap();
     let with_led = |led: &std::path::Path, extra: &str| {
+        // No broker (none needed): a port with no server.
         config_text(free_port(), dir.path(), extra).replace(
             "[led]\nbackend = \"none\"",
             &format!("[led]\nbackend = \"sysfs\"\npath = \"{}\"", led.display()),

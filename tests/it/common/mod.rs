@@ -48,9 +48,12 @@ pub const STOP_BUDGET: Duration = Duration::from_secs(10);
 
 /// A loopback port that was free a moment ago. Bind-and-release: another
 /// process may take it before it is used, so use it only for "nothing
-/// listens here" (a gateway pointed at a broker that is not there) and for
-/// peers that cannot bind port 0 themselves (mosquitto: [`Broker`] retries
-/// on another port when the one it was given is taken).
+/// listens here" (a gateway pointed at a broker that is not there; each
+/// such use says so in a comment) and for peers that cannot bind port 0
+/// themselves and are recognised by a marker of their own and started
+/// again on another port when theirs was taken (mosquitto in [`Broker`],
+/// upsd in [`nut::NutServer`]). Every other peer binds port 0 and reports
+/// its port (the MQTT proxy, the Modbus TCP peer, the page).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -77,15 +80,24 @@ pub fn test_site() -> String {
     SITE.with(|s| s.clone())
 }
 
-/// Polls `cond` every 50 ms until it holds or `limit` passes.
-pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every 50 ms until it holds or `limit` passes; fails the
+/// test if it never held.
+pub async fn eventually(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !wait_for(limit, cond).await {
+        panic!("timed out after {limit:?} waiting for: {what}");
+    }
+}
+
+/// Polls `cond` every 50 ms; false if `limit` passed first (the caller's
+/// assertions then say what is missing).
+pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if cond() {
-            return;
+            return true;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for: {what}");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -168,20 +168,6 @@ impl Process {
     }
 }
 
-/// Polls `cond` every 50 ms; false if `limit` passed first.
-pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A tmpfs mounted on a fresh temp dir, unmounted (lazily) on drop.
 pub struct Tmpfs {
     pub dir: tempfile::TempDir,
