@@ -1,5 +1,10 @@
 //! Integration tests: one binary, real mosquitto on loopback, the gateway
-//! in-process or as the real binary.
+//! in-process or as the real binary. One room per concern: spine (the live
+//! and backlog path), delivery (at least once), uplink (the MQTT link),
+//! durability (kills, stops and the spool's own faults), shutdown (status
+//! at start and stop, a hung broker), storage (storage faults, issue 10),
+//! tls, cli, service (systemd), ups, field, sensors, web, install; helpers
+//! in common/.
 
 mod cli;
 mod common;

@@ -578,8 +578,18 @@ async fn full_disk_degrades_but_keeps_live_readings() {
     gw.until(WAIT, "the tmpfs is full", || fs.available() < 64 * 1024)
         .await;
     eprintln!("the 2 MiB spool filled in {:?}", t0.elapsed());
-    // Keep reading with the disk full for a while (time passing on purpose).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Keep reading with the disk full until memory overflows and readings
+    // are dropped: the gateway logs each drop (its telemetry cannot be seen
+    // while the broker is down). A fixed 2 s here was too short on a
+    // loaded machine.
+    let log = gw.log.clone();
+    gw.until(WAIT, "readings dropped with the disk full", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("spool dropped records") && l.contains("write_failed"))
+    })
+    .await;
     gw.assert_running("with the disk full");
     rig.broker.restart();
     let back = wardgate::model::now_ms();
