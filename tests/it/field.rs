@@ -435,6 +435,7 @@ async fn snmp_router_to_the_broker() {
     std::fs::write(
         &path,
         config_text(
+            // No broker (check needs none): a port with no server.
             free_port(),
             dir.path(),
             &format!(

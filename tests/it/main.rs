@@ -1,13 +1,23 @@
 //! Integration tests: one binary, real mosquitto on loopback, the gateway
-//! in-process or as the real binary.
+//! in-process or as the real binary. One room per concern: spine (the live
+//! and backlog path), delivery (at least once), uplink (the MQTT link),
+//! durability (kills, stops and the spool's own faults), shutdown (status
+//! at start and stop, a hung broker), storage (storage faults, issue 10),
+//! tls, cli, service (systemd), ups, field, sensors, web, install; helpers
+//! in common/.
 
+mod cli;
 mod common;
 mod delivery;
+mod durability;
 mod field;
 mod install;
 mod sensors;
+mod service;
+mod shutdown;
 mod spine;
 mod storage;
+mod tls;
 mod uplink;
 mod ups;
 mod web;

@@ -132,6 +132,7 @@ async fn reachability_probe_and_wan_events() {
     let dir = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let open = listener.local_addr().unwrap();
+    // A port with no server: the probe's closed target.
     let closed = free_port();
     let dev = format!(
         "[[device]]\nid = \"wan\"\ntype = \"probe\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nwindow = 4\n\
@@ -181,6 +182,7 @@ async fn gpio_without_a_gpio_chip_fails_at_start() {
     std::fs::write(
         &cfg,
         config_text(
+            // No broker (the start fails first): a port with no server.
             free_port(),
             dir.path(),
             "[[device]]\nid = \"contacts\"\ntype = \"gpio\"\n[[device.inputs]]\npin = 17\nname = \"door\"\nstates = [\"open\", \"closed\"]\n",
@@ -211,6 +213,7 @@ async fn icmp_probe_and_tcp_fallback() {
     std::fs::write(
         &cfg,
         config_text(
+            // No broker (none needed): a port with no server.
             free_port(),
             dir.path(),
             &format!(

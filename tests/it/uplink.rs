@@ -14,10 +14,6 @@ use wardgate::model::{Reading, Values};
 use crate::common::proxy::{MqttProxy, ProxyState};
 use crate::common::*;
 
-fn sim(id: &str, interval: &str) -> String {
-    format!("[[device]]\nid = \"{id}\"\ntype = \"sim\"\ninterval = \"{interval}\"\n")
-}
-
 fn with_mqtt(
     port: u16,
     dir: &std::path::Path,
@@ -37,7 +33,7 @@ async fn a_bad_device_id_does_not_stop_delivery() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "ioc").await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(broker.port, dir.path(), &sim("ups1", "50ms"))).await;
+    let gw = Gateway::start(config(broker.port, dir.path(), &sim("ups1", "50ms", ""))).await;
     eventually(WAIT, "live samples", || sub.seqs("ups1").len() >= 5).await;
     let mut v = Values::new();
     v.num("x", 1.0);
@@ -73,7 +69,7 @@ async fn an_oversized_reading_is_set_aside_and_the_rest_flows() {
         broker.port,
         dir.path(),
         "max_packet_size = \"64 KiB\"\nmax_batch_bytes = \"16 KiB\"",
-        &sim("ups1", "50ms"),
+        &sim("ups1", "50ms", ""),
     ))
     .await;
     eventually(WAIT, "live samples", || sub.seqs("ups1").len() >= 5).await;
@@ -126,7 +122,7 @@ async fn connect_timeout_is_honoured() {
         port,
         dir.path(),
         "connect_timeout = \"12s\"",
-        &sim("ups1", "100ms"),
+        &sim("ups1", "100ms", ""),
     ))
     .await;
     eventually(Duration::from_secs(5), "the first attempt", || {
@@ -158,7 +154,7 @@ async fn connect_timeout_is_honoured() {
 async fn back_within_five_seconds_after_each_broker_restart() {
     let mut broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(broker.port, dir.path(), &sim("ups1", "100ms"))).await;
+    let gw = Gateway::start(config(broker.port, dir.path(), &sim("ups1", "100ms", ""))).await;
     let mut took = Vec::new();
     for i in 0..5u64 {
         eventually(Duration::from_secs(30), "connected", || {
@@ -206,7 +202,7 @@ async fn a_link_that_never_acknowledges_is_found_stuck() {
         proxy.port,
         dir.path(),
         "stall_timeout = \"2s\"",
-        &sim("ups1", "100ms"),
+        &sim("ups1", "100ms", ""),
     ))
     .await;
     let web = gw.web.expect("the page is on");

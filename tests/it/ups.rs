@@ -132,6 +132,7 @@ async fn megatec_bad_replies_are_counted() {
     let link = dir.path().join("ttyUPS");
     let sim = MegatecSim::start(&link);
     let gw = Gateway::start(config(
+        // No broker (none needed): a port with no server.
         free_port(),
         dir.path(),
         &megatec("ups1", &link, "100ms"),
@@ -182,6 +183,7 @@ async fn check_probes_the_megatec_ups() {
     let cfg = dir.path().join("w.toml");
     std::fs::write(
         &cfg,
+        // No broker (none needed): a port with no server.
         config_text(free_port(), dir.path(), &megatec("ups1", &link, "1s")),
     )
     .unwrap();
@@ -432,6 +434,7 @@ async fn nut_login() {
     for (file, password) in [("good", "s3cret"), ("bad", "guess")] {
         let relay = Relay::start(nut.port).await;
         let d = tempfile::tempdir().unwrap();
+        // No broker (none needed): a port with no server.
         let gw = Gateway::start(config(free_port(), d.path(), &dev(relay.port, file))).await;
         eventually(WAIT, "ok with login", || {
             gw.status.get().devices["ups2"].health == wardgate::model::Health::Ok
@@ -460,6 +463,7 @@ async fn nut_login() {
     // A password file that cannot be read is a fault naming it.
     let d2 = tempfile::tempdir().unwrap();
     let missing = dev(nut.port, "missing");
+    // No broker (none needed): a port with no server.
     let gw = Gateway::start(config(free_port(), d2.path(), &missing)).await;
     eventually(WAIT, "fault naming the file", || {
         matches!(&gw.status.get().devices["ups2"].health,
@@ -593,27 +597,15 @@ async fn megatec_values_agree_with_nut_nutdrv_qx() {
             s.battery_v = battery_v;
         });
         // NUT first: driver + upsd, read with upsc, then stop them.
-        let nut = tempfile::tempdir().unwrap();
-        let d = nut.path();
-        let port = free_port();
-        std::fs::write(
-            d.join("ups.conf"),
-            format!("[qx]\n\tdriver = nutdrv_qx\n\tport = {}\n\tprotocol = megatec\n\tpollinterval = 1\n", link.display()),
-        )
-        .unwrap();
-        std::fs::write(d.join("upsd.conf"), format!("LISTEN 127.0.0.1 {port}\n")).unwrap();
-        std::fs::write(d.join("upsd.users"), "").unwrap();
-        let spawn = |prog: &str, args: &[&str]| crate::common::nut::spawn_in(d, prog, args);
-        let mut drv = spawn("/lib/nut/nutdrv_qx", &["-a", "qx"]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !d.join("nutdrv_qx-qx").exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nutdrv_qx did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut upsd = spawn("/lib/nut/upsd", &[]);
+        let nut = crate::common::nut::NutServer::start_driver_with(
+            "qx",
+            "nutdrv_qx",
+            &format!(
+                "\tport = {}\n\tprotocol = megatec\n\tpollinterval = 1\n",
+                link.display()
+            ),
+        );
+        let port = nut.port;
         let mut nut_vals = std::collections::BTreeMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
@@ -633,10 +625,7 @@ async fn megatec_values_agree_with_nut_nutdrv_qx() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let _ = upsd.kill();
-        let _ = drv.kill();
-        let _ = upsd.wait();
-        let _ = drv.wait();
+        drop(nut);
         assert!(!nut_vals.is_empty(), "upsc gave nothing");
 
         // Then wardgate, on the same simulator.

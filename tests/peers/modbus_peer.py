@@ -17,7 +17,9 @@ slave on a real bus is silent).
   modbus_peer.py rtu <serial port> [--trace FILE] [--silent FILE]
   modbus_peer.py tcp <port> [--trace FILE]
 
-Prints "ready" on stdout once serving. With --trace, every frame
+Prints "ready" on stdout once it listens (RTU: the serial port is open),
+and nothing if it could not (it exits non-zero). TCP port 0 binds a port
+the system picks; it prints "ready <port>" with the port it listens on. With --trace, every frame
 received and sent is appended to FILE as "rx|tx <hex>". With --silent
 (RTU), the slave ids listed in FILE (whitespace-separated; read on every
 reply, the file may be absent) stop answering, as a slave that lost power.
@@ -132,10 +134,15 @@ async def main():
         server = ModbusTcpServer(
             devices, address=("127.0.0.1", int(a.where)), trace_packet=trace
         )
-    task = asyncio.create_task(server.serve_forever())
-    await asyncio.sleep(0.3)
-    print("ready", flush=True)
-    await task
+    # Returns once listening, raises if the port or serial line could not
+    # be opened: "ready" means it really serves.
+    await server.serve_forever(background=True)
+    if a.mode == "tcp":
+        port = server.transport.sockets[0].getsockname()[1]
+        print(f"ready {port}", flush=True)
+    else:
+        print("ready", flush=True)
+    await server.serving
 
 
 if __name__ == "__main__":

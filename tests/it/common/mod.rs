@@ -26,13 +26,34 @@ use wardgate::config::Config;
 use wardgate::spool::Spool;
 use wardgate::status::StatusHub;
 
+/// How long a test waits for something that should happen. Wall-clock
+/// bounds in these tests follow two rules, so that they hold on a loaded
+/// machine (`--test-threads 4` on 2 cores):
+/// - wait for the observable condition (a message, a log line, a counter, a
+///   file), never sleep and assume it has happened by then; the deadline is
+///   a generous one ([`WAIT`]), not the expected duration;
+/// - a bound that checks a documented promise is that promise, named where
+///   it is documented (e.g. [`STOP_BUDGET`]), plus at most 2 s for the
+///   machine's load where the promise is a latency.
+///
+/// A fixed sleep is used only to let time pass on purpose (an outage of so
+/// many seconds, readings piling up), never to wait for a result.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// README ("What it promises", "Faults and what they do"): on SIGTERM the
+/// gateway exits, even with the broker hung or the card failing, within
+/// 10 s. A test that sends SIGTERM and waits for the exit uses this bound:
+/// the promise itself, not a guess.
+pub const STOP_BUDGET: Duration = Duration::from_secs(10);
 
 /// A loopback port that was free a moment ago. Bind-and-release: another
 /// process may take it before it is used, so use it only for "nothing
-/// listens here" (a gateway pointed at a broker that is not there) and for
-/// peers that cannot bind port 0 themselves (mosquitto: [`Broker`] retries
-/// on another port when the one it was given is taken).
+/// listens here" (a gateway pointed at a broker that is not there; each
+/// such use says so in a comment) and for peers that cannot bind port 0
+/// themselves and are recognised by a marker of their own and started
+/// again on another port when theirs was taken (mosquitto in [`Broker`],
+/// upsd in [`nut::NutServer`]). Every other peer binds port 0 and reports
+/// its port (the MQTT proxy, the Modbus TCP peer, the page).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -59,15 +80,24 @@ pub fn test_site() -> String {
     SITE.with(|s| s.clone())
 }
 
-/// Polls `cond` every 50 ms until it holds or `limit` passes.
-pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every 50 ms until it holds or `limit` passes; fails the
+/// test if it never held.
+pub async fn eventually(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !wait_for(limit, cond).await {
+        panic!("timed out after {limit:?} waiting for: {what}");
+    }
+}
+
+/// Polls `cond` every 50 ms; false if `limit` passed first (the caller's
+/// assertions then say what is missing).
+pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if cond() {
-            return;
+            return true;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for: {what}");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -83,9 +113,13 @@ pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) 
 /// temp dir so a durable subscriber session survives a broker restart.
 pub struct Broker {
     pub port: u16,
+    /// The second listener's port, if it was started with one.
+    pub second_port: Option<u16>,
     pub dir: tempfile::TempDir,
     conf: PathBuf,
     extra: String,
+    /// The second listener's settings (after its `listener` line).
+    second: Option<String>,
     child: Option<Child>,
 }
 
@@ -105,17 +139,31 @@ impl Broker {
     /// mosquitto says "Address already in use" in its log and exits, and the
     /// broker is started again on another port.
     pub fn start_with(extra: &str) -> Broker {
+        Self::start_listeners(extra, None)
+    }
+
+    /// As [`Broker::start_with`], with a second listener on a port of its
+    /// own ([`Broker::second_port`]) configured by `second` (e.g. TLS
+    /// settings). Both ports are picked again if either was taken.
+    pub fn start_with_second_listener(extra: &str, second: &str) -> Broker {
+        Self::start_listeners(extra, Some(second))
+    }
+
+    fn start_listeners(extra: &str, second: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("mosquitto.conf");
         let mut b = Broker {
             port: 0,
+            second_port: None,
             dir,
             conf,
             extra: extra.to_owned(),
+            second: second.map(str::to_owned),
             child: None,
         };
         for _ in 0..10 {
             b.port = free_port();
+            b.second_port = b.second.is_some().then(free_port);
             b.write_conf();
             match b.spawn() {
                 Ok(()) => return b,
@@ -126,13 +174,16 @@ impl Broker {
     }
 
     fn write_conf(&self) {
-        let text = format!(
+        let mut text = format!(
             "per_listener_settings false\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nlistener {} 127.0.0.1\n{}",
             self.dir.path().display(),
             self.dir.path().display(),
             self.port,
             self.extra,
         );
+        if let (Some(port), Some(second)) = (self.second_port, &self.second) {
+            text.push_str(&format!("\nlistener {port} 127.0.0.1\n{second}"));
+        }
         std::fs::write(&self.conf, text).expect("write mosquitto.conf");
     }
 
@@ -165,7 +216,10 @@ impl Broker {
                         .unwrap_or_default()
                 );
             }
-            let opened = new.contains(&format!("listen socket on port {}.", self.port));
+            let opened = new.contains(&format!("listen socket on port {}.", self.port))
+                && self
+                    .second_port
+                    .is_none_or(|p| new.contains(&format!("listen socket on port {p}.")));
             if opened
                 && new.contains(" running")
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
@@ -500,6 +554,23 @@ impl Subscriber {
             .filter(|m| m.topic.ends_with("/status"))
             .collect()
     }
+
+    /// Waits until an offline status arrived at or after message `from`
+    /// (the shutdown status of a clean stop, or the last will the broker
+    /// publishes when the gateway was killed). The broker passes a client's
+    /// messages on in the order it got them, and the offline status comes
+    /// after everything the gateway sent: once it is here, everything the
+    /// broker acknowledged before the stop has reached this subscriber.
+    /// (Not for a stop with a hung broker: no offline status comes then.)
+    pub async fn offline_after(&self, from: usize) {
+        eventually(WAIT, "the offline status after the stop", || {
+            self.all()
+                .iter()
+                .skip(from)
+                .any(|m| m.topic.ends_with("/status") && m.body["state"] == "offline")
+        })
+        .await;
+    }
 }
 
 /// An MQTT 5 client on the same topics with retain-as-published and no
@@ -603,6 +674,19 @@ pub fn config_text(port: u16, dir: &Path, extra: &str) -> String {
     )
 }
 
+/// A simulated device's `[[device]]` table; `extra` holds more of its lines.
+pub fn sim(id: &str, interval: &str, extra: &str) -> String {
+    format!("[[device]]\nid = \"{id}\"\ntype = \"sim\"\ninterval = \"{interval}\"\n{extra}\n")
+}
+
+/// Writes [`config_text`] to `dir/wardgate.toml` for the real binary;
+/// returns its path.
+pub fn process_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let p = dir.join("wardgate.toml");
+    std::fs::write(&p, config_text(port, dir, extra)).unwrap();
+    p
+}
+
 pub fn config(port: u16, dir: &Path, extra: &str) -> Config {
     Config::from_toml(&config_text(port, dir, extra)).expect("test config is valid")
 }
@@ -662,13 +746,30 @@ pub struct Process {
 }
 
 impl Process {
+    /// `wardgate run --config <config_path>`, its log (stderr) appended to
+    /// `log`.
     pub fn start(config_path: &Path, log: &Path) -> Process {
+        Self::start_with_prefix(&[], config_path, log)
+    }
+
+    /// As [`Process::start`], behind a command prefix (none if empty), e.g.
+    /// `["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]`.
+    pub fn start_with_prefix(prefix: &[&str], config_path: &Path, log: &Path) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        let bin = env!("CARGO_BIN_EXE_wardgate");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config_path)
@@ -676,7 +777,7 @@ impl Process {
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
-            .expect("spawn wardgate");
+            .unwrap_or_else(|e| panic!("spawn {prefix:?} wardgate: {e}"));
         Process {
             child,
             log: log.to_path_buf(),

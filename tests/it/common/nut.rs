@@ -1,5 +1,6 @@
-//! A real NUT server from Debian's packages (nut-server): `dummy-ups`
-//! serving a `.dev` file, and `upsd` on a loopback port of its own.
+//! A real NUT server from Debian's packages (nut-server): a driver
+//! (`dummy-ups` serving a `.dev` file, or any other, e.g. `nutdrv_qx` on a
+//! simulator's pty), and `upsd` on a loopback port of its own.
 
 #![allow(dead_code)]
 
@@ -10,7 +11,12 @@ use std::time::Duration;
 pub struct NutServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// dummy-ups: the `.dev` file it serves (empty for another driver).
     pub dev: PathBuf,
+    /// The UPS's name in ups.conf.
+    name: String,
+    /// The driver's program name in /lib/nut.
+    driver_prog: String,
     driver: Option<Child>,
     upsd: Option<Child>,
 }
@@ -32,6 +38,27 @@ impl NutServer {
     /// the UPS's section of ups.conf (e.g. `\tpollinterval = 1`).
     pub fn start_with(dev: &str, upsd_extra: &str, ups_extra: &str) -> NutServer {
         let dir = tempfile::tempdir().unwrap();
+        let devp = dir.path().join("dummy.dev");
+        std::fs::write(&devp, dev).unwrap();
+        let section = format!("\tport = {}\n{ups_extra}", devp.display());
+        Self::start_in(dir, devp, "dummy", "dummy-ups", &section, upsd_extra)
+    }
+
+    /// Another driver: UPS `name` served by `/lib/nut/<driver>` with the
+    /// lines of `section` in its ups.conf section (port, protocol, ...).
+    pub fn start_driver_with(name: &str, driver: &str, section: &str) -> NutServer {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, PathBuf::new(), name, driver, section, "")
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        devp: PathBuf,
+        name: &str,
+        driver: &str,
+        section: &str,
+        upsd_extra: &str,
+    ) -> NutServer {
         let d = dir.path();
         // A description of this server alone: the readiness check asks for
         // it, so another test's upsd on the same port is never taken for ours.
@@ -43,15 +70,12 @@ impl NutServer {
                     .replace(|c: char| !c.is_ascii_alphanumeric(), ""))
                 .unwrap_or_default()
         );
+        // upsd cannot bind port 0 and say which port it got: a port that was
+        // free a moment ago, and another one if upsd finds it taken.
         let port = super::free_port();
-        let devp = d.join("dummy.dev");
-        std::fs::write(&devp, dev).unwrap();
         std::fs::write(
             d.join("ups.conf"),
-            format!(
-                "[dummy]\n\tdriver = dummy-ups\n\tport = {}\n\tdesc = \"{desc}\"\n{ups_extra}\n",
-                devp.display()
-            ),
+            format!("[{name}]\n\tdriver = {driver}\n\tdesc = \"{desc}\"\n{section}\n"),
         )
         .unwrap();
         std::fs::write(
@@ -69,16 +93,18 @@ impl NutServer {
             port,
             dev: devp,
             dir,
+            name: name.to_owned(),
+            driver_prog: driver.to_owned(),
             driver: None,
             upsd: None,
         };
         s.start_driver();
-        let sock = s.dir.path().join("dummy-ups-dummy");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let sock = s.dir.path().join(format!("{driver}-{name}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !sock.exists() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "dummy-ups did not start"
+                "{driver} did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -88,7 +114,7 @@ impl NutServer {
             s.upsd = Some(s.spawn("/lib/nut/upsd", &[]));
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                if ups_desc(s.port).is_some_and(|d| d.contains(&desc)) {
+                if ups_desc(s.port, name).is_some_and(|d| d.contains(&desc)) {
                     return s;
                 }
                 let exited = s
@@ -120,7 +146,8 @@ impl NutServer {
     }
 
     pub fn start_driver(&mut self) {
-        self.driver = Some(self.spawn("/lib/nut/dummy-ups", &["-a", "dummy"]));
+        let prog = format!("/lib/nut/{}", self.driver_prog);
+        self.driver = Some(self.spawn(&prog, &["-a", &self.name]));
     }
 
     pub fn stop_driver(&mut self) {
@@ -174,12 +201,13 @@ impl Drop for NutServer {
     }
 }
 
-/// `GET UPSDESC dummy` from the upsd on `port`, if one answers.
-fn ups_desc(port: u16) -> Option<String> {
+/// `GET UPSDESC <name>` from the upsd on `port`, if one answers.
+fn ups_desc(port: u16, name: &str) -> Option<String> {
     use std::io::{BufRead, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    c.write_all(b"GET UPSDESC dummy\n").ok()?;
+    c.write_all(format!("GET UPSDESC {name}\n").as_bytes())
+        .ok()?;
     let mut line = String::new();
     std::io::BufReader::new(c).read_line(&mut line).ok()?;
     Some(line)

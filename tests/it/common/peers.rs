@@ -1,6 +1,6 @@
 //! Real field peers started per test: a pymodbus server (RTU on one end of
-//! a socat pseudo-terminal pair, or TCP on a loopback port) and Debian's
-//! snmpd on a loopback UDP port.
+//! a socat pseudo-terminal pair, or TCP on a loopback port it binds as port
+//! 0 and reports) and Debian's snmpd on a loopback UDP port.
 
 #![allow(dead_code)]
 
@@ -37,7 +37,10 @@ pub struct ModbusPeer {
     peer: Option<Child>,
 }
 
-fn start_peer(args: &[&str], trace: &Path, silent: Option<&Path>) -> Child {
+/// Starts the peer and waits for its "ready" line, printed once it really
+/// listens (a peer that could not listen exits without it); returns the
+/// child and what followed "ready" (TCP: the port it bound).
+fn start_peer(args: &[&str], trace: &Path, silent: Option<&Path>) -> (Child, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/modbus_peer.py");
     let mut c = Command::new("python3")
         .arg(script)
@@ -57,8 +60,13 @@ fn start_peer(args: &[&str], trace: &Path, silent: Option<&Path>) -> Child {
     let out = c.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "modbus peer did not start");
-    c
+    let rest = line
+        .trim()
+        .strip_prefix("ready")
+        .unwrap_or_else(|| panic!("modbus peer did not start: {line:?}"))
+        .trim()
+        .to_owned();
+    (c, rest)
 }
 
 impl ModbusPeer {
@@ -76,7 +84,7 @@ impl ModbusPeer {
         wait_for(&b, "socat pty");
         let trace = dir.path().join("trace");
         let silent = dir.path().join("silent");
-        let peer = start_peer(&["rtu", a.to_str().unwrap()], &trace, Some(&silent));
+        let (peer, _) = start_peer(&["rtu", a.to_str().unwrap()], &trace, Some(&silent));
         ModbusPeer {
             serial: b,
             port: 0,
@@ -89,9 +97,12 @@ impl ModbusPeer {
 
     pub fn tcp() -> ModbusPeer {
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
         let trace = dir.path().join("trace");
-        let peer = start_peer(&["tcp", &port.to_string()], &trace, None);
+        // Port 0: the peer binds a port the system picks and says which.
+        let (peer, port) = start_peer(&["tcp", "0"], &trace, None);
+        let port: u16 = port
+            .parse()
+            .unwrap_or_else(|_| panic!("modbus peer said \"ready {port}\", not a port"));
         ModbusPeer {
             serial: PathBuf::new(),
             port,

@@ -4,7 +4,9 @@
 //! of them while `swallow` is set) and cut the connection right after a
 //! chosen PUBLISH from the gateway (the broker gets that PUBLISH, the
 //! gateway never sees its PUBACK). It records every QoS 1 PUBLISH the
-//! gateway sent, so a test can check what was sent again.
+//! gateway sent, so a test can check what was sent again. With `hang` set
+//! it stands for a hung broker: the connections stay open and nothing
+//! passes in either direction.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +37,11 @@ pub struct ProxyState {
     pub cut_after: Mutex<BTreeSet<u64>>,
     /// Drop every PUBACK while set.
     pub swallow: AtomicBool,
+    /// While set, every packet in either direction is dropped (read and
+    /// not passed on), connections stay open: a hung broker.
+    pub hang: AtomicBool,
+    /// Packets dropped because of `hang`, both directions.
+    pub hung: AtomicU64,
     /// PUBACKs dropped so far.
     pub swallowed: AtomicU64,
     pub pubacks: AtomicU64,
@@ -159,6 +166,10 @@ async fn connection(
                     }
                     inflight.lock().unwrap().insert(pkid, sent);
                 }
+                if st.hang.load(Ordering::SeqCst) {
+                    st.hung.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 bw.write_all(&bytes).await?;
                 if cut {
                     bw.flush().await?;
@@ -174,6 +185,10 @@ async fn connection(
                 let (first, bytes, at) = read_packet(&mut br).await?;
                 if cutting.load(Ordering::SeqCst) {
                     return Ok::<(), std::io::Error>(());
+                }
+                if st.hang.load(Ordering::SeqCst) {
+                    st.hung.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
                 if first >> 4 == 4 {
                     let n = st.pubacks.fetch_add(1, Ordering::Relaxed) + 1;
