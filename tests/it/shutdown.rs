@@ -287,13 +287,10 @@ async fn sigterm_with_a_broker_that_never_answers_exits_in_time_and_loses_nothin
 }
 
 /// With a hung broker the offline status cannot be published; the log must
-/// say so. Ignored until src/sink/mqtt.rs logs it (issue 18): today
-/// `goodbye` logs "MQTT disconnected (offline status sent)" whether or not
-/// the status was acknowledged, returns without a word when the status
-/// cannot be queued, and a stop before the CONNACK (or while the link is
-/// down) says nothing about the status.
+/// say so (before the fix, the sink logged "offline status sent" whether or
+/// not it was acknowledged, said nothing when it could not be queued, and
+/// nothing when stopping before the CONNACK or while the link was down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src/sink/mqtt.rs does not log an offline status that was not sent (issue 18)"]
 async fn sigterm_with_a_hung_broker_logs_the_offline_status_not_sent() {
     for hang in [Hang::AfterConnect, Hang::QueueFull, Hang::BeforeConnack] {
         let h = stop_with_a_hung_broker(hang).await;

@@ -148,6 +148,7 @@ impl<L: Lane> MqttSink<L> {
         );
         loop {
             if cancel.is_cancelled() {
+                tracing::warn!("stopping while the MQTT link is down; offline status not sent");
                 return;
             }
             match self.session(&cancel).await {
@@ -170,7 +171,10 @@ impl<L: Lane> MqttSink<L> {
                         s.uplink.last_error = Some(error.clone());
                     });
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => {
+                            tracing::warn!("stopping while the MQTT link is down; offline status not sent");
+                            return;
+                        }
                         _ = self.alive(tokio::time::sleep(delay)) => {}
                     }
                 }

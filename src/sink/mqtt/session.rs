@@ -37,7 +37,10 @@ impl<L: Lane> MqttSink<L> {
         el.set_network_options(network_options(&self.cfg));
         let connect = tokio::time::timeout(self.cfg.mqtt.connect_timeout, wait_connack(&mut el));
         let connected = tokio::select! {
-            _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            _ = cancel.cancelled() => {
+                tracing::warn!("stopping before the broker answered; offline status not sent");
+                return SessionEnd::Cancelled;
+            }
             r = self.alive(connect) => r,
         };
         match connected {
@@ -238,27 +241,40 @@ impl<L: Lane> MqttSink<L> {
             .is_err()
         {
             lock(tracker).unqueue_last();
+            tracing::warn!(
+                "MQTT disconnected; offline status not sent: the client's queue is full (broker not acknowledging)"
+            );
             return;
         }
+        // Whether the broker acknowledged the offline status.
         let wait = async {
             loop {
                 match el.poll().await {
                     // Data acks that arrive meanwhile still commit.
                     Ok(ev) => match self.on_event(ev, tracker) {
-                        Ok(Some(Tag::Offline)) | Err(_) => return,
+                        Ok(Some(Tag::Offline)) => return true,
+                        Err(_) => return false,
                         Ok(_) => {}
                     },
-                    Err(_) => return,
+                    Err(_) => return false,
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
+        let sent = tokio::time::timeout(Duration::from_secs(3), wait)
+            .await
+            .unwrap_or(false);
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while el.poll().await.is_ok() {}
         })
         .await;
-        tracing::info!("MQTT disconnected (offline status sent)");
+        if sent {
+            tracing::info!("MQTT disconnected (offline status sent)");
+        } else {
+            tracing::warn!(
+                "MQTT disconnected; offline status not sent: the broker did not acknowledge it within 3 s"
+            );
+        }
     }
 }
 
