@@ -1,3 +1,7 @@
+//! Unit tests of provisioning: safe reading of card files, what counts as
+//! the same broker, temp files, quarantine pruning. The real binary is
+//! tested in tests/it/install.rs.
+
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 
