@@ -4,6 +4,7 @@
 mod common;
 mod delivery;
 mod field;
+mod hostile_config;
 mod install;
 mod sensors;
 mod spine;
