@@ -56,7 +56,7 @@ pub async fn run(
     let gateway = DeviceHandle::new(
         GATEWAY_DEVICE,
         "gateway",
-        cfg.gateway.telemetry_interval,
+        cfg.gateway.telemetry_interval.get(),
         spool.clone(),
         status.clone(),
     );

@@ -203,7 +203,7 @@ pub async fn run(
     counters: Arc<SinkCounters>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cfg.gateway.telemetry_interval);
+    let mut tick = tokio::time::interval(cfg.gateway.telemetry_interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msgs = 0u64;
     let mut last_at = tokio::time::Instant::now();

@@ -6,6 +6,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+use super::types::{duration_problem, DAY_MS};
 use super::{read_gathering, GATEWAY_DEVICE};
 use crate::model::valid_id;
 use crate::source::threshold::ThresholdConfig;
@@ -169,6 +174,25 @@ pub(super) fn read_all(
     (devices, all)
 }
 
+/// The bounds of a threshold's numbers: limits that are numbers (TOML
+/// allows `nan` and `inf`, which no reading ever crosses) and a `for` of
+/// at most a day.
+fn threshold_bounds(t: &ThresholdConfig, key: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    for (name, v) in [("high", t.high), ("low", t.low)] {
+        match v {
+            Some(v) if !v.is_finite() => {
+                p.push(format!("{key}.{name}: {v} must be a finite number"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(why) = duration_problem(t.for_, ms(0), Some(ms(DAY_MS))) {
+        p.push(format!("{key}.for: {why}"));
+    }
+    p
+}
+
 /// Problems of the devices (with their index in `[[device]]`): those every
 /// kind shares, each kind's own, and those that span devices.
 pub(super) fn problems<'a>(
@@ -191,11 +215,14 @@ pub(super) fn problems<'a>(
             p.push(format!("{key}.id: {id:?} is used by another device"));
         }
         for (ti, t) in d.thresholds().iter().enumerate() {
-            p.extend(t.problems(&format!("{key}.threshold[{ti}]")));
+            let tk = format!("{key}.threshold[{ti}]");
+            p.extend(t.problems(&tk));
+            p.extend(threshold_bounds(t, &tk));
         }
-        if let Some(why) =
-            super::types::duration_problem(d.interval(), Duration::from_millis(1), None)
-        {
+        // 1 ms: the simulator's load tests poll that fast; one day: see
+        // DAY_MS (the supervisor's timers and the staleness deadline of
+        // three intervals are built from it).
+        if let Some(why) = duration_problem(d.interval(), ms(1), Some(ms(DAY_MS))) {
             p.push(format!("{key}.interval: {why}"));
         }
         p.extend(d.kind_problems(&key));

@@ -21,7 +21,6 @@ mod device;
 mod tests;
 pub mod types;
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -101,8 +100,8 @@ pub struct Config {
 pub struct GatewayConfig {
     /// How often the gateway publishes its own health on
     /// `{prefix}/{site}/gateway/telemetry`.
-    #[serde(default = "default_gateway_interval", with = "humantime_serde")]
-    pub telemetry_interval: Duration,
+    #[serde(default = "default_gateway_interval")]
+    pub telemetry_interval: TelemetryInterval,
     /// Read the Pi's own health as device "pi" without configuring it.
     #[serde(default = "default_true")]
     pub system_health: bool,
@@ -114,8 +113,11 @@ impl Default for GatewayConfig {
     }
 }
 
-fn default_gateway_interval() -> Duration {
-    Duration::from_secs(60)
+/// The gateway's own telemetry: every 100 ms (tests) to once a day.
+pub type TelemetryInterval = types::Within<100, { types::DAY_MS }>;
+
+fn default_gateway_interval() -> TelemetryInterval {
+    TelemetryInterval::of(Duration::from_secs(60))
 }
 fn default_true() -> bool {
     true
@@ -255,12 +257,15 @@ impl Config {
         }
         p.extend(self.mqtt.problems());
         p.extend(self.spool.problems());
-        if let Some(why) = types::duration_problem(
-            self.gateway.telemetry_interval,
-            Duration::from_millis(100),
-            None,
-        ) {
-            p.push(format!("gateway.telemetry_interval: {why}"));
+        // [web] is checked beside it; its password file is a path like
+        // every other, and the service runs from /.
+        if let Some(why) = self
+            .web
+            .password_file
+            .as_ref()
+            .and_then(|f| types::absolute_path_problem(f))
+        {
+            p.push(format!("web.password_file: {why}"));
         }
         p.extend(self.led.problems());
         p.extend(self.web.problems());
@@ -280,10 +285,7 @@ impl Config {
 
     /// TLS in effect: as configured, or on unless the broker is on loopback.
     pub fn mqtt_tls(&self) -> bool {
-        match self.mqtt.tls {
-            Some(t) => t,
-            None => !is_loopback(&self.mqtt.host),
-        }
+        self.mqtt.tls_in_effect()
     }
 
     pub fn mqtt_port(&self) -> u16 {
@@ -341,10 +343,12 @@ fn read_gathering<T: DeserializeOwned>(
             }
         }
         let why = without_key_suffix(&err.into_inner().to_string());
-        problems.push(if key.is_empty() {
-            why
-        } else {
-            format!("{key}: {why}")
+        problems.push(match (missing_field(&why), key.is_empty()) {
+            // Name the missing key itself (`device[0].community`).
+            (Some(f), true) => format!("{f}: missing (it has no default)"),
+            (Some(f), false) => format!("{key}.{f}: missing (it has no default)"),
+            (None, true) => why,
+            (None, false) => format!("{key}: {why}"),
         });
         match segs {
             Some(s) if take_out(&mut tree, &s) => taken.push(s),
@@ -352,6 +356,17 @@ fn read_gathering<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// The field a "missing field" message names (serde says "missing field
+/// `x`", the `config` crate "missing configuration field \"x\"").
+fn missing_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+        .or_else(|| {
+            msg.strip_prefix("missing configuration field \"")
+                .and_then(|r| r.strip_suffix('"'))
+        })
 }
 
 /// The key a problem line names (the text before the first ": ").
@@ -388,12 +403,4 @@ fn take_out(tree: &mut ::config::Value, path: &[String]) -> bool {
         ::config::ValueKind::Table(t) => t.remove(last).is_some(),
         _ => false,
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
 }

@@ -158,6 +158,50 @@ impl<const MIN: u64, const MAX: u64> fmt::Display for Bounded<MIN, MAX> {
     }
 }
 
+/// A rate in messages per second within `MIN..=MAX`: finite, so `1 / rate`
+/// is a duration the timers can hold (`1e-300` would be 10^300 s).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct MessageRate<const MIN: u64, const MAX: u64>(f64);
+
+impl<const MIN: u64, const MAX: u64> MessageRate<MIN, MAX> {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// The time between two messages at this rate.
+    pub fn gap(self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.0)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> TryFrom<f64> for MessageRate<MIN, MAX> {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        // NaN fails both comparisons; the infinities fail one.
+        if v >= MIN as f64 && v <= MAX as f64 {
+            Ok(MessageRate(v))
+        } else {
+            // Debug prints 1e-300 as such, not as 300 zeros.
+            Err(format!(
+                "{v:?} must be between {MIN} and {MAX} messages per second"
+            ))
+        }
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> fmt::Display for MessageRate<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One day in milliseconds: the longest device interval, telemetry
+/// interval or threshold duration. Timers and staleness deadlines are
+/// built by adding these to the clock; a longer period has no use on a
+/// ward and a huge one overflows the clock (a panic, not a config error).
+pub const DAY_MS: u64 = 86_400_000;
+
 /// A duration within `MIN_MS..=MAX_MS` milliseconds, written as humantime
 /// (`"2s"`, `"500ms"`, `"1h"`). `MAX_MS = u64::MAX` means no upper bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -190,11 +234,12 @@ impl<const MIN_MS: u64, const MAX_MS: u64> Within<MIN_MS, MAX_MS> {
 pub fn duration_problem(d: Duration, min: Duration, max: Option<Duration>) -> Option<String> {
     let f = humantime::format_duration;
     match max {
-        Some(max) if d < min || d > max => Some(if min.is_zero() {
-            format!("{} is longer than {}", f(d), f(max))
-        } else {
-            format!("{} must be between {} and {}", f(d), f(min), f(max))
-        }),
+        Some(max) if d < min || d > max => Some(format!(
+            "{} must be between {} and {}",
+            f(d),
+            f(min),
+            f(max)
+        )),
         None if d < min => Some(format!("{} is too short (at least {})", f(d), f(min))),
         _ => None,
     }
@@ -389,7 +434,7 @@ mod tests {
         assert_eq!(Short::try_from(ms(0)).unwrap().get(), ms(0));
         assert_eq!(
             Short::try_from(ms(6_000)).unwrap_err(),
-            "6s is longer than 5s"
+            "6s must be between 0s and 5s"
         );
         type Long = Within<5_000, { u64::MAX }>;
         assert_eq!(
@@ -403,6 +448,30 @@ mod tests {
             "4s 999ms is too short (at least 5s)"
         );
         assert_eq!(T::of(ms(2_000)).to_string(), "2s");
+    }
+
+    #[test]
+    fn message_rate() {
+        type R = MessageRate<1, 10_000>;
+        assert_eq!(R::try_from(1.0).unwrap().get(), 1.0);
+        assert_eq!(
+            R::try_from(10_000.0).unwrap().gap(),
+            Duration::from_micros(100)
+        );
+        assert_eq!(R::try_from(1.0).unwrap().gap(), Duration::from_secs(1));
+        for bad in [0.999_999, 10_000.001, 0.0, -1.0, 1e-300, 1e300] {
+            assert_eq!(
+                R::try_from(bad).unwrap_err(),
+                format!("{bad:?} must be between 1 and 10000 messages per second")
+            );
+        }
+        assert_eq!(
+            R::try_from(1e-300).unwrap_err(),
+            "1e-300 must be between 1 and 10000 messages per second"
+        );
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(R::try_from(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

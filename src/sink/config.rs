@@ -1,12 +1,27 @@
 //! The `[mqtt]` section: where and how the MQTT sink publishes, and the
 //! checks that span its keys.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::types::{defaults_of, duration_problem, AbsPath, Bounded, Port};
+use crate::config::types::{defaults_of, AbsPath, Bounded, MessageRate, Port, Within};
+
+/// Backlog messages per second: at least 1 (a slower pace is a stuck
+/// uplink by another name, and `1e-300` stopped the publisher), at most
+/// 10,000 (beyond what a Pi's broker link acknowledges: the same as
+/// unpaced).
+pub type BacklogRate = MessageRate<1, 10_000>;
+/// MQTT keep-alive: 5 s to 65,535 s. The CONNECT packet carries it as a
+/// 16-bit count of seconds, so 65,536 s would wrap to 0 (keep-alive off);
+/// below 5 s a slow link drops for nothing.
+pub type KeepAlive = Within<5_000, 65_535_000>;
+/// One connection attempt (TCP, TLS and CONNACK): 1 s to 10 min.
+pub type ConnectTimeout = Within<1_000, 600_000>;
+/// No PUBACK for this long with records pending is a stuck link: 1 s to 1 h.
+pub type StallTimeout = Within<1_000, 3_600_000>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,22 +46,27 @@ pub struct MqttConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<AbsPath>,
+    /// Let `password_file` go to a broker that is not on loopback with TLS
+    /// off (the password crosses the network in clear). Default false.
+    #[serde(default)]
+    pub allow_plaintext_credentials: bool,
     /// Default `wardgate-{site}`.
     #[serde(default)]
     pub client_id: Option<String>,
     /// Records per batch, 1-10000.
     #[serde(default = "default_max_batch")]
     pub max_batch: Bounded<1, 10_000>,
-    /// Cap on backlog messages per second; `None` = as fast as acks come.
+    /// Cap on backlog messages per second (1-10000); `None` = as fast as
+    /// acks come.
     #[serde(default)]
-    pub backlog_rate: Option<f64>,
-    #[serde(default = "default_keep_alive", with = "humantime_serde")]
-    pub keep_alive: Duration,
+    pub backlog_rate: Option<BacklogRate>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: KeepAlive,
     /// QoS 1 messages in flight (sent, not yet acknowledged), 1-65535.
     #[serde(default = "default_inflight")]
     pub inflight: Bounded<1, 65_535>,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConnectTimeout,
     /// A batch's record bodies total at most this (a single record may exceed it).
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: ByteSize,
@@ -56,8 +76,8 @@ pub struct MqttConfig {
     pub max_packet_size: ByteSize,
     /// Records pending, link up and no PUBACK for this long: the link is
     /// stuck (reconnect, `mqtt.stalled` event, `/healthz` 503).
-    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
-    pub stall_timeout: Duration,
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: StallTimeout,
 }
 
 impl Default for MqttConfig {
@@ -75,14 +95,14 @@ fn default_prefix() -> String {
 fn default_max_batch() -> Bounded<1, 10_000> {
     Bounded::of(100)
 }
-fn default_keep_alive() -> Duration {
-    Duration::from_secs(30)
+fn default_keep_alive() -> KeepAlive {
+    KeepAlive::of(Duration::from_secs(30))
 }
 fn default_inflight() -> Bounded<1, 65_535> {
     Bounded::of(100)
 }
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(20)
+fn default_connect_timeout() -> ConnectTimeout {
+    ConnectTimeout::of(Duration::from_secs(20))
 }
 fn default_max_batch_bytes() -> ByteSize {
     ByteSize::kib(256)
@@ -90,15 +110,19 @@ fn default_max_batch_bytes() -> ByteSize {
 fn default_max_packet_size() -> ByteSize {
     ByteSize::mib(1)
 }
-fn default_stall_timeout() -> Duration {
-    Duration::from_secs(60)
+fn default_stall_timeout() -> StallTimeout {
+    StallTimeout::of(Duration::from_secs(60))
 }
 
 impl MqttConfig {
+    /// TLS in effect: as configured, or on unless the broker is on loopback.
+    pub fn tls_in_effect(&self) -> bool {
+        self.tls.unwrap_or_else(|| !is_loopback(&self.host))
+    }
+
     /// Problems the types cannot see, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let (m, mut p) = (self, Vec::new());
-        let secs = Duration::from_secs;
         if m.host.trim().is_empty() {
             p.push("mqtt.host: must not be empty".into());
         }
@@ -112,22 +136,10 @@ impl MqttConfig {
                 m.prefix
             ));
         }
-        if let Some(r) = m.backlog_rate {
-            if !(r.is_finite() && r > 0.0) {
-                p.push(format!(
-                    "mqtt.backlog_rate: {r} must be a positive number of messages per second"
-                ));
-            }
-        }
-        if let Some(why) = duration_problem(m.keep_alive, secs(5), None) {
-            p.push(format!("mqtt.keep_alive: {why}"));
-        }
         if m.cert_file.is_some() != m.key_file.is_some() {
             p.push("mqtt.cert_file / mqtt.key_file: give both or neither".into());
         }
-        if m.tls == Some(false) && (m.ca_file.is_some() || m.cert_file.is_some()) {
-            p.push("mqtt.tls: false, but ca_file or cert_file is set".into());
-        }
+        p.extend(m.tls_problems());
         if m.username.is_none() && m.password_file.is_some() {
             p.push("mqtt.password_file: set, but mqtt.username is not".into());
         }
@@ -135,9 +147,6 @@ impl MqttConfig {
             if id.is_empty() || id.len() > 128 {
                 p.push(format!("mqtt.client_id: {id:?} must be 1-128 characters"));
             }
-        }
-        if let Some(why) = duration_problem(m.connect_timeout, secs(1), Some(secs(600))) {
-            p.push(format!("mqtt.connect_timeout: {why}"));
         }
         // MQTT's own limit is 256 MiB - 1; below 4 KiB not even one
         // reading with its envelope fits.
@@ -154,18 +163,62 @@ impl MqttConfig {
                 m.max_batch_bytes, m.max_packet_size
             ));
         }
-        if let Some(why) = duration_problem(m.stall_timeout, secs(1), Some(secs(3600))) {
-            p.push(format!("mqtt.stall_timeout: {why}"));
-        }
-        if let Some(r) = m.backlog_rate.filter(|r| r.is_finite() && *r > 0.0) {
+        if let Some(r) = m.backlog_rate {
             // A paced backlog must not look like a stuck link.
-            if 1.0 / r >= m.stall_timeout.as_secs_f64() {
+            if r.gap() >= m.stall_timeout.get() {
                 p.push(format!(
                     "mqtt.backlog_rate: {r} messages per second is slower than one per mqtt.stall_timeout ({})",
-                    humantime::format_duration(m.stall_timeout)
+                    m.stall_timeout
                 ));
             }
         }
         p
     }
+
+    /// TLS files with TLS off, and a password that would go out in clear.
+    /// TLS is decided by [`MqttConfig::tls_in_effect`] alone: a file never
+    /// turns it on, so one given while it is off is an error, not ignored.
+    fn tls_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.tls_in_effect() {
+            return p;
+        }
+        let why = match self.tls {
+            Some(_) => "mqtt.tls = false".to_owned(),
+            None => format!(
+                "the broker {} is on loopback, where TLS is off unless mqtt.tls = true",
+                self.host
+            ),
+        };
+        for (key, set) in [
+            ("mqtt.ca_file", self.ca_file.is_some()),
+            ("mqtt.cert_file", self.cert_file.is_some()),
+            ("mqtt.key_file", self.key_file.is_some()),
+        ] {
+            if set {
+                p.push(format!(
+                    "{key}: set, but TLS is off ({why}), so it would not be used; set mqtt.tls = true, or remove it"
+                ));
+            }
+        }
+        if self.password_file.is_some()
+            && !is_loopback(&self.host)
+            && !self.allow_plaintext_credentials
+        {
+            p.push(format!(
+                "mqtt.password_file: TLS is off ({why}), so the password would cross the network to {} in clear; turn TLS on, or set mqtt.allow_plaintext_credentials = true if that network is trusted",
+                self.host
+            ));
+        }
+        p
+    }
+}
+
+/// A broker on this machine: traffic to it never leaves the box.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::Bounded;
+use crate::config::types::{duration_problem, Bounded};
 use crate::model::valid_id;
-use crate::source::nut::config::default_nut_timeout;
+use crate::source::nut::config::{default_nut_timeout, TIMEOUT_MAX, TIMEOUT_MIN};
 use crate::source::threshold::ThresholdConfig;
 
 /// Reachability of hosts: TCP connect time or ICMP echo.
@@ -86,6 +86,9 @@ impl ProbeConfig {
         let mut p = Vec::new();
         if self.targets.is_empty() {
             p.push(format!("{key}.targets: give at least one target"));
+        }
+        if let Some(why) = duration_problem(self.timeout, TIMEOUT_MIN, TIMEOUT_MAX) {
+            p.push(format!("{key}.timeout: {why}"));
         }
         for (ti, t) in self.targets.iter().enumerate() {
             if !valid_id(&t.name) {

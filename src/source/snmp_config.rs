@@ -19,7 +19,8 @@ pub struct SnmpConfig {
     pub host: String,
     #[serde(default = "default_snmp_port")]
     pub port: Port,
-    #[serde(default = "default_community")]
+    /// The router's read-only community. Required: a default such as
+    /// `public` is a universal password (ETSI EN 303 645, 5.1).
     pub community: String,
     /// Interfaces by ifName (`"eth0"`, `"pppoe-wan"`) or ifIndex (`2`).
     #[serde(default)]
@@ -58,9 +59,6 @@ impl std::fmt::Display for IfRef {
 
 fn default_snmp_port() -> Port {
     Port::of(161)
-}
-fn default_community() -> String {
-    "public".into()
 }
 fn default_snmp_interval() -> Duration {
     Duration::from_secs(30)

@@ -1,13 +1,12 @@
 //! The `[spool]` section: where and how the durable buffer keeps records,
 //! and its checks.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::types::{absolute_path_problem, defaults_of, duration_problem, Bounded};
+use crate::config::types::{defaults_of, duration_problem, AbsPath, Bounded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -18,14 +17,14 @@ pub enum SpoolPolicy {
     Wal,
 }
 
-// The path and the durations stay plain types (checked in `problems`
-// with the same helpers as the validated types): the spool's code reads
-// them in many places and nothing there clamps them.
+// The durations stay plain `Duration`s, bounded in `problems` with the
+// same helper (and so the same words) as the validated types: the spool's
+// commit loop reads them and nothing there clamps them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
     #[serde(default = "default_spool_path")]
-    pub path: PathBuf,
+    pub path: AbsPath,
     #[serde(default = "default_policy")]
     pub policy: SpoolPolicy,
     #[serde(default = "default_spill_after", with = "humantime_serde")]
@@ -48,8 +47,8 @@ impl Default for SpoolConfig {
     }
 }
 
-fn default_spool_path() -> PathBuf {
-    PathBuf::from("/var/lib/wardgate/spool.db")
+fn default_spool_path() -> AbsPath {
+    AbsPath::known("/var/lib/wardgate/spool.db")
 }
 fn default_policy() -> SpoolPolicy {
     SpoolPolicy::Spill
@@ -70,27 +69,33 @@ fn default_memory_max() -> Bounded<1, 10_000_000> {
     Bounded::of(10_000)
 }
 
+/// The longest `spool.max_age`: 10 years of 365.25 days.
+pub const MAX_AGE_MS: u64 = 10 * 31_557_600_000;
+
 impl SpoolConfig {
     /// Problems, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let (s, mut p) = (self, Vec::new());
         let ms = Duration::from_millis;
-        if let Some(why) = absolute_path_problem(&s.path) {
-            p.push(format!("spool.path: {why}"));
-        }
         if let Some(why) = duration_problem(s.commit_interval, ms(10), Some(ms(60_000))) {
             p.push(format!("spool.commit_interval: {why}"));
         }
         if let Some(why) = duration_problem(s.spill_after, ms(0), Some(ms(3_600_000))) {
             p.push(format!("spool.spill_after: {why}"));
         }
-        if s.max_bytes.as_u64() < 64 * 1024 {
+        // Below 64 KiB not even a page of records fits; above 1 TiB is
+        // beyond any card or disk a Pi spools to (and far from u64/i64
+        // byte counts wrapping).
+        if !(64 << 10..=1 << 40).contains(&s.max_bytes.as_u64()) {
             p.push(format!(
-                "spool.max_bytes: {} is too small (at least 64 KiB)",
+                "spool.max_bytes: {} must be between 64 KiB and 1 TiB",
                 s.max_bytes
             ));
         }
-        if let Some(why) = duration_problem(s.max_age, ms(60_000), None) {
+        // Ten years (of 365.25 days, humantime's "10years") is more than a
+        // card lives; a longer age wrapped when turned into a cut-off time
+        // and would have deleted every record once the clock synced.
+        if let Some(why) = duration_problem(s.max_age, ms(60_000), Some(ms(MAX_AGE_MS))) {
             p.push(format!("spool.max_age: {why}"));
         }
         p

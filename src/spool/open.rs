@@ -35,7 +35,7 @@ impl Spool {
         site: &str,
         sinks: &[&str],
     ) -> Result<(Arc<Spool>, StartReport), SpoolError> {
-        let path = cfg.path.clone();
+        let path = cfg.path.to_path_buf();
         let pos_path = positions::path_for(&path);
         let mut report = StartReport::default();
         let mut notices = Vec::new();

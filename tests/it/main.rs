@@ -15,6 +15,7 @@ mod common;
 mod delivery;
 mod durability;
 mod field;
+mod hostile_config;
 mod install;
 mod sensors;
 mod service;

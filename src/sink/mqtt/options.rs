@@ -23,7 +23,7 @@ impl<L: Lane> MqttSink<L> {
     pub(super) fn options(&self) -> Result<MqttOptions, MqttError> {
         let c = &self.cfg;
         let mut o = MqttOptions::new(c.mqtt_client_id(), c.mqtt.host.clone(), c.mqtt_port());
-        o.set_keep_alive(c.mqtt.keep_alive);
+        o.set_keep_alive(c.mqtt.keep_alive.get());
         o.set_clean_session(true);
         o.set_inflight(u16::try_from(c.mqtt.inflight.get()).expect("mqtt.inflight is 1-65535"));
         // The same limit the publisher checks before handing a message over,
@@ -65,7 +65,7 @@ pub(super) fn max_packet_size(cfg: &Config) -> usize {
 /// an attempt short of `mqtt.connect_timeout`: set it to at least that, so
 /// the sink's own timeout is the one that applies.
 pub(super) fn network_options(cfg: &Config) -> NetworkOptions {
-    let t = cfg.mqtt.connect_timeout;
+    let t = cfg.mqtt.connect_timeout.get();
     let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
     let mut n = NetworkOptions::new();
     n.set_connection_timeout(secs.max(1));

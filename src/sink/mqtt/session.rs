@@ -35,7 +35,8 @@ impl<L: Lane> MqttSink<L> {
         };
         let (client, mut el) = AsyncClient::new(opts, 64);
         el.set_network_options(network_options(&self.cfg));
-        let connect = tokio::time::timeout(self.cfg.mqtt.connect_timeout, wait_connack(&mut el));
+        let connect =
+            tokio::time::timeout(self.cfg.mqtt.connect_timeout.get(), wait_connack(&mut el));
         let connected = tokio::select! {
             _ = cancel.cancelled() => {
                 tracing::warn!("stopping before the broker answered; offline status not sent");
@@ -115,7 +116,7 @@ impl<L: Lane> MqttSink<L> {
                     if pending == 0 {
                         moved = Instant::now();
                         self.unstalled();
-                    } else if moved.elapsed() >= self.cfg.mqtt.stall_timeout {
+                    } else if moved.elapsed() >= self.cfg.mqtt.stall_timeout.get() {
                         publisher.abort();
                         break failed_up(self.stalled(pending, moved.elapsed()));
                     }
@@ -329,10 +330,7 @@ async fn publish_loop<L: Lane>(
     let max = cfg.mqtt.max_batch.as_usize();
     let max_bytes = usize::try_from(cfg.mqtt.max_batch_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_packet = max_packet_size(&cfg);
-    let gap = cfg
-        .mqtt
-        .backlog_rate
-        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let gap = cfg.mqtt.backlog_rate.map(|r| r.gap());
     let mut next_backlog = tokio::time::Instant::now();
     loop {
         let batch = match lane.next_batch(max, max_bytes).await {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{default_interval, AbsPath, Port};
+use crate::config::types::{default_interval, duration_problem, AbsPath, Port};
 use crate::source::threshold::ThresholdConfig;
 
 /// A UPS served by an existing NUT `upsd` (any UPS NUT supports, USB HID
@@ -39,6 +39,14 @@ fn default_nut_host() -> String {
 fn default_nut_port() -> Port {
     Port::of(3493)
 }
+/// The bounds of a network peer's reply timeout (NUT here, the probe's
+/// too): 100 ms to 30 s, as for the serial and SNMP devices. Shorter than
+/// a LAN round trip under load times out for nothing; longer leaves the
+/// device looking alive long after it stopped answering. (Kept a plain
+/// `Duration`, bounded here, so the client code is not touched.)
+pub(crate) const TIMEOUT_MIN: Duration = Duration::from_millis(100);
+pub(crate) const TIMEOUT_MAX: Option<Duration> = Some(Duration::from_secs(30));
+
 /// Also the probe's default timeout.
 pub(crate) fn default_nut_timeout() -> Duration {
     Duration::from_secs(5)
@@ -56,6 +64,9 @@ impl NutConfig {
         }
         if self.username.is_none() && self.password_file.is_some() {
             p.push(format!("{key}.password_file: set, but username is not"));
+        }
+        if let Some(why) = duration_problem(self.timeout, TIMEOUT_MIN, TIMEOUT_MAX) {
+            p.push(format!("{key}.timeout: {why}"));
         }
         p
     }
