@@ -182,9 +182,9 @@ fn a_config_for_another_broker_does_not_get_the_installed_password() {
 
     // Another host, another port, TLS turned off: each is another broker.
     for (what, attack) in [
-        ("host", "site = \"xa-test\"\n[mqtt]\nhost = \"evil.example\"\ntls = false\nusername = \"xa-test\"\npassword_file = \"/etc/wardgate/mqtt.password\"\n"),
+        ("host", "site = \"xa-test\"\n[mqtt]\nhost = \"evil.example\"\ntls = false\nallow_plaintext_credentials = true\nusername = \"xa-test\"\npassword_file = \"/etc/wardgate/mqtt.password\"\n"),
         ("port", "site = \"xa-test\"\n[mqtt]\nhost = \"ioc.example\"\nport = 9999\nusername = \"xa-test\"\npassword_file = \"/etc/wardgate/mqtt.password\"\n"),
-        ("tls", "site = \"xa-test\"\n[mqtt]\nhost = \"ioc.example\"\nport = 8883\ntls = false\nusername = \"xa-test\"\npassword_file = \"/etc/wardgate/mqtt.password\"\n"),
+        ("tls", "site = \"xa-test\"\n[mqtt]\nhost = \"ioc.example\"\nport = 8883\ntls = false\nallow_plaintext_credentials = true\nusername = \"xa-test\"\npassword_file = \"/etc/wardgate/mqtt.password\"\n"),
     ] {
         std::fs::write(boot.join("wardgate.toml"), attack).unwrap();
         let r = provision_run(&boot, &etc);
