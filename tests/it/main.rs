@@ -4,6 +4,7 @@
 mod common;
 mod delivery;
 mod field;
+mod hostile_web;
 mod install;
 mod sensors;
 mod spine;
