@@ -369,6 +369,57 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
 }
 
+/// Item 1, a slow reader: a client that pipelines requests and never reads
+/// the answers is dropped once its responses have not moved for 10 s,
+/// rather than holding its connection for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped() {
+    const ASKED: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), 0))
+        .unwrap();
+    let s = sock.connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED);
+        let _ = wr.write_all(&req).await;
+        wr
+    });
+    // Responses pile up (the page is a few KiB, 5,000 of them are far more
+    // than the socket buffers hold), then stop moving.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut b = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await;
+    let answered = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(
+        ended.is_ok(),
+        "the connection was not closed ({answered} answers read)"
+    );
+    assert!(
+        answered < ASKED,
+        "all {ASKED} pipelined requests were answered: the stalled client was never dropped"
+    );
+    eprintln!("hostile_web: stalled reader dropped after {answered} of {ASKED} answers");
+    writer.abort();
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+}
+
 /// Item 6: brute-forced basic auth is slowed per client. After 5 failures
 /// the client gets 429 with Retry-After, even with the right password; other
 /// clients are unaffected; after the wait the right password works.
