@@ -57,6 +57,9 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
         cfg.mqtt_port(),
         if cfg.mqtt_tls() { ", TLS" } else { ", no TLS" }
     );
+    if let Some(w) = crate::status::web::password_file_warning(&cfg.web) {
+        let _ = writeln!(out, "warning: {w}");
+    }
     if config_only {
         return exit::OK;
     }

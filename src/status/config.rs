@@ -2,10 +2,19 @@
 //! status LED, and their checks.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{defaults_of, BcmPin};
+use crate::config::types::{defaults_of, BcmPin, Bounded, Within};
+
+/// How many connections the page serves at once (a quarter of them per
+/// client). Every connection holds a file descriptor; the gateway lowers
+/// this at start if the process's descriptor limit is small.
+pub type MaxConnections = Bounded<1, 1024>;
+/// How long a client may take to send a request's head, and how long a
+/// kept-alive connection may sit idle between requests.
+pub type HeaderTimeout = Within<1_000, 60_000>;
 
 /// The local status page.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +32,12 @@ pub struct WebConfig {
     /// "vi" (default) or "en", when the browser does not say.
     #[serde(default = "default_language")]
     pub language: String,
+    /// Connections served at once; more are closed as soon as accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: MaxConnections,
+    /// The header-read and idle keep-alive timeout.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HeaderTimeout,
 }
 
 impl Default for WebConfig {
@@ -39,6 +54,12 @@ fn default_web_listen() -> String {
 }
 fn default_language() -> String {
     "vi".into()
+}
+fn default_max_connections() -> MaxConnections {
+    MaxConnections::of(32)
+}
+fn default_header_timeout() -> HeaderTimeout {
+    HeaderTimeout::of(Duration::from_secs(10))
 }
 
 impl WebConfig {

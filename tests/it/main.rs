@@ -16,6 +16,7 @@ mod delivery;
 mod durability;
 mod field;
 mod hostile_config;
+mod hostile_web;
 mod install;
 mod sensors;
 mod service;

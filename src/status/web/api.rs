@@ -1,7 +1,9 @@
 //! The machine-facing endpoints: `/api/status` (the snapshot as JSON),
 //! `/healthz` (is the pipeline alive) and `/metrics` (Prometheus text).
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -120,8 +122,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
     out
 }
 
-pub(super) async fn api_status(State(st): State<AppState>, h: HeaderMap) -> Response {
-    if let Err(r) = authorised(&st, &h) {
+pub(super) async fn api_status(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Response {
+    if let Err(r) = authorised(&st, peer, &h) {
         return *r;
     }
     let snap = st.status.borrow().clone();
@@ -151,8 +157,12 @@ pub(super) async fn healthz(State(st): State<AppState>) -> Response {
     }
 }
 
-pub(super) async fn metrics(State(st): State<AppState>, h: HeaderMap) -> Response {
-    if let Err(r) = authorised(&st, &h) {
+pub(super) async fn metrics(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+) -> Response {
+    if let Err(r) = authorised(&st, peer, &h) {
         return *r;
     }
     let snap = st.status.borrow().clone();

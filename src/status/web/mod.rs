@@ -1,22 +1,28 @@
-//! The local web page's server (axum): routes, basic auth, binding the
-//! listen address. Read-only; it only observes the snapshot.
+//! The local web page's server (axum routes on hyper): routes, basic auth,
+//! security headers, binding the listen address. Read-only; it only
+//! observes the snapshot.
 //!
-//! Its rooms: `strings` (the words, per language), `page` (the HTML) and
-//! `api` (`/api/status`, `/healthz`, `/metrics`).
+//! Its rooms: `strings` (the words, per language), `page` (the HTML),
+//! `api` (`/api/status`, `/healthz`, `/metrics`), `auth` (credentials,
+//! back-off, the password file's mode) and `server` (the accept loop and
+//! connection limits that keep the LAN from starving the data path).
 
 mod api;
+mod auth;
 mod page;
+mod server;
 mod strings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use base64::Engine as _;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use super::history::History;
 use super::Snapshot;
 pub use api::render_metrics;
-pub use page::{headline, render_body, render_page};
+pub use auth::{password_file_warning, Backoff, Client, Credentials};
+pub use page::{content_security_policy, headline, render_body, render_page};
+pub use server::{Limits, FD_RESERVE};
 pub use strings::{choose_language, Strings, EN, VI};
 
 #[derive(Clone)]
@@ -32,8 +40,12 @@ struct AppState {
     status: watch::Receiver<Snapshot>,
     history: Arc<History>,
     language: String,
-    /// `Basic <base64>` expected, when auth is on.
-    auth: Option<String>,
+    /// The credentials expected, when auth is on.
+    auth: Option<Arc<Credentials>>,
+    /// Failed attempts per client.
+    backoff: Arc<Backoff>,
+    /// The password file is readable by other users (shown on the page).
+    password_file_open: bool,
 }
 
 #[derive(Deserialize)]
@@ -41,21 +53,108 @@ struct LangQuery {
     lang: Option<String>,
 }
 
-fn authorised(st: &AppState, h: &HeaderMap) -> Result<(), Box<Response>> {
+/// Basic auth, with a back-off per client: a client with
+/// [`auth::FREE_FAILURES`] failed attempts waits (429, `Retry-After`),
+/// doubling with each further failure, and is refused during the wait even
+/// with the right password. A request without credentials is not an
+/// attempt (a browser asks without them first).
+fn authorised(st: &AppState, peer: SocketAddr, h: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(want) = &st.auth else { return Ok(()) };
-    let got = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if got == Some(want.as_str()) {
-        Ok(())
-    } else {
-        Err(Box::new(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Basic realm=\"wardgate\"")],
-                "authentication required",
-            )
-                .into_response(),
-        ))
+    let who = Client::of(peer.ip());
+    let now = Instant::now();
+    if let Some(wait) = st.backoff.waiting(who, now) {
+        return Err(Box::new(too_many(wait)));
     }
+    let got = h.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match got {
+        Some(got) if want.matches(got) => {
+            st.backoff.succeeded(who);
+            return Ok(());
+        }
+        Some(_) => {
+            if let Some(wait) = st.backoff.failed(who, now) {
+                tracing::warn!(
+                    client = %who,
+                    wait_s = wait.as_secs(),
+                    "web page: repeated wrong passwords, client must wait"
+                );
+            }
+        }
+        None => {}
+    }
+    Err(Box::new(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"wardgate\"")],
+            "authentication required",
+        )
+            .into_response(),
+    ))
+}
+
+fn too_many(wait: std::time::Duration) -> Response {
+    // Whole seconds, rounded up, at least 1.
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        format!("too many wrong passwords: try again in {secs} s\n"),
+    )
+        .into_response()
+}
+
+/// Refuses any request that carries a body: nothing here takes input, so a
+/// body is at best a mistake and at worst a way to hold the connection.
+async fn no_bodies(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || h.contains_key(header::TRANSFER_ENCODING);
+    if declared {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONNECTION, "close")],
+            "this page takes no request body\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// The security headers, on every response the routes give (and on 404,
+/// 405, 401, 413 and 429).
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(content_security_policy()),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // The status changes every second and may be behind a password: no
+    // cache, and no other site may embed what it says.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    res
+}
+
+fn notices(st: &AppState, t: &Strings) -> Vec<&'static str> {
+    let mut n = Vec::new();
+    if st.password_file_open {
+        n.push(t.password_file_open);
+    }
+    n
 }
 
 fn lang_of(st: &AppState, q: &LangQuery, h: &HeaderMap) -> &'static Strings {
@@ -63,28 +162,38 @@ fn lang_of(st: &AppState, q: &LangQuery, h: &HeaderMap) -> &'static Strings {
     strings::strings(choose_language(q.lang.as_deref(), accept, &st.language))
 }
 
-async fn page(State(st): State<AppState>, Query(q): Query<LangQuery>, h: HeaderMap) -> Response {
-    if let Err(r) = authorised(&st, &h) {
+async fn page(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<LangQuery>,
+    h: HeaderMap,
+) -> Response {
+    if let Err(r) = authorised(&st, peer, &h) {
         return *r;
     }
     let t = lang_of(&st, &q, &h);
     let snap = st.status.borrow().clone();
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_page(&snap, &st.history, t),
+        render_page(&snap, &st.history, t, &notices(&st, t)),
     )
         .into_response()
 }
 
-async fn body(State(st): State<AppState>, Query(q): Query<LangQuery>, h: HeaderMap) -> Response {
-    if let Err(r) = authorised(&st, &h) {
+async fn body(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<LangQuery>,
+    h: HeaderMap,
+) -> Response {
+    if let Err(r) = authorised(&st, peer, &h) {
         return *r;
     }
     let t = lang_of(&st, &q, &h);
     let snap = st.status.borrow().clone();
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_body(&snap, &st.history, t),
+        render_body(&snap, &st.history, t, &notices(&st, t)),
     )
         .into_response()
 }
@@ -109,7 +218,8 @@ pub enum WebError {
 }
 
 /// Binds the page's address (so a caller knows the port) and returns the
-/// server future.
+/// server future. Reads (and raises, if it may) the process's descriptor
+/// limit and fits the connection cap under it.
 pub async fn bind(
     cfg: &crate::config::WebConfig,
     status: watch::Receiver<Snapshot>,
@@ -123,18 +233,24 @@ pub async fn bind(
                 source: e,
             })?;
             let pw = pw.trim_end_matches(['\r', '\n']);
-            Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
-            ))
+            Some(Arc::new(Credentials::new(u, pw)))
         }
         _ => None,
+    };
+    let password_file_open = match password_file_warning(cfg) {
+        Some(w) => {
+            tracing::warn!("{w}");
+            true
+        }
+        None => false,
     };
     let state = AppState {
         status,
         history,
         language: cfg.language.clone(),
         auth,
+        backoff: Arc::new(Backoff::default()),
+        password_file_open,
     };
     let app = Router::new()
         .route("/", get(page))
@@ -142,7 +258,28 @@ pub async fn bind(
         .route("/api/status", get(api::api_status))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
+        .layer(middleware::from_fn(no_bodies))
+        .layer(middleware::map_response(security_headers))
         .with_state(state);
+    let soft = server::descriptor_limit();
+    let wanted = cfg.max_connections.as_usize();
+    let limits = Limits::fitting(wanted, soft, cfg.header_timeout.get());
+    if limits.total < wanted {
+        tracing::warn!(
+            wanted,
+            allowed = limits.total,
+            fd_limit = soft,
+            reserve = FD_RESERVE,
+            "web.max_connections lowered to keep file descriptors for the devices and sinks (raise LimitNOFILE)"
+        );
+    }
+    tracing::info!(
+        max_connections = limits.total,
+        per_client = limits.per_client,
+        header_timeout_s = limits.header_timeout.as_secs_f32(),
+        fd_limit = soft,
+        "web page limits"
+    );
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| WebError::Bind {
@@ -153,13 +290,5 @@ pub async fn bind(
         addr: cfg.listen.clone(),
         source: e,
     })?;
-    let fut = async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "web page stopped");
-        }
-    };
-    Ok((addr, fut))
+    Ok((addr, server::serve(listener, app, limits, cancel)))
 }

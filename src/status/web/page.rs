@@ -130,8 +130,10 @@ fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, Str
     out
 }
 
-/// The page body (also what the page fetches to refresh itself).
-pub fn render_body(s: &Snapshot, history: &History, t: &Strings) -> String {
+/// The page body (also what the page fetches to refresh itself);
+/// `notices` are warnings for whoever looks after the box, one line each
+/// under the headline.
+pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
     let (sentence, class) = headline(s, t);
     let mut b = String::new();
     let _ = write!(
@@ -139,6 +141,9 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings) -> String {
         "<header class=\"{class}\"><h1 id=\"headline\">{}</h1></header>",
         esc(&sentence)
     );
+    for n in notices {
+        let _ = write!(b, "<p class=\"bar notice\">⚠ {}</p>", esc(n));
+    }
     let _ = write!(
         b,
         "<p class=\"bar\"><a href=\"?lang={}\" id=\"lang\">{}</a> · {} · {}: <b>{}</b>",
@@ -246,17 +251,42 @@ header.ok{background:#1b7f3b;color:#fff}header.warn{background:#c77c00;color:#ff
 .card.warn{border-color:#c77c00}.card.bad{border-color:#b3261e}.card h2{margin:0}\
 dl{display:grid;grid-template-columns:auto auto;gap:.2em 1em}dd{margin:0;font-weight:bold}\
 .chart{width:100%;height:80px;color:#1565c0}.chart text{font-size:9px;fill:#555}figure{margin:.5em 0}\
-.events,.led{padding:0 1em 1em}li.bad{color:#b3261e}li.warn{color:#8a5600}";
+.events,.led{padding:0 1em 1em}li.bad{color:#b3261e}li.warn{color:#8a5600}.notice{color:#8a5600;font-weight:bold}";
 
 const SCRIPT: &str = "setInterval(function(){fetch('body'+location.search).then(function(r){return r.ok?r.text():null}).then(function(t){if(t){document.getElementById('page').innerHTML=t}}).catch(function(){})},3000);";
 
-pub fn render_page(s: &Snapshot, history: &History, t: &Strings) -> String {
+/// The Content-Security-Policy sent with every response: nothing may load
+/// or run but the page's own inline style and script (allowed by their
+/// SHA-256, so an injected `<script>` or `style` would not run), the
+/// refresh may fetch from this origin only, and no other site may frame
+/// the page.
+pub fn content_security_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash = |text: &str| {
+            use base64::Engine as _;
+            let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+            format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+            )
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash(SCRIPT),
+            hash(STYLE)
+        )
+    })
+}
+
+pub fn render_page(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
     format!(
         "<!doctype html><html lang=\"{}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{} — {}</title><style>{STYLE}</style></head><body><div id=\"page\">{}</div><script>{SCRIPT}</script></body></html>",
         t.lang,
         t.title,
         esc(&s.site),
-        render_body(s, history, t)
+        render_body(s, history, t, notices)
     )
 }
 
@@ -316,7 +346,7 @@ mod tests {
             d.last_values.num("ups.load", 31.0);
             d.last_values.num("battery.runtime", 1200.0);
         });
-        let page = render_page(&hub.get(), &History::default(), &VI);
+        let page = render_page(&hub.get(), &History::default(), &VI, &[]);
         assert!(page.contains("data-device=\"ups1\""));
         assert!(page.contains("đang chạy bằng pin"));
         assert!(page.contains("20 phút"));
@@ -328,16 +358,43 @@ mod tests {
             message: "UPS on battery: mains power lost".into(),
             message_vi: None,
         });
-        let vi = render_body(&hub.get(), &History::default(), &VI);
+        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
         assert!(
             vi.contains("UPS chuyển sang chạy pin: mất điện lưới"),
             "{vi}"
         );
-        let en = render_body(&hub.get(), &History::default(), &EN);
+        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
         assert!(en.contains("UPS on battery: mains power lost"));
         assert!(
             !page.contains("http://") && !page.contains("https://"),
             "no external URL"
         );
+    }
+
+    #[test]
+    fn the_csp_allows_exactly_what_the_page_inlines() {
+        let hub = StatusHub::new("xa-a");
+        hub.update(|s| s.uplink.attempts = 1);
+        let page = render_page(&hub.get(), &History::default(), &EN, &["<b>careful</b>"]);
+        let inner = |open: &str, close: &str| {
+            let a = page.find(open).unwrap() + open.len();
+            page[a..a + page[a..].find(close).unwrap()].to_owned()
+        };
+        assert_eq!(inner("<script>", "</script>"), SCRIPT);
+        assert_eq!(inner("<style>", "</style>"), STYLE);
+        assert_eq!(page.matches("<script").count(), 1, "one inline script");
+        assert_eq!(page.matches("<style").count(), 1, "one inline style");
+        assert!(
+            !page.contains(" style="),
+            "no style attributes (the CSP blocks them)"
+        );
+        let csp = content_security_policy();
+        assert!(
+            csp.starts_with("default-src 'none'; script-src 'sha256-"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{csp}");
+        // A notice is escaped like everything else.
+        assert!(page.contains("⚠ &lt;b&gt;careful&lt;/b&gt;"), "{page}");
     }
 }

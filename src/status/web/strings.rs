@@ -51,6 +51,8 @@ pub struct Strings {
     pub link_up: &'static str,
     pub link_down: &'static str,
     pub kept_on_device: &'static str,
+    /// `web.password_file` can be read by other users of the box.
+    pub password_file_open: &'static str,
 }
 
 pub const VI: Strings = Strings {
@@ -108,6 +110,7 @@ pub const VI: Strings = Strings {
     link_up: "đang kết nối",
     link_down: "mất kết nối",
     kept_on_device: "Bản ghi đang lưu tạm",
+    password_file_open: "Tệp mật khẩu của trang này đang để người dùng khác trên thiết bị đọc được: hãy để riêng (chmod o-r)",
 };
 
 pub const EN: Strings = Strings {
@@ -164,6 +167,7 @@ pub const EN: Strings = Strings {
     link_up: "connected",
     link_down: "down",
     kept_on_device: "Readings kept on this device",
+    password_file_open: "The password file of this page is readable by other users of this box: make it private (chmod o-r)",
 };
 
 /// The words the page shows for an event: in Vietnamese those of the event

@@ -1,0 +1,707 @@
+//! The local page under attack from the LAN (issue 11, items 1 and 6),
+//! against the real binary on loopback: a flood of half-sent requests must
+//! not cut the uplink, basic auth cannot be brute-forced, every response
+//! carries the security headers, and a password file others can read is
+//! reported.
+//!
+//! Loopback has a whole /8: the attacker speaks from 127.0.0.1 and the
+//! honest clients from 127.0.0.2 and 127.0.0.3, so the gateway sees them as
+//! different clients.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::common::*;
+
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// The real binary with its file-descriptor limit set to `nofile` (soft and
+/// hard) before exec, as systemd's default of 1,024 in the field.
+fn start_limited(config: &Path, log: &Path, nofile: u64) -> Process {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wardgate"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("WARDGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(out);
+    // SAFETY: setrlimit is async-signal-safe and touches nothing but the
+    // child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile as libc::rlim_t,
+                rlim_max: nofile as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Process {
+        child: cmd.spawn().expect("spawn wardgate"),
+        log: log.to_path_buf(),
+    }
+}
+
+/// This test process needs more than 1,100 descriptors of its own.
+fn raise_own_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if (lim.rlim_cur as u128) < u128::from(want) {
+            lim.rlim_cur = lim.rlim_max.min(want as libc::rlim_t);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur as u128 >= u128::from(want),
+        "this test needs {want} file descriptors; the hard limit is {}",
+        lim.rlim_max
+    );
+}
+
+/// The page's address, from the gateway's log.
+async fn page_addr(gw: &Process) -> SocketAddr {
+    let mut addr: Option<SocketAddr> = None;
+    eventually(WAIT, "the page's address in the log", || {
+        addr = gw.log_text().lines().find_map(|l| {
+            l.split("local status page addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        });
+        addr.is_some()
+    })
+    .await;
+    addr.expect("found above")
+}
+
+/// A response: status code, headers (lower-case names) and body.
+#[derive(Debug)]
+struct Reply {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One GET from the loopback address `from`; `None` when the connection is
+/// refused, closed without an answer or takes longer than `limit`.
+async fn get_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    extra: &str,
+    limit: Duration,
+) -> Option<Reply> {
+    let exchange = async {
+        let sock = TcpSocket::new_v4().ok()?;
+        sock.bind(SocketAddr::new(from, 0)).ok()?;
+        let mut s = sock.connect(addr).await.ok()?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.lines();
+        let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Some(Reply {
+            code,
+            headers,
+            body: body.to_owned(),
+        })
+    };
+    tokio::time::timeout(limit, exchange).await.ok().flatten()
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
+}
+
+/// Item 1: 1,100 half-sent requests from one client, held while the broker
+/// restarts, with the gateway at the field's 1,024 file descriptors. The
+/// MQTT link comes back, `/healthz` answers every time within 1 s, and the
+/// half-sent connections are all closed by the header-read timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_cannot_cut_the_uplink() {
+    const HELD: usize = 1_100;
+    raise_own_nofile(HELD as u64 + 512);
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            broker.port,
+            dir.path(),
+            "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"200ms\"\n",
+        ),
+    )
+    .unwrap();
+    let gw = start_limited(&cfg, &dir.path().join("log"), 1024);
+    let addr = page_addr(&gw).await;
+    let uplink = || async {
+        let r = get_from(HONEST, addr, "/api/status", "", Duration::from_secs(2)).await?;
+        let s: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        Some((
+            s["uplink"]["connected"] == true,
+            s["uplink"]["since_ms"].as_i64().unwrap_or(0),
+        ))
+    };
+    let deadline = Instant::now() + WAIT;
+    while uplink().await.map(|u| u.0) != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "never connected: {}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The attack: connections that send half a request head and wait.
+    let attack = Instant::now();
+    let mut held = Vec::with_capacity(HELD);
+    let mut not_connected = 0;
+    for i in 0..HELD {
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+            Ok(Ok(mut s)) => {
+                // The gateway may already have closed it: that is allowed.
+                let _ = s
+                    .write_all(format!("GET /?n={i} HTTP/1.1\r\nHost: x\r\nX-Slow: ").as_bytes())
+                    .await;
+                held.push(s);
+            }
+            _ => not_connected += 1,
+        }
+    }
+    let opened = attack.elapsed();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+
+    // While they are held, the broker restarts.
+    let restart_ms = wardgate::model::now_ms();
+    broker.restart();
+    let mut worst = Duration::ZERO;
+    let mut probes = 0;
+    let back = Instant::now();
+    loop {
+        let t = Instant::now();
+        let r = get_from(HONEST, addr, "/healthz", "", Duration::from_secs(1)).await;
+        let took = t.elapsed();
+        assert!(
+            r.is_some(),
+            "/healthz did not answer within 1 s ({} s into the attack); log:\n{}",
+            attack.elapsed().as_secs(),
+            gw.log_text()
+        );
+        worst = worst.max(took);
+        probes += 1;
+        // Probe for 3 s at least (the half-sent connections are held for
+        // 10 s), and until the link is back.
+        if let Some((true, since)) = uplink().await {
+            if since >= restart_ms && back.elapsed() >= Duration::from_secs(3) {
+                break;
+            }
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the MQTT link did not come back within 30 s of the broker restart; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let link_back = match uplink().await {
+        Some((true, since)) => Duration::from_millis((since - restart_ms).max(0) as u64),
+        other => panic!("link not up: {other:?}"),
+    };
+    let r = get_from(HONEST, addr, "/healthz", "", Duration::from_secs(1))
+        .await
+        .expect("/healthz answers");
+    assert_eq!(r.code, 200, "{r:?}");
+
+    // Every half-sent connection is closed by the gateway (EOF or reset)
+    // once the header-read timeout (10 s) has passed.
+    let mut closed_at = Vec::with_capacity(held.len());
+    let by = attack + Duration::from_secs(10) + opened + Duration::from_secs(5);
+    for s in &mut held {
+        let left = by.saturating_duration_since(Instant::now());
+        let mut b = [0u8; 512];
+        let closed = loop {
+            match tokio::time::timeout(left, s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                // A 408 or 400 before the close is fine too.
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "a half-sent connection is still open {} s after the attack began",
+            attack.elapsed().as_secs()
+        );
+        closed_at.push(attack.elapsed());
+    }
+    eprintln!(
+        "hostile_web: {HELD} half-sent connections opened in {opened:?} ({not_connected} not connected), \
+         gateway holding {fds} descriptors; \
+         /healthz worst {worst:?} over {probes} probes; link back {link_back:?} after the broker restart; \
+         all closed {:?} after the attack began",
+        closed_at.iter().max().copied().unwrap_or_default()
+    );
+    drop(held);
+    assert!(
+        fds < 200,
+        "the gateway held {fds} descriptors during the attack"
+    );
+    assert!(
+        !gw.log_text().contains("Too many open files"),
+        "the gateway ran out of file descriptors:\n{}",
+        gw.log_text()
+    );
+    gw.signal(libc::SIGTERM);
+    let mut gw = gw;
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+/// Item 1, the other half: an idle keep-alive connection is closed too (by
+/// the same 10 s timer, which starts again once a response is sent), and a
+/// request with a body is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(OTHER, 0)).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 4096];
+    let n = within(Duration::from_secs(5), "response", s.read(&mut b))
+        .await
+        .unwrap();
+    assert!(n > 0 && b.starts_with(b"HTTP/1.1 "), "a response");
+    let idle = Instant::now();
+    within(Duration::from_secs(20), "idle close", async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited <= Duration::from_secs(13),
+        "idle keep-alive closed after {waited:?}, expected about 10 s"
+    );
+
+    // A body (even a declared one) is refused: nothing here takes input.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /api/status HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = within(Duration::from_secs(5), "refusal", s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // A huge request head is refused too.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let long = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = s.write_all(long.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = within(Duration::from_secs(5), "refusal", s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    // 431, or a reset before the client could read it (it was still
+    // sending): either way not served.
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+/// Item 1, a slow reader: a client that pipelines requests and never reads
+/// the answers is dropped once its responses have not moved for 10 s,
+/// rather than holding its connection for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped() {
+    const ASKED: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), 0))
+        .unwrap();
+    let s = sock.connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED);
+        let _ = wr.write_all(&req).await;
+        wr
+    });
+    // Responses pile up (the page is a few KiB, 5,000 of them are far more
+    // than the socket buffers hold), then stop moving.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut b = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await;
+    let answered = got.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+    assert!(
+        ended.is_ok(),
+        "the connection was not closed ({answered} answers read)"
+    );
+    assert!(
+        answered < ASKED,
+        "all {ASKED} pipelined requests were answered: the stalled client was never dropped"
+    );
+    eprintln!("hostile_web: stalled reader dropped after {answered} of {ASKED} answers");
+    writer.abort();
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+/// Item 6: brute-forced basic auth is slowed per client. After 5 failures
+/// the client gets 429 with Retry-After, even with the right password; other
+/// clients are unaffected; after the wait the right password works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_forced_basic_auth_is_slowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("web.pw");
+    std::fs::write(&pw, "right-horse-battery\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(free_port(), dir.path(), "").replace(
+            "[web]\n",
+            &format!(
+                "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    let t = Duration::from_secs(5);
+    let right = basic("staff", "right-horse-battery");
+    for i in 0..5 {
+        let r = get_from(
+            ATTACKER,
+            addr,
+            "/api/status",
+            &basic("staff", &format!("guess{i}")),
+            t,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(r.code, 401, "guess {i}: {r:?}");
+    }
+    let r = get_from(ATTACKER, addr, "/api/status", &basic("staff", "guess5"), t)
+        .await
+        .expect("an answer");
+    assert_eq!(r.code, 429, "the 6th guess: {r:?}");
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("429 without Retry-After: {r:?}"));
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    // The right password from the same client is refused during the back-off.
+    let r = get_from(ATTACKER, addr, "/", &right, t).await.unwrap();
+    assert_eq!(r.code, 429, "right password during the back-off: {r:?}");
+    // A burst of guesses gets nowhere.
+    let burst = Instant::now();
+    let mut refused = 0;
+    for i in 0..200 {
+        let r = get_from(
+            ATTACKER,
+            addr,
+            "/metrics",
+            &basic("staff", &format!("b{i}")),
+            t,
+        )
+        .await
+        .unwrap();
+        assert_ne!(r.code, 200);
+        refused += (r.code == 429) as u32;
+    }
+    assert_eq!(refused, 200, "every guess in the back-off is refused");
+    let burst = burst.elapsed();
+    // Other clients are unaffected, with and without the password.
+    let r = get_from(HONEST, addr, "/api/status", &right, t)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 200, "another client: {r:?}");
+    let r = get_from(OTHER, addr, "/api/status", &basic("staff", "typo"), t)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 401, "another client's first mistake: {r:?}");
+    // /healthz never needs the password, and is not blocked.
+    let r = get_from(ATTACKER, addr, "/healthz", "", t).await.unwrap();
+    assert_ne!(r.code, 429, "{r:?}");
+    // After the wait, the right password works, and resets the count.
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
+    let r = get_from(ATTACKER, addr, "/api/status", &right, t)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 200, "after Retry-After: {r:?}");
+    let r = get_from(ATTACKER, addr, "/api/status", &basic("staff", "x"), t)
+        .await
+        .unwrap();
+    assert_eq!(r.code, 401, "the count starts again after a success: {r:?}");
+    eprintln!(
+        "hostile_web: Retry-After {wait} s after 5 failures; 200 guesses refused in {burst:?}"
+    );
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+fn sha256_b64(s: &str) -> String {
+    use base64::Engine as _;
+    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+}
+
+/// The text between `open` and the next `close` in `page`.
+fn between<'a>(page: &'a str, open: &str, close: &str) -> &'a str {
+    let start = page.find(open).map(|i| i + open.len()).expect(open);
+    let end = page[start..].find(close).expect(close);
+    &page[start..start + end]
+}
+
+/// Item 6: security headers on every response (page, body, API, metrics,
+/// health, 401 and 404), the CSP naming the hashes of exactly what the page
+/// inlines, and the page's own script not blocked in a real browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_headers_on_every_response() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            broker.port,
+            dir.path(),
+            "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"200ms\"\n",
+        ),
+    )
+    .unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    let t = Duration::from_secs(5);
+    let page = get_from(HONEST, addr, "/", "", t).await.expect("the page");
+    assert_eq!(page.code, 200);
+    let csp = page
+        .header("content-security-policy")
+        .unwrap_or_else(|| panic!("no CSP on the page: {:?}", page.headers))
+        .to_owned();
+    for want in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ] {
+        assert!(csp.contains(want), "{want} missing from {csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    let script = between(&page.body, "<script>", "</script>");
+    let style = between(&page.body, "<style>", "</style>");
+    assert!(
+        csp.contains(&format!("script-src 'sha256-{}'", sha256_b64(script))),
+        "the CSP does not allow the page's own script: {csp}"
+    );
+    assert!(
+        csp.contains(&format!("style-src 'sha256-{}'", sha256_b64(style))),
+        "the CSP does not allow the page's own style: {csp}"
+    );
+    for path in [
+        "/",
+        "/body",
+        "/api/status",
+        "/metrics",
+        "/healthz",
+        "/nothing-here",
+    ] {
+        let r = get_from(HONEST, addr, path, "", t)
+            .await
+            .unwrap_or_else(|| panic!("{path}: no answer"));
+        let h = |n: &str| r.header(n).map(str::to_ascii_lowercase);
+        assert_eq!(
+            h("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{path}: {r:?}"
+        );
+        assert_eq!(h("x-frame-options").as_deref(), Some("deny"), "{path}");
+        assert_eq!(
+            h("referrer-policy").as_deref(),
+            Some("no-referrer"),
+            "{path}"
+        );
+        assert!(
+            h("content-security-policy").is_some_and(|c| c.contains("frame-ancestors 'none'")),
+            "{path}: {r:?}"
+        );
+        assert_eq!(h("cache-control").as_deref(), Some("no-store"), "{path}");
+    }
+
+    // The page in a real browser, with the CSP: the refresh script runs
+    // (chromium would log "Refused to execute inline script" otherwise) and
+    // the page shows the headline.
+    let url = format!("http://{addr}/");
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let p = profile.path().to_path_buf();
+        move || {
+            Command::new("chromium")
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--enable-logging=stderr",
+                    "--v=0",
+                    "--virtual-time-budget=4000",
+                    "--accept-lang=en",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", p.display()))
+                .arg(&url)
+                .output()
+                .expect("chromium must be installed")
+        }
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let console = String::from_utf8_lossy(&out.stderr);
+    assert!(dom.contains("id=\"headline\""), "{dom}");
+    assert!(
+        !console.contains("Content Security Policy"),
+        "the browser blocked part of the page: {console}"
+    );
+    broker.stop();
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+/// Item 6: a password file that others can read is accepted (the page must
+/// not go dark over it) but reported by `wardgate check`, in the log and on
+/// the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn world_readable_password_file_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("web.pw");
+    std::fs::write(&pw, "open-secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(free_port(), dir.path(), "").replace(
+            "[web]\n",
+            &format!(
+                "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let (code, out) = wardgate_check(&cfg).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("web.password_file") && out.contains("readable by other users"),
+        "check says nothing about the open password file:\n{out}"
+    );
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    eventually(WAIT, "the warning in the log", || {
+        gw.log_text().contains("readable by other users")
+    })
+    .await;
+    let r = get_from(
+        HONEST,
+        addr,
+        "/?lang=en",
+        &basic("staff", "open-secret"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code, 200);
+    assert!(r.body.contains("readable by other users"), "{}", r.body);
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
+
+    // With mode 0600: no warning.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out) = wardgate_check(&cfg).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("readable by other users"), "{out}");
+}
