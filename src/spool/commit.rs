@@ -22,6 +22,25 @@ use super::queue::{due, needs_reservation, Entry, InFlight, Link, SEQ_BLOCK};
 use super::{lock, used, DropReason, Queue, Spool, SpoolError};
 use crate::model::{now_ms, ClockState, Kind};
 
+/// When the spool is full, events keep their place ahead of telemetry only
+/// up to one record in this many (a quarter): past that share the oldest
+/// events go first, so a device raising events without end (a flapping
+/// link) cannot push the history out. The same share bounds events in
+/// memory while the store cannot be written.
+pub(super) const EVENT_SHARE: u64 = 4;
+
+/// What to drop first from a full store holding `rows` records of which
+/// `events` are events, `want` records in all: the oldest events past
+/// their share, else the oldest telemetry (events only when none is left).
+pub(super) fn first_to_drop(rows: u64, events: u64, want: usize) -> (Kind, usize) {
+    let over_share = events.saturating_sub(rows / EVENT_SHARE);
+    if over_share > 0 {
+        (Kind::Event, want.min(over_share as usize))
+    } else {
+        (Kind::Sample, want)
+    }
+}
+
 /// The disk side, owned by whoever runs a commit round.
 pub(super) struct Store {
     pub(super) path: PathBuf,
@@ -133,11 +152,17 @@ impl Spool {
                     }
                 } else if store.degraded.is_some() {
                     // Nothing can be written: keep memory bounded, oldest
-                    // telemetry first (counted).
+                    // telemetry first, events past their share too
+                    // (counted).
                     let limit = memory_max.saturating_mul(2);
                     let mut shed = 0u64;
                     while lane.live.len() > limit {
                         lane.live.pop_front();
+                        shed += 1;
+                    }
+                    let events_limit = (limit / EVENT_SHARE as usize).max(1);
+                    while lane.events.len() > events_limit {
+                        lane.events.pop_front();
                         shed += 1;
                     }
                     if shed > 0 {
@@ -418,8 +443,9 @@ impl Spool {
         self.settle(store, failure, wrote, now)
     }
 
-    /// Keeps the spool within `max_bytes` (oldest telemetry first, events
-    /// only when no telemetry is left) and `max_age`.
+    /// Keeps the spool within `max_bytes` (events past their share
+    /// ([`EVENT_SHARE`]) first, then the oldest telemetry, events only when
+    /// no telemetry is left) and `max_age`.
     fn enforce_caps(&self, store: &mut Store, now: Instant) -> Result<(), SpoolError> {
         let sql = |what: &str| {
             let what = what.to_owned();
@@ -458,9 +484,26 @@ impl Spool {
             // Free a tenth of the cap at a time so a full spool does not
             // trim on every commit.
             let want = (((used - max) + max / 10) / per_row).max(1) as usize;
-            let mut n = db
-                .drop_oldest(Kind::Sample, want)
-                .map_err(sql("dropping oldest telemetry"))?;
+            let events = db.count_kind(Kind::Event).map_err(sql("counting"))?;
+            let mut n = match first_to_drop(rows, events, want) {
+                (Kind::Event, k) => {
+                    tracing::warn!(
+                        events,
+                        rows,
+                        "events are more than 1/{EVENT_SHARE} of the full spool: the oldest go first"
+                    );
+                    db.drop_oldest(Kind::Event, k)
+                        .map_err(sql("dropping oldest events"))?
+                }
+                (Kind::Sample, k) => db
+                    .drop_oldest(Kind::Sample, k)
+                    .map_err(sql("dropping oldest telemetry"))?,
+            };
+            if n == 0 {
+                n = db
+                    .drop_oldest(Kind::Sample, want)
+                    .map_err(sql("dropping oldest telemetry"))?;
+            }
             if n == 0 {
                 n = db
                     .drop_oldest(Kind::Event, want)
@@ -612,5 +655,65 @@ impl Store {
                 Err((reason, e.to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Reading, Severity, Values};
+
+    #[test]
+    fn events_past_their_share_go_first() {
+        assert_eq!(first_to_drop(1000, 10, 50), (Kind::Sample, 50));
+        assert_eq!(first_to_drop(1000, 250, 50), (Kind::Sample, 50));
+        assert_eq!(first_to_drop(1000, 260, 50), (Kind::Event, 10));
+        assert_eq!(first_to_drop(1000, 900, 50), (Kind::Event, 50));
+        assert_eq!(first_to_drop(3, 3, 1), (Kind::Event, 1));
+    }
+
+    /// A device flapping ten events per sample into a full spool: the
+    /// telemetry stays, the events are held to their share.
+    #[tokio::test]
+    async fn an_event_storm_cannot_push_telemetry_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "site = \"s\"\n[spool]\npath = \"{}\"\nmax_bytes = \"64 KiB\"\n",
+            dir.path().join("spool.db").display()
+        );
+        let cfg = crate::config::Config::from_toml(&text).unwrap().spool;
+        let (s, _) = Spool::open(&cfg, "s", &["mqtt"]).unwrap();
+        s.lane("mqtt").unwrap().set_link(false);
+        let dev: Arc<str> = Arc::from("d");
+        for i in 0..4000 {
+            let r = if i % 11 == 0 {
+                let mut v = Values::new();
+                v.num("x", f64::from(i));
+                Reading::Sample(v)
+            } else {
+                Reading::Event {
+                    severity: Severity::Warning,
+                    code: "device.fault".into(),
+                    message: format!("flap {i}"),
+                    values: Values::new(),
+                }
+            };
+            s.push(&dev, r).unwrap();
+            if i % 200 == 0 {
+                s.flush(false).unwrap();
+            }
+        }
+        s.flush(false).unwrap();
+        let mut st = s.take_store();
+        let db = st.db.as_mut().unwrap();
+        let (rows, events) = (db.row_count().unwrap(), db.count_kind(Kind::Event).unwrap());
+        assert!(db.used_bytes().unwrap() <= 64 * 1024);
+        s.put_store(st);
+        assert!(events > 0, "events are kept too");
+        assert!(
+            events <= rows / EVENT_SHARE + rows / 10,
+            "{events} events of {rows} rows"
+        );
+        assert!(s.counters().dropped(DropReason::Full) > 0);
     }
 }

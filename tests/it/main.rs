@@ -3,7 +3,8 @@
 //! and backlog path), delivery (at least once), uplink (the MQTT link),
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
-//! tls, cli, service (systemd), ups, field, sensors, web, install; helpers
+//! tls, cli, service (systemd), ups, field, sensors, web, install,
+//! hostile_peers (peers that flood, lie or flap, issue 11); helpers
 //! in common/.
 
 mod cli;
@@ -11,6 +12,7 @@ mod common;
 mod delivery;
 mod durability;
 mod field;
+mod hostile_peers;
 mod install;
 mod sensors;
 mod service;
