@@ -25,6 +25,7 @@ pub mod system_config;
 pub mod threshold;
 pub mod ups;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,13 +34,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DeviceConfig;
 use crate::events::{self, EventDef};
-use crate::model::{now_ms, Health, Reading, Severity, Values};
+use crate::model::{now_ms, valid_value_name, Health, Reading, Severity, Value, Values};
 use crate::spool::Spool;
 use crate::status::{RecentEvent, StatusHub};
 
 /// No good reading for this many intervals makes a device stale
 /// (`device.lost`, docs/mqtt.md).
 pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// Longest word (string value) published, in characters: a longer one is
+/// cut at a character boundary and counted as `long_value`. The longest a
+/// real device sends are model and firmware names of a few dozen.
+pub const MAX_STRING_CHARS: usize = 256;
+
+/// Longest fault or stale reason kept, in characters (a peer's error text
+/// goes into it).
+pub const MAX_REASON_CHARS: usize = 512;
+
+/// Names (left out or cut) logged per device; past this many, further ones
+/// are only counted, so a peer inventing names cannot fill the log.
+const MAX_NAMES_LOGGED: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -59,6 +73,12 @@ struct HealthState {
     /// The spool is refusing this device's records: logged once, at the
     /// first refusal, and again when it accepts one.
     spool_refusing: bool,
+    /// The event codes of trouble (`device.fault`, `device.stale`) already
+    /// sent since the last good reading: each is sent once until the
+    /// device recovers, however often its reason changes.
+    raised: Vec<&'static str>,
+    /// Value names already logged as left out or cut ([`MAX_NAMES_LOGGED`]).
+    names_logged: HashSet<String>,
 }
 
 /// What a source uses to report. Cloning shares the device's state.
@@ -95,6 +115,8 @@ impl DeviceHandle {
                 last_status: None,
                 streak: 0,
                 spool_refusing: false,
+                raised: Vec::new(),
+                names_logged: HashSet::new(),
             })),
             thresholds: Arc::new(Vec::new()),
             born: tokio::time::Instant::now(),
@@ -171,13 +193,16 @@ impl DeviceHandle {
         }
     }
 
-    /// A good reading; ends the failure streak.
+    /// A good reading; ends the failure streak. Its values are checked
+    /// first ([`DeviceHandle::clean`]).
     pub fn sample(&self, values: Values) {
+        let values = self.clean(values, false);
         let now = Instant::now();
         let (was, ever_ok, refresh, count) = {
             let mut st = self.lock();
             st.samples += 1;
             st.streak = 0;
+            st.raised.clear();
             let was = st.health.clone();
             let ever_ok = st.ever_ok;
             st.health = Health::Ok;
@@ -223,8 +248,11 @@ impl DeviceHandle {
         self.event(ev.severity, ev.code, &ev.render(args), values)
     }
 
-    /// A state change or alarm, sent ahead of telemetry.
+    /// A state change or alarm, sent ahead of telemetry. Its values are
+    /// checked as a sample's are, except that the gateway's own Vietnamese
+    /// message is not cut.
     pub fn event(&self, severity: Severity, code: &str, message: &str, values: Values) {
+        let values = self.clean(values, true);
         tracing::info!(device = %self.id, code, %message, "event");
         self.status.record_event(RecentEvent {
             device: self.id.to_string(),
@@ -260,14 +288,26 @@ impl DeviceHandle {
         self.degrade(Health::Stale, events::DEVICE_STALE, reason)
     }
 
-    /// Moves the device to `health`; on a change, updates the status and
-    /// sends `ev` with the reason.
+    /// Moves the device to `health`; on a change (a new reason included),
+    /// updates the status. `ev` is sent on a change only if it was not sent
+    /// since the last good reading: one event per kind of trouble until the
+    /// device recovers, so a device whose error text changes every poll
+    /// raises one `device.fault`, and the page shows the latest reason.
     fn degrade(&self, health: Health, ev: EventDef, reason: &str) {
-        let changed = {
+        let health = match health {
+            Health::Fault(r) => Health::Fault(cut(&r, MAX_REASON_CHARS).into_owned()),
+            h => h,
+        };
+        let reason = cut(reason, MAX_REASON_CHARS);
+        let (changed, announce) = {
             let mut st = self.lock();
             let changed = st.health != health;
             st.health = health.clone();
-            changed
+            let announce = changed && !st.raised.contains(&ev.code);
+            if announce {
+                st.raised.push(ev.code);
+            }
+            (changed, announce)
         };
         if changed {
             self.status.update(|s| {
@@ -275,6 +315,8 @@ impl DeviceHandle {
                     d.health = health;
                 }
             });
+        }
+        if announce {
             self.report(
                 ev,
                 &[("device", &self.id), ("reason", &reason)],
@@ -305,6 +347,7 @@ impl DeviceHandle {
             let late = st.last_good.is_some_and(|t| now || t.elapsed() > limit);
             if st.health == Health::Ok && late {
                 st.health = Health::Stale;
+                st.raised.push(events::DEVICE_LOST.code);
                 true
             } else {
                 false
@@ -345,15 +388,110 @@ impl DeviceHandle {
 
     /// Counts a failed read (timeout, garbage, malformed reply) by kind.
     pub fn count_error(&self, kind: &str) {
+        self.count_errors(kind, 1)
+    }
+
+    fn count_errors(&self, kind: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.status.update(|s| {
             if let Some(d) = s.devices.get_mut(&*self.id) {
-                *d.errors.entry(kind.to_owned()).or_default() += 1;
+                *d.errors.entry(kind.to_owned()).or_default() += n;
             }
         });
     }
 
+    /// Value names a source left out itself for being outside the
+    /// contract: counted as `bad_name` and logged once per name, as
+    /// [`DeviceHandle::clean`] does.
+    pub fn left_out(&self, names: &[String]) {
+        for n in names {
+            self.log_name_once(n, "a value name outside the contract, left out");
+        }
+        self.count_errors("bad_name", names.len() as u64);
+    }
+
+    /// Logs `what` about the value `name` once per name (and per run), for
+    /// at most [`MAX_NAMES_LOGGED`] names.
+    fn log_name_once(&self, name: &str, what: &str) {
+        let first = {
+            let mut st = self.lock();
+            let full = st.names_logged.len() >= MAX_NAMES_LOGGED;
+            match () {
+                _ if st.names_logged.contains(name) => None,
+                _ if full => None,
+                _ => {
+                    st.names_logged.insert(name.to_owned());
+                    Some(st.names_logged.len() == MAX_NAMES_LOGGED)
+                }
+            }
+        };
+        if let Some(last) = first {
+            let shown: String = name.chars().take(64).collect();
+            tracing::warn!(device = %self.id, name = %shown.escape_debug(), "{what}; counted, logged once");
+            if last {
+                tracing::warn!(device = %self.id, "{MAX_NAMES_LOGGED} value names logged; further ones are only counted");
+            }
+        }
+    }
+
+    /// The one check of what a peer sent, before anything is published or
+    /// shown: names outside the contract's pattern (`[A-Za-z0-9_.-]{1,128}`,
+    /// docs/schema) are left out and counted as `bad_name` (no mapping: a
+    /// mapped name could collide with a real one), words longer than
+    /// [`MAX_STRING_CHARS`] are cut at a character boundary and counted as
+    /// `long_value`; each name is logged once. `event`: the gateway's own
+    /// `message.vi` is kept whole.
+    fn clean(&self, mut values: Values, event: bool) -> Values {
+        let long = |n: &str, v: &Value| {
+            matches!(v, Value::Str(s) if s.len() > MAX_STRING_CHARS
+                && s.chars().count() > MAX_STRING_CHARS)
+                && !(event && n == "message.vi")
+        };
+        if values
+            .0
+            .iter()
+            .all(|(n, v)| valid_value_name(n) && !long(n, v))
+        {
+            return values;
+        }
+        let mut bad = Vec::new();
+        values.0.retain(|n, _| {
+            let ok = valid_value_name(n);
+            if !ok {
+                bad.push(n.clone());
+            }
+            ok
+        });
+        self.left_out(&bad);
+        let mut cut_names = 0;
+        for (n, v) in values.0.iter_mut() {
+            if long(n, v) {
+                if let Value::Str(s) = v {
+                    *s = cut(s, MAX_STRING_CHARS).into_owned();
+                }
+                cut_names += 1;
+                self.log_name_once(
+                    n,
+                    &format!("a word longer than {MAX_STRING_CHARS} characters, cut"),
+                );
+            }
+        }
+        self.count_errors("long_value", cut_names);
+        values
+    }
+
     pub fn health(&self) -> Health {
         self.lock().health.clone()
+    }
+}
+
+/// `s` cut to at most `max` characters, at a character boundary.
+pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => std::borrow::Cow::Owned(s[..i].to_owned()),
+        None => std::borrow::Cow::Borrowed(s),
     }
 }
 
@@ -423,5 +561,108 @@ pub async fn probe(cfg: &DeviceConfig) -> Result<Values, SourceError> {
         DeviceConfig::Snmp(c) => snmp::probe(c)
             .await
             .map_err(|e| SourceError::Device(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (DeviceHandle, StatusHub, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let text = format!(
+            "site = \"s\"\n[spool]\npath = \"{}\"\n",
+            dir.path().join("s.db").display()
+        );
+        let cfg = crate::config::Config::from_toml(&text).expect("config");
+        let (spool, _) = Spool::open(&cfg.spool, "s", &["mqtt"]).expect("spool");
+        let hub = StatusHub::new("s");
+        let h = DeviceHandle::new("d", "nut", Duration::from_secs(1), spool, hub.clone());
+        (h, hub, dir)
+    }
+
+    fn codes(hub: &StatusHub) -> Vec<String> {
+        let mut c: Vec<String> = hub.get().events.iter().map(|e| e.code.clone()).collect();
+        c.reverse();
+        c
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut("abc", 5), "abc");
+        assert_eq!(cut("ééé", 2), "éé");
+        assert_eq!(cut("", 0), "");
+        assert!(matches!(cut("abc", 3), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[tokio::test]
+    async fn names_outside_the_contract_are_left_out_and_long_words_cut() {
+        let (h, hub, _d) = handle();
+        for _ in 0..3 {
+            let mut v = Values::new();
+            v.num("ups.load", 12.0);
+            v.set("x.<img src=x onerror=alert(1)>", "1");
+            v.set(&"n".repeat(129), "1");
+            v.set("ups.model", "é".repeat(300));
+            v.set("ups.mfr", "a".repeat(MAX_STRING_CHARS));
+            h.sample(v);
+        }
+        let d = hub.get().devices["d"].clone();
+        let names: Vec<&str> = d.last_values.0.keys().map(String::as_str).collect();
+        assert_eq!(names, ["ups.load", "ups.mfr", "ups.model"]);
+        assert_eq!(
+            d.last_values.get("ups.model"),
+            Some(&Value::Str("é".repeat(MAX_STRING_CHARS)))
+        );
+        assert_eq!(d.errors["bad_name"], 6, "two names, three polls");
+        assert_eq!(d.errors["long_value"], 3, "256 characters are not cut");
+        assert_eq!(h.lock().names_logged.len(), 3, "each name logged once");
+        // An event's values too, but the gateway's own message is whole.
+        let mut v = Values::new();
+        v.set("ups.status", "O".repeat(1000));
+        v.set("message.vi", "ư".repeat(1000));
+        v.set("bad name", "1");
+        h.event(Severity::Info, "ups.x", "m", v);
+        let d = hub.get().devices["d"].clone();
+        assert_eq!((d.errors["bad_name"], d.errors["long_value"]), (7, 4));
+    }
+
+    #[tokio::test]
+    async fn one_fault_event_until_the_device_recovers() {
+        let (h, hub, _d) = handle();
+        h.sample(Values::new());
+        for i in 0..50 {
+            h.fault(&format!("upsd: FLAP-{i}"));
+            if i % 10 == 5 {
+                h.mark_stale("upsd: data stale");
+            }
+        }
+        assert_eq!(
+            codes(&hub),
+            ["device.fault", "device.lost"],
+            "one event per kind of trouble"
+        );
+        assert_eq!(
+            hub.get().devices["d"].health,
+            Health::Fault("upsd: FLAP-49".into()),
+            "the status has the latest reason"
+        );
+        h.sample(Values::new());
+        h.fault("upsd: FLAP-50");
+        h.fault("upsd: FLAP-51");
+        assert_eq!(
+            codes(&hub),
+            [
+                "device.fault",
+                "device.lost",
+                "device.restored",
+                "device.fault"
+            ]
+        );
+        h.fault(&"r".repeat(2000));
+        match hub.get().devices["d"].health.clone() {
+            Health::Fault(r) => assert_eq!(r.chars().count(), MAX_REASON_CHARS),
+            h => panic!("{h:?}"),
+        }
     }
 }

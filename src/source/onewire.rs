@@ -24,6 +24,25 @@ pub enum W1Error {
     Malformed(String),
 }
 
+/// Most bytes read of a `w1_slave` file: the kernel's is 75 bytes; a
+/// bigger file is not a DS18B20's (a wrong `root`, a FUSE mount) and only
+/// its start is parsed.
+pub const MAX_FILE_BYTES: u64 = 4096;
+
+/// Most probes read per poll: a 1-Wire bus on a Pi carries a handful, the
+/// kernel driver at most 64 by default (`w1 max_slave_count`).
+pub const MAX_PROBES: usize = 64;
+
+/// Reads at most [`MAX_FILE_BYTES`] of a file as text.
+fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES)
+        .read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Parses a `w1_slave` file:
 /// `72 01 4b 46 7f ff 0e 10 57 : crc=57 YES` / `72 01 4b 46 7f ff 0e 10 57 t=23125`.
 pub fn parse_w1_slave(text: &str) -> Result<f64, W1Error> {
@@ -66,6 +85,14 @@ pub fn probes(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         })
         .collect();
     out.sort();
+    if out.len() > MAX_PROBES {
+        tracing::warn!(
+            found = out.len(),
+            root = %root.display(),
+            "more than {MAX_PROBES} 1-Wire probes; the first {MAX_PROBES} are read"
+        );
+        out.truncate(MAX_PROBES);
+    }
     Ok(out)
 }
 
@@ -94,7 +121,7 @@ pub fn read_all(cfg: &OneWireConfig) -> Result<(Values, Vec<(String, W1Error)>),
     let mut v = Values::new();
     let mut bad = Vec::new();
     for (id, path) in &list {
-        match std::fs::read_to_string(path)
+        match read_capped(path)
             .map_err(|e| W1Error::Malformed(e.to_string()))
             .and_then(|t| parse_w1_slave(&t))
         {
@@ -232,5 +259,20 @@ mod tests {
         let mut c2 = cfg.clone();
         c2.root = empty.path().to_path_buf();
         assert!(read_all(&c2).unwrap_err().contains("w1-gpio"));
+    }
+
+    #[test]
+    fn big_files_and_many_probes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        // A good reading followed by a megabyte: only the start is read.
+        let big = format!("{OK}{}", "x".repeat(1 << 20));
+        fixture(dir.path(), "28-000000000001", &big);
+        let text = read_capped(&dir.path().join("28-000000000001/w1_slave")).unwrap();
+        assert_eq!(text.len() as u64, MAX_FILE_BYTES);
+        assert_eq!(parse_w1_slave(&text), Ok(23.125));
+        for i in 2..=MAX_PROBES + 5 {
+            fixture(dir.path(), &format!("28-{i:012}"), OK);
+        }
+        assert_eq!(probes(dir.path()).unwrap().len(), MAX_PROBES);
     }
 }

@@ -34,6 +34,15 @@ const IF_NAME: &str = "1.3.6.1.2.1.31.1.1.1.1";
 const IF_HC_IN_OCTETS: &str = "1.3.6.1.2.1.31.1.1.1.6";
 const IF_HC_OUT_OCTETS: &str = "1.3.6.1.2.1.31.1.1.1.10";
 
+/// Most rows read from one column of the interface table. A large router
+/// has a few hundred interfaces (VLANs, tunnels, PPP sessions); an agent
+/// listing more is broken or hostile, and csnmp's own walk has no end.
+pub const MAX_TABLE_ROWS: usize = 2048;
+
+/// Interface names quoted in a "not found" reason, each at most 64
+/// characters.
+const NAMES_QUOTED: usize = 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnmpError {
     /// No answer: wrong community (agents stay silent), SNMP off, router
@@ -47,6 +56,10 @@ pub enum SnmpError {
     /// Anything else the agent or the socket said: faulted with the reason.
     #[error("{0}")]
     Other(String),
+    /// The agent's reply went past a limit ([`MAX_TABLE_ROWS`]): counted as
+    /// `limit`, faulted naming the limit, looked up again next interval.
+    #[error("the router sent {0}")]
+    Limit(String),
 }
 
 fn oid(s: &str) -> ObjectIdentifier {
@@ -289,12 +302,7 @@ impl Router {
         }
         let mut names: BTreeMap<u32, String> = BTreeMap::new();
         for base in [IF_NAME, IF_DESCR] {
-            let t = self
-                .client
-                .walk_bulk(oid(base), 16)
-                .await
-                .map_err(|e| client_error(&self.target, e))?;
-            for (o, v) in t {
+            for (o, v) in self.walk(base).await? {
                 if let (Some(i), Some(n)) = (o.as_slice().last(), text(&v)) {
                     names.entry(*i).or_insert(n);
                 }
@@ -315,9 +323,17 @@ impl Router {
                     .map(|(i, name)| (*i, name.clone())),
             };
             let Some((index, name)) = found else {
+                let mut have: Vec<String> = names
+                    .values()
+                    .take(NAMES_QUOTED)
+                    .map(|n| super::cut(n, 64).into_owned())
+                    .collect();
+                if names.len() > NAMES_QUOTED {
+                    have.push(format!("and {} more", names.len() - NAMES_QUOTED));
+                }
                 return Err(SnmpError::NoSuchInterface {
                     wanted: w.to_string(),
-                    have: names.values().cloned().collect::<Vec<_>>().join(", "),
+                    have: have.join(", "),
                 });
             };
             let old = self.ifs.iter().find(|s| s.index == index);
@@ -331,6 +347,40 @@ impl Router {
         }
         self.ifs = ifs;
         Ok(())
+    }
+
+    /// The rows of one table column, at most [`MAX_TABLE_ROWS`] (GETBULK,
+    /// 16 at a time, until the agent leaves the column).
+    async fn walk(&self, base: &str) -> Result<BTreeMap<ObjectIdentifier, ObjectValue>, SnmpError> {
+        let top = oid(base);
+        let mut out = BTreeMap::new();
+        let mut cur = top;
+        loop {
+            let r = self
+                .client
+                .get_bulk(&[cur], 0, 16)
+                .await
+                .map_err(|e| client_error(&self.target, e))?;
+            let mut moved = false;
+            for (o, v) in r.values {
+                // csnmp refuses OIDs that go back; one that does not move
+                // on ends the walk all the same.
+                if !top.is_prefix_of_or_equal(&o) || o <= cur {
+                    return Ok(out);
+                }
+                if out.len() >= MAX_TABLE_ROWS {
+                    return Err(SnmpError::Limit(format!(
+                        "more than {MAX_TABLE_ROWS} rows of {base}"
+                    )));
+                }
+                out.insert(o, v);
+                cur = o;
+                moved = true;
+            }
+            if r.end_of_mib_view || !moved {
+                return Ok(out);
+            }
+        }
     }
 
     async fn get(
@@ -435,6 +485,7 @@ fn error_kind(e: &SnmpError) -> &'static str {
         SnmpError::NoAnswer(_) => "timeout",
         SnmpError::NoSuchInterface { .. } => "interface",
         SnmpError::Other(_) => "snmp",
+        SnmpError::Limit(_) => "limit",
     }
 }
 

@@ -22,6 +22,25 @@ use super::queue::{due, needs_reservation, Entry, InFlight, Link, SEQ_BLOCK};
 use super::{lock, used, DropReason, Queue, Spool, SpoolError};
 use crate::model::{now_ms, ClockState, Kind};
 
+/// When the spool is full, events keep their place ahead of telemetry only
+/// up to one record in this many (a quarter): past that share the oldest
+/// events go first, so a device raising events without end (a flapping
+/// link) cannot push the history out. The same share bounds events in
+/// memory while the store cannot be written.
+pub(super) const EVENT_SHARE: u64 = 4;
+
+/// What to drop first from a full store holding `rows` records of which
+/// `events` are events, `want` records in all: the oldest events past
+/// their share, else the oldest telemetry (events only when none is left).
+pub(super) fn first_to_drop(rows: u64, events: u64, want: usize) -> (Kind, usize) {
+    let over_share = events.saturating_sub(rows / EVENT_SHARE);
+    if over_share > 0 {
+        (Kind::Event, want.min(over_share as usize))
+    } else {
+        (Kind::Sample, want)
+    }
+}
+
 /// The disk side, owned by whoever runs a commit round.
 pub(super) struct Store {
     pub(super) path: PathBuf,
@@ -133,11 +152,17 @@ impl Spool {
                     }
                 } else if store.degraded.is_some() {
                     // Nothing can be written: keep memory bounded, oldest
-                    // telemetry first (counted).
+                    // telemetry first, events past their share too
+                    // (counted).
                     let limit = memory_max.saturating_mul(2);
                     let mut shed = 0u64;
                     while lane.live.len() > limit {
                         lane.live.pop_front();
+                        shed += 1;
+                    }
+                    let events_limit = (limit / EVENT_SHARE as usize).max(1);
+                    while lane.events.len() > events_limit {
+                        lane.events.pop_front();
                         shed += 1;
                     }
                     if shed > 0 {
@@ -418,8 +443,9 @@ impl Spool {
         self.settle(store, failure, wrote, now)
     }
 
-    /// Keeps the spool within `max_bytes` (oldest telemetry first, events
-    /// only when no telemetry is left) and `max_age`.
+    /// Keeps the spool within `max_bytes` (events past their share
+    /// ([`EVENT_SHARE`]) first, then the oldest telemetry, events only when
+    /// no telemetry is left) and `max_age`.
     fn enforce_caps(&self, store: &mut Store, now: Instant) -> Result<(), SpoolError> {
         let sql = |what: &str| {
             let what = what.to_owned();
@@ -458,9 +484,26 @@ impl Spool {
             // Free a tenth of the cap at a time so a full spool does not
             // trim on every commit.
             let want = (((used - max) + max / 10) / per_row).max(1) as usize;
-            let mut n = db
-                .drop_oldest(Kind::Sample, want)
-                .map_err(sql("dropping oldest telemetry"))?;
+            let events = db.count_kind(Kind::Event).map_err(sql("counting"))?;
+            let mut n = match first_to_drop(rows, events, want) {
+                (Kind::Event, k) => {
+                    tracing::warn!(
+                        events,
+                        rows,
+                        "events are more than 1/{EVENT_SHARE} of the full spool: the oldest go first"
+                    );
+                    db.drop_oldest(Kind::Event, k)
+                        .map_err(sql("dropping oldest events"))?
+                }
+                (Kind::Sample, k) => db
+                    .drop_oldest(Kind::Sample, k)
+                    .map_err(sql("dropping oldest telemetry"))?,
+            };
+            if n == 0 {
+                n = db
+                    .drop_oldest(Kind::Sample, want)
+                    .map_err(sql("dropping oldest telemetry"))?;
+            }
             if n == 0 {
                 n = db
                     .drop_oldest(Kind::Event, want)
@@ -614,3 +657,6 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

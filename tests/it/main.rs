@@ -3,7 +3,8 @@
 //! and backlog path), delivery (at least once), uplink (the MQTT link),
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
-//! tls, cli, service (systemd), ups, field, sensors, web, install; helpers
+//! tls, cli, service (systemd), ups, field, sensors, web, install,
+//! hostile_peers (peers that flood, lie or flap, issue 11); helpers
 //! in common/.
 
 // Test code: a failed unwrap is a failed test, and the peers' start-up
@@ -16,6 +17,7 @@ mod delivery;
 mod durability;
 mod field;
 mod hostile_config;
+mod hostile_peers;
 mod hostile_web;
 mod install;
 mod sensors;

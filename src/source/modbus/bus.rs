@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::{Slave, SlaveContext};
+use tokio_modbus::{Request, Response};
 
 use super::config::{ModbusConfig, ModbusTransport, ParityName};
 use super::map::{Block, Function};
@@ -62,6 +63,11 @@ pub enum ModbusError {
     /// is reopened.
     #[error("{0}")]
     Link(String),
+    /// A well-framed reply with another number of registers or coils than
+    /// asked for (a broken or hostile slave): counted as `size`, nothing of
+    /// it is used; after a few polls the device is faulted.
+    #[error("unit {unit} answered {got} value(s) to a request for {asked}")]
+    Size { unit: u8, asked: u16, got: usize },
 }
 
 impl ModbusError {
@@ -73,6 +79,7 @@ impl ModbusError {
             ModbusError::Garbled { .. } => "crc",
             ModbusError::Exception { .. } => "exception",
             ModbusError::Link(_) => "io",
+            ModbusError::Size { .. } => "size",
         }
     }
 }
@@ -245,25 +252,16 @@ impl Bus {
         ctx.set_slave(Slave(unit));
         let before = rx.load(Ordering::Relaxed);
         let (start, count) = (block.start, block.count);
+        // `call`, not the `Reader` methods: those only debug-assert the
+        // reply's size (a panic in a debug build, unchecked in release).
         let call = async {
-            match block.function {
-                Function::Coil => ctx
-                    .read_coils(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Bits)),
-                Function::Discrete => ctx
-                    .read_discrete_inputs(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Bits)),
-                Function::Holding => ctx
-                    .read_holding_registers(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Words)),
-                Function::Input => ctx
-                    .read_input_registers(start, count)
-                    .await
-                    .map(|r| r.map(Reply::Words)),
-            }
+            ctx.call(match block.function {
+                Function::Coil => Request::ReadCoils(start, count),
+                Function::Discrete => Request::ReadDiscreteInputs(start, count),
+                Function::Holding => Request::ReadHoldingRegisters(start, count),
+                Function::Input => Request::ReadInputRegisters(start, count),
+            })
+            .await
         };
         let res = tokio::time::timeout(timeout, call).await;
         let got_bytes = rx.load(Ordering::Relaxed) != before;
@@ -294,7 +292,7 @@ impl Bus {
                 function: block.function.code(),
                 address: start,
             }),
-            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Ok(reply))) => checked(unit, count, reply),
         }
     }
 }
@@ -309,6 +307,32 @@ impl Buses {
         let bus = Bus::for_device(c);
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(bus.key.clone()).or_insert(bus).clone()
+    }
+}
+
+/// The reply's values if there are exactly as many as asked for (coils
+/// come in whole bytes: the padding bits are dropped).
+fn checked(unit: u8, asked: u16, r: Response) -> Result<Reply, ModbusError> {
+    let n = usize::from(asked);
+    let size = |got| ModbusError::Size { unit, asked, got };
+    match r {
+        Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) => {
+            if w.len() == n {
+                Ok(Reply::Words(w))
+            } else {
+                Err(size(w.len()))
+            }
+        }
+        Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b) => {
+            if b.len() == n.div_ceil(8) * 8 {
+                b.truncate(n);
+                Ok(Reply::Bits(b))
+            } else {
+                Err(size(b.len()))
+            }
+        }
+        // tokio-modbus checks the function code; another reply is garbled.
+        _ => Err(ModbusError::Garbled { unit }),
     }
 }
 
@@ -463,6 +487,27 @@ mod tests {
         );
         assert!(Arc::ptr_eq(&buses.get(&a), &buses.get(&b)));
         assert!(!Arc::ptr_eq(&buses.get(&a), &buses.get(&c)));
+    }
+
+    #[test]
+    fn replies_of_another_size_are_refused() {
+        let words = |n| Response::ReadHoldingRegisters(vec![7; n]);
+        assert_eq!(checked(1, 3, words(3)), Ok(Reply::Words(vec![7; 3])));
+        assert_eq!(
+            checked(1, 3, words(2)),
+            Err(ModbusError::Size {
+                unit: 1,
+                asked: 3,
+                got: 2
+            })
+        );
+        assert_eq!(checked(1, 3, words(125)).unwrap_err().kind(), "size");
+        // Ten coils come in two bytes; the padding is dropped.
+        let bits = |n| Response::ReadCoils(vec![true; n]);
+        assert_eq!(checked(1, 10, bits(16)), Ok(Reply::Bits(vec![true; 10])));
+        assert!(checked(1, 10, bits(8)).is_err());
+        assert!(checked(1, 10, bits(2000)).is_err());
+        assert!(checked(1, 1, Response::ReadInputRegisters(vec![])).is_err());
     }
 
     fn toml_device(s: &str) -> ModbusConfig {

@@ -10,6 +10,16 @@ use crate::model::Values;
 /// Longest line accepted from upsd; NUT's own limit is 512 bytes.
 pub const MAX_LINE: usize = 1024;
 
+/// Most variables accepted in one `LIST VAR` reply. A real UPS lists about
+/// 50 to 150 (an APC Smart-UPS over usbhid-ups about 90, an Eaton 5PX
+/// about 140); a reply longer than this is a broken or hostile upsd, and
+/// collecting it without end ran the gateway out of memory (issue 11).
+pub const MAX_VARS: usize = 1000;
+
+/// Most bytes (names and values) accepted in one `LIST VAR` reply: 150
+/// variables of a real UPS take about 6 KiB.
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
 /// Line framing of upsd's replies, sans-IO: the reader feeds it what the
 /// socket gave until a line is complete. Pure, so it is fuzzed
 /// (`fuzz/fuzz_targets/nut_frame.rs`).
@@ -52,6 +62,12 @@ pub enum CodecError {
     /// A line that does not follow the protocol: count it, reconnect.
     #[error("malformed line from upsd: {0}")]
     Malformed(String),
+    /// A reply past one of the exchange's limits ([`MAX_VARS`],
+    /// [`MAX_REPLY_BYTES`]): the rest is not read; counted as `limit`,
+    /// the device faults naming the limit, and the connection is made
+    /// again.
+    #[error("upsd sent {0}")]
+    Limit(String),
 }
 
 /// One line from upsd.
@@ -195,13 +211,21 @@ fn is_text(name: &str) -> bool {
 /// the contract's pattern (NUT's own are `[a-z0-9.]`; anything else is not
 /// from a sane upsd and cannot be published).
 pub fn to_values(vars: &[(String, String)]) -> Values {
+    to_values_checked(vars).0
+}
+
+/// As [`to_values`], with the names left out for being outside the
+/// contract, for the device to count and log
+/// ([`crate::source::DeviceHandle::left_out`]).
+pub fn to_values_checked(vars: &[(String, String)]) -> (Values, Vec<String>) {
     let mut v = Values::new();
+    let mut bad = Vec::new();
     for (name, value) in vars {
         if name.starts_with("driver.") {
             continue;
         }
         if !crate::model::valid_value_name(name) {
-            tracing::debug!(name = %name.escape_debug(), "NUT variable name outside the contract, left out");
+            bad.push(name.clone());
             continue;
         }
         if !is_text(name) {
@@ -213,7 +237,7 @@ pub fn to_values(vars: &[(String, String)]) -> Values {
         }
         v.set(name, value.clone());
     }
-    v
+    (v, bad)
 }
 
 /// What a finished `LIST VAR` exchange said.
@@ -226,10 +250,12 @@ pub enum ListOutcome {
 
 /// Collects lines of a `LIST VAR <ups>` reply; feed lines until it returns
 /// `Some`.
+/// A reply past [`MAX_VARS`] or [`MAX_REPLY_BYTES`] is an error.
 #[derive(Debug, Default)]
 pub struct ListVar {
     started: bool,
     vars: Vec<(String, String)>,
+    bytes: usize,
 }
 
 impl ListVar {
@@ -245,6 +271,18 @@ impl ListVar {
                 name,
                 value,
             } if self.started && u == ups => {
+                if self.vars.len() >= MAX_VARS {
+                    return Err(CodecError::Limit(format!(
+                        "more than {MAX_VARS} variables for {ups}"
+                    )));
+                }
+                self.bytes += name.len() + value.len();
+                if self.bytes > MAX_REPLY_BYTES {
+                    return Err(CodecError::Limit(format!(
+                        "more than {} KiB of variables for {ups}",
+                        MAX_REPLY_BYTES / 1024
+                    )));
+                }
                 self.vars.push((name, value));
                 Ok(None)
             }
@@ -398,11 +436,42 @@ mod tests {
             ("bad name".into(), "1".into()),
             ("battery.char-e".into(), "100".into()),
         ];
-        let v = to_values(&vars);
+        let (v, bad) = to_values_checked(&vars);
         assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(bad.len(), 3, "{bad:?}");
         assert_eq!(
             v.get("battery.char-e").and_then(|x| x.as_f64()),
             Some(100.0)
+        );
+    }
+
+    #[test]
+    fn a_reply_past_the_limits_is_an_error() {
+        let mut l = ListVar::default();
+        l.feed("u", "BEGIN LIST VAR u").unwrap();
+        for i in 0..MAX_VARS {
+            assert_eq!(l.feed("u", &format!("VAR u v.{i} \"1\"")), Ok(None));
+        }
+        let e = l.feed("u", "VAR u one.more \"1\"").unwrap_err();
+        assert_eq!(e.to_string(), "upsd sent more than 1000 variables for u");
+        // Fewer variables, but too many bytes.
+        let mut l = ListVar::default();
+        l.feed("u", "BEGIN LIST VAR u").unwrap();
+        let value = "v".repeat(1000);
+        let mut lines = 0;
+        let e = loop {
+            match l.feed("u", &format!("VAR u v.{lines} \"{value}\"")) {
+                Ok(None) => lines += 1,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(&e, Err(CodecError::Limit(m)) if m.contains("256 KiB")),
+            "{e:?}"
+        );
+        assert!(
+            (250..262).contains(&lines),
+            "{lines}: names and values count"
         );
     }
 

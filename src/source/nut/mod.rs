@@ -106,13 +106,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
 
     /// `LIST VAR <ups>`, mapped to values.
     pub async fn list_var(&mut self, ups: &str) -> Result<Values, NutError> {
+        self.list_vars(ups).await.map(|v| codec::to_values(&v))
+    }
+
+    /// `LIST VAR <ups>` as upsd said it, within the codec's limits on
+    /// line length, variables and bytes ([`codec::ListVar`]).
+    pub async fn list_vars(&mut self, ups: &str) -> Result<Vec<(String, String)>, NutError> {
         self.send(&codec::cmd_list_var(ups)).await?;
         let mut list = ListVar::default();
         loop {
             let line = self.line().await?;
             match list.feed(ups, &line)? {
                 None => continue,
-                Some(ListOutcome::Vars(vars)) => return Ok(codec::to_values(&vars)),
+                Some(ListOutcome::Vars(vars)) => return Ok(vars),
                 Some(ListOutcome::Err(code)) => return Err(NutError::Server(code)),
             }
         }
@@ -155,8 +161,10 @@ impl Device for Ups {
     }
 
     async fn poll(&mut self, c: &mut Self::Conn, h: &DeviceHandle) -> Result<(), Fail> {
-        match c.list_var(&self.cfg.ups).await {
-            Ok(values) => {
+        match c.list_vars(&self.cfg.ups).await {
+            Ok(vars) => {
+                let (values, bad) = codec::to_values_checked(&vars);
+                h.left_out(&bad);
                 if values.get("ups.status") == Some(&Value::Str("WAIT".into())) {
                     // The driver is starting: not ready yet, not a fault.
                     tracing::debug!(device = h.id(), "upsd says WAIT");
@@ -178,6 +186,7 @@ impl Device for Ups {
                 Action::Reopen,
                 Some(match e {
                     NutError::Timeout(_) => "timeout",
+                    NutError::Codec(codec::CodecError::Limit(_)) => "limit",
                     NutError::Codec(_) => "malformed",
                     _ => "connection",
                 }),
@@ -228,6 +237,31 @@ mod tests {
         assert_eq!(v.get("ups.load").and_then(|x| x.as_f64()), Some(12.0));
         match n.list_var("u").await {
             Err(NutError::Server(c)) => assert_eq!(c, "DATA-STALE"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_list_is_cut_off() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            let _ = b.read(&mut buf).await;
+            let _ = b.write_all(b"BEGIN LIST VAR u\n").await;
+            for i in 0.. {
+                if b.write_all(format!("VAR u v.{i} \"1\"\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let mut n = Nut::new(a, Duration::from_secs(1));
+        match n.list_var("u").await {
+            Err(e @ NutError::Codec(codec::CodecError::Limit(_))) => {
+                assert_eq!(e.to_string(), "upsd sent more than 1000 variables for u")
+            }
             other => panic!("{other:?}"),
         }
     }
