@@ -24,6 +24,10 @@ pub enum NutError {
     /// upsd did not answer in time: counted; reconnect.
     #[error("upsd did not answer within {0:?}")]
     Timeout(Duration),
+    /// upsd kept answering, but too slowly to finish a reply in time (a line
+    /// every few seconds would hold a poll for hours): counted; reconnect.
+    #[error("upsd did not finish its reply within {0:?}")]
+    SlowReply(Duration),
     /// A line that breaks the protocol: counted; reconnect.
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
@@ -34,6 +38,13 @@ pub enum NutError {
     #[error("reading password_file {0}: {1}")]
     Password(String, std::io::Error),
 }
+
+/// A whole `LIST VAR` reply must arrive within this many per-line timeouts.
+/// A real upsd sends its ~50-150 variables in a few milliseconds; the
+/// bound stops a peer that drips one line at a time from holding a poll
+/// (and the device's health) for up to the variable limit times the
+/// per-line timeout.
+pub const REPLY_DEADLINE_FACTOR: u32 = 3;
 
 /// One connection to upsd, over any byte stream.
 pub struct Nut<S> {
@@ -111,17 +122,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
 
     /// `LIST VAR <ups>` as upsd said it, within the codec's limits on
     /// line length, variables and bytes ([`codec::ListVar`]).
+    /// The whole reply must arrive within [`REPLY_DEADLINE_FACTOR`] times
+    /// the per-line timeout.
     pub async fn list_vars(&mut self, ups: &str) -> Result<Vec<(String, String)>, NutError> {
         self.send(&codec::cmd_list_var(ups)).await?;
-        let mut list = ListVar::default();
-        loop {
-            let line = self.line().await?;
-            match list.feed(ups, &line)? {
-                None => continue,
-                Some(ListOutcome::Vars(vars)) => return Ok(vars),
-                Some(ListOutcome::Err(code)) => return Err(NutError::Server(code)),
+        let deadline = self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
+        let read = async {
+            let mut list = ListVar::default();
+            loop {
+                let line = self.line().await?;
+                match list.feed(ups, &line)? {
+                    None => continue,
+                    Some(ListOutcome::Vars(vars)) => return Ok(vars),
+                    Some(ListOutcome::Err(code)) => return Err(NutError::Server(code)),
+                }
             }
-        }
+        };
+        tokio::time::timeout(deadline, read)
+            .await
+            .unwrap_or(Err(NutError::SlowReply(deadline)))
     }
 }
 
@@ -185,7 +204,7 @@ impl Device for Ups {
             Err(e) => Err(Fail::new(
                 Action::Reopen,
                 Some(match e {
-                    NutError::Timeout(_) => "timeout",
+                    NutError::Timeout(_) | NutError::SlowReply(_) => "timeout",
                     NutError::Codec(codec::CodecError::Limit(_)) => "limit",
                     NutError::Codec(_) => "malformed",
                     _ => "connection",
@@ -264,6 +283,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// One line a little faster than the per-line timeout, forever: the
+    /// reply's own deadline ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_dripping_reply_is_cut_off_by_its_deadline() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            let _ = b.read(&mut buf).await;
+            let _ = b.write_all(b"BEGIN LIST VAR u\n").await;
+            for i in 0..900 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if b.write_all(format!("VAR u v.{i} \"1\"\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let mut n = Nut::new(a, Duration::from_secs(1));
+        match n.list_var("u").await {
+            Err(e @ NutError::SlowReply(_)) => {
+                assert_eq!(e.to_string(), "upsd did not finish its reply within 3s")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() <= Duration::from_secs(3) + Duration::from_millis(10));
     }
 
     #[tokio::test]
