@@ -123,6 +123,36 @@ fn default_true() -> bool {
     true
 }
 
+/// The largest config file read (a real one is a few KiB; the same cap as
+/// provisioning's).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads the config file: at most [`MAX_CONFIG_BYTES`], and strictly UTF-8
+/// (the config crate would read bad bytes as U+FFFD and accept them in any
+/// string, e.g. a label or a path).
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let fail = |e: String| ConfigError::Load(format!("{}: {e}", path.display()));
+    let f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(fail(format!(
+            "larger than {} KiB: not a wardgate configuration",
+            MAX_CONFIG_BYTES / 1024
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        fail(format!(
+            "not UTF-8 text: a byte that is not UTF-8 on line {line} (save the file as UTF-8)"
+        ))
+    })
+}
+
 impl Config {
     /// Loads the file (if it exists or was named) and the environment, then
     /// validates. `explicit` says whether the path was given on the command
@@ -149,9 +179,9 @@ impl Config {
                     path.display()
                 )));
             }
-            builder = builder.add_source(
-                ::config::File::from(path.to_path_buf()).format(::config::FileFormat::Toml),
-            );
+            let text = read_text(path)?;
+            builder =
+                builder.add_source(::config::File::from_str(&text, ::config::FileFormat::Toml));
         }
         builder = builder.add_source(
             ::config::Environment::with_prefix("WARDGATE")

@@ -208,6 +208,28 @@ fn named_file_must_exist() {
     assert!(e.to_string().contains("no such file"), "{e}");
 }
 
+/// Bytes that are not UTF-8 are an error naming the line, not U+FFFD
+/// accepted in a label or a path; a file over 1 MiB is not read.
+#[test]
+fn config_file_must_be_utf8_and_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    std::fs::write(
+        &path,
+        b"site = \"xa-test\"\n[mqtt]\nhost = \"127.0.0.1\"\n[web]\nusername = \"t\xffi\"\n",
+    )
+    .unwrap();
+    let e = Config::load_with_env(&path, true, vec![]).unwrap_err();
+    assert!(
+        e.to_string().contains("not UTF-8") && e.to_string().contains("line 5"),
+        "{e}"
+    );
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+    let e = Config::load_with_env(&path, true, vec![]).unwrap_err();
+    assert!(e.to_string().contains("larger than 1024 KiB"), "{e}");
+}
+
 #[test]
 fn example_config_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wardgate.example.toml");
