@@ -152,11 +152,12 @@ pub fn stream_key(kind: crate::model::Kind, device: &str) -> String {
     format!("{}/{device}", kind.as_i64())
 }
 
-/// The inverse of [`stream_key`].
+/// The inverse of [`stream_key`]: only keys it writes (no "00/ups1", no
+/// device id outside the pattern).
 pub fn parse_stream_key(key: &str) -> Option<(crate::model::Kind, &str)> {
     let (k, dev) = key.split_once('/')?;
     let kind = crate::model::Kind::from_i64(k.parse().ok()?)?;
-    Some((kind, dev))
+    (k == kind.as_i64().to_string() && super::valid_device_id(dev)).then_some((kind, dev))
 }
 
 #[cfg(test)]
@@ -194,6 +195,9 @@ mod tests {
             Some((Kind::Event, "ups1")),
             "key round trip"
         );
+        for odd in ["01/ups1", "+1/ups1", "1/UPS 1", "1/", "1"] {
+            assert_eq!(parse_stream_key(odd), None, "{odd}");
+        }
     }
 
     #[test]
