@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::commit::Store;
+use super::config::SpoolConfig;
 use super::db::Db;
 use super::health::{io_reason, spool_error_reason, sql_reason, Degraded};
 use super::positions::{self, Mark};
@@ -22,7 +23,6 @@ use super::stamp::{new_epoch, ClockCache};
 use super::{
     used, Notice, Queue, Resumed, Spool, SpoolCounters, SpoolError, StartReport, STORE_RETRY,
 };
-use crate::config::SpoolConfig;
 use crate::model::Kind;
 
 impl Spool {

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::config::SpoolPolicy;
 use super::queue::{self, needs_reservation, Entry, SeqState};
 use super::{lock, positions, Notice, Queue, Spool, SpoolError};
-use crate::config::SpoolPolicy;
 use crate::model::{now_ms, ClockState, Event, Kind, Reading, Sample};
 
 impl Queue {

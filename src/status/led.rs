@@ -245,13 +245,13 @@ impl Led for FakeLed {
 
 /// The LED the config asks for: `None` when `led.backend = "none"`, else
 /// the opened LED or why it cannot be used.
-pub fn open(cfg: &crate::config::LedConfig) -> Option<Result<Box<dyn Led>, LedError>> {
+pub fn open(cfg: &super::config::LedConfig) -> Option<Result<Box<dyn Led>, LedError>> {
     match cfg.backend {
-        crate::config::LedBackend::None => None,
-        crate::config::LedBackend::Sysfs => {
+        super::config::LedBackend::None => None,
+        super::config::LedBackend::Sysfs => {
             Some(SysfsLed::open(&cfg.path, cfg.active_low).map(|l| Box::new(l) as Box<dyn Led>))
         }
-        crate::config::LedBackend::Gpio => Some(
+        super::config::LedBackend::Gpio => Some(
             GpioLed::open(cfg.pin.map(|p| p.get()).unwrap_or_default(), cfg.active_low)
                 .map(|l| Box::new(l) as Box<dyn Led>),
         ),
