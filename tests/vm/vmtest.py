@@ -284,7 +284,10 @@ class Agent:
         self._connect()
         self.n += 1
         tag = f"__WGBEGIN__{self.n}__"
-        self.s.sendall(f"echo {tag}; {{ {cmd} ; }}\n".encode())
+        try:
+            self.s.sendall(f"echo {tag}; {{ {cmd} ; }}\n".encode())
+        except OSError:
+            return None, ""
         deadline = time.monotonic() + timeout
         while True:
             m = re.search(re.escape(tag).encode() + rb"\n(.*?)__WGEND__ (\d+)\n", self.buf, re.S)
@@ -305,12 +308,15 @@ class Agent:
                 return None, ""
             self.buf += d
 
-    def wait_up(self, timeout):
+    def wait_up(self, timeout, alive=None):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rc, out = self.sh("echo up", timeout=5)
             if rc == 0:
                 return True
+            if alive is not None and not alive():
+                return False
+            time.sleep(0.5)
         return False
 
 
@@ -328,11 +334,11 @@ class Vm:
             "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", args.kernel, "-initrd", args.initrd,
-            "-append", "root=/dev/vda2 rw console=ttyAMA0 systemd.firstboot=off panic=10",
+            "-append", "root=/dev/vda2 rootfstype=ext4 rw console=ttyAMA0 systemd.firstboot=off panic=10",
             "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
             "-drive", f"file={disk},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0",
             "-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:1883-cmd:socat - TCP:127.0.0.1:{broker.port}",
-            "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "qemu-xhci,id=xhci",
             "-chardev", f"socket,id=ups,path={self.ups_path},server=on,wait=off",
             "-device", f"usb-serial,chardev=ups,id=ups,serial={UPS_SERIAL},bus=xhci.0",
@@ -346,13 +352,18 @@ class Vm:
         self.log = open(os.path.join(work, f"qemu-{name}.log"), "w")
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        time.sleep(1)
+        if self.proc.poll() is not None:
+            with open(os.path.join(work, f"qemu-{name}.log")) as f:
+                raise RuntimeError(f"qemu exited at once: {f.read().strip()}")
         self.qmp = Qmp(self.qmp_path)
         self.sim = MegatecSim(self.ups_path)
         self.agent = Agent(self.agent_path)
 
     def boot(self):
-        if not self.agent.wait_up(BOOT_TIMEOUT):
-            say(f"[{self.name}] the guest's agent did not answer within {BOOT_TIMEOUT} s (console: {self.console})")
+        if not self.agent.wait_up(BOOT_TIMEOUT, lambda: self.proc.poll() is None):
+            say(f"[{self.name}] the guest's agent did not answer (qemu "
+                f"{'running' if self.proc.poll() is None else 'exited'}; console: {self.console})")
             return False
         rc, out = self.agent.sh("systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
         say(f"[{self.name}] booted in {time.monotonic() - self.t0:.0f} s: system {out.strip() or rc}")
@@ -410,7 +421,7 @@ def make_disk(path, root_img, card_files):
     run("sfdisk", "-q", path, input=table.encode())
     run("dd", f"if={boot}", f"of={path}", "bs=1M", f"seek={BOOT_OFFSET // (1024 * 1024)}",
         "conv=notrunc", "status=none")
-    run("dd", f"if={root_img}", f"of={path}", "bs=4M", f"seek={root_start // (4 * 1024 * 1024)}",
+    run("dd", f"if={root_img}", f"of={path}", "bs=1M", f"seek={root_start // (1024 * 1024)}",
         "conv=notrunc,sparse", "status=none")
     os.unlink(boot)
 
