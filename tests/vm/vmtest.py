@@ -490,7 +490,7 @@ def boot_a(args, broker):
               "LED: not observable in the VM (no LED device; the documented pattern for this case is "
               "'wardgate not running', which the unit state shows)")
     check(5, "bad config provisioned on a new box", not problems, "; ".join(problems) or detail)
-    os.unlink(disk)
+    os.unlink(disk)  # before the next disk is made
 
 
 def seq_gaps(seqs):
@@ -715,9 +715,12 @@ def main():
         disk, shutdown_seen = boot_b(args, broker)
         if os.path.exists(disk):
             boot_c(args, broker, disk, shutdown_seen)
-            os.unlink(disk)
     finally:
         broker.stop(os.path.join(args.work, "mqtt.log"))
+        # The disks are about 1 GB each: never leave them behind.
+        for name in os.listdir(args.work):
+            if name.startswith("disk-"):
+                os.unlink(os.path.join(args.work, name))
     passed = sum(results)
     failed = len(results) - passed
     say(f"logs: {args.work} (console-*.log, qemu-*.log, mosquitto.log, mqtt.log: every message seen)")
