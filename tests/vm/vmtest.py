@@ -493,11 +493,6 @@ def boot_a(args, broker):
     os.unlink(disk)  # before the next disk is made
 
 
-def seq_gaps(seqs):
-    s = sorted(set(seqs))
-    return [(a, b) for a, b in zip(s, s[1:]) if b != a + 1]
-
-
 def boot_b(args, broker):
     """Checks 1-4 and the first half of 6, on a fresh disk with a good card."""
     disk = os.path.join(args.work, "disk-b.img")
