@@ -1,5 +1,8 @@
-# Shared by scripts/test-install-arm64, scripts/pi-image and
-# scripts/test-pi-image: run arm64 programs in a chroot on an x86_64 host.
+# Shared by scripts/test-install-arm64, scripts/pi-image,
+# scripts/test-pi-image and scripts/test-vm-arm64: run arm64 programs in a
+# chroot on an x86_64 host.
+
+. "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
 
 # binfmt_misc: arm64 programs inside a chroot (dpkg runs maintainer
 # scripts) must start through qemu. Build containers often have
@@ -32,9 +35,10 @@ arm64_rootfs_tar() {
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
     }
     echo "== debootstrap bookworm arm64 (once; cached in $cache)" >&2
-    local tmp
+    local tmp mirror
+    mirror=$(debian_mirror bookworm) || return 1
     tmp=$(mktemp -d)
-    debootstrap --arch=arm64 --foreign --variant=minbase bookworm "$tmp/root" http://deb.debian.org/debian >/dev/null
+    debootstrap --arch=arm64 --foreign --variant=minbase bookworm "$tmp/root" "$mirror" >/dev/null
     cp /usr/bin/qemu-aarch64-static "$tmp/root/usr/bin/"
     chroot "$tmp/root" /debootstrap/debootstrap --second-stage >/dev/null
     mkdir -p "$(dirname "$cache")"

@@ -1,0 +1,727 @@
+#!/usr/bin/env python3
+"""Host side of scripts/test-vm-arm64: boots the arm64 image under qemu and
+runs the checks, printing one PASS/FAIL line each. Standard library only.
+
+The guest is observed three ways: a command agent on a virtio-serial port
+(tests/vm/guest/wardgate-vm-agent), the MQTT messages it publishes to a
+mosquitto on the host's loopback (the only address its restricted user
+network reaches, through a guestfwd), and the FAT boot partition read back
+with mtools after poweroff. The serial console goes to a log file.
+
+Three boots:
+  A  fresh disk, a broken wardgate.toml on the card          -> check 5
+  B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, poweroff
+  C  disk B again                                             -> check 6
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+SITE = "vm-test"
+MQTT_USER, MQTT_PASS = "wardgate-vm", "vm-secret-7f3a"
+OBS_USER, OBS_PASS = "observer", "observer-pw"
+UPS_SERIAL = "WGVM0001"
+UPS_INTERVAL = 5.0
+BOOT_TIMEOUT = 600  # TCG on a busy 2-core machine: generous
+
+GOOD_TOML = f"""site = "{SITE}"
+[mqtt]
+host = "10.0.2.100"
+port = 1883
+tls = false
+username = "{MQTT_USER}"
+password_file = "/etc/wardgate/mqtt.password"
+[spool]
+path = "/var/lib/wardgate/spool.db"
+policy = "wal"
+[gateway]
+telemetry_interval = "10s"
+[[device]]
+id = "ups1"
+type = "megatec"
+serial = "/dev/wardgate-ups"
+interval = "{int(UPS_INTERVAL)}s"
+timeout = "2s"
+[[device]]
+id = "env1"
+type = "sim"
+profile = "sensor"
+interval = "2s"
+[[device]]
+id = "denied"
+type = "megatec"
+serial = "/dev/virtio-ports/wardgate.denied"
+interval = "5s"
+"""
+
+# mqtt.port out of range: the daemon and provisioning must both refuse it.
+BAD_TOML = GOOD_TOML.replace("port = 1883", "port = 70000")
+
+results = []
+
+
+def say(msg):
+    print(msg, flush=True)
+
+
+def check(n, name, ok, detail):
+    line = f"{'PASS' if ok else 'FAIL'} {n}. {name}: {detail}"
+    results.append(ok)
+    say(line)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def run(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# --- the broker and what it sees -------------------------------------------
+
+
+class Broker:
+    def __init__(self, work):
+        self.port = free_port()
+        pw = os.path.join(work, "mosquitto.passwd")
+        open(pw, "w").close()
+        run("mosquitto_passwd", "-b", pw, MQTT_USER, MQTT_PASS)
+        run("mosquitto_passwd", "-b", pw, OBS_USER, OBS_PASS)
+        os.chmod(pw, 0o644)
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
+                f"password_file {pw}\npersistence false\nuser root\n"
+            )
+        self.log = open(os.path.join(work, "mosquitto.log"), "w")
+        self.proc = subprocess.Popen(["mosquitto", "-c", conf, "-v"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.msgs = []  # (host monotonic time, topic, payload)
+        self.lock = threading.Lock()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.sub = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-u", OBS_USER, "-P", OBS_PASS,
+             "-q", "1", "-v", "-t", "ioc/#"],
+            stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.sub.stdout:
+            topic, _, payload = line.rstrip("\n").partition(" ")
+            with self.lock:
+                self.msgs.append((time.monotonic(), topic, payload))
+
+    def since(self, t0, topic_suffix=None):
+        with self.lock:
+            return [(t, tp, p) for (t, tp, p) in self.msgs
+                    if t >= t0 and (topic_suffix is None or tp.endswith(topic_suffix))]
+
+    def wait(self, t0, pred, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.since(t0):
+                if pred(m):
+                    return m
+            time.sleep(0.2)
+        return None
+
+    def stop(self, dump=None):
+        if dump:
+            with open(dump, "w") as f, self.lock:
+                for t, tp, p in self.msgs:
+                    f.write(f"{t:.3f} {tp} {p}\n")
+        for p in (self.sub, self.proc):
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def events(msgs):
+    """(time, device, event dict) of every event message."""
+    out = []
+    for t, tp, p in msgs:
+        if tp.endswith("/event"):
+            try:
+                body = json.loads(p)
+            except ValueError:
+                continue
+            for e in body.get("events", []):
+                out.append((t, body.get("device"), e))
+    return out
+
+
+def samples(msgs, device):
+    out = []
+    for t, tp, p in msgs:
+        if tp == f"ioc/{SITE}/{device}/telemetry":
+            try:
+                body = json.loads(p)
+            except ValueError:
+                continue
+            for s in body.get("samples", []):
+                out.append((t, body.get("epoch"), s))
+    return out
+
+
+# --- the Megatec UPS behind the USB serial adapter -------------------------
+
+
+class MegatecSim:
+    """Megatec/Q1 over qemu's usb-serial chardev (a unix socket qemu serves).
+    Replies as tests/it/common/megatec_sim.rs does (frames from the codec's
+    tests in src/source/megatec/codec.rs)."""
+
+    Q1 = b"(230.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r"
+    F = b"#230.0 004 012.0 50.0\r"
+    I = b"#WARDGATE-SIM    MEGA-1000  V1.0      \r"
+
+    def __init__(self, path):
+        self.path = path
+        self.stop = False
+        self.queries = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self.stop:
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(self.path)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            buf = b""
+            try:
+                while not self.stop:
+                    d = s.recv(256)
+                    if not d:
+                        break
+                    buf += d
+                    while b"\r" in buf:
+                        cmd, buf = buf.split(b"\r", 1)
+                        cmd = cmd.strip(b"\x00\n ").decode("ascii", "replace")
+                        self.queries += 1
+                        reply = {"Q1": self.Q1, "F": self.F, "I": self.I}.get(cmd, cmd.encode() + b"\r")
+                        s.sendall(reply)
+            except OSError:
+                pass
+            s.close()
+            time.sleep(0.2)
+
+
+# --- the machine ------------------------------------------------------------
+
+
+class Qmp:
+    def __init__(self, path, timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.f = self.s.makefile("rw")
+        json.loads(self.f.readline())  # greeting
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, **args):
+        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+        self.f.flush()
+        while True:
+            r = json.loads(self.f.readline())
+            if "event" in r:
+                continue
+            if "error" in r:
+                raise RuntimeError(f"QMP {name}: {r['error']}")
+            return r.get("return")
+
+
+class Agent:
+    """The guest's command channel (virtio-serial port wardgate.agent)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.s = None
+        self.buf = b""
+        self.n = 0
+
+    def _connect(self):
+        deadline = time.monotonic() + 60
+        while self.s is None:
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(self.path)
+                self.s = s
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def sh(self, cmd, timeout=120):
+        """Runs cmd in the guest; returns (exit status, output) or (None, '') on time-out."""
+        self._connect()
+        self.n += 1
+        tag = f"__WGBEGIN__{self.n}__"
+        try:
+            self.s.sendall(f"echo {tag}; {{ {cmd} ; }}\n".encode())
+        except OSError:
+            return None, ""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(re.escape(tag).encode() + rb"\n(.*?)__WGEND__ (\d+)\n", self.buf, re.S)
+            if m:
+                self.buf = self.buf[m.end():]
+                return int(m.group(2)), m.group(1).decode("utf-8", "replace")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, ""
+            self.s.settimeout(min(left, 2))
+            try:
+                d = self.s.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return None, ""
+            if not d:
+                return None, ""
+            self.buf += d
+
+    def wait_up(self, timeout, alive=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc, out = self.sh("echo up", timeout=5)
+            if rc == 0:
+                return True
+            if alive is not None and not alive():
+                return False
+            time.sleep(0.5)
+        return False
+
+
+class Vm:
+    def __init__(self, args, work, disk, broker, name):
+        self.work, self.name = work, name
+        self.qmp_path = os.path.join(work, "qmp.sock")
+        self.agent_path = os.path.join(work, "agent.sock")
+        self.ups_path = os.path.join(work, "ups.sock")
+        for p in (self.qmp_path, self.agent_path, self.ups_path):
+            if os.path.exists(p):
+                os.unlink(p)
+        self.console = os.path.join(work, f"console-{name}.log")
+        cmd = [
+            "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-kernel", args.kernel, "-initrd", args.initrd,
+            "-append", "root=/dev/vda2 rootfstype=ext4 rw console=ttyAMA0 systemd.firstboot=off panic=10",
+            "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
+            "-drive", f"file={disk},format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0",
+            "-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:1883-cmd:socat - TCP:127.0.0.1:{broker.port}",
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-device", "qemu-xhci,id=xhci",
+            "-chardev", f"socket,id=ups,path={self.ups_path},server=on,wait=off",
+            "-device", f"usb-serial,chardev=ups,id=ups,serial={UPS_SERIAL},bus=xhci.0",
+            "-device", "virtio-serial-pci",
+            "-chardev", f"socket,id=agent,path={self.agent_path},server=on,wait=off",
+            "-device", "virtserialport,chardev=agent,name=wardgate.agent",
+            "-chardev", "null,id=denied",
+            "-device", "virtserialport,chardev=denied,name=wardgate.denied",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+        ]
+        self.log = open(os.path.join(work, f"qemu-{name}.log"), "w")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        time.sleep(1)
+        if self.proc.poll() is not None:
+            with open(os.path.join(work, f"qemu-{name}.log")) as f:
+                raise RuntimeError(f"qemu exited at once: {f.read().strip()}")
+        self.qmp = Qmp(self.qmp_path)
+        self.sim = MegatecSim(self.ups_path)
+        self.agent = Agent(self.agent_path)
+
+    def boot(self):
+        if not self.agent.wait_up(BOOT_TIMEOUT, lambda: self.proc.poll() is None):
+            say(f"[{self.name}] the guest's agent did not answer (qemu "
+                f"{'running' if self.proc.poll() is None else 'exited'}; console: {self.console})")
+            return False
+        rc, out = self.agent.sh("systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
+        say(f"[{self.name}] booted in {time.monotonic() - self.t0:.0f} s: system {out.strip() or rc}")
+        if out.strip() != "running":
+            _, failed = self.agent.sh("systemctl --failed --no-legend --plain")
+            say(f"[{self.name}] failed units: {failed.strip() or '-'}")
+        return True
+
+    def poweroff(self, timeout=180):
+        self.agent.sh("systemctl poweroff --no-block", timeout=10)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout):
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self):
+        self.sim.stop = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- the SD card ------------------------------------------------------------
+
+BOOT_OFFSET = 1024 * 1024
+BOOT_MB = 64
+
+
+def make_disk(path, root_img, card_files):
+    """A disk like the Pi's card: partition 1 FAT (the boot partition, with
+    card_files), partition 2 the ext4 root."""
+    boot = path + ".boot"
+    if os.path.exists(boot):
+        os.unlink(boot)
+    run("mkfs.vfat", "-n", "BOOTFS", "-C", boot, str(BOOT_MB * 1024), stdout=subprocess.DEVNULL)
+    with open(os.path.join(os.path.dirname(path), "config.txt"), "w") as f:
+        f.write("arm_64bit=1\n")
+    run("mcopy", "-i", boot, os.path.join(os.path.dirname(path), "config.txt"), "::config.txt")
+    for name, text in card_files.items():
+        src = os.path.join(os.path.dirname(path), name)
+        with open(src, "w") as f:
+            f.write(text)
+        run("mcopy", "-i", boot, src, "::" + name)
+        os.unlink(src)
+    root_bytes = os.path.getsize(root_img)
+    root_start = BOOT_OFFSET + BOOT_MB * 1024 * 1024
+    with open(path, "wb") as f:
+        f.truncate(root_start + root_bytes)
+    table = (f"label: dos\nstart={BOOT_OFFSET // 512}, size={BOOT_MB * 2048}, type=c\n"
+             f"start={root_start // 512}, size={root_bytes // 512}, type=83\n")
+    run("sfdisk", "-q", path, input=table.encode())
+    run("dd", f"if={boot}", f"of={path}", "bs=1M", f"seek={BOOT_OFFSET // (1024 * 1024)}",
+        "conv=notrunc", "status=none")
+    run("dd", f"if={root_img}", f"of={path}", "bs=1M", f"seek={root_start // (1024 * 1024)}",
+        "conv=notrunc,sparse", "status=none")
+    os.unlink(boot)
+
+
+def card_ls(disk):
+    r = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{BOOT_OFFSET}", "::"], capture_output=True, text=True)
+    return [os.path.basename(x).strip() for x in r.stdout.split("\n") if x.strip()]
+
+
+def card_read(disk, name):
+    r = subprocess.run(["mtype", "-i", f"{disk}@@{BOOT_OFFSET}", "::" + name], capture_output=True)
+    return r.stdout.decode("utf-8", "replace") if r.returncode == 0 else None
+
+
+# --- the checks -------------------------------------------------------------
+
+
+def unit(agent, name, props):
+    rc, out = agent.sh(f"systemctl show {name} -p {','.join(props)}")
+    d = {}
+    for line in out.splitlines():
+        k, _, v = line.partition("=")
+        d[k] = v
+    return d
+
+
+def boot_a(args, broker):
+    """Check 5: a broken wardgate.toml provisioned on a new box."""
+    disk = os.path.join(args.work, "disk-a.img")
+    make_disk(disk, args.root, {"wardgate.toml": BAD_TOML, "wardgate-mqtt.password": MQTT_PASS + "\n"})
+    vm = Vm(args, args.work, disk, broker, "a")
+    try:
+        if not vm.boot():
+            check(5, "bad config", False, "the machine did not boot")
+            return
+        a = vm.agent
+        u = unit(a, "wardgate", ["ActiveState", "Result", "ExecMainStatus"])
+        p = unit(a, "wardgate-provision", ["Result", "ExecMainStatus"])
+        _, journal = a.sh("journalctl -b -u wardgate -u wardgate-provision --no-pager -o cat")
+        vm.poweroff()
+    finally:
+        vm.kill()
+    result = card_read(disk, "wardgate-provisioning.txt") or ""
+    names = card_ls(disk)
+    problems = []
+    if u.get("ActiveState") == "active":
+        problems.append("wardgate.service is active")
+    if u.get("Result") not in ("exec-condition",):
+        problems.append(f"wardgate Result={u.get('Result')} (wanted exec-condition: start condition unmet)")
+    if "mqtt.port" not in journal:
+        problems.append("the journal does not name mqtt.port")
+    if not result.startswith("LỖI / ERROR"):
+        problems.append(f"result file starts {result[:30]!r}, not 'LỖI / ERROR'")
+    if "mqtt.port" not in result:
+        problems.append("the result file does not name mqtt.port")
+    if "wardgate-mqtt.password" in names:
+        problems.append("the password is still on the card")
+    if "wardgate.toml" not in names:
+        problems.append("the broken wardgate.toml was taken off the card (should stay to be fixed)")
+    detail = (f"wardgate {u.get('ActiveState')}/{u.get('Result')}, provisioning exit {p.get('ExecMainStatus')}, "
+              f"result file '{result.splitlines()[0] if result else '(none)'}' naming mqtt.port, password off the card; "
+              "LED: not observable in the VM (no LED device; the documented pattern for this case is "
+              "'wardgate not running', which the unit state shows)")
+    check(5, "bad config provisioned on a new box", not problems, "; ".join(problems) or detail)
+    os.unlink(disk)  # before the next disk is made
+
+
+def boot_b(args, broker):
+    """Checks 1-4 and the first half of 6, on a fresh disk with a good card."""
+    disk = os.path.join(args.work, "disk-b.img")
+    make_disk(disk, args.root, {"wardgate.toml": GOOD_TOML, "wardgate-mqtt.password": MQTT_PASS + "\n"})
+    vm = Vm(args, args.work, disk, broker, "b")
+    t_boot = time.monotonic()
+    shutdown_seen = None
+    try:
+        if not vm.boot():
+            for n, name in ((1, "provisioning at boot"), (2, "the service under systemd"),
+                            (3, "a USB serial UPS"), (4, "the watchdog")):
+                check(n, name, False, "the machine did not boot")
+            return disk, None
+        a = vm.agent
+
+        # 1. provisioning at boot, before wardgate.service
+        p = unit(a, "wardgate-provision", ["Result", "ExecMainStatus", "ExecMainExitTimestampMonotonic"])
+        w = unit(a, "wardgate", ["ExecMainStartTimestampMonotonic", "ActiveState"])
+        _, card = a.sh("ls /boot/firmware")
+        _, installed = a.sh("stat -c '%n %a %U:%G' /etc/wardgate/wardgate.toml /etc/wardgate/mqtt.password")
+        _, site = a.sh("grep -c 'site = \"vm-test\"' /etc/wardgate/wardgate.toml")
+        probs = []
+        if p.get("Result") != "success" or p.get("ExecMainStatus") != "0":
+            probs.append(f"provisioning {p.get('Result')} exit {p.get('ExecMainStatus')}")
+        try:
+            if not int(p["ExecMainExitTimestampMonotonic"]) <= int(w["ExecMainStartTimestampMonotonic"]):
+                probs.append("wardgate started before provisioning finished")
+        except (KeyError, ValueError):
+            probs.append(f"no timestamps ({p}, {w})")
+        if site.strip() != "1":
+            probs.append("the config is not in /etc/wardgate")
+        for f in ("wardgate.toml", "wardgate-mqtt.password"):
+            if f in card.split():
+                probs.append(f"{f} still on the card")
+        if "wardgate-provisioning.txt" not in card.split():
+            probs.append("no wardgate-provisioning.txt on the card")
+        else:
+            _, res = a.sh("head -1 /boot/firmware/wardgate-provisioning.txt")
+            if not res.startswith("OK"):
+                probs.append(f"result file says {res.strip()!r}")
+        check(1, "provisioning at boot", not probs, "; ".join(probs) or
+              "wardgate-provision ran and exited 0 before wardgate.service started; config and password in "
+              f"/etc/wardgate ({'; '.join(installed.split(chr(10))).strip()}); result file 'OK'; secrets gone from the card")
+
+        # 2. the service under systemd
+        deadline = time.monotonic() + 180
+        state = ""
+        while time.monotonic() < deadline:
+            _, state = a.sh("systemctl is-active wardgate")
+            if state.strip() in ("active", "failed", "inactive"):
+                break
+            time.sleep(2)
+        _, sec = a.sh("systemd-analyze security wardgate --no-pager | tail -1", timeout=300)
+        got = broker.wait(t_boot, lambda m: m[1] == f"ioc/{SITE}/env1/telemetry", 120)
+        _, journal = a.sh("journalctl -b -u wardgate --no-pager -o cat")
+        denials = [l for l in journal.splitlines()
+                   if re.search(r"denied|not permitted|EPERM|EACCES|read-only file system", l, re.I)
+                   and "wardgate.denied" not in l]
+        probs = []
+        if state.strip() != "active":
+            probs.append(f"is-active: {state.strip()}")
+        m = re.search(r"exposure level for wardgate.service: ([0-9.]+)", sec)
+        if not m:
+            probs.append(f"systemd-analyze security: {sec.strip()!r}")
+        elif float(m.group(1)) > 2.5:
+            probs.append(f"exposure {m.group(1)} > 2.5")
+        if denials:
+            probs.append(f"{len(denials)} denial line(s) in the journal, e.g. {denials[0]!r}")
+        if not got:
+            probs.append("no telemetry at the host's mosquitto")
+        check(2, "the service under systemd", not probs, "; ".join(probs) or
+              f"active after READY=1; {sec.strip()}; no sandbox denial in the journal; "
+              f"telemetry at the host's mosquitto {got[0] - t_boot:.0f} s after boot start")
+
+        # 3. a USB serial UPS
+        probs = []
+        _, link = a.sh("readlink -f /dev/wardgate-ups; ls /dev/serial/by-id/")
+        if "/dev/ttyUSB" not in link:
+            probs.append(f"/dev/wardgate-ups -> {link.strip()!r}")
+        t3 = time.monotonic()
+        first = broker.wait(t_boot, lambda m: m[1] == f"ioc/{SITE}/ups1/telemetry" and "230.4" in m[2], 120)
+        if not first:
+            probs.append("no UPS readings")
+        denied_line = [l for l in journal.splitlines() if "wardgate.denied" in l]
+        if not denied_line:
+            _, journal = a.sh("journalctl -b -u wardgate --no-pager -o cat")
+            denied_line = [l for l in journal.splitlines() if "wardgate.denied" in l]
+        if not denied_line:
+            probs.append("no log line for the device outside DeviceAllow")
+        before = unit(a, "wardgate", ["MainPID", "NRestarts"])
+        t_unplug = time.monotonic()
+        vm.qmp.cmd("device_del", id="ups")
+        fault = broker.wait(t_unplug, lambda m: m[1] == f"ioc/{SITE}/ups1/event"
+                            and re.search(r'"code":"device\.(fault|lost)"', m[2]), 4 * UPS_INTERVAL + 30)
+        fault_s = fault[0] - t_unplug if fault else None
+        if not fault:
+            probs.append("no device.fault/device.lost after the unplug")
+        elif fault_s > 2 * UPS_INTERVAL:
+            probs.append(f"device fault {fault_s:.1f} s after the unplug (> two intervals, {2 * UPS_INTERVAL:.0f} s)")
+        _, gone = a.sh("test -e /dev/wardgate-ups && echo present || echo gone")
+        time.sleep(2)
+        t_plug = time.monotonic()
+        vm.qmp.cmd("device_add", driver="usb-serial", id="ups", chardev="ups", serial=UPS_SERIAL, bus="xhci.0")
+        again = broker.wait(t_plug, lambda m: m[1] == f"ioc/{SITE}/ups1/telemetry" and "230.4" in m[2], 120)
+        restored = broker.wait(t_plug, lambda m: m[1] == f"ioc/{SITE}/ups1/event"
+                               and '"code":"device.restored"' in m[2], 60)
+        after = unit(a, "wardgate", ["MainPID", "NRestarts"])
+        if not again:
+            probs.append("no readings after the re-plug")
+        if before != after:
+            probs.append(f"the service restarted ({before} -> {after})")
+        check(3, "a USB serial UPS", not probs, "; ".join(probs) or
+              f"/dev/wardgate-ups -> {link.split()[0]} (example rule); readings through it; outside the allow-list: "
+              f"{denied_line[0].strip()[:160]!r}; unplug -> device fault after {fault_s:.1f} s (node {gone.strip()}); "
+              f"re-plug -> readings after {again[0] - t_plug:.1f} s"
+              f"{', device.restored' if restored else ''}, same MainPID {after.get('MainPID')}, "
+              f"NRestarts {after.get('NRestarts')}")
+
+        # 4. the watchdog
+        probs = []
+        w0 = unit(a, "wardgate", ["MainPID", "NRestarts", "WatchdogUSec"])
+        t_stop = time.monotonic()
+        a.sh(f"kill -STOP {w0.get('MainPID')}")
+        deadline = time.monotonic() + 240
+        w1 = w0
+        while time.monotonic() < deadline:
+            w1 = unit(a, "wardgate", ["MainPID", "NRestarts", "ActiveState"])
+            if w1.get("NRestarts") != w0.get("NRestarts") and w1.get("ActiveState") == "active":
+                break
+            time.sleep(3)
+        restart_s = time.monotonic() - t_stop
+        _, wj = a.sh("journalctl -b -u wardgate --no-pager -o cat | grep -E 'Watchdog timeout' | head -3")
+        _, pings = a.sh("journalctl -b -u wardgate --no-pager -o short-monotonic | grep -i 'not pinging' | head -3")
+        unclean = broker.wait(t_stop, lambda m: m[1] == f"ioc/{SITE}/gateway/event"
+                              and '"code":"gateway.unclean_stop"' in m[2], 120)
+        if w1.get("NRestarts") == w0.get("NRestarts"):
+            probs.append(f"not restarted within {restart_s:.0f} s")
+        if "Watchdog timeout" not in wj:
+            probs.append("no 'Watchdog timeout' from systemd in the journal")
+        if not unclean:
+            probs.append("no gateway.unclean_stop event")
+        # Nothing acknowledged lost: after the restart, every env1 sample number
+        # up to seq_last_used is at the broker (spool.policy = "wal").
+        lost = None
+        seq_note = ""
+        if unclean:
+            time.sleep(8)  # the backlog after the restart
+            ev = [e for _, _, e in events([unclean])][0]
+            vals = ev.get("values", {})
+            last = vals.get("seq_last_used.env1.samples")
+            got = [s["seq"] for _, _, s in samples(broker.since(t_boot), "env1")]
+            if last is None:
+                probs.append(f"unclean_stop has no seq_last_used.env1.samples ({vals})")
+            elif got:
+                lost = sorted(set(range(min(got), int(last) + 1)) - set(got))
+                seq_note = f"env1 samples {min(got)}..{last} all at the broker ({len(set(got))} distinct)"
+                if lost:
+                    probs.append(f"{len(lost)} env1 sample(s) up to seq_last_used {last} never arrived: {lost[:10]}")
+        check(4, "the watchdog", not probs, "; ".join(probs) or
+              f"SIGSTOP -> restarted after {restart_s:.0f} s (WatchdogUSec {w0.get('WatchdogUSec')}, "
+              f"NRestarts {w0.get('NRestarts')} -> {w1.get('NRestarts')}); journal: "
+              f"{wj.strip().splitlines()[0][:100]!r}; gateway.unclean_stop published; {seq_note}")
+        if pings.strip():
+            say(f"    note: the daemon's own 'not pinging' lines this boot: {pings.strip()!r}")
+
+        # 6, first half: a clean poweroff publishes offline/shutdown
+        t_off = time.monotonic()
+        vm.poweroff()
+        shutdown_seen = broker.wait(t_off, lambda m: m[1] == f"ioc/{SITE}/status"
+                                    and '"reason":"shutdown"' in m[2], 5)
+    finally:
+        vm.kill()
+    return disk, shutdown_seen
+
+
+def boot_c(args, broker, disk, shutdown_seen):
+    """Check 6: the next boot after a clean poweroff has no unclean_stop."""
+    vm = Vm(args, args.work, disk, broker, "c")
+    t_boot = time.monotonic()
+    try:
+        if not vm.boot():
+            check(6, "a clean shutdown", False, "the machine did not boot again")
+            return
+        first = broker.wait(t_boot, lambda m: m[1] == f"ioc/{SITE}/env1/telemetry", 180)
+        time.sleep(10)
+        _, journal = vm.agent.sh("journalctl -b -u wardgate --no-pager -o cat | grep -i unclean | head -2")
+        vm.poweroff()
+    finally:
+        vm.kill()
+    unclean = [e for _, _, e in events(broker.since(t_boot)) if e.get("code") == "gateway.unclean_stop"]
+    probs = []
+    if not shutdown_seen:
+        probs.append("no offline status with reason shutdown at poweroff")
+    if not first:
+        probs.append("no telemetry after the next boot")
+    if unclean or journal.strip():
+        probs.append(f"gateway.unclean_stop at the next boot: {journal.strip()[:120] or unclean[0]}")
+    check(6, "a clean shutdown", not probs, "; ".join(probs) or
+          f"poweroff -> status {shutdown_seen[2]}; next boot publishes again with no gateway.unclean_stop")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--initrd", required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--work", required=True)
+    args = ap.parse_args()
+    if os.path.exists(args.work):
+        shutil.rmtree(args.work)
+    os.makedirs(args.work)
+    broker = Broker(args.work)
+    try:
+        boot_a(args, broker)
+        disk, shutdown_seen = boot_b(args, broker)
+        if os.path.exists(disk):
+            boot_c(args, broker, disk, shutdown_seen)
+    finally:
+        broker.stop(os.path.join(args.work, "mqtt.log"))
+        # The disks are about 1 GB each: never leave them behind.
+        for name in os.listdir(args.work):
+            if name.startswith("disk-"):
+                os.unlink(os.path.join(args.work, name))
+    passed = sum(results)
+    failed = len(results) - passed
+    say(f"logs: {args.work} (console-*.log, qemu-*.log, mosquitto.log, mqtt.log: every message seen)")
+    say(f"vm: {passed} passed, {failed} failed")
+    return 0 if failed == 0 and passed == 6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
