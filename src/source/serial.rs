@@ -16,6 +16,10 @@ pub enum SerialError {
     /// The port exists but we may not open it: fault with a hint, retry.
     #[error("{path}: permission denied (is the service user in the dialout group?)")]
     Permission { path: String },
+    /// The device cgroup of the unit refuses it (EPERM: not in
+    /// wardgate.service's `DeviceAllow=` list): fault with the fix, retry.
+    #[error("{path}: the service may not open this device (not in wardgate.service's DeviceAllow= list: add it with a drop-in, see docs/packaging.md)")]
+    NotAllowed { path: String },
     /// Any other failure to open or configure the port: fault, retry.
     #[error("{path}: {message}")]
     Other { path: String, message: String },
@@ -80,22 +84,24 @@ pub fn open(path: &Path, baud: u32, line: Line) -> Result<SerialStream, SerialEr
         .stop_bits(line.stop_bits)
         .flow_control(FlowControl::None)
         .open_native_async()
-        .map_err(|e| {
-            let msg = e.to_string();
-            match e.kind {
-                tokio_serial::ErrorKind::NoDevice => SerialError::Missing { path: p },
-                tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
-                    SerialError::Missing { path: p }
-                }
-                tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
-                    SerialError::Permission { path: p }
-                }
-                _ => SerialError::Other {
-                    path: p,
-                    message: msg,
-                },
-            }
-        })
+        .map_err(|e| classify(p, e.kind, e.to_string()))
+}
+
+/// What a failed open means. serialport reports a refusal by the device
+/// cgroup (EPERM, "Operation not permitted") without an io kind of its
+/// own, so it is told apart by its text from a missing group (EACCES).
+fn classify(path: String, kind: tokio_serial::ErrorKind, msg: String) -> SerialError {
+    match kind {
+        tokio_serial::ErrorKind::NoDevice
+        | tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
+            SerialError::Missing { path }
+        }
+        _ if msg.contains("Operation not permitted") => SerialError::NotAllowed { path },
+        tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
+            SerialError::Permission { path }
+        }
+        _ => SerialError::Other { path, message: msg },
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +123,42 @@ mod tests {
         assert_eq!(push_byte(&mut r, b'\r', b"\r", 4), Frame::Done);
         let mut r = b"xxxx".to_vec();
         assert_eq!(push_byte(&mut r, b'x', b"\r", 4), Frame::TooLong);
+    }
+
+    /// Each way an open fails names its own fix (the EPERM text is what the
+    /// arm64 VM test saw for a device outside DeviceAllow=).
+    #[test]
+    fn open_failures_are_told_apart() {
+        use tokio_serial::ErrorKind as K;
+        let p = || "/dev/ttyUSB0".to_owned();
+        let cases: &[(K, &str, &str)] = &[
+            (K::NoDevice, "No such device", "no such serial port"),
+            (
+                K::Io(std::io::ErrorKind::NotFound),
+                "No such file",
+                "no such serial port",
+            ),
+            (
+                K::Io(std::io::ErrorKind::PermissionDenied),
+                "Permission denied",
+                "dialout",
+            ),
+            (
+                K::Io(std::io::ErrorKind::Other),
+                "Operation not permitted",
+                "DeviceAllow=",
+            ),
+            (
+                K::Io(std::io::ErrorKind::PermissionDenied),
+                "Operation not permitted",
+                "DeviceAllow=",
+            ),
+            (K::Unknown, "Input/output error", "Input/output error"),
+        ];
+        for (kind, msg, want) in cases {
+            let e = classify(p(), *kind, (*msg).to_owned());
+            assert!(e.to_string().contains(want), "{msg}: {e}");
+        }
     }
 
     #[tokio::test]

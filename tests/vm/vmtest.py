@@ -576,12 +576,15 @@ def boot_b(args, broker):
         first = broker.wait(t_boot, lambda m: m[1] == f"ioc/{SITE}/ups1/telemetry" and "230.4" in m[2], 120)
         if not first:
             probs.append("no UPS readings")
-        denied_line = [l for l in journal.splitlines() if "wardgate.denied" in l]
+        def denied_lines(text):
+            # The line must name the device and the fix (DeviceAllow=).
+            return [l for l in text.splitlines() if "wardgate.denied" in l and "DeviceAllow=" in l]
+        denied_line = denied_lines(journal)
         if not denied_line:
             _, journal = a.sh("journalctl -b -u wardgate --no-pager -o cat")
-            denied_line = [l for l in journal.splitlines() if "wardgate.denied" in l]
+            denied_line = denied_lines(journal)
         if not denied_line:
-            probs.append("no log line for the device outside DeviceAllow")
+            probs.append("no log line naming the device outside DeviceAllow= and the fix")
         before = unit(a, "wardgate", ["MainPID", "NRestarts"])
         t_unplug = time.monotonic()
         vm.qmp.cmd("device_del", id="ups")
