@@ -418,7 +418,10 @@ async fn watchdog(
 ) {
     let mut last = spool.progress();
     let mut sink_seen = (counters.alive.load(Ordering::Relaxed), Instant::now());
-    let mut tick = tokio::time::interval(period);
+    // The first check one period after start (an interval's first tick is
+    // at once, before the spool could have made progress: a false warning
+    // at every start).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,

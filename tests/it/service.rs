@@ -43,4 +43,8 @@ async fn systemd_notify_ready_watchdog_stopping() {
     }
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(0));
+    // A healthy start never claims the pipeline is stuck (the watchdog's
+    // first check used to come at once, before any progress could be made).
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(!log.contains("not pinging"), "{log}");
 }
