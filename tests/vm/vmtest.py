@@ -563,8 +563,18 @@ def boot_b(args, broker):
             probs.append(f"{len(denials)} denial line(s) in the journal, e.g. {denials[0]!r}")
         if not got:
             probs.append("no telemetry at the host's mosquitto")
+        # The limits of issue 11 in force on the real system: the running
+        # process may open 4096 files (LimitNOFILE), the provisioning job
+        # is memory-capped.
+        _, nofile = a.sh("grep 'Max open files' /proc/$(systemctl show -p MainPID --value wardgate)/limits")
+        if nofile.split()[3:5] != ["4096", "4096"]:
+            probs.append(f"open-files limit of the running process: {nofile.strip()!r}")
+        _, memmax = a.sh("systemctl show -p MemoryMax --value wardgate-provision")
+        if memmax.strip() != str(64 << 20):
+            probs.append(f"wardgate-provision MemoryMax={memmax.strip()!r}")
         check(2, "the service under systemd", not probs, "; ".join(probs) or
               f"active after READY=1; {sec.strip()}; no sandbox denial in the journal; "
+              f"open files 4096 (LimitNOFILE) in force, provisioning MemoryMax=64M; "
               f"telemetry at the host's mosquitto {got[0] - t_boot:.0f} s after boot start")
 
         # 3. a USB serial UPS
