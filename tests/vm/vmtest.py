@@ -37,6 +37,8 @@ GOOD_TOML = f"""site = "{SITE}"
 host = "10.0.2.100"
 port = 1883
 tls = false
+# The host's test broker behind qemu's guestfwd: plaintext on purpose.
+allow_plaintext_credentials = true
 username = "{MQTT_USER}"
 password_file = "/etc/wardgate/mqtt.password"
 [spool]
