@@ -6,6 +6,7 @@ pub mod config;
 pub mod history;
 pub mod led;
 pub mod web;
+pub mod words;
 
 use std::collections::{BTreeMap, VecDeque};
 

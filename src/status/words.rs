@@ -1,0 +1,1035 @@
+//! What people read for a value: one table of value names -> (Vietnamese,
+//! English, unit, format), read by the local page, `wardgate check` and
+//! (through [`unit`]) the inventory; numbers written the local way
+//! (`23,5 °C` and `12.345` in Vietnamese, `23.5 °C` and `12,345` in
+//! English), durations in words (`3 ngày 4 giờ`), and the site's time zone.
+//!
+//! A name may hold one `*`, standing for the part the configuration names
+//! (an interface, a probe target, a 1-Wire id); the label's `{}` is that
+//! part. Exact names are looked up first, then patterns in table order. A
+//! value without an entry still shows, with its own name.
+
+use crate::model::Value;
+
+/// How a value is written for people.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    /// A number with this many decimals, then the unit.
+    Num(u8),
+    /// A count, with the word of what is counted (Vietnamese, English).
+    Count(&'static str, &'static str),
+    /// Bytes, in GB with one decimal; with the share of the total (the
+    /// value named here) as a percentage when it is known.
+    Bytes(Option<&'static str>),
+    /// Seconds, as days and hours, hours and minutes, or minutes.
+    Duration,
+    /// Bits per second, in Mbit/s.
+    Bps,
+    /// true / false as words: (Vietnamese true, false, English true, false).
+    YesNo(&'static [&'static str; 4]),
+    /// Words as they come, some translated: (raw, Vietnamese, English).
+    Words(&'static [(&'static str, &'static str, &'static str)]),
+    /// NUT's `ups.status` tokens, as one phrase.
+    UpsStatus,
+    /// Not a line of its own (raw firmware bits, a total folded into the
+    /// free line), but it has words for `wardgate check` and the inventory.
+    Hidden,
+}
+
+/// One value name's words.
+#[derive(Debug, Clone, Copy)]
+pub struct Word {
+    /// The value name, or a pattern with one `*`.
+    pub name: &'static str,
+    pub vi: &'static str,
+    pub en: &'static str,
+    /// The unit of the value as published (SI symbol; "" for none).
+    pub unit: &'static str,
+    pub format: Format,
+}
+
+const fn w(
+    name: &'static str,
+    vi: &'static str,
+    en: &'static str,
+    unit: &'static str,
+    format: Format,
+) -> Word {
+    Word {
+        name,
+        vi,
+        en,
+        unit,
+        format,
+    }
+}
+
+use Format::*;
+
+const YES_NO: &[&str; 4] = &["có", "không", "yes", "no"];
+const ON_OFF: &[(&str, &str, &str)] = &[
+    ("enabled", "bật", "on"),
+    ("disabled", "tắt", "off"),
+    ("muted", "tắt tiếng", "muted"),
+];
+const OPEN_CLOSED: &[(&str, &str, &str)] = &[
+    ("open", "đang mở", "open"),
+    ("closed", "đang đóng", "closed"),
+];
+
+/// Every value every source produces, in the order the page shows them.
+pub const WORDS: &[Word] = &[
+    // UPS (NUT's names; Megatec, APC, NUT and the simulator).
+    w("ups.status", "Trạng thái", "Status", "", UpsStatus),
+    w("ups.load", "Tải", "Load", "%", Num(0)),
+    w("battery.charge", "Pin", "Battery", "%", Num(0)),
+    w(
+        "battery.runtime",
+        "Thời gian còn lại",
+        "Time left",
+        "s",
+        Duration,
+    ),
+    w("input.voltage", "Điện áp vào", "Input voltage", "V", Num(0)),
+    w(
+        "output.voltage",
+        "Điện áp ra",
+        "Output voltage",
+        "V",
+        Num(0),
+    ),
+    w(
+        "input.frequency",
+        "Tần số điện vào",
+        "Input frequency",
+        "Hz",
+        Num(1),
+    ),
+    w(
+        "output.frequency",
+        "Tần số điện ra",
+        "Output frequency",
+        "Hz",
+        Num(1),
+    ),
+    w(
+        "battery.voltage",
+        "Điện áp pin",
+        "Battery voltage",
+        "V",
+        Num(1),
+    ),
+    w(
+        "ups.temperature",
+        "Nhiệt độ UPS",
+        "UPS temperature",
+        "°C",
+        Num(1),
+    ),
+    w(
+        "battery.temperature",
+        "Nhiệt độ pin",
+        "Battery temperature",
+        "°C",
+        Num(1),
+    ),
+    w(
+        "battery.charge.estimated",
+        "Mức pin ước tính từ điện áp",
+        "Battery level estimated from voltage",
+        "",
+        YesNo(YES_NO),
+    ),
+    w(
+        "ups.alarm",
+        "Cảnh báo của UPS",
+        "UPS alarm",
+        "",
+        Words(&[(
+            "UPS internal failure",
+            "UPS báo lỗi bên trong",
+            "UPS internal failure",
+        )]),
+    ),
+    w(
+        "ups.type",
+        "Loại UPS",
+        "UPS type",
+        "",
+        Words(&[
+            (
+                "online",
+                "online (chuyển đổi kép)",
+                "online (double conversion)",
+            ),
+            (
+                "offline / line interactive",
+                "offline / line interactive",
+                "offline / line interactive",
+            ),
+        ]),
+    ),
+    w("ups.beeper.status", "Còi báo", "Beeper", "", Words(ON_OFF)),
+    w("ups.realpower", "Công suất thực", "Real power", "W", Num(0)),
+    w(
+        "ups.power",
+        "Công suất biểu kiến",
+        "Apparent power",
+        "VA",
+        Num(0),
+    ),
+    w(
+        "ups.realpower.nominal",
+        "Công suất thực định mức",
+        "Rated real power",
+        "W",
+        Num(0),
+    ),
+    w(
+        "ups.power.nominal",
+        "Công suất định mức",
+        "Rated power",
+        "VA",
+        Num(0),
+    ),
+    w(
+        "input.voltage.fault",
+        "Điện áp vào lúc sự cố",
+        "Input voltage at last fault",
+        "V",
+        Num(0),
+    ),
+    w(
+        "input.voltage.nominal",
+        "Điện áp vào định mức",
+        "Rated input voltage",
+        "V",
+        Num(0),
+    ),
+    w(
+        "output.voltage.nominal",
+        "Điện áp ra định mức",
+        "Rated output voltage",
+        "V",
+        Num(0),
+    ),
+    w(
+        "input.current.nominal",
+        "Dòng điện vào định mức",
+        "Rated input current",
+        "A",
+        Num(1),
+    ),
+    w(
+        "input.current",
+        "Dòng điện vào",
+        "Input current",
+        "A",
+        Num(1),
+    ),
+    w(
+        "output.current",
+        "Dòng điện ra",
+        "Output current",
+        "A",
+        Num(1),
+    ),
+    w(
+        "input.frequency.nominal",
+        "Tần số định mức",
+        "Rated frequency",
+        "Hz",
+        Num(0),
+    ),
+    w(
+        "output.frequency.nominal",
+        "Tần số ra định mức",
+        "Rated output frequency",
+        "Hz",
+        Num(0),
+    ),
+    w(
+        "battery.voltage.nominal",
+        "Điện áp pin định mức",
+        "Rated battery voltage",
+        "V",
+        Num(0),
+    ),
+    w(
+        "battery.charge.low",
+        "Ngưỡng pin yếu",
+        "Low battery level",
+        "%",
+        Num(0),
+    ),
+    w(
+        "battery.charge.warning",
+        "Ngưỡng cảnh báo pin",
+        "Battery warning level",
+        "%",
+        Num(0),
+    ),
+    w(
+        "battery.runtime.low",
+        "Ngưỡng thời gian pin yếu",
+        "Low battery time",
+        "s",
+        Duration,
+    ),
+    w("battery.type", "Loại pin", "Battery type", "", Words(&[])),
+    w(
+        "battery.date",
+        "Ngày lắp pin",
+        "Battery installed",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "battery.mfr.date",
+        "Ngày sản xuất pin",
+        "Battery made",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "input.transfer.low",
+        "Ngưỡng chuyển sang pin (thấp)",
+        "Transfer to battery below",
+        "V",
+        Num(0),
+    ),
+    w(
+        "input.transfer.high",
+        "Ngưỡng chuyển sang pin (cao)",
+        "Transfer to battery above",
+        "V",
+        Num(0),
+    ),
+    w(
+        "input.sensitivity",
+        "Độ nhạy điện vào",
+        "Input sensitivity",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "ups.delay.shutdown",
+        "Trễ trước khi tắt",
+        "Shutdown delay",
+        "s",
+        Duration,
+    ),
+    w(
+        "ups.delay.start",
+        "Trễ trước khi bật lại",
+        "Restart delay",
+        "s",
+        Duration,
+    ),
+    w(
+        "ups.timer.shutdown",
+        "Hẹn giờ tắt",
+        "Shutdown timer",
+        "s",
+        Num(0),
+    ),
+    w("ups.timer.start", "Hẹn giờ bật", "Start timer", "s", Num(0)),
+    w(
+        "ups.test.result",
+        "Kết quả tự kiểm tra",
+        "Self-test result",
+        "",
+        Words(&[
+            ("No test initiated", "chưa kiểm tra", "no test yet"),
+            ("Done and passed", "đạt", "passed"),
+        ]),
+    ),
+    w("ups.mfr", "Hãng UPS", "UPS maker", "", Words(&[])),
+    w("ups.model", "Kiểu UPS", "UPS model", "", Words(&[])),
+    w(
+        "ups.serial",
+        "Số sê-ri UPS",
+        "UPS serial number",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "ups.firmware",
+        "Phần mềm UPS",
+        "UPS firmware",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "ups.firmware.aux",
+        "Phần mềm phụ UPS",
+        "UPS auxiliary firmware",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "ups.mfr.date",
+        "Ngày sản xuất UPS",
+        "UPS made",
+        "",
+        Words(&[]),
+    ),
+    w("ups.productid", "Mã sản phẩm", "Product id", "", Words(&[])),
+    w("ups.vendorid", "Mã hãng", "Vendor id", "", Words(&[])),
+    w("ups.id", "Tên UPS", "UPS name", "", Words(&[])),
+    w("device.mfr", "Hãng", "Maker", "", Words(&[])),
+    w("device.model", "Kiểu thiết bị", "Model", "", Words(&[])),
+    w("device.serial", "Số sê-ri", "Serial number", "", Words(&[])),
+    w(
+        "device.type",
+        "Loại thiết bị",
+        "Device type",
+        "",
+        Words(&[("ups", "UPS", "UPS")]),
+    ),
+    // Environment (simulated sensor, XY-MD02, a single 1-Wire probe).
+    w(
+        "ambient.temperature",
+        "Nhiệt độ",
+        "Temperature",
+        "°C",
+        Num(1),
+    ),
+    w("ambient.humidity", "Độ ẩm", "Humidity", "%", Num(0)),
+    w(
+        "door.state",
+        "Cửa phòng máy",
+        "Equipment room door",
+        "",
+        Words(OPEN_CLOSED),
+    ),
+    // The Pi's own health.
+    w(
+        "cpu.temperature",
+        "Nhiệt độ CPU",
+        "CPU temperature",
+        "°C",
+        Num(1),
+    ),
+    w(
+        "pi.under_voltage",
+        "Nguồn điện cấp cho Pi",
+        "Pi power supply",
+        "",
+        YesNo(&[
+            "điện áp thấp — cần bộ nguồn tốt hơn",
+            "bình thường",
+            "voltage too low — needs a better power supply",
+            "normal",
+        ]),
+    ),
+    w(
+        "pi.throttled_now",
+        "CPU bị giảm tốc (nóng hoặc thiếu điện)",
+        "CPU slowed down (heat or power)",
+        "",
+        YesNo(YES_NO),
+    ),
+    w(
+        "pi.under_voltage_since_boot",
+        "Từng thiếu điện từ lúc khởi động",
+        "Power too low since start",
+        "",
+        YesNo(&["có, đã xảy ra", "chưa lần nào", "yes, it happened", "never"]),
+    ),
+    w(
+        "pi.throttled_since_boot",
+        "Từng giảm tốc từ lúc khởi động",
+        "Slowed down since start",
+        "",
+        YesNo(&["có, đã xảy ra", "chưa lần nào", "yes, it happened", "never"]),
+    ),
+    w(
+        "pi.throttled",
+        "Cờ giảm tốc của firmware",
+        "Firmware throttling flags",
+        "",
+        Hidden,
+    ),
+    w(
+        "memory.available",
+        "Bộ nhớ còn trống",
+        "Memory free",
+        "B",
+        Bytes(Some("memory.total")),
+    ),
+    w("memory.total", "Bộ nhớ", "Memory", "B", Hidden),
+    w(
+        "memory.used_percent",
+        "Bộ nhớ đã dùng",
+        "Memory used",
+        "%",
+        Hidden,
+    ),
+    w(
+        "disk.free",
+        "Thẻ nhớ còn trống",
+        "SD card free",
+        "B",
+        Bytes(Some("disk.total")),
+    ),
+    w(
+        "disk.total",
+        "Dung lượng thẻ nhớ",
+        "SD card size",
+        "B",
+        Hidden,
+    ),
+    w(
+        "system.uptime",
+        "Đã chạy liên tục",
+        "Running for",
+        "s",
+        Duration,
+    ),
+    w(
+        "system.load1",
+        "Tải CPU (1 phút)",
+        "CPU load (1 min)",
+        "",
+        Num(2),
+    ),
+    w(
+        "system.load5",
+        "Tải CPU (5 phút)",
+        "CPU load (5 min)",
+        "",
+        Num(2),
+    ),
+    w(
+        "system.load15",
+        "Tải CPU (15 phút)",
+        "CPU load (15 min)",
+        "",
+        Num(2),
+    ),
+    // The router (SNMP).
+    w(
+        "sys.name",
+        "Tên bộ định tuyến",
+        "Router name",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "sys.uptime",
+        "Bộ định tuyến chạy liên tục",
+        "Router running for",
+        "s",
+        Duration,
+    ),
+    w(
+        "if.*.up",
+        "Cổng {}",
+        "Port {}",
+        "",
+        YesNo(&["đang hoạt động", "mất kết nối", "up", "down"]),
+    ),
+    w(
+        "if.*.oper",
+        "Trạng thái cổng {}",
+        "Port {} state",
+        "",
+        Hidden,
+    ),
+    w(
+        "if.*.in_bps",
+        "Lưu lượng vào cổng {}",
+        "Traffic in on {}",
+        "bit/s",
+        Bps,
+    ),
+    w(
+        "if.*.out_bps",
+        "Lưu lượng ra cổng {}",
+        "Traffic out on {}",
+        "bit/s",
+        Bps,
+    ),
+    w(
+        "if.*.in_errors",
+        "Lỗi nhận trên cổng {}",
+        "Receive errors on {}",
+        "",
+        Count("lỗi", "errors"),
+    ),
+    w(
+        "if.*.out_errors",
+        "Lỗi gửi trên cổng {}",
+        "Send errors on {}",
+        "",
+        Count("lỗi", "errors"),
+    ),
+    // Meters (SDM120).
+    w("voltage", "Điện áp", "Voltage", "V", Num(1)),
+    w("current", "Dòng điện", "Current", "A", Num(2)),
+    w("power", "Công suất", "Power", "W", Num(0)),
+    w(
+        "power.apparent",
+        "Công suất biểu kiến",
+        "Apparent power",
+        "VA",
+        Num(0),
+    ),
+    w(
+        "power.reactive",
+        "Công suất phản kháng",
+        "Reactive power",
+        "var",
+        Num(0),
+    ),
+    w(
+        "power.factor",
+        "Hệ số công suất",
+        "Power factor",
+        "",
+        Num(2),
+    ),
+    w("frequency", "Tần số", "Frequency", "Hz", Num(1)),
+    w(
+        "energy.import",
+        "Điện năng tiêu thụ",
+        "Energy used",
+        "kWh",
+        Num(1),
+    ),
+    w(
+        "energy.export",
+        "Điện năng phát ngược",
+        "Energy returned",
+        "kWh",
+        Num(1),
+    ),
+    w(
+        "energy.total",
+        "Tổng điện năng",
+        "Total energy",
+        "kWh",
+        Num(1),
+    ),
+    // 1-Wire probes beyond the first.
+    w(
+        "temperature.*",
+        "Nhiệt độ đầu dò {}",
+        "Probe {} temperature",
+        "°C",
+        Num(1),
+    ),
+    // A Modbus read that failed (`wardgate check`).
+    w("error.*", "Lỗi đọc ({})", "Read error ({})", "", Words(&[])),
+    // Reachability probes (`{target}.…`) and GPIO inputs (`{input}.…`).
+    w(
+        "*.latency",
+        "Độ trễ tới {}",
+        "Round trip to {}",
+        "ms",
+        Num(1),
+    ),
+    w(
+        "*.loss",
+        "Mất gói tới {}",
+        "Packets lost to {}",
+        "%",
+        Num(0),
+    ),
+    w("*.up", "{} trả lời", "{} answers", "", YesNo(YES_NO)),
+    w(
+        "*.method",
+        "Cách kiểm tra {}",
+        "How {} is checked",
+        "",
+        Words(&[
+            ("icmp", "ping (ICMP)", "ping (ICMP)"),
+            ("tcp", "kết nối TCP", "TCP connect"),
+        ]),
+    ),
+    w(
+        "*.error",
+        "Lỗi khi kiểm tra {}",
+        "Error checking {}",
+        "",
+        Words(&[]),
+    ),
+    w(
+        "*.active",
+        "{} đang kích hoạt",
+        "{} active",
+        "",
+        YesNo(YES_NO),
+    ),
+    w(
+        "*.count",
+        "Số xung {}",
+        "Pulses on {}",
+        "",
+        Count("xung", "pulses"),
+    ),
+];
+
+/// The entry for `name` and the part its `*` stood for ("" for an exact name).
+pub fn lookup(name: &str) -> Option<(&'static Word, &str)> {
+    if let Some(e) = WORDS.iter().find(|e| e.name == name) {
+        return Some((e, ""));
+    }
+    WORDS.iter().find_map(|e| {
+        let (pre, post) = e.name.split_once('*')?;
+        let mid = name.strip_prefix(pre)?.strip_suffix(post)?;
+        (!mid.is_empty()).then_some((e, mid))
+    })
+}
+
+/// The value's unit as published ("B", "s", "°C"...), for the inventory;
+/// `None` for a name without an entry, `Some("")` for a value without unit.
+pub fn unit(name: &str) -> Option<&'static str> {
+    lookup(name).map(|(e, _)| e.unit)
+}
+
+/// The value's name in words, in `lang` ("vi" or "en"); its own name when
+/// it has no entry.
+pub fn label(name: &str, lang: &str) -> String {
+    match lookup(name) {
+        Some((e, part)) => {
+            let l = if lang == "en" { e.en } else { e.vi };
+            l.replace("{}", part)
+        }
+        None => name.to_owned(),
+    }
+}
+
+/// Both labels, (Vietnamese, English).
+pub fn labels(name: &str) -> (String, String) {
+    (label(name, "vi"), label(name, "en"))
+}
+
+/// `x` with `decimals` decimals and grouped thousands: `12.345,6` in
+/// Vietnamese, `12,345.6` in English.
+pub fn number(x: f64, decimals: usize, lang: &str) -> String {
+    if !x.is_finite() {
+        return "—".into();
+    }
+    let (thousands, point) = if lang == "en" { (',', '.') } else { ('.', ',') };
+    let s = format!("{:.*}", decimals, x.abs());
+    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let mut out = String::new();
+    // "-0" is not a number anyone wants to read.
+    if x < 0.0 && s.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
+        out.push('-');
+    }
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            out.push(thousands);
+        }
+        out.push(c);
+    }
+    if !frac.is_empty() {
+        out.push(point);
+        out.push_str(frac);
+    }
+    out
+}
+
+/// A whole count with grouped thousands.
+pub fn count(n: u64, lang: &str) -> String {
+    number(n as f64, 0, lang)
+}
+
+/// Seconds in words: "3 ngày 4 giờ" / "3 days 4 hours", "2 giờ 5 phút",
+/// "20 phút", "dưới 1 phút".
+pub fn duration(secs: f64, lang: &str) -> String {
+    let en = lang == "en";
+    let s = secs.max(0.0).round() as u64;
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    let unit = |n: u64, vi: &str, one: &str, many: &str| {
+        if en {
+            format!("{n} {}", if n == 1 { one } else { many })
+        } else {
+            format!("{n} {vi}")
+        }
+    };
+    if d > 0 {
+        format!(
+            "{} {}",
+            unit(d, "ngày", "day", "days"),
+            unit(h, "giờ", "hour", "hours")
+        )
+    } else if h > 0 {
+        format!(
+            "{} {}",
+            unit(h, "giờ", "hour", "hours"),
+            unit(m, "phút", "minute", "minutes")
+        )
+    } else if m > 0 || s == 0 {
+        if en {
+            format!("{m} min")
+        } else {
+            format!("{m} phút")
+        }
+    } else if en {
+        "under a minute".into()
+    } else {
+        "dưới 1 phút".into()
+    }
+}
+
+fn with_unit(n: String, unit: &str) -> String {
+    if unit.is_empty() {
+        n
+    } else {
+        format!("{n} {unit}")
+    }
+}
+
+/// NUT status tokens in words (`OL`, `OB LB`, `OL CHRG`...).
+pub fn ups_status(st: &str, lang: &str) -> String {
+    let en = lang == "en";
+    let toks: Vec<&str> = st.split_whitespace().collect();
+    let mut parts: Vec<&str> = Vec::new();
+    if toks.contains(&"OB") {
+        parts.push(if en {
+            "on battery"
+        } else {
+            "đang chạy bằng pin"
+        });
+    } else if toks.contains(&"OL") {
+        parts.push(if en {
+            "on mains power"
+        } else {
+            "đang dùng điện lưới"
+        });
+    }
+    for (tok, vi, en_w) in [
+        ("LB", "pin yếu", "low battery"),
+        ("RB", "cần thay pin", "replace the battery"),
+        ("CHRG", "đang sạc", "charging"),
+        ("BYPASS", "đang đi tắt (bypass)", "on bypass"),
+        ("CAL", "đang tự kiểm tra", "self-test running"),
+        ("OVER", "quá tải", "overloaded"),
+        ("FSD", "đang tắt theo lệnh", "shutting down"),
+        ("OFF", "đầu ra tắt", "output off"),
+        ("TRIM", "đang giảm áp", "trimming voltage"),
+        ("BOOST", "đang tăng áp", "boosting voltage"),
+    ] {
+        if toks.contains(&tok) {
+            parts.push(if en { en_w } else { vi });
+        }
+    }
+    if parts.is_empty() {
+        return st.to_owned();
+    }
+    parts.join(", ")
+}
+
+/// How `value` (named `name`, among `all` of its device's values) reads
+/// in `lang`: the label and the words, or `None` for a hidden value.
+pub fn show(
+    name: &str,
+    value: &Value,
+    all: &crate::model::Values,
+    lang: &str,
+) -> Option<(String, String)> {
+    let en = lang == "en";
+    let Some((e, _)) = lookup(name) else {
+        let text = match value {
+            Value::Num(n) => {
+                let d = if n.fract() == 0.0 { 0 } else { 2 };
+                number(*n, d, lang)
+            }
+            Value::Bool(b) => YES_NO[usize::from(!*b) + if en { 2 } else { 0 }].to_owned(),
+            Value::Str(s) => s.clone(),
+        };
+        return Some((name.to_owned(), text));
+    };
+    let text = match (e.format, value) {
+        (Hidden, _) => return None,
+        (UpsStatus, Value::Str(s)) => ups_status(s, lang),
+        (Num(d), Value::Num(x)) => with_unit(number(*x, d as usize, lang), e.unit),
+        (Count(vi, en_w), Value::Num(x)) => {
+            format!("{} {}", number(*x, 0, lang), if en { en_w } else { vi })
+        }
+        (Bytes(total), Value::Num(x)) => {
+            let gb = number(x / 1e9, 1, lang);
+            let total = total.and_then(|t| all.get(t)).and_then(|t| t.as_f64());
+            match total {
+                Some(t) if t > 0.0 => format!("{gb} GB ({} %)", number(x / t * 100.0, 0, lang)),
+                _ => format!("{gb} GB"),
+            }
+        }
+        (Duration, Value::Num(x)) => duration(*x, lang),
+        (Bps, Value::Num(x)) => format!("{} Mbit/s", number(x / 1e6, 1, lang)),
+        (YesNo(words), Value::Bool(b)) => {
+            words[usize::from(!*b) + if en { 2 } else { 0 }].to_owned()
+        }
+        (Words(table), Value::Str(s)) => table
+            .iter()
+            .find(|(raw, _, _)| raw == s)
+            .map(|(_, vi, en_w)| if en { *en_w } else { *vi }.to_owned())
+            .unwrap_or_else(|| s.clone()),
+        // A value of another type than its entry expects: as it is.
+        (_, Value::Num(x)) => with_unit(number(*x, 2, lang), e.unit),
+        (_, Value::Bool(b)) => YES_NO[usize::from(!*b) + if en { 2 } else { 0 }].to_owned(),
+        (_, Value::Str(s)) => s.clone(),
+    };
+    Some((label(name, lang), text))
+}
+
+/// Where a name sits in the table (unknown names last), to order a
+/// device's lines.
+pub fn rank(name: &str) -> usize {
+    lookup(name)
+        .and_then(|(e, _)| WORDS.iter().position(|x| std::ptr::eq(x, e)))
+        .unwrap_or(WORDS.len())
+}
+
+/// The site's time zone: a fixed offset from UTC. The zones wardgate is
+/// installed in keep no daylight saving time, so a table of offsets is
+/// enough (and avoids shipping the tz database); `UTC+7`, `UTC+05:30`
+/// and `UTC` are accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zone {
+    /// Seconds east of UTC.
+    pub offset_s: i32,
+}
+
+/// Named zones without daylight saving time, and their offsets in minutes.
+const ZONES: &[(&str, i32)] = &[
+    ("Asia/Ho_Chi_Minh", 7 * 60),
+    ("Asia/Saigon", 7 * 60),
+    ("Asia/Bangkok", 7 * 60),
+    ("Asia/Phnom_Penh", 7 * 60),
+    ("Asia/Vientiane", 7 * 60),
+    ("Asia/Jakarta", 7 * 60),
+    ("Asia/Singapore", 8 * 60),
+    ("Asia/Kuala_Lumpur", 8 * 60),
+    ("Asia/Manila", 8 * 60),
+    ("Asia/Shanghai", 8 * 60),
+    ("Asia/Hong_Kong", 8 * 60),
+    ("Asia/Taipei", 8 * 60),
+    ("Asia/Tokyo", 9 * 60),
+    ("Asia/Seoul", 9 * 60),
+    ("Asia/Yangon", 6 * 60 + 30),
+    ("Asia/Dhaka", 6 * 60),
+    ("Asia/Kolkata", 5 * 60 + 30),
+    ("UTC", 0),
+    ("Etc/UTC", 0),
+];
+
+impl Zone {
+    /// The default, `Asia/Ho_Chi_Minh` (UTC+7).
+    pub const VIETNAM: Zone = Zone { offset_s: 7 * 3600 };
+
+    /// A zone name from the table, or `UTC±H[:MM]`.
+    pub fn parse(s: &str) -> Option<Zone> {
+        if let Some((_, m)) = ZONES.iter().find(|(n, _)| *n == s) {
+            return Some(Zone { offset_s: m * 60 });
+        }
+        let rest = s.strip_prefix("UTC")?;
+        let (sign, rest) = match rest.as_bytes().first()? {
+            b'+' => (1, &rest[1..]),
+            b'-' => (-1, &rest[1..]),
+            _ => return None,
+        };
+        let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+        let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+        ((0..=14).contains(&h) && (0..60).contains(&m)).then_some(Zone {
+            offset_s: sign * (h * 3600 + m * 60),
+        })
+    }
+
+    /// The zone names accepted, for an error message.
+    pub fn names() -> Vec<&'static str> {
+        ZONES.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Seconds since local midnight of `ms` (ms since the epoch).
+    pub fn second_of_day(self, ms: i64) -> i64 {
+        (ms.div_euclid(1000) + i64::from(self.offset_s)).rem_euclid(86_400)
+    }
+
+    /// "HH:MM" local time of `ms`.
+    pub fn hhmm(self, ms: i64) -> String {
+        let t = self.second_of_day(ms);
+        format!("{:02}:{:02}", t / 3600, (t % 3600) / 60)
+    }
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Zone::VIETNAM
+    }
+}
+
+/// The backlog after an outage, as it drains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Catchup {
+    /// Records sent again so far (of `total`), when the peak is known.
+    pub sent: Option<u64>,
+    /// Records waiting when the catch-up began (the peak), when known.
+    pub total: Option<u64>,
+    /// Records still waiting.
+    pub left: u64,
+    /// Records sent per second, when measured.
+    pub rate: Option<f64>,
+}
+
+impl Catchup {
+    /// Seconds until done at the measured rate.
+    pub fn eta_s(&self) -> Option<f64> {
+        self.rate.filter(|r| *r > 0.0).map(|r| self.left as f64 / r)
+    }
+
+    /// The line the page and `wardgate spool stats` print: "Đang gửi lại dữ
+    /// liệu đã lưu: 12.345 / 40.000 bản ghi, còn khoảng 3 phút".
+    pub fn line(&self, lang: &str) -> String {
+        let en = lang == "en";
+        let mut s = String::from(if en {
+            "Sending kept readings again: "
+        } else {
+            "Đang gửi lại dữ liệu đã lưu: "
+        });
+        let unit = if en { "readings" } else { "bản ghi" };
+        match (self.sent, self.total) {
+            (Some(sent), Some(total)) => s.push_str(&format!(
+                "{} / {} {unit}",
+                count(sent, lang),
+                count(total, lang)
+            )),
+            _ => s.push_str(&format!(
+                "{} {unit} {}",
+                count(self.left, lang),
+                if en { "waiting" } else { "đang chờ" }
+            )),
+        }
+        match self.eta_s() {
+            Some(eta) => {
+                let d = if eta < 60.0 {
+                    if en {
+                        "under a minute".to_owned()
+                    } else {
+                        "dưới 1 phút".to_owned()
+                    }
+                } else {
+                    duration((eta / 60.0).ceil() * 60.0, lang)
+                };
+                s.push_str(&if en {
+                    format!(", about {d} left")
+                } else {
+                    format!(", còn khoảng {d}")
+                });
+            }
+            None => s.push_str(if en {
+                ", measuring the rate…"
+            } else {
+                ", đang đo tốc độ gửi…"
+            }),
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;
