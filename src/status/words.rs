@@ -972,7 +972,7 @@ pub struct Catchup {
     pub total: Option<u64>,
     /// Records still waiting.
     pub left: u64,
-    /// Records sent per second, when measured.
+    /// Records sent per second, when measured (0: measured, not moving).
     pub rate: Option<f64>,
 }
 
@@ -1005,6 +1005,11 @@ impl Catchup {
             )),
         }
         match self.eta_s() {
+            None if self.rate == Some(0.0) => s.push_str(if en {
+                ", not moving (no link, or wardgate is not running)"
+            } else {
+                ", chưa gửi được (mất kết nối, hoặc wardgate không chạy)"
+            }),
             Some(eta) => {
                 let d = if eta < 60.0 {
                     if en {

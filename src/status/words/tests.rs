@@ -322,4 +322,14 @@ fn catchup_line() {
         c.line("vi"),
         "Đang gửi lại dữ liệu đã lưu: 500 bản ghi đang chờ, đang đo tốc độ gửi…"
     );
+    let c = Catchup {
+        sent: None,
+        total: None,
+        left: 12_345,
+        rate: Some(0.0),
+    };
+    assert_eq!(
+        c.line("vi"),
+        "Đang gửi lại dữ liệu đã lưu: 12.345 bản ghi đang chờ, chưa gửi được (mất kết nối, hoặc wardgate không chạy)"
+    );
 }
