@@ -271,6 +271,15 @@ fn patterns_name_their_part() {
 }
 
 #[test]
+fn lines_in_table_order() {
+    assert!(rank("ups.status") < rank("ups.load"));
+    assert!(rank("ups.load") < rank("battery.voltage"));
+    assert!(rank("cpu.temperature") < rank("system.load1"));
+    assert!(rank("if.wan.up") < rank("if.wan.in_bps"));
+    assert_eq!(rank("no.such.thing"), WORDS.len());
+}
+
+#[test]
 fn ups_status_in_words() {
     assert_eq!(ups_status("OL", "vi"), "đang dùng điện lưới");
     assert_eq!(ups_status("OB LB", "vi"), "đang chạy bằng pin, pin yếu");
