@@ -409,3 +409,76 @@ fn the_raw_things_check_sees_raw_things() {
     assert_eq!(raw_things("1.234.567 lỗi 7.654.321").len(), 1);
     assert!(raw_things("Nhiệt độ 23,5 °C").is_empty());
 }
+
+/// The fenced code blocks of a guide, each without its `#` comments and
+/// trailing spaces (comments are translated, commands are not).
+fn code_blocks(md: &str) -> Vec<String> {
+    md.split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|b| {
+            b.lines()
+                .skip(1)
+                .map(|l| {
+                    let l = if l.trim_start().starts_with('#') {
+                        ""
+                    } else {
+                        l.split(" #").next().unwrap_or("")
+                    };
+                    l.trim_end().to_owned()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect()
+}
+
+/// The commands a guide names inline (`sudo ...`, `journalctl ...`).
+fn inline_commands(md: &str) -> std::collections::BTreeSet<String> {
+    let prose: String = md.split("```").step_by(2).collect::<Vec<_>>().join(" ");
+    prose
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| {
+            let first = c.split_whitespace().next().unwrap_or("");
+            [
+                "sudo",
+                "journalctl",
+                "ls",
+                "udevadm",
+                "timedatectl",
+                "df",
+                "ping",
+                "systemctl",
+                "wardgate",
+                "chown",
+                "chmod",
+            ]
+            .contains(&first)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// docs/technician.vi.md is the Vietnamese twin of docs/technician.md:
+/// the same sections in the same order, the same code blocks (commands and
+/// examples; only comments are translated) and the same inline commands.
+#[test]
+fn the_technicians_guide_has_a_vietnamese_twin() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let en = std::fs::read_to_string(root.join("docs/technician.md")).unwrap();
+    let vi = std::fs::read_to_string(root.join("docs/technician.vi.md")).unwrap();
+    let sections = |md: &str| md.lines().filter(|l| l.starts_with("## ")).count();
+    assert!(sections(&en) >= 9);
+    assert_eq!(sections(&en), sections(&vi), "the same number of sections");
+    let tables = |md: &str| md.lines().filter(|l| l.starts_with("|---")).count();
+    assert_eq!(tables(&en), tables(&vi), "the same tables");
+    assert_eq!(code_blocks(&en), code_blocks(&vi), "the same code blocks");
+    assert_eq!(
+        inline_commands(&en),
+        inline_commands(&vi),
+        "the same commands"
+    );
+    assert!(en.contains("(technician.vi.md)") && vi.contains("(technician.md)"));
+}
