@@ -145,6 +145,8 @@ fn catchup_of(path: &Path, first: u64, look: std::time::Duration) -> Option<[Str
         return None;
     }
     let t = std::time::Instant::now();
+    // `spool stats` runs on main's own thread, outside the runtime.
+    #[allow(clippy::disallowed_methods)]
     std::thread::sleep(look);
     let later = Db::open_read_only(path).ok()?.row_count().ok()?;
     let secs = t.elapsed().as_secs_f64();

@@ -482,3 +482,60 @@ fn the_technicians_guide_has_a_vietnamese_twin() {
     );
     assert!(en.contains("(technician.vi.md)") && vi.contains("(technician.md)"));
 }
+
+/// `wardgate spool stats` prints the page's catch-up line: on a spool
+/// holding a backlog that nothing sends (the broker never came, the
+/// gateway stopped), "not moving", in both languages in the JSON and in
+/// Vietnamese on standard error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_stats_prints_the_catchup_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // No broker: a port with no server, so the backlog stays in the spool.
+    let cfg_path = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg_path,
+        config_text(
+            free_port(),
+            dir.path(),
+            &sim("ups1", "10ms", "count = 30\nevent_every = 15"),
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start(wardgate::config::Config::load(&cfg_path, true).unwrap()).await;
+    // The second event comes with the 30th and last sample.
+    eventually(WAIT, "30 samples read", || {
+        gw.status
+            .get()
+            .events
+            .iter()
+            .filter(|e| e.device == "ups1" && e.code.starts_with("ups."))
+            .count()
+            >= 2
+    })
+    .await;
+    gw.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args(["spool", "stats", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = stats["records"].as_u64().unwrap();
+    assert!(records >= 30, "{stats}");
+    let vi = stats["catchup"][0].as_str().unwrap();
+    let en = stats["catchup"][1].as_str().unwrap();
+    assert_eq!(
+        vi,
+        format!(
+            "Đang gửi lại dữ liệu đã lưu: {} bản ghi đang chờ, chưa gửi được (mất kết nối, hoặc wardgate không chạy)",
+            wardgate::status::words::count(records, "vi")
+        )
+    );
+    assert!(
+        en.starts_with("Sending kept readings again: ") && en.contains("not moving"),
+        "{en}"
+    );
+    assert!(err.contains(vi), "{err}");
+}
