@@ -132,8 +132,8 @@ impl History {
 }
 
 /// An inline SVG line chart of `points` over the last 24 hours (no
-/// script, no external assets): local-time labels on the time axis every
-/// 6 hours, the lowest and highest value with `unit` on the value axis,
+/// script, no external assets): local-time labels on the time axis at
+/// whole hours 6 hours apart, the lowest and highest value with `unit` on the value axis,
 /// and the latest value marked with a dot and its number.
 pub fn svg_chart(points: &[(i64, f64)], now_ms: i64, unit: &str, zone: Zone, lang: &str) -> String {
     // Plot area inside the box: room on the left for the value labels,
@@ -179,17 +179,21 @@ pub fn svg_chart(points: &[(i64, f64)], now_ms: i64, unit: &str, zone: Zone, lan
         x0 - 3.0,
         with_unit(lo),
     );
-    // Time labels every 6 hours, at local whole hours.
-    for i in 0..=4 {
-        let t = now_ms - (4 - i) * 6 * 3_600_000;
-        let anchor = match i {
-            0 => "start",
-            4 => "end",
-            _ => "middle",
+    // Time labels every 6 hours, at local whole hours, the last one at the
+    // latest whole hour.
+    let last_hour = now_ms - zone.second_of_day(now_ms) % 3600 * 1000 - now_ms.rem_euclid(1000);
+    for k in (0..4).rev() {
+        let t = last_hour - k * 6 * 3_600_000;
+        let x = x_of(t);
+        let anchor = if x < x0 + 15.0 {
+            "start"
+        } else if x > x1 - 15.0 {
+            "end"
+        } else {
+            "middle"
         };
         svg.push_str(&format!(
-            "<text class=\"axis-time\" x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
-            x_of(t),
+            "<text class=\"axis-time\" x=\"{x:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
             h - 6.0,
             zone.hhmm(t)
         ));
@@ -235,7 +239,12 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
         // Axes: time labels in local time, the unit on the value axis,
         // the latest value marked.
-        assert_eq!(svg.matches("class=\"axis-time\"").count(), 5, "{svg}");
+        assert_eq!(svg.matches("class=\"axis-time\"").count(), 4, "{svg}");
+        // Whole local hours: 2026-01-01 00:30 UTC is 07:30 in Vietnam.
+        let day = svg_chart(&s, 1_767_227_400_000, "%", Zone::VIETNAM, "vi");
+        for l in ["07:00", "01:00", "19:00", "13:00"] {
+            assert!(day.contains(&format!(">{l}</text>")), "{l}: {day}");
+        }
         assert!(
             svg.contains(&format!(
                 ">{} %</text>",

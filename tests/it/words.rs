@@ -370,14 +370,16 @@ async fn backlog_bar_and_chart_axes() {
         "{text}"
     );
     assert!(raw_things(&text).is_empty(), "{:?}", raw_things(&text));
-    // Charts: five time labels, the last one now in Vietnam's time, the
-    // unit on the value axis, the latest value marked.
+    // Charts: time labels at whole hours in Vietnam's time, the last one
+    // the latest whole hour; the unit on the value axis; the latest value
+    // marked.
+    assert_eq!(vi.matches("class=\"axis-time\"").count() % 4, 0, "{vi}");
     assert!(vi.contains("class=\"axis-time\""), "{vi}");
     let later = wardgate::model::now_ms();
+    let whole_hour = |ms: i64| format!(">{}:00</text>", &Zone::VIETNAM.hhmm(ms)[..2]);
     assert!(
-        vi.contains(&format!(">{}</text>", Zone::VIETNAM.hhmm(now)))
-            || vi.contains(&format!(">{}</text>", Zone::VIETNAM.hhmm(later))),
-        "no time label for now: {vi}"
+        vi.contains(&whole_hour(now)) || vi.contains(&whole_hour(later)),
+        "no time label for the latest hour: {vi}"
     );
     assert!(
         vi.contains(" °C</text>") && vi.contains(" %</text>"),
