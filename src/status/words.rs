@@ -259,6 +259,46 @@ pub fn show(
     Some((label(name, lang), text))
 }
 
+/// Words the configuration gives one value (a Modbus register's `label`,
+/// `label_en` and `unit`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Label {
+    pub vi: Option<String>,
+    pub en: Option<String>,
+    pub unit: Option<String>,
+}
+
+/// As [`show`], with the configured words first: a value with a
+/// configured label reads with it (and its unit after a number); others as
+/// [`show`] says.
+pub fn show_labelled(
+    name: &str,
+    value: &Value,
+    all: &crate::model::Values,
+    lang: &str,
+    label: Option<&Label>,
+) -> Option<(String, String)> {
+    let Some(l) = label else {
+        return show(name, value, all, lang);
+    };
+    let words = if lang == "en" {
+        l.en.as_ref().or(l.vi.as_ref())
+    } else {
+        l.vi.as_ref().or(l.en.as_ref())
+    };
+    let Some(words) = words else {
+        return show(name, value, all, lang);
+    };
+    let text = match (value, &l.unit) {
+        (Value::Num(x), Some(u)) if !u.is_empty() => {
+            let d = if x.fract() == 0.0 { 0 } else { 2 };
+            with_unit(number(*x, d, lang), u)
+        }
+        _ => show(name, value, all, lang).map(|(_, t)| t)?,
+    };
+    Some((words.clone(), text))
+}
+
 /// Where a name sits in the table (unknown names last), to order a
 /// device's lines.
 pub fn rank(name: &str) -> usize {

@@ -82,15 +82,16 @@ pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static s
     (t.all_normal.to_owned(), "ok")
 }
 
-/// A device's values in words, in the order of the words table (names
-/// without words last, as they are named): the status first for a UPS.
+/// A device's values in words (the configured ones, else the words
+/// table's), in the order of the words table (names without words last):
+/// the status first for a UPS.
 fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, String)> {
     let v = &d.last_values;
     let mut names: Vec<&String> = v.0.keys().collect();
     names.sort_by_key(|k| (words::rank(k), k.as_str()));
     names
         .into_iter()
-        .filter_map(|k| words::show(k, v.get(k)?, v, t.lang))
+        .filter_map(|k| words::show_labelled(k, v.get(k)?, v, t.lang, d.labels.get(k)))
         .collect()
 }
 
@@ -360,6 +361,61 @@ mod tests {
         assert!(
             !page.contains("http://") && !page.contains("https://"),
             "no external URL"
+        );
+    }
+
+    #[test]
+    fn values_in_words_configured_words_first() {
+        let hub = StatusHub::new("xa-a");
+        hub.add_device("pi", "system");
+        hub.add_device("tank", "modbus");
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            let d = s.devices.get_mut("pi").unwrap();
+            d.last_values.num("disk.free", 80_267_124_736.0);
+            d.last_values.num("disk.total", 120_000_000_000.0);
+            d.last_values.num("system.uptime", 273_645.0);
+            d.last_values.num("pi.throttled", 327_680.0);
+            let d = s.devices.get_mut("tank").unwrap();
+            d.last_values.num("tank.level", 1234.5);
+            d.last_values.num("raw.thing", 7.0);
+        });
+        hub.set_labels(
+            "tank",
+            [(
+                "tank.level".to_owned(),
+                words::Label {
+                    vi: Some("Mức nước bể".into()),
+                    en: Some("Tank level".into()),
+                    unit: Some("cm".into()),
+                },
+            )]
+            .into(),
+        );
+        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
+        assert!(
+            vi.contains("<dt>Thẻ nhớ còn trống</dt><dd>80,3 GB (67 %)</dd>"),
+            "{vi}"
+        );
+        assert!(vi.contains("<dd>3 ngày 4 giờ</dd>"), "{vi}");
+        assert!(
+            !vi.contains("327680") && !vi.contains("327.680"),
+            "raw bits: {vi}"
+        );
+        assert!(
+            vi.contains("<dt>Mức nước bể</dt><dd>1.234,50 cm</dd>"),
+            "{vi}"
+        );
+        // A value nobody gave words still shows, with its name.
+        assert!(vi.contains("<dt>raw.thing</dt><dd>7</dd>"), "{vi}");
+        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(
+            en.contains("<dt>SD card free</dt><dd>80.3 GB (67 %)</dd>"),
+            "{en}"
+        );
+        assert!(
+            en.contains("<dt>Tank level</dt><dd>1,234.50 cm</dd>"),
+            "{en}"
         );
     }
 

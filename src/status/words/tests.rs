@@ -342,3 +342,37 @@ fn catchup_line() {
         "Đang gửi lại dữ liệu đã lưu: 12.345 bản ghi đang chờ, chưa gửi được (mất kết nối, hoặc wardgate không chạy)"
     );
 }
+
+#[test]
+fn configured_labels_come_first() {
+    let mut v = Values::new();
+    v.num("tank.level", 1234.5);
+    v.num("voltage", 231.2);
+    let l = Label {
+        vi: Some("Mức nước bể".into()),
+        en: Some("Tank level".into()),
+        unit: Some("cm".into()),
+    };
+    let s = |k: &str, lang: &str, l: Option<&Label>| {
+        show_labelled(k, v.get(k).unwrap(), &v, lang, l).unwrap()
+    };
+    assert_eq!(
+        s("tank.level", "vi", Some(&l)),
+        ("Mức nước bể".into(), "1.234,50 cm".into())
+    );
+    assert_eq!(s("tank.level", "en", Some(&l)).0, "Tank level");
+    // Only a Vietnamese label: the English page uses it too.
+    let vi_only = Label {
+        vi: Some("Điện áp tủ".into()),
+        ..Label::default()
+    };
+    assert_eq!(
+        s("voltage", "en", Some(&vi_only)),
+        ("Điện áp tủ".into(), "231.2 V".into())
+    );
+    // No label: the table.
+    assert_eq!(
+        s("voltage", "vi", None),
+        ("Điện áp".into(), "231,2 V".into())
+    );
+}
