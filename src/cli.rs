@@ -69,8 +69,8 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
             Ok(values) => {
                 let _ = writeln!(out, "device {} ({}): ok", dev.id(), dev.kind());
                 for (k, v) in &values.0 {
-                    let v = serde_json::to_string(v).unwrap_or_default();
-                    let _ = writeln!(out, "  {k} = {v}");
+                    let raw = serde_json::to_string(v).unwrap_or_default();
+                    let _ = writeln!(out, "  {k} = {raw}{}", in_words(k, v, &values));
                 }
             }
             Err(e) => {
@@ -85,6 +85,26 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
         }
     }
     code
+}
+
+/// A value in words after its raw form, Vietnamese then English, from the
+/// words table the page reads (`crate::status::words`): "  — Nhiệt độ CPU:
+/// 48,3 °C / CPU temperature: 48.3 °C"; a value without words, nothing.
+fn in_words(name: &str, v: &crate::model::Value, all: &crate::model::Values) -> String {
+    use crate::status::words;
+    if words::lookup(name).is_none() {
+        return String::new();
+    }
+    match (
+        words::show(name, v, all, "vi"),
+        words::show(name, v, all, "en"),
+    ) {
+        (Some((lv, tv)), Some((le, te))) => format!("  — {lv}: {tv} / {le}: {te}"),
+        _ => {
+            let (lv, le) = words::labels(name);
+            format!("  — {lv} / {le}")
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -108,6 +128,35 @@ struct Stats {
     /// The sequence epoch (from the positions file beside the spool).
     epoch: Option<String>,
     backlog: Vec<StatsRow>,
+    /// The catch-up in words, as the page says it (Vietnamese, English),
+    /// from two looks at the spool [`CATCHUP_LOOK`] apart; none when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    catchup: Option<[String; 2]>,
+}
+
+/// How long `spool stats` watches a non-empty spool drain to measure the
+/// rate the backlog is sent at.
+pub const CATCHUP_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The spool's records now, and again after `look`, as the catch-up line.
+fn catchup_of(path: &Path, first: u64, look: std::time::Duration) -> Option<[String; 2]> {
+    use crate::status::words::Catchup;
+    if first == 0 {
+        return None;
+    }
+    let t = std::time::Instant::now();
+    // `spool stats` runs on main's own thread, outside the runtime.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(look);
+    let later = Db::open_read_only(path).ok()?.row_count().ok()?;
+    let secs = t.elapsed().as_secs_f64();
+    let c = Catchup {
+        sent: None,
+        total: None,
+        left: later,
+        rate: Some(first.saturating_sub(later) as f64 / secs),
+    };
+    (later > 0).then(|| [c.line("vi"), c.line("en")])
 }
 
 fn kind_word(k: i64) -> &'static str {
@@ -118,7 +167,9 @@ fn kind_word(k: i64) -> &'static str {
     }
 }
 
-/// `wardgate spool stats`: what the spool holds, as JSON.
+/// `wardgate spool stats`: what the spool holds, as JSON, with the
+/// catch-up line (also printed on standard error, for the technician)
+/// when records are waiting.
 pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
     if !path.exists() {
         return Err(format!("{}: no spool there", path.display()));
@@ -128,10 +179,16 @@ pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
     let rows = db.summary().map_err(e)?;
     let positions =
         crate::spool::positions::read(&crate::spool::positions::path_for(path)).unwrap_or(None);
+    let records = db.row_count().map_err(e)?;
+    let catchup = catchup_of(path, records, CATCHUP_LOOK);
+    if let Some([vi, _]) = &catchup {
+        eprintln!("{vi}");
+    }
     let stats = Stats {
         path: path.display().to_string(),
         bytes: db.used_bytes().map_err(e)?,
-        records: db.row_count().map_err(e)?,
+        records,
+        catchup,
         dropped: db.meta_get("dropped").map_err(e)?.unwrap_or(0),
         clean_stop: positions.as_ref().is_some_and(|p| p.clean),
         epoch: positions.map(|p| p.epoch),

@@ -53,12 +53,7 @@ impl SimState {
                     self.charge = (self.charge + 0.2).min(100.0);
                     self.input_v = Self::drift(self.input_v.max(200.0), rng, 1.5, 195.0, 250.0);
                 }
-                let status = match (self.on_battery, self.charge < 20.0) {
-                    (false, _) => "OL",
-                    (true, false) => "OB",
-                    (true, true) => "OB LB",
-                };
-                v.set("ups.status", status);
+                v.set("ups.status", self.ups_status());
                 v.num("ups.load", round1(self.load));
                 v.num("battery.charge", round1(self.charge));
                 // Runtime falls with load and charge, as on a small line-interactive unit.
@@ -81,6 +76,31 @@ impl SimState {
         v
     }
 
+    /// NUT's status words for the simulated UPS now.
+    fn ups_status(&self) -> &'static str {
+        match (self.on_battery, self.charge < 20.0) {
+            (false, _) => "OL",
+            (true, false) => "OB",
+            (true, true) => "OB LB",
+        }
+    }
+
+    /// One tick, the `n`th sample (from 1): on an event tick the event
+    /// comes first and the sample of the same tick already agrees with it
+    /// (a UPS gone on battery reads `OB`, not the `OL` of before).
+    pub fn tick(
+        &mut self,
+        rng: &mut impl Rng,
+        n: u64,
+        every: u64,
+    ) -> (
+        Option<(Severity, &'static str, &'static str, Values)>,
+        Values,
+    ) {
+        let ev = (every > 0 && n % every == 0).then(|| self.toggle());
+        (ev, self.step(rng))
+    }
+
     /// The configured event: toggles mains on/off for a UPS, a door for a
     /// sensor. Returns (severity, code, message, values).
     pub fn toggle(&mut self) -> (Severity, &'static str, &'static str, Values) {
@@ -88,11 +108,11 @@ impl SimState {
         let mut v = Values::new();
         let ev = match (self.profile, self.on_battery) {
             (SimProfile::Ups, true) => {
-                v.set("ups.status", "OB");
+                v.set("ups.status", self.ups_status());
                 events::UPS_ON_BATTERY
             }
             (SimProfile::Ups, false) => {
-                v.set("ups.status", "OL");
+                v.set("ups.status", self.ups_status());
                 events::UPS_ON_LINE
             }
             (SimProfile::Sensor, open) => {
@@ -127,13 +147,12 @@ pub async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         for _ in 0..per_tick {
-            let values = state.step(&mut rng);
-            h.sample(values);
             n += 1;
-            if every > 0 && n % every == 0 {
-                let (sev, code, msg, values) = state.toggle();
-                h.event(sev, code, msg, values);
+            let (ev, values) = state.tick(&mut rng, n, every);
+            if let Some((sev, code, msg, ev_values)) = ev {
+                h.event(sev, code, msg, ev_values);
             }
+            h.sample(values);
             if count > 0 && n >= count {
                 tracing::info!(device = h.id(), samples = n, "simulated device finished");
                 return;
@@ -183,6 +202,27 @@ mod tests {
         );
         let (_, code, _, _) = s.toggle();
         assert_eq!(code, "ups.on_line");
+    }
+
+    #[test]
+    fn the_event_and_the_sample_of_its_tick_agree() {
+        let mut s = SimState::new(SimProfile::Ups);
+        let mut rng = StdRng::seed_from_u64(3);
+        for n in 1..=40 {
+            let (ev, v) = s.tick(&mut rng, n, 12);
+            let status = v.get("ups.status").cloned();
+            match ev {
+                Some((_, code, _, ev_values)) => {
+                    assert_eq!(ev_values.get("ups.status").cloned(), status, "tick {n}");
+                    let want = if code == "ups.on_battery" { "OB" } else { "OL" };
+                    assert_eq!(status, Some(want.into()), "tick {n}: {code}");
+                }
+                None => {
+                    let want = if (n / 12) % 2 == 1 { "OB" } else { "OL" };
+                    assert_eq!(status, Some(want.into()), "tick {n}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,9 +29,14 @@ pub struct WebConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// "vi" (default) or "en", when the browser does not say.
+    /// "vi" (default) or "en": the page's language unless the person
+    /// picks the other one with the link (remembered in a cookie).
     #[serde(default = "default_language")]
     pub language: String,
+    /// The site's time zone for the times on the page: a zone without
+    /// daylight saving time (`Asia/Ho_Chi_Minh`, the default) or `UTC+7`.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
     /// Connections served at once; more are closed as soon as accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: MaxConnections,
@@ -55,6 +60,9 @@ fn default_web_listen() -> String {
 fn default_language() -> String {
     "vi".into()
 }
+fn default_timezone() -> String {
+    "Asia/Ho_Chi_Minh".into()
+}
 fn default_max_connections() -> MaxConnections {
     MaxConnections::of(32)
 }
@@ -63,6 +71,12 @@ fn default_header_timeout() -> HeaderTimeout {
 }
 
 impl WebConfig {
+    /// The site's time zone (Vietnam's when `timezone` is not valid, which
+    /// [`WebConfig::problems`] reports).
+    pub fn zone(&self) -> crate::status::words::Zone {
+        crate::status::words::Zone::parse(&self.timezone).unwrap_or_default()
+    }
+
     /// Problems, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let (w, mut p) = (self, Vec::new());
@@ -76,6 +90,13 @@ impl WebConfig {
             p.push(format!(
                 "web.language: {:?} must be \"vi\" or \"en\"",
                 w.language
+            ));
+        }
+        if crate::status::words::Zone::parse(&w.timezone).is_none() {
+            p.push(format!(
+                "web.timezone: {:?} is not a zone without daylight saving time ({}) or UTC+H[:MM]",
+                w.timezone,
+                crate::status::words::Zone::names().join(", ")
             ));
         }
         if w.username.is_some() != w.password_file.is_some() {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod history;
 pub mod led;
 pub mod web;
+pub mod words;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -46,6 +47,11 @@ pub struct DeviceStatus {
     pub samples: u64,
     /// Failed reads by kind (timeout, garbage, malformed, port...).
     pub errors: BTreeMap<String, u64>,
+    /// Words the configuration gives this device's values (a Modbus
+    /// register's `label` / `label_en` / `unit`); the page prefers them to
+    /// the words table ([`words`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, words::Label>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,8 +126,19 @@ impl StatusHub {
                     last_values: Values::new(),
                     samples: 0,
                     errors: BTreeMap::new(),
+                    labels: BTreeMap::new(),
                 },
             );
+        });
+    }
+
+    /// The configured words of a device's values (see
+    /// [`DeviceStatus::labels`]); a source calls this once at start.
+    pub fn set_labels(&self, id: &str, labels: BTreeMap<String, words::Label>) {
+        self.update(|s| {
+            if let Some(d) = s.devices.get_mut(id) {
+                d.labels = labels;
+            }
         });
     }
 

@@ -79,9 +79,9 @@ async fn modbus_rtu_bus_to_the_broker() {
     assert_eq!(mixed["relay1"], true);
     assert_eq!(mixed["relay2"], false);
     assert_eq!(mixed["in2"], true);
-    // The local page shows the meter's values (no words of its own).
+    // The local page shows the meter's values, in words (issue 15).
     let (_, page) = http_get(gw.web.unwrap(), "/body?lang=vi", "").await;
-    assert!(page.contains("voltage") && page.contains("231.2"), "{page}");
+    assert!(page.contains("<dt>Điện áp</dt><dd>231,2 V</dd>"), "{page}");
 
     // The exception is reported at once, with the code and the address.
     eventually(WAIT, "refused device fault", || {

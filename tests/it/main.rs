@@ -3,7 +3,8 @@
 //! and backlog path), delivery (at least once), uplink (the MQTT link),
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
-//! tls, cli, service (systemd), ups, field, sensors, web, install,
+//! tls, cli, service (systemd), ups, field, sensors, web, words (what
+//! people read, issue 15), install,
 //! hostile_peers (peers that flood, lie or flap, issue 11); helpers
 //! in common/.
 
@@ -29,3 +30,4 @@ mod tls;
 mod uplink;
 mod ups;
 mod web;
+mod words;

@@ -199,6 +199,9 @@ async fn page_in_headless_chromium() {
 
     broker.stop();
     eventually(WAIT, "link down", || !gw.status.get().uplink.connected).await;
+    // A browser that has not picked English with the link (the profile
+    // above remembers that choice in a cookie since issue 15).
+    let profile = tempfile::tempdir().unwrap();
     let dom = tokio::task::spawn_blocking({
         let (u, p) = (url.clone(), profile.path().to_path_buf());
         move || chromium(&["--dump-dom", &u], &p)

@@ -31,15 +31,20 @@ use super::history::History;
 use super::Snapshot;
 pub use api::render_metrics;
 pub use auth::{password_file_warning, Backoff, Client, Credentials};
-pub use page::{content_security_policy, headline, render_body, render_page};
+pub use page::{
+    content_security_policy, headline, headline_in, render_body, render_body_in, render_page,
+    render_page_in,
+};
 pub use server::{Limits, FD_RESERVE};
-pub use strings::{choose_language, Strings, EN, VI};
+pub use strings::{choose_language, cookie_language, Strings, EN, LANG_COOKIE, VI};
 
 #[derive(Clone)]
 struct AppState {
     status: watch::Receiver<Snapshot>,
     history: Arc<History>,
     language: String,
+    /// The site's time zone, for every time the page shows.
+    zone: crate::status::words::Zone,
     /// The credentials expected, when auth is on.
     auth: Option<Arc<Credentials>>,
     /// Failed attempts per client.
@@ -158,8 +163,24 @@ fn notices(st: &AppState, t: &Strings) -> Vec<&'static str> {
 }
 
 fn lang_of(st: &AppState, q: &LangQuery, h: &HeaderMap) -> &'static Strings {
-    let accept = h.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
-    strings::strings(choose_language(q.lang.as_deref(), accept, &st.language))
+    let cookie = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(cookie_language);
+    strings::strings(choose_language(q.lang.as_deref(), cookie, &st.language))
+}
+
+/// The language picked with the link, remembered for a year (the page
+/// itself, not a script, sets it; the language alone, nothing else).
+fn remember_language(q: &LangQuery, res: &mut Response) {
+    if let Some(l) = q.lang.as_deref() {
+        let l = if l == "en" { "en" } else { "vi" };
+        let c = format!("{LANG_COOKIE}={l}; Path=/; Max-Age=31536000; SameSite=Lax; HttpOnly");
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            res.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
 }
 
 async fn page(
@@ -173,11 +194,13 @@ async fn page(
     }
     let t = lang_of(&st, &q, &h);
     let snap = st.status.borrow().clone();
-    (
+    let mut res = (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_page(&snap, &st.history, t, &notices(&st, t)),
+        render_page_in(&snap, &st.history, t, &notices(&st, t), st.zone),
     )
-        .into_response()
+        .into_response();
+    remember_language(&q, &mut res);
+    res
 }
 
 async fn body(
@@ -193,7 +216,7 @@ async fn body(
     let snap = st.status.borrow().clone();
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_body(&snap, &st.history, t, &notices(&st, t)),
+        render_body_in(&snap, &st.history, t, &notices(&st, t), st.zone),
     )
         .into_response()
 }
@@ -248,6 +271,7 @@ pub async fn bind(
         status,
         history,
         language: cfg.language.clone(),
+        zone: cfg.zone(),
         auth,
         backoff: Arc::new(Backoff::default()),
         password_file_open,

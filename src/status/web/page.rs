@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use super::strings::{event_words, Strings};
 use crate::config::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health, Severity, Value};
-use crate::status::history::{svg_chart, History};
+use crate::status::history::{svg_chart, History, CHARTED};
+use crate::status::words::{self, Zone};
 use crate::status::Snapshot;
 
 fn esc(s: &str) -> String {
@@ -18,18 +19,19 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn hhmm(ms: i64) -> String {
-    // Local staff read Vietnam time (UTC+7, no daylight saving).
-    let t = (ms / 1000 + 7 * 3600).rem_euclid(86_400);
-    format!("{:02}:{:02}", t / 3600, (t % 3600) / 60)
-}
-
 fn is_ups(kind: &str, values: &crate::model::Values) -> bool {
     matches!(kind, "megatec" | "apc-smart" | "nut") || values.get("ups.status").is_some()
 }
 
-/// The one big sentence, and its colour class (ok / warn / bad).
+/// The one big sentence, and its colour class (ok / warn / bad), with
+/// times in Vietnam's time zone.
 pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
+    headline_in(s, t, Zone::default())
+}
+
+/// The one big sentence, and its colour class (ok / warn / bad), with
+/// times in the site's time zone.
+pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static str) {
     if s.uplink.attempts == 0 {
         return (t.starting.to_owned(), "warn");
     }
@@ -67,11 +69,12 @@ pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
         let n = s.spool.disk_rows + s.spool.memory;
         return (
             format!(
-                "{} ({n} {}, {} {})",
+                "{} ({} {}, {} {})",
                 t.no_link,
+                words::count(n, t.lang),
                 t.kept,
                 t.readings_since,
-                hhmm(s.uplink.since_ms)
+                zone.hhmm(s.uplink.since_ms)
             ),
             "warn",
         );
@@ -79,62 +82,35 @@ pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
     (t.all_normal.to_owned(), "ok")
 }
 
+/// A device's values in words (the configured ones, else the words
+/// table's), in the order of the words table (names without words last):
+/// the status first for a UPS.
 fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, String)> {
     let v = &d.last_values;
-    let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
-    let mut out = Vec::new();
-    if let Some(Value::Str(st)) = v.get("ups.status") {
-        let toks: Vec<&str> = st.split_whitespace().collect();
-        let word = if toks.contains(&"LB") {
-            t.low_battery_word
-        } else if toks.contains(&"OB") {
-            t.on_battery_word
-        } else {
-            t.on_mains
-        };
-        out.push((t.status_word.to_owned(), word.to_owned()));
-    }
-    if let Some(x) = num("ups.load") {
-        out.push((t.load.to_owned(), format!("{x:.0} %")));
-    }
-    if let Some(x) = num("battery.charge") {
-        out.push((t.charge.to_owned(), format!("{x:.0} %")));
-    }
-    if let Some(x) = num("battery.runtime") {
-        out.push((
-            t.runtime.to_owned(),
-            format!("{:.0} {}", x / 60.0, t.minutes),
-        ));
-    }
-    if let Some(x) = num("input.voltage") {
-        out.push((t.input_voltage.to_owned(), format!("{x:.0} V")));
-    }
-    if let Some(x) = num("ambient.temperature") {
-        out.push((t.temperature.to_owned(), format!("{x:.1} °C")));
-    }
-    if let Some(x) = num("ambient.humidity") {
-        out.push((t.humidity.to_owned(), format!("{x:.0} %")));
-    }
-    // Devices without words of their own here (meters, the router, custom
-    // Modbus maps): their first 12 values as they are named.
-    if out.is_empty() {
-        for (k, val) in v.0.iter().take(12) {
-            let shown = match val {
-                Value::Num(n) => format!("{}", (n * 100.0).round() / 100.0),
-                Value::Bool(b) => (if *b { t.yes } else { t.no }).to_owned(),
-                Value::Str(s) => s.clone(),
-            };
-            out.push((k.clone(), shown));
-        }
-    }
-    out
+    let mut names: Vec<&String> = v.0.keys().collect();
+    names.sort_by_key(|k| (words::rank(k), k.as_str()));
+    names
+        .into_iter()
+        .filter_map(|k| words::show_labelled(k, v.get(k)?, v, t.lang, d.labels.get(k)))
+        .collect()
 }
 
 /// The page body (also what the page fetches to refresh itself);
 /// `notices` are warnings for whoever looks after the box, one line each
 /// under the headline.
 pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
-    let (sentence, class) = headline(s, t);
+    render_body_in(s, history, t, notices, Zone::default())
+}
+
+/// [`render_body`] with times in the site's time zone.
+pub fn render_body_in(
+    s: &Snapshot,
+    history: &History,
+    t: &Strings,
+    notices: &[&str],
+    zone: Zone,
+) -> String {
+    let (sentence, class) = headline_in(s, t, zone);
     let mut b = String::new();
     let _ = write!(
         b,
@@ -165,9 +141,18 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str
         s.spool.disk_rows + s.spool.memory
     };
     if kept > 0 {
-        let _ = write!(b, " · {}: {kept}", t.kept_on_device);
+        let _ = write!(b, " · {}: {}", t.kept_on_device, words::count(kept, t.lang));
     }
-    b.push_str("</p><main>");
+    b.push_str("</p>");
+    if let Some(c) = history.catchup(s) {
+        let (sent, total) = (c.sent.unwrap_or(0), c.total.unwrap_or(c.left));
+        let _ = write!(
+            b,
+            "<div class=\"catchup\" id=\"catchup\"><progress max=\"{total}\" value=\"{sent}\"></progress><p>{}</p></div>",
+            esc(&c.line(t.lang))
+        );
+    }
+    b.push_str("<main>");
     let now = now_ms();
     for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
         let (hw, hc) = match &d.health {
@@ -185,25 +170,21 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str
             let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(&k), esc(&v));
         }
         b.push_str("</dl>");
-        for (key, label, unit) in [
-            ("ups.load", t.load, " %"),
-            ("battery.charge", t.charge, " %"),
-            ("ambient.temperature", t.temperature, " °C"),
-            ("ambient.humidity", t.humidity, " %"),
-        ] {
+        for key in CHARTED {
             let pts = history.get(id, key);
             if pts.len() >= 2 {
                 let _ = write!(
                     b,
-                    "<figure><figcaption>{label} — {}</figcaption>{}</figure>",
+                    "<figure><figcaption>{} — {}</figcaption>{}</figure>",
+                    esc(&words::label(key, t.lang)),
                     t.last_24h,
-                    svg_chart(&pts, now, unit)
+                    svg_chart(&pts, now, words::unit(key).unwrap_or(""), zone, t.lang)
                 );
             }
         }
         let seen = d
             .last_seen_ms
-            .map(hhmm)
+            .map(|ms| zone.hhmm(ms))
             .unwrap_or_else(|| t.never.to_owned());
         let _ = write!(b, "<p class=\"seen\">{}: {seen}</p></section>", t.last_seen);
     }
@@ -221,7 +202,7 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str
             let _ = write!(
                 b,
                 "<li class=\"{class}\"><time>{}</time> <b>{}</b> {}</li>",
-                hhmm(e.ts),
+                zone.hhmm(e.ts),
                 esc(&e.device),
                 esc(&match (&e.message_vi, t.lang) {
                     (Some(vi), "vi") => std::borrow::Cow::Borrowed(vi.as_str()),
@@ -250,7 +231,8 @@ header.ok{background:#1b7f3b;color:#fff}header.warn{background:#c77c00;color:#ff
 .card{background:#fff;border-radius:8px;padding:1em;flex:1 1 280px;border-left:8px solid #1b7f3b}\
 .card.warn{border-color:#c77c00}.card.bad{border-color:#b3261e}.card h2{margin:0}\
 dl{display:grid;grid-template-columns:auto auto;gap:.2em 1em}dd{margin:0;font-weight:bold}\
-.chart{width:100%;height:80px;color:#1565c0}.chart text{font-size:9px;fill:#555}figure{margin:.5em 0}\
+.chart{width:100%;height:auto;color:#1565c0}.chart text{font-size:9px;fill:#555}.chart text.latest{fill:#1565c0;font-weight:bold}figure{margin:.5em 0}\
+.catchup{padding:0 1em}.catchup progress{width:100%;height:1.2em}.catchup p{margin:.2em 0}\
 .events,.led{padding:0 1em 1em}li.bad{color:#b3261e}li.warn{color:#8a5600}.notice{color:#8a5600;font-weight:bold}";
 
 const SCRIPT: &str = "setInterval(function(){fetch('body'+location.search).then(function(r){return r.ok?r.text():null}).then(function(t){if(t){document.getElementById('page').innerHTML=t}}).catch(function(){})},3000);";
@@ -281,12 +263,23 @@ pub fn content_security_policy() -> &'static str {
 }
 
 pub fn render_page(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
+    render_page_in(s, history, t, notices, Zone::default())
+}
+
+/// [`render_page`] with times in the site's time zone.
+pub fn render_page_in(
+    s: &Snapshot,
+    history: &History,
+    t: &Strings,
+    notices: &[&str],
+    zone: Zone,
+) -> String {
     format!(
         "<!doctype html><html lang=\"{}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{} — {}</title><style>{STYLE}</style></head><body><div id=\"page\">{}</div><script>{SCRIPT}</script></body></html>",
         t.lang,
         t.title,
         esc(&s.site),
-        render_body(s, history, t, notices)
+        render_body_in(s, history, t, notices, zone)
     )
 }
 
@@ -368,6 +361,61 @@ mod tests {
         assert!(
             !page.contains("http://") && !page.contains("https://"),
             "no external URL"
+        );
+    }
+
+    #[test]
+    fn values_in_words_configured_words_first() {
+        let hub = StatusHub::new("xa-a");
+        hub.add_device("pi", "system");
+        hub.add_device("tank", "modbus");
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            let d = s.devices.get_mut("pi").unwrap();
+            d.last_values.num("disk.free", 80_267_124_736.0);
+            d.last_values.num("disk.total", 120_000_000_000.0);
+            d.last_values.num("system.uptime", 273_645.0);
+            d.last_values.num("pi.throttled", 327_680.0);
+            let d = s.devices.get_mut("tank").unwrap();
+            d.last_values.num("tank.level", 1234.5);
+            d.last_values.num("raw.thing", 7.0);
+        });
+        hub.set_labels(
+            "tank",
+            [(
+                "tank.level".to_owned(),
+                words::Label {
+                    vi: Some("Mức nước bể".into()),
+                    en: Some("Tank level".into()),
+                    unit: Some("cm".into()),
+                },
+            )]
+            .into(),
+        );
+        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
+        assert!(
+            vi.contains("<dt>Thẻ nhớ còn trống</dt><dd>80,3 GB (67 %)</dd>"),
+            "{vi}"
+        );
+        assert!(vi.contains("<dd>3 ngày 4 giờ</dd>"), "{vi}");
+        assert!(
+            !vi.contains("327680") && !vi.contains("327.680"),
+            "raw bits: {vi}"
+        );
+        assert!(
+            vi.contains("<dt>Mức nước bể</dt><dd>1.234,50 cm</dd>"),
+            "{vi}"
+        );
+        // A value nobody gave words still shows, with its name.
+        assert!(vi.contains("<dt>raw.thing</dt><dd>7</dd>"), "{vi}");
+        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(
+            en.contains("<dt>SD card free</dt><dd>80.3 GB (67 %)</dd>"),
+            "{en}"
+        );
+        assert!(
+            en.contains("<dt>Tank level</dt><dd>1,234.50 cm</dd>"),
+            "{en}"
         );
     }
 

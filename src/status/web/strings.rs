@@ -195,32 +195,31 @@ pub(super) fn strings(lang: &str) -> &'static Strings {
     }
 }
 
-/// The language: `?lang=`, else `Accept-Language`, else the configured one.
-pub fn choose_language(query: Option<&str>, accept: Option<&str>, default: &str) -> &'static str {
+/// The cookie that remembers the language a person picked with the link.
+pub const LANG_COOKIE: &str = "wardgate_lang";
+
+/// The language: `?lang=` (the link), else the one remembered in the
+/// cookie, else the configured one (`web.language`, Vietnamese by
+/// default). The browser's `Accept-Language` is not asked: office PCs and
+/// phones here often run an English interface for Vietnamese-speaking
+/// staff.
+pub fn choose_language(query: Option<&str>, cookie: Option<&str>, default: &str) -> &'static str {
+    let pick = |l: &str| if l == "en" { "en" } else { "vi" };
     if let Some(q) = query {
-        return if q == "en" { "en" } else { "vi" };
+        return pick(q);
     }
-    if let Some(a) = accept {
-        for part in a.split(',') {
-            let tag = part
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if tag.starts_with("vi") {
-                return "vi";
-            }
-            if tag.starts_with("en") {
-                return "en";
-            }
-        }
+    if let Some(c) = cookie.filter(|c| *c == "en" || *c == "vi") {
+        return pick(c);
     }
-    if default == "en" {
-        "en"
-    } else {
-        "vi"
-    }
+    pick(default)
+}
+
+/// The language remembered in a `Cookie` header's value, if any.
+pub fn cookie_language(header: &str) -> Option<&str> {
+    header.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == LANG_COOKIE).then_some(v.trim())
+    })
 }
 
 #[cfg(test)]
@@ -230,10 +229,16 @@ mod tests {
     #[test]
     fn language_choice() {
         assert_eq!(choose_language(None, None, "vi"), "vi");
-        assert_eq!(choose_language(None, Some("en-US,en;q=0.9"), "vi"), "en");
-        assert_eq!(choose_language(None, Some("vi-VN,en;q=0.5"), "en"), "vi");
+        assert_eq!(choose_language(None, None, "en"), "en");
+        // The link wins, then the cookie, then the configured language.
         assert_eq!(choose_language(Some("en"), Some("vi"), "vi"), "en");
+        assert_eq!(choose_language(Some("vi"), Some("en"), "en"), "vi");
+        assert_eq!(choose_language(None, Some("en"), "vi"), "en");
+        assert_eq!(choose_language(None, Some("vi"), "en"), "vi");
         assert_eq!(choose_language(None, Some("fr"), "en"), "en");
+        assert_eq!(cookie_language("a=b; wardgate_lang=en"), Some("en"));
+        assert_eq!(cookie_language("wardgate_lang=vi"), Some("vi"));
+        assert_eq!(cookie_language("other=en"), None);
     }
 
     #[test]
