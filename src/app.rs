@@ -79,6 +79,10 @@ pub async fn run(
                 status.clone(),
             )
             .with_thresholds(dev.thresholds());
+            let labels = crate::status::words::configured_labels(dev);
+            if !labels.is_empty() {
+                status.set_labels(dev.id(), labels);
+            }
             (dev.clone(), h)
         })
         .collect();

@@ -62,6 +62,8 @@ fn register(u: &mut Unstructured, i: usize) -> Result<RegisterConfig> {
         scale: num(u)?,
         offset: num(u)?,
         unit: None,
+        label: None,
+        label_en: None,
     })
 }
 

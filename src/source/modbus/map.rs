@@ -99,6 +99,13 @@ pub struct RegisterConfig {
     /// Unit for people (°C, %, V, kWh); shown by `wardgate check`.
     #[serde(default)]
     pub unit: Option<String>,
+    /// Words for people on the local page: Vietnamese (`label`) and
+    /// English (`label_en`); without them the page uses its table of value
+    /// names, or the name itself.
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub label_en: Option<String>,
 }
 
 fn one() -> f64 {
@@ -109,6 +116,13 @@ impl RegisterConfig {
     /// Problems with this register, for config validation.
     pub fn problems(&self, key: &str) -> Vec<String> {
         let mut p = Vec::new();
+        for (k, l) in [("label", &self.label), ("label_en", &self.label_en)] {
+            if l.as_ref()
+                .is_some_and(|l| l.trim().is_empty() || l.chars().count() > 64)
+            {
+                p.push(format!("{key}.{k}: words of 1 to 64 characters"));
+            }
+        }
         if !crate::model::valid_value_name(&self.name) {
             p.push(format!(
                 "{key}.name: {:?} must be letters, digits, '.', '_' or '-'",
@@ -294,6 +308,8 @@ mod tests {
             scale: 1.0,
             offset: 0.0,
             unit: None,
+            label: None,
+            label_en: None,
         }
     }
 

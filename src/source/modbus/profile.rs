@@ -26,6 +26,9 @@ fn input(name: &str, address: i64, t: DataType, scale: f64, unit: &str) -> Regis
         scale,
         offset: 0.0,
         unit: (!unit.is_empty()).then(|| unit.to_owned()),
+        // The page's table has words for the profiles' values.
+        label: None,
+        label_en: None,
     }
 }
 

@@ -376,3 +376,63 @@ fn configured_labels_come_first() {
         ("Điện áp".into(), "231,2 V".into())
     );
 }
+
+/// The words a config gives: a Modbus register's label, label_en and unit,
+/// a GPIO input's label for its state, `.active` and `.count`.
+#[test]
+fn configured_labels_come_from_the_config() {
+    let cfg = crate::config::Config::from_toml(
+        r#"site = "t"
+[mqtt]
+host = "localhost"
+[[device]]
+id = "tank"
+type = "modbus"
+serial = "/dev/ttyUSB0"
+unit = 3
+[[device.registers]]
+name = "tank.level"
+function = "holding"
+address = 0
+unit = "cm"
+label = "Mức nước bể"
+label_en = "Tank level"
+[[device.registers]]
+name = "tank.raw"
+function = "holding"
+address = 1
+[[device]]
+id = "contacts"
+type = "gpio"
+[[device.inputs]]
+name = "door"
+pin = 17
+label = "Cửa phòng máy"
+"#,
+    )
+    .unwrap();
+    let tank = configured_labels(&cfg.devices[0]);
+    assert_eq!(
+        tank.get("tank.level"),
+        Some(&Label {
+            vi: Some("Mức nước bể".into()),
+            en: Some("Tank level".into()),
+            unit: Some("cm".into()),
+        })
+    );
+    assert!(!tank.contains_key("tank.raw"), "{tank:?}");
+    let gpio = configured_labels(&cfg.devices[1]);
+    assert_eq!(gpio["door"].vi.as_deref(), Some("Cửa phòng máy"));
+    assert_eq!(
+        gpio["door.active"].en.as_deref(),
+        Some("Cửa phòng máy (active)")
+    );
+    // Words too long or blank are config errors naming the key.
+    let e = crate::config::Config::from_toml(
+        "site = \"t\"\n[mqtt]\nhost = \"localhost\"\n[[device]]\nid = \"m\"\ntype = \"modbus\"\n\
+         serial = \"/dev/ttyUSB0\"\nunit = 1\n[[device.registers]]\nname = \"x\"\nfunction = \"holding\"\n\
+         address = 0\nlabel = \" \"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("registers[0].label"), "{e}");
+}
