@@ -183,7 +183,10 @@ async fn every_device_in_words_in_both_languages() {
          [[device]]\nid = \"router\"\ntype = \"snmp\"\nhost = \"127.0.0.1\"\nport = {}\ncommunity = \"wardtest\"\n\
          interfaces = [\"lo\"]\nwan = \"lo\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\nretries = 0\n\
          [[device]]\nid = \"room\"\n{bus}profile = \"xy-md02\"\n\
-         [[device]]\nid = \"meter\"\n{bus}profile = \"sdm120\"\nunit = 2\n",
+         [[device]]\nid = \"meter\"\n{bus}profile = \"sdm120\"\nunit = 2\n\
+         [[device]]\nid = \"cabinet\"\n{bus}unit = 1\n[[device.registers]]\nname = \"cabinet.temperature\"\n\
+         function = \"input\"\naddress = 1\ntype = \"i16\"\nscale = 0.1\nunit = \"°C\"\n\
+         label = \"Nhiệt độ tủ điện\"\nlabel_en = \"Cabinet temperature\"\n",
         sim("ups1", "200ms", ""),
         sim("env1", "200ms", "profile = \"sensor\""),
         pi_fixture(dir.path()),
@@ -231,6 +234,8 @@ async fn every_device_in_words_in_both_languages() {
         "Điện năng tiêu thụ",
         "Độ ẩm",
         "đang dùng điện lưới",
+        // A register's configured words.
+        "Nhiệt độ tủ điện",
     ] {
         assert!(text.contains(want), "vi page lacks {want:?}:\n{text}");
     }
@@ -255,6 +260,7 @@ async fn every_device_in_words_in_both_languages() {
     for want in [
         "CPU temperature",
         "48.3 °C",
+        "Cabinet temperature",
         "Memory free",
         "1.0 GB (25 %)",
         "3 days 4 hours",
