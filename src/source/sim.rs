@@ -125,6 +125,7 @@ pub async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = h.poll_requested() => {}
         }
         for _ in 0..per_tick {
             let values = state.step(&mut rng);
