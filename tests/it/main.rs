@@ -4,7 +4,8 @@
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
 //! tls, cli, service (systemd), ups, field, sensors, web, install,
-//! hostile_peers (peers that flood, lie or flap, issue 11); helpers
+//! hostile_peers (peers that flood, lie or flap, issue 11), commands
+//! (remote operation from the IOC, issue 13); helpers
 //! in common/.
 
 // Test code: a failed unwrap is a failed test, and the peers' start-up
@@ -12,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod cli;
+mod commands;
 mod common;
 mod delivery;
 mod durability;
