@@ -355,7 +355,7 @@ async fn publish_loop<L: Lane>(
     // so the tracker's order stays true.
     if let Some((topic, rx)) = &mut inventory {
         let body = rx.borrow_and_update().clone();
-        if let Err(e) = publish_tagged(&client, &tracker, Tag::Inventory, topic, true, body).await {
+        if let Err(e) = publish_inventory(&client, &tracker, topic, body, max_packet).await {
             return e;
         }
     }
@@ -375,7 +375,7 @@ async fn publish_loop<L: Lane>(
                 if let Some((topic, rx)) = &mut inventory {
                     let body = rx.borrow_and_update().clone();
                     if let Err(e) =
-                        publish_tagged(&client, &tracker, Tag::Inventory, topic, true, body).await
+                        publish_inventory(&client, &tracker, topic, body, max_packet).await
                     {
                         return e;
                     }
@@ -440,6 +440,27 @@ async fn publish_loop<L: Lane>(
         }
         queued.handed_over();
     }
+}
+
+/// The retained inventory, unless it is too large for a packet (then it is
+/// left out with a warning: rumqttc would end the connection over it).
+async fn publish_inventory(
+    client: &AsyncClient,
+    tracker: &Mutex<AckTracker>,
+    topic: &str,
+    body: Vec<u8>,
+    max_packet: usize,
+) -> Result<(), String> {
+    let size = payload::publish_packet_size(topic, body.len());
+    if size > max_packet {
+        tracing::warn!(
+            bytes = size,
+            max = max_packet,
+            "the inventory is larger than mqtt.max_packet_size; not published"
+        );
+        return Ok(());
+    }
+    publish_tagged(client, tracker, Tag::Inventory, topic, true, body).await
 }
 
 /// Hands one publish to the client under `tag`; the error says why not.
