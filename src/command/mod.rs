@@ -236,6 +236,7 @@ impl Dispatcher {
                 Reply::new(&t, State::Failed, now_ms()).with_reason(why)
             }
         };
+        let reply = reply.fit(self.ops.max_reply());
         let restart = req.op == Op::Restart && reply.status == State::Successful;
         self.finish(&t, reply).await;
         if restart {

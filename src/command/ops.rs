@@ -45,6 +45,14 @@ impl Ops {
         self.p.cfg.commands.allowed()
     }
 
+    /// The largest reply that fits in a message (`mqtt.max_packet_size`
+    /// less room for the topic and header).
+    pub(super) fn max_reply(&self) -> usize {
+        usize::try_from(self.p.cfg.mqtt.max_packet_size.as_u64())
+            .unwrap_or(usize::MAX)
+            .saturating_sub(1024)
+    }
+
     pub(super) fn trust_clock(&self) -> bool {
         self.p.cfg.commands.trust_clock
     }

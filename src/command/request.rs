@@ -422,6 +422,56 @@ impl Reply {
         self
     }
 
+    /// Makes the reply fit in `max` bytes of JSON: a `lines` list (log.tail)
+    /// loses its oldest lines and says `"truncated": true`; any other
+    /// result too large turns the reply into `failed` with the reason.
+    pub fn fit(mut self, max: usize) -> Reply {
+        let len = self.to_json().len();
+        if len <= max {
+            return self;
+        }
+        if let Some(lines) = self
+            .result
+            .as_mut()
+            .and_then(|r| r.get_mut("lines"))
+            .and_then(|l| l.as_array_mut())
+        {
+            // Cut about what is too much, then line by line.
+            let over = len - max;
+            let mut cut = 0;
+            while cut < over && !lines.is_empty() {
+                cut += lines[0].to_string().len() + 1;
+                lines.remove(0);
+            }
+        }
+        if let Some(r) = self.result.as_mut().and_then(|r| r.as_object_mut()) {
+            if r.contains_key("lines") {
+                r.insert("truncated".into(), serde_json::Value::Bool(true));
+            }
+        }
+        while self.to_json().len() > max {
+            let lines = self
+                .result
+                .as_mut()
+                .and_then(|r| r.get_mut("lines"))
+                .and_then(|l| l.as_array_mut());
+            match lines {
+                Some(l) if !l.is_empty() => {
+                    l.remove(0);
+                }
+                _ => {
+                    self.status = State::Failed;
+                    self.reason = Some(format!(
+                        "the result ({len} bytes) is larger than a message may be ({max} bytes)"
+                    ));
+                    self.result = None;
+                    break;
+                }
+            }
+        }
+        self
+    }
+
     pub fn to_json(&self) -> String {
         // A struct of strings, numbers and JSON values always serialises.
         serde_json::to_string(self).unwrap_or_default()
@@ -623,6 +673,39 @@ mod tests {
         // expires is still required.
         let e = validate(&target("status"), b"{}", &p).unwrap_err();
         assert!(e.0.contains("expires is required"), "{e}");
+    }
+
+    #[test]
+    fn replies_are_cut_to_fit() {
+        let t = target("log.tail");
+        let lines: Vec<serde_json::Value> = (0..100)
+            .map(|i| serde_json::json!({"message": format!("line {i:03} {}", "x".repeat(90))}))
+            .collect();
+        let r =
+            Reply::new(&t, State::Successful, 1).with_result(serde_json::json!({"lines": lines}));
+        let small = r.clone().fit(1_000_000);
+        assert_eq!(small, r, "fits: unchanged");
+        let cut = r.clone().fit(2_000);
+        assert!(cut.to_json().len() <= 2_000);
+        assert_eq!(cut.status, State::Successful);
+        let res = cut.result.unwrap();
+        assert_eq!(res["truncated"], true);
+        let kept = res["lines"].as_array().unwrap();
+        assert!(!kept.is_empty() && kept.len() < 100);
+        assert!(kept.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 099"));
+        let other = Reply::new(&target("status"), State::Successful, 1)
+            .with_result(serde_json::json!({"big": "y".repeat(5000)}))
+            .fit(1_000);
+        assert_eq!(other.status, State::Failed);
+        assert!(other
+            .reason
+            .clone()
+            .unwrap()
+            .contains("larger than a message may be"));
+        assert!(other.to_json().len() <= 1_000);
     }
 
     #[test]
