@@ -181,6 +181,11 @@ async fn run(path: &std::path::Path, explicit: bool) -> u8 {
         Ok(c) => c,
         Err(e) => {
             cli::print_config_error(path, &e, &mut std::io::stderr());
+            // A config the operations centre just set: back to the previous.
+            let why = format!("the new config did not load: {}", e.problems().join("; "));
+            if wardgate::command::change::roll_back(path, &why) {
+                return exit::RESTART;
+            }
             return exit::CONFIG;
         }
     };
@@ -216,6 +221,13 @@ async fn run(path: &std::path::Path, explicit: bool) -> u8 {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("wardgate: {e:#}");
+            // A config the operations centre just set: back to the previous.
+            if wardgate::command::change::roll_back(
+                path,
+                &format!("the gateway stopped with it: {e:#}"),
+            ) {
+                return exit::RESTART;
+            }
             1
         }
     }

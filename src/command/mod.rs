@@ -20,6 +20,7 @@
 //! inventory, `logring.rs` keeps the last log lines, `config.rs` is the
 //! `[commands]` section.
 
+pub mod change;
 pub mod config;
 pub mod inventory;
 pub mod logring;
@@ -117,6 +118,8 @@ pub struct Dispatcher {
     store: Option<Arc<ReplayStore>>,
     inventory: watch::Sender<Vec<u8>>,
     reply_device: Arc<str>,
+    /// A config change this run must confirm, and by when.
+    confirming: Option<(change::Pending, tokio::time::Instant)>,
 }
 
 /// The link for the sink and the dispatcher for the app. The replay store
@@ -141,6 +144,7 @@ pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
             store: None,
             inventory: inv_tx,
             reply_device: Arc::from(REPLY_DEVICE),
+            confirming: None,
         },
     )
 }
@@ -164,10 +168,13 @@ impl Dispatcher {
             .await
             .unwrap_or_else(|_| ReplayStore::in_memory());
         self.store = Some(Arc::new(store));
+        self.resume_change().await;
         let mut tick = tokio::time::interval(INVENTORY_EVERY);
+        let mut second = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = second.tick(), if self.confirming.is_some() => self.check_change().await,
                 m = self.rx.recv() => match m {
                     Some(m) => self.handle(m).await,
                     None => return,
@@ -225,9 +232,27 @@ impl Dispatcher {
                 return;
             }
         };
+        if self.confirming.as_ref().is_some_and(|(p, _)| p.id == t.id) {
+            tracing::info!(id = %t.id, "config change still being confirmed; request ignored");
+            return;
+        }
         tracing::info!(op = %t.op, id = %t.id, "command from the operations centre");
         self.send(&t, &Reply::new(&t, State::Accepted, now_ms()));
         self.send(&t, &Reply::new(&t, State::Executing, now_ms()));
+        if let request::Args::ConfigSet(a) = &req.args {
+            match self.ops.config_set(&t.id, a).await {
+                Ok(_) => {
+                    tracing::warn!(id = %t.id, "config changed by the operations centre: restarting into it");
+                    self.ops.restart_now();
+                }
+                Err(why) => {
+                    tracing::warn!(id = %t.id, reason = %why, "config.set refused");
+                    let reply = Reply::new(&t, State::Failed, now_ms()).with_reason(why);
+                    self.finish(&t, reply).await;
+                }
+            }
+            return;
+        }
         let outcome = self.ops.run(&req).await;
         let reply = match outcome {
             Ok(result) => Reply::new(&t, State::Successful, now_ms()).with_result(result),
@@ -241,6 +266,84 @@ impl Dispatcher {
         self.finish(&t, reply).await;
         if restart {
             self.ops.restart_after_reply().await;
+        }
+    }
+
+    /// A config change left by the previous run: confirm it (this run has
+    /// the new config), or reply that it was rolled back.
+    async fn resume_change(&mut self) {
+        let Some(path) = self.ops.config_path() else {
+            return;
+        };
+        let Some(p) = change::read_pending(&path) else {
+            return;
+        };
+        let t = Target {
+            op: Op::ConfigSet.name().to_owned(),
+            id: p.id.clone(),
+        };
+        let running = self.ops.running_hash().to_owned();
+        match p.phase {
+            change::Phase::Trying if running == p.new_hash => {
+                tracing::info!(id = %p.id, within = ?self.ops.confirm_within(), "running a changed config: confirming it");
+                let deadline = tokio::time::Instant::now() + self.ops.confirm_within();
+                self.confirming = Some((p, deadline));
+            }
+            phase => {
+                let why = match (phase, &p.reason) {
+                    (change::Phase::RolledBack, Some(r)) => {
+                        format!("the new config was rolled back: {r}")
+                    }
+                    _ => "the config running is not the one config.set wrote".to_owned(),
+                };
+                let reply = Reply::new(&t, State::Failed, now_ms())
+                    .with_reason(why)
+                    .with_result(
+                        serde_json::json!({ "hash": running, "rejected_hash": p.new_hash }),
+                    );
+                self.finish(&t, reply).await;
+                change::clear_pending(&path);
+            }
+        }
+    }
+
+    /// Once a second while a change is being confirmed.
+    async fn check_change(&mut self) {
+        let Some((p, deadline)) = self.confirming.clone() else {
+            return;
+        };
+        let Some(path) = self.ops.config_path() else {
+            return;
+        };
+        let t = Target {
+            op: Op::ConfigSet.name().to_owned(),
+            id: p.id.clone(),
+        };
+        match self.ops.confirmed() {
+            Ok(()) => {
+                self.confirming = None;
+                tracing::info!(id = %p.id, "config change confirmed");
+                let reply = Reply::new(&t, State::Successful, now_ms()).with_result(
+                    serde_json::json!({ "hash": p.new_hash, "previous_hash": p.old_hash }),
+                );
+                self.finish(&t, reply).await;
+                change::clear_pending(&path);
+            }
+            Err(missing) if tokio::time::Instant::now() >= deadline => {
+                self.confirming = None;
+                let why = format!(
+                    "not confirmed within {} s: {missing}",
+                    self.ops.confirm_within().as_secs()
+                );
+                let p2 = path.clone();
+                let rolled = tokio::task::spawn_blocking(move || change::roll_back(&p2, &why))
+                    .await
+                    .unwrap_or(false);
+                if rolled {
+                    self.ops.restart_now();
+                }
+            }
+            Err(_) => {}
         }
     }
 

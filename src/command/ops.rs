@@ -92,6 +92,8 @@ impl Ops {
             }
             Args::ConfigGet => Ok(self.file.result()),
             Args::Restart => Ok(json!({ "restarting": true })),
+            // Run by the dispatcher itself (it restarts the gateway).
+            Args::ConfigSet(_) => Err("config.set is run by the dispatcher".into()),
         }
     }
 
@@ -147,6 +149,73 @@ impl Ops {
                 ))
             }
         }
+    }
+
+    pub(super) fn config_path(&self) -> Option<PathBuf> {
+        self.p.cfg.file.clone()
+    }
+
+    pub(super) fn running_hash(&self) -> &str {
+        &self.file.hash
+    }
+
+    pub(super) fn confirm_within(&self) -> Duration {
+        self.p.cfg.commands.confirm_within.get()
+    }
+
+    /// Checks and writes a new config (on a blocking thread).
+    pub(super) async fn config_set(
+        &self,
+        id: &str,
+        a: &super::change::SetArgs,
+    ) -> Result<super::change::Pending, String> {
+        let (cfg, hash, id, a) = (
+            self.p.cfg.clone(),
+            self.file.hash.clone(),
+            id.to_owned(),
+            a.clone(),
+        );
+        tokio::task::spawn_blocking(move || super::change::apply(&cfg, &hash, &id, &a))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Whether the run with a new config has what it must: the broker and a
+    /// reading from every device. Err: what is missing, in words.
+    pub(super) fn confirmed(&self) -> Result<(), String> {
+        let s = self.p.status.get();
+        let mut missing = Vec::new();
+        if !s.uplink.connected {
+            missing.push(format!(
+                "no connection to the broker{}",
+                s.uplink
+                    .last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        let silent: Vec<String> = self
+            .p
+            .cfg
+            .all_devices()
+            .iter()
+            .map(|d| d.id().to_owned())
+            .filter(|id| s.devices.get(id).is_none_or(|d| d.samples == 0))
+            .collect();
+        if !silent.is_empty() {
+            missing.push(format!("no reading from {}", silent.join(", ")));
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join("; "))
+        }
+    }
+
+    /// Stops the gateway now for a restart (config.set).
+    pub(super) fn restart_now(&self) {
+        self.p.restart.cancel();
     }
 
     /// After `restart`'s reply was queued: waits briefly for the uplink to

@@ -70,10 +70,10 @@ impl Op {
         Op::ALL.into_iter().find(|o| o.name() == s)
     }
 
-    /// Whether this build can run it (`config.set` is documented but not
-    /// built yet).
+    /// Whether this build can run it (all of them now; kept for an op
+    /// documented before it is built).
     pub fn implemented(self) -> bool {
-        self != Op::ConfigSet
+        true
     }
 }
 
@@ -189,6 +189,7 @@ pub enum Args {
     SpoolStats,
     LogTail { lines: usize, level: Option<Level> },
     ConfigGet,
+    ConfigSet(super::change::SetArgs),
     Restart,
 }
 
@@ -260,6 +261,15 @@ fn default_lines() -> usize {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigSetArgs {
+    toml: String,
+    base_hash: String,
+    #[serde(default)]
+    allow_broker_change: bool,
+}
 
 fn args_of<T: serde::de::DeserializeOwned>(op: Op, v: serde_json::Value) -> Result<T, Rejection> {
     serde_json::from_value(v)
@@ -351,7 +361,15 @@ pub fn validate(target: &Target, payload: &[u8], p: &Policy<'_>) -> Result<Reque
                 level: a.level,
             }
         }
-        Op::Status | Op::SpoolStats | Op::ConfigGet | Op::Restart | Op::ConfigSet => {
+        Op::ConfigSet => {
+            let a: ConfigSetArgs = args_of(op, args)?;
+            Args::ConfigSet(super::change::SetArgs {
+                toml: a.toml,
+                base_hash: a.base_hash,
+                allow_broker_change: a.allow_broker_change,
+            })
+        }
+        Op::Status | Op::SpoolStats | Op::ConfigGet | Op::Restart => {
             let _: NoArgs = args_of(op, args)?;
             match op {
                 Op::Status => Args::Status,
@@ -632,7 +650,23 @@ mod tests {
         let e = rejected("status", &ok(NOW + 1, r#"{"a":1}"#));
         assert!(e.starts_with("malformed args for status"), "{e}");
         let e = rejected("config.set", &ok(NOW + 1, "{}"));
-        assert!(e.contains("not supported by this version"), "{e}");
+        assert!(e.contains("missing field `toml`"), "{e}");
+        let r = check(
+            "config.set",
+            &ok(
+                NOW + 1,
+                r#"{"toml":"site = \"s\"\n","base_hash":"sha256:1"}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            r.args,
+            Args::ConfigSet(crate::command::change::SetArgs {
+                toml: "site = \"s\"\n".into(),
+                base_hash: "sha256:1".into(),
+                allow_broker_change: false
+            })
+        );
     }
 
     #[test]

@@ -705,3 +705,186 @@ async fn acl_example_keeps_sites_apart() {
     t1.abort();
     t2.abort();
 }
+
+/// What systemd does with `Restart=on-failure`: starts wardgate again when
+/// it exits non-zero (75 after `restart` or `config.set`); counts the
+/// starts.
+struct LikeSystemd {
+    starts: Arc<std::sync::atomic::AtomicU32>,
+    cancel: CancellationToken,
+}
+
+impl LikeSystemd {
+    fn start(cfg: std::path::PathBuf, log: std::path::PathBuf) -> LikeSystemd {
+        use std::sync::atomic::Ordering;
+        let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cancel = CancellationToken::new();
+        let (s, c) = (starts.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut p = Process::start(&cfg, &log);
+                s.fetch_add(1, Ordering::SeqCst);
+                let code = loop {
+                    if c.is_cancelled() {
+                        return; // the process is killed on drop
+                    }
+                    if let Some(st) = p.child.try_wait().unwrap() {
+                        break st.code();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                if code == Some(0) || code == Some(78) {
+                    return;
+                }
+            }
+        });
+        LikeSystemd { starts, cancel }
+    }
+
+    fn starts(&self) -> u32 {
+        self.starts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for LikeSystemd {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn sha256(text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// config.set: a stale base_hash, an invalid config and a broker change
+/// without allow_broker_change are refused and change nothing; a good
+/// change is written, the gateway restarts into it, confirms it (broker
+/// and a reading from each device) and replies successful from the new
+/// config, whose hash the inventory then names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_refuses_then_applies_a_change() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
+        "trust_clock = true",
+        "trust_clock = true\nconfirm_within = \"10s\"",
+    );
+    let cfg = process_config(dir.path(), broker.port, &extra);
+    let old = std::fs::read_to_string(&cfg).unwrap();
+    let run = LikeSystemd::start(cfg.clone(), dir.path().join("gw.log"));
+    eventually(WAIT, "connected", || {
+        std::fs::read_to_string(dir.path().join("gw.log"))
+            .unwrap_or_default()
+            .contains("MQTT connected")
+    })
+    .await;
+    ioc.send("config.get", "g1", json!({})).await;
+    let hash = ioc.final_reply("g1").await["result"]["hash"].clone();
+    assert_eq!(hash, json!(sha256(&old)));
+    let hash = hash.as_str().unwrap().to_owned();
+
+    let refusals = [
+        (
+            "s1",
+            json!({"toml": old.clone(), "base_hash": "sha256:00"}),
+            "not the running config's hash",
+        ),
+        (
+            "s2",
+            json!({"toml": format!("{old}\ncolour = 1\n"), "base_hash": hash}),
+            "not valid",
+        ),
+        (
+            "s3",
+            json!({"toml": old.replace(&format!("port = {}", broker.port), "port = 1"), "base_hash": hash}),
+            "allow_broker_change",
+        ),
+    ];
+    for (id, args, why) in &refusals {
+        ioc.send("config.set", id, args.clone()).await;
+        let r = ioc.final_reply(id).await;
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(r["reason"].as_str().unwrap().contains(why), "{why}: {r}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        old,
+        "nothing changed"
+    );
+    assert_eq!(run.starts(), 1, "no restart");
+
+    let new = old.replace("interval = \"1h\"", "interval = \"2s\"");
+    assert_ne!(new, old);
+    ioc.send("config.set", "ok1", json!({"toml": new, "base_hash": hash}))
+        .await;
+    let r = ioc.final_reply("ok1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["result"]["hash"], json!(sha256(&new)));
+    assert_eq!(r["result"]["previous_hash"], json!(hash));
+    assert_eq!(run.starts(), 2, "restarted into the new config once");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), new);
+    eventually(WAIT, "the inventory names the new config", || {
+        sub.all().iter().any(|m| {
+            m.topic.ends_with("/inventory") && m.body["config_hash"] == json!(sha256(&new))
+        })
+    })
+    .await;
+    sub.assert_all_valid();
+}
+
+/// config.set to a broker that is not there (allowed): the new run cannot
+/// connect, the previous config is put back after confirm_within, the
+/// gateway restarts into it and replies failed with what went wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_that_cuts_the_link_rolls_back() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
+        "trust_clock = true",
+        "trust_clock = true\nconfirm_within = \"10s\"",
+    );
+    let cfg = process_config(dir.path(), broker.port, &extra);
+    let old = std::fs::read_to_string(&cfg).unwrap();
+    let run = LikeSystemd::start(cfg.clone(), dir.path().join("gw.log"));
+    eventually(WAIT, "connected", || {
+        std::fs::read_to_string(dir.path().join("gw.log"))
+            .unwrap_or_default()
+            .contains("MQTT connected")
+    })
+    .await;
+    ioc.send("config.get", "g1", json!({})).await;
+    let hash = ioc.final_reply("g1").await["result"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dead = old.replace(
+        &format!("port = {}", broker.port),
+        &format!("port = {}", free_port()),
+    );
+    let started = std::time::Instant::now();
+    ioc.send(
+        "config.set",
+        "cut1",
+        json!({"toml": dead, "base_hash": hash, "allow_broker_change": true}),
+    )
+    .await;
+    let r = ioc.final_reply("cut1").await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("rolled back") && why.contains("no connection to the broker"),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "after confirm_within"
+    );
+    assert_eq!(r["result"]["hash"], json!(hash), "from the old config");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), old, "restored");
+    assert_eq!(run.starts(), 3, "new config, then the old one again");
+}
