@@ -9,8 +9,7 @@ use serde::Deserialize;
 use super::request::Op;
 use crate::config::types::{defaults_of, Within};
 
-/// How long a changed config has to prove itself (reserved for
-/// `config.set`): 10 s to 1 h.
+/// How long a config set by `config.set` has to prove itself: 10 s to 1 h.
 pub type ConfirmWithin = Within<10_000, 3_600_000>;
 
 /// An op name in `[commands] allow`, checked when the config is read.
@@ -37,8 +36,8 @@ pub struct CommandsConfig {
     /// The ops that run; any other is rejected with the reason.
     #[serde(default = "default_allow")]
     pub allow: Vec<OpName>,
-    /// Reserved for `config.set`: how long a new config has to reconnect
-    /// and read each device before the old one is restored.
+    /// `config.set`: how long a new config has to reconnect and read each
+    /// device before the old one is restored.
     #[serde(default = "default_confirm_within")]
     pub confirm_within: ConfirmWithin,
     /// Treat the clock as synchronised even when the kernel says it is not

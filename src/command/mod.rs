@@ -16,7 +16,8 @@
 //! except through the spool, so no channel closes a cycle.
 //!
 //! The rooms: `request.rs` parses and validates (pure), `store.rs` remembers
-//! completed ids, `ops.rs` runs each op, `inventory.rs` builds the retained
+//! completed ids, `ops.rs` runs each op, `change.rs` is `config.set` (write,
+//! restart, confirm or roll back), `inventory.rs` builds the retained
 //! inventory, `logring.rs` keeps the last log lines, `config.rs` is the
 //! `[commands]` section.
 
