@@ -151,13 +151,33 @@ pub async fn run(
     let g = gateway.clone();
     let report: EventReport =
         Arc::new(move |severity, code, message, values| g.event(severity, code, message, values));
-    let sink = MqttSink::new(
-        cfg.clone(),
-        lane,
-        status.clone(),
-        run_info,
-        counters.clone(),
-        report,
+    let restart = CancellationToken::new();
+    let (sink, dispatcher) = crate::command::attach(
+        MqttSink::new(
+            cfg.clone(),
+            lane,
+            status.clone(),
+            run_info.clone(),
+            counters.clone(),
+            report,
+        ),
+        crate::command::Parts {
+            cfg: cfg.clone(),
+            spool: spool.clone(),
+            status: status.clone(),
+            devices: devices
+                .iter()
+                .map(|(d, h)| (d.id().to_owned(), h.clone()))
+                .collect(),
+            run: run_info,
+            restart: restart.clone(),
+        },
+    );
+    supervisor.spawn(
+        &sources,
+        "command dispatcher",
+        &sources_stop,
+        dispatcher.run(sources_stop.clone()),
     );
     supervisor.spawn(
         &uplink,
@@ -260,6 +280,7 @@ pub async fn run(
     let died = tokio::select! {
         _ = cancel.cancelled() => None,
         Some(task) = died.recv() => Some(task),
+        _ = restart.cancelled() => None,
     };
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -300,6 +321,9 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "closing the spool failed"),
     }
     tracing::info!("stopped");
+    if restart.is_cancelled() && died.is_none() {
+        return Err(crate::command::RestartRequested.into());
+    }
     match died {
         Some(task) => Err(anyhow::anyhow!(
             "{task} ended unexpectedly; stopped so that the service manager restarts wardgate"

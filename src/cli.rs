@@ -19,6 +19,9 @@ pub mod exit {
     pub const IO: u8 = 74;
     /// The configuration is invalid.
     pub const CONFIG: u8 = 78;
+    /// A `restart` command stopped the gateway cleanly: non-zero, so
+    /// systemd's `Restart=on-failure` starts it again (EX_TEMPFAIL).
+    pub const RESTART: u8 = 75;
 }
 
 /// Prints config problems, one per line, for a technician.
@@ -171,6 +174,18 @@ fn kind_word(k: i64) -> &'static str {
 /// catch-up line (also printed on standard error, for the technician)
 /// when records are waiting.
 pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
+    let stats = stats_of(path)?;
+    let text = serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?;
+    writeln!(out, "{text}").map_err(|e| e.to_string())
+}
+
+/// What `wardgate spool stats` prints, as a JSON value (also the
+/// `spool.stats` command's result).
+pub fn spool_stats_json(path: &Path) -> Result<serde_json::Value, String> {
+    serde_json::to_value(stats_of(path)?).map_err(|e| e.to_string())
+}
+
+fn stats_of(path: &Path) -> Result<Stats, String> {
     if !path.exists() {
         return Err(format!("{}: no spool there", path.display()));
     }
@@ -205,8 +220,7 @@ pub fn spool_stats(path: &Path, out: &mut impl Write) -> Result<(), String> {
             })
             .collect(),
     };
-    let text = serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?;
-    writeln!(out, "{text}").map_err(|e| e.to_string())
+    Ok(stats)
 }
 
 /// `wardgate spool export`: every record as one JSON line

@@ -65,20 +65,25 @@ enum SpoolCommand {
 }
 
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WARDGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd stderr goes to the journal, which adds its own time.
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false);
+    // The last lines also go to a ring in memory, for the `log.tail` command.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(wardgate::command::logring::layer());
     if under_systemd {
-        builder.without_time().init();
+        registry.with(fmt.without_time()).init();
     } else {
-        builder.init();
+        registry.with(fmt).init();
     }
 }
 
@@ -176,6 +181,11 @@ async fn run(path: &std::path::Path, explicit: bool) -> u8 {
         Ok(c) => c,
         Err(e) => {
             cli::print_config_error(path, &e, &mut std::io::stderr());
+            // A config the operations centre just set: back to the previous.
+            let why = format!("the new config did not load: {}", e.problems().join("; "));
+            if wardgate::command::change::roll_back(path, &why) {
+                return exit::RESTART;
+            }
             return exit::CONFIG;
         }
     };
@@ -202,9 +212,22 @@ async fn run(path: &std::path::Path, explicit: bool) -> u8 {
     };
     match wardgate::app::run(cfg, cancel, identify).await {
         Ok(()) => exit::OK,
+        Err(e) if e.is::<wardgate::command::RestartRequested>() => {
+            tracing::info!(
+                "exiting for the requested restart (the service manager starts wardgate again)"
+            );
+            exit::RESTART
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("wardgate: {e:#}");
+            // A config the operations centre just set: back to the previous.
+            if wardgate::command::change::roll_back(
+                path,
+                &format!("the gateway stopped with it: {e:#}"),
+            ) {
+                return exit::RESTART;
+            }
             1
         }
     }

@@ -211,6 +211,8 @@ pub(super) fn problems<'a>(
             p.push(format!(
                 "{key}.id: {id:?} is reserved for the gateway's own telemetry"
             ));
+        } else if id == crate::command::REPLY_DEVICE {
+            p.push(format!("{key}.id: {id:?} is reserved for command replies"));
         } else if !seen.insert(id) {
             p.push(format!("{key}.id: {id:?} is used by another device"));
         }

@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 use crate::model::valid_id;
 
+pub use crate::command::config::CommandsConfig;
 pub use crate::sink::config::MqttConfig;
 pub use crate::source::apc::config::ApcSmartConfig;
 pub use crate::source::gpio_config::{GpioConfig, GpioInput, GpioMode, Pull};
@@ -89,10 +90,15 @@ pub struct Config {
     pub led: LedConfig,
     #[serde(default)]
     pub web: WebConfig,
+    #[serde(default)]
+    pub commands: CommandsConfig,
     /// The `[[device]]` tables: read one by one by the loader (each kind
     /// has its own struct), never by this derive.
     #[serde(skip_deserializing)]
     pub devices: Vec<DeviceConfig>,
+    /// The file this config was read from, if any (for `config.get`).
+    #[serde(skip_deserializing)]
+    pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,7 +199,8 @@ impl Config {
         let raw = builder
             .build()
             .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))?;
-        Self::from_layers(raw)
+        let file = path.exists().then(|| path.to_path_buf());
+        Self::from_layers(raw).map(|cfg| Config { file, ..cfg })
     }
 
     /// Parses a TOML text (no environment), then validates. For tests and tools.

@@ -18,6 +18,12 @@ pub enum Tag {
     Birth,
     /// The retained offline message of a clean stop.
     Offline,
+    /// The retained inventory message.
+    Inventory,
+    /// A command reply that is not the last message of its batch: the
+    /// batch is committed on the PUBACK of its last message (a broker
+    /// acknowledges QoS 1 publishes in the order it received them).
+    Part,
 }
 
 /// What a PUBACK acknowledged.

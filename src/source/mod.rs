@@ -91,6 +91,16 @@ pub struct DeviceHandle {
     state: Arc<Mutex<HealthState>>,
     thresholds: Arc<Vec<(threshold::ThresholdConfig, Mutex<threshold::ThresholdState>)>>,
     born: tokio::time::Instant,
+    /// "Read now" asked by the `poll` command.
+    poll: Arc<PollNow>,
+}
+
+/// A request to read a device now (the `poll` command): the device's loop
+/// wakes on `wake`; the next sample refreshes the snapshot at once.
+#[derive(Debug, Default)]
+struct PollNow {
+    wake: tokio::sync::Notify,
+    pending: std::sync::atomic::AtomicBool,
 }
 
 impl DeviceHandle {
@@ -120,7 +130,22 @@ impl DeviceHandle {
             })),
             thresholds: Arc::new(Vec::new()),
             born: tokio::time::Instant::now(),
+            poll: Arc::default(),
         }
+    }
+
+    /// Asks the device's loop to read now (the `poll` command); the next
+    /// sample goes into the snapshot at once.
+    pub fn request_poll(&self) {
+        self.poll
+            .pending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.poll.wake.notify_one();
+    }
+
+    /// Resolves when a read-now was asked for (the supervisor selects on it).
+    pub(crate) async fn poll_requested(&self) {
+        self.poll.wake.notified().await
     }
 
     /// Watches these thresholds on every sample.
@@ -210,7 +235,12 @@ impl DeviceHandle {
             st.last_good = Some(now);
             // The snapshot needs fresh values, not one update per sample
             // under load.
+            let asked = self
+                .poll
+                .pending
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
             let refresh = was != Health::Ok
+                || asked
                 || st
                     .last_status
                     .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250));

@@ -145,6 +145,7 @@ pub async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = h.poll_requested() => {}
         }
         for _ in 0..per_tick {
             n += 1;

@@ -156,6 +156,8 @@ pub(crate) async fn run<D: Device>(
                 biased;
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => None,
+                // The `poll` command: read now; the schedule goes on.
+                _ = h.poll_requested() => None,
                 f = dev.between(&mut conn, &h) => Some(f),
             };
             let r = match failed_between {

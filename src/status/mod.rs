@@ -77,6 +77,10 @@ pub struct Snapshot {
     pub events: VecDeque<RecentEvent>,
     /// "Identify" (LED flicker) is on until then, ms since the epoch.
     pub identify_until_ms: Option<i64>,
+    /// Who asked for the identify under way: `"ioc"` for the operations
+    /// centre's `identify` command; absent for SIGUSR1 (a technician).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identify_by: Option<String>,
     /// When the app last refreshed the snapshot (the pipeline's heartbeat).
     pub updated_ms: i64,
 }
@@ -98,6 +102,7 @@ impl StatusHub {
             devices: BTreeMap::new(),
             events: VecDeque::new(),
             identify_until_ms: None,
+            identify_by: None,
             updated_ms: 0,
         });
         StatusHub { tx }
@@ -145,7 +150,20 @@ impl StatusHub {
     /// Starts "identify": the LED flickers for `d` so the right box can be found.
     pub fn identify(&self, d: std::time::Duration) {
         let until = now_ms() + d.as_millis() as i64;
-        self.update(|s| s.identify_until_ms = Some(until));
+        self.update(|s| {
+            s.identify_until_ms = Some(until);
+            s.identify_by = None;
+        });
+    }
+
+    /// As [`StatusHub::identify`], asked by the operations centre (the
+    /// page says so).
+    pub fn identify_remote(&self, d: std::time::Duration) {
+        let until = now_ms() + d.as_millis() as i64;
+        self.update(|s| {
+            s.identify_until_ms = Some(until);
+            s.identify_by = Some("ioc".into());
+        });
     }
 
     pub fn record_event(&self, ev: RecentEvent) {

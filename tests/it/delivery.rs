@@ -163,8 +163,9 @@ async fn run_until_all_delivered(proxy: &MqttProxy, sub: &Subscriber) {
     gw.stop().await;
 }
 
-/// The 3rd and 7th PUBACK going to the gateway are dropped: those batches
-/// are sent again (same epoch, seq, content) and nothing is lost.
+/// The 3rd and 7th PUBACK of a data message going to the gateway are
+/// dropped: those batches are sent again (same epoch, seq, content) and
+/// nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_pubacks_are_sent_again_and_nothing_is_lost() {
     let broker = Broker::start();
@@ -197,8 +198,8 @@ async fn dropped_pubacks_are_sent_again_and_nothing_is_lost() {
     );
 }
 
-/// The connection is cut right after the 5th and the 30th PUBLISH from the
-/// gateway, before their PUBACK: those batches are sent again on the next
+/// The connection is cut right after the 5th and the 30th data PUBLISH
+/// from the gateway, before their PUBACK: those batches are sent again on the next
 /// connection (same epoch, seq, content) and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_after_publish_sends_the_batch_again() {

@@ -3,9 +3,12 @@
 //! and backlog path), delivery (at least once), uplink (the MQTT link),
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
-//! tls, cli, service (systemd), ups, field, sensors, web, words (what
-//! people read, issue 15), install,
+//! (remote operation from the IOC, issue 13); helpers
+//! hostile_peers (peers that flood, lie or flap, issue 11), commands
 //! hostile_peers (peers that flood, lie or flap, issue 11); helpers
+//! people read, issue 15), install,
+//! tls, cli, service (systemd), ups, field, sensors, web, install,
+//! tls, cli, service (systemd), ups, field, sensors, web, words (what
 //! in common/.
 
 // Test code: a failed unwrap is a failed test, and the peers' start-up
@@ -13,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod cli;
+mod commands;
 mod common;
 mod delivery;
 mod durability;

@@ -105,6 +105,8 @@ pub struct MqttSink<L: Lane> {
     run: RunInfo,
     counters: Arc<SinkCounters>,
     report: EventReport,
+    /// Commands and the inventory, when `[commands] enabled`.
+    commands: Option<crate::command::CommandLink>,
 }
 
 enum SessionEnd {
@@ -134,7 +136,16 @@ impl<L: Lane> MqttSink<L> {
             run,
             counters,
             report,
+            commands: None,
         }
+    }
+
+    /// Subscribes to the command topics on every connection, hands requests
+    /// to the dispatcher, publishes reply records on their reply topics and
+    /// the retained inventory.
+    pub fn with_commands(mut self, link: crate::command::CommandLink) -> Self {
+        self.commands = Some(link);
+        self
     }
 
     /// Connects, publishes, reconnects, until `cancel`; then publishes the

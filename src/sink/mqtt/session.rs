@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::options::{max_packet_size, network_options};
 use super::{lock, MqttSink, SessionEnd, SinkCounters};
 use crate::config::Config;
-use crate::model::{now_ms, Values};
+use crate::model::{now_ms, Kind, Values};
 use crate::sink::ack::{AckTracker, Acked, Sent, Tag};
 use crate::sink::lane::Lane;
 use crate::sink::payload;
@@ -78,6 +78,13 @@ impl<L: Lane> MqttSink<L> {
         if let Err(e) = client.try_publish(&status_topic, QoS::AtLeastOnce, true, birth) {
             return self.end(failed(format!("queueing the birth message: {e}")));
         }
+        // rumqttc does not restore subscriptions, and with a clean session
+        // neither does the broker: subscribe on every connection.
+        if let Some(filter) = self.commands.as_ref().and_then(|l| l.filter.clone()) {
+            if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                return self.end(failed(format!("subscribing to commands: {e}")));
+            }
+        }
 
         let mut publisher = tokio::spawn(publish_loop(
             client.clone(),
@@ -85,6 +92,9 @@ impl<L: Lane> MqttSink<L> {
             tracker.clone(),
             self.cfg.clone(),
             self.counters.clone(),
+            self.commands
+                .as_ref()
+                .map(|l| (l.inventory_topic.clone(), l.inventory.clone())),
         ));
         let failed_up = |error: String| SessionEnd::Failed {
             error,
@@ -219,6 +229,13 @@ impl<L: Lane> MqttSink<L> {
                     Ok(None)
                 }
             },
+            // A command request: handed to the dispatcher, never run here.
+            Event::Incoming(Packet::Publish(p)) => {
+                if let Some(link) = &self.commands {
+                    link.hand_over(&p.topic, &p.payload);
+                }
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }
@@ -326,14 +343,52 @@ async fn publish_loop<L: Lane>(
     tracker: Arc<Mutex<AckTracker>>,
     cfg: Arc<Config>,
     counters: Arc<SinkCounters>,
+    mut inventory: Option<(String, tokio::sync::watch::Receiver<Vec<u8>>)>,
 ) -> String {
     let max = cfg.mqtt.max_batch.as_usize();
     let max_bytes = usize::try_from(cfg.mqtt.max_batch_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_packet = max_packet_size(&cfg);
     let gap = cfg.mqtt.backlog_rate.map(|r| r.gap());
     let mut next_backlog = tokio::time::Instant::now();
+    // The inventory, retained: once on every connection, then on change.
+    // Published here, by the one task that queues while the session runs,
+    // so the tracker's order stays true.
+    if let Some((topic, rx)) = &mut inventory {
+        let body = rx.borrow_and_update().clone();
+        if let Err(e) = publish_inventory(&client, &tracker, topic, body, max_packet).await {
+            return e;
+        }
+    }
     loop {
-        let batch = match lane.next_batch(max, max_bytes).await {
+        // next_batch takes a batch only when it returns: safe to drop
+        // while it waits for one.
+        let changed = match &mut inventory {
+            Some((_, rx)) => tokio::select! {
+                b = lane.next_batch(max, max_bytes) => Err(b),
+                r = rx.changed() => Ok(r.is_ok()),
+            },
+            None => Err(lane.next_batch(max, max_bytes).await),
+        };
+        let batch = match changed {
+            Err(b) => b,
+            Ok(true) => {
+                if let Some((topic, rx)) = &mut inventory {
+                    let body = rx.borrow_and_update().clone();
+                    if let Err(e) =
+                        publish_inventory(&client, &tracker, topic, body, max_packet).await
+                    {
+                        return e;
+                    }
+                }
+                continue;
+            }
+            // The dispatcher is gone (stopping): no more inventory.
+            Ok(false) => {
+                inventory = None;
+                continue;
+            }
+        };
+        let batch = match batch {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "reading the spool failed; retrying");
@@ -357,6 +412,13 @@ async fn publish_loop<L: Lane>(
                 next_backlog = tokio::time::Instant::now().max(next_backlog) + gap;
             }
         }
+        if &*batch.device == crate::command::REPLY_DEVICE && batch.kind == Kind::Event {
+            if let Err(e) = publish_replies(&client, &lane, &tracker, &cfg, &counters, &batch).await
+            {
+                return e;
+            }
+            continue;
+        }
         let topic = payload::data_topic(&cfg.mqtt.prefix, &cfg.site, &batch.device, batch.kind);
         let body = payload::encode_batch(&cfg.site, &batch, batch.epoch);
         let size = payload::publish_packet_size(&topic, body.len());
@@ -378,6 +440,89 @@ async fn publish_loop<L: Lane>(
         }
         queued.handed_over();
     }
+}
+
+/// The retained inventory, unless it is too large for a packet (then it is
+/// left out with a warning: rumqttc would end the connection over it).
+async fn publish_inventory(
+    client: &AsyncClient,
+    tracker: &Mutex<AckTracker>,
+    topic: &str,
+    body: Vec<u8>,
+    max_packet: usize,
+) -> Result<(), String> {
+    let size = payload::publish_packet_size(topic, body.len());
+    if size > max_packet {
+        tracing::warn!(
+            bytes = size,
+            max = max_packet,
+            "the inventory is larger than mqtt.max_packet_size; not published"
+        );
+        return Ok(());
+    }
+    publish_tagged(client, tracker, Tag::Inventory, topic, true, body).await
+}
+
+/// Hands one publish to the client under `tag`; the error says why not.
+async fn publish_tagged(
+    client: &AsyncClient,
+    tracker: &Mutex<AckTracker>,
+    tag: Tag,
+    topic: &str,
+    retain: bool,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    let queued = Queued::new(tracker, tag);
+    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, retain, body).await {
+        return Err(format!("handing a message to the MQTT client failed: {e}"));
+    }
+    queued.handed_over();
+    Ok(())
+}
+
+/// A batch of command replies: one message per reply on its reply topic;
+/// the batch is committed on the last one's PUBACK. A batch that names no
+/// reply topic, or a reply too large for a packet, is set aside.
+async fn publish_replies<L: Lane>(
+    client: &AsyncClient,
+    lane: &L,
+    tracker: &Mutex<AckTracker>,
+    cfg: &Config,
+    counters: &SinkCounters,
+    batch: &crate::spool::Batch,
+) -> Result<(), String> {
+    let msgs = match crate::command::reply_messages(&cfg.mqtt.prefix, &cfg.site, batch) {
+        Ok(m) => m,
+        Err(e) => {
+            counters.set_aside.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "command replies set aside, never published");
+            lane.set_aside(batch.id, "malformed command reply");
+            return Ok(());
+        }
+    };
+    let max_packet = max_packet_size(cfg);
+    if msgs
+        .iter()
+        .any(|(t, b)| payload::publish_packet_size(t, b.len()) > max_packet)
+    {
+        counters.set_aside.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            max = max_packet,
+            "a command reply larger than mqtt.max_packet_size is set aside, never published"
+        );
+        lane.set_aside(batch.id, "too large");
+        return Ok(());
+    }
+    let n = msgs.len();
+    for (i, (topic, body)) in msgs.into_iter().enumerate() {
+        let tag = if i + 1 == n {
+            Tag::Batch(batch.id)
+        } else {
+            Tag::Part
+        };
+        publish_tagged(client, tracker, tag, &topic, false, body).await?;
+    }
+    Ok(())
 }
 
 /// A connection error in words a technician can act on.
@@ -491,6 +636,7 @@ mod tests {
             tracker.clone(),
             cfg,
             counters.clone(),
+            None,
         ));
         let req = tokio::time::timeout(Duration::from_secs(5), rx.recv_async())
             .await

@@ -120,6 +120,13 @@ pub fn render_body_in(
     for n in notices {
         let _ = write!(b, "<p class=\"bar notice\">⚠ {}</p>", esc(n));
     }
+    if s.identify_by.is_some() && s.identify_until_ms.is_some_and(|u| u > now_ms()) {
+        let _ = write!(
+            b,
+            "<p class=\"bar notice\" id=\"identify\">{}</p>",
+            esc(t.identify_by_ioc)
+        );
+    }
     let _ = write!(
         b,
         "<p class=\"bar\"><a href=\"?lang={}\" id=\"lang\">{}</a> · {} · {}: <b>{}</b>",
@@ -417,6 +424,25 @@ mod tests {
             en.contains("<dt>Tank level</dt><dd>1,234.50 cm</dd>"),
             "{en}"
         );
+    }
+
+    #[test]
+    fn identify_by_the_operations_centre_is_shown() {
+        let hub = StatusHub::new("xa-a");
+        hub.identify(std::time::Duration::from_secs(60));
+        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(!en.contains("id=\"identify\""), "SIGUSR1: no line");
+        hub.identify_remote(std::time::Duration::from_secs(60));
+        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(
+            en.contains("Identify requested by the operations centre"),
+            "{en}"
+        );
+        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
+        assert!(vi.contains("Trung tâm điều hành yêu cầu nhận diện"), "{vi}");
+        hub.identify_remote(std::time::Duration::ZERO);
+        let over = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(!over.contains("id=\"identify\""), "over: no line");
     }
 
     #[test]

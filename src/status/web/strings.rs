@@ -13,6 +13,8 @@ pub struct Strings {
     pub readings_since: &'static str,
     pub ups_not_responding: &'static str,
     pub device_not_responding: &'static str,
+    /// The operations centre's `identify` command is flickering the LED.
+    pub identify_by_ioc: &'static str,
     /// The spool cannot be written; followed by the reason.
     pub storage_bad: &'static str,
     pub storage_read_only: &'static str,
@@ -61,6 +63,7 @@ pub const VI: Strings = Strings {
     all_normal: "Mọi thứ hoạt động bình thường",
     starting: "Đang khởi động…",
     no_link: "Mất kết nối tới trung tâm — dữ liệu đang được lưu tạm",
+    identify_by_ioc: "Trung tâm điều hành yêu cầu nhận diện thiết bị (đèn nhấp nháy nhanh)",
     kept: "bản ghi",
     readings_since: "từ",
     ups_not_responding: "Thiết bị UPS không phản hồi",
@@ -119,6 +122,7 @@ pub const EN: Strings = Strings {
     all_normal: "All systems normal",
     starting: "Starting…",
     no_link: "No link to the operations centre — data is being kept on this device",
+    identify_by_ioc: "Identify requested by the operations centre (the LED flickers)",
     kept: "readings",
     readings_since: "since",
     ups_not_responding: "The UPS is not responding",

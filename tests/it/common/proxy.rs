@@ -31,9 +31,12 @@ pub struct Sent {
 
 #[derive(Default)]
 pub struct ProxyState {
-    /// Numbers of the PUBACKs (to the gateway) to drop.
+    /// Numbers of the PUBACKs (to the gateway) of data messages
+    /// (telemetry, event) to drop: status and inventory messages are not
+    /// counted (how many of them come, and when, depends on timing).
     pub drop_pubacks: Mutex<BTreeSet<u64>>,
-    /// Numbers of the PUBLISHes (from the gateway) after which to cut.
+    /// Numbers of the data PUBLISHes (from the gateway; telemetry, event)
+    /// after which to cut.
     pub cut_after: Mutex<BTreeSet<u64>>,
     /// Drop every PUBACK while set.
     pub swallow: AtomicBool,
@@ -46,6 +49,9 @@ pub struct ProxyState {
     pub swallowed: AtomicU64,
     pub pubacks: AtomicU64,
     pub publishes: AtomicU64,
+    /// Data messages only (what `drop_pubacks` and `cut_after` count).
+    pub data_pubacks: AtomicU64,
+    pub data_publishes: AtomicU64,
     pub connections: AtomicU64,
     /// Every QoS 1 PUBLISH from the gateway, in order.
     pub sent: Mutex<Vec<Sent>>,
@@ -107,6 +113,12 @@ impl Drop for MqttProxy {
 }
 
 /// One MQTT packet: (first header byte, whole packet bytes, body offset).
+/// A data message (telemetry or event), as opposed to the gateway's
+/// status, inventory and command replies.
+fn is_data(topic: &str) -> bool {
+    topic.ends_with("/telemetry") || topic.ends_with("/event")
+}
+
 async fn read_packet(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u8, Vec<u8>, usize)> {
     let first = r.read_u8().await?;
     let mut bytes = vec![first];
@@ -159,7 +171,13 @@ async fn connection(
                         body: serde_json::from_slice(&body[4 + tlen..]).unwrap_or(Value::Null),
                     };
                     st.sent.lock().unwrap().push(sent.clone());
-                    if st.cut_after.lock().unwrap().contains(&n) {
+                    let data = is_data(&sent.topic);
+                    let dn = if data {
+                        st.data_publishes.fetch_add(1, Ordering::Relaxed) + 1
+                    } else {
+                        0
+                    };
+                    if data && st.cut_after.lock().unwrap().contains(&dn) {
                         cut = true;
                         cutting.store(true, Ordering::SeqCst);
                         st.cut.lock().unwrap().push(sent.clone());
@@ -191,11 +209,17 @@ async fn connection(
                     continue;
                 }
                 if first >> 4 == 4 {
-                    let n = st.pubacks.fetch_add(1, Ordering::Relaxed) + 1;
+                    st.pubacks.fetch_add(1, Ordering::Relaxed);
                     let pkid = u16::from_be_bytes([bytes[at], bytes[at + 1]]);
                     let sent = inflight.lock().unwrap().remove(&pkid);
+                    let data = sent.as_ref().is_some_and(|s| is_data(&s.topic));
+                    let dn = if data {
+                        st.data_pubacks.fetch_add(1, Ordering::Relaxed) + 1
+                    } else {
+                        0
+                    };
                     if st.swallow.load(Ordering::Relaxed)
-                        || st.drop_pubacks.lock().unwrap().contains(&n)
+                        || (data && st.drop_pubacks.lock().unwrap().contains(&dn))
                     {
                         st.swallowed.fetch_add(1, Ordering::Relaxed);
                         if let Some(s) = sent {

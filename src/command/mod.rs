@@ -1,0 +1,481 @@
+//! Remote operation from the operations centre: commands over MQTT with an
+//! allow-list, replies that travel through the spool, and the retained
+//! inventory.
+//!
+//! The path of a command: the MQTT sink subscribes to
+//! `{prefix}/{site}/cmd/+/+` on every new connection and hands each request
+//! to the [`Dispatcher`] over a bounded channel with `try_send` (it never
+//! waits, never calls into a source; a full inbox drops the request with a
+//! warning). The dispatcher, owned and spawned by the app, checks the
+//! request ([`request`]), looks its id up in the replay store ([`store`]),
+//! runs the op ([`ops`]) and pushes each reply into the spool as a record
+//! of the reserved device [`REPLY_DEVICE`]: durable and ahead of telemetry
+//! like every event. The sink publishes those records on
+//! `{prefix}/{site}/cmd/{op}/{id}/reply` ([`reply_messages`]) instead of the
+//! event topic. Nothing flows back from the dispatcher to the MQTT task
+//! except through the spool, so no channel closes a cycle.
+//!
+//! The rooms: `request.rs` parses and validates (pure), `store.rs` remembers
+//! completed ids, `ops.rs` runs each op, `change.rs` is `config.set` (write,
+//! restart, confirm or roll back), `inventory.rs` builds the retained
+//! inventory, `logring.rs` keeps the last log lines, `config.rs` is the
+//! `[commands]` section.
+
+pub mod change;
+pub mod config;
+pub mod inventory;
+pub mod logring;
+mod ops;
+pub mod request;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::model::{now_ms, ClockState, Event, Reading, Severity, Values};
+use crate::sink::mqtt::RunInfo;
+use crate::source::DeviceHandle;
+use crate::spool::{Batch, Spool};
+use crate::status::StatusHub;
+use request::{Op, Reply, State, Target, TopicError};
+use store::ReplayStore;
+
+/// The reserved device id whose event records are command replies (no
+/// configured device may use it).
+pub const REPLY_DEVICE: &str = "cmd-reply";
+/// The event code of a reply record in the spool.
+pub const REPLY_CODE: &str = "cmd.reply";
+
+/// Requests waiting for the dispatcher; more are dropped (logged).
+pub const INBOX: usize = 64;
+
+/// How often the inventory is rebuilt to see whether it changed.
+const INVENTORY_EVERY: Duration = Duration::from_secs(5);
+
+/// The `restart` command ended the gateway: `main` exits with
+/// `exit::RESTART` so the service manager starts it again.
+#[derive(Debug, thiserror::Error)]
+#[error("restart requested by the operations centre")]
+pub struct RestartRequested;
+
+/// A request as it came off the wire.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// What the MQTT sink needs for commands and the inventory.
+#[derive(Clone)]
+pub struct CommandLink {
+    /// Hands requests to the dispatcher (`try_send`: never waits).
+    pub inbox: mpsc::Sender<Inbound>,
+    /// `{prefix}/{site}/cmd/+/+`; None when `[commands] enabled = false`.
+    pub filter: Option<String>,
+    /// `{prefix}/{site}/inventory` and the current inventory (retained).
+    pub inventory_topic: String,
+    pub inventory: watch::Receiver<Vec<u8>>,
+}
+
+impl CommandLink {
+    /// Hands a message over; false (and a warning) when the inbox is full
+    /// or the dispatcher is gone.
+    pub fn hand_over(&self, topic: &str, payload: &[u8]) -> bool {
+        match self.inbox.try_send(Inbound {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+        }) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "command request dropped: the dispatcher's inbox is full or closed");
+                false
+            }
+        }
+    }
+}
+
+/// Everything the dispatcher runs commands with.
+pub struct Parts {
+    pub cfg: Arc<Config>,
+    pub spool: Arc<Spool>,
+    pub status: StatusHub,
+    /// Configured devices by id (for `poll`).
+    pub devices: BTreeMap<String, DeviceHandle>,
+    pub run: RunInfo,
+    /// Cancelled by `restart`: the app stops cleanly and returns
+    /// [`RestartRequested`].
+    pub restart: CancellationToken,
+}
+
+/// Runs commands one at a time; owned by the app.
+pub struct Dispatcher {
+    ops: ops::Ops,
+    rx: mpsc::Receiver<Inbound>,
+    store: Option<Arc<ReplayStore>>,
+    inventory: watch::Sender<Vec<u8>>,
+    reply_device: Arc<str>,
+    /// A config change this run must confirm, and by when.
+    confirming: Option<(change::Pending, tokio::time::Instant)>,
+}
+
+/// The link for the sink and the dispatcher for the app. The replay store
+/// is opened when the dispatcher starts (on a blocking thread).
+pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let prefix = parts.cfg.mqtt.prefix.clone();
+    let site = parts.cfg.site.clone();
+    let enabled = parts.cfg.commands.enabled;
+    let ops = ops::Ops::new(parts);
+    let (inv_tx, inv_rx) = watch::channel(ops.inventory());
+    (
+        CommandLink {
+            inbox: tx,
+            filter: enabled.then(|| request::request_filter(&prefix, &site)),
+            inventory_topic: inventory::topic(&prefix, &site),
+            inventory: inv_rx,
+        },
+        Dispatcher {
+            ops,
+            rx,
+            store: None,
+            inventory: inv_tx,
+            reply_device: Arc::from(REPLY_DEVICE),
+            confirming: None,
+        },
+    )
+}
+
+/// Gives the sink its command link and returns the dispatcher for the app
+/// to spawn. With `[commands] enabled = false` the sink subscribes to
+/// nothing; the inventory is published all the same.
+pub fn attach<L: crate::sink::lane::Lane>(
+    sink: crate::sink::mqtt::MqttSink<L>,
+    parts: Parts,
+) -> (crate::sink::mqtt::MqttSink<L>, Dispatcher) {
+    let (link, d) = wire(parts);
+    (sink.with_commands(link), d)
+}
+
+impl Dispatcher {
+    /// Handles requests until `cancel`, and keeps the inventory current.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let path = self.ops.spool_path();
+        let store = tokio::task::spawn_blocking(move || ReplayStore::open(&path, now_ms()))
+            .await
+            .unwrap_or_else(|_| ReplayStore::in_memory());
+        self.store = Some(Arc::new(store));
+        self.resume_change().await;
+        let mut tick = tokio::time::interval(INVENTORY_EVERY);
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = second.tick(), if self.confirming.is_some() => self.check_change().await,
+                m = self.rx.recv() => match m {
+                    Some(m) => self.handle(m).await,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let inv = self.ops.inventory();
+                    self.inventory.send_if_modified(|cur| {
+                        if *cur == inv {
+                            false
+                        } else {
+                            *cur = inv;
+                            true
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, m: Inbound) {
+        let (prefix, site) = self.ops.prefix_site();
+        let t = match request::parse_topic(&prefix, &site, &m.topic) {
+            Ok(t) => t,
+            Err(TopicError::NotOurs) => return,
+            Err(e @ TopicError::BadId(_)) => {
+                tracing::warn!(topic = %m.topic, error = %e, "command request ignored");
+                return;
+            }
+        };
+        if m.payload.is_empty() {
+            // The operations centre clearing a retained request.
+            tracing::debug!(topic = %m.topic, "empty command payload (a retained request cleared); ignored");
+            return;
+        }
+        let now = now_ms();
+        if let Some(mut stored) = self.recall(&t.id, now).await {
+            tracing::info!(op = %t.op, id = %t.id, status = ?stored.status, "command id seen before: stored reply sent again, not run");
+            stored.replayed = true;
+            self.send(&t, &stored);
+            return;
+        }
+        let allow = self.ops.allowed();
+        let trusted = self.ops.trust_clock() || ClockState::from_kernel() == ClockState::Synced;
+        let policy = request::Policy {
+            allow: &allow,
+            clock_trusted: trusted,
+            now_ms: now,
+        };
+        let req = match request::validate(&t, &m.payload, &policy) {
+            Ok(r) => r,
+            Err(rej) => {
+                tracing::warn!(op = %t.op, id = %t.id, reason = %rej, "command rejected");
+                let reply = Reply::new(&t, State::Rejected, now).with_reason(rej.0);
+                self.finish(&t, reply).await;
+                return;
+            }
+        };
+        if self.confirming.as_ref().is_some_and(|(p, _)| p.id == t.id) {
+            tracing::info!(id = %t.id, "config change still being confirmed; request ignored");
+            return;
+        }
+        tracing::info!(op = %t.op, id = %t.id, "command from the operations centre");
+        self.send(&t, &Reply::new(&t, State::Accepted, now_ms()));
+        self.send(&t, &Reply::new(&t, State::Executing, now_ms()));
+        if let request::Args::ConfigSet(a) = &req.args {
+            match self.ops.config_set(&t.id, a).await {
+                Ok(_) => {
+                    tracing::warn!(id = %t.id, "config changed by the operations centre: restarting into it");
+                    self.ops.restart_now();
+                }
+                Err(why) => {
+                    tracing::warn!(id = %t.id, reason = %why, "config.set refused");
+                    let reply = Reply::new(&t, State::Failed, now_ms()).with_reason(why);
+                    self.finish(&t, reply).await;
+                }
+            }
+            return;
+        }
+        let outcome = self.ops.run(&req).await;
+        let reply = match outcome {
+            Ok(result) => Reply::new(&t, State::Successful, now_ms()).with_result(result),
+            Err(why) => {
+                tracing::warn!(op = %t.op, id = %t.id, reason = %why, "command failed");
+                Reply::new(&t, State::Failed, now_ms()).with_reason(why)
+            }
+        };
+        let reply = reply.fit(self.ops.max_reply());
+        let restart = req.op == Op::Restart && reply.status == State::Successful;
+        self.finish(&t, reply).await;
+        if restart {
+            self.ops.restart_after_reply().await;
+        }
+    }
+
+    /// A config change left by the previous run: confirm it (this run has
+    /// the new config), or reply that it was rolled back.
+    async fn resume_change(&mut self) {
+        let Some(path) = self.ops.config_path() else {
+            return;
+        };
+        let Some(p) = change::read_pending(&path) else {
+            return;
+        };
+        let t = Target {
+            op: Op::ConfigSet.name().to_owned(),
+            id: p.id.clone(),
+        };
+        let running = self.ops.running_hash().to_owned();
+        match p.phase {
+            change::Phase::Trying if running == p.new_hash => {
+                tracing::info!(id = %p.id, within = ?self.ops.confirm_within(), "running a changed config: confirming it");
+                let deadline = tokio::time::Instant::now() + self.ops.confirm_within();
+                self.confirming = Some((p, deadline));
+            }
+            phase => {
+                let why = match (phase, &p.reason) {
+                    (change::Phase::RolledBack, Some(r)) => {
+                        format!("the new config was rolled back: {r}")
+                    }
+                    _ => "the config running is not the one config.set wrote".to_owned(),
+                };
+                let reply = Reply::new(&t, State::Failed, now_ms())
+                    .with_reason(why)
+                    .with_result(
+                        serde_json::json!({ "hash": running, "rejected_hash": p.new_hash }),
+                    );
+                self.finish(&t, reply).await;
+                change::clear_pending(&path);
+            }
+        }
+    }
+
+    /// Once a second while a change is being confirmed.
+    async fn check_change(&mut self) {
+        let Some((p, deadline)) = self.confirming.clone() else {
+            return;
+        };
+        let Some(path) = self.ops.config_path() else {
+            return;
+        };
+        let t = Target {
+            op: Op::ConfigSet.name().to_owned(),
+            id: p.id.clone(),
+        };
+        match self.ops.confirmed() {
+            Ok(()) => {
+                self.confirming = None;
+                tracing::info!(id = %p.id, "config change confirmed");
+                let reply = Reply::new(&t, State::Successful, now_ms()).with_result(
+                    serde_json::json!({ "hash": p.new_hash, "previous_hash": p.old_hash }),
+                );
+                self.finish(&t, reply).await;
+                change::clear_pending(&path);
+            }
+            Err(missing) if tokio::time::Instant::now() >= deadline => {
+                self.confirming = None;
+                let why = format!(
+                    "not confirmed within {} s: {missing}",
+                    self.ops.confirm_within().as_secs()
+                );
+                let p2 = path.clone();
+                let rolled = tokio::task::spawn_blocking(move || change::roll_back(&p2, &why))
+                    .await
+                    .unwrap_or(false);
+                if rolled {
+                    self.ops.restart_now();
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn recall(&self, id: &str, now: i64) -> Option<Reply> {
+        let store = self.store.clone()?;
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || store.get(&id, now))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Remembers a final reply, then sends it.
+    async fn finish(&self, t: &Target, reply: Reply) {
+        if let Some(store) = self.store.clone() {
+            let r = reply.clone();
+            let _ = tokio::task::spawn_blocking(move || store.put(&r, now_ms())).await;
+        }
+        self.send(t, &reply);
+    }
+
+    /// Pushes a reply into the spool (durable, ahead of telemetry).
+    fn send(&self, t: &Target, reply: &Reply) {
+        let mut v = Values::new();
+        v.set("op", t.op.as_str());
+        v.set("id", t.id.as_str());
+        let r = self.ops.spool().push(
+            &self.reply_device,
+            Reading::Event {
+                severity: Severity::Info,
+                code: REPLY_CODE.to_owned(),
+                message: reply.to_json(),
+                values: v,
+            },
+        );
+        if let Err(e) = r {
+            tracing::error!(op = %t.op, id = %t.id, error = %e, "command reply could not be queued");
+        }
+    }
+}
+
+/// The messages of a batch of reply records: (topic, payload) each, in
+/// order. For the MQTT sink; an error when a record is not a reply.
+pub fn reply_messages(
+    prefix: &str,
+    site: &str,
+    batch: &Batch,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    batch
+        .bodies
+        .iter()
+        .map(|body| {
+            let ev: Event = serde_json::from_str(body)
+                .map_err(|e| format!("a reply record is not an event: {e}"))?;
+            let word = |k: &str| match ev.values.get(k) {
+                Some(crate::model::Value::Str(s)) => Ok(s.clone()),
+                _ => Err(format!("a reply record has no {k}")),
+            };
+            let (op, id) = (word("op")?, word("id")?);
+            if ev.code != REPLY_CODE
+                || !request::valid_op_word(&op)
+                || !request::valid_request_id(&id)
+            {
+                return Err(format!(
+                    "a reply record names no reply topic ({op:?}, {id:?})"
+                ));
+            }
+            Ok((
+                request::reply_topic(prefix, site, &op, &id),
+                ev.message.into_bytes(),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+
+    #[test]
+    fn reply_records_become_reply_messages() {
+        let t = Target {
+            op: "status".into(),
+            id: "a1".into(),
+        };
+        let reply = Reply::new(&t, State::Successful, 7);
+        let body = |op: &str, id: &str, code: &str| {
+            let mut v = Values::new();
+            v.set("op", op);
+            v.set("id", id);
+            serde_json::to_string(&Event {
+                seq: 0,
+                ts: 1,
+                clock: ClockState::Synced,
+                severity: Severity::Info,
+                code: code.into(),
+                message: reply.to_json(),
+                values: v,
+            })
+            .unwrap()
+        };
+        let batch = |bodies: Vec<String>| Batch {
+            id: 1,
+            kind: Kind::Event,
+            device: Arc::from(REPLY_DEVICE),
+            epoch: 0,
+            first_seq: 0,
+            historical: false,
+            bodies: bodies.into_iter().map(Arc::from).collect(),
+        };
+        let msgs = reply_messages(
+            "ioc",
+            "s",
+            &batch(vec![
+                body("status", "a1", REPLY_CODE),
+                body("poll", "b", REPLY_CODE),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].0, "ioc/s/cmd/status/a1/reply");
+        assert_eq!(msgs[1].0, "ioc/s/cmd/poll/b/reply");
+        let back: Reply = serde_json::from_slice(&msgs[0].1).unwrap();
+        assert_eq!(back, reply);
+        for bad in [
+            body("status", "a/b", REPLY_CODE),
+            body("status", "a", "other"),
+            "{}".into(),
+        ] {
+            assert!(reply_messages("ioc", "s", &batch(vec![bad])).is_err());
+        }
+    }
+}

@@ -1,0 +1,890 @@
+//! Remote operation from the operations centre (issue 13): commands over
+//! MQTT against the spawned binary and a real mosquitto, replies checked
+//! against docs/schema/command-reply.schema.json, the retained inventory
+//! against docs/schema/inventory.schema.json, and the ACL example of
+//! docs/mqtt.md.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+/// The operations centre's command client: publishes requests and records
+/// every reply of this site.
+struct Ioc {
+    client: rumqttc::AsyncClient,
+    replies: Arc<Mutex<Vec<Value>>>,
+    site: String,
+    cancel: CancellationToken,
+}
+
+impl Drop for Ioc {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+const FINAL: [&str; 3] = ["successful", "failed", "rejected"];
+
+impl Ioc {
+    async fn start(port: u16, site: &str, login: Option<(&str, &str)>) -> Ioc {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let mut o = MqttOptions::new(
+            format!("test-ioc-{}", rand::random::<u32>()),
+            "127.0.0.1",
+            port,
+        );
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(16 << 20, 1 << 20);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let replies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let cancel = CancellationToken::new();
+        let subscribed = Arc::new(tokio::sync::Notify::new());
+        let (r, c, s, sub) = (
+            replies.clone(),
+            cancel.clone(),
+            client.clone(),
+            subscribed.clone(),
+        );
+        let filter = format!("ioc/{site}/cmd/+/+/reply");
+        let schemas = Schemas::load();
+        tokio::spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = c.cancelled() => return,
+                    ev = el.poll() => ev,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = s.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => sub.notify_one(),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let body: Value = serde_json::from_slice(&p.payload)
+                            .unwrap_or_else(|e| panic!("{}: reply not JSON: {e}", p.topic));
+                        if let Some(problem) = schemas.check(&p.topic, &body) {
+                            panic!("reply against the schema: {problem}");
+                        }
+                        let mut b = body.clone();
+                        b["_topic"] = json!(p.topic);
+                        r.lock().unwrap().push(b);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        within(
+            Duration::from_secs(10),
+            "IOC subscription",
+            subscribed.notified(),
+        )
+        .await;
+        Ioc {
+            client,
+            replies,
+            site: site.to_owned(),
+            cancel,
+        }
+    }
+
+    async fn send_raw(&self, op: &str, id: &str, payload: Vec<u8>, retain: bool) {
+        self.client
+            .publish(
+                format!("ioc/{}/cmd/{op}/{id}", self.site),
+                rumqttc::QoS::AtLeastOnce,
+                retain,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A request valid for a minute.
+    async fn send(&self, op: &str, id: &str, args: Value) {
+        self.send_raw(op, id, request(args).into_bytes(), false)
+            .await;
+    }
+
+    fn replies_of(&self, id: &str) -> Vec<Value> {
+        self.replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r["id"] == id)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for the `n`th final reply of `id` (1 = the first).
+    async fn final_reply_n(&self, id: &str, n: usize) -> Value {
+        let mut out = None;
+        let ok = wait_for(WAIT, || {
+            let f: Vec<Value> = self
+                .replies_of(id)
+                .into_iter()
+                .filter(|r| FINAL.contains(&r["status"].as_str().unwrap_or("")))
+                .collect();
+            out = f.get(n - 1).cloned();
+            out.is_some()
+        })
+        .await;
+        assert!(
+            ok,
+            "no final reply #{n} for {id}; replies: {:?}",
+            self.replies_of(id)
+        );
+        out.unwrap()
+    }
+
+    async fn final_reply(&self, id: &str) -> Value {
+        self.final_reply_n(id, 1).await
+    }
+
+    fn statuses_of(&self, id: &str) -> Vec<String> {
+        self.replies_of(id)
+            .iter()
+            .map(|r| r["status"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+fn now() -> i64 {
+    wardgate::model::now_ms()
+}
+
+fn request(args: Value) -> String {
+    json!({"expires": now() + 60_000, "args": args}).to_string()
+}
+
+/// Commands enabled for `allow`, the clock trusted (this machine's kernel
+/// may say unsynced), no Pi health device, and `devices`.
+fn cmd_config(allow: &[&str], devices: &str) -> String {
+    let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[gateway]\nsystem_health = false\n[commands]\nallow = [{}]\ntrust_clock = true\n{devices}",
+        allow.join(", ")
+    )
+}
+
+async fn connected(gw: &Process, from: usize) {
+    eventually(WAIT, "the gateway connected", || {
+        gw.log_text()
+            .get(from..)
+            .is_some_and(|t| t.contains("MQTT connected"))
+    })
+    .await;
+}
+
+/// Each op end to end: identify, poll (a sample published as usual, its
+/// values in the result), status, spool.stats, log.tail, config.get (no
+/// secrets, the hash the inventory names), then restart (exit 75 for
+/// systemd, after the reply). Every reply passes the schema, each command
+/// goes accepted -> executing -> successful, and the retained inventory
+/// lists the device and the allowed ops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_op_end_to_end() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let devices = format!(
+        "{}[[device]]\nid = \"router\"\ntype = \"snmp\"\nhost = \"127.0.0.1\"\nport = {}\ncommunity = \"s3cret-community\"\ninterval = \"1h\"\n",
+        sim("ups1", "1h", ""),
+        free_port()
+    );
+    let all = [
+        "identify",
+        "poll",
+        "status",
+        "spool.stats",
+        "log.tail",
+        "config.get",
+        "restart",
+    ];
+    let cfg = process_config(dir.path(), broker.port, &cmd_config(&all, &devices));
+    let mut gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    connected(&gw, 0).await;
+
+    // The inventory, retained.
+    let inv = within(WAIT, "inventory", async {
+        loop {
+            if let Some(m) = sub
+                .all()
+                .into_iter()
+                .find(|m| m.topic.ends_with("/inventory"))
+            {
+                return m.body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(inv["site"], json!(test_site()));
+    assert_eq!(inv["devices"][0]["id"], "ups1");
+    assert_eq!(inv["devices"][0]["type"], "sim");
+    assert_eq!(inv["devices"][0]["interval_ms"], 3_600_000);
+    assert_eq!(inv["devices"][1]["id"], "router");
+    assert_eq!(inv["sinks"], json!(["mqtt"]));
+    assert_eq!(
+        inv["commands"]["allow"].as_array().unwrap().len(),
+        all.len()
+    );
+
+    ioc.send("identify", "id-1", json!({"seconds": 30})).await;
+    let r = ioc.final_reply("id-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["result"]["seconds"], 30);
+    assert_eq!(
+        ioc.statuses_of("id-1"),
+        vec!["accepted", "executing", "successful"]
+    );
+    assert_eq!(
+        r["_topic"],
+        format!("ioc/{}/cmd/identify/id-1/reply", test_site())
+    );
+
+    // poll: a second sample, long before the 1 h interval.
+    let before = sub.samples("ups1").len();
+    ioc.send("poll", "poll-1", json!({"device": "ups1"})).await;
+    let r = ioc.final_reply("poll-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["result"]["device"], "ups1");
+    assert!(
+        r["result"]["values"]["ups.load"].is_number(),
+        "values in the result: {r}"
+    );
+    eventually(WAIT, "the polled sample published as usual", || {
+        sub.samples("ups1").len() > before
+    })
+    .await;
+    let published = sub.samples("ups1");
+    assert!(
+        published
+            .iter()
+            .any(|(_, s)| s["values"] == r["result"]["values"]),
+        "the result's values are the published sample's"
+    );
+    ioc.send("poll", "poll-2", json!({"device": "nope"})).await;
+    let r = ioc.final_reply("poll-2").await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("no device \"nope\""),
+        "{r}"
+    );
+
+    ioc.send("status", "st-1", json!({})).await;
+    let r = ioc.final_reply("st-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["result"]["site"], json!(test_site()));
+    assert!(r["result"]["devices"]["ups1"].is_object(), "{r}");
+    assert!(
+        r["result"]["identify_until_ms"].as_i64().unwrap() > now(),
+        "identify is on in the snapshot: {r}"
+    );
+    assert_eq!(r["result"]["identify_by"], "ioc");
+
+    ioc.send("spool.stats", "sp-1", json!({})).await;
+    let r = ioc.final_reply("sp-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["result"]["running"]["epoch"].as_str().unwrap().len(), 16);
+    assert!(
+        r["result"]["store"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("spool.db"),
+        "{r}"
+    );
+
+    ioc.send("log.tail", "log-1", json!({"lines": 1000})).await;
+    let r = ioc.final_reply("log-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    let lines = r["result"]["lines"].as_array().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().contains("MQTT connected")),
+        "{r}"
+    );
+    ioc.send("log.tail", "log-2", json!({"lines": 5, "level": "warn"}))
+        .await;
+    let r = ioc.final_reply("log-2").await;
+    let lines = r["result"]["lines"].as_array().unwrap();
+    assert!(lines.len() <= 5);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"] == "warn" || l["level"] == "error"),
+        "{r}"
+    );
+
+    ioc.send("config.get", "cfg-1", json!({})).await;
+    let r = ioc.final_reply("cfg-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    let toml = r["result"]["toml"].as_str().unwrap();
+    assert!(toml.contains(&test_site()), "{toml}");
+    assert!(!r.to_string().contains("s3cret-community"), "a secret: {r}");
+    assert_eq!(r["result"]["removed"], json!(["device[1].community"]));
+    assert_eq!(r["result"]["hash"], inv["config_hash"]);
+    assert!(
+        r["result"]["hash"].as_str().unwrap().starts_with("sha256:"),
+        "{r}"
+    );
+
+    // restart: the reply, then a clean stop with exit 75 (not 0, so that
+    // systemd's Restart=on-failure starts it again).
+    ioc.send("restart", "rs-1", json!({})).await;
+    let r = ioc.final_reply("rs-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(gw.wait(WAIT).await, Some(75), "{}", gw.log_text());
+    assert!(gw.log_text().contains("stopped"), "a clean stop");
+    sub.assert_all_valid();
+}
+
+/// identify drives the LED like SIGUSR1 does: a fake sysfs LED that is
+/// steady with everything well flickers (10 Hz) for the seconds asked,
+/// then is steady again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_flickers_the_led() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let led = dir.path().join("led");
+    std::fs::create_dir_all(&led).unwrap();
+    std::fs::write(led.join("trigger"), "none [mmc0] timer heartbeat\n").unwrap();
+    std::fs::write(led.join("brightness"), "0\n").unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let text = config_text(
+        broker.port,
+        dir.path(),
+        &cmd_config(&["identify"], &sim("ups1", "1s", "")),
+    )
+    .replace(
+        "[led]\nbackend = \"none\"",
+        &format!("[led]\nbackend = \"sysfs\"\npath = \"{}\"", led.display()),
+    );
+    let cfg = dir.path().join("wardgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let _gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    // Changes of the LED's brightness within `d`.
+    let changes = |d: Duration| {
+        let led = led.clone();
+        async move {
+            let end = std::time::Instant::now() + d;
+            let mut last = std::fs::read_to_string(led.join("brightness")).unwrap();
+            let mut n = 0;
+            while std::time::Instant::now() < end {
+                let b = std::fs::read_to_string(led.join("brightness")).unwrap();
+                if b != last {
+                    n += 1;
+                    last = b;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        }
+    };
+    // Steady first: connected, the device answering.
+    let mut steady = false;
+    for _ in 0..60 {
+        if changes(Duration::from_millis(700)).await == 0 {
+            steady = true;
+            break;
+        }
+    }
+    assert!(steady, "the LED never became steady");
+    ioc.send("identify", "led-1", json!({"seconds": 3})).await;
+    assert_eq!(ioc.final_reply("led-1").await["status"], "successful");
+    let n = changes(Duration::from_millis(1000)).await;
+    assert!(n >= 8, "flicker: {n} changes in 1 s");
+    // Over after 3 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(changes(Duration::from_millis(700)).await, 0, "steady again");
+}
+
+/// Every kind of request that may not run is rejected with its reason and
+/// never accepted: an op not allowed, an unknown op, malformed JSON, a
+/// payload over 64 KiB, an expired request, one without `expires`, bad
+/// args. The gateway keeps running and still answers a good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_with_reasons() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let cfg = process_config(
+        dir.path(),
+        broker.port,
+        "[gateway]\nsystem_health = false\n[commands]\ntrust_clock = true\n",
+    );
+    let gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    connected(&gw, 0).await;
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "config.get",
+            "na-1",
+            request(json!({})).into_bytes(),
+            "not allowed",
+        ),
+        (
+            "reboot",
+            "uk-1",
+            request(json!({})).into_bytes(),
+            "unknown op",
+        ),
+        (
+            "status",
+            "mf-1",
+            b"{\"expires\": ".to_vec(),
+            "malformed request",
+        ),
+        (
+            "status",
+            "big-1",
+            format!(
+                "{{\"expires\":{},\"args\":{{\"pad\":\"{}\"}}}}",
+                now() + 60_000,
+                "x".repeat(70 * 1024)
+            )
+            .into_bytes(),
+            "too large",
+        ),
+        (
+            "status",
+            "ex-1",
+            json!({"expires": now() - 1000}).to_string().into_bytes(),
+            "expired",
+        ),
+        (
+            "status",
+            "ne-1",
+            json!({"args": {}}).to_string().into_bytes(),
+            "expires is required",
+        ),
+        (
+            "poll",
+            "ba-1",
+            request(json!({"dev": "x"})).into_bytes(),
+            "malformed args for poll",
+        ),
+    ];
+    for (op, id, payload, _) in &cases {
+        ioc.send_raw(op, id, payload.clone(), false).await;
+    }
+    for (op, id, _, why) in &cases {
+        let r = ioc.final_reply(id).await;
+        assert_eq!(r["status"], "rejected", "{op}: {r}");
+        assert_eq!(r["op"], *op);
+        assert!(
+            r["reason"].as_str().unwrap().contains(why),
+            "{op}: {why}: {r}"
+        );
+        assert_eq!(
+            ioc.statuses_of(id),
+            vec!["rejected"],
+            "{op}: never accepted"
+        );
+    }
+    ioc.send("status", "ok-1", json!({})).await;
+    assert_eq!(ioc.final_reply("ok-1").await["status"], "successful");
+}
+
+/// The same id twice runs once: the second request gets the stored reply
+/// with `replayed: true`, also after a restart (the id is in the spool's
+/// database), and the op did not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_id_twice_runs_once_even_after_a_restart() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let cfg = process_config(dir.path(), broker.port, &cmd_config(&["identify"], ""));
+    let log = dir.path().join("gw.log");
+    let mut gw = Process::start(&cfg, &log);
+    connected(&gw, 0).await;
+    ioc.send("identify", "twice", json!({"seconds": 5})).await;
+    let first = ioc.final_reply("twice").await;
+    assert_eq!(first["status"], "successful");
+    assert_eq!(first["replayed"], false);
+    ioc.send("identify", "twice", json!({"seconds": 5})).await;
+    let second = ioc.final_reply_n("twice", 2).await;
+    assert_eq!(second["status"], "successful");
+    assert_eq!(second["replayed"], true);
+    assert_eq!(second["ts"], first["ts"], "the stored reply");
+    let runs = |t: &str| {
+        t.matches("identify requested by the operations centre")
+            .count()
+    };
+    assert_eq!(runs(&gw.log_text()), 1, "ran once");
+
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+    let from = gw.log_text().len();
+    let gw = Process::start(&cfg, &log);
+    connected(&gw, from).await;
+    ioc.send("identify", "twice", json!({"seconds": 5})).await;
+    let third = ioc.final_reply_n("twice", 3).await;
+    assert_eq!(third["replayed"], true, "{third}");
+    assert_eq!(runs(&gw.log_text()), 1, "not run after the restart either");
+}
+
+/// A command published (retained) while the gateway is offline runs when
+/// it connects; the broker delivers it again on every new subscription,
+/// and the replay store keeps it from running twice. The design relies on
+/// retained requests, not on a persistent session (the gateway connects
+/// with a clean session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_command_sent_while_offline_runs_once() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    ioc.send_raw("status", "while-off", request(json!({})).into_bytes(), true)
+        .await;
+    let cfg = process_config(dir.path(), broker.port, &cmd_config(&["status"], ""));
+    let log = dir.path().join("gw.log");
+    let mut gw = Process::start(&cfg, &log);
+    let r = ioc.final_reply("while-off").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["replayed"], false);
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+    let _gw = Process::start(&cfg, &log);
+    let again = ioc.final_reply_n("while-off", 2).await;
+    assert_eq!(again["replayed"], true, "delivered again, not run again");
+    // The operations centre clears it; the empty message is ignored.
+    ioc.send_raw("status", "while-off", Vec::new(), true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        ioc.statuses_of("while-off").len(),
+        4,
+        "{:?}",
+        ioc.replies_of("while-off")
+    );
+}
+
+/// After a broker restart without persistence (no session survives), the
+/// gateway subscribes again on its new connection and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_restored_after_a_broker_restart() {
+    let mut broker = Broker::start_with("allow_anonymous true\npersistence false\n");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = process_config(dir.path(), broker.port, &cmd_config(&["status"], ""));
+    let gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    connected(&gw, 0).await;
+    {
+        let ioc = Ioc::start(broker.port, &test_site(), None).await;
+        ioc.send("status", "before", json!({})).await;
+        assert_eq!(ioc.final_reply("before").await["status"], "successful");
+    }
+    let from = gw.log_text().len();
+    broker.restart();
+    connected(&gw, from).await;
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    ioc.send("status", "after", json!({})).await;
+    assert_eq!(ioc.final_reply("after").await["status"], "successful");
+}
+
+/// The ACL example of docs/mqtt.md, as written there: the gateway (user =
+/// its site id) gets its own site's commands and answers them, the IOC's
+/// command user sends them and reads the replies, and a gateway cannot
+/// read another site's commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_example_keeps_sites_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt.md")).unwrap();
+    let acl = doc
+        .split("mosquitto `acl_file`:\n\n```\n")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("the ACL example in docs/mqtt.md");
+    let acl_path = dir.path().join("acl");
+    std::fs::write(&acl_path, acl).unwrap();
+    let site = test_site();
+    let other = format!("{site}-b");
+    let pw = dir.path().join("passwd");
+    for (i, (user, pass)) in [
+        (site.as_str(), "pa"),
+        (other.as_str(), "pb"),
+        ("ioc-cmd", "pc"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = std::process::Command::new("mosquitto_passwd");
+        c.arg("-b");
+        if i == 0 {
+            c.arg("-c");
+        }
+        assert!(c.arg(&pw).args([user, pass]).status().unwrap().success());
+    }
+    for f in [&pw, &acl_path] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let broker = Broker::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+        pw.display(),
+        acl_path.display()
+    ));
+    std::fs::write(dir.path().join("gw.pass"), "pa\n").unwrap();
+    let login = format!(
+        "[mqtt]\nusername = \"{site}\"\npassword_file = \"{}\"\nallow_plaintext_credentials = true\n",
+        dir.path().join("gw.pass").display()
+    );
+    let text = config_text(broker.port, dir.path(), &cmd_config(&["status"], ""))
+        .replace("[mqtt]\n", &format!("{}\n", login.trim_end()));
+    let cfg = dir.path().join("wardgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    connected(&gw, 0).await;
+
+    // The IOC's command user: sends, reads the reply.
+    let ioc = Ioc::start(broker.port, &site, Some(("ioc-cmd", "pc"))).await;
+    ioc.send("status", "acl-1", json!({})).await;
+    assert_eq!(ioc.final_reply("acl-1").await["status"], "successful");
+
+    // This site's gateway user subscribes to the other site's commands:
+    // nothing arrives; the other site's own user gets it.
+    let listen = |user: String, pass: &'static str, topic: String| {
+        let port = broker.port;
+        async move {
+            use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+            let mut o = MqttOptions::new(
+                format!("listen-{}", rand::random::<u32>()),
+                "127.0.0.1",
+                port,
+            );
+            o.set_credentials(user, pass);
+            let (client, mut el) = AsyncClient::new(o, 10);
+            let got: Arc<Mutex<Vec<String>>> = Arc::default();
+            let g = got.clone();
+            let subscribed = Arc::new(tokio::sync::Notify::new());
+            let s2 = subscribed.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => s2.notify_one(),
+                        Ok(Event::Incoming(Packet::Publish(p))) => g.lock().unwrap().push(p.topic),
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+            within(
+                Duration::from_secs(10),
+                "listener subscribed",
+                subscribed.notified(),
+            )
+            .await;
+            (got, task)
+        }
+    };
+    let (snoop, t1) = listen(site.clone(), "pa", format!("ioc/{other}/cmd/#")).await;
+    let (own, t2) = listen(other.clone(), "pb", format!("ioc/{other}/cmd/#")).await;
+    let to_other = Ioc::start(broker.port, &other, Some(("ioc-cmd", "pc"))).await;
+    to_other.send("status", "for-b", json!({})).await;
+    eventually(
+        WAIT,
+        "the other site's gateway user gets its command",
+        || !own.lock().unwrap().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        snoop.lock().unwrap().is_empty(),
+        "a gateway read another site's command: {:?}",
+        snoop.lock().unwrap()
+    );
+    t1.abort();
+    t2.abort();
+}
+
+/// What systemd does with `Restart=on-failure`: starts wardgate again when
+/// it exits non-zero (75 after `restart` or `config.set`); counts the
+/// starts.
+struct LikeSystemd {
+    starts: Arc<std::sync::atomic::AtomicU32>,
+    cancel: CancellationToken,
+}
+
+impl LikeSystemd {
+    fn start(cfg: std::path::PathBuf, log: std::path::PathBuf) -> LikeSystemd {
+        use std::sync::atomic::Ordering;
+        let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cancel = CancellationToken::new();
+        let (s, c) = (starts.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut p = Process::start(&cfg, &log);
+                s.fetch_add(1, Ordering::SeqCst);
+                let code = loop {
+                    if c.is_cancelled() {
+                        return; // the process is killed on drop
+                    }
+                    if let Some(st) = p.child.try_wait().unwrap() {
+                        break st.code();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                if code == Some(0) || code == Some(78) {
+                    return;
+                }
+            }
+        });
+        LikeSystemd { starts, cancel }
+    }
+
+    fn starts(&self) -> u32 {
+        self.starts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for LikeSystemd {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn sha256(text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// config.set: a stale base_hash, an invalid config and a broker change
+/// without allow_broker_change are refused and change nothing; a good
+/// change is written, the gateway restarts into it, confirms it (broker
+/// and a reading from each device) and replies successful from the new
+/// config, whose hash the inventory then names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_refuses_then_applies_a_change() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
+        "trust_clock = true",
+        "trust_clock = true\nconfirm_within = \"10s\"",
+    );
+    let cfg = process_config(dir.path(), broker.port, &extra);
+    let old = std::fs::read_to_string(&cfg).unwrap();
+    let run = LikeSystemd::start(cfg.clone(), dir.path().join("gw.log"));
+    eventually(WAIT, "connected", || {
+        std::fs::read_to_string(dir.path().join("gw.log"))
+            .unwrap_or_default()
+            .contains("MQTT connected")
+    })
+    .await;
+    ioc.send("config.get", "g1", json!({})).await;
+    let hash = ioc.final_reply("g1").await["result"]["hash"].clone();
+    assert_eq!(hash, json!(sha256(&old)));
+    let hash = hash.as_str().unwrap().to_owned();
+
+    let refusals = [
+        (
+            "s1",
+            json!({"toml": old.clone(), "base_hash": "sha256:00"}),
+            "not the running config's hash",
+        ),
+        (
+            "s2",
+            json!({"toml": format!("{old}\ncolour = 1\n"), "base_hash": hash}),
+            "not valid",
+        ),
+        (
+            "s3",
+            json!({"toml": old.replace(&format!("port = {}", broker.port), "port = 1"), "base_hash": hash}),
+            "allow_broker_change",
+        ),
+    ];
+    for (id, args, why) in &refusals {
+        ioc.send("config.set", id, args.clone()).await;
+        let r = ioc.final_reply(id).await;
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(r["reason"].as_str().unwrap().contains(why), "{why}: {r}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        old,
+        "nothing changed"
+    );
+    assert_eq!(run.starts(), 1, "no restart");
+
+    let new = old.replace("interval = \"1h\"", "interval = \"2s\"");
+    assert_ne!(new, old);
+    ioc.send("config.set", "ok1", json!({"toml": new, "base_hash": hash}))
+        .await;
+    let r = ioc.final_reply("ok1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    assert_eq!(r["result"]["hash"], json!(sha256(&new)));
+    assert_eq!(r["result"]["previous_hash"], json!(hash));
+    assert_eq!(run.starts(), 2, "restarted into the new config once");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), new);
+    eventually(WAIT, "the inventory names the new config", || {
+        sub.all().iter().any(|m| {
+            m.topic.ends_with("/inventory") && m.body["config_hash"] == json!(sha256(&new))
+        })
+    })
+    .await;
+    sub.assert_all_valid();
+}
+
+/// config.set to a broker that is not there (allowed): the new run cannot
+/// connect, the previous config is put back after confirm_within, the
+/// gateway restarts into it and replies failed with what went wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_that_cuts_the_link_rolls_back() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
+        "trust_clock = true",
+        "trust_clock = true\nconfirm_within = \"10s\"",
+    );
+    let cfg = process_config(dir.path(), broker.port, &extra);
+    let old = std::fs::read_to_string(&cfg).unwrap();
+    let run = LikeSystemd::start(cfg.clone(), dir.path().join("gw.log"));
+    eventually(WAIT, "connected", || {
+        std::fs::read_to_string(dir.path().join("gw.log"))
+            .unwrap_or_default()
+            .contains("MQTT connected")
+    })
+    .await;
+    ioc.send("config.get", "g1", json!({})).await;
+    let hash = ioc.final_reply("g1").await["result"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dead = old.replace(
+        &format!("port = {}", broker.port),
+        &format!("port = {}", free_port()),
+    );
+    let started = std::time::Instant::now();
+    ioc.send(
+        "config.set",
+        "cut1",
+        json!({"toml": dead, "base_hash": hash, "allow_broker_change": true}),
+    )
+    .await;
+    let r = ioc.final_reply("cut1").await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("rolled back") && why.contains("no connection to the broker"),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "after confirm_within"
+    );
+    assert_eq!(r["result"]["hash"], json!(hash), "from the old config");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), old, "restored");
+    assert_eq!(run.starts(), 3, "new config, then the old one again");
+}
