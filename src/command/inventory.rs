@@ -141,8 +141,36 @@ struct DeviceEntry {
     kind: String,
     interval_ms: u64,
     /// The value names seen so far (a device that has not answered yet has
-    /// none); wardgate has no units to add.
+    /// none).
     values: Vec<String>,
+    /// Each of those values in words: the unit it is published in and its
+    /// Vietnamese and English label (the config's words first, then the
+    /// page's table; the name itself when neither knows it).
+    words: std::collections::BTreeMap<String, ValueWords>,
+}
+
+#[derive(Serialize)]
+struct ValueWords {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<String>,
+    vi: String,
+    en: String,
+}
+
+/// The words of one value of a device, as the page shows them.
+fn words_of(name: &str, configured: Option<&crate::status::words::Label>) -> ValueWords {
+    let (vi, en) = crate::status::words::labels(name);
+    let unit = crate::status::words::unit(name)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    match configured {
+        Some(l) => ValueWords {
+            unit: l.unit.clone().or(unit),
+            vi: l.vi.clone().or_else(|| l.en.clone()).unwrap_or(vi),
+            en: l.en.clone().or_else(|| l.vi.clone()).unwrap_or(en),
+        },
+        None => ValueWords { unit, vi, en },
+    }
 }
 
 /// The inventory message. It holds nothing that changes every second, so
@@ -151,15 +179,22 @@ pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) 
     let devices: Vec<DeviceEntry> = cfg
         .all_devices()
         .iter()
-        .map(|d| DeviceEntry {
-            id: d.id().to_owned(),
-            kind: d.kind().to_owned(),
-            interval_ms: d.interval().as_millis() as u64,
-            values: status
-                .devices
-                .get(d.id())
+        .map(|d| {
+            let st = status.devices.get(d.id());
+            let values: Vec<String> = st
                 .map(|s| s.last_values.0.keys().cloned().collect())
-                .unwrap_or_default(),
+                .unwrap_or_default();
+            let words = values
+                .iter()
+                .map(|n| (n.clone(), words_of(n, st.and_then(|s| s.labels.get(n)))))
+                .collect();
+            DeviceEntry {
+                id: d.id().to_owned(),
+                kind: d.kind().to_owned(),
+                interval_ms: d.interval().as_millis() as u64,
+                values,
+                words,
+            }
         })
         .collect();
     let clock = match ClockState::from_kernel() {
@@ -242,6 +277,27 @@ mod tests {
             d.last_values.num("ups.load", 3.0);
         }
         assert_eq!(inv(&snap)["devices"][0]["values"], json!(["ups.load"]));
+        // Each value in words, with its unit: the table's, or the config's
+        // words first.
+        assert_eq!(
+            inv(&snap)["devices"][0]["words"],
+            json!({"ups.load": {"unit": "%", "vi": "Tải", "en": "Load"}})
+        );
+        if let Some(d) = snap.devices.get_mut("ups1") {
+            d.last_values.num("tank.level", 120.0);
+            d.labels.insert(
+                "tank.level".into(),
+                crate::status::words::Label {
+                    vi: Some("Mức nước bể".into()),
+                    en: None,
+                    unit: Some("cm".into()),
+                },
+            );
+        }
+        assert_eq!(
+            inv(&snap)["devices"][0]["words"]["tank.level"],
+            json!({"unit": "cm", "vi": "Mức nước bể", "en": "Mức nước bể"})
+        );
         assert_ne!(
             before,
             build(&cfg, &run, &ConfigFile::from_text(""), &snap),
