@@ -62,6 +62,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
     published
         .get_or_create(&vec![("sink".into(), "mqtt".into())])
         .set(s.uplink.acked as i64);
+    if let Some(i) = &s.influxdb {
+        published
+            .get_or_create(&vec![("sink".into(), "influxdb".into())])
+            .set(i.written as i64);
+    }
     r.register(
         "records_published",
         "Records acknowledged by the sink since start",
@@ -112,6 +117,56 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Reconnections since start",
         s.uplink.reconnects as i64,
     );
+    if let Some(i) = &s.influxdb {
+        gauge(
+            &mut r,
+            "influxdb_up",
+            "1 when the last InfluxDB write was accepted",
+            i.connected as i64,
+        );
+        gauge(
+            &mut r,
+            "influxdb_depth",
+            "Records waiting for the InfluxDB sink (memory and disk)",
+            i.depth as i64,
+        );
+        let answers: Family<Labels, Gauge> = Family::default();
+        for (class, n) in [
+            ("written", i.written),
+            ("rejected", i.rejected),
+            ("retention", i.retention_dropped),
+        ] {
+            answers
+                .get_or_create(&vec![("class".into(), class.into())])
+                .set(n as i64);
+        }
+        r.register(
+            "influxdb_points",
+            "Points written to InfluxDB, set aside as bad, or dropped as outside retention, since start",
+            answers,
+        );
+        let errors: Family<Labels, Gauge> = Family::default();
+        for (class, n) in [
+            ("too_large", i.too_large),
+            ("refused", i.refused),
+            ("retry", i.retries),
+        ] {
+            errors
+                .get_or_create(&vec![("class".into(), class.into())])
+                .set(n as i64);
+        }
+        r.register(
+            "influxdb_errors",
+            "InfluxDB answers that held data back, by class, since start (413 too_large, 401/403/4xx refused, 429/5xx/unreachable retry)",
+            errors,
+        );
+        gauge(
+            &mut r,
+            "influxdb_batch_limit",
+            "Points per InfluxDB request now (halved on 413)",
+            i.batch_limit as i64,
+        );
+    }
     let build: Family<Labels, Gauge> = Family::default();
     build
         .get_or_create(&vec![("version".into(), s.version.clone())])

@@ -167,7 +167,39 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str
     if kept > 0 {
         let _ = write!(b, " · {}: {kept}", t.kept_on_device);
     }
-    b.push_str("</p><main>");
+    b.push_str("</p>");
+    if let Some(i) = &s.influxdb {
+        let _ = write!(
+            b,
+            "<p class=\"bar\" id=\"influxdb\">{}: <b>{}</b> · {}: {}",
+            t.influx,
+            if i.connected { t.link_up } else { t.link_down },
+            t.influx_waiting,
+            i.depth
+        );
+        if i.rejected > 0 {
+            let _ = write!(b, " · {}: {}", t.influx_rejected, i.rejected);
+        }
+        if i.retention_dropped > 0 {
+            let _ = write!(b, " · {}: {}", t.influx_retention, i.retention_dropped);
+        }
+        if let Some(c) = &i.last_class {
+            let words = t
+                .influx_classes
+                .iter()
+                .find(|(k, _)| k == c)
+                .map(|(_, w)| *w)
+                .unwrap_or(c.as_str());
+            let _ = write!(
+                b,
+                " · <span class=\"influx-class\" data-class=\"{}\">{}</span>",
+                esc(c),
+                esc(words)
+            );
+        }
+        b.push_str("</p>");
+    }
+    b.push_str("<main>");
     let now = now_ms();
     for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
         let (hw, hc) = match &d.health {
