@@ -12,8 +12,8 @@ use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health};
 use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
 use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, SINK_NAME};
-use crate::spool::LaneHandle;
 use crate::source::{self, DeviceHandle};
+use crate::spool::LaneHandle;
 use crate::spool::Spool;
 use crate::status::StatusHub;
 use crate::telemetry;
@@ -173,7 +173,8 @@ pub async fn run(
     let influx = match spool.lane(INFLUX_SINK) {
         Some(lane) => {
             let c = Arc::new(InfluxCounters::default());
-            let sink = InfluxSink::new(cfg.clone(), lane.clone(), status.clone(), c.clone(), report);
+            let sink =
+                InfluxSink::new(cfg.clone(), lane.clone(), status.clone(), c.clone(), report);
             supervisor.spawn(
                 &uplink,
                 "InfluxDB sink",

@@ -4,7 +4,8 @@
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
 //! tls, cli, service (systemd), ups, field, sensors, web, install,
-//! hostile_peers (peers that flood, lie or flap, issue 11); helpers
+//! hostile_peers (peers that flood, lie or flap, issue 11), influx (the
+//! InfluxDB sink, issue 12); helpers
 //! in common/.
 
 // Test code: a failed unwrap is a failed test, and the peers' start-up
@@ -19,6 +20,7 @@ mod field;
 mod hostile_config;
 mod hostile_peers;
 mod hostile_web;
+mod influx;
 mod install;
 mod sensors;
 mod service;

@@ -199,7 +199,10 @@ mod tests {
                 base: "".into()
             }
         );
-        assert_eq!(parse_url("http://127.0.0.1/influx/").unwrap().base, "/influx");
+        assert_eq!(
+            parse_url("http://127.0.0.1/influx/").unwrap().base,
+            "/influx"
+        );
         assert_eq!(parse_url("http://127.0.0.1/").unwrap().port, 80);
         assert_eq!(parse_url("https://h").unwrap().port, 443);
         let v6 = parse_url("http://[::1]:8428").unwrap();
@@ -249,7 +252,10 @@ mod tests {
         let p = problems("url = \"http://tsdb.example:8086\"\norg = \"o\"\nbucket = \"b\"");
         assert!(p.contains("influxdb.url") && p.contains("https"), "{p}");
         let p = problems("url = \"https://tsdb.example:8086\"");
-        assert!(p.contains("influxdb.org") && p.contains("influxdb.bucket"), "{p}");
+        assert!(
+            p.contains("influxdb.org") && p.contains("influxdb.bucket"),
+            "{p}"
+        );
         let p = problems("url = \"tsdb:8086\"\norg = \"o\"\nbucket = \"b\"");
         assert!(p.contains("influxdb.url"), "{p}");
         let p = problems("url = \"https://t\"\norg = \"o\"\nbucket = \"b\"\nmax_batch = 0");

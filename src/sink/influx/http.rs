@@ -140,7 +140,10 @@ impl Client {
             .method(method)
             .uri(format!("{}{path}", self.ep.base))
             .header("host", self.ep.authority())
-            .header("user-agent", concat!("wardgate/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("wardgate/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Token {t}"));
         }
@@ -335,18 +338,42 @@ mod tests {
             (a(204, "", None), Class::Written),
             (a(200, "", None), Class::Written),
             (a(413, "", None), Class::TooLarge),
-            (a(400, r#"{"code":"invalid","message":"unable to parse 'x'"}"#, None), Class::BadPoints),
+            (
+                a(
+                    400,
+                    r#"{"code":"invalid","message":"unable to parse 'x'"}"#,
+                    None,
+                ),
+                Class::BadPoints,
+            ),
             (a(422, "field type conflict", None), Class::BadPoints),
             (
-                a(422, r#"{"code":"unprocessable entity","message":"failure writing points to database: partial write: points beyond retention policy dropped=3"}"#, None),
+                a(
+                    422,
+                    r#"{"code":"unprocessable entity","message":"failure writing points to database: partial write: points beyond retention policy dropped=3"}"#,
+                    None,
+                ),
                 Class::Retention { dropped: Some(3) },
             ),
-            (a(400, "outside retention period", None), Class::Retention { dropped: None }),
+            (
+                a(400, "outside retention period", None),
+                Class::Retention { dropped: None },
+            ),
             (a(401, "unauthorized access", None), Class::Refused),
             (a(403, "", None), Class::Refused),
             (a(404, "bucket \"x\" not found", None), Class::Refused),
-            (a(429, "", Some(7)), Class::Retry { after: Some(Duration::from_secs(7)) }),
-            (a(503, "", Some(2)), Class::Retry { after: Some(Duration::from_secs(2)) }),
+            (
+                a(429, "", Some(7)),
+                Class::Retry {
+                    after: Some(Duration::from_secs(7)),
+                },
+            ),
+            (
+                a(503, "", Some(2)),
+                Class::Retry {
+                    after: Some(Duration::from_secs(2)),
+                },
+            ),
             (a(500, "", None), Class::Retry { after: None }),
             (a(302, "", None), Class::Retry { after: None }),
         ];

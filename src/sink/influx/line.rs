@@ -37,7 +37,13 @@ struct EventBody {
 
 /// One record as a line (no trailing newline), or `None` when its body is
 /// not a record.
-pub fn encode(site: &str, device: &str, device_type: &str, kind: Kind, body: &str) -> Option<String> {
+pub fn encode(
+    site: &str,
+    device: &str,
+    device_type: &str,
+    kind: Kind,
+    body: &str,
+) -> Option<String> {
     let mut out = String::with_capacity(body.len() + 64);
     match kind {
         Kind::Sample => {
@@ -187,7 +193,14 @@ mod tests {
         );
         // No values: the seq field alone.
         assert_eq!(
-            encode("s", "d", "", Kind::Sample, r#"{"seq":1,"ts":2,"values":{}}"#).unwrap(),
+            encode(
+                "s",
+                "d",
+                "",
+                Kind::Sample,
+                r#"{"seq":1,"ts":2,"values":{}}"#
+            )
+            .unwrap(),
             "telemetry,device=d,site=s,type=- seq=1i 2"
         );
         assert!(encode("s", "d", "t", Kind::Sample, "not json").is_none());

@@ -286,9 +286,9 @@ impl<L: Lane> InfluxSink<L> {
                                 // At least what the server asked, jittered up.
                                 Some(a) => {
                                     let a = a.min(RETRY_AFTER_MAX);
-                                    a + Duration::from_millis(
-                                        rand::random_range(0..=a.as_millis() as u64 / 10 + 100),
-                                    )
+                                    a + Duration::from_millis(rand::random_range(
+                                        0..=a.as_millis() as u64 / 10 + 100,
+                                    ))
                                 }
                                 None => d,
                             }
@@ -418,7 +418,9 @@ impl<L: Lane> InfluxSink<L> {
                     self.counters
                         .points_written
                         .fetch_add(n as u64, Ordering::Relaxed);
-                    self.counters.last_write_ms.store(now_ms(), Ordering::Relaxed);
+                    self.counters
+                        .last_write_ms
+                        .store(now_ms(), Ordering::Relaxed);
                 }
                 Class::Retention { dropped } => {
                     // InfluxDB wrote the others; never send these again.
