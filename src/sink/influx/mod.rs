@@ -176,6 +176,15 @@ impl<L: Lane> InfluxSink<L> {
         counters
             .batch_limit
             .store(cfg.influxdb.max_batch.get(), Ordering::Relaxed);
+        let url = cfg.influxdb.url.clone().unwrap_or_default();
+        status.update(|s| {
+            s.influxdb = Some(InfluxStatus {
+                url,
+                since_ms: now_ms(),
+                batch_limit: cfg.influxdb.max_batch.get(),
+                ..Default::default()
+            })
+        });
         InfluxSink {
             cfg,
             lane,
@@ -194,15 +203,6 @@ impl<L: Lane> InfluxSink<L> {
             cancel.cancelled().await;
             return;
         };
-        let url = self.cfg.influxdb.url.clone().unwrap_or_default();
-        self.status.update(|s| {
-            s.influxdb = Some(InfluxStatus {
-                url: url.clone(),
-                since_ms: now_ms(),
-                batch_limit: self.cfg.influxdb.max_batch.get(),
-                ..Default::default()
-            })
-        });
         let mut client: Option<Client> = None;
         let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX, 3, OUTAGE_REPORTED);
         let mut refused = Backoff::new(REFUSED_MIN, REFUSED_MAX, 1, OUTAGE_REPORTED);
