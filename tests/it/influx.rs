@@ -93,8 +93,7 @@ impl Vm {
     /// Every series matching `selector`, after a flush: (labels, samples
     /// by timestamp).
     pub async fn export(&self, selector: &str) -> Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)> {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let (s, _) = http_get(addr, "/internal/force_flush", "").await;
+        let (s, _) = self.get("/internal/force_flush").await;
         assert_eq!(s, 200);
         let q: String = selector
             .bytes()
@@ -106,7 +105,7 @@ impl Vm {
                 }
             })
             .collect();
-        let (s, body) = http_get(addr, &format!("/api/v1/export?match[]={q}"), "").await;
+        let (s, body) = self.get(&format!("/api/v1/export?match[]={q}")).await;
         assert_eq!(s, 200, "{body}");
         let mut out = Vec::new();
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
@@ -127,6 +126,40 @@ impl Vm {
             out.push((labels, pts));
         }
         out
+    }
+
+    /// An HTTP/1.0 GET (no chunked answer): status and body.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let mut s = within(
+            Duration::from_secs(5),
+            "connect to victoria-metrics",
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port)),
+        )
+        .await
+        .unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        within(
+            Duration::from_secs(20),
+            "victoria-metrics answer",
+            s.read_to_end(&mut buf),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned();
+        (code, body)
     }
 
     /// The sample seqs of `device` in the database (`telemetry_seq`), with
