@@ -265,4 +265,35 @@ mod tests {
         let p = problems("nope = 1");
         assert!(p.contains("nope"), "{p}");
     }
+
+    /// The commented `[influxdb]` block of the example config, and the
+    /// example in docs/influxdb.md, load once uncommented.
+    #[test]
+    fn documented_examples_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("config/wardgate.example.toml")).unwrap();
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "#[influxdb]")
+            .take_while(|l| !l.starts_with("[spool]"))
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(block.contains("url = "), "{block}");
+        let c = crate::config::Config::from_toml(&format!("site = \"s\"\n{block}"))
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        assert!(c.influxdb.enabled());
+        let doc = std::fs::read_to_string(root.join("docs/influxdb.md")).unwrap();
+        let body = doc
+            .split("```toml")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let c = crate::config::Config::from_toml(&format!("site = \"s\"\n{body}"))
+            .unwrap_or_else(|e| panic!("{e}\n{body}"));
+        assert_eq!(c.influxdb.bucket, "wards");
+    }
 }
