@@ -453,6 +453,7 @@ struct Write {
     at: Instant,
     status: u16,
     lines: Vec<String>,
+    auth: Option<String>,
 }
 
 type Answerer = Box<dyn FnMut(&[String]) -> (u16, Vec<(String, String)>, String) + Send>;
@@ -523,6 +524,7 @@ async fn serve(
         }
         let mut len = 0usize;
         let mut gzip = false;
+        let mut auth = None;
         loop {
             let mut h = String::new();
             r.read_line(&mut h).await?;
@@ -534,6 +536,7 @@ async fn serve(
             match k.to_ascii_lowercase().as_str() {
                 "content-length" => len = v.trim().parse().unwrap_or(0),
                 "content-encoding" => gzip = v.trim() == "gzip",
+                "authorization" => auth = Some(v.trim().to_owned()),
                 _ => {}
             }
         }
@@ -552,6 +555,7 @@ async fn serve(
             at: Instant::now(),
             status,
             lines,
+            auth,
         });
         let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", resp.len());
         for (k, v) in headers {
@@ -740,6 +744,22 @@ async fn influx_401_keeps_everything_and_retries_slowly() {
         .collect();
     assert_eq!(ev.len(), 1, "one event per outage: {ev:?}");
     assert_eq!(ev[0].severity, wardgate::model::Severity::Critical);
+    // The class is shown in /api/status, /metrics and the page.
+    let web = gw.web.expect("the page listens");
+    let (code, body) = http_get(web, "/api/status", "").await;
+    assert_eq!(code, 200);
+    let json: Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["influxdb"]["last_class"], "refused", "{json}");
+    assert_eq!(json["influxdb"]["connected"], false);
+    assert!(json["influxdb"]["depth"].as_u64().unwrap() > 300);
+    let (_, metrics) = http_get(web, "/metrics", "").await;
+    assert!(metrics.contains("wardgate_influxdb_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("wardgate_influxdb_errors{class=\"refused\"}"),
+        "{metrics}"
+    );
+    let (_, page) = http_get(web, "/?lang=en", "").await;
+    assert!(page.contains("token refused, readings kept"), "{page}");
     server.set(Box::new(|_| ok()));
     eventually(
         Duration::from_secs(60),
@@ -937,4 +957,47 @@ fn influx_rows(db: &Path) -> u64 {
         .filter(|r| r.sink == "influxdb")
         .map(|r| r.records)
         .sum()
+}
+
+/// `wardgate check` validates the URL and makes one authenticated request:
+/// ok against the database, "token refused" (exit 69) against a server
+/// that refuses it, and a bad URL is a config error (exit 78).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influx_check_makes_one_authenticated_request() {
+    let vm = Vm::start();
+    let refusing = Scripted::start(Box::new(|_| {
+        (
+            401,
+            vec![],
+            r#"{"code":"unauthorized","message":"unauthorized access"}"#.into(),
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("influx.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let write = |url: &str| {
+        process_config(
+            dir.path(),
+            1883,
+            &format!(
+                "{}token_file = \"{}\"\n",
+                influx_section(url, ""),
+                token.display()
+            ),
+        )
+    };
+    let (code, out) = wardgate_check(&write(&vm.url())).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("influxdb: ok:"), "{out}");
+    let (code, out) = wardgate_check(&write(&refusing.url())).await;
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("token refused (401)"), "{out}");
+    // One request, with the token in the Authorization header.
+    let w = refusing.writes();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].auth.as_deref(), Some("Token s3cret"));
+    let (code, out) = wardgate_check(&write("http://tsdb.example:8086")).await;
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("influxdb.url"), "{out}");
 }

@@ -246,4 +246,41 @@ mod tests {
         assert!(m.contains("wardgate_build_info{version="), "{m}");
         assert!(m.ends_with("# EOF\n"));
     }
+
+    /// The InfluxDB sink's classes, when it is on (and nothing of it when
+    /// it is off).
+    #[test]
+    fn metrics_show_the_influx_sink() {
+        let hub = StatusHub::new("xa-a");
+        assert!(!render_metrics(&hub.get()).contains("influxdb"));
+        hub.update(|s| {
+            s.influxdb = Some(crate::sink::influx::InfluxStatus {
+                connected: true,
+                depth: 12,
+                written: 900,
+                rejected: 3,
+                retention_dropped: 2,
+                too_large: 1,
+                refused: 4,
+                retries: 5,
+                batch_limit: 500,
+                ..Default::default()
+            })
+        });
+        let m = render_metrics(&hub.get());
+        for line in [
+            "wardgate_influxdb_up 1",
+            "wardgate_influxdb_depth 12",
+            "wardgate_influxdb_points{class=\"written\"} 900",
+            "wardgate_influxdb_points{class=\"rejected\"} 3",
+            "wardgate_influxdb_points{class=\"retention\"} 2",
+            "wardgate_influxdb_errors{class=\"too_large\"} 1",
+            "wardgate_influxdb_errors{class=\"refused\"} 4",
+            "wardgate_influxdb_errors{class=\"retry\"} 5",
+            "wardgate_influxdb_batch_limit 500",
+            "wardgate_records_published{sink=\"influxdb\"} 900",
+        ] {
+            assert!(m.contains(line), "{line} in\n{m}");
+        }
+    }
 }

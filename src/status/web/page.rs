@@ -367,6 +367,61 @@ mod tests {
         assert_eq!(headline(&hub.get(), &EN).0, "The UPS is not responding");
     }
 
+    /// The InfluxDB sink's line: link, waiting, set aside, retention, and
+    /// the last failure in the reader's words.
+    #[test]
+    fn influx_line_shows_each_class() {
+        let hub = StatusHub::new("xa-a");
+        hub.update(|s| s.uplink.attempts = 1);
+        let body = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(!body.contains("id=\"influxdb\""), "off: no line");
+        for (class, en, vi) in [
+            (
+                "too_large",
+                "request too large, batch halved",
+                "yêu cầu quá lớn",
+            ),
+            ("bad_points", "bad points set aside", "điểm dữ liệu sai"),
+            (
+                "retention",
+                "points outside retention dropped",
+                "quá hạn lưu trữ",
+            ),
+            (
+                "refused",
+                "token refused, readings kept",
+                "mã truy cập bị từ chối",
+            ),
+            ("retry", "server busy, retrying", "máy chủ bận"),
+            (
+                "unreachable",
+                "cannot reach it, retrying",
+                "không kết nối được",
+            ),
+        ] {
+            hub.update(|s| {
+                s.influxdb = Some(crate::sink::influx::InfluxStatus {
+                    connected: false,
+                    depth: 4321,
+                    rejected: 7,
+                    retention_dropped: 2,
+                    last_class: Some(class.into()),
+                    ..Default::default()
+                })
+            });
+            let b = render_body(&hub.get(), &History::default(), &EN, &[]);
+            assert!(
+                b.contains(
+                    "InfluxDB: <b>down</b> · waiting: 4321 · set aside: 7 · outside retention: 2"
+                ),
+                "{b}"
+            );
+            assert!(b.contains(&format!("data-class=\"{class}\">{en}<")), "{b}");
+            let b = render_body(&hub.get(), &History::default(), &VI, &[]);
+            assert!(b.contains(vi), "{class}: {b}");
+        }
+    }
+
     #[test]
     fn page_has_cards_and_no_external_references() {
         let hub = StatusHub::new("xa-a");
