@@ -13,7 +13,8 @@
 //!
 //! Answers are classified like Telegraf's `outputs.influxdb_v2`
 //! ([`http::classify`]): 2xx written; 413 halve the batch; 400/422 bisect to
-//! find the bad points, set them aside (`influxdb.rejected`, one event);
+//! find the bad points, set them aside (`influxdb.rejected`, one event, at
+//! most one a minute);
 //! 401/403 keep everything, critical event, retry slowly; 429/5xx and
 //! connection errors jittered back-off honouring `Retry-After`; "outside
 //! retention" drop, count, event, never resend.
@@ -59,8 +60,31 @@ const REFUSED_MAX: Duration = Duration::from_secs(300);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
 /// An outage at least this long is reported when it ends.
 const OUTAGE_REPORTED: Duration = Duration::from_secs(10);
-/// At most one retention event this often.
-const RETENTION_EVENT_GAP: Duration = Duration::from_secs(60);
+/// At most one `influxdb.rejected` and one `influxdb.retention` event this
+/// often (a source whose values InfluxDB keeps refusing must not flood the
+/// events).
+const EVENT_GAP: Duration = Duration::from_secs(60);
+
+/// Raises an event at most once per [`EVENT_GAP`]; the points of the rounds
+/// in between are held and counted in the next one.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// `n` more points; the count to report now, if an event is due.
+    fn add(&mut self, n: u64) -> Option<u64> {
+        self.held += n;
+        if self.last.is_none_or(|t| t.elapsed() >= EVENT_GAP) {
+            self.last = Some(Instant::now());
+            Some(std::mem::take(&mut self.held))
+        } else {
+            None
+        }
+    }
+}
 
 /// Counters this sink keeps for status, metrics and gateway telemetry.
 #[derive(Debug, Default)]
@@ -208,7 +232,7 @@ impl<L: Lane> InfluxSink<L> {
         let mut refused = Backoff::new(REFUSED_MIN, REFUSED_MAX, 1, OUTAGE_REPORTED);
         // Since when writes fail, and whether the refusal was reported.
         let mut down: Option<(Instant, bool)> = None;
-        let mut last_retention_event: Option<Instant> = None;
+        let mut throttles = (Throttle::default(), Throttle::default());
         let max = self.cfg.influxdb.max_batch.as_usize();
         loop {
             let first = tokio::select! {
@@ -300,7 +324,7 @@ impl<L: Lane> InfluxSink<L> {
                     }
                 }
             }
-            self.finish(round, &mut last_retention_event);
+            self.finish(round, &mut throttles);
             if let Some((since, _)) = down.take() {
                 retry.connection_ended(Duration::MAX);
                 refused.connection_ended(Duration::MAX);
@@ -507,7 +531,7 @@ impl<L: Lane> InfluxSink<L> {
 
     /// The round is done: acknowledges its batches, counts and reports
     /// what was set aside or dropped.
-    fn finish(&self, round: Round, last_retention_event: &mut Option<Instant>) {
+    fn finish(&self, round: Round, throttles: &mut (Throttle, Throttle)) {
         for b in &round.batches {
             self.lane.ack(b.id);
         }
@@ -515,16 +539,14 @@ impl<L: Lane> InfluxSink<L> {
         if round.bad > 0 {
             c.rejected.fetch_add(round.bad, Ordering::Relaxed);
             let (status, reason) = round.bad_why.clone().unwrap_or((0, String::new()));
-            let ev = events::INFLUXDB_REJECTED;
-            let msg = ev.render(&[
-                ("count", &round.bad),
-                ("status", &status),
-                ("reason", &reason),
-            ]);
-            let mut v = Values::new();
-            v.num("influxdb.points", round.bad as f64);
-            v.num("influxdb.status", f64::from(status));
-            (self.report)(ev.severity, ev.code, &msg, v);
+            if let Some(count) = throttles.0.add(round.bad) {
+                let ev = events::INFLUXDB_REJECTED;
+                let msg = ev.render(&[("count", &count), ("status", &status), ("reason", &reason)]);
+                let mut v = Values::new();
+                v.num("influxdb.points", count as f64);
+                v.num("influxdb.status", f64::from(status));
+                (self.report)(ev.severity, ev.code, &msg, v);
+            }
             self.note_class("bad_points", &reason);
         }
         if round.retention > 0 {
@@ -532,12 +554,11 @@ impl<L: Lane> InfluxSink<L> {
                 .fetch_add(round.retention, Ordering::Relaxed);
             let reason = round.retention_why.clone().unwrap_or_default();
             tracing::warn!(points = round.retention, %reason, "InfluxDB dropped points outside its retention");
-            if last_retention_event.is_none_or(|t| t.elapsed() >= RETENTION_EVENT_GAP) {
-                *last_retention_event = Some(Instant::now());
+            if let Some(count) = throttles.1.add(round.retention) {
                 let ev = events::INFLUXDB_RETENTION;
-                let msg = ev.render(&[("count", &round.retention), ("reason", &reason)]);
+                let msg = ev.render(&[("count", &count), ("reason", &reason)]);
                 let mut v = Values::new();
-                v.num("influxdb.points", round.retention as f64);
+                v.num("influxdb.points", count as f64);
                 (self.report)(ev.severity, ev.code, &msg, v);
             }
             self.note_class("retention", &reason);
@@ -666,5 +687,27 @@ pub async fn check(cfg: &config::InfluxConfig) -> Result<String, String> {
             describe(&a)
         )),
         s => Err(format!("{url}: answered {s}: {}", describe(&a))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_order_and_throttle_holds_counts() {
+        let mut todo: VecDeque<Range<usize>> = VecDeque::from([10..12]);
+        split(&mut todo, 0..10, 4);
+        assert_eq!(Vec::from(todo), vec![0..4, 4..8, 8..10, 10..12]);
+        let mut t = Throttle::default();
+        assert_eq!(t.add(3), Some(3));
+        assert_eq!(t.add(2), None);
+        assert_eq!(t.add(4), None);
+        t.last = Some(Instant::now() - EVENT_GAP);
+        assert_eq!(
+            t.add(1),
+            Some(7),
+            "held points are reported with the next event"
+        );
     }
 }
