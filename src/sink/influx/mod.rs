@@ -696,7 +696,8 @@ mod tests {
 
     #[test]
     fn split_keeps_order_and_throttle_holds_counts() {
-        let mut todo: VecDeque<Range<usize>> = VecDeque::from([10..12]);
+        let mut todo: VecDeque<Range<usize>> = VecDeque::new();
+        todo.push_back(10..12);
         split(&mut todo, 0..10, 4);
         assert_eq!(Vec::from(todo), vec![0..4, 4..8, 8..10, 10..12]);
         let mut t = Throttle::default();
