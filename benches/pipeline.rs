@@ -1,9 +1,13 @@
 //! End-to-end figures against a real mosquitto on loopback, printed as a
 //! table: live throughput, backlog drain time, peak RSS during the drain,
-//! and disk bytes written per sample while the broker is healthy.
+//! and disk bytes written per sample while the broker is healthy; then the
+//! InfluxDB sink into a real VictoriaMetrics (when installed): points/s
+//! through the whole path with both sinks on, and the drain time of a
+//! backlog kept for InfluxDB alone.
 //!
 //! Run with `scripts/bench` (or `cargo bench --bench pipeline`). Sizes can be
-//! changed with WARDGATE_BENCH_LIVE and WARDGATE_BENCH_BACKLOG.
+//! changed with WARDGATE_BENCH_LIVE, WARDGATE_BENCH_BACKLOG,
+//! WARDGATE_BENCH_INFLUX_LIVE and WARDGATE_BENCH_INFLUX_BACKLOG.
 
 // A harness run as its own process, not the gateway: blocking sleeps and
 // process::exit with the verdict are what it is for.
@@ -140,6 +144,164 @@ fn start_gateway(dir: &Path, text: &str) -> Kill {
     )
 }
 
+/// VictoriaMetrics on loopback (`/usr/bin/victoria-metrics`, Debian's
+/// package), data in `dir`; None when it is not installed.
+fn victoria(dir: &Path) -> Option<(Kill, u16)> {
+    let bin = Path::new("/usr/bin/victoria-metrics");
+    if !bin.exists() {
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(bin)
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .arg(format!("-storageDataPath={}", dir.display()))
+        .arg("-loggerLevel=ERROR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((Kill(child), port))
+}
+
+/// Rows (one per field) VictoriaMetrics took in over the InfluxDB protocol.
+fn vm_rows(port: u16) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix("vm_rows_inserted_total{type=\"influx\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until VictoriaMetrics took in `want` rows; returns when the last
+/// rows arrived (from `t0`) and the peak RSS of `pid` meanwhile.
+async fn wait_rows(
+    port: u16,
+    want: u64,
+    limit: Duration,
+    t0: Instant,
+    pid: u32,
+) -> (u64, f64, u64) {
+    let deadline = Instant::now() + limit;
+    let (mut last, mut at, mut peak) = (0, 0.0, 0);
+    while Instant::now() < deadline {
+        let n = vm_rows(port);
+        if n != last {
+            last = n;
+            at = t0.elapsed().as_secs_f64();
+        }
+        peak = peak.max(proc_field(pid, "status", "VmHWM:"));
+        if n >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (last, at, peak)
+}
+
+/// The InfluxDB figures: live points/s into VictoriaMetrics with both
+/// sinks on, and the drain of a backlog kept for InfluxDB.
+async fn influx_figures(mqtt_port: u16) {
+    let live_n = env_u64("WARDGATE_BENCH_INFLUX_LIVE", 200_000);
+    let backlog_n = env_u64("WARDGATE_BENCH_INFLUX_BACKLOG", 1_000_000);
+    let vm_dir = tempfile::tempdir().unwrap();
+    let Some((_vm, vm_port)) = victoria(vm_dir.path()) else {
+        println!("InfluxDB figures skipped: victoria-metrics is not installed (apt install victoria-metrics)");
+        return;
+    };
+    println!("InfluxDB sink into VictoriaMetrics on loopback (gzip, max_batch 1000)");
+    // A sim UPS reading is 8 values + seq = 9 fields, 9 rows in VictoriaMetrics.
+    const SIM_ROWS: u64 = 9;
+    let dir = tempfile::tempdir().unwrap();
+    let influx = format!(
+        "[influxdb]\nurl = \"http://127.0.0.1:{vm_port}\"\norg = \"ioc\"\nbucket = \"wards\"\n"
+    );
+    let text = format!(
+        "site = \"bench\"\n[gateway]\nsystem_health = false\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n[spool]\npath = \"{}\"\n{influx}\
+         [[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"1ms\"\nsamples_per_tick = 400\ncount = {live_n}\n",
+        dir.path().join("spool.db").display()
+    );
+    let rows0 = vm_rows(vm_port);
+    let t0 = Instant::now();
+    let gw = start_gateway(dir.path(), &text);
+    let pid = gw.0.id();
+    while vm_rows(vm_port) == rows0 && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = t0.elapsed().as_secs_f64();
+    let want = rows0 + live_n * SIM_ROWS;
+    let (rows, at, _) = wait_rows(vm_port, want, Duration::from_secs(180), t0, pid).await;
+    drop(gw);
+    let points = (rows - rows0) / SIM_ROWS;
+    let span = (at - first).max(0.001);
+    println!(
+        "influx live throughput:   {:>10.0} points/s ({points} points, {} rows, in {span:.2} s, MQTT on too{})",
+        points as f64 / span,
+        rows - rows0,
+        if rows >= want { "" } else { ", INCOMPLETE" }
+    );
+
+    // A backlog kept for InfluxDB alone (MQTT had it all): its drain.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "site = \"bench\"\n[gateway]\nsystem_health = false\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n[spool]\npath = \"{}\"\nmax_bytes = \"2 GiB\"\n{influx}",
+        dir.path().join("spool.db").display()
+    );
+    let cfg = Config::from_toml(&text).unwrap();
+    let t = Instant::now();
+    {
+        let (spool, _) = Spool::open(&cfg.spool, "bench", &["influxdb"]).unwrap();
+        let dev: Arc<str> = Arc::from("ups1");
+        let mut v = Values::new();
+        v.set("ups.status", "OL");
+        v.num("ups.load", 23.0);
+        v.num("battery.charge", 100.0);
+        v.num("battery.runtime", 3600.0);
+        v.num("input.voltage", 229.5);
+        v.num("output.voltage", 230.0);
+        for i in 0..backlog_n {
+            spool.push(&dev, Reading::Sample(v.clone())).unwrap();
+            if i % 50_000 == 49_999 {
+                spool.flush(true).unwrap();
+            }
+        }
+        spool.close().unwrap();
+    }
+    println!(
+        "influx backlog prepared:  {:>10} readings ({:.1} s)",
+        backlog_n,
+        t.elapsed().as_secs_f64()
+    );
+    // 6 values + seq = 7 rows per reading.
+    let rows0 = vm_rows(vm_port);
+    let want = rows0 + backlog_n * 7;
+    let t0 = Instant::now();
+    let gw = start_gateway(dir.path(), &text);
+    let pid = gw.0.id();
+    let (rows, at, peak) = wait_rows(vm_port, want, Duration::from_secs(600), t0, pid).await;
+    drop(gw);
+    let got = (rows - rows0) / 7;
+    println!(
+        "influx backlog drain:     {:>10.2} s  ({got} of {backlog_n} readings, {:.0} points/s, from process start{})",
+        at,
+        got as f64 / at.max(0.001),
+        if rows >= want { "" } else { ", INCOMPLETE" }
+    );
+    println!(
+        "peak RSS during drain:    {:>10} KiB ({:.1} MiB)",
+        peak,
+        peak as f64 / 1024.0
+    );
+}
+
 async fn wait_count(n: &AtomicU64, want: u64, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while n.load(Ordering::Relaxed) < want {
@@ -157,6 +319,10 @@ async fn main() {
     let backlog_n = env_u64("WARDGATE_BENCH_BACKLOG", 1_000_000);
     let tmp = tempfile::tempdir().unwrap();
     let (_broker, port) = mosquitto(tmp.path());
+    if std::env::var("WARDGATE_BENCH_ONLY_INFLUX").is_ok() {
+        influx_figures(port).await;
+        return;
+    }
     println!("wardgate pipeline benchmark (release build, mosquitto on loopback)");
 
     // Live: one simulated device offering 400 samples per millisecond tick (more than the path carries, so the figure is the ceiling).
@@ -252,4 +418,5 @@ async fn main() {
         peak,
         peak as f64 / 1024.0
     );
+    influx_figures(port).await;
 }

@@ -10,8 +10,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health};
+use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
 use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, SINK_NAME};
 use crate::source::{self, DeviceHandle};
+use crate::spool::LaneHandle;
 use crate::spool::Spool;
 use crate::status::StatusHub;
 use crate::telemetry;
@@ -39,8 +41,13 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     let spool_cfg = cfg.spool.clone();
     let site = cfg.site.clone();
+    // A lane per sink: InfluxDB's only when it is configured.
+    let mut lanes = vec![SINK_NAME];
+    if cfg.influxdb.enabled() {
+        lanes.push(INFLUX_SINK);
+    }
     let (spool, report) =
-        tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &site, &[SINK_NAME]))
+        tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &site, &lanes))
             .await
             .context("opening the spool")?
             .with_context(|| format!("opening the spool at {}", cfg.spool.path.display()))?;
@@ -159,7 +166,7 @@ pub async fn run(
             status.clone(),
             run_info.clone(),
             counters.clone(),
-            report,
+            report.clone(),
         ),
         crate::command::Parts {
             cfg: cfg.clone(),
@@ -185,6 +192,23 @@ pub async fn run(
         &sink_stop,
         sink.run(sink_stop.clone()),
     );
+    // The InfluxDB sink on its own lane: it never waits for MQTT, nor
+    // MQTT for it.
+    let influx = match spool.lane(INFLUX_SINK) {
+        Some(lane) => {
+            let c = Arc::new(InfluxCounters::default());
+            let sink =
+                InfluxSink::new(cfg.clone(), lane.clone(), status.clone(), c.clone(), report);
+            supervisor.spawn(
+                &uplink,
+                "InfluxDB sink",
+                &sink_stop,
+                sink.run(sink_stop.clone()),
+            );
+            Some((lane, c))
+        }
+        None => None,
+    };
     uplink.close();
 
     let mut handles = vec![gateway.clone()];
@@ -228,6 +252,7 @@ pub async fn run(
             status.clone(),
             spool.clone(),
             counters.clone(),
+            influx,
             history,
             sources_stop.clone(),
         ),
@@ -306,7 +331,7 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("MQTT sink did not stop in time");
+        tracing::warn!("a sink did not stop in time");
     }
     flusher_stop.cancel();
     infra.close();
@@ -398,6 +423,7 @@ async fn status_refresher(
     status: StatusHub,
     spool: Arc<Spool>,
     counters: Arc<SinkCounters>,
+    influx: Option<(LaneHandle, Arc<InfluxCounters>)>,
     history: Arc<crate::status::history::History>,
     cancel: CancellationToken,
 ) {
@@ -410,7 +436,13 @@ async fn status_refresher(
         let stats = spool.stats();
         let acked = counters.records_acked.load(Ordering::Relaxed);
         let last = counters.last_ack_ms.load(Ordering::Relaxed);
+        let influx_depth = influx.as_ref().map(|(lane, _)| lane.pending());
         status.update(|s| {
+            if let (Some(i), Some((_, c)), Some(depth)) =
+                (s.influxdb.as_mut(), influx.as_ref(), influx_depth)
+            {
+                i.refresh(c, depth);
+            }
             s.spool = stats;
             s.uplink.acked = acked;
             s.uplink.last_ack_ms = (last > 0).then_some(last);

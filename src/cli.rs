@@ -63,10 +63,29 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
     if let Some(w) = crate::status::web::password_file_warning(&cfg.web) {
         let _ = writeln!(out, "warning: {w}");
     }
+    if let Some(url) = &cfg.influxdb.url {
+        let _ = writeln!(
+            out,
+            "influxdb {url}: org {:?}, bucket {:?}",
+            cfg.influxdb.org, cfg.influxdb.bucket
+        );
+    }
     if config_only {
         return exit::OK;
     }
     let mut code = exit::OK;
+    if cfg.influxdb.enabled() {
+        // One authenticated request: a zero-point write.
+        match crate::sink::influx::check(&cfg.influxdb).await {
+            Ok(found) => {
+                let _ = writeln!(out, "influxdb: ok: {found}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "influxdb: NOT USABLE: {e}");
+                code = exit::UNAVAILABLE;
+            }
+        }
+    }
     for dev in &cfg.devices {
         match source::probe(dev).await {
             Ok(values) => {

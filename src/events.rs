@@ -369,6 +369,36 @@ pub const MQTT_STALLED: EventDef = def(
     Vi::None,
 );
 
+// ---- The InfluxDB sink (reported by sink/influx) ----
+
+pub const INFLUXDB_TOKEN_REFUSED: EventDef = def(
+    "influxdb.token_refused",
+    Critical,
+    "InfluxDB at {url} refused the write ({status}): {reason}. Every reading is kept and the write is tried again every few minutes; check influxdb.token_file, org and bucket.",
+    Vi::Page("Cơ sở dữ liệu InfluxDB từ chối mã truy cập; dữ liệu vẫn được giữ lại."),
+);
+
+pub const INFLUXDB_REJECTED: EventDef = def(
+    "influxdb.rejected",
+    Warning,
+    "InfluxDB refused {count} point(s) as malformed ({status}: {reason}); they were set aside and will not be written there (MQTT still has them). The rest were written.",
+    Vi::None,
+);
+
+pub const INFLUXDB_RETENTION: EventDef = def(
+    "influxdb.retention",
+    Warning,
+    "InfluxDB dropped {count} point(s) as outside the bucket's retention ({reason}); they are not sent again.",
+    Vi::None,
+);
+
+pub const INFLUXDB_RESTORED: EventDef = def(
+    "influxdb.restored",
+    Info,
+    "InfluxDB accepts writes again after {after}; {pending} reading(s) waiting are being written.",
+    Vi::None,
+);
+
 // ---- The spool and the gateway (reported by telemetry.rs) ----
 
 pub const SPOOL_CORRUPT: EventDef = def(
@@ -474,6 +504,10 @@ pub const ALL: &[EventDef] = &[
     PROBE_WAN_UP,
     MODBUS_EXCEPTION,
     MQTT_STALLED,
+    INFLUXDB_TOKEN_REFUSED,
+    INFLUXDB_REJECTED,
+    INFLUXDB_RETENTION,
+    INFLUXDB_RESTORED,
     SPOOL_CORRUPT,
     GATEWAY_UNCLEAN_STOP,
     SPOOL_CORRUPT_RECORD,

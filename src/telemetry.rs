@@ -253,6 +253,16 @@ pub async fn run(
             "mqtt.records_acked",
             counters.records_acked.load(Ordering::Relaxed) as f64,
         );
+        if let Some(i) = &snap.influxdb {
+            v.set("influxdb.connected", i.connected);
+            v.num("influxdb.depth", i.depth as f64);
+            v.num("influxdb.written", i.written as f64);
+            v.num("influxdb.rejected", i.rejected as f64);
+            v.num("influxdb.retention_dropped", i.retention_dropped as f64);
+            v.num("influxdb.too_large", i.too_large as f64);
+            v.num("influxdb.refused", i.refused as f64);
+            v.num("influxdb.retries", i.retries as f64);
+        }
         v.num(
             "gateway.uptime",
             ((now_ms() - snap.started_ms).max(0) / 1000) as f64,

@@ -202,6 +202,10 @@ pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) 
         ClockState::Unsynced => "unsynced",
     };
     let allowed: Vec<&str> = cfg.commands.allowed().iter().map(|o| o.name()).collect();
+    let mut sinks = vec![crate::sink::mqtt::SINK_NAME];
+    if cfg.influxdb.enabled() {
+        sinks.push(crate::sink::influx::SINK_NAME);
+    }
     let v = json!({
         "site": cfg.site,
         "version": run.version,
@@ -211,7 +215,7 @@ pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) 
         "config_hash": file.hash,
         "clock": clock,
         "devices": devices,
-        "sinks": [crate::sink::mqtt::SINK_NAME],
+        "sinks": sinks,
         "commands": {
             "enabled": cfg.commands.enabled,
             "allow": if cfg.commands.enabled { allowed } else { Vec::new() },

@@ -5,6 +5,7 @@
 //! This room loads the layers, holds the top-level sections and gathers
 //! every problem; each component's own section lives beside it (as
 //! Vector's `SourceConfig`/`SinkConfig` do): `[mqtt]` in `sink::config`,
+//! `[influxdb]` in `sink::influx::config`,
 //! `[spool]` in `spool::config`, `[web]`/`[led]` in `status::config`, and
 //! each `[[device]]` kind in `source::<kind>::config` (or
 //! `source::<kind>_config` beside a one-file source). Values with a range
@@ -31,6 +32,7 @@ use crate::model::valid_id;
 
 pub use crate::command::config::CommandsConfig;
 pub use crate::sink::config::MqttConfig;
+pub use crate::sink::influx::config::InfluxConfig;
 pub use crate::source::apc::config::ApcSmartConfig;
 pub use crate::source::gpio_config::{GpioConfig, GpioInput, GpioMode, Pull};
 pub use crate::source::megatec::config::MegatecConfig;
@@ -82,6 +84,9 @@ pub struct Config {
     pub site: String,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The InfluxDB sink, on when `influxdb.url` is set.
+    #[serde(default)]
+    pub influxdb: InfluxConfig,
     #[serde(default)]
     pub spool: SpoolConfig,
     #[serde(default)]
@@ -293,6 +298,7 @@ impl Config {
             ));
         }
         p.extend(self.mqtt.problems());
+        p.extend(self.influxdb.problems());
         p.extend(self.spool.problems());
         // [web] is checked beside it; its password file is a path like
         // every other, and the service runs from /.

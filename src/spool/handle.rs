@@ -212,7 +212,13 @@ impl LaneHandle {
         }
     }
 
-    /// Records of this sink not yet acknowledged (memory and disk).
+    /// Records of this sink not yet acknowledged (memory and disk). The
+    /// disk rows are counted only while this lane's backlog may hold some
+    /// (a stream not read to its end): once a sink has caught up, the rows
+    /// another sink keeps (InfluxDB down, MQTT fine) are not its own, and
+    /// must not look like a stuck link. While two sinks both have a
+    /// backlog, each counts every row on disk (the store keeps no count
+    /// per sink).
     pub fn pending(&self) -> u64 {
         let q = lock(&self.spool.q);
         let lane = &q.lanes[self.idx];
@@ -224,8 +230,12 @@ impl LaneHandle {
                 InFlight::Disk(r, _) => r.len(),
             })
             .sum();
-        (lane.events.len() + lane.live.len() + inflight + q.wal_pending.len()) as u64
-            + self.spool.counters.disk_rows.load(Ordering::Relaxed).max(0) as u64
+        let disk = if lane.backlog.iter().any(|b| b.maybe()) {
+            self.spool.counters.disk_rows.load(Ordering::Relaxed).max(0) as u64
+        } else {
+            0
+        };
+        (lane.events.len() + lane.live.len() + inflight + q.wal_pending.len()) as u64 + disk
     }
 
     /// Batches in flight.

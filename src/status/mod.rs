@@ -72,6 +72,9 @@ pub struct Snapshot {
     pub version: String,
     pub started_ms: i64,
     pub uplink: Uplink,
+    /// The InfluxDB sink, when it is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub influxdb: Option<crate::sink::influx::InfluxStatus>,
     pub spool: SpoolStats,
     pub devices: BTreeMap<String, DeviceStatus>,
     pub events: VecDeque<RecentEvent>,
@@ -98,6 +101,7 @@ impl StatusHub {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_ms: now_ms(),
             uplink: Uplink::default(),
+            influxdb: None,
             spool: SpoolStats::default(),
             devices: BTreeMap::new(),
             events: VecDeque::new(),

@@ -4,7 +4,9 @@
 //! durability (kills, stops and the spool's own faults), shutdown (status
 //! at start and stop, a hung broker), storage (storage faults, issue 10),
 //! (remote operation from the IOC, issue 13); helpers
+//! InfluxDB sink, issue 12); helpers
 //! hostile_peers (peers that flood, lie or flap, issue 11), commands
+//! hostile_peers (peers that flood, lie or flap, issue 11), influx (the
 //! hostile_peers (peers that flood, lie or flap, issue 11); helpers
 //! people read, issue 15), install,
 //! tls, cli, service (systemd), ups, field, sensors, web, install,
@@ -24,6 +26,7 @@ mod field;
 mod hostile_config;
 mod hostile_peers;
 mod hostile_web;
+mod influx;
 mod install;
 mod sensors;
 mod service;

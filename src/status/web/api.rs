@@ -62,6 +62,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
     published
         .get_or_create(&vec![("sink".into(), "mqtt".into())])
         .set(s.uplink.acked as i64);
+    if let Some(i) = &s.influxdb {
+        published
+            .get_or_create(&vec![("sink".into(), "influxdb".into())])
+            .set(i.written as i64);
+    }
     r.register(
         "records_published",
         "Records acknowledged by the sink since start",
@@ -112,6 +117,56 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Reconnections since start",
         s.uplink.reconnects as i64,
     );
+    if let Some(i) = &s.influxdb {
+        gauge(
+            &mut r,
+            "influxdb_up",
+            "1 when the last InfluxDB write was accepted",
+            i.connected as i64,
+        );
+        gauge(
+            &mut r,
+            "influxdb_depth",
+            "Records waiting for the InfluxDB sink (memory and disk)",
+            i.depth as i64,
+        );
+        let answers: Family<Labels, Gauge> = Family::default();
+        for (class, n) in [
+            ("written", i.written),
+            ("rejected", i.rejected),
+            ("retention", i.retention_dropped),
+        ] {
+            answers
+                .get_or_create(&vec![("class".into(), class.into())])
+                .set(n as i64);
+        }
+        r.register(
+            "influxdb_points",
+            "Points written to InfluxDB, set aside as bad, or dropped as outside retention, since start",
+            answers,
+        );
+        let errors: Family<Labels, Gauge> = Family::default();
+        for (class, n) in [
+            ("too_large", i.too_large),
+            ("refused", i.refused),
+            ("retry", i.retries),
+        ] {
+            errors
+                .get_or_create(&vec![("class".into(), class.into())])
+                .set(n as i64);
+        }
+        r.register(
+            "influxdb_errors",
+            "InfluxDB answers that held data back, by class, since start (413 too_large, 401/403/4xx refused, 429/5xx/unreachable retry)",
+            errors,
+        );
+        gauge(
+            &mut r,
+            "influxdb_batch_limit",
+            "Points per InfluxDB request now (halved on 413)",
+            i.batch_limit as i64,
+        );
+    }
     let build: Family<Labels, Gauge> = Family::default();
     build
         .get_or_create(&vec![("version".into(), s.version.clone())])
@@ -190,5 +245,42 @@ mod tests {
         assert!(m.contains("wardgate_uplink_up 0"), "{m}");
         assert!(m.contains("wardgate_build_info{version="), "{m}");
         assert!(m.ends_with("# EOF\n"));
+    }
+
+    /// The InfluxDB sink's classes, when it is on (and nothing of it when
+    /// it is off).
+    #[test]
+    fn metrics_show_the_influx_sink() {
+        let hub = StatusHub::new("xa-a");
+        assert!(!render_metrics(&hub.get()).contains("influxdb"));
+        hub.update(|s| {
+            s.influxdb = Some(crate::sink::influx::InfluxStatus {
+                connected: true,
+                depth: 12,
+                written: 900,
+                rejected: 3,
+                retention_dropped: 2,
+                too_large: 1,
+                refused: 4,
+                retries: 5,
+                batch_limit: 500,
+                ..Default::default()
+            })
+        });
+        let m = render_metrics(&hub.get());
+        for line in [
+            "wardgate_influxdb_up 1",
+            "wardgate_influxdb_depth 12",
+            "wardgate_influxdb_points{class=\"written\"} 900",
+            "wardgate_influxdb_points{class=\"rejected\"} 3",
+            "wardgate_influxdb_points{class=\"retention\"} 2",
+            "wardgate_influxdb_errors{class=\"too_large\"} 1",
+            "wardgate_influxdb_errors{class=\"refused\"} 4",
+            "wardgate_influxdb_errors{class=\"retry\"} 5",
+            "wardgate_influxdb_batch_limit 500",
+            "wardgate_records_published{sink=\"influxdb\"} 900",
+        ] {
+            assert!(m.contains(line), "{line} in\n{m}");
+        }
     }
 }

@@ -159,6 +159,37 @@ pub fn render_body_in(
             esc(&c.line(t.lang))
         );
     }
+    if let Some(i) = &s.influxdb {
+        let _ = write!(
+            b,
+            "<p class=\"bar\" id=\"influxdb\">{}: <b>{}</b> · {}: {}",
+            t.influx,
+            if i.connected { t.link_up } else { t.link_down },
+            t.influx_waiting,
+            i.depth
+        );
+        if i.rejected > 0 {
+            let _ = write!(b, " · {}: {}", t.influx_rejected, i.rejected);
+        }
+        if i.retention_dropped > 0 {
+            let _ = write!(b, " · {}: {}", t.influx_retention, i.retention_dropped);
+        }
+        if let Some(c) = &i.last_class {
+            let words = t
+                .influx_classes
+                .iter()
+                .find(|(k, _)| k == c)
+                .map(|(_, w)| *w)
+                .unwrap_or(c.as_str());
+            let _ = write!(
+                b,
+                " · <span class=\"influx-class\" data-class=\"{}\">{}</span>",
+                esc(c),
+                esc(words)
+            );
+        }
+        b.push_str("</p>");
+    }
     b.push_str("<main>");
     let now = now_ms();
     for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
@@ -333,6 +364,61 @@ mod tests {
         hub.update(|s| s.devices.get_mut("ups1").unwrap().health = Health::Fault("x".into()));
         assert_eq!(headline(&hub.get(), &VI).0, "Thiết bị UPS không phản hồi");
         assert_eq!(headline(&hub.get(), &EN).0, "The UPS is not responding");
+    }
+
+    /// The InfluxDB sink's line: link, waiting, set aside, retention, and
+    /// the last failure in the reader's words.
+    #[test]
+    fn influx_line_shows_each_class() {
+        let hub = StatusHub::new("xa-a");
+        hub.update(|s| s.uplink.attempts = 1);
+        let body = render_body(&hub.get(), &History::default(), &EN, &[]);
+        assert!(!body.contains("id=\"influxdb\""), "off: no line");
+        for (class, en, vi) in [
+            (
+                "too_large",
+                "request too large, batch halved",
+                "yêu cầu quá lớn",
+            ),
+            ("bad_points", "bad points set aside", "điểm dữ liệu sai"),
+            (
+                "retention",
+                "points outside retention dropped",
+                "quá hạn lưu trữ",
+            ),
+            (
+                "refused",
+                "token refused, readings kept",
+                "mã truy cập bị từ chối",
+            ),
+            ("retry", "server busy, retrying", "máy chủ bận"),
+            (
+                "unreachable",
+                "cannot reach it, retrying",
+                "không kết nối được",
+            ),
+        ] {
+            hub.update(|s| {
+                s.influxdb = Some(crate::sink::influx::InfluxStatus {
+                    connected: false,
+                    depth: 4321,
+                    rejected: 7,
+                    retention_dropped: 2,
+                    last_class: Some(class.into()),
+                    ..Default::default()
+                })
+            });
+            let b = render_body(&hub.get(), &History::default(), &EN, &[]);
+            assert!(
+                b.contains(
+                    "InfluxDB: <b>down</b> · waiting: 4321 · set aside: 7 · outside retention: 2"
+                ),
+                "{b}"
+            );
+            assert!(b.contains(&format!("data-class=\"{class}\">{en}<")), "{b}");
+            let b = render_body(&hub.get(), &History::default(), &VI, &[]);
+            assert!(b.contains(vi), "{class}: {b}");
+        }
     }
 
     #[test]

@@ -53,6 +53,14 @@ pub struct Strings {
     pub link_up: &'static str,
     pub link_down: &'static str,
     pub kept_on_device: &'static str,
+    /// The InfluxDB sink's line: its name, then waiting / set aside /
+    /// dropped (retention), then why the last write failed, by class.
+    pub influx: &'static str,
+    pub influx_waiting: &'static str,
+    pub influx_rejected: &'static str,
+    pub influx_retention: &'static str,
+    /// too_large, bad_points, retention, refused, retry, unreachable.
+    pub influx_classes: [(&'static str, &'static str); 6],
     /// `web.password_file` can be read by other users of the box.
     pub password_file_open: &'static str,
 }
@@ -113,6 +121,18 @@ pub const VI: Strings = Strings {
     link_up: "đang kết nối",
     link_down: "mất kết nối",
     kept_on_device: "Bản ghi đang lưu tạm",
+    influx: "Cơ sở dữ liệu InfluxDB",
+    influx_waiting: "đang chờ ghi",
+    influx_rejected: "bị loại",
+    influx_retention: "quá hạn lưu trữ",
+    influx_classes: [
+        ("too_large", "yêu cầu quá lớn, đã chia nhỏ"),
+        ("bad_points", "có điểm dữ liệu sai, đã để riêng"),
+        ("retention", "điểm dữ liệu quá hạn lưu trữ, đã bỏ"),
+        ("refused", "mã truy cập bị từ chối, dữ liệu vẫn được giữ"),
+        ("retry", "máy chủ bận, đang thử lại"),
+        ("unreachable", "không kết nối được, đang thử lại"),
+    ],
     password_file_open: "Tệp mật khẩu của trang này đang để người dùng khác trên thiết bị đọc được: hãy để riêng (chmod o-r)",
 };
 
@@ -171,6 +191,18 @@ pub const EN: Strings = Strings {
     link_up: "connected",
     link_down: "down",
     kept_on_device: "Readings kept on this device",
+    influx: "InfluxDB",
+    influx_waiting: "waiting",
+    influx_rejected: "set aside",
+    influx_retention: "outside retention",
+    influx_classes: [
+        ("too_large", "request too large, batch halved"),
+        ("bad_points", "bad points set aside"),
+        ("retention", "points outside retention dropped"),
+        ("refused", "token refused, readings kept"),
+        ("retry", "server busy, retrying"),
+        ("unreachable", "cannot reach it, retrying"),
+    ],
     password_file_open: "The password file of this page is readable by other users of this box: make it private (chmod o-r)",
 };
 
