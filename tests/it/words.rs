@@ -547,3 +547,96 @@ async fn spool_stats_prints_the_catchup_line() {
     );
     assert!(err.contains(vi), "{err}");
 }
+
+/// The catch-up bar during a real recovery: readings kept through a broker
+/// outage drain (paced by `mqtt.backlog_rate`) while the device keeps
+/// reading, and the page shows the bar with the counts, in Vietnamese
+/// numbers, and the time left once the drain rate is measured; when the
+/// backlog is gone, so is the bar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catchup_bar_during_a_real_recovery() {
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        broker.port,
+        dir.path(),
+        &format!(
+            "[gateway]\nsystem_health = false\n{}",
+            sim("ups1", "5ms", "")
+        ),
+    )
+    .replace("[mqtt]\n", "[mqtt]\nmax_batch = 10\nbacklog_rate = 20.0\n");
+    let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
+    let addr = gw.web.unwrap();
+    let db = dir.path().join("spool.db");
+    eventually(WAIT, "1500 samples of ups1 on disk", || {
+        wardgate::spool::db::Db::open_read_only(&db)
+            .ok()
+            .and_then(|d| d.summary().ok())
+            .is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r.device == "ups1" && r.kind == 0 && r.records >= 1500)
+            })
+    })
+    .await;
+    tokio::task::block_in_place(|| broker.start_again());
+    let page = || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(http_get(addr, "/", ""))
+        })
+        .1
+    };
+    // The catch-up block alone (the UPS card says "còn" too).
+    let catchup = |body: &str| {
+        body.split_once("id=\"catchup\"")
+            .and_then(|(_, rest)| rest.split_once("</div>"))
+            .map(|(c, _)| visible_text(c))
+    };
+    // 1500+ readings at 10 a message, 20 messages a second: several
+    // seconds of catch-up; the time left shows once the rate is measured
+    // (after 2 s of draining).
+    let mut seen = String::new();
+    let ok = wait_for(WAIT, || {
+        let body = page();
+        match catchup(&body) {
+            Some(c) if c.contains("còn khoảng") || c.contains("còn dưới") => {
+                seen = body;
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(ok, "no catch-up bar with the time left during the recovery");
+    let c = catchup(&seen).unwrap();
+    assert!(seen.contains("<progress max="), "{seen}");
+    assert!(
+        c.contains("Đang gửi lại dữ liệu đã lưu:") && c.contains(" bản ghi"),
+        "{c}"
+    );
+    // Vietnamese numbers: the total, over a thousand, with a dot.
+    assert!(
+        c.split_whitespace().any(|w| {
+            let b = w.as_bytes();
+            b.len() == 5 && b[1] == b'.' && w.bytes().filter(u8::is_ascii_digit).count() == 4
+        }),
+        "{c}"
+    );
+    screenshots(
+        format!("http://{addr}/"),
+        dir.path().join("chromium"),
+        "catchup-real-vi",
+    )
+    .await;
+    eventually(WAIT, "the bar gone once the backlog is empty", || {
+        catchup(&page()).is_none()
+    })
+    .await;
+    gw.stop().await;
+    // The backlog itself arrived: every reading up to the 1500th.
+    let got = sub.seqs("ups1");
+    assert!((0..1500).all(|s| got.contains(&s)), "backlog incomplete");
+    sub.assert_all_valid();
+}
