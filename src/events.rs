@@ -360,7 +360,7 @@ pub const PROBE_WAN_UP: EventDef = def("wan.up", Info, "The internet link is bac
 pub const MODBUS_EXCEPTION: EventDef =
     def("modbus.exception", Warning, "{device}: {reason}", Vi::None);
 
-// ---- The MQTT sink (sink/mqtt.rs) ----
+// ---- The MQTT sink (sink/mqtt/session.rs) ----
 
 pub const MQTT_STALLED: EventDef = def(
     "mqtt.stalled",
