@@ -1,8 +1,9 @@
 //! Any bytes as `wardgate.toml`, the file a technician edits on the SD
 //! card's FAT partition: never a panic. Text goes through
 //! `Config::from_toml`; bytes that are not UTF-8 through `Config::load`
-//! from a file, which reads them as their lossy text. A config that loads has a site and device
-//! ids a topic can carry, unique ids, and value names in the contract.
+//! from a file, which must refuse them (naming the line), never read them
+//! as lossy text. A config that loads has a site and device ids a topic can
+//! carry, unique ids, and value names in the contract.
 #![no_main]
 use std::collections::HashSet;
 
@@ -21,14 +22,22 @@ fuzz_target!(|data: &[u8]| {
                 std::process::id()
             ));
             std::fs::write(&path, data).expect("writing the temp file");
-            // TOML must be UTF-8, but the `config` crate reads files with
-            // String::from_utf8_lossy: the bad bytes become U+FFFD and the
-            // file may load (reported in issue 18; the fix belongs in
-            // src/config/mod.rs). It must at least load as its lossy text does.
+            // TOML must be UTF-8: the file is refused, not read as lossy
+            // text (the `config` crate would turn bad bytes into U+FFFD).
             let r = Config::load_with_env(&path, true, std::iter::empty());
-            let lossy = Config::from_toml(&String::from_utf8_lossy(data));
-            assert_eq!(r.is_ok(), lossy.is_ok(), "{r:?} / {lossy:?}");
-            r
+            let _ = std::fs::remove_file(&path);
+            match r {
+                Err(e) => {
+                    let e = e.to_string();
+                    // Bigger than the cap is refused for its size first.
+                    assert!(
+                        e.contains("not UTF-8") || e.contains("larger than"),
+                        "{e}"
+                    );
+                }
+                Ok(c) => panic!("bytes that are not UTF-8 loaded: {c:?}"),
+            }
+            return;
         }
     };
     let Ok(cfg) = cfg else { return };
