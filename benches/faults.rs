@@ -73,6 +73,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -296,6 +297,8 @@ struct Gateway {
     env: Vec<(String, String)>,
     child: Option<Child>,
     runs: u32,
+    /// When each run started (to say which run sent a copy).
+    starts: Vec<Instant>,
     /// The exit code of the last run that ended by itself or on a signal.
     last_exit: Option<Option<i32>>,
 }
@@ -323,6 +326,7 @@ impl Gateway {
         live(true, Live::Pid(child.id()));
         self.child = Some(child);
         self.runs += 1;
+        self.starts.push(Instant::now());
     }
 
     fn kill9(&mut self) {
@@ -535,9 +539,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A durable subscriber (clean_session = false, QoS 1) on `ioc/#` that keeps
-/// every message with its arrival time.
+/// every message with its arrival time. The broker's own redelivery of a
+/// message to the recorder (it restarted before the recorder's PUBACK
+/// reached it: same packet id, DUP set, same bytes) is the broker's copy,
+/// not the gateway's: it is counted apart and not kept.
 struct Recorder {
     recs: Arc<Mutex<Vec<Rec>>>,
+    redelivered: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -555,7 +563,11 @@ impl Recorder {
         let (client, mut el) = AsyncClient::new(o, 100);
         let subscribed = Arc::new(tokio::sync::Notify::new());
         let (r2, s2) = (recs.clone(), subscribed.clone());
+        let redelivered: Arc<AtomicU64> = Arc::default();
+        let redelivered2 = redelivered.clone();
         let task = tokio::spawn(async move {
+            // The last message kept under each packet id.
+            let mut by_pkid: HashMap<u16, usize> = HashMap::new();
             loop {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -565,14 +577,25 @@ impl Recorder {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => s2.notify_one(),
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let rec = Rec {
+                        let mut v = r2.lock().unwrap_or_else(|e| e.into_inner());
+                        let again = p.dup
+                            && by_pkid.get(&p.pkid).is_some_and(|&i| {
+                                v[i].topic == p.topic && v[i].payload[..] == p.payload[..]
+                            });
+                        if again {
+                            redelivered2.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if p.pkid != 0 {
+                            by_pkid.insert(p.pkid, v.len());
+                        }
+                        v.push(Rec {
                             at: Instant::now(),
                             wall_ms: now_ms(),
                             topic: p.topic.clone(),
                             retain: p.retain,
                             payload: p.payload.to_vec(),
-                        };
-                        r2.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
+                        });
                     }
                     Ok(_) => {}
                     // The broker is down or restarting: retry soon, as the
@@ -584,7 +607,11 @@ impl Recorder {
         tokio::time::timeout(Duration::from_secs(10), subscribed.notified())
             .await
             .expect("recorder subscribed");
-        Recorder { recs, task }
+        Recorder {
+            recs,
+            redelivered,
+            task,
+        }
     }
 
     fn len(&self) -> usize {
@@ -651,6 +678,8 @@ impl Drop for Recorder {
 // Accounting
 
 type Stream = (String, &'static str, String);
+/// (device, kind, epoch, seq): one record.
+type RecordKey = (String, &'static str, String, u64);
 
 #[derive(Default)]
 struct Account {
@@ -660,6 +689,9 @@ struct Account {
     /// The most copies any one record arrived in, and one such record.
     max_copies: u64,
     max_copies_example: String,
+    /// When each copy of that record arrived, and whether it was marked
+    /// historical.
+    max_copies_at: Vec<(Instant, bool)>,
     reused: u64,
     reused_examples: Vec<String>,
     invalid_json: u64,
@@ -693,8 +725,8 @@ fn num(v: &Value) -> Option<f64> {
 
 fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
     let mut a = Account::default();
-    let mut seen: HashMap<(String, &'static str, String, u64), String> = HashMap::new();
-    let mut copies: HashMap<(String, &'static str, String, u64), u64> = HashMap::new();
+    let mut seen: HashMap<RecordKey, String> = HashMap::new();
+    let mut copies: HashMap<RecordKey, Vec<(Instant, bool)>> = HashMap::new();
     let mut streams: BTreeMap<Stream, BTreeSet<u64>> = BTreeMap::new();
     // stream -> (seq_resumed, seq_last_used) of each unclean stop
     let mut declared: BTreeMap<Stream, Vec<(u64, Option<u64>)>> = BTreeMap::new();
@@ -733,11 +765,12 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             }
             let content = plain.to_string();
             let key = (device.clone(), kind, epoch.clone(), seq);
-            let n = copies.entry(key.clone()).or_insert(0);
-            *n += 1;
-            if *n > a.max_copies {
-                a.max_copies = *n;
+            let times = copies.entry(key.clone()).or_default();
+            times.push((r.at, item["historical"].as_bool().unwrap_or(false)));
+            if times.len() as u64 > a.max_copies {
+                a.max_copies = times.len() as u64;
                 a.max_copies_example = format!("{device} {kind} epoch {epoch:?} seq {seq}");
+                a.max_copies_at = times.clone();
             }
             match seen.get(&key) {
                 Some(prev) => {
@@ -1017,6 +1050,7 @@ impl Rig {
             env: vec![],
             child: None,
             runs: 0,
+            starts: vec![],
             last_exit: None,
         };
         Rig {
@@ -1208,6 +1242,12 @@ impl Rig {
             let recs = self.rec.lock();
             account(&recs, &self.destroyed)
         };
+        let again = self.rec.redelivered.load(Ordering::Relaxed);
+        if again > 0 {
+            self.notes.push(format!(
+                "{again} broker redeliveries to the recorder (broker restarted before its PUBACK) not counted"
+            ));
+        }
         if !acct.reused_examples.is_empty() {
             self.notes.push(format!(
                 "seq reused, e.g. {}",
@@ -1523,7 +1563,9 @@ fn fill_up(dir: &Path, name: &str) {
 /// run. The scenario has three runs with the disk full (the outage run, the
 /// restart, and the drain run that starts after a kill -9), and a record in
 /// flight when a link drops is sent again: so no record may arrive more than
-/// 3 + 1 = 4 times (the old spool re-sent the backlog on every reconnect);
+/// 3 + 1 = 4 times (the old spool re-sent the backlog on every reconnect;
+/// the broker's own redeliveries to the recorder after its restart are not
+/// the gateway's copies and are not counted, see [`Recorder`]);
 /// a `spool.degraded` event with reason `disk_full`; drops declared.
 async fn disk_full(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
@@ -1612,16 +1654,39 @@ async fn disk_full(o: &Opts) -> Outcome {
     for f in ["filler", "filler2", "filler3"] {
         let _ = std::fs::remove_file(mnt.dir.join(f));
     }
-    let out = rig.finish().await;
+    rig.drain().await;
+    let starts = rig.gw.starts.clone();
+    let out = rig.outcome();
     drop(mnt);
     with_expectation(out, |a| {
         (a.max_copies > 4).then(|| {
             format!(
-                "re-send storm: a record arrived {} times ({}; {} duplicates in all)",
-                a.max_copies, a.max_copies_example, a.duplicates
+                "re-send storm: a record arrived {} times ({}; {} duplicates in all; copies {})",
+                a.max_copies,
+                a.max_copies_example,
+                a.duplicates,
+                copies_by_run(&a.max_copies_at, &starts)
             )
         })
     })
+}
+
+/// Says which gateway run each copy arrived in, and when: "run 1 +12.3 s
+/// historical, ...".
+fn copies_by_run(copies: &[(Instant, bool)], starts: &[Instant]) -> String {
+    copies
+        .iter()
+        .map(|(at, hist)| {
+            let run = starts.iter().rposition(|s| s <= at).unwrap_or(0);
+            let since = starts
+                .get(run)
+                .map(|s| at.duration_since(*s).as_secs_f64())
+                .unwrap_or(0.0);
+            let what = if *hist { "historical" } else { "live" };
+            format!("run {} +{since:.1} s {what}", run + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The spool's file system (a tmpfs holding a backlog) is remounted

@@ -256,27 +256,21 @@ impl Spool {
             }
             if !rows.is_empty() || !del.is_empty() || !meta.is_empty() {
                 let db = store.db.as_mut().expect("usable means open");
-                let mut result = db.commit(&rows, &del, &meta);
-                let mut n_deleted = 0;
-                if let Err(e) = &result {
-                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-                        // A full disk: give the write-ahead log's space back
-                        // and at least delete what was acknowledged.
+                let done = commit_or_free(
+                    db,
+                    (&rows, &del, &meta),
+                    |db, r, d, m| db.commit(r, d, m),
+                    |db| {
                         let _ = db.checkpoint();
-                        if let Ok((_, n)) = db.commit(&[], &del, &[]) {
-                            deleted_ok = true;
-                            n_deleted = n;
-                        }
-                        result = db.commit(&rows, &[], &meta);
-                    }
-                }
-                match result {
-                    Ok((ids, n)) => {
-                        let n = n + n_deleted;
+                    },
+                );
+                deleted_ok = done.deleted.is_some();
+                let n_deleted = done.deleted.unwrap_or(0);
+                match done.written {
+                    Ok(ids) => {
                         written = Some(ids);
-                        deleted_ok = true;
                         store.dropped_written = dropped;
-                        let net = rows.len() as i64 - n as i64;
+                        let net = rows.len() as i64 - n_deleted as i64;
                         self.counters.disk_rows.fetch_add(net, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -610,6 +604,57 @@ impl Spool {
                 Err(e) => tracing::error!(error = %e, "spool commit task failed"),
             }
         }
+    }
+}
+
+/// What [`commit_or_free`] managed: the new rows' ids (or why they could
+/// not be written), and how many acknowledged rows were deleted (None: the
+/// deletion did not happen, the rows are still on disk).
+pub(super) struct Committed {
+    pub written: rusqlite::Result<Vec<i64>>,
+    pub deleted: Option<usize>,
+}
+
+/// One commit of new rows, deletions and meta values; on a full disk, gives
+/// the write-ahead log's space back (`checkpoint`) and tries the deletions
+/// alone (freeing room is what a full disk needs first), then the rows.
+/// `commit` is [`Db::commit`] and `checkpoint` [`Db::checkpoint`]; passed in so the fallback's bookkeeping can
+/// be tested without filling a disk.
+pub(super) fn commit_or_free<D>(
+    db: &mut D,
+    (rows, del, meta): (&[NewRow<'_>], &[i64], &[(String, i64)]),
+    mut commit: impl FnMut(
+        &mut D,
+        &[NewRow<'_>],
+        &[i64],
+        &[(String, i64)],
+    ) -> rusqlite::Result<(Vec<i64>, usize)>,
+    checkpoint: impl FnOnce(&mut D),
+) -> Committed {
+    match commit(db, rows, del, meta) {
+        Ok((ids, n)) => Committed {
+            written: Ok(ids),
+            deleted: Some(n),
+        },
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+            checkpoint(db);
+            // Only a deletion that committed counts: rows still on disk
+            // must stay out of the backlog (`gone_rows`), or the run sends
+            // them again.
+            let deleted = if del.is_empty() {
+                Some(0)
+            } else {
+                commit(db, &[], del, &[]).ok().map(|(_, n)| n)
+            };
+            Committed {
+                written: commit(db, rows, &[], meta).map(|(ids, _)| ids),
+                deleted,
+            }
+        }
+        Err(e) => Committed {
+            written: Err(e),
+            deleted: None,
+        },
     }
 }
 

@@ -301,6 +301,9 @@ pub struct Spool {
     counters: SpoolCounters,
     clock: ClockCache,
     closed: AtomicBool,
+    /// Write-through asked for at run time (the UPS is on battery): every
+    /// record is committed before it is sent, as under policy `wal`.
+    write_through: AtomicBool,
     /// Completed commit rounds.
     progress: AtomicU64,
     notices: Mutex<Vec<Notice>>,

@@ -310,6 +310,7 @@ impl Spool {
             counters,
             clock: ClockCache::default(),
             closed: AtomicBool::new(false),
+            write_through: AtomicBool::new(false),
             progress: AtomicU64::new(0),
             notices: Mutex::new(notices),
             notice_wake: Notify::new(),

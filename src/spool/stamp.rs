@@ -187,7 +187,7 @@ impl Spool {
             writing: false,
         };
         self.counters.pushed.fetch_add(1, Ordering::Relaxed);
-        let wal = self.cfg.policy == SpoolPolicy::Wal;
+        let wal = self.write_through();
         if wal {
             q.wal_pending.push(entry);
         } else {
@@ -213,6 +213,27 @@ impl Spool {
             self.wake.notify_one();
         }
         Ok(seq)
+    }
+}
+
+impl Spool {
+    /// Switches write-through on or off at run time (on while the UPS is
+    /// on battery, so a power cut that follows loses nothing). Under
+    /// policy `wal` it is always on.
+    pub fn set_write_through(&self, on: bool) {
+        let was = self.write_through.swap(on, Ordering::SeqCst);
+        if was != on {
+            tracing::info!(
+                on,
+                "spool write-through (every reading committed before it is sent)"
+            );
+        }
+    }
+
+    /// Whether records are committed before they are sent: policy `wal`,
+    /// or write-through asked for at run time.
+    pub fn write_through(&self) -> bool {
+        self.cfg.policy == SpoolPolicy::Wal || self.write_through.load(Ordering::SeqCst)
     }
 }
 

@@ -57,3 +57,70 @@ async fn an_event_storm_cannot_push_telemetry_out() {
     );
     assert!(s.counters().dropped(DropReason::Full) > 0);
 }
+
+fn disk_full() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        Some("database or disk is full".into()),
+    )
+}
+
+/// The full-disk fallback: the deletions count as done only when the
+/// commit that carried them succeeded. (The first version marked them done
+/// whenever the rows' commit succeeded, so rows still on disk left the
+/// backlog's skip list and were sent again in the same run.)
+#[test]
+fn a_full_disk_deletes_first_and_says_what_was_deleted() {
+    let new = NewRow {
+        sink: "mqtt",
+        kind: Kind::Sample,
+        device: "d",
+        epoch: 1,
+        seq: 0,
+        ts: 0,
+        synced: true,
+        body: "{}",
+    };
+    let rows = [new];
+    let meta = [("dropped".to_owned(), 1)];
+    // (rows, deletions) of each call, and what each call answers.
+    let run = |answers: Vec<rusqlite::Result<(Vec<i64>, usize)>>| {
+        // (calls, checkpoints)
+        let mut seen: (Vec<(usize, usize)>, u32) = (Vec::new(), 0);
+        let mut answers = answers.into_iter();
+        let out = commit_or_free(
+            &mut seen,
+            (&rows, &[7, 8], &meta),
+            |seen, r, d, _| {
+                seen.0.push((r.len(), d.len()));
+                answers.next().expect("an answer per call")
+            },
+            |seen| seen.1 += 1,
+        );
+        (out, seen.0, seen.1)
+    };
+
+    // Healthy: one commit carries everything.
+    let (out, calls, cp) = run(vec![Ok((vec![11], 2))]);
+    assert_eq!((out.written.unwrap(), out.deleted), (vec![11], Some(2)));
+    assert_eq!((calls, cp), (vec![(1, 2)], 0));
+
+    // Full, the deletions free room, the rows then fit.
+    let (out, calls, cp) = run(vec![Err(disk_full()), Ok((vec![], 2)), Ok((vec![12], 0))]);
+    assert_eq!((out.written.unwrap(), out.deleted), (vec![12], Some(2)));
+    assert_eq!((calls, cp), (vec![(1, 2), (0, 2), (1, 0)], 1));
+
+    // Full, the deletions fail, the rows fit anyway: NOT deleted.
+    let (out, _, _) = run(vec![Err(disk_full()), Err(disk_full()), Ok((vec![13], 0))]);
+    assert_eq!((out.written.unwrap(), out.deleted), (vec![13], None));
+
+    // Full, deleted, the rows still do not fit.
+    let (out, _, _) = run(vec![Err(disk_full()), Ok((vec![], 2)), Err(disk_full())]);
+    assert!(out.written.is_err());
+    assert_eq!(out.deleted, Some(2));
+
+    // Another error: no second try, nothing deleted.
+    let (out, calls, cp) = run(vec![Err(rusqlite::Error::InvalidQuery)]);
+    assert!(out.written.is_err());
+    assert_eq!((out.deleted, calls.len(), cp), (None, 1, 0));
+}

@@ -148,6 +148,42 @@ async fn wal_commits_before_sending() {
     assert_eq!(rows(&s), 0);
 }
 
+/// Write-through switched on at run time (the UPS on battery) behaves as
+/// policy `wal` until it is switched off again.
+#[tokio::test]
+async fn write_through_at_run_time_commits_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+    lane.set_link(true);
+    let dev: Arc<str> = Arc::from("d");
+    assert!(!s.write_through());
+    s.set_write_through(true);
+    s.push(&dev, sample(1.0)).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
+            .await
+            .is_err(),
+        "nothing is sent before its commit"
+    );
+    s.flush(false).unwrap();
+    assert_eq!(rows(&s), 1, "committed first");
+    let b = next(&lane, 100).await;
+    assert!(!b.historical);
+    lane.ack(b.id);
+    s.flush(false).unwrap();
+    assert_eq!(rows(&s), 0);
+    // Off again: straight from memory, nothing written.
+    s.set_write_through(false);
+    s.push(&dev, sample(2.0)).unwrap();
+    let b = tokio::time::timeout(Duration::from_millis(500), lane.next_batch(100, 1 << 20))
+        .await
+        .expect("sent without a commit")
+        .unwrap();
+    lane.ack(b.id);
+    s.flush(false).unwrap();
+    assert_eq!(rows(&s), 0);
+}
+
 #[tokio::test]
 async fn memory_bound_spills_oldest_even_with_link_up() {
     let dir = tempfile::tempdir().unwrap();
