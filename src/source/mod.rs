@@ -22,6 +22,7 @@ pub mod snmp_config;
 pub mod supervisor;
 pub mod system;
 pub mod system_config;
+pub mod tap;
 pub mod threshold;
 pub mod ups;
 
@@ -93,6 +94,10 @@ pub struct DeviceHandle {
     born: tokio::time::Instant,
     /// "Read now" asked by the `poll` command.
     poll: Arc<PollNow>,
+    /// Every poll's outcome, for watchers (the power monitor).
+    polls: Arc<tap::PollTap>,
+    /// A command for the UPS, run by the device's loop.
+    commands: Arc<tap::CommandSlot>,
 }
 
 /// A request to read a device now (the `poll` command): the device's loop
@@ -131,7 +136,36 @@ impl DeviceHandle {
             thresholds: Arc::new(Vec::new()),
             born: tokio::time::Instant::now(),
             poll: Arc::default(),
+            polls: Arc::default(),
+            commands: Arc::default(),
         }
+    }
+
+    /// Every poll's outcome from now on (good with its values, or failed).
+    pub fn polls(&self) -> tokio::sync::watch::Receiver<tap::PollState> {
+        self.polls.subscribe()
+    }
+
+    /// Sends a command to the UPS through the device's own loop, between
+    /// two polls; resolves with what was sent, or why it was not (a kind
+    /// that takes no commands answers at once). The caller bounds the wait:
+    /// a device that cannot be opened never takes it.
+    pub async fn ups_command(&self, cmd: tap::UpsCommand) -> tap::CommandResult {
+        match self.commands.put(cmd).await {
+            Ok(r) => r,
+            Err(_) => Err("the device stopped before it took the command".into()),
+        }
+    }
+
+    /// Resolves with a command left for the device (the supervisor selects
+    /// on it between polls).
+    pub(crate) async fn command_requested(
+        &self,
+    ) -> (
+        tap::UpsCommand,
+        tokio::sync::oneshot::Sender<tap::CommandResult>,
+    ) {
+        self.commands.take().await
     }
 
     /// Asks the device's loop to read now (the `poll` command); the next
@@ -263,6 +297,7 @@ impl DeviceHandle {
         if !self.thresholds.is_empty() {
             self.check_thresholds(&values);
         }
+        self.polls.record(Some(&values));
         self.push(Reading::Sample(values));
         if was != Health::Ok && ever_ok {
             self.report(
@@ -324,6 +359,7 @@ impl DeviceHandle {
     /// device recovers, so a device whose error text changes every poll
     /// raises one `device.fault`, and the page shows the latest reason.
     fn degrade(&self, health: Health, ev: EventDef, reason: &str) {
+        self.polls.record(None);
         let health = match health {
             Health::Fault(r) => Health::Fault(cut(&r, MAX_REASON_CHARS).into_owned()),
             h => h,
@@ -406,6 +442,7 @@ impl DeviceHandle {
         if let Some(k) = kind {
             self.count_error(k);
         }
+        self.polls.record(None);
         let mut st = self.lock();
         st.streak = st.streak.saturating_add(1);
         st.streak

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::tap::{CommandResult, UpsCommand};
 use super::{DeviceHandle, STALE_AFTER_INTERVALS};
 
 /// What a failed open or poll asks the supervisor to do.
@@ -120,6 +121,18 @@ pub(crate) trait Device {
     async fn between(&mut self, _conn: &mut Self::Conn, _h: &DeviceHandle) -> Fail {
         std::future::pending().await
     }
+
+    /// Sends a command to the UPS over the open link (between polls);
+    /// returns what was sent in words. Kinds that take no commands keep
+    /// the default.
+    async fn command(
+        &mut self,
+        _conn: &mut Self::Conn,
+        _h: &DeviceHandle,
+        _cmd: UpsCommand,
+    ) -> CommandResult {
+        Err("this kind of device takes no UPS commands".into())
+    }
 }
 
 /// Runs `dev` until `cancel`.
@@ -158,6 +171,20 @@ pub(crate) async fn run<D: Device>(
                 _ = tick.tick() => None,
                 // The `poll` command: read now; the schedule goes on.
                 _ = h.poll_requested() => None,
+                // A UPS command (the power monitor): sent over this link,
+                // then the schedule goes on.
+                (cmd, reply) = h.command_requested() => {
+                    let r = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = dev.command(&mut conn, &h, cmd) => r,
+                    };
+                    match &r {
+                        Ok(sent) => tracing::info!(device = h.id(), %sent, "UPS command sent"),
+                        Err(e) => tracing::warn!(device = h.id(), error = %e, "UPS command not sent"),
+                    }
+                    let _ = reply.send(r);
+                    continue;
+                }
                 f = dev.between(&mut conn, &h) => Some(f),
             };
             let r = match failed_between {

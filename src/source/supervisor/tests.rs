@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::model::{Health, Values};
+use crate::source::tap;
 use crate::status::StatusHub;
 
 /// What the fake device does, changed by the test while it runs.
@@ -279,4 +280,44 @@ async fn staleness_on_paused_time() {
         "{}",
         ev[0].message
     );
+}
+
+/// A UPS command reaches the device's loop between polls and is answered;
+/// the poll tap numbers every poll, good (with values) or failed.
+#[tokio::test(start_paused = true)]
+async fn commands_and_the_poll_tap() {
+    let (h, _hub, _dir) = handle(I);
+    let script = Arc::new(Mutex::new(Script {
+        open_ok: true,
+        answering: true,
+        ..Script::default()
+    }));
+    let mut polls = h.polls();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(
+        Fake(script.clone()),
+        Policy::new(I),
+        h.clone(),
+        cancel.clone(),
+    ));
+    let t0 = Instant::now();
+    at(t0, 0.5).await;
+    let first = polls.borrow_and_update().clone();
+    assert_eq!(first.n, 1);
+    assert!(first.values.is_some_and(|v| v.get("x").is_some()));
+    // The fake keeps the default: no commands for this kind.
+    let cmd = tap::UpsCommand::ShutdownReturn {
+        off_after: Duration::from_secs(120),
+    };
+    let r = tokio::time::timeout(Duration::from_millis(10), h.ups_command(cmd))
+        .await
+        .expect("answered between polls, at once");
+    assert!(r.unwrap_err().contains("takes no UPS commands"));
+    script.lock().unwrap().answering = false;
+    at(t0, 1.5).await;
+    let second = polls.borrow_and_update().clone();
+    assert_eq!(second.n, 2, "the failed poll is numbered too");
+    assert!(second.values.is_none());
+    cancel.cancel();
+    task.await.unwrap();
 }
