@@ -27,6 +27,12 @@
 //! `(device, kind, epoch, seq)`; `epoch` is the envelope's `"epoch"` field,
 //! `""` when absent (binaries from before issue 10).
 //!
+//! A message the broker itself delivers to the subscriber a second time
+//! (it restarted before the subscriber's PUBACK reached it: same packet id,
+//! DUP set, same bytes) is the broker's copy, not the gateway's: it is not
+//! kept, and counted apart in a note ("broker redeliveries to the
+//! recorder").
+//!
 //! - **delivered**: distinct keys received.
 //! - **duplicates**: copies of a key beyond the first. A copy whose content
 //!   (the record without its `historical` flag) differs from the first is
