@@ -86,11 +86,15 @@ pub fn probes(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         .collect();
     out.sort();
     if out.len() > MAX_PROBES {
-        tracing::warn!(
+        // Said once per run, not every poll.
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
             found = out.len(),
             root = %root.display(),
             "more than {MAX_PROBES} 1-Wire probes; the first {MAX_PROBES} are read"
-        );
+            );
+        }
         out.truncate(MAX_PROBES);
     }
     Ok(out)
