@@ -620,7 +620,15 @@ mod tests {
             grace: vec![30, 90, 150],
             ..Fake::default()
         };
-        let cases: Vec<(&str, Fake, u64, &str, Result<&str, &str>)> = vec![
+        // What, the UPS, ups_off_delay (s), the bytes sent, the result.
+        type Case = (
+            &'static str,
+            Fake,
+            u64,
+            &'static str,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "on battery: the grace delay stepped to 180 s, then S",
                 Fake::default(),

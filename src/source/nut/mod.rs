@@ -552,7 +552,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_return_over_a_stream() {
         let delay_20 = "VAR u ups.delay.shutdown \"20\"\n";
-        let cases: Vec<(&str, Vec<(&str, &'static str)>, Result<&str, &str>)> = vec![
+        // What, each request with upsd's reply, the result.
+        type Case = (
+            &'static str,
+            Vec<(&'static str, &'static str)>,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "tracked: the delay set, then the command, each carried out",
                 vec![
