@@ -94,6 +94,16 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
                     let raw = serde_json::to_string(v).unwrap_or_default();
                     let _ = writeln!(out, "  {k} = {raw}{}", in_words(k, v, &values));
                 }
+                // A NUT device with a login: does upsd accept it (the
+                // power-off needs it)?
+                if let crate::config::DeviceConfig::Nut(n) = dev {
+                    for (fine, line) in source::nut::check_login(n).await {
+                        let _ = writeln!(out, "  {line}");
+                        if !fine {
+                            code = exit::UNAVAILABLE;
+                        }
+                    }
+                }
             }
             Err(e) => {
                 let _ = writeln!(

@@ -36,5 +36,6 @@ mod storage;
 mod tls;
 mod uplink;
 mod ups;
+mod ups_commands;
 mod web;
 mod words;

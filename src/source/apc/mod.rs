@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use self::config::ApcSmartConfig;
 use super::serial::{self, Frame, SerialError};
 use super::supervisor::{self, Action, Device, Fail, Policy};
+use super::tap::{CommandResult, UpsCommand};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::events;
 use crate::model::{Severity, Values};
-use codec::{Alert, CodecError, Command, Reply};
+use codec::{Ack, Alert, CodecError, Command, GraceStep, Reply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApcError {
@@ -39,6 +40,13 @@ pub enum ApcError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Open(#[from] SerialError),
+    /// The UPS refused a command (`NA`, `NO`): the command is not sent;
+    /// the caller says why in its result.
+    #[error("the UPS answered {reply} to {cmd}")]
+    Refused {
+        cmd: &'static str,
+        reply: &'static str,
+    },
 }
 
 impl ApcError {
@@ -70,8 +78,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
     }
 
     pub async fn transact(&mut self, cmd: Command) -> Result<Reply, ApcError> {
-        self.io.write_all(&[cmd.byte()]).await?;
+        self.send(&[cmd.byte()]).await?;
+        let line = self.read_reply(cmd.byte(), false, self.timeout).await?;
+        Ok(codec::parse(cmd, &line)?)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), ApcError> {
+        self.io.write_all(bytes).await?;
         self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Reads one reply line (alerts taken out) within `limit`; with
+    /// `star_is_ok`, a `*` before any text is the whole reply (older
+    /// models answer a shutdown command so; it is also the "turning off"
+    /// alert, kept as such).
+    async fn read_reply(
+        &mut self,
+        what: u8,
+        star_is_ok: bool,
+        limit: Duration,
+    ) -> Result<Vec<u8>, ApcError> {
         let mut line = Vec::with_capacity(16);
         let mut byte = [0u8; 1];
         let read = async {
@@ -83,20 +110,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
                     )));
                 }
                 let (alerts, rest) = codec::split_alerts(&byte);
+                let star = alerts.contains(&Alert::TurningOff);
                 self.alerts.extend(alerts);
+                if star_is_ok && star && line.is_empty() {
+                    return Ok(b"*".to_vec());
+                }
                 for b in rest {
                     match serial::push_byte(&mut line, b, b"\r\n", codec::MAX_REPLY) {
-                        Frame::Done => return Ok(()),
+                        Frame::Done => return Ok(std::mem::take(&mut line)),
                         Frame::TooLong => return Err(ApcError::TooLong(codec::MAX_REPLY)),
                         Frame::More => {}
                     }
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(())) => Ok(codec::parse(cmd, &line)?),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ApcError::Timeout(cmd.byte() as char, self.timeout)),
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => r,
+            Err(_) => Err(ApcError::Timeout(what as char, limit)),
         }
     }
 
@@ -149,6 +179,151 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
             }
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Ok(()),
+        }
+    }
+}
+
+/// How long the UPS has to refuse `@` before its digits are sent (NUT's
+/// apcsmart waits 200 ms: a `NA` here means the digits would be taken as
+/// commands).
+const HIBERNATE_PEEK: Duration = Duration::from_millis(200);
+/// Between the digits of `@000`, as NUT paces them.
+const DIGIT_PACE: Duration = Duration::from_millis(50);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
+    /// Sends `cmd` and reads its acknowledgement.
+    async fn ack(&mut self, cmd: Command) -> Result<Ack, ApcError> {
+        self.send(&[cmd.byte()]).await?;
+        let line = self.read_reply(cmd.byte(), true, self.timeout).await?;
+        Ok(codec::parse_ack(&line)?)
+    }
+
+    /// `@000`: `@` alone, a short wait in which the UPS may refuse it,
+    /// then the digits, paced.
+    async fn hibernate(&mut self) -> Result<Ack, ApcError> {
+        let at = Command::Hibernate.byte();
+        self.send(&[at]).await?;
+        match self.read_reply(at, true, HIBERNATE_PEEK).await {
+            // Silence: the UPS waits for the digits.
+            Err(ApcError::Timeout(..)) => {}
+            Ok(line) => return Ok(codec::parse_ack(&line)?),
+            Err(e) => return Err(e),
+        }
+        for d in codec::HIBERNATE_DIGITS {
+            tokio::time::sleep(DIGIT_PACE).await;
+            self.send(&[*d]).await?;
+        }
+        let line = self.read_reply(at, true, self.timeout).await?;
+        Ok(codec::parse_ack(&line)?)
+    }
+
+    /// The grace delay now (`p`), None when the UPS does not report it.
+    async fn grace_delay(&mut self) -> Result<Option<u32>, ApcError> {
+        match self.transact(Command::GraceDelay).await {
+            Ok(Reply::Number(n)) if (0.0..=f64::from(u16::MAX)).contains(&n) => Ok(Some(n as u32)),
+            Ok(other) => Err(ApcError::Codec(CodecError::Malformed(format!(
+                "grace delay {other:?}"
+            )))),
+            Err(ApcError::Codec(CodecError::NotAvailable)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Steps the grace delay (`p`, `-`) to the nearest not shorter than
+    /// `wanted` ([`codec::grace_step`]); returns it in words.
+    async fn set_grace_delay(&mut self, wanted: Duration) -> Result<String, ApcError> {
+        let asked = wanted.as_secs();
+        let Some(first) = self.grace_delay().await? else {
+            return Ok(format!(
+                "the UPS does not report its grace delay (p: NA), so it keeps its own (asked {asked} s)"
+            ));
+        };
+        let mut seen = vec![first];
+        loop {
+            let now = *seen.last().unwrap_or(&first);
+            match codec::grace_step(wanted, &seen) {
+                GraceStep::Stay(v) => {
+                    let fit = if u64::from(v) >= asked {
+                        format!("the nearest not shorter than the {asked} s asked")
+                    } else {
+                        format!("the longest this UPS offers; {asked} s were asked")
+                    };
+                    let changed = if v == first { "kept" } else { "set" };
+                    return Ok(format!(
+                        "grace delay {changed} at {v} s ({fit}; a Smart-UPS offers only a few fixed values, usually 20, 180, 300, 600 s)"
+                    ));
+                }
+                GraceStep::GiveUp => {
+                    return Ok(format!(
+                        "grace delay left at {now} s: no value near {asked} s after {} steps",
+                        seen.len() - 1
+                    ));
+                }
+                GraceStep::Next => {}
+            }
+            // `-` steps the value last read: read it first (it is, unless
+            // an alert came in between), as NUT does.
+            match self.ack(Command::NextValue).await? {
+                Ack::Ok => {}
+                Ack::No | Ack::NotAvailable => {
+                    return Ok(format!(
+                        "the UPS refused to change its grace delay, so it stays {now} s (asked {asked} s)"
+                    ));
+                }
+            }
+            match self.grace_delay().await? {
+                Some(v) => seen.push(v),
+                None => {
+                    return Err(ApcError::Codec(CodecError::Malformed(
+                        "the grace delay went unreadable while it was being set".into(),
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Switches the output off after about `off_after` and on again when
+    /// the mains return, as NUT's apcsmart does for `shutdown.return`
+    /// (sdtype 0): the grace delay set to the nearest not shorter, then
+    /// `S` on battery, `@000` on mains (and when `S` is refused because the
+    /// mains came back meanwhile). Returns what was sent, in words.
+    pub async fn shutdown_return(&mut self, off_after: Duration) -> Result<String, ApcError> {
+        let grace = self.set_grace_delay(off_after).await?;
+        // NUT assumes on battery when the status cannot be read.
+        let on_battery = match self.transact(Command::Status).await {
+            Ok(Reply::Status(t)) => t.split_whitespace().any(|t| t == "OB"),
+            Err(e) if e.port_lost() => return Err(e),
+            _ => true,
+        };
+        let mut said = Vec::new();
+        if on_battery {
+            match self.ack(Command::SoftShutdown).await? {
+                Ack::Ok => {
+                    return Ok(format!(
+                        "{grace}; then S (soft hibernate, on battery): the UPS answered OK; output off after the grace delay, on again when the mains return"
+                    ))
+                }
+                Ack::No => said.push("S: NO"),
+                Ack::NotAvailable => said.push("S: NA"),
+            }
+        }
+        match self.hibernate().await? {
+            Ack::Ok => Ok(format!(
+                "{grace}; then @000 (hard hibernate{}): the UPS answered OK; output off after the grace delay, on again when the mains return",
+                if said.is_empty() {
+                    ", on mains".to_owned()
+                } else {
+                    format!(", after {}", said.join(", "))
+                }
+            )),
+            Ack::No => Err(ApcError::Refused {
+                cmd: "@000",
+                reply: "NO",
+            }),
+            Ack::NotAvailable => Err(ApcError::Refused {
+                cmd: "@000",
+                reply: "NA",
+            }),
         }
     }
 }
@@ -255,6 +430,21 @@ impl Device for Ups {
         }
     }
 
+    /// The power-off with return ([`ApcSmart::shutdown_return`]); alerts
+    /// that came with the replies are raised as usual.
+    async fn command(
+        &mut self,
+        ups: &mut Self::Conn,
+        h: &DeviceHandle,
+        cmd: UpsCommand,
+    ) -> CommandResult {
+        let r = match cmd {
+            UpsCommand::ShutdownReturn { off_after } => ups.shutdown_return(off_after).await,
+        };
+        raise_alerts(h, ups.take_alerts(), &mut self.last_status);
+        r.map_err(|e| format!("APC {}: {e}", self.cfg.serial.display()))
+    }
+
     /// Between polls, listens for alerts so they are sent at once.
     async fn between(&mut self, ups: &mut Self::Conn, h: &DeviceHandle) -> Fail {
         loop {
@@ -333,6 +523,268 @@ mod tests {
                 Some(("OB", "OL"))
             )
         );
+    }
+
+    /// A Smart-UPS on the other end of a stream for the shutdown
+    /// commands, as its manual and NUT's driver describe it; what it
+    /// received is kept.
+    #[derive(Debug, Clone)]
+    struct Fake {
+        status: &'static str,
+        grace: Vec<u32>,
+        /// Index into `grace`.
+        at: usize,
+        /// Replies to `S` and to `@000` (None: silence).
+        s_reply: Option<&'static [u8]>,
+        at_reply: Option<&'static [u8]>,
+        /// Replies to `@` alone (a refusal before the digits).
+        at_refuse: Option<&'static [u8]>,
+        p_reply: Option<&'static [u8]>,
+        dash_reply: &'static [u8],
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake {
+                status: "10",
+                grace: codec::GRACE_DELAYS.to_vec(),
+                at: 0,
+                s_reply: Some(b"OK\r\n"),
+                at_reply: Some(b"OK\r\n"),
+                at_refuse: None,
+                p_reply: None,
+                dash_reply: b"OK\r\n|",
+            }
+        }
+    }
+
+    async fn shut(fake: Fake, off_after: u64) -> (Result<String, ApcError>, String, Fake) {
+        let (a, mut b) = tokio::io::duplex(256);
+        let got = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), fake)));
+        let g = got.clone();
+        tokio::spawn(async move {
+            let mut c = [0u8; 1];
+            let mut digits = 0;
+            while b.read(&mut c).await.unwrap_or(0) == 1 {
+                let reply: Option<Vec<u8>> = {
+                    let mut g = g.lock().unwrap();
+                    let (rx, f) = &mut *g;
+                    rx.push(c[0]);
+                    if digits > 0 {
+                        digits -= 1;
+                        if digits == 0 {
+                            f.at_reply.map(<[u8]>::to_vec)
+                        } else {
+                            None
+                        }
+                    } else {
+                        match c[0] {
+                            b'Q' => Some(format!("{}\r\n", f.status).into_bytes()),
+                            b'p' => Some(match f.p_reply {
+                                Some(r) => r.to_vec(),
+                                None => format!("{:03}\r\n", f.grace[f.at]).into_bytes(),
+                            }),
+                            b'-' => {
+                                if f.dash_reply.starts_with(b"OK") {
+                                    f.at = (f.at + 1) % f.grace.len();
+                                }
+                                Some(f.dash_reply.to_vec())
+                            }
+                            b'S' => f.s_reply.map(<[u8]>::to_vec),
+                            b'@' => match f.at_refuse {
+                                Some(r) => Some(r.to_vec()),
+                                None => {
+                                    digits = 3;
+                                    None
+                                }
+                            },
+                            _ => Some(b"NA\r\n".to_vec()),
+                        }
+                    }
+                };
+                if let Some(r) = reply {
+                    let _ = b.write_all(&r).await;
+                }
+            }
+        });
+        let mut u = ApcSmart::new(a, Duration::from_secs(1));
+        let r = u.shutdown_return(Duration::from_secs(off_after)).await;
+        let g = got.lock().unwrap();
+        (r, String::from_utf8_lossy(&g.0).into_owned(), g.1.clone())
+    }
+
+    /// What is sent for each state of the UPS, and what its replies mean.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_with_return() {
+        let own = Fake {
+            grace: vec![30, 90, 150],
+            ..Fake::default()
+        };
+        // What, the UPS, ups_off_delay (s), the bytes sent, the result.
+        type Case = (
+            &'static str,
+            Fake,
+            u64,
+            &'static str,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "on battery: the grace delay stepped to 180 s, then S",
+                Fake::default(),
+                120,
+                "p-pQS",
+                Ok("grace delay set at 180 s (the nearest not shorter than the 120 s asked"),
+            ),
+            (
+                "the grace delay is right already",
+                Fake {
+                    at: 1,
+                    ..Fake::default()
+                },
+                180,
+                "pQS",
+                Ok("grace delay kept at 180 s"),
+            ),
+            (
+                "longer than any: the longest, from 300 s (wrapping round)",
+                Fake {
+                    at: 2,
+                    ..Fake::default()
+                },
+                900,
+                "p-pQS",
+                Ok("grace delay set at 600 s (the longest this UPS offers; 900 s were asked"),
+            ),
+            (
+                "shorter than any: 20 s, from 600 s",
+                Fake {
+                    at: 3,
+                    ..Fake::default()
+                },
+                5,
+                "p-pQS",
+                Ok("set at 20 s"),
+            ),
+            (
+                "on mains: @000",
+                Fake {
+                    status: "08",
+                    ..Fake::default()
+                },
+                20,
+                "pQ@000",
+                Ok("then @000 (hard hibernate, on mains): the UPS answered OK"),
+            ),
+            (
+                "an older model answers *",
+                Fake {
+                    s_reply: Some(b"*"),
+                    ..Fake::default()
+                },
+                20,
+                "pQS",
+                Ok("then S (soft hibernate, on battery): the UPS answered OK"),
+            ),
+            (
+                "S refused (the mains came back meanwhile): @000",
+                Fake {
+                    s_reply: Some(b"NA\r\n"),
+                    ..Fake::default()
+                },
+                20,
+                "pQS@000",
+                Ok("then @000 (hard hibernate, after S: NA)"),
+            ),
+            (
+                "the status cannot be read: on battery assumed",
+                Fake {
+                    status: "ZZ",
+                    ..Fake::default()
+                },
+                20,
+                "pQS",
+                Ok("then S (soft hibernate"),
+            ),
+            (
+                "values of its own: one round to learn them, then 150 s",
+                own,
+                120,
+                "p-p-p-p-p-pQS",
+                Ok("grace delay set at 150 s (the nearest not shorter"),
+            ),
+            (
+                "no grace delay reported: sent anyway, said so",
+                Fake {
+                    p_reply: Some(b"NA\r\n"),
+                    ..Fake::default()
+                },
+                120,
+                "pQS",
+                Ok("does not report its grace delay (p: NA), so it keeps its own"),
+            ),
+            (
+                "the grace delay cannot be changed",
+                Fake {
+                    dash_reply: b"NO\r\n",
+                    ..Fake::default()
+                },
+                120,
+                "p-QS",
+                Ok("refused to change its grace delay, so it stays 20 s"),
+            ),
+            (
+                "@ refused at once: the digits are not sent",
+                Fake {
+                    status: "08",
+                    at_refuse: Some(b"NA\r\n"),
+                    ..Fake::default()
+                },
+                20,
+                "pQ@",
+                Err("the UPS answered NA to @000"),
+            ),
+            (
+                "@000 refused",
+                Fake {
+                    status: "08",
+                    at_reply: Some(b"NO\r\n"),
+                    ..Fake::default()
+                },
+                20,
+                "pQ@000",
+                Err("the UPS answered NO to @000"),
+            ),
+            (
+                "garbage to S",
+                Fake {
+                    s_reply: Some(b"\xf8\x80xx\r\n"),
+                    ..Fake::default()
+                },
+                20,
+                "pQS",
+                Err("malformed reply"),
+            ),
+            (
+                "no reply to S",
+                Fake {
+                    s_reply: None,
+                    ..Fake::default()
+                },
+                20,
+                "pQS",
+                Err("no reply to 'S' within 1s"),
+            ),
+        ];
+        for (what, fake, off, wire, want) in cases {
+            let (r, sent, _) = shut(fake, off).await;
+            assert_eq!(sent, wire, "{what}");
+            match (want, r) {
+                (Ok(w), Ok(g)) => assert!(g.contains(w), "{what}: {g}"),
+                (Err(w), Err(e)) => assert!(e.to_string().contains(w), "{what}: {e}"),
+                (w, g) => panic!("{what}: wanted {w:?}, got {g:?}"),
+            }
+        }
     }
 
     #[tokio::test]

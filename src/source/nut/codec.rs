@@ -3,7 +3,8 @@
 //!
 //! Written here rather than taken from a crate: the only Rust client
 //! (`rups`) is unmaintained, pins an old rustls, and has no sans-IO parser
-//! to table-test; the part wardgate needs (LIST VAR, login, ERR) is small.
+//! to table-test; the part wardgate needs (LIST VAR, login, ERR, and for
+//! the power-off of issue 14 GET/SET VAR, INSTCMD and TRACKING) is small.
 
 use crate::model::Values;
 
@@ -74,6 +75,13 @@ pub enum CodecError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     Ok,
+    /// `OK TRACKING <id>`: accepted, and its outcome can be asked for
+    /// (`GET TRACKING <id>`, upsd 2.8 and later after `SET TRACKING ON`).
+    OkTracking(String),
+    /// A tracked command still waiting for the driver.
+    Pending,
+    /// A tracked command the driver carried out.
+    Success,
     /// `ERR <code> [<extra>]`: DATA-STALE, DRIVER-NOT-CONNECTED, UNKNOWN-UPS,
     /// ACCESS-DENIED, INVALID-PASSWORD...
     Err(String),
@@ -133,7 +141,10 @@ pub fn parse_line(line: &str) -> Result<Line, CodecError> {
     let w = words(line)?;
     let bad = || CodecError::Malformed(line.chars().take(120).collect());
     match w.first().map(String::as_str) {
+        Some("OK") if w.len() == 3 && w[1] == "TRACKING" => Ok(Line::OkTracking(w[2].clone())),
         Some("OK") => Ok(Line::Ok),
+        Some("PENDING") if w.len() == 1 => Ok(Line::Pending),
+        Some("SUCCESS") if w.len() == 1 => Ok(Line::Success),
         Some("ERR") => Ok(Line::Err(w.get(1).cloned().ok_or_else(bad)?)),
         Some("BEGIN") if w.len() == 4 && w[1] == "LIST" && w[2] == "VAR" => {
             Ok(Line::BeginListVar(w[3].clone()))
@@ -174,6 +185,51 @@ pub fn cmd_username(user: &str) -> String {
 
 pub fn cmd_password(pass: &str) -> String {
     format!("PASSWORD {}\n", quote(pass))
+}
+
+pub fn cmd_get_var(ups: &str, var: &str) -> String {
+    format!("GET VAR {} {}\n", quote(ups), quote(var))
+}
+
+pub fn cmd_set_var(ups: &str, var: &str, value: &str) -> String {
+    format!("SET VAR {} {} {}\n", quote(ups), quote(var), quote(value))
+}
+
+pub fn cmd_instcmd(ups: &str, cmd: &str) -> String {
+    format!("INSTCMD {} {}\n", quote(ups), quote(cmd))
+}
+
+/// Asks upsd to keep the outcome of each SET and INSTCMD (upsd 2.8 and
+/// later; an older one answers `ERR`).
+pub const CMD_TRACKING_ON: &str = "SET TRACKING ON\n";
+
+pub fn cmd_get_tracking(id: &str) -> String {
+    format!("GET TRACKING {}\n", quote(id))
+}
+
+/// Plain words for an `ERR` upsd gave to `what` (a SET VAR, the INSTCMD,
+/// or a tracked outcome), saying what to fix.
+pub fn explain_refusal(code: &str, what: &str) -> String {
+    let why = match code {
+        "ACCESS-DENIED" => "wrong password or unknown user, or the user lacks it in upsd.users \
+                            (instcmds = shutdown.return for the command, actions = SET for the delay)"
+            .to_owned(),
+        "USERNAME-REQUIRED" | "PASSWORD-REQUIRED" => {
+            "upsd needs a login: set username and password_file on this device".to_owned()
+        }
+        "INVALID-PASSWORD" | "INVALID-USERNAME" => "upsd refused the login".to_owned(),
+        "CMD-NOT-SUPPORTED" => "the UPS's driver does not offer it (`upscmd -l` lists what it offers)".to_owned(),
+        "VAR-NOT-SUPPORTED" => "the UPS's driver does not have this variable".to_owned(),
+        "READONLY" => "the UPS's driver does not let it be changed".to_owned(),
+        "INVALID-VALUE" => "the value is outside what the driver accepts".to_owned(),
+        "SET-FAILED" | "INSTCMD-FAILED" => "upsd could not pass it to the driver".to_owned(),
+        // Outcomes of a tracked command (GET TRACKING).
+        "FAILED" => "the driver tried, and the UPS did not take it".to_owned(),
+        "INVALID-ARGUMENT" => "the driver refused its argument".to_owned(),
+        "UNKNOWN" => "the driver did not know it, or upsd forgot its outcome".to_owned(),
+        _ => explain(code),
+    };
+    format!("{what}: upsd answered ERR {code}: {why}")
 }
 
 /// Names whose values stay words even when they look like numbers.
@@ -369,6 +425,30 @@ mod tests {
             ("", Err("malformed")),
             ("ERR\n", Err("malformed")),
             ("VAR a b \"c\\", Err("dangling escape")),
+            (
+                "OK TRACKING 1bd31808-cb49-4aec-9d75-d056e6f018d2\n",
+                Ok(Line::OkTracking(
+                    "1bd31808-cb49-4aec-9d75-d056e6f018d2".into(),
+                )),
+            ),
+            ("OK Goodbye\n", Ok(Line::Ok)),
+            ("PENDING\n", Ok(Line::Pending)),
+            ("SUCCESS\n", Ok(Line::Success)),
+            ("ERR FAILED\n", Ok(Line::Err("FAILED".into()))),
+            ("ERR ACCESS-DENIED\n", Ok(Line::Err("ACCESS-DENIED".into()))),
+            (
+                "ERR CMD-NOT-SUPPORTED\n",
+                Ok(Line::Err("CMD-NOT-SUPPORTED".into())),
+            ),
+            ("SUCCESS now\n", Err("malformed")),
+            (
+                "VAR qx ups.delay.shutdown \"30\"\n",
+                Ok(Line::Var {
+                    ups: "qx".into(),
+                    name: "ups.delay.shutdown".into(),
+                    value: "30".into(),
+                }),
+            ),
         ];
         for (line, want) in cases {
             match (want, parse_line(line)) {
@@ -481,5 +561,47 @@ mod tests {
         assert_eq!(cmd_password("p\"w\\"), "PASSWORD \"p\\\"w\\\\\"\n");
         assert_eq!(cmd_username("mon"), "USERNAME \"mon\"\n");
         assert!(explain("DATA-STALE").contains("stale"));
+        assert_eq!(
+            cmd_set_var("qx", "ups.delay.shutdown", "120"),
+            "SET VAR \"qx\" \"ups.delay.shutdown\" \"120\"\n"
+        );
+        assert_eq!(
+            cmd_get_var("qx", "ups.delay.shutdown"),
+            "GET VAR \"qx\" \"ups.delay.shutdown\"\n"
+        );
+        assert_eq!(
+            cmd_instcmd("my ups", "shutdown.return"),
+            "INSTCMD \"my ups\" \"shutdown.return\"\n"
+        );
+        assert_eq!(cmd_get_tracking("a-1"), "GET TRACKING \"a-1\"\n");
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix() {
+        let cases = [
+            ("ACCESS-DENIED", "wrong password"),
+            ("ACCESS-DENIED", "instcmds = shutdown.return"),
+            ("USERNAME-REQUIRED", "set username and password_file"),
+            ("PASSWORD-REQUIRED", "set username and password_file"),
+            ("INVALID-PASSWORD", "refused the login"),
+            ("CMD-NOT-SUPPORTED", "does not offer it"),
+            ("VAR-NOT-SUPPORTED", "does not have this variable"),
+            ("READONLY", "does not let it be changed"),
+            ("INVALID-VALUE", "outside what the driver accepts"),
+            ("INSTCMD-FAILED", "could not pass it to the driver"),
+            ("FAILED", "the UPS did not take it"),
+            ("DRIVER-NOT-CONNECTED", "not running"),
+            ("SOMETHING-NEW", "upsd: SOMETHING-NEW"),
+        ];
+        for (code, words) in cases {
+            let t = explain_refusal(code, "INSTCMD shutdown.return");
+            assert!(
+                t.starts_with(&format!(
+                    "INSTCMD shutdown.return: upsd answered ERR {code}: "
+                )),
+                "{t}"
+            );
+            assert!(t.contains(words), "{code}: {t}");
+        }
     }
 }

@@ -20,8 +20,12 @@ pub struct NutConfig {
     pub port: Port,
     /// The UPS name in upsd (`upsc -l` lists them).
     pub ups: String,
+    /// A user of upsd.users, for the power-off (`INSTCMD shutdown.return`
+    /// and `SET VAR ups.delay.shutdown`; docs/ups.md); reading needs none.
     #[serde(default)]
     pub username: Option<String>,
+    /// Its password, alone in a file (read at each connection, never
+    /// logged; `wardgate check` warns when others can read it).
     #[serde(default)]
     pub password_file: Option<AbsPath>,
     #[serde(default = "default_interval", with = "humantime_serde")]
@@ -32,6 +36,9 @@ pub struct NutConfig {
     #[serde(default)]
     pub threshold: Vec<ThresholdConfig>,
 }
+
+/// Longest upsd user name accepted.
+pub(crate) const USERNAME_MAX: usize = 64;
 
 fn default_nut_host() -> String {
     "127.0.0.1".into()
@@ -65,9 +72,82 @@ impl NutConfig {
         if self.username.is_none() && self.password_file.is_some() {
             p.push(format!("{key}.password_file: set, but username is not"));
         }
+        if let Some(u) = &self.username {
+            // upsd.users section names: one word, at most NUT's 64.
+            if u.is_empty()
+                || u.len() > USERNAME_MAX
+                || u.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                p.push(format!(
+                    "{key}.username: {u:?} is not an upsd user name (one word, 1 to {USERNAME_MAX} characters)"
+                ));
+            }
+            if self.password_file.is_none() {
+                p.push(format!(
+                    "{key}.username: set, but password_file is not (upsd takes commands only from a user with a password)"
+                ));
+            }
+        }
         if let Some(why) = duration_problem(self.timeout, TIMEOUT_MIN, TIMEOUT_MAX) {
             p.push(format!("{key}.timeout: {why}"));
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(extra: &str) -> Vec<String> {
+        let text =
+            format!("site = \"s\"\n[[device]]\nid = \"u\"\ntype = \"nut\"\nups = \"x\"\n{extra}");
+        match Config::from_toml(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn login_keys_are_checked() {
+        let pw = "password_file = \"/etc/wardgate/nut.password\"\n";
+        let cases: &[(String, Option<&str>)] = &[
+            (String::new(), None),
+            (format!("username = \"wardgate\"\n{pw}"), None),
+            (
+                "username = \"wardgate\"\n".into(),
+                Some("device[0].username: set, but password_file is not"),
+            ),
+            (
+                pw.into(),
+                Some("device[0].password_file: set, but username is not"),
+            ),
+            (
+                format!("username = \"ward gate\"\n{pw}"),
+                Some("device[0].username: \"ward gate\" is not an upsd user name"),
+            ),
+            (
+                format!("username = \"\"\n{pw}"),
+                Some("device[0].username: \"\" is not an upsd user name"),
+            ),
+            (
+                format!("username = \"{}\"\n{pw}", "u".repeat(65)),
+                Some("is not an upsd user name (one word, 1 to 64 characters)"),
+            ),
+            (
+                "username = \"w\"\npassword_file = \"nut.password\"\n".into(),
+                Some("must be an absolute path"),
+            ),
+        ];
+        for (extra, want) in cases {
+            let p = problems(extra);
+            match want {
+                None => assert!(p.is_empty(), "{extra}: {p:?}"),
+                Some(w) => assert!(
+                    p.iter().any(|m| m.contains(w)),
+                    "{extra}: wanted {w}, got {p:?}"
+                ),
+            }
+        }
     }
 }

@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::config::NutConfig;
 use super::supervisor::{self, Action, Device, Fail, Policy};
+use super::tap::{CommandResult, UpsCommand};
 use super::DeviceHandle;
 use crate::model::{Value, Values};
-use codec::{ListOutcome, ListVar};
+use codec::{Line, ListOutcome, ListVar};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NutError {
@@ -45,6 +46,19 @@ pub enum NutError {
 /// (and the device's health) for up to the variable limit times the
 /// per-line timeout.
 pub const REPLY_DEADLINE_FACTOR: u32 = 3;
+
+/// The variable that holds the UPS's delay before its output goes off
+/// (NUT's name; in seconds).
+pub const DELAY_VAR: &str = "ups.delay.shutdown";
+
+/// How often a tracked command's outcome is asked for while it waits for
+/// the driver (which acts between its own polls).
+const TRACKING_POLL: Duration = Duration::from_millis(200);
+
+/// A variable no driver has, for `wardgate check`: upsd checks the user's
+/// password and SET right before it looks the variable up, so `SET VAR`
+/// of this one tells whether the login works, and sets nothing.
+const LOGIN_PROBE_VAR: &str = "wardgate.login.check";
 
 /// One connection to upsd, over any byte stream.
 pub struct Nut<S> {
@@ -144,6 +158,138 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
+    /// One command that upsd answers with one line.
+    async fn ask(&mut self, cmd: &str) -> Result<Line, NutError> {
+        self.send(cmd).await?;
+        Ok(codec::parse_line(&self.line().await?)?)
+    }
+
+    /// `SET TRACKING ON`: true when upsd keeps each command's outcome
+    /// (upsd 2.8 and later); an older one answers ERR.
+    pub async fn tracking_on(&mut self) -> Result<bool, NutError> {
+        match self.ask(codec::CMD_TRACKING_ON).await? {
+            Line::Ok => Ok(true),
+            Line::Err(_) => Ok(false),
+            other => Err(unexpected("SET TRACKING ON", &other)),
+        }
+    }
+
+    /// `GET VAR <ups> <var>`.
+    pub async fn get_var(&mut self, ups: &str, var: &str) -> Result<String, NutError> {
+        match self.ask(&codec::cmd_get_var(ups, var)).await? {
+            Line::Var {
+                ups: u,
+                name,
+                value,
+            } if u == ups && name == var => Ok(value),
+            Line::Err(code) => Err(NutError::Server(code)),
+            other => Err(unexpected("GET VAR", &other)),
+        }
+    }
+
+    /// Sends a `SET VAR` or `INSTCMD`; the tracking id when upsd tracks it.
+    async fn act(&mut self, cmd: &str) -> Result<Option<String>, NutError> {
+        match self.ask(cmd).await? {
+            Line::Ok => Ok(None),
+            Line::OkTracking(id) => Ok(Some(id)),
+            Line::Err(code) => Err(NutError::Server(code)),
+            other => Err(unexpected(cmd.trim_end(), &other)),
+        }
+    }
+
+    /// The outcome of a tracked command: true once the driver carried it
+    /// out, false if it is still pending after [`REPLY_DEADLINE_FACTOR`]
+    /// timeouts, `Server(code)` when it failed.
+    async fn outcome(&mut self, id: &str) -> Result<bool, NutError> {
+        let deadline =
+            tokio::time::Instant::now() + self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
+        loop {
+            match self.ask(&codec::cmd_get_tracking(id)).await? {
+                Line::Success => return Ok(true),
+                Line::Pending => {}
+                Line::Err(code) => return Err(NutError::Server(code)),
+                other => return Err(unexpected("GET TRACKING", &other)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(TRACKING_POLL).await;
+        }
+    }
+
+    /// A `SET VAR` or `INSTCMD`, then its outcome when upsd tracks it:
+    /// the words for a success, `Server(code)` for a refusal or failure.
+    async fn act_and_wait(&mut self, cmd: &str) -> Result<&'static str, NutError> {
+        match self.act(cmd).await? {
+            None => Ok("upsd passed it to the driver (this upsd does not report the outcome)"),
+            Some(id) => match self.outcome(&id).await? {
+                true => Ok("the driver carried it out"),
+                false => Ok("upsd passed it to the driver, which has not reported yet"),
+            },
+        }
+    }
+
+    /// Sets `ups.delay.shutdown` to `secs` if the driver has it and it
+    /// differs; returns what happened in words (a refusal included: the
+    /// UPS then keeps its own delay, and the command is still sent).
+    async fn set_delay(&mut self, ups: &str, secs: u64) -> Result<String, NutError> {
+        let now = match self.get_var(ups, DELAY_VAR).await {
+            Ok(v) => v,
+            Err(NutError::Server(code)) => {
+                return Ok(format!(
+                    "{}; the driver's own delay applies",
+                    codec::explain_refusal(&code, &format!("GET VAR {DELAY_VAR}"))
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        if now.trim().parse::<f64>().ok() == Some(secs as f64) {
+            return Ok(format!("{DELAY_VAR} is {secs} s already"));
+        }
+        let set = codec::cmd_set_var(ups, DELAY_VAR, &secs.to_string());
+        match self.act_and_wait(&set).await {
+            Ok(how) => Ok(format!("{DELAY_VAR} set to {secs} s (was {now} s): {how}")),
+            Err(NutError::Server(code)) => Ok(format!(
+                "{}; the UPS keeps {now} s",
+                codec::explain_refusal(&code, &format!("SET VAR {DELAY_VAR} {secs}"))
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// NUT's `shutdown.return`, with `ups.delay.shutdown` set to
+    /// `off_after` (whole seconds, rounded up) first where the driver
+    /// lets it be set. The connection must be logged in (USERNAME and
+    /// PASSWORD sent). Returns what was sent in words; `Err` says why the
+    /// command was not taken (each ERR of upsd in plain words).
+    pub async fn shutdown_return(
+        &mut self,
+        ups: &str,
+        off_after: Duration,
+    ) -> Result<String, String> {
+        let secs = off_after.as_secs() + u64::from(off_after.subsec_nanos() > 0);
+        let io = |e: NutError| e.to_string();
+        self.tracking_on().await.map_err(io)?;
+        let delay = self.set_delay(ups, secs).await.map_err(io)?;
+        let cmd = codec::cmd_instcmd(ups, "shutdown.return");
+        match self.act_and_wait(&cmd).await {
+            Ok(how) => Ok(format!("{delay}; then INSTCMD shutdown.return: {how}")),
+            Err(NutError::Server(code)) => Err(format!(
+                "{delay}; {}",
+                codec::explain_refusal(&code, "INSTCMD shutdown.return")
+            )),
+            Err(e) => Err(format!("{delay}; INSTCMD shutdown.return: {e}")),
+        }
+    }
+}
+
+fn unexpected(what: &str, line: &Line) -> NutError {
+    NutError::Codec(codec::CodecError::Malformed(format!(
+        "unexpected reply to {what}: {line:?}"
+    )))
+}
+
 async fn connect(cfg: &NutConfig) -> Result<Nut<TcpStream>, NutError> {
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let tcp = tokio::time::timeout(cfg.timeout, TcpStream::connect(&addr))
@@ -213,11 +359,37 @@ impl Device for Ups {
             )),
         }
     }
+
+    /// `shutdown.return` through upsd on the device's own (logged-in)
+    /// connection ([`Nut::shutdown_return`]).
+    async fn command(
+        &mut self,
+        c: &mut Self::Conn,
+        _h: &DeviceHandle,
+        cmd: UpsCommand,
+    ) -> CommandResult {
+        let where_ = format!("NUT {}@{}:{}", self.cfg.ups, self.cfg.host, self.cfg.port);
+        if self.cfg.username.is_none() {
+            return Err(format!(
+                "{where_}: no username: upsd takes instant commands only from a user of upsd.users; set username and password_file on this device (docs/ups.md)"
+            ));
+        }
+        match cmd {
+            UpsCommand::ShutdownReturn { off_after } => c
+                .shutdown_return(&self.cfg.ups, off_after)
+                .await
+                .map(|t| format!("{where_}: {t}"))
+                .map_err(|e| format!("{where_}: {e}")),
+        }
+    }
 }
 
 /// Asks upsd every interval; a broken connection is made again an interval
 /// later.
 pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
+    if let Some(w) = password_file_warning(&cfg) {
+        tracing::warn!("{w}");
+    }
     let policy = Policy::new(cfg.interval);
     let ups = Ups {
         cfg,
@@ -230,6 +402,82 @@ pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
 pub async fn probe(cfg: &NutConfig) -> Result<Values, NutError> {
     let mut c = connect(cfg).await?;
     c.list_var(&cfg.ups).await
+}
+
+/// The warning for a password file that other users of the box can read,
+/// naming the device; None when private, absent or unreadable.
+pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = cfg.password_file.as_deref()?;
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+        .then(|| {
+            format!(
+                "device {} password_file {}: readable by other users of this box; make it private (chmod o-r)",
+                cfg.id,
+                path.display()
+            )
+        })
+}
+
+/// For `wardgate check`, on a device with a username: whether upsd
+/// accepts the login, and the delay the power-off would set. Each line
+/// with true when it is fine (a warning included), false when the
+/// power-off could not work.
+pub async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
+    let Some(user) = &cfg.username else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    if let Some(w) = password_file_warning(cfg) {
+        lines.push((true, format!("warning: {w}")));
+    }
+    let mut c = match connect(cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            lines.push((false, format!("login: NOT ACCEPTED: {e}")));
+            return lines;
+        }
+    };
+    // upsd checks the password only when it is used: a SET of a variable
+    // no driver has is refused for a wrong password or a missing SET right
+    // (ACCESS-DENIED), and otherwise answered VAR-NOT-SUPPORTED.
+    let probe = codec::cmd_set_var(&cfg.ups, LOGIN_PROBE_VAR, "0");
+    match c.act(&probe).await {
+        Err(NutError::Server(code)) if code == "VAR-NOT-SUPPORTED" => lines.push((
+            true,
+            format!("login: ok: upsd accepts user {user:?} (password and actions = SET)"),
+        )),
+        Ok(_) => lines.push((true, format!("login: ok: upsd accepts user {user:?}"))),
+        Err(NutError::Server(code)) if code == "ACCESS-DENIED" => lines.push((
+            false,
+            format!(
+                "login: NOT ACCEPTED: upsd refused user {user:?} (ERR ACCESS-DENIED): wrong password or unknown user, or no `actions = SET` for it in upsd.users; the power-off (shutdown.return) would be refused too"
+            ),
+        )),
+        Err(NutError::Server(code)) => lines.push((
+            false,
+            format!("login: NOT ACCEPTED: {}", codec::explain_refusal(&code, "login")),
+        )),
+        Err(e) => {
+            lines.push((false, format!("login: NOT ACCEPTED: {e}")));
+            return lines;
+        }
+    }
+    match c.get_var(&cfg.ups, DELAY_VAR).await {
+        Ok(v) => lines.push((
+            true,
+            format!("{DELAY_VAR} = {v} s (the power-off sets it to ups_off_delay)"),
+        )),
+        Err(NutError::Server(_)) => lines.push((
+            true,
+            format!(
+                "{DELAY_VAR}: the driver has none, so the power-off uses the driver's own delay"
+            ),
+        )),
+        Err(e) => lines.push((false, format!("{DELAY_VAR}: {e}"))),
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -258,6 +506,215 @@ mod tests {
             Err(NutError::Server(c)) => assert_eq!(c, "DATA-STALE"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// upsd on the other end of a stream, answering each request with the
+    /// next scripted reply; returns what it was asked.
+    async fn exchange(
+        script: &[&'static str],
+        off_after: Duration,
+    ) -> (Result<String, String>, Vec<String>) {
+        let (a, b) = tokio::io::duplex(4096);
+        let replies: Vec<&'static str> = script.to_vec();
+        let asked = tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(b);
+            let mut r = BufReader::new(r);
+            let mut asked = Vec::new();
+            for reply in replies {
+                let mut line = String::new();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                asked.push(line.trim_end().to_owned());
+                if w.write_all(reply.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            // Then silence, until the client hangs up.
+            let mut rest = String::new();
+            while r.read_line(&mut rest).await.unwrap_or(0) > 0 {
+                asked.push(std::mem::take(&mut rest).trim_end().to_owned());
+            }
+            asked
+        });
+        let mut n = Nut::new(a, Duration::from_secs(1));
+        let r = n.shutdown_return("u", off_after).await;
+        drop(n);
+        (r, asked.await.unwrap())
+    }
+
+    const ON: &str = "SET TRACKING ON";
+    const GET: &str = "GET VAR \"u\" \"ups.delay.shutdown\"";
+    const SET: &str = "SET VAR \"u\" \"ups.delay.shutdown\" \"120\"";
+    const CMD: &str = "INSTCMD \"u\" \"shutdown.return\"";
+
+    /// Every reply of upsd to the power-off, and what it becomes.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_return_over_a_stream() {
+        let delay_20 = "VAR u ups.delay.shutdown \"20\"\n";
+        // What, each request with upsd's reply, the result.
+        type Case = (
+            &'static str,
+            Vec<(&'static str, &'static str)>,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "tracked: the delay set, then the command, each carried out",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, delay_20),
+                    (SET, "OK TRACKING a1\n"),
+                    ("GET TRACKING \"a1\"", "PENDING\n"),
+                    ("GET TRACKING \"a1\"", "SUCCESS\n"),
+                    (CMD, "OK TRACKING b2\n"),
+                    ("GET TRACKING \"b2\"", "SUCCESS\n"),
+                ],
+                Ok("ups.delay.shutdown set to 120 s (was 20 s): the driver carried it out; then INSTCMD shutdown.return: the driver carried it out"),
+            ),
+            (
+                "an upsd without tracking",
+                vec![
+                    (ON, "ERR INVALID-ARGUMENT\n"),
+                    (GET, delay_20),
+                    (SET, "OK\n"),
+                    (CMD, "OK\n"),
+                ],
+                Ok("then INSTCMD shutdown.return: upsd passed it to the driver (this upsd does not report the outcome)"),
+            ),
+            (
+                "the delay is right already",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, "VAR u ups.delay.shutdown \"120\"\n"),
+                    (CMD, "OK TRACKING c\n"),
+                    ("GET TRACKING \"c\"", "SUCCESS\n"),
+                ],
+                Ok("ups.delay.shutdown is 120 s already; then INSTCMD"),
+            ),
+            (
+                "a driver without the delay: the command alone",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, "ERR VAR-NOT-SUPPORTED\n"),
+                    (CMD, "OK TRACKING c\n"),
+                    ("GET TRACKING \"c\"", "SUCCESS\n"),
+                ],
+                Ok("GET VAR ups.delay.shutdown: upsd answered ERR VAR-NOT-SUPPORTED: the UPS's driver does not have this variable; the driver's own delay applies; then INSTCMD shutdown.return: the driver carried it out"),
+            ),
+            (
+                "a read-only delay: the UPS keeps its own, the command is sent",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, delay_20),
+                    (SET, "ERR READONLY\n"),
+                    (CMD, "OK\n"),
+                ],
+                Ok("does not let it be changed; the UPS keeps 20 s; then INSTCMD shutdown.return: upsd passed it"),
+            ),
+            (
+                "dummy-ups: no shutdown.return",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, delay_20),
+                    (SET, "OK TRACKING a\n"),
+                    ("GET TRACKING \"a\"", "SUCCESS\n"),
+                    (CMD, "ERR CMD-NOT-SUPPORTED\n"),
+                ],
+                Err("INSTCMD shutdown.return: upsd answered ERR CMD-NOT-SUPPORTED: the UPS's driver does not offer it"),
+            ),
+            (
+                "a wrong password",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, delay_20),
+                    (SET, "ERR ACCESS-DENIED\n"),
+                    (CMD, "ERR ACCESS-DENIED\n"),
+                ],
+                Err("INSTCMD shutdown.return: upsd answered ERR ACCESS-DENIED: wrong password or unknown user"),
+            ),
+            (
+                "no login",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, delay_20),
+                    (SET, "ERR USERNAME-REQUIRED\n"),
+                    (CMD, "ERR USERNAME-REQUIRED\n"),
+                ],
+                Err("set username and password_file"),
+            ),
+            (
+                "the driver could not send it",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, "VAR u ups.delay.shutdown \"120\"\n"),
+                    (CMD, "OK TRACKING z\n"),
+                    ("GET TRACKING \"z\"", "ERR FAILED\n"),
+                ],
+                Err("upsd answered ERR FAILED: the driver tried, and the UPS did not take it"),
+            ),
+            (
+                "upsd could not reach the driver",
+                vec![
+                    (ON, "OK\n"),
+                    (GET, "VAR u ups.delay.shutdown \"120\"\n"),
+                    (CMD, "ERR INSTCMD-FAILED\n"),
+                ],
+                Err("could not pass it to the driver"),
+            ),
+            (
+                "garbage",
+                vec![(ON, "OK\n"), (GET, "HELLO THERE\n")],
+                Err("malformed line from upsd: HELLO THERE"),
+            ),
+            (
+                "another variable's line",
+                vec![(ON, "OK\n"), (GET, "VAR u ups.load \"20\"\n")],
+                Err("unexpected reply to GET VAR"),
+            ),
+            (
+                "silence",
+                vec![(ON, "OK\n"), (GET, "")],
+                Err("upsd did not answer within 1s"),
+            ),
+        ];
+        for (what, script, want) in cases {
+            let replies: Vec<&'static str> = script.iter().map(|(_, r)| *r).collect();
+            let (r, asked) = exchange(&replies, Duration::from_secs(120)).await;
+            let expected: Vec<&str> = script.iter().map(|(q, _)| *q).collect();
+            assert_eq!(asked, expected, "{what}");
+            match (want, r) {
+                (Ok(w), Ok(g)) => assert!(g.contains(w), "{what}: {g}"),
+                (Err(w), Err(e)) => assert!(e.contains(w), "{what}: {e}"),
+                (w, g) => panic!("{what}: wanted {w:?}, got {g:?}"),
+            }
+        }
+        // A part of a second is rounded up: never shorter than asked.
+        let (_, asked) = exchange(
+            &["OK\n", "VAR u ups.delay.shutdown \"20\"\n", "OK\n", "OK\n"],
+            Duration::from_millis(90_001),
+        )
+        .await;
+        assert_eq!(asked[2], "SET VAR \"u\" \"ups.delay.shutdown\" \"91\"");
+    }
+
+    /// A tracked command the driver never reports on: the wait is bounded.
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_outcome_is_not_waited_for_forever() {
+        let mut script = vec![
+            "OK\n",
+            "VAR u ups.delay.shutdown \"120\"\n",
+            "OK TRACKING p\n",
+        ];
+        script.extend(std::iter::repeat_n("PENDING\n", 100));
+        let t0 = tokio::time::Instant::now();
+        let (r, _) = exchange(&script, Duration::from_secs(120)).await;
+        let r = r.unwrap();
+        assert!(
+            r.contains("upsd passed it to the driver, which has not reported yet"),
+            "{r}"
+        );
+        assert!(t0.elapsed() <= Duration::from_secs(4), "{:?}", t0.elapsed());
     }
 
     #[tokio::test]

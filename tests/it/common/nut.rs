@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The upsd.users entry for the power-off (issue 14): instant commands
+/// and SET, as docs/ups.md tells technicians to write it.
+pub const CMD_USER: &str = "wardgate";
+pub const CMD_PASSWORD: &str = "cmd-s3cret";
+
 pub struct NutServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -85,7 +90,10 @@ impl NutServer {
         .unwrap();
         std::fs::write(
             d.join("upsd.users"),
-            "[mon]\n\tpassword = s3cret\n\tupsmon primary\n",
+            format!(
+                "[mon]\n\tpassword = s3cret\n\tupsmon primary\n\
+                 [{CMD_USER}]\n\tpassword = {CMD_PASSWORD}\n\tinstcmds = all\n\tactions = SET\n"
+            ),
         )
         .unwrap();
         std::fs::write(d.join("nut.conf"), "MODE=standalone\n").unwrap();
