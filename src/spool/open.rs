@@ -19,11 +19,11 @@ use super::db::Db;
 use super::health::{io_reason, spool_error_reason, sql_reason, Degraded};
 use super::positions::{self, Mark};
 use super::queue::{Lane, SeqState, SEQ_BLOCK};
+use super::retime::TimeState;
 use super::stamp::{new_epoch, ClockCache};
 use super::{
     used, Notice, Queue, Resumed, Spool, SpoolCounters, SpoolError, StartReport, STORE_RETRY,
 };
-use super::retime::TimeState;
 use crate::clock::{Clock, KernelClock};
 use crate::model::Kind;
 

@@ -398,12 +398,16 @@ mod tests {
         let b = r#"{"seq":7,"ts":1000,"clock":"unsynced","values":{"ts":1,"clock":"unsynced"}}"#;
         assert_eq!(
             retime(b, 259_201_000).as_deref(),
-            Some(r#"{"seq":7,"ts":259201000,"clock":"corrected","values":{"ts":1,"clock":"unsynced"}}"#)
+            Some(
+                r#"{"seq":7,"ts":259201000,"clock":"corrected","values":{"ts":1,"clock":"unsynced"}}"#
+            )
         );
         let e = r#"{"seq":0,"ts":-5,"clock":"unsynced","severity":"info","code":"a","message":"m","values":{}}"#;
         assert_eq!(
             retime(e, 3).as_deref(),
-            Some(r#"{"seq":0,"ts":3,"clock":"corrected","severity":"info","code":"a","message":"m","values":{}}"#)
+            Some(
+                r#"{"seq":0,"ts":3,"clock":"corrected","severity":"info","code":"a","message":"m","values":{}}"#
+            )
         );
         assert_eq!(unsynced_ts(b), Some(1000));
         for bad in [
