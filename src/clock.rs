@@ -101,7 +101,10 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+    // `time_t` and `long` are 32 bits on a 32-bit Pi OS: the casts widen there.
+    #[allow(clippy::unnecessary_cast)]
+    let ms = ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000;
+    ms
 }
 
 /// Reads the kernel's NTP state with `adjtimex(2)` (read-only: `modes = 0`).
@@ -264,6 +267,8 @@ mod tests {
         assert_eq!((c.wall_ms(), c.boottime_ms()), (2_000_010, 110));
     }
 
+    // A plain test thread, no runtime to block.
+    #[allow(clippy::disallowed_methods)]
     #[test]
     fn kernel_boottime_moves_and_boot_id_is_stable() {
         let k = KernelClock::new();

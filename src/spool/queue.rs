@@ -298,7 +298,7 @@ impl Lane {
         let (max, max_bytes) = (self.max_records.max(1), self.max_bytes);
         let device: Arc<str> = Arc::from(key.device.as_str());
         let mut n = 0;
-        let mut cur: Vec<(i64, u64, Arc<str>, Option<(i64, i64)>)> = Vec::new();
+        let mut cur: Vec<(DiskRec, Arc<str>)> = Vec::new();
         let mut bytes = ENVELOPE_OVERHEAD;
         let mut batches = Vec::new();
         let mut timing = timing.into_iter();
@@ -313,7 +313,8 @@ impl Lane {
                 bytes = ENVELOPE_OVERHEAD;
             }
             bytes += len;
-            cur.push((r.id, r.seq, Arc::from(r.body), t));
+            let body: Arc<str> = Arc::from(r.body);
+            cur.push(((r.id, r.seq, body.len(), t), body));
         }
         if !cur.is_empty() {
             batches.push(cur);
@@ -321,9 +322,9 @@ impl Lane {
         for rows in batches {
             let id = *next_id;
             *next_id += 1;
-            let first_seq = rows.first().map(|r| r.1).unwrap_or(0);
-            let bodies: Vec<Arc<str>> = rows.iter().map(|r| r.2.clone()).collect();
-            let ids = rows.iter().map(|r| (r.0, r.1, r.2.len(), r.3)).collect();
+            let first_seq = rows.first().map(|r| r.0 .1).unwrap_or(0);
+            let bodies: Vec<Arc<str>> = rows.iter().map(|r| r.1.clone()).collect();
+            let ids = rows.into_iter().map(|r| r.0).collect();
             self.inflight.insert(id, InFlight::Disk(ids, key.clone()));
             self.backlog[k].ready.push_back(Batch {
                 id,

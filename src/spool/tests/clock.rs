@@ -282,7 +282,7 @@ async fn readings_taken_while_the_clock_syncs_are_never_left_behind() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(5)).await;
     clock.sync(3 * DAY);
     for p in pushers {
         p.join().unwrap();
