@@ -459,7 +459,7 @@ pub const GATEWAY_SEQUENCE_RESET: EventDef = EventDef {
 pub const GATEWAY_CLOCK_CORRECTED: EventDef = def(
     "gateway.clock_corrected",
     Info,
-    "The clock synchronised and was {offset} off: {count} {kind} of {device} (seq {first} to {last}, epoch {epoch}) were sent with the unsynchronised time; add {offset_ms} ms to the ts of those marked unsynced.",
+    "The clock synchronised after running {offset}: {count} {kind} of {device} (seq {first} to {last}, epoch {epoch}) were sent with the unsynchronised time; add {offset_ms} ms to the ts of those marked unsynced.",
     Vi::Carried("Đồng hồ đã được đồng bộ: thời gian của {count} bản ghi của {device} đã gửi trước đó cần cộng thêm {offset_ms} ms."),
 );
 

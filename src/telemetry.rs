@@ -485,5 +485,38 @@ mod tests {
                 "Số thứ tự dữ liệu bắt đầu lại từ 0.",
             );
         }
+        check(
+            Notice::ClockCorrected {
+                device: "ups1".into(),
+                kind: Kind::Sample,
+                epoch: 0x5f3a9c0e12d4b7a1,
+                first_seq: 0,
+                last_seq: 41,
+                records: 42,
+                offset_ms: 259_200_000,
+            },
+            Severity::Info,
+            "gateway.clock_corrected",
+            "The clock synchronised after running 3days behind: 42 samples of ups1 (seq 0 to 41, epoch 5f3a9c0e12d4b7a1) were sent with the unsynchronised time; add 259200000 ms to the ts of those marked unsynced.",
+            "Đồng hồ đã được đồng bộ: thời gian của 42 bản ghi của ups1 đã gửi trước đó cần cộng thêm 259200000 ms.",
+        );
+        // Command replies travel without a sequence: nothing to correct.
+        let before = hub.get().events.len();
+        let front = last(&hub).message;
+        report_notice(
+            &cfg,
+            &h,
+            Notice::ClockCorrected {
+                device: crate::command::REPLY_DEVICE.into(),
+                kind: Kind::Event,
+                epoch: 1,
+                first_seq: 0,
+                last_seq: 0,
+                records: 1,
+                offset_ms: 1000,
+            },
+        );
+        assert_eq!(hub.get().events.len(), before);
+        assert_eq!(last(&hub).message, front);
     }
 }
