@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{Clock, KernelClock};
 use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health};
 use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
@@ -38,6 +39,18 @@ pub async fn run(
     cancel: CancellationToken,
     ready: impl FnOnce(&Running),
 ) -> anyhow::Result<()> {
+    run_with_clock(cfg, cancel, ready, Arc::new(KernelClock::new())).await
+}
+
+/// [`run`] with the clock readings are stamped by: the kernel's in the
+/// daemon, a [`crate::clock::FakeClock`] in tests that drive time (an
+/// unsynchronised clock that syncs with a step of days).
+pub async fn run_with_clock(
+    cfg: Config,
+    cancel: CancellationToken,
+    ready: impl FnOnce(&Running),
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let spool_cfg = cfg.spool.clone();
     let site = cfg.site.clone();
@@ -46,11 +59,12 @@ pub async fn run(
     if cfg.influxdb.enabled() {
         lanes.push(INFLUX_SINK);
     }
-    let (spool, report) =
-        tokio::task::spawn_blocking(move || Spool::open(&spool_cfg, &site, &lanes))
-            .await
-            .context("opening the spool")?
-            .with_context(|| format!("opening the spool at {}", cfg.spool.path.display()))?;
+    let (spool, report) = tokio::task::spawn_blocking(move || {
+        Spool::open_with_clock(&spool_cfg, &site, &lanes, clock)
+    })
+    .await
+    .context("opening the spool")?
+    .with_context(|| format!("opening the spool at {}", cfg.spool.path.display()))?;
     // GPIO needs the Pi's GPIO chip: without it, a config that uses GPIO
     // does not start (clear message, no restart loop of half a gateway).
     for dev in &cfg.devices {

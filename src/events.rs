@@ -454,6 +454,15 @@ pub const GATEWAY_SEQUENCE_RESET: EventDef = EventDef {
     vi: Vi::Carried("Số thứ tự dữ liệu bắt đầu lại từ 0."),
 };
 
+/// `{kind}`: `samples` or `events`; `{offset}`: the offset in words;
+/// `{offset_ms}`: the same in ms, signed.
+pub const GATEWAY_CLOCK_CORRECTED: EventDef = def(
+    "gateway.clock_corrected",
+    Info,
+    "The clock synchronised after running {offset}: {count} {kind} of {device} (seq {first} to {last}, epoch {epoch}) were sent with the unsynchronised time; add {offset_ms} ms to the ts of those marked unsynced.",
+    Vi::Carried("Đồng hồ đã được đồng bộ: thời gian của {count} bản ghi của {device} đã gửi trước đó cần cộng thêm {offset_ms} ms."),
+);
+
 /// The spool's `spool.degraded` reason in Vietnamese.
 pub fn degraded_reason_vi(reason: &str) -> &'static str {
     match reason {
@@ -515,6 +524,7 @@ pub const ALL: &[EventDef] = &[
     SPOOL_RESTORED,
     SPOOL_QUARANTINED,
     GATEWAY_SEQUENCE_RESET,
+    GATEWAY_CLOCK_CORRECTED,
 ];
 
 /// The words the page shows for `code` in Vietnamese, when the event did

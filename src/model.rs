@@ -95,20 +95,20 @@ impl Values {
 pub enum ClockState {
     Synced,
     Unsynced,
+    /// Taken unsynchronised; `ts` was corrected by the gateway once the
+    /// clock synchronised later in the same boot (from the monotonic clock,
+    /// see `crate::clock`), before the reading was sent.
+    Corrected,
 }
 
 impl ClockState {
     /// Reads the kernel's NTP state with `adjtimex(2)` (read-only: `modes = 0`).
     /// `TIME_ERROR` or the `STA_UNSYNC` flag mean the clock is not synchronised.
     pub fn from_kernel() -> Self {
-        // SAFETY: `timex` is plain old data; zeroed is a valid value, and with
-        // `modes == 0` adjtimex only reads the kernel state into it.
-        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::adjtimex(&mut tx) };
-        if rc == -1 || rc == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0 {
-            ClockState::Unsynced
-        } else {
+        if crate::clock::kernel_synced() {
             ClockState::Synced
+        } else {
+            ClockState::Unsynced
         }
     }
 }

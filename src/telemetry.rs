@@ -174,9 +174,66 @@ pub fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
             };
             (severity, code, msg, vi)
         }
+        Notice::ClockCorrected {
+            device,
+            kind,
+            epoch,
+            first_seq,
+            last_seq,
+            records,
+            offset_ms,
+        } => {
+            // Command replies are kept in the spool as events of a reserved
+            // device, but travel as replies with no sequence: nothing to
+            // correct at the operations centre.
+            if device == crate::command::REPLY_DEVICE {
+                return;
+            }
+            let leaf = match kind {
+                crate::model::Kind::Sample => "samples",
+                crate::model::Kind::Event => "events",
+            };
+            let epoch = crate::spool::positions::epoch_hex(epoch);
+            v.set("record.device", device.clone());
+            v.set("record.kind", leaf);
+            v.set("record.epoch", epoch.clone());
+            v.num("record.first_seq", first_seq as f64);
+            v.num("record.last_seq", last_seq as f64);
+            v.num("record.count", records as f64);
+            v.num("clock.offset_ms", offset_ms as f64);
+            words(
+                events::GATEWAY_CLOCK_CORRECTED,
+                &[
+                    ("offset", &off_words(offset_ms)),
+                    ("count", &records),
+                    ("kind", &leaf),
+                    ("device", &device),
+                    ("first", &first_seq),
+                    ("last", &last_seq),
+                    ("epoch", &epoch),
+                    ("offset_ms", &offset_ms),
+                ],
+                &[
+                    ("count", &records),
+                    ("device", &device),
+                    ("offset_ms", &offset_ms),
+                ],
+            )
+        }
     };
     v.set("message.vi", vi);
     gateway.event(severity, code, &msg, v);
+}
+
+/// How far off the clock was, in words: a positive offset means the
+/// unsynchronised clock was behind (its times were too early).
+fn off_words(offset_ms: i64) -> String {
+    let d = humantime::format_duration(Duration::from_millis(offset_ms.unsigned_abs()));
+    if offset_ms >= 0 {
+        format!("{d} behind")
+    } else {
+        format!("{d} ahead")
+    }
 }
 
 /// A spool notice's severity, code, English message (filled with `en`) and
@@ -428,5 +485,38 @@ mod tests {
                 "Số thứ tự dữ liệu bắt đầu lại từ 0.",
             );
         }
+        check(
+            Notice::ClockCorrected {
+                device: "ups1".into(),
+                kind: Kind::Sample,
+                epoch: 0x5f3a9c0e12d4b7a1,
+                first_seq: 0,
+                last_seq: 41,
+                records: 42,
+                offset_ms: 259_200_000,
+            },
+            Severity::Info,
+            "gateway.clock_corrected",
+            "The clock synchronised after running 3days behind: 42 samples of ups1 (seq 0 to 41, epoch 5f3a9c0e12d4b7a1) were sent with the unsynchronised time; add 259200000 ms to the ts of those marked unsynced.",
+            "Đồng hồ đã được đồng bộ: thời gian của 42 bản ghi của ups1 đã gửi trước đó cần cộng thêm 259200000 ms.",
+        );
+        // Command replies travel without a sequence: nothing to correct.
+        let before = hub.get().events.len();
+        let front = last(&hub).message;
+        report_notice(
+            &cfg,
+            &h,
+            Notice::ClockCorrected {
+                device: crate::command::REPLY_DEVICE.into(),
+                kind: Kind::Event,
+                epoch: 1,
+                first_seq: 0,
+                last_seq: 0,
+                records: 1,
+                offset_ms: 1000,
+            },
+        );
+        assert_eq!(hub.get().events.len(), before);
+        assert_eq!(last(&hub).message, front);
     }
 }

@@ -199,7 +199,7 @@ pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) 
         .collect();
     let clock = match ClockState::from_kernel() {
         ClockState::Synced => "synced",
-        ClockState::Unsynced => "unsynced",
+        ClockState::Unsynced | ClockState::Corrected => "unsynced",
     };
     let allowed: Vec<&str> = cfg.commands.allowed().iter().map(|o| o.name()).collect();
     let mut sinks = vec![crate::sink::mqtt::SINK_NAME];

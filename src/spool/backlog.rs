@@ -79,13 +79,21 @@ pub(super) fn read(
 /// rows become ready batches, bad rows are counted in `corrupt` by reason
 /// and queued for deletion. A read for a lane that started over meanwhile
 /// is discarded.
+///
+/// Rows of this boot taken unsynchronised are corrected here when the
+/// clock's base is known (`retime.rs`); returns how many.
 pub(super) fn give_back(
     q: &mut Queue,
     read_results: Vec<ReadResult>,
     corrupt: &mut BTreeMap<&'static str, u64>,
-) {
+) -> super::retime::Corrected {
     let mut next_id = q.next_batch_id;
-    for (li, gen, key, good, bad, done) in read_results {
+    let mut timed = super::retime::Corrected::default();
+    for (li, gen, key, mut good, bad, done) in read_results {
+        if q.lanes[li].gen != gen {
+            continue;
+        }
+        let timing = q.time_rows(&mut good, &mut timed);
         let lane = &mut q.lanes[li];
         if lane.gen != gen {
             continue;
@@ -103,7 +111,7 @@ pub(super) fn give_back(
             lane.gone_rows.insert(b.id);
             lane.to_delete.push(b.id);
         }
-        lane.add_backlog(&key, good, &mut next_id);
+        lane.add_backlog(&key, good, timing, &mut next_id);
         let c = lane.backlog[k].streams.entry(key).or_default();
         // Bad rows carry no trustworthy seq; the cursor stays at the
         // last good one, and the bad rows are skipped as gone.
@@ -112,6 +120,7 @@ pub(super) fn give_back(
         lane.notify.notify_one();
     }
     q.next_batch_id = next_id;
+    timed
 }
 
 impl Spool {

@@ -53,7 +53,15 @@ pub(super) struct Store {
     pub(super) marks: BTreeMap<String, Mark>,
     /// `dropped_total` last written to the database.
     pub(super) dropped_written: u64,
+    /// The clock correction's pass over the rows: (the base's generation,
+    /// the last row id done).
+    pub(super) correct_at: (u64, i64),
 }
+
+/// Rows corrected per commit round (one transaction), so that a large
+/// backlog does not hold up the round; rows read before their pass are
+/// corrected as they are read.
+pub(super) const CORRECT_CHUNK: usize = 2000;
 
 impl Spool {
     pub(super) fn take_store(&self) -> Store {
@@ -101,9 +109,16 @@ impl Spool {
         let mut deletes: Vec<(usize, Vec<i64>)> = Vec::new();
         let mut reserve: Vec<(String, Mark)> = Vec::new();
         let mut reads: Vec<ReadWant> = Vec::new();
-        let (epoch, make_durable, lane_names) = {
+        let (epoch, make_durable, lane_names, correct) = {
             let mut q = lock(&self.q);
             let q = &mut *q;
+            // The clock is looked at here too, so that a sync is acted on
+            // even when no reading comes.
+            self.observe_clock(q);
+            let correct = match (q.time.disk_pending, q.time.base) {
+                (true, Some(base)) => Some((q.time.boot.clone(), base, q.time.gen)),
+                _ => None,
+            };
             let lane_names: Vec<String> = q.lanes.iter().map(|l| l.name.clone()).collect();
             if usable {
                 for e in q.wal_pending.iter_mut().filter(|e| !e.writing) {
@@ -197,7 +212,7 @@ impl Spool {
                     }
                 }
             }
-            (q.epoch, make_durable, lane_names)
+            (q.epoch, make_durable, lane_names, correct)
         };
 
         // 2. Disk work, with no lock held.
@@ -218,6 +233,7 @@ impl Spool {
         }
         let mut written: Option<Vec<i64>> = None;
         let mut deleted_ok = false;
+        let mut disk_pass: Option<(u64, bool)> = None;
         if usable && failure.is_none() {
             let rows: Vec<NewRow<'_>> = writes
                 .iter()
@@ -237,6 +253,8 @@ impl Spool {
                     ts: e.ts,
                     synced: e.synced,
                     body: &e.body,
+                    boot: &e.boot,
+                    boottime: e.boottime,
                 })
                 .collect();
             let del: Vec<i64> = deletes
@@ -281,6 +299,33 @@ impl Spool {
                         }
                         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, records = rows.len(), "spool write failed; records stay in memory");
+                        failure = Some(sql_reason(&e, &store.path));
+                    }
+                }
+            }
+            if let (None, Some((boot, base, gen))) = (&failure, &correct) {
+                if store.correct_at.0 != *gen {
+                    store.correct_at = (*gen, 0);
+                }
+                let db = store.db.as_mut().expect("usable means open");
+                match db.correct_boot(boot, *base, store.correct_at.1, CORRECT_CHUNK) {
+                    Ok(r) => {
+                        store.correct_at.1 = r.last_id;
+                        self.count_corrected(
+                            super::retime::Corrected {
+                                records: r.corrected,
+                                unrewritable: r.unrewritable,
+                            },
+                            "disk",
+                        );
+                        let finished = r.seen < CORRECT_CHUNK as u64;
+                        if !finished {
+                            self.wake.notify_one();
+                        }
+                        disk_pass = Some((*gen, finished));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "correcting the time of stored readings failed; tried again");
                         failure = Some(sql_reason(&e, &store.path));
                     }
                 }
@@ -428,7 +473,13 @@ impl Spool {
             } else if failure.is_some() && q.epoch_durable {
                 q.reserve_failing = true;
             }
-            backlog::give_back(q, read_results, &mut corrupt);
+            let timed = backlog::give_back(q, read_results, &mut corrupt);
+            self.count_corrected(timed, "disk read");
+            if let Some((gen, true)) = disk_pass {
+                if q.time.gen == gen {
+                    q.time.disk_pending = false;
+                }
+            }
         }
         self.report_corrupt(corrupt);
 
@@ -457,7 +508,7 @@ impl Spool {
             store.last_age_check = Some(now);
             if self.clock.get() == ClockState::Synced {
                 let age_ms = i64::try_from(self.cfg.max_age.as_millis()).unwrap_or(i64::MAX);
-                let cutoff = now_ms().saturating_sub(age_ms);
+                let cutoff = self.clock.wall_ms().saturating_sub(age_ms);
                 let n = db
                     .drop_older_than(cutoff)
                     .map_err(sql("dropping old records"))?;

@@ -19,6 +19,18 @@ pub struct NewRow<'a> {
     pub ts: i64,
     pub synced: bool,
     pub body: &'a str,
+    /// The kernel boot the record was taken in (empty: unknown, stored as
+    /// NULL, and the record is never corrected from disk).
+    pub boot: &'a str,
+    /// `CLOCK_BOOTTIME` when it was taken, in ms.
+    pub boottime: i64,
+}
+
+impl NewRow<'_> {
+    /// The boot and boottime as stored: none without a boot id.
+    pub fn taken(&self) -> Option<(&str, i64)> {
+        (!self.boot.is_empty()).then_some((self.boot, self.boottime))
+    }
 }
 
 /// A record read back for sending, checked: its checksum matched, its device
@@ -27,6 +39,9 @@ pub struct Row {
     pub id: i64,
     pub seq: u64,
     pub body: String,
+    /// The boot and `CLOCK_BOOTTIME` (ms) it was taken at; None for rows of
+    /// an older version (never corrected).
+    pub taken: Option<(String, i64)>,
 }
 
 /// A row that failed the checks when read back.
@@ -79,7 +94,9 @@ CREATE TABLE IF NOT EXISTS rec (
     synced INTEGER NOT NULL,
     body   TEXT    NOT NULL,
     epoch  INTEGER NOT NULL DEFAULT 0,
-    crc    INTEGER
+    crc    INTEGER,
+    boot     TEXT,
+    boottime INTEGER
 );
 CREATE INDEX IF NOT EXISTS rec_stream ON rec(sink, kind, device, epoch, seq);
 CREATE TABLE IF NOT EXISTS meta (
@@ -89,15 +106,34 @@ CREATE TABLE IF NOT EXISTS meta (
 ";
 
 /// The columns `rec` must have, in order; an older spool (without `epoch`
-/// and `crc`) is upgraded in place, any other shape is moved aside.
-const REC_COLUMNS: [&str; 10] = [
-    "id", "sink", "kind", "device", "seq", "ts", "synced", "body", "epoch", "crc",
+/// and `crc`, or without `boot` and `boottime`) is upgraded in place, any
+/// other shape is moved aside.
+const REC_COLUMNS: [&str; 12] = [
+    "id", "sink", "kind", "device", "seq", "ts", "synced", "body", "epoch", "crc", "boot",
+    "boottime",
 ];
 
 /// The checksum of a stored record: it covers everything the record is sent
 /// with (kind, epoch, seq, device and body), so a bit flip in any of them is
 /// caught when the row is read back.
 pub fn row_checksum(kind: Kind, epoch: u64, device: &str, seq: u64, body: &str) -> u32 {
+    row_checksum_at(kind, epoch, device, seq, body, None)
+}
+
+/// The checksum of a row that also keeps when it was taken (`boot`,
+/// `boottime`): those decide whether and by how much its `ts` is corrected
+/// once the clock syncs, so they are covered too (after the same bytes as
+/// [`row_checksum`], a zero byte, the boot id, a zero byte and the
+/// boottime, big-endian). A row without them (an older version's) keeps
+/// the plain rule, so rows written before the upgrade still check.
+pub fn row_checksum_at(
+    kind: Kind,
+    epoch: u64,
+    device: &str,
+    seq: u64,
+    body: &str,
+    taken: Option<(&str, i64)>,
+) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&[kind.as_i64() as u8]);
     h.update(&epoch.to_be_bytes());
@@ -105,6 +141,12 @@ pub fn row_checksum(kind: Kind, epoch: u64, device: &str, seq: u64, body: &str) 
     h.update(device.as_bytes());
     h.update(&[0]);
     h.update(body.as_bytes());
+    if let Some((boot, boottime)) = taken {
+        h.update(&[0]);
+        h.update(boot.as_bytes());
+        h.update(&[0]);
+        h.update(&boottime.to_be_bytes());
+    }
     h.finalize()
 }
 
@@ -129,6 +171,18 @@ pub fn check_row(
     body: Option<&[u8]>,
     crc: Option<i64>,
 ) -> Result<String, &'static str> {
+    check_row_at(key, seq, body, crc, None)
+}
+
+/// [`check_row`] for a row that keeps when it was taken (`taken`: its boot
+/// and boottime columns, checked by [`row_checksum_at`]).
+pub fn check_row_at(
+    key: &StreamKey,
+    seq: i64,
+    body: Option<&[u8]>,
+    crc: Option<i64>,
+    taken: Option<(&str, i64)>,
+) -> Result<String, &'static str> {
     if !valid_device_id(&key.device) {
         return Err("device id not valid");
     }
@@ -140,11 +194,17 @@ pub fn check_row(
         .ok_or("body is not text")?;
     match crc {
         Some(c) => {
-            if row_checksum(key.kind, key.epoch, &key.device, seq as u64, body) as i64 != c {
+            if row_checksum_at(key.kind, key.epoch, &key.device, seq as u64, body, taken) as i64
+                != c
+            {
                 return Err("checksum mismatch");
             }
         }
         None => {
+            if taken.is_some() {
+                // Every version that keeps the boot also keeps a checksum.
+                return Err("checksum missing");
+            }
             if serde_json::from_str::<serde::de::IgnoredAny>(body).is_err() {
                 return Err("body is not JSON");
             }
@@ -252,7 +312,15 @@ impl Db {
             self.conn.execute_batch(
                 "ALTER TABLE rec ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE rec ADD COLUMN crc INTEGER;
+                 ALTER TABLE rec ADD COLUMN boot TEXT;
+                 ALTER TABLE rec ADD COLUMN boottime INTEGER;
                  DROP INDEX IF EXISTS rec_lane;",
+            )?;
+        } else if rec.len() == 10 && rec[..] == REC_COLUMNS[..10] {
+            // Before issue 14: rows keep no boot; they are never corrected.
+            self.conn.execute_batch(
+                "ALTER TABLE rec ADD COLUMN boot TEXT;
+                 ALTER TABLE rec ADD COLUMN boottime INTEGER;",
             )?;
         } else if !rec.is_empty() && rec[..] != REC_COLUMNS[..] {
             return Err(ShapeError::Wrong(format!(
@@ -303,10 +371,11 @@ impl Db {
         let mut deleted = 0;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO rec (sink, kind, device, seq, ts, synced, body, epoch, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO rec (sink, kind, device, seq, ts, synced, body, epoch, crc, boot, boottime) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for r in rows {
-                let crc = row_checksum(r.kind, r.epoch, r.device, r.seq, r.body);
+                let taken = r.taken();
+                let crc = row_checksum_at(r.kind, r.epoch, r.device, r.seq, r.body, taken);
                 st.execute(params![
                     r.sink,
                     r.kind.as_i64(),
@@ -316,7 +385,9 @@ impl Db {
                     r.synced as i64,
                     r.body,
                     r.epoch as i64,
-                    crc as i64
+                    crc as i64,
+                    taken.map(|t| t.0),
+                    taken.map(|t| t.1)
                 ])?;
                 ids.push(tx.last_insert_rowid());
             }
@@ -377,7 +448,7 @@ impl Db {
         limit: usize,
     ) -> rusqlite::Result<(Vec<Row>, Vec<BadRow>)> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, seq, body, crc FROM rec WHERE sink = ?1 AND kind = ?2 AND device = ?3 AND epoch = ?4 AND seq > ?5 ORDER BY seq LIMIT ?6",
+            "SELECT id, seq, body, crc, boot, boottime FROM rec WHERE sink = ?1 AND kind = ?2 AND device = ?3 AND epoch = ?4 AND seq > ?5 ORDER BY seq LIMIT ?6",
         )?;
         let after = after.map(|a| a as i64).unwrap_or(-1);
         let mut rows = st.query(params![
@@ -401,16 +472,133 @@ impl Db {
                 rusqlite::types::ValueRef::Integer(c) => Some(c),
                 _ => None,
             };
-            match check_row(key, seq, body, crc) {
+            let taken = match taken_columns(r, 4)? {
+                Taken::None => None,
+                Taken::Some(boot, t) => Some((boot, t)),
+                Taken::Damaged => {
+                    bad.push(BadRow {
+                        id,
+                        reason: "boot columns damaged",
+                    });
+                    continue;
+                }
+            };
+            match check_row_at(
+                key,
+                seq,
+                body,
+                crc,
+                taken.as_ref().map(|(b, t)| (b.as_str(), *t)),
+            ) {
                 Ok(body) => good.push(Row {
                     id,
                     seq: seq as u64,
                     body,
+                    taken,
                 }),
                 Err(reason) => bad.push(BadRow { id, reason }),
             }
         }
         Ok((good, bad))
+    }
+
+    /// Corrects the time of up to `limit` rows taken unsynchronised in
+    /// `boot`, with `id > after` (in id order): each row's checksum is
+    /// checked first (a damaged row is left for the backlog reader to
+    /// report, never blessed with a new checksum), its body's leading
+    /// `ts` and `clock` are rewritten ([`super::retime::retime`]: `ts =
+    /// boottime + base`, `clock` `corrected`), and its checksum is made
+    /// anew; all in one durable transaction.
+    pub fn correct_boot(
+        &mut self,
+        boot: &str,
+        base: i64,
+        after: i64,
+        limit: usize,
+    ) -> rusqlite::Result<DiskCorrection> {
+        let tx = self.conn.transaction()?;
+        let mut out = DiskCorrection {
+            last_id: after,
+            ..Default::default()
+        };
+        let mut fixes: Vec<(i64, i64, String, u32)> = Vec::new();
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT id, kind, device, epoch, seq, body, crc, boot, boottime FROM rec WHERE id > ?1 AND boot = ?2 AND synced = 0 ORDER BY id LIMIT ?3",
+            )?;
+            let mut rows = st.query(params![after, boot, limit as i64])?;
+            while let Some(r) = rows.next()? {
+                out.seen += 1;
+                let id: i64 = r.get(0)?;
+                out.last_id = id;
+                let kind = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Integer(k) => Kind::from_i64(k),
+                    _ => None,
+                };
+                let device = match r.get_ref(2)? {
+                    rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                    _ => None,
+                };
+                let epoch = match r.get_ref(3)? {
+                    rusqlite::types::ValueRef::Integer(e) => Some(e as u64),
+                    _ => None,
+                };
+                let seq = match r.get_ref(4)? {
+                    rusqlite::types::ValueRef::Integer(q) => q,
+                    _ => -1,
+                };
+                let body = match r.get_ref(5)? {
+                    rusqlite::types::ValueRef::Text(t) => Some(t),
+                    _ => None,
+                };
+                let crc = match r.get_ref(6)? {
+                    rusqlite::types::ValueRef::Integer(c) => Some(c),
+                    _ => None,
+                };
+                let (Some(kind), Some(device), Some(epoch), Taken::Some(row_boot, boottime)) =
+                    (kind, device, epoch, taken_columns(r, 7)?)
+                else {
+                    out.damaged += 1;
+                    continue;
+                };
+                let key = StreamKey {
+                    kind,
+                    device: device.to_owned(),
+                    epoch,
+                };
+                let Ok(body) =
+                    check_row_at(&key, seq, body, crc, Some((row_boot.as_str(), boottime)))
+                else {
+                    out.damaged += 1;
+                    continue;
+                };
+                let ts = super::retime::true_ts(boottime, base);
+                let Some(new_body) = super::retime::retime(&body, ts) else {
+                    out.unrewritable += 1;
+                    continue;
+                };
+                let crc = row_checksum_at(
+                    kind,
+                    epoch,
+                    device,
+                    seq as u64,
+                    &new_body,
+                    Some((row_boot.as_str(), boottime)),
+                );
+                fixes.push((id, ts, new_body, crc));
+            }
+        }
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE rec SET ts = ?2, synced = 1, body = ?3, crc = ?4 WHERE id = ?1",
+            )?;
+            for (id, ts, body, crc) in &fixes {
+                st.execute(params![id, ts, body, *crc as i64])?;
+            }
+        }
+        tx.commit()?;
+        out.corrected = fixes.len() as u64;
+        Ok(out)
     }
 
     /// Bytes the database really uses (pages in use, not free pages).
@@ -562,6 +750,41 @@ impl Db {
         })?;
         rows.collect()
     }
+}
+
+/// What one [`Db::correct_boot`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiskCorrection {
+    /// The last row id looked at (the next pass starts after it).
+    pub last_id: i64,
+    /// Rows looked at (fewer than the limit: none are left).
+    pub seen: u64,
+    pub corrected: u64,
+    /// Rows that failed their checks: left for the backlog reader.
+    pub damaged: u64,
+    /// Rows whose body does not start as the spool writes it: left as they
+    /// are (sent `unsynced`, covered by the `gateway.clock_corrected` rule).
+    pub unrewritable: u64,
+}
+
+/// A row's `boot` and `boottime` columns.
+enum Taken {
+    None,
+    Some(String, i64),
+    /// One without the other, or of the wrong type.
+    Damaged,
+}
+
+fn taken_columns(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Taken> {
+    use rusqlite::types::ValueRef;
+    Ok(match (r.get_ref(at)?, r.get_ref(at + 1)?) {
+        (ValueRef::Null, ValueRef::Null) => Taken::None,
+        (ValueRef::Text(b), ValueRef::Integer(t)) => match std::str::from_utf8(b) {
+            Ok(b) => Taken::Some(b.to_owned(), t),
+            Err(_) => Taken::Damaged,
+        },
+        _ => Taken::Damaged,
+    })
 }
 
 enum OpenFail {

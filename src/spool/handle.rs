@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::queue::{Entry, InFlight, Link};
-use super::{lock, Batch, DropReason, LaneHandle, Notice, Spool, SpoolError};
+use super::{lock, Batch, DropReason, LaneHandle, Notice, Queue, Spool, SpoolError};
 use crate::model::Kind;
 
 impl LaneHandle {
@@ -93,15 +93,22 @@ impl LaneHandle {
     }
 
     /// The sink's broker acknowledged a batch; returns how many records it held.
+    /// A record taken with the clock unsynchronised and not corrected
+    /// before it went is noted (`retime.rs`): the operations centre is told
+    /// how to correct it once the clock syncs.
     pub fn ack(&self, batch_id: u64) -> usize {
         let mut q = lock(&self.spool.q);
-        let lane = &mut q.lanes[self.idx];
+        let Queue { lanes, time, .. } = &mut *q;
+        let lane = &mut lanes[self.idx];
         let Some(f) = lane.inflight.remove(&batch_id) else {
             return 0;
         };
         let n = match f {
             InFlight::Memory(v) => {
                 for e in &v {
+                    if !e.synced {
+                        time.note_delivered(&e.device, e.kind, e.epoch, e.seq, e.ts - e.boottime);
+                    }
                     if let Some(r) = e.row {
                         lane.mem_rows.remove(&r);
                         lane.gone_rows.insert(r);
@@ -110,10 +117,14 @@ impl LaneHandle {
                 }
                 v.len()
             }
-            InFlight::Disk(rows, _) => {
-                for (r, ..) in &rows {
+            InFlight::Disk(rows, key) => {
+                let device: Arc<str> = Arc::from(key.device.as_str());
+                for (r, seq, _, unsynced) in &rows {
                     lane.gone_rows.insert(*r);
                     lane.to_delete.push(*r);
+                    if let Some((_, k)) = unsynced {
+                        time.note_delivered(&device, key.kind, key.epoch, *seq, *k);
+                    }
                 }
                 rows.len()
             }
@@ -179,7 +190,7 @@ impl LaneHandle {
                 }
             }
             InFlight::Disk(rows, key) => {
-                for (r, seq, len) in rows {
+                for (r, seq, len, _) in rows {
                     if doomed(len) {
                         lane.gone_rows.insert(r);
                         lane.to_delete.push(r);

@@ -27,7 +27,8 @@
 //! The rooms: this file holds the types every room shares (the spool, its
 //! queue, counters, notices, stats) and does no I/O. `stamp.rs` is the way
 //! in (`push`, epochs) and `handle.rs` the sinks' side ([`LaneHandle`]),
-//! both memory only. `commit.rs` is the commit round, the one owner of the
+//! both memory only. `retime.rs` corrects the time of readings taken
+//! before the clock synchronised. `commit.rs` is the commit round, the one owner of the
 //! store, helped by `backlog.rs` (read-ahead) and `health.rs` (a degraded
 //! store and its notices); `open.rs` runs once at start.
 
@@ -40,6 +41,7 @@ mod health;
 mod open;
 pub mod positions;
 pub mod queue;
+pub mod retime;
 mod stamp;
 #[cfg(test)]
 mod tests;
@@ -183,6 +185,19 @@ pub enum Notice {
         reason: String,
         first_start: bool,
     },
+    /// Records of this boot were delivered (or may have been) with the
+    /// unsynchronised time; their true time is `ts + offset_ms`. Covers
+    /// those of `first_seq..=last_seq` that went out `unsynced`.
+    ClockCorrected {
+        device: String,
+        kind: Kind,
+        epoch: u64,
+        first_seq: u64,
+        last_seq: u64,
+        /// How many records were delivered in that range.
+        records: u64,
+        offset_ms: i64,
+    },
 }
 
 /// Counters the gateway reports about its spool.
@@ -201,6 +216,12 @@ pub struct SpoolCounters {
     pub write_errors: AtomicU64,
     pub disk_rows: AtomicI64,
     pub disk_bytes: AtomicU64,
+    /// Records whose time was corrected once the clock synchronised
+    /// (memory, read-ahead and disk copies each count).
+    pub clock_corrected: AtomicU64,
+    /// Records whose time could not be corrected (a body not as the spool
+    /// writes it): sent as taken.
+    pub clock_uncorrected: AtomicU64,
 }
 
 impl SpoolCounters {
@@ -285,6 +306,8 @@ struct Queue {
     next_rid: u64,
     /// Exact last-used marks, when the file could be made.
     used: Option<used::UsedMarks>,
+    /// The clock's base and what was delivered unsynchronised.
+    time: retime::TimeState,
 }
 
 pub struct Spool {

@@ -19,10 +19,12 @@ use super::db::Db;
 use super::health::{io_reason, spool_error_reason, sql_reason, Degraded};
 use super::positions::{self, Mark};
 use super::queue::{Lane, SeqState, SEQ_BLOCK};
+use super::retime::TimeState;
 use super::stamp::{new_epoch, ClockCache};
 use super::{
     used, Notice, Queue, Resumed, Spool, SpoolCounters, SpoolError, StartReport, STORE_RETRY,
 };
+use crate::clock::{Clock, KernelClock};
 use crate::model::Kind;
 
 impl Spool {
@@ -34,6 +36,16 @@ impl Spool {
         cfg: &SpoolConfig,
         site: &str,
         sinks: &[&str],
+    ) -> Result<(Arc<Spool>, StartReport), SpoolError> {
+        Self::open_with_clock(cfg, site, sinks, Arc::new(KernelClock::new()))
+    }
+
+    /// [`Spool::open`] with the clock readings are stamped by (a test's).
+    pub fn open_with_clock(
+        cfg: &SpoolConfig,
+        site: &str,
+        sinks: &[&str],
+        clock: Arc<dyn Clock>,
     ) -> Result<(Arc<Spool>, StartReport), SpoolError> {
         let path = cfg.path.to_path_buf();
         let pos_path = positions::path_for(&path);
@@ -173,6 +185,7 @@ impl Spool {
             last_age_check: None,
             marks: BTreeMap::new(),
             dropped_written: counters.dropped_total(),
+            correct_at: (0, 0),
         };
         // Reserve ahead for every known stream and mark the run unclean
         // until a clean stop says otherwise.
@@ -303,12 +316,13 @@ impl Spool {
                 next_batch_id: 1,
                 next_rid: 1,
                 used,
+                time: TimeState::new(clock.boot_id()),
             }),
             store: Mutex::new(Some(store)),
             store_free: Condvar::new(),
             wake: Notify::new(),
             counters,
-            clock: ClockCache::default(),
+            clock: ClockCache::new(clock),
             closed: AtomicBool::new(false),
             write_through: AtomicBool::new(false),
             progress: AtomicU64::new(0),

@@ -37,7 +37,12 @@ pub(crate) struct Entry {
     pub epoch: u64,
     pub seq: u64,
     pub ts: i64,
+    /// `ts` can be trusted: taken synchronised, or corrected since.
     pub synced: bool,
+    /// The kernel boot it was taken in, and `CLOCK_BOOTTIME` then (ms):
+    /// how its `ts` is corrected once the clock syncs (`retime.rs`).
+    pub boot: Arc<str>,
+    pub boottime: i64,
     pub body: Arc<str>,
     pub born: Instant,
     /// The row holding this record on disk, once written.
@@ -56,6 +61,8 @@ impl Entry {
             seq: self.seq,
             ts: self.ts,
             synced: self.synced,
+            boot: self.boot.clone(),
+            boottime: self.boottime,
             body: self.body.clone(),
             born: self.born,
             row: None,
@@ -64,9 +71,14 @@ impl Entry {
     }
 }
 
+/// A record read from disk: (row id, seq, body length, and for a record
+/// of this boot taken unsynchronised and not yet corrected, its boottime
+/// and clock distance `ts - boottime`).
+pub(crate) type DiskRec = (i64, u64, usize, Option<(i64, i64)>);
+
 pub(crate) enum InFlight {
     Memory(Vec<Entry>),
-    Disk(Vec<(i64, u64, usize)>, StreamKey),
+    Disk(Vec<DiskRec>, StreamKey),
 }
 
 /// What the queue knows of a sink's link.
@@ -272,21 +284,26 @@ impl Lane {
     }
 
     /// Cuts rows read from one stream into batches within the bounds and
-    /// makes them ready. Returns the batches' count.
+    /// makes them ready. `timing` (one per row, or none at all) says which
+    /// rows were taken unsynchronised in this boot ([`DiskRec`]). Returns
+    /// the batches' count.
     pub fn add_backlog(
         &mut self,
         key: &StreamKey,
         rows: Vec<super::db::Row>,
+        timing: Vec<Option<(i64, i64)>>,
         next_id: &mut u64,
     ) -> usize {
         let k = key.kind.as_i64() as usize;
         let (max, max_bytes) = (self.max_records.max(1), self.max_bytes);
         let device: Arc<str> = Arc::from(key.device.as_str());
         let mut n = 0;
-        let mut cur: Vec<(i64, u64, Arc<str>)> = Vec::new();
+        let mut cur: Vec<(DiskRec, Arc<str>)> = Vec::new();
         let mut bytes = ENVELOPE_OVERHEAD;
         let mut batches = Vec::new();
+        let mut timing = timing.into_iter();
         for r in rows {
+            let t = timing.next().flatten();
             if self.mem_rows.contains(&r.id) || self.gone_rows.contains(&r.id) {
                 continue;
             }
@@ -296,7 +313,8 @@ impl Lane {
                 bytes = ENVELOPE_OVERHEAD;
             }
             bytes += len;
-            cur.push((r.id, r.seq, Arc::from(r.body)));
+            let body: Arc<str> = Arc::from(r.body);
+            cur.push(((r.id, r.seq, body.len(), t), body));
         }
         if !cur.is_empty() {
             batches.push(cur);
@@ -304,9 +322,9 @@ impl Lane {
         for rows in batches {
             let id = *next_id;
             *next_id += 1;
-            let first_seq = rows.first().map(|r| r.1).unwrap_or(0);
-            let bodies: Vec<Arc<str>> = rows.iter().map(|r| r.2.clone()).collect();
-            let ids = rows.iter().map(|r| (r.0, r.1, r.2.len())).collect();
+            let first_seq = rows.first().map(|r| r.0 .1).unwrap_or(0);
+            let bodies: Vec<Arc<str>> = rows.iter().map(|r| r.1.clone()).collect();
+            let ids = rows.into_iter().map(|r| r.0).collect();
             self.inflight.insert(id, InFlight::Disk(ids, key.clone()));
             self.backlog[k].ready.push_back(Batch {
                 id,
@@ -370,6 +388,8 @@ mod tests {
             seq,
             ts: 0,
             synced: true,
+            boot: Arc::from("b"),
+            boottime: 0,
             body: Arc::from(body),
             born: Instant::now(),
             row: None,
@@ -443,10 +463,11 @@ mod tests {
                 id: i,
                 seq: i as u64,
                 body: "{}".into(),
+                taken: None,
             })
             .collect();
         let mut next = 10;
-        assert_eq!(lane.add_backlog(&key, rows, &mut next), 2);
+        assert_eq!(lane.add_backlog(&key, rows, Vec::new(), &mut next), 2);
         let b: Vec<u64> = lane.backlog[0].ready.iter().map(|b| b.first_seq).collect();
         assert_eq!(b, vec![1, 5]);
         assert_eq!(next, 12);

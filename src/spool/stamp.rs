@@ -3,17 +3,21 @@
 //! numbers run out and no more can be reserved on disk, the queue moves to
 //! a new epoch. Touches only the memory queue, under its short lock: never
 //! waits for the disk (the commit round makes the reservations; the
-//! kernel's clock state is asked at most every few seconds).
+//! kernel's clock state is asked at most every few seconds). The clock is
+//! read under the lock, so that a reading is stamped either before the
+//! clock is seen synchronised (and then corrected with the others) or
+//! after (and then synced): none slips between (`retime.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::config::SpoolPolicy;
 use super::queue::{self, needs_reservation, Entry, SeqState};
 use super::{lock, positions, Notice, Queue, Spool, SpoolError};
-use crate::model::{now_ms, ClockState, Event, Kind, Reading, Sample};
+use crate::clock::{Clock, Now};
+use crate::model::{ClockState, Event, Kind, Reading, Sample};
 
 impl Queue {
     /// Starts a new epoch that is not (yet) on disk, renumbering records
@@ -104,13 +108,18 @@ impl Spool {
     /// every sink. Never waits for the disk. Returns the record's sequence
     /// number.
     pub fn push(&self, device: &Arc<str>, reading: Reading) -> Result<u64, SpoolError> {
-        let ts = now_ms();
-        let clock = self.clock.get();
         let kind = match reading {
             Reading::Sample(_) => Kind::Sample,
             Reading::Event { .. } => Kind::Event,
         };
         let mut q = lock(&self.q);
+        let now = self.observe_clock(&mut q);
+        let ts = now.wall_ms;
+        let clock = if now.synced {
+            ClockState::Synced
+        } else {
+            ClockState::Unsynced
+        };
         let key = (device.clone(), kind);
         let exhausted = q.epoch_durable
             && q.reserve_failing
@@ -181,6 +190,8 @@ impl Spool {
             seq,
             ts,
             synced: clock == ClockState::Synced,
+            boot: q.time.boot.clone(),
+            boottime: now.boottime_ms,
             body: Arc::from(body),
             born: Instant::now(),
             row: None,
@@ -237,28 +248,29 @@ impl Spool {
     }
 }
 
-/// The kernel's NTP state, asked at most every few seconds.
-#[derive(Default)]
+/// The spool's clock ([`crate::clock::Clock`]: the kernel's, or a test's).
 pub(super) struct ClockCache {
-    checked_ms: AtomicI64,
-    synced: AtomicBool,
+    clock: Arc<dyn Clock>,
 }
 
 impl ClockCache {
+    pub(super) fn new(clock: Arc<dyn Clock>) -> ClockCache {
+        ClockCache { clock }
+    }
+
+    pub(super) fn now(&self) -> Now {
+        crate::clock::now(&*self.clock)
+    }
+
     pub(super) fn get(&self) -> ClockState {
-        let now = now_ms();
-        let last = self.checked_ms.load(Ordering::Relaxed);
-        if last == 0 || (now - last).abs() > 5_000 {
-            let s = ClockState::from_kernel();
-            self.synced
-                .store(s == ClockState::Synced, Ordering::Relaxed);
-            self.checked_ms.store(now.max(1), Ordering::Relaxed);
-            return s;
-        }
-        if self.synced.load(Ordering::Relaxed) {
+        if self.clock.synced() {
             ClockState::Synced
         } else {
             ClockState::Unsynced
         }
+    }
+
+    pub(super) fn wall_ms(&self) -> i64 {
+        self.clock.wall_ms()
     }
 }

@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod cli;
+mod clock;
 mod commands;
 mod common;
 mod delivery;

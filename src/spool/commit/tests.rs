@@ -80,6 +80,8 @@ fn a_full_disk_deletes_first_and_says_what_was_deleted() {
         ts: 0,
         synced: true,
         body: "{}",
+        boot: "b",
+        boottime: 0,
     };
     let rows = [new];
     let meta = [("dropped".to_owned(), 1)];

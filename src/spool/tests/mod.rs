@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::db::Db;
 use crate::model::{now_ms, Reading, Severity, Values};
 
+mod clock;
 mod delivery;
 mod sequences;
 mod store;

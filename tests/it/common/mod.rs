@@ -751,16 +751,27 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(cfg: Config) -> Gateway {
+        Self::start_with_clock(cfg, Arc::new(wardgate::clock::KernelClock::new())).await
+    }
+
+    /// Starts the gateway with the clock its readings are stamped by (a
+    /// test's [`wardgate::clock::FakeClock`], issue 14).
+    pub async fn start_with_clock(cfg: Config, clock: Arc<dyn wardgate::clock::Clock>) -> Gateway {
         let cancel = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let c = cancel.clone();
         let join = tokio::spawn(async move {
             let mut tx = Some(tx);
-            wardgate::app::run(cfg, c, move |r| {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send((r.status.clone(), r.spool.clone(), r.web_addr));
-                }
-            })
+            wardgate::app::run_with_clock(
+                cfg,
+                c,
+                move |r| {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send((r.status.clone(), r.spool.clone(), r.web_addr));
+                    }
+                },
+                clock,
+            )
             .await
         });
         let (status, spool, web) = within(Duration::from_secs(20), "gateway start", rx)

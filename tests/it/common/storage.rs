@@ -367,6 +367,9 @@ pub struct SpoolRow {
     /// The `crc` column (issue 10), if the table has one and it is set.
     pub crc: Option<i64>,
     pub body: String,
+    /// The `boot` and `boottime` columns (issue 14), when set: the
+    /// checksum covers them too.
+    pub taken: Option<(String, i64)>,
 }
 
 impl SpoolRow {
@@ -410,7 +413,13 @@ pub fn spool_rows(conn: &Connection) -> Vec<SpoolRow> {
     } else {
         "NULL"
     };
-    let sql = format!("SELECT id, kind, device, seq, {epoch}, {crc}, body FROM rec ORDER BY id");
+    let taken = if has_column(conn, "boot") {
+        "boot, boottime"
+    } else {
+        "NULL, NULL"
+    };
+    let sql =
+        format!("SELECT id, kind, device, seq, {epoch}, {crc}, body, {taken} FROM rec ORDER BY id");
     let mut st = conn.prepare(&sql).expect("select rows");
     let rows = st
         .query_map([], |r| {
@@ -422,6 +431,10 @@ pub fn spool_rows(conn: &Connection) -> Vec<SpoolRow> {
                 epoch: r.get(4)?,
                 crc: r.get(5)?,
                 body: r.get(6)?,
+                taken: match (r.get::<_, Option<String>>(7)?, r.get::<_, Option<i64>>(8)?) {
+                    (Some(b), Some(t)) => Some((b, t)),
+                    _ => None,
+                },
             })
         })
         .expect("query rows")
@@ -430,18 +443,27 @@ pub fn spool_rows(conn: &Connection) -> Vec<SpoolRow> {
     rows
 }
 
-/// The gateway's row checksum, with the kind as stored (0 sample, 1 event).
+/// The gateway's row checksum, with the kind as stored (0 sample, 1 event),
+/// covering the row's boot and boottime when it keeps them.
 /// [`check_replica`] checks that rows the gateway wrote agree with it.
-pub fn row_checksum(kind: i64, epoch: u64, device: &str, seq: u64, body: &str) -> u32 {
+pub fn row_checksum(
+    kind: i64,
+    epoch: u64,
+    device: &str,
+    seq: u64,
+    body: &str,
+    taken: &Option<(String, i64)>,
+) -> u32 {
     let kind = wardgate::model::Kind::from_i64(kind).expect("kind 0 or 1");
-    wardgate::spool::row_checksum(kind, epoch, device, seq, body)
+    let taken = taken.as_ref().map(|(b, t)| (b.as_str(), *t));
+    wardgate::spool::db::row_checksum_at(kind, epoch, device, seq, body, taken)
 }
 
 /// Where rows carry a crc, asserts the local checksum agrees with the
 /// gateway's on untouched rows.
 pub fn check_replica(rows: &[SpoolRow]) {
     for r in rows.iter().filter(|r| r.crc.is_some()).take(20) {
-        let mine = row_checksum(r.kind, r.epoch as u64, &r.device, r.seq, &r.body) as i64;
+        let mine = row_checksum(r.kind, r.epoch as u64, &r.device, r.seq, &r.body, &r.taken) as i64;
         assert_eq!(
             Some(mine),
             r.crc.map(|c| c & 0xffff_ffff),
@@ -459,7 +481,14 @@ pub fn check_replica(rows: &[SpoolRow]) {
 /// wrong about the row).
 pub fn rewrite_row(conn: &Connection, row: &SpoolRow, device: &str, body: &str) {
     if has_column(conn, "crc") {
-        let crc = row_checksum(row.kind, row.epoch as u64, device, row.seq, body);
+        let crc = row_checksum(
+            row.kind,
+            row.epoch as u64,
+            device,
+            row.seq,
+            body,
+            &row.taken,
+        );
         conn.execute(
             "UPDATE rec SET device = ?1, body = ?2, crc = ?3 WHERE id = ?4",
             rusqlite::params![device, body, crc as i64, row.id],
