@@ -228,7 +228,12 @@ pub fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
 /// How far off the clock was, in words: a positive offset means the
 /// unsynchronised clock was behind (its times were too early).
 fn off_words(offset_ms: i64) -> String {
-    let d = humantime::format_duration(Duration::from_millis(offset_ms.unsigned_abs()));
+    let secs = offset_ms.unsigned_abs() as f64 / 1000.0;
+    let d = if secs >= 60.0 {
+        crate::status::words::duration(secs, "en")
+    } else {
+        format!("{secs:.1} s")
+    };
     if offset_ms >= 0 {
         format!("{d} behind")
     } else {
@@ -497,7 +502,7 @@ mod tests {
             },
             Severity::Info,
             "gateway.clock_corrected",
-            "The clock synchronised after running 3days behind: 42 samples of ups1 (seq 0 to 41, epoch 5f3a9c0e12d4b7a1) were sent with the unsynchronised time; add 259200000 ms to the ts of those marked unsynced.",
+            "The clock synchronised after running 3 days behind: 42 samples of ups1 (seq 0 to 41, epoch 5f3a9c0e12d4b7a1) were sent with the unsynchronised time; add 259200000 ms to the ts of those marked unsynced.",
             "Đồng hồ đã được đồng bộ: thời gian của 42 bản ghi của ups1 đã gửi trước đó cần cộng thêm 259200000 ms.",
         );
         // Command replies travel without a sequence: nothing to correct.

@@ -134,17 +134,24 @@ pub fn duration(secs: f64, lang: &str) -> String {
             format!("{n} {vi}")
         }
     };
+    // The smaller part is left out when it is zero ("3 days", not "3 days
+    // 0 hours").
+    let two = |big: String, small: u64, vi: &str, one: &str, many: &str| {
+        if small == 0 {
+            big
+        } else {
+            format!("{big} {}", unit(small, vi, one, many))
+        }
+    };
     if d > 0 {
-        format!(
-            "{} {}",
-            unit(d, "ngày", "day", "days"),
-            unit(h, "giờ", "hour", "hours")
-        )
+        two(unit(d, "ngày", "day", "days"), h, "giờ", "hour", "hours")
     } else if h > 0 {
-        format!(
-            "{} {}",
+        two(
             unit(h, "giờ", "hour", "hours"),
-            unit(m, "phút", "minute", "minutes")
+            m,
+            "phút",
+            "minute",
+            "minutes",
         )
     } else if m > 0 || s == 0 {
         if en {

@@ -207,6 +207,8 @@ fn durations_in_words() {
         "3 days 4 hours"
     );
     assert_eq!(duration(86_400.0 + 3600.0, "en"), "1 day 1 hour");
+    assert_eq!(duration(3.0 * 86_400.0, "en"), "3 days");
+    assert_eq!(duration(2.0 * 3600.0 + 30.0, "vi"), "2 giờ");
     assert_eq!(duration(1362.0, "vi"), "22 phút");
     assert_eq!(duration(7500.0, "vi"), "2 giờ 5 phút");
     assert_eq!(duration(1200.0, "en"), "20 min");
