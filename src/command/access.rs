@@ -169,7 +169,7 @@ impl Who {
         groups.truncate(n.max(0) as usize);
         groups.push(gid);
         Who {
-            name: format!("uid {uid}"),
+            name: format!("this user, uid {uid}"),
             uid,
             gid,
             groups,
