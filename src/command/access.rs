@@ -354,10 +354,23 @@ pub fn check_lines(path: &Path) -> Vec<String> {
     // The read-only part: what systemd has for the unit, and what the
     // running process sees, when systemd runs here.
     if Path::new("/run/systemd/system").is_dir() {
-        match systemctl_show(&["MainPID", "ProtectSystem", "ReadWritePaths"]) {
+        match systemctl_show(&[
+            "MainPID",
+            "ProtectSystem",
+            "ReadWritePaths",
+            "ConfigurationDirectory",
+        ]) {
             Some(p) => {
                 let protect = p.get("ProtectSystem").map(String::as_str).unwrap_or("");
-                let opened = p.get("ReadWritePaths").is_some_and(|l| paths_open(l, dir));
+                // ConfigurationDirectory= is made writable under
+                // ProtectSystem=strict as well (the packaged unit has none
+                // for this reason).
+                let conf_dirs: String = p
+                    .get("ConfigurationDirectory")
+                    .map(|l| l.split_whitespace().map(|d| format!("/etc/{d} ")).collect())
+                    .unwrap_or_default();
+                let opened = p.get("ReadWritePaths").is_some_and(|l| paths_open(l, dir))
+                    || paths_open(&conf_dirs, dir);
                 let hides = matches!(protect, "strict" | "full") && dir.starts_with("/etc")
                     || protect == "strict";
                 let pid = p.get("MainPID").map(String::as_str).unwrap_or("0");
