@@ -73,6 +73,16 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
     if config_only {
         return exit::OK;
     }
+    if cfg.commands.enabled
+        && cfg
+            .commands
+            .allowed()
+            .contains(&crate::command::request::Op::ConfigSet)
+    {
+        for l in crate::command::access::check_lines(path) {
+            let _ = writeln!(out, "{l}");
+        }
+    }
     let mut code = exit::OK;
     if cfg.influxdb.enabled() {
         // One authenticated request: a zero-point write.

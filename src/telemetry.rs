@@ -315,6 +315,10 @@ pub async fn run(
             "mqtt.records_acked",
             counters.records_acked.load(Ordering::Relaxed) as f64,
         );
+        v.num(
+            "commands.dropped",
+            counters.commands_dropped.load(Ordering::Relaxed) as f64,
+        );
         if let Some(i) = &snap.influxdb {
             v.set("influxdb.connected", i.connected);
             v.num("influxdb.depth", i.depth as f64);

@@ -62,7 +62,8 @@ pub struct Pending {
 }
 
 /// Write-then-rename: a temp file beside `path`, fsync, rename, fsync the
-/// directory.
+/// directory. The new file keeps the mode of the one it replaces (the
+/// service's `UMask=0077` would make it 0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = path.with_file_name(format!(
@@ -74,6 +75,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     ));
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(old) = std::fs::metadata(path) {
+            f.set_permissions(old.permissions())?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -179,7 +183,21 @@ pub fn apply(
         old_hash: running_hash.to_owned(),
         reason: None,
     };
-    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    // A write refused by the sandbox or the directory's permissions: the
+    // reason names the fix (docs/mqtt.md, "config.set on the packaged
+    // service").
+    let io = |what: &str, e: std::io::Error| {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let missing = super::access::after_failure(dir, &e);
+        if missing.is_empty() {
+            format!("{what}: {e}")
+        } else {
+            format!("{what}: {e}; {}", super::access::advice(dir, &missing))
+        }
+    };
     write_atomic(&backup_path(path), &old).map_err(|e| io("keeping the previous config", e))?;
     write_pending(path, &pending).map_err(|e| io("writing the change state", e))?;
     if let Err(e) = write_atomic(path, a.toml.as_bytes()) {
@@ -260,6 +278,13 @@ mod tests {
         assert_eq!(r.phase, Phase::RolledBack);
         assert_eq!(r.reason.as_deref(), Some("no broker"));
         assert!(!roll_back(&path, "again"), "only a change being tried");
+        // The replaced file's mode is kept (the unit's UMask=0077 would
+        // make a new file 0600).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&path, b"site = \"t\"\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
         clear_pending(&path);
         assert!(!roll_back(&path, "none"));
     }

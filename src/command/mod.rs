@@ -6,7 +6,7 @@
 //! `{prefix}/{site}/cmd/+/+` on every new connection and hands each request
 //! to the [`Dispatcher`] over a bounded channel with `try_send` (it never
 //! waits, never calls into a source; a full inbox drops the request with a
-//! warning). The dispatcher, owned and spawned by the app, checks the
+//! warning and counts it, gateway telemetry `commands.dropped`). The dispatcher, owned and spawned by the app, checks the
 //! request ([`request`]), looks its id up in the replay store ([`store`]),
 //! runs the op ([`ops`]) and pushes each reply into the spool as a record
 //! of the reserved device [`REPLY_DEVICE`]: durable and ahead of telemetry
@@ -17,10 +17,13 @@
 //!
 //! The rooms: `request.rs` parses and validates (pure), `store.rs` remembers
 //! completed ids, `ops.rs` runs each op, `change.rs` is `config.set` (write,
-//! restart, confirm or roll back), `inventory.rs` builds the retained
+//! restart, confirm or roll back), `access.rs` whether the service may
+//! write its config directory (for `config.set` and `wardgate check`),
+//! `inventory.rs` builds the retained
 //! inventory, `logring.rs` keeps the last log lines, `config.rs` is the
 //! `[commands]` section.
 
+pub mod access;
 pub mod change;
 pub mod config;
 pub mod inventory;
@@ -30,6 +33,7 @@ pub mod request;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,16 +87,19 @@ pub struct CommandLink {
 }
 
 impl CommandLink {
-    /// Hands a message over; false (and a warning) when the inbox is full
-    /// or the dispatcher is gone.
-    pub fn hand_over(&self, topic: &str, payload: &[u8]) -> bool {
+    /// Hands a message over; false, a warning and one more in `dropped`
+    /// (the sink's `commands_dropped`, published as the gateway telemetry
+    /// value `commands.dropped`) when the inbox is full or the dispatcher
+    /// is gone.
+    pub fn hand_over(&self, topic: &str, payload: &[u8], dropped: &AtomicU64) -> bool {
         match self.inbox.try_send(Inbound {
             topic: topic.to_owned(),
             payload: payload.to_vec(),
         }) {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(%topic, error = %e, "command request dropped: the dispatcher's inbox is full or closed");
+                let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(%topic, error = %e, dropped = n, "command request dropped: the dispatcher's inbox is full or closed");
                 false
             }
         }
@@ -170,6 +177,7 @@ impl Dispatcher {
             .unwrap_or_else(|_| ReplayStore::in_memory());
         self.store = Some(Arc::new(store));
         self.resume_change().await;
+        self.warn_if_config_set_cannot_write().await;
         let mut tick = tokio::time::interval(INVENTORY_EVERY);
         let mut second = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -308,6 +316,32 @@ impl Dispatcher {
         }
     }
 
+    /// With `config.set` allowed, says at start (in the journal) when the
+    /// service may not write its config directory, and what to run.
+    async fn warn_if_config_set_cannot_write(&self) {
+        if !self.ops.allowed().contains(&Op::ConfigSet) {
+            return;
+        }
+        let Some(dir) = self
+            .ops
+            .config_path()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+            .filter(|d| !d.as_os_str().is_empty())
+        else {
+            return;
+        };
+        let d = dir.clone();
+        let missing = tokio::task::spawn_blocking(move || access::for_this_process(&d))
+            .await
+            .unwrap_or_default();
+        if !missing.is_empty() {
+            tracing::warn!(
+                "config.set is allowed but will fail: {}",
+                access::advice(&dir, &missing)
+            );
+        }
+    }
+
     /// Once a second while a change is being confirmed.
     async fn check_change(&mut self) {
         let Some((p, deadline)) = self.confirming.clone() else {
@@ -424,6 +458,39 @@ pub fn reply_messages(
 mod tests {
     use super::*;
     use crate::model::Kind;
+
+    /// A full inbox drops the request, says so and counts it; the count
+    /// is the sink's, which the gateway telemetry publishes.
+    #[test]
+    fn a_full_inbox_counts_each_dropped_request() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let (_inv_tx, inv_rx) = watch::channel(Vec::new());
+        let link = CommandLink {
+            inbox: tx,
+            filter: None,
+            inventory_topic: "ioc/s/inventory".into(),
+            inventory: inv_rx,
+        };
+        let counters = crate::sink::mqtt::SinkCounters::default();
+        let dropped = &counters.commands_dropped;
+        assert!(link.hand_over("ioc/s/cmd/status/a", b"{}", dropped));
+        assert!(link.hand_over("ioc/s/cmd/status/b", b"{}", dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
+        assert!(!link.hand_over("ioc/s/cmd/status/c", b"{}", dropped));
+        assert!(!link.hand_over("ioc/s/cmd/status/d", b"{}", dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 2);
+        // Room again: taken, not counted.
+        assert_eq!(
+            rx.try_recv().map(|m| m.topic).ok().as_deref(),
+            Some("ioc/s/cmd/status/a")
+        );
+        assert!(link.hand_over("ioc/s/cmd/status/e", b"{}", dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 2);
+        // The dispatcher gone: dropped and counted too.
+        drop(rx);
+        assert!(!link.hand_over("ioc/s/cmd/status/f", b"{}", dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn reply_records_become_reply_messages() {

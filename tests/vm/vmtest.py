@@ -10,11 +10,13 @@ with mtools after poweroff. The serial console goes to a log file.
 
 Three boots:
   A  fresh disk, a broken wardgate.toml on the card          -> check 5
-  B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, poweroff
+  B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, 7, poweroff
   C  disk B again                                             -> check 6
 """
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import re
@@ -31,6 +33,7 @@ OBS_USER, OBS_PASS = "observer", "observer-pw"
 UPS_SERIAL = "WGVM0001"
 UPS_INTERVAL = 5.0
 BOOT_TIMEOUT = 600  # TCG on a busy 2-core machine: generous
+CONFIRM_WITHIN = 20  # commands.confirm_within in the VM (check 7)
 
 GOOD_TOML = f"""site = "{SITE}"
 [mqtt]
@@ -46,6 +49,12 @@ path = "/var/lib/wardgate/spool.db"
 policy = "wal"
 [gateway]
 telemetry_interval = "10s"
+# Check 7: config.set on the packaged service (opt-in, as a technician
+# allows it). No NTP in the VM; its clock comes from the host's RTC.
+[commands]
+allow = ["identify", "poll", "status", "config.set"]
+confirm_within = "{CONFIRM_WITHIN}s"
+trust_clock = true
 [[device]]
 id = "ups1"
 type = "megatec"
@@ -147,6 +156,12 @@ class Broker:
                     return m
             time.sleep(0.2)
         return None
+
+    def publish(self, topic, payload):
+        """Publishes as the IOC does (QoS 1), as the observer."""
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port), "-u", OBS_USER,
+                        "-P", OBS_PASS, "-q", "1", "-t", topic, "-s"],
+                       input=payload.encode(), check=True, timeout=30)
 
     def stop(self, dump=None):
         if dump:
@@ -505,7 +520,8 @@ def boot_b(args, broker):
     try:
         if not vm.boot():
             for n, name in ((1, "provisioning at boot"), (2, "the service under systemd"),
-                            (3, "a USB serial UPS"), (4, "the watchdog")):
+                            (3, "a USB serial UPS"), (4, "the watchdog"),
+                            (7, "config.set on the packaged service")):
                 check(n, name, False, "the machine did not boot")
             return disk, None
         a = vm.agent
@@ -673,6 +689,8 @@ def boot_b(args, broker):
         if pings.strip():
             say(f"    note: the daemon's own 'not pinging' lines this boot: {pings.strip()!r}")
 
+        check_config_set(vm, broker)
+
         # 6, first half: a clean poweroff publishes offline/shutdown
         t_off = time.monotonic()
         vm.poweroff()
@@ -681,6 +699,119 @@ def boot_b(args, broker):
     finally:
         vm.kill()
     return disk, shutdown_seen
+
+
+def check_config_set(vm, broker):
+    """Check 7: config.set under the packaged unit. Refused with the fix
+    while the unit is as strict as shipped; then the drop-in the package
+    ships and the group write bit, as docs/mqtt.md says; a change that
+    works is confirmed, one that cuts the link is rolled back."""
+    a = vm.agent
+    name = "config.set on the packaged service"
+    conf = "/etc/wardgate/wardgate.toml"
+    fix_file = "/usr/share/wardgate/config-set.conf"
+    probs, notes = [], []
+
+    def file_now():
+        _, h = a.sh(f"sha256sum {conf} | cut -c1-64")
+        _, b = a.sh(f"base64 -w0 {conf}")
+        return "sha256:" + h.strip(), base64.b64decode(b.strip()).decode()
+
+    def sha(text):
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+    def config_set(cid, toml, base, allow_broker_change=False, timeout=180):
+        t = time.monotonic()
+        args = {"toml": toml, "base_hash": base}
+        if allow_broker_change:
+            args["allow_broker_change"] = True
+        body = {"expires": int(time.time() * 1000) + 600_000, "args": args}
+        broker.publish(f"ioc/{SITE}/cmd/config.set/{cid}", json.dumps(body))
+        topic = f"ioc/{SITE}/cmd/config.set/{cid}/reply"
+
+        def final(m):
+            if m[1] != topic:
+                return False
+            try:
+                return json.loads(m[2]).get("status") in ("successful", "failed", "rejected")
+            except ValueError:
+                return False
+        m = broker.wait(t, final, timeout)
+        return (json.loads(m[2]), m[0] - t, m[0]) if m else (None, time.monotonic() - t, None)
+
+    def check_says():
+        # `wardgate check` on a config in the same directory without
+        # devices (the running service has the UPS's serial port).
+        a.sh("sed '/^\\[\\[device\\]\\]/,$d' " + conf + " > /etc/wardgate/check-cs.toml")
+        _, out = a.sh("wardgate check --config /etc/wardgate/check-cs.toml; rm -f /etc/wardgate/check-cs.toml")
+        return out
+
+    # (0) as shipped: refused, with the fix in the reason and from check
+    said = check_says()
+    if "CANNOT write /etc/wardgate" not in said or f"install -D -m 0644 {fix_file}" not in said \
+            or "chmod g+w /etc/wardgate" not in said:
+        probs.append(f"wardgate check before the drop-in says {said.strip()!r}")
+    h0, text0 = file_now()
+    new_a = text0.replace('interval = "2s"', 'interval = "3s"')
+    # The device whose node the unit refuses never reads, so no config
+    # with it could be confirmed.
+    cut = new_a.find('[[device]]\nid = "denied"')
+    new_a = new_a[:cut] if cut > 0 else new_a
+    r, _, _ = config_set("vm-ro", new_a, h0)
+    why = (r or {}).get("reason") or ""
+    if not r or r.get("status") != "failed" or "Read-only file system" not in why or fix_file not in why \
+            or "chmod g+w /etc/wardgate" not in why:
+        probs.append(f"strict unit: reply {r}")
+    if file_now()[0] != h0:
+        probs.append("strict unit: the config changed")
+    else:
+        notes.append("as shipped: failed naming the drop-in and chmod g+w, nothing changed; check says CANNOT")
+
+    # Enable it as docs/mqtt.md says.
+    rc, out = a.sh(f"install -D -m 0644 {fix_file} /etc/systemd/system/wardgate.service.d/config-set.conf"
+                   " && chmod g+w /etc/wardgate && systemctl daemon-reload && systemctl restart wardgate")
+    if rc != 0:
+        probs.append(f"enabling the drop-in: {rc} {out.strip()!r}")
+    said = check_says()
+    if "the service (wardgate) can write /etc/wardgate" not in said:
+        probs.append(f"wardgate check after the drop-in says {said.strip()!r}")
+    _, rwp = a.sh("systemctl show wardgate -p ReadWritePaths --value")
+    before = unit(a, "wardgate", ["MainPID", "NRestarts"])
+
+    # (a) a new poll interval: confirmed
+    r, took, _ = config_set("vm-ok", new_a, h0)
+    h1, text1 = file_now()
+    _, mode = a.sh(f"stat -c '%a %U:%G' {conf}")
+    after = unit(a, "wardgate", ["MainPID", "NRestarts", "ActiveState"])
+    if not r or r.get("status") != "successful" or (r.get("result") or {}).get("hash") != sha(new_a):
+        probs.append(f"new interval: reply {r}")
+    elif h1 != sha(new_a):
+        probs.append(f"new interval: the file is {h1}, not the new config")
+    elif after.get("MainPID") == before.get("MainPID") or after.get("ActiveState") != "active":
+        probs.append(f"new interval: the service did not restart into it ({before} -> {after})")
+    else:
+        notes.append(f"drop-in in effect (ReadWritePaths={rwp.strip()}), check says it can write; "
+                     f"new interval confirmed after {took:.0f} s (file {mode.strip()}, NRestarts "
+                     f"{before.get('NRestarts')} -> {after.get('NRestarts')})")
+
+    # (b) a dead broker, allowed: rolled back within confirm_within
+    dead = text1.replace("port = 1883", "port = 1884")
+    r, took, t_reply = config_set("vm-cut", dead, h1, allow_broker_change=True, timeout=240)
+    why = (r or {}).get("reason") or ""
+    h2, _ = file_now()
+    back = broker.wait(t_reply, lambda m: m[1] == f"ioc/{SITE}/env1/telemetry", 60) if t_reply else None
+    if not r or r.get("status") != "failed" or "rolled back" not in why or "no connection to the broker" not in why:
+        probs.append(f"dead broker: reply {r}")
+    elif took < CONFIRM_WITHIN:
+        probs.append(f"dead broker: failed after {took:.0f} s, before confirm_within ({CONFIRM_WITHIN} s)")
+    elif h2 != h1:
+        probs.append(f"dead broker: the file is {h2}, not the previous {h1}")
+    elif not back:
+        probs.append("dead broker: no telemetry after the rollback")
+    else:
+        notes.append(f"dead broker rolled back: failed after {took:.0f} s ({why[:90]!r}), previous file "
+                     f"restored, telemetry again {back[0] - t_reply:.0f} s after the reply")
+    check(7, name, not probs, "; ".join(probs) or "; ".join(notes))
 
 
 def boot_c(args, broker, disk, shutdown_seen):
@@ -735,7 +866,7 @@ def main():
     failed = len(results) - passed
     say(f"logs: {args.work} (console-*.log, qemu-*.log, mosquitto.log, mqtt.log: every message seen)")
     say(f"vm: {passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed == 6 else 1
+    return 0 if failed == 0 and passed == 7 else 1
 
 
 if __name__ == "__main__":

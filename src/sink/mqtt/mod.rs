@@ -80,6 +80,9 @@ pub struct SinkCounters {
     pub stalled: AtomicBool,
     /// Batches set aside because they could never be sent.
     pub set_aside: AtomicU64,
+    /// Command requests dropped because the dispatcher's inbox was full
+    /// (`commands.dropped`).
+    pub commands_dropped: AtomicU64,
     /// Advances at least once a second while the sink's loop runs (the
     /// watchdog's sign that the sink is not wedged).
     pub alive: AtomicU64,
