@@ -285,6 +285,14 @@ pub async fn run(
         v.num("spool.write_errors", st.write_errors as f64);
         v.num("spool.spilled", c.spilled.load(Ordering::Relaxed) as f64);
         v.set("spool.degraded", st.degraded.is_some());
+        v.num(
+            "clock.corrected",
+            c.clock_corrected.load(Ordering::Relaxed) as f64,
+        );
+        v.num(
+            "clock.uncorrected",
+            c.clock_uncorrected.load(Ordering::Relaxed) as f64,
+        );
         for r in crate::spool::DropReason::ALL {
             v.num(
                 &format!("spool.dropped.{}", r.as_str()),
