@@ -157,7 +157,7 @@ impl Limits {
     }
 
     /// The first condition that holds for `r`, on battery for `for_`.
-    fn check(&self, r: &UpsReading, for_: Duration) -> Option<Reason> {
+    pub fn check(&self, r: &UpsReading, for_: Duration) -> Option<Reason> {
         if r.low_battery {
             return Some(Reason::LowBattery);
         }
