@@ -290,10 +290,9 @@ fn ups_command_words(dev: &crate::config::DeviceConfig, off: std::time::Duration
             f(off)
         ),
         DeviceConfig::Nut(n) => format!(
-            "to upsd: SET VAR {} ups.delay.shutdown {}, then INSTCMD {} shutdown.return (needs a upsd user allowed to)",
+            "to upsd: INSTCMD {} shutdown.return with ups.delay.shutdown = {} s (needs a upsd user allowed to)",
             n.ups,
-            off.as_secs(),
-            n.ups
+            off.as_secs()
         ),
         other => format!("nothing: a {} device takes no UPS commands", other.kind()),
     }
