@@ -12,7 +12,7 @@ use crate::clock::{Clock, KernelClock};
 use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health};
 use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
-use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, SINK_NAME};
+use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, StopReason, SINK_NAME};
 use crate::source::{self, DeviceHandle};
 use crate::spool::LaneHandle;
 use crate::spool::Spool;
@@ -173,6 +173,9 @@ pub async fn run_with_clock(
     let report: EventReport =
         Arc::new(move |severity, code, message, values| g.event(severity, code, message, values));
     let restart = CancellationToken::new();
+    // The offline status's reason: `power` when the power monitor stops us.
+    let stop_reason = StopReason::default();
+    let mqtt_lane = lane.clone();
     let (sink, dispatcher) = crate::command::attach(
         MqttSink::new(
             cfg.clone(),
@@ -181,7 +184,8 @@ pub async fn run_with_clock(
             run_info.clone(),
             counters.clone(),
             report.clone(),
-        ),
+        )
+        .with_stop_reason(stop_reason.clone()),
         crate::command::Parts {
             cfg: cfg.clone(),
             spool: spool.clone(),
@@ -235,9 +239,47 @@ pub async fn run_with_clock(
             .unwrap_or_else(|| "/".into()),
         buses: Default::default(),
     };
+    // [power]: the UPS that powers the Pi runs on its own token, so that on
+    // a power stop its link is still there for the UPS command after the
+    // sinks have stopped (its port has one owner: its source).
+    let power_ups = cfg.power.as_ref().map(|p| p.ups.clone());
+    let ups_tasks = TaskTracker::new();
+    let ups_stop = CancellationToken::new();
+    let mut ups_handle = None;
     for (dev, h) in devices {
         handles.push(h.clone());
-        sources.spawn(source::run(dev, h, shared.clone(), sources_stop.clone()));
+        if power_ups.as_deref() == Some(dev.id()) {
+            ups_handle = Some(h.clone());
+            ups_tasks.spawn(source::run(dev, h, shared.clone(), ups_stop.clone()));
+        } else {
+            sources.spawn(source::run(dev, h, shared.clone(), sources_stop.clone()));
+        }
+    }
+    ups_tasks.close();
+    // The power monitor: watches that UPS's polls, decides, and hands a
+    // shutdown over on `power_decided`.
+    let (power_tx, power_decided) = tokio::sync::oneshot::channel();
+    let mut power_rx = None;
+    if let (Some(pcfg), Some(ups)) = (cfg.power.clone(), ups_handle.clone()) {
+        status.update(|s| s.power = Some(crate::power::Monitor::initial_status(&pcfg)));
+        let monitor = crate::power::Monitor {
+            cfg: pcfg,
+            ups,
+            gateway: gateway.clone(),
+            spool: spool.clone(),
+            status: status.clone(),
+            delivery: crate::power::Delivery {
+                lane: mqtt_lane,
+                counters: counters.clone(),
+            },
+        };
+        supervisor.spawn(
+            &sources,
+            "power monitor",
+            &sources_stop,
+            monitor.run(sources_stop.clone(), power_tx),
+        );
+        power_rx = Some(power_decided);
     }
     supervisor.spawn(
         &sources,
@@ -295,14 +337,17 @@ pub async fn run_with_clock(
             sources_stop.clone(),
         ),
     );
+    // The LED goes dark last, so it shows a stop for power to the end.
+    let led_stop = CancellationToken::new();
+    let led_task = TaskTracker::new();
     match crate::status::led::open(&cfg.led) {
         Some(Ok(led)) => {
             // Not supervised: the LED gives up on a write error by design,
             // and a dark LED is no reason to stop delivering.
-            sources.spawn(crate::status::led::run(
+            led_task.spawn(crate::status::led::run(
                 led,
                 status.subscribe(),
-                sources_stop.clone(),
+                led_stop.clone(),
             ));
         }
         Some(Err(e)) => tracing::warn!(
@@ -312,24 +357,48 @@ pub async fn run_with_clock(
         None => {}
     }
     sources.close();
+    led_task.close();
 
     // Runs until asked to stop, or until a task that should run until then
     // ends: then stops cleanly all the same and exits non-zero, so systemd
     // restarts the gateway.
+    let power_wait = async {
+        match power_rx {
+            Some(rx) => rx.await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    let mut power = None;
     let died = tokio::select! {
         _ = cancel.cancelled() => None,
         Some(task) = died.recv() => Some(task),
         _ = restart.cancelled() => None,
+        Some(p) = power_wait => {
+            power = Some(p);
+            None
+        }
     };
-    tracing::info!("stopping");
+    match &power {
+        Some(p) => {
+            tracing::warn!(reason = %p.reason.words(), "stopping for power: the Pi will be powered off")
+        }
+        None => tracing::info!("stopping"),
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
 
-    // 1. No new readings.
+    // 1. No new readings. On a stop for power the UPS that powers the Pi
+    // keeps its link for step 3b (its last readings are kept at step 4).
     sources_stop.cancel();
-    if tokio::time::timeout(STOP_SOURCES, sources.wait())
-        .await
-        .is_err()
-    {
+    if power.is_none() {
+        ups_stop.cancel();
+    }
+    let stopped = async {
+        sources.wait().await;
+        if power.is_none() {
+            ups_tasks.wait().await;
+        }
+    };
+    if tokio::time::timeout(STOP_SOURCES, stopped).await.is_err() {
         tracing::warn!("sources did not stop in time");
     }
     // 2. Everything unacknowledged goes to disk before anything else.
@@ -339,13 +408,29 @@ pub async fn run_with_clock(
         Ok(Err(e)) => tracing::error!(error = %e, "final spool write failed"),
         Err(e) => tracing::error!(error = %e, "final spool write task failed"),
     }
-    // 3. Offline status and disconnect.
+    // 3. Offline status (`reason` power on a stop for power) and disconnect.
+    if power.is_some() {
+        stop_reason.set("power");
+    }
     sink_stop.cancel();
     if tokio::time::timeout(STOP_SINK, uplink.wait())
         .await
         .is_err()
     {
         tracing::warn!("a sink did not stop in time");
+    }
+    // 3b. On a stop for power: the UPS is told, over its own link, to switch
+    // off after `ups_off_delay` and on again with the mains; then its
+    // source stops.
+    if let (Some(_), Some(pcfg), Some(ups)) = (&power, &cfg.power, &ups_handle) {
+        let _ = crate::power::ups_command(pcfg, ups).await;
+    }
+    ups_stop.cancel();
+    if tokio::time::timeout(STOP_SOURCES, ups_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the UPS source did not stop in time");
     }
     flusher_stop.cancel();
     infra.close();
@@ -360,6 +445,15 @@ pub async fn run_with_clock(
         Err(e) => tracing::error!(error = %e, "closing the spool failed"),
     }
     tracing::info!("stopped");
+    led_stop.cancel();
+    led_task.wait().await;
+    // 5. On a stop for power: the Pi is powered off (the outcome is logged;
+    // the gateway stays stopped either way, so that a refused power-off
+    // does not restart it into sending the UPS command again and again).
+    if let (Some(_), Some(pcfg)) = (&power, &cfg.power) {
+        crate::power::run_shutdown_command(pcfg).await;
+        return Ok(());
+    }
     if restart.is_cancelled() && died.is_none() {
         return Err(crate::command::RestartRequested.into());
     }

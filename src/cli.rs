@@ -22,6 +22,8 @@ pub mod exit {
     /// A `restart` command stopped the gateway cleanly: non-zero, so
     /// systemd's `Restart=on-failure` starts it again (EX_TEMPFAIL).
     pub const RESTART: u8 = 75;
+    /// `[power]`: the shutdown command would not be allowed (EX_NOPERM).
+    pub const NOPERM: u8 = 77;
 }
 
 /// Prints config problems, one per line, for a technician.
@@ -96,6 +98,12 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
             }
         }
     }
+    if let Some(p) = &cfg.power {
+        let allowed = shutdown_allowed(p, out).await;
+        if !allowed && code == exit::OK {
+            code = exit::NOPERM;
+        }
+    }
     for dev in &cfg.devices {
         match source::probe(dev).await {
             Ok(values) => {
@@ -127,6 +135,187 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
         }
     }
     code
+}
+
+/// Prints whether `power.shutdown_command` would be allowed for the
+/// service's user; false when it certainly would not.
+async fn shutdown_allowed(p: &crate::power::config::PowerConfig, out: &mut impl Write) -> bool {
+    use crate::power::logind;
+    let Some(prog) = p.shutdown_command.first() else {
+        return false;
+    };
+    let shown = p.shutdown_command.join(" ");
+    let Some(found) = logind::find_program(prog) else {
+        let _ = writeln!(
+            out,
+            "power: shutdown command `{shown}`: {prog} NOT FOUND (as an absolute path, or in PATH)"
+        );
+        return false;
+    };
+    if !logind::goes_through_logind(&p.shutdown_command) {
+        let _ = writeln!(
+            out,
+            "power: shutdown command `{shown}` ({}): allowed: unknown (not systemctl poweroff: check it runs as user {} under the service's sandbox)",
+            found.display(),
+            logind::SERVICE_USER
+        );
+        return true;
+    }
+    let v = logind::can_power_off().await;
+    let _ = writeln!(
+        out,
+        "power: shutdown command `{shown}` ({}): {} ({})",
+        found.display(),
+        v.words(),
+        v.how
+    );
+    if v.answer == "challenge" || v.answer == "no" {
+        let _ = writeln!(
+            out,
+            "  the package installs a polkit rule allowing only power-off for user {} (/usr/share/polkit-1/rules.d/50-wardgate-power-off.rules): is polkitd installed? (docs/packaging.md)",
+            logind::SERVICE_USER
+        );
+    }
+    !matches!(v.answer.as_str(), "no" | "challenge" | "na")
+}
+
+/// `wardgate check --power-test`: what `[power]` would do, step by step,
+/// with the UPS's current reading if it can be read. Sends nothing to the
+/// UPS and runs nothing. Returns the exit code: 78 bad config or no
+/// `[power]`, 69 the UPS could not be read, 77 the shutdown command would
+/// not be allowed, 0 otherwise.
+pub async fn power_test(path: &Path, explicit: bool, out: &mut impl Write) -> u8 {
+    use crate::power::decide::{Limits, UpsReading};
+    let cfg = match Config::load(path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            print_config_error(path, &e, out);
+            return exit::CONFIG;
+        }
+    };
+    let Some(p) = &cfg.power else {
+        let _ = writeln!(
+            out,
+            "power: no [power] section in {}: the gateway never shuts the Pi down (docs/ups.md)",
+            path.display()
+        );
+        return exit::CONFIG;
+    };
+    let _ = writeln!(
+        out,
+        "power test: nothing is sent to the UPS and nothing is run; this says what would happen."
+    );
+    let Some(dev) = cfg.devices.iter().find(|d| d.id() == p.ups) else {
+        return exit::CONFIG;
+    };
+    let _ = writeln!(out, "UPS: {} ({})", dev.id(), dev.kind());
+    let _ = writeln!(
+        out,
+        "shut down when, on battery, one of these holds on two good polls in a row (never on a poll that failed, nor on a stale or faulty UPS):"
+    );
+    for c in p.conditions() {
+        let _ = writeln!(out, "  - {c}");
+    }
+    let mut code = exit::OK;
+    match source::probe(dev).await {
+        Ok(values) => {
+            let shown = |k| crate::power::shown(&values, k);
+            let _ = writeln!(
+                out,
+                "now: ups.status = {}, battery.runtime = {}, battery.charge = {}",
+                shown("ups.status"),
+                shown("battery.runtime"),
+                shown("battery.charge")
+            );
+            let verdict = match UpsReading::of(&values) {
+                None => "no ups.status: this reading would never count".to_owned(),
+                Some(r) if !r.on_battery => {
+                    "on mains: nothing would happen".to_owned()
+                }
+                Some(r) => match Limits::of(p).check(&r, std::time::Duration::ZERO) {
+                    Some(reason) => format!(
+                        "ON BATTERY and {}: the Pi would be shut down if the next poll says so too",
+                        reason.words()
+                    ),
+                    None => "on battery: readings would be written to the card before they are sent; no condition holds yet".into(),
+                },
+            };
+            let _ = writeln!(out, "  -> {verdict}");
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "now: the UPS could not be read: {e} (is wardgate running and holding its port? it reads the UPS itself)"
+            );
+            code = exit::UNAVAILABLE;
+        }
+    }
+    let _ = writeln!(out, "then, in this order:");
+    let _ = writeln!(
+        out,
+        "  1. a critical power.shutdown event (sent if the link is up; kept on the card if not), the page and LED say \"shutting down\""
+    );
+    let _ = writeln!(
+        out,
+        "  2. the sources stop, the spool is flushed, the offline status {{\"state\":\"offline\",\"reason\":\"power\"}} is sent"
+    );
+    if p.ups_off_delay.is_zero() {
+        let _ = writeln!(
+            out,
+            "  3. the UPS is NOT asked to switch off (ups_off_delay = 0s)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  3. the UPS would be sent: {}",
+            ups_command_words(dev, p.ups_off_delay)
+        );
+    }
+    let _ = writeln!(out, "  4. the spool is closed");
+    let _ = writeln!(
+        out,
+        "  5. the shutdown command runs: {}",
+        p.shutdown_command.join(" ")
+    );
+    let allowed = shutdown_allowed(p, out).await;
+    if !allowed && code == exit::OK {
+        code = exit::NOPERM;
+    }
+    let _ = writeln!(
+        out,
+        "mains back before step 2: all of it is called off (power.restored)."
+    );
+    code
+}
+
+/// The UPS command `[power]` would send, in words.
+fn ups_command_words(dev: &crate::config::DeviceConfig, off: std::time::Duration) -> String {
+    use crate::config::DeviceConfig;
+    let f = humantime::format_duration;
+    match dev {
+        DeviceConfig::Megatec(m) => {
+            let minutes = (m.return_delay.get().as_secs() / 60).max(1) as u32;
+            match crate::source::megatec::codec::shutdown_return(off, minutes) {
+                Ok(c) => format!(
+                    "{} (Megatec: output off in {}, back on {} min after that once the mains return)",
+                    String::from_utf8_lossy(&c.bytes).trim_end(),
+                    f(c.off_after),
+                    c.return_minutes
+                ),
+                Err(e) => format!("nothing: {e}"),
+            }
+        }
+        DeviceConfig::ApcSmart(_) => format!(
+            "APC Smart's delayed shutdown with return (output off in about {}, on again when the mains return)",
+            f(off)
+        ),
+        DeviceConfig::Nut(n) => format!(
+            "to upsd: INSTCMD {} shutdown.return with ups.delay.shutdown = {} s (needs a upsd user allowed to)",
+            n.ups,
+            off.as_secs()
+        ),
+        other => format!("nothing: a {} device takes no UPS commands", other.kind()),
+    }
 }
 
 /// A value in words after its raw form, Vietnamese then English, from the

@@ -463,6 +463,23 @@ pub const GATEWAY_CLOCK_CORRECTED: EventDef = def(
     Vi::Carried("Đồng hồ đã được đồng bộ: thời gian của {count} bản ghi của {device} đã gửi trước đó cần cộng thêm {offset_ms} ms."),
 );
 
+// ---- Power: the gateway shuts the Pi down before the UPS runs flat (power/) ----
+
+pub const POWER_SHUTDOWN: EventDef = def(
+    "power.shutdown",
+    Critical,
+    "Shutting the Pi down: {reason} (UPS {ups}, {status}). Readings are kept on the SD card.",
+    Vi::Carried(
+        "Đang tắt thiết bị an toàn do mất điện kéo dài: {reason}. Dữ liệu được giữ trên thẻ nhớ.",
+    ),
+);
+pub const POWER_RESTORED: EventDef = def(
+    "power.restored",
+    Info,
+    "Mains power back after {for} on battery{cancelled}.",
+    Vi::Page("Đã có điện lưới trở lại; thiết bị không cần tắt"),
+);
+
 /// The spool's `spool.degraded` reason in Vietnamese.
 pub fn degraded_reason_vi(reason: &str) -> &'static str {
     match reason {
@@ -525,6 +542,8 @@ pub const ALL: &[EventDef] = &[
     SPOOL_QUARANTINED,
     GATEWAY_SEQUENCE_RESET,
     GATEWAY_CLOCK_CORRECTED,
+    POWER_SHUTDOWN,
+    POWER_RESTORED,
 ];
 
 /// The words the page shows for `code` in Vietnamese, when the event did

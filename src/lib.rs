@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod events;
 pub mod model;
+pub mod power;
 pub mod provision;
 pub mod sink;
 pub mod source;

@@ -32,6 +32,12 @@ enum Command {
         /// Only validate the configuration; do not touch devices.
         #[arg(long)]
         config_only: bool,
+        /// Say what [power] would do on a long power cut (which UPS, the
+        /// thresholds, its reading now, the command the UPS would get, the
+        /// shutdown command and whether it is allowed). Sends nothing to
+        /// the UPS and runs nothing. 77 = the shutdown would not be allowed.
+        #[arg(long, conflicts_with = "config_only")]
+        power_test: bool,
     },
     /// Install a configuration a technician put on the SD card's boot
     /// partition (run once at boot by wardgate-provision.service).
@@ -100,7 +106,10 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Check { config_only } => rt.block_on(cli::check(
+        Command::Check {
+            power_test: true, ..
+        } => rt.block_on(cli::power_test(&path, explicit, &mut std::io::stdout())),
+        Command::Check { config_only, .. } => rt.block_on(cli::check(
             &path,
             explicit,
             config_only,

@@ -31,6 +31,7 @@ use serde::Deserialize;
 use crate::model::valid_id;
 
 pub use crate::command::config::CommandsConfig;
+pub use crate::power::config::PowerConfig;
 pub use crate::sink::config::MqttConfig;
 pub use crate::sink::influx::config::InfluxConfig;
 pub use crate::source::apc::config::ApcSmartConfig;
@@ -97,6 +98,9 @@ pub struct Config {
     pub web: WebConfig,
     #[serde(default)]
     pub commands: CommandsConfig,
+    /// The UPS that powers this Pi, and when to shut the Pi down.
+    #[serde(default)]
+    pub power: Option<PowerConfig>,
     /// The `[[device]]` tables: read one by one by the loader (each kind
     /// has its own struct), never by this derive.
     #[serde(skip_deserializing)]
@@ -281,6 +285,9 @@ impl Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.problems_of_sections();
         p.extend(device::problems(self.devices.iter().enumerate()));
+        if let Some(power) = &self.power {
+            p.extend(power.problems(&self.devices));
+        }
         p
     }
 

@@ -6,13 +6,17 @@
 //! Patterns, worst first (the worst that applies wins):
 //! 1. rapid flicker (10 Hz) for 60 s: "identify", asked for by a technician
 //!    or the operations centre, overrides everything while it lasts;
-//! 2. two short flashes every 2 s: starting (until the first connection
+//! 2. one short flash every 2 s (mostly dark): shutting down for power
+//!    (`[power]`: the UPS is running flat, the Pi is being powered off);
+//! 3. two short flashes every 2 s: starting (until the first connection
 //!    attempt to the broker);
-//! 3. fast blink (4 Hz): at least one device is stale or faulty (readings
+//! 4. three short flashes every 2 s: on battery (`[power]`: the mains are
+//!    out, readings are written to the card before they are sent);
+//! 5. fast blink (4 Hz): at least one device is stale or faulty (readings
 //!    are being missed);
-//! 4. slow blink (1 Hz): no link to the operations centre, readings are
+//! 6. slow blink (1 Hz): no link to the operations centre, readings are
 //!    being kept on the device;
-//! 5. steady on: all good.
+//! 7. steady on: all good.
 //!
 //! With no valid configuration wardgate does not run at all (systemd's
 //! `ExecCondition=wardgate check --config-only` fails, and `wardgate run`
@@ -37,8 +41,12 @@ pub enum Pattern {
     SlowBlink,
     /// A device is stale or faulty, or the SD card cannot be written.
     FastBlink,
+    /// On battery (`[power]`).
+    TripleFlash,
     /// Starting (with a bad configuration wardgate does not run: LED off).
     DoubleFlash,
+    /// Shutting down for power (`[power]`).
+    SingleFlash,
     /// Identify.
     Flicker,
 }
@@ -52,6 +60,10 @@ pub struct LedInputs {
     /// The spool cannot be written (read-only or full card, permissions).
     pub storage_bad: bool,
     pub identify: bool,
+    /// `[power]`: the UPS that powers the Pi is on battery.
+    pub on_battery: bool,
+    /// `[power]`: shutting down for power.
+    pub power_shutdown: bool,
 }
 
 impl LedInputs {
@@ -67,6 +79,14 @@ impl LedInputs {
                 .any(|(id, d)| id != GATEWAY_DEVICE && d.health != Health::Ok),
             storage_bad: s.spool.degraded.is_some(),
             identify: s.identify_until_ms.is_some_and(|t| t > now_ms()),
+            on_battery: s
+                .power
+                .as_ref()
+                .is_some_and(|p| p.state == super::PowerState::OnBattery),
+            power_shutdown: s
+                .power
+                .as_ref()
+                .is_some_and(|p| p.state == super::PowerState::ShuttingDown),
         }
     }
 }
@@ -75,8 +95,12 @@ impl LedInputs {
 pub fn pattern(i: LedInputs) -> Pattern {
     if i.identify {
         Pattern::Flicker
+    } else if i.power_shutdown {
+        Pattern::SingleFlash
     } else if i.starting {
         Pattern::DoubleFlash
+    } else if i.on_battery {
+        Pattern::TripleFlash
     } else if i.device_bad || i.storage_bad {
         Pattern::FastBlink
     } else if !i.uplink_up {
@@ -98,6 +122,11 @@ pub fn lit(p: Pattern, t: Duration) -> bool {
             let m = ms % 2000;
             m < 100 || (300..400).contains(&m)
         }
+        Pattern::TripleFlash => {
+            let m = ms % 2000;
+            m < 100 || (300..400).contains(&m) || (600..700).contains(&m)
+        }
+        Pattern::SingleFlash => ms % 2000 < 100,
     }
 }
 
@@ -304,7 +333,42 @@ mod tests {
             device_bad: bad,
             storage_bad: false,
             identify,
+            on_battery: false,
+            power_shutdown: false,
         }
+    }
+
+    /// On battery shows over a bad device or a down link, but not over
+    /// starting or identify; shutting down for power over all but
+    /// identify.
+    #[test]
+    fn power_patterns() {
+        let mut i = inputs(false, false, true, false);
+        i.on_battery = true;
+        assert_eq!(pattern(i), Pattern::TripleFlash);
+        i.starting = true;
+        assert_eq!(pattern(i), Pattern::DoubleFlash);
+        i.power_shutdown = true;
+        assert_eq!(pattern(i), Pattern::SingleFlash);
+        i.identify = true;
+        assert_eq!(pattern(i), Pattern::Flicker);
+        let ms = Duration::from_millis;
+        let count = |p| (0..20).filter(|k| lit(p, ms(k * 100))).count();
+        assert_eq!(count(Pattern::TripleFlash), 3, "three flashes per 2 s");
+        assert_eq!(count(Pattern::SingleFlash), 1, "one flash per 2 s");
+        let hub = crate::status::StatusHub::new("s");
+        hub.update(|s| {
+            s.power = Some(crate::status::PowerStatus {
+                ups: "ups1".into(),
+                state: crate::status::PowerState::OnBattery,
+                since_ms: 0,
+                write_through: true,
+                reason: None,
+                reason_vi: None,
+            })
+        });
+        let i = LedInputs::from_snapshot(&hub.get());
+        assert!(i.on_battery && !i.power_shutdown);
     }
 
     #[test]

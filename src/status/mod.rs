@@ -66,6 +66,35 @@ pub struct RecentEvent {
     pub message_vi: Option<String>,
 }
 
+/// Where the UPS that powers the Pi stands (`[power]`), as the power
+/// monitor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    Mains,
+    OnBattery,
+    /// A shutdown was decided: the gateway is stopping and the Pi will be
+    /// powered off.
+    ShuttingDown,
+}
+
+/// `[power]` in the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerStatus {
+    /// The UPS's device id.
+    pub ups: String,
+    pub state: PowerState,
+    /// When `state` last changed, ms since the epoch.
+    pub since_ms: i64,
+    /// Readings are written to the card before they are sent (on battery).
+    pub write_through: bool,
+    /// Why the Pi is shut down, in English and in Vietnamese.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_vi: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub site: String,
@@ -86,6 +115,9 @@ pub struct Snapshot {
     pub identify_by: Option<String>,
     /// When the app last refreshed the snapshot (the pipeline's heartbeat).
     pub updated_ms: i64,
+    /// The UPS that powers the Pi, when `[power]` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerStatus>,
 }
 
 /// The sending side of the snapshot.
@@ -108,6 +140,7 @@ impl StatusHub {
             identify_until_ms: None,
             identify_by: None,
             updated_ms: 0,
+            power: None,
         });
         StatusHub { tx }
     }

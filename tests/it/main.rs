@@ -9,7 +9,8 @@
 //! hostile_peers (peers that flood, lie or flap, issue 11), influx (the
 //! hostile_peers (peers that flood, lie or flap, issue 11); helpers
 //! people read, issue 15), install,
-//! tls, cli, service (systemd), ups, field, sensors, web, install,
+//! tls, cli, service (systemd), ups, power (the Pi shut down before the
+//! UPS runs flat, issue 14), field, sensors, web, install,
 //! tls, cli, service (systemd), ups, field, sensors, web, words (what
 //! in common/.
 
@@ -29,6 +30,7 @@ mod hostile_peers;
 mod hostile_web;
 mod influx;
 mod install;
+mod power;
 mod sensors;
 mod service;
 mod shutdown;

@@ -97,6 +97,24 @@ pub struct RunInfo {
     pub started_ms: i64,
 }
 
+/// Why the gateway stops, for the offline status's `reason`: `shutdown`
+/// unless the app sets another (`power`) before it stops the sink.
+#[derive(Debug, Clone, Default)]
+pub struct StopReason(Arc<Mutex<Option<&'static str>>>);
+
+impl StopReason {
+    pub fn set(&self, reason: &'static str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    pub fn get(&self) -> &'static str {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or("shutdown")
+    }
+}
+
 /// How the sink raises a gateway event (app.rs passes one that records it
 /// on the gateway device): severity, code, message, values.
 pub type EventReport = Arc<dyn Fn(Severity, &str, &str, Values) + Send + Sync>;
@@ -110,6 +128,8 @@ pub struct MqttSink<L: Lane> {
     report: EventReport,
     /// Commands and the inventory, when `[commands] enabled`.
     commands: Option<crate::command::CommandLink>,
+    /// The offline status's reason at a clean stop.
+    stop_reason: StopReason,
 }
 
 enum SessionEnd {
@@ -140,7 +160,14 @@ impl<L: Lane> MqttSink<L> {
             counters,
             report,
             commands: None,
+            stop_reason: StopReason::default(),
         }
+    }
+
+    /// Where the app says why it stops (the offline status's `reason`).
+    pub fn with_stop_reason(mut self, reason: StopReason) -> Self {
+        self.stop_reason = reason;
+        self
     }
 
     /// Subscribes to the command topics on every connection, hands requests

@@ -240,7 +240,8 @@ impl<L: Lane> MqttSink<L> {
         }
     }
 
-    /// Clean stop: the offline status (retained), acknowledged, then DISCONNECT.
+    /// Clean stop: the offline status (retained; `reason` as the app set
+    /// it: `shutdown`, or `power`), acknowledged, then DISCONNECT.
     async fn goodbye(
         &self,
         client: &AsyncClient,
@@ -254,7 +255,7 @@ impl<L: Lane> MqttSink<L> {
                 status_topic,
                 QoS::AtLeastOnce,
                 true,
-                payload::status_offline("shutdown"),
+                payload::status_offline(self.stop_reason.get()),
             )
             .is_err()
         {

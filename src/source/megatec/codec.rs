@@ -55,6 +55,87 @@ impl Command {
     }
 }
 
+/// The shortest delay before a Megatec UPS switches its output off: `S.2`,
+/// 12 s (the protocol's `.2` to `.9` are tenths of a minute).
+pub const OFF_DELAY_MIN: std::time::Duration = std::time::Duration::from_secs(12);
+/// The longest: `S10`, 10 minutes.
+pub const OFF_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+/// The longest wait before the output returns: `R9999`, in minutes.
+pub const RETURN_MINUTES_MAX: u32 = 9999;
+
+/// A delayed shutdown with return, as it goes on the wire, and the delays
+/// the UPS will really use (the protocol's steps are coarser than a
+/// duration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReturn {
+    /// `S<n>R<m>` and CR.
+    pub bytes: Vec<u8>,
+    /// The off delay the UPS counts: `off_after` rounded down to a step of
+    /// 6 s below one minute and of a minute above (as NUT's blazer drivers
+    /// round `offdelay`).
+    pub off_after: std::time::Duration,
+    /// Minutes after switching off before the output may come back (when
+    /// the mains are there).
+    pub return_minutes: u32,
+}
+
+/// `shutdown.return` for a Megatec/Q1 UPS: `S<n>R<m>\r`, the output off
+/// after n (`.2`-`.9` tenths of a minute, or `01`-`10` minutes) and back on
+/// m minutes later (`0001`-`9999`) once the mains are there; a UPS whose
+/// mains are still out stays off until they return. As NUT's blazer and
+/// nutdrv_qx drivers send it (`offdelay` 12-600 s, `ondelay` in minutes).
+/// `R0000` (stay off) is never sent: the Pi must come back with the mains.
+pub fn shutdown_return(
+    off_after: std::time::Duration,
+    return_minutes: u32,
+) -> Result<ShutdownReturn, CodecError> {
+    if !(OFF_DELAY_MIN..=OFF_DELAY_MAX).contains(&off_after) {
+        return Err(CodecError::Malformed(format!(
+            "off delay {} outside what the UPS takes (12 s to 10 min)",
+            humantime::format_duration(off_after)
+        )));
+    }
+    if !(1..=RETURN_MINUTES_MAX).contains(&return_minutes) {
+        return Err(CodecError::Malformed(format!(
+            "return delay {return_minutes} min outside what the UPS takes (1 to {RETURN_MINUTES_MAX})"
+        )));
+    }
+    let secs = off_after.as_secs();
+    let (n, real) = if secs < 60 {
+        (format!(".{}", secs / 6), secs - secs % 6)
+    } else {
+        (format!("{:02}", secs / 60), secs - secs % 60)
+    };
+    Ok(ShutdownReturn {
+        bytes: format!("S{n}R{return_minutes:04}\r").into_bytes(),
+        off_after: std::time::Duration::from_secs(real),
+        return_minutes,
+    })
+}
+
+/// What a UPS answered to a command that needs no answer (`S..R..`): most
+/// send nothing (`None`); some say `ACK` or `(ACK`. `(NAK` or the command
+/// echoed back means it was refused.
+pub fn parse_command_reply(reply: Option<&[u8]>) -> Result<(), CodecError> {
+    let Some(reply) = reply else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(reply);
+    let text = text.trim_end_matches(['\r', '\n']);
+    if text.starts_with("ACK") || text.starts_with("(ACK") {
+        Ok(())
+    } else if text.starts_with("(NAK") || text == "NAK" {
+        Err(CodecError::Nak)
+    } else if text.starts_with('S') {
+        Err(CodecError::Echo)
+    } else {
+        Err(CodecError::Malformed(format!(
+            "unexpected answer to a command: {:?}",
+            text.chars().take(32).collect::<String>()
+        )))
+    }
+}
+
 /// The status bits of a Q1 reply (b7..b0 from left to right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatusBits {
@@ -557,6 +638,45 @@ mod tests {
         assert_eq!(v.get("ups.beeper.status"), Some(&"enabled".into()));
         assert_eq!(v.get("device.mfr"), Some(&"SANTAK".into()));
         assert!(v.get("ups.alarm").is_none());
+    }
+
+    #[test]
+    fn shutdown_return_table() {
+        let s = std::time::Duration::from_secs;
+        // (off delay, return minutes, wire, off delay the UPS counts)
+        let ok: &[(u64, u32, &str, u64)] = &[
+            (12, 3, "S.2R0003\r", 12),
+            (17, 3, "S.2R0003\r", 12),
+            (18, 1, "S.3R0001\r", 18),
+            (54, 3, "S.9R0003\r", 54),
+            (59, 3, "S.9R0003\r", 54),
+            (60, 3, "S01R0003\r", 60),
+            (119, 10, "S01R0010\r", 60),
+            (120, 3, "S02R0003\r", 120),
+            (600, 9999, "S10R9999\r", 600),
+        ];
+        for (off, ret, wire, real) in ok {
+            let c = shutdown_return(s(*off), *ret).unwrap();
+            assert_eq!(std::str::from_utf8(&c.bytes).unwrap(), *wire, "{off} s");
+            assert_eq!(c.off_after, s(*real), "{off} s");
+            assert_eq!(c.return_minutes, *ret);
+        }
+        for (off, ret) in [(0, 3), (11, 3), (601, 3), (3600, 3), (60, 0), (60, 10_000)] {
+            assert!(shutdown_return(s(off), ret).is_err(), "{off} s, R{ret}");
+        }
+    }
+
+    #[test]
+    fn command_replies() {
+        assert_eq!(parse_command_reply(None), Ok(()));
+        assert_eq!(parse_command_reply(Some(b"ACK\r")), Ok(()));
+        assert_eq!(parse_command_reply(Some(b"(ACK\r")), Ok(()));
+        assert_eq!(parse_command_reply(Some(b"(NAK\r")), Err(CodecError::Nak));
+        assert_eq!(
+            parse_command_reply(Some(b"S02R0003\r")),
+            Err(CodecError::Echo)
+        );
+        assert!(parse_command_reply(Some(b"\xff\xfe\r")).is_err());
     }
 
     #[test]

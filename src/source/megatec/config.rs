@@ -33,6 +33,19 @@ pub struct MegatecConfig {
     /// Alarms on this device's values (`[[device.threshold]]`).
     #[serde(default)]
     pub threshold: Vec<ThresholdConfig>,
+    /// After `[power]` had the UPS switch its output off, how long it waits
+    /// before switching it on again once the mains are back (the `R` of
+    /// `S<n>R<m>`, NUT's `ondelay`): whole minutes, 1 to 9999. Three by
+    /// default, as NUT: some early firmware never comes back with 1 or 2.
+    #[serde(default = "default_return_delay")]
+    pub return_delay: ReturnDelay,
+}
+
+/// `return_delay`: 1 minute to 9999 minutes.
+pub type ReturnDelay = Within<60_000, { 9999 * 60_000 }>;
+
+fn default_return_delay() -> ReturnDelay {
+    ReturnDelay::of(Duration::from_secs(180))
 }
 
 /// 2400 baud: what Megatec and APC Smart UPS speak out of the box.
@@ -48,6 +61,14 @@ impl MegatecConfig {
     /// Problems the types cannot see, each naming its key under `key`.
     pub fn problems(&self, key: &str) -> Vec<String> {
         let mut p = Vec::new();
+        if self.return_delay.get().as_secs() % 60 != 0
+            || self.return_delay.get().subsec_nanos() != 0
+        {
+            p.push(format!(
+                "{key}.return_delay: {} is not a whole number of minutes (the UPS counts minutes)",
+                self.return_delay
+            ));
+        }
         match (self.battery_voltage_low, self.battery_voltage_high) {
             (Some(l), Some(h)) if !(l.is_finite() && h.is_finite() && 0.0 < l && l < h) => p.push(
                 format!("{key}.battery_voltage_low/high: {l} / {h}: need 0 < low < high"),

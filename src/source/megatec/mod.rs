@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use self::config::MegatecConfig;
 use super::serial::{self, Frame, SerialError};
 use super::supervisor::{self, Action, AfterStreak, Device, Fail, Policy};
+use super::tap::{CommandResult, UpsCommand};
 use super::ups::publish;
 use super::DeviceHandle;
 use crate::model::Values;
@@ -76,6 +77,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Megatec<S> {
 
     /// Sends one command and reads one CR-terminated reply.
     pub async fn transact(&mut self, cmd: Command) -> Result<Vec<u8>, MegatecError> {
+        let name = match cmd {
+            Command::Q1 => "Q1",
+            Command::F => "F",
+            Command::I => "I",
+            Command::Test => "T",
+            Command::TestLow => "TL",
+            Command::CancelTest => "CT",
+        };
+        self.exchange(cmd.bytes(), name).await
+    }
+
+    /// Sends a command that most UPS do not answer (`S..R..`): the answer
+    /// if one comes within the timeout, None if none does.
+    pub async fn send(
+        &mut self,
+        bytes: &[u8],
+        name: &'static str,
+    ) -> Result<Option<Vec<u8>>, MegatecError> {
+        match self.exchange(bytes, name).await {
+            Ok(r) => Ok(Some(r)),
+            Err(MegatecError::Timeout(..)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `bytes` and reads one CR-terminated reply.
+    async fn exchange(
+        &mut self,
+        bytes: &[u8],
+        name: &'static str,
+    ) -> Result<Vec<u8>, MegatecError> {
         // Drop anything left over from an earlier, late reply.
         let mut junk = [0u8; 256];
         while let Ok(Ok(n)) =
@@ -85,16 +117,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Megatec<S> {
                 break;
             }
         }
-        self.io.write_all(cmd.bytes()).await?;
+        self.io.write_all(bytes).await?;
         self.io.flush().await?;
-        let name = match cmd {
-            Command::Q1 => "Q1",
-            Command::F => "F",
-            Command::I => "I",
-            Command::Test => "T",
-            Command::TestLow => "TL",
-            Command::CancelTest => "CT",
-        };
         let mut reply = Vec::with_capacity(64);
         let read = async {
             let mut byte = [0u8; 1];
@@ -216,6 +240,31 @@ where
                 format!("not answering on {}: {e}", self.cfg.serial.display()),
             )),
         }
+    }
+    /// `shutdown.return`: `S<n>R<m>` (docs/ups.md), the output off after
+    /// `off_after` (rounded down to the UPS's steps) and back on
+    /// `return_delay` after that once the mains are there.
+    async fn command(
+        &mut self,
+        ups: &mut Megatec<S>,
+        _h: &DeviceHandle,
+        cmd: UpsCommand,
+    ) -> CommandResult {
+        let UpsCommand::ShutdownReturn { off_after } = cmd;
+        let minutes = (self.cfg.return_delay.get().as_secs() / 60).max(1) as u32;
+        let c = codec::shutdown_return(off_after, minutes).map_err(|e| e.to_string())?;
+        let wire = String::from_utf8_lossy(&c.bytes).trim_end().to_owned();
+        let reply = ups
+            .send(&c.bytes, "S")
+            .await
+            .map_err(|e| format!("{wire} not sent: {e}"))?;
+        codec::parse_command_reply(reply.as_deref())
+            .map_err(|e| format!("{wire} refused by the UPS: {e}"))?;
+        Ok(format!(
+            "{wire} (output off in {}, back {} min after that once the mains return)",
+            humantime::format_duration(c.off_after),
+            c.return_minutes
+        ))
     }
 }
 
@@ -376,6 +425,93 @@ mod tests {
             .await
             .expect("cancel stops the pause at once")
             .unwrap();
+    }
+
+    /// `shutdown.return` through the supervisor, between polls, over the
+    /// device's own link: `S02R0003` on the wire (2 min, 3 min by default),
+    /// no answer expected; a UPS that echoes it refused it.
+    #[tokio::test]
+    async fn shutdown_return_goes_out_between_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::from_toml(&format!(
+            "site = \"s\"\n[spool]\npath = \"{}\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUPS\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\n",
+            dir.path().join("s.db").display()
+        ))
+        .unwrap();
+        let crate::config::DeviceConfig::Megatec(mcfg) = cfg.devices[0].clone() else {
+            panic!("not megatec")
+        };
+        let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
+        let hub = crate::status::StatusHub::new("s");
+        let h = DeviceHandle::new("u", "megatec", mcfg.interval, spool, hub.clone());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let echo = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, echo2) = (seen.clone(), echo.clone());
+        let ups = Ups {
+            cfg: mcfg.clone(),
+            open_port: move |_: &MegatecConfig| {
+                let (a, b) = tokio::io::duplex(256);
+                let (seen, echo) = (seen2.clone(), echo2.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = tokio::io::split(b);
+                    let mut r = BufReader::new(r);
+                    let mut line = Vec::new();
+                    while r.read_until(b'\r', &mut line).await.unwrap_or(0) > 0 {
+                        let cmd = String::from_utf8_lossy(&line).trim_end().to_string();
+                        line.clear();
+                        seen.lock().unwrap().push(cmd.clone());
+                        let reply: Vec<u8> = match cmd.as_str() {
+                            "Q1" => b"(000.0 140.0 229.8 023 00.0 24.0 30.5 11001001\r".to_vec(),
+                            c if c.starts_with('S')
+                                && echo.load(std::sync::atomic::Ordering::Relaxed) =>
+                            {
+                                format!("{c}\r").into_bytes()
+                            }
+                            _ => continue,
+                        };
+                        let _ = w.write_all(&reply).await;
+                    }
+                });
+                Ok(a)
+            },
+            last_status: None,
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(supervisor::run(
+            ups,
+            serial_policy(mcfg.interval),
+            h.clone(),
+            cancel.clone(),
+        ));
+        let off = UpsCommand::ShutdownReturn {
+            off_after: Duration::from_secs(150),
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(5), h.ups_command(off))
+            .await
+            .expect("taken within 5 s");
+        let sent = sent.expect("sent");
+        assert!(sent.starts_with("S02R0003 "), "{sent}");
+        assert!(seen.lock().unwrap().contains(&"S02R0003".to_string()));
+        // Polls go on after it.
+        let polls = |s: &[String]| s.iter().filter(|c| *c == "Q1").count();
+        let before = polls(&seen.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(polls(&seen.lock().unwrap()) > before);
+        // Echoed back: refused.
+        echo.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = tokio::time::timeout(Duration::from_secs(5), h.ups_command(off))
+            .await
+            .expect("taken within 5 s");
+        assert!(r.as_ref().is_err_and(|e| e.contains("refused")), "{r:?}");
+        // Out of the UPS's range: not sent at all.
+        let r = h
+            .ups_command(UpsCommand::ShutdownReturn {
+                off_after: Duration::from_secs(5),
+            })
+            .await;
+        assert!(r.is_err(), "{r:?}");
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]

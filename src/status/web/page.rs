@@ -10,7 +10,7 @@ use crate::config::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health, Severity, Value};
 use crate::status::history::{svg_chart, History, CHARTED};
 use crate::status::words::{self, Zone};
-use crate::status::Snapshot;
+use crate::status::{PowerState, Snapshot};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -32,6 +32,32 @@ pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
 /// The one big sentence, and its colour class (ok / warn / bad), with
 /// times in the site's time zone.
 pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static str) {
+    if let Some(p) = &s.power {
+        match p.state {
+            PowerState::ShuttingDown => {
+                let why = match t.lang {
+                    "vi" => p.reason_vi.as_deref(),
+                    _ => p.reason.as_deref(),
+                };
+                return match why {
+                    Some(w) => (format!("{} ({w})", t.power_shutting_down), "bad"),
+                    None => (t.power_shutting_down.to_owned(), "bad"),
+                };
+            }
+            PowerState::OnBattery => {
+                let low = s.devices.get(&p.ups).is_some_and(|d| {
+                    matches!(d.last_values.get("ups.status"),
+                        Some(Value::Str(st)) if st.split_whitespace().any(|x| x == "LB"))
+                });
+                return if low {
+                    (t.low_battery.to_owned(), "bad")
+                } else {
+                    (t.on_battery.to_owned(), "bad")
+                };
+            }
+            PowerState::Mains => {}
+        }
+    }
     if s.uplink.attempts == 0 {
         return (t.starting.to_owned(), "warn");
     }
@@ -119,6 +145,16 @@ pub fn render_body_in(
     );
     for n in notices {
         let _ = write!(b, "<p class=\"bar notice\">⚠ {}</p>", esc(n));
+    }
+    if s.power
+        .as_ref()
+        .is_some_and(|p| p.state == PowerState::OnBattery)
+    {
+        let _ = write!(
+            b,
+            "<p class=\"bar notice\" id=\"power\">{}</p>",
+            esc(t.power_on_battery)
+        );
     }
     if s.identify_by.is_some() && s.identify_until_ms.is_some_and(|u| u > now_ms()) {
         let _ = write!(
@@ -529,6 +565,64 @@ mod tests {
         hub.identify_remote(std::time::Duration::ZERO);
         let over = render_body(&hub.get(), &History::default(), &EN, &[]);
         assert!(!over.contains("id=\"identify\""), "over: no line");
+    }
+
+    /// `[power]`: on battery and shutting down head the page, in the
+    /// reader's language, over a device that is not answering.
+    #[test]
+    fn power_states_head_the_page() {
+        let hub = crate::status::StatusHub::new("s");
+        hub.add_device("ups1", "megatec");
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            s.power = Some(crate::status::PowerStatus {
+                ups: "ups1".into(),
+                state: PowerState::Mains,
+                since_ms: 0,
+                write_through: false,
+                reason: None,
+                reason_vi: None,
+            });
+        });
+        let (h, _) = headline(&hub.get(), &VI);
+        assert_eq!(h, VI.ups_not_responding, "mains: as before");
+        hub.update(|s| {
+            let p = s.power.as_mut().unwrap();
+            p.state = PowerState::OnBattery;
+        });
+        let snap = hub.get();
+        assert_eq!(headline(&snap, &VI), (VI.on_battery.to_owned(), "bad"));
+        assert_eq!(headline(&snap, &EN), (EN.on_battery.to_owned(), "bad"));
+        let body = render_body(&snap, &History::default(), &VI, &[]);
+        assert!(body.contains("id=\"power\""), "{body}");
+        assert!(body.contains("Ba lần nháy ngắn"), "the LED legend");
+        hub.update(|s| {
+            s.devices
+                .get_mut("ups1")
+                .unwrap()
+                .last_values
+                .set("ups.status", "OB LB");
+        });
+        assert_eq!(headline(&hub.get(), &VI).0, VI.low_battery);
+        hub.update(|s| {
+            let p = s.power.as_mut().unwrap();
+            p.state = PowerState::ShuttingDown;
+            p.reason = Some("the UPS says its battery is low".into());
+            p.reason_vi = Some("UPS báo pin yếu".into());
+        });
+        let snap = hub.get();
+        assert_eq!(
+            headline(&snap, &VI).0,
+            format!("{} (UPS báo pin yếu)", VI.power_shutting_down)
+        );
+        assert!(headline(&snap, &EN)
+            .0
+            .ends_with("(the UPS says its battery is low)"));
+        let body = render_body(&snap, &History::default(), &VI, &[]);
+        assert!(
+            !body.contains("id=\"power\""),
+            "the on-battery line is gone"
+        );
     }
 
     #[test]

@@ -39,6 +39,20 @@ pub struct UpsState {
     pub temp: f64,
     /// b7..b0, e.g. "00001001".
     pub bits: String,
+    /// Every command received, in order (without the CR).
+    pub received: Vec<String>,
+    /// Replies to the next Q1 polls, one each, before `mode` applies again:
+    /// a scripted sequence of good and failed polls.
+    pub script: std::collections::VecDeque<Scripted>,
+}
+
+/// One scripted Q1 poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scripted {
+    /// Answer with these status bits (the rest of the state as it is).
+    Bits(String),
+    /// Answer nothing (a failed poll).
+    Silent,
 }
 
 impl Default for UpsState {
@@ -52,6 +66,8 @@ impl Default for UpsState {
             battery_v: 13.6,
             temp: 30.5,
             bits: "00001001".into(),
+            received: Vec::new(),
+            script: Default::default(),
         }
     }
 }
@@ -71,7 +87,23 @@ impl UpsState {
         )
     }
 
-    fn reply(&self, cmd: &str) -> Option<Vec<u8>> {
+    fn reply(&mut self, cmd: &str) -> Option<Vec<u8>> {
+        self.received.push(cmd.to_owned());
+        if cmd == "Q1" {
+            match self.script.pop_front() {
+                Some(Scripted::Silent) => return None,
+                Some(Scripted::Bits(b)) => {
+                    let mut s = self.clone();
+                    s.bits = b;
+                    return Some(s.q1().into_bytes());
+                }
+                None => {}
+            }
+        }
+        // Shutdown commands (`S<n>R<m>`, `C`): a real UPS says nothing.
+        if cmd.starts_with('S') || cmd == "C" {
+            return None;
+        }
         match self.mode {
             Mode::Silent => return None,
             Mode::Nak => return Some(b"(NAK\r".to_vec()),
@@ -128,6 +160,16 @@ impl MegatecSim {
 
     pub fn set(&self, f: impl FnOnce(&mut UpsState)) {
         f(&mut self.state.lock().unwrap());
+    }
+
+    /// Every command received so far.
+    pub fn received(&self) -> Vec<String> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Q1 polls answered so far.
+    pub fn polls(&self) -> usize {
+        self.received().iter().filter(|c| *c == "Q1").count()
     }
 
     /// A new pty pair behind the link, served by a thread.
