@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::devices::count_events;
+use crate::common::peers::Snmpd;
 use crate::common::*;
 
 /// What the fake upsd answers to one `LIST VAR <ups>`.
@@ -343,4 +344,53 @@ async fn flapping_error_text_raises_one_fault_until_recovery() {
     );
     sub.assert_all_valid();
     gw.stop().await;
+}
+
+/// An SNMP agent whose interface table has no end in sight (2,200 extra
+/// ifName rows, the column the interface lookup walks first, from a real
+/// snmpd with `override` lines): the walk stops at the limit
+/// (2,048 rows), the router faults naming it, nothing of it is published,
+/// and a simulated device keeps publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_snmp_table_is_cut_off() {
+    let extra: String = (10_000..12_200)
+        .map(|i| format!("override .1.3.6.1.2.1.31.1.1.1.1.{i} octet_str if{i}\n"))
+        .collect();
+    let snmpd = Snmpd::start_with(&extra);
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let devs = format!(
+        "{}[[device]]\nid = \"router\"\ntype = \"snmp\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         community = \"wardtest\"\ninterfaces = [\"lo\"]\ninterval = \"1s\"\ntimeout = \"2s\"\nretries = 0\n",
+        sim("sim1", "200ms", ""),
+        snmpd.port
+    );
+    let cfg = process_config(dir.path(), broker.port, &devs);
+    let gw = Process::start(&cfg, &dir.path().join("log"));
+    eventually(WAIT, "the router faults at the row limit", || {
+        sub.events("router")
+            .iter()
+            .any(|(_, e)| e["code"] == "device.fault")
+    })
+    .await;
+    let fault = sub
+        .events("router")
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e["code"] == "device.fault")
+        .expect("seen above");
+    let msg = fault["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("more than 2048 rows"), "{msg}");
+    assert!(
+        sub.samples("router").is_empty(),
+        "nothing of the endless table is published"
+    );
+    let seen = sub.samples("sim1").len();
+    eventually(WAIT, "sim1 keeps publishing", || {
+        sub.samples("sim1").len() >= seen + 5
+    })
+    .await;
+    drop(gw);
+    sub.assert_all_valid();
 }

@@ -149,6 +149,11 @@ pub struct Snmpd {
 
 impl Snmpd {
     pub fn start() -> Snmpd {
+        Snmpd::start_with("")
+    }
+
+    /// As [`Snmpd::start`], with `extra` lines appended to snmpd.conf.
+    pub fn start_with(extra: &str) -> Snmpd {
         let mut dir = tempfile::tempdir().unwrap();
         // sysLocation is this instance's own: the readiness check asks for
         // it, so another test's snmpd on the same port is never taken for
@@ -170,7 +175,7 @@ impl Snmpd {
                  rwcommunity wardrw 127.0.0.1\n\
                  override -rw .1.3.6.1.2.1.2.2.1.8.1 integer 1\n\
                  override .1.3.6.1.2.1.1.5.0 octet_str ward-router\n\
-                 override .1.3.6.1.2.1.1.6.0 octet_str {marker}\n"
+                 override .1.3.6.1.2.1.1.6.0 octet_str {marker}\n{extra}"
             ),
         )
         .unwrap();
