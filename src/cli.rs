@@ -305,15 +305,28 @@ fn ups_command_words(dev: &crate::config::DeviceConfig, off: std::time::Duration
                 Err(e) => format!("nothing: {e}"),
             }
         }
-        DeviceConfig::ApcSmart(_) => format!(
-            "APC Smart's delayed shutdown with return (output off in about {}, on again when the mains return)",
-            f(off)
-        ),
-        DeviceConfig::Nut(n) => format!(
-            "to upsd: INSTCMD {} shutdown.return with ups.delay.shutdown = {} s (needs a upsd user allowed to)",
-            n.ups,
-            off.as_secs()
-        ),
+        DeviceConfig::ApcSmart(_) => {
+            let std = crate::source::apc::codec::GRACE_DELAYS;
+            let grace = crate::source::apc::codec::choose_grace(off, &std)
+                .map(|g| format!("{g} s"))
+                .unwrap_or_else(|| "the UPS's own".into());
+            format!(
+                "APC Smart: grace delay (p) stepped with - to {grace} (the nearest of the standard 20/180/300/600 s not shorter than {}; a model with other values is stepped once round to learn them), then S on battery or @000 on mains: output off after the grace delay, on again when the mains return",
+                f(off)
+            )
+        }
+        DeviceConfig::Nut(n) => {
+            let login = if n.username.is_some() {
+                "as the configured upsd user"
+            } else {
+                "NOT POSSIBLE: the nut device has no username/password_file of a upsd user with instcmds = shutdown.return and actions = SET"
+            };
+            format!(
+                "to upsd {login}: SET VAR {ups} ups.delay.shutdown \"{s}\" (when it differs), then INSTCMD {ups} shutdown.return, tracked until the driver says it was done",
+                ups = n.ups,
+                s = off.as_secs().max(1)
+            )
+        }
         other => format!("nothing: a {} device takes no UPS commands", other.kind()),
     }
 }

@@ -73,6 +73,12 @@ impl PowerConfig {
                 d.kind(),
                 UPS_KINDS.join(", ")
             )),
+            Some(DeviceConfig::Nut(n)) if n.username.is_none() && !self.ups_off_delay.is_zero() => {
+                p.push(format!(
+                    "power.ups_off_delay: the nut device {:?} has no username/password_file, and upsd takes shutdown.return only from a user with a password (instcmds = shutdown.return, actions = SET in upsd.users; docs/ups.md); set them, or ups_off_delay = \"0s\" to leave the UPS on",
+                    self.ups
+                ))
+            }
             Some(_) => {}
         }
         let zero_or = |d: Duration, min: Duration, max: Duration| {
@@ -215,6 +221,20 @@ mod tests {
             ),
             ("shutdown_command = []", "power.ups: missing"),
         ];
+        // A NUT UPS takes the power-off only from a upsd user.
+        let nut = "[[device]]\nid = \"n\"\ntype = \"nut\"\nups = \"u\"\n";
+        let p = Config::from_toml(&format!("site = \"s\"\n{nut}[power]\nups = \"n\"\n"))
+            .map_err(|e| e.problems())
+            .expect_err("no upsd user");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("power.ups_off_delay: the nut device \"n\" has no username")),
+            "{p:?}"
+        );
+        Config::from_toml(&format!(
+            "site = \"s\"\n{nut}[power]\nups = \"n\"\nups_off_delay = \"0s\"\n"
+        ))
+        .expect("leaving the UPS on needs no user");
         for (text, want) in cases {
             let p = load(text).expect_err(text);
             assert!(p.iter().any(|m| m.contains(want)), "{text}: {p:?}");
