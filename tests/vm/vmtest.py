@@ -11,7 +11,7 @@ with mtools after poweroff. The serial console goes to a log file.
 Three boots:
   A  fresh disk, a broken wardgate.toml on the card          -> check 5
   B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, 7, poweroff
-  C  disk B again                                             -> check 6
+  C  disk B again                                             -> checks 6, 8
 """
 
 import argparse
@@ -211,7 +211,6 @@ class MegatecSim:
     Replies as tests/it/common/megatec_sim.rs does (frames from the codec's
     tests in src/source/megatec/codec.rs)."""
 
-    Q1 = b"(230.4 140.0 229.8 023 50.0 13.6 30.5 00001001\r"
     F = b"#230.0 004 012.0 50.0\r"
     I = b"#WARDGATE-SIM    MEGA-1000  V1.0      \r"
 
@@ -219,7 +218,15 @@ class MegatecSim:
         self.path = path
         self.stop = False
         self.queries = 0
+        # Q1's status bits: b7 utility fail (on battery), b6 battery low,
+        # ..., b3 standby type, b0 beeper on.
+        self.bits = "00001001"
+        # Commands other than Q1/F/I (check 8: the power-off S<n>R<m>).
+        self.commands = []
         threading.Thread(target=self._run, daemon=True).start()
+
+    def q1(self):
+        return f"(230.4 140.0 229.8 023 50.0 13.6 30.5 {self.bits}\r".encode()
 
     def _run(self):
         while not self.stop:
@@ -240,7 +247,11 @@ class MegatecSim:
                         cmd, buf = buf.split(b"\r", 1)
                         cmd = cmd.strip(b"\x00\n ").decode("ascii", "replace")
                         self.queries += 1
-                        reply = {"Q1": self.Q1, "F": self.F, "I": self.I}.get(cmd, cmd.encode() + b"\r")
+                        if cmd.startswith("S") or cmd == "C":
+                            # Shutdown commands: a real UPS says nothing.
+                            self.commands.append(cmd)
+                            continue
+                        reply = {"Q1": self.q1(), "F": self.F, "I": self.I}.get(cmd, cmd.encode() + b"\r")
                         s.sendall(reply)
             except OSError:
                 pass
@@ -815,17 +826,19 @@ def check_config_set(vm, broker):
 
 
 def boot_c(args, broker, disk, shutdown_seen):
-    """Check 6: the next boot after a clean poweroff has no unclean_stop."""
+    """Check 6: the next boot after a clean poweroff has no unclean_stop.
+    Check 8: then a long power cut powers the Pi off by itself."""
     vm = Vm(args, args.work, disk, broker, "c")
     t_boot = time.monotonic()
     try:
         if not vm.boot():
             check(6, "a clean shutdown", False, "the machine did not boot again")
+            check(8, "power-off on a long power cut", False, "the machine did not boot again")
             return
         first = broker.wait(t_boot, lambda m: m[1] == f"ioc/{SITE}/env1/telemetry", 180)
         time.sleep(10)
         _, journal = vm.agent.sh("journalctl -b -u wardgate --no-pager -o cat | grep -i unclean | head -2")
-        vm.poweroff()
+        check_power_off(vm, broker)
     finally:
         vm.kill()
     unclean = [e for _, _, e in events(broker.since(t_boot)) if e.get("code") == "gateway.unclean_stop"]
@@ -838,6 +851,59 @@ def boot_c(args, broker, disk, shutdown_seen):
         probs.append(f"gateway.unclean_stop at the next boot: {journal.strip()[:120] or unclean[0]}")
     check(6, "a clean shutdown", not probs, "; ".join(probs) or
           f"poweroff -> status {shutdown_seen[2]}; next boot publishes again with no gateway.unclean_stop")
+
+
+POWER_TOML = """
+[power]
+ups = "ups1"
+shutdown_after_on_battery = "10s"
+ups_off_delay = "30s"
+"""
+
+
+def check_power_off(vm, broker):
+    """Check 8: [power] under the packaged unit. The UPS goes on battery;
+    after shutdown_after_on_battery on two good polls the gateway sends
+    power.shutdown, stops with the offline status reason power, tells the UPS
+    (S.5R0003 on the USB serial wire) and runs `systemctl poweroff` as the
+    wardgate user, which the package's polkit rule allows: the machine
+    powers itself off."""
+    a = vm.agent
+    probs, notes = [], []
+    b64 = base64.b64encode(POWER_TOML.encode()).decode()
+    a.sh(f"echo {b64} | base64 -d >> /etc/wardgate/wardgate.toml")
+    # The service is stopped meanwhile: --power-test reads the UPS itself.
+    a.sh("systemctl stop wardgate")
+    rc, test = a.sh("wardgate check --power-test --config /etc/wardgate/wardgate.toml 2>&1", timeout=120)
+    said = [l.strip() for l in test.splitlines() if "shutdown command" in l]
+    if not any(re.search(r"\): allowed \(", l) for l in said):
+        probs.append(f"--power-test (exit {rc}) does not say the power-off is allowed: {said or test.strip()[-300:]!r}")
+    else:
+        notes.append(f"--power-test (exit {rc}): {said[0][:140]!r}")
+    t_restart = time.monotonic()
+    a.sh("systemctl start wardgate")
+    up = broker.wait(t_restart, lambda m: m[1] == f"ioc/{SITE}/ups1/telemetry", 120)
+    if not up:
+        probs.append("no UPS readings after the restart with [power]")
+    t_ob = time.monotonic()
+    vm.sim.bits = "10001001"
+    ev = broker.wait(t_ob, lambda m: m[1] == f"ioc/{SITE}/gateway/event"
+                     and '"code":"power.shutdown"' in m[2], 120)
+    off = vm.wait_exit(240)
+    status = broker.wait(t_ob, lambda m: m[1] == f"ioc/{SITE}/status" and '"reason":"power"' in m[2], 5)
+    if not ev:
+        probs.append("no power.shutdown event")
+    if not status:
+        probs.append("no offline status with reason power")
+    if not any(c.startswith("S.5R") for c in vm.sim.commands):
+        probs.append(f"the UPS never got S.5R…: {vm.sim.commands}")
+    if not off:
+        _, j = a.sh("journalctl -b -u wardgate --no-pager -o cat | grep -iE 'power|shutdown' | tail -5")
+        probs.append(f"the machine did not power itself off within 240 s; journal: {j.strip()[-400:]!r}")
+    check(8, "power-off on a long power cut", not probs, "; ".join(probs) or
+          "; ".join(notes + [f"on battery -> power.shutdown after {ev[0] - t_ob:.0f} s, offline status reason power, "
+                             f"UPS got {[c for c in vm.sim.commands if c.startswith('S')][0]!r}, "
+                             f"the machine powered itself off (systemctl poweroff as user wardgate via the polkit rule)"]))
 
 
 def main():
@@ -866,7 +932,7 @@ def main():
     failed = len(results) - passed
     say(f"logs: {args.work} (console-*.log, qemu-*.log, mosquitto.log, mqtt.log: every message seen)")
     say(f"vm: {passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed == 7 else 1
+    return 0 if failed == 0 and passed == 8 else 1
 
 
 if __name__ == "__main__":
