@@ -876,10 +876,11 @@ def check_power_off(vm, broker):
     a.sh("systemctl stop wardgate")
     rc, test = a.sh("wardgate check --power-test --config /etc/wardgate/wardgate.toml 2>&1", timeout=120)
     said = [l.strip() for l in test.splitlines() if "shutdown command" in l]
-    if not any(re.search(r"\): allowed \(", l) for l in said):
+    ok = [l for l in said if re.search(r"\): allowed \(", l)]
+    if not ok:
         probs.append(f"--power-test (exit {rc}) does not say the power-off is allowed: {said or test.strip()[-300:]!r}")
     else:
-        notes.append(f"--power-test (exit {rc}): {said[0][:140]!r}")
+        notes.append(f"--power-test (exit {rc}): {ok[0][:160]!r}")
     t_restart = time.monotonic()
     a.sh("systemctl start wardgate")
     up = broker.wait(t_restart, lambda m: m[1] == f"ioc/{SITE}/ups1/telemetry", 120)
