@@ -707,6 +707,8 @@ struct Account {
     /// Missing numbers at or below an unclean stop's `seq_last_used`, in
     /// the run that crashed: lost in the crash, and countable by the IOC.
     crash: u64,
+    /// The same per stream ("ups1 samples epoch …: N"), largest first.
+    crash_by_stream: Vec<String>,
     declared_drops: u64,
     undeclared: u64,
 }
@@ -855,7 +857,9 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
         }
     }
     a.delivered = seen.len() as u64;
+    let mut crash_by_stream: Vec<(u64, String)> = Vec::new();
     for (stream, got) in &streams {
+        let crash_before = a.crash;
         let stops = declared.get(stream).cloned().unwrap_or_default();
         // Numbers declared unused: (L, R) exclusive, or [0, R) when the
         // event has no seq_last_used.
@@ -911,7 +915,26 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             }
             prev = Some(s);
         }
+        if a.crash > crash_before {
+            crash_by_stream.push((
+                a.crash - crash_before,
+                format!(
+                    "{} {} epoch {:?}: {} (stops (resumed, last used): {:?})",
+                    stream.0,
+                    stream.1,
+                    stream.2,
+                    a.crash - crash_before,
+                    stops
+                ),
+            ));
+        }
     }
+    crash_by_stream.sort_by(|x, y| y.0.cmp(&x.0));
+    a.crash_by_stream = crash_by_stream
+        .into_iter()
+        .take(3)
+        .map(|(_, t)| t)
+        .collect();
     let mut tel_drops = 0f64;
     for series in drop_counter.values() {
         let mut prev = 0f64;
@@ -1268,8 +1291,9 @@ impl Rig {
         }
         if acct.crash > 0 {
             self.notes.push(format!(
-                "{} readings lost in crashes (at or below seq_last_used)",
-                acct.crash
+                "{} readings lost in crashes (at or below seq_last_used); most in {}",
+                acct.crash,
+                acct.crash_by_stream.join(" | ")
             ));
         }
         if acct.undeclared > 0 {

@@ -17,6 +17,7 @@ use super::config::SpoolPolicy;
 use super::queue::{self, needs_reservation, Entry, SeqState};
 use super::{lock, positions, Notice, Queue, Spool, SpoolError};
 use crate::clock::{Clock, Now};
+use crate::events;
 use crate::model::{ClockState, Event, Kind, Reading, Sample};
 
 impl Queue {
@@ -157,6 +158,7 @@ impl Spool {
             u.set(slot, s.mark);
         }
         let reserve = durable && needs_reservation(s);
+        let declares = matches!(&reading, Reading::Event { code, .. } if WRITE_THROUGH_EVENTS.contains(&code.as_str()));
         let body = match reading {
             Reading::Sample(values) => serde_json::to_string(&Sample {
                 seq,
@@ -198,7 +200,7 @@ impl Spool {
             writing: false,
         };
         self.counters.pushed.fetch_add(1, Ordering::Relaxed);
-        let wal = self.write_through();
+        let wal = self.write_through() || declares;
         if wal {
             q.wal_pending.push(entry);
         } else {
@@ -226,6 +228,18 @@ impl Spool {
         Ok(seq)
     }
 }
+
+/// Events committed before they are sent whatever the policy: they
+/// declare what a crash or a power cut took (which numbers were never used,
+/// that the sequence started again, that the Pi is going down), so a kill
+/// right after them must not take them too. One commit each, at start or
+/// once in a long while.
+pub(super) const WRITE_THROUGH_EVENTS: &[&str] = &[
+    events::GATEWAY_UNCLEAN_STOP.code,
+    events::GATEWAY_SEQUENCE_RESET.code,
+    events::SPOOL_CORRUPT.code,
+    events::POWER_SHUTDOWN.code,
+];
 
 impl Spool {
     /// Switches write-through on or off at run time (on while the UPS is

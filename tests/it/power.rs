@@ -538,3 +538,76 @@ async fn power_test_sends_nothing_and_runs_nothing() {
     );
     assert!(rig.ran().is_empty());
 }
+
+/// The same end to end with an APC Smart-UPS (the simulator on a pty):
+/// on battery (status 0x10), then low battery (0x50) on two polls: the
+/// event, the offline status with reason power, the grace delay stepped
+/// from 20 s to 180 s (the nearest not shorter than `ups_off_delay = 2m`)
+/// and `S` (soft shutdown, on battery) on the UPS's line, then the shutdown
+/// command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apc_smart_low_battery_shuts_down() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyAPC");
+    let sim = crate::common::apc_sim::ApcSim::start(&link);
+    let ran = dir.path().join("ran");
+    let script = dir.path().join("off.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"ran $*\" >> {}\n", ran.display()),
+    )
+    .unwrap();
+    let text = config_text(
+        broker.port,
+        dir.path(),
+        &format!(
+            "[gateway]\ntelemetry_interval = \"1s\"\nsystem_health = false\n\
+             [power]\nups = \"ups1\"\nups_off_delay = \"2m\"\nshutdown_command = [\"/bin/sh\", \"{}\", \"poweroff\"]\n\
+             [[device]]\nid = \"ups1\"\ntype = \"apc-smart\"\nserial = \"{}\"\ninterval = \"300ms\"\ntimeout = \"1s\"\n",
+            script.display(),
+            link.display()
+        ),
+    );
+    let cfg = dir.path().join("wardgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("wardgate.log"));
+    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
+    *sim.status.lock().unwrap() = 0x10;
+    eventually(WAIT, "on battery", || {
+        sub.samples("ups1")
+            .iter()
+            .any(|(_, s)| s["values"]["ups.status"] == "OB")
+    })
+    .await;
+    assert!(std::fs::read_to_string(&ran).is_err(), "nothing run yet");
+    *sim.status.lock().unwrap() = 0x50;
+    let code = gw.wait(WAIT).await;
+    let log = gw.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    sub.offline_after(0).await;
+    let ev = gateway_events(&sub, "power.shutdown");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["values"]["power.reason"], "low_battery");
+    let offline = sub
+        .statuses()
+        .into_iter()
+        .rfind(|m| m.body["state"] == "offline")
+        .map(|m| m.body);
+    assert_eq!(
+        offline,
+        Some(serde_json::json!({"state": "offline", "reason": "power"}))
+    );
+    assert_eq!(sim.grace_delay(), 180, "grace delay stepped to 180 s");
+    let got = sim.received();
+    assert!(
+        got.iter().any(|c| c == "S"),
+        "no soft shutdown on the wire: {got:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap_or_default(),
+        "ran poweroff\n"
+    );
+    sub.assert_all_valid();
+}

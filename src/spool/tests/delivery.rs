@@ -184,6 +184,44 @@ async fn write_through_at_run_time_commits_before_sending() {
     assert_eq!(rows(&s), 0);
 }
 
+/// The events that declare what a crash took (gateway.unclean_stop, ...)
+/// are committed before they are sent whatever the policy: a kill right
+/// after the start must not take the declaration too. Other events are not.
+#[tokio::test]
+async fn declaring_events_are_committed_before_they_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, lane) = open(&cfg(dir.path(), "spill", ""));
+    lane.set_link(true);
+    let dev: Arc<str> = Arc::from("gateway");
+    let ev = |code: &str| Reading::Event {
+        severity: Severity::Warning,
+        code: code.into(),
+        message: "m".into(),
+        values: Values::new(),
+    };
+    s.push(&dev, ev(crate::events::GATEWAY_UNCLEAN_STOP.code))
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
+            .await
+            .is_err(),
+        "not sent before its commit"
+    );
+    s.flush(false).unwrap();
+    assert_eq!(rows(&s), 1, "on the card first");
+    let b = next(&lane, 100).await;
+    lane.ack(b.id);
+    s.flush(false).unwrap();
+    assert_eq!(rows(&s), 0);
+    // An ordinary event goes straight from memory.
+    s.push(&dev, ev("t.e")).unwrap();
+    let b = tokio::time::timeout(Duration::from_millis(500), lane.next_batch(100, 1 << 20))
+        .await
+        .expect("sent without a commit")
+        .unwrap();
+    lane.ack(b.id);
+}
+
 #[tokio::test]
 async fn memory_bound_spills_oldest_even_with_link_up() {
     let dir = tempfile::tempdir().unwrap();
