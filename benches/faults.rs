@@ -929,7 +929,7 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             ));
         }
     }
-    crash_by_stream.sort_by(|x, y| y.0.cmp(&x.0));
+    crash_by_stream.sort_by_key(|x| std::cmp::Reverse(x.0));
     a.crash_by_stream = crash_by_stream
         .into_iter()
         .take(3)
