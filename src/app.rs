@@ -419,11 +419,32 @@ pub async fn run_with_clock(
     {
         tracing::warn!("a sink did not stop in time");
     }
-    // 3b. On a stop for power: the UPS is told, over its own link, to switch
-    // off after `ups_off_delay` and on again with the mains; then its
-    // source stops.
+    flusher_stop.cancel();
+    infra.close();
+    infra.wait().await;
+    // 4. Acknowledged rows deleted, sequence positions recorded, marked clean.
+    // A store that cannot be written is not a failed stop: what could not be
+    // kept was counted and reported while running. On a stop for power this
+    // comes before the UPS is told anything: once told, it may cut the power
+    // after `ups_off_delay`, and the card must be at rest by then.
+    let s = spool.clone();
+    match tokio::task::spawn_blocking(move || s.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the spool could not keep everything at stop"),
+        Err(e) => tracing::error!(error = %e, "closing the spool failed"),
+    }
+    // 4b. On a stop for power: the UPS is told, over its own link (its
+    // source still runs; what it reads now is not kept), to switch off
+    // after `ups_off_delay` and on again with the mains; then its source
+    // stops.
     if let (Some(_), Some(pcfg), Some(ups)) = (&power, &cfg.power, &ups_handle) {
-        let _ = crate::power::ups_command(pcfg, ups).await;
+        let wait = cfg
+            .devices
+            .iter()
+            .find(|d| d.id() == pcfg.ups)
+            .map(crate::power::command_wait)
+            .unwrap_or(crate::power::UPS_COMMAND_WAIT);
+        let _ = crate::power::ups_command(pcfg, ups, wait).await;
     }
     ups_stop.cancel();
     if tokio::time::timeout(STOP_SOURCES, ups_tasks.wait())
@@ -431,18 +452,6 @@ pub async fn run_with_clock(
         .is_err()
     {
         tracing::warn!("the UPS source did not stop in time");
-    }
-    flusher_stop.cancel();
-    infra.close();
-    infra.wait().await;
-    // 4. Acknowledged rows deleted, sequence positions recorded, marked clean.
-    // A store that cannot be written is not a failed stop: what could not be
-    // kept was counted and reported while running.
-    let s = spool.clone();
-    match tokio::task::spawn_blocking(move || s.close()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "the spool could not keep everything at stop"),
-        Err(e) => tracing::error!(error = %e, "closing the spool failed"),
     }
     tracing::info!("stopped");
     led_stop.cancel();

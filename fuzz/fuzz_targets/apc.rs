@@ -1,4 +1,5 @@
-//! Any bytes as APC Smart replies (with alerts mixed in): never a panic;
+//! Any bytes as APC Smart replies (with alerts and dropped notices mixed
+//! in): never a panic;
 //! numbers finite, text within the reply limit.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -17,8 +18,12 @@ fn check(r: &Reply) {
 
 fuzz_target!(|data: &[u8]| {
     let (alerts, rest) = codec::split_alerts(data);
-    assert_eq!(alerts.len() + rest.len(), data.len());
+    // Every byte is an alert, reply text, or a notice that is dropped
+    // (`|`, `&`).
+    let ignored = data.iter().filter(|b| codec::IGNORED.contains(b)).count();
+    assert_eq!(alerts.len() + rest.len() + ignored, data.len());
     assert!(rest.iter().all(|b| codec::Alert::from_byte(*b).is_none()));
+    assert!(rest.iter().all(|b| !codec::IGNORED.contains(b)));
     for line in rest.split_inclusive(|b| *b == b'\n') {
         for cmd in Command::POLL {
             if let Ok(r) = codec::parse(cmd, line) {

@@ -53,9 +53,11 @@ fn default_ups_off_delay() -> Duration {
 /// The device kinds that can be `power.ups`.
 pub const UPS_KINDS: &[&str] = &["megatec", "apc-smart", "nut"];
 
-/// The UPS's own delays: a Megatec UPS takes 12 s to 10 min (`S.2` to
-/// `S10`), APC and NUT as much.
-pub const OFF_DELAY_MIN: Duration = Duration::from_secs(12);
+/// The UPS's delay before it cuts the power: a Megatec UPS takes 12 s to
+/// 10 min (`S.2` to `S10`), APC and NUT as much; but the Pi must have
+/// powered off by then (a Pi takes 10-20 s after the gateway's own stop),
+/// so no less than 30 s is accepted.
+pub const OFF_DELAY_MIN: Duration = Duration::from_secs(30);
 pub const OFF_DELAY_MAX: Duration = Duration::from_secs(600);
 
 impl PowerConfig {
@@ -201,7 +203,7 @@ mod tests {
             ),
             (
                 "ups = \"ups1\"\nups_off_delay = \"5s\"",
-                "power.ups_off_delay: 5s must be between 12s and 10m",
+                "power.ups_off_delay: 5s must be between 30s and 10m",
             ),
             (
                 "ups = \"ups1\"\nups_off_delay = \"11m\"",

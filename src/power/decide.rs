@@ -181,6 +181,11 @@ impl Limits {
 /// Good polls in a row a condition must hold on.
 pub const POLLS_TO_TRIGGER: u32 = 2;
 
+/// No good reading for this long: the time on battery starts again at the
+/// next one (the mains may have come and gone meanwhile), so a long gap in
+/// readings never makes `shutdown_after_on_battery` fire at once.
+pub const GAP_RESTARTS_TIMER: Duration = Duration::from_secs(120);
+
 /// The decision's state between polls.
 #[derive(Debug)]
 pub struct Decider {
@@ -191,6 +196,8 @@ pub struct Decider {
     on_battery_since: Option<Instant>,
     /// Consecutive good polls on which a condition held.
     held: u32,
+    /// When the last good reading came.
+    last_good: Option<Instant>,
 }
 
 impl Decider {
@@ -200,6 +207,7 @@ impl Decider {
             last_n: 0,
             on_battery_since: None,
             held: 0,
+            last_good: None,
         }
     }
 
@@ -221,6 +229,15 @@ impl Decider {
             self.held = 0;
             return Step::Nothing;
         };
+        let gap = self
+            .last_good
+            .replace(now)
+            .is_some_and(|t| now.saturating_duration_since(t) > GAP_RESTARTS_TIMER);
+        if gap && r.on_battery {
+            if let Some(since) = self.on_battery_since.as_mut() {
+                *since = now;
+            }
+        }
         if !r.on_battery {
             self.held = 0;
             if !r.on_line {
@@ -436,6 +453,32 @@ mod tests {
         assert_eq!(f.poll(Some(ups("OB", None, None))).await, Step::Nothing); // 30 s: 1
         let s = f.poll(Some(ups("OB", None, None))).await; // 31 s: 2
         assert_eq!(Feed::reason(&s), Some("on_battery_time"));
+    }
+
+    /// A long gap in readings (the UPS's link down for minutes, the mains
+    /// perhaps back and gone again meanwhile): the time on battery starts
+    /// again at the next good reading, it is not the whole gap.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_gap_in_readings_restarts_the_time_on_battery() {
+        let mut f = Feed::new(Limits {
+            after_on_battery: Some(Duration::from_secs(30)),
+            ..limits()
+        });
+        f.poll(Some(ups("OB", None, None))).await; // on battery at t = 0
+        for _ in 0..3 {
+            assert_eq!(f.poll(None).await, Step::Nothing); // failed polls
+        }
+        tokio::time::advance(GAP_RESTARTS_TIMER).await;
+        assert_eq!(f.poll(Some(ups("OB", None, None))).await, Step::Nothing);
+        assert_eq!(
+            f.poll(Some(ups("OB", None, None))).await,
+            Step::Nothing,
+            "two good polls after the gap, but only a second on battery since"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        f.poll(Some(ups("OB", None, None))).await;
+        let s = f.poll(Some(ups("OB", None, None))).await;
+        assert_eq!(Feed::reason(&s), Some("on_battery_time"), "{s:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,8 +39,26 @@ use crate::status::{PowerState, PowerStatus, StatusHub};
 /// up, before the gateway begins to stop.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 /// How long the UPS's own link has to take the shutdown-and-return command
-/// (it goes between two polls; a UPS that cannot be opened never takes it).
+/// (it goes between two polls; a UPS that cannot be opened never takes it),
+/// at least: [`command_wait`] gives each kind what its exchange can take.
 pub const UPS_COMMAND_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the UPS `dev` may take the shutdown-and-return command: a poll
+/// in progress first, then the command's own exchange, each reply within
+/// the device's `timeout`. NUT: a `LIST VAR` (3 timeouts), then `SET VAR`
+/// and `INSTCMD`, each tracked for up to 3 timeouts. APC Smart: stepping
+/// the grace delay (up to 12 steps of `p` and `-`), then `Q`, `S`, `@000`.
+/// Megatec: a poll and the command.
+pub fn command_wait(dev: &crate::config::DeviceConfig) -> Duration {
+    use crate::config::DeviceConfig;
+    let (timeout, replies) = match dev {
+        DeviceConfig::Nut(n) => (n.timeout, 10),
+        DeviceConfig::ApcSmart(a) => (a.timeout.get(), 32),
+        DeviceConfig::Megatec(m) => (m.timeout.get(), 4),
+        _ => (Duration::ZERO, 0),
+    };
+    UPS_COMMAND_WAIT.max(timeout.saturating_mul(replies) + Duration::from_secs(5))
+}
 /// How long `shutdown_command` may run before it is killed.
 pub const COMMAND_WAIT: Duration = Duration::from_secs(30);
 
@@ -294,8 +312,13 @@ async fn next_poll(
 
 /// Asks the UPS, over its own link, to switch its output off after
 /// `ups_off_delay` and on again with the mains (`0s`: not asked). Waits at
-/// most [`UPS_COMMAND_WAIT`]; the outcome is logged and returned in words.
-pub async fn ups_command(cfg: &PowerConfig, ups: &DeviceHandle) -> Result<String, String> {
+/// most `wait` ([`command_wait`]); the outcome is logged and returned in
+/// words.
+pub async fn ups_command(
+    cfg: &PowerConfig,
+    ups: &DeviceHandle,
+    wait: Duration,
+) -> Result<String, String> {
     if cfg.ups_off_delay.is_zero() {
         tracing::info!("power: ups_off_delay = 0s: the UPS is not asked to switch off");
         return Err("not asked (ups_off_delay = 0s)".into());
@@ -303,11 +326,11 @@ pub async fn ups_command(cfg: &PowerConfig, ups: &DeviceHandle) -> Result<String
     let cmd = UpsCommand::ShutdownReturn {
         off_after: cfg.ups_off_delay,
     };
-    let r = match tokio::time::timeout(UPS_COMMAND_WAIT, ups.ups_command(cmd)).await {
+    let r = match tokio::time::timeout(wait, ups.ups_command(cmd)).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "the UPS's link did not take the command within {}",
-            humantime::format_duration(UPS_COMMAND_WAIT)
+            humantime::format_duration(wait)
         )),
     };
     match &r {

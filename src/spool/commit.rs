@@ -56,6 +56,8 @@ pub(super) struct Store {
     /// The clock correction's pass over the rows: (the base's generation,
     /// the last row id done).
     pub(super) correct_at: (u64, i64),
+    /// The last disk correction pass failed (logged once until one works).
+    pub(super) correct_failing: bool,
 }
 
 /// Rows corrected per commit round (one transaction), so that a large
@@ -311,6 +313,9 @@ impl Spool {
                 match db.correct_boot(boot, *base, store.correct_at.1, CORRECT_CHUNK) {
                     Ok(r) => {
                         store.correct_at.1 = r.last_id;
+                        if std::mem::take(&mut store.correct_failing) {
+                            tracing::info!("correcting the time of stored readings works again");
+                        }
                         self.count_corrected(
                             super::retime::Corrected {
                                 records: r.corrected,
@@ -324,9 +329,15 @@ impl Spool {
                         }
                         disk_pass = Some((*gen, finished));
                     }
+                    // Not a failure of the store: the rows stay as they are
+                    // (a row read before its correction is corrected as it
+                    // is read), the pass is tried again next round, and a
+                    // full or failing card shows in the writes themselves.
                     Err(e) => {
-                        tracing::error!(error = %e, "correcting the time of stored readings failed; tried again");
-                        failure = Some(sql_reason(&e, &store.path));
+                        if !std::mem::replace(&mut store.correct_failing, true) {
+                            tracing::error!(error = %e, "correcting the time of stored readings failed; tried again every round (logged once)");
+                        }
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

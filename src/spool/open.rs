@@ -186,6 +186,7 @@ impl Spool {
             marks: BTreeMap::new(),
             dropped_written: counters.dropped_total(),
             correct_at: (0, 0),
+            correct_failing: false,
         };
         // Reserve ahead for every known stream and mark the run unclean
         // until a clean stop says otherwise.

@@ -223,13 +223,13 @@ async fn on_battery_every_reading_is_on_the_card_before_it_is_sent() {
 }
 
 /// OB, then LB on two polls: `power.shutdown` with the UPS's values, the
-/// offline status with reason power, `S.2R0003` on the UPS's line, the
+/// offline status with reason power, `S.5R0003` on the UPS's line, the
 /// shutdown command run, in that order; the gateway exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_battery_shuts_down_in_order() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "ups_off_delay = \"12s\"\n", "");
+    let rig = Rig::new(broker.port, "ups_off_delay = \"30s\"\n", "");
     let mut gw = rig.start();
     eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
     rig.bits(OB);
@@ -253,7 +253,7 @@ async fn low_battery_shuts_down_in_order() {
     assert_eq!(v["power.reason"], "low_battery");
     assert_eq!(v["power.ups"], "ups1");
     assert_eq!(v["ups.status"], "OB LB");
-    assert_eq!(v["power.ups_off_delay"], 12.0);
+    assert_eq!(v["power.ups_off_delay"], 30.0);
     assert!(
         v["message.vi"]
             .as_str()
@@ -272,24 +272,25 @@ async fn low_battery_shuts_down_in_order() {
         Some(&serde_json::json!({"state": "offline", "reason": "power"})),
         "{offline:?}"
     );
-    assert_eq!(shutdowns(&rig.sim), ["S.2R0003"]);
+    assert_eq!(shutdowns(&rig.sim), ["S.5R0003"]);
     assert_eq!(rig.ran(), "ran poweroff\n");
-    // The order: the offline status acknowledged, then the UPS told, then
-    // the spool closed, then the shutdown command.
+    // The order: the offline status acknowledged, then the spool closed
+    // (the card at rest before the UPS may cut the power), then the UPS
+    // told, then the shutdown command.
     let at = |what: &str| {
         log.find(what)
             .unwrap_or_else(|| panic!("{what:?} not in the log:\n{log}"))
     };
     assert!(
-        at("offline status sent") < at("the UPS will switch off"),
+        at("offline status sent") < at("spool closed cleanly"),
         "{log}"
     );
     assert!(
-        at("the UPS will switch off") < at("spool closed cleanly"),
+        at("spool closed cleanly") < at("the UPS will switch off"),
         "{log}"
     );
     assert!(
-        at("spool closed cleanly") < at("running the shutdown command"),
+        at("the UPS will switch off") < at("running the shutdown command"),
         "{log}"
     );
     assert!(log.contains("the shutdown command succeeded"), "{log}");

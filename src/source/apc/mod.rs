@@ -288,7 +288,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ApcSmart<S> {
     /// `S` on battery, `@000` on mains (and when `S` is refused because the
     /// mains came back meanwhile). Returns what was sent, in words.
     pub async fn shutdown_return(&mut self, off_after: Duration) -> Result<String, ApcError> {
-        let grace = self.set_grace_delay(off_after).await?;
+        // A reply lost while stepping the grace delay must not cost the
+        // power-off itself: the command goes anyway, with whatever delay
+        // the UPS has now (a lost port is the exception: nothing can go).
+        let grace = match self.set_grace_delay(off_after).await {
+            Ok(g) => g,
+            Err(e) if e.port_lost() => return Err(e),
+            Err(e) => format!("grace delay not set ({e}): the UPS keeps the one it has"),
+        };
         // NUT assumes on battery when the status cannot be read.
         let on_battery = match self.transact(Command::Status).await {
             Ok(Reply::Status(t)) => t.split_whitespace().any(|t| t == "OB"),
@@ -722,6 +729,16 @@ mod tests {
                 120,
                 "pQS",
                 Ok("does not report its grace delay (p: NA), so it keeps its own"),
+            ),
+            (
+                "garbage while stepping the grace delay: the power-off goes anyway",
+                Fake {
+                    dash_reply: b"\xff\xfe?\r\n",
+                    ..Fake::default()
+                },
+                120,
+                "p-QS",
+                Ok("grace delay not set ("),
             ),
             (
                 "the grace delay cannot be changed",

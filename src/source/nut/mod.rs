@@ -302,10 +302,19 @@ async fn connect(cfg: &NutConfig) -> Result<Nut<TcpStream>, NutError> {
         let password = match &cfg.password_file {
             Some(p) => std::fs::read_to_string(p)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| NutError::Password(p.display().to_string(), e))?,
-            None => String::new(),
+                .map_err(|e| NutError::Password(p.display().to_string(), e)),
+            None => Ok(String::new()),
         };
-        nut.login(user, &password).await?;
+        match password {
+            Ok(password) => nut.login(user, &password).await?,
+            // The login serves only the power-off: readings go on without
+            // it (the power-off then fails in words, and says why).
+            Err(e) => tracing::error!(
+                ups = %cfg.ups,
+                error = %e,
+                "NUT: the password file cannot be read; reading the UPS without logging in (the power-off will be refused by upsd)"
+            ),
+        }
     }
     Ok(nut)
 }
