@@ -103,10 +103,14 @@ impl LaneHandle {
         let Some(f) = lane.inflight.remove(&batch_id) else {
             return 0;
         };
+        // The correction event is for the operations centre's MQTT copies:
+        // the first lane is the MQTT sink's (app.rs), and a record that
+        // also went to InfluxDB is not counted twice.
+        let note = self.idx == 0;
         let n = match f {
             InFlight::Memory(v) => {
                 for e in &v {
-                    if !e.synced {
+                    if note && !e.synced {
                         time.note_delivered(&e.device, e.kind, e.epoch, e.seq, e.ts - e.boottime);
                     }
                     if let Some(r) = e.row {
@@ -122,7 +126,7 @@ impl LaneHandle {
                 for (r, seq, _, unsynced) in &rows {
                     lane.gone_rows.insert(*r);
                     lane.to_delete.push(*r);
-                    if let Some((_, k)) = unsynced {
+                    if let (true, Some((_, k))) = (note, unsynced) {
                         time.note_delivered(&device, key.kind, key.epoch, *seq, *k);
                     }
                 }
