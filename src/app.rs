@@ -437,6 +437,7 @@ pub async fn run_with_clock(
     // source still runs; what it reads now is not kept), to switch off
     // after `ups_off_delay` and on again with the mains; then its source
     // stops.
+    let mut ups_told = false;
     if let (Some(_), Some(pcfg), Some(ups)) = (&power, &cfg.power, &ups_handle) {
         let wait = cfg
             .devices
@@ -444,7 +445,7 @@ pub async fn run_with_clock(
             .find(|d| d.id() == pcfg.ups)
             .map(crate::power::command_wait)
             .unwrap_or(crate::power::UPS_COMMAND_WAIT);
-        let _ = crate::power::ups_command(pcfg, ups, wait).await;
+        ups_told = crate::power::ups_command(pcfg, ups, wait).await.is_ok();
     }
     ups_stop.cancel();
     if tokio::time::timeout(STOP_SOURCES, ups_tasks.wait())
@@ -456,11 +457,19 @@ pub async fn run_with_clock(
     tracing::info!("stopped");
     led_stop.cancel();
     led_task.wait().await;
-    // 5. On a stop for power: the Pi is powered off (the outcome is logged;
-    // the gateway stays stopped either way, so that a refused power-off
-    // does not restart it into sending the UPS command again and again).
+    // 5. On a stop for power: the Pi is powered off (the outcome is logged).
+    // When the power-off failed but the UPS will cut the power after
+    // `ups_off_delay`, the gateway stays stopped (a restart would send the
+    // UPS command again and put the cut off). When neither worked, nothing
+    // will end this state but a flat battery: the gateway ends with an
+    // error so that systemd starts it again and the ward stays watched.
     if let (Some(_), Some(pcfg)) = (&power, &cfg.power) {
-        crate::power::run_shutdown_command(pcfg).await;
+        let off = crate::power::run_shutdown_command(pcfg).await;
+        if !off && !ups_told {
+            return Err(anyhow::anyhow!(
+                "power: the shutdown command failed and the UPS was not told to switch off; stopped with an error so that the service manager starts wardgate again"
+            ));
+        }
         return Ok(());
     }
     if restart.is_cancelled() && died.is_none() {

@@ -612,3 +612,29 @@ async fn apc_smart_low_battery_shuts_down() {
     );
     sub.assert_all_valid();
 }
+
+/// A power-off that fails: when the UPS was told to cut the power after
+/// `ups_off_delay`, the gateway stays stopped (exit 0: a restart would put
+/// the cut off); when it was not (`ups_off_delay = 0s`), the gateway ends
+/// with an error so that systemd starts it again and the ward stays
+/// watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_power_off_restarts_only_when_the_ups_was_not_told() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    for (power, want) in [
+        ("ups_off_delay = \"30s\"\n", 0),
+        ("ups_off_delay = \"0s\"\n", 1),
+    ] {
+        let rig = Rig::new(broker.port, power, "");
+        std::fs::write(rig.dir.path().join("off.sh"), "#!/bin/sh\nexit 3\n").unwrap();
+        let from = sub.seqs("ups1").len();
+        let mut gw = rig.start();
+        eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= from + 2).await;
+        rig.bits(OB_LB);
+        let code = gw.wait(WAIT).await;
+        let log = gw.log_text();
+        assert_eq!(code, Some(want), "{power}: {log}");
+        assert!(log.contains("the shutdown command failed"), "{log}");
+    }
+}
