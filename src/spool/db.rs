@@ -9,6 +9,10 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use super::SpoolError;
 use crate::model::Kind;
 
+mod check;
+mod correct;
+pub use check::{check_row, check_row_at, row_checksum, row_checksum_at, valid_device_id};
+
 /// A record on its way to disk.
 pub struct NewRow<'a> {
     pub sink: &'a str,
@@ -112,106 +116,6 @@ const REC_COLUMNS: [&str; 12] = [
     "id", "sink", "kind", "device", "seq", "ts", "synced", "body", "epoch", "crc", "boot",
     "boottime",
 ];
-
-/// The checksum of a stored record: it covers everything the record is sent
-/// with (kind, epoch, seq, device and body), so a bit flip in any of them is
-/// caught when the row is read back.
-pub fn row_checksum(kind: Kind, epoch: u64, device: &str, seq: u64, body: &str) -> u32 {
-    row_checksum_at(kind, epoch, device, seq, body, None)
-}
-
-/// The checksum of a row that also keeps when it was taken (`boot`,
-/// `boottime`): those decide whether and by how much its `ts` is corrected
-/// once the clock syncs, so they are covered too (after the same bytes as
-/// [`row_checksum`], a zero byte, the boot id, a zero byte and the
-/// boottime, big-endian). A row without them (an older version's) keeps
-/// the plain rule, so rows written before the upgrade still check.
-pub fn row_checksum_at(
-    kind: Kind,
-    epoch: u64,
-    device: &str,
-    seq: u64,
-    body: &str,
-    taken: Option<(&str, i64)>,
-) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[kind.as_i64() as u8]);
-    h.update(&epoch.to_be_bytes());
-    h.update(&seq.to_be_bytes());
-    h.update(device.as_bytes());
-    h.update(&[0]);
-    h.update(body.as_bytes());
-    if let Some((boot, boottime)) = taken {
-        h.update(&[0]);
-        h.update(boot.as_bytes());
-        h.update(&[0]);
-        h.update(&boottime.to_be_bytes());
-    }
-    h.finalize()
-}
-
-/// Whether `id` can be a device id in a topic (the contract's pattern).
-pub fn valid_device_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-}
-
-/// Checks a row read back from disk: the stream's device id must be one a
-/// topic can carry, the sequence number non-negative, the body text, and
-/// the checksum right (a row of the first version, without one, must at
-/// least be JSON). Returns the body, or why the row is damaged. Pure, so it
-/// is fuzzed (`fuzz/fuzz_targets/spool_row.rs`).
-pub fn check_row(
-    key: &StreamKey,
-    seq: i64,
-    body: Option<&[u8]>,
-    crc: Option<i64>,
-) -> Result<String, &'static str> {
-    check_row_at(key, seq, body, crc, None)
-}
-
-/// [`check_row`] for a row that keeps when it was taken (`taken`: its boot
-/// and boottime columns, checked by [`row_checksum_at`]).
-pub fn check_row_at(
-    key: &StreamKey,
-    seq: i64,
-    body: Option<&[u8]>,
-    crc: Option<i64>,
-    taken: Option<(&str, i64)>,
-) -> Result<String, &'static str> {
-    if !valid_device_id(&key.device) {
-        return Err("device id not valid");
-    }
-    if seq < 0 {
-        return Err("negative sequence number");
-    }
-    let body = body
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .ok_or("body is not text")?;
-    match crc {
-        Some(c) => {
-            if row_checksum_at(key.kind, key.epoch, &key.device, seq as u64, body, taken) as i64
-                != c
-            {
-                return Err("checksum mismatch");
-            }
-        }
-        None => {
-            if taken.is_some() {
-                // Every version that keeps the boot also keeps a checksum.
-                return Err("checksum missing");
-            }
-            if serde_json::from_str::<serde::de::IgnoredAny>(body).is_err() {
-                return Err("body is not JSON");
-            }
-        }
-    }
-    Ok(body.to_owned())
-}
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
@@ -500,105 +404,6 @@ impl Db {
             }
         }
         Ok((good, bad))
-    }
-
-    /// Corrects the time of up to `limit` rows taken unsynchronised in
-    /// `boot`, with `id > after` (in id order): each row's checksum is
-    /// checked first (a damaged row is left for the backlog reader to
-    /// report, never blessed with a new checksum), its body's leading
-    /// `ts` and `clock` are rewritten ([`super::retime::retime`]: `ts =
-    /// boottime + base`, `clock` `corrected`), and its checksum is made
-    /// anew; all in one durable transaction.
-    pub fn correct_boot(
-        &mut self,
-        boot: &str,
-        base: i64,
-        after: i64,
-        limit: usize,
-    ) -> rusqlite::Result<DiskCorrection> {
-        let tx = self.conn.transaction()?;
-        let mut out = DiskCorrection {
-            last_id: after,
-            ..Default::default()
-        };
-        let mut fixes: Vec<(i64, i64, String, u32)> = Vec::new();
-        {
-            let mut st = tx.prepare_cached(
-                "SELECT id, kind, device, epoch, seq, body, crc, boot, boottime FROM rec WHERE id > ?1 AND boot = ?2 AND synced = 0 ORDER BY id LIMIT ?3",
-            )?;
-            let mut rows = st.query(params![after, boot, limit as i64])?;
-            while let Some(r) = rows.next()? {
-                out.seen += 1;
-                let id: i64 = r.get(0)?;
-                out.last_id = id;
-                let kind = match r.get_ref(1)? {
-                    rusqlite::types::ValueRef::Integer(k) => Kind::from_i64(k),
-                    _ => None,
-                };
-                let device = match r.get_ref(2)? {
-                    rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
-                    _ => None,
-                };
-                let epoch = match r.get_ref(3)? {
-                    rusqlite::types::ValueRef::Integer(e) => Some(e as u64),
-                    _ => None,
-                };
-                let seq = match r.get_ref(4)? {
-                    rusqlite::types::ValueRef::Integer(q) => q,
-                    _ => -1,
-                };
-                let body = match r.get_ref(5)? {
-                    rusqlite::types::ValueRef::Text(t) => Some(t),
-                    _ => None,
-                };
-                let crc = match r.get_ref(6)? {
-                    rusqlite::types::ValueRef::Integer(c) => Some(c),
-                    _ => None,
-                };
-                let (Some(kind), Some(device), Some(epoch), Taken::Some(row_boot, boottime)) =
-                    (kind, device, epoch, taken_columns(r, 7)?)
-                else {
-                    out.damaged += 1;
-                    continue;
-                };
-                let key = StreamKey {
-                    kind,
-                    device: device.to_owned(),
-                    epoch,
-                };
-                let Ok(body) =
-                    check_row_at(&key, seq, body, crc, Some((row_boot.as_str(), boottime)))
-                else {
-                    out.damaged += 1;
-                    continue;
-                };
-                let ts = super::retime::true_ts(boottime, base);
-                let Some(new_body) = super::retime::retime(&body, ts) else {
-                    out.unrewritable += 1;
-                    continue;
-                };
-                let crc = row_checksum_at(
-                    kind,
-                    epoch,
-                    device,
-                    seq as u64,
-                    &new_body,
-                    Some((row_boot.as_str(), boottime)),
-                );
-                fixes.push((id, ts, new_body, crc));
-            }
-        }
-        {
-            let mut st = tx.prepare_cached(
-                "UPDATE rec SET ts = ?2, synced = 1, body = ?3, crc = ?4 WHERE id = ?1",
-            )?;
-            for (id, ts, body, crc) in &fixes {
-                st.execute(params![id, ts, body, *crc as i64])?;
-            }
-        }
-        tx.commit()?;
-        out.corrected = fixes.len() as u64;
-        Ok(out)
     }
 
     /// Bytes the database really uses (pages in use, not free pages).

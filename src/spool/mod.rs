@@ -33,6 +33,7 @@
 //! store and its notices); `open.rs` runs once at start.
 
 mod backlog;
+mod caps;
 mod commit;
 pub mod config;
 pub mod db;

@@ -1,7 +1,9 @@
 //! The cap rule of a full spool: events past their share go first.
 
 use super::*;
+use crate::model::Kind;
 use crate::model::{Reading, Severity, Values};
+use crate::spool::caps::{first_to_drop, EVENT_SHARE};
 
 #[test]
 fn events_past_their_share_go_first() {
