@@ -389,19 +389,3 @@ async fn nut_nutdrv_qx_power_off_reaches_the_ups() {
     dev.still_polling().await;
     dev.stop().await;
 }
-
-/// A NUT password file that cannot be read (missing, wrong mode) does not
-/// stop the readings: the login serves only the power-off, which is then
-/// refused in words.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nut_unreadable_password_file_keeps_the_readings() {
-    let nut = NutServer::start("ups.status: OL\nbattery.charge: 90\nups.load: 20\n");
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such.password");
-    let dev = Running::start(&nut_device(nut.port, "dummy", &missing)).await;
-    dev.still_polling().await;
-    let e = dev.power_off(Duration::from_secs(120)).await.unwrap_err();
-    assert!(!e.is_empty());
-    dev.still_polling().await;
-    dev.stop().await;
-}

@@ -299,22 +299,17 @@ async fn connect(cfg: &NutConfig) -> Result<Nut<TcpStream>, NutError> {
     let _ = tcp.set_nodelay(true);
     let mut nut = Nut::new(tcp, cfg.timeout);
     if let Some(user) = &cfg.username {
+        // A password file that cannot be read is a configuration fault,
+        // shown as one (device.fault naming the file, on the page and to
+        // the IOC), not a login quietly left out that would only surface
+        // when the power-off is refused.
         let password = match &cfg.password_file {
             Some(p) => std::fs::read_to_string(p)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| NutError::Password(p.display().to_string(), e)),
-            None => Ok(String::new()),
+                .map_err(|e| NutError::Password(p.display().to_string(), e))?,
+            None => String::new(),
         };
-        match password {
-            Ok(password) => nut.login(user, &password).await?,
-            // The login serves only the power-off: readings go on without
-            // it (the power-off then fails in words, and says why).
-            Err(e) => tracing::error!(
-                ups = %cfg.ups,
-                error = %e,
-                "NUT: the password file cannot be read; reading the UPS without logging in (the power-off will be refused by upsd)"
-            ),
-        }
+        nut.login(user, &password).await?;
     }
     Ok(nut)
 }
