@@ -113,15 +113,18 @@ async fn outage_backlog_arrives_batched_after_events() {
         assert_contiguous(&seqs, 0, dev);
         // Each stream (live, historical) is in seq order.
         for hist in [true, false] {
-            let s: Vec<u64> = all
+            let s: Vec<(usize, u64)> = all
                 .iter()
                 .filter(|(i, r)| *i >= before_outage && r["historical"] == hist)
-                .map(|(_, r)| r["seq"].as_u64().unwrap())
+                .map(|(i, r)| (*i, r["seq"].as_u64().unwrap()))
                 .collect();
-            assert!(
-                s.windows(2).all(|w| w[0] < w[1]),
-                "{dev} historical={hist} out of order"
-            );
+            if let Some(w) = s.windows(2).find(|w| w[0].1 >= w[1].1) {
+                let at = s.iter().position(|x| x == &w[0]).unwrap_or(0);
+                let around = &s[at.saturating_sub(5)..(at + 6).min(s.len())];
+                panic!(
+                    "{dev} historical={hist} out of order at (message index, seq) {w:?}; around: {around:?}; outage began at message {before_outage}"
+                );
+            }
         }
     }
     let msgs = sub.all();
