@@ -1,6 +1,7 @@
 //! The spine: sources -> spool -> acknowledged MQTT delivery, live and
 //! after an outage (issue tests 1, 2 and 10, and backlog pacing).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::common::*;
@@ -100,7 +101,14 @@ async fn outage_backlog_arrives_batched_after_events() {
     gw.stop().await;
     sub.offline_after(from).await;
     sub.assert_all_valid();
-    assert!(pushed_during > 1500);
+    // About 2,100 readings are due in the 30 s (ups1 every 20 ms, env1
+    // every 50 ms); a loaded machine skips sim ticks, so half of that shows
+    // that the sources kept reading while the broker was away (a source
+    // blocked on the sink would stop within a batch or two).
+    assert!(
+        pushed_during > 1000,
+        "readings went on during the outage: {pushed_during}"
+    );
     assert!(
         sub.seqs("ups1").len() as u64 > 1500,
         "ups1 alone read through the outage"
@@ -111,9 +119,17 @@ async fn outage_backlog_arrives_batched_after_events() {
         let unique = dedupe(&all);
         let seqs = unique.keys().copied().collect();
         assert_contiguous(&seqs, 0, dev);
-        // Each stream (live, historical) is in seq order.
+        // Each stream (live, historical) is in seq order, counting each
+        // record where it first arrived: copies may come again later (at
+        // least once; the subscriber's durable session also gets from the
+        // restarted broker what it had not acknowledged before the stop).
+        let mut seen = BTreeSet::new();
+        let first: Vec<&(usize, serde_json::Value)> = all
+            .iter()
+            .filter(|(_, r)| seen.insert(r["seq"].as_u64().unwrap()))
+            .collect();
         for hist in [true, false] {
-            let s: Vec<(usize, u64)> = all
+            let s: Vec<(usize, u64)> = first
                 .iter()
                 .filter(|(i, r)| *i >= before_outage && r["historical"] == hist)
                 .map(|(i, r)| (*i, r["seq"].as_u64().unwrap()))

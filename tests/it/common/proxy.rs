@@ -9,8 +9,9 @@
 //! passes in either direction.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -148,9 +149,14 @@ async fn connection(
     let (mut br, mut bw) = broker.into_split();
     // Publishes in flight on this connection, by packet id.
     let inflight: Arc<Mutex<HashMap<u16, Sent>>> = Arc::default();
-    // Set before a cut PUBLISH goes to the broker: from then on nothing
-    // from the broker reaches the gateway.
-    let cutting = Arc::new(AtomicBool::new(false));
+    // Set (to the packet id + 1) before a cut PUBLISH goes to the broker:
+    // from then on nothing from the broker reaches the gateway, and the
+    // connection ends when the broker acknowledges that PUBLISH. Ending it
+    // at once could lose the PUBLISH on the way to the broker (a socket
+    // closed with unread data sends a reset, and the broker's side may drop
+    // what it had not read yet), and the test wants "the broker got it, the
+    // gateway never heard".
+    let cutting = Arc::new(AtomicU32::new(0));
     let up = {
         let (st, inflight, cutting) = (st.clone(), inflight.clone(), cutting.clone());
         async move {
@@ -179,7 +185,7 @@ async fn connection(
                     };
                     if data && st.cut_after.lock().unwrap().contains(&dn) {
                         cut = true;
-                        cutting.store(true, Ordering::SeqCst);
+                        cutting.store(u32::from(pkid) + 1, Ordering::SeqCst);
                         st.cut.lock().unwrap().push(sent.clone());
                     }
                     inflight.lock().unwrap().insert(pkid, sent);
@@ -191,6 +197,9 @@ async fn connection(
                 bw.write_all(&bytes).await?;
                 if cut {
                     bw.flush().await?;
+                    // The broker's PUBACK ends the connection (below); a
+                    // broker that never sends it ends it after a while.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                     return Ok::<(), std::io::Error>(());
                 }
             }
@@ -201,8 +210,14 @@ async fn connection(
         async move {
             loop {
                 let (first, bytes, at) = read_packet(&mut br).await?;
-                if cutting.load(Ordering::SeqCst) {
-                    return Ok::<(), std::io::Error>(());
+                let cut = cutting.load(Ordering::SeqCst);
+                if cut != 0 {
+                    if first >> 4 == 4
+                        && u32::from(u16::from_be_bytes([bytes[at], bytes[at + 1]])) + 1 == cut
+                    {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    continue;
                 }
                 if st.hang.load(Ordering::SeqCst) {
                     st.hung.fetch_add(1, Ordering::Relaxed);
