@@ -1,8 +1,10 @@
 //! The seam between a sink and its lane of the spool: what the MQTT sink
 //! needs from the spool, and nothing else, so a fake lane can drive the
-//! sink in unit tests.
+//! sink in unit tests; and the sign of life both sinks give while they wait.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::spool::{Batch, LaneHandle, SpoolError};
 
@@ -58,5 +60,21 @@ impl Lane for LaneHandle {
 
     fn pending(&self) -> u64 {
         LaneHandle::pending(self)
+    }
+}
+
+/// Runs `f`, advancing a sink's sign of life (`alive`) every second
+/// meanwhile, so the watchdog tells a sink that waits (on the broker, the
+/// database, a back-off) from one that is stuck. Both sinks use it.
+pub async fn beating<T>(alive: &AtomicU64, f: impl Future<Output = T>) -> T {
+    tokio::pin!(f);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = &mut f => return r,
+            _ = tick.tick() => {
+                alive.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }

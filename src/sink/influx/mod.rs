@@ -353,16 +353,7 @@ impl<L: Lane> InfluxSink<L> {
 
     /// Runs `f`, advancing the sink's sign of life every second meanwhile.
     async fn alive<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        tokio::pin!(f);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                r = &mut f => return r,
-                _ = tick.tick() => {
-                    self.counters.alive.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        super::lane::beating(&self.counters.alive, f).await
     }
 
     fn round(&self, batches: Vec<Batch>) -> Round {

@@ -25,7 +25,7 @@
 //! publisher task, stall detection), and `backoff.rs` paces the attempts.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -225,15 +225,6 @@ impl<L: Lane> MqttSink<L> {
 
     /// Runs `f`, advancing the sink's sign of life every second meanwhile.
     async fn alive<T>(&self, f: impl Future<Output = T>) -> T {
-        tokio::pin!(f);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                r = &mut f => return r,
-                _ = tick.tick() => {
-                    self.counters.alive.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        super::lane::beating(&self.counters.alive, f).await
     }
 }

@@ -81,42 +81,40 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Records written to disk since start (link down or slow)",
         spooled,
     );
-    gauge(
-        &mut r,
-        "spool_records",
-        "Records kept on disk",
-        s.spool.disk_rows as i64,
-    );
-    gauge(
-        &mut r,
-        "spool_memory_records",
-        "Records in memory not yet acknowledged",
-        s.spool.memory as i64,
-    );
-    gauge(
-        &mut r,
-        "spool_bytes",
-        "Bytes the spool uses on disk",
-        s.spool.disk_bytes as i64,
-    );
-    gauge(
-        &mut r,
-        "spool_dropped",
-        "Records dropped by the spool (cap, age, errors)",
-        s.spool.dropped as i64,
-    );
-    gauge(
-        &mut r,
-        "uplink_up",
-        "1 when connected to the broker",
-        s.uplink.connected as i64,
-    );
-    gauge(
-        &mut r,
-        "uplink_reconnects",
-        "Reconnections since start",
-        s.uplink.reconnects as i64,
-    );
+    for (name, help, value) in [
+        (
+            "spool_records",
+            "Records kept on disk",
+            s.spool.disk_rows as i64,
+        ),
+        (
+            "spool_memory_records",
+            "Records in memory not yet acknowledged",
+            s.spool.memory as i64,
+        ),
+        (
+            "spool_bytes",
+            "Bytes the spool uses on disk",
+            s.spool.disk_bytes as i64,
+        ),
+        (
+            "spool_dropped",
+            "Records dropped by the spool (cap, age, errors)",
+            s.spool.dropped as i64,
+        ),
+        (
+            "uplink_up",
+            "1 when connected to the broker",
+            s.uplink.connected as i64,
+        ),
+        (
+            "uplink_reconnects",
+            "Reconnections since start",
+            s.uplink.reconnects as i64,
+        ),
+    ] {
+        gauge(&mut r, name, help, value);
+    }
     if let Some(i) = &s.influxdb {
         gauge(
             &mut r,

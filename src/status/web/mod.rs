@@ -189,16 +189,7 @@ async fn page(
     Query(q): Query<LangQuery>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorised(&st, peer, &h) {
-        return *r;
-    }
-    let t = lang_of(&st, &q, &h);
-    let snap = st.status.borrow().clone();
-    let mut res = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_page_in(&snap, &st.history, t, &notices(&st, t), st.zone),
-    )
-        .into_response();
+    let mut res = html(&st, peer, &q, &h, render_page_in);
     remember_language(&q, &mut res);
     res
 }
@@ -209,14 +200,26 @@ async fn body(
     Query(q): Query<LangQuery>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorised(&st, peer, &h) {
+    html(&st, peer, &q, &h, render_body_in)
+}
+
+/// The page or its body (the refresh): authorised, in the reader's
+/// language, rendered from the latest status.
+fn html(
+    st: &AppState,
+    peer: SocketAddr,
+    q: &LangQuery,
+    h: &HeaderMap,
+    render: impl FnOnce(&Snapshot, &History, &Strings, &[&str], crate::status::words::Zone) -> String,
+) -> Response {
+    if let Err(r) = authorised(st, peer, h) {
         return *r;
     }
-    let t = lang_of(&st, &q, &h);
+    let t = lang_of(st, q, h);
     let snap = st.status.borrow().clone();
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        render_body_in(&snap, &st.history, t, &notices(&st, t), st.zone),
+        render(&snap, &st.history, t, &notices(st, t), st.zone),
     )
         .into_response()
 }
