@@ -376,14 +376,20 @@ mod tests {
         assert!(matches!(ups.poll().await, Err(MegatecError::TooLong(_))));
     }
 
-    /// A port that opens but is gone when the UPS is identified (adapter
-    /// pulled at that moment): a fault, and the next open after a pause
-    /// of one interval, not at once in a loop; cancel stops it at once.
-    #[tokio::test(start_paused = true)]
-    async fn identify_failure_pauses_before_reopening() {
+    /// A Megatec device `u` with the given timing lines, its handle on a
+    /// spool in a temporary directory (kept alive by the caller) and the
+    /// status hub it reports to.
+    fn device(
+        timing: &str,
+    ) -> (
+        tempfile::TempDir,
+        MegatecConfig,
+        crate::status::StatusHub,
+        DeviceHandle,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = crate::config::Config::from_toml(&format!(
-            "site = \"s\"\n[spool]\npath = \"{}\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUPS\"\ninterval = \"1s\"\n",
+            "site = \"s\"\n[spool]\npath = \"{}\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUPS\"\n{timing}",
             dir.path().join("s.db").display()
         ))
         .unwrap();
@@ -393,6 +399,15 @@ mod tests {
         let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
         let hub = crate::status::StatusHub::new("s");
         let h = DeviceHandle::new("u", "megatec", mcfg.interval, spool, hub.clone());
+        (dir, mcfg, hub, h)
+    }
+
+    /// A port that opens but is gone when the UPS is identified (adapter
+    /// pulled at that moment): a fault, and the next open after a pause
+    /// of one interval, not at once in a loop; cancel stops it at once.
+    #[tokio::test(start_paused = true)]
+    async fn identify_failure_pauses_before_reopening() {
+        let (_dir, mcfg, hub, h) = device("interval = \"1s\"\n");
         let opens = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let n = opens.clone();
         let ups = Ups {
@@ -432,18 +447,7 @@ mod tests {
     /// no answer expected; a UPS that echoes it refused it.
     #[tokio::test]
     async fn shutdown_return_goes_out_between_polls() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::Config::from_toml(&format!(
-            "site = \"s\"\n[spool]\npath = \"{}\"\n[[device]]\nid = \"u\"\ntype = \"megatec\"\nserial = \"/dev/ttyUPS\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\n",
-            dir.path().join("s.db").display()
-        ))
-        .unwrap();
-        let crate::config::DeviceConfig::Megatec(mcfg) = cfg.devices[0].clone() else {
-            panic!("not megatec")
-        };
-        let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
-        let hub = crate::status::StatusHub::new("s");
-        let h = DeviceHandle::new("u", "megatec", mcfg.interval, spool, hub.clone());
+        let (_dir, mcfg, _hub, h) = device("interval = \"100ms\"\ntimeout = \"200ms\"\n");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let echo = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (seen2, echo2) = (seen.clone(), echo.clone());
