@@ -80,6 +80,58 @@ fn spool_event_values(sub: &Subscriber, code: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The shape of the damaged-row findings: a backlog of [`two_devices`] on
+/// the card, damaged by `damage` (which returns the ids of the rows it
+/// damaged), then the broker back and the gateway started. Waits until the
+/// rest of the backlog and live readings arrived and `spool.dropped.corrupt`
+/// reached `dropped`, then asserts the gateway runs, every message is
+/// valid, everything but the damaged rows arrived, `spool.corrupt_record`
+/// was raised and `spool.dropped.corrupt` counts at least `dropped`. The
+/// caller asserts what is particular to its damage.
+async fn damaged_backlog(
+    what: &str,
+    dropped: f64,
+    damage: impl FnOnce(&rusqlite::Connection, &[SpoolRow]) -> Vec<i64>,
+) -> (Rig, Process, Vec<SpoolRow>, Vec<i64>) {
+    let devices = two_devices();
+    let mut rig = Rig::new(RigOpts {
+        devices: &devices,
+        ..Default::default()
+    })
+    .await;
+    rig.make_backlog(Duration::from_secs(3)).await;
+    let conn = open_spool(&rig.spool);
+    let rows = spool_rows(&conn);
+    let victims = damage(&conn, &rows);
+    drop(conn);
+
+    rig.broker.restart();
+    let mut gw = rig.start();
+    let sub = &rig.sub;
+    wait_backlog_and_live(&mut gw, sub, &rows, &victims, BACKLOG).await;
+    // The event comes first; the counter rides on the next gateway
+    // telemetry (every second here).
+    let _ = wait_for(WAIT, || {
+        !gateway_events(sub, "spool.corrupt_record").is_empty()
+            && gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(dropped)
+    })
+    .await;
+    gw.assert_running(&format!("after the {what}"));
+    sub.assert_all_valid();
+    assert_backlog_and_live(&gw, sub, &rows, &victims);
+    assert!(
+        !spool_event_values(sub, "spool.corrupt_record").is_empty(),
+        "no spool.corrupt_record event after the {what}; gateway events: {:?}",
+        gateway_codes(sub)
+    );
+    assert!(
+        gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(dropped),
+        "the {what} counted in spool.dropped.corrupt (>= {dropped}); last: {}",
+        last_spool_values(sub)
+    );
+    (rig, gw, rows, victims)
+}
+
 /// Finding 2. After a clean stop with a hung broker (SIGSTOP: nothing is
 /// acked, many records in flight), the backlog of every (device, kind)
 /// arrives in strictly increasing seq order, across messages.
@@ -359,60 +411,41 @@ async fn lost_spool_and_positions_start_an_announced_epoch() {
 /// `spool.dropped.corrupt`) count it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_row_body_is_dropped_counted_and_reported() {
-    let devices = two_devices();
-    let mut rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
+    let mut victim = None;
+    let (rig, _gw, _rows, _) = damaged_backlog("damaged row", 1.0, |conn, rows| {
+        check_replica(rows);
+        let v = middle_sample(rows, "ups1").clone();
+        // A bit flip (0x22 '"' -> 0x23 '#') on the quote opening the second key.
+        let at = v
+            .body
+            .match_indices('"')
+            .nth(2)
+            .map(|(i, _)| i)
+            .expect("a body with two keys");
+        let mut bytes = v.body.clone().into_bytes();
+        bytes[at] ^= 0x01;
+        damage_body(conn, &v, &String::from_utf8(bytes).unwrap());
+        let id = v.id;
+        victim = Some(v);
+        vec![id]
     })
     .await;
-    rig.make_backlog(Duration::from_secs(3)).await;
-    let conn = open_spool(&rig.spool);
-    let rows = spool_rows(&conn);
-    check_replica(&rows);
-    let victim = middle_sample(&rows, "ups1").clone();
-    // A bit flip (0x22 '"' -> 0x23 '#') on the quote opening the second key.
-    let at = victim
-        .body
-        .match_indices('"')
-        .nth(2)
-        .map(|(i, _)| i)
-        .expect("a body with two keys");
-    let mut bytes = victim.body.clone().into_bytes();
-    bytes[at] ^= 0x01;
-    damage_body(&conn, &victim, &String::from_utf8(bytes).unwrap());
-    drop(conn);
-
-    rig.broker.restart();
+    let victim = victim.expect("a victim");
     let sub = &rig.sub;
-    let mut gw = rig.start();
-    wait_backlog_and_live(&mut gw, sub, &rows, &[victim.id], BACKLOG).await;
-    let _ = wait_for(WAIT, || {
-        !gateway_events(sub, "spool.corrupt_record").is_empty() && gateway_dropped(sub) >= 1.0
-    })
-    .await;
-    gw.assert_running("after the damaged row");
-    sub.assert_all_valid();
     assert!(
         !received_keys(sub).contains(&victim.key()),
         "the damaged record {:?} was delivered",
         victim.key()
     );
-    assert_backlog_and_live(&gw, sub, &rows, &[victim.id]);
     let evs = spool_event_values(sub, "spool.corrupt_record");
-    assert!(
-        !evs.is_empty(),
-        "no spool.corrupt_record event; gateway events: {:?}",
-        gateway_codes(sub)
-    );
     assert!(
         evs.iter().any(|v| v["spool.records"].as_f64() >= Some(1.0)
             && v["spool.reason"].as_str().is_some_and(|s| !s.is_empty())),
         "spool.corrupt_record values need spool.records >= 1 and spool.reason: {evs:?}"
     );
     assert!(
-        gateway_max(sub, "spool.dropped", 0) >= Some(1.0)
-            && gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(1.0),
-        "gateway telemetry must count the drop (spool.dropped and spool.dropped.corrupt >= 1); last: {}",
+        gateway_max(sub, "spool.dropped", 0) >= Some(1.0),
+        "gateway telemetry must count the drop in spool.dropped too; last: {}",
         last_spool_values(sub)
     );
 }
@@ -422,50 +455,23 @@ async fn damaged_row_body_is_dropped_counted_and_reported() {
 /// every live reading is, and `spool.corrupt_record` is raised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_device_ids_do_not_stop_publishing() {
-    let devices = two_devices();
-    let mut rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
+    let (rig, _gw, _rows, _) = damaged_backlog("poison rows", 2.0, |conn, rows| {
+        check_replica(rows);
+        let a = middle_sample(rows, "ups1").clone();
+        let b = middle_sample(rows, "env1").clone();
+        // `de#ice`: a flipped device byte, the crc (where there is one) no
+        // longer matches, as on a real damaged card. `a+b`: crc made correct
+        // for it, so only the device id check can catch it.
+        conn.execute("UPDATE rec SET device = 'de#ice' WHERE id = ?1", [a.id])
+            .unwrap();
+        rewrite_row(conn, &b, "a+b", &b.body);
+        vec![a.id, b.id]
     })
     .await;
-    rig.make_backlog(Duration::from_secs(3)).await;
-    let conn = open_spool(&rig.spool);
-    let rows = spool_rows(&conn);
-    check_replica(&rows);
-    let a = middle_sample(&rows, "ups1").clone();
-    let b = middle_sample(&rows, "env1").clone();
-    // `de#ice`: a flipped device byte, the crc (where there is one) no
-    // longer matches, as on a real damaged card. `a+b`: crc made correct
-    // for it, so only the device id check can catch it.
-    conn.execute("UPDATE rec SET device = 'de#ice' WHERE id = ?1", [a.id])
-        .unwrap();
-    rewrite_row(&conn, &b, "a+b", &b.body);
-    drop(conn);
-
-    rig.broker.restart();
-    let sub = &rig.sub;
-    let mut gw = rig.start();
-    wait_backlog_and_live(&mut gw, sub, &rows, &[a.id, b.id], BACKLOG).await;
-    // The event comes first; the counter rides on the next gateway
-    // telemetry (every second here).
-    let _ = wait_for(WAIT, || {
-        !gateway_events(sub, "spool.corrupt_record").is_empty()
-            && gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(2.0)
-    })
-    .await;
-    gw.assert_running("after the poison rows");
-    sub.assert_all_valid();
-    assert_backlog_and_live(&gw, sub, &rows, &[a.id, b.id]);
-    let evs = spool_event_values(sub, "spool.corrupt_record");
+    let evs = spool_event_values(&rig.sub, "spool.corrupt_record");
     assert!(
         evs.iter().any(|v| v["spool.records"].as_f64() >= Some(1.0)),
-        "no spool.corrupt_record event with spool.records >= 1: {evs:?}; gateway events: {:?}",
-        gateway_codes(sub)
-    );
-    assert!(
-        gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(2.0),
-        "both poison rows counted in spool.dropped.corrupt; last: {}",
-        last_spool_values(sub)
+        "no spool.corrupt_record event with spool.records >= 1: {evs:?}"
     );
 }
 
@@ -783,52 +789,24 @@ async fn wrong_schema_spool_is_replaced_and_reported() {
 /// and live readings arrive, the row is counted as corrupt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_body_does_not_block_the_backlog() {
-    let devices = two_devices();
-    let mut rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
-    rig.make_backlog(Duration::from_secs(3)).await;
-    let conn = open_spool(&rig.spool);
-    let rows = spool_rows(&conn);
-    let victim = middle_sample(&rows, "ups1").clone();
-    conn.execute(
-        "UPDATE rec SET body = CAST(body AS BLOB) WHERE id = ?1",
-        [victim.id],
-    )
-    .unwrap();
-    let t: String = conn
-        .query_row(
-            "SELECT typeof(body) FROM rec WHERE id = ?1",
+    damaged_backlog("blob row", 1.0, |conn, rows| {
+        let victim = middle_sample(rows, "ups1");
+        conn.execute(
+            "UPDATE rec SET body = CAST(body AS BLOB) WHERE id = ?1",
             [victim.id],
-            |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(t, "blob");
-    drop(conn);
-
-    rig.broker.restart();
-    let sub = &rig.sub;
-    let mut gw = rig.start();
-    wait_backlog_and_live(&mut gw, sub, &rows, &[victim.id], BACKLOG).await;
-    let _ = wait_for(WAIT, || {
-        gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(1.0)
+        let t: String = conn
+            .query_row(
+                "SELECT typeof(body) FROM rec WHERE id = ?1",
+                [victim.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(t, "blob");
+        vec![victim.id]
     })
     .await;
-    gw.assert_running("after the blob row");
-    sub.assert_all_valid();
-    assert_backlog_and_live(&gw, sub, &rows, &[victim.id]);
-    assert!(
-        !spool_event_values(sub, "spool.corrupt_record").is_empty(),
-        "no spool.corrupt_record event; gateway events: {:?}",
-        gateway_codes(sub)
-    );
-    assert!(
-        gateway_max(sub, "spool.dropped.corrupt", 0) >= Some(1.0),
-        "the blob row counted in spool.dropped.corrupt; last: {}",
-        last_spool_values(sub)
-    );
 }
 
 /// Finding 11. kill -9 with readings flowing: `gateway.unclean_stop` carries
