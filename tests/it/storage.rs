@@ -94,11 +94,7 @@ async fn damaged_backlog(
     damage: impl FnOnce(&rusqlite::Connection, &[SpoolRow]) -> Vec<i64>,
 ) -> (Rig, Process, Vec<SpoolRow>, Vec<i64>) {
     let devices = two_devices();
-    let mut rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
+    let mut rig = Rig::with_devices(&devices).await;
     rig.make_backlog(Duration::from_secs(3)).await;
     let conn = open_spool(&rig.spool);
     let rows = spool_rows(&conn);
@@ -142,11 +138,7 @@ async fn backlog_after_hung_broker_stop_arrives_in_seq_order() {
         sim("ups1", "5ms", "event_every = 10"),
         sim("env1", "10ms", "profile = \"sensor\"\nevent_every = 5")
     );
-    let rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
+    let rig = Rig::with_devices(&devices).await;
     let sub = &rig.sub;
     let mut gw = rig.start();
     gw.until(WAIT, "live samples", || sub.seqs("ups1").len() >= 50)
@@ -216,11 +208,7 @@ type BeforeAfter<'a> = (Vec<&'a Rec>, Vec<&'a Rec>);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_spool_never_reuses_a_sequence_number() {
     let devices = sim("ups1", "10ms", "event_every = 10");
-    let rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
+    let rig = Rig::with_devices(&devices).await;
     let sub = &rig.sub;
     let mut gw = rig.start();
     gw.until(WAIT, "60 samples and 3 events", || {
@@ -330,11 +318,7 @@ async fn corrupt_spool_never_reuses_a_sequence_number() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_spool_and_positions_start_an_announced_epoch() {
     let devices = sim("ups1", "10ms", "event_every = 10");
-    let rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
+    let rig = Rig::with_devices(&devices).await;
     let sub = &rig.sub;
     let mut gw = rig.start();
     gw.until(WAIT, "40 samples", || sub.seqs("ups1").len() >= 40)
@@ -757,11 +741,7 @@ async fn unwritable_spool_dir_degrades_but_keeps_live_readings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_schema_spool_is_replaced_and_reported() {
     let devices = sim("ups1", "10ms", "");
-    let rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
+    let rig = Rig::with_devices(&devices).await;
     {
         let c = open_spool(&rig.spool);
         c.execute_batch("CREATE TABLE rec(x); INSERT INTO rec VALUES (42);")
@@ -817,11 +797,7 @@ async fn blob_body_does_not_block_the_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unclean_stop_reports_the_last_sequence_used() {
     let devices = sim("ups1", "5ms", "");
-    let rig = Rig::new(RigOpts {
-        devices: &devices,
-        ..Default::default()
-    })
-    .await;
+    let rig = Rig::with_devices(&devices).await;
     let sub = &rig.sub;
     let mut gw = rig.start();
     gw.until(WAIT, "200 live samples", || sub.seqs("ups1").len() >= 200)

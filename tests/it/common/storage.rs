@@ -43,6 +43,15 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// A rig with these devices and every other option at its default.
+    pub async fn with_devices(devices: &str) -> Rig {
+        Rig::new(RigOpts {
+            devices,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn new(o: RigOpts<'_>) -> Rig {
         let broker = Broker::start_with(&format!("allow_anonymous true\n{}", o.broker));
         let sub = Subscriber::start(broker.port, "ioc").await;
