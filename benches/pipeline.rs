@@ -257,24 +257,7 @@ async fn influx_figures(mqtt_port: u16) {
     );
     let cfg = Config::from_toml(&text).unwrap();
     let t = Instant::now();
-    {
-        let (spool, _) = Spool::open(&cfg.spool, "bench", &["influxdb"]).unwrap();
-        let dev: Arc<str> = Arc::from("ups1");
-        let mut v = Values::new();
-        v.set("ups.status", "OL");
-        v.num("ups.load", 23.0);
-        v.num("battery.charge", 100.0);
-        v.num("battery.runtime", 3600.0);
-        v.num("input.voltage", 229.5);
-        v.num("output.voltage", 230.0);
-        for i in 0..backlog_n {
-            spool.push(&dev, Reading::Sample(v.clone())).unwrap();
-            if i % 50_000 == 49_999 {
-                spool.flush(true).unwrap();
-            }
-        }
-        spool.close().unwrap();
-    }
+    fill_backlog(&cfg, "influxdb", backlog_n);
     println!(
         "influx backlog prepared:  {:>10} readings ({:.1} s)",
         backlog_n,
@@ -367,24 +350,7 @@ async fn main() {
     );
     let cfg = Config::from_toml(&text).unwrap();
     let t = Instant::now();
-    {
-        let (spool, _) = Spool::open(&cfg.spool, "bench", &["mqtt"]).unwrap();
-        let dev: Arc<str> = Arc::from("ups1");
-        let mut v = Values::new();
-        v.set("ups.status", "OL");
-        v.num("ups.load", 23.0);
-        v.num("battery.charge", 100.0);
-        v.num("battery.runtime", 3600.0);
-        v.num("input.voltage", 229.5);
-        v.num("output.voltage", 230.0);
-        for i in 0..backlog_n {
-            spool.push(&dev, Reading::Sample(v.clone())).unwrap();
-            if i % 50_000 == 49_999 {
-                spool.flush(true).unwrap();
-            }
-        }
-        spool.close().unwrap();
-    }
+    fill_backlog(&cfg, "mqtt", backlog_n);
     let db_bytes = std::fs::metadata(dir.path().join("spool.db"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -419,4 +385,25 @@ async fn main() {
         peak as f64 / 1024.0
     );
     influx_figures(port).await;
+}
+
+/// Fills the spool of `cfg` with `n` UPS samples for the sink `lane`, as a
+/// long outage would, committing every 50,000.
+fn fill_backlog(cfg: &Config, lane: &str, n: u64) {
+    let (spool, _) = Spool::open(&cfg.spool, "bench", &[lane]).unwrap();
+    let dev: Arc<str> = Arc::from("ups1");
+    let mut v = Values::new();
+    v.set("ups.status", "OL");
+    v.num("ups.load", 23.0);
+    v.num("battery.charge", 100.0);
+    v.num("battery.runtime", 3600.0);
+    v.num("input.voltage", 229.5);
+    v.num("output.voltage", 230.0);
+    for i in 0..n {
+        spool.push(&dev, Reading::Sample(v.clone())).unwrap();
+        if i % 50_000 == 49_999 {
+            spool.flush(true).unwrap();
+        }
+    }
+    spool.close().unwrap();
 }
