@@ -52,6 +52,10 @@ async fn sigkill_with_broker_down_keeps_all_but_the_last_spill_after() {
         .map(|(s, v)| (*s, v["ts"].as_i64().unwrap()))
         .collect();
     let late = lateness_ms(&ts_by_seq, kill_ms - 10_000, 50);
+    eprintln!(
+        "last kept reading {} ms before the kill; the device read up to {late} ms late",
+        kill_ms - last_ts
+    );
     assert!(
         last_ts >= kill_ms - 3_050 - late,
         "readings up to {}ms before the kill were lost (the device read up to {late} ms late); log:\n{}",

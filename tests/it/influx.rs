@@ -1082,6 +1082,10 @@ async fn influx_sigkill_with_database_down_keeps_its_backlog() {
         .map(|(s, t)| (*s, *t))
         .collect();
     let late = lateness_ms(&read_before, kill_ms - 10_000, 50);
+    eprintln!(
+        "last kept reading {} ms before the kill; the device read up to {late} ms late",
+        kill_ms - in_db[&last]
+    );
     assert!(
         in_db[&last] >= kill_ms - 3_050 - late,
         "readings up to {} ms before the kill were lost (the device read up to {late} ms late)",
