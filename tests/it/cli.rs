@@ -70,8 +70,10 @@ fn check_missing() -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_stats_and_export_show_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    // No broker: a port with no server, so the backlog stays in the spool.
-    let port = free_port();
+    // No broker: a port where nothing listens (and nobody else can start
+    // one), so the backlog stays in the spool.
+    let no_broker = closed_port();
+    let port = no_broker.port;
     let cfg_path = dir.path().join("w.toml");
     std::fs::write(
         &cfg_path,

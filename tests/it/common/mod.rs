@@ -61,6 +61,86 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A loopback port where nothing listens, for as long as the value lives:
+/// a socket bound to it (with `SO_REUSEADDR`) that never calls `listen`.
+/// A connect there is refused, and no other test can be handed the port
+/// (the kernel's port 0 never picks a port in use, and [`free_port`] binds
+/// port 0). A test may still start its own peer on it (mosquitto,
+/// VictoriaMetrics and std's listeners bind with `SO_REUSEADDR`, which
+/// Linux allows beside a bound socket that does not listen): the port is
+/// then this test's alone, before, during and after that peer.
+pub struct ClosedPort {
+    pub port: u16,
+    _fd: std::os::fd::OwnedFd,
+}
+
+pub fn closed_port() -> ClosedPort {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; every
+    // pointer is to a local of the right size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let one: libc::c_int = 1;
+        let rc = libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_REUSEADDR: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(raw, std::ptr::addr_of!(addr).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        let rc = libc::getsockname(raw, std::ptr::addr_of_mut!(got).cast(), &mut got_len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        ClosedPort {
+            port: u16::from_be(got.sin_port),
+            _fd: fd,
+        }
+    }
+}
+
+/// [`devices::assert_clock_is_the_machines`], unless the machine's clock
+/// state changed during the test (NTP may synchronise a fresh CI machine
+/// at any moment): then the records may rightly say either, the check
+/// cannot tell which is right, and it is skipped, saying so.
+pub fn assert_clock_unless_it_changed(sub: &Subscriber, before: &str) {
+    let now = devices::machine_clock();
+    if now != before {
+        eprintln!(
+            "the machine's clock state changed during the test ({before} -> {now}): the records' clock field is not checked"
+        );
+        return;
+    }
+    devices::assert_clock_is_the_machines(sub, before);
+}
+
+/// How late a device read beyond its interval: the longest gap between
+/// the timestamps (`ts` by seq, consecutive seqs only) of its readings
+/// stamped at or after `from_ms`, minus `interval_ms`; 0 if none was late.
+/// A simulated device skips the ticks it missed, so on a loaded machine
+/// its readings are further apart than its interval; a bound that counts
+/// on one reading per interval allows this much more.
+pub fn lateness_ms(ts_by_seq: &BTreeMap<u64, i64>, from_ms: i64, interval_ms: i64) -> i64 {
+    ts_by_seq
+        .iter()
+        .zip(ts_by_seq.iter().skip(1))
+        .filter(|((a, ta), (b, _))| **b == **a + 1 && **ta >= from_ms)
+        .map(|((_, ta), (_, tb))| tb - ta - interval_ms)
+        .max()
+        .unwrap_or(0)
+        .max(0)
+}
+
 static SITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 thread_local! {
@@ -892,6 +972,17 @@ pub fn dedupe(samples: &[(usize, Value)]) -> BTreeMap<u64, Value> {
         }
     }
     out
+}
+
+/// How many distinct events (by seq) with `code` the subscriber received
+/// for `device`: delivery is at least once, so a copy of one (same seq,
+/// same content, e.g. sent again after a lost PUBACK) is not a second
+/// event.
+pub fn count_distinct_events(sub: &Subscriber, device: &str, code: &str) -> usize {
+    dedupe(&sub.events(device))
+        .values()
+        .filter(|e| e["code"] == code)
+        .count()
 }
 
 /// A plain HTTP/1.1 GET on loopback: (status code, headers+body text).

@@ -24,6 +24,9 @@ pub struct NutServer {
     driver_prog: String,
     driver: Option<Child>,
     upsd: Option<Child>,
+    /// The whole second of the .dev file's mtime as last set (see
+    /// [`NutServer::set`]).
+    dev_mtime: std::sync::Mutex<i64>,
 }
 
 fn user() -> String {
@@ -97,6 +100,7 @@ impl NutServer {
         )
         .unwrap();
         std::fs::write(d.join("nut.conf"), "MODE=standalone\n").unwrap();
+        let dev_mtime = std::sync::Mutex::new(mtime_secs(&devp));
         let mut s = NutServer {
             port,
             dev: devp,
@@ -105,6 +109,7 @@ impl NutServer {
             driver_prog: driver.to_owned(),
             driver: None,
             upsd: None,
+            dev_mtime,
         };
         s.start_driver();
         let sock = s.dir.path().join(format!("{driver}-{name}"));
@@ -177,8 +182,12 @@ impl NutServer {
         super::signal(c.id(), libc::SIGCONT);
     }
 
-    /// Rewrites one variable in the .dev file (dummy-ups re-reads it when
-    /// it changes).
+    /// Rewrites one variable in the .dev file. dummy-ups (NUT 2.8) reads
+    /// the file again only when its mtime changes, in whole seconds: a
+    /// second write within the second of the first would never be seen.
+    /// So each write gets an mtime one second past the last one's (or now,
+    /// if later), and lands whole (written aside, then renamed), so that
+    /// dummy-ups never reads it half written.
     pub fn set(&self, name: &str, value: &str) {
         let text = std::fs::read_to_string(&self.dev).unwrap();
         let mut out = String::new();
@@ -195,8 +204,29 @@ impl NutServer {
         if !found {
             out.push_str(&format!("{name}: {value}\n"));
         }
-        std::fs::write(&self.dev, out).unwrap();
+        let mut last = self.dev_mtime.lock().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let secs = now.max(*last + 1);
+        let tmp = self.dev.with_extension("dev.new");
+        std::fs::write(&tmp, out).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs as u64))
+            .unwrap();
+        std::fs::rename(&tmp, &self.dev).unwrap();
+        *last = secs;
     }
+}
+
+/// The whole second of a file's mtime (0 if there is no such file).
+fn mtime_secs(p: &std::path::Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.mtime()).unwrap_or(0)
 }
 
 impl Drop for NutServer {
