@@ -22,6 +22,10 @@ const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
+/// The first wait of the page's basic-auth back-off (docs/api.md: after 5
+/// wrong passwords, 5 s, doubling with each further one).
+const FIRST_WAIT: Duration = Duration::from_secs(5);
+
 /// The real binary with its file-descriptor limit set to `nofile` (soft and
 /// hard) before exec, as systemd's default of 1,024 in the field.
 fn start_limited(config: &Path, log: &Path, nofile: u64) -> Process {
@@ -147,6 +151,37 @@ async fn get_from(
     tokio::time::timeout(limit, exchange).await.ok().flatten()
 }
 
+/// The state of the TCP socket `local` -> `remote` in /proc/net/tcp (01
+/// established, 04 FIN_WAIT1, 08 CLOSE_WAIT, ...), `None` when there is
+/// none (closed, or reset).
+fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("IPv4 only here"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str()))
+                .then(|| f.get(3).and_then(|st| u8::from_str_radix(st, 16).ok()))
+                .flatten()
+        })
+}
+
+/// The gateway has closed its side of the connection from `client` (FIN
+/// sent or queued, or reset): its socket is no longer established.
+fn gateway_side_closed(page: SocketAddr, client: SocketAddr) -> bool {
+    tcp_state(page, client) != Some(0x01)
+}
+
 fn basic(user: &str, pw: &str) -> String {
     use base64::Engine as _;
     format!(
@@ -219,21 +254,23 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
     // While they are held, the broker restarts.
     let restart_ms = wardgate::model::now_ms();
     broker.restart();
-    let mut worst = Duration::ZERO;
-    let mut probes = 0;
+    // Every probe answered, 95 % of them within 1 s and the worst within
+    // 3 s: a page choked by the attack does not answer at all (refused, or
+    // held until the header timeout), while one slow probe on a loaded
+    // machine is not the attack's doing.
+    let mut took_all = Vec::new();
     let back = Instant::now();
     loop {
         let t = Instant::now();
-        let r = get_from(HONEST, addr, "/healthz", "", Duration::from_secs(1)).await;
+        let r = get_from(HONEST, addr, "/healthz", "", Duration::from_secs(3)).await;
         let took = t.elapsed();
         assert!(
             r.is_some(),
-            "/healthz did not answer within 1 s ({} s into the attack); log:\n{}",
+            "/healthz did not answer within 3 s ({} s into the attack); log:\n{}",
             attack.elapsed().as_secs(),
             gw.log_text()
         );
-        worst = worst.max(took);
-        probes += 1;
+        took_all.push(took);
         // Probe for 3 s at least (the half-sent connections are held for
         // 10 s), and until the link is back.
         if let Some((true, since)) = uplink().await {
@@ -252,10 +289,18 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
         Some((true, since)) => Duration::from_millis((since - restart_ms).max(0) as u64),
         other => panic!("link not up: {other:?}"),
     };
-    let r = get_from(HONEST, addr, "/healthz", "", Duration::from_secs(1))
+    let r = get_from(HONEST, addr, "/healthz", "", Duration::from_secs(3))
         .await
         .expect("/healthz answers");
     assert_eq!(r.code, 200, "{r:?}");
+    took_all.sort();
+    let probes = took_all.len();
+    let worst = took_all.last().copied().unwrap_or_default();
+    let p95 = took_all[(probes * 95).div_ceil(100).saturating_sub(1)];
+    assert!(
+        p95 <= Duration::from_secs(1),
+        "/healthz took {p95:?} or more in 5 % of {probes} probes during the attack: {took_all:?}"
+    );
 
     // Every half-sent connection is closed by the gateway (EOF or reset)
     // once the header-read timeout (10 s) has passed.
@@ -282,7 +327,7 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
     eprintln!(
         "hostile_web: {HELD} half-sent connections opened in {opened:?} ({not_connected} not connected), \
          gateway holding {fds} descriptors; \
-         /healthz worst {worst:?} over {probes} probes; link back {link_back:?} after the broker restart; \
+         /healthz p95 {p95:?}, worst {worst:?} over {probes} probes; link back {link_back:?} after the broker restart; \
          all closed {:?} after the attack began",
         closed_at.iter().max().copied().unwrap_or_default()
     );
@@ -308,7 +353,8 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
 async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("w.toml");
-    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
+    let no_broker = crate::web::closed_port();
+    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
     let sock = TcpSocket::new_v4().unwrap();
@@ -318,9 +364,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
         .await
         .unwrap();
     let mut b = [0u8; 4096];
-    let n = within(Duration::from_secs(5), "response", s.read(&mut b))
-        .await
-        .unwrap();
+    let n = within(WAIT, "response", s.read(&mut b)).await.unwrap();
     assert!(n > 0 && b.starts_with(b"HTTP/1.1 "), "a response");
     let idle = Instant::now();
     within(Duration::from_secs(20), "idle close", async {
@@ -346,7 +390,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     .await
     .unwrap();
     let mut buf = Vec::new();
-    let _ = within(Duration::from_secs(5), "refusal", s.read_to_end(&mut buf)).await;
+    let _ = within(WAIT, "refusal", s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     // A huge request head is refused too.
@@ -357,7 +401,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     );
     let _ = s.write_all(long.as_bytes()).await;
     let mut buf = Vec::new();
-    let _ = within(Duration::from_secs(5), "refusal", s.read_to_end(&mut buf)).await;
+    let _ = within(WAIT, "refusal", s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);
     // 431, or a reset before the client could read it (it was still
     // sending): either way not served.
@@ -377,14 +421,17 @@ async fn a_client_that_stops_reading_is_dropped() {
     const ASKED: usize = 5_000;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("w.toml");
-    std::fs::write(&cfg, config_text(free_port(), dir.path(), "")).unwrap();
+    let no_broker = crate::web::closed_port();
+    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), 0))
         .unwrap();
+    let began = Instant::now();
     let s = sock.connect(addr).await.unwrap();
+    let client = s.local_addr().unwrap();
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
         let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED);
@@ -392,8 +439,26 @@ async fn a_client_that_stops_reading_is_dropped() {
         wr
     });
     // Responses pile up (the page is a few KiB, 5,000 of them are far more
-    // than the socket buffers hold), then stop moving.
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    // than the socket buffers hold), then stop moving; 10 s later the
+    // gateway drops the connection. Wait for that to be seen (its socket no
+    // longer established) before reading: a read before the drop would
+    // start the responses moving again.
+    let mut dropped = None;
+    let seen = wait_for(WAIT, || {
+        dropped = Some(began.elapsed());
+        gateway_side_closed(addr, client)
+    })
+    .await;
+    assert!(
+        seen,
+        "the gateway still holds the stalled connection {} s after it was opened",
+        began.elapsed().as_secs()
+    );
+    let dropped = dropped.unwrap_or_default();
+    assert!(
+        dropped >= Duration::from_secs(10),
+        "dropped after {dropped:?}, before its responses could have stalled for 10 s"
+    );
     let mut got = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(30), async {
         let mut b = vec![0u8; 64 * 1024];
@@ -414,7 +479,9 @@ async fn a_client_that_stops_reading_is_dropped() {
         answered < ASKED,
         "all {ASKED} pipelined requests were answered: the stalled client was never dropped"
     );
-    eprintln!("hostile_web: stalled reader dropped after {answered} of {ASKED} answers");
+    eprintln!(
+        "hostile_web: stalled reader dropped after {answered} of {ASKED} answers, seen {dropped:?} after it connected"
+    );
     writer.abort();
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
@@ -431,9 +498,10 @@ async fn brute_forced_basic_auth_is_slowed() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = dir.path().join("w.toml");
+    let no_broker = crate::web::closed_port();
     std::fs::write(
         &cfg,
-        config_text(free_port(), dir.path(), "").replace(
+        config_text(no_broker.port, dir.path(), "").replace(
             "[web]\n",
             &format!(
                 "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
@@ -444,9 +512,12 @@ async fn brute_forced_basic_auth_is_slowed() {
     .unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
-    let t = Duration::from_secs(5);
+    // A bound for an exchange, not a promise: generous.
+    let t = WAIT;
     let right = basic("staff", "right-horse-battery");
+    let mut fifth_sent = Instant::now();
     for i in 0..5 {
+        fifth_sent = Instant::now();
         let r = get_from(
             ATTACKER,
             addr,
@@ -458,22 +529,39 @@ async fn brute_forced_basic_auth_is_slowed() {
         .expect("an answer");
         assert_eq!(r.code, 401, "guess {i}: {r:?}");
     }
+    // The back-off began when the gateway took the 5th guess, so not
+    // before `fifth_sent`, and lasts FIRST_WAIT: any request answered
+    // before `surely_on` was taken during it, however slow the machine.
+    let surely_on = fifth_sent + FIRST_WAIT;
+    let during = |what: &str, r: &Reply| {
+        if Instant::now() < surely_on {
+            assert_eq!(r.code, 429, "{what} during the back-off: {r:?}");
+        } else {
+            assert_ne!(r.code, 200, "{what}: {r:?}");
+        }
+    };
     let r = get_from(ATTACKER, addr, "/api/status", &basic("staff", "guess5"), t)
         .await
         .expect("an answer");
-    assert_eq!(r.code, 429, "the 6th guess: {r:?}");
+    during("the 6th guess", &r);
     let wait: u64 = r
         .header("retry-after")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("429 without Retry-After: {r:?}"));
-    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    assert!(
+        (1..=FIRST_WAIT.as_secs()).contains(&wait),
+        "Retry-After {wait}"
+    );
     // The right password from the same client is refused during the back-off.
     let r = get_from(ATTACKER, addr, "/", &right, t).await.unwrap();
-    assert_eq!(r.code, 429, "right password during the back-off: {r:?}");
-    // A burst of guesses gets nowhere.
+    during("the right password", &r);
+    // A burst of guesses gets nowhere: every one answered while the
+    // back-off surely lasts is refused with 429. The burst stops short of
+    // its end (a guess taken after it would count as a new failure).
     let burst = Instant::now();
     let mut refused = 0;
-    for i in 0..200 {
+    let mut i = 0;
+    while Instant::now() + Duration::from_millis(300) < surely_on {
         let r = get_from(
             ATTACKER,
             addr,
@@ -483,11 +571,16 @@ async fn brute_forced_basic_auth_is_slowed() {
         )
         .await
         .unwrap();
-        assert_ne!(r.code, 200);
+        during(&format!("guess b{i}"), &r);
         refused += (r.code == 429) as u32;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(refused, 200, "every guess in the back-off is refused");
     let burst = burst.elapsed();
+    assert!(
+        refused >= 20,
+        "only {refused} guesses refused in the {burst:?} the back-off surely lasted"
+    );
     // Other clients are unaffected, with and without the password.
     let r = get_from(HONEST, addr, "/api/status", &right, t)
         .await
@@ -500,18 +593,35 @@ async fn brute_forced_basic_auth_is_slowed() {
     // /healthz never needs the password, and is not blocked.
     let r = get_from(ATTACKER, addr, "/healthz", "", t).await.unwrap();
     assert_ne!(r.code, 429, "{r:?}");
-    // After the wait, the right password works, and resets the count.
+    // After the wait, the right password works, and resets the count: a
+    // 429 names the wait, and once it has passed the right password is
+    // let in (on a slow machine the last guess of the burst may have
+    // started a second, longer wait: its Retry-After says so).
     tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
-    let r = get_from(ATTACKER, addr, "/api/status", &right, t)
+    let mut r = get_from(ATTACKER, addr, "/api/status", &right, t)
         .await
         .unwrap();
+    if r.code == 429 {
+        let again: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("429 without Retry-After: {r:?}"));
+        assert!(
+            again <= 2 * FIRST_WAIT.as_secs(),
+            "still refused after Retry-After {wait} s: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(again) + Duration::from_millis(200)).await;
+        r = get_from(ATTACKER, addr, "/api/status", &right, t)
+            .await
+            .unwrap();
+    }
     assert_eq!(r.code, 200, "after Retry-After: {r:?}");
     let r = get_from(ATTACKER, addr, "/api/status", &basic("staff", "x"), t)
         .await
         .unwrap();
     assert_eq!(r.code, 401, "the count starts again after a success: {r:?}");
     eprintln!(
-        "hostile_web: Retry-After {wait} s after 5 failures; 200 guesses refused in {burst:?}"
+        "hostile_web: Retry-After {wait} s after 5 failures; {refused} guesses refused in {burst:?}"
     );
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
@@ -549,7 +659,8 @@ async fn security_headers_on_every_response() {
     .unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
-    let t = Duration::from_secs(5);
+    // A bound for an exchange, not a promise: generous.
+    let t = WAIT;
     let page = get_from(HONEST, addr, "/", "", t).await.expect("the page");
     assert_eq!(page.code, 200);
     let csp = page
@@ -662,9 +773,10 @@ async fn world_readable_password_file_is_reported() {
     std::fs::write(&pw, "open-secret\n").unwrap();
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cfg = dir.path().join("w.toml");
+    let no_broker = crate::web::closed_port();
     std::fs::write(
         &cfg,
-        config_text(free_port(), dir.path(), "").replace(
+        config_text(no_broker.port, dir.path(), "").replace(
             "[web]\n",
             &format!(
                 "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
@@ -690,7 +802,7 @@ async fn world_readable_password_file_is_reported() {
         addr,
         "/?lang=en",
         &basic("staff", "open-secret"),
-        Duration::from_secs(5),
+        WAIT,
     )
     .await
     .unwrap();

@@ -10,10 +10,11 @@ async fn systemd_notify_ready_watchdog_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    // A deadline for each notification (WATCHDOG=1 comes every 0.5 s).
+    // A deadline for each notification (WATCHDOG=1 comes every 2 s).
     sock.set_read_timeout(Some(WAIT)).unwrap();
     // No broker (none needed): a port with no server.
-    let cfg = process_config(dir.path(), free_port(), &sim("ups1", "100ms", ""));
+    let no_broker = crate::web::closed_port();
+    let cfg = process_config(dir.path(), no_broker.port, &sim("ups1", "100ms", ""));
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the
     // shell's pid for wardgate.
@@ -23,7 +24,11 @@ async fn systemd_notify_ready_watchdog_stopping() {
         .arg(env!("CARGO_BIN_EXE_wardgate"))
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "1000000")
+        // 4 s: a check every 2 s, so that one slow commit round on a
+        // loaded disk is not "no progress". The regression this guards (a
+        // first check at once, before any progress could be made) still
+        // warns at once whatever the period.
+        .env("WATCHDOG_USEC", "4000000")
         .stderr(log)
         .spawn()
         .unwrap();
