@@ -917,7 +917,7 @@ async fn config_set_that_cuts_the_link_rolls_back() {
         .unwrap()
         .to_owned();
     // Nothing listens there, and no other test's mosquitto can start to.
-    let no_broker = crate::web::closed_port();
+    let no_broker = closed_port();
     let dead = old.replace(
         &format!("port = {}", broker.port),
         &format!("port = {}", no_broker.port),

@@ -353,7 +353,7 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
 async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("w.toml");
-    let no_broker = crate::web::closed_port();
+    let no_broker = closed_port();
     std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
@@ -421,7 +421,7 @@ async fn a_client_that_stops_reading_is_dropped() {
     const ASKED: usize = 5_000;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("w.toml");
-    let no_broker = crate::web::closed_port();
+    let no_broker = closed_port();
     std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
@@ -498,7 +498,7 @@ async fn brute_forced_basic_auth_is_slowed() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = dir.path().join("w.toml");
-    let no_broker = crate::web::closed_port();
+    let no_broker = closed_port();
     std::fs::write(
         &cfg,
         config_text(no_broker.port, dir.path(), "").replace(
@@ -773,7 +773,7 @@ async fn world_readable_password_file_is_reported() {
     std::fs::write(&pw, "open-secret\n").unwrap();
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cfg = dir.path().join("w.toml");
-    let no_broker = crate::web::closed_port();
+    let no_broker = closed_port();
     std::fs::write(
         &cfg,
         config_text(no_broker.port, dir.path(), "").replace(

@@ -13,7 +13,7 @@ async fn systemd_notify_ready_watchdog_stopping() {
     // A deadline for each notification (WATCHDOG=1 comes every 2 s).
     sock.set_read_timeout(Some(WAIT)).unwrap();
     // No broker (none needed): a port with no server.
-    let no_broker = crate::web::closed_port();
+    let no_broker = closed_port();
     let cfg = process_config(dir.path(), no_broker.port, &sim("ups1", "100ms", ""));
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the

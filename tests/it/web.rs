@@ -5,42 +5,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// A loopback port where nothing listens and nothing can start to: a TCP
-/// socket bound to 127.0.0.1 but never listening, held for as long as the
-/// value lives. A connection to it is refused at once, and no other process
-/// (another test's mosquitto) can bind the port meanwhile, as it could the
-/// port [`free_port`] let go of. Used for "no broker here" in this file,
-/// words.rs, hostile_web.rs, service.rs and commands.rs (a candidate for
-/// common/).
-pub(crate) struct ClosedPort {
-    pub port: u16,
-    _socket: std::os::fd::OwnedFd,
-}
-
-pub(crate) fn closed_port() -> ClosedPort {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket calls on a descriptor this function owns and on
-    // local structs of the sizes given.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let r = libc::bind(fd, (&raw const addr).cast(), len);
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        let mut got = len;
-        let r = libc::getsockname(fd, (&raw mut addr).cast(), &mut got);
-        assert_eq!(r, 0, "getsockname: {}", std::io::Error::last_os_error());
-        ClosedPort {
-            port: u16::from_be(addr.sin_port),
-            _socket: socket,
-        }
-    }
-}
-
 /// Runs `dump` (a browser reading the page) while the devices and the link
 /// stay as they are: every device ok before it starts, and no device event
 /// (lost, fault, restored) nor link change while it runs; else it runs

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common::peers::{ModbusPeer, Snmpd};
 use crate::common::*;
-use crate::web::{closed_port, while_steady};
+use crate::web::while_steady;
 
 /// Runs headless chromium on `url` with its own profile directory (kept
 /// between calls, so cookies persist), as a phone would show it.
