@@ -2409,12 +2409,15 @@ fn spread(v: &[f64]) -> String {
 /// spool commit, which here takes at least one 250 ms fsync about once a
 /// second. Such a wait delays everything that arrives during it by up to
 /// 250 ms, about a tenth of the time by more than 150 ms: p95 near 200 ms.
-/// Bounds: p95 ≤ 150 ms for /healthz (open-loop probes every 20 ms, see
-/// [`probe_until`]) and for live readings, below one fsync; p95 rather
-/// than p99 so that a few slow answers on a busy 2-core machine (which p99
-/// of ~250 probes, the 3rd slowest, does not forgive) are not a failure;
-/// the benchmark targets (`scripts/bench`, p99 ≤ 5 and 10 ms) are far
-/// below. Any /healthz request failing or taking over 1 s fails too.
+/// Bounds, below one fsync: /healthz p95 ≤ 150 ms (open-loop probes every
+/// 20 ms, see [`probe_until`]), live readings p95 ≤ 100 ms (their delay is
+/// spread more thinly: the old spool, one lock around memory and disk,
+/// showed live p95 108-488 ms in the drain and /healthz p95 171-205 ms in
+/// the outage, 202-332 ms in the drain; this one 0.5-2 ms). p95, not p99,
+/// so that a few slow answers on a busy 2-core machine (p99 of ~250 probes
+/// is the 3rd slowest) are not a failure; the benchmark targets
+/// (`scripts/bench`, p99 ≤ 5 and 10 ms) are far below. Any /healthz
+/// request failing or taking over 1 s fails too.
 async fn slow_fsync(o: &Opts) -> Outcome {
     let so = match shim(o) {
         Ok(p) => p,
@@ -2434,7 +2437,7 @@ async fn slow_fsync(o: &Opts) -> Outcome {
     for (what, v, bound) in [
         ("/healthz p95 during the outage", &f.healthz_outage, 150.0),
         ("/healthz p95 during the drain", &f.healthz_drain, 150.0),
-        ("live p95 during the drain", &f.live_drain, 150.0),
+        ("live p95 during the drain", &f.live_drain, 100.0),
     ] {
         if let Some(x) = pct(v, 95.0) {
             if x > bound {
