@@ -68,8 +68,9 @@
 //!
 //! Every scenario ends the same way: the broker up, the gateway restarted
 //! with no devices (so nothing new is read) until its telemetry says the
-//! spool is empty, a clean stop (exit code 0 expected), then the subscriber
-//! is given time to receive everything.
+//! spool is empty, a clean stop (exit code 0 expected), then the harness
+//! waits for that stop's offline status, the last message the gateway
+//! publishes (so everything it sent before has arrived), and counts.
 
 // A harness run as its own process, not the gateway: blocking sleeps and
 // process::exit with the verdict are what it is for.
@@ -531,6 +532,17 @@ impl Rec {
         !self.retain
             && self.topic.ends_with("/status")
             && self.json().is_some_and(|v| v["state"] == "online")
+    }
+
+    /// The offline status a clean stop publishes (`"reason":"shutdown"`,
+    /// or `"power"`; binaries from before the reason have none): not the
+    /// broker's last will (`"lost"`).
+    fn is_status_offline_clean(&self) -> bool {
+        !self.retain
+            && self.topic.ends_with("/status")
+            && self
+                .json()
+                .is_some_and(|v| v["state"] == "offline" && v["reason"] != "lost")
     }
 
     /// A live (not historical) sample of `device`.
@@ -1170,6 +1182,34 @@ impl Rig {
             .await
     }
 
+    /// After the broker's return (records from `from` on): the gateway's
+    /// birth message, then a live ups1 reading within `limit` of it; the
+    /// seconds from `since` to the birth. The birth may take long: after an
+    /// outage of more than a few seconds the reconnect backoff has grown
+    /// (up to 75 s), as designed; how fast a restart is caught is
+    /// `broker_restarts`' to judge, not the scenarios that use this.
+    async fn live_after_reconnect(
+        &mut self,
+        from: usize,
+        since: Instant,
+        limit: Duration,
+    ) -> Result<f64, String> {
+        let Some(b) = self
+            .wait_while_up(from, Duration::from_secs(90), &|r| r.is_status_online())
+            .await
+        else {
+            return Err("no birth message within 90 s of the broker's return".into());
+        };
+        let at = self.rec.lock()[b].at;
+        let secs = at.saturating_duration_since(since).as_secs_f64();
+        match self.live_after(b, limit).await {
+            Some(_) => Ok(secs),
+            None => Err(format!(
+                "no live reading within {limit:?} of the reconnection ({secs:.1} s after the broker's return)"
+            )),
+        }
+    }
+
     /// Waits for an event with `code` on the gateway device; its values.
     async fn event_seen(&mut self, code: &str, limit: Duration) -> Option<Value> {
         let needle = format!("\"code\":\"{code}\"");
@@ -1259,10 +1299,34 @@ impl Rig {
                 "backlog not drained within {limit:?} ({why}; log: {tail})"
             ));
         }
+        let before_stop = self.rec.len();
+        let failures_before = self.failures.len();
         self.term_expect_0(Duration::from_secs(15), "final stop")
             .await;
+        // The barrier: the final run's offline status is the last thing it
+        // publishes, on the same connection as everything before it, so
+        // once it is here the rest is too (a fixed quiet period is not: a
+        // pause between broker and recorder longer than it left records
+        // out, counted lost). Then a short quiet for the broker's own
+        // redeliveries.
+        let limit = Duration::from_secs(20);
+        let offline = self
+            .rec
+            .wait_for(before_stop, limit, &|r| r.is_status_offline_clean())
+            .await;
+        if offline.is_none() {
+            let what = format!(
+                "final stop: no offline status (clean stop) arrived within {limit:?}, so what the run sent before it may still have been on its way and counted lost"
+            );
+            if self.failures.len() > failures_before {
+                // The stop already failed (not exit 0, or killed).
+                self.note(what);
+            } else {
+                self.fail(what);
+            }
+        }
         self.rec
-            .settle(Duration::from_millis(800), Duration::from_secs(20))
+            .settle(Duration::from_millis(300), Duration::from_secs(5))
             .await;
     }
 
@@ -1454,16 +1518,20 @@ async fn sigterm_hung_broker(o: &Opts) -> Outcome {
         }
         // The previous stop's backlog is sent first, so that what is in
         // flight when the broker hangs is only the newest readings.
-        rig.wait_while_up(from, Duration::from_secs(20), &|r| {
-            r.topic.ends_with("/gateway/telemetry")
-                && r.json().is_some_and(|v| {
-                    v["samples"]
-                        .as_array()
-                        .and_then(|a| a.last())
-                        .is_some_and(|s| num(&s["values"]["spool.depth"]) == Some(0.0))
-                })
-        })
-        .await;
+        let sent = rig
+            .wait_while_up(from, Duration::from_secs(20), &|r| {
+                r.topic.ends_with("/gateway/telemetry")
+                    && r.json().is_some_and(|v| {
+                        v["samples"]
+                            .as_array()
+                            .and_then(|a| a.last())
+                            .is_some_and(|s| num(&s["values"]["spool.depth"]) == Some(0.0))
+                    })
+            })
+            .await;
+        if sent.is_none() {
+            rig.note("the previous backlog was not sent within 20 s before the broker hung".into());
+        }
         rig.broker.pause();
         sleep_ms(o.pick(2000, 6000)).await;
         if let Some(took) = rig
@@ -1493,7 +1561,8 @@ async fn sigterm_hung_broker(o: &Opts) -> Outcome {
 }
 
 /// N broker restarts, each down ≤ 3 s: time until the gateway's birth
-/// message arrives again, p95 ≤ 5 s.
+/// message arrives again, p95 ≤ 5 s (short mode, 5 restarts: 4 of 5 within
+/// 5 s and none over 7 s; see [`reconnect_verdict`]).
 async fn broker_restarts(o: &Opts) -> Outcome {
     let mut rig = Rig::new("broker_restarts", o, None).await;
     let from = rig.rec.len();
@@ -1555,10 +1624,36 @@ async fn broker_restarts(o: &Opts) -> Outcome {
             String::new()
         }
     ));
-    if p95 > 5.0 {
-        rig.fail(format!("reconnect p95 {p95:.1} s > 5 s"));
+    if let Some(why) = reconnect_verdict(&times, o.short) {
+        rig.fail(why);
     }
     rig.finish().await
+}
+
+/// The reconnect promise (README: p95 ≤ 5 s) on the measured times, or why
+/// it is broken. The long run's 20 samples are judged on p95 itself. The
+/// short run's 5 cannot be: their p95 is the maximum, so one slow restart
+/// on a loaded machine would fail it; there 4 of 5 must be within 5 s and
+/// none over 7 s. That still fails a gateway that is slow every time, and
+/// most often one whose backoff has grown when the broker returns (steps of
+/// 4-8 s, then 8-16 s: two such restarts, or one over 7 s, fail).
+fn reconnect_verdict(times: &[f64], short: bool) -> Option<String> {
+    if !short {
+        let p95 = pct(times, 95.0)?;
+        return (p95 > 5.0).then(|| format!("reconnect p95 {p95:.1} s > 5 s"));
+    }
+    let slow = times.iter().filter(|&&t| t > 5.0).count();
+    let worst = times.iter().copied().fold(0.0, f64::max);
+    if slow > 1 {
+        Some(format!(
+            "{slow} of {} reconnects took > 5 s (at most 1 may)",
+            times.len()
+        ))
+    } else if worst > 7.0 {
+        Some(format!("a reconnect took {worst:.1} s > 7 s"))
+    } else {
+        None
+    }
 }
 
 /// Free bytes on the file system holding `dir`.
@@ -1619,22 +1714,28 @@ async fn disk_full(o: &Opts) -> Outcome {
     let room = free_bytes(&mnt.dir).saturating_sub(256 << 10);
     let _ = std::fs::write(&filler, vec![0u8; room as usize]);
     rig.broker.stop();
-    let deadline = Instant::now() + Duration::from_secs(o.pick(30, 90));
+    let outage = Instant::now();
+    let deadline = outage + Duration::from_secs(o.pick(30, 90));
     while free_bytes(&mnt.dir) > 16 << 10 && Instant::now() < deadline {
         sleep_ms(100).await;
     }
     let full = free_bytes(&mnt.dir) <= 16 << 10;
     rig.note(format!(
-        "disk {} during the outage",
-        if full { "filled up" } else { "did NOT fill up" }
+        "disk {} during the outage ({:.1} s)",
+        if full { "filled up" } else { "did NOT fill up" },
+        outage.elapsed().as_secs_f64()
     ));
     sleep_ms(o.pick(2000, 10000)).await;
     // The broker returns, the disk stays full: live readings must flow.
     let idx = rig.rec.len();
     rig.broker.spawn();
     let back = Instant::now();
-    if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
-        rig.fail("no live reading within 15 s of the broker's return (disk full)".into());
+    match rig
+        .live_after_reconnect(idx, back, Duration::from_secs(15))
+        .await
+    {
+        Ok(secs) => rig.note(format!("reconnected {secs:.1} s after the broker's return")),
+        Err(e) => rig.fail(format!("disk full: {e}")),
     }
     sleep_ms(3000).await;
     let live = {
@@ -1671,8 +1772,11 @@ async fn disk_full(o: &Opts) -> Outcome {
     rig.note(format!(
         "{dups_before_free} duplicates while the disk was full"
     ));
+    // Run 1's event may have been dropped while memory overflowed; run 2
+    // raises it at its first failed commit, about a second after start,
+    // later on a loaded machine: the same 15 s as the waits above.
     let degraded = rig
-        .event_seen("spool.degraded", Duration::from_secs(1))
+        .event_seen("spool.degraded", Duration::from_secs(15))
         .await;
     match &degraded {
         Some(v) => rig.note(format!(
@@ -1796,11 +1900,15 @@ async fn readonly_running(o: &Opts) -> Outcome {
     sleep_ms(o.pick(3000, 10000)).await;
     let idx = rig.rec.len();
     rig.broker.spawn();
-    if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
+    let back = Instant::now();
+    if let Err(e) = rig
+        .live_after_reconnect(idx, back, Duration::from_secs(15))
+        .await
+    {
         let code = rig.gw.exit_code();
         let tail = rig.gw.log_tail(2);
         rig.fail(format!(
-            "read-only spool while running: no live reading within 15 s of the broker's return (exit {code:?}; log: {tail})"
+            "read-only spool while running: {e} (exit {code:?}; log: {tail})"
         ));
     }
     rig.expect_degraded("read_only").await;
@@ -2041,19 +2149,53 @@ async fn oversized_reading(o: &Opts) -> Outcome {
     rig.broker.spawn();
     let idx = rig.rec.len();
     rig.start(Load::Normal);
-    let t = Instant::now();
-    sleep_ms(o.pick(6_000, 30_000)).await;
-    let env1_msgs = {
-        let recs = rig.rec.lock();
-        recs[idx..].iter().filter(|r| r.is_live("env1")).count()
-    };
-    let expected = (t.elapsed().as_millis() / 50) as usize;
-    rig.note(format!(
-        "env1 live messages with the big record queued: {env1_msgs} (about {expected} read)"
-    ));
-    if env1_msgs * 2 < expected {
+    // The window opens at the gateway's first birth message, not at its
+    // start: start-up on a loaded machine is not the uplink being blocked.
+    // env1's live readings are counted (not messages: readings that queue
+    // up travel together), at 20 a second half of them must arrive.
+    let Some(online) = rig
+        .wait_while_up(idx, Duration::from_secs(20), &|r| r.is_status_online())
+        .await
+    else {
+        let tail = rig.gw.log_tail(2);
         rig.fail(format!(
-            "uplink blocked: env1 got {env1_msgs} live messages of about {expected}"
+            "no birth message within 20 s of the start (log: {tail})"
+        ));
+        return rig.finish().await;
+    };
+    let (t, t_wall) = {
+        let recs = rig.rec.lock();
+        (recs[online].at, recs[online].wall_ms)
+    };
+    let window = Duration::from_millis(o.pick(6_000, 30_000));
+    sleep_ms(window.saturating_sub(t.elapsed()).as_millis() as u64).await;
+    // Readings taken in the window and delivered in it.
+    let env1_live = {
+        let recs = rig.rec.lock();
+        recs[online..]
+            .iter()
+            .filter(|r| r.at < t + window && r.is_live("env1"))
+            .filter_map(|r| r.json())
+            .map(|v| {
+                v["samples"].as_array().map_or(0, |a| {
+                    a.iter()
+                        .filter(|s| {
+                            s["historical"] == false
+                                && s["ts"].as_i64().is_some_and(|ts| ts >= t_wall)
+                        })
+                        .count()
+                })
+            })
+            .sum::<usize>()
+    };
+    let expected = (window.as_millis() / 50) as usize;
+    rig.note(format!(
+        "env1 live readings in the {} s after the birth, with the big record queued: {env1_live} (about {expected} read)",
+        window.as_secs()
+    ));
+    if env1_live * 2 < expected {
+        rig.fail(format!(
+            "uplink blocked: env1 got {env1_live} live readings of about {expected}"
         ));
     }
     rig.term_expect_0(Duration::from_secs(10), "stop").await;
@@ -2092,19 +2234,38 @@ async fn healthz(port: u16) -> Option<f64> {
     }
 }
 
-/// Probes /healthz every 20 ms until `until` says stop.
+/// A /healthz answer slower than this counts as a failed request.
+const HEALTHZ_ERROR_MS: f64 = 1000.0;
+
+/// Probes /healthz every 20 ms until `until` says stop. Open loop: a probe
+/// goes out every 20 ms whether or not the previous one has answered, so
+/// the figures weigh time, not answers. (Probing one after another, a page
+/// blocked 250 ms once a second is seen by one probe in about 38, fewer
+/// than 5 %: its p95 would not show the stall at all.) An answer that
+/// fails, is not 200, or takes longer than [`HEALTHZ_ERROR_MS`] is an error.
 async fn probe_until(
     port: u16,
     out: &mut Vec<f64>,
     errors: &mut u64,
     mut until: impl FnMut() -> bool,
 ) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probes = Vec::new();
     while !until() {
-        match healthz(port).await {
-            Some(ms) => out.push(ms),
-            None => *errors += 1,
+        tick.tick().await;
+        probes.push(tokio::spawn(healthz(port)));
+    }
+    for p in probes {
+        match p.await {
+            Ok(Some(ms)) => {
+                out.push(ms);
+                if ms > HEALTHZ_ERROR_MS {
+                    *errors += 1;
+                }
+            }
+            _ => *errors += 1,
         }
-        sleep_ms(20).await;
     }
 }
 
@@ -2228,9 +2389,35 @@ async fn measure_slow_fsync(rig: &mut Rig, so: &Path, outage_s: u64) -> SlowFigu
     f
 }
 
-/// Slow fsync (250 ms, a cheap SD card): outage then drain; /healthz and
-/// live latency p99. The suite's bounds are 10× the benchmark targets so
-/// that a busy 2-core machine does not make it flaky; a stall shows anyway.
+/// p50 / p95 / p99 / max and the count, for a note.
+fn spread(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "no data".into();
+    }
+    let max = v.iter().copied().fold(f64::MIN, f64::max);
+    format!(
+        "p50 {:.1} / p95 {:.1} / p99 {:.1} / max {max:.0} ms (n {})",
+        pct(v, 50.0).unwrap_or(0.0),
+        pct(v, 95.0).unwrap_or(0.0),
+        pct(v, 99.0).unwrap_or(0.0),
+        v.len()
+    )
+}
+
+/// Slow fsync (250 ms, a cheap SD card): outage then drain. The bugs
+/// guarded: the page (/healthz) or the uplink (live readings) waiting on a
+/// spool commit, which here takes at least one 250 ms fsync about once a
+/// second. Such a wait delays everything that arrives during it by up to
+/// 250 ms, about a tenth of the time by more than 150 ms: p95 near 200 ms.
+/// Bounds, below one fsync: /healthz p95 ≤ 150 ms (open-loop probes every
+/// 20 ms, see [`probe_until`]), live readings p95 ≤ 100 ms (their delay is
+/// spread more thinly: the old spool, one lock around memory and disk,
+/// showed live p95 108-488 ms in the drain and /healthz p95 171-205 ms in
+/// the outage, 202-332 ms in the drain; this one 0.5-2 ms). p95, not p99,
+/// so that a few slow answers on a busy 2-core machine (p99 of ~250 probes
+/// is the 3rd slowest) are not a failure; the benchmark targets
+/// (`scripts/bench`, p99 ≤ 5 and 10 ms) are far below. Any /healthz
+/// request failing or taking over 1 s fails too.
 async fn slow_fsync(o: &Opts) -> Outcome {
     let so = match shim(o) {
         Ok(p) => p,
@@ -2238,25 +2425,21 @@ async fn slow_fsync(o: &Opts) -> Outcome {
     };
     let mut rig = Rig::new("slow_fsync", o, None).await;
     let f = measure_slow_fsync(&mut rig, &so, o.pick(5, 30)).await;
-    let h_out = pct(&f.healthz_outage, 99.0);
-    let h_drain = pct(&f.healthz_drain, 99.0);
-    let l_drain = pct(&f.live_drain, 99.0);
     rig.note(format!(
-        "fsync 250 ms: /healthz p99 {} in the outage, {} in the drain ({:.1} s); live p99 {} in the drain ({} samples), {} when healthy; {} /healthz failures",
-        fmt_ms(h_out),
-        fmt_ms(h_drain),
+        "fsync 250 ms: /healthz {} in the outage; {} in the drain ({:.1} s); live {} in the drain, {} when healthy; {} /healthz failures (or > 1 s)",
+        spread(&f.healthz_outage),
+        spread(&f.healthz_drain),
         f.drain_secs,
-        fmt_ms(l_drain),
-        f.live_drain.len(),
-        fmt_ms(pct(&f.live_healthy, 99.0)),
+        spread(&f.live_drain),
+        spread(&f.live_healthy),
         f.healthz_errors
     ));
     for (what, v, bound) in [
-        ("/healthz p99 during the outage", h_out, 50.0),
-        ("/healthz p99 during the drain", h_drain, 50.0),
-        ("live p99 during the drain", l_drain, 100.0),
+        ("/healthz p95 during the outage", &f.healthz_outage, 150.0),
+        ("/healthz p95 during the drain", &f.healthz_drain, 150.0),
+        ("live p95 during the drain", &f.live_drain, 100.0),
     ] {
-        if let Some(x) = v {
+        if let Some(x) = pct(v, 95.0) {
             if x > bound {
                 rig.fail(format!("{what} {x:.0} ms > {bound:.0} ms"));
             }
@@ -2264,7 +2447,7 @@ async fn slow_fsync(o: &Opts) -> Outcome {
     }
     if f.healthz_errors > 0 {
         rig.fail(format!(
-            "{} /healthz requests failed or took > 5 s",
+            "{} /healthz requests failed or took > 1 s",
             f.healthz_errors
         ));
     }
@@ -2319,7 +2502,7 @@ async fn figures(o: &Opts) -> i32 {
         );
     }
     println!(
-        "(live p99 when healthy: {}; drain took {:.1} s; {} live samples in the drain; {} /healthz failures)",
+        "(/healthz probed every 20 ms, open loop; live p99 when healthy: {}; drain took {:.1} s; {} live samples in the drain; {} /healthz failures or > 1 s)",
         fmt_ms(pct(&f.live_healthy, 99.0)),
         f.drain_secs,
         f.live_drain.len(),
@@ -2409,6 +2592,16 @@ fn self_test() {
     };
     let recs: Vec<Rec> = [5, 6, 4, 6, 7].iter().map(|&s| rec(t, &hist(s))).collect();
     assert_eq!(order_violations(&recs).0, 1);
+    // Reconnect times: the short run forgives one slow restart up to 7 s.
+    assert!(reconnect_verdict(&[0.5, 0.6, 6.5, 0.4, 0.5], true).is_none());
+    assert!(reconnect_verdict(&[0.5, 0.6, 7.5, 0.4, 0.5], true).is_some());
+    assert!(reconnect_verdict(&[5.5, 0.6, 6.0, 0.4, 0.5], true).is_some());
+    // The long run's p95 of 20 is the second slowest.
+    let mut long = vec![0.5; 20];
+    long[3] = 9.0;
+    assert!(reconnect_verdict(&long, false).is_none());
+    long[7] = 5.5;
+    assert!(reconnect_verdict(&long, false).is_some());
 }
 
 // ---------------------------------------------------------------------------
