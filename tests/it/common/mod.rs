@@ -1010,6 +1010,48 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u
     (code, text)
 }
 
+/// The address of the spawned gateway's page, from its log line
+/// "local status page addr=..." (the page binds port 0); waits for it.
+pub async fn page_addr(gw: &Process) -> std::net::SocketAddr {
+    let mut addr = None;
+    eventually(WAIT, "the page's address in the log", || {
+        addr = gw.log_text().lines().find_map(|l| {
+            l.split("local status page addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        });
+        addr.is_some()
+    })
+    .await;
+    addr.expect("found above")
+}
+
+/// Runs headless chromium (blocking: call it from `spawn_blocking`) with
+/// its own profile directory `profile` (kept between calls, so cookies
+/// persist) and a 4 s virtual-time budget for the page's script; `args`
+/// are the caller's own flags and the URL. Returns what chromium printed.
+pub fn chromium<S: AsRef<std::ffi::OsStr>>(
+    profile: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium must be installed (apt-get install chromium)")
+}
+
 /// Runs `wardgate check --config <path>` (the real binary, off the async
 /// workers): the exit code and what it printed on stdout.
 pub async fn wardgate_check(path: &Path) -> (Option<i32>, String) {
