@@ -987,20 +987,38 @@ pub fn count_distinct_events(sub: &Subscriber, device: &str, code: &str) -> usiz
 
 /// A plain HTTP/1.1 GET on loopback: (status code, headers+body text).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
+    http_exchange(addr, &req, Duration::from_secs(10), "the page").await
+}
+
+/// One HTTP exchange on loopback: connects (within 5 s), sends `request`
+/// as it is, and reads until the server closes (within `answer_within`);
+/// `peer` names the server in the failure messages. Returns the status
+/// code (0 when there is none) and the whole response text.
+pub async fn http_exchange(
+    addr: std::net::SocketAddr,
+    request: &str,
+    answer_within: Duration,
+    peer: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = format!("connect to {peer}");
     let mut s = within(
         Duration::from_secs(5),
-        "connect",
+        &connect,
         tokio::net::TcpStream::connect(addr),
     )
     .await
-    .expect("connect to the page");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    .expect(&connect);
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    within(Duration::from_secs(10), "response", s.read_to_end(&mut buf))
-        .await
-        .unwrap();
+    within(
+        answer_within,
+        &format!("{peer}'s answer"),
+        s.read_to_end(&mut buf),
+    )
+    .await
+    .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text
         .split_whitespace()
