@@ -548,7 +548,7 @@ impl Subscriber {
         site: &str,
         login: Option<(&str, &str)>,
     ) -> Subscriber {
-        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        use rumqttc::{AsyncClient, MqttOptions};
         let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let cancel = CancellationToken::new();
@@ -560,62 +560,45 @@ impl Subscriber {
         if let Some((user, pass)) = login {
             o.set_credentials(user, pass);
         }
-        let (client, mut el) = AsyncClient::new(o, 100);
-        let topic = format!("{prefix}/{site}/#");
-        let (m, inv, c) = (msgs.clone(), invalid.clone(), cancel.clone());
-        let subscribed = Arc::new(tokio::sync::Notify::new());
-        let sub2 = subscribed.clone();
+        let (client, el) = AsyncClient::new(o, 100);
+        let (m, inv) = (msgs.clone(), invalid.clone());
         let (pfx, st) = (prefix.to_owned(), site.to_owned());
-        tokio::spawn(async move {
-            let schemas = Schemas::load();
-            loop {
-                let ev = tokio::select! {
-                    _ = c.cancelled() => return,
-                    ev = el.poll() => ev,
-                };
-                match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
-                    Ok(Event::Incoming(Packet::Publish(p))) if is_request_topic(&p.topic) => {
-                        m.lock().unwrap().push(Msg {
-                            topic: p.topic.clone(),
-                            retain: p.retain,
-                            body: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
-                        });
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let body: Value = match serde_json::from_slice(&p.payload) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                inv.lock()
-                                    .unwrap()
-                                    .push(format!("{}: not JSON: {e}", p.topic));
-                                continue;
-                            }
-                        };
-                        if let Some(problem) = schemas.check(&p.topic, &body) {
-                            inv.lock().unwrap().push(problem);
-                        }
+        let schemas = Schemas::load();
+        run_subscribed(
+            (client, el),
+            format!("{prefix}/{site}/#"),
+            cancel.clone(),
+            (Duration::from_secs(10), "subscription"),
+            move |p| {
+                if is_request_topic(&p.topic) {
+                    m.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        retain: p.retain,
+                        body: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+                    });
+                    return;
+                }
+                let body: Value = match serde_json::from_slice(&p.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
                         inv.lock()
                             .unwrap()
-                            .extend(check_envelope(&pfx, &st, &p.topic, None, &body));
-                        m.lock().unwrap().push(Msg {
-                            topic: p.topic.clone(),
-                            retain: p.retain,
-                            body,
-                        });
+                            .push(format!("{}: not JSON: {e}", p.topic));
+                        return;
                     }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                };
+                if let Some(problem) = schemas.check(&p.topic, &body) {
+                    inv.lock().unwrap().push(problem);
                 }
-            }
-        });
-        within(
-            Duration::from_secs(10),
-            "subscription",
-            subscribed.notified(),
+                inv.lock()
+                    .unwrap()
+                    .extend(check_envelope(&pfx, &st, &p.topic, None, &body));
+                m.lock().unwrap().push(Msg {
+                    topic: p.topic.clone(),
+                    retain: p.retain,
+                    body,
+                });
+            },
         )
         .await;
         retain_checker(
@@ -700,6 +683,42 @@ impl Subscriber {
         })
         .await;
     }
+}
+
+/// Runs an MQTT 3.1.1 client (its `client` and event loop) until `cancel`:
+/// subscribes to `filter` (QoS 1) at every connection, hands each message
+/// to `on_publish`, and sleeps 100 ms after an error (rumqttc reconnects on
+/// the next poll). Returns once the broker confirmed the first
+/// subscription; fails the test if that takes longer than `confirm_within.0`
+/// (`confirm_within.1` names the subscription).
+pub async fn run_subscribed(
+    (client, mut el): (rumqttc::AsyncClient, rumqttc::EventLoop),
+    filter: String,
+    cancel: CancellationToken,
+    confirm_within: (Duration, &str),
+    mut on_publish: impl FnMut(rumqttc::Publish) + Send + 'static,
+) {
+    use rumqttc::{Event, Packet, QoS};
+    let subscribed = Arc::new(tokio::sync::Notify::new());
+    let sub2 = subscribed.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = el.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(p),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    within(confirm_within.0, confirm_within.1, subscribed.notified()).await;
 }
 
 /// An MQTT 5 client on the same topics with retain-as-published and no
