@@ -121,6 +121,19 @@ fn write_power_config(
     (cfg, ran)
 }
 
+/// A broker, a subscriber and the gateway running on a [`Rig`] with the
+/// `power` lines; once ups1 has sent 2 samples, the UPS goes on battery
+/// (OB). Returns them all (the broker must outlive the gateway).
+async fn on_battery(power: &str) -> (Broker, Subscriber, Rig, Process) {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let rig = Rig::new(broker.port, power, "");
+    let gw = rig.start();
+    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
+    rig.bits(OB);
+    (broker, sub, rig, gw)
+}
+
 /// `/api/status` of the spawned gateway.
 async fn api_status(gw: &Process) -> Value {
     let addr = page_addr(gw).await;
@@ -273,12 +286,7 @@ async fn on_battery_every_reading_is_on_the_card_before_it_is_sent() {
 /// shutdown command run, in that order; the gateway exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_battery_shuts_down_in_order() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "ups_off_delay = \"30s\"\n", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("ups_off_delay = \"30s\"\n").await;
     eventually(WAIT, "on battery", || {
         sub.samples("ups1")
             .iter()
@@ -348,12 +356,7 @@ async fn low_battery_shuts_down_in_order() {
 /// shutdown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mains_back_before_the_trigger_runs_nothing() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("").await;
     eventually(WAIT, "on battery in the status", || {
         gw.log_text().contains("power: the UPS is on battery")
     })
@@ -393,12 +396,7 @@ async fn mains_back_before_the_trigger_runs_nothing() {
 /// poll then does (so the test can fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_glitchy_poll_does_not_trigger() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "ups_off_delay = \"0s\"\n", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("ups_off_delay = \"0s\"\n").await;
     for _ in 0..3 {
         rig.sim
             .set(|s| s.script.push_back(Scripted::Bits(OB_LB.into())));
@@ -421,12 +419,7 @@ async fn one_glitchy_poll_does_not_trigger() {
 /// LB reading) never triggers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_or_failing_ups_does_not_trigger() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("").await;
     rig.polls(2).await;
     rig.sim.set(|s| {
         for _ in 0..3 {
