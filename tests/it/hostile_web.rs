@@ -369,11 +369,7 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    let no_broker = closed_port();
-    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
-    let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr = page_addr(&gw).await;
+    let (mut gw, addr, _no_broker) = start_without_broker(dir.path()).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(OTHER, 0)).unwrap();
     let mut s = sock.connect(addr).await.unwrap();
@@ -437,11 +433,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
 async fn a_client_that_stops_reading_is_dropped() {
     const ASKED: usize = 5_000;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    let no_broker = closed_port();
-    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
-    let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr = page_addr(&gw).await;
+    let (mut gw, addr, _no_broker) = start_without_broker(dir.path()).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), 0))

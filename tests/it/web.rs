@@ -281,13 +281,7 @@ async fn page_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_starts_identify() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    // The page binds port 0; the gateway logs the address it got.
-    // No broker (none needed): a port with no server.
-    let no_broker = closed_port();
-    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
-    let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr = page_addr(&gw).await;
+    let (mut gw, addr, _no_broker) = start_without_broker(dir.path()).await;
     let identify = || async {
         let (_, text) = http_get(addr, "/api/status", "").await;
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();

@@ -509,16 +509,7 @@ async fn spool_stats_prints_the_catchup_line() {
     .unwrap();
     let gw = Gateway::start(wardgate::config::Config::load(&cfg_path, true).unwrap()).await;
     // The second event comes with the 30th and last sample.
-    eventually(WAIT, "30 samples read", || {
-        gw.status
-            .get()
-            .events
-            .iter()
-            .filter(|e| e.device == "ups1" && e.code.starts_with("ups."))
-            .count()
-            >= 2
-    })
-    .await;
+    eventually(WAIT, "30 samples read", || ups_events(&gw, "ups1") >= 2).await;
     gw.stop().await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
         .args(["spool", "stats", "--config"])

@@ -839,6 +839,17 @@ pub fn config(port: u16, dir: &Path, extra: &str) -> Config {
     Config::from_toml(&config_text(port, dir, extra)).expect("test config is valid")
 }
 
+/// How many `ups.*` events `device` has raised so far, as the in-process
+/// gateway's status lists them.
+pub fn ups_events(gw: &Gateway, device: &str) -> usize {
+    gw.status
+        .get()
+        .events
+        .iter()
+        .filter(|e| e.device == device && e.code.starts_with("ups."))
+        .count()
+}
+
 /// The gateway running in this process.
 pub struct Gateway {
     cancel: CancellationToken,
@@ -1062,6 +1073,19 @@ pub async fn page_addr(gw: &Process) -> std::net::SocketAddr {
     })
     .await;
     addr.expect("found above")
+}
+
+/// The real binary with the default config, its page on port 0 and no
+/// broker (a [`closed_port`]: none is needed), its log in `dir/log`, once
+/// its page is up. Returns the process, the page's address and the closed
+/// port (keep it while the gateway runs).
+pub async fn start_without_broker(dir: &Path) -> (Process, std::net::SocketAddr, ClosedPort) {
+    let cfg = dir.join("w.toml");
+    let no_broker = closed_port();
+    std::fs::write(&cfg, config_text(no_broker.port, dir, "")).unwrap();
+    let gw = Process::start(&cfg, &dir.join("log"));
+    let addr = page_addr(&gw).await;
+    (gw, addr, no_broker)
 }
 
 /// Runs headless chromium (blocking: call it from `spawn_blocking`) with
