@@ -1116,8 +1116,18 @@ pub fn chromium<S: AsRef<std::ffi::OsStr>>(
 /// Runs `wardgate check --config <path>` (the real binary, off the async
 /// workers): the exit code and what it printed on stdout.
 pub async fn wardgate_check(path: &Path) -> (Option<i32>, String) {
+    let out = wardgate_check_output(path).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Runs `wardgate check --config <path>` (the real binary, off the async
+/// workers) and returns all it left: exit status, stdout and stderr.
+pub async fn wardgate_check_output(path: &Path) -> std::process::Output {
     let path = path.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
             .args(["check", "--config"])
             .arg(&path)
@@ -1125,9 +1135,5 @@ pub async fn wardgate_check(path: &Path) -> (Option<i32>, String) {
             .expect("the wardgate binary runs")
     })
     .await
-    .expect("check task");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    .expect("check task")
 }
