@@ -89,16 +89,7 @@ async fn spool_stats_and_export_show_the_backlog() {
     // The second event (after the 20th and the 40th sample) is raised
     // right after the last sample was kept. (The spool's own counters count
     // the `pi` and `gateway` records too, so they cannot say this.)
-    eventually(WAIT, "40 samples read", || {
-        gw.status
-            .get()
-            .events
-            .iter()
-            .filter(|e| e.device == "ups1" && e.code.starts_with("ups."))
-            .count()
-            >= 2
-    })
-    .await;
+    eventually(WAIT, "40 samples read", || ups_events(&gw, "ups1") >= 2).await;
     gw.stop().await;
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))

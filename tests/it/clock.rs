@@ -25,6 +25,20 @@ fn num(v: &Value) -> Option<i64> {
     v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)
 }
 
+/// The gateway's `gateway.clock_corrected` events about ups1's records of
+/// `kind` ("samples", "events"; `None`: either), in the order received.
+fn ups1_corrections(sub: &Subscriber, kind: Option<&str>) -> Vec<Value> {
+    sub.events("gateway")
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| {
+            e["code"] == "gateway.clock_corrected"
+                && e["values"]["record.device"] == "ups1"
+                && kind.is_none_or(|k| e["values"]["record.kind"] == k)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsynced_then_synced_plus_three_days() {
     let mut broker = Broker::start();
@@ -57,11 +71,7 @@ async fn unsynced_then_synced_plus_three_days() {
     clock.sync(3 * DAY);
     let synced_ts = w0 + 10_000 + 3 * DAY;
     broker.start_again();
-    let event = |sub: &Subscriber| -> Option<Value> {
-        sub.events("gateway").into_iter().map(|(_, e)| e).find(|e| {
-            e["code"] == "gateway.clock_corrected" && e["values"]["record.device"] == "ups1"
-        })
-    };
+    let event = |sub: &Subscriber| ups1_corrections(sub, None).into_iter().next();
     eventually(WAIT, "the correction event and synced samples", || {
         event(&sub).is_some()
             && sub
@@ -108,16 +118,7 @@ async fn unsynced_then_synced_plus_three_days() {
 
     // The delivered ones: exactly one event for ups1's samples, covering
     // the seqs acknowledged while unsynced: 0 to the last one delivered.
-    let evs: Vec<Value> = sub
-        .events("gateway")
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| {
-            e["code"] == "gateway.clock_corrected"
-                && e["values"]["record.device"] == "ups1"
-                && e["values"]["record.kind"] == "samples"
-        })
-        .collect();
+    let evs = ups1_corrections(&sub, Some("samples"));
     assert_eq!(evs.len(), 1, "one event per device and kind: {evs:#?}");
     let v = &evs[0]["values"];
     assert_eq!(evs[0]["clock"], "synced");
@@ -180,16 +181,7 @@ async fn unsynced_then_synced_plus_three_days() {
             .map(|(_, e)| seq(e))
             .collect()
     };
-    let ev_events: Vec<Value> = sub
-        .events("gateway")
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| {
-            e["code"] == "gateway.clock_corrected"
-                && e["values"]["record.device"] == "ups1"
-                && e["values"]["record.kind"] == "events"
-        })
-        .collect();
+    let ev_events = ups1_corrections(&sub, Some("events"));
     if !events_only_unsynced.is_empty() {
         assert_eq!(ev_events.len(), 1, "{ev_events:#?}");
         let v = &ev_events[0]["values"];

@@ -31,7 +31,7 @@ const FINAL: [&str; 3] = ["successful", "failed", "rejected"];
 
 impl Ioc {
     async fn start(port: u16, site: &str, login: Option<(&str, &str)>) -> Ioc {
-        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        use rumqttc::{AsyncClient, MqttOptions};
         let mut o = MqttOptions::new(
             format!("test-ioc-{}", rand::random::<u32>()),
             "127.0.0.1",
@@ -42,45 +42,28 @@ impl Ioc {
         if let Some((u, p)) = login {
             o.set_credentials(u, p);
         }
-        let (client, mut el) = AsyncClient::new(o, 100);
+        let (client, el) = AsyncClient::new(o, 100);
         let replies: Arc<Mutex<Vec<Value>>> = Arc::default();
         let cancel = CancellationToken::new();
-        let subscribed = Arc::new(tokio::sync::Notify::new());
-        let (r, c, s, sub) = (
-            replies.clone(),
-            cancel.clone(),
-            client.clone(),
-            subscribed.clone(),
-        );
-        let filter = format!("ioc/{site}/cmd/+/+/reply");
+        let r = replies.clone();
         let schemas = Schemas::load();
-        tokio::spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = c.cancelled() => return,
-                    ev = el.poll() => ev,
-                };
-                match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = s.try_subscribe(filter.clone(), QoS::AtLeastOnce);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => sub.notify_one(),
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let body: Value = serde_json::from_slice(&p.payload)
-                            .unwrap_or_else(|e| panic!("{}: reply not JSON: {e}", p.topic));
-                        if let Some(problem) = schemas.check(&p.topic, &body) {
-                            panic!("reply against the schema: {problem}");
-                        }
-                        let mut b = body.clone();
-                        b["_topic"] = json!(p.topic);
-                        r.lock().unwrap().push(b);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        run_subscribed(
+            (client.clone(), el),
+            format!("ioc/{site}/cmd/+/+/reply"),
+            cancel.clone(),
+            (WAIT, "IOC subscription"),
+            move |p| {
+                let body: Value = serde_json::from_slice(&p.payload)
+                    .unwrap_or_else(|e| panic!("{}: reply not JSON: {e}", p.topic));
+                if let Some(problem) = schemas.check(&p.topic, &body) {
+                    panic!("reply against the schema: {problem}");
                 }
-            }
-        });
-        within(WAIT, "IOC subscription", subscribed.notified()).await;
+                let mut b = body.clone();
+                b["_topic"] = json!(p.topic);
+                r.lock().unwrap().push(b);
+            },
+        )
+        .await;
         Ioc {
             client,
             replies,
@@ -812,6 +795,31 @@ fn sha256(text: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// Starts wardgate as systemd would ([`LikeSystemd`], log in `dir/gw.log`)
+/// on the broker at `broker_port`, with `config.get` and `config.set`
+/// allowed, `confirm_within = "10s"` and one simulated device, ups1, read
+/// hourly; waits until it is connected. Returns the config's path, its
+/// text and the run.
+async fn config_set_gateway(
+    dir: &std::path::Path,
+    broker_port: u16,
+) -> (std::path::PathBuf, String, LikeSystemd) {
+    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
+        "trust_clock = true",
+        "trust_clock = true\nconfirm_within = \"10s\"",
+    );
+    let cfg = process_config(dir, broker_port, &extra);
+    let old = std::fs::read_to_string(&cfg).unwrap();
+    let run = LikeSystemd::start(cfg.clone(), dir.join("gw.log"));
+    eventually(WAIT, "connected", || {
+        std::fs::read_to_string(dir.join("gw.log"))
+            .unwrap_or_default()
+            .contains("MQTT connected")
+    })
+    .await;
+    (cfg, old, run)
+}
+
 /// config.set: a stale base_hash, an invalid config and a broker change
 /// without allow_broker_change are refused and change nothing; a good
 /// change is written, the gateway restarts into it, confirms it (broker
@@ -823,19 +831,7 @@ async fn config_set_refuses_then_applies_a_change() {
     let dir = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "ioc").await;
     let ioc = Ioc::start(broker.port, &test_site(), None).await;
-    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
-        "trust_clock = true",
-        "trust_clock = true\nconfirm_within = \"10s\"",
-    );
-    let cfg = process_config(dir.path(), broker.port, &extra);
-    let old = std::fs::read_to_string(&cfg).unwrap();
-    let run = LikeSystemd::start(cfg.clone(), dir.path().join("gw.log"));
-    eventually(WAIT, "connected", || {
-        std::fs::read_to_string(dir.path().join("gw.log"))
-            .unwrap_or_default()
-            .contains("MQTT connected")
-    })
-    .await;
+    let (cfg, old, run) = config_set_gateway(dir.path(), broker.port).await;
     ioc.send("config.get", "g1", json!({})).await;
     let hash = ioc.final_reply("g1").await["result"]["hash"].clone();
     assert_eq!(hash, json!(sha256(&old)));
@@ -898,19 +894,7 @@ async fn config_set_that_cuts_the_link_rolls_back() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let ioc = Ioc::start(broker.port, &test_site(), None).await;
-    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
-        "trust_clock = true",
-        "trust_clock = true\nconfirm_within = \"10s\"",
-    );
-    let cfg = process_config(dir.path(), broker.port, &extra);
-    let old = std::fs::read_to_string(&cfg).unwrap();
-    let run = LikeSystemd::start(cfg.clone(), dir.path().join("gw.log"));
-    eventually(WAIT, "connected", || {
-        std::fs::read_to_string(dir.path().join("gw.log"))
-            .unwrap_or_default()
-            .contains("MQTT connected")
-    })
-    .await;
+    let (cfg, old, run) = config_set_gateway(dir.path(), broker.port).await;
     ioc.send("config.get", "g1", json!({})).await;
     let hash = ioc.final_reply("g1").await["result"]["hash"]
         .as_str()

@@ -5,7 +5,6 @@
 //! allowed. The allowed edges still run against a real mosquitto.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -19,16 +18,9 @@ async fn check(text: &str) -> (Option<i32>, String) {
     let out = within(
         Duration::from_secs(60),
         "wardgate check",
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_wardgate"))
-                .args(["check", "--config"])
-                .arg(&path)
-                .output()
-                .expect("the wardgate binary runs")
-        }),
+        wardgate_check_output(&path),
     )
-    .await
-    .expect("check task");
+    .await;
     (
         out.status.code(),
         format!(

@@ -9,7 +9,7 @@
 //! different clients.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -83,20 +83,46 @@ fn raise_own_nofile(want: u64) {
     );
 }
 
-/// The page's address, from the gateway's log.
-async fn page_addr(gw: &Process) -> SocketAddr {
-    let mut addr: Option<SocketAddr> = None;
-    eventually(WAIT, "the page's address in the log", || {
-        addr = gw.log_text().lines().find_map(|l| {
-            l.split("local status page addr=")
-                .nth(1)
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-        });
-        addr.is_some()
-    })
-    .await;
-    addr.expect("found above")
+/// Writes `dir/w.toml`: the broker at `broker_port` and one simulated
+/// device, ups1, read every 200 ms. Returns its path.
+fn ups1_config(dir: &Path, broker_port: u16) -> PathBuf {
+    let cfg = dir.join("w.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            broker_port,
+            dir,
+            "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"200ms\"\n",
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Writes the page password `password` to `dir/web.pw` with file mode
+/// `mode`, and `dir/w.toml`: the page behind basic auth (user staff, that
+/// password file) and no broker. Returns the config's path, the password
+/// file's and the closed port the config names as the broker (keep it
+/// while the gateway runs).
+fn password_config(dir: &Path, password: &str, mode: u32) -> (PathBuf, PathBuf, ClosedPort) {
+    use std::os::unix::fs::PermissionsExt;
+    let pw = dir.join("web.pw");
+    std::fs::write(&pw, password).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+    let cfg = dir.join("w.toml");
+    let no_broker = closed_port();
+    std::fs::write(
+        &cfg,
+        config_text(no_broker.port, dir, "").replace(
+            "[web]\n",
+            &format!(
+                "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        ),
+    )
+    .unwrap();
+    (cfg, pw, no_broker)
 }
 
 /// A response: status code, headers (lower-case names) and body.
@@ -200,16 +226,7 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
     raise_own_nofile(HELD as u64 + 512);
     let mut broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    std::fs::write(
-        &cfg,
-        config_text(
-            broker.port,
-            dir.path(),
-            "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"200ms\"\n",
-        ),
-    )
-    .unwrap();
+    let cfg = ups1_config(dir.path(), broker.port);
     let gw = start_limited(&cfg, &dir.path().join("log"), 1024);
     let addr = page_addr(&gw).await;
     let uplink = || async {
@@ -352,11 +369,7 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    let no_broker = closed_port();
-    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
-    let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr = page_addr(&gw).await;
+    let (mut gw, addr, _no_broker) = start_without_broker(dir.path()).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(OTHER, 0)).unwrap();
     let mut s = sock.connect(addr).await.unwrap();
@@ -420,11 +433,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
 async fn a_client_that_stops_reading_is_dropped() {
     const ASKED: usize = 5_000;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    let no_broker = closed_port();
-    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
-    let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let addr = page_addr(&gw).await;
+    let (mut gw, addr, _no_broker) = start_without_broker(dir.path()).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)), 0))
@@ -493,23 +502,7 @@ async fn a_client_that_stops_reading_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brute_forced_basic_auth_is_slowed() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("web.pw");
-    std::fs::write(&pw, "right-horse-battery\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let cfg = dir.path().join("w.toml");
-    let no_broker = closed_port();
-    std::fs::write(
-        &cfg,
-        config_text(no_broker.port, dir.path(), "").replace(
-            "[web]\n",
-            &format!(
-                "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
-                pw.display()
-            ),
-        ),
-    )
-    .unwrap();
+    let (cfg, _pw, _no_broker) = password_config(dir.path(), "right-horse-battery\n", 0o600);
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
     // A bound for an exchange, not a promise: generous.
@@ -647,16 +640,7 @@ fn between<'a>(page: &'a str, open: &str, close: &str) -> &'a str {
 async fn security_headers_on_every_response() {
     let mut broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    std::fs::write(
-        &cfg,
-        config_text(
-            broker.port,
-            dir.path(),
-            "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"200ms\"\n",
-        ),
-    )
-    .unwrap();
+    let cfg = ups1_config(dir.path(), broker.port);
     let mut gw = Process::start(&cfg, &dir.path().join("log"));
     let addr = page_addr(&gw).await;
     // A bound for an exchange, not a promise: generous.
@@ -727,25 +711,16 @@ async fn security_headers_on_every_response() {
     let out = tokio::task::spawn_blocking({
         let p = profile.path().to_path_buf();
         move || {
-            Command::new("chromium")
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
+            chromium(
+                &p,
+                [
                     "--enable-logging=stderr",
                     "--v=0",
-                    "--virtual-time-budget=4000",
                     "--accept-lang=en",
                     "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", p.display()))
-                .arg(&url)
-                .output()
-                .expect("chromium must be installed")
+                    &url,
+                ],
+            )
         }
     })
     .await
@@ -769,22 +744,7 @@ async fn security_headers_on_every_response() {
 async fn world_readable_password_file_is_reported() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("web.pw");
-    std::fs::write(&pw, "open-secret\n").unwrap();
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let cfg = dir.path().join("w.toml");
-    let no_broker = closed_port();
-    std::fs::write(
-        &cfg,
-        config_text(no_broker.port, dir.path(), "").replace(
-            "[web]\n",
-            &format!(
-                "[web]\nusername = \"staff\"\npassword_file = \"{}\"\n",
-                pw.display()
-            ),
-        ),
-    )
-    .unwrap();
+    let (cfg, pw, _no_broker) = password_config(dir.path(), "open-secret\n", 0o644);
     let (code, out) = wardgate_check(&cfg).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(

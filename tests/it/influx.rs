@@ -142,32 +142,16 @@ impl Vm {
         out
     }
 
-    /// An HTTP/1.0 GET (no chunked answer): status and body.
+    /// An HTTP/1.0 GET (no chunked answer), the answer within 20 s (an
+    /// export on a loaded machine): status and body.
     async fn get(&self, path: &str) -> (u16, String) {
-        let mut s = within(
-            Duration::from_secs(5),
-            "connect to victoria-metrics",
-            tokio::net::TcpStream::connect(("127.0.0.1", self.port)),
-        )
-        .await
-        .unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        within(
+        let (code, text) = http_exchange(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
             Duration::from_secs(20),
-            "victoria-metrics answer",
-            s.read_to_end(&mut buf),
+            "victoria-metrics",
         )
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        .await;
         let body = text
             .split_once("\r\n\r\n")
             .map(|x| x.1)
@@ -644,6 +628,16 @@ impl Scripted {
             .flat_map(|w| w.lines)
             .collect()
     }
+
+    /// The seqs of the ups1 samples answered 2xx, in the order they were
+    /// written.
+    fn ups1_seqs(&self) -> Vec<u64> {
+        self.landed()
+            .iter()
+            .filter(|l| is_ups1_sample(l))
+            .map(|l| seq_of(l))
+            .collect()
+    }
 }
 
 async fn serve(
@@ -769,12 +763,7 @@ async fn influx_413_halves_the_batch() {
         .iter()
         .filter(|w| w.status < 300)
         .all(|w| w.lines.len() <= 10));
-    let seqs: BTreeSet<u64> = server
-        .landed()
-        .iter()
-        .filter(|l| is_ups1_sample(l))
-        .map(|l| seq_of(l))
-        .collect();
+    let seqs: BTreeSet<u64> = server.ups1_seqs().into_iter().collect();
     assert_contiguous(&seqs, 0, "ups1 in the database");
 }
 
@@ -798,11 +787,7 @@ async fn influx_400_sets_bad_points_aside_and_writes_the_rest() {
     .await;
     let (_b, _d, gw) = scripted_gateway(&server, "max_batch = 50", "5ms").await;
     eventually(WAIT, "ups1 points up to seq 400 landed", || {
-        server
-            .landed()
-            .iter()
-            .filter(|l| is_ups1_sample(l))
-            .any(|l| seq_of(l) >= 400)
+        server.ups1_seqs().iter().any(|&s| s >= 400)
     })
     .await;
     eventually(WAIT, "the status shows what landed", || {
@@ -813,12 +798,7 @@ async fn influx_400_sets_bad_points_aside_and_writes_the_rest() {
     let st = influx_status(&gw);
     let events = gw.status.get().events;
     gw.stop().await;
-    let landed: BTreeSet<u64> = server
-        .landed()
-        .iter()
-        .filter(|l| is_ups1_sample(l))
-        .map(|l| seq_of(l))
-        .collect();
+    let landed: BTreeSet<u64> = server.ups1_seqs().into_iter().collect();
     let top = *landed.iter().last().unwrap();
     for s in 0..top {
         assert_eq!(landed.contains(&s), s % 17 != 0, "seq {s}");
@@ -906,22 +886,12 @@ async fn influx_401_keeps_everything_and_retries_slowly() {
     )
     .await;
     gw.stop().await;
-    let seqs: BTreeSet<u64> = server
-        .landed()
-        .iter()
-        .filter(|l| is_ups1_sample(l))
-        .map(|l| seq_of(l))
-        .collect();
+    let seqs: BTreeSet<u64> = server.ups1_seqs().into_iter().collect();
     // Written once each (nothing was in flight twice: every refused write
     // kept its points), and in order: live readings go ahead of the
     // backlog, each in seq order, so the arrival order is two increasing
     // runs interleaved (its longest decreasing subsequence is at most 2).
-    let order: Vec<u64> = server
-        .landed()
-        .iter()
-        .filter(|l| is_ups1_sample(l))
-        .map(|l| seq_of(l))
-        .collect();
+    let order: Vec<u64> = server.ups1_seqs();
     assert_eq!(order.len(), seqs.len(), "a point written twice");
     let mut lds: Vec<usize> = vec![1; order.len()];
     for i in 0..order.len() {
@@ -970,12 +940,7 @@ async fn influx_503_and_429_back_off_honouring_retry_after() {
     assert!(gap(1) >= Duration::from_secs(3), "{:?}", gap(1));
     assert!(gap(2) >= Duration::from_secs(2), "{:?}", gap(2));
     assert!(st.retries >= 3, "{st:?}");
-    let seqs: BTreeSet<u64> = server
-        .landed()
-        .iter()
-        .filter(|l| is_ups1_sample(l))
-        .map(|l| seq_of(l))
-        .collect();
+    let seqs: BTreeSet<u64> = server.ups1_seqs().into_iter().collect();
     assert_contiguous(&seqs, 0, "ups1 after the back-off");
 }
 

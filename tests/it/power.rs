@@ -33,27 +33,16 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("ttyUPS");
         let sim = MegatecSim::start(&link);
-        let ran = dir.path().join("ran");
-        let script = dir.path().join("off.sh");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\necho \"ran $*\" >> {}\n", ran.display()),
-        )
-        .unwrap();
-        let text = config_text(
-            mqtt_port,
+        let (cfg, ran) = write_power_config(
             dir.path(),
+            mqtt_port,
+            power,
             &format!(
-                "[gateway]\ntelemetry_interval = \"1s\"\nsystem_health = false\n\
-                 [power]\nups = \"ups1\"\nshutdown_command = [\"/bin/sh\", \"{}\", \"poweroff\"]\n{power}\n\
-                 [[device]]\nid = \"ups1\"\ntype = \"megatec\"\nserial = \"{}\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\n",
-                script.display(),
+                "[[device]]\nid = \"ups1\"\ntype = \"megatec\"\nserial = \"{}\"\ninterval = \"300ms\"\ntimeout = \"300ms\"\n",
                 link.display()
             ),
-        )
-        .replace("[spool]\n", &format!("[spool]\n{spool}"));
-        let cfg = dir.path().join("wardgate.toml");
-        std::fs::write(&cfg, text).unwrap();
+            spool,
+        );
         let log = dir.path().join("wardgate.log");
         Rig {
             dir,
@@ -91,6 +80,60 @@ impl Rig {
     }
 }
 
+/// Writes the shutdown command `dir/off.sh` (it appends "ran <its
+/// arguments>" to `dir/ran`) and returns (the script, `dir/ran`).
+fn off_script(dir: &Path) -> (PathBuf, PathBuf) {
+    let ran = dir.join("ran");
+    let script = dir.join("off.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"ran $*\" >> {}\n", ran.display()),
+    )
+    .unwrap();
+    (script, ran)
+}
+
+/// Writes [`off_script`] and `dir/wardgate.toml`: the broker at
+/// `mqtt_port`, telemetry every second, `[power]` watching ups1 and running
+/// `off.sh poweroff` with the `power` lines added, the `device` table for
+/// ups1, and the `spool` lines in `[spool]`. Returns (the config, `dir/ran`).
+fn write_power_config(
+    dir: &Path,
+    mqtt_port: u16,
+    power: &str,
+    device: &str,
+    spool: &str,
+) -> (PathBuf, PathBuf) {
+    let (script, ran) = off_script(dir);
+    let text = config_text(
+        mqtt_port,
+        dir,
+        &format!(
+            "[gateway]\ntelemetry_interval = \"1s\"\nsystem_health = false\n\
+             [power]\nups = \"ups1\"\nshutdown_command = [\"/bin/sh\", \"{}\", \"poweroff\"]\n{power}\n\
+             {device}",
+            script.display(),
+        ),
+    )
+    .replace("[spool]\n", &format!("[spool]\n{spool}"));
+    let cfg = dir.join("wardgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, ran)
+}
+
+/// A broker, a subscriber and the gateway running on a [`Rig`] with the
+/// `power` lines; once ups1 has sent 2 samples, the UPS goes on battery
+/// (OB). Returns them all (the broker must outlive the gateway).
+async fn on_battery(power: &str) -> (Broker, Subscriber, Rig, Process) {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let rig = Rig::new(broker.port, power, "");
+    let gw = rig.start();
+    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
+    rig.bits(OB);
+    (broker, sub, rig, gw)
+}
+
 /// `/api/status` of the spawned gateway.
 async fn api_status(gw: &Process) -> Value {
     let addr = page_addr(gw).await;
@@ -98,21 +141,6 @@ async fn api_status(gw: &Process) -> Value {
     assert_eq!(code, 200, "{text}");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     serde_json::from_str(body).unwrap_or(Value::Null)
-}
-
-async fn page_addr(gw: &Process) -> std::net::SocketAddr {
-    let mut addr = None;
-    eventually(WAIT, "the page's address in the log", || {
-        addr = gw.log_text().lines().find_map(|l| {
-            l.split("local status page addr=")
-                .nth(1)
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-        });
-        addr.is_some()
-    })
-    .await;
-    addr.expect("found above")
 }
 
 /// The gateway's events with `code`, each once (delivery is at least
@@ -258,12 +286,7 @@ async fn on_battery_every_reading_is_on_the_card_before_it_is_sent() {
 /// shutdown command run, in that order; the gateway exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_battery_shuts_down_in_order() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "ups_off_delay = \"30s\"\n", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("ups_off_delay = \"30s\"\n").await;
     eventually(WAIT, "on battery", || {
         sub.samples("ups1")
             .iter()
@@ -333,12 +356,7 @@ async fn low_battery_shuts_down_in_order() {
 /// shutdown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mains_back_before_the_trigger_runs_nothing() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("").await;
     eventually(WAIT, "on battery in the status", || {
         gw.log_text().contains("power: the UPS is on battery")
     })
@@ -378,12 +396,7 @@ async fn mains_back_before_the_trigger_runs_nothing() {
 /// poll then does (so the test can fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_glitchy_poll_does_not_trigger() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "ups_off_delay = \"0s\"\n", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("ups_off_delay = \"0s\"\n").await;
     for _ in 0..3 {
         rig.sim
             .set(|s| s.script.push_back(Scripted::Bits(OB_LB.into())));
@@ -406,12 +419,7 @@ async fn one_glitchy_poll_does_not_trigger() {
 /// LB reading) never triggers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_or_failing_ups_does_not_trigger() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
-    let rig = Rig::new(broker.port, "", "");
-    let mut gw = rig.start();
-    eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
-    rig.bits(OB);
+    let (_broker, sub, rig, mut gw) = on_battery("").await;
     rig.polls(2).await;
     rig.sim.set(|s| {
         for _ in 0..3 {
@@ -453,13 +461,7 @@ async fn runtime_below_the_limit_triggers() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "ioc").await;
     let dir = tempfile::tempdir().unwrap();
-    let ran = dir.path().join("ran");
-    let script = dir.path().join("off.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"ran $*\" >> {}\n", ran.display()),
-    )
-    .unwrap();
+    let (script, ran) = off_script(dir.path());
     let cfg = process_config(
         dir.path(),
         broker.port,
@@ -583,26 +585,16 @@ async fn apc_smart_low_battery_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyAPC");
     let sim = crate::common::apc_sim::ApcSim::start(&link);
-    let ran = dir.path().join("ran");
-    let script = dir.path().join("off.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"ran $*\" >> {}\n", ran.display()),
-    )
-    .unwrap();
-    let text = config_text(
-        broker.port,
+    let (cfg, ran) = write_power_config(
         dir.path(),
+        broker.port,
+        "ups_off_delay = \"2m\"\n",
         &format!(
-            "[gateway]\ntelemetry_interval = \"1s\"\nsystem_health = false\n\
-             [power]\nups = \"ups1\"\nups_off_delay = \"2m\"\nshutdown_command = [\"/bin/sh\", \"{}\", \"poweroff\"]\n\
-             [[device]]\nid = \"ups1\"\ntype = \"apc-smart\"\nserial = \"{}\"\ninterval = \"300ms\"\ntimeout = \"1s\"\n",
-            script.display(),
+            "[[device]]\nid = \"ups1\"\ntype = \"apc-smart\"\nserial = \"{}\"\ninterval = \"300ms\"\ntimeout = \"1s\"\n",
             link.display()
         ),
+        "",
     );
-    let cfg = dir.path().join("wardgate.toml");
-    std::fs::write(&cfg, text).unwrap();
     let mut gw = Process::start(&cfg, &dir.path().join("wardgate.log"));
     eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 2).await;
     *sim.status.lock().unwrap() = 0x10;

@@ -14,12 +14,9 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
     assert!(st.success(), "openssl {args:?}");
 }
 
-/// 6. TLS with a test CA and password auth; a wrong password is logged,
-/// retried with backoff, and the gateway stays up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_password_and_wrong_password_retries() {
-    let certs = tempfile::tempdir().unwrap();
-    let d = certs.path();
+/// A CA of its own in `dir`: a new RSA key `key` and its self-signed
+/// certificate `pem` (good for 2 days) with the common name `cn`.
+fn self_signed_ca(dir: &std::path::Path, key: &str, pem: &str, cn: &str) {
     openssl(
         &[
             "req",
@@ -30,14 +27,23 @@ async fn tls_with_password_and_wrong_password_retries() {
             "-days",
             "2",
             "-keyout",
-            "ca.key",
+            key,
             "-out",
-            "ca.pem",
+            pem,
             "-subj",
-            "/CN=wardgate test CA",
+            &format!("/CN={cn}"),
         ],
-        d,
+        dir,
     );
+}
+
+/// 6. TLS with a test CA and password auth; a wrong password is logged,
+/// retried with backoff, and the gateway stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_password_and_wrong_password_retries() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    self_signed_ca(d, "ca.key", "ca.pem", "wardgate test CA");
     openssl(
         &[
             "req",
@@ -174,24 +180,7 @@ async fn tls_with_password_and_wrong_password_retries() {
 
     // A broker certificate from another CA: a TLS error in plain words,
     // retried, the gateway stays up.
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-            "-subj",
-            "/CN=some other CA",
-        ],
-        d,
-    );
+    self_signed_ca(d, "other.key", "other.pem", "some other CA");
     let dir3 = tempfile::tempdir().unwrap();
     let text = tls("good")
         .replace(

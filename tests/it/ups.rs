@@ -19,6 +19,56 @@ fn codes(sub: &Subscriber, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits for `dev`'s first `device.lost` event; the device is then stale.
+/// Returns the event.
+async fn lost_and_stale(sub: &Subscriber, gw: &Gateway, dev: &str) -> serde_json::Value {
+    use crate::common::devices::first_event;
+    eventually(WAIT, "device.lost", || {
+        first_event(sub, dev, "device.lost").is_some()
+    })
+    .await;
+    assert_eq!(
+        gw.status.get().devices[dev].health,
+        wardgate::model::Health::Stale
+    );
+    first_event(sub, dev, "device.lost").unwrap()
+}
+
+/// The way back from [`lost_and_stale`] once `dev` answers again (from
+/// `resumed`, ms; `lost` is its `device.lost`): waits for
+/// `device.restored`, stamped not before `resumed` (else `early`), and for
+/// samples again. Stale is not faulty, one event per change: one
+/// `device.lost`, one `device.restored`, no `device.fault`; and no reading
+/// was published between `lost` and `resumed` (else `leaked`). Returns the
+/// `device.restored` event.
+async fn restored_after(
+    sub: &Subscriber,
+    dev: &str,
+    (lost, resumed): (&serde_json::Value, i64),
+    early: &str,
+    leaked: &str,
+) -> serde_json::Value {
+    use crate::common::devices::{first_event, ts};
+    eventually(WAIT, "device.restored", || {
+        first_event(sub, dev, "device.restored").is_some()
+    })
+    .await;
+    let restored = first_event(sub, dev, "device.restored").unwrap();
+    assert!(ts(&restored) >= resumed, "{early}");
+    let n = sub.seqs(dev).len();
+    eventually(WAIT, "samples again", || sub.seqs(dev).len() > n + 1).await;
+    assert_eq!(count_distinct_events(sub, dev, "device.lost"), 1);
+    assert_eq!(count_distinct_events(sub, dev, "device.restored"), 1);
+    assert_eq!(count_distinct_events(sub, dev, "device.fault"), 0);
+    assert!(
+        !sub.samples(dev)
+            .iter()
+            .any(|(_, s)| ts(s) > ts(lost) && ts(s) < resumed),
+        "{leaked}"
+    );
+    restored
+}
+
 /// Megatec simulator -> wardgate -> mosquitto: the right values, OL->OB->OL
 /// events in order, unplug -> fault, replug -> recovered without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,15 +340,7 @@ async fn megatec_silent_ups_is_lost_then_restored() {
     .await;
     eventually(WAIT, "ups1 samples", || sub.seqs("ups1").len() >= 3).await;
     sim.set(|s| s.mode = Mode::Silent);
-    eventually(WAIT, "device.lost", || {
-        first_event(&sub, "ups1", "device.lost").is_some()
-    })
-    .await;
-    assert_eq!(
-        gw.status.get().devices["ups1"].health,
-        wardgate::model::Health::Stale
-    );
-    let lost = first_event(&sub, "ups1", "device.lost").unwrap();
+    let lost = lost_and_stale(&sub, &gw, "ups1").await;
     assert_eq!(lost["severity"], "warning");
     let msg = lost["message"].as_str().unwrap();
     assert!(
@@ -317,29 +359,18 @@ async fn megatec_silent_ups_is_lost_then_restored() {
 
     let resumed = now_ms();
     sim.set(|s| s.mode = Mode::Normal);
-    eventually(WAIT, "device.restored", || {
-        first_event(&sub, "ups1", "device.restored").is_some()
-    })
+    let restored = restored_after(
+        &sub,
+        "ups1",
+        (&lost, resumed),
+        "restored before the UPS answered",
+        "a sample while the UPS was silent",
+    )
     .await;
-    let restored = first_event(&sub, "ups1", "device.restored").unwrap();
     assert_eq!(restored["severity"], "info");
-    assert!(ts(&restored) >= resumed, "restored before the UPS answered");
-    let n = sub.seqs("ups1").len();
-    eventually(WAIT, "samples again", || sub.seqs("ups1").len() > n + 1).await;
     assert_eq!(
         gw.status.get().devices["ups1"].health,
         wardgate::model::Health::Ok
-    );
-    // Silent is stale, not faulty; one event per change.
-    assert_eq!(count_distinct_events(&sub, "ups1", "device.lost"), 1);
-    assert_eq!(count_distinct_events(&sub, "ups1", "device.restored"), 1);
-    assert_eq!(count_distinct_events(&sub, "ups1", "device.fault"), 0);
-    // No reading was published while it was silent.
-    assert!(
-        !sub.samples("ups1")
-            .iter()
-            .any(|(_, s)| ts(s) > ts(&lost) && ts(s) < resumed),
-        "a sample while the UPS was silent"
     );
     gw.stop().await;
     sub.assert_all_valid();
@@ -365,15 +396,7 @@ async fn nut_data_stale_is_lost_then_restored() {
     eventually(WAIT, "ups2 samples", || sub.seqs("ups2").len() >= 3).await;
     let paused = now_ms();
     nut.pause_driver();
-    eventually(WAIT, "device.lost", || {
-        first_event(&sub, "ups2", "device.lost").is_some()
-    })
-    .await;
-    assert_eq!(
-        gw.status.get().devices["ups2"].health,
-        wardgate::model::Health::Stale
-    );
-    let lost = first_event(&sub, "ups2", "device.lost").unwrap();
+    let lost = lost_and_stale(&sub, &gw, "ups2").await;
     let msg = lost["message"].as_str().unwrap();
     assert!(msg.contains("upsd: data stale"), "{msg}");
     // upsd calls the data stale once MAXAGE s passed since the driver last
@@ -387,23 +410,14 @@ async fn nut_data_stale_is_lost_then_restored() {
 
     let resumed = now_ms();
     nut.resume_driver();
-    eventually(WAIT, "device.restored", || {
-        first_event(&sub, "ups2", "device.restored").is_some()
-    })
+    restored_after(
+        &sub,
+        "ups2",
+        (&lost, resumed),
+        "restored before the driver ran",
+        "a sample while upsd called the data stale",
+    )
     .await;
-    let restored = first_event(&sub, "ups2", "device.restored").unwrap();
-    assert!(ts(&restored) >= resumed, "restored before the driver ran");
-    let n = sub.seqs("ups2").len();
-    eventually(WAIT, "samples again", || sub.seqs("ups2").len() > n + 1).await;
-    assert_eq!(count_distinct_events(&sub, "ups2", "device.lost"), 1);
-    assert_eq!(count_distinct_events(&sub, "ups2", "device.restored"), 1);
-    assert_eq!(count_distinct_events(&sub, "ups2", "device.fault"), 0);
-    assert!(
-        !sub.samples("ups2")
-            .iter()
-            .any(|(_, s)| ts(s) > ts(&lost) && ts(s) < resumed),
-        "a sample while upsd called the data stale"
-    );
     gw.stop().await;
     sub.assert_all_valid();
 }

@@ -6,13 +6,10 @@
 //! the kind's run function), as the power monitor will drive them; the
 //! technician's side (`wardgate check`) runs the real binary.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serialport::{SerialPort, TTYPort};
 use tokio_util::sync::CancellationToken;
 use wardgate::config::{Config, DeviceConfig};
 use wardgate::model::Health;
@@ -20,7 +17,7 @@ use wardgate::source::tap::UpsCommand;
 use wardgate::source::DeviceHandle;
 
 use crate::common::apc_sim::ApcSim;
-use crate::common::megatec_sim::UpsState;
+use crate::common::megatec_sim::MegatecSim;
 use crate::common::nut::{NutServer, CMD_PASSWORD, CMD_USER};
 use crate::common::{eventually, wardgate_check, within};
 
@@ -201,7 +198,7 @@ async fn nut_dummy_ups_has_no_shutdown_return() {
 async fn nut_wrong_password_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyQX");
-    let ups = MegatecRecorder::start(&link);
+    let ups = MegatecSim::start(&link);
     let nut = qx_server(&link);
     let pw = password_file(dir.path(), "not-the-password");
     let device = nut_device(nut.port, "qx", &pw);
@@ -217,7 +214,7 @@ async fn nut_wrong_password_is_a_clear_error() {
     dev.still_polling().await;
     dev.stop().await;
     assert_eq!(
-        ups.received(),
+        ups.commands(),
         Vec::<String>::new(),
         "nothing reached the UPS"
     );
@@ -272,85 +269,6 @@ fn qx_server(link: &Path) -> NutServer {
     )
 }
 
-/// A Megatec UPS on a pty that answers Q1, F and I as the simulator does
-/// and records every other command; with `echo`, it echoes them back (a
-/// Megatec UPS's way of refusing a command).
-struct MegatecRecorder {
-    received: Arc<Mutex<Vec<String>>>,
-    echo: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    link: PathBuf,
-}
-
-impl MegatecRecorder {
-    fn start(link: &Path) -> MegatecRecorder {
-        let (mut master, slave) = TTYPort::pair().expect("pty pair");
-        let name = slave.name().expect("slave name");
-        let _ = std::fs::remove_file(link);
-        std::os::unix::fs::symlink(&name, link).unwrap();
-        master.set_timeout(Duration::from_millis(50)).unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let echo = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (rx, ec, sp) = (received.clone(), echo.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let _slave = slave;
-            let state = UpsState::default();
-            let mut line = Vec::new();
-            let mut buf = [0u8; 64];
-            while !sp.load(Ordering::Relaxed) {
-                let n = match master.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(_) => continue,
-                };
-                for &b in &buf[..n] {
-                    if b != b'\r' {
-                        if line.len() < 64 {
-                            line.push(b);
-                        }
-                        continue;
-                    }
-                    let cmd = String::from_utf8_lossy(&std::mem::take(&mut line)).into_owned();
-                    let reply: Option<String> = match cmd.as_str() {
-                        "Q1" => Some(state.q1()),
-                        "F" => Some("#230.0 004 012.0 50.0\r".into()),
-                        "I" => Some("#WARDGATE-SIM    MEGA-1000  V1.0      \r".into()),
-                        _ => {
-                            rx.lock().unwrap().push(cmd.clone());
-                            ec.load(Ordering::Relaxed).then(|| format!("{cmd}\r"))
-                        }
-                    };
-                    if let Some(r) = reply {
-                        let _ = master.write_all(r.as_bytes());
-                    }
-                }
-            }
-        });
-        MegatecRecorder {
-            received,
-            echo,
-            stop,
-            thread: Some(thread),
-            link: link.to_path_buf(),
-        }
-    }
-
-    fn received(&self) -> Vec<String> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-impl Drop for MegatecRecorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.link);
-    }
-}
-
 /// The whole way through NUT: upsd takes SET VAR ups.delay.shutdown and
 /// INSTCMD shutdown.return from the wardgate user, nutdrv_qx turns them
 /// into Megatec's `S02R0003` (off in 2 minutes, on 3 minutes after the
@@ -361,7 +279,7 @@ impl Drop for MegatecRecorder {
 async fn nut_nutdrv_qx_power_off_reaches_the_ups() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyQX");
-    let ups = MegatecRecorder::start(&link);
+    let ups = MegatecSim::start(&link);
     let nut = qx_server(&link);
     let pw = password_file(dir.path(), CMD_PASSWORD);
     let dev = Running::start(&nut_device(nut.port, "qx", &pw)).await;
@@ -372,14 +290,14 @@ async fn nut_nutdrv_qx_power_off_reaches_the_ups() {
             && said.contains("then INSTCMD shutdown.return: the driver carried it out"),
         "{said}"
     );
-    let sent = ups.received();
+    let sent = ups.commands();
     assert!(
         sent.iter().any(|c| c == "S02R0003"),
         "the UPS never saw S02R0003: {sent:?}"
     );
 
     // The UPS refuses (echoes the command): the driver reports a failure.
-    ups.echo.store(true, Ordering::Relaxed);
+    ups.set(|s| s.refuse_shutdown = true);
     let e = dev.power_off(Duration::from_secs(120)).await.unwrap_err();
     assert!(
         e.contains("ups.delay.shutdown is 120 s already")

@@ -165,23 +165,13 @@ async fn api_metrics_health_and_no_secrets() {
     gw.stop().await;
 }
 
+/// Headless chromium ([`crate::common::chromium`]) preferring Vietnamese,
+/// as a phone in the ward; `args` are more flags and the URL. Its stdout.
 fn chromium(args: &[&str], profile: &std::path::Path) -> String {
-    let out = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=4000",
-            "--accept-lang=vi-VN,vi",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .output()
-        .expect("chromium must be installed (apt-get install chromium)");
+    let out = crate::common::chromium(
+        profile,
+        std::iter::once("--accept-lang=vi-VN,vi").chain(args.iter().copied()),
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -291,23 +281,7 @@ async fn page_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_starts_identify() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("w.toml");
-    // The page binds port 0; the gateway logs the address it got.
-    // No broker (none needed): a port with no server.
-    let no_broker = closed_port();
-    std::fs::write(&cfg, config_text(no_broker.port, dir.path(), "")).unwrap();
-    let mut gw = Process::start(&cfg, &dir.path().join("log"));
-    let mut addr: Option<std::net::SocketAddr> = None;
-    eventually(WAIT, "the page's address in the log", || {
-        addr = gw.log_text().lines().find_map(|l| {
-            l.split("local status page addr=")
-                .nth(1)
-                .and_then(|a| a.trim().parse().ok())
-        });
-        addr.is_some()
-    })
-    .await;
-    let addr = addr.unwrap();
+    let (mut gw, addr, _no_broker) = start_without_broker(dir.path()).await;
     let identify = || async {
         let (_, text) = http_get(addr, "/api/status", "").await;
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();

@@ -15,34 +15,20 @@ use crate::web::while_steady;
 /// Runs headless chromium on `url` with its own profile directory (kept
 /// between calls, so cookies persist), as a phone would show it.
 fn chromium(url: &str, profile: &Path, accept_lang: &str, shot: Option<(&Path, u32)>) -> String {
-    let mut c = std::process::Command::new("chromium");
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--virtual-time-budget=4000",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--accept-lang={accept_lang}"))
-    .arg(format!("--user-data-dir={}", profile.display()));
+    let mut args = vec![
+        "--hide-scrollbars".to_owned(),
+        format!("--accept-lang={accept_lang}"),
+    ];
     match shot {
         Some((png, height)) => {
             let _ = std::fs::remove_file(png);
-            c.arg(format!("--screenshot={}", png.display()))
-                .arg(format!("--window-size=412,{height}"));
+            args.push(format!("--screenshot={}", png.display()));
+            args.push(format!("--window-size=412,{height}"));
         }
-        None => {
-            c.arg("--dump-dom");
-        }
+        None => args.push("--dump-dom".to_owned()),
     }
-    let out = c
-        .arg(url)
-        .output()
-        .expect("chromium must be installed (apt-get install chromium)");
+    args.push(url.to_owned());
+    let out = crate::common::chromium(profile, args);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -523,16 +509,7 @@ async fn spool_stats_prints_the_catchup_line() {
     .unwrap();
     let gw = Gateway::start(wardgate::config::Config::load(&cfg_path, true).unwrap()).await;
     // The second event comes with the 30th and last sample.
-    eventually(WAIT, "30 samples read", || {
-        gw.status
-            .get()
-            .events
-            .iter()
-            .filter(|e| e.device == "ups1" && e.code.starts_with("ups."))
-            .count()
-            >= 2
-    })
-    .await;
+    eventually(WAIT, "30 samples read", || ups_events(&gw, "ups1") >= 2).await;
     gw.stop().await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
         .args(["spool", "stats", "--config"])

@@ -4,6 +4,43 @@
 
 use super::*;
 
+/// Asserts the lane hands out no batch within 200 ms; `why` says what
+/// should have held it back.
+async fn nothing_sent(lane: &LaneHandle, why: &str) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
+            .await
+            .is_err(),
+        "{why}"
+    );
+}
+
+/// The record just pushed is held back until a commit round writes it
+/// (`committed` says why it should be on disk), then sent: returns the
+/// batch that carries it.
+async fn sent_after_its_commit(s: &Spool, lane: &LaneHandle, committed: &str) -> Batch {
+    nothing_sent(lane, "nothing is sent before its commit").await;
+    s.flush(false).unwrap();
+    assert_eq!(rows(s), 1, "{committed}");
+    next(lane, 100).await
+}
+
+/// The record just pushed is sent from memory without a commit round
+/// (waits up to 5 s, so a loaded machine does not fail it).
+async fn sent_without_a_commit(lane: &LaneHandle) -> Batch {
+    tokio::time::timeout(Duration::from_secs(5), lane.next_batch(100, 1 << 20))
+        .await
+        .expect("sent without a commit")
+        .unwrap()
+}
+
+/// Acknowledges `b`; the next commit round leaves no row in the store.
+fn ack_deletes(s: &Spool, lane: &LaneHandle, b: Batch) {
+    lane.ack(b.id);
+    s.flush(false).unwrap();
+    assert_eq!(rows(s), 0);
+}
+
 #[tokio::test]
 async fn live_record_acked_never_touches_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,14 +130,8 @@ async fn unacked_after_spill_after_goes_to_disk_and_ack_deletes_it() {
     // The backlog reader does not send it a second time.
     lane.set_link(true);
     s.flush(false).unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
-            .await
-            .is_err()
-    );
-    lane.ack(b.id);
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 0);
+    nothing_sent(&lane, "the backlog reader does not send it a second time").await;
+    ack_deletes(&s, &lane, b);
 }
 
 #[tokio::test]
@@ -133,19 +164,9 @@ async fn wal_commits_before_sending() {
     lane.set_link(true);
     let dev: Arc<str> = Arc::from("d");
     s.push(&dev, sample(1.0)).unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
-            .await
-            .is_err(),
-        "nothing is sent before its commit"
-    );
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 1);
-    let b = next(&lane, 100).await;
+    let b = sent_after_its_commit(&s, &lane, "committed").await;
     assert!(!b.historical, "sent live from memory once committed");
-    lane.ack(b.id);
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 0);
+    ack_deletes(&s, &lane, b);
 }
 
 /// Write-through switched on at run time (the UPS on battery) behaves as
@@ -159,29 +180,14 @@ async fn write_through_at_run_time_commits_before_sending() {
     assert!(!s.write_through());
     s.set_write_through(true);
     s.push(&dev, sample(1.0)).unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
-            .await
-            .is_err(),
-        "nothing is sent before its commit"
-    );
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 1, "committed first");
-    let b = next(&lane, 100).await;
+    let b = sent_after_its_commit(&s, &lane, "committed first").await;
     assert!(!b.historical);
-    lane.ack(b.id);
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 0);
+    ack_deletes(&s, &lane, b);
     // Off again: straight from memory, nothing written.
     s.set_write_through(false);
     s.push(&dev, sample(2.0)).unwrap();
-    let b = tokio::time::timeout(Duration::from_secs(5), lane.next_batch(100, 1 << 20))
-        .await
-        .expect("sent without a commit")
-        .unwrap();
-    lane.ack(b.id);
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 0);
+    let b = sent_without_a_commit(&lane).await;
+    ack_deletes(&s, &lane, b);
 }
 
 /// The events that declare what a crash took (gateway.unclean_stop, ...)
@@ -201,24 +207,11 @@ async fn declaring_events_are_committed_before_they_are_sent() {
     };
     s.push(&dev, ev(crate::events::GATEWAY_UNCLEAN_STOP.code))
         .unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
-            .await
-            .is_err(),
-        "not sent before its commit"
-    );
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 1, "on the card first");
-    let b = next(&lane, 100).await;
-    lane.ack(b.id);
-    s.flush(false).unwrap();
-    assert_eq!(rows(&s), 0);
+    let b = sent_after_its_commit(&s, &lane, "on the card first").await;
+    ack_deletes(&s, &lane, b);
     // An ordinary event goes straight from memory.
     s.push(&dev, ev("t.e")).unwrap();
-    let b = tokio::time::timeout(Duration::from_secs(5), lane.next_batch(100, 1 << 20))
-        .await
-        .expect("sent without a commit")
-        .unwrap();
+    let b = sent_without_a_commit(&lane).await;
     lane.ack(b.id);
 }
 

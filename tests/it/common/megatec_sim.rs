@@ -44,6 +44,9 @@ pub struct UpsState {
     /// Replies to the next Q1 polls, one each, before `mode` applies again:
     /// a scripted sequence of good and failed polls.
     pub script: std::collections::VecDeque<Scripted>,
+    /// Echo the shutdown commands (`S<n>R<m>`, `C`) back, a Megatec UPS's
+    /// way of refusing a command, instead of saying nothing.
+    pub refuse_shutdown: bool,
 }
 
 /// One scripted Q1 poll.
@@ -68,6 +71,7 @@ impl Default for UpsState {
             bits: "00001001".into(),
             received: Vec::new(),
             script: Default::default(),
+            refuse_shutdown: false,
         }
     }
 }
@@ -100,9 +104,12 @@ impl UpsState {
                 None => {}
             }
         }
-        // Shutdown commands (`S<n>R<m>`, `C`): a real UPS says nothing.
+        // Shutdown commands (`S<n>R<m>`, `C`): a real UPS says nothing,
+        // unless it refuses them.
         if cmd.starts_with('S') || cmd == "C" {
-            return None;
+            return self
+                .refuse_shutdown
+                .then(|| format!("{cmd}\r").into_bytes());
         }
         match self.mode {
             Mode::Silent => return None,
@@ -165,6 +172,15 @@ impl MegatecSim {
     /// Every command received so far.
     pub fn received(&self) -> Vec<String> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// Every command received so far other than the reading's own (Q1, F
+    /// and I): what a driver asked the UPS to do.
+    pub fn commands(&self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|c| !["Q1", "F", "I"].contains(&c.as_str()))
+            .collect()
     }
 
     /// Q1 polls answered so far.

@@ -548,7 +548,7 @@ impl Subscriber {
         site: &str,
         login: Option<(&str, &str)>,
     ) -> Subscriber {
-        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        use rumqttc::{AsyncClient, MqttOptions};
         let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let cancel = CancellationToken::new();
@@ -560,62 +560,45 @@ impl Subscriber {
         if let Some((user, pass)) = login {
             o.set_credentials(user, pass);
         }
-        let (client, mut el) = AsyncClient::new(o, 100);
-        let topic = format!("{prefix}/{site}/#");
-        let (m, inv, c) = (msgs.clone(), invalid.clone(), cancel.clone());
-        let subscribed = Arc::new(tokio::sync::Notify::new());
-        let sub2 = subscribed.clone();
+        let (client, el) = AsyncClient::new(o, 100);
+        let (m, inv) = (msgs.clone(), invalid.clone());
         let (pfx, st) = (prefix.to_owned(), site.to_owned());
-        tokio::spawn(async move {
-            let schemas = Schemas::load();
-            loop {
-                let ev = tokio::select! {
-                    _ = c.cancelled() => return,
-                    ev = el.poll() => ev,
-                };
-                match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
-                    Ok(Event::Incoming(Packet::Publish(p))) if is_request_topic(&p.topic) => {
-                        m.lock().unwrap().push(Msg {
-                            topic: p.topic.clone(),
-                            retain: p.retain,
-                            body: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
-                        });
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let body: Value = match serde_json::from_slice(&p.payload) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                inv.lock()
-                                    .unwrap()
-                                    .push(format!("{}: not JSON: {e}", p.topic));
-                                continue;
-                            }
-                        };
-                        if let Some(problem) = schemas.check(&p.topic, &body) {
-                            inv.lock().unwrap().push(problem);
-                        }
+        let schemas = Schemas::load();
+        run_subscribed(
+            (client, el),
+            format!("{prefix}/{site}/#"),
+            cancel.clone(),
+            (Duration::from_secs(10), "subscription"),
+            move |p| {
+                if is_request_topic(&p.topic) {
+                    m.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        retain: p.retain,
+                        body: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+                    });
+                    return;
+                }
+                let body: Value = match serde_json::from_slice(&p.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
                         inv.lock()
                             .unwrap()
-                            .extend(check_envelope(&pfx, &st, &p.topic, None, &body));
-                        m.lock().unwrap().push(Msg {
-                            topic: p.topic.clone(),
-                            retain: p.retain,
-                            body,
-                        });
+                            .push(format!("{}: not JSON: {e}", p.topic));
+                        return;
                     }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                };
+                if let Some(problem) = schemas.check(&p.topic, &body) {
+                    inv.lock().unwrap().push(problem);
                 }
-            }
-        });
-        within(
-            Duration::from_secs(10),
-            "subscription",
-            subscribed.notified(),
+                inv.lock()
+                    .unwrap()
+                    .extend(check_envelope(&pfx, &st, &p.topic, None, &body));
+                m.lock().unwrap().push(Msg {
+                    topic: p.topic.clone(),
+                    retain: p.retain,
+                    body,
+                });
+            },
         )
         .await;
         retain_checker(
@@ -700,6 +683,42 @@ impl Subscriber {
         })
         .await;
     }
+}
+
+/// Runs an MQTT 3.1.1 client (its `client` and event loop) until `cancel`:
+/// subscribes to `filter` (QoS 1) at every connection, hands each message
+/// to `on_publish`, and sleeps 100 ms after an error (rumqttc reconnects on
+/// the next poll). Returns once the broker confirmed the first
+/// subscription; fails the test if that takes longer than `confirm_within.0`
+/// (`confirm_within.1` names the subscription).
+pub async fn run_subscribed(
+    (client, mut el): (rumqttc::AsyncClient, rumqttc::EventLoop),
+    filter: String,
+    cancel: CancellationToken,
+    confirm_within: (Duration, &str),
+    mut on_publish: impl FnMut(rumqttc::Publish) + Send + 'static,
+) {
+    use rumqttc::{Event, Packet, QoS};
+    let subscribed = Arc::new(tokio::sync::Notify::new());
+    let sub2 = subscribed.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = el.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => sub2.notify_one(),
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(p),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    within(confirm_within.0, confirm_within.1, subscribed.notified()).await;
 }
 
 /// An MQTT 5 client on the same topics with retain-as-published and no
@@ -818,6 +837,17 @@ pub fn process_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
 
 pub fn config(port: u16, dir: &Path, extra: &str) -> Config {
     Config::from_toml(&config_text(port, dir, extra)).expect("test config is valid")
+}
+
+/// How many `ups.*` events `device` has raised so far, as the in-process
+/// gateway's status lists them.
+pub fn ups_events(gw: &Gateway, device: &str) -> usize {
+    gw.status
+        .get()
+        .events
+        .iter()
+        .filter(|e| e.device == device && e.code.starts_with("ups."))
+        .count()
 }
 
 /// The gateway running in this process.
@@ -987,20 +1017,38 @@ pub fn count_distinct_events(sub: &Subscriber, device: &str, code: &str) -> usiz
 
 /// A plain HTTP/1.1 GET on loopback: (status code, headers+body text).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
+    http_exchange(addr, &req, Duration::from_secs(10), "the page").await
+}
+
+/// One HTTP exchange on loopback: connects (within 5 s), sends `request`
+/// as it is, and reads until the server closes (within `answer_within`);
+/// `peer` names the server in the failure messages. Returns the status
+/// code (0 when there is none) and the whole response text.
+pub async fn http_exchange(
+    addr: std::net::SocketAddr,
+    request: &str,
+    answer_within: Duration,
+    peer: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = format!("connect to {peer}");
     let mut s = within(
         Duration::from_secs(5),
-        "connect",
+        &connect,
         tokio::net::TcpStream::connect(addr),
     )
     .await
-    .expect("connect to the page");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    .expect(&connect);
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    within(Duration::from_secs(10), "response", s.read_to_end(&mut buf))
-        .await
-        .unwrap();
+    within(
+        answer_within,
+        &format!("{peer}'s answer"),
+        s.read_to_end(&mut buf),
+    )
+    .await
+    .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text
         .split_whitespace()
@@ -1010,11 +1058,76 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u
     (code, text)
 }
 
+/// The address of the spawned gateway's page, from its log line
+/// "local status page addr=..." (the page binds port 0); waits for it.
+pub async fn page_addr(gw: &Process) -> std::net::SocketAddr {
+    let mut addr = None;
+    eventually(WAIT, "the page's address in the log", || {
+        addr = gw.log_text().lines().find_map(|l| {
+            l.split("local status page addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        });
+        addr.is_some()
+    })
+    .await;
+    addr.expect("found above")
+}
+
+/// The real binary with the default config, its page on port 0 and no
+/// broker (a [`closed_port`]: none is needed), its log in `dir/log`, once
+/// its page is up. Returns the process, the page's address and the closed
+/// port (keep it while the gateway runs).
+pub async fn start_without_broker(dir: &Path) -> (Process, std::net::SocketAddr, ClosedPort) {
+    let cfg = dir.join("w.toml");
+    let no_broker = closed_port();
+    std::fs::write(&cfg, config_text(no_broker.port, dir, "")).unwrap();
+    let gw = Process::start(&cfg, &dir.join("log"));
+    let addr = page_addr(&gw).await;
+    (gw, addr, no_broker)
+}
+
+/// Runs headless chromium (blocking: call it from `spawn_blocking`) with
+/// its own profile directory `profile` (kept between calls, so cookies
+/// persist) and a 4 s virtual-time budget for the page's script; `args`
+/// are the caller's own flags and the URL. Returns what chromium printed.
+pub fn chromium<S: AsRef<std::ffi::OsStr>>(
+    profile: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium must be installed (apt-get install chromium)")
+}
+
 /// Runs `wardgate check --config <path>` (the real binary, off the async
 /// workers): the exit code and what it printed on stdout.
 pub async fn wardgate_check(path: &Path) -> (Option<i32>, String) {
+    let out = wardgate_check_output(path).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Runs `wardgate check --config <path>` (the real binary, off the async
+/// workers) and returns all it left: exit status, stdout and stderr.
+pub async fn wardgate_check_output(path: &Path) -> std::process::Output {
     let path = path.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
             .args(["check", "--config"])
             .arg(&path)
@@ -1022,9 +1135,5 @@ pub async fn wardgate_check(path: &Path) -> (Option<i32>, String) {
             .expect("the wardgate binary runs")
     })
     .await
-    .expect("check task");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    .expect("check task")
 }
