@@ -298,6 +298,9 @@ async fn gateway_telemetry_carries_every_documented_value() {
     let broker = Broker::start();
     let sub = Subscriber::start(broker.port, "ioc").await;
     let dir = tempfile::tempdir().unwrap();
+    // The influxdb.* values are sent when the sink is on; nothing listens
+    // where it writes (the sink's values say so).
+    let no_influx = closed_port();
     let text = config_text(
         broker.port,
         dir.path(),
@@ -305,9 +308,7 @@ async fn gateway_telemetry_carries_every_documented_value() {
             "[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"1s\"\n\
              [gateway]\ntelemetry_interval = \"1s\"\n\
              [influxdb]\nurl = \"http://127.0.0.1:{}\"\norg = \"o\"\nbucket = \"b\"\n",
-            // The influxdb.* values are sent when the sink is on; nothing
-            // listens on this port (the sink's values say so).
-            free_port()
+            no_influx.port
         ),
     );
     let gw = Gateway::start(wardgate::config::Config::from_toml(&text).unwrap()).await;
