@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::devices::count_events;
 use crate::common::peers::Snmpd;
 use crate::common::*;
 
@@ -314,7 +313,7 @@ async fn flapping_error_text_raises_one_fault_until_recovery() {
     })
     .await;
     eventually(WAIT, "device.restored", || {
-        count_events(&sub, "flappy", "device.restored") == 1
+        count_distinct_events(&sub, "flappy", "device.restored") == 1
     })
     .await;
     let before_recovery = sub
@@ -332,12 +331,12 @@ async fn flapping_error_text_raises_one_fault_until_recovery() {
     );
     eventually(WAIT, "the second run of errors", || upsd.lists() >= 35).await;
     eventually(WAIT, "a new fault after recovery", || {
-        count_events(&sub, "flappy", "device.fault") >= 2
+        count_distinct_events(&sub, "flappy", "device.fault") >= 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        count_events(&sub, "flappy", "device.fault"),
+        count_distinct_events(&sub, "flappy", "device.fault"),
         2,
         "{:#?}",
         sub.events("flappy")

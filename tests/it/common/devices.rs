@@ -64,13 +64,6 @@ pub fn first_event(sub: &Subscriber, device: &str, code: &str) -> Option<Value> 
         .find(|e| e["code"] == code)
 }
 
-pub fn count_events(sub: &Subscriber, device: &str, code: &str) -> usize {
-    sub.events(device)
-        .iter()
-        .filter(|(_, e)| e["code"] == code)
-        .count()
-}
-
 /// The latest sample of `device` stamped before `ts_ms`.
 pub fn last_sample_before(sub: &Subscriber, device: &str, ts_ms: i64) -> Option<Value> {
     sub.samples(device)
