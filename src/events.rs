@@ -19,7 +19,9 @@ use Severity::{Critical, Info, Warning};
 /// How an event is said in Vietnamese.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vi {
-    /// No Vietnamese yet: the page shows the English message.
+    /// No words of the gateway's own: the page shows the message as sent.
+    /// Only for the GPIO contacts, whose label and state words are the
+    /// technician's (written in Vietnamese in the config where wanted).
     None,
     /// Fixed words the page shows for this code.
     Page(&'static str),
@@ -202,14 +204,14 @@ pub const UPS_ABNORMAL: EventDef = def(
     "ups.abnormal",
     Warning,
     "UPS reports an abnormal condition",
-    Vi::None,
+    Vi::Page("UPS báo có tình trạng bất thường"),
 );
 /// APC Smart-UPS alert `=`.
 pub const UPS_ABNORMAL_CLEARED: EventDef = def(
     "ups.abnormal_cleared",
     Info,
     "UPS abnormal condition cleared",
-    Vi::None,
+    Vi::Page("UPS đã hết tình trạng bất thường"),
 );
 
 // ---- Any device: health (source/mod.rs, DeviceHandle) ----
@@ -299,13 +301,13 @@ pub const PI_UNDER_VOLTAGE: EventDef = def(
     "pi.under_voltage",
     Warning,
     "Under-voltage on the Pi: check its power supply (a weak supply corrupts SD cards)",
-    Vi::None,
+    Vi::Page("Nguồn điện của Pi bị yếu: kiểm tra bộ nguồn (nguồn yếu làm hỏng thẻ nhớ)"),
 );
 pub const PI_VOLTAGE_OK: EventDef = def(
     "pi.voltage_ok",
     Info,
     "The Pi's supply voltage is normal again",
-    Vi::None,
+    Vi::Page("Nguồn điện của Pi đã bình thường trở lại"),
 );
 
 // ---- The router over SNMP (source/snmp.rs) ----
@@ -315,31 +317,31 @@ pub const ROUTER_RESTARTED: EventDef = def(
     "router.restarted",
     Warning,
     "The router restarted (its uptime went back)",
-    Vi::None,
+    Vi::Page("Router vừa khởi động lại"),
 );
 pub const WAN_DOWN: EventDef = def(
     "wan.down",
     Critical,
     "The router's WAN interface {interface} is {state}: the internet link is down",
-    Vi::None,
+    Vi::Page("Mất kết nối Internet"),
 );
 pub const WAN_UP: EventDef = def(
     "wan.up",
     Info,
     "The router's WAN interface {interface} is up again",
-    Vi::None,
+    Vi::Page("Kết nối Internet đã có lại"),
 );
 pub const INTERFACE_DOWN: EventDef = def(
     "interface.down",
     Warning,
     "Router interface {interface} is {state}",
-    Vi::None,
+    Vi::Page("Một cổng mạng của router không hoạt động"),
 );
 pub const INTERFACE_UP: EventDef = def(
     "interface.up",
     Info,
     "Router interface {interface} is up again",
-    Vi::None,
+    Vi::Page("Cổng mạng của router đã hoạt động trở lại"),
 );
 
 // ---- Reachability probes (source/probe.rs) ----
@@ -349,16 +351,25 @@ pub const PROBE_WAN_DOWN: EventDef = def(
     "wan.down",
     Critical,
     "No probe target answers: the internet link is down",
-    Vi::None,
+    Vi::Page("Mất kết nối Internet"),
 );
 /// `wan.up` as the probes see it.
-pub const PROBE_WAN_UP: EventDef = def("wan.up", Info, "The internet link is back", Vi::None);
+pub const PROBE_WAN_UP: EventDef = def(
+    "wan.up",
+    Info,
+    "The internet link is back",
+    Vi::Page("Kết nối Internet đã có lại"),
+);
 
 // ---- Modbus (source/modbus) ----
 
 /// Part of the register map was refused (`{reason}`: the exception).
-pub const MODBUS_EXCEPTION: EventDef =
-    def("modbus.exception", Warning, "{device}: {reason}", Vi::None);
+pub const MODBUS_EXCEPTION: EventDef = def(
+    "modbus.exception",
+    Warning,
+    "{device}: {reason}",
+    Vi::Page("Thiết bị Modbus từ chối đọc một phần số liệu"),
+);
 
 // ---- The MQTT sink (sink/mqtt/session.rs) ----
 
@@ -366,7 +377,7 @@ pub const MQTT_STALLED: EventDef = def(
     "mqtt.stalled",
     Warning,
     "The broker has not acknowledged anything for {secs} s while {pending} records wait to be sent; reconnecting.",
-    Vi::None,
+    Vi::Page("Máy chủ trung tâm không xác nhận dữ liệu: đang kết nối lại"),
 );
 
 // ---- The InfluxDB sink (reported by sink/influx) ----
@@ -382,21 +393,21 @@ pub const INFLUXDB_REJECTED: EventDef = def(
     "influxdb.rejected",
     Warning,
     "InfluxDB refused {count} point(s) as malformed ({status}: {reason}); they were set aside and will not be written there (MQTT still has them). The rest were written.",
-    Vi::None,
+    Vi::Page("InfluxDB từ chối một số số liệu sai định dạng (MQTT vẫn có đủ)"),
 );
 
 pub const INFLUXDB_RETENTION: EventDef = def(
     "influxdb.retention",
     Warning,
     "InfluxDB dropped {count} point(s) as outside the bucket's retention ({reason}); they are not sent again.",
-    Vi::None,
+    Vi::Page("InfluxDB bỏ một số số liệu quá hạn lưu giữ"),
 );
 
 pub const INFLUXDB_RESTORED: EventDef = def(
     "influxdb.restored",
     Info,
     "InfluxDB accepts writes again after {after}; {pending} reading(s) waiting are being written.",
-    Vi::None,
+    Vi::Page("InfluxDB nhận số liệu trở lại: đang ghi số liệu đang chờ"),
 );
 
 // ---- The spool and the gateway (reported by telemetry.rs) ----

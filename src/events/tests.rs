@@ -152,3 +152,20 @@ fn docs_list_every_code_and_no_other() {
         "codes in docs/mqtt.md's table the catalogue lacks: {unknown:?}"
     );
 }
+
+/// Local staff read Vietnamese first: every event the gateway words itself
+/// has Vietnamese words; only the GPIO contacts, worded by the config, do
+/// not.
+#[test]
+fn every_event_has_vietnamese_but_the_configured_contacts() {
+    let without: Vec<&str> = ALL
+        .iter()
+        .filter(|d| d.vi == Vi::None)
+        .map(|d| d.code)
+        .collect();
+    assert_eq!(
+        without,
+        vec![GPIO_CONTACT.code],
+        "no Vietnamese: {without:?}"
+    );
+}

@@ -303,7 +303,12 @@ mod tests {
             event_words(&VI, "spool.corrupt", "The spool was unreadable"),
             "Dữ liệu lưu tạm bị hỏng và đã được tạo mới"
         );
-        assert_eq!(event_words(&VI, "mqtt.stalled", "stalled"), "stalled");
+        assert_eq!(
+            event_words(&VI, "mqtt.stalled", "stalled"),
+            "Máy chủ trung tâm không xác nhận dữ liệu: đang kết nối lại"
+        );
+        // A contact's code and words come from the config: shown as sent.
+        assert_eq!(event_words(&VI, "cua_kho.mo", "Cửa kho mở"), "Cửa kho mở");
         assert_eq!(
             event_words(&EN, "ups.on_battery", "on battery"),
             "on battery"
