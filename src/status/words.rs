@@ -225,10 +225,7 @@ pub fn show(
     let en = lang == "en";
     let Some((e, _)) = lookup(name) else {
         let text = match value {
-            Value::Num(n) => {
-                let d = if n.fract() == 0.0 { 0 } else { 2 };
-                number(*n, d, lang)
-            }
+            Value::Num(n) => number(*n, decimals_needed(*n), lang),
             Value::Bool(b) => YES_NO[usize::from(!*b) + if en { 2 } else { 0 }].to_owned(),
             Value::Str(s) => s.clone(),
         };
@@ -342,12 +339,24 @@ pub fn show_labelled(
     };
     let text = match (value, &l.unit) {
         (Value::Num(x), Some(u)) if !u.is_empty() => {
-            let d = if x.fract() == 0.0 { 0 } else { 2 };
-            with_unit(number(*x, d, lang), u)
+            with_unit(number(*x, decimals_needed(*x), lang), u)
         }
         _ => show(name, value, all, lang).map(|(_, t)| t)?,
     };
     Some((words.clone(), text))
+}
+
+/// How many decimals a value without a table entry shows: as many as it
+/// needs, at most two (23,5 °C, not 23,50 °C; 1.234 cm; 0,07 A).
+fn decimals_needed(x: f64) -> usize {
+    let hundredths = (x * 100.0).round();
+    if hundredths % 100.0 == 0.0 {
+        0
+    } else if hundredths % 10.0 == 0.0 {
+        1
+    } else {
+        2
+    }
 }
 
 /// Where a name sits in the table (unknown names last), to order a

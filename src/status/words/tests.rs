@@ -268,7 +268,7 @@ fn patterns_name_their_part() {
     u.num("custom.reg", 1234.5);
     assert_eq!(
         show("custom.reg", u.get("custom.reg").unwrap(), &u, "vi"),
-        Some(("custom.reg".into(), "1.234,50".into()))
+        Some(("custom.reg".into(), "1.234,5".into()))
     );
 }
 
@@ -360,8 +360,35 @@ fn configured_labels_come_first() {
     };
     assert_eq!(
         s("tank.level", "vi", Some(&l)),
-        ("Mức nước bể".into(), "1.234,50 cm".into())
+        ("Mức nước bể".into(), "1.234,5 cm".into())
     );
+    // As many decimals as the value needs, at most two.
+    for (x, want) in [
+        (23.5, "23,5 cm"),
+        (23.0, "23 cm"),
+        (0.07, "0,07 cm"),
+        (23.456, "23,46 cm"),
+        (23.4999, "23,5 cm"),
+        (22.999, "23 cm"),
+        (-1.25, "-1,25 cm"),
+        (-0.5, "-0,5 cm"),
+    ] {
+        let mut w = Values::new();
+        w.num("tank.level", x);
+        assert_eq!(
+            show_labelled(
+                "tank.level",
+                w.get("tank.level").unwrap(),
+                &w,
+                "vi",
+                Some(&l)
+            )
+            .unwrap()
+            .1,
+            want,
+            "{x}"
+        );
+    }
     assert_eq!(s("tank.level", "en", Some(&l)).0, "Tank level");
     // Only a Vietnamese label: the English page uses it too.
     let vi_only = Label {
