@@ -378,7 +378,7 @@ impl AsyncWrite for Conn {
 /// at each connection so a CA file fixed by the technician is taken
 /// without a restart.
 fn tls_connector(cfg: &NutConfig) -> Result<tokio_rustls::TlsConnector, NutError> {
-    let key = format!("the device's ca_file (device {})", cfg.id);
+    let key = format!("ca_file on device {}", cfg.id);
     let tls = crate::tls::tls_config(cfg.ca_file.as_deref(), None, None)
         .map_err(|e| NutError::TlsSetup(e.hint(&key)))?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
