@@ -30,6 +30,7 @@ mod hostile_peers;
 mod hostile_web;
 mod influx;
 mod install;
+mod nut_tls;
 mod power;
 mod sensors;
 mod service;

@@ -71,8 +71,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, HttpError> {
         let tls = if ep.tls {
-            let mut cfg = crate::sink::mqtt::tls_config(ca_file, None, None)
-                .map_err(|e| HttpError::Setup(format!("influxdb TLS: {e}")))?;
+            let mut cfg = crate::tls::tls_config(ca_file, None, None).map_err(|e| {
+                HttpError::Setup(format!("influxdb TLS: {}", e.hint("influxdb.ca_file")))
+            })?;
             cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
             Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
         } else {

@@ -4,8 +4,6 @@
 //! the password and TLS files each time a connection is attempted (so a
 //! technician can fix them without a restart); never opens a connection.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -81,80 +79,31 @@ fn read_password(path: &Path) -> Result<String, MqttError> {
         })
 }
 
-/// rustls with the ring provider; roots from `ca_file` or the system store.
+/// The shared rustls configuration ([`crate::tls::tls_config`]), its
+/// errors as this sink's.
 pub fn tls_config(
     ca_file: Option<&Path>,
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
 ) -> Result<rustls::ClientConfig, MqttError> {
-    let tls = |m: String| MqttError::Tls(m);
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(ca) => {
-            let f = File::open(ca).map_err(|e| tls(format!("{}: {e}", ca.display())))?;
-            let mut n = 0;
-            for cert in rustls_pemfile::certs(&mut BufReader::new(f)) {
-                let cert = cert.map_err(|e| tls(format!("{}: {e}", ca.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls(format!("{}: {e}", ca.display())))?;
-                n += 1;
-            }
-            if n == 0 {
-                return Err(tls(format!("{}: no PEM certificate in it", ca.display())));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(tls(
-                    "no system CA certificates found; set mqtt.ca_file".into()
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .with_root_certificates(roots);
-    match (cert_file, key_file) {
-        (Some(cert), Some(key)) => {
-            let f = File::open(cert).map_err(|e| tls(format!("{}: {e}", cert.display())))?;
-            let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(f))
-                .collect::<Result<_, _>>()
-                .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
-            let f = File::open(key).map_err(|e| tls(format!("{}: {e}", key.display())))?;
-            let key_der = rustls_pemfile::private_key(&mut BufReader::new(f))
-                .map_err(|e| tls(format!("{}: {e}", key.display())))?
-                .ok_or_else(|| tls(format!("{}: no private key in it", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| tls(format!("client certificate: {e}")))
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
+    crate::tls::tls_config(ca_file, cert_file, key_file)
+        .map_err(|e| MqttError::Tls(e.hint("mqtt.ca_file")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The shared builder's tests are in src/tls.rs; here, that its errors
+    /// stay this sink's TLS setup errors, worded as before the move.
     #[test]
-    fn missing_ca_file_is_a_clear_error() {
+    fn tls_errors_are_the_sinks() {
         let e = tls_config(Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-    }
-
-    #[test]
-    fn ca_file_without_certificates_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ca.pem");
-        std::fs::write(&p, "not a certificate").unwrap();
-        let e = tls_config(Some(&p), None, None).unwrap_err();
-        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        assert!(matches!(e, MqttError::Tls(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("TLS setup: /nonexistent/ca.pem: "),
+            "{e}"
+        );
     }
 }

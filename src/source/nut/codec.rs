@@ -3,8 +3,9 @@
 //!
 //! Written here rather than taken from a crate: the only Rust client
 //! (`rups`) is unmaintained, pins an old rustls, and has no sans-IO parser
-//! to table-test; the part wardgate needs (LIST VAR, login, ERR, and for
-//! the power-off of issue 14 GET/SET VAR, INSTCMD and TRACKING) is small.
+//! to table-test; the part wardgate needs (LIST VAR, login, ERR, for the
+//! power-off of issue 14 GET/SET VAR, INSTCMD and TRACKING, and STARTTLS)
+//! is small.
 
 use crate::model::Values;
 
@@ -205,6 +206,58 @@ pub const CMD_TRACKING_ON: &str = "SET TRACKING ON\n";
 
 pub fn cmd_get_tracking(id: &str) -> String {
     format!("GET TRACKING {}\n", quote(id))
+}
+
+/// Asks upsd to turn the connection into TLS. upsd answers `OK STARTTLS`
+/// and then expects the client's TLS handshake, or `ERR <code>` and stays
+/// in clear text ([`parse_starttls`]).
+pub const CMD_STARTTLS: &str = "STARTTLS\n";
+
+/// upsd's answer to [`CMD_STARTTLS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartTls {
+    /// `OK STARTTLS`: the TLS handshake comes next.
+    Ok,
+    /// `ERR <code>`: upsd does not offer TLS (FEATURE-NOT-CONFIGURED: no
+    /// certificate in upsd.conf; FEATURE-NOT-SUPPORTED: built without TLS).
+    Refused(String),
+}
+
+/// upsd's answer to `STARTTLS`. Only `OK STARTTLS` starts the handshake:
+/// a bare `OK` or any other line is malformed (the client then hangs up,
+/// and never goes on in clear text).
+pub fn parse_starttls(line: &str) -> Result<StartTls, CodecError> {
+    let trimmed = line.strip_suffix('\n').unwrap_or(line);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    let bad = || {
+        CodecError::Malformed(format!(
+            "expected OK STARTTLS, got {:?}",
+            trimmed.chars().take(120).collect::<String>()
+        ))
+    };
+    match words(trimmed)?.as_slice() {
+        [ok, what] if ok == "OK" && what == "STARTTLS" => Ok(StartTls::Ok),
+        [err, code, ..] if err == "ERR" => Ok(StartTls::Refused(code.clone())),
+        _ => Err(bad()),
+    }
+}
+
+/// Plain words for upsd's refusal of STARTTLS, saying what to fix.
+pub fn explain_starttls(code: &str) -> String {
+    let why = match code {
+        "FEATURE-NOT-CONFIGURED" => {
+            "upsd has no certificate configured (CERTPATH and CERTIDENT for a upsd built with NSS, \
+             or CERTFILE for one built with OpenSSL, in upsd.conf)"
+        }
+        "FEATURE-NOT-SUPPORTED" => "this upsd was built without TLS",
+        "ALREADY-SSL-MODE" => "upsd says the connection is in TLS already",
+        _ => "upsd refused it",
+    };
+    format!(
+        "upsd does not offer TLS (it answered STARTTLS with ERR {code}: {why}); \
+         nothing more was sent (no login): give upsd a certificate (docs/ups.md), or set tls = false \
+         only if the network to upsd is trusted"
+    )
 }
 
 /// Plain words for an `ERR` upsd gave to `what` (a SET VAR, the INSTCMD,
@@ -456,6 +509,63 @@ mod tests {
                 (Err(m), Err(e)) => assert!(e.to_string().contains(m), "{line:?}: {e}"),
                 (w, g) => panic!("{line:?}: wanted {w:?}, got {g:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn starttls_replies() {
+        let cases: &[(&str, Result<StartTls, &str>)] = &[
+            ("OK STARTTLS\n", Ok(StartTls::Ok)),
+            ("OK STARTTLS\r\n", Ok(StartTls::Ok)),
+            ("OK STARTTLS", Ok(StartTls::Ok)),
+            (
+                "ERR FEATURE-NOT-CONFIGURED\n",
+                Ok(StartTls::Refused("FEATURE-NOT-CONFIGURED".into())),
+            ),
+            (
+                "ERR FEATURE-NOT-SUPPORTED\n",
+                Ok(StartTls::Refused("FEATURE-NOT-SUPPORTED".into())),
+            ),
+            (
+                "ERR ALREADY-SSL-MODE extra words\n",
+                Ok(StartTls::Refused("ALREADY-SSL-MODE".into())),
+            ),
+            // Anything else is not a yes: never taken as one.
+            ("OK\n", Err("expected OK STARTTLS, got \"OK\"")),
+            ("OK Goodbye\n", Err("expected OK STARTTLS")),
+            ("OK STARTTLS now\n", Err("expected OK STARTTLS")),
+            ("ok starttls\n", Err("expected OK STARTTLS")),
+            ("OK TRACKING 1\n", Err("expected OK STARTTLS")),
+            ("ERR\n", Err("expected OK STARTTLS")),
+            ("\n", Err("expected OK STARTTLS")),
+            ("", Err("expected OK STARTTLS")),
+            ("BEGIN LIST VAR u\n", Err("expected OK STARTTLS")),
+            ("OK \"STARTTLS\n", Err("unclosed quote")),
+            ("\u{16}\u{3}\u{1}\n", Err("expected OK STARTTLS")),
+        ];
+        for (line, want) in cases {
+            match (want, parse_starttls(line)) {
+                (Ok(w), Ok(g)) => assert_eq!(&g, w, "{line:?}"),
+                (Err(m), Err(e)) => assert!(e.to_string().contains(m), "{line:?}: {e}"),
+                (w, g) => panic!("{line:?}: wanted {w:?}, got {g:?}"),
+            }
+        }
+        assert_eq!(CMD_STARTTLS, "STARTTLS\n");
+    }
+
+    #[test]
+    fn starttls_refusals_say_what_to_fix() {
+        for (code, words) in [
+            ("FEATURE-NOT-CONFIGURED", "CERTPATH and CERTIDENT"),
+            ("FEATURE-NOT-CONFIGURED", "CERTFILE"),
+            ("FEATURE-NOT-SUPPORTED", "built without TLS"),
+            ("SOMETHING-NEW", "upsd refused it"),
+        ] {
+            let t = explain_starttls(code);
+            assert!(t.starts_with("upsd does not offer TLS"), "{t}");
+            assert!(t.contains(&format!("ERR {code}")), "{t}");
+            assert!(t.contains(words), "{code}: {t}");
+            assert!(t.contains("nothing more was sent (no login)"), "{t}");
         }
     }
 

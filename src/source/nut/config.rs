@@ -28,6 +28,15 @@ pub struct NutConfig {
     /// logged; `wardgate check` warns when others can read it).
     #[serde(default)]
     pub password_file: Option<AbsPath>,
+    /// TLS to upsd: `STARTTLS`, then the handshake, verifying upsd's
+    /// certificate against `ca_file` and `host`, before anything else
+    /// (the login included). Never falls back to clear text.
+    #[serde(default)]
+    pub tls: bool,
+    /// The CA that signed upsd's certificate (PEM); the system's CAs when
+    /// not set. Only with `tls = true`.
+    #[serde(default)]
+    pub ca_file: Option<AbsPath>,
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     #[serde(default = "default_nut_timeout", with = "humantime_serde")]
@@ -88,6 +97,20 @@ impl NutConfig {
                 ));
             }
         }
+        if !self.tls && self.ca_file.is_some() {
+            p.push(format!(
+                "{key}.ca_file: set, but tls is not (set tls = true to use it)"
+            ));
+        }
+        if self.tls
+            && !self.host.trim().is_empty()
+            && rustls::pki_types::ServerName::try_from(self.host.as_str()).is_err()
+        {
+            p.push(format!(
+                "{key}.host: {:?} is not a host name or IP address, which TLS needs to check upsd's certificate",
+                self.host
+            ));
+        }
         if let Some(why) = duration_problem(self.timeout, TIMEOUT_MIN, TIMEOUT_MAX) {
             p.push(format!("{key}.timeout: {why}"));
         }
@@ -139,6 +162,38 @@ mod tests {
                 Some("must be an absolute path"),
             ),
         ];
+        check(cases);
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        let cases: &[(String, Option<&str>)] = &[
+            ("tls = true\n".into(), None),
+            ("tls = false\n".into(), None),
+            (
+                "tls = true\nca_file = \"/etc/wardgate/nut-ca.pem\"\n".into(),
+                None,
+            ),
+            ("tls = true\nhost = \"ups.example\"\n".into(), None),
+            ("tls = true\nhost = \"192.0.2.7\"\n".into(), None),
+            (
+                "ca_file = \"/etc/wardgate/nut-ca.pem\"\n".into(),
+                Some("device[0].ca_file: set, but tls is not"),
+            ),
+            (
+                "tls = true\nca_file = \"nut-ca.pem\"\n".into(),
+                Some("must be an absolute path"),
+            ),
+            (
+                "tls = true\nhost = \"not a host\"\n".into(),
+                Some("device[0].host: \"not a host\" is not a host name or IP address"),
+            ),
+            ("tls = \"maybe\"\n".into(), Some("tls")),
+        ];
+        check(cases);
+    }
+
+    fn check(cases: &[(String, Option<&str>)]) {
         for (extra, want) in cases {
             let p = problems(extra);
             match want {

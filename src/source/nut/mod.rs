@@ -1,12 +1,18 @@
 //! NUT client (`type = "nut"`): reads a UPS from an existing `upsd` over
 //! TCP. This covers every UPS NUT supports, USB HID models included.
+//! With `tls = true`, the connection becomes TLS (`STARTTLS`, then the
+//! handshake checking upsd's certificate) before anything else is said,
+//! and never falls back to clear text ([`connect`]).
 
 pub mod codec;
 pub mod config;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +44,19 @@ pub enum NutError {
     /// The password file could not be read: fault until fixed.
     #[error("reading password_file {0}: {1}")]
     Password(String, std::io::Error),
+    /// `tls = true`, and the CA could not be loaded: fault until fixed;
+    /// nothing was sent.
+    #[error("TLS to upsd: {0}")]
+    TlsSetup(String),
+    /// `tls = true`, and upsd answered STARTTLS with `ERR <code>`: fault
+    /// (reconnect later); nothing more was sent, never the login.
+    #[error("{}", codec::explain_starttls(.0))]
+    NoTls(String),
+    /// `tls = true`, and the TLS handshake failed (upsd's certificate not
+    /// trusted or not for `host`, or upsd broke off): fault (reconnect
+    /// later); nothing more was sent, never the login.
+    #[error("TLS handshake with upsd at {0} failed: {1}; nothing more was sent (no login)")]
+    Handshake(String, String),
 }
 
 /// A whole `LIST VAR` reply must arrive within this many per-line timeouts.
@@ -120,6 +139,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
                 "expected OK, got {other:?}"
             )))),
         }
+    }
+
+    /// `STARTTLS`; Ok once upsd answered `OK STARTTLS` (the handshake
+    /// comes next), `NoTls` for its `ERR`. upsd must send nothing after
+    /// its answer until the handshake: bytes already waiting would be
+    /// read as if they came over TLS (a man in the middle's injection), so
+    /// they are an error too. Returns the stream for the handshake.
+    pub async fn starttls(mut self) -> Result<S, NutError> {
+        self.send(codec::CMD_STARTTLS).await?;
+        match codec::parse_starttls(&self.line().await?)? {
+            codec::StartTls::Ok => {}
+            codec::StartTls::Refused(code) => return Err(NutError::NoTls(code)),
+        }
+        if !self.io.buffer().is_empty() {
+            return Err(NutError::Codec(codec::CodecError::Malformed(
+                "upsd sent more after OK STARTTLS, before the TLS handshake".into(),
+            )));
+        }
+        Ok(self.io.into_inner())
     }
 
     pub async fn login(&mut self, user: &str, password: &str) -> Result<(), NutError> {
@@ -290,14 +328,121 @@ fn unexpected(what: &str, line: &Line) -> NutError {
     )))
 }
 
-async fn connect(cfg: &NutConfig) -> Result<Nut<TcpStream>, NutError> {
+/// The byte stream to upsd: clear text, or TLS after `STARTTLS`.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The TLS client for `cfg` (its `ca_file`, or the system's CAs), read
+/// at each connection so a CA file fixed by the technician is taken
+/// without a restart.
+fn tls_connector(cfg: &NutConfig) -> Result<tokio_rustls::TlsConnector, NutError> {
+    let key = format!("ca_file on device {}", cfg.id);
+    let tls = crate::tls::tls_config(cfg.ca_file.as_deref(), None, None)
+        .map_err(|e| NutError::TlsSetup(e.hint(&key)))?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
+/// Plain words for a failed handshake: what is wrong with upsd's
+/// certificate when that is the cause, else the error as rustls said it.
+fn handshake_words(e: &std::io::Error, host: &str) -> String {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return e.to_string();
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(c) => {
+            let why = match c {
+                C::UnknownIssuer | C::BadSignature => {
+                    "it is not signed by a CA the gateway trusts (ca_file, or the system's CAs)"
+                        .to_owned()
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    format!("it is not for host {host:?} (its subject alternative names)")
+                }
+                C::Expired | C::ExpiredContext { .. } => "it has expired".to_owned(),
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    "it is not valid yet (is the clock right?)".to_owned()
+                }
+                C::Revoked => "it is revoked".to_owned(),
+                other => format!("{other:?}"),
+            };
+            format!("upsd's certificate was refused: {why} ({tls})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A connection to upsd for `cfg`, logged in when it has a username.
+/// With `tls`, the CA is loaded before anything is sent, then `STARTTLS`
+/// and the handshake (checking upsd's certificate against the CA and
+/// `host`) come first, and a refusal or a failed handshake ends the
+/// attempt: nothing goes in clear text but the word STARTTLS.
+pub async fn connect(cfg: &NutConfig) -> Result<Nut<Conn>, NutError> {
+    let tls = cfg.tls.then(|| tls_connector(cfg)).transpose()?;
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let tcp = tokio::time::timeout(cfg.timeout, TcpStream::connect(&addr))
         .await
         .map_err(|_| NutError::Timeout(cfg.timeout))?
         .map_err(|e| NutError::Connect(addr.clone(), e))?;
     let _ = tcp.set_nodelay(true);
-    let mut nut = Nut::new(tcp, cfg.timeout);
+    let stream = match tls {
+        None => Conn::Plain(tcp),
+        Some(tls) => {
+            let tcp = Nut::new(tcp, cfg.timeout).starttls().await?;
+            let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
+                .map_err(|e| NutError::TlsSetup(format!("host {:?}: {e}", cfg.host)))?;
+            let s = tokio::time::timeout(cfg.timeout, tls.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    NutError::Handshake(addr.clone(), format!("no answer within {:?}", cfg.timeout))
+                })?
+                .map_err(|e| NutError::Handshake(addr.clone(), handshake_words(&e, &cfg.host)))?;
+            Conn::Tls(Box::new(s))
+        }
+    };
+    let mut nut = Nut::new(stream, cfg.timeout);
     if let Some(user) = &cfg.username {
         // A password file that cannot be read is a configuration fault,
         // shown as one (device.fault naming the file, on the page and to
@@ -321,7 +466,7 @@ struct Ups {
 }
 
 impl Device for Ups {
-    type Conn = Nut<TcpStream>;
+    type Conn = Nut<Conn>;
 
     async fn open(&mut self, _h: &DeviceHandle) -> Result<Self::Conn, Fail> {
         connect(&self.cfg)
@@ -391,7 +536,10 @@ impl Device for Ups {
 /// Asks upsd every interval; a broken connection is made again an interval
 /// later.
 pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
-    if let Some(w) = password_file_warning(&cfg) {
+    for w in [password_file_warning(&cfg), cleartext_warning(&cfg)]
+        .into_iter()
+        .flatten()
+    {
         tracing::warn!("{w}");
     }
     let policy = Policy::new(cfg.interval);
@@ -424,6 +572,19 @@ pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
         })
 }
 
+/// The warning for a login (username and password) that would cross the
+/// network in clear text: a username, `tls` off, and upsd not on this
+/// box. A warning, not an error: many upsd builds in the field have no
+/// certificate (or no TLS at all) yet.
+pub fn cleartext_warning(cfg: &NutConfig) -> Option<String> {
+    (cfg.username.is_some() && !cfg.tls && !crate::tls::is_loopback(&cfg.host)).then(|| {
+        format!(
+            "device {}: the upsd login (username and password) goes to {} in clear text; set tls = true on this device and give upsd a certificate (CERTPATH and CERTIDENT, or CERTFILE, in upsd.conf; docs/ups.md)",
+            cfg.id, cfg.host
+        )
+    })
+}
+
 /// For `wardgate check`, on a device with a username: whether upsd
 /// accepts the login, and the delay the power-off would set. Each line
 /// with true when it is fine (a warning included), false when the
@@ -433,7 +594,10 @@ pub async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
         return Vec::new();
     };
     let mut lines = Vec::new();
-    if let Some(w) = password_file_warning(cfg) {
+    for w in [password_file_warning(cfg), cleartext_warning(cfg)]
+        .into_iter()
+        .flatten()
+    {
         lines.push((true, format!("warning: {w}")));
     }
     let mut c = match connect(cfg).await {

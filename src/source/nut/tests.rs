@@ -302,3 +302,188 @@ async fn endless_line_is_rejected() {
     let mut n = Nut::new(a, Duration::from_secs(1));
     assert!(matches!(n.list_var("u").await, Err(NutError::Codec(_))));
 }
+
+#[tokio::test]
+async fn starttls_over_a_stream() {
+    // upsd's answer, then what `starttls` gives.
+    let cases: &[(&[u8], Result<(), &str>)] = &[
+        (b"OK STARTTLS\n", Ok(())),
+        (
+            b"ERR FEATURE-NOT-CONFIGURED\n",
+            Err("upsd does not offer TLS (it answered STARTTLS with ERR FEATURE-NOT-CONFIGURED"),
+        ),
+        (b"OK\n", Err("expected OK STARTTLS")),
+        // A man in the middle's clear text queued behind the yes.
+        (
+            b"OK STARTTLS\nOK\n",
+            Err("upsd sent more after OK STARTTLS, before the TLS handshake"),
+        ),
+    ];
+    for (reply, want) in cases {
+        let (a, mut b) = tokio::io::duplex(4096);
+        let sent = reply.to_vec();
+        let peer = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let n = b.read(&mut buf).await.unwrap();
+            b.write_all(&sent).await.unwrap();
+            (buf[..n].to_vec(), b)
+        });
+        let got = Nut::new(a, Duration::from_secs(1)).starttls().await;
+        let (asked, _b) = peer.await.unwrap();
+        assert_eq!(asked, b"STARTTLS\n");
+        match (want, got) {
+            (Ok(()), Ok(_)) => {}
+            (Err(m), Err(e)) => assert!(e.to_string().contains(m), "{reply:?}: {e}"),
+            (w, g) => panic!("{reply:?}: wanted {w:?}, got {:?}", g.map(|_| ())),
+        }
+    }
+}
+
+/// A self-signed CA (P-256, good for a century) that signed nothing: the
+/// unit tests need a CA to load, not the system's (a build box may have
+/// none).
+const UNIT_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBlzCCAT2gAwIBAgIURjj6VE5mcO6vHfAHCDz6RxlfNOAwCgYIKoZIzj0EAwIw\n\
+IDEeMBwGA1UEAwwVd2FyZGdhdGUgdW5pdCB0ZXN0IENBMCAXDTI2MTEzMDEyMzg1\n\
+MloYDzIxMjYxMTA2MTIzODUyWjAgMR4wHAYDVQQDDBV3YXJkZ2F0ZSB1bml0IHRl\n\
+c3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATlTvvXdq99O0p6+rAHy599\n\
+ovsu8Uxs9wacoo4bEv1NkH5cql2uYngLf6rUBzxxKfNQQ4EM9nUg1BvDt/kyRlEl\n\
+o1MwUTAdBgNVHQ4EFgQUVr+4rTX7Sc9Y2yp1muKEr5a0100wHwYDVR0jBBgwFoAU\n\
+Vr+4rTX7Sc9Y2yp1muKEr5a0100wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD\n\
+AgNIADBFAiAGHgE8NfwF+QSQVKU6AIqvSOy/PSorWkIymXsZYLE0rwIhANnErzp7\n\
+OwkVhFTjAaS6uogRTNfuMZS4Yt/CKBOGoFSf\n\
+-----END CERTIFICATE-----\n\
+";
+
+/// A NUT device with a login and `tls = true` against a local listener;
+/// `extra` lines (a `ca_file`) override the unit test CA.
+fn tls_device(port: u16, dir: &std::path::Path, extra: &str) -> NutConfig {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, UNIT_CA).unwrap();
+    let ca_line = if extra.contains("ca_file") {
+        String::new()
+    } else {
+        format!("ca_file = \"{}\"\n", ca.display())
+    };
+    toml::from_str(&format!(
+        "id = \"u\"\nups = \"u\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout = \"2s\"\n\
+         username = \"mon\"\npassword_file = \"{}\"\ntls = true\n{ca_line}{extra}",
+        pw.display()
+    ))
+    .unwrap()
+}
+
+/// A fake upsd that answers each read with the next of `replies` and
+/// records every byte it is sent until the client hangs up.
+async fn fake_upsd(replies: &'static [&'static [u8]]) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut replies = replies.iter();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return got,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+            if let Some(r) = replies.next() {
+                let _ = s.write_all(r).await;
+            }
+        }
+    });
+    (port, task)
+}
+
+/// With tls on, a refused STARTTLS or a failed handshake ends the attempt
+/// there: the word STARTTLS and a TLS ClientHello are all upsd gets.
+#[tokio::test]
+async fn tls_never_falls_back_to_clear_text() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused: nothing after STARTTLS.
+    let (port, seen) = fake_upsd(&[b"ERR FEATURE-NOT-CONFIGURED\n"]).await;
+    let e = match connect(&tls_device(port, dir.path(), "")).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected"),
+    };
+    assert!(matches!(e, NutError::NoTls(_)), "{e:?}");
+    assert_eq!(seen.await.unwrap(), b"STARTTLS\n");
+    // Yes, then clear text instead of a TLS server: the handshake fails,
+    // and what followed STARTTLS was a TLS record, no login.
+    let (port, seen) = fake_upsd(&[b"OK STARTTLS\n", b"not tls at all\n"]).await;
+    let e = match connect(&tls_device(port, dir.path(), "")).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected"),
+    };
+    assert!(matches!(e, NutError::Handshake(..)), "{e:?}");
+    assert!(
+        e.to_string().contains("nothing more was sent (no login)"),
+        "{e}"
+    );
+    let seen = seen.await.unwrap();
+    assert!(seen.starts_with(b"STARTTLS\n"), "{seen:?}");
+    let rest = &seen[b"STARTTLS\n".len()..];
+    assert!(
+        rest.is_empty() || rest[0] == 0x16,
+        "not a TLS record: {rest:?}"
+    );
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        !text.contains("PASSWORD") && !text.contains("s3cret"),
+        "{text}"
+    );
+    // A CA file that cannot be read: nothing is sent at all.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let e = match connect(&tls_device(
+        port,
+        dir.path(),
+        "ca_file = \"/nonexistent/ca.pem\"\n",
+    ))
+    .await
+    {
+        Err(e) => e,
+        Ok(_) => panic!("connected"),
+    };
+    assert!(matches!(e, NutError::TlsSetup(_)), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), l.accept())
+            .await
+            .is_err(),
+        "connected although the CA could not be loaded"
+    );
+}
+
+#[test]
+fn a_login_to_another_box_in_clear_text_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |host: &str, extra: &str| -> NutConfig {
+        let mut c = tls_device(3493, dir.path(), extra);
+        c.host = host.into();
+        c
+    };
+    let off = |mut c: NutConfig| {
+        c.tls = false;
+        c
+    };
+    assert_eq!(cleartext_warning(&off(cfg("127.0.0.1", ""))), None);
+    assert_eq!(cleartext_warning(&off(cfg("localhost", ""))), None);
+    assert_eq!(cleartext_warning(&cfg("192.0.2.7", "")), None, "tls on");
+    let w = cleartext_warning(&off(cfg("192.0.2.7", ""))).expect("a warning");
+    assert!(
+        w.contains("device u") && w.contains("192.0.2.7") && w.contains("clear text"),
+        "{w}"
+    );
+    assert!(
+        w.contains("set tls = true") && w.contains("CERTPATH"),
+        "{w}"
+    );
+    let mut anon = off(cfg("192.0.2.7", ""));
+    anon.username = None;
+    assert_eq!(cleartext_warning(&anon), None, "no login, nothing secret");
+}

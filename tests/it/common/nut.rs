@@ -264,3 +264,147 @@ pub fn spawn_in(d: &std::path::Path, prog: &str, args: &[&str]) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install nut-server)"))
 }
+
+/// A certificate for upsd built with NSS (Debian's nut-server 2.8): a CA
+/// and a server certificate for 127.0.0.1 and localhost made with openssl,
+/// imported into an NSS database with pk12util (libnss3-tools). upsd finds
+/// it through the lines of [`UpsdCert::upsd_conf`] (CERTPATH, CERTIDENT).
+pub struct UpsdCert {
+    pub dir: tempfile::TempDir,
+    /// The CA that signed upsd's certificate (PEM), for the gateway's
+    /// `ca_file`.
+    pub ca: PathBuf,
+}
+
+/// The nickname of upsd's certificate in the NSS database, and the
+/// database's password (CERTIDENT "<nickname>" "<password>").
+const NSS_NICKNAME: &str = "upsd";
+const NSS_PASSWORD: &str = "nss-db-pw";
+
+fn tool(prog: &str, args: &[&str], dir: &std::path::Path) {
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install openssl libnss3-tools)"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA in `dir`: `<name>.key` and `<name>.pem`.
+pub fn make_ca(dir: &std::path::Path, name: &str, cn: &str) -> PathBuf {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    tool(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+        dir,
+    );
+    dir.join(pem)
+}
+
+impl UpsdCert {
+    pub fn make() -> UpsdCert {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = make_ca(d, "ca", "wardgate NUT test CA");
+        tool(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "upsd.key",
+                "-out",
+                "upsd.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+            d,
+        );
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        tool(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "upsd.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "upsd.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+            d,
+        );
+        tool(
+            "openssl",
+            &[
+                "pkcs12",
+                "-export",
+                "-in",
+                "upsd.pem",
+                "-inkey",
+                "upsd.key",
+                "-certfile",
+                "ca.pem",
+                "-name",
+                NSS_NICKNAME,
+                "-out",
+                "upsd.p12",
+                "-passout",
+                "pass:p12",
+            ],
+            d,
+        );
+        std::fs::create_dir(d.join("nss")).unwrap();
+        std::fs::write(d.join("nss.pw"), format!("{NSS_PASSWORD}\n")).unwrap();
+        tool("certutil", &["-N", "-d", "sql:nss", "-f", "nss.pw"], d);
+        tool(
+            "pk12util",
+            &[
+                "-i", "upsd.p12", "-d", "sql:nss", "-W", "p12", "-k", "nss.pw",
+            ],
+            d,
+        );
+        UpsdCert { dir, ca }
+    }
+
+    /// The lines for upsd.conf (NutServer::start_with's `upsd_extra`).
+    pub fn upsd_conf(&self) -> String {
+        format!(
+            "CERTPATH {}\nCERTIDENT \"{NSS_NICKNAME}\" \"{NSS_PASSWORD}\"\nDISABLE_WEAK_SSL true\n",
+            self.dir.path().join("nss").display()
+        )
+    }
+}
