@@ -65,6 +65,15 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
     if let Some(w) = crate::status::web::password_file_warning(&cfg.web) {
         let _ = writeln!(out, "warning: {w}");
     }
+    // A upsd login that would cross the network in clear text: said from
+    // the config alone, whether upsd can be reached or not.
+    for dev in &cfg.devices {
+        if let crate::config::DeviceConfig::Nut(n) = dev {
+            if let Some(w) = source::nut::cleartext_warning(n) {
+                let _ = writeln!(out, "warning: {w}");
+            }
+        }
+    }
     if let Some(url) = &cfg.influxdb.url {
         let _ = writeln!(
             out,

@@ -43,6 +43,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(line.ends_with('\n') && line.len() <= codec::MAX_LINE);
                 start = pos;
                 let _ = codec::parse_line(&line);
+                // STARTTLS's answer: a yes only when upsd said OK STARTTLS.
+                if let Ok(codec::StartTls::Ok) = codec::parse_starttls(&line) {
+                    assert!(
+                        line.contains("OK") && line.contains("STARTTLS"),
+                        "a yes to STARTTLS from {line:?}"
+                    );
+                }
                 match list.feed("dummy", &line) {
                     Ok(Some(codec::ListOutcome::Vars(vars))) => {
                         common::check_values(&codec::to_values(&vars));

@@ -1,7 +1,6 @@
 //! The `[mqtt]` section: where and how the MQTT sink publishes, and the
 //! checks that span its keys.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -214,11 +213,4 @@ impl MqttConfig {
     }
 }
 
-/// A broker on this machine: traffic to it never leaves the box.
-pub fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-}
+pub use crate::tls::is_loopback;

@@ -199,61 +199,53 @@ async fn a_upsd_without_tls_is_a_fault_and_never_gets_the_login() {
     );
 }
 
-/// An IPv4 address of this machine that is not loopback, if it has one.
-fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
-    let mut found = None;
-    // SAFETY: getifaddrs fills a list this function frees; each entry's
-    // address is read only when it is an AF_INET sockaddr.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut list) != 0 {
-            return None;
-        }
-        let mut p = list;
-        while !p.is_null() {
-            let a = (*p).ifa_addr;
-            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
-                let sin = &*(a as *const libc::sockaddr_in);
-                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !ip.is_unspecified() {
-                    found = Some(ip);
-                    break;
-                }
-            }
-            p = (*p).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    found
-}
-
-/// (d) A login sent without TLS to upsd on another address than loopback
-/// (here this machine's own network address): `wardgate check` reads the
-/// UPS and warns, saying how to fix it, without failing; with upsd on
-/// 127.0.0.1 it does not warn.
+/// (d) A login that would go without TLS to upsd on another address than
+/// loopback: `wardgate check` warns from the config alone (even
+/// `--config-only`, and whether upsd answers or not), saying how to fix
+/// it, without failing; with upsd on 127.0.0.1, or with tls on, it does
+/// not warn. 192.0.2.1 is a documentation address nothing answers on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_warns_about_a_login_in_clear_text() {
-    let Some(ip) = non_loopback_ipv4() else {
-        panic!("this test needs a non-loopback IPv4 address on this machine (ip addr)");
-    };
-    let lan_port = free_port();
-    let nut = NutServer::start_with(DUMMY, &format!("LISTEN {ip} {lan_port}\n"), "");
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
     let no_broker = closed_port();
-    let lan = device(&ip.to_string(), lan_port, &pw, "");
-    let (code, out) = check(&config_text(no_broker.port, dir.path(), &lan)).await;
-    assert!(out.contains("device ups2 (nut): ok"), "{out}");
+    let check_only = |text: String| async move {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("w.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = within(
+            WAIT,
+            "wardgate check --config-only",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+                .args(["check", "--config-only", "--config"])
+                .arg(&p)
+                .output(),
+        )
+        .await
+        .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let lan = device("192.0.2.1", 3493, &pw, "");
+    let (code, out) = check_only(config_text(no_broker.port, dir.path(), &lan)).await;
     assert!(
-        out.contains(&format!(
-            "warning: device ups2: the upsd login (username and password) goes to {ip} in clear text; set tls = true"
-        )),
+        out.contains(
+            "warning: device ups2: the upsd login (username and password) goes to 192.0.2.1 in clear text; set tls = true"
+        ),
         "{out}"
     );
     assert_eq!(code, Some(0), "a warning, not an error: {out}");
-    let local = device("127.0.0.1", nut.port, &pw, "");
-    let (code, out) = check(&config_text(no_broker.port, dir.path(), &local)).await;
-    assert!(out.contains("device ups2 (nut): ok"), "{out}");
+    let local = device("127.0.0.1", 3493, &pw, "");
+    let (code, out) = check_only(config_text(no_broker.port, dir.path(), &local)).await;
+    assert!(!out.contains("clear text"), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+    let with_tls = device("192.0.2.1", 3493, &pw, &tls_on(&ca));
+    let (code, out) = check_only(config_text(no_broker.port, dir.path(), &with_tls)).await;
     assert!(!out.contains("clear text"), "{out}");
     assert_eq!(code, Some(0), "{out}");
 }

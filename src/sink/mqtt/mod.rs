@@ -43,7 +43,6 @@ mod session;
 
 pub use backoff::Backoff;
 use backoff::{BACKOFF_FAST_TRIES, BACKOFF_HEALTHY_AFTER, BACKOFF_MAX, BACKOFF_MIN};
-pub use options::tls_config;
 
 /// The name of this sink's lane in the spool.
 pub const SINK_NAME: &str = "mqtt";

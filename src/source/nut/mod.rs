@@ -594,10 +594,8 @@ pub async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
         return Vec::new();
     };
     let mut lines = Vec::new();
-    for w in [password_file_warning(cfg), cleartext_warning(cfg)]
-        .into_iter()
-        .flatten()
-    {
+    // (The clear-text warning is said with the config's, before any device.)
+    if let Some(w) = password_file_warning(cfg) {
         lines.push((true, format!("warning: {w}")));
     }
     let mut c = match connect(cfg).await {
