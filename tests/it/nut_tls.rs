@@ -97,10 +97,12 @@ async fn nut_over_tls_keeps_the_login_secret() {
     let pw = password_file(dir.path());
     let dev = device("127.0.0.1", relay.port, &pw, &tls_on(&cert.ca));
     let gw = Gateway::start(config(broker.port, dir.path(), &dev)).await;
-    eventually(WAIT, "ups2 samples over TLS", || {
-        sub.seqs("ups2").len() >= 2
-    })
-    .await;
+    if !wait_for(WAIT, || sub.seqs("ups2").len() >= 2).await {
+        panic!(
+            "no ups2 samples over TLS within {WAIT:?}; the device: {:?}",
+            gw.status.get().devices.get("ups2").map(|d| &d.health)
+        );
+    }
     let (_, s) = sub.samples("ups2").last().cloned().unwrap();
     assert_eq!(s["values"]["ups.status"], "OL");
     assert_eq!(s["values"]["battery.charge"], 100.0);

@@ -148,7 +148,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// they are an error too. Returns the stream for the handshake.
     pub async fn starttls(mut self) -> Result<S, NutError> {
         self.send(codec::CMD_STARTTLS).await?;
-        match codec::parse_starttls(&self.line().await?)? {
+        let answer = match self.line().await {
+            Err(NutError::Timeout(t)) => {
+                return Err(NutError::Codec(codec::CodecError::Malformed(format!(
+                    "no answer to STARTTLS within {t:?}: is this upsd's port (3493), not a TLS-only one?"
+                ))))
+            }
+            other => other?,
+        };
+        match codec::parse_starttls(&answer)? {
             codec::StartTls::Ok => {}
             codec::StartTls::Refused(code) => return Err(NutError::NoTls(code)),
         }
@@ -389,7 +397,14 @@ fn tls_connector(cfg: &NutConfig) -> Result<tokio_rustls::TlsConnector, NutError
 fn handshake_words(e: &std::io::Error, host: &str) -> String {
     use rustls::CertificateError as C;
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return e.to_string();
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => format!(
+                "upsd broke off the handshake ({e}): check upsd's log, its certificate (CERTPATH/CERTIDENT or CERTFILE) and that it does not ask for a client certificate (CERTREQUEST: the gateway has none for upsd)"
+            ),
+            _ => e.to_string(),
+        };
     };
     match tls {
         rustls::Error::InvalidCertificate(c) => {
@@ -406,6 +421,9 @@ fn handshake_words(e: &std::io::Error, host: &str) -> String {
                     "it is not valid yet (is the clock right?)".to_owned()
                 }
                 C::Revoked => "it is revoked".to_owned(),
+                C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
+                    "it is a CA certificate (a self-signed certificate with CA:TRUE, as `openssl req -x509` makes): upsd needs a certificate signed by a CA, with that CA in ca_file (docs/ups.md)".to_owned()
+                }
                 other => format!("{other:?}"),
             };
             format!("upsd's certificate was refused: {why} ({tls})")

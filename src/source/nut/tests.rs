@@ -459,6 +459,42 @@ async fn tls_never_falls_back_to_clear_text() {
     );
 }
 
+/// A peer that never answers STARTTLS (a TLS-only port, a hung upsd), or
+/// says yes and then never starts the handshake: each attempt ends within
+/// the device's timeout, saying what it waited for, and nothing but
+/// STARTTLS (and a ClientHello) went out.
+#[tokio::test]
+async fn a_silent_upsd_ends_the_attempt_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let quick = |port| {
+        let mut c = tls_device(port, dir.path(), "");
+        c.timeout = Duration::from_millis(300);
+        c
+    };
+    let (port, seen) = fake_upsd(&[]).await;
+    let e = match connect(&quick(port)).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected"),
+    };
+    assert!(
+        e.to_string().contains("no answer to STARTTLS within"),
+        "{e}"
+    );
+    assert_eq!(seen.await.unwrap(), b"STARTTLS\n");
+    let (port, seen) = fake_upsd(&[b"OK STARTTLS\n"]).await;
+    let e = match connect(&quick(port)).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected"),
+    };
+    assert!(matches!(e, NutError::Handshake(..)), "{e:?}");
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    let seen = seen.await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&seen).contains("PASSWORD"),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn a_login_to_another_box_in_clear_text_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
