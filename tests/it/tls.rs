@@ -14,36 +14,13 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
     assert!(st.success(), "openssl {args:?}");
 }
 
-/// A CA of its own in `dir`: a new RSA key `key` and its self-signed
-/// certificate `pem` (good for 2 days) with the common name `cn`.
-fn self_signed_ca(dir: &std::path::Path, key: &str, pem: &str, cn: &str) {
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            key,
-            "-out",
-            pem,
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-        dir,
-    );
-}
-
 /// 6. TLS with a test CA and password auth; a wrong password is logged,
 /// retried with backoff, and the gateway stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_password_and_wrong_password_retries() {
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    self_signed_ca(d, "ca.key", "ca.pem", "wardgate test CA");
+    crate::common::nut::make_ca(d, "ca", "wardgate test CA");
     openssl(
         &[
             "req",
@@ -180,7 +157,7 @@ async fn tls_with_password_and_wrong_password_retries() {
 
     // A broker certificate from another CA: a TLS error in plain words,
     // retried, the gateway stays up.
-    self_signed_ca(d, "other.key", "other.pem", "some other CA");
+    crate::common::nut::make_ca(d, "other", "some other CA");
     let dir3 = tempfile::tempdir().unwrap();
     let text = tls("good")
         .replace(

@@ -295,7 +295,8 @@ fn tool(prog: &str, args: &[&str], dir: &std::path::Path) {
     );
 }
 
-/// A self-signed CA in `dir`: `<name>.key` and `<name>.pem`.
+/// A self-signed CA in `dir`: `<name>.key` and `<name>.pem` (good for 2
+/// days, common name `cn`); the MQTT and the NUT TLS tests use it.
 pub fn make_ca(dir: &std::path::Path, name: &str, cn: &str) -> PathBuf {
     let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
     tool(
