@@ -8,6 +8,7 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod events;
+pub mod host;
 pub mod model;
 pub mod power;
 pub mod provision;

@@ -5,8 +5,6 @@
 //! time it is called (so a technician can fix them without a restart);
 //! never opens a connection.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +16,11 @@ pub enum TlsError {
     /// at its next connection (the technician may be copying it in).
     #[error("{path}: {why}")]
     File { path: String, why: String },
+    /// A CA, certificate or key file is not a regular file of a sane size,
+    /// or a key is reached through a link (the host's one file reader):
+    /// as for `File`.
+    #[error("{0}")]
+    Read(#[from] crate::host::file::FileError),
     /// No `ca_file` was given and the system store has no CA: as for
     /// `File`; the caller adds which key to set ([`TlsError::hint`]).
     #[error("no system CA certificates found")]
@@ -50,12 +53,13 @@ pub fn tls_config(
         path: p.display().to_string(),
         why,
     };
+    use crate::host::file::{read, FileKind};
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(ca) => {
-            let f = File::open(ca).map_err(|e| file(ca, e.to_string()))?;
+            let pem = read(ca, FileKind::Certificate)?;
             let mut n = 0;
-            for cert in rustls_pemfile::certs(&mut BufReader::new(f)) {
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 let cert = cert.map_err(|e| file(ca, e.to_string()))?;
                 roots.add(cert).map_err(|e| file(ca, e.to_string()))?;
                 n += 1;
@@ -81,12 +85,12 @@ pub fn tls_config(
         .with_root_certificates(roots);
     match (cert_file, key_file) {
         (Some(cert), Some(key)) => {
-            let f = File::open(cert).map_err(|e| file(cert, e.to_string()))?;
-            let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(f))
+            let pem = read(cert, FileKind::Certificate)?;
+            let chain: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
                 .collect::<Result<_, _>>()
                 .map_err(|e| file(cert, e.to_string()))?;
-            let f = File::open(key).map_err(|e| file(key, e.to_string()))?;
-            let key_der = rustls_pemfile::private_key(&mut BufReader::new(f))
+            let pem = read(key, FileKind::Secret)?;
+            let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
                 .map_err(|e| file(key, e.to_string()))?
                 .ok_or_else(|| file(key, "no private key in it".into()))?;
             builder

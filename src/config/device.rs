@@ -4,6 +4,7 @@
 //! devices.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 const fn ms(n: u64) -> Duration {
@@ -12,6 +13,7 @@ const fn ms(n: u64) -> Duration {
 
 use super::types::{duration_problem, DAY_MS};
 use super::{read_gathering, GATEWAY_DEVICE};
+use crate::host::file::FileKind;
 use crate::model::valid_id;
 use crate::source::threshold::ThresholdConfig;
 
@@ -100,6 +102,32 @@ impl DeviceConfig {
     /// This kind's own problems, each naming its key under `key`.
     fn kind_problems(&self, key: &str) -> Vec<String> {
         each_kind!(self, c => c.problems(key))
+    }
+
+    /// The files this device reads, with what they are (the host's one
+    /// reader's rules: [`crate::host::file`]).
+    fn files(&self) -> Vec<(&'static str, &Path, FileKind)> {
+        let mut f = Vec::new();
+        match self {
+            DeviceConfig::Nut(c) => {
+                if let Some(p) = &c.password_file {
+                    f.push(("password_file", &**p, FileKind::Secret));
+                }
+                if let Some(p) = &c.ca_file {
+                    f.push(("ca_file", &**p, FileKind::Certificate));
+                }
+            }
+            DeviceConfig::System(c) => {
+                f.push(("thermal_path", c.thermal_path.as_path(), FileKind::Kernel));
+                f.push((
+                    "throttled_path",
+                    c.throttled_path.as_path(),
+                    FileKind::Kernel,
+                ));
+            }
+            _ => {}
+        }
+        f
     }
 
     /// Reads one `[[device]]` table (`key` is `device[i]`), gathering
@@ -228,6 +256,11 @@ pub(super) fn problems<'a>(
             p.push(format!("{key}.interval: {why}"));
         }
         p.extend(d.kind_problems(&key));
+        for (k, path, kind) in d.files() {
+            if let Some(why) = crate::host::file::config_problem(path, kind) {
+                p.push(format!("{key}.{k}: {why}"));
+            }
+        }
     }
     p.extend(crate::source::modbus::config::shared_bus_problems(
         devices.filter_map(|(i, d)| match d {

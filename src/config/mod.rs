@@ -319,7 +319,53 @@ impl Config {
         }
         p.extend(self.led.problems());
         p.extend(self.web.problems());
+        p.extend(self.file_problems());
         p
+    }
+
+    /// The sections' files that exist but cannot be what they are named
+    /// for (a device such as /dev/zero, a FIFO, a directory, a secret
+    /// behind a link, a size no such file has): the host's one reader's
+    /// rules ([`crate::host::file`]), said before the daemon starts.
+    fn file_problems(&self) -> Vec<String> {
+        use crate::host::file::{config_problem, FileKind};
+        let m = &self.mqtt;
+        let i = &self.influxdb;
+        let files: [(&str, Option<&std::path::Path>, FileKind); 7] = [
+            (
+                "mqtt.password_file",
+                m.password_file.as_deref(),
+                FileKind::Secret,
+            ),
+            ("mqtt.key_file", m.key_file.as_deref(), FileKind::Secret),
+            (
+                "mqtt.cert_file",
+                m.cert_file.as_deref(),
+                FileKind::Certificate,
+            ),
+            ("mqtt.ca_file", m.ca_file.as_deref(), FileKind::Certificate),
+            (
+                "influxdb.token_file",
+                i.token_file.as_deref(),
+                FileKind::Secret,
+            ),
+            (
+                "influxdb.ca_file",
+                i.ca_file.as_deref(),
+                FileKind::Certificate,
+            ),
+            (
+                "web.password_file",
+                self.web.password_file.as_deref(),
+                FileKind::Secret,
+            ),
+        ];
+        files
+            .into_iter()
+            .filter_map(|(key, path, kind)| {
+                config_problem(path?, kind).map(|why| format!("{key}: {why}"))
+            })
+            .collect()
     }
 
     /// The configured devices, plus the automatic Pi health device.

@@ -25,22 +25,17 @@ pub enum W1Error {
 }
 
 /// Most bytes read of a `w1_slave` file: the kernel's is 75 bytes; a
-/// bigger file is not a DS18B20's (a wrong `root`, a FUSE mount) and only
-/// its start is parsed.
-pub const MAX_FILE_BYTES: u64 = 4096;
+/// bigger file is not a DS18B20's (a wrong `root`, a FUSE mount) and is
+/// refused (the host's one file reader, as a kernel attribute).
+pub const MAX_FILE_BYTES: u64 = crate::host::file::MAX_KERNEL_BYTES;
 
 /// Most probes read per poll: a 1-Wire bus on a Pi carries a handful, the
 /// kernel driver at most 64 by default (`w1 max_slave_count`).
 pub const MAX_PROBES: usize = 64;
 
-/// Reads at most [`MAX_FILE_BYTES`] of a file as text.
-fn read_capped(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES)
-        .read_to_end(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+/// Reads a probe's file: a regular file of at most [`MAX_FILE_BYTES`].
+fn read_capped(path: &Path) -> Result<String, crate::host::file::FileError> {
+    crate::host::file::read_kernel_text(path)
 }
 
 /// Parses a `w1_slave` file:
@@ -268,12 +263,12 @@ mod tests {
     #[test]
     fn big_files_and_many_probes_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        // A good reading followed by a megabyte: only the start is read.
+        // A good reading followed by a megabyte: not a probe's file, refused
+        // without reading it all.
         let big = format!("{OK}{}", "x".repeat(1 << 20));
         fixture(dir.path(), "28-000000000001", &big);
-        let text = read_capped(&dir.path().join("28-000000000001/w1_slave")).unwrap();
-        assert_eq!(text.len() as u64, MAX_FILE_BYTES);
-        assert_eq!(parse_w1_slave(&text), Ok(23.125));
+        let err = read_capped(&dir.path().join("28-000000000001/w1_slave")).unwrap_err();
+        assert!(err.to_string().contains("larger than 4096 bytes"), "{err}");
         for i in 2..=MAX_PROBES + 5 {
             fixture(dir.path(), &format!("28-{i:012}"), OK);
         }

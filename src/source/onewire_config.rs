@@ -28,7 +28,7 @@ pub struct OneWireConfig {
 }
 
 fn default_w1_root() -> PathBuf {
-    PathBuf::from("/sys/bus/w1/devices")
+    PathBuf::from(crate::host::W1_DEVICES)
 }
 
 impl OneWireConfig {

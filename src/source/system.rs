@@ -28,7 +28,7 @@ pub fn parse_throttled(s: &str) -> Option<u32> {
 }
 
 fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
+    crate::host::file::read_kernel_text(p).ok()
 }
 
 /// The texts of the files this source reads (None: missing or unreadable).

@@ -31,10 +31,10 @@ fn default_system_interval() -> Duration {
     Duration::from_secs(60)
 }
 fn default_thermal() -> PathBuf {
-    PathBuf::from("/sys/class/thermal/thermal_zone0/temp")
+    PathBuf::from(crate::host::THERMAL_ZONE0)
 }
 fn default_throttled() -> PathBuf {
-    PathBuf::from("/sys/devices/platform/soc/soc:firmware/get_throttled")
+    PathBuf::from(crate::host::THROTTLED)
 }
 fn default_proc() -> PathBuf {
     PathBuf::from("/proc")

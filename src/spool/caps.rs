@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::commit::Store;
 use super::{DropReason, Spool, SpoolError};
-use crate::model::{ClockState, Kind};
+use crate::model::Kind;
 
 /// When the spool is full, events keep their place ahead of telemetry only
 /// up to one record in this many (a quarter): past that share the oldest
@@ -15,6 +15,10 @@ use crate::model::{ClockState, Kind};
 /// link) cannot push the history out. The same share bounds events in
 /// memory while the store cannot be written.
 pub(super) const EVENT_SHARE: u64 = 4;
+
+/// A step of the synchronised wall clock relative to `CLOCK_BOOTTIME` past
+/// which the wall time is not trusted to age records: a day.
+pub(super) const MAX_AGE_STEP_MS: i64 = 86_400_000;
 
 /// What to drop first from a full store holding `rows` records of which
 /// `events` are events, `want` records in all: the oldest events past
@@ -47,11 +51,36 @@ impl Spool {
         let max = self.cfg.max_bytes.as_u64();
         if age_due {
             store.last_age_check = Some(now);
-            if self.clock.get() == ClockState::Synced {
+            let now_c = self.clock.now();
+            if now_c.synced {
                 let age_ms = i64::try_from(self.cfg.max_age.as_millis()).unwrap_or(i64::MAX);
-                let cutoff = self.clock.wall_ms().saturating_sub(age_ms);
+                // Records of this boot are aged by CLOCK_BOOTTIME, which no
+                // step moves. Those of earlier boots only by the wall
+                // clock, and not while it stands more than a day away from
+                // where it stood against CLOCK_BOOTTIME at the first check
+                // (a step by a wrong time source, a hand, a bad RTC): a
+                // backlog is never purged on a clock nobody can vouch for.
+                let offset = now_c.wall_ms - now_c.boottime_ms;
+                let base = *store.age_base.get_or_insert(offset);
+                let stepped = (offset - base).abs() > MAX_AGE_STEP_MS;
+                if stepped && !store.age_step_seen {
+                    tracing::warn!(
+                        step_ms = offset - base,
+                        "the wall clock was stepped by more than a day while synchronised: spool.max_age ages only this boot's records (by the monotonic clock) until it comes back"
+                    );
+                } else if !stepped && store.age_step_seen {
+                    tracing::info!(
+                        "the wall clock is back where it was: spool.max_age applies again"
+                    );
+                }
+                store.age_step_seen = stepped;
+                let wall_cutoff = (!stepped).then(|| now_c.wall_ms.saturating_sub(age_ms));
                 let n = db
-                    .drop_older_than(cutoff)
+                    .drop_aged(
+                        &self.clock.boot_id(),
+                        now_c.boottime_ms.saturating_sub(age_ms),
+                        wall_cutoff,
+                    )
                     .map_err(sql("dropping old records"))?;
                 if n > 0 {
                     self.counters

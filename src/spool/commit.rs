@@ -31,6 +31,13 @@ pub(super) struct Store {
     pub(super) degraded: Option<Degraded>,
     pub(super) next_try: Instant,
     pub(super) last_age_check: Option<Instant>,
+    /// The wall clock's offset from `CLOCK_BOOTTIME` (ms) at the first age
+    /// check with a synchronised clock: a later offset more than
+    /// [`super::caps::MAX_AGE_STEP_MS`] away is a step, and the wall time
+    /// is then not trusted to age records (see `enforce_caps`).
+    pub(super) age_base: Option<i64>,
+    /// A step was seen and logged (once until the offset comes back).
+    pub(super) age_step_seen: bool,
     /// What the positions file holds.
     pub(super) marks: BTreeMap<String, Mark>,
     /// `dropped_total` last written to the database.

@@ -440,6 +440,32 @@ impl Db {
         )
     }
 
+    /// Deletes records older than the age cap, taken with a synchronised
+    /// clock: those of boot `boot` by their `CLOCK_BOOTTIME` (before
+    /// `boottime_cutoff`: a step of the wall clock does not move them),
+    /// the others (another boot, or none known) by their wall time before
+    /// `wall_cutoff`, and not at all when it is `None`.
+    pub fn drop_aged(
+        &mut self,
+        boot: &str,
+        boottime_cutoff: i64,
+        wall_cutoff: Option<i64>,
+    ) -> rusqlite::Result<usize> {
+        let this_boot = self.conn.execute(
+            "DELETE FROM rec WHERE synced = 1 AND boot = ?1 AND boottime IS NOT NULL AND boottime < ?2",
+            params![boot, boottime_cutoff],
+        )?;
+        let others = match wall_cutoff {
+            Some(cutoff) => self.conn.execute(
+                "DELETE FROM rec WHERE synced = 1 AND ts < ?2 \
+                 AND (boot IS NULL OR boot != ?1 OR boottime IS NULL)",
+                params![boot, cutoff],
+            )?,
+            None => 0,
+        };
+        Ok(this_boot + others)
+    }
+
     pub fn count_kind(&self, kind: Kind) -> rusqlite::Result<u64> {
         let n: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM rec WHERE kind = ?1",

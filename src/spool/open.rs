@@ -183,6 +183,8 @@ impl Spool {
             degraded: None,
             next_try: Instant::now() + STORE_RETRY,
             last_age_check: None,
+            age_base: None,
+            age_step_seen: false,
             marks: BTreeMap::new(),
             dropped_written: counters.dropped_total(),
             correct_at: (0, 0),

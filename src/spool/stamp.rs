@@ -276,15 +276,7 @@ impl ClockCache {
         crate::clock::now(&*self.clock)
     }
 
-    pub(super) fn get(&self) -> ClockState {
-        if self.clock.synced() {
-            ClockState::Synced
-        } else {
-            ClockState::Unsynced
-        }
-    }
-
-    pub(super) fn wall_ms(&self) -> i64 {
-        self.clock.wall_ms()
+    pub(super) fn boot_id(&self) -> Arc<str> {
+        self.clock.boot_id()
     }
 }

@@ -142,7 +142,7 @@ fn default_led_backend() -> LedBackend {
     LedBackend::Sysfs
 }
 fn default_led_path() -> PathBuf {
-    PathBuf::from("/sys/class/leds/ACT")
+    PathBuf::from(crate::host::LED_ACT)
 }
 
 impl LedConfig {

@@ -249,3 +249,107 @@ async fn edge_values_run_against_a_real_broker() {
     .await;
     gw.stop().await;
 }
+
+/// Every file a config names goes through one reader (src/host/file.rs):
+/// a device such as /dev/zero, a FIFO, a directory, or a secret reached
+/// through a link is a config error naming the key, from `check` and from
+/// `run` alike, before anything is read (before, /dev/zero as a password
+/// was read to the end of memory by the first connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_files_that_are_not_regular_files_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let real = dir.path().join("real.password");
+    std::fs::write(&real, "pw\n").unwrap();
+    let link = dir.path().join("link.password");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let cases = [
+        (
+            "mqtt.password_file = /dev/zero",
+            base(dir.path(), "username = \"u\"\npassword_file = \"/dev/zero\"", ""),
+            vec!["mqtt.password_file", "/dev/zero", "character device"],
+        ),
+        (
+            "mqtt.ca_file = a FIFO",
+            base(dir.path(), &format!("ca_file = \"{}\"", fifo.display()), ""),
+            vec!["mqtt.ca_file", "FIFO"],
+        ),
+        (
+            "mqtt.password_file through a link",
+            base(
+                dir.path(),
+                &format!("username = \"u\"\npassword_file = \"{}\"", link.display()),
+                "",
+            ),
+            vec!["mqtt.password_file", "symbolic link"],
+        ),
+        (
+            "web.password_file = a directory",
+            base(dir.path(), "", "")
+                .replace("[web]\nenabled = false", "[web]\nenabled = false\nusername = \"u\"\npassword_file = \"/etc\""),
+            vec!["web.password_file", "directory"],
+        ),
+        (
+            "influxdb.token_file = /dev/zero",
+            base(
+                dir.path(),
+                "",
+                "[influxdb]\nurl = \"http://127.0.0.1:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = \"/dev/zero\"",
+            ),
+            vec!["influxdb.token_file", "/dev/zero"],
+        ),
+        (
+            "a NUT password_file = /dev/zero",
+            base(
+                dir.path(),
+                "",
+                "[[device]]\nid = \"ups1\"\ntype = \"nut\"\nhost = \"127.0.0.1\"\nups = \"u\"\n\
+                 username = \"w\"\npassword_file = \"/dev/zero\"",
+            ),
+            vec!["device[0].password_file", "/dev/zero"],
+        ),
+        (
+            "the Pi health thermal_path = /dev/zero",
+            base(
+                dir.path(),
+                "",
+                "[[device]]\nid = \"pi\"\ntype = \"system\"\nthermal_path = \"/dev/zero\"",
+            ),
+            vec!["device[0].thermal_path", "/dev/zero"],
+        ),
+    ];
+    for (what, text, want) in &cases {
+        refused(what, text, want).await;
+    }
+    // `run` refuses the same config (exit 78) before it reads the file.
+    let (what, text, want) = &cases[0];
+    let path = dir.path().join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = within(
+        Duration::from_secs(60),
+        "wardgate run",
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+                .args(["run", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{what}: run's exit code; output:\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| want.iter().all(|w| l.contains(w))),
+        "{what}: run said:\n{text}"
+    );
+}

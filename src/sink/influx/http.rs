@@ -182,9 +182,8 @@ impl Client {
 
     async fn connect(&mut self) -> Result<SendRequest<Full<Bytes>>, HttpError> {
         if let Some(f) = &self.token_file {
-            let t = std::fs::read_to_string(f).map_err(|e| {
-                HttpError::Setup(format!("reading influxdb.token_file {}: {e}", f.display()))
-            })?;
+            let t = crate::host::file::read_secret_line(f)
+                .map_err(|e| HttpError::Setup(format!("reading influxdb.token_file {e}")))?;
             self.token = Some(t.trim().to_owned());
         }
         let addr = (self.ep.host.as_str(), self.ep.port);

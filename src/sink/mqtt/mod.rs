@@ -54,12 +54,8 @@ pub enum MqttError {
     #[error("TLS setup: {0}")]
     Tls(String),
     /// The password file could not be read: as for `Tls`.
-    #[error("reading mqtt.password_file {path}: {source}")]
-    Password {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("reading mqtt.password_file {0}")]
+    Password(#[source] crate::host::file::FileError),
     /// The broker could not be reached or refused us: retried with backoff.
     #[error("{0}")]
     Connect(String),

@@ -71,12 +71,7 @@ pub(super) fn network_options(cfg: &Config) -> NetworkOptions {
 }
 
 fn read_password(path: &Path) -> Result<String, MqttError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| MqttError::Password {
-            path: path.display().to_string(),
-            source: e,
-        })
+    crate::host::file::read_secret_line(path).map_err(MqttError::Password)
 }
 
 /// The shared rustls configuration ([`crate::tls::tls_config`]), its

@@ -42,8 +42,8 @@ pub enum NutError {
     #[error("{}", codec::explain(.0))]
     Server(String),
     /// The password file could not be read: fault until fixed.
-    #[error("reading password_file {0}: {1}")]
-    Password(String, std::io::Error),
+    #[error("reading password_file {0}")]
+    Password(#[source] crate::host::file::FileError),
     /// `tls = true`, and the CA could not be loaded: fault until fixed;
     /// nothing was sent.
     #[error("TLS to upsd: {0}")]
@@ -467,9 +467,7 @@ pub async fn connect(cfg: &NutConfig) -> Result<Nut<Conn>, NutError> {
         // the IOC), not a login quietly left out that would only surface
         // when the power-off is refused.
         let password = match &cfg.password_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| NutError::Password(p.display().to_string(), e))?,
+            Some(p) => crate::host::file::read_secret_line(p).map_err(NutError::Password)?,
             None => String::new(),
         };
         nut.login(user, &password).await?;

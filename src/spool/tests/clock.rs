@@ -510,3 +510,86 @@ async fn the_correction_never_blesses_a_damaged_row() {
     assert_eq!(out, vec![(0, W0 + DAY, "corrected".into())]);
     assert_eq!(s.counters().dropped_corrupt.load(Ordering::Relaxed), 2);
 }
+
+/// The seq of every sample row of device `d` on disk.
+/// (The test rewrites a row's boot, which its checksum covers: counted
+/// here straight from the table.)
+fn disk_rows(s: &Spool) -> Vec<u64> {
+    with_db(s, |d| {
+        let mut st = d
+            .conn
+            .prepare("SELECT seq FROM rec WHERE device = 'd' AND kind = ?1 ORDER BY seq")
+            .unwrap();
+        st.query_map([Kind::Sample.as_i64()], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|r| r.unwrap() as u64)
+            .collect()
+    })
+}
+
+/// One age check now (the commit round makes one a minute).
+fn age_check(s: &Spool) {
+    let mut st = s.take_store();
+    st.last_age_check = None;
+    s.enforce_caps(&mut st, std::time::Instant::now()).unwrap();
+    s.put_store(st);
+}
+
+/// `spool.max_age` (1 day here) against a wall clock stepped relative to
+/// `CLOCK_BOOTTIME`: a step of more than a day purges nothing, in this boot
+/// or from another; real time passing ages this boot's records by the
+/// monotonic clock, whatever the wall clock says.
+#[tokio::test]
+async fn a_stepped_clock_does_not_purge_the_backlog_through_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), "spill", "max_age = \"1d\"");
+    let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
+    clock.sync(0);
+    let (s, lanes) = open_clocked(&c, &clock, &["mqtt"]);
+    lanes[0].set_link(false);
+    let dev: Arc<str> = Arc::from("d");
+    for i in 0..3 {
+        s.push(&dev, sample(i as f64)).unwrap();
+        clock.advance(1000);
+    }
+    s.flush(false).unwrap();
+    age_check(&s);
+    assert_eq!(disk_rows(&s), vec![0, 1, 2], "young records stay");
+
+    // A step of 40 days forward, synchronised all along (a wrong time
+    // source): nothing goes.
+    clock.step(40 * DAY);
+    age_check(&s);
+    assert_eq!(disk_rows(&s), vec![0, 1, 2], "a step is not age");
+
+    // A record of another boot, taken synced 2 days before the first
+    // ones: the wall clock is all there is to age it, and it is not
+    // trusted while stepped.
+    with_db(&s, |d| {
+        d.conn
+            .execute(
+                "UPDATE rec SET boot = 'boot-0', ts = ?1 WHERE seq = 0",
+                [W0 - 2 * DAY],
+            )
+            .unwrap()
+    });
+    age_check(&s);
+    assert_eq!(
+        disk_rows(&s),
+        vec![0, 1, 2],
+        "not while the clock is stepped"
+    );
+
+    // The clock comes back: the old boot's record is 2 days old by a wall
+    // clock that agrees with the monotonic one again, and goes.
+    clock.step(-40 * DAY);
+    age_check(&s);
+    assert_eq!(disk_rows(&s), vec![1, 2]);
+
+    // Real time passes (both clocks move): this boot's records age by the
+    // monotonic clock, the wall clock stepped back by 10 days or not.
+    clock.step(-10 * DAY);
+    clock.advance(DAY + 10_000);
+    age_check(&s);
+    assert!(disk_rows(&s).is_empty(), "aged a day by CLOCK_BOOTTIME");
+}

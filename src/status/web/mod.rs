@@ -235,12 +235,8 @@ pub enum WebError {
         source: std::io::Error,
     },
     /// The basic-auth password file cannot be read.
-    #[error("web.password_file {path}: {source}")]
-    Password {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("web.password_file {0}")]
+    Password(#[source] crate::host::file::FileError),
 }
 
 /// Binds the page's address (so a caller knows the port) and returns the
@@ -254,12 +250,8 @@ pub async fn bind(
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), WebError> {
     let auth = match (&cfg.username, &cfg.password_file) {
         (Some(u), Some(p)) => {
-            let pw = std::fs::read_to_string(p).map_err(|e| WebError::Password {
-                path: p.display().to_string(),
-                source: e,
-            })?;
-            let pw = pw.trim_end_matches(['\r', '\n']);
-            Some(Arc::new(Credentials::new(u, pw)))
+            let pw = crate::host::file::read_secret_line(p).map_err(WebError::Password)?;
+            Some(Arc::new(Credentials::new(u, &pw)))
         }
         _ => None,
     };
