@@ -9,7 +9,7 @@
 //! 2. one short flash every 2 s (mostly dark): shutting down for power
 //!    (`[power]`: the UPS is running flat, the Pi is being powered off);
 //! 3. two short flashes every 2 s: starting (until the first connection
-//!    attempt to the broker);
+//!    attempt to the broker has ended: connected, or failed);
 //! 4. three short flashes every 2 s: on battery (`[power]`: the mains are
 //!    out, readings are written to the card before they are sent);
 //! 5. fast blink (4 Hz): at least one device is stale or faulty (readings
@@ -70,7 +70,7 @@ impl LedInputs {
     /// Starting lasts until the first connection attempt to the broker.
     pub fn from_snapshot(s: &Snapshot) -> LedInputs {
         LedInputs {
-            starting: s.uplink.attempts == 0,
+            starting: s.uplink.starting(),
             // A stalled link delivers nothing: shown as a link that is down.
             uplink_up: s.uplink.connected && !s.uplink.stalled,
             device_bad: s
@@ -431,7 +431,17 @@ mod tests {
         let edges: Vec<bool> = log.lock().unwrap().iter().map(|(_, on)| *on).collect();
         assert_eq!(edges.iter().filter(|on| **on).count(), 4, "{edges:?}");
         log.lock().unwrap().clear();
+        // The first attempt is under way: still starting.
         hub.update(|s| s.uplink.attempts = 1);
+        tokio::time::sleep(Duration::from_millis(1990)).await;
+        let edges: Vec<bool> = log.lock().unwrap().iter().map(|(_, on)| *on).collect();
+        assert_eq!(edges.iter().filter(|on| **on).count(), 2, "{edges:?}");
+        log.lock().unwrap().clear();
+        // It failed: the link is down.
+        hub.update(|s| {
+            s.uplink.since_ms = now_ms();
+            s.uplink.last_error = Some("refused".into());
+        });
         tokio::time::sleep(Duration::from_millis(4010)).await;
         let edges: Vec<bool> = log.lock().unwrap().iter().map(|(_, on)| *on).collect();
         // Uplink down: on/off each 500 ms, 4 s -> 8 edges (+1 for the start).

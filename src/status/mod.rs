@@ -38,6 +38,16 @@ pub struct Uplink {
     pub stalled: bool,
 }
 
+impl Uplink {
+    /// Starting: the first connection attempt to the broker has not ended
+    /// yet (it neither connected nor failed), so the gateway cannot say
+    /// whether its link works. The LED's double flash and the page's
+    /// "starting" line.
+    pub fn starting(&self) -> bool {
+        self.since_ms == 0
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceStatus {
     pub kind: String,

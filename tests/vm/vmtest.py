@@ -10,8 +10,15 @@ with mtools after poweroff. The serial console goes to a log file.
 
 Three boots:
   A  fresh disk, a broken wardgate.toml on the card          -> check 5
-  B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, 7, poweroff
+  B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, 9, 7, 10, poweroff
   C  disk B again                                             -> checks 6, 8
+
+The machine's device tree is qemu's own with one node added: a gpio-leds
+LED named ACT on the PL061 GPIO controller, so the guest has what a Pi has,
+/sys/class/leds/ACT -> /sys/devices/platform/leds/leds/ACT, and the
+packaged unit and udev rule are checked on the same path as on a Pi
+(check 10). The guest's kernel clock starts unsynchronised (no NTP in the
+VM); check 9 marks it synchronised as an NTP daemon would (adjtimex).
 """
 
 import argparse
@@ -21,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +37,9 @@ import time
 
 SITE = "vm-test"
 MQTT_USER, MQTT_PASS = "wardgate-vm", "vm-secret-7f3a"
+CHECKS = 10
+LED = "/sys/class/leds/ACT"
+TOOL = "/usr/local/sbin/wardgate-vm-tool"
 OBS_USER, OBS_PASS = "observer", "observer-pw"
 UPS_SERIAL = "WGVM0001"
 UPS_INTERVAL = 5.0
@@ -50,11 +61,11 @@ policy = "wal"
 [gateway]
 telemetry_interval = "10s"
 # Check 7: config.set on the packaged service (opt-in, as a technician
-# allows it). No NTP in the VM; its clock comes from the host's RTC.
+# allows it). No trust_clock: check 9 synchronises the guest's clock
+# first, and config.set is refused before that.
 [commands]
 allow = ["identify", "poll", "status", "config.set"]
 confirm_within = "{CONFIRM_WITHIN}s"
-trust_clock = true
 [[device]]
 id = "ups1"
 type = "megatec"
@@ -352,6 +363,36 @@ class Agent:
         return False
 
 
+MACHINE = ["-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024", "-nodefaults"]
+
+
+def led_dtb(work):
+    """qemu's own device tree for MACHINE with a Pi's activity LED added: a
+    gpio-leds node "leds" (the Pi's node name, so the LED's directory is
+    /sys/devices/platform/leds/leds/ACT as on a Pi) whose LED "ACT" is pin 0
+    of the machine's PL061 GPIO controller."""
+    out = os.path.join(work, "virt-led.dtb")
+    if os.path.exists(out):
+        return out
+    plain = os.path.join(work, "virt.dtb")
+    run("qemu-system-aarch64", *MACHINE, "-display", "none", "-machine", f"dumpdtb={plain}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dts = subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", plain], check=True,
+                         capture_output=True, text=True).stdout
+    m = re.search(r"pl061@[0-9a-f]+ \{\s*phandle = <(0x[0-9a-f]+)>;", dts)
+    if not m:
+        raise RuntimeError("no PL061 GPIO controller with a phandle in qemu's device tree")
+    node = ("\tleds {\n\t\tcompatible = \"gpio-leds\";\n\t\tact {\n\t\t\tlabel = \"ACT\";\n"
+            f"\t\t\tgpios = <{m.group(1)} 0x00 0x00>;\n\t\t\tdefault-state = \"off\";\n\t\t}};\n\t}};\n")
+    end = dts.rstrip().rfind("};")
+    dts = dts[:end] + node + dts[end:]
+    src = os.path.join(work, "virt-led.dts")
+    with open(src, "w") as f:
+        f.write(dts)
+    run("dtc", "-q", "-I", "dts", "-O", "dtb", "-o", out, src)
+    return out
+
+
 class Vm:
     def __init__(self, args, work, disk, broker, name):
         self.work, self.name = work, name
@@ -363,8 +404,8 @@ class Vm:
                 os.unlink(p)
         self.console = os.path.join(work, f"console-{name}.log")
         cmd = [
-            "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
-            "-nodefaults", "-display", "none", "-no-reboot",
+            "qemu-system-aarch64", *MACHINE, "-display", "none", "-no-reboot",
+            "-dtb", led_dtb(work),
             "-kernel", args.kernel, "-initrd", args.initrd,
             "-append", "root=/dev/vda2 rootfstype=ext4 rw console=ttyAMA0 systemd.firstboot=off panic=10",
             "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
@@ -532,7 +573,9 @@ def boot_b(args, broker):
         if not vm.boot():
             for n, name in ((1, "provisioning at boot"), (2, "the service under systemd"),
                             (3, "a USB serial UPS"), (4, "the watchdog"),
-                            (7, "config.set on the packaged service")):
+                            (9, "the clock state under the sandbox"),
+                            (7, "config.set on the packaged service"),
+                            (10, "the status LED under the sandbox")):
                 check(n, name, False, "the machine did not boot")
             return disk, None
         a = vm.agent
@@ -700,7 +743,9 @@ def boot_b(args, broker):
         if pings.strip():
             say(f"    note: the daemon's own 'not pinging' lines this boot: {pings.strip()!r}")
 
+        check_clock(vm, broker)
         check_config_set(vm, broker)
+        check_led(vm, broker)
 
         # 6, first half: a clean poweroff publishes offline/shutdown
         t_off = time.monotonic()
@@ -825,6 +870,205 @@ def check_config_set(vm, broker):
     check(7, name, not probs, "; ".join(probs) or "; ".join(notes))
 
 
+def command(broker, op, cid, args=None, timeout=120):
+    """Sends one command as the IOC does; (final reply or None, seconds, host time)."""
+    t = time.monotonic()
+    body = {"expires": int(time.time() * 1000) + 600_000, "args": args or {}}
+    broker.publish(f"ioc/{SITE}/cmd/{op}/{cid}", json.dumps(body))
+    topic = f"ioc/{SITE}/cmd/{op}/{cid}/reply"
+
+    def final(m):
+        if m[1] != topic:
+            return False
+        try:
+            return json.loads(m[2]).get("status") in ("successful", "failed", "rejected")
+        except ValueError:
+            return False
+    m = broker.wait(t, final, timeout)
+    return (json.loads(m[2]), m[0] - t, m[0]) if m else (None, time.monotonic() - t, None)
+
+
+def check_clock(vm, broker):
+    """Check 9: the clock state under the packaged unit, with no trust_clock.
+    The guest's kernel clock starts unsynchronised: readings go out
+    "unsynced" and a config.set is refused for the clock. The link is taken
+    down (networkctl), readings spool, the test marks the kernel clock
+    synchronised (adjtimex, as an NTP daemon does), the link comes back:
+    the spooled readings go out "corrected", gateway.clock_corrected
+    reports the ones delivered unsynchronised, new readings are "synced"."""
+    a = vm.agent
+    name = "the clock state under the sandbox"
+    probs, notes = [], []
+    env1 = f"ioc/{SITE}/env1/telemetry"
+
+    def clocks(msgs):
+        return [smp.get("clock") for _, _, smp in samples(msgs, "env1")]
+
+    _, state = a.sh(f"{TOOL} ntp-state")
+    if state.strip() != "unsynced":
+        probs.append(f"the guest's clock is {state.strip()!r} at the start, not unsynced")
+    t0 = time.monotonic()
+    if not broker.wait(t0, lambda m: m[1] == env1 and '"clock":"unsynced"' in m[2], 60):
+        probs.append("no env1 reading sent unsynced")
+    r, _, _ = command(broker, "config.set", "vm-clock", {"toml": "site = \"x\"\n", "base_hash": "sha256:0"})
+    why = (r or {}).get("reason") or ""
+    if not r or r.get("status") != "rejected" or "clock" not in why:
+        probs.append(f"config.set before the clock synchronised: {r}")
+    else:
+        notes.append(f"unsynced readings; config.set rejected ({why[:70]!r})")
+    _, ifname = a.sh("ls /sys/class/net | grep -v '^lo$' | head -1")
+    ifname = ifname.strip()
+    rc, out = a.sh(f"networkctl down {ifname}")
+    if rc != 0:
+        probs.append(f"networkctl down {ifname}: {rc} {out.strip()!r}")
+    time.sleep(10)  # readings spool while the link is down
+    rc, synced = a.sh(f"{TOOL} ntp-sync")
+    t_sync = time.monotonic()
+    if synced.strip() != "synced":
+        probs.append(f"ntp-sync: {rc} {synced.strip()!r}")
+    time.sleep(8)  # the gateway asks the kernel at most every 5 s
+    a.sh(f"networkctl up {ifname}")
+    ev = broker.wait(t_sync, lambda m: m[1] == f"ioc/{SITE}/gateway/event"
+                     and '"code":"gateway.clock_corrected"' in m[2], 120)
+    live = broker.wait(t_sync, lambda m: m[1] == env1 and '"clock":"synced"' in m[2]
+                       and '"historical":false' in m[2], 120)
+    time.sleep(5)
+    after = clocks(broker.since(t_sync))
+    if not ev:
+        probs.append("no gateway.clock_corrected event")
+    if "corrected" not in after:
+        probs.append(f"no env1 reading went out corrected after the sync (clocks seen: {sorted(set(after))})")
+    if not live:
+        probs.append("no live env1 reading sent synced")
+    _, journal = a.sh("journalctl -b -u wardgate --no-pager -o cat | grep -iE 'adjtimex|clock' | tail -3")
+    if probs:
+        probs.append(f"journal: {journal.strip()[-300:]!r}")
+    else:
+        e = [x for _, _, x in events([ev]) if x.get("code") == "gateway.clock_corrected"][0]
+        notes.append(f"after the sync: {after.count('corrected')} spooled readings out corrected, "
+                     f"gateway.clock_corrected ({json.dumps(e.get('values', {}))[:90]}), live readings synced")
+    check(9, name, not probs, "; ".join(probs) or "; ".join(notes))
+
+
+def classify(trace):
+    """The documented LED pattern (src/status/led.rs) a brightness trace
+    shows: [(ms, value)] changes from the guest's sampler. Returns
+    (pattern, detail)."""
+    pts = [(t, v != "0") for t, v in trace if v not in ("end",)]
+    if not pts:
+        return "none", "no samples"
+    end = trace[-1][0]
+    ons, offs, starts = [], [], []
+    for (t, lit), (t2, _) in zip(pts, pts[1:] + [(end, None)]):
+        (ons if lit else offs).append(t2 - t)
+        if lit:
+            starts.append(t)
+    changes = len(pts) - 1
+    if changes == 0:
+        return ("steady" if pts[0][1] else "dark"), f"{'lit' if pts[0][1] else 'dark'} for {end} ms"
+    inner_on = sorted(ons[1:-1] or ons)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    med = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0
+    detail = f"{changes} changes, on {med(inner_on)} ms (median), on-to-on {sorted(gaps)[:3]}..{sorted(gaps)[-3:]} ms"
+    period = med(gaps)
+    short = [g for g in gaps if g < 600]
+    long_ = [g for g in gaps if g >= 1200]
+    if short and long_ and 60 <= med(inner_on) <= 200 and all(150 <= g <= 450 for g in short) \
+            and all(1300 <= g <= 2000 for g in long_) and abs(len(short) - len(long_)) <= 1:
+        return "double-flash", detail
+    if 70 <= period <= 150:
+        return "flicker", detail
+    if 190 <= period <= 340:
+        return "fast-blink", detail
+    if 800 <= period <= 1250:
+        return "slow-blink", detail
+    return "unknown", detail
+
+
+def led_trace(agent, ms, before=""):
+    rc, out = agent.sh(f"{before}{TOOL} led {LED} {ms}", timeout=ms / 1000 + 60)
+    trace = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            trace.append((int(parts[0]), parts[1]))
+    return trace
+
+
+def check_led(vm, broker):
+    """Check 10: the status LED under the packaged unit, on a real LED class
+    device at the Pi's path (/sys/class/leds/ACT -> /sys/devices/platform/
+    leds/leds/ACT, the device tree's gpio-leds). The package's udev rule
+    gives group wardgate write access to its trigger and brightness, the
+    unit opens the LED's own directory; the guest's root shell samples the
+    brightness while the test sets each state: healthy (steady), a device
+    lost (fast blink), identify (flicker), starting (double flash: the
+    broker answers nothing, so the first connection attempt lasts)."""
+    a = vm.agent
+    name = "the status LED under the sandbox"
+    probs, notes = [], []
+    _, where = a.sh(f"readlink -f {LED}")
+    _, perms = a.sh(f"stat -c '%n %U:%G %A' {LED}/trigger {LED}/brightness")
+    if where.strip() != "/sys/devices/platform/leds/leds/ACT":
+        probs.append(f"{LED} -> {where.strip()!r}")
+    for line in perms.strip().splitlines():
+        f = line.split()
+        if len(f) != 3 or not f[1].endswith(":wardgate") or f[2][5] != "w":
+            probs.append(f"not writable by group wardgate: {line!r}")
+
+    def see(label, want, ms=4000, before=""):
+        trace = led_trace(a, ms, before)
+        got, detail = classify(trace)
+        if got != want:
+            probs.append(f"{label}: {got}, wanted {want} ({detail}; trace {trace[:12]})")
+        else:
+            notes.append(f"{label}: {got} ({detail})")
+        return trace
+
+    # Healthy: every device reads (check 7 left a config without the
+    # device the unit refuses), the link is up.
+    see("healthy", "steady")
+    # A device lost: the UPS's USB adapter unplugged.
+    t = time.monotonic()
+    vm.qmp.cmd("device_del", id="ups")
+    if broker.wait(t, lambda m: m[1] == f"ioc/{SITE}/ups1/event"
+                   and re.search(r'"code":"device\.(fault|lost)"', m[2]), 60):
+        see("a device lost (UPS unplugged)", "fast-blink")
+    else:
+        probs.append("no device.fault/lost after the unplug")
+    t = time.monotonic()
+    vm.qmp.cmd("device_add", driver="usb-serial", id="ups", chardev="ups", serial=UPS_SERIAL, bus="xhci.0")
+    if not broker.wait(t, lambda m: m[1] == f"ioc/{SITE}/ups1/event" and '"code":"device.restored"' in m[2], 90):
+        probs.append("no device.restored after the re-plug")
+    # Identify from the operations centre: flicker.
+    r, _, _ = command(broker, "identify", "vm-led", {"seconds": 30})
+    if not r or r.get("status") != "successful":
+        probs.append(f"identify: {r}")
+    else:
+        see("identify", "flicker", 3000)
+    # Starting: the broker takes the connection but answers nothing
+    # (SIGSTOP), so the first attempt lasts until connect_timeout (20 s).
+    a.sh("systemctl stop wardgate", timeout=60)
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        trace = led_trace(a, 9000, before="systemctl start --no-block wardgate; sleep 3; ")
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    got, detail = classify(trace)
+    if got != "double-flash":
+        probs.append(f"starting: {got}, wanted double-flash ({detail}; trace {trace[:12]})")
+    else:
+        notes.append(f"starting (broker silent): {got} ({detail})")
+    up = broker.wait(time.monotonic(), lambda m: m[1] == f"ioc/{SITE}/env1/telemetry", 120)
+    if not up:
+        probs.append("no readings after the broker answered again")
+    _, journal = a.sh("journalctl -b -u wardgate --no-pager -o cat | grep -iE 'status LED' | tail -2")
+    if journal.strip():
+        probs.append(f"journal: {journal.strip()!r}")
+    check(10, name, not probs, "; ".join(probs) or
+          f"{LED} -> {where.strip()} (group wardgate, g+w by the package's udev rule); " + "; ".join(notes))
+
+
 def boot_c(args, broker, disk, shutdown_seen):
     """Check 6: the next boot after a clean poweroff has no unclean_stop.
     Check 8: then a long power cut powers the Pi off by itself."""
@@ -933,7 +1177,7 @@ def main():
     failed = len(results) - passed
     say(f"logs: {args.work} (console-*.log, qemu-*.log, mosquitto.log, mqtt.log: every message seen)")
     say(f"vm: {passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed == 8 else 1
+    return 0 if failed == 0 and passed == CHECKS else 1
 
 
 if __name__ == "__main__":

@@ -238,7 +238,10 @@ mod tests {
     fn metrics_exposition() {
         let hub = StatusHub::new("xa-a");
         hub.add_device("ups1", "sim");
-        hub.update(|s| s.uplink.attempts = 1);
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
+        });
         let m = render_metrics(&hub.get());
         assert!(m.contains("wardgate_uplink_up 0"), "{m}");
         assert!(m.contains("wardgate_build_info{version="), "{m}");

@@ -58,7 +58,7 @@ pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static s
             PowerState::Mains => {}
         }
     }
-    if s.uplink.attempts == 0 {
+    if s.uplink.starting() {
         return (t.starting.to_owned(), "warn");
     }
     let devices = s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE);
@@ -368,7 +368,10 @@ mod tests {
         let hub = StatusHub::new("s");
         hub.add_device("ups1", "megatec");
         hub.add_device("env1", "sim");
-        hub.update(|s| s.uplink.attempts = 1);
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
+        });
         let all_ok = |s: &mut Snapshot| {
             for d in s.devices.values_mut() {
                 d.health = Health::Ok;
@@ -407,7 +410,10 @@ mod tests {
     #[test]
     fn influx_line_shows_each_class() {
         let hub = StatusHub::new("xa-a");
-        hub.update(|s| s.uplink.attempts = 1);
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
+        });
         let body = render_body(&hub.get(), &History::default(), &EN, &[]);
         assert!(!body.contains("id=\"influxdb\""), "off: no line");
         for (class, en, vi) in [
@@ -463,6 +469,7 @@ mod tests {
         hub.add_device("ups1", "sim");
         hub.update(|s| {
             s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
             let d = s.devices.get_mut("ups1").unwrap();
             d.last_values.set("ups.status", "OB");
             d.last_values.num("ups.load", 31.0);
@@ -500,6 +507,7 @@ mod tests {
         hub.add_device("tank", "modbus");
         hub.update(|s| {
             s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
             let d = s.devices.get_mut("pi").unwrap();
             d.last_values.num("disk.free", 80_267_124_736.0);
             d.last_values.num("disk.total", 120_000_000_000.0);
@@ -575,6 +583,7 @@ mod tests {
         hub.add_device("ups1", "megatec");
         hub.update(|s| {
             s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
             s.power = Some(crate::status::PowerStatus {
                 ups: "ups1".into(),
                 state: PowerState::Mains,
@@ -628,7 +637,10 @@ mod tests {
     #[test]
     fn the_csp_allows_exactly_what_the_page_inlines() {
         let hub = StatusHub::new("xa-a");
-        hub.update(|s| s.uplink.attempts = 1);
+        hub.update(|s| {
+            s.uplink.attempts = 1;
+            s.uplink.since_ms = 1;
+        });
         let page = render_page(&hub.get(), &History::default(), &EN, &["<b>careful</b>"]);
         let inner = |open: &str, close: &str| {
             let a = page.find(open).unwrap() + open.len();
