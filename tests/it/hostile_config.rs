@@ -248,4 +248,5 @@ async fn edge_values_run_against_a_real_broker() {
     })
     .await;
     gw.stop().await;
+    sub.assert_all_valid();
 }
