@@ -13,10 +13,16 @@ use tokio_util::sync::CancellationToken;
 use crate::common::*;
 
 /// The operations centre's command client: publishes requests and records
-/// every reply of this site.
+/// every reply of this site. A reply that is not JSON, breaks
+/// docs/schema/command-reply.schema.json or names another op or id than
+/// its topic is recorded in `invalid` (the MQTT task must not panic: a
+/// panic in a spawned task is lost), and the test fails on it from its own
+/// task: as soon as it reads replies, and at the latest when the client is
+/// dropped.
 struct Ioc {
     client: rumqttc::AsyncClient,
     replies: Arc<Mutex<Vec<Value>>>,
+    invalid: Arc<Mutex<Vec<String>>>,
     site: String,
     cancel: CancellationToken,
 }
@@ -24,6 +30,10 @@ struct Ioc {
 impl Drop for Ioc {
     fn drop(&mut self) {
         self.cancel.cancel();
+        // Not while already panicking: a second panic aborts the binary.
+        if !std::thread::panicking() {
+            self.assert_replies_valid();
+        }
     }
 }
 
@@ -44,20 +54,35 @@ impl Ioc {
         }
         let (client, el) = AsyncClient::new(o, 100);
         let replies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let cancel = CancellationToken::new();
-        let r = replies.clone();
+        let (r, inv) = (replies.clone(), invalid.clone());
         let schemas = Schemas::load();
+        let st = site.to_owned();
         run_subscribed(
             (client.clone(), el),
             format!("ioc/{site}/cmd/+/+/reply"),
             cancel.clone(),
             (WAIT, "IOC subscription"),
             move |p| {
-                let body: Value = serde_json::from_slice(&p.payload)
-                    .unwrap_or_else(|e| panic!("{}: reply not JSON: {e}", p.topic));
+                let body: Value = match serde_json::from_slice(&p.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let text = String::from_utf8_lossy(&p.payload);
+                        inv.lock()
+                            .unwrap()
+                            .push(format!("{}: reply not JSON: {e}: {text}", p.topic));
+                        return;
+                    }
+                };
                 if let Some(problem) = schemas.check(&p.topic, &body) {
-                    panic!("reply against the schema: {problem}");
+                    inv.lock()
+                        .unwrap()
+                        .push(format!("reply against the schema: {problem}"));
                 }
+                inv.lock()
+                    .unwrap()
+                    .extend(check_envelope("ioc", &st, &p.topic, None, &body));
                 let mut b = body.clone();
                 b["_topic"] = json!(p.topic);
                 r.lock().unwrap().push(b);
@@ -67,9 +92,16 @@ impl Ioc {
         Ioc {
             client,
             replies,
+            invalid,
             site: site.to_owned(),
             cancel,
         }
+    }
+
+    /// Fails the test if any reply so far was invalid (see [`Ioc`]).
+    fn assert_replies_valid(&self) {
+        let inv = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(inv.is_empty(), "invalid command replies: {inv:#?}");
     }
 
     async fn send_raw(&self, op: &str, id: &str, payload: Vec<u8>, retain: bool) {
@@ -91,6 +123,7 @@ impl Ioc {
     }
 
     fn replies_of(&self, id: &str) -> Vec<Value> {
+        self.assert_replies_valid();
         self.replies
             .lock()
             .unwrap()
@@ -927,4 +960,47 @@ async fn config_set_that_cuts_the_link_rolls_back() {
     assert_eq!(r["result"]["hash"], json!(hash), "from the old config");
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), old, "restored");
     assert_eq!(run.starts(), 3, "new config, then the old one again");
+}
+
+/// The command client fails the test on an invalid reply from the test's
+/// own task, never only inside its MQTT task (where a panic is lost): a
+/// reply that is not JSON and one against the schema are recorded, and
+/// reading the replies fails, as does dropping the client (both caught
+/// here, to see them happen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_reply_fails_the_test() {
+    let broker = Broker::start();
+    let site = test_site();
+    let ioc = Ioc::start(broker.port, &site, None).await;
+    for (id, payload) in [
+        ("r1", "not json".to_owned()),
+        (
+            "r2",
+            json!({"op": "status", "id": "r2", "status": "bogus"}).to_string(),
+        ),
+    ] {
+        ioc.client
+            .publish(
+                format!("ioc/{site}/cmd/status/{id}/reply"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    eventually(WAIT, "both replies recorded as invalid", || {
+        ioc.invalid.lock().unwrap().len() >= 2
+    })
+    .await;
+    let text = |e: Box<dyn std::any::Any + Send>| e.downcast_ref::<String>().cloned();
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ioc.replies_of("r2")));
+    let said = text(read.expect_err("reading replies must fail")).unwrap_or_default();
+    assert!(
+        said.contains("r1/reply: reply not JSON") && said.contains("reply against the schema"),
+        "{said}"
+    );
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(ioc)));
+    let said = text(dropped.expect_err("dropping the client must fail")).unwrap_or_default();
+    assert!(said.contains("invalid command replies"), "{said}");
 }

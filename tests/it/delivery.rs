@@ -353,7 +353,8 @@ async fn gateway_telemetry_carries_every_documented_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscriber_catches_contract_breaks() {
     let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, "ioc").await;
+    // Breaks the contract on purpose and reads `invalid` itself.
+    let sub = Subscriber::start(broker.port, "ioc").await.expect_invalid();
     let site = test_site();
     let mut o = rumqttc::MqttOptions::new("bad-publisher", "127.0.0.1", broker.port);
     o.set_keep_alive(Duration::from_secs(5));
@@ -434,4 +435,43 @@ async fn the_subscriber_catches_contract_breaks() {
         .filter(|p| p.starts_with(cases[0].0.as_str()))
         .count();
     assert_eq!(good, 1, "only the retained copy is reported: {invalid:#?}");
+}
+
+/// The contract check cannot be forgotten: a subscriber that received a
+/// message breaking the contract fails the test when it is dropped, though
+/// the test never asked (here the failure is caught, to see it happen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_dropped_after_a_contract_break_fails_the_test() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let site = test_site();
+    let mut o = rumqttc::MqttOptions::new(
+        format!("bad-publisher-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        broker.port,
+    );
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 10);
+    let task = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    client
+        .publish(
+            format!("ioc/{site}/ups1/telemetry"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "not json",
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "the broken message reported", || {
+        !sub.invalid.lock().unwrap().is_empty()
+    })
+    .await;
+    task.abort();
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(sub)));
+    let err = dropped.expect_err("dropping the subscriber must fail the test");
+    let text = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        text.contains("checked as the subscriber was dropped") && text.contains("not JSON"),
+        "{text}"
+    );
 }

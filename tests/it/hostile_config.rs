@@ -248,6 +248,7 @@ async fn edge_values_run_against_a_real_broker() {
     })
     .await;
     gw.stop().await;
+    sub.assert_all_valid();
 }
 
 /// Every file a config names goes through one reader (src/host/file.rs):

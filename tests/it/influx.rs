@@ -1035,6 +1035,7 @@ async fn influx_sigkill_with_database_down_keeps_its_backlog() {
     );
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+    sub.assert_all_valid();
     let before: BTreeSet<u64> = in_db.keys().copied().filter(|s| *s < block).collect();
     let last = assert_contiguous(&before, 0, "samples read before the kill, in the database");
     // The promise (spill_after + one commit interval + one reading

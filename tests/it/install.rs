@@ -522,7 +522,10 @@ fn both_units_are_sandboxed() {
         .output()
         .is_err()
     {
-        println!("SKIPPED: systemd-analyze not found (package systemd)");
+        crate::common::skip(
+            "install::both_units_are_sandboxed",
+            "systemd-analyze not found (package systemd)",
+        );
         return;
     }
     let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");

@@ -108,6 +108,7 @@ async fn nut_over_tls_keeps_the_login_secret() {
     assert_eq!(s["values"]["battery.charge"], 100.0);
     assert_eq!(gw.status.get().devices["ups2"].health, Health::Ok);
     gw.stop().await;
+    sub.assert_all_valid();
 
     let text = config_text(closed_port().port, dir.path(), &dev);
     let (code, out) = check(&text).await;

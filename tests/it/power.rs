@@ -412,6 +412,7 @@ async fn one_glitchy_poll_does_not_trigger() {
         shutdowns(&rig.sim).is_empty(),
         "ups_off_delay = 0s: not asked"
     );
+    sub.assert_all_valid();
 }
 
 /// A UPS that stops answering between its low readings (each LB reading
@@ -447,6 +448,7 @@ async fn a_stale_or_failing_ups_does_not_trigger() {
     assert!(shutdowns(&rig.sim).is_empty());
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+    sub.assert_all_valid();
 }
 
 /// NUT (dummy-ups + upsd): `battery.runtime` below the limit on two polls
@@ -659,4 +661,5 @@ async fn a_failed_power_off_restarts_only_when_the_ups_was_not_told() {
         assert_eq!(code, Some(want), "{power}: {log}");
         assert!(log.contains("the shutdown command failed"), "{log}");
     }
+    sub.assert_all_valid();
 }

@@ -52,6 +52,7 @@ async fn last_will_on_kill_and_birth_on_restart() {
     })
     .await;
     sub.assert_all_valid();
+    late.assert_all_valid();
 }
 
 /// SIGTERM with a healthy broker: exit 0 within the stop budget, and the

@@ -112,12 +112,15 @@ pub fn closed_port() -> ClosedPort {
 /// [`devices::assert_clock_is_the_machines`], unless the machine's clock
 /// state changed during the test (NTP may synchronise a fresh CI machine
 /// at any moment): then the records may rightly say either, the check
-/// cannot tell which is right, and it is skipped, saying so.
+/// cannot tell which is right, and it is skipped, saying so ([`skip`]).
 pub fn assert_clock_unless_it_changed(sub: &Subscriber, before: &str) {
     let now = devices::machine_clock();
     if now != before {
-        eprintln!(
-            "the machine's clock state changed during the test ({before} -> {now}): the records' clock field is not checked"
+        skip(
+            &this_test(),
+            &format!(
+                "the records' clock field is not checked: the machine's clock state changed during the test ({before} -> {now})"
+            ),
         );
         return;
     }
@@ -158,6 +161,41 @@ thread_local! {
 /// a spawned task.
 pub fn test_site() -> String {
     SITE.with(|s| s.clone())
+}
+
+/// Says that `test` (its path, e.g. `install::both_units_are_sandboxed`)
+/// did not check something because this machine lacks a tool or a
+/// capability (`why`): prints `SKIPPED: <test>: <why>` and appends the same
+/// line to `target/skipped.txt` in the repository, which CI's closing line
+/// reports (a test's output is only shown when it fails, so the file is
+/// what makes a skip seen). Every early return for a missing tool goes
+/// through here, so a green run with a skipped check cannot pass for a full
+/// one. Fails the test if the line cannot be written.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED: {test}: {why}\n");
+    print!("{line}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).expect("create target/ for skipped.txt");
+    let path = dir.join("skipped.txt");
+    // O_APPEND and one write per line: tests running in parallel add
+    // their lines without overwriting each other's.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The path of the test running on this thread (libtest names a test's
+/// thread after it; the body of a `#[tokio::test]` runs there), for
+/// [`skip`] in a helper that is not told its test's name.
+pub fn this_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("an unnamed test thread")
+        .to_owned()
 }
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes; fails the
@@ -387,10 +425,19 @@ pub struct Msg {
 /// retained, everything else not). The retain flag a 3.1.1 subscriber sees
 /// on a live message is always false, so a second, MQTT 5 client with
 /// retain-as-published checks it on every live message.
+///
+/// The check cannot be skipped: when the subscriber is dropped (at the end
+/// of the test that started it, whether or not the test read anything), it
+/// fails the test if any message broke the contract, listing them.
+/// [`Subscriber::assert_all_valid`] checks the same earlier, at a point the
+/// test chooses. The one way out is [`Subscriber::expect_invalid`], for a
+/// test that breaks the contract on purpose.
 pub struct Subscriber {
     pub msgs: Arc<Mutex<Vec<Msg>>>,
     pub invalid: Arc<Mutex<Vec<String>>>,
     cancel: CancellationToken,
+    /// Set by [`Subscriber::expect_invalid`]: the drop check is off.
+    invalid_expected: bool,
 }
 
 fn schema(name: &str) -> jsonschema::Validator {
@@ -615,7 +662,18 @@ impl Subscriber {
             msgs,
             invalid,
             cancel,
+            invalid_expected: false,
         }
+    }
+
+    /// For a test that publishes messages breaking the contract on purpose
+    /// (to see this subscriber catch them) and reads [`Subscriber::invalid`]
+    /// itself: turns off the check on drop. [`Subscriber::assert_all_valid`]
+    /// still checks when called. Not for quieting a gateway that breaks
+    /// the contract: that is a bug to fix.
+    pub fn expect_invalid(mut self) -> Subscriber {
+        self.invalid_expected = true;
+        self
     }
 
     pub fn all(&self) -> Vec<Msg> {
@@ -787,8 +845,19 @@ async fn retain_checker(
 }
 
 impl Drop for Subscriber {
+    /// Stops both clients, then fails the test if any message broke the
+    /// contract (not while the thread is already panicking: a second panic
+    /// would abort the whole test binary and hide the first failure).
     fn drop(&mut self) {
         self.cancel.cancel();
+        if self.invalid_expected || std::thread::panicking() {
+            return;
+        }
+        let inv = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            inv.is_empty(),
+            "messages that break the contract (checked as the subscriber was dropped): {inv:#?}"
+        );
     }
 }
 
