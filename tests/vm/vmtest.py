@@ -12,6 +12,8 @@ Three boots:
   A  fresh disk, a broken wardgate.toml on the card          -> check 5
   B  fresh disk, a good wardgate.toml + password on the card -> checks 1-4, 9, 7, 10, poweroff
   C  disk B again                                             -> checks 6, 8
+  D  a fresh disk, booted again after each of --cuts power cuts -> check 11
+     (tests/vm/powercut.py)
 
 The machine's device tree is qemu's own with one node added: a gpio-leds
 LED named ACT on the PL061 GPIO controller, so the guest has what a Pi has,
@@ -1162,6 +1164,9 @@ def main():
     ap.add_argument("--initrd", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--work", required=True)
+    ap.add_argument("--cuts", type=int, default=5,
+                    help="power cuts in check 11 (0: no check 11)")
+    ap.add_argument("--seed", type=int, default=None, help="the power cuts' random moments")
     args = ap.parse_args()
     if os.path.exists(args.work):
         shutil.rmtree(args.work)
@@ -1172,6 +1177,10 @@ def main():
         disk, shutdown_seen = boot_b(args, broker)
         if os.path.exists(disk):
             boot_c(args, broker, disk, shutdown_seen)
+            os.unlink(disk)
+        if args.cuts > 0:
+            import powercut
+            powercut.run(args, broker, args.cuts, args.seed)
     finally:
         broker.stop(os.path.join(args.work, "mqtt.log"))
         # The disks are about 1 GB each: never leave them behind.
@@ -1182,7 +1191,7 @@ def main():
     failed = len(results) - passed
     say(f"logs: {args.work} (console-*.log, qemu-*.log, mosquitto.log, mqtt.log: every message seen)")
     say(f"vm: {passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed == CHECKS else 1
+    return 0 if failed == 0 and passed == CHECKS + (1 if args.cuts > 0 else 0) else 1
 
 
 if __name__ == "__main__":
