@@ -370,3 +370,30 @@ fn udev_patterns_match_as_udev_does() {
         assert_eq!(udev_match(p, s), want, "{p} ~ {s}");
     }
 }
+
+#[test]
+fn the_unit_lets_the_daemon_read_the_clock_state_and_not_set_it() {
+    // clock::kernel_synced() reads the NTP state with glibc's adjtimex(),
+    // which is the clock_adjtime system call since glibc 2.31 (the first
+    // VM run with adjtimex alone allowed still read "unsynced").
+    // ProtectClock= would filter both.
+    let s = service(UNIT);
+    assert!(
+        values(&s, "ProtectClock").is_empty(),
+        "ProtectClock= filters adjtimex and clock_adjtime"
+    );
+    let allowed: Vec<&str> = values(&s, "SystemCallFilter")
+        .iter()
+        .filter(|v| !v.starts_with('~'))
+        .flat_map(|v| v.split_whitespace())
+        .collect();
+    for call in ["adjtimex", "clock_adjtime"] {
+        assert!(
+            allowed.contains(&call),
+            "SystemCallFilter= must allow {call}"
+        );
+    }
+    // ... and without CAP_SYS_TIME nothing can set the clock.
+    assert_eq!(values(&s, "CapabilityBoundingSet"), [""]);
+    assert!(values(&s, "AmbientCapabilities").is_empty());
+}
