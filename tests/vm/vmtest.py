@@ -781,23 +781,10 @@ def check_config_set(vm, broker):
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def config_set(cid, toml, base, allow_broker_change=False, timeout=180):
-        t = time.monotonic()
         args = {"toml": toml, "base_hash": base}
         if allow_broker_change:
             args["allow_broker_change"] = True
-        body = {"expires": int(time.time() * 1000) + 600_000, "args": args}
-        broker.publish(f"ioc/{SITE}/cmd/config.set/{cid}", json.dumps(body))
-        topic = f"ioc/{SITE}/cmd/config.set/{cid}/reply"
-
-        def final(m):
-            if m[1] != topic:
-                return False
-            try:
-                return json.loads(m[2]).get("status") in ("successful", "failed", "rejected")
-            except ValueError:
-                return False
-        m = broker.wait(t, final, timeout)
-        return (json.loads(m[2]), m[0] - t, m[0]) if m else (None, time.monotonic() - t, None)
+        return command(broker, "config.set", cid, args, timeout)
 
     def check_says():
         # `wardgate check` on a config in the same directory without
