@@ -884,8 +884,8 @@ def check_clock(vm, broker):
     The guest's kernel clock starts unsynchronised: readings go out
     "unsynced" and a config.set is refused for the clock. The link is taken
     down (networkctl), readings spool, the test marks the kernel clock
-    synchronised (adjtimex, as an NTP daemon does) and the service is
-    restarted (a clean stop puts every unacknowledged reading on the card;
+    synchronised (adjtimex, as an NTP daemon does), the service sees it and
+    is restarted (a clean stop puts every unacknowledged reading on the card;
     on a dead link TCP would otherwise keep them in flight, stamped), the
     link comes back: the spooled readings of this boot go out "corrected",
     gateway.clock_corrected reports the ones delivered unsynchronised, new
@@ -920,6 +920,11 @@ def check_clock(vm, broker):
     t_sync = time.monotonic()
     if synced.strip() != "synced":
         probs.append(f"ntp-sync: {rc} {synced.strip()!r}")
+    # The service sees the sync (it asks the kernel at most every 5 s): it
+    # corrects what it holds and declares what it delivered unsynchronised
+    # (gateway.clock_corrected keeps only what this run delivered: a run
+    # that stopped before the sync cannot declare its readings).
+    time.sleep(8)
     a.sh("systemctl restart wardgate", timeout=90)
     a.sh(f"networkctl up {ifname}")
     ev = broker.wait(t_sync, lambda m: m[1] == f"ioc/{SITE}/gateway/event"
