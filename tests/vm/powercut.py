@@ -79,7 +79,8 @@ def records(msgs):
         except ValueError:
             continue
         for s in body.get("samples", []):
-            out.setdefault((body.get("device"), body.get("epoch"), s.get("seq")), []).append(s)
+            if isinstance(s.get("seq"), (int, float)):
+                out.setdefault((body.get("device"), body.get("epoch"), int(s["seq"])), []).append(s)
     return out
 
 
@@ -176,6 +177,8 @@ def run(args, broker, cuts, seed=None):
         if os.path.exists(disk):
             os.unlink(disk)
     time.sleep(3)
+    with open(os.path.join(args.work, "cuts.json"), "w") as f:
+        json.dump({"seed": seed, "boots": boots}, f, indent=1)
     msgs = broker.since(boots[0]["t_host"]) if boots else []
     recs = records(msgs)
     figures = account(boots, msgs, recs, probs)
@@ -224,7 +227,9 @@ def account(boots, msgs, recs, probs):
         vals = mine[0].get("values", {})
         if any(k.startswith("seq_last_used.") for k in vals):
             probs.append(f"boot {i}: seq_last_used after a power cut (the boot id changed)")
-        resumed.append({d: vals.get(f"seq_resumed.{d}.samples") for d in DEVICES})
+        # Values are JSON numbers (8.0): sequence numbers are whole.
+        resumed.append({d: None if vals.get(f"seq_resumed.{d}.samples") is None
+                        else int(vals[f"seq_resumed.{d}.samples"]) for d in DEVICES})
     if len({b.get("boot_id") for b in boots}) != len(boots):
         probs.append("a boot id repeated: the cuts did not reboot the kernel")
     readings = sum(1 for k in recs if k[0] in DEVICES)
