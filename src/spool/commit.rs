@@ -172,6 +172,8 @@ impl Spool {
                     backlog::wants(li, lane, &mut reads);
                 }
             }
+            #[cfg(feature = "plant-faults")]
+            super::plant::spooled(q, &mut writes);
             let make_durable = !q.epoch_durable && usable;
             if make_durable {
                 store.marks.clear();
@@ -490,6 +492,8 @@ impl Spool {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        #[cfg(feature = "plant-faults")]
+        super::plant::tail(&mut lock(&self.q));
         let flushed = self.flush(true);
         let mut store = self.take_store();
         let (epoch, durable, exact) = {
