@@ -71,6 +71,13 @@
 //!   was taken earlier (it must have been on the card) is undeclared loss.
 //!   Only the kill -9 scenarios, `disk_full`'s one kill and every
 //!   scenario's closing kill can excuse anything.
+//! - **lost at a stop with the card unwritable** (`disk_full` only, in a
+//!   note): a missing number of such a run (at or below its `L`: the stop
+//!   could not be recorded as clean) whose reading was taken, by the same
+//!   lower bound, while the harness kept the card full, up to that stop;
+//!   the README's table names this loss ("only in memory at a stop") and
+//!   the gateway declares it with `spool.degraded` (which must have
+//!   arrived) and the unclean stop.
 //! - **declared drops**, tied to what they declare, each reason on its own:
 //!   `spool.quarantined` excuses the one record it names
 //!   (`record.device`, `record.kind`, `record.seq`); `corrupt`
@@ -780,6 +787,10 @@ struct Account {
     /// Missing numbers at or below a `seq_last_used` that were taken too
     /// long before any kill to be a crash's loss (among `missing`).
     too_old_for_crash: u64,
+    /// Missing numbers at or below a `seq_last_used` taken while the
+    /// harness kept the card from being written, up to the stop that lost
+    /// them (declared by `spool.degraded` and the unclean stop).
+    degraded_stop: u64,
     /// Missing numbers excused by a drop the gateway declared, and how
     /// many of each reason ("too_large 1, corrupt 1").
     declared_drops: u64,
@@ -807,6 +818,12 @@ struct Known {
     kills: Vec<(i64, i64)>,
     /// Wall ms of the scenario's first gateway start.
     first_start_ms: i64,
+    /// Spans (wall ms) in which the harness kept the card from being
+    /// written and then stopped the gateway (`disk_full`): what was only in
+    /// memory at that stop is the loss a degraded store declares
+    /// (`spool.degraded`, then `gateway.unclean_stop` with
+    /// `seq_last_used`, as the stop could not be recorded as clean).
+    degraded: Vec<(i64, i64)>,
     /// Whether any run had the heavy load (ups1 ten samples a tick).
     heavy: bool,
 }
@@ -924,6 +941,7 @@ fn account(recs: &[Rec], known: &Known) -> Account {
     let mut drop_counter: BTreeMap<&'static str, BTreeMap<String, BTreeMap<u64, f64>>> =
         BTreeMap::new();
     let mut corrupt_events = 0f64;
+    let mut degraded_seen = false;
     let mut restored_lost = 0f64;
     // (device, kind, seq) set aside as too large, as the event names it.
     let mut quarantined: BTreeSet<(String, &'static str, u64)> = BTreeSet::new();
@@ -1049,6 +1067,7 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                         }
                     }
                     "spool.restored" => restored_lost += num(&vals["spool.lost"]).unwrap_or(0.0),
+                    "spool.degraded" => degraded_seen = true,
                     _ => {}
                 }
             }
@@ -1136,6 +1155,9 @@ fn account(recs: &[Rec], known: &Known) -> Account {
         };
         // Taken within the loss bound before a kill -9.
         let near_kill = |t: i64| known.kills.iter().any(|&(k, w)| t <= k + 100 && k - t <= w);
+        // Taken while the card could not be written, before that stop.
+        let while_degraded =
+            |t: i64| degraded_seen && known.degraded.iter().any(|&(a, b)| t >= a && t <= b);
         // Checked: every number up to the highest received or declared used
         // (the tail: numbers above the highest received up to the last
         // used one the gateway declared).
@@ -1166,13 +1188,14 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                     ));
                 }
             };
+            let in_crash_range = crash.iter().any(|&(clo, chi)| s >= clo && s < chi);
             if known.destroyed.contains(&rec3) {
-            } else if crash.iter().any(|&(clo, chi)| s >= clo && s < chi) && near_kill(earliest(s))
-            {
+            } else if in_crash_range && near_kill(earliest(s)) {
                 a.crash += 1;
+            } else if in_crash_range && while_degraded(earliest(s)) {
+                a.degraded_stop += 1;
             } else {
                 a.missing += 1;
-                let in_crash_range = crash.iter().any(|&(clo, chi)| s >= clo && s < chi);
                 if known.damaged.contains(&rec3) {
                     let left = budget
                         .get_mut("corrupt")
@@ -1237,7 +1260,7 @@ fn account(recs: &[Rec], known: &Known) -> Account {
         .map(|(_, t)| t)
         .collect();
     a.declared_drops = a.declared_by_reason.values().sum();
-    a.readings = a.delivered + a.missing + a.crash;
+    a.readings = a.delivered + a.missing + a.crash + a.degraded_stop;
     a.undeclared = a.missing.saturating_sub(a.declared_drops);
     a
 }
@@ -1345,6 +1368,7 @@ struct Rig {
     spool: PathBuf,
     destroyed: Destroyed,
     damaged: Destroyed,
+    degraded: Vec<(i64, i64)>,
     heavy: bool,
     failures: Vec<String>,
     notes: Vec<String>,
@@ -1395,6 +1419,7 @@ impl Rig {
             spool,
             destroyed: BTreeSet::new(),
             damaged: BTreeSet::new(),
+            degraded: vec![],
             heavy: false,
             failures: vec![],
             notes: vec![],
@@ -1440,6 +1465,7 @@ impl Rig {
             destroyed: self.destroyed.clone(),
             damaged: self.damaged.clone(),
             kills: self.gw.kills.clone(),
+            degraded: self.degraded.clone(),
             first_start_ms: self.gw.starts_wall.first().copied().unwrap_or(0),
             heavy: self.heavy,
         }
@@ -1774,6 +1800,12 @@ impl Rig {
                 acct.crash_by_stream.join(" | ")
             ));
         }
+        if acct.degraded_stop > 0 {
+            self.notes.push(format!(
+                "{} readings lost at a stop with the card unwritable (taken while it was kept full, at or below seq_last_used; declared by spool.degraded and the unclean stop)",
+                acct.degraded_stop
+            ));
+        }
         if acct.undeclared > 0 {
             self.notes.push(format!(
                 "{} missing, {} declared dropped, {} of them at or below a seq_last_used but taken too long before any kill; missing e.g. {}",
@@ -1815,9 +1847,9 @@ async fn sleep_ms(ms: u64) {
 
 /// kill -9 at random moments (0.2–2.5 s after start; 1.6 s in short mode),
 /// N times, with broker outages mixed in (the broker is stopped or started
-/// again in 30 % of the cycles). Every third cycle (every fifth in the long
-/// run) is long instead: the broker is down from before the start and the
-/// kill comes 6–7 s after it, longer than the loss bound, so that the
+/// again in 30 % of the cycles). Every fifth cycle is long instead: the
+/// broker is down from before the start and the kill comes 6–7 s after
+/// it, longer than the loss bound, so that the
 /// readings of the first seconds must have reached the card: a gateway
 /// that does not spill them loses readings older than the bound, which no
 /// kill excuses. Expectation: readings lost in crashes within the README's
@@ -1825,7 +1857,7 @@ async fn sleep_ms(ms: u64) {
 async fn kill9(o: &Opts, name: &'static str, policy: &str) -> Outcome {
     let mut rig = Rig::new(name, o, None).await;
     let n = o.pick(10, 200);
-    let every = o.pick(3, 5);
+    let every = 5;
     let mut outages = 0;
     let mut long = 0;
     for i in 0..n {
@@ -2158,6 +2190,7 @@ async fn disk_full(o: &Opts) -> Outcome {
         rig.fail("no live reading after start".into());
     }
     // Leave ~256 KiB for the spool to fill during the outage.
+    let filled_from = now_ms();
     let filler = mnt.dir.join("filler");
     let room = free_bytes(&mnt.dir).saturating_sub(256 << 10);
     let _ = std::fs::write(&filler, vec![0u8; room as usize]);
@@ -2201,9 +2234,11 @@ async fn disk_full(o: &Opts) -> Outcome {
     fill_up(&mnt.dir, "filler2");
     rig.term_expect_0(Duration::from_secs(10), "SIGTERM with the disk full")
         .await;
+    rig.degraded.push((filled_from, now_ms()));
     // Start again, disk still full.
     fill_up(&mnt.dir, "filler3");
     let idx = rig.rec.len();
+    let restarted = now_ms();
     rig.start(Load::Heavy);
     if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
         let code = rig.gw.exit_code();
@@ -2240,6 +2275,7 @@ async fn disk_full(o: &Opts) -> Outcome {
     // cleanly): the run after it is the third that finds the rows it could
     // not delete.
     rig.gw.kill9();
+    rig.degraded.push((restarted, now_ms()));
     rig.drain().await;
     let starts = rig.gw.starts.clone();
     let out = rig.outcome();
