@@ -59,15 +59,18 @@
 //! - **lost in a crash** (printed under the table, not in "lost
 //!   (undeclared)"): a missing number of a run that was killed (from that
 //!   run's resume point, the previous stop's `R`, else 0, up to its `L`)
-//!   whose reading can only have been taken within the loss bound before
-//!   a kill -9 the harness made: 3 s (spill_after + commit_interval) under
+//!   whose reading can only have been taken in a run the harness killed
+//!   (after that run's start), within the loss bound before the kill -9: 3 s (spill_after + commit_interval) under
 //!   spill, 1 s (commit_interval) under wal, plus 1 s of slack for a loaded
 //!   machine. When the reading was taken is bounded from below by the
 //!   received reading just before it in the same stream: `ts` of the
 //!   highest received number `n0` below it, plus one stream period per
 //!   used number between (the harness knows its load's periods:
-//!   [`period_ms`]), less 50 ms; with none received below, the first
-//!   start of the scenario. A number missing at or below `L` whose reading
+//!   [`period_ms`]) less one per stop the harness made in between (a run
+//!   may start right after the last one stopped), less 50 ms; with none
+//!   received below, the first start of the scenario; and never earlier
+//!   than the `ts` of the `gateway.unclean_stop` of the run that resumed
+//!   at or below the number (raised before any source starts). A number missing at or below `L` whose reading
 //!   was taken earlier (it must have been on the card) is undeclared loss.
 //!   Only the kill -9 scenarios, `disk_full`'s one kill and every
 //!   scenario's closing kill can excuse anything.
@@ -352,10 +355,12 @@ struct Gateway {
     /// Wall ms of each start.
     starts_wall: Vec<i64>,
     /// Each kill -9 of a running gateway: (wall ms, the loss bound of its
-    /// policy in ms).
-    kills: Vec<(i64, i64)>,
+    /// policy in ms, wall ms of the killed run's start).
+    kills: Vec<(i64, i64, i64)>,
     /// The running configuration has `policy = "wal"`.
     wal: bool,
+    /// Wall ms of every stop of a running gateway (kill -9 or SIGTERM).
+    stops: Vec<i64>,
 }
 
 impl Gateway {
@@ -394,7 +399,9 @@ impl Gateway {
                 } else {
                     CRASH_WINDOW_SPILL_MS
                 };
-                self.kills.push((now_ms(), bound));
+                let started = self.starts_wall.last().copied().unwrap_or(0);
+                self.kills.push((now_ms(), bound, started));
+                self.stops.push(now_ms());
             }
             let _ = c.kill();
             let _ = c.wait();
@@ -439,6 +446,7 @@ impl Gateway {
         let t = Instant::now();
         loop {
             if let Some(code) = self.exited() {
+                self.stops.push(now_ms());
                 return Ok((code, t.elapsed()));
             }
             if t.elapsed() > limit {
@@ -814,10 +822,12 @@ struct Known {
     /// one damaged row, and only a damaged row.
     damaged: Destroyed,
     /// Each kill -9 of a running gateway: (wall ms, the policy's loss bound
-    /// in ms, slack included).
-    kills: Vec<(i64, i64)>,
+    /// in ms, slack included, wall ms of the killed run's start).
+    kills: Vec<(i64, i64, i64)>,
     /// Wall ms of the scenario's first gateway start.
     first_start_ms: i64,
+    /// Wall ms of every stop of a running gateway (kill -9 or SIGTERM).
+    stops: Vec<i64>,
     /// Spans (wall ms) in which the harness kept the card from being
     /// written and then stopped the gateway (`disk_full`): what was only in
     /// memory at that stop is the loss a degraded store declares
@@ -937,6 +947,10 @@ fn account(recs: &[Rec], known: &Known) -> Account {
     let mut streams: BTreeMap<Stream, BTreeMap<u64, Option<i64>>> = BTreeMap::new();
     // stream -> (seq_resumed, seq_last_used) of each unclean stop
     let mut declared: BTreeMap<Stream, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+    // stream -> (seq_resumed, the unclean_stop event's ts): every number
+    // from R on was taken after that event (it is raised before any
+    // source starts).
+    let mut resumed_at: BTreeMap<Stream, Vec<(u64, i64)>> = BTreeMap::new();
     // reason -> epoch -> gateway telemetry seq -> counter
     let mut drop_counter: BTreeMap<&'static str, BTreeMap<String, BTreeMap<u64, f64>>> =
         BTreeMap::new();
@@ -1050,6 +1064,12 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                                 .entry((dev.to_owned(), kind, epoch.clone()))
                                 .or_default()
                                 .push((resumed as u64, last.map(|l| l as u64)));
+                            if let Some(t) = item["ts"].as_i64() {
+                                resumed_at
+                                    .entry((dev.to_owned(), kind, epoch.clone()))
+                                    .or_default()
+                                    .push((resumed as u64, t));
+                            }
                         }
                     }
                     "spool.corrupt_record" => {
@@ -1147,17 +1167,48 @@ fn account(recs: &[Rec], known: &Known) -> Account {
             .collect();
         let period = period_ms(&stream.0, stream.1, known.heavy);
         // The earliest the reading numbered `s` can have been taken.
-        let earliest = |s: u64| -> i64 {
-            match got.range(..s).next_back() {
-                Some((&lo, Some(ts))) => ts + used_between(Some(lo), s) * period - 50,
-                _ => known.first_start_ms + used_between(None, s) * period - 50,
-            }
+        let floors = resumed_at.get(stream).cloned().unwrap_or_default();
+        // The earliest the reading numbered `s` can have been taken, if it
+        // was taken before `until` (a stop): one period per used number
+        // after the received one below it, except that a run may start
+        // right after the one before stopped (one number per stop between
+        // does not count); and no earlier than the unclean_stop event of
+        // the run it was taken in or after.
+        let earliest = |s: u64, until: i64| -> i64 {
+            let (base, lo) = match got.range(..s).next_back() {
+                Some((&lo, Some(ts))) => (*ts, Some(lo)),
+                _ => (known.first_start_ms, None),
+            };
+            let stops = known
+                .stops
+                .iter()
+                .filter(|&&t| t > base && t < until)
+                .count() as i64;
+            let spaced = base + (used_between(lo, s) - stops).max(0) * period - 50;
+            let floor = floors
+                .iter()
+                .filter(|&&(r, _)| r <= s)
+                .map(|&(_, t)| t)
+                .max()
+                .unwrap_or(i64::MIN);
+            spaced.max(floor)
         };
-        // Taken within the loss bound before a kill -9.
-        let near_kill = |t: i64| known.kills.iter().any(|&(k, w)| t <= k + 100 && k - t <= w);
+        // Taken in a run that was killed, within the loss bound before
+        // the kill.
+        let near_kill = |s: u64| {
+            known.kills.iter().any(|&(k, w, started)| {
+                let t = earliest(s, k);
+                t >= started - 50 && t <= k && k - t <= w
+            })
+        };
         // Taken while the card could not be written, before that stop.
-        let while_degraded =
-            |t: i64| degraded_seen && known.degraded.iter().any(|&(a, b)| t >= a && t <= b);
+        let while_degraded = |s: u64| {
+            degraded_seen
+                && known.degraded.iter().any(|&(a, b)| {
+                    let t = earliest(s, b);
+                    t >= a && t <= b
+                })
+        };
         // Checked: every number up to the highest received or declared used
         // (the tail: numbers above the highest received up to the last
         // used one the gateway declared).
@@ -1190,9 +1241,9 @@ fn account(recs: &[Rec], known: &Known) -> Account {
             };
             let in_crash_range = crash.iter().any(|&(clo, chi)| s >= clo && s < chi);
             if known.destroyed.contains(&rec3) {
-            } else if in_crash_range && near_kill(earliest(s)) {
+            } else if in_crash_range && near_kill(s) {
                 a.crash += 1;
-            } else if in_crash_range && while_degraded(earliest(s)) {
+            } else if in_crash_range && while_degraded(s) {
                 a.degraded_stop += 1;
             } else {
                 a.missing += 1;
@@ -1408,6 +1459,7 @@ impl Rig {
             starts_wall: vec![],
             kills: vec![],
             wal: false,
+            stops: vec![],
         };
         Rig {
             gw,
@@ -1465,6 +1517,7 @@ impl Rig {
             destroyed: self.destroyed.clone(),
             damaged: self.damaged.clone(),
             kills: self.gw.kills.clone(),
+            stops: self.gw.stops.clone(),
             degraded: self.degraded.clone(),
             first_start_ms: self.gw.starts_wall.first().copied().unwrap_or(0),
             heavy: self.heavy,
@@ -3045,11 +3098,11 @@ fn self_test() {
     };
     // A kill 0.5 s after reading 5, and one 10 s later.
     let soon = Known {
-        kills: vec![(ts(5) + 500, CRASH_WINDOW_SPILL_MS)],
+        kills: vec![(ts(5) + 500, CRASH_WINDOW_SPILL_MS, 100_000)],
         ..none.clone()
     };
     let late = Known {
-        kills: vec![(ts(5) + 10_000, CRASH_WINDOW_SPILL_MS)],
+        kills: vec![(ts(5) + 10_000, CRASH_WINDOW_SPILL_MS, 100_000)],
         ..none.clone()
     };
     // The made-up messages follow the schemas; one that does not is caught.
@@ -3104,6 +3157,13 @@ fn self_test() {
         .collect();
     assert_eq!(account(&tail, &late).undeclared, 2);
     assert_eq!(account(&tail, &soon).crash, 2);
+    // A kill soon after, but of a run that started after they were taken
+    // (a tail lost at a clean stop before it): not excused.
+    let next_run = Known {
+        kills: vec![(ts(5) + 500, CRASH_WINDOW_SPILL_MS, ts(5) + 300)],
+        ..none.clone()
+    };
+    assert_eq!(account(&tail, &next_run).undeclared, 2);
     // A duplicate, then a reused seq.
     recs.push(rec(t, &sample(1, 1)));
     recs.push(rec(t, &sample(2, 9)));

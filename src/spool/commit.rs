@@ -96,6 +96,10 @@ impl Spool {
         let (epoch, make_durable, lane_names, correct) = {
             let mut q = lock(&self.q);
             let q = &mut *q;
+            #[cfg(feature = "plant-faults")]
+            if all {
+                super::plant::tail(q);
+            }
             // The clock is looked at here too, so that a sync is acted on
             // even when no reading comes.
             self.observe_clock(q);
@@ -173,7 +177,9 @@ impl Spool {
                 }
             }
             #[cfg(feature = "plant-faults")]
-            super::plant::spooled(q, &mut writes);
+            if !all {
+                super::plant::spooled(q, &mut writes);
+            }
             let make_durable = !q.epoch_durable && usable;
             if make_durable {
                 store.marks.clear();
@@ -287,6 +293,10 @@ impl Spool {
                         tracing::error!(error = %e, records = rows.len(), "spool write failed; records stay in memory");
                         failure = Some(sql_reason(&e, &store.path));
                     }
+                }
+                #[cfg(feature = "plant-faults")]
+                if let (Some(ids), Some(db)) = (&written, store.db.as_mut()) {
+                    super::plant::on_disk(db, &rows, ids, &self.counters);
                 }
             }
             if let (None, Some((boot, base, gen))) = (&failure, &correct) {
@@ -492,8 +502,6 @@ impl Spool {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        #[cfg(feature = "plant-faults")]
-        super::plant::tail(&mut lock(&self.q));
         let flushed = self.flush(true);
         let mut store = self.take_store();
         let (epoch, durable, exact) = {

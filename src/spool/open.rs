@@ -58,8 +58,6 @@ impl Spool {
         let mut db = match Db::open(&path) {
             Ok((db, r)) => {
                 report.moved_aside = r.moved_aside;
-                #[cfg(feature = "plant-faults")]
-                let db = super::plant::on_disk(db);
                 Some(db)
             }
             Err(e) => {
