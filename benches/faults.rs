@@ -797,8 +797,8 @@ struct Account {
     crash: u64,
     /// The same per stream ("ups1 samples epoch …: N"), largest first.
     crash_by_stream: Vec<String>,
-    /// Missing numbers at or below a `seq_last_used` that were taken too
-    /// long before any kill to be a crash's loss (among `missing`).
+    /// Missing numbers at or below a `seq_last_used` not shown to have been
+    /// taken in a killed run within the loss bound (among `missing`).
     too_old_for_crash: u64,
     /// Missing numbers at or below a `seq_last_used` taken while the
     /// harness kept the card from being written, up to the stop that lost
@@ -1280,7 +1280,7 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                         a.too_old_for_crash += 1;
                         example(
                             &mut a,
-                            " (at or below seq_last_used, but taken too long before any kill)",
+                            " (at or below a seq_last_used, but not shown to be taken in a killed run within the loss bound)",
                         );
                     } else {
                         example(&mut a, "");
@@ -1882,7 +1882,7 @@ impl Rig {
         }
         if acct.undeclared > 0 {
             self.notes.push(format!(
-                "{} missing, {} declared dropped, {} of them at or below a seq_last_used but taken too long before any kill; missing e.g. {}",
+                "{} missing, {} declared dropped, {} of them at or below a seq_last_used but not a kill's loss; missing e.g. {}",
                 acct.missing,
                 acct.declared_drops,
                 acct.too_old_for_crash,
@@ -2264,7 +2264,6 @@ async fn disk_full(o: &Opts) -> Outcome {
         rig.fail("no live reading after start".into());
     }
     // Leave ~256 KiB for the spool to fill during the outage.
-    let filled_from = now_ms();
     let filler = mnt.dir.join("filler");
     let room = free_bytes(&mnt.dir).saturating_sub(256 << 10);
     let _ = std::fs::write(&filler, vec![0u8; room as usize]);
@@ -2311,7 +2310,6 @@ async fn disk_full(o: &Opts) -> Outcome {
     // Start again, disk still full.
     fill_up(&mnt.dir, "filler3");
     let idx = rig.rec.len();
-    let restarted = now_ms();
     rig.start(Load::Heavy);
     if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
         let code = rig.gw.exit_code();
@@ -2356,7 +2354,6 @@ async fn disk_full(o: &Opts) -> Outcome {
     // 2000 readings whose lower bound cannot be shown to come after the
     // fill; whether that is the gateway's loss or the bound's looseness is
     // open (issue 22, part 5 report).
-    let _ = (restarted, filled_from);
     let first = rig.gw.starts_wall.first().copied().unwrap_or(0);
     rig.degraded.push((first, now_ms()));
     let starts = rig.gw.starts.clone();
