@@ -9,7 +9,11 @@
 //! version the test suite runs; without it the runs are long (kill -9 × 200,
 //! 20 broker restarts 20–40 s apart). `--figures` prints the slow-fsync
 //! benchmark figures instead (used by `scripts/bench`); `--self-test` checks
-//! the accounting rule on made-up messages (it also runs before every suite).
+//! the accounting rule on made-up messages (it also runs before every
+//! suite); `--planted` is the suite's own check: a binary built with the
+//! test-only feature `plant-faults` loses one record silently where
+//! `WARDGATE_PLANT` says, and the scenario meant to catch it must FAIL
+//! (see [`PLANTED`]).
 //!
 //! The load is two simulated devices (`sim`): `ups1` every 20 ms with an
 //! event every 50 samples, `env1` every 50 ms with an event every 20, plus
@@ -21,9 +25,10 @@
 //! # Accounting (the same rule for every scenario)
 //!
 //! A subscriber with a persistent session (clean_session = false, QoS 1)
-//! records every message on `{prefix}/#`. For each telemetry and event
-//! message the payload must parse as JSON (a payload that does not is a
-//! FAIL on its own). Each record is keyed by
+//! records every message on `{prefix}/#`. Every message must parse as JSON
+//! and follow its JSON Schema in docs/schema/ (by topic: telemetry, event,
+//! status, inventory, command reply); one that does not is a FAIL on its
+//! own. Each telemetry and event record is keyed by
 //! `(device, kind, epoch, seq)`; `epoch` is the envelope's `"epoch"` field,
 //! `""` when absent (binaries from before issue 10).
 //!
@@ -37,40 +42,82 @@
 //! - **duplicates**: copies of a key beyond the first. A copy whose content
 //!   (the record without its `historical` flag) differs from the first is
 //!   **seq reused** and a FAIL on its own.
-//! - **readings**: delivered + numbers missing (lost in a crash or not) from each
-//!   `(device, kind, epoch)` sequence between 0 and the highest seq received,
-//!   except numbers *declared unused* by a `gateway.unclean_stop` event of
-//!   the same epoch: for `seq_resumed.<dev>.<kind> = R` with
+//! - **checked numbers**: for each `(device, kind, epoch)`, every number
+//!   from 0 to the highest one received *or declared used*: a
+//!   `gateway.unclean_stop`'s `seq_last_used` counts, so the newest
+//!   readings of a stream (its tail) are checked, not only the gaps between
+//!   numbers received. Every scenario ends with a closing run that reads
+//!   the devices (its first numbers close the tails of the runs before
+//!   it) and is killed, so that the final run's `gateway.unclean_stop`
+//!   declares the closing run's own tail ([`Rig::drain`]).
+//! - **declared unused**: for `seq_resumed.<dev>.<kind> = R` with
 //!   `seq_last_used.<dev>.<kind> = L` the numbers `L+1 .. R-1` were never
 //!   used; when the event has no `seq_last_used` (binaries from before
-//!   issue 10) every number below `R` counts as declared. Numbers the harness
-//!   itself destroyed (rows in a spool file it overwrote, a row it damaged)
-//!   are left out too: that loss is the fault, not the gateway's.
+//!   issue 10) every number below `R` counts as unused.
+//! - **destroyed** (not counted at all): numbers the harness itself
+//!   destroyed with a spool file it overwrote; that loss is the fault.
 //! - **lost in a crash** (printed under the table, not in "lost
-//!   (undeclared)"): numbers missing at or below `L` in the run that
-//!   crashed (from the previous stop's `R`, or 0, to `L`). The event lets
-//!   the IOC count them exactly, so they are declared; the kill -9
-//!   scenarios bound them by the README's promise (spill: the last
-//!   `spill_after` + `commit_interval` = 3 s of readings per kill; wal: one
-//!   `commit_interval`, 1 s).
-//! - **lost (undeclared)**: the missing numbers above, less the drops the
-//!   gateway declared: the larger of (a) the growth of the gateway
-//!   telemetry's drop counter (`spool.dropped`, or the sum of
-//!   `spool.dropped.<reason>` when there is no total; a counter that goes
-//!   down restarted and counts from 0) and (b) the counts in
-//!   `spool.corrupt_record` (`spool.records`), `spool.quarantined` (1 each)
-//!   and `spool.restored` (`spool.lost`) events. Drops are not tied to a
-//!   device, so they are a budget against the total.
-//! - **verdict**: PASS when no seq is reused, no payload is invalid JSON,
-//!   nothing is lost undeclared and the scenario's own expectation holds
-//!   (printed under the table when it does not); SKIP when the machine cannot
-//!   inject the fault (no root, no loop device); else FAIL.
+//!   (undeclared)"): a missing number of a run that was killed (from that
+//!   run's resume point, the previous stop's `R`, else 0, up to its `L`)
+//!   whose reading can only have been taken in a run the harness killed
+//!   (after that run's start), within the loss bound before the kill -9: 3 s (spill_after + commit_interval) under
+//!   spill, 1 s (commit_interval) under wal, plus 1 s of slack for a loaded
+//!   machine. When the reading was taken is bounded from below by the
+//!   received reading just before it in the same stream: `ts` of the
+//!   highest received number `n0` below it, plus one stream period per
+//!   used number between (the harness knows its load's periods:
+//!   [`period_ms`]) less one per stop the harness made in between (a run
+//!   may start right after the last one stopped), less 50 ms; with none
+//!   received below, the first start of the scenario; and never earlier
+//!   than the `ts` of the `gateway.unclean_stop` of the run that resumed
+//!   at or below the number (raised before any source starts). A number missing at or below `L` whose reading
+//!   was taken earlier (it must have been on the card) is undeclared loss.
+//!   Only the kill -9 scenarios, `disk_full`'s one kill and every
+//!   scenario's closing kill can excuse anything.
+//! - **lost at a stop with the card unwritable** (`disk_full` only, in a
+//!   note): a missing number at or below an `L` (the stop could not be
+//!   recorded as clean); the README's table names this loss ("only in
+//!   memory at a stop") and the gateway declares it with `spool.degraded`
+//!   (which must have arrived) and the unclean stop. Not tightened yet:
+//!   any such number of the scenario counts (as the old rule had it for
+//!   every scenario); held to readings taken after the card was filled,
+//!   about 2000 of a short run's are not shown to be, which is open.
+//! - **declared drops**, tied to what they declare, each reason on its own:
+//!   `spool.quarantined` excuses the one record it names
+//!   (`record.device`, `record.kind`, `record.seq`); `corrupt`
+//!   (`spool.corrupt_record`, `spool.dropped.corrupt`) excuses only a row
+//!   the harness damaged, one declaration per row (so `damaged_row`'s row
+//!   is excused once, by the gateway's word, and an unexpected corrupt
+//!   declaration excuses nothing); `write_failed` (the larger of the
+//!   telemetry counter's growth and `spool.restored`'s `spool.lost`),
+//!   `full` and `age` name no record and excuse that many of the remaining
+//!   missing numbers. A counter's growth is summed over its series per
+//!   epoch in `seq` order (a counter that goes down restarted and counts
+//!   from 0). Declared drops that excused nothing are noted.
+//! - **overstated** (in a note): a number at or below an `L` whose lower
+//!   bound on its time is after the scenario's last stop cannot have been
+//!   taken at all: the number was never used and `seq_last_used` said too
+//!   much; not a loss.
+//! - **missing**: checked numbers neither received, unused, destroyed nor
+//!   lost in a crash; **lost (undeclared)**: missing less declared drops.
+//!   **readings**: delivered + missing + lost in a crash.
+//! - **verdict**: PASS when no seq is reused, every payload is JSON and
+//!   follows its schema, nothing is lost undeclared (in every scenario) and
+//!   the scenario's own expectation holds (printed under the table when it
+//!   does not); else FAIL. SKIP when the machine cannot inject the fault
+//!   (not root, no loop device): the scenario is also written to
+//!   `target/skipped.txt` (`faults: <scenario>: <why>`), which CI's closing
+//!   line prints; as root, where every fault must be injectable (CI runs as
+//!   root), it is a FAIL instead, so a green run as root ran everything.
 //!
-//! Every scenario ends the same way: the broker up, the gateway restarted
-//! with no devices (so nothing new is read) until its telemetry says the
-//! spool is empty, a clean stop (exit code 0 expected), then the harness
-//! waits for that stop's offline status, the last message the gateway
-//! publishes (so everything it sent before has arrived), and counts.
+//! Every scenario ends the same way ([`Rig::drain`]): the broker up, a
+//! gateway still running stopped cleanly (SIGTERM, exit code 0 expected),
+//! the closing run with the devices until the backlog is sent and every
+//! device stream has new numbers, kill -9, the final run with no devices
+//! (so nothing new is read) until its telemetry says the spool is empty, a
+//! clean stop, then the harness waits for that stop's offline status, the
+//! last message the gateway publishes (so everything it sent before has
+//! arrived), and counts.
 
 // A harness run as its own process, not the gateway: blocking sleeps and
 // process::exit with the verdict are what it is for.
@@ -96,6 +143,8 @@ struct Opts {
     short: bool,
     bin: PathBuf,
     root: PathBuf,
+    /// `--planted`: the loss `WARDGATE_PLANT` asks the planted binary for.
+    plant: Option<String>,
 }
 
 impl Opts {
@@ -308,6 +357,15 @@ struct Gateway {
     starts: Vec<Instant>,
     /// The exit code of the last run that ended by itself or on a signal.
     last_exit: Option<Option<i32>>,
+    /// Wall ms of each start.
+    starts_wall: Vec<i64>,
+    /// Each kill -9 of a running gateway: (wall ms, the loss bound of its
+    /// policy in ms, wall ms of the killed run's start).
+    kills: Vec<(i64, i64, i64)>,
+    /// The running configuration has `policy = "wal"`.
+    wal: bool,
+    /// Wall ms of every stop of a running gateway (kill -9 or SIGTERM).
+    stops: Vec<i64>,
 }
 
 impl Gateway {
@@ -334,10 +392,22 @@ impl Gateway {
         self.child = Some(child);
         self.runs += 1;
         self.starts.push(Instant::now());
+        self.starts_wall.push(now_ms());
+        self.wal = config.contains("policy = \"wal\"");
     }
 
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                let bound = if self.wal {
+                    CRASH_WINDOW_WAL_MS
+                } else {
+                    CRASH_WINDOW_SPILL_MS
+                };
+                let started = self.starts_wall.last().copied().unwrap_or(0);
+                self.kills.push((now_ms(), bound, started));
+                self.stops.push(now_ms());
+            }
             let _ = c.kill();
             let _ = c.wait();
             live(false, Live::Pid(c.id()));
@@ -381,6 +451,7 @@ impl Gateway {
         let t = Instant::now();
         loop {
             if let Some(code) = self.exited() {
+                self.stops.push(now_ms());
                 return Ok((code, t.elapsed()));
             }
             if t.elapsed() > limit {
@@ -714,19 +785,95 @@ struct Account {
     reused_examples: Vec<String>,
     invalid_json: u64,
     invalid_examples: Vec<String>,
+    /// Messages that break their JSON Schema (docs/schema/).
+    schema_invalid: u64,
+    schema_examples: Vec<String>,
+    /// Missing numbers not lost in a crash (nor destroyed by the harness):
+    /// the declared drops are counted among them.
     missing: u64,
     missing_examples: Vec<String>,
-    /// Missing numbers at or below an unclean stop's `seq_last_used`, in
-    /// the run that crashed: lost in the crash, and countable by the IOC.
+    /// Missing numbers lost in a kill -9: at or below that stream's
+    /// `seq_last_used` and taken within the loss bound before a kill.
     crash: u64,
     /// The same per stream ("ups1 samples epoch …: N"), largest first.
     crash_by_stream: Vec<String>,
+    /// Missing numbers at or below a `seq_last_used` not shown to have been
+    /// taken in a killed run within the loss bound (among `missing`).
+    too_old_for_crash: u64,
+    /// Missing numbers at or below a `seq_last_used` taken while the
+    /// harness kept the card from being written, up to the stop that lost
+    /// them (declared by `spool.degraded` and the unclean stop).
+    degraded_stop: u64,
+    /// Numbers at or below a `seq_last_used` that, by the lower bound on
+    /// their time, cannot have been taken before the scenario's last
+    /// stop: never used, so `seq_last_used` said too much (noted).
+    overstated: u64,
+    /// Missing numbers excused by a drop the gateway declared, and how
+    /// many of each reason ("too_large 1, corrupt 1").
     declared_drops: u64,
+    declared_by_reason: BTreeMap<&'static str, u64>,
+    /// Declared drops that excused nothing (more declared than missing).
+    declared_unused: BTreeMap<&'static str, u64>,
     undeclared: u64,
 }
 
 /// Numbers the harness destroyed itself, per (device, kind) (any epoch).
 type Destroyed = BTreeSet<(String, &'static str, u64)>;
+
+/// What the harness knows besides the messages.
+#[derive(Default, Clone)]
+struct Known {
+    /// Rows it destroyed with a file it overwrote: not the gateway's loss,
+    /// and no declaration of each is expected.
+    destroyed: Destroyed,
+    /// Rows it damaged on disk: the gateway must declare each one
+    /// (`spool.corrupt_record`, reason corrupt); each declaration excuses
+    /// one damaged row, and only a damaged row.
+    damaged: Destroyed,
+    /// Each kill -9 of a running gateway: (wall ms, the policy's loss bound
+    /// in ms, slack included, wall ms of the killed run's start).
+    kills: Vec<(i64, i64, i64)>,
+    /// Wall ms of the scenario's first gateway start.
+    first_start_ms: i64,
+    /// Wall ms of every stop of a running gateway (kill -9 or SIGTERM).
+    stops: Vec<i64>,
+    /// Spans (wall ms) in which a loss at or below a `seq_last_used` is
+    /// put down to a stop with the card full (`disk_full`: for now its
+    /// whole run, see there): what was only in memory at a stop with the
+    /// card full is the loss a degraded store declares (`spool.degraded`,
+    /// then `gateway.unclean_stop` with `seq_last_used`, as the stop could
+    /// not be recorded as clean).
+    degraded: Vec<(i64, i64)>,
+    /// Whether any run had the heavy load (ups1 ten samples a tick).
+    heavy: bool,
+}
+
+/// The loss bound after a kill -9 (README, "What a power cut can lose"):
+/// spill_after + commit_interval = 3 s under spill, one commit_interval
+/// (1 s) under wal, each plus 1 s for a loaded 2-core machine (a commit's
+/// fsync, a late timer).
+const CRASH_WINDOW_SPILL_MS: i64 = 3000 + 1000;
+const CRASH_WINDOW_WAL_MS: i64 = 1000 + 1000;
+
+/// The shortest time between two consecutive numbers of a stream of the
+/// harness's load, in ms (0: no lower bound, e.g. the gateway's events).
+/// The sim reads on a tokio interval that skips missed ticks, the
+/// gateway's telemetry on one that delays them: neither bunches up, so
+/// `k` numbers after one taken at `t` were taken no earlier than
+/// `t + k × period − 50 ms` (the slack covers a tick realigned after a
+/// late one).
+fn period_ms(device: &str, kind: &str, heavy: bool) -> i64 {
+    match (device, kind) {
+        ("ups1", "samples") if heavy => 2,
+        ("ups1", "samples") => 20,
+        ("ups1", "events") if heavy => 100,
+        ("ups1", "events") => 1000,
+        ("env1", "samples") => 50,
+        ("env1", "events") => 1000,
+        ("gateway", "samples") => 1000,
+        _ => 0,
+    }
+}
 
 fn kind_of(topic: &str) -> Option<(&'static str, &'static str)> {
     if topic.ends_with("/telemetry") {
@@ -743,20 +890,86 @@ fn num(v: &Value) -> Option<f64> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
-fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
+/// The contract's JSON Schemas (docs/schema/), as tests/it/common/mod.rs
+/// loads them.
+struct Schemas {
+    telemetry: jsonschema::Validator,
+    event: jsonschema::Validator,
+    status: jsonschema::Validator,
+    inventory: jsonschema::Validator,
+    reply: jsonschema::Validator,
+}
+
+impl Schemas {
+    fn get() -> &'static Schemas {
+        static S: std::sync::OnceLock<Schemas> = std::sync::OnceLock::new();
+        S.get_or_init(|| {
+            let load = |name: &str| {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("docs/schema")
+                    .join(name);
+                let text = std::fs::read_to_string(&path).expect("schema file");
+                let v: Value = serde_json::from_str(&text).expect("schema is JSON");
+                jsonschema::validator_for(&v).expect("schema compiles")
+            };
+            Schemas {
+                telemetry: load("telemetry.schema.json"),
+                event: load("event.schema.json"),
+                status: load("status.schema.json"),
+                inventory: load("inventory.schema.json"),
+                reply: load("command-reply.schema.json"),
+            }
+        })
+    }
+
+    /// What is wrong with one message the gateway published, if anything.
+    fn check(&self, topic: &str, body: &Value) -> Option<String> {
+        let v = if topic.ends_with("/telemetry") {
+            &self.telemetry
+        } else if topic.ends_with("/event") {
+            &self.event
+        } else if topic.ends_with("/status") {
+            &self.status
+        } else if topic.ends_with("/inventory") {
+            &self.inventory
+        } else if topic.ends_with("/reply") {
+            &self.reply
+        } else {
+            return Some(format!("{topic}: not a topic of the contract"));
+        };
+        let errs: Vec<String> = v.iter_errors(body).map(|e| e.to_string()).collect();
+        (!errs.is_empty()).then(|| {
+            let text: String = body.to_string().chars().take(160).collect();
+            format!("{topic}: {text}…: {}", errs.join("; "))
+        })
+    }
+}
+
+/// The drop reasons the gateway reports (`spool.dropped.<reason>`).
+const REASONS: [&str; 5] = ["full", "age", "write_failed", "corrupt", "too_large"];
+
+fn account(recs: &[Rec], known: &Known) -> Account {
     let mut a = Account::default();
+    let schemas = Schemas::get();
     let mut seen: HashMap<RecordKey, String> = HashMap::new();
     let mut copies: HashMap<RecordKey, Vec<(Instant, bool)>> = HashMap::new();
-    let mut streams: BTreeMap<Stream, BTreeSet<u64>> = BTreeMap::new();
+    // stream -> seq -> the reading's ts
+    let mut streams: BTreeMap<Stream, BTreeMap<u64, Option<i64>>> = BTreeMap::new();
     // stream -> (seq_resumed, seq_last_used) of each unclean stop
     let mut declared: BTreeMap<Stream, Vec<(u64, Option<u64>)>> = BTreeMap::new();
-    // gateway telemetry drop counter per epoch: seq -> total
-    let mut drop_counter: BTreeMap<String, BTreeMap<u64, f64>> = BTreeMap::new();
-    let mut event_drops = 0f64;
+    // stream -> (seq_resumed, the unclean_stop event's ts): every number
+    // from R on was taken after that event (it is raised before any
+    // source starts).
+    let mut resumed_at: BTreeMap<Stream, Vec<(u64, i64)>> = BTreeMap::new();
+    // reason -> epoch -> gateway telemetry seq -> counter
+    let mut drop_counter: BTreeMap<&'static str, BTreeMap<String, BTreeMap<u64, f64>>> =
+        BTreeMap::new();
+    let mut corrupt_events = 0f64;
+    let mut degraded_seen = false;
+    let mut restored_lost = 0f64;
+    // (device, kind, seq) set aside as too large, as the event names it.
+    let mut quarantined: BTreeSet<(String, &'static str, u64)> = BTreeSet::new();
     for r in recs {
-        let Some((kind, array)) = kind_of(&r.topic) else {
-            continue;
-        };
         let body: Value = match serde_json::from_slice(&r.payload) {
             Ok(v) => v,
             Err(e) => {
@@ -769,6 +982,15 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
                 }
                 continue;
             }
+        };
+        if let Some(why) = schemas.check(&r.topic, &body) {
+            a.schema_invalid += 1;
+            if a.schema_examples.len() < 3 {
+                a.schema_examples.push(why);
+            }
+        }
+        let Some((kind, array)) = kind_of(&r.topic) else {
+            continue;
         };
         let device = body["device"].as_str().unwrap_or("?").to_owned();
         let epoch = body["epoch"].as_str().unwrap_or("").to_owned();
@@ -815,22 +1037,18 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             streams
                 .entry((device.clone(), kind, epoch.clone()))
                 .or_default()
-                .insert(seq);
+                .insert(seq, item["ts"].as_i64());
             if device == "gateway" && kind == "samples" {
                 let vals = &item["values"];
-                let total = num(&vals["spool.dropped"]).or_else(|| {
-                    vals.as_object().map(|o| {
-                        o.iter()
-                            .filter(|(k, _)| k.starts_with("spool.dropped."))
-                            .filter_map(|(_, v)| num(v))
-                            .sum()
-                    })
-                });
-                if let Some(t) = total {
-                    drop_counter
-                        .entry(epoch.clone())
-                        .or_default()
-                        .insert(seq, t);
+                for reason in REASONS {
+                    if let Some(t) = num(&vals[format!("spool.dropped.{reason}")]) {
+                        drop_counter
+                            .entry(reason)
+                            .or_default()
+                            .entry(epoch.clone())
+                            .or_default()
+                            .insert(seq, t);
+                    }
                 }
             }
             if device == "gateway" && kind == "events" {
@@ -856,21 +1074,69 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
                                 .entry((dev.to_owned(), kind, epoch.clone()))
                                 .or_default()
                                 .push((resumed as u64, last.map(|l| l as u64)));
+                            if let Some(t) = item["ts"].as_i64() {
+                                resumed_at
+                                    .entry((dev.to_owned(), kind, epoch.clone()))
+                                    .or_default()
+                                    .push((resumed as u64, t));
+                            }
                         }
                     }
                     "spool.corrupt_record" => {
-                        event_drops += num(&vals["spool.records"]).unwrap_or(1.0)
+                        corrupt_events += num(&vals["spool.records"]).unwrap_or(1.0)
                     }
-                    "spool.quarantined" => event_drops += 1.0,
-                    "spool.restored" => event_drops += num(&vals["spool.lost"]).unwrap_or(0.0),
+                    "spool.quarantined" => {
+                        let dev = vals["record.device"].as_str().unwrap_or("?").to_owned();
+                        let k = if vals["record.kind"] == "events" {
+                            "events"
+                        } else {
+                            "samples"
+                        };
+                        if let Some(s) = num(&vals["record.seq"]) {
+                            quarantined.insert((dev, k, s as u64));
+                        }
+                    }
+                    "spool.restored" => restored_lost += num(&vals["spool.lost"]).unwrap_or(0.0),
+                    "spool.degraded" => degraded_seen = true,
                     _ => {}
                 }
             }
         }
     }
     a.delivered = seen.len() as u64;
+
+    // Each reason's declared count: the growth of its telemetry counter
+    // (a counter that goes down restarted and counts from 0), or the
+    // events' count where larger (the two say the same drops).
+    let mut budget: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for reason in REASONS {
+        let mut n = 0f64;
+        for series in drop_counter
+            .get(reason)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            let mut prev = 0f64;
+            for &t in series.values() {
+                n += if t >= prev { t - prev } else { t };
+                prev = t;
+            }
+        }
+        let n = match reason {
+            "corrupt" => n.max(corrupt_events),
+            "write_failed" => n.max(restored_lost),
+            _ => n,
+        };
+        budget.insert(reason, n.round() as u64);
+    }
+    // Missing numbers excused by a reason that names no record.
+    let mut unexplained = 0u64;
+
+    let all_streams: BTreeSet<Stream> = streams.keys().chain(declared.keys()).cloned().collect();
+    let empty = BTreeMap::new();
     let mut crash_by_stream: Vec<(u64, String)> = Vec::new();
-    for (stream, got) in &streams {
+    for stream in &all_streams {
+        let got = streams.get(stream).unwrap_or(&empty);
         let crash_before = a.crash;
         let stops = declared.get(stream).cloned().unwrap_or_default();
         // Numbers declared unused: (L, R) exclusive, or [0, R) when the
@@ -881,6 +1147,19 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             .filter(|(lo, hi)| lo < hi)
             .collect();
         unused.sort();
+        let is_unused = |s: u64| unused.iter().find(|&&(lo, hi)| s >= lo && s < hi).copied();
+        // Used numbers in (lo, hi].
+        let used_between = |lo: Option<u64>, hi: u64| -> i64 {
+            let from = lo.map(|l| l + 1).unwrap_or(0);
+            let mut n = hi + 1 - from.min(hi + 1);
+            for &(ulo, uhi) in &unused {
+                let (a, b) = (ulo.max(from), uhi.min(hi + 1));
+                if a < b {
+                    n -= b - a;
+                }
+            }
+            n as i64
+        };
         // The run that crashed: from where it resumed (the previous stop's
         // R, else 0) to its last used number L, inclusive.
         let crash: Vec<(u64, u64)> = stops
@@ -896,36 +1175,119 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
                 Some((from, l + 1))
             })
             .collect();
-        let check_gap = |lo: u64, hi: u64, a: &mut Account| {
-            // [lo, hi): a gap in what was received.
-            let mut s = lo;
-            while s < hi {
-                if let Some(&(_, uhi)) = unused.iter().find(|&&(ulo, uhi)| s >= ulo && s < uhi) {
-                    s = uhi;
-                    continue;
+        let period = period_ms(&stream.0, stream.1, known.heavy);
+        // The earliest the reading numbered `s` can have been taken.
+        let floors = resumed_at.get(stream).cloned().unwrap_or_default();
+        // The earliest the reading numbered `s` can have been taken, if it
+        // was taken before `until` (a stop): one period per used number
+        // after the received one below it, except that a run may start
+        // right after the one before stopped (one number per stop between
+        // does not count); and no earlier than the unclean_stop event of
+        // the run it was taken in or after.
+        let earliest = |s: u64, until: i64| -> i64 {
+            let (base, lo) = match got.range(..s).next_back() {
+                Some((&lo, Some(ts))) => (*ts, Some(lo)),
+                _ => (known.first_start_ms, None),
+            };
+            let stops = known
+                .stops
+                .iter()
+                .filter(|&&t| t > base && t < until)
+                .count() as i64;
+            let spaced = base + (used_between(lo, s) - stops).max(0) * period - 50;
+            let floor = floors
+                .iter()
+                .filter(|&&(r, _)| r <= s)
+                .map(|&(_, t)| t)
+                .max()
+                .unwrap_or(i64::MIN);
+            spaced.max(floor)
+        };
+        // Taken in a run that was killed, within the loss bound before
+        // the kill.
+        let near_kill = |s: u64| {
+            known.kills.iter().any(|&(k, w, started)| {
+                let t = earliest(s, k);
+                t >= started - 50 && t <= k && k - t <= w
+            })
+        };
+        // Taken while the card could not be written, before that stop.
+        let while_degraded = |s: u64| {
+            degraded_seen
+                && known.degraded.iter().any(|&(a, b)| {
+                    let t = earliest(s, b);
+                    t >= a - 50 && t <= b
+                })
+        };
+        // Checked: every number up to the highest received or declared used
+        // (the tail: numbers above the highest received up to the last
+        // used one the gateway declared).
+        let top = got
+            .keys()
+            .next_back()
+            .copied()
+            .into_iter()
+            .chain(stops.iter().filter_map(|&(_, l)| l))
+            .max();
+        let Some(top) = top else { continue };
+        let last_stop = known.stops.iter().copied().max();
+        let mut s = 0u64;
+        while s <= top {
+            if got.contains_key(&s) {
+                s += 1;
+                continue;
+            }
+            if let Some((_, uhi)) = is_unused(s) {
+                s = uhi;
+                continue;
+            }
+            let rec3 = (stream.0.clone(), stream.1, s);
+            let example = |a: &mut Account, why: &str| {
+                if a.missing_examples.len() < 6 {
+                    a.missing_examples.push(format!(
+                        "{} {} epoch {:?} seq {s}{why}",
+                        stream.0, stream.1, stream.2
+                    ));
                 }
-                if destroyed.contains(&(stream.0.clone(), stream.1, s)) {
-                } else if crash.iter().any(|&(clo, chi)| s >= clo && s < chi) {
-                    a.crash += 1;
+            };
+            let in_crash_range = crash.iter().any(|&(clo, chi)| s >= clo && s < chi);
+            if known.destroyed.contains(&rec3) {
+            } else if in_crash_range && near_kill(s) {
+                a.crash += 1;
+            } else if in_crash_range && while_degraded(s) {
+                a.degraded_stop += 1;
+            } else if in_crash_range && last_stop.is_some_and(|e| earliest(s, e) > e) {
+                // Declared used, but it cannot have been taken before the
+                // last stop: the number was never used.
+                a.overstated += 1;
+            } else {
+                a.missing += 1;
+                if known.damaged.contains(&rec3) {
+                    let left = budget
+                        .get_mut("corrupt")
+                        .expect("every reason has a budget");
+                    if *left > 0 {
+                        *left -= 1;
+                        *a.declared_by_reason.entry("corrupt").or_default() += 1;
+                    } else {
+                        example(&mut a, " (damaged by the harness, not declared corrupt)");
+                    }
+                } else if quarantined.contains(&rec3) {
+                    *a.declared_by_reason.entry("too_large").or_default() += 1;
                 } else {
-                    a.missing += 1;
-                    if a.missing_examples.len() < 6 {
-                        a.missing_examples.push(format!(
-                            "{} {} epoch {:?} seq {s}",
-                            stream.0, stream.1, stream.2
-                        ));
+                    unexplained += 1;
+                    if in_crash_range {
+                        a.too_old_for_crash += 1;
+                        example(
+                            &mut a,
+                            " (at or below a seq_last_used, but not shown to be taken in a killed run within the loss bound)",
+                        );
+                    } else {
+                        example(&mut a, "");
                     }
                 }
-                s += 1;
             }
-        };
-        let mut prev: Option<u64> = None;
-        for &s in got {
-            let lo = prev.map(|p| p + 1).unwrap_or(0);
-            if s > lo {
-                check_gap(lo, s, &mut a);
-            }
-            prev = Some(s);
+            s += 1;
         }
         if a.crash > crash_before {
             crash_by_stream.push((
@@ -941,22 +1303,30 @@ fn account(recs: &[Rec], destroyed: &Destroyed) -> Account {
             ));
         }
     }
+    // The reasons that name no record (memory overflow while the card
+    // could not be written, a full or aged-out spool) excuse that many of
+    // the remaining missing numbers, each reason on its own.
+    for reason in ["write_failed", "full", "age"] {
+        let n = budget[reason].min(unexplained);
+        unexplained -= n;
+        if n > 0 {
+            *a.declared_by_reason.entry(reason).or_default() += n;
+        }
+        if budget[reason] > n {
+            a.declared_unused.insert(reason, budget[reason] - n);
+        }
+    }
+    if budget["corrupt"] > 0 {
+        a.declared_unused.insert("corrupt", budget["corrupt"]);
+    }
     crash_by_stream.sort_by_key(|x| std::cmp::Reverse(x.0));
     a.crash_by_stream = crash_by_stream
         .into_iter()
         .take(3)
         .map(|(_, t)| t)
         .collect();
-    let mut tel_drops = 0f64;
-    for series in drop_counter.values() {
-        let mut prev = 0f64;
-        for &t in series.values() {
-            tel_drops += if t >= prev { t - prev } else { t };
-            prev = t;
-        }
-    }
-    a.declared_drops = tel_drops.max(event_drops).round() as u64;
-    a.readings = a.delivered + a.missing + a.crash;
+    a.declared_drops = a.declared_by_reason.values().sum();
+    a.readings = a.delivered + a.missing + a.crash + a.degraded_stop;
     a.undeclared = a.missing.saturating_sub(a.declared_drops);
     a
 }
@@ -1021,6 +1391,7 @@ impl Outcome {
         } else if self.failures.is_empty()
             && self.acct.reused == 0
             && self.acct.invalid_json == 0
+            && self.acct.schema_invalid == 0
             && self.acct.undeclared == 0
         {
             "PASS"
@@ -1062,6 +1433,9 @@ struct Rig {
     web: u16,
     spool: PathBuf,
     destroyed: Destroyed,
+    damaged: Destroyed,
+    degraded: Vec<(i64, i64)>,
+    heavy: bool,
     failures: Vec<String>,
     notes: Vec<String>,
     cycles: u32,
@@ -1088,11 +1462,19 @@ impl Rig {
             bin: o.bin.clone(),
             cfg: dir.path().join("wardgate.toml"),
             log: dir.path().join("wardgate.log"),
-            env: vec![],
+            env: o
+                .plant
+                .iter()
+                .map(|p| ("WARDGATE_PLANT".to_owned(), p.clone()))
+                .collect(),
             child: None,
             runs: 0,
             starts: vec![],
             last_exit: None,
+            starts_wall: vec![],
+            kills: vec![],
+            wal: false,
+            stops: vec![],
         };
         Rig {
             gw,
@@ -1103,6 +1485,9 @@ impl Rig {
             web: free_port(),
             spool,
             destroyed: BTreeSet::new(),
+            damaged: BTreeSet::new(),
+            degraded: vec![],
+            heavy: false,
             failures: vec![],
             notes: vec![],
             cycles: 0,
@@ -1136,8 +1521,22 @@ impl Rig {
     }
 
     fn start(&mut self, load: Load) {
+        self.heavy |= load == Load::Heavy;
         let c = self.config(load, "spill");
         self.gw.start(&c);
+    }
+
+    /// What the accounting needs to know of this rig's runs.
+    fn known(&self) -> Known {
+        Known {
+            destroyed: self.destroyed.clone(),
+            damaged: self.damaged.clone(),
+            kills: self.gw.kills.clone(),
+            stops: self.gw.stops.clone(),
+            degraded: self.degraded.clone(),
+            first_start_ms: self.gw.starts_wall.first().copied().unwrap_or(0),
+            heavy: self.heavy,
+        }
     }
 
     fn fail(&mut self, what: String) {
@@ -1261,20 +1660,86 @@ impl Rig {
         }
     }
 
-    /// The common ending: broker up, gateway with no devices until its
-    /// telemetry reports an empty spool, clean stop, accounting.
+    /// The common ending ([`Rig::drain`]), then the accounting.
     async fn finish(mut self) -> Outcome {
         self.drain().await;
         self.outcome()
     }
 
-    /// Broker up, gateway with no devices until the spool is empty, clean
-    /// stop, then time for the recorder to receive everything.
+    /// The common ending. A gateway still running is stopped cleanly (a
+    /// scenario that means to end with a kill -9 does it itself). Then:
+    ///
+    /// 1. the closing run, with the devices and the broker up: each device
+    ///    stream's first new numbers show whether the previous runs lost
+    ///    their tails; it runs until the backlog is sent and every device
+    ///    stream (samples and events) has a new number;
+    /// 2. kill -9, so that the next start's `gateway.unclean_stop` declares
+    ///    the last number each stream used: the tail of the closing run is
+    ///    checked too (its crash loss, readings in flight with the broker
+    ///    up, is bounded by the kill's window like any other);
+    /// 3. the final run, with no devices, until its telemetry reports an
+    ///    empty spool; a clean stop, and time for the recorder to receive
+    ///    everything.
     async fn drain(&mut self) {
         self.broker.resume();
         self.broker.spawn();
         let limit = Duration::from_secs(self.o.pick(30, 300));
+        if self.gw.running() {
+            self.term_expect_0(Duration::from_secs(15), "stop before the closing run")
+                .await;
+        }
+        // 1. The closing run.
+        let from = self.rec.len();
+        self.start(Load::Normal);
+        let deadline = Instant::now() + limit;
+        let streams = [
+            "/ups1/telemetry",
+            "/ups1/event",
+            "/env1/telemetry",
+            "/env1/event",
+        ];
+        let mut done = false;
+        while Instant::now() < deadline && self.gw.running() {
+            let ok = {
+                let recs = self.rec.lock();
+                let new = &recs[from.min(recs.len())..];
+                streams
+                    .iter()
+                    .all(|s| new.iter().any(|r| r.topic.ends_with(s)))
+                    && new.iter().rev().any(|r| {
+                        r.topic.ends_with("/gateway/telemetry")
+                            && r.json().is_some_and(|v| {
+                                v["samples"]
+                                    .as_array()
+                                    .and_then(|a| a.last())
+                                    .is_some_and(|s| {
+                                        num(&s["values"]["spool.depth"]) == Some(0.0)
+                                            && num(&s["values"]["spool.memory"])
+                                                .is_some_and(|m| m <= 50.0)
+                                    })
+                            })
+                    })
+            };
+            if ok {
+                done = true;
+                break;
+            }
+            sleep_ms(100).await;
+        }
+        if !done {
+            let tail = self.gw.log_tail(3);
+            let why = if let Some(code) = self.gw.exit_code() {
+                format!("exited with {code:?}")
+            } else {
+                "still running".into()
+            };
+            self.fail(format!(
+                "closing run: backlog not sent or a device stream silent within {limit:?} ({why}; log: {tail})"
+            ));
+        }
+        // 2. kill -9.
         self.gw.kill9();
+        // 3. The final run.
         let from = self.rec.len();
         self.start(Load::None);
         let drained = self
@@ -1328,12 +1793,26 @@ impl Rig {
         self.rec
             .settle(Duration::from_millis(300), Duration::from_secs(5))
             .await;
+        // Without the final run's unclean_stop the closing run's tail
+        // would go unchecked.
+        let declared = self
+            .rec
+            .find(from, &|r| {
+                r.topic.ends_with("/gateway/event")
+                    && contains(&r.payload, b"\"code\":\"gateway.unclean_stop\"")
+            })
+            .is_some();
+        if !declared {
+            self.fail(
+                "final run: no gateway.unclean_stop after the closing kill -9, so the tail of each stream cannot be checked".into(),
+            );
+        }
     }
 
     fn outcome(mut self) -> Outcome {
         let acct = {
             let recs = self.rec.lock();
-            account(&recs, &self.destroyed)
+            account(&recs, &self.known())
         };
         let again = self.rec.redelivered.load(Ordering::Relaxed);
         if again > 0 {
@@ -1353,18 +1832,60 @@ impl Rig {
                 acct.invalid_examples.join(" | ")
             ));
         }
+        if !acct.schema_examples.is_empty() {
+            self.notes.push(format!(
+                "against the schema, e.g. {}",
+                acct.schema_examples.join(" | ")
+            ));
+        }
+        if !acct.declared_by_reason.is_empty() {
+            let by: Vec<String> = acct
+                .declared_by_reason
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            self.notes.push(format!(
+                "missing readings excused by declared drops: {}",
+                by.join(", ")
+            ));
+        }
+        if !acct.declared_unused.is_empty() {
+            let by: Vec<String> = acct
+                .declared_unused
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            self.notes.push(format!(
+                "declared drops that excused nothing (over-declared): {}",
+                by.join(", ")
+            ));
+        }
         if acct.crash > 0 {
             self.notes.push(format!(
-                "{} readings lost in crashes (at or below seq_last_used); most in {}",
+                "{} readings lost in {} kill -9s (at or below seq_last_used, taken within the loss bound before a kill); most in {}",
                 acct.crash,
+                self.gw.kills.len(),
                 acct.crash_by_stream.join(" | ")
+            ));
+        }
+        if acct.overstated > 0 {
+            self.notes.push(format!(
+                "{} numbers at or below a seq_last_used cannot have been taken before the last stop (by the stream's period): seq_last_used said more than was used (not counted as loss)",
+                acct.overstated
+            ));
+        }
+        if acct.degraded_stop > 0 {
+            self.notes.push(format!(
+                "{} readings lost with the card made full (at or below seq_last_used; declared only by spool.degraded and the unclean stops, not counted as drops; not held to the fill's time yet)",
+                acct.degraded_stop
             ));
         }
         if acct.undeclared > 0 {
             self.notes.push(format!(
-                "{} missing, {} declared dropped; missing e.g. {}",
+                "{} missing, {} declared dropped, {} of them at or below a seq_last_used but not a kill's loss; missing e.g. {}",
                 acct.missing,
                 acct.declared_drops,
+                acct.too_old_for_crash,
                 acct.missing_examples.join(", ")
             ));
         }
@@ -1400,14 +1921,39 @@ async fn sleep_ms(ms: u64) {
 
 /// kill -9 at random moments (0.2–2.5 s after start; 1.6 s in short mode),
 /// N times, with broker outages mixed in (the broker is stopped or started
-/// again in 30 % of the cycles). Expectation: readings lost in crashes
-/// within the README's bound per kill (see the accounting rule).
+/// again in 30 % of the cycles). Every fifth cycle is long instead: the
+/// broker is down from before the start and the kill comes 6–7 s after
+/// it, longer than the loss bound, so that the
+/// readings of the first seconds must have reached the card: a gateway
+/// that does not spill them loses readings older than the bound, which no
+/// kill excuses. Expectation: readings lost in crashes within the README's
+/// bound per kill (see the accounting rule).
 async fn kill9(o: &Opts, name: &'static str, policy: &str) -> Outcome {
     let mut rig = Rig::new(name, o, None).await;
     let n = o.pick(10, 200);
+    let every = 5;
     let mut outages = 0;
-    for _ in 0..n {
+    let mut long = 0;
+    for i in 0..n {
         let c = rig.config(Load::Normal, policy);
+        if i % every == every - 1 {
+            if rig.broker.running() {
+                rig.broker.stop();
+                outages += 1;
+            }
+            rig.gw.start(&c);
+            let life = rand::rng().random_range(6000..7000u64);
+            sleep_ms(life).await;
+            if let Some(code) = rig.gw.exited() {
+                let tail = rig.gw.log_tail(3);
+                rig.fail(format!("gateway exited by itself ({code:?}): {tail}"));
+                break;
+            }
+            rig.gw.kill9();
+            rig.cycles += 1;
+            long += 1;
+            continue;
+        }
         rig.gw.start(&c);
         // A random moment: anywhere from start-up to a few seconds in.
         let (life, toggle) = {
@@ -1435,12 +1981,20 @@ async fn kill9(o: &Opts, name: &'static str, policy: &str) -> Outcome {
         rig.gw.kill9();
         rig.cycles += 1;
     }
-    rig.note(format!("{outages} broker outages during the kills"));
-    let kills = rig.cycles as f64;
+    rig.note(format!(
+        "{outages} broker outages during the kills; {long} long cycles (broker down, kill after 6-7 s)"
+    ));
+    // The cycles' kills and the closing run's.
+    let kills = rig.cycles as f64 + 1.0;
     // Readings per second of the Normal load: ups1 50 + env1 20 + their
     // events + the gateway's telemetry, rounded up.
     let rate = 75.0;
-    let window = if policy == "wal" { 1.2 } else { 3.2 };
+    let window = if policy == "wal" {
+        CRASH_WINDOW_WAL_MS
+    } else {
+        CRASH_WINDOW_SPILL_MS
+    } as f64
+        / 1000.0;
     let out = rig.finish().await;
     with_expectation(out, |a| {
         let bound = (kills * window * rate) as u64;
@@ -1767,7 +2321,7 @@ async fn disk_full(o: &Opts) -> Outcome {
     rig.cycles = rig.gw.runs;
     let dups_before_free = {
         let recs = rig.rec.lock();
-        account(&recs, &rig.destroyed).duplicates
+        account(&recs, &rig.known()).duplicates
     };
     rig.note(format!(
         "{dups_before_free} duplicates while the disk was full"
@@ -1788,7 +2342,20 @@ async fn disk_full(o: &Opts) -> Outcome {
     for f in ["filler", "filler2", "filler3"] {
         let _ = std::fs::remove_file(mnt.dir.join(f));
     }
+    // The restart run ends with a kill -9 (the drain would stop it
+    // cleanly): the run after it is the third that finds the rows it could
+    // not delete.
+    rig.gw.kill9();
     rig.drain().await;
+    // Readings whose numbers the unclean stops declare used and that never
+    // arrive are counted apart (see `Known::degraded`), over the whole
+    // scenario: NOT tightened yet. Held to the card's fill (the loss the
+    // README names, "only in memory at a stop") this scenario loses about
+    // 2000 readings whose lower bound cannot be shown to come after the
+    // fill; whether that is the gateway's loss or the bound's looseness is
+    // open (issue 22, part 5 report).
+    let first = rig.gw.starts_wall.first().copied().unwrap_or(0);
+    rig.degraded.push((first, now_ms()));
     let starts = rig.gw.starts.clone();
     let out = rig.outcome();
     drop(mnt);
@@ -2049,7 +2616,9 @@ async fn damaged_row(o: &Opts) -> Outcome {
     })();
     match hit {
         Ok((device, id, seq, damaged)) => {
-            rig.destroyed.insert((device.clone(), "samples", seq));
+            // Not destroyed: the gateway must declare it (corrupt), and
+            // that declaration excuses it, once.
+            rig.damaged.insert((device.clone(), "samples", seq));
             let short: String = damaged.chars().take(60).collect();
             rig.note(format!("damaged row {id} ({device} seq {seq}): {short}…"));
         }
@@ -2525,20 +3094,53 @@ fn self_test() {
     };
     let t = "ioc/s/ups1/telemetry";
     let g = "ioc/s/gateway/event";
+    const E: &str = "00000000000000e1";
+    // Readings 20 ms apart from t = 100 s.
+    let ts = |seq: u64| 100_000 + seq as i64 * 20;
     let sample = |seq: u64, v: u32| {
         format!(
-            r#"{{"site":"s","device":"ups1","epoch":"e1","samples":[{{"historical":false,"seq":{seq},"ts":1,"values":{{"a":{v}}}}}]}}"#
+            r#"{{"site":"s","device":"ups1","epoch":"{E}","samples":[{{"historical":false,"seq":{seq},"ts":{},"clock":"synced","values":{{"a":{v}}}}}]}}"#,
+            ts(seq)
+        )
+    };
+    let gw_event = |seq: u64, code: &str, values: &str| {
+        format!(
+            r#"{{"site":"s","device":"gateway","epoch":"{E}","events":[{{"seq":{seq},"ts":1,"clock":"synced","historical":false,"severity":"warning","code":"{code}","message":"m","values":{{{values}}}}}]}}"#
         )
     };
     let unclean = |seq: u64, r: u64, l: Option<u64>| {
         let last = l
             .map(|l| format!(r#","seq_last_used.ups1.samples":{l}"#))
             .unwrap_or_default();
-        format!(
-            r#"{{"site":"s","device":"gateway","epoch":"e1","events":[{{"seq":{seq},"code":"gateway.unclean_stop","values":{{"seq_resumed.ups1.samples":{r}{last}}}}}]}}"#
+        gw_event(
+            seq,
+            "gateway.unclean_stop",
+            &format!(r#""seq_resumed.ups1.samples":{r}{last}"#),
         )
     };
-    let none = Destroyed::new();
+    let none = Known {
+        first_start_ms: 100_000,
+        ..Known::default()
+    };
+    // A kill 0.5 s after reading 5, and one 10 s later.
+    let soon = Known {
+        kills: vec![(ts(5) + 500, CRASH_WINDOW_SPILL_MS, 100_000)],
+        ..none.clone()
+    };
+    let late = Known {
+        kills: vec![(ts(5) + 10_000, CRASH_WINDOW_SPILL_MS, 100_000)],
+        ..none.clone()
+    };
+    // The made-up messages follow the schemas; one that does not is caught.
+    let schemas = Schemas::get();
+    let ok: Value = serde_json::from_str(&sample(0, 1)).unwrap();
+    assert_eq!(schemas.check(t, &ok), None);
+    let ok: Value = serde_json::from_str(&unclean(0, 10, Some(5))).unwrap();
+    assert_eq!(schemas.check(g, &ok), None);
+    let bad: Value =
+        serde_json::from_str(r#"{"site":"s","device":"ups1","epoch":"e1","samples":[{"seq":1}]}"#)
+            .unwrap();
+    assert!(schemas.check(t, &bad).is_some());
     // 0..=3 and 10: 4..=9 missing, undeclared.
     let mut recs: Vec<Rec> = [0, 1, 2, 3, 10]
         .iter()
@@ -2546,41 +3148,98 @@ fn self_test() {
         .collect();
     let a = account(&recs, &none);
     assert_eq!(
-        (a.delivered, a.missing, a.undeclared, a.readings),
-        (5, 6, 6, 11)
+        (
+            a.delivered,
+            a.missing,
+            a.undeclared,
+            a.readings,
+            a.schema_invalid
+        ),
+        (5, 6, 6, 11, 0)
     );
     // An unclean stop without seq_last_used declares everything below R.
     recs.push(rec(g, &unclean(0, 10, None)));
     let a = account(&recs, &none);
     assert_eq!((a.missing, a.crash, a.undeclared), (0, 0, 0));
-    // With seq_last_used = 5: 6..=9 unused, 4 and 5 lost in the crash.
+    // With seq_last_used = 5: 6..=9 unused; 4 and 5 lost in the crash
+    // only when a kill came within the bound after they were taken.
     recs.pop();
     recs.push(rec(g, &unclean(0, 10, Some(5))));
-    let a = account(&recs, &none);
+    let a = account(&recs, &soon);
     assert_eq!((a.missing, a.crash, a.undeclared), (0, 2, 0));
+    let a = account(&recs, &late);
+    assert_eq!(
+        (a.missing, a.crash, a.undeclared, a.too_old_for_crash),
+        (2, 0, 2, 2)
+    );
+    let a = account(&recs, &none);
+    assert_eq!((a.crash, a.undeclared), (0, 2));
+    // The tail: nothing received above 3, last used 5, resumed at 10 (no
+    // later reading): 4 and 5 are still checked.
+    let tail: Vec<Rec> = [0, 1, 2, 3]
+        .iter()
+        .map(|&s| rec(t, &sample(s, 1)))
+        .chain([rec(g, &unclean(0, 10, Some(5)))])
+        .collect();
+    assert_eq!(account(&tail, &late).undeclared, 2);
+    assert_eq!(account(&tail, &soon).crash, 2);
+    // A kill soon after, but of a run that started after they were taken
+    // (a tail lost at a clean stop before it): not excused.
+    let next_run = Known {
+        kills: vec![(ts(5) + 500, CRASH_WINDOW_SPILL_MS, ts(5) + 300)],
+        ..none.clone()
+    };
+    assert_eq!(account(&tail, &next_run).undeclared, 2);
     // A duplicate, then a reused seq.
     recs.push(rec(t, &sample(1, 1)));
     recs.push(rec(t, &sample(2, 9)));
-    let a = account(&recs, &none);
+    let a = account(&recs, &soon);
     assert_eq!((a.duplicates, a.reused), (2, 1));
-    // Drops in the gateway telemetry are a budget against the missing.
-    let mut recs: Vec<Rec> = [0, 3].iter().map(|&s| rec(t, &sample(s, 1))).collect();
-    let tel = |seq: u64, d: u32| {
+    // Drops, by reason: write_failed excuses any one missing reading,
+    // corrupt only a row the harness damaged, too_large only the record
+    // its event names.
+    let mut recs: Vec<Rec> = [0, 4].iter().map(|&s| rec(t, &sample(s, 1))).collect();
+    let tel = |seq: u64, reason: &str, d: u32| {
         format!(
-            r#"{{"site":"s","device":"gateway","samples":[{{"seq":{seq},"values":{{"spool.dropped":{d}}}}}]}}"#
+            r#"{{"site":"s","device":"gateway","epoch":"{E}","samples":[{{"historical":false,"seq":{seq},"ts":1,"clock":"synced","values":{{"spool.dropped.{reason}":{d}}}}}]}}"#
         )
     };
-    recs.push(rec("ioc/s/gateway/telemetry", &tel(0, 1)));
-    recs.push(rec("ioc/s/gateway/telemetry", &tel(1, 1)));
+    recs.push(rec("ioc/s/gateway/telemetry", &tel(0, "write_failed", 0)));
+    recs.push(rec("ioc/s/gateway/telemetry", &tel(1, "write_failed", 1)));
     let a = account(&recs, &none);
-    assert_eq!((a.missing, a.declared_drops, a.undeclared), (2, 1, 1));
+    assert_eq!((a.missing, a.declared_drops, a.undeclared), (3, 1, 2));
+    let mut recs: Vec<Rec> = [0, 4].iter().map(|&s| rec(t, &sample(s, 1))).collect();
+    recs.push(rec("ioc/s/gateway/telemetry", &tel(0, "corrupt", 1)));
+    let a = account(&recs, &none);
+    assert_eq!((a.declared_drops, a.undeclared), (0, 3));
+    // The damaged row 1 is excused once, by the corrupt declaration.
+    let damaged = Known {
+        damaged: [("ups1".to_owned(), "samples", 1)].into_iter().collect(),
+        ..none.clone()
+    };
+    let a = account(&recs, &damaged);
+    assert_eq!((a.declared_drops, a.undeclared), (1, 2));
+    // Without the declaration the damaged row is undeclared loss.
+    recs.pop();
+    assert_eq!(account(&recs, &damaged).undeclared, 3);
+    recs.push(rec(
+        g,
+        &gw_event(
+            0,
+            "spool.quarantined",
+            r#""record.device":"ups1","record.kind":"samples","record.seq":2"#,
+        ),
+    ));
+    let a = account(&recs, &none);
+    assert_eq!((a.declared_drops, a.undeclared), (1, 2));
     // Destroyed by the harness: not the gateway's loss. Invalid JSON counts.
-    let destroyed: Destroyed = [
-        ("ups1".to_owned(), "samples", 1),
-        ("ups1".to_owned(), "samples", 2),
-    ]
-    .into_iter()
-    .collect();
+    let destroyed = Known {
+        destroyed: [1, 2, 3]
+            .into_iter()
+            .map(|s| ("ups1".to_owned(), "samples", s))
+            .collect(),
+        ..none.clone()
+    };
     recs.push(rec(t, "{\"site\":#"));
     let a = account(&recs, &destroyed);
     assert_eq!((a.missing, a.undeclared, a.invalid_json), (0, 0, 1));
@@ -2618,10 +3277,153 @@ macro_rules! scenarios {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: scripts/faults [--short] [--only NAME[,NAME…]] [--bin PATH] [--list] [--figures] [--self-test]\n\
-         the binary is --bin, else $WARDGATE_BIN, else target/release/wardgate"
+        "usage: scripts/faults [--short] [--only NAME[,NAME…]] [--bin PATH] [--list] [--figures] [--self-test] [--planted]\n\
+         the binary is --bin, else $WARDGATE_BIN, else target/release/wardgate;\n\
+         --planted: the binary must be built with --features plant-faults (scripts/faults --planted does)"
     );
     std::process::exit(2);
+}
+
+/// The planted losses (src/spool/plant.rs, `WARDGATE_PLANT`) and the
+/// scenario that must catch each: `spooled` (a record lost on its way to
+/// the card during an outage) by `sigterm_outage`, which allows no loss at
+/// all; `tail` (the newest reading thrown away at a clean stop) by
+/// `damaged_row`, whose one device run ends with that stop, so only the
+/// tail check (the closing run's first numbers) can see it; `on_disk` (the
+/// oldest reading on the card deleted at start) by `kill9_spill`, where
+/// the row lies at or below a `seq_last_used` but was taken long before
+/// the kill of a long cycle, so no crash excuses it.
+const PLANTED: [(&str, &str); 3] = [
+    ("spooled", "sigterm_outage"),
+    ("tail", "damaged_row"),
+    ("on_disk", "kill9_spill"),
+];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Appends `faults: <scenario>: <why>` to `<repo>/target/skipped.txt`, the
+/// file CI's closing line prints.
+fn record_skip(root: &Path, name: &str, why: &str) {
+    let dir = root.join("target");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("skipped.txt"))
+    {
+        let _ = writeln!(f, "faults: {name}: {}", why.replace('\n', " "));
+    }
+}
+
+/// Runs one scenario; a panic in it (a harness bug, a peer that would not
+/// start) is its FAIL: its guards have already cleaned up (children
+/// killed, mounts unmounted) while unwinding. A scenario that cannot inject
+/// its fault is SKIP and written to target/skipped.txt; as root (CI runs
+/// as root, where tmpfs, loop devices and remounts must work) it is a
+/// FAIL too, so a green run as root has run every scenario.
+fn run_one(rt: &tokio::runtime::Runtime, o: &Opts, name: &'static str, f: ScenarioFn) -> Outcome {
+    let mut out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f(o))))
+        .unwrap_or_else(|p| {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "panic".into());
+            let mut out = Outcome::skip(name, String::new());
+            out.skipped = None;
+            out.failures.push(format!("the harness panicked: {why}"));
+            out
+        });
+    if let Some(why) = out.skipped.clone() {
+        record_skip(&o.root, out.name, &why);
+        if is_root() {
+            out.skipped = None;
+            out.failures.push(format!(
+                "SKIP as root: {why} (as root the fault must be injectable; CI runs as root)"
+            ));
+        }
+    }
+    println!(
+        "  {:<20} {:>5} ({:.0} s){}",
+        out.name,
+        out.verdict(),
+        out.secs,
+        out.skipped
+            .as_ref()
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default()
+    );
+    let _ = std::io::stdout().flush();
+    out
+}
+
+/// The table and, under it, each scenario's failures and notes.
+fn report(outcomes: &[Outcome]) {
+    println!();
+    println!(
+        "{:<20} | {:>6} | {:>8} | {:>9} | {:>10} | {:>17} | verdict",
+        "scenario", "cycles", "readings", "delivered", "duplicates", "lost (undeclared)"
+    );
+    println!("{}", "-".repeat(98));
+    for out in outcomes {
+        let a = &out.acct;
+        println!(
+            "{:<20} | {:>6} | {:>8} | {:>9} | {:>10} | {:>17} | {}",
+            out.name,
+            out.cycles,
+            a.readings,
+            a.delivered,
+            a.duplicates,
+            a.undeclared,
+            out.verdict()
+        );
+    }
+    println!();
+    for out in outcomes {
+        for l in detail(out) {
+            println!("{l}");
+        }
+    }
+}
+
+/// A scenario's failures and notes, one line each under its name.
+fn detail(out: &Outcome) -> Vec<String> {
+    let a = &out.acct;
+    let mut lines: Vec<String> = out.failures.iter().map(|f| format!("FAIL: {f}")).collect();
+    if a.reused > 0 {
+        lines.push(format!(
+            "FAIL: {} seq reused with different content",
+            a.reused
+        ));
+    }
+    if a.invalid_json > 0 {
+        lines.push(format!("FAIL: {} payloads are not JSON", a.invalid_json));
+    }
+    if a.schema_invalid > 0 {
+        lines.push(format!(
+            "FAIL: {} messages break their schema (docs/schema/)",
+            a.schema_invalid
+        ));
+    }
+    if a.undeclared > 0 {
+        lines.push(format!(
+            "FAIL: {} readings lost without declaration",
+            a.undeclared
+        ));
+    }
+    lines.extend(out.notes.iter().cloned());
+    if let Some(s) = &out.skipped {
+        lines.push(format!("skipped: {s}"));
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    let mut v = vec![format!("{}:", out.name)];
+    v.extend(lines.into_iter().map(|l| format!("  {l}")));
+    v
 }
 
 fn main() {
@@ -2631,6 +3433,7 @@ fn main() {
     let mut bin: Option<PathBuf> = std::env::var_os("WARDGATE_BIN").map(PathBuf::from);
     let mut list = false;
     let mut figs = false;
+    let mut planted = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -2644,6 +3447,7 @@ fn main() {
             "--bin" => bin = Some(args.next().unwrap_or_else(|| usage()).into()),
             "--list" => list = true,
             "--figures" => figs = true,
+            "--planted" => planted = true,
             "--self-test" => {
                 self_test();
                 println!("accounting self-test passed");
@@ -2689,7 +3493,12 @@ fn main() {
         eprintln!("no binary at {} (cargo build --release)", bin.display());
         std::process::exit(2);
     }
-    let o = Opts { short, bin, root };
+    let o = Opts {
+        short,
+        bin,
+        root,
+        plant: None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -2714,6 +3523,9 @@ fn main() {
     if figs {
         std::process::exit(rt.block_on(figures(&o)));
     }
+    if planted {
+        std::process::exit(run_planted(&rt, &o, &all));
+    }
     println!(
         "wardgate fault injection ({}), binary {}",
         if short { "short" } else { "long" },
@@ -2724,84 +3536,68 @@ fn main() {
         if !only.is_empty() && !only.iter().any(|n| n == name) {
             continue;
         }
-        // A panic in one scenario (a harness bug, a peer that would not
-        // start) is that scenario's FAIL; its guards have already cleaned
-        // up (children killed, mounts unmounted) while unwinding.
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f(&o))))
-            .unwrap_or_else(|p| {
-                let why = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panic".into());
-                let mut out = Outcome::skip(name, String::new());
-                out.skipped = None;
-                out.failures.push(format!("the harness panicked: {why}"));
-                out
-            });
-        println!(
-            "  {:<20} {:>5} ({:.0} s){}",
-            out.name,
-            out.verdict(),
-            out.secs,
-            out.skipped
-                .as_ref()
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default()
-        );
-        let _ = std::io::stdout().flush();
-        outcomes.push(out);
+        outcomes.push(run_one(&rt, &o, name, f));
     }
-    println!();
-    println!(
-        "{:<20} | {:>6} | {:>8} | {:>9} | {:>10} | {:>17} | verdict",
-        "scenario", "cycles", "readings", "delivered", "duplicates", "lost (undeclared)"
-    );
-    println!("{}", "-".repeat(98));
-    for out in &outcomes {
-        let a = &out.acct;
-        println!(
-            "{:<20} | {:>6} | {:>8} | {:>9} | {:>10} | {:>17} | {}",
-            out.name,
-            out.cycles,
-            a.readings,
-            a.delivered,
-            a.duplicates,
-            a.undeclared,
-            out.verdict()
-        );
-    }
-    println!();
-    for out in &outcomes {
-        let a = &out.acct;
-        let mut lines: Vec<String> = out.failures.iter().map(|f| format!("FAIL: {f}")).collect();
-        if a.reused > 0 {
-            lines.push(format!(
-                "FAIL: {} seq reused with different content",
-                a.reused
-            ));
-        }
-        if a.invalid_json > 0 {
-            lines.push(format!("FAIL: {} payloads are not JSON", a.invalid_json));
-        }
-        if a.undeclared > 0 {
-            lines.push(format!(
-                "FAIL: {} readings lost without declaration",
-                a.undeclared
-            ));
-        }
-        lines.extend(out.notes.iter().cloned());
-        if let Some(s) = &out.skipped {
-            lines.push(format!("skipped: {s}"));
-        }
-        if !lines.is_empty() {
-            println!("{}:", out.name);
-            for l in lines {
-                println!("  {l}");
-            }
-        }
-    }
+    report(&outcomes);
     let failed = outcomes.iter().any(|o| o.verdict() == "FAIL");
     let _ = std::io::stdout().flush();
     std::process::exit(if failed { 1 } else { 0 });
+}
+
+/// `--planted`: each planted loss against the scenario that must catch
+/// it, expecting FAIL; exits 1 when one of them passes (the suite missed
+/// a loss).
+fn run_planted(rt: &tokio::runtime::Runtime, o: &Opts, all: &[(&'static str, ScenarioFn)]) -> i32 {
+    println!(
+        "wardgate fault injection, planted losses ({}), binary {}",
+        if o.short { "short" } else { "long" },
+        o.bin.display()
+    );
+    let mut rows = Vec::new();
+    for (plant, scenario) in PLANTED {
+        let Some((name, f)) = all.iter().find(|(n, _)| *n == scenario) else {
+            continue;
+        };
+        println!("WARDGATE_PLANT={plant}:");
+        let po = Opts {
+            plant: Some(plant.to_owned()),
+            ..o.clone()
+        };
+        let out = run_one(rt, &po, name, *f);
+        rows.push((plant, out));
+    }
+    println!();
+    println!(
+        "{:<10} | {:<16} | {:>17} | {:<7} | caught",
+        "planted", "scenario", "lost (undeclared)", "verdict"
+    );
+    println!("{}", "-".repeat(70));
+    let mut missed = 0;
+    for (plant, out) in &rows {
+        let caught = out.verdict() == "FAIL";
+        if !caught {
+            missed += 1;
+        }
+        println!(
+            "{:<10} | {:<16} | {:>17} | {:<7} | {}",
+            plant,
+            out.name,
+            out.acct.undeclared,
+            out.verdict(),
+            if caught {
+                "yes"
+            } else {
+                "NO: the suite missed it"
+            }
+        );
+    }
+    println!();
+    for (plant, out) in &rows {
+        println!("WARDGATE_PLANT={plant}:");
+        for l in detail(out) {
+            println!("  {l}");
+        }
+    }
+    let _ = std::io::stdout().flush();
+    i32::from(missed > 0)
 }

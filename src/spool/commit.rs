@@ -103,6 +103,10 @@ impl Spool {
         let (epoch, make_durable, lane_names, correct) = {
             let mut q = lock(&self.q);
             let q = &mut *q;
+            #[cfg(feature = "plant-faults")]
+            if all {
+                super::plant::tail(q);
+            }
             // The clock is looked at here too, so that a sync is acted on
             // even when no reading comes.
             self.observe_clock(q);
@@ -178,6 +182,10 @@ impl Spool {
                 if store.db.is_some() {
                     backlog::wants(li, lane, &mut reads);
                 }
+            }
+            #[cfg(feature = "plant-faults")]
+            if !all {
+                super::plant::spooled(q, &mut writes);
             }
             let make_durable = !q.epoch_durable && usable;
             if make_durable {
@@ -292,6 +300,10 @@ impl Spool {
                         tracing::error!(error = %e, records = rows.len(), "spool write failed; records stay in memory");
                         failure = Some(sql_reason(&e, &store.path));
                     }
+                }
+                #[cfg(feature = "plant-faults")]
+                if let (Some(ids), Some(db)) = (&written, store.db.as_mut()) {
+                    super::plant::on_disk(db, &rows, ids, &self.counters);
                 }
             }
             if let (None, Some((boot, base, gen))) = (&failure, &correct) {

@@ -40,6 +40,8 @@ pub mod db;
 mod handle;
 mod health;
 mod open;
+#[cfg(feature = "plant-faults")]
+mod plant;
 pub mod positions;
 pub mod queue;
 pub mod retime;
