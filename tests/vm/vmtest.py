@@ -883,11 +883,25 @@ def command(broker, op, cid, args=None, timeout=120):
     return (json.loads(m[2]), m[0] - t, m[0]) if m else (None, time.monotonic() - t, None)
 
 
+HOUR_MS = 3_600_000
+
+
+def behind(m):
+    """How far the newest sample of a telemetry message is behind the host's
+    true time, in ms."""
+    try:
+        return int(time.time() * 1000) - json.loads(m[2])["samples"][-1]["ts"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return 0
+
+
 def check_clock(vm, broker):
     """Check 9: the clock state under the packaged unit, with no trust_clock.
-    The guest's kernel clock starts unsynchronised: readings go out
-    "unsynced" and a config.set is refused for the clock. The link is taken
-    down (networkctl), readings spool, the test marks the kernel clock
+    The guest's kernel clock starts unsynchronised, and the test sets it an
+    hour behind (as fake-hwclock leaves a Pi that was off): readings go out
+    "unsynced" an hour early and a config.set is refused for the clock. The
+    link is taken down (networkctl), readings spool, the test steps the
+    clock an hour forward and marks it
     synchronised (adjtimex, as an NTP daemon does), the service sees it and
     is restarted (a clean stop puts every unacknowledged reading on the card;
     on a dead link TCP would otherwise keep them in flight, stamped), the
@@ -905,9 +919,14 @@ def check_clock(vm, broker):
     _, state = a.sh(f"{TOOL} ntp-state")
     if state.strip() != "unsynced":
         probs.append(f"the guest's clock is {state.strip()!r} at the start, not unsynced")
+    _, state = a.sh(f"{TOOL} clock-step -{HOUR_MS}")
+    if state.strip() != "unsynced":
+        probs.append(f"after an hour back the guest's clock is {state.strip()!r}, not unsynced")
     t0 = time.monotonic()
-    if not broker.wait(t0, lambda m: m[1] == env1 and '"clock":"unsynced"' in m[2], 60):
-        probs.append("no env1 reading sent unsynced")
+    early = broker.wait(t0, lambda m: m[1] == env1 and '"clock":"unsynced"' in m[2]
+                        and behind(m) > HOUR_MS - 60_000, 60)
+    if not early:
+        probs.append("no env1 reading sent unsynced an hour early")
     r, _, _ = command(broker, "config.set", "vm-clock", {"toml": "site = \"x\"\n", "base_hash": "sha256:0"})
     why = (r or {}).get("reason") or ""
     if not r or r.get("status") != "rejected" or "clock" not in why:
@@ -920,7 +939,7 @@ def check_clock(vm, broker):
     if rc != 0:
         probs.append(f"networkctl down {ifname}: {rc} {out.strip()!r}")
     time.sleep(10)  # readings spool while the link is down
-    rc, synced = a.sh(f"{TOOL} ntp-sync")
+    rc, synced = a.sh(f"{TOOL} ntp-sync {HOUR_MS}")
     t_sync = time.monotonic()
     if synced.strip() != "synced":
         probs.append(f"ntp-sync: {rc} {synced.strip()!r}")
@@ -937,8 +956,17 @@ def check_clock(vm, broker):
                        and '"historical":false' in m[2], 120)
     time.sleep(5)
     after = clocks(broker.since(t_sync))
+    corrected = [smp for _, _, smp in samples(broker.since(t_sync), "env1") if smp.get("clock") == "corrected"]
+    off = [abs(int(time.time() * 1000) - smp["ts"]) for smp in corrected]
+    if corrected and max(off) > 10 * 60_000:
+        probs.append(f"corrected readings' ts are {max(off)} ms from the true time (wanted within minutes)")
     if not ev:
         probs.append("no gateway.clock_corrected event")
+    else:
+        e = [x for _, _, x in events([ev]) if x.get("code") == "gateway.clock_corrected"][0]
+        got = (e.get("values") or {}).get("clock.offset_ms")
+        if got is None or abs(got - HOUR_MS) > 5_000:
+            probs.append(f"gateway.clock_corrected offset {got} ms, not an hour ({e})")
     if "corrected" not in after:
         probs.append(f"no env1 reading went out corrected after the sync (clocks seen: {sorted(set(after))})")
     if not live:

@@ -3,7 +3,12 @@
  *
  *   wardgate-vm-tool ntp-state            prints "synced" or "unsynced" as
  *                                         adjtimex(2) says (what wardgate reads)
- *   wardgate-vm-tool ntp-sync             marks the kernel clock synchronised,
+ *   wardgate-vm-tool clock-step MS        steps the wall clock by MS ms (a
+ *                                         wrong clock, as fake-hwclock leaves a
+ *                                         Pi after a long time off); the
+ *                                         kernel marks it unsynchronised
+ *   wardgate-vm-tool ntp-sync [MS]        steps the wall clock by MS ms (0 if
+ *                                         not given) and marks it synchronised,
  *                                         as an NTP daemon does once it has
  *                                         locked on: STA_UNSYNC cleared, the
  *                                         maximum error small (else the
@@ -43,7 +48,27 @@ static int ntp_state(void) {
     return 0;
 }
 
-static int ntp_sync(void) {
+static int clock_step(long long ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (ms % 1000) * 1000000LL;
+    ts.tv_sec += ms / 1000 + ns / 1000000000LL;
+    ns %= 1000000000LL;
+    if (ns < 0) {
+        ns += 1000000000LL;
+        ts.tv_sec -= 1;
+    }
+    ts.tv_nsec = ns;
+    if (clock_settime(CLOCK_REALTIME, &ts) == -1) {
+        perror("clock_settime");
+        return 1;
+    }
+    return 0;
+}
+
+static int ntp_sync(long long step_ms) {
+    if (step_ms != 0 && clock_step(step_ms) != 0)
+        return 1;
     struct timex tx;
     memset(&tx, 0, sizeof tx);
     tx.modes = ADJ_STATUS | ADJ_MAXERROR | ADJ_ESTERROR;
@@ -89,10 +114,12 @@ static int led(const char *dir, long ms) {
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "ntp-state") == 0)
         return ntp_state();
-    if (argc == 2 && strcmp(argv[1], "ntp-sync") == 0)
-        return ntp_sync();
+    if ((argc == 2 || argc == 3) && strcmp(argv[1], "ntp-sync") == 0)
+        return ntp_sync(argc == 3 ? atoll(argv[2]) : 0);
+    if (argc == 3 && strcmp(argv[1], "clock-step") == 0)
+        return clock_step(atoll(argv[2])) == 0 ? ntp_state() : 1;
     if (argc == 4 && strcmp(argv[1], "led") == 0)
         return led(argv[2], atol(argv[3]));
-    fprintf(stderr, "usage: %s ntp-state | ntp-sync | led DIR MS\n", argv[0]);
+    fprintf(stderr, "usage: %s ntp-state | clock-step MS | ntp-sync [MS] | led DIR MS\n", argv[0]);
     return 2;
 }
