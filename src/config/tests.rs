@@ -761,3 +761,39 @@ fn web_password_file_must_be_absolute() {
         "{p:?}"
     );
 }
+
+/// Issue 23: a prefix starting with `$` (a broker topic, or `$share/` that
+/// makes the command subscription shared), with a NUL or another control
+/// character, or with an empty level is refused; ordinary ones pass.
+#[test]
+fn mqtt_prefix_is_a_plain_topic_prefix() {
+    let with = |prefix: &str| {
+        problems(&format!(
+            "site = \"s\"\n[mqtt]\nhost = \"127.0.0.1\"\nprefix = \"{prefix}\"\n"
+        ))
+    };
+    for bad in [
+        "$SYS",
+        "$share/g/ioc",
+        "io\\u0000c",
+        "ioc\\u0007",
+        "a//b",
+        "ioc/",
+        "/ioc",
+        "a+b",
+        "",
+    ] {
+        let p = with(bad);
+        assert!(
+            p.iter().any(|l| l.starts_with("mqtt.prefix:")),
+            "{bad:?}: {p:?}"
+        );
+    }
+    for good in ["ioc", "tinh/ioc", "province-1/ioc"] {
+        let p = with(good);
+        assert!(
+            !p.iter().any(|l| l.starts_with("mqtt.prefix:")),
+            "{good:?}: {p:?}"
+        );
+    }
+}
