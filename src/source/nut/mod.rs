@@ -576,11 +576,8 @@ pub async fn probe(cfg: &NutConfig) -> Result<Values, NutError> {
 /// The warning for a password file that other users of the box can read,
 /// naming the device; None when private, absent or unreadable.
 pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt as _;
     let path = cfg.password_file.as_deref()?;
-    std::fs::metadata(path)
-        .is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
-        .then(|| {
+    crate::host::file::readable_by_others(path).then(|| {
             format!(
                 "device {} password_file {}: readable by other users of this box; make it private (chmod o-r)",
                 cfg.id,
