@@ -251,6 +251,17 @@ async fn check_warns_about_a_login_in_clear_text() {
     let (code, out) = check_only(config_text(no_broker.port, dir.path(), &with_tls)).await;
     assert!(!out.contains("clear text"), "{out}");
     assert_eq!(code, Some(0), "{out}");
+    // Issue 23: no login, but readings from another box in clear text can
+    // be forged: warned too.
+    let no_login =
+        "[[device]]\nid = \"ups3\"\ntype = \"nut\"\nhost = \"192.0.2.1\"\nups = \"dummy\"\n";
+    let (code, out) = check_only(config_text(no_broker.port, dir.path(), no_login)).await;
+    assert!(
+        out.contains("warning: device ups3: upsd on 192.0.2.1 is read in clear text")
+            && out.contains("forge"),
+        "{out}"
+    );
+    assert_eq!(code, Some(0), "a warning, not an error: {out}");
 }
 
 /// Issue 23: a password file with a line break (a PEM key named as the

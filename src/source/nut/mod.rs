@@ -590,10 +590,20 @@ pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
 /// network in clear text: a username, `tls` off, and upsd not on this
 /// box. A warning, not an error: many upsd builds in the field have no
 /// certificate (or no TLS at all) yet.
+/// Without a login, the readings themselves: anyone who can answer for
+/// that address can forge them.
 pub fn cleartext_warning(cfg: &NutConfig) -> Option<String> {
-    (cfg.username.is_some() && !cfg.tls && !crate::tls::is_loopback(&cfg.host)).then(|| {
+    if cfg.tls || crate::tls::is_loopback(&cfg.host) {
+        return None;
+    }
+    Some(if cfg.username.is_some() {
         format!(
             "device {}: the upsd login (username and password) goes to {} in clear text; set tls = true on this device and give upsd a certificate (CERTPATH and CERTIDENT, or CERTFILE, in upsd.conf; docs/ups.md)",
+            cfg.id, cfg.host
+        )
+    } else {
+        format!(
+            "device {}: upsd on {} is read in clear text, so whoever answers for that address can forge its readings; set tls = true on this device and give upsd a certificate (CERTPATH and CERTIDENT, or CERTFILE, in upsd.conf; docs/ups.md)",
             cfg.id, cfg.host
         )
     })
