@@ -1049,3 +1049,68 @@ async fn log_tail_has_its_own_filter() {
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
 }
+
+/// Issue 23: command ids could be claimed in advance. A rejected request
+/// (garbage under an id the operations centre will use) is no longer
+/// stored, so the real request under that id runs; a different request
+/// under an id that already answered one is rejected "id reused" instead
+/// of getting the other's stored reply; the same request again (a new
+/// `expires`) still gets the stored reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_cannot_be_claimed_in_advance() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let cfg = process_config(
+        dir.path(),
+        broker.port,
+        &cmd_config(&["identify", "status"], ""),
+    );
+    let log = dir.path().join("gw.log");
+    let mut gw = Process::start(&cfg, &log);
+    connected(&gw, 0).await;
+    // Garbage first, under the id the real request will use: rejected.
+    ioc.send_raw("identify", "claimed", b"not a request".to_vec(), false)
+        .await;
+    let r = ioc.final_reply("claimed").await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    // The real request under that id runs.
+    ioc.send("identify", "claimed", json!({"seconds": 5})).await;
+    let r = ioc.final_reply_n("claimed", 2).await;
+    assert_eq!(
+        (r["status"].as_str(), r["replayed"].as_bool()),
+        (Some("successful"), Some(false)),
+        "{r}"
+    );
+    // The same request again (a new expires): the stored reply.
+    ioc.send("identify", "claimed", json!({"seconds": 5})).await;
+    let r = ioc.final_reply_n("claimed", 3).await;
+    assert_eq!(
+        (r["status"].as_str(), r["replayed"].as_bool()),
+        (Some("successful"), Some(true)),
+        "{r}"
+    );
+    // Another request under the same id: "id reused", not the stored reply.
+    ioc.send("identify", "claimed", json!({"seconds": 9})).await;
+    let r = ioc.final_reply_n("claimed", 4).await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("id reused"),
+        "{r}"
+    );
+    ioc.send("status", "claimed", json!({})).await;
+    let r = ioc.final_reply_n("claimed", 5).await;
+    assert!(
+        r["reason"].as_str().unwrap_or("").starts_with("id reused"),
+        "{r}"
+    );
+    assert_eq!(
+        gw.log_text()
+            .matches("identify requested by the operations centre")
+            .count(),
+        1,
+        "ran once"
+    );
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+}
