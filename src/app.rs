@@ -52,6 +52,9 @@ pub async fn run_with_clock(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
+    for w in cfg.secret_warnings() {
+        tracing::warn!("{w}");
+    }
     let spool_cfg = cfg.spool.clone();
     let site = cfg.site.clone();
     // A lane per sink: InfluxDB's only when it is configured.

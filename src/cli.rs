@@ -65,6 +65,9 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
     if let Some(w) = crate::status::web::password_file_warning(&cfg.web) {
         let _ = writeln!(out, "warning: {w}");
     }
+    for w in cfg.secret_warnings() {
+        let _ = writeln!(out, "warning: {w}");
+    }
     // A upsd login that would cross the network in clear text: said from
     // the config alone, whether upsd can be reached or not.
     for dev in &cfg.devices {

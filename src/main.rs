@@ -74,6 +74,7 @@ fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
     let filter = EnvFilter::try_from_env("WARDGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -82,14 +83,14 @@ fn init_logging() {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false);
-    // The last lines also go to a ring in memory, for the `log.tail` command.
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(wardgate::command::logring::layer());
+    // The last lines also go to a ring in memory, for the `log.tail`
+    // command, through a filter of its own: the journal's filter applies to
+    // the journal only.
+    let registry = tracing_subscriber::registry().with(wardgate::command::logring::layer());
     if under_systemd {
-        registry.with(fmt.without_time()).init();
+        registry.with(fmt.without_time().with_filter(filter)).init();
     } else {
-        registry.with(fmt).init();
+        registry.with(fmt.with_filter(filter)).init();
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 use tracing::field::{Field, Visit};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::Context;
 
 use super::request::{Level, MAX_LOG_LINES};
@@ -63,9 +64,23 @@ pub fn ring() -> &'static LogRing {
     RING.get_or_init(LogRing::default)
 }
 
-/// The layer that fills [`ring`].
-pub fn layer() -> RingLayer {
-    RingLayer
+/// The layer that fills [`ring`], with its own filter ([`filter`]): the
+/// journal's (`WARDGATE_LOG`) does not reach it.
+pub fn layer<S>() -> tracing_subscriber::filter::Filtered<RingLayer, Targets, S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    RingLayer.with_filter(filter())
+}
+
+/// What the ring keeps, whatever the journal's filter says: the gateway's
+/// own lines at info and above. A technician may set `WARDGATE_LOG=trace`
+/// on a box for a day; the lines of rumqttc, hyper or rustls at debug and
+/// trace (packets, peers' addresses and details) still never reach the
+/// operations centre through `log.tail`.
+pub fn filter() -> Targets {
+    Targets::new().with_target("wardgate", tracing::Level::INFO)
 }
 
 pub struct RingLayer;

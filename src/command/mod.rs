@@ -128,6 +128,37 @@ pub struct Dispatcher {
     reply_device: Arc<str>,
     /// A config change this run must confirm, and by when.
     confirming: Option<(change::Pending, tokio::time::Instant)>,
+    /// The digest of each request being run, by id, stored with its final
+    /// reply ([`request_digest`]).
+    digests: std::collections::HashMap<String, String>,
+}
+
+/// What identifies one request under its id: the op and its `args`
+/// (SHA-256 of the op and the args as canonical JSON, keys sorted; the
+/// first 16 bytes in hex). A broker's redelivery, or the operations centre
+/// sending the same request again with a new `expires`, is the same
+/// request; other args or another op under a known id are not. A payload
+/// that is not JSON is digested as it is (it is rejected, never stored).
+pub fn request_digest(op: &str, payload: &[u8]) -> String {
+    let args = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .map(|v| {
+            v.get("args")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null)
+                .to_string()
+        });
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(op.as_bytes());
+    ctx.update(&[0]);
+    match &args {
+        Some(a) => ctx.update(a.as_bytes()),
+        None => ctx.update(payload),
+    }
+    ctx.finish().as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The link for the sink and the dispatcher for the app. The replay store
@@ -153,6 +184,7 @@ pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
             inventory: inv_tx,
             reply_device: Arc::from(REPLY_DEVICE),
             confirming: None,
+            digests: std::collections::HashMap::new(),
         },
     )
 }
@@ -219,10 +251,23 @@ impl Dispatcher {
             return;
         }
         let now = now_ms();
-        if let Some(mut stored) = self.recall(&t.id, now).await {
-            tracing::info!(op = %t.op, id = %t.id, status = ?stored.status, "command id seen before: stored reply sent again, not run");
-            stored.replayed = true;
-            self.send(&t, &stored);
+        let digest = request_digest(&t.op, &m.payload);
+        if let Some(stored) = self.recall(&t.id, now).await {
+            if stored.answers(&t.op, &digest) {
+                let mut reply = stored.reply;
+                tracing::info!(op = %t.op, id = %t.id, status = ?reply.status, "command id seen before: stored reply sent again, not run");
+                reply.replayed = true;
+                self.send(&t, &reply);
+            } else {
+                // Another request under an id that already answered one:
+                // never run, never stored (the first one's reply stays).
+                tracing::warn!(op = %t.op, id = %t.id, first_op = %stored.reply.op, "command id reused by another request: rejected");
+                let reply = Reply::new(&t, State::Rejected, now).with_reason(format!(
+                    "id reused: {:?} already answered another request (op {}); use a new id for each request",
+                    t.id, stored.reply.op
+                ));
+                self.send(&t, &reply);
+            }
             return;
         }
         let allow = self.ops.allowed();
@@ -235,12 +280,16 @@ impl Dispatcher {
         let req = match request::validate(&t, &m.payload, &policy) {
             Ok(r) => r,
             Err(rej) => {
+                // Not stored: nothing ran, the same request again gets the
+                // same answer, and a rejected request cannot claim its id
+                // (or fill the store) for one that comes later.
                 tracing::warn!(op = %t.op, id = %t.id, reason = %rej, "command rejected");
                 let reply = Reply::new(&t, State::Rejected, now).with_reason(rej.0);
-                self.finish(&t, reply).await;
+                self.send(&t, &reply);
                 return;
             }
         };
+        self.digests.insert(t.id.clone(), digest);
         if self.confirming.as_ref().is_some_and(|(p, _)| p.id == t.id) {
             tracing::info!(id = %t.id, "config change still being confirmed; request ignored");
             return;
@@ -382,7 +431,7 @@ impl Dispatcher {
         }
     }
 
-    async fn recall(&self, id: &str, now: i64) -> Option<Reply> {
+    async fn recall(&self, id: &str, now: i64) -> Option<store::Stored> {
         let store = self.store.clone()?;
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || store.get(&id, now))
@@ -391,11 +440,14 @@ impl Dispatcher {
             .flatten()
     }
 
-    /// Remembers a final reply, then sends it.
-    async fn finish(&self, t: &Target, reply: Reply) {
+    /// Remembers a final reply (with the digest of its request, when this
+    /// run received it), then sends it.
+    async fn finish(&mut self, t: &Target, reply: Reply) {
+        let digest = self.digests.remove(&t.id);
         if let Some(store) = self.store.clone() {
             let r = reply.clone();
-            let _ = tokio::task::spawn_blocking(move || store.put(&r, now_ms())).await;
+            let _ = tokio::task::spawn_blocking(move || store.put(&r, digest.as_deref(), now_ms()))
+                .await;
         }
         self.send(t, &reply);
     }
@@ -458,6 +510,25 @@ pub fn reply_messages(
 mod tests {
     use super::*;
     use crate::model::Kind;
+
+    /// The same op and args are the same request whatever `expires` and
+    /// the keys' order; other args or another op are another request.
+    #[test]
+    fn a_request_is_its_op_and_args() {
+        let d = |op: &str, p: &str| request_digest(op, p.as_bytes());
+        let a = d("identify", r#"{"expires":1,"args":{"seconds":5,"x":1}}"#);
+        assert_eq!(
+            a,
+            d("identify", r#"{"args":{"x":1,"seconds":5},"expires":2}"#)
+        );
+        assert_ne!(
+            a,
+            d("identify", r#"{"expires":1,"args":{"seconds":6,"x":1}}"#)
+        );
+        assert_ne!(a, d("poll", r#"{"expires":1,"args":{"seconds":5,"x":1}}"#));
+        assert_eq!(a.len(), 32);
+        assert_ne!(d("identify", "not json"), d("identify", "not json either"));
+    }
 
     /// A full inbox drops the request, says so and counts it; the count
     /// is the sink's, which the gateway telemetry publishes.

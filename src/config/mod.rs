@@ -323,6 +323,30 @@ impl Config {
         p
     }
 
+    /// Warnings for the sections' secret files that other users of the box
+    /// can read (`wardgate check` prints them, the daemon logs them at
+    /// start); the web page's and each NUT device's password files have
+    /// their own, said where those are used.
+    pub fn secret_warnings(&self) -> Vec<String> {
+        let m = &self.mqtt;
+        [
+            ("mqtt.password_file", m.password_file.as_deref()),
+            ("mqtt.key_file", m.key_file.as_deref()),
+            ("influxdb.token_file", self.influxdb.token_file.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let path = path?;
+            crate::host::file::readable_by_others(path).then(|| {
+                format!(
+                    "{key} {}: readable by other users of this box; make it private (chmod o-r)",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+    }
+
     /// The sections' files that exist but cannot be what they are named
     /// for (a device such as /dev/zero, a FIFO, a directory, a secret
     /// behind a link, a size no such file has): the host's one reader's

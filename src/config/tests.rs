@@ -761,3 +761,73 @@ fn web_password_file_must_be_absolute() {
         "{p:?}"
     );
 }
+
+/// Issue 23: a prefix starting with `$` (a broker topic, or `$share/` that
+/// makes the command subscription shared), with a NUL or another control
+/// character, or with an empty level is refused; ordinary ones pass.
+#[test]
+fn mqtt_prefix_is_a_plain_topic_prefix() {
+    let with = |prefix: &str| {
+        problems(&format!(
+            "site = \"s\"\n[mqtt]\nhost = \"127.0.0.1\"\nprefix = \"{prefix}\"\n"
+        ))
+    };
+    for bad in [
+        "$SYS",
+        "$share/g/ioc",
+        "io\\u0000c",
+        "ioc\\u0007",
+        "a//b",
+        "ioc/",
+        "/ioc",
+        "a+b",
+        "",
+    ] {
+        let p = with(bad);
+        assert!(
+            p.iter().any(|l| l.starts_with("mqtt.prefix:")),
+            "{bad:?}: {p:?}"
+        );
+    }
+    for good in ["ioc", "tinh/ioc", "province-1/ioc"] {
+        let p = with(good);
+        assert!(
+            !p.iter().any(|l| l.starts_with("mqtt.prefix:")),
+            "{good:?}: {p:?}"
+        );
+    }
+}
+
+/// Issue 23: every secret gets the warning the web and NUT password files
+/// had: the MQTT password and key and the InfluxDB token, when other users
+/// of the box can read them.
+#[test]
+fn secrets_readable_by_others_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let f = |name: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "secret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.display().to_string()
+    };
+    let (pw, key, cert, token) = (
+        f("pw", 0o644),
+        f("key", 0o604),
+        f("cert", 0o644),
+        f("tok", 0o640),
+    );
+    let cfg = Config::from_toml(&format!(
+        "site = \"s\"\n[mqtt]\nhost = \"127.0.0.1\"\ntls = true\nusername = \"u\"\npassword_file = \"{pw}\"\n\
+         cert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+         [influxdb]\nurl = \"http://127.0.0.1:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = \"{token}\"\n"
+    ))
+    .unwrap();
+    let w = cfg.secret_warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("mqtt.password_file ") && w[0].contains("chmod o-r"),
+        "{w:?}"
+    );
+    assert!(w[1].starts_with("mqtt.key_file "), "{w:?}");
+}

@@ -167,6 +167,13 @@ pub fn read_kernel_text(path: &Path) -> Result<String, FileError> {
     read(path, FileKind::Kernel).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// Whether other users of the box may read the file (mode `o+r`); false
+/// when it is private, absent or cannot be looked at.
+pub fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
 /// What is wrong with the path a config names, seen before the daemon
 /// starts (`wardgate check --config-only` and `run`): a path that exists
 /// but is not a regular file, or a secret that is a link. A file that does

@@ -38,6 +38,12 @@ pub struct PowerConfig {
     /// not ask. It must leave the Pi time to power off.
     #[serde(default = "default_ups_off_delay", with = "humantime_serde")]
     pub ups_off_delay: Duration,
+    /// Let `ups` be a NUT device on another box without TLS: anyone who
+    /// can answer for that upsd (a spoofed address, a machine in the
+    /// middle) could then say "OB LB" and have this Pi powered off, the
+    /// real UPS never told. Off by default.
+    #[serde(default)]
+    pub allow_unauthenticated_power_source: bool,
 }
 
 fn default_runtime_below() -> Duration {
@@ -75,6 +81,16 @@ impl PowerConfig {
                 d.kind(),
                 UPS_KINDS.join(", ")
             )),
+            Some(DeviceConfig::Nut(n))
+                if !n.tls
+                    && !crate::tls::is_loopback(&n.host)
+                    && !self.allow_unauthenticated_power_source =>
+            {
+                p.push(format!(
+                    "power.ups: the nut device {:?} reads upsd on {} without TLS, so whoever answers for that address could power this Pi off; set tls = true on the device (docs/ups.md), or power.allow_unauthenticated_power_source = true if that network is trusted",
+                    self.ups, n.host
+                ))
+            }
             Some(DeviceConfig::Nut(n)) if n.username.is_none() && !self.ups_off_delay.is_zero() => {
                 p.push(format!(
                     "power.ups_off_delay: the nut device {:?} has no username/password_file, and upsd takes shutdown.return only from a user with a password (instcmds = shutdown.return, actions = SET in upsd.users; docs/ups.md); set them, or ups_off_delay = \"0s\" to leave the UPS on",
@@ -245,6 +261,36 @@ mod tests {
 
     /// The commented `[power]` block of the example config loads, as it
     /// is once uncommented.
+    /// Issue 23: a spoofed upsd (another box, no TLS) answering "OB LB"
+    /// powered the Pi off for good. `power.ups` on such a NUT device is a
+    /// config error unless allowed on purpose; on loopback or with TLS it
+    /// is fine.
+    #[test]
+    fn a_remote_upsd_without_tls_cannot_power_the_pi_off_unless_allowed() {
+        let nut = |host: &str, extra: &str| {
+            format!(
+                "site = \"s\"\n[[device]]\nid = \"u\"\ntype = \"nut\"\nhost = \"{host}\"\nups = \"x\"\n{extra}\n\
+                 [power]\nups = \"u\"\nups_off_delay = \"0s\"\n"
+            )
+        };
+        let e = Config::from_toml(&nut("192.0.2.7", ""))
+            .unwrap_err()
+            .problems();
+        assert!(
+            e.iter().any(|m| m.starts_with("power.ups:")
+                && m.contains("without TLS")
+                && m.contains("192.0.2.7")),
+            "{e:?}"
+        );
+        Config::from_toml(&nut("127.0.0.1", "")).unwrap();
+        Config::from_toml(&nut("192.0.2.7", "tls = true")).unwrap();
+        Config::from_toml(&nut("192.0.2.7", "").replace(
+            "[power]\n",
+            "[power]\nallow_unauthenticated_power_source = true\n",
+        ))
+        .unwrap();
+    }
+
     #[test]
     fn the_example_config_block_loads() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -236,7 +236,18 @@ fn installed_broker(etc: &Path) -> Option<Broker> {
         return None;
     };
     let cfg = Config::from_toml(std::str::from_utf8(&bytes).ok()?).ok()?;
-    Broker::of(&cfg, |f| std::fs::read(in_etc(f, etc)).ok())
+    Broker::of(&cfg, |f| read_installed(&in_etc(f, etc), EXTRA_MAX))
+}
+
+/// An installed file, read as a card file is ([`look`]): provisioning runs
+/// as root, and /etc/wardgate may be group-writable for `config.set`, so a
+/// link planted there (to /etc/shadow, say) is never followed; a link, a
+/// device, a FIFO or an oversized file reads as absent.
+fn read_installed(path: &Path, max: u64) -> Option<Vec<u8>> {
+    match look(path, max) {
+        Ok(CardFile::Read(b)) => Some(b),
+        _ => None,
+    }
 }
 
 /// The config names installed paths; map /etc/wardgate/<x> to the
@@ -330,7 +341,7 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
         let installed = in_etc(f, etc);
         match extras.iter().find(|(_, to, _)| *to == installed) {
             Some((_, _, b)) => Some(b.clone()),
-            None => std::fs::read(&installed).ok(),
+            None => read_installed(&installed, EXTRA_MAX),
         }
     });
     let old = installed_broker(etc);
@@ -375,10 +386,20 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
         installed.push(to.clone());
     }
     let dest = etc.join(CONFIG_NAME);
-    if dest.exists() {
-        let keep = etc.join("wardgate.toml.previous");
-        let old = std::fs::read(&dest).map_err(io(&dest))?;
-        write_atomic(&keep, &old, 0o640, gid).map_err(io(&keep))?;
+    // The previous config is kept only when it is a regular file: a link
+    // there is replaced (the rename below), never read and copied.
+    match look(&dest, CONFIG_MAX).map_err(io(&dest))? {
+        CardFile::Read(old) => {
+            let keep = etc.join("wardgate.toml.previous");
+            write_atomic(&keep, &old, 0o640, gid).map_err(io(&keep))?;
+        }
+        CardFile::Absent => {}
+        CardFile::NotAFile(why) => {
+            tracing::warn!(path = %dest.display(), why, "the installed config is not kept as wardgate.toml.previous");
+        }
+        CardFile::TooBig(max) => {
+            tracing::warn!(path = %dest.display(), max, "the installed config is too big to keep as wardgate.toml.previous");
+        }
     }
     write_atomic(&dest, text.as_bytes(), 0o640, gid).map_err(io(&dest))?;
     installed.push(dest);

@@ -232,3 +232,39 @@ fn dates() {
     assert_eq!(civil_from_days(20_785), (2026, 11, 28));
     assert_eq!(civil_from_days(11_016), (2000, 2, 29));
 }
+
+/// Issue 23: provisioning runs as root and /etc/wardgate may be
+/// group-writable (config.set): a link planted at the installed config or
+/// at an installed secret is never followed. Before, the config's link was
+/// read and its target copied to wardgate.toml.previous (mode 0640, group
+/// wardgate).
+#[test]
+fn installed_files_are_never_read_through_a_link() {
+    let (t, boot, etc) = dirs();
+    std::fs::create_dir_all(&etc).unwrap();
+    let secret = t.path().join("shadow");
+    std::fs::write(&secret, "root:$6$secret").unwrap();
+    std::os::unix::fs::symlink(&secret, etc.join(CONFIG_NAME)).unwrap();
+    std::os::unix::fs::symlink(&secret, etc.join("ca.crt")).unwrap();
+    std::fs::write(boot.join(CONFIG_NAME), GOOD).unwrap();
+    std::fs::write(boot.join("wardgate-ca.crt"), "CA").unwrap();
+    let r = provision(std::slice::from_ref(&boot), &etc).unwrap();
+    assert!(matches!(r, Outcome::Installed { .. }), "{r:?}");
+    assert!(
+        !etc.join("wardgate.toml.previous").exists(),
+        "the link's target was copied"
+    );
+    // The link itself was replaced; its target is untouched.
+    assert_eq!(
+        std::fs::read_to_string(etc.join(CONFIG_NAME)).unwrap(),
+        GOOD
+    );
+    assert!(!std::fs::symlink_metadata(etc.join(CONFIG_NAME))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root:$6$secret");
+    assert_eq!(read_installed(&etc.join("nothing"), EXTRA_MAX), None);
+    std::os::unix::fs::symlink(&secret, etc.join("mqtt.password")).unwrap();
+    assert_eq!(read_installed(&etc.join("mqtt.password"), EXTRA_MAX), None);
+}

@@ -125,13 +125,19 @@ impl MqttConfig {
         if m.host.trim().is_empty() {
             p.push("mqtt.host: must not be empty".into());
         }
+        // `$` starts the broker's own topics ($SYS, and `$share/...` would
+        // turn the command subscription into a shared one); control
+        // characters (NUL above all) and empty levels make topics no ACL
+        // written by hand matches.
         if m.prefix.is_empty()
             || m.prefix.contains(['#', '+'])
-            || m.prefix.starts_with('/')
+            || m.prefix.starts_with(['/', '$'])
             || m.prefix.ends_with('/')
+            || m.prefix.contains("//")
+            || m.prefix.contains(char::is_control)
         {
             p.push(format!(
-                "mqtt.prefix: {:?} is not a topic prefix (no #, +, or leading/trailing /)",
+                "mqtt.prefix: {:?} is not a topic prefix (no #, +, $ at the start, control characters, empty levels, or leading/trailing /)",
                 m.prefix
             ));
         }

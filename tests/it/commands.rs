@@ -1004,3 +1004,113 @@ async fn an_invalid_reply_fails_the_test() {
     let said = text(dropped.expect_err("dropping the client must fail")).unwrap_or_default();
     assert!(said.contains("invalid command replies"), "{said}");
 }
+
+/// Issue 23: `log.tail` shared the journal's filter, so with
+/// `WARDGATE_LOG=trace` (a technician chasing a problem) the lines of
+/// rumqttc, hyper and rustls at debug and trace reached the operations
+/// centre. The ring has its own filter now: the gateway's own lines at info
+/// and above, whatever the journal gets (here: trace, which the log file
+/// shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_tail_has_its_own_filter() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let cfg = process_config(
+        dir.path(),
+        broker.port,
+        &cmd_config(&["log.tail"], &sim("ups1", "1s", "")),
+    );
+    let log = dir.path().join("gw.log");
+    let mut gw = Process::start_with_prefix(&["env", "WARDGATE_LOG=trace"], &cfg, &log);
+    connected(&gw, 0).await;
+    ioc.send("log.tail", "lt-1", json!({"lines": 1000})).await;
+    let r = ioc.final_reply("lt-1").await;
+    assert_eq!(r["status"], "successful", "{r}");
+    let lines = r["result"]["lines"].as_array().unwrap();
+    assert!(!lines.is_empty(), "{r}");
+    for l in lines {
+        let target = l["target"].as_str().unwrap();
+        assert!(
+            target == "wardgate" || target.starts_with("wardgate::"),
+            "a line of another crate reached log.tail: {l}"
+        );
+        assert!(
+            ["info", "warn", "error"].contains(&l["level"].as_str().unwrap()),
+            "{l}"
+        );
+    }
+    let journal = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        journal.contains("TRACE") || journal.contains("DEBUG"),
+        "the journal's filter was not trace: {}",
+        &journal[..journal.len().min(500)]
+    );
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+}
+
+/// Issue 23: command ids could be claimed in advance. A rejected request
+/// (garbage under an id the operations centre will use) is no longer
+/// stored, so the real request under that id runs; a different request
+/// under an id that already answered one is rejected "id reused" instead
+/// of getting the other's stored reply; the same request again (a new
+/// `expires`) still gets the stored reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_cannot_be_claimed_in_advance() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let cfg = process_config(
+        dir.path(),
+        broker.port,
+        &cmd_config(&["identify", "status"], ""),
+    );
+    let log = dir.path().join("gw.log");
+    let mut gw = Process::start(&cfg, &log);
+    connected(&gw, 0).await;
+    // Garbage first, under the id the real request will use: rejected.
+    ioc.send_raw("identify", "claimed", b"not a request".to_vec(), false)
+        .await;
+    let r = ioc.final_reply("claimed").await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    // The real request under that id runs.
+    ioc.send("identify", "claimed", json!({"seconds": 5})).await;
+    let r = ioc.final_reply_n("claimed", 2).await;
+    assert_eq!(
+        (r["status"].as_str(), r["replayed"].as_bool()),
+        (Some("successful"), Some(false)),
+        "{r}"
+    );
+    // The same request again (a new expires): the stored reply.
+    ioc.send("identify", "claimed", json!({"seconds": 5})).await;
+    let r = ioc.final_reply_n("claimed", 3).await;
+    assert_eq!(
+        (r["status"].as_str(), r["replayed"].as_bool()),
+        (Some("successful"), Some(true)),
+        "{r}"
+    );
+    // Another request under the same id: "id reused", not the stored reply.
+    ioc.send("identify", "claimed", json!({"seconds": 9})).await;
+    let r = ioc.final_reply_n("claimed", 4).await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("id reused"),
+        "{r}"
+    );
+    ioc.send("status", "claimed", json!({})).await;
+    let r = ioc.final_reply_n("claimed", 5).await;
+    assert!(
+        r["reason"].as_str().unwrap_or("").starts_with("id reused"),
+        "{r}"
+    );
+    assert_eq!(
+        gw.log_text()
+            .matches("identify requested by the operations centre")
+            .count(),
+        1,
+        "ran once"
+    );
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+}

@@ -251,4 +251,56 @@ async fn check_warns_about_a_login_in_clear_text() {
     let (code, out) = check_only(config_text(no_broker.port, dir.path(), &with_tls)).await;
     assert!(!out.contains("clear text"), "{out}");
     assert_eq!(code, Some(0), "{out}");
+    // Issue 23: no login, but readings from another box in clear text can
+    // be forged: warned too.
+    let no_login =
+        "[[device]]\nid = \"ups3\"\ntype = \"nut\"\nhost = \"192.0.2.1\"\nups = \"dummy\"\n";
+    let (code, out) = check_only(config_text(no_broker.port, dir.path(), no_login)).await;
+    assert!(
+        out.contains("warning: device ups3: upsd on 192.0.2.1 is read in clear text")
+            && out.contains("forge"),
+        "{out}"
+    );
+    assert_eq!(code, Some(0), "a warning, not an error: {out}");
+}
+
+/// Issue 23: a password file with a line break (a PEM key named as the
+/// password, or a file with a second line) went out whole, line by line,
+/// each line a command to upsd. Now the device faults naming the password
+/// (not its content) and nothing of it crosses: the relay sees the
+/// USERNAME and no PASSWORD. (Run against the old build, it fails: the
+/// key's lines crossed the relay.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_with_a_line_break_is_refused_not_sent() {
+    let nut = NutServer::start(DUMMY);
+    let relay = Relay::start(nut.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("key.pem");
+    std::fs::write(
+        &pw,
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let dev = device("127.0.0.1", relay.port, &pw, "");
+    let no_broker = closed_port();
+    let gw = Gateway::start(config(no_broker.port, dir.path(), &dev)).await;
+    eventually(WAIT, "a fault naming the password", || {
+        matches!(&gw.status.get().devices["ups2"].health,
+            Health::Fault(r) if r.contains("the password holds a line break"))
+    })
+    .await;
+    eventually(WAIT, "a second attempt", || {
+        relay.sent().matches("USERNAME").count() >= 2
+    })
+    .await;
+    gw.stop().await;
+    let said = relay.sent();
+    assert!(
+        !said.contains("PASSWORD"),
+        "a password line crossed: {said:?}"
+    );
+    assert!(
+        !said.contains("MIIE") && !said.contains("PRIVATE KEY"),
+        "{said:?}"
+    );
 }

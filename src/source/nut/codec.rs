@@ -70,6 +70,13 @@ pub enum CodecError {
     /// again.
     #[error("upsd sent {0}")]
     Limit(String),
+    /// A word to send holds a line break or NUL, which a NUT command cannot
+    /// carry (upsd reads a command per line: the rest would be a second
+    /// command, and a key file's lines would go out): refused before
+    /// anything is sent; a fault until the config or the file is fixed.
+    /// Names the word, never its content (it may be a password).
+    #[error("the {0} holds a line break or NUL, which a NUT command cannot carry: nothing was sent (fix the config or the file)")]
+    Unsendable(&'static str),
 }
 
 /// One line from upsd.
@@ -162,8 +169,17 @@ pub fn parse_line(line: &str) -> Result<Line, CodecError> {
     }
 }
 
-/// Quotes a word for a command.
-pub fn quote(s: &str) -> String {
+/// Whether `s` can travel in a NUT command: no CR, LF or NUL.
+pub fn sendable(s: &str) -> bool {
+    !s.contains(['\r', '\n', '\0'])
+}
+
+/// Quotes a word for a command; `what` names it in the error when it holds
+/// a character no command can carry ([`sendable`]).
+pub fn quote(s: &str, what: &'static str) -> Result<String, CodecError> {
+    if !sendable(s) {
+        return Err(CodecError::Unsendable(what));
+    }
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -173,39 +189,52 @@ pub fn quote(s: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
+    Ok(out)
 }
 
-pub fn cmd_list_var(ups: &str) -> String {
-    format!("LIST VAR {}\n", quote(ups))
+pub fn cmd_list_var(ups: &str) -> Result<String, CodecError> {
+    Ok(format!("LIST VAR {}\n", quote(ups, "UPS name")?))
 }
 
-pub fn cmd_username(user: &str) -> String {
-    format!("USERNAME {}\n", quote(user))
+pub fn cmd_username(user: &str) -> Result<String, CodecError> {
+    Ok(format!("USERNAME {}\n", quote(user, "username")?))
 }
 
-pub fn cmd_password(pass: &str) -> String {
-    format!("PASSWORD {}\n", quote(pass))
+pub fn cmd_password(pass: &str) -> Result<String, CodecError> {
+    Ok(format!("PASSWORD {}\n", quote(pass, "password")?))
 }
 
-pub fn cmd_get_var(ups: &str, var: &str) -> String {
-    format!("GET VAR {} {}\n", quote(ups), quote(var))
+pub fn cmd_get_var(ups: &str, var: &str) -> Result<String, CodecError> {
+    Ok(format!(
+        "GET VAR {} {}\n",
+        quote(ups, "UPS name")?,
+        quote(var, "variable name")?
+    ))
 }
 
-pub fn cmd_set_var(ups: &str, var: &str, value: &str) -> String {
-    format!("SET VAR {} {} {}\n", quote(ups), quote(var), quote(value))
+pub fn cmd_set_var(ups: &str, var: &str, value: &str) -> Result<String, CodecError> {
+    Ok(format!(
+        "SET VAR {} {} {}\n",
+        quote(ups, "UPS name")?,
+        quote(var, "variable name")?,
+        quote(value, "value")?
+    ))
 }
 
-pub fn cmd_instcmd(ups: &str, cmd: &str) -> String {
-    format!("INSTCMD {} {}\n", quote(ups), quote(cmd))
+pub fn cmd_instcmd(ups: &str, cmd: &str) -> Result<String, CodecError> {
+    Ok(format!(
+        "INSTCMD {} {}\n",
+        quote(ups, "UPS name")?,
+        quote(cmd, "command name")?
+    ))
 }
 
 /// Asks upsd to keep the outcome of each SET and INSTCMD (upsd 2.8 and
 /// later; an older one answers `ERR`).
 pub const CMD_TRACKING_ON: &str = "SET TRACKING ON\n";
 
-pub fn cmd_get_tracking(id: &str) -> String {
-    format!("GET TRACKING {}\n", quote(id))
+pub fn cmd_get_tracking(id: &str) -> Result<String, CodecError> {
+    Ok(format!("GET TRACKING {}\n", quote(id, "tracking id")?))
 }
 
 /// Asks upsd to turn the connection into TLS. upsd answers `OK STARTTLS`
@@ -667,23 +696,48 @@ mod tests {
 
     #[test]
     fn commands_are_quoted() {
-        assert_eq!(cmd_list_var("dummy"), "LIST VAR \"dummy\"\n");
-        assert_eq!(cmd_password("p\"w\\"), "PASSWORD \"p\\\"w\\\\\"\n");
-        assert_eq!(cmd_username("mon"), "USERNAME \"mon\"\n");
+        let ok = |r: Result<String, CodecError>| r.unwrap();
+        assert_eq!(ok(cmd_list_var("dummy")), "LIST VAR \"dummy\"\n");
+        assert_eq!(ok(cmd_password("p\"w\\")), "PASSWORD \"p\\\"w\\\\\"\n");
+        assert_eq!(ok(cmd_username("mon")), "USERNAME \"mon\"\n");
         assert!(explain("DATA-STALE").contains("stale"));
         assert_eq!(
-            cmd_set_var("qx", "ups.delay.shutdown", "120"),
+            ok(cmd_set_var("qx", "ups.delay.shutdown", "120")),
             "SET VAR \"qx\" \"ups.delay.shutdown\" \"120\"\n"
         );
         assert_eq!(
-            cmd_get_var("qx", "ups.delay.shutdown"),
+            ok(cmd_get_var("qx", "ups.delay.shutdown")),
             "GET VAR \"qx\" \"ups.delay.shutdown\"\n"
         );
         assert_eq!(
-            cmd_instcmd("my ups", "shutdown.return"),
+            ok(cmd_instcmd("my ups", "shutdown.return")),
             "INSTCMD \"my ups\" \"shutdown.return\"\n"
         );
-        assert_eq!(cmd_get_tracking("a-1"), "GET TRACKING \"a-1\"\n");
+        assert_eq!(ok(cmd_get_tracking("a-1")), "GET TRACKING \"a-1\"\n");
+    }
+
+    /// A word with a line break would end the command and start another
+    /// (a PEM key as a password file went out whole, line by line): every
+    /// builder refuses CR, LF and NUL, naming the word and not its content.
+    #[test]
+    fn line_breaks_and_nul_are_refused_not_sent() {
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----";
+        let cases: [(Result<String, CodecError>, &str); 8] = [
+            (cmd_password(key), "password"),
+            (cmd_password("pw\r"), "password"),
+            (cmd_username("mon\nLOGOUT"), "username"),
+            (cmd_list_var("u\0"), "UPS name"),
+            (cmd_get_var("u", "a\nb"), "variable name"),
+            (cmd_set_var("u", "v", "1\nINSTCMD u load.off"), "value"),
+            (cmd_instcmd("u\r\n", "x"), "UPS name"),
+            (cmd_get_tracking("a\n"), "tracking id"),
+        ];
+        for (r, what) in cases {
+            let e = r.unwrap_err();
+            assert_eq!(e, CodecError::Unsendable(what));
+            let text = e.to_string();
+            assert!(text.contains(what) && !text.contains("MIIE"), "{text}");
+        }
     }
 
     #[test]

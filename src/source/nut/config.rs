@@ -75,7 +75,11 @@ impl NutConfig {
         if self.host.trim().is_empty() {
             p.push(format!("{key}.host: must not be empty"));
         }
-        if self.ups.is_empty() || self.ups.contains(char::is_whitespace) {
+        if self.ups.is_empty()
+            || self
+                .ups
+                .contains(|c: char| c.is_whitespace() || c.is_control())
+        {
             p.push(format!("{key}.ups: {:?} is not a NUT UPS name", self.ups));
         }
         if self.username.is_none() && self.password_file.is_some() {

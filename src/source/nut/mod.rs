@@ -169,9 +169,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     }
 
     pub async fn login(&mut self, user: &str, password: &str) -> Result<(), NutError> {
-        self.send(&codec::cmd_username(user)).await?;
+        self.send(&codec::cmd_username(user)?).await?;
         self.expect_ok().await?;
-        self.send(&codec::cmd_password(password)).await?;
+        self.send(&codec::cmd_password(password)?).await?;
         self.expect_ok().await
     }
 
@@ -185,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// The whole reply must arrive within [`REPLY_DEADLINE_FACTOR`] times
     /// the per-line timeout.
     pub async fn list_vars(&mut self, ups: &str) -> Result<Vec<(String, String)>, NutError> {
-        self.send(&codec::cmd_list_var(ups)).await?;
+        self.send(&codec::cmd_list_var(ups)?).await?;
         let deadline = self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
         let read = async {
             let mut list = ListVar::default();
@@ -223,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
 
     /// `GET VAR <ups> <var>`.
     pub async fn get_var(&mut self, ups: &str, var: &str) -> Result<String, NutError> {
-        match self.ask(&codec::cmd_get_var(ups, var)).await? {
+        match self.ask(&codec::cmd_get_var(ups, var)?).await? {
             Line::Var {
                 ups: u,
                 name,
@@ -251,7 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         let deadline =
             tokio::time::Instant::now() + self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
         loop {
-            match self.ask(&codec::cmd_get_tracking(id)).await? {
+            match self.ask(&codec::cmd_get_tracking(id)?).await? {
                 Line::Success => return Ok(true),
                 Line::Pending => {}
                 Line::Err(code) => return Err(NutError::Server(code)),
@@ -293,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         if now.trim().parse::<f64>().ok() == Some(secs as f64) {
             return Ok(format!("{DELAY_VAR} is {secs} s already"));
         }
-        let set = codec::cmd_set_var(ups, DELAY_VAR, &secs.to_string());
+        let set = codec::cmd_set_var(ups, DELAY_VAR, &secs.to_string())?;
         match self.act_and_wait(&set).await {
             Ok(how) => Ok(format!("{DELAY_VAR} set to {secs} s (was {now} s): {how}")),
             Err(NutError::Server(code)) => Ok(format!(
@@ -318,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         let io = |e: NutError| e.to_string();
         self.tracking_on().await.map_err(io)?;
         let delay = self.set_delay(ups, secs).await.map_err(io)?;
-        let cmd = codec::cmd_instcmd(ups, "shutdown.return");
+        let cmd = codec::cmd_instcmd(ups, "shutdown.return").map_err(|e| e.to_string())?;
         match self.act_and_wait(&cmd).await {
             Ok(how) => Ok(format!("{delay}; then INSTCMD shutdown.return: {how}")),
             Err(NutError::Server(code)) => Err(format!(
@@ -517,6 +517,7 @@ impl Device for Ups {
                 Some(match e {
                     NutError::Timeout(_) | NutError::SlowReply(_) => "timeout",
                     NutError::Codec(codec::CodecError::Limit(_)) => "limit",
+                    NutError::Codec(codec::CodecError::Unsendable(_)) => "config",
                     NutError::Codec(_) => "malformed",
                     _ => "connection",
                 }),
@@ -575,11 +576,8 @@ pub async fn probe(cfg: &NutConfig) -> Result<Values, NutError> {
 /// The warning for a password file that other users of the box can read,
 /// naming the device; None when private, absent or unreadable.
 pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt as _;
     let path = cfg.password_file.as_deref()?;
-    std::fs::metadata(path)
-        .is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
-        .then(|| {
+    crate::host::file::readable_by_others(path).then(|| {
             format!(
                 "device {} password_file {}: readable by other users of this box; make it private (chmod o-r)",
                 cfg.id,
@@ -592,10 +590,20 @@ pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
 /// network in clear text: a username, `tls` off, and upsd not on this
 /// box. A warning, not an error: many upsd builds in the field have no
 /// certificate (or no TLS at all) yet.
+/// Without a login, the readings themselves: anyone who can answer for
+/// that address can forge them.
 pub fn cleartext_warning(cfg: &NutConfig) -> Option<String> {
-    (cfg.username.is_some() && !cfg.tls && !crate::tls::is_loopback(&cfg.host)).then(|| {
+    if cfg.tls || crate::tls::is_loopback(&cfg.host) {
+        return None;
+    }
+    Some(if cfg.username.is_some() {
         format!(
             "device {}: the upsd login (username and password) goes to {} in clear text; set tls = true on this device and give upsd a certificate (CERTPATH and CERTIDENT, or CERTFILE, in upsd.conf; docs/ups.md)",
+            cfg.id, cfg.host
+        )
+    } else {
+        format!(
+            "device {}: upsd on {} is read in clear text, so whoever answers for that address can forge its readings; set tls = true on this device and give upsd a certificate (CERTPATH and CERTIDENT, or CERTFILE, in upsd.conf; docs/ups.md)",
             cfg.id, cfg.host
         )
     })
@@ -624,7 +632,13 @@ pub async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
     // upsd checks the password only when it is used: a SET of a variable
     // no driver has is refused for a wrong password or a missing SET right
     // (ACCESS-DENIED), and otherwise answered VAR-NOT-SUPPORTED.
-    let probe = codec::cmd_set_var(&cfg.ups, LOGIN_PROBE_VAR, "0");
+    let probe = match codec::cmd_set_var(&cfg.ups, LOGIN_PROBE_VAR, "0") {
+        Ok(p) => p,
+        Err(e) => {
+            lines.push((false, format!("login: NOT CHECKED: {e}")));
+            return lines;
+        }
+    };
     match c.act(&probe).await {
         Err(NutError::Server(code)) if code == "VAR-NOT-SUPPORTED" => lines.push((
             true,

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -178,17 +177,12 @@ pub fn wait_after(failures: u32) -> Option<Duration> {
 /// cannot be read (reading it reports that).
 pub fn password_file_warning(cfg: &WebConfig) -> Option<String> {
     let path = cfg.password_file.as_deref()?;
-    open_to_others(path).then(|| {
+    crate::host::file::readable_by_others(path).then(|| {
         format!(
             "web.password_file {}: readable by other users of this box; make it private (chmod o-r)",
             path.display()
         )
     })
-}
-
-fn open_to_others(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 #[cfg(test)]
