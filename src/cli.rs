@@ -40,7 +40,13 @@ pub fn print_config_error(path: &Path, e: &ConfigError, out: &mut impl Write) {
 
 /// `wardgate check`: validates the config, then reads each device once and
 /// prints what it read. Returns the exit code.
-pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut impl Write) -> u8 {
+pub async fn check(
+    path: &Path,
+    explicit: bool,
+    policy: &Path,
+    config_only: bool,
+    out: &mut impl Write,
+) -> u8 {
     let cfg = match Config::load(path, explicit) {
         Ok(c) => c,
         Err(e) => {
@@ -84,15 +90,22 @@ pub async fn check(path: &Path, explicit: bool, config_only: bool, out: &mut imp
             cfg.influxdb.org, cfg.influxdb.bucket
         );
     }
-    if config_only {
-        return exit::OK;
-    }
-    if cfg.commands.enabled
+    let config_set = cfg.commands.enabled
         && cfg
             .commands
             .allowed()
-            .contains(&crate::command::request::Op::ConfigSet)
-    {
+            .contains(&crate::command::request::Op::ConfigSet);
+    if config_set {
+        // Said with --config-only too: it is about files, not devices.
+        let _ = match crate::command::policy::Policy::load(policy) {
+            Ok(p) => writeln!(out, "config.set: remote change policy: {}", p.describe()),
+            Err(e) => writeln!(out, "config.set: remote change policy NOT USABLE: {e}"),
+        };
+    }
+    if config_only {
+        return exit::OK;
+    }
+    if config_set {
         for l in crate::command::access::check_lines(path) {
             let _ = writeln!(out, "{l}");
         }

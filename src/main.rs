@@ -18,6 +18,10 @@ struct Cli {
     /// Configuration file.
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// What a remote `config.set` may change beyond the built-in rules: a
+    /// file only root may write (docs/security.md, "Remote changes").
+    #[arg(long, global = true, value_name = "PATH", default_value = wardgate::command::policy::DEFAULT_PATH)]
+    remote_change_policy: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
     init_logging();
     let explicit = cli.config.is_some();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let policy = cli.remote_change_policy;
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -113,10 +118,11 @@ fn main() -> ExitCode {
         Command::Check { config_only, .. } => rt.block_on(cli::check(
             &path,
             explicit,
+            &policy,
             config_only,
             &mut std::io::stdout(),
         )),
-        Command::Run => rt.block_on(run(&path, explicit)),
+        Command::Run => rt.block_on(run(&path, explicit, policy)),
         Command::Provision { boot, etc } => {
             let dirs: Vec<PathBuf> = boot.iter().map(PathBuf::from).collect();
             match wardgate::provision::provision(&dirs, &etc) {
@@ -186,9 +192,12 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(path: &std::path::Path, explicit: bool) -> u8 {
+async fn run(path: &std::path::Path, explicit: bool, policy: PathBuf) -> u8 {
     let cfg = match Config::load(path, explicit) {
-        Ok(c) => c,
+        Ok(c) => Config {
+            remote_policy: Some(policy),
+            ..c
+        },
         Err(e) => {
             cli::print_config_error(path, &e, &mut std::io::stderr());
             // A config the operations centre just set: back to the previous.

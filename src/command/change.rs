@@ -144,6 +144,19 @@ pub struct SetArgs {
     pub allow_broker_change: bool,
 }
 
+/// Why a `config.set` was not tried; nothing was changed either way.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The remote-change policy refuses keys of the new file (the reply is
+    /// `rejected`, naming each).
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else: a stale base hash, an invalid file, a broker change
+    /// not confirmed, a write that failed (the reply is `failed`).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Checks the change against the running config and, if it may be tried,
 /// writes it and the state. Ok: restart now. Err: why not (nothing changed).
 pub fn apply(
@@ -151,30 +164,61 @@ pub fn apply(
     running_hash: &str,
     id: &str,
     a: &SetArgs,
-) -> Result<Pending, String> {
+) -> Result<Pending, ChangeError> {
+    use ChangeError::Failed;
     let Some(path) = running.file.as_deref() else {
-        return Err("the gateway runs without a config file: nothing to change".into());
+        return Err(Failed(
+            "the gateway runs without a config file: nothing to change".into(),
+        ));
     };
     if a.base_hash != running_hash {
-        return Err(format!(
+        return Err(Failed(format!(
             "base_hash {} is not the running config's hash {running_hash} (get it again with config.get)",
             a.base_hash
-        ));
+        )));
     }
-    let new = Config::from_toml(&a.toml)
-        .map_err(|e| format!("the new config is not valid: {}", e.problems().join("; ")))?;
+    let new = Config::from_toml(&a.toml).map_err(|e| {
+        Failed(format!(
+            "the new config is not valid: {}",
+            e.problems().join("; ")
+        ))
+    })?;
+    let old_text = std::fs::read(path)
+        .map_err(|e| Failed(format!("{}: {e}", path.display())))
+        .and_then(|b| {
+            String::from_utf8(b).map_err(|_| Failed(format!("{}: not UTF-8", path.display())))
+        })?;
+    if old_text != a.toml {
+        let policy_path = running.remote_policy_path();
+        let policy = super::policy::Policy::load(&policy_path)
+            .map_err(|e| ChangeError::Refused(format!("remote change policy: {e}")))?;
+        let refused = policy.refusals(&old_text, running, &a.toml, &new);
+        if !refused.is_empty() {
+            let keys: Vec<&str> = refused.iter().map(|r| r.key.as_str()).collect();
+            let why: Vec<String> = refused
+                .iter()
+                .map(|r| format!("{}: {}", r.key, r.why))
+                .collect();
+            return Err(ChangeError::Refused(format!(
+                "the remote change policy ({}) refuses {}: {}",
+                policy_path.display(),
+                keys.join(", "),
+                why.join("; ")
+            )));
+        }
+    }
     let moved = new.mqtt.host != running.mqtt.host
         || new.mqtt_port() != running.mqtt_port()
         || new.mqtt_tls() != running.mqtt_tls()
         || new.mqtt.prefix != running.mqtt.prefix
         || new.site != running.site;
     if moved && !a.allow_broker_change {
-        return Err(
+        return Err(Failed(
             "the new config changes the broker, site or prefix: set args.allow_broker_change = true to allow it"
                 .into(),
-        );
+        ));
     }
-    let old = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let old = old_text.into_bytes();
     let new_hash = super::inventory::sha256_hex(a.toml.as_bytes());
     let pending = Pending {
         id: id.to_owned(),
@@ -198,11 +242,12 @@ pub fn apply(
             format!("{what}: {e}; {}", super::access::advice(dir, &missing))
         }
     };
-    write_atomic(&backup_path(path), &old).map_err(|e| io("keeping the previous config", e))?;
-    write_pending(path, &pending).map_err(|e| io("writing the change state", e))?;
+    write_atomic(&backup_path(path), &old)
+        .map_err(|e| Failed(io("keeping the previous config", e)))?;
+    write_pending(path, &pending).map_err(|e| Failed(io("writing the change state", e)))?;
     if let Err(e) = write_atomic(path, a.toml.as_bytes()) {
         clear_pending(path);
-        return Err(io("writing the new config", e));
+        return Err(Failed(io("writing the new config", e)));
     }
     Ok(pending)
 }
@@ -239,7 +284,8 @@ mod tests {
             "a",
             &args("site = \"s\"\n", "sha256:00", false),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not the running config's hash"), "{e}");
         let e = apply(
             &cfg,
@@ -247,15 +293,21 @@ mod tests {
             "a",
             &args("site = \"s\"\ncolour = 1\n", &hash, false),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not valid") && e.contains("colour"), "{e}");
         let e = apply(
             &cfg,
             &hash,
             "a",
-            &args("site = \"s\"\n[mqtt]\nhost = \"elsewhere\"\n", &hash, false),
+            &args(
+                "site = \"s\"\n[mqtt]\nprefix = \"elsewhere\"\n",
+                &hash,
+                false,
+            ),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("allow_broker_change"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), old);
         assert!(read_pending(&path).is_none());
@@ -266,7 +318,7 @@ mod tests {
         let old = "site = \"s\"\n";
         let (dir, cfg, hash) = setup(old);
         let path = dir.path().join("wardgate.toml");
-        let new = "site = \"s\"\n[mqtt]\nhost = \"elsewhere\"\n";
+        let new = "site = \"s\"\n[mqtt]\nprefix = \"elsewhere\"\n";
         let p = apply(&cfg, &hash, "c1", &args(new, &hash, true)).unwrap();
         assert_eq!(p.phase, Phase::Trying);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), new);

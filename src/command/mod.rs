@@ -17,7 +17,8 @@
 //!
 //! The rooms: `request.rs` parses and validates (pure), `store.rs` remembers
 //! completed ids, `ops.rs` runs each op, `change.rs` is `config.set` (write,
-//! restart, confirm or roll back), `access.rs` whether the service may
+//! restart, confirm or roll back), `policy.rs` what a remote change may
+//! touch, `access.rs` whether the service may
 //! write its config directory (for `config.set` and `wardgate check`),
 //! `inventory.rs` builds the retained
 //! inventory, `logring.rs` keeps the last log lines, `config.rs` is the
@@ -29,6 +30,7 @@ pub mod config;
 pub mod inventory;
 pub mod logring;
 mod ops;
+pub mod policy;
 pub mod request;
 pub mod store;
 
@@ -303,9 +305,13 @@ impl Dispatcher {
                     tracing::warn!(id = %t.id, "config changed by the operations centre: restarting into it");
                     self.ops.restart_now();
                 }
-                Err(why) => {
-                    tracing::warn!(id = %t.id, reason = %why, "config.set refused");
-                    let reply = Reply::new(&t, State::Failed, now_ms()).with_reason(why);
+                Err(e) => {
+                    tracing::warn!(id = %t.id, reason = %e, "config.set refused");
+                    let state = match e {
+                        change::ChangeError::Refused(_) => State::Rejected,
+                        change::ChangeError::Failed(_) => State::Failed,
+                    };
+                    let reply = Reply::new(&t, state, now_ms()).with_reason(e.to_string());
                     self.finish(&t, reply).await;
                 }
             }

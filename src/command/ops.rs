@@ -168,7 +168,7 @@ impl Ops {
         &self,
         id: &str,
         a: &super::change::SetArgs,
-    ) -> Result<super::change::Pending, String> {
+    ) -> Result<super::change::Pending, super::change::ChangeError> {
         let (cfg, hash, id, a) = (
             self.p.cfg.clone(),
             self.file.hash.clone(),
@@ -177,7 +177,7 @@ impl Ops {
         );
         tokio::task::spawn_blocking(move || super::change::apply(&cfg, &hash, &id, &a))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| super::change::ChangeError::Failed(e.to_string()))?
     }
 
     /// Whether the run with a new config has what it must: the broker and a

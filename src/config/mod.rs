@@ -18,6 +18,7 @@
 //! rest is read and checked on.
 
 mod device;
+pub mod secrets;
 #[cfg(test)]
 mod tests;
 pub mod types;
@@ -108,6 +109,11 @@ pub struct Config {
     /// The file this config was read from, if any (for `config.get`).
     #[serde(skip_deserializing)]
     pub file: Option<std::path::PathBuf>,
+    /// The remote-change policy file (`wardgate run
+    /// --remote-change-policy`), never a key of the file: `config.set`
+    /// must not be able to move it.
+    #[serde(skip_deserializing)]
+    pub remote_policy: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +294,7 @@ impl Config {
         if let Some(power) = &self.power {
             p.extend(power.problems(&self.devices));
         }
+        p.extend(self.secret_problems());
         p
     }
 
@@ -414,6 +421,13 @@ impl Config {
             None if self.mqtt_tls() => 8883,
             None => 1883,
         }
+    }
+
+    /// Where `config.set` reads what a remote change may touch.
+    pub fn remote_policy_path(&self) -> std::path::PathBuf {
+        self.remote_policy
+            .clone()
+            .unwrap_or_else(|| crate::command::policy::DEFAULT_PATH.into())
     }
 
     pub fn mqtt_client_id(&self) -> String {

@@ -831,3 +831,66 @@ fn secrets_readable_by_others_are_warned_about() {
     );
     assert!(w[1].starts_with("mqtt.key_file "), "{w:?}");
 }
+
+/// Issue 23: a secret file is read only by the key it was installed for,
+/// whatever wrote the config. The MQTT password named by a NUT device (in
+/// clear to whatever host it names) or as the InfluxDB token; one file as
+/// two kinds of secret; one upsd password sent to two upsd; a `..`.
+#[test]
+fn secret_files_are_bound_to_their_keys() {
+    let base = "site = \"s\"\n[mqtt]\nhost = \"b.example\"\nusername = \"u\"\npassword_file = \"/etc/wardgate/mqtt.password\"\n";
+    let nut = |id: &str, host: &str, pw: &str| {
+        format!(
+            "[[device]]\nid = \"{id}\"\ntype = \"nut\"\nhost = \"{host}\"\nups = \"u\"\nusername = \"w\"\npassword_file = \"{pw}\"\n"
+        )
+    };
+    // The docs' own layout is fine: each secret under its own name.
+    let ok = format!(
+        "{base}{}{}",
+        nut("ups1", "127.0.0.1", "/etc/wardgate/nut.password"),
+        nut("ups2", "127.0.0.1", "/etc/wardgate/nut.password")
+    );
+    assert_eq!(problems(&ok), Vec::<String>::new());
+    let p = problems(&format!(
+        "{base}{}",
+        nut("evil", "203.0.113.9", "/etc/wardgate/mqtt.password")
+    ));
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with("device[0].password_file: /etc/wardgate/mqtt.password is the name the MQTT password is installed under"),
+        "{p:?}"
+    );
+    assert!(p[1].contains("one file serves one kind of secret"), "{p:?}");
+    // Under another name, anywhere: still one file for two kinds.
+    let p = problems(
+        "site = \"s\"\n[mqtt]\nhost = \"b.example\"\nusername = \"u\"\npassword_file = \"/srv/pw\"\n\
+         [influxdb]\nurl = \"https://db.example\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = \"/srv//./pw\"\n",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(
+            "influxdb.token_file: /srv//./pw is also the MQTT password (mqtt.password_file)"
+        ),
+        "{p:?}"
+    );
+    // One upsd password for another upsd.
+    let p = problems(&format!(
+        "{base}{}{}",
+        nut("ups1", "127.0.0.1", "/etc/wardgate/nut.password"),
+        nut("ups2", "192.168.1.9", "/etc/wardgate/nut.password")
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("serves one upsd"), "{p:?}");
+    let p = problems(&format!(
+        "{base}{}",
+        nut("ups1", "127.0.0.1", "/etc/wardgate/x/../mqtt.pass")
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("\"..\""), "{p:?}");
+    // The web password as the MQTT key.
+    let p = problems(
+        "site = \"s\"\n[mqtt]\nhost = \"b.example\"\ncert_file = \"/etc/wardgate/client.crt\"\nkey_file = \"/etc/wardgate/web.password\"\n",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("the local page's password"), "{p:?}");
+}

@@ -40,6 +40,8 @@ pub const EXTRA_FILES: &[(&str, &str)] = &[
     ("wardgate-client.key", "client.key"),
     ("wardgate-mqtt.password", "mqtt.password"),
     ("wardgate-web.password", "web.password"),
+    ("wardgate-nut.password", "nut.password"),
+    ("wardgate-influx.token", "influx.token"),
 ];
 /// The extra files that are secrets: they leave the card at every boot,
 /// installed or not. (Certificates are public and stay on the card when the
@@ -48,6 +50,8 @@ pub const SECRET_FILES: &[&str] = &[
     "wardgate-client.key",
     "wardgate-mqtt.password",
     "wardgate-web.password",
+    "wardgate-nut.password",
+    "wardgate-influx.token",
 ];
 /// Where boot partitions are mounted: current Raspberry Pi OS, then older.
 pub const BOOT_DIRS: &[&str] = &["/boot/firmware", "/boot"];
@@ -228,14 +232,19 @@ impl Broker {
     }
 }
 
-/// The broker of the configuration installed in `etc`, if it is there and
-/// valid.
-fn installed_broker(etc: &Path) -> Option<Broker> {
+/// The configuration installed in `etc`, if it is there and valid.
+fn installed_config(etc: &Path) -> Option<Config> {
     let path = etc.join(CONFIG_NAME);
     let CardFile::Read(bytes) = look(&path, CONFIG_MAX).ok()? else {
         return None;
     };
-    let cfg = Config::from_toml(std::str::from_utf8(&bytes).ok()?).ok()?;
+    Config::from_toml(std::str::from_utf8(&bytes).ok()?).ok()
+}
+
+/// The broker of the configuration installed in `etc`, if it is there and
+/// valid.
+fn installed_broker(etc: &Path) -> Option<Broker> {
+    let cfg = installed_config(etc)?;
     Broker::of(&cfg, |f| read_installed(&in_etc(f, etc), EXTRA_MAX))
 }
 
@@ -313,13 +322,20 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
     let from_card = |installed: &Path| extras.iter().any(|(_, to, _)| to == installed);
     // Files the config names must exist once installed: on the card now
     // (as wardgate-*.crt etc.) or already in /etc/wardgate.
-    for (key, f) in [
+    let secrets = cfg.secret_uses();
+    let named: Vec<(String, Option<&Path>)> = [
         ("mqtt.ca_file", cfg.mqtt.ca_file.as_deref()),
         ("mqtt.cert_file", cfg.mqtt.cert_file.as_deref()),
-        ("mqtt.key_file", cfg.mqtt.key_file.as_deref()),
-        ("mqtt.password_file", cfg.mqtt.password_file.as_deref()),
-        ("web.password_file", cfg.web.password_file.as_deref()),
-    ] {
+    ]
+    .into_iter()
+    .map(|(k, f)| (k.to_owned(), f))
+    .chain(
+        secrets
+            .iter()
+            .map(|u| (u.key.clone(), Some(u.path.as_path()))),
+    )
+    .collect();
+    for (key, f) in named {
         let Some(f) = f else { continue };
         let installed = in_etc(f, etc);
         if !installed.exists() && !from_card(&installed) {
@@ -330,7 +346,7 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
                     .iter()
                     .find(|(_, to)| Some(*to) == f.file_name().and_then(|n| n.to_str()))
                     .map(|(from, _)| *from)
-                    .unwrap_or("one of wardgate-ca.crt, wardgate-client.crt, wardgate-client.key, wardgate-mqtt.password, wardgate-web.password")
+                    .unwrap_or("one of wardgate-ca.crt, wardgate-client.crt, wardgate-client.key, wardgate-mqtt.password, wardgate-web.password, wardgate-nut.password, wardgate-influx.token")
             ));
         }
     }
@@ -371,6 +387,48 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
                 new = Broker::describe(new.as_ref(), old.as_ref()),
                 path = f.display(),
             ));
+        }
+    }
+    // Every other secret too: an installed secret goes only where it went
+    // before, under the same key (a card that keeps the broker could
+    // otherwise hand the installed MQTT password, under any name, to a
+    // NUT device on any host, or to a database).
+    let before = installed_config(etc)
+        .map(|c| c.secret_uses())
+        .unwrap_or_default();
+    for u in &secrets {
+        if matches!(
+            u.role,
+            crate::config::secrets::Role::MqttPassword | crate::config::secrets::Role::MqttKey
+        ) {
+            continue; // the broker rule above
+        }
+        let installed = in_etc(&u.path, etc);
+        if from_card(&installed) || std::fs::symlink_metadata(&installed).is_err() {
+            continue;
+        }
+        let same = |b: &&crate::config::secrets::SecretUse| {
+            in_etc(&b.path, etc).components().eq(installed.components())
+        };
+        let card = EXTRA_FILES
+            .iter()
+            .find(|(_, to)| Some(*to) == u.path.file_name().and_then(|n| n.to_str()))
+            .map(|(from, _)| *from)
+            .unwrap_or("a file of its own");
+        match before.iter().find(same) {
+            Some(b) if b.role == u.role && b.to == u.to => {}
+            was => problems.push(format!(
+                "{key}: the installed {path} was given to {was}; this config would send it to {to}, so it \
+                 is not given to it. Put that one's own file on the card ({card}). / Tệp bí mật đã cài \
+                 ({path}) không được gửi tới nơi khác; hãy chép tệp riêng vào thẻ nhớ ({card}).",
+                key = u.key,
+                path = u.path.display(),
+                was = match was {
+                    Some(b) => format!("{} ({})", b.key, b.to),
+                    None => "nothing in the installed configuration".into(),
+                },
+                to = u.to,
+            )),
         }
     }
     if !problems.is_empty() {

@@ -268,3 +268,69 @@ fn installed_files_are_never_read_through_a_link() {
     std::os::unix::fs::symlink(&secret, etc.join("mqtt.password")).unwrap();
     assert_eq!(read_installed(&etc.join("mqtt.password"), EXTRA_MAX), None);
 }
+
+/// Issue 23: the broker rule holds for every secret. A card that keeps the
+/// broker cannot hand an installed secret, under any name, to a NUT device
+/// on another host; the same device on the same upsd keeps its password.
+#[test]
+fn an_installed_secret_goes_only_where_it_went_before() {
+    let (_t, boot, etc) = dirs();
+    std::fs::create_dir_all(&etc).unwrap();
+    let nut = |host: &str, pw: &str| {
+        format!(
+            "[[device]]\nid = \"ups1\"\ntype = \"nut\"\nhost = \"{host}\"\nups = \"u\"\nusername = \"w\"\npassword_file = \"{pw}\"\n"
+        )
+    };
+    let broker = "site = \"xa-test\"\n[mqtt]\nhost = \"ioc.example\"\nport = 8883\n";
+    let old = format!(
+        "{broker}username = \"u\"\npassword_file = \"/etc/wardgate/broker.pw\"\n{}",
+        nut("127.0.0.1", "/etc/wardgate/nut.password")
+    );
+    std::fs::write(etc.join(CONFIG_NAME), &old).unwrap();
+    std::fs::write(etc.join("broker.pw"), "mqtt-secret\n").unwrap();
+    std::fs::write(etc.join("nut.password"), "nut-secret\n").unwrap();
+    // The same broker, no MQTT login, and the MQTT password to a upsd
+    // elsewhere: refused, nothing installed.
+    let evil = format!("{broker}{}", nut("203.0.113.9", "/etc/wardgate/broker.pw"));
+    std::fs::write(boot.join(CONFIG_NAME), &evil).unwrap();
+    let e = provision(std::slice::from_ref(&boot), &etc)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("device[0].password_file: the installed /etc/wardgate/broker.pw was given to mqtt.password_file (mqtt ioc.example:8883); this config would send it to nut 203.0.113.9:3493"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(etc.join(CONFIG_NAME)).unwrap(), old);
+    // The upsd password to another upsd: refused too.
+    let moved = format!(
+        "{broker}{}",
+        nut("192.168.1.9", "/etc/wardgate/nut.password")
+    );
+    std::fs::write(boot.join(CONFIG_NAME), &moved).unwrap();
+    let e = provision(std::slice::from_ref(&boot), &etc)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wardgate-nut.password"), "{e}");
+    // ...unless the card brings that upsd's own password.
+    std::fs::write(boot.join("wardgate-nut.password"), "other\n").unwrap();
+    provision(std::slice::from_ref(&boot), &etc).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(etc.join("nut.password")).unwrap(),
+        "other\n"
+    );
+    assert!(
+        !boot.join("wardgate-nut.password").exists(),
+        "a secret leaves the card"
+    );
+    // The same device on the same upsd keeps the installed password.
+    let same = format!(
+        "{broker}{}\n[gateway]\ntelemetry_interval = \"30s\"\n",
+        nut("192.168.1.9", "/etc/wardgate/nut.password")
+    );
+    std::fs::write(boot.join(CONFIG_NAME), &same).unwrap();
+    provision(std::slice::from_ref(&boot), &etc).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(etc.join(CONFIG_NAME)).unwrap(),
+        same
+    );
+}

@@ -883,7 +883,7 @@ async fn config_set_refuses_then_applies_a_change() {
         ),
         (
             "s3",
-            json!({"toml": old.replace(&format!("port = {}", broker.port), "port = 1"), "base_hash": hash}),
+            json!({"toml": old.replace("[mqtt]\n", "[mqtt]\nprefix = \"ioc2\"\n"), "base_hash": hash}),
             "allow_broker_change",
         ),
     ];
@@ -933,6 +933,17 @@ async fn config_set_that_cuts_the_link_rolls_back() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Moving the broker is refused by the built-in remote-change policy;
+    // root widens it with a file only root can write.
+    if !is_root() {
+        skip(&this_test(), "the remote-change policy file must be root's");
+        return;
+    }
+    std::fs::write(
+        dir.path().join("remote-change.toml"),
+        "allow = [\"mqtt.port\"]\n",
+    )
+    .unwrap();
     // Nothing listens there, and no other test's mosquitto can start to.
     let no_broker = closed_port();
     let dead = old.replace(
@@ -1113,4 +1124,148 @@ async fn a_command_id_cannot_be_claimed_in_advance() {
     );
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));
+}
+
+/// A loopback listener that records every connection made to it; with
+/// `upsd`, it answers like a upsd whose UPS is on battery and low
+/// (`OB LB`) to every `LIST VAR`, so a `[power]` pointed at it would shut
+/// the box down.
+struct Recorder {
+    port: u16,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start(upsd: bool) -> Recorder {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut lines = tokio::io::BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let answer = match line.strip_prefix("LIST VAR ") {
+                            Some(ups) if upsd => format!(
+                                "BEGIN LIST VAR {ups}\nVAR {ups} ups.status \"OB LB\"\nVAR {ups} battery.charge \"3\"\nEND LIST VAR {ups}\n"
+                            ),
+                            _ if upsd => "OK\n".to_owned(),
+                            _ => continue,
+                        };
+                        if w.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Recorder {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 23, high: the two `config.set` takeovers end to end. One adds a
+/// NUT device that logs in to a upsd of the sender's with a secret file of
+/// the box, and an InfluxDB at the sender's address with another secret
+/// as its token; the other points `[power]` at a upsd that says "on
+/// battery, low" and makes `shutdown_command` a shell. Both are rejected
+/// by the built-in remote-change policy, naming each refused key: nothing
+/// is written, no restart, nothing reaches either listener, nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_cannot_send_secrets_away_or_run_programs() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let (cfg, old, run) = config_set_gateway(dir.path(), broker.port).await;
+    ioc.send("config.get", "g1", json!({})).await;
+    let hash = ioc.final_reply("g1").await["result"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (upsd, https) = (Recorder::start(true).await, Recorder::start(false).await);
+    for name in ["a.secret", "b.secret"] {
+        std::fs::write(dir.path().join(name), "the-box-secret\n").unwrap();
+    }
+    let secret = |n: &str| dir.path().join(n).display().to_string();
+    let leak = format!(
+        "{old}\n[[device]]\nid = \"evil\"\ntype = \"nut\"\nhost = \"127.0.0.1\"\nport = {}\nups = \"x\"\nusername = \"u\"\npassword_file = \"{}\"\n\
+         [influxdb]\nurl = \"https://127.0.0.1:{}\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = \"{}\"\n",
+        upsd.port,
+        secret("a.secret"),
+        https.port,
+        secret("b.secret")
+    );
+    let marker = dir.path().join("ran");
+    let takeover = format!(
+        "{old}\n[[device]]\nid = \"ups9\"\ntype = \"nut\"\nhost = \"127.0.0.1\"\nport = {}\nups = \"x\"\ninterval = \"1s\"\n\
+         [power]\nups = \"ups9\"\nshutdown_command = [\"/bin/sh\", \"-c\", \"touch {}\"]\nups_off_delay = \"0s\"\n",
+        upsd.port,
+        marker.display()
+    );
+    for (id, toml, keys) in [
+        (
+            "leak",
+            leak,
+            &[
+                "device.evil.password_file",
+                "device.evil.username",
+                "influxdb.token_file",
+                "influxdb.url",
+            ][..],
+        ),
+        (
+            "power",
+            takeover,
+            &["power.shutdown_command", "power.ups", "power.ups_off_delay"][..],
+        ),
+    ] {
+        // Each is a valid config: only the policy stands in the way.
+        wardgate::config::Config::from_toml(&toml).unwrap();
+        ioc.send("config.set", id, json!({"toml": toml, "base_hash": hash}))
+            .await;
+        let r = ioc.final_reply(id).await;
+        assert_eq!(r["status"], "rejected", "{r}");
+        let why = r["reason"].as_str().unwrap();
+        assert!(why.contains("remote change policy"), "{why}");
+        for k in keys {
+            assert!(why.contains(k), "{k} not named: {why}");
+        }
+        assert!(
+            !why.contains("device.ups9"),
+            "a UPS on loopback may be added: {why}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        old,
+        "nothing written"
+    );
+    assert!(!dir.path().join(".wardgate.toml.change.json").exists());
+    assert_eq!(run.starts(), 1, "no restart");
+    assert_eq!(upsd.connections(), 0, "nothing reached the sender's upsd");
+    assert_eq!(
+        https.connections(),
+        0,
+        "nothing reached the sender's database"
+    );
+    assert!(!marker.exists(), "the shell ran");
 }

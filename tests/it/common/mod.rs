@@ -188,6 +188,12 @@ pub fn skip(test: &str, why: &str) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
+/// Whether the tests run as root (files only root may write, chroots).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The path of the test running on this thread (libtest names a test's
 /// thread after it; the body of a `#[tokio::test]` runs there), for
 /// [`skip`] in a helper that is not told its test's name.
@@ -986,7 +992,9 @@ pub struct Process {
 
 impl Process {
     /// `wardgate run --config <config_path>`, its log (stderr) appended to
-    /// `log`.
+    /// `log`. The remote-change policy is `remote-change.toml` beside the
+    /// config (none unless a test writes it: the built-in rules), never the
+    /// machine's own.
     pub fn start(config_path: &Path, log: &Path) -> Process {
         Self::start_with_prefix(&[], config_path, log)
     }
@@ -1012,6 +1020,8 @@ impl Process {
             .arg("run")
             .arg("--config")
             .arg(config_path)
+            .arg("--remote-change-policy")
+            .arg(config_path.with_file_name("remote-change.toml"))
             .env("WARDGATE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(out)
