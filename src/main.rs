@@ -193,6 +193,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: &std::path::Path, explicit: bool, policy: PathBuf) -> u8 {
+    // A config the operations centre set and that has not been confirmed:
+    // this start is counted first, and one too many (or too late) puts the
+    // previous config back before anything is loaded.
+    if wardgate::command::change::count_start(path, &wardgate::command::change::Start::now()) {
+        tracing::warn!("config change rolled back at start: running the previous config");
+    }
     let cfg = match Config::load(path, explicit) {
         Ok(c) => Config {
             remote_policy: Some(policy),

@@ -59,6 +59,95 @@ pub struct Pending {
     pub old_hash: String,
     /// Why it was rolled back.
     pub reason: Option<String>,
+    /// Starts of the gateway with the new config so far (each counted
+    /// before the config is loaded, so a run that is killed, OOM-killed or
+    /// stopped by the watchdog counts too).
+    #[serde(default)]
+    pub attempts: u32,
+    /// The first of those starts: the confirmation window runs from here,
+    /// not from each restart.
+    #[serde(default)]
+    pub first_start: Option<Start>,
+    /// The new config's `commands.confirm_within`, for the start that
+    /// cannot load it.
+    #[serde(default)]
+    pub confirm_within_ms: u64,
+}
+
+/// When a start happened, in a clock that does not jump.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    /// The kernel's boot id: `boottime_ms` compares within one boot only.
+    pub boot_id: String,
+    /// `CLOCK_BOOTTIME`, ms.
+    pub boottime_ms: i64,
+}
+
+/// Starts with a new config before it is rolled back unconfirmed.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Beyond `confirm_within` from the first start, the slack for restarts
+/// (systemd's RestartSec, a slow start) before a start rolls back.
+pub const START_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Pending {
+    /// How long ago the first start was, when it was in this boot.
+    pub fn since_first_start(&self, now: &Start) -> Option<std::time::Duration> {
+        let f = self.first_start.as_ref()?;
+        (f.boot_id == now.boot_id && now.boottime_ms >= f.boottime_ms)
+            .then(|| std::time::Duration::from_millis((now.boottime_ms - f.boottime_ms) as u64))
+    }
+}
+
+impl Start {
+    pub fn now() -> Start {
+        Start {
+            boot_id: crate::spool::used::boot_id(),
+            boottime_ms: crate::clock::boottime_ms(),
+        }
+    }
+}
+
+/// Called by `wardgate run` before it loads the config: counts this start
+/// of a change being tried, and rolls the change back (true) when it was
+/// already tried [`MAX_ATTEMPTS`] times, or its first start in this boot
+/// is longer ago than its `confirm_within` and [`START_MARGIN`]: a config
+/// that gets the gateway killed before it can confirm or roll back must
+/// not loop for ever with a fresh window at every start.
+pub fn count_start(config: &Path, now: &Start) -> bool {
+    let Some(mut p) = read_pending(config) else {
+        return false;
+    };
+    if p.phase != Phase::Trying {
+        return false;
+    }
+    let window = std::time::Duration::from_millis(p.confirm_within_ms) + START_MARGIN;
+    let why = if p.attempts >= MAX_ATTEMPTS {
+        Some(format!(
+            "started {} times with it without being confirmed (the gateway stopped or was killed each time)",
+            p.attempts
+        ))
+    } else {
+        p.since_first_start(now)
+            .filter(|d| p.confirm_within_ms > 0 && *d > window)
+            .map(|d| {
+                format!(
+                    "not confirmed {} s after its first start (confirm_within {} s)",
+                    d.as_secs(),
+                    p.confirm_within_ms / 1000
+                )
+            })
+    };
+    if let Some(why) = why {
+        return roll_back(config, &why);
+    }
+    p.attempts += 1;
+    if p.first_start.is_none() {
+        p.first_start = Some(now.clone());
+    }
+    if let Err(e) = write_pending(config, &p) {
+        tracing::error!(error = %e, "the config change state could not be written");
+    }
+    false
 }
 
 /// Write-then-rename: a temp file beside `path`, fsync, rename, fsync the
@@ -226,6 +315,9 @@ pub fn apply(
         new_hash,
         old_hash: running_hash.to_owned(),
         reason: None,
+        attempts: 0,
+        first_start: None,
+        confirm_within_ms: new.commands.confirm_within.get().as_millis() as u64,
     };
     // A write refused by the sandbox or the directory's permissions: the
     // reason names the fix (docs/mqtt.md, "config.set on the packaged
@@ -260,7 +352,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wardgate.toml");
         std::fs::write(&path, text).unwrap();
-        let cfg = Config::load(&path, true).unwrap();
+        let mut cfg = Config::load(&path, true).unwrap();
+        // The built-in policy, whatever this machine has.
+        cfg.remote_policy = Some(dir.path().join("no-policy.toml"));
         let hash = super::super::inventory::sha256_hex(text.as_bytes());
         (dir, cfg, hash)
     }
@@ -339,5 +433,66 @@ mod tests {
         assert_eq!(mode, 0o640);
         clear_pending(&path);
         assert!(!roll_back(&path, "none"));
+    }
+
+    /// Issue 23, high 4: a new config that gets the gateway killed before
+    /// it can confirm or roll back is counted at each start (before it is
+    /// loaded) and rolled back at the fourth, or at a start later than
+    /// confirm_within and the margin after the first.
+    #[test]
+    fn a_change_that_never_gets_to_confirm_is_rolled_back_at_start() {
+        let old = "site = \"s\"\n[commands]\nconfirm_within = \"30s\"\n";
+        let (dir, cfg, hash) = setup(old);
+        let path = dir.path().join("wardgate.toml");
+        let new = "site = \"s\"\n[commands]\nconfirm_within = \"30s\"\n[gateway]\nsystem_health = false\n";
+        let at = |ms: i64| Start {
+            boot_id: "b1".into(),
+            boottime_ms: ms,
+        };
+        let p = apply(&cfg, &hash, "k1", &args(new, &hash, false)).unwrap();
+        assert_eq!((p.attempts, p.confirm_within_ms), (0, 30_000));
+        for n in 1..=MAX_ATTEMPTS {
+            assert!(!count_start(&path, &at(1000 * n as i64)), "start {n}");
+            let p = read_pending(&path).unwrap();
+            assert_eq!(p.attempts, n);
+            assert_eq!(p.first_start, Some(at(1000)), "the first start is kept");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+        }
+        assert!(count_start(&path, &at(5000)), "the fourth start rolls back");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), old);
+        let p = read_pending(&path).unwrap();
+        assert_eq!(p.phase, Phase::RolledBack);
+        assert!(p.reason.unwrap().contains("started 3 times"));
+        assert!(!count_start(&path, &at(6000)), "nothing more to roll back");
+        clear_pending(&path);
+
+        // Too late: the second start comes after confirm_within + margin.
+        let (dir, cfg, hash) = setup(old);
+        let path = dir.path().join("wardgate.toml");
+        apply(&cfg, &hash, "k2", &args(new, &hash, false)).unwrap();
+        assert!(!count_start(&path, &at(0)));
+        let late = 30_000 + START_MARGIN.as_millis() as i64 + 1;
+        let p = read_pending(&path).unwrap();
+        assert_eq!(
+            p.since_first_start(&at(late)).unwrap().as_millis() as i64,
+            late
+        );
+        assert!(count_start(&path, &at(late)));
+        assert!(read_pending(&path)
+            .unwrap()
+            .reason
+            .unwrap()
+            .contains("not confirmed"));
+        // In another boot the time says nothing (the attempts still count).
+        let (dir, cfg, hash) = setup(old);
+        let path = dir.path().join("wardgate.toml");
+        apply(&cfg, &hash, "k3", &args(new, &hash, false)).unwrap();
+        assert!(!count_start(&path, &at(0)));
+        let other = Start {
+            boot_id: "b2".into(),
+            boottime_ms: 10,
+        };
+        assert!(!count_start(&path, &other));
+        assert_eq!(read_pending(&path).unwrap().attempts, 2);
     }
 }

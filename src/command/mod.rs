@@ -349,8 +349,14 @@ impl Dispatcher {
         let running = self.ops.running_hash().to_owned();
         match p.phase {
             change::Phase::Trying if running == p.new_hash => {
-                tracing::info!(id = %p.id, within = ?self.ops.confirm_within(), "running a changed config: confirming it");
-                let deadline = tokio::time::Instant::now() + self.ops.confirm_within();
+                // The window runs from the first start with the new config
+                // (a restart does not open a new one).
+                let spent = p
+                    .since_first_start(&change::Start::now())
+                    .unwrap_or_default();
+                let left = self.ops.confirm_within().saturating_sub(spent);
+                tracing::info!(id = %p.id, attempt = p.attempts, left = ?left, "running a changed config: confirming it");
+                let deadline = tokio::time::Instant::now() + left;
                 self.confirming = Some((p, deadline));
             }
             phase => {

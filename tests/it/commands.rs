@@ -158,6 +158,28 @@ impl Ioc {
         self.final_reply_n(id, 1).await
     }
 
+    /// The running config's hash, by `config.get`: sent again under a new
+    /// id every 2 s until one is answered (a request published in the
+    /// moment between "MQTT connected" and the gateway's subscription
+    /// reaching the broker is not delivered to it: not retained).
+    async fn running_hash(&self) -> String {
+        for n in 0..30 {
+            let id = format!("hash-{n}");
+            self.send("config.get", &id, json!({})).await;
+            let got = wait_for(Duration::from_secs(2), || {
+                self.replies_of(&id)
+                    .iter()
+                    .any(|r| r["status"] == "successful")
+            })
+            .await;
+            if got {
+                let r = self.final_reply(&id).await;
+                return r["result"]["hash"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("config.get never answered");
+    }
+
     fn statuses_of(&self, id: &str) -> Vec<String> {
         self.replies_of(id)
             .iter()
@@ -1195,11 +1217,7 @@ async fn config_set_cannot_send_secrets_away_or_run_programs() {
     let dir = tempfile::tempdir().unwrap();
     let ioc = Ioc::start(broker.port, &test_site(), None).await;
     let (cfg, old, run) = config_set_gateway(dir.path(), broker.port).await;
-    ioc.send("config.get", "g1", json!({})).await;
-    let hash = ioc.final_reply("g1").await["result"]["hash"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let hash = ioc.running_hash().await;
     let (upsd, https) = (Recorder::start(true).await, Recorder::start(false).await);
     for name in ["a.secret", "b.secret"] {
         std::fs::write(dir.path().join(name), "the-box-secret\n").unwrap();
@@ -1268,4 +1286,62 @@ async fn config_set_cannot_send_secrets_away_or_run_programs() {
         "nothing reached the sender's database"
     );
     assert!(!marker.exists(), "the shell ran");
+}
+
+/// Issue 23, high 4: a new config that gets the gateway killed (OOM, the
+/// watchdog) before it can confirm or roll back does not loop for ever
+/// with a fresh window at each start. The change here can never confirm
+/// (its new UPS does not answer), and each run with it is killed with
+/// SIGKILL soon after it starts confirming, long before confirm_within
+/// (10 s); the fourth start puts the previous config back before loading,
+/// and that run replies `failed`, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_killed_at_every_start_rolls_back() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ioc = Ioc::start(broker.port, &test_site(), None).await;
+    let extra = cmd_config(&["config.get", "config.set"], &sim("ups1", "1h", "")).replace(
+        "trust_clock = true",
+        "trust_clock = true\nconfirm_within = \"10s\"",
+    );
+    let cfg = process_config(dir.path(), broker.port, &extra);
+    let old = std::fs::read_to_string(&cfg).unwrap();
+    let log = dir.path().join("gw.log");
+    let mut gw = Process::start(&cfg, &log);
+    connected(&gw, 0).await;
+    let hash = ioc.running_hash().await;
+    let silent = closed_port();
+    let new = format!(
+        "{old}\n[[device]]\nid = \"ups2\"\ntype = \"nut\"\nport = {}\nups = \"x\"\ninterval = \"1s\"\ntimeout = \"200ms\"\n",
+        silent.port
+    );
+    ioc.send("config.set", "k1", json!({"toml": new, "base_hash": hash}))
+        .await;
+    assert_eq!(gw.wait(WAIT).await, Some(75), "restarts into the change");
+    for n in 1..=3 {
+        let from = gw.log_text().len();
+        gw = Process::start(&cfg, &log);
+        eventually(WAIT, "the run confirms the change", || {
+            gw.log_text()
+                .get(from..)
+                .is_some_and(|t| t.contains("running a changed config"))
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), new, "start {n}");
+        gw.signal(9);
+        gw.wait(WAIT).await;
+    }
+    let from = gw.log_text().len();
+    let started = std::time::Instant::now();
+    let _gw = Process::start(&cfg, &log);
+    let r = ioc.final_reply("k1").await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(why.contains("started 3 times"), "{why}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "rolled back at start, not after another window"
+    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), old, "restored");
+    assert!(_gw.log_text()[from..].contains("rolled back at start"));
 }
