@@ -769,7 +769,9 @@ def check_config_set(vm, broker):
     """Check 7: config.set under the packaged unit. Refused with the fix
     while the unit is as strict as shipped; then the drop-in the package
     ships and the group write bit, as docs/mqtt.md says; a change that
-    works is confirmed, one that cuts the link is rolled back."""
+    works is confirmed, a takeover is rejected by the remote-change policy,
+    and one that cuts the link is rolled back once root's policy file
+    allows moving the broker."""
     a = vm.agent
     name = "config.set on the packaged service"
     conf = "/etc/wardgate/wardgate.toml"
@@ -845,8 +847,36 @@ def check_config_set(vm, broker):
                      f"new interval confirmed after {took:.0f} s (file {mode.strip()}, NRestarts "
                      f"{before.get('NRestarts')} -> {after.get('NRestarts')})")
 
-    # (b) a dead broker, allowed: rolled back within confirm_within
+    # (b) a takeover: [power] pointed at the UPS with a shell as the
+    # shutdown command. The built-in remote-change policy rejects it,
+    # naming the keys; nothing is written, nothing runs.
+    marker = "/run/wardgate-vm-ran"
+    takeover = text1 + ('\n[power]\nups = "ups1"\n'
+                        f'shutdown_command = ["/bin/sh", "-c", "touch {marker}"]\n')
+    r, _, _ = config_set("vm-takeover", takeover, h1)
+    why = (r or {}).get("reason") or ""
+    rc_marker, _ = a.sh(f"test -e {marker}")
+    if not r or r.get("status") != "rejected" or "power.shutdown_command" not in why \
+            or "power.ups" not in why:
+        probs.append(f"takeover: reply {r}")
+    elif file_now()[0] != h1 or rc_marker == 0:
+        probs.append("takeover: the config changed or the command ran")
+    else:
+        notes.append(f"a [power] shell rejected by the built-in policy ({why[:120]!r}), nothing written or run")
+
+    # (c) a dead broker: moving the broker is refused by the built-in
+    # policy; root widens it with /etc/wardgate-remote-change.toml (only
+    # root can write it, the service reads it at each config.set); then
+    # it is tried and rolled back within confirm_within.
     dead = text1.replace("port = 1883", "port = 1884")
+    r, _, _ = config_set("vm-cut0", dead, h1, allow_broker_change=True)
+    why = (r or {}).get("reason") or ""
+    if not r or r.get("status") != "rejected" or "mqtt.port" not in why:
+        probs.append(f"dead broker before the policy file: reply {r}")
+    rc, out = a.sh("printf 'allow = [\"mqtt.port\"]\\n' > /etc/wardgate-remote-change.toml"
+                   " && chmod 0644 /etc/wardgate-remote-change.toml")
+    if rc != 0:
+        probs.append(f"writing the policy file: {rc} {out.strip()!r}")
     r, took, t_reply = config_set("vm-cut", dead, h1, allow_broker_change=True, timeout=240)
     why = (r or {}).get("reason") or ""
     h2, _ = file_now()
@@ -860,8 +890,10 @@ def check_config_set(vm, broker):
     elif not back:
         probs.append("dead broker: no telemetry after the rollback")
     else:
-        notes.append(f"dead broker rolled back: failed after {took:.0f} s ({why[:90]!r}), previous file "
+        notes.append(f"dead broker rejected by the built-in policy, allowed by the policy file, then "
+                     f"rolled back: failed after {took:.0f} s ({why[:90]!r}), previous file "
                      f"restored, telemetry again {back[0] - t_reply:.0f} s after the reply")
+    a.sh("rm -f /etc/wardgate-remote-change.toml")
     check(7, name, not probs, "; ".join(probs) or "; ".join(notes))
 
 
