@@ -83,7 +83,7 @@ type = "nut"
 host = "203.0.113.9"
 ups = "x"
 username = "u"
-password_file = "/etc/wardgate/mqtt.password"
+password_file = "/etc/wardgate/broker.pw"
 "#;
     assert_eq!(
         refused(&new),
@@ -98,7 +98,7 @@ password_file = "/etc/wardgate/mqtt.password"
 #[test]
 fn the_influxdb_url_and_token_are_refused() {
     let new = BASE.to_owned()
-        + "[influxdb]\nurl = \"https://203.0.113.9\"\ntoken_file = \"/etc/wardgate/mqtt.password\"\norg = \"o\"\nbucket = \"b\"\n";
+        + "[influxdb]\nurl = \"https://203.0.113.9\"\ntoken_file = \"/etc/wardgate/token.pw\"\norg = \"o\"\nbucket = \"b\"\n";
     assert_eq!(
         refused(&new),
         ["influxdb.token_file", "influxdb.url"],
