@@ -1345,3 +1345,159 @@ async fn config_set_killed_at_every_start_rolls_back() {
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), old, "restored");
     assert!(_gw.log_text()[from..].contains("rolled back at start"));
 }
+
+/// docs/mqtt.md's broker setup, client ids and writes: with the gateways'
+/// listener set as the docs say (`use_username_as_clientid true`) and the
+/// docs' ACL, another ward's account that connects with this gateway's
+/// client id does not take over its connection (no reconnect, no last
+/// will), and what it publishes under this ward's subtree (a reading, a
+/// retained "offline" status) never reaches the IOC's consumer, which
+/// reads on a listener of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_example_binds_client_ids_and_writes() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt.md")).unwrap();
+    let acl = doc
+        .split("mosquitto `acl_file`:\n\n```\n")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("the ACL example in docs/mqtt.md");
+    let listener = doc
+        .split("# mosquitto.conf: the gateways' listener\n")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("the gateways' listener in docs/mqtt.md");
+    let rule = "use_username_as_clientid true";
+    assert!(listener.contains(rule), "{listener}");
+    let acl_path = dir.path().join("acl");
+    std::fs::write(&acl_path, acl).unwrap();
+    let site = test_site();
+    let other = format!("{site}-b");
+    let pw = dir.path().join("passwd");
+    for (i, (user, pass)) in [
+        (site.as_str(), "pa"),
+        (other.as_str(), "pb"),
+        ("ioc-ingest", "pi"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = std::process::Command::new("mosquitto_passwd");
+        c.arg("-b");
+        if i == 0 {
+            c.arg("-c");
+        }
+        assert!(c.arg(&pw).args([user, pass]).status().unwrap().success());
+    }
+    for f in [&pw, &acl_path] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // The gateways' listener with the docs' rule (TLS aside); the IOC's
+    // consumer on a second listener without it.
+    let broker = Broker::start_with_second_listener(
+        &format!(
+            "{rule}\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
+            pw.display(),
+            acl_path.display()
+        ),
+        "",
+    );
+    let ingest = Subscriber::start_login(
+        broker.second_port.unwrap(),
+        "ioc",
+        &site,
+        Some(("ioc-ingest", "pi")),
+    )
+    .await;
+    std::fs::write(dir.path().join("gw.pass"), "pa\n").unwrap();
+    let login = format!(
+        "[mqtt]\nusername = \"{site}\"\npassword_file = \"{}\"\nallow_plaintext_credentials = true\n",
+        dir.path().join("gw.pass").display()
+    );
+    let text = config_text(
+        broker.port,
+        dir.path(),
+        &cmd_config(&["status"], &sim("ups1", "1s", "")),
+    )
+    .replace("[mqtt]\n", &format!("{}\n", login.trim_end()));
+    let cfg = dir.path().join("wardgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    connected(&gw, 0).await;
+    eventually(WAIT, "the gateway's readings reach the IOC", || {
+        ingest
+            .all()
+            .iter()
+            .any(|m| m.topic == format!("ioc/{site}/ups1/telemetry"))
+    })
+    .await;
+
+    // Another ward's account, with this gateway's client id, writes into
+    // this ward's subtree. mosquitto closes a 3.1.1 connection that
+    // publishes where its ACL does not allow (a 3.1.1 PUBACK cannot say
+    // "not authorised"): count what went out, then give the broker time to
+    // deliver anything.
+    let mut o = MqttOptions::new(format!("wardgate-{site}"), "127.0.0.1", broker.port);
+    o.set_credentials(other.clone(), "pb");
+    let (client, mut el) = AsyncClient::new(o, 10);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = sent.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
+                    s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let forged = json!({"v": 1, "device": "ups1", "samples": [{"ts": 1, "seq": 999_999, "values": {"ups.load": 99.0}}]});
+    client
+        .publish(
+            format!("ioc/{site}/ups1/telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            forged.to_string(),
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            format!("ioc/{site}/status"),
+            QoS::AtLeastOnce,
+            true,
+            r#"{"state":"offline","reason":"lost"}"#,
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "both forged messages went out", || {
+        sent.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    task.abort();
+
+    let log = gw.log_text();
+    assert_eq!(
+        log.matches("MQTT connected").count(),
+        1,
+        "the gateway was taken off by another ward's account:\n{log}"
+    );
+    let all = ingest.all();
+    assert!(
+        !all.iter().any(|m| m.topic == format!("ioc/{site}/status")
+            && m.body.get("state").and_then(|s| s.as_str()) == Some("offline")),
+        "an offline status reached the IOC"
+    );
+    assert!(
+        !all.iter()
+            .any(|m| m.topic == format!("ioc/{site}/ups1/telemetry")
+                && m.body.to_string().contains("999999")),
+        "a reading forged by another ward reached the IOC"
+    );
+}
