@@ -1501,3 +1501,81 @@ async fn acl_example_binds_client_ids_and_writes() {
         "a reading forged by another ward reached the IOC"
     );
 }
+
+/// A retained request bigger than anything the gateway takes, left on a
+/// command topic (by mistake or not), must not cut the uplink at every
+/// reconnect. Up to the incoming limit (8 MiB) it is read and rejected
+/// "too large"; beyond it (a broker with no packet limit) the connection it
+/// ends is the last with the command subscription for a while: telemetry
+/// goes on, and the log says which topics and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retained_request_does_not_cut_the_uplink() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let site = test_site();
+    let sub = Subscriber::start(broker.port, "ioc").await;
+    let ioc = Ioc::start(broker.port, &site, None).await;
+    let retain = |id: &str, bytes: usize| {
+        let f = dir.path().join(format!("{id}.json"));
+        std::fs::write(&f, vec![b' '; bytes]).unwrap();
+        let ok = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1", "-r"])
+            .args(["-t", &format!("ioc/{site}/cmd/status/{id}")])
+            .arg("-f")
+            .arg(&f)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mosquitto_pub");
+    };
+    // 2 MiB: over the old limit (1 MiB), under the new one.
+    retain("big2", 2 << 20);
+    let cfg = process_config(
+        dir.path(),
+        broker.port,
+        &cmd_config(&["status"], &sim("ups1", "500ms", "")),
+    );
+    let gw = Process::start(&cfg, &dir.path().join("gw.log"));
+    let r = ioc.final_reply("big2").await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("too large"),
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        gw.log_text().matches("MQTT connected").count(),
+        1,
+        "{}",
+        gw.log_text()
+    );
+    // 9 MiB: over what the gateway reads. One connection ends on it, the
+    // next ones leave commands out and carry telemetry.
+    retain("big9", 9 << 20);
+    ioc.send("status", "nudge", json!({})).await;
+    eventually(WAIT, "commands suspended, said in the log", || {
+        gw.log_text().contains("commands are not read for 10 min")
+    })
+    .await;
+    let before = sub
+        .all()
+        .iter()
+        .filter(|m| m.topic.ends_with("/ups1/telemetry"))
+        .count();
+    eventually(WAIT, "telemetry after the suspension", || {
+        sub.all()
+            .iter()
+            .filter(|m| m.topic.ends_with("/ups1/telemetry"))
+            .count()
+            > before + 4
+    })
+    .await;
+    let connects = gw.log_text().matches("MQTT connected").count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        gw.log_text().matches("MQTT connected").count(),
+        connects,
+        "the uplink keeps dropping:\n{}",
+        gw.log_text()
+    );
+}

@@ -125,6 +125,10 @@ pub struct MqttSink<L: Lane> {
     commands: Option<crate::command::CommandLink>,
     /// The offline status's reason at a clean stop.
     stop_reason: StopReason,
+    /// Until when the command subscription is left out: the broker sent a
+    /// packet over the incoming limit right after it (a retained request
+    /// too big to read), and telemetry must not die of a command topic.
+    commands_suspended: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 enum SessionEnd {
@@ -156,6 +160,7 @@ impl<L: Lane> MqttSink<L> {
             report,
             commands: None,
             stop_reason: StopReason::default(),
+            commands_suspended: std::sync::Mutex::new(None),
         }
     }
 

@@ -14,8 +14,20 @@ use crate::config::Config;
 use crate::sink::lane::Lane;
 use crate::sink::payload;
 
-/// Incoming packets are acks and pings only.
-const MAX_INCOMING_PACKET: usize = 1 << 20;
+/// The least the gateway reads from the broker in one packet: acks, pings
+/// and command requests (at most 64 KiB each). Above the broker's own
+/// packet limit, so that whatever the broker accepts, a retained request
+/// included, can be read and refused ("too large") rather than end the
+/// connection at every reconnect; docs/mqtt.md asks for a broker limit
+/// between `mqtt.max_packet_size` and this. 8 MiB read once fits the
+/// unit's MemoryMax (64 MiB) beside a full backlog (18 MiB measured).
+pub(super) const MIN_INCOMING_PACKET: usize = 8 << 20;
+
+/// The incoming limit in force: [`MIN_INCOMING_PACKET`], or more when
+/// `mqtt.max_packet_size` is bigger (the broker's limit is at least that).
+pub(super) fn max_incoming_packet(cfg: &Config) -> usize {
+    MIN_INCOMING_PACKET.max(max_packet_size(cfg))
+}
 
 impl<L: Lane> MqttSink<L> {
     pub(super) fn options(&self) -> Result<MqttOptions, MqttError> {
@@ -27,7 +39,7 @@ impl<L: Lane> MqttSink<L> {
         // The same limit the publisher checks before handing a message over,
         // so rumqttc never meets a packet it refuses (which would end the
         // connection, again and again).
-        o.set_max_packet_size(MAX_INCOMING_PACKET, max_packet_size(c));
+        o.set_max_packet_size(max_incoming_packet(c), max_packet_size(c));
         o.set_last_will(LastWill::new(
             payload::status_topic(&c.mqtt.prefix, &c.site),
             payload::status_offline("lost"),

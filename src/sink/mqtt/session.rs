@@ -79,8 +79,15 @@ impl<L: Lane> MqttSink<L> {
             return self.end(failed(format!("queueing the birth message: {e}")));
         }
         // rumqttc does not restore subscriptions, and with a clean session
-        // neither does the broker: subscribe on every connection.
-        if let Some(filter) = self.commands.as_ref().and_then(|l| l.filter.clone()) {
+        // neither does the broker: subscribe on every connection (unless a
+        // request too big to read suspended it, below).
+        let filter = self
+            .commands
+            .as_ref()
+            .and_then(|l| l.filter.clone())
+            .filter(|_| !self.commands_suspended_now());
+        let subscribed = filter.clone();
+        if let Some(filter) = filter {
             if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                 return self.end(failed(format!("subscribing to commands: {e}")));
             }
@@ -146,6 +153,9 @@ impl<L: Lane> MqttSink<L> {
                     },
                     Err(e) => {
                         publisher.abort();
+                        if let (Some(size), Some(filter)) = (oversized(&e), &subscribed) {
+                            self.suspend_commands(size, filter);
+                        }
                         break failed_up(describe(&e, &self.cfg));
                     }
                 },
@@ -159,6 +169,44 @@ impl<L: Lane> MqttSink<L> {
             );
         }
         self.end(end)
+    }
+
+    fn commands_suspended_now(&self) -> bool {
+        let mut s = self
+            .commands_suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match *s {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *s = None;
+                tracing::info!("subscribing to commands again after a request too big to read");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The broker sent more than the incoming limit on a connection that
+    /// subscribed to commands: almost surely a retained request bigger than
+    /// the broker should allow. Without the subscription the next
+    /// connections carry telemetry; it is tried again after
+    /// [`COMMANDS_SUSPENDED_FOR`].
+    fn suspend_commands(&self, size: usize, filter: &str) {
+        *self
+            .commands_suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + COMMANDS_SUSPENDED_FOR);
+        tracing::error!(
+            size,
+            limit = super::options::max_incoming_packet(&self.cfg),
+            topics = filter,
+            "the broker sent a packet larger than the gateway reads, after the command subscription: \
+             most likely a retained request on these topics; commands are not read for {} min (telemetry goes on). \
+             Find it with `mosquitto_sub -v --retained-only -t '{filter}'`, remove it with \
+             `mosquitto_pub -r -n -t <topic>`, and set the broker's packet limit at or below the gateway's (docs/mqtt.md)",
+            COMMANDS_SUSPENDED_FOR.as_secs() / 60
+        );
     }
 
     fn end(&self, end: SessionEnd) -> SessionEnd {
@@ -526,6 +574,21 @@ async fn publish_replies<L: Lane>(
     Ok(())
 }
 
+/// How long the command subscription is left out after a packet too big
+/// to read came with it.
+const COMMANDS_SUSPENDED_FOR: Duration = Duration::from_secs(600);
+
+/// The size of an incoming packet over the limit, if that ended the
+/// connection.
+fn oversized(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
 /// A connection error in words a technician can act on.
 fn describe(e: &ConnectionError, cfg: &Config) -> String {
     let broker = format!("{}:{}", cfg.mqtt.host, cfg.mqtt_port());
@@ -548,6 +611,11 @@ fn describe(e: &ConnectionError, cfg: &Config) -> String {
         ConnectionError::Tls(t) => format!("TLS with {broker} failed: {t}"),
         ConnectionError::Io(io) => format!("cannot reach broker {broker}: {io}"),
         ConnectionError::NetworkTimeout => format!("timed out connecting to {broker}"),
+        e if oversized(e).is_some() => format!(
+            "broker {broker} sent a packet of {} bytes, more than the gateway reads ({})",
+            oversized(e).unwrap_or_default(),
+            super::options::max_incoming_packet(cfg)
+        ),
         other => format!("MQTT connection to {broker}: {other}"),
     }
 }
