@@ -3387,6 +3387,13 @@ fn self_test() {
     // Without spool.degraded nothing is excused.
     let a = account(&tail, &full_card((ts(4) - 1000, ts(5) + 500)));
     assert_eq!((a.degraded_stop, a.undeclared), (0, 2));
+    // A scenario that cannot inject its fault: SKIP, but FAIL as root.
+    let mut out = Outcome::skip("x", "no loop device".into());
+    skip_as_root(&mut out, false);
+    assert_eq!(out.verdict(), "SKIP");
+    skip_as_root(&mut out, true);
+    assert_eq!(out.verdict(), "FAIL");
+    assert!(out.failures[0].starts_with("SKIP as root: no loop device"));
     // Reconnect times: the short run forgives one slow restart up to 7 s.
     assert!(reconnect_verdict(&[0.5, 0.6, 6.5, 0.4, 0.5], true).is_none());
     assert!(reconnect_verdict(&[0.5, 0.6, 7.5, 0.4, 0.5], true).is_some());
@@ -3440,6 +3447,18 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A SKIP as root is a FAIL: there (CI) every fault must be injectable.
+fn skip_as_root(out: &mut Outcome, root: bool) {
+    if !root {
+        return;
+    }
+    if let Some(why) = out.skipped.take() {
+        out.failures.push(format!(
+            "SKIP as root: {why} (as root the fault must be injectable; CI runs as root)"
+        ));
+    }
+}
+
 /// Appends `faults: <scenario>: <why>` to `<repo>/target/skipped.txt`, the
 /// file CI's closing line prints.
 fn record_skip(root: &Path, name: &str, why: &str) {
@@ -3473,15 +3492,10 @@ fn run_one(rt: &tokio::runtime::Runtime, o: &Opts, name: &'static str, f: Scenar
             out.failures.push(format!("the harness panicked: {why}"));
             out
         });
-    if let Some(why) = out.skipped.clone() {
-        record_skip(&o.root, out.name, &why);
-        if is_root() {
-            out.skipped = None;
-            out.failures.push(format!(
-                "SKIP as root: {why} (as root the fault must be injectable; CI runs as root)"
-            ));
-        }
+    if let Some(why) = &out.skipped {
+        record_skip(&o.root, out.name, why);
     }
+    skip_as_root(&mut out, is_root());
     println!(
         "  {:<20} {:>5} ({:.0} s){}",
         out.name,
