@@ -2281,8 +2281,10 @@ fn fill_up(dir: &Path, name: &str) {
     }
 }
 
-/// A spool on a 2 MiB tmpfs that fills up during an outage (a filler file
-/// leaves 256 KiB, then takes whatever is freed again). Expectations: live
+/// A spool on an 8 MiB tmpfs that fills up during an outage: after 6 s of
+/// outage with room on the card (its first readings are then older than
+/// the loss bound and had to be written: they must arrive), a filler file
+/// leaves 256 KiB, then takes whatever is freed again. Expectations: live
 /// readings flow while the disk is full once the broker is back; SIGTERM
 /// exits 0; a restart with the disk still full delivers live readings; no
 /// re-send storm: acknowledged rows that could not be deleted are never sent
@@ -2297,7 +2299,7 @@ fn fill_up(dir: &Path, name: &str) {
 async fn disk_full(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
     let mnt_dir = base.path().join("spool");
-    let mnt = match Mount::tmpfs(&mnt_dir, "2m") {
+    let mnt = match Mount::tmpfs(&mnt_dir, "8m") {
         Ok(m) => m,
         Err(e) => return Outcome::skip("disk_full", format!("cannot mount tmpfs: {e}")),
     };
@@ -2311,22 +2313,37 @@ async fn disk_full(o: &Opts) -> Outcome {
     {
         rig.fail("no live reading after start".into());
     }
-    // Leave ~256 KiB for the spool to fill during the outage.
-    let fill_began = now_ms();
-    let filler = mnt.dir.join("filler");
-    let room = free_bytes(&mnt.dir).saturating_sub(256 << 10);
-    let _ = std::fs::write(&filler, vec![0u8; room as usize]);
+    // An outage with room on the card first.
     rig.broker.stop();
     let outage = Instant::now();
-    let deadline = outage + Duration::from_secs(o.pick(30, 90));
+    sleep_ms(o.pick(6000, 10000)).await;
+    let before = free_bytes(&mnt.dir);
+    if before < 512 << 10 {
+        rig.fail(format!(
+            "the card filled up by itself ({} KiB free after {:.1} s of outage) before the harness filled it: when it became unwritable is unknown",
+            before >> 10,
+            outage.elapsed().as_secs_f64()
+        ));
+    }
+    // Leave ~256 KiB for the spool to fill.
+    let fill_began = now_ms();
+    let filled_from = Instant::now();
+    let filler = mnt.dir.join("filler");
+    let _ = std::fs::write(
+        &filler,
+        vec![0u8; before.saturating_sub(256 << 10) as usize],
+    );
+    let deadline = filled_from + Duration::from_secs(o.pick(30, 90));
     while free_bytes(&mnt.dir) > 16 << 10 && Instant::now() < deadline {
         sleep_ms(100).await;
     }
     let full = free_bytes(&mnt.dir) <= 16 << 10;
     rig.note(format!(
-        "disk {} during the outage ({:.1} s)",
+        "disk {} {:.1} s after the filler ({:.1} s into the outage; {} KiB free before it)",
         if full { "filled up" } else { "did NOT fill up" },
-        outage.elapsed().as_secs_f64()
+        filled_from.elapsed().as_secs_f64(),
+        outage.elapsed().as_secs_f64(),
+        before >> 10
     ));
     sleep_ms(o.pick(2000, 10000)).await;
     // The broker returns, the disk stays full: live readings must flow.
