@@ -2471,9 +2471,10 @@ fn copies_by_run(copies: &[(Instant, bool)], starts: &[Instant]) -> String {
 /// with the card still read-only (SIGTERM exits 0; what it had only in
 /// memory is the loss the README allows, and nothing can show which
 /// numbers it was), and the second gets the card back, puts its epoch on
-/// disk (`spool.restored`), sends the backlog and ends like every
-/// scenario ([`Rig::drain`]): the closing run resumes that epoch after a
-/// clean stop, so its first numbers check the second run's tail.
+/// disk (`spool.restored`), sends the backlog, is stopped in an outage
+/// (its newest readings must reach the card) and ends like every scenario
+/// ([`Rig::drain`]): the closing run resumes that epoch after a clean
+/// stop, so its first numbers check the second run's tail.
 async fn readonly_start(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
     let mnt = match Mount::tmpfs(&base.path().join("spool"), "32m") {
@@ -2533,6 +2534,15 @@ async fn readonly_start(o: &Opts) -> Outcome {
     {
         rig.fail("the card writable again: no spool.restored within 20 s".into());
     }
+    // Its newest readings have to reach the card: a clean stop in an
+    // outage loses nothing.
+    rig.broker.stop();
+    sleep_ms(1500).await;
+    rig.term_expect_0(
+        Duration::from_secs(10),
+        "SIGTERM in an outage, the card writable again",
+    )
+    .await;
     rig.cycles = rig.gw.runs;
     let out = rig.finish().await;
     drop(mnt);
