@@ -2766,7 +2766,8 @@ fn crc32(parts: &[&[u8]]) -> u32 {
 /// binary under test may have a newer schema than the library this harness
 /// is built with): an existing row's body gets a 2 MiB value, and when the
 /// table has a `crc` column the checksum is recomputed as docs/spec say
-/// (crc32 over kind byte, epoch BE u64, seq BE u64, device, 0, body), so
+/// (crc32 over kind byte, epoch BE u64, seq BE u64, device, 0, body, and
+/// for a row that keeps `boot` and `boottime`: 0, boot, 0, boottime BE), so
 /// the record is valid but too large, not corrupt. The broker, like an
 /// operations centre's, refuses packets over 1 MiB (mosquitto
 /// `max_packet_size`: it disconnects the sender), which is also the new
@@ -2781,11 +2782,23 @@ async fn oversized_reading(o: &Opts) -> Outcome {
         let cols = rec_columns(&c);
         let has_epoch = cols.iter().any(|c| c == "epoch");
         let has_crc = cols.iter().any(|c| c == "crc");
+        let has_boot = cols.iter().any(|c| c == "boot") && cols.iter().any(|c| c == "boottime");
         let q = format!(
-            "SELECT id, kind, device, seq, body, {} FROM rec WHERE device = 'ups1' AND kind = 0 ORDER BY seq LIMIT 1",
-            if has_epoch { "epoch" } else { "0" }
+            "SELECT id, kind, device, seq, body, {}, {} FROM rec WHERE device = 'ups1' AND kind = 0 ORDER BY seq LIMIT 1",
+            if has_epoch { "epoch" } else { "0" },
+            if has_boot { "boot, boottime" } else { "NULL, NULL" }
         );
-        let (id, kind, device, seq, body, epoch): (i64, i64, String, i64, String, i64) = c
+        #[allow(clippy::type_complexity)]
+        let (id, kind, device, seq, body, epoch, boot, boottime): (
+            i64,
+            i64,
+            String,
+            i64,
+            String,
+            i64,
+            Option<String>,
+            Option<i64>,
+        ) = c
             .query_row(&q, [], |r| {
                 Ok((
                     r.get(0)?,
@@ -2794,6 +2807,8 @@ async fn oversized_reading(o: &Opts) -> Outcome {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             })
             .map_err(|e| format!("no ups1 row in the backlog: {e}"))?;
@@ -2806,14 +2821,23 @@ async fn oversized_reading(o: &Opts) -> Outcome {
         )
         .map_err(|e| e.to_string())?;
         if has_crc {
-            let crc = crc32(&[
-                &[kind as u8],
-                &(epoch as u64).to_be_bytes(),
-                &(seq as u64).to_be_bytes(),
+            let kind_b = [kind as u8];
+            let epoch_be = (epoch as u64).to_be_bytes();
+            let seq_be = (seq as u64).to_be_bytes();
+            let mut parts: Vec<&[u8]> = vec![
+                &kind_b,
+                &epoch_be,
+                &seq_be,
                 device.as_bytes(),
                 &[0],
                 big.as_bytes(),
-            ]);
+            ];
+            // A row that keeps when it was taken has those covered too.
+            let boottime_be = boottime.map(|t| t.to_be_bytes());
+            if let (Some(b), Some(t)) = (&boot, &boottime_be) {
+                parts.extend([&[0u8][..], b.as_bytes(), &[0], &t[..]]);
+            }
+            let crc = crc32(&parts);
             c.execute(
                 "UPDATE rec SET crc = ?1 WHERE id = ?2",
                 rusqlite::params![crc as i64, id],
