@@ -54,6 +54,13 @@
 //!   `seq_last_used.<dev>.<kind> = L` the numbers `L+1 .. R-1` were never
 //!   used; when the event has no `seq_last_used` (binaries from before
 //!   issue 10) every number below `R` counts as unused.
+//! - **which epoch an unclean stop speaks of**: its envelope's, except
+//!   when the run that raised it could not write its positions at start
+//!   and counts in an epoch of its own: a `gateway.sequence_reset` raised
+//!   in the same run (by the harness's starts) announces the envelope's
+//!   epoch with a `previous_epoch`, and the numbers declared are that
+//!   previous epoch's (the one the positions file names, which the next
+//!   run with a writable card resumes).
 //! - **destroyed** (not counted at all): numbers the harness itself
 //!   destroyed with a spool file it overwrote; that loss is the fault.
 //! - **lost in a crash** (printed under the table, not in "lost
@@ -75,13 +82,20 @@
 //!   Only the kill -9 scenarios, `disk_full`'s one kill and every
 //!   scenario's closing kill can excuse anything.
 //! - **lost at a stop with the card unwritable** (`disk_full` only, in a
-//!   note): a missing number at or below an `L` (the stop could not be
-//!   recorded as clean); the README's table names this loss ("only in
-//!   memory at a stop") and the gateway declares it with `spool.degraded`
-//!   (which must have arrived) and the unclean stop. Not tightened yet:
-//!   any such number of the scenario counts (as the old rule had it for
-//!   every scenario); held to readings taken after the card was filled,
-//!   about 2000 of a short run's are not shown to be, which is open.
+//!   note): the README's table promises that a full card loses only the
+//!   readings that overflow memory (counted `write_failed`) or that were
+//!   only in memory at a stop; the gateway declares the latter with
+//!   `spool.degraded` (which must have arrived) and, as such a stop cannot
+//!   be recorded as clean, the next unclean stop's `L`. So a missing
+//!   number of a stopped run (in its crash range, up to `L`) is excused
+//!   only when its reading can only have been in memory at that stop: by
+//!   the same lower bound on its time as for a kill, taken within a span
+//!   the harness declares ([`Known::degraded`]) that ends at that stop and
+//!   begins when the card was made unwritable less the loss bound under
+//!   spill (younger readings were not due on the card yet), or at the
+//!   start of a run that began with the card full. A missing number taken
+//!   earlier had to be on the card: undeclared loss, unless a
+//!   `write_failed` drop counts it.
 //! - **declared drops**, tied to what they declare, each reason on its own:
 //!   `spool.quarantined` excuses the one record it names
 //!   (`record.device`, `record.kind`, `record.seq`); `corrupt`
@@ -800,9 +814,10 @@ struct Account {
     /// Missing numbers at or below a `seq_last_used` not shown to have been
     /// taken in a killed run within the loss bound (among `missing`).
     too_old_for_crash: u64,
-    /// Missing numbers at or below a `seq_last_used` taken while the
-    /// harness kept the card from being written, up to the stop that lost
-    /// them (declared by `spool.degraded` and the unclean stop).
+    /// Missing numbers at or below a `seq_last_used` that can only have
+    /// been in memory at a stop with the card unwritable (within a span of
+    /// `Known::degraded`; declared by `spool.degraded` and the unclean
+    /// stop).
     degraded_stop: u64,
     /// Numbers at or below a `seq_last_used` that, by the lower bound on
     /// their time, cannot have been taken before the scenario's last
@@ -835,14 +850,17 @@ struct Known {
     kills: Vec<(i64, i64, i64)>,
     /// Wall ms of the scenario's first gateway start.
     first_start_ms: i64,
+    /// Wall ms of every gateway start (which run raised an event).
+    starts: Vec<i64>,
     /// Wall ms of every stop of a running gateway (kill -9 or SIGTERM).
     stops: Vec<i64>,
-    /// Spans (wall ms) in which a loss at or below a `seq_last_used` is
-    /// put down to a stop with the card full (`disk_full`: for now its
-    /// whole run, see there): what was only in memory at a stop with the
-    /// card full is the loss a degraded store declares (`spool.degraded`,
-    /// then `gateway.unclean_stop` with `seq_last_used`, as the stop could
-    /// not be recorded as clean).
+    /// Spans (wall ms) in which a reading, by the lower bound on its time,
+    /// can only have been in memory at the stop that ends the span, the
+    /// card being unwritable (`disk_full`: from the fill less the loss
+    /// bound to the SIGTERM with the card full; the restart with the card
+    /// full, start to kill): the loss a degraded store declares
+    /// (`spool.degraded`, then `gateway.unclean_stop` with `seq_last_used`,
+    /// as the stop could not be recorded as clean).
     degraded: Vec<(i64, i64)>,
     /// Whether any run had the heavy load (ups1 ten samples a tick).
     heavy: bool,
@@ -964,6 +982,10 @@ fn account(recs: &[Rec], known: &Known) -> Account {
     // reason -> epoch -> gateway telemetry seq -> counter
     let mut drop_counter: BTreeMap<&'static str, BTreeMap<String, BTreeMap<u64, f64>>> =
         BTreeMap::new();
+    // Each unclean_stop: (its envelope's epoch, its ts, its values), and
+    // each sequence_reset: (the epoch it announces, previous_epoch, ts).
+    let mut unclean: Vec<(String, Option<i64>, Value)> = Vec::new();
+    let mut resets: Vec<(String, Option<String>, Option<i64>)> = Vec::new();
     let mut corrupt_events = 0f64;
     let mut degraded_seen = false;
     let mut restored_lost = 0f64;
@@ -1055,33 +1077,13 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                 let vals = &item["values"];
                 match item["code"].as_str().unwrap_or("") {
                     "gateway.unclean_stop" => {
-                        let Some(o) = vals.as_object() else { continue };
-                        for (k, v) in o {
-                            let Some(rest) = k.strip_prefix("seq_resumed.") else {
-                                continue;
-                            };
-                            let Some((dev, kname)) = rest.rsplit_once('.') else {
-                                continue;
-                            };
-                            let kind: &'static str = match kname {
-                                "samples" => "samples",
-                                "events" => "events",
-                                _ => continue,
-                            };
-                            let Some(resumed) = num(v) else { continue };
-                            let last = num(&vals[format!("seq_last_used.{rest}")]);
-                            declared
-                                .entry((dev.to_owned(), kind, epoch.clone()))
-                                .or_default()
-                                .push((resumed as u64, last.map(|l| l as u64)));
-                            if let Some(t) = item["ts"].as_i64() {
-                                resumed_at
-                                    .entry((dev.to_owned(), kind, epoch.clone()))
-                                    .or_default()
-                                    .push((resumed as u64, t));
-                            }
-                        }
+                        unclean.push((epoch.clone(), item["ts"].as_i64(), vals.clone()))
                     }
+                    "gateway.sequence_reset" => resets.push((
+                        vals["epoch"].as_str().unwrap_or("").to_owned(),
+                        vals["previous_epoch"].as_str().map(str::to_owned),
+                        item["ts"].as_i64(),
+                    )),
                     "spool.corrupt_record" => {
                         corrupt_events += num(&vals["spool.records"]).unwrap_or(1.0)
                     }
@@ -1104,6 +1106,48 @@ fn account(recs: &[Rec], known: &Known) -> Account {
         }
     }
     a.delivered = seen.len() as u64;
+
+    // What each unclean stop declares, by the epoch it speaks of: its own
+    // envelope's, except when the run that raised it could not keep its
+    // positions and counts in an epoch of its own, announced by a
+    // sequence_reset raised in the same run (by the starts the harness
+    // made): the numbers are then the previous epoch's, the one the
+    // positions file names.
+    let run_of = |t: Option<i64>| t.map(|t| known.starts.iter().filter(|&&s| s <= t).count());
+    for (env_epoch, ts, vals) in &unclean {
+        let epoch = resets
+            .iter()
+            .find(|(e, prev, rts)| e == env_epoch && prev.is_some() && run_of(*rts) == run_of(*ts))
+            .and_then(|(_, prev, _)| prev.clone())
+            .unwrap_or_else(|| env_epoch.clone());
+        let Some(o) = vals.as_object() else { continue };
+        for (k, v) in o {
+            let Some(rest) = k.strip_prefix("seq_resumed.") else {
+                continue;
+            };
+            let Some((dev, kname)) = rest.rsplit_once('.') else {
+                continue;
+            };
+            let kind: &'static str = match kname {
+                "samples" => "samples",
+                "events" => "events",
+                _ => continue,
+            };
+            let Some(resumed) = num(v) else { continue };
+            let last = num(&vals[format!("seq_last_used.{rest}")]);
+            let stream = (dev.to_owned(), kind, epoch.clone());
+            declared
+                .entry(stream.clone())
+                .or_default()
+                .push((resumed as u64, last.map(|l| l as u64)));
+            if let Some(t) = ts {
+                resumed_at
+                    .entry(stream)
+                    .or_default()
+                    .push((resumed as u64, *t));
+            }
+        }
+    }
 
     // Each reason's declared count: the growth of its telemetry counter
     // (a counter that goes down restarted and counts from 0), or the
@@ -1211,7 +1255,8 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                 t >= started - 50 && t <= k && k - t <= w
             })
         };
-        // Taken while the card could not be written, before that stop.
+        // Only in memory at a stop with the card unwritable: taken within a
+        // span that ends at that stop.
         let while_degraded = |s: u64| {
             degraded_seen
                 && known.degraded.iter().any(|&(a, b)| {
@@ -1280,7 +1325,7 @@ fn account(recs: &[Rec], known: &Known) -> Account {
                         a.too_old_for_crash += 1;
                         example(
                             &mut a,
-                            " (at or below a seq_last_used, but not shown to be taken in a killed run within the loss bound)",
+                            " (at or below a seq_last_used, but not shown to be taken within the loss bound before a kill or only in memory at a stop with the card full)",
                         );
                     } else {
                         example(&mut a, "");
@@ -1535,6 +1580,7 @@ impl Rig {
             stops: self.gw.stops.clone(),
             degraded: self.degraded.clone(),
             first_start_ms: self.gw.starts_wall.first().copied().unwrap_or(0),
+            starts: self.gw.starts_wall.clone(),
             heavy: self.heavy,
         }
     }
@@ -1609,11 +1655,12 @@ impl Rig {
         }
     }
 
-    /// Waits for an event with `code` on the gateway device; its values.
-    async fn event_seen(&mut self, code: &str, limit: Duration) -> Option<Value> {
+    /// Waits for an event with `code` on the gateway device among the
+    /// records from `from` on; its values.
+    async fn event_seen(&mut self, from: usize, code: &str, limit: Duration) -> Option<Value> {
         let needle = format!("\"code\":\"{code}\"");
         let i = self
-            .wait_while_up(0, limit, &|r| {
+            .wait_while_up(from, limit, &|r| {
                 r.topic.ends_with("/gateway/event") && contains(&r.payload, needle.as_bytes())
             })
             .await?;
@@ -1625,10 +1672,11 @@ impl Rig {
             .map(|e| e["values"].clone())
     }
 
-    /// Expects a `spool.degraded` event saying `reason` (spec of issue 10).
-    async fn expect_degraded(&mut self, reason: &str) {
+    /// Expects a `spool.degraded` event saying `reason` (spec of issue 10)
+    /// among the records from `from` on.
+    async fn expect_degraded(&mut self, from: usize, reason: &str) {
         match self
-            .event_seen("spool.degraded", Duration::from_secs(10))
+            .event_seen(from, "spool.degraded", Duration::from_secs(10))
             .await
         {
             None => self.fail(format!(
@@ -1876,13 +1924,13 @@ impl Rig {
         }
         if acct.degraded_stop > 0 {
             self.notes.push(format!(
-                "{} readings lost with the card made full (at or below seq_last_used; declared only by spool.degraded and the unclean stops, not counted as drops; not held to the fill's time yet)",
+                "{} readings lost at a stop with the card full (at or below seq_last_used, taken from the loss bound before the fill to the stop, or in a run started with the card full; declared by spool.degraded and the unclean stops)",
                 acct.degraded_stop
             ));
         }
         if acct.undeclared > 0 {
             self.notes.push(format!(
-                "{} missing, {} declared dropped, {} of them at or below a seq_last_used but not a kill's loss; missing e.g. {}",
+                "{} missing, {} declared dropped, {} of them at or below a seq_last_used but neither a kill's loss nor a full card's; missing e.g. {}",
                 acct.missing,
                 acct.declared_drops,
                 acct.too_old_for_crash,
@@ -2233,8 +2281,10 @@ fn fill_up(dir: &Path, name: &str) {
     }
 }
 
-/// A spool on a 2 MiB tmpfs that fills up during an outage (a filler file
-/// leaves 256 KiB, then takes whatever is freed again). Expectations: live
+/// A spool on an 8 MiB tmpfs that fills up during an outage: after 6 s of
+/// outage with room on the card (its first readings are then older than
+/// the loss bound and had to be written: they must arrive), a filler file
+/// leaves 256 KiB, then takes whatever is freed again. Expectations: live
 /// readings flow while the disk is full once the broker is back; SIGTERM
 /// exits 0; a restart with the disk still full delivers live readings; no
 /// re-send storm: acknowledged rows that could not be deleted are never sent
@@ -2249,7 +2299,7 @@ fn fill_up(dir: &Path, name: &str) {
 async fn disk_full(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
     let mnt_dir = base.path().join("spool");
-    let mnt = match Mount::tmpfs(&mnt_dir, "2m") {
+    let mnt = match Mount::tmpfs(&mnt_dir, "8m") {
         Ok(m) => m,
         Err(e) => return Outcome::skip("disk_full", format!("cannot mount tmpfs: {e}")),
     };
@@ -2263,21 +2313,37 @@ async fn disk_full(o: &Opts) -> Outcome {
     {
         rig.fail("no live reading after start".into());
     }
-    // Leave ~256 KiB for the spool to fill during the outage.
-    let filler = mnt.dir.join("filler");
-    let room = free_bytes(&mnt.dir).saturating_sub(256 << 10);
-    let _ = std::fs::write(&filler, vec![0u8; room as usize]);
+    // An outage with room on the card first.
     rig.broker.stop();
     let outage = Instant::now();
-    let deadline = outage + Duration::from_secs(o.pick(30, 90));
+    sleep_ms(o.pick(6000, 10000)).await;
+    let before = free_bytes(&mnt.dir);
+    if before < 512 << 10 {
+        rig.fail(format!(
+            "the card filled up by itself ({} KiB free after {:.1} s of outage) before the harness filled it: when it became unwritable is unknown",
+            before >> 10,
+            outage.elapsed().as_secs_f64()
+        ));
+    }
+    // Leave ~256 KiB for the spool to fill.
+    let fill_began = now_ms();
+    let filled_from = Instant::now();
+    let filler = mnt.dir.join("filler");
+    let _ = std::fs::write(
+        &filler,
+        vec![0u8; before.saturating_sub(256 << 10) as usize],
+    );
+    let deadline = filled_from + Duration::from_secs(o.pick(30, 90));
     while free_bytes(&mnt.dir) > 16 << 10 && Instant::now() < deadline {
         sleep_ms(100).await;
     }
     let full = free_bytes(&mnt.dir) <= 16 << 10;
     rig.note(format!(
-        "disk {} during the outage ({:.1} s)",
+        "disk {} {:.1} s after the filler ({:.1} s into the outage; {} KiB free before it)",
         if full { "filled up" } else { "did NOT fill up" },
-        outage.elapsed().as_secs_f64()
+        filled_from.elapsed().as_secs_f64(),
+        outage.elapsed().as_secs_f64(),
+        before >> 10
     ));
     sleep_ms(o.pick(2000, 10000)).await;
     // The broker returns, the disk stays full: live readings must flow.
@@ -2307,6 +2373,12 @@ async fn disk_full(o: &Opts) -> Outcome {
     fill_up(&mnt.dir, "filler2");
     rig.term_expect_0(Duration::from_secs(10), "SIGTERM with the disk full")
         .await;
+    // What the stop that could not be recorded may lose: what was only in
+    // memory, readings taken from the loss bound before the fill began
+    // (the youngest were not due on the card yet) to the stop.
+    let stop = rig.gw.stops.last().copied().unwrap_or_else(now_ms);
+    rig.degraded
+        .push((fill_began - CRASH_WINDOW_SPILL_MS, stop));
     // Start again, disk still full.
     fill_up(&mnt.dir, "filler3");
     let idx = rig.rec.len();
@@ -2326,11 +2398,11 @@ async fn disk_full(o: &Opts) -> Outcome {
     rig.note(format!(
         "{dups_before_free} duplicates while the disk was full"
     ));
-    // Run 1's event may have been dropped while memory overflowed; run 2
-    // raises it at its first failed commit, about a second after start,
-    // later on a loaded machine: the same 15 s as the waits above.
+    // Run 2's own event: at start when its positions cannot be written,
+    // else at its first failed commit, about a second after start, later
+    // on a loaded machine: the same 15 s as the waits above.
     let degraded = rig
-        .event_seen("spool.degraded", Duration::from_secs(15))
+        .event_seen(idx, "spool.degraded", Duration::from_secs(15))
         .await;
     match &degraded {
         Some(v) => rig.note(format!(
@@ -2344,18 +2416,12 @@ async fn disk_full(o: &Opts) -> Outcome {
     }
     // The restart run ends with a kill -9 (the drain would stop it
     // cleanly): the run after it is the third that finds the rows it could
-    // not delete.
+    // not delete. It ran with the card full from its start: all it read was
+    // only in memory.
+    let restarted = rig.gw.starts_wall.last().copied().unwrap_or(0);
     rig.gw.kill9();
+    rig.degraded.push((restarted, now_ms()));
     rig.drain().await;
-    // Readings whose numbers the unclean stops declare used and that never
-    // arrive are counted apart (see `Known::degraded`), over the whole
-    // scenario: NOT tightened yet. Held to the card's fill (the loss the
-    // README names, "only in memory at a stop") this scenario loses about
-    // 2000 readings whose lower bound cannot be shown to come after the
-    // fill; whether that is the gateway's loss or the bound's looseness is
-    // open (issue 22, part 5 report).
-    let first = rig.gw.starts_wall.first().copied().unwrap_or(0);
-    rig.degraded.push((first, now_ms()));
     let starts = rig.gw.starts.clone();
     let out = rig.outcome();
     drop(mnt);
@@ -2394,6 +2460,21 @@ fn copies_by_run(copies: &[(Instant, bool)], starts: &[Instant]) -> String {
 /// read-only before the gateway starts. Expectations: live readings flow, a
 /// `spool.degraded` event with reason `read_only`, SIGTERM exits 0, the
 /// backlog arrives once the file system is writable again.
+///
+/// The tails: the run that leaves the backlog is killed 6 s into its
+/// outage, longer than the loss bound, so the next run's unclean stop
+/// declares its last numbers (in the envelope of the read-only run's own
+/// epoch: see the accounting) and every reading older than the bound must
+/// arrive. A run that starts read-only counts in an epoch of its own that
+/// no later run resumes: its newest readings can be checked only if the
+/// card comes back while it runs. So the first read-only run is stopped
+/// with the card still read-only (SIGTERM exits 0; what it had only in
+/// memory is the loss the README allows, and nothing can show which
+/// numbers it was), and the second gets the card back, puts its epoch on
+/// disk (`spool.restored`), sends the backlog, is stopped in an outage
+/// (its newest readings must reach the card) and ends like every scenario
+/// ([`Rig::drain`]): the closing run resumes that epoch after a clean
+/// stop, so its first numbers check the second run's tail.
 async fn readonly_start(o: &Opts) -> Outcome {
     let base = tempfile::tempdir().expect("temp dir");
     let mnt = match Mount::tmpfs(&base.path().join("spool"), "32m") {
@@ -2401,16 +2482,24 @@ async fn readonly_start(o: &Opts) -> Outcome {
         Err(e) => return Outcome::skip("readonly_start", format!("cannot mount tmpfs: {e}")),
     };
     let mut rig = Rig::new("readonly_start", o, Some(&mnt.dir)).await;
-    // A first run leaves a backlog (outage, clean stop).
+    // A first run leaves a backlog (an outage), killed after the bound.
+    let idx = rig.rec.len();
     rig.start(Load::Normal);
+    if rig.live_after(idx, Duration::from_secs(20)).await.is_none() {
+        rig.fail("no live reading after start".into());
+    }
     rig.broker.stop();
-    sleep_ms(3000).await;
-    rig.term_expect_0(Duration::from_secs(10), "first stop")
-        .await;
+    sleep_ms(6000).await;
+    if let Some(code) = rig.gw.exited() {
+        let tail = rig.gw.log_tail(3);
+        rig.fail(format!("first run exited by itself ({code:?}): {tail}"));
+    }
+    rig.gw.kill9();
     if let Err(e) = mnt.remount("ro") {
         return Outcome::skip("readonly_start", format!("cannot remount read-only: {e}"));
     }
     rig.broker.spawn();
+    // Read-only from its start to its stop.
     let idx = rig.rec.len();
     rig.start(Load::Normal);
     if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
@@ -2420,14 +2509,41 @@ async fn readonly_start(o: &Opts) -> Outcome {
             "read-only spool at start: no live reading within 15 s (exit {code:?}; log: {tail})"
         ));
     }
-    rig.expect_degraded("read_only").await;
+    rig.expect_degraded(idx, "read_only").await;
+    // A moment of readings kept only in memory.
+    sleep_ms(1000).await;
     if rig.gw.running() {
         rig.term_expect_0(Duration::from_secs(10), "SIGTERM, read-only spool")
             .await;
     }
+    // Read-only at start, the card back while it runs.
+    let idx = rig.rec.len();
+    rig.start(Load::Normal);
+    if rig.live_after(idx, Duration::from_secs(15)).await.is_none() {
+        rig.fail("second read-only start: no live reading within 15 s".into());
+    }
+    rig.expect_degraded(idx, "read_only").await;
     if let Err(e) = mnt.remount("rw") {
         rig.fail(format!("remount rw: {e}"));
     }
+    // The store is tried again every 5 s.
+    if rig
+        .event_seen(idx, "spool.restored", Duration::from_secs(20))
+        .await
+        .is_none()
+    {
+        rig.fail("the card writable again: no spool.restored within 20 s".into());
+    }
+    // Its newest readings have to reach the card: a clean stop in an
+    // outage loses nothing.
+    rig.broker.stop();
+    sleep_ms(1500).await;
+    rig.term_expect_0(
+        Duration::from_secs(10),
+        "SIGTERM in an outage, the card writable again",
+    )
+    .await;
+    rig.cycles = rig.gw.runs;
     let out = rig.finish().await;
     drop(mnt);
     out
@@ -2478,7 +2594,7 @@ async fn readonly_running(o: &Opts) -> Outcome {
             "read-only spool while running: {e} (exit {code:?}; log: {tail})"
         ));
     }
-    rig.expect_degraded("read_only").await;
+    rig.expect_degraded(0, "read_only").await;
     if rig.gw.running() {
         rig.term_expect_0(Duration::from_secs(10), "SIGTERM, read-only spool")
             .await;
@@ -2650,7 +2766,8 @@ fn crc32(parts: &[&[u8]]) -> u32 {
 /// binary under test may have a newer schema than the library this harness
 /// is built with): an existing row's body gets a 2 MiB value, and when the
 /// table has a `crc` column the checksum is recomputed as docs/spec say
-/// (crc32 over kind byte, epoch BE u64, seq BE u64, device, 0, body), so
+/// (crc32 over kind byte, epoch BE u64, seq BE u64, device, 0, body, and
+/// for a row that keeps `boot` and `boottime`: 0, boot, 0, boottime BE), so
 /// the record is valid but too large, not corrupt. The broker, like an
 /// operations centre's, refuses packets over 1 MiB (mosquitto
 /// `max_packet_size`: it disconnects the sender), which is also the new
@@ -2665,11 +2782,23 @@ async fn oversized_reading(o: &Opts) -> Outcome {
         let cols = rec_columns(&c);
         let has_epoch = cols.iter().any(|c| c == "epoch");
         let has_crc = cols.iter().any(|c| c == "crc");
+        let has_boot = cols.iter().any(|c| c == "boot") && cols.iter().any(|c| c == "boottime");
         let q = format!(
-            "SELECT id, kind, device, seq, body, {} FROM rec WHERE device = 'ups1' AND kind = 0 ORDER BY seq LIMIT 1",
-            if has_epoch { "epoch" } else { "0" }
+            "SELECT id, kind, device, seq, body, {}, {} FROM rec WHERE device = 'ups1' AND kind = 0 ORDER BY seq LIMIT 1",
+            if has_epoch { "epoch" } else { "0" },
+            if has_boot { "boot, boottime" } else { "NULL, NULL" }
         );
-        let (id, kind, device, seq, body, epoch): (i64, i64, String, i64, String, i64) = c
+        #[allow(clippy::type_complexity)]
+        let (id, kind, device, seq, body, epoch, boot, boottime): (
+            i64,
+            i64,
+            String,
+            i64,
+            String,
+            i64,
+            Option<String>,
+            Option<i64>,
+        ) = c
             .query_row(&q, [], |r| {
                 Ok((
                     r.get(0)?,
@@ -2678,6 +2807,8 @@ async fn oversized_reading(o: &Opts) -> Outcome {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             })
             .map_err(|e| format!("no ups1 row in the backlog: {e}"))?;
@@ -2690,14 +2821,23 @@ async fn oversized_reading(o: &Opts) -> Outcome {
         )
         .map_err(|e| e.to_string())?;
         if has_crc {
-            let crc = crc32(&[
-                &[kind as u8],
-                &(epoch as u64).to_be_bytes(),
-                &(seq as u64).to_be_bytes(),
+            let kind_b = [kind as u8];
+            let epoch_be = (epoch as u64).to_be_bytes();
+            let seq_be = (seq as u64).to_be_bytes();
+            let mut parts: Vec<&[u8]> = vec![
+                &kind_b,
+                &epoch_be,
+                &seq_be,
                 device.as_bytes(),
                 &[0],
                 big.as_bytes(),
-            ]);
+            ];
+            // A row that keeps when it was taken has those covered too.
+            let boottime_be = boottime.map(|t| t.to_be_bytes());
+            if let (Some(b), Some(t)) = (&boot, &boottime_be) {
+                parts.extend([&[0u8][..], b.as_bytes(), &[0], &t[..]]);
+            }
+            let crc = crc32(&parts);
             c.execute(
                 "UPDATE rec SET crc = ?1 WHERE id = ?2",
                 rusqlite::params![crc as i64, id],
@@ -3251,6 +3391,97 @@ fn self_test() {
     };
     let recs: Vec<Rec> = [5, 6, 4, 6, 7].iter().map(|&s| rec(t, &hist(s))).collect();
     assert_eq!(order_violations(&recs).0, 1);
+    // An unclean stop raised by a run that counts in an epoch of its own
+    // (E2, announced by a sequence_reset of the same run with
+    // previous_epoch E) declares E's numbers: E's tail 4 and 5 is checked.
+    const E2: &str = "00000000000000e2";
+    let in_e2 = |seq: u64, ts: i64, code: &str, values: &str| {
+        format!(
+            r#"{{"site":"s","device":"gateway","epoch":"{E2}","events":[{{"seq":{seq},"ts":{ts},"clock":"synced","historical":false,"severity":"warning","code":"{code}","message":"m","values":{{{values}}}}}]}}"#
+        )
+    };
+    let restart = ts(5) + 400;
+    let own_epoch = |reset_ts: i64| -> Vec<Rec> {
+        [0, 1, 2, 3]
+            .iter()
+            .map(|&s| rec(t, &sample(s, 1)))
+            .chain([
+                rec(
+                    g,
+                    &in_e2(
+                        0,
+                        reset_ts,
+                        "gateway.sequence_reset",
+                        &format!(r#""epoch":"{E2}","previous_epoch":"{E}","reason":"r""#),
+                    ),
+                ),
+                rec(
+                    g,
+                    &in_e2(
+                        1,
+                        restart + 10,
+                        "gateway.unclean_stop",
+                        r#""seq_resumed.ups1.samples":10,"seq_last_used.ups1.samples":5"#,
+                    ),
+                ),
+            ])
+            .collect()
+    };
+    let runs = |k: &Known| Known {
+        starts: vec![100_000, restart],
+        ..k.clone()
+    };
+    let e2 = own_epoch(restart + 5);
+    let a = account(&e2, &runs(&soon));
+    assert_eq!((a.crash, a.undeclared), (2, 0), "E's tail lost in the kill");
+    let a = account(&e2, &runs(&late));
+    assert_eq!(
+        (a.undeclared, a.too_old_for_crash),
+        (2, 2),
+        "E's tail checked, and too old for the kill"
+    );
+    // A reset of an earlier run does not make it the previous epoch's:
+    // the declaration is E2's own (its 0..=5 in the kill's range).
+    let e2 = own_epoch(restart - 100);
+    let a = account(&e2, &runs(&soon));
+    assert_eq!((a.crash, a.undeclared), (6, 0));
+    // A stop with the card unwritable: 4 and 5 were only in memory when
+    // it was made so (a span from the fill less the bound to the stop),
+    // with spool.degraded declared.
+    let full_card = |span: (i64, i64)| Known {
+        degraded: vec![span],
+        ..none.clone()
+    };
+    let recs: Vec<Rec> = [0, 1, 2, 3]
+        .iter()
+        .map(|&s| rec(t, &sample(s, 1)))
+        .chain([
+            rec(g, &unclean(0, 10, Some(5))),
+            rec(
+                g,
+                &gw_event(1, "spool.degraded", r#""spool.reason":"disk_full""#),
+            ),
+        ])
+        .collect();
+    let a = account(&recs, &full_card((ts(4) - 1000, ts(5) + 500)));
+    assert_eq!((a.degraded_stop, a.undeclared), (2, 0));
+    // The card made full well after they were taken: they had to be on
+    // the card.
+    let a = account(&recs, &full_card((ts(5) + 1000, ts(5) + 2000)));
+    assert_eq!((a.degraded_stop, a.undeclared), (0, 2));
+    // A stop before they were taken cannot have lost them.
+    let a = account(&recs, &full_card((ts(0) - 1000, ts(1))));
+    assert_eq!((a.degraded_stop, a.undeclared), (0, 2));
+    // Without spool.degraded nothing is excused.
+    let a = account(&tail, &full_card((ts(4) - 1000, ts(5) + 500)));
+    assert_eq!((a.degraded_stop, a.undeclared), (0, 2));
+    // A scenario that cannot inject its fault: SKIP, but FAIL as root.
+    let mut out = Outcome::skip("x", "no loop device".into());
+    skip_as_root(&mut out, false);
+    assert_eq!(out.verdict(), "SKIP");
+    skip_as_root(&mut out, true);
+    assert_eq!(out.verdict(), "FAIL");
+    assert!(out.failures[0].starts_with("SKIP as root: no loop device"));
     // Reconnect times: the short run forgives one slow restart up to 7 s.
     assert!(reconnect_verdict(&[0.5, 0.6, 6.5, 0.4, 0.5], true).is_none());
     assert!(reconnect_verdict(&[0.5, 0.6, 7.5, 0.4, 0.5], true).is_some());
@@ -3304,6 +3535,18 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A SKIP as root is a FAIL: there (CI) every fault must be injectable.
+fn skip_as_root(out: &mut Outcome, root: bool) {
+    if !root {
+        return;
+    }
+    if let Some(why) = out.skipped.take() {
+        out.failures.push(format!(
+            "SKIP as root: {why} (as root the fault must be injectable; CI runs as root)"
+        ));
+    }
+}
+
 /// Appends `faults: <scenario>: <why>` to `<repo>/target/skipped.txt`, the
 /// file CI's closing line prints.
 fn record_skip(root: &Path, name: &str, why: &str) {
@@ -3337,15 +3580,10 @@ fn run_one(rt: &tokio::runtime::Runtime, o: &Opts, name: &'static str, f: Scenar
             out.failures.push(format!("the harness panicked: {why}"));
             out
         });
-    if let Some(why) = out.skipped.clone() {
-        record_skip(&o.root, out.name, &why);
-        if is_root() {
-            out.skipped = None;
-            out.failures.push(format!(
-                "SKIP as root: {why} (as root the fault must be injectable; CI runs as root)"
-            ));
-        }
+    if let Some(why) = &out.skipped {
+        record_skip(&o.root, out.name, why);
     }
+    skip_as_root(&mut out, is_root());
     println!(
         "  {:<20} {:>5} ({:.0} s){}",
         out.name,

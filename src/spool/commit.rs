@@ -230,6 +230,13 @@ impl Spool {
                 }
             }
         }
+        // An epoch now on disk takes the used-marks file over (until now it
+        // kept the marks of the epoch the positions file named).
+        let fresh_used = if reserved_ok && make_durable {
+            super::open::create_used(&used::path_for(&store.path), epoch, &used::boot_id())
+        } else {
+            None
+        };
         let mut written: Option<Vec<i64>> = None;
         let mut deleted_ok = false;
         let mut disk_pass: Option<(u64, bool)> = None;
@@ -469,6 +476,9 @@ impl Spool {
             if reserved_ok {
                 q.epoch_durable = true;
                 q.reserve_failing = false;
+                if fresh_used.is_some() {
+                    q.used = fresh_used;
+                }
                 let Queue { seqs, used, .. } = &mut *q;
                 for ((dev, kind), s) in seqs.iter_mut() {
                     if let Some(m) = store.marks.get(&positions::stream_key(*kind, dev)) {

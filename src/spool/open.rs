@@ -259,19 +259,22 @@ impl Spool {
             });
         }
 
-        let used = match used::UsedMarks::create(&used_path, epoch, &boot) {
-            Ok(mut u) => {
+        // The used marks belong to the epoch the positions file names: a
+        // run counting in an epoch of its own (the positions could not be
+        // written) leaves them to that epoch, whose next run owes exact
+        // last-used numbers; it takes the file over once its own epoch is
+        // on disk (the commit round that makes it durable).
+        let used = if epoch_durable {
+            create_used(&used_path, epoch, &boot).map(|mut u| {
                 for s in seqs.values() {
                     if let Some(slot) = s.slot {
                         u.set(slot, s.mark);
                     }
                 }
-                Some(u)
-            }
-            Err(e) => {
-                tracing::warn!(path = %used_path.display(), error = %e, "no exact last-used marks this run");
-                None
-            }
+                u
+            })
+        } else {
+            None
         };
         let mut lanes: Vec<Lane> = sinks.iter().map(|n| Lane::new(n)).collect();
         if let Some(d) = store.db.as_ref() {
@@ -369,4 +372,20 @@ fn read_db_positions(
     // A spool of the first version has positions but no epoch: its numbers
     // continue in epoch 0.
     Ok((Some((epoch.unwrap_or(0) as u64, clean, marks)), rows))
+}
+
+/// Takes over the used-marks file for `epoch`; None (logged) leaves the run
+/// without exact marks (a read-only card, say).
+pub(super) fn create_used(
+    path: &std::path::Path,
+    epoch: u64,
+    boot: &str,
+) -> Option<used::UsedMarks> {
+    match used::UsedMarks::create(path, epoch, boot) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no exact last-used marks this run");
+            None
+        }
+    }
 }

@@ -87,10 +87,9 @@ impl Queue {
         self.epoch = new;
         self.epoch_durable = false;
         self.reserve_failing = false;
-        if let Some(u) = self.used.as_mut() {
-            u.clear();
-            u.set_epoch(new);
-        }
+        // The used marks stay the old epoch's, which the positions file
+        // still names; the new one takes the file over once it is on disk.
+        self.used = None;
         (new, n)
     }
 }

@@ -97,7 +97,7 @@ impl UsedMarks {
         Ok(m)
     }
 
-    pub fn set_epoch(&mut self, epoch: u64) {
+    fn set_epoch(&mut self, epoch: u64) {
         self.map[8..16].copy_from_slice(&epoch.to_le_bytes());
     }
 
@@ -107,11 +107,6 @@ impl UsedMarks {
         if let Some(s) = self.map.get_mut(at..at + 8) {
             s.copy_from_slice(&next.to_le_bytes());
         }
-    }
-
-    /// Forgets every slot (a new epoch).
-    pub fn clear(&mut self) {
-        self.map[HEADER..].fill(0);
     }
 }
 

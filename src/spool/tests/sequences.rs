@@ -112,3 +112,94 @@ async fn positions_survive_a_corrupt_spool_and_a_lost_one_starts_a_new_epoch() {
         "{n:?}"
     );
 }
+
+/// A run that cannot write its positions (a full card) counts in an epoch
+/// of its own, never resumed; the positions file still names the epoch
+/// before it. That run must leave the epoch's used marks alone: the run
+/// that resumes the epoch after a crash on the same boot owes the exact
+/// `seq_last_used` (docs/mqtt.md), and without the marks it would declare
+/// the numbers as after a power cut.
+#[tokio::test]
+async fn a_run_in_an_epoch_of_its_own_leaves_the_used_marks_of_the_epoch_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), "spill", "");
+    let dev: Arc<str> = Arc::from("d");
+    let last_used = |r: &StartReport| {
+        r.resumed_unclean
+            .iter()
+            .find(|x| x.device == "d" && x.kind == Kind::Sample)
+            .expect("d's samples resumed")
+            .last_used
+    };
+    let epoch = {
+        let (s, _, _) = open(&c);
+        for _ in 0..3 {
+            s.push(&dev, sample(0.0)).unwrap();
+        }
+        // The stream's block is reserved (and its used slot given).
+        s.flush(false).unwrap();
+        s.epoch()
+        // Dropped without close: a crash.
+    };
+    // The positions cannot be written: their temporary file's name is
+    // taken by a directory.
+    let blocker = dir.path().join("spool.db.seq.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    {
+        let (s, r, _) = open(&c);
+        assert_ne!(s.epoch(), epoch, "an epoch of its own");
+        assert_eq!(last_used(&r), Some(2));
+        for _ in 0..5 {
+            s.push(&dev, sample(0.0)).unwrap();
+        }
+        s.flush(false).unwrap();
+        // A crash again.
+    }
+    std::fs::remove_dir(&blocker).unwrap();
+    let (s, r, _) = open(&c);
+    assert_eq!(s.epoch(), epoch, "the epoch on disk is resumed");
+    assert_eq!(
+        last_used(&r),
+        Some(2),
+        "exact after a crash on the same boot, whatever the run between counted in"
+    );
+}
+
+/// Once the run's own epoch reaches the disk (the card works again), it
+/// takes the used marks over: a crash after that is declared exactly.
+#[tokio::test]
+async fn an_epoch_of_its_own_takes_the_used_marks_over_once_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), "spill", "");
+    let dev: Arc<str> = Arc::from("d");
+    {
+        let (s, _, _) = open(&c);
+        s.push(&dev, sample(0.0)).unwrap();
+        s.flush(false).unwrap();
+    }
+    let blocker = dir.path().join("spool.db.seq.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let own = {
+        let (s, _, _) = open(&c);
+        s.push(&dev, sample(0.0)).unwrap();
+        std::fs::remove_dir(&blocker).unwrap();
+        {
+            let mut st = s.take_store();
+            st.next_try = Instant::now();
+            s.put_store(st);
+        }
+        s.flush(false).unwrap();
+        for _ in 0..3 {
+            s.push(&dev, sample(0.0)).unwrap();
+        }
+        s.epoch()
+    };
+    let (s, r, _) = open(&c);
+    assert_eq!(s.epoch(), own, "the run's own epoch was made durable");
+    let d = r
+        .resumed_unclean
+        .iter()
+        .find(|x| x.device == "d" && x.kind == Kind::Sample)
+        .expect("d's samples resumed");
+    assert_eq!(d.last_used, Some(3));
+}
