@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -63,9 +63,8 @@ struct LangQuery {
 /// doubling with each further failure, and is refused during the wait even
 /// with the right password. A request without credentials is not an
 /// attempt (a browser asks without them first).
-fn authorised(st: &AppState, peer: SocketAddr, h: &HeaderMap) -> Result<(), Box<Response>> {
+fn authorised(st: &AppState, who: Client, h: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(want) = &st.auth else { return Ok(()) };
-    let who = Client::of(peer.ip());
     let now = Instant::now();
     if let Some(wait) = st.backoff.waiting(who, now) {
         return Err(Box::new(too_many(wait)));
@@ -185,34 +184,34 @@ fn remember_language(q: &LangQuery, res: &mut Response) {
 
 async fn page(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Client>,
     Query(q): Query<LangQuery>,
     h: HeaderMap,
 ) -> Response {
-    let mut res = html(&st, peer, &q, &h, render_page_in);
+    let mut res = html(&st, who, &q, &h, render_page_in);
     remember_language(&q, &mut res);
     res
 }
 
 async fn body(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Client>,
     Query(q): Query<LangQuery>,
     h: HeaderMap,
 ) -> Response {
-    html(&st, peer, &q, &h, render_body_in)
+    html(&st, who, &q, &h, render_body_in)
 }
 
 /// The page or its body (the refresh): authorised, in the reader's
 /// language, rendered from the latest status.
 fn html(
     st: &AppState,
-    peer: SocketAddr,
+    who: Client,
     q: &LangQuery,
     h: &HeaderMap,
     render: impl FnOnce(&Snapshot, &History, &Strings, &[&str], crate::status::words::Zone) -> String,
 ) -> Response {
-    if let Err(r) = authorised(st, peer, h) {
+    if let Err(r) = authorised(st, who, h) {
         return *r;
     }
     let t = lang_of(st, q, h);
