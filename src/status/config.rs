@@ -43,6 +43,15 @@ pub struct WebConfig {
     /// The header-read and idle keep-alive timeout.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: HeaderTimeout,
+    /// Names the page also answers to (a name the office's DNS gives the
+    /// Pi, say). Any IP address, `localhost`, the box's host name and
+    /// `<host name>.local` are always allowed: those cover how staff open
+    /// the page, and none of them can be pointed at the Pi by another site.
+    /// A request for any other name is refused (421), which is what stops
+    /// DNS rebinding: another site's name re-pointed at the Pi. No "*": a
+    /// name is listed, or the defence is kept.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -99,6 +108,19 @@ impl WebConfig {
                 crate::status::words::Zone::names().join(", ")
             ));
         }
+        for h in &w.allowed_hosts {
+            if h.contains('*') {
+                p.push(format!(
+                    "web.allowed_hosts: {h:?}: no wildcards; list each name the page is opened by \
+                     (IP addresses, localhost and this box's own name are always allowed)"
+                ));
+            } else if crate::status::web::host::parse_name(h).is_err() {
+                p.push(format!(
+                    "web.allowed_hosts: {h:?} is not a host name such as \"gateway.ward3.lan\" \
+                     (no port, no scheme)"
+                ));
+            }
+        }
         if w.username.is_some() != w.password_file.is_some() {
             p.push("web.username / web.password_file: give both or neither".into());
         }
@@ -154,5 +176,28 @@ impl LedConfig {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_are_names() {
+        let with = |hosts: &[&str]| WebConfig {
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(WebConfig::default().allowed_hosts.is_empty());
+        assert!(with(&["gw.ward3.lan", "GW-3.", "10.0.0.5"])
+            .problems()
+            .is_empty());
+        for bad in ["*", "*.ward3.lan", "gw.lan:8080", "http://gw.lan", ""] {
+            let p = with(&[bad]).problems();
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(p[0].starts_with("web.allowed_hosts: "), "{p:?}");
+        }
+        assert!(with(&["*"]).problems()[0].contains("no wildcards"));
     }
 }

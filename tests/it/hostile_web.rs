@@ -256,7 +256,9 @@ async fn half_sent_requests_cannot_cut_the_uplink() {
             Ok(Ok(mut s)) => {
                 // The gateway may already have closed it: that is allowed.
                 let _ = s
-                    .write_all(format!("GET /?n={i} HTTP/1.1\r\nHost: x\r\nX-Slow: ").as_bytes())
+                    .write_all(
+                        format!("GET /?n={i} HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").as_bytes(),
+                    )
                     .await;
                 held.push(s);
             }
@@ -373,7 +375,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(OTHER, 0)).unwrap();
     let mut s = sock.connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut b = [0u8; 4096];
@@ -398,7 +400,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     // A body (even a declared one) is refused: nothing here takes input.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        b"GET /api/status HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nConnection: close\r\n\r\n",
+        b"GET /api/status HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
@@ -409,7 +411,7 @@ async fn idle_keep_alive_is_closed_and_bodies_are_refused() {
     // A huge request head is refused too.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let long = format!(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(64 * 1024)
     );
     let _ = s.write_all(long.as_bytes()).await;
@@ -443,7 +445,7 @@ async fn a_client_that_stops_reading_is_dropped() {
     let client = s.local_addr().unwrap();
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
-        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED);
+        let req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(ASKED);
         let _ = wr.write_all(&req).await;
         wr
     });
@@ -631,6 +633,87 @@ fn between<'a>(page: &'a str, open: &str, close: &str) -> &'a str {
     let start = page.find(open).map(|i| i + open.len()).expect(open);
     let end = page[start..].find(close).expect(close);
     &page[start..start + end]
+}
+
+/// DNS rebinding: a request for a name that is not the gateway's, as a
+/// browser sends it when another site has pointed its own name at the
+/// gateway's address, is refused (421, logged), with the security headers;
+/// the gateway's own names, any IP address and a listed name are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebinding_host_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    let no_broker = closed_port();
+    std::fs::write(
+        &cfg,
+        config_text(no_broker.port, dir.path(), "")
+            .replace("[web]\n", "[web]\nallowed_hosts = [\"gw.ward3.lan\"]\n"),
+    )
+    .unwrap();
+    let mut gw = Process::start(&cfg, &dir.path().join("log"));
+    let addr = page_addr(&gw).await;
+    let port = addr.port();
+    let get = |target: String, host: String| async move {
+        let req = format!("GET {target} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+        http_exchange(addr, &req, WAIT, "the page").await
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+
+    // The rebinding: attacker.example now resolves to the gateway.
+    let (code, text) = get(
+        "/api/status".into(),
+        format!("Host: attacker.example:{port}\r\n"),
+    )
+    .await;
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("does not answer to that name"), "{text}");
+    assert!(
+        !text.contains("\"uplink\""),
+        "nothing of the status: {text}"
+    );
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("x-frame-options: deny"), "{text}");
+    assert!(lower.contains("content-security-policy:"), "{text}");
+    // The same name in an absolute-form target, with an honest Host.
+    let (code, text) = get(
+        format!("http://attacker.example:{port}/"),
+        "Host: localhost\r\n".into(),
+    )
+    .await;
+    assert_eq!(code, 421, "{text}");
+    // A Host that is no host at all.
+    let (code, text) = get("/".into(), "Host: staff@localhost\r\n".into()).await;
+    assert_eq!(code, 400, "{text}");
+
+    // The normal requests.
+    let mut ours = vec![
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("LOCALHOST.:{port}"),
+        "GW.Ward3.lan".to_owned(),
+        "[::1]".to_owned(),
+    ];
+    if !hostname.is_empty() {
+        ours.push(format!("{hostname}:{port}"));
+        ours.push(format!("{hostname}.local"));
+    }
+    for host in ours {
+        let (code, text) = get("/api/status".into(), format!("Host: {host}\r\n")).await;
+        assert_eq!(code, 200, "Host: {host}: {text}");
+        assert!(text.contains("\"uplink\""), "Host: {host}: {text}");
+    }
+
+    // Refusals are counted and logged.
+    let log = gw.log_text();
+    assert!(
+        log.contains("web page: request refused") && log.contains("attacker.example"),
+        "{log}"
+    );
+    assert!(log.contains("web page answers to these names"), "{log}");
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait(Duration::from_secs(15)).await, Some(0));
 }
 
 /// Item 6: security headers on every response (page, body, API, metrics,

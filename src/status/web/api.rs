@@ -1,13 +1,12 @@
 //! The machine-facing endpoints: `/api/status` (the snapshot as JSON),
 //! `/healthz` (is the pipeline alive) and `/metrics` (Prometheus text).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
-use super::{authorised, AppState};
+use super::{authorised, AppState, Client};
 use crate::model::now_ms;
 use crate::status::Snapshot;
 
@@ -177,10 +176,10 @@ pub fn render_metrics(s: &Snapshot) -> String {
 
 pub(super) async fn api_status(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Client>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorised(&st, peer, &h) {
+    if let Err(r) = authorised(&st, who, &h) {
         return *r;
     }
     let snap = st.status.borrow().clone();
@@ -212,10 +211,10 @@ pub(super) async fn healthz(State(st): State<AppState>) -> Response {
 
 pub(super) async fn metrics(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Client>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorised(&st, peer, &h) {
+    if let Err(r) = authorised(&st, who, &h) {
         return *r;
     }
     let snap = st.status.borrow().clone();

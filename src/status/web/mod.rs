@@ -4,11 +4,13 @@
 //!
 //! Its rooms: `strings` (the words, per language), `page` (the HTML),
 //! `api` (`/api/status`, `/healthz`, `/metrics`), `auth` (credentials,
-//! back-off, the password file's mode) and `server` (the accept loop and
-//! connection limits that keep the LAN from starving the data path).
+//! back-off, the password file's mode), `host` (the `Host` check against
+//! DNS rebinding) and `server` (the accept loop and connection limits that
+//! keep the LAN from starving the data path).
 
 mod api;
 mod auth;
+pub mod host;
 mod page;
 mod server;
 mod strings;
@@ -17,12 +19,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +53,10 @@ struct AppState {
     backoff: Arc<Backoff>,
     /// The password file is readable by other users (shown on the page).
     password_file_open: bool,
+    /// The names the page answers to besides IP addresses.
+    hosts: Arc<host::AllowedHosts>,
+    /// Requests refused by the `Host` check.
+    refused_hosts: Arc<host::Refusals>,
 }
 
 #[derive(Deserialize)]
@@ -63,9 +69,8 @@ struct LangQuery {
 /// doubling with each further failure, and is refused during the wait even
 /// with the right password. A request without credentials is not an
 /// attempt (a browser asks without them first).
-fn authorised(st: &AppState, peer: SocketAddr, h: &HeaderMap) -> Result<(), Box<Response>> {
+fn authorised(st: &AppState, who: Client, h: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(want) = &st.auth else { return Ok(()) };
-    let who = Client::of(peer.ip());
     let now = Instant::now();
     if let Some(wait) = st.backoff.waiting(who, now) {
         return Err(Box::new(too_many(wait)));
@@ -106,6 +111,42 @@ fn too_many(wait: std::time::Duration) -> Response {
         format!("too many wrong passwords: try again in {secs} s\n"),
     )
         .into_response()
+}
+
+/// Refuses a request for a name that is not the gateway's (421), so that
+/// a page on another site whose name has been re-pointed at the gateway
+/// (DNS rebinding) reads nothing; and one whose `Host` is not a host at all
+/// (400). Both are counted and logged: a rebinding attempt is worth
+/// knowing about.
+async fn allowed_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let verdict = host::check(
+        &st.hosts,
+        req.headers()
+            .get_all(header::HOST)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        req.uri().authority().map(|a| a.as_str()),
+        req.version() <= axum::http::Version::HTTP_10,
+    );
+    let (code, body, why) = match verdict {
+        host::Verdict::Allowed => return next.run(req).await,
+        host::Verdict::Foreign(name) => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this gateway does not answer to that name: open the page by the gateway's address or its own name\n",
+            format!("host {name:?} is not this gateway's"),
+        ),
+        host::Verdict::Malformed(e) => (StatusCode::BAD_REQUEST, "bad Host header\n", e.to_string()),
+    };
+    if let Some(refused) = st.refused_hosts.count(Instant::now()) {
+        let client = req.extensions().get::<Client>().map(|c| c.to_string());
+        tracing::warn!(
+            client = client.as_deref().unwrap_or("?"),
+            refused,
+            allowed = ?st.hosts.names().collect::<Vec<_>>(),
+            "web page: request refused, {why} (a DNS rebinding attempt, or a name to add to web.allowed_hosts)"
+        );
+    }
+    (code, [(header::CONNECTION, "close")], body).into_response()
 }
 
 /// Refuses any request that carries a body: nothing here takes input, so a
@@ -185,34 +226,34 @@ fn remember_language(q: &LangQuery, res: &mut Response) {
 
 async fn page(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Client>,
     Query(q): Query<LangQuery>,
     h: HeaderMap,
 ) -> Response {
-    let mut res = html(&st, peer, &q, &h, render_page_in);
+    let mut res = html(&st, who, &q, &h, render_page_in);
     remember_language(&q, &mut res);
     res
 }
 
 async fn body(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Client>,
     Query(q): Query<LangQuery>,
     h: HeaderMap,
 ) -> Response {
-    html(&st, peer, &q, &h, render_body_in)
+    html(&st, who, &q, &h, render_body_in)
 }
 
 /// The page or its body (the refresh): authorised, in the reader's
 /// language, rendered from the latest status.
 fn html(
     st: &AppState,
-    peer: SocketAddr,
+    who: Client,
     q: &LangQuery,
     h: &HeaderMap,
     render: impl FnOnce(&Snapshot, &History, &Strings, &[&str], crate::status::words::Zone) -> String,
 ) -> Response {
-    if let Err(r) = authorised(st, peer, h) {
+    if let Err(r) = authorised(st, who, h) {
         return *r;
     }
     let t = lang_of(st, q, h);
@@ -270,7 +311,16 @@ pub async fn bind(
         auth,
         backoff: Arc::new(Backoff::default()),
         password_file_open,
+        hosts: Arc::new(host::AllowedHosts::new(
+            host::own_hostname().as_deref(),
+            &cfg.allowed_hosts,
+        )),
+        refused_hosts: Arc::new(host::Refusals::default()),
     };
+    tracing::info!(
+        names = ?state.hosts.names().collect::<Vec<_>>(),
+        "web page answers to these names and to any IP address"
+    );
     let app = Router::new()
         .route("/", get(page))
         .route("/body", get(body))
@@ -278,6 +328,8 @@ pub async fn bind(
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .layer(middleware::from_fn(no_bodies))
+        // Outside `no_bodies`: a foreign name learns nothing else.
+        .layer(middleware::from_fn_with_state(state.clone(), allowed_host))
         .layer(middleware::map_response(security_headers))
         .with_state(state);
     let soft = server::descriptor_limit();

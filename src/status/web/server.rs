@@ -214,7 +214,10 @@ pub async fn serve(listener: TcpListener, app: Router, lim: Limits, cancel: Canc
                 }
             },
         };
-        let client = Client::of(peer.ip());
+        // The address the connection came in on tells the office LAN's
+        // IPv6 /64 from a routed one (see `Client`).
+        let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+        let client = Client::of(peer.ip(), local);
         let Some(slot) = slots.take(client, &lim) else {
             // Closed at once: its descriptor is free again now, and the
             // client learns at once that it must come back later.
@@ -233,6 +236,7 @@ pub async fn serve(listener: TcpListener, app: Router, lim: Limits, cancel: Canc
         conns.spawn(connection(
             stream,
             peer,
+            client,
             app.clone(),
             lim,
             slot,
@@ -246,6 +250,7 @@ pub async fn serve(listener: TcpListener, app: Router, lim: Limits, cancel: Canc
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    client: Client,
     app: Router,
     lim: Limits,
     _slot: Slot,
@@ -258,6 +263,7 @@ async fn connection(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         use tower::Service as _;
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(client);
         app.clone().call(req)
     });
     let mut builder = http1::Builder::new();
@@ -405,19 +411,49 @@ mod tests {
     fn slots_cap_in_all_and_per_client() {
         let lim = Limits::fitting(8, None, Duration::from_secs(1));
         let s = Arc::new(Slots::default());
-        let a = Client::of("10.0.0.1".parse().unwrap());
+        let here: std::net::IpAddr = "10.0.0.254".parse().unwrap();
+        let a = Client::of("10.0.0.1".parse().unwrap(), here);
         let mut held: Vec<Slot> = (0..2).map(|_| s.take(a, &lim).unwrap()).collect();
         assert!(s.take(a, &lim).is_none(), "per client");
         for i in 2..8u8 {
-            let c = Client::of(std::net::IpAddr::from([10, 0, 0, i]));
+            let c = Client::of(std::net::IpAddr::from([10, 0, 0, i]), here);
             held.push(s.take(c, &lim).unwrap());
         }
-        let late = Client::of("10.0.0.99".parse().unwrap());
+        let late = Client::of("10.0.0.99".parse().unwrap(), here);
         assert!(s.take(late, &lim).is_none(), "in all");
         held.remove(0);
         assert!(s.take(late, &lim).is_some(), "a slot given back is free");
         drop(held);
         assert_eq!(s.lock().0, 0);
         assert!(s.lock().1.is_empty());
+    }
+
+    #[test]
+    fn office_ipv6_devices_each_get_their_own_share() {
+        // Staff devices in the gateway's own /64 (SLAAC), each with a
+        // browser's usual handful of connections.
+        let lim = Limits::fitting(32, None, Duration::from_secs(1));
+        let s = Arc::new(Slots::default());
+        let here: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let mut held = Vec::new();
+        for dev in 2..6u16 {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, dev);
+            let c = Client::of(ip.into(), here);
+            for n in 0..6 {
+                held.push(
+                    s.take(c, &lim)
+                        .unwrap_or_else(|| panic!("device {dev}, {n}")),
+                );
+            }
+        }
+        // One routed /64 is still one client, whatever address it uses.
+        let far = |last: u16| {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 9, 3, 0, 0, 0, last);
+            Client::of(ip.into(), here)
+        };
+        for n in 0..lim.per_client as u16 {
+            held.push(s.take(far(n), &lim).unwrap());
+        }
+        assert!(s.take(far(999), &lim).is_none(), "the routed /64's share");
     }
 }
