@@ -15,6 +15,24 @@
 //! event topic. Nothing flows back from the dispatcher to the MQTT task
 //! except through the spool, so no channel closes a cycle.
 //!
+//! What is remembered, and why only that. Replay exists so that a request
+//! delivered twice (a broker's redelivery, a retained request at every
+//! reconnect) does not act twice. That matters only for ops that change
+//! something: `identify`, `restart`, `config.set` ([`request::Op::remembered`]).
+//! Their final replies are kept, capped ([`store::MAX_REPLIES`],
+//! [`store::MAX_BYTES`]) and 7 days at most, in a file of their own beside
+//! the spool, so no command ever takes room from readings. The read-only
+//! ops are answered afresh each time, which is also the truer answer, and
+//! rejections are never kept (nothing ran). "id reused" stays coherent
+//! with this: its purpose is that nobody can claim in advance the id of a
+//! command that will change something, or make it answer another request;
+//! an id is claimed only by a kept reply, so a read-only request or a
+//! rejected one claims nothing, and an id that answered a change answers
+//! no other request (read-only ones included) while it is kept. Without
+//! this, every request with a new id stored its reply in a table of the
+//! spool's file, which counts against `spool.max_bytes`: a flood of
+//! commands made the spool drop readings as `full`.
+//!
 //! The rooms: `request.rs` parses and validates (pure), `store.rs` remembers
 //! completed ids, `ops.rs` runs each op, `change.rs` is `config.set` (write,
 //! restart, confirm or roll back), `policy.rs` what a remote change may
@@ -130,8 +148,9 @@ pub struct Dispatcher {
     reply_device: Arc<str>,
     /// A config change this run must confirm, and by when.
     confirming: Option<(change::Pending, tokio::time::Instant)>,
-    /// The digest of each request being run, by id, stored with its final
-    /// reply ([`request_digest`]).
+    /// The digest of each request being run whose reply is kept
+    /// ([`request::Op::remembered`]), by id, stored with its final reply
+    /// ([`request_digest`]).
     digests: std::collections::HashMap<String, String>,
 }
 
@@ -291,7 +310,9 @@ impl Dispatcher {
                 return;
             }
         };
-        self.digests.insert(t.id.clone(), digest);
+        if req.op.remembered() {
+            self.digests.insert(t.id.clone(), digest);
+        }
         if self.confirming.as_ref().is_some_and(|(p, _)| p.id == t.id) {
             tracing::info!(id = %t.id, "config change still being confirmed; request ignored");
             return;
@@ -452,11 +473,12 @@ impl Dispatcher {
             .flatten()
     }
 
-    /// Remembers a final reply (with the digest of its request, when this
-    /// run received it), then sends it.
+    /// Remembers the final reply of an op that changed something (with the
+    /// digest of its request, when this run received it), then sends it.
     async fn finish(&mut self, t: &Target, reply: Reply) {
         let digest = self.digests.remove(&t.id);
-        if let Some(store) = self.store.clone() {
+        let keep = Op::from_name(&t.op).is_some_and(Op::remembered);
+        if let Some(store) = self.store.clone().filter(|_| keep) {
             let r = reply.clone();
             let _ = tokio::task::spawn_blocking(move || store.put(&r, digest.as_deref(), now_ms()))
                 .await;
