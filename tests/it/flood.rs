@@ -63,18 +63,17 @@ async fn a_command_flood_drops_no_reading() {
     let mut rig = Rig::new(RigOpts {
         // Small, and enough for the outage's readings by themselves.
         spool: "max_bytes = \"256 KiB\"\ncommit_interval = \"100ms\"\n",
-        devices: &format!(
-            "[commands]\ntrust_clock = true\n{}",
-            sim("s1", "50ms", "")
-        ),
+        devices: &format!("[commands]\ntrust_clock = true\n{}", sim("s1", "50ms", "")),
         ..Default::default()
     })
     .await;
     let mut gw = rig.start();
     let pid = gw.child.id();
     let sub = &rig.sub;
-    gw.until(WAIT, "s1 delivers live samples", || sub.seqs("s1").len() >= 10)
-        .await;
+    gw.until(WAIT, "s1 delivers live samples", || {
+        sub.seqs("s1").len() >= 10
+    })
+    .await;
 
     // The flooder: one MQTT client publishing QoS 1 as fast as the broker
     // takes it.
