@@ -19,18 +19,19 @@
 //!
 //! What is remembered, and why only that. Replay exists so that a request
 //! delivered twice (a broker's redelivery, a retained request at every
-//! reconnect) does not act twice. That matters only for ops that change
-//! something: `identify`, `restart`, `config.set` ([`request::Op::remembered`]).
+//! reconnect) does not act twice. That matters only for ops that act:
+//! `identify` (no data changes, but the LED flickers in the ward for up to
+//! an hour), `restart`, `config.set` ([`request::Op::remembered`]).
 //! Their final replies are kept, capped ([`store::MAX_REPLIES`],
 //! [`store::MAX_BYTES`]) and 7 days at most, in a file of their own beside
 //! the spool, so no command ever takes room from readings. The read-only
 //! ops are answered afresh each time, which is also the truer answer, and
 //! rejections are never kept (nothing ran). "id reused" stays coherent
 //! with this: its purpose is that nobody can claim in advance the id of a
-//! command that will change something, or make it answer another request;
-//! an id is claimed only by a kept reply, so a read-only request or a
-//! rejected one claims nothing, and an id that answered a change answers
-//! no other request (read-only ones included) while it is kept. Without
+//! command that will act, or make it answer another request; an id is
+//! claimed only by a kept reply, so a read-only request or a rejected one
+//! claims nothing, and an id that answered a command that acts answers no
+//! other request (read-only ones included) while it is kept. Without
 //! this, every request with a new id stored its reply in a table of the
 //! spool's file, which counts against `spool.max_bytes`: a flood of
 //! commands made the spool drop readings as `full`.

@@ -52,9 +52,9 @@ impl Op {
     /// nothing, so an old request replayed does no harm.
     pub const SAFE_UNSYNCED: [Op; 3] = [Op::Identify, Op::Poll, Op::Status];
 
-    /// The ops whose final reply the replay store keeps: each changes
-    /// something (the LED flickers for the ward staff, the service stops,
-    /// the config is replaced), so a redelivered request must get its
+    /// The ops whose final reply the replay store keeps: each acts (the
+    /// LED flickers for the ward staff, the service stops, the config is
+    /// replaced), so a redelivered request must get its
     /// reply again and not run twice. The others only read: sent again
     /// they are answered afresh, and keeping their replies would only let
     /// a flood of them fill the store (see the module doc of `command`).
