@@ -327,6 +327,10 @@ pub async fn run(
             "commands.dropped",
             counters.commands_dropped.load(Ordering::Relaxed) as f64,
         );
+        v.num(
+            "commands.limited",
+            counters.commands_limited.load(Ordering::Relaxed) as f64,
+        );
         if let Some(i) = &snap.influxdb {
             v.set("influxdb.connected", i.connected);
             v.num("influxdb.depth", i.depth as f64);

@@ -5,8 +5,10 @@
 //! The path of a command: the MQTT sink subscribes to
 //! `{prefix}/{site}/cmd/+/+` on every new connection and hands each request
 //! to the [`Dispatcher`] over a bounded channel with `try_send` (it never
-//! waits, never calls into a source; a full inbox drops the request with a
-//! warning and counts it, gateway telemetry `commands.dropped`). The dispatcher, owned and spawned by the app, checks the
+//! waits, never calls into a source). Two things drop a request there, each
+//! counted in the gateway telemetry: the rate limit ([`limit`]: 10 a
+//! second, bursts of 50; `commands.limited`), then a full inbox
+//! (`commands.dropped`). The dispatcher, owned and spawned by the app, checks the
 //! request ([`request`]), looks its id up in the replay store ([`store`]),
 //! runs the op ([`ops`]) and pushes each reply into the spool as a record
 //! of the reserved device [`REPLY_DEVICE`]: durable and ahead of telemetry
@@ -15,8 +17,28 @@
 //! event topic. Nothing flows back from the dispatcher to the MQTT task
 //! except through the spool, so no channel closes a cycle.
 //!
-//! The rooms: `request.rs` parses and validates (pure), `store.rs` remembers
-//! completed ids, `ops.rs` runs each op, `change.rs` is `config.set` (write,
+//! What is remembered, and why only that. Replay exists so that a request
+//! delivered twice (a broker's redelivery, a retained request at every
+//! reconnect) does not act twice. That matters only for ops that act:
+//! `identify` (no data changes, but the LED flickers in the ward for up to
+//! an hour), `restart`, `config.set` ([`request::Op::remembered`]).
+//! Their final replies are kept, capped ([`store::MAX_REPLIES`],
+//! [`store::MAX_BYTES`]) and 7 days at most, in a file of their own beside
+//! the spool, so no command ever takes room from readings. The read-only
+//! ops are answered afresh each time, which is also the truer answer, and
+//! rejections are never kept (nothing ran). "id reused" stays coherent
+//! with this: its purpose is that nobody can claim in advance the id of a
+//! command that will act, or make it answer another request; an id is
+//! claimed only by a kept reply, so a read-only request or a rejected one
+//! claims nothing, and an id that answered a command that acts answers no
+//! other request (read-only ones included) while it is kept. Without
+//! this, every request with a new id stored its reply in a table of the
+//! spool's file, which counts against `spool.max_bytes`: a flood of
+//! commands made the spool drop readings as `full`.
+//!
+//! The rooms: `request.rs` parses and validates (pure), `limit.rs` is the
+//! rate limit (pure), `store.rs` remembers completed ids, `ops.rs` runs
+//! each op, `change.rs` is `config.set` (write,
 //! restart, confirm or roll back), `policy.rs` what a remote change may
 //! touch, `access.rs` whether the service may
 //! write its config directory (for `config.set` and `wardgate check`),
@@ -28,6 +50,7 @@ pub mod access;
 pub mod change;
 pub mod config;
 pub mod inventory;
+pub mod limit;
 pub mod logring;
 mod ops;
 pub mod policy;
@@ -35,8 +58,8 @@ pub mod request;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -44,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::model::{now_ms, ClockState, Event, Reading, Severity, Values};
-use crate::sink::mqtt::RunInfo;
+use crate::sink::mqtt::{RunInfo, SinkCounters};
 use crate::source::DeviceHandle;
 use crate::spool::{Batch, Spool};
 use crate::status::StatusHub;
@@ -86,14 +109,42 @@ pub struct CommandLink {
     /// `{prefix}/{site}/inventory` and the current inventory (retained).
     pub inventory_topic: String,
     pub inventory: watch::Receiver<Vec<u8>>,
+    /// The rate limit, shared by every session of the sink (a reconnect
+    /// does not refill it).
+    pub limiter: Arc<Mutex<limit::Limiter>>,
 }
 
 impl CommandLink {
-    /// Hands a message over; false, a warning and one more in `dropped`
-    /// (the sink's `commands_dropped`, published as the gateway telemetry
-    /// value `commands.dropped`) when the inbox is full or the dispatcher
-    /// is gone.
-    pub fn hand_over(&self, topic: &str, payload: &[u8], dropped: &AtomicU64) -> bool {
+    /// Hands a message over; false when the rate limit refuses it (one
+    /// more in the sink's `commands_limited`, `commands.limited`, and a
+    /// warning now and then) or when the inbox is full or the dispatcher
+    /// is gone (a warning and one more in `commands_dropped`,
+    /// `commands.dropped`). An empty payload (a retained request cleared)
+    /// takes no token: the dispatcher ignores it at once, and the IOC
+    /// clearing many must not count as a flood.
+    pub fn hand_over(&self, topic: &str, payload: &[u8], counters: &SinkCounters) -> bool {
+        if !payload.is_empty() {
+            let verdict = self
+                .limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(std::time::Instant::now());
+            if verdict != limit::Verdict::Take {
+                let n = counters.commands_limited.fetch_add(1, Ordering::Relaxed) + 1;
+                if let limit::Verdict::RefuseAndWarn(since) = verdict {
+                    tracing::warn!(
+                        %topic,
+                        refused = since,
+                        limited = n,
+                        "command requests past the rate limit ({} a second, bursts of {}) dropped, no reply",
+                        limit::RATE_PER_SEC,
+                        limit::BURST
+                    );
+                }
+                return false;
+            }
+        }
+        let dropped = &counters.commands_dropped;
         match self.inbox.try_send(Inbound {
             topic: topic.to_owned(),
             payload: payload.to_vec(),
@@ -130,8 +181,9 @@ pub struct Dispatcher {
     reply_device: Arc<str>,
     /// A config change this run must confirm, and by when.
     confirming: Option<(change::Pending, tokio::time::Instant)>,
-    /// The digest of each request being run, by id, stored with its final
-    /// reply ([`request_digest`]).
+    /// The digest of each request being run whose reply is kept
+    /// ([`request::Op::remembered`]), by id, stored with its final reply
+    /// ([`request_digest`]).
     digests: std::collections::HashMap<String, String>,
 }
 
@@ -178,6 +230,7 @@ pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
             filter: enabled.then(|| request::request_filter(&prefix, &site)),
             inventory_topic: inventory::topic(&prefix, &site),
             inventory: inv_rx,
+            limiter: Arc::new(Mutex::new(limit::Limiter::new(std::time::Instant::now()))),
         },
         Dispatcher {
             ops,
@@ -291,7 +344,9 @@ impl Dispatcher {
                 return;
             }
         };
-        self.digests.insert(t.id.clone(), digest);
+        if req.op.remembered() {
+            self.digests.insert(t.id.clone(), digest);
+        }
         if self.confirming.as_ref().is_some_and(|(p, _)| p.id == t.id) {
             tracing::info!(id = %t.id, "config change still being confirmed; request ignored");
             return;
@@ -452,11 +507,12 @@ impl Dispatcher {
             .flatten()
     }
 
-    /// Remembers a final reply (with the digest of its request, when this
-    /// run received it), then sends it.
+    /// Remembers the final reply of an op that changed something (with the
+    /// digest of its request, when this run received it), then sends it.
     async fn finish(&mut self, t: &Target, reply: Reply) {
         let digest = self.digests.remove(&t.id);
-        if let Some(store) = self.store.clone() {
+        let keep = Op::from_name(&t.op).is_some_and(Op::remembered);
+        if let Some(store) = self.store.clone().filter(|_| keep) {
             let r = reply.clone();
             let _ = tokio::task::spawn_blocking(move || store.put(&r, digest.as_deref(), now_ms()))
                 .await;
@@ -546,33 +602,64 @@ mod tests {
     /// is the sink's, which the gateway telemetry publishes.
     #[test]
     fn a_full_inbox_counts_each_dropped_request() {
-        let (tx, mut rx) = mpsc::channel(2);
-        let (_inv_tx, inv_rx) = watch::channel(Vec::new());
-        let link = CommandLink {
-            inbox: tx,
-            filter: None,
-            inventory_topic: "ioc/s/inventory".into(),
-            inventory: inv_rx,
-        };
-        let counters = crate::sink::mqtt::SinkCounters::default();
-        let dropped = &counters.commands_dropped;
-        assert!(link.hand_over("ioc/s/cmd/status/a", b"{}", dropped));
-        assert!(link.hand_over("ioc/s/cmd/status/b", b"{}", dropped));
+        let (link, mut rx) = link_with(2, limit::Limiter::new(std::time::Instant::now()));
+        let c = SinkCounters::default();
+        let dropped = &c.commands_dropped;
+        assert!(link.hand_over("ioc/s/cmd/status/a", b"{}", &c));
+        assert!(link.hand_over("ioc/s/cmd/status/b", b"{}", &c));
         assert_eq!(dropped.load(Ordering::Relaxed), 0);
-        assert!(!link.hand_over("ioc/s/cmd/status/c", b"{}", dropped));
-        assert!(!link.hand_over("ioc/s/cmd/status/d", b"{}", dropped));
+        assert!(!link.hand_over("ioc/s/cmd/status/c", b"{}", &c));
+        assert!(!link.hand_over("ioc/s/cmd/status/d", b"{}", &c));
         assert_eq!(dropped.load(Ordering::Relaxed), 2);
         // Room again: taken, not counted.
         assert_eq!(
             rx.try_recv().map(|m| m.topic).ok().as_deref(),
             Some("ioc/s/cmd/status/a")
         );
-        assert!(link.hand_over("ioc/s/cmd/status/e", b"{}", dropped));
+        assert!(link.hand_over("ioc/s/cmd/status/e", b"{}", &c));
         assert_eq!(dropped.load(Ordering::Relaxed), 2);
         // The dispatcher gone: dropped and counted too.
         drop(rx);
-        assert!(!link.hand_over("ioc/s/cmd/status/f", b"{}", dropped));
+        assert!(!link.hand_over("ioc/s/cmd/status/f", b"{}", &c));
         assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(c.commands_limited.load(Ordering::Relaxed), 0);
+    }
+
+    fn link_with(inbox: usize, l: limit::Limiter) -> (CommandLink, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(inbox);
+        let (_inv_tx, inv_rx) = watch::channel(Vec::new());
+        let link = CommandLink {
+            inbox: tx,
+            filter: None,
+            inventory_topic: "ioc/s/inventory".into(),
+            inventory: inv_rx,
+            limiter: Arc::new(Mutex::new(l)),
+        };
+        (link, rx)
+    }
+
+    /// Past the burst, requests are refused before the inbox and counted
+    /// as limited, not dropped; an empty payload (a retained request
+    /// cleared) takes no token.
+    #[test]
+    fn the_rate_limit_refuses_and_counts_before_the_inbox() {
+        let now = std::time::Instant::now();
+        let l = limit::Limiter::with(limit::TokenBucket::new(1, 3, now));
+        let (link, mut rx) = link_with(100, l);
+        let c = SinkCounters::default();
+        let taken = (0..10)
+            .filter(|i| link.hand_over(&format!("ioc/s/cmd/status/x{i}"), b"{}", &c))
+            .count();
+        assert_eq!(taken, 3);
+        assert_eq!(c.commands_limited.load(Ordering::Relaxed), 7);
+        assert_eq!(c.commands_dropped.load(Ordering::Relaxed), 0);
+        assert!(link.hand_over("ioc/s/cmd/status/x0", b"", &c));
+        assert_eq!(c.commands_limited.load(Ordering::Relaxed), 7);
+        let mut got = 0;
+        while rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 4);
     }
 
     #[test]

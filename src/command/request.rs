@@ -52,6 +52,19 @@ impl Op {
     /// nothing, so an old request replayed does no harm.
     pub const SAFE_UNSYNCED: [Op; 3] = [Op::Identify, Op::Poll, Op::Status];
 
+    /// The ops whose final reply the replay store keeps: each acts (the
+    /// LED flickers for the ward staff, the service stops, the config is
+    /// replaced), so a redelivered request must get its
+    /// reply again and not run twice. The others only read: sent again
+    /// they are answered afresh, and keeping their replies would only let
+    /// a flood of them fill the store (see the module doc of `command`).
+    pub const REMEMBERED: [Op; 3] = [Op::Identify, Op::ConfigSet, Op::Restart];
+
+    /// Whether this op's final reply is kept ([`Op::REMEMBERED`]).
+    pub fn remembered(self) -> bool {
+        Op::REMEMBERED.contains(&self)
+    }
+
     /// The name in topics, `[commands] allow` and replies.
     pub fn name(self) -> &'static str {
         match self {

@@ -406,7 +406,11 @@ impl Db {
         Ok((good, bad))
     }
 
-    /// Bytes the database really uses (pages in use, not free pages).
+    /// Bytes the database really uses (pages in use, not free pages): what
+    /// `spool.max_bytes` caps. Every table in the file counts, so nothing
+    /// but the spool's own tables may live here; the command replay store
+    /// has a file of its own for this reason (a flood of commands once
+    /// grew a table here and the cap dropped readings to make room).
     pub fn used_bytes(&self) -> rusqlite::Result<u64> {
         let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;

@@ -556,8 +556,8 @@ async fn rejections_with_reasons() {
 }
 
 /// The same id twice runs once: the second request gets the stored reply
-/// with `replayed: true`, also after a restart (the id is in the spool's
-/// database), and the op did not run again.
+/// with `replayed: true`, also after a restart (the id is in the replay
+/// store's file beside the spool), and the op did not run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_id_twice_runs_once_even_after_a_restart() {
     let broker = Broker::start();
@@ -595,17 +595,27 @@ async fn same_id_twice_runs_once_even_after_a_restart() {
 
 /// A command published (retained) while the gateway is offline runs when
 /// it connects; the broker delivers it again on every new subscription,
-/// and the replay store keeps it from running twice. The design relies on
-/// retained requests, not on a persistent session (the gateway connects
-/// with a clean session).
+/// and the replay store keeps a command that changes something (here
+/// identify) from running twice. The design relies on retained requests,
+/// not on a persistent session (the gateway connects with a clean
+/// session).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_command_sent_while_offline_runs_once() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let ioc = Ioc::start(broker.port, &test_site(), None).await;
-    ioc.send_raw("status", "while-off", request(json!({})).into_bytes(), true)
-        .await;
-    let cfg = process_config(dir.path(), broker.port, &cmd_config(&["status"], ""));
+    ioc.send_raw(
+        "identify",
+        "while-off",
+        request(json!({"seconds": 1})).into_bytes(),
+        true,
+    )
+    .await;
+    let cfg = process_config(
+        dir.path(),
+        broker.port,
+        &cmd_config(&["identify", "status"], ""),
+    );
     let log = dir.path().join("gw.log");
     let mut gw = Process::start(&cfg, &log);
     let r = ioc.final_reply("while-off").await;
@@ -621,7 +631,8 @@ async fn a_retained_command_sent_while_offline_runs_once() {
     // reply to it (a rejection would be one). A request sent after the
     // clear marks when the gateway has had it; then a moment more for a
     // reply to it to show.
-    ioc.send_raw("status", "while-off", Vec::new(), true).await;
+    ioc.send_raw("identify", "while-off", Vec::new(), true)
+        .await;
     ioc.send("status", "after-clear", json!({})).await;
     assert_eq!(ioc.final_reply("after-clear").await["status"], "successful");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1137,12 +1148,36 @@ async fn a_command_id_cannot_be_claimed_in_advance() {
         r["reason"].as_str().unwrap_or("").starts_with("id reused"),
         "{r}"
     );
+    // A read-only op is not remembered: the same request again runs again
+    // (a fresh answer), and its id claims nothing, so a command that
+    // changes something may use it afterwards.
+    for n in 1..=2 {
+        ioc.send("status", "read-only", json!({})).await;
+        let r = ioc.final_reply_n("read-only", n).await;
+        assert_eq!(
+            (r["status"].as_str(), r["replayed"].as_bool()),
+            (Some("successful"), Some(false)),
+            "{r}"
+        );
+    }
+    ioc.send("identify", "read-only", json!({"seconds": 1}))
+        .await;
+    let r = ioc.final_reply_n("read-only", 3).await;
+    assert_eq!(
+        (
+            r["op"].as_str(),
+            r["status"].as_str(),
+            r["replayed"].as_bool()
+        ),
+        (Some("identify"), Some("successful"), Some(false)),
+        "{r}"
+    );
     assert_eq!(
         gw.log_text()
             .matches("identify requested by the operations centre")
             .count(),
-        1,
-        "ran once"
+        2,
+        "ran once under each id"
     );
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait(STOP_BUDGET).await, Some(0));

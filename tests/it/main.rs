@@ -2,17 +2,13 @@
 //! in-process or as the real binary. One room per concern: spine (the live
 //! and backlog path), delivery (at least once), uplink (the MQTT link),
 //! durability (kills, stops and the spool's own faults), shutdown (status
-//! at start and stop, a hung broker), storage (storage faults, issue 10),
-//! (remote operation from the IOC, issue 13); helpers
-//! InfluxDB sink, issue 12); helpers
-//! hostile_peers (peers that flood, lie or flap, issue 11), commands
-//! hostile_peers (peers that flood, lie or flap, issue 11), influx (the
-//! hostile_peers (peers that flood, lie or flap, issue 11); helpers
-//! people read, issue 15), install,
-//! tls, cli, service (systemd), ups, power (the Pi shut down before the
-//! UPS runs flat, issue 14), field, sensors, web, install,
-//! tls, cli, service (systemd), ups, field, sensors, web, words (what
-//! in common/.
+//! at start and stop, a hung broker), storage (storage faults), clock,
+//! hostile_peers (peers that flood, lie or flap), hostile_config,
+//! hostile_web, influx (the InfluxDB sink), commands (remote operation from
+//! the IOC), flood (a command flood must not cost a reading),
+//! ups_commands, ups, nut_tls, power (the Pi shut down before the UPS runs
+//! flat), field, sensors, web, words (what people read), install, tls,
+//! cli, service (systemd); helpers in common/.
 
 // Test code: a failed unwrap is a failed test, and the peers' start-up
 // helpers are synchronous and wait with a short blocking sleep.
@@ -25,6 +21,7 @@ mod common;
 mod delivery;
 mod durability;
 mod field;
+mod flood;
 mod hostile_config;
 mod hostile_peers;
 mod hostile_web;

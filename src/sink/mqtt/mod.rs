@@ -78,6 +78,8 @@ pub struct SinkCounters {
     /// Command requests dropped because the dispatcher's inbox was full
     /// (`commands.dropped`).
     pub commands_dropped: AtomicU64,
+    /// Command requests refused by the rate limit (`commands.limited`).
+    pub commands_limited: AtomicU64,
     /// Advances at least once a second while the sink's loop runs (the
     /// watchdog's sign that the sink is not wedged).
     pub alive: AtomicU64,

@@ -280,7 +280,7 @@ impl<L: Lane> MqttSink<L> {
             // A command request: handed to the dispatcher, never run here.
             Event::Incoming(Packet::Publish(p)) => {
                 if let Some(link) = &self.commands {
-                    link.hand_over(&p.topic, &p.payload, &self.counters.commands_dropped);
+                    link.hand_over(&p.topic, &p.payload, &self.counters);
                 }
                 Ok(None)
             }
