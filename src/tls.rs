@@ -54,12 +54,16 @@ pub fn tls_config(
         why,
     };
     use crate::host::file::{read, FileKind};
+    // rustls' own PEM reader (rustls-pki-types), not the unmaintained
+    // rustls-pemfile.
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(ca) => {
             let pem = read(ca, FileKind::Certificate)?;
             let mut n = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| file(ca, e.to_string()))?;
                 roots.add(cert).map_err(|e| file(ca, e.to_string()))?;
                 n += 1;
@@ -86,13 +90,16 @@ pub fn tls_config(
     match (cert_file, key_file) {
         (Some(cert), Some(key)) => {
             let pem = read(cert, FileKind::Certificate)?;
-            let chain: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<_, _>>()
                 .map_err(|e| file(cert, e.to_string()))?;
             let pem = read(key, FileKind::Secret)?;
-            let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| file(key, e.to_string()))?
-                .ok_or_else(|| file(key, "no private key in it".into()))?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+                rustls::pki_types::pem::Error::NoItemsFound => {
+                    file(key, "no private key in it".into())
+                }
+                e => file(key, e.to_string()),
+            })?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| TlsError::Config(format!("client certificate: {e}")))
