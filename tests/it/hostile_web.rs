@@ -670,6 +670,10 @@ async fn rebinding_host_names_are_refused() {
     assert_eq!(code, 421, "{text}");
     assert!(text.contains("does not answer to that name"), "{text}");
     assert!(
+        text.contains("không trả lời tên đó"),
+        "Vietnamese first: {text}"
+    );
+    assert!(
         !text.contains("\"uplink\""),
         "nothing of the status: {text}"
     );

@@ -132,7 +132,10 @@ async fn allowed_host(State(st): State<AppState>, req: Request, next: Next) -> R
         host::Verdict::Allowed => return next.run(req).await,
         host::Verdict::Foreign(name) => (
             StatusCode::MISDIRECTED_REQUEST,
-            "this gateway does not answer to that name: open the page by the gateway's address or its own name\n",
+            // Vietnamese first, as on the page: staff who typed a name
+            // the gateway does not know read this.
+            "Thiết bị này không trả lời tên đó: hãy mở trang bằng địa chỉ IP hoặc tên riêng của thiết bị.\n\
+             this gateway does not answer to that name: open the page by the gateway's address or its own name\n",
             format!("host {name:?} is not this gateway's"),
         ),
         host::Verdict::Malformed(e) => (StatusCode::BAD_REQUEST, "bad Host header\n", e.to_string()),
