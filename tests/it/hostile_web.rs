@@ -687,6 +687,10 @@ async fn rebinding_host_names_are_refused() {
     )
     .await;
     assert_eq!(code, 421, "{text}");
+    // Counted where the IOC's scrape sees it.
+    let (code, text) = get("/metrics".into(), "Host: localhost\r\n".into()).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("wardgate_web_refused_hosts 2"), "{text}");
     // A Host that is no host at all.
     let (code, text) = get("/".into(), "Host: staff@localhost\r\n".into()).await;
     assert_eq!(code, 400, "{text}");

@@ -12,6 +12,14 @@ use crate::status::Snapshot;
 
 /// Prometheus text exposition of the snapshot.
 pub fn render_metrics(s: &Snapshot) -> String {
+    render_metrics_with(s, 0)
+}
+
+/// As [`render_metrics`], with what the page itself counts:
+/// `refused_hosts`, the requests refused for a name the gateway does not
+/// answer to (a DNS rebinding attempt, or a name missing from
+/// `web.allowed_hosts`).
+pub fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
     use prometheus_client::encoding::text::encode;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
@@ -164,6 +172,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
             i.batch_limit as i64,
         );
     }
+    gauge(
+        &mut r,
+        "web_refused_hosts",
+        "Page requests refused since start for a Host that is not the gateway's (421/400)",
+        refused_hosts as i64,
+    );
     let build: Family<Labels, Gauge> = Family::default();
     build
         .get_or_create(&vec![("version".into(), s.version.clone())])
@@ -223,7 +237,7 @@ pub(super) async fn metrics(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&snap),
+        render_metrics_with(&snap, st.refused_hosts.total()),
     )
         .into_response()
 }

@@ -250,6 +250,11 @@ pub struct Refusals {
 }
 
 impl Refusals {
+    /// Refusals since start (for /metrics).
+    pub fn total(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Counts one; returns the count so far when it is time to log.
     pub fn count(&self, now: Instant) -> Option<u64> {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
