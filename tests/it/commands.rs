@@ -695,33 +695,26 @@ async fn subscriptions_restored_after_a_broker_restart() {
     assert_eq!(ioc.final_reply("after").await["status"], "successful");
 }
 
-/// The ACL example of docs/mqtt.md, as written there: the gateway (user =
-/// its site id) gets its own site's commands and answers them, the IOC's
-/// command user sends them and reads the replies, and a gateway cannot
-/// read another site's commands.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_example_keeps_sites_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt.md")).unwrap();
+/// docs/mqtt.md, read at run time (the tests use its broker examples as
+/// written).
+fn mqtt_doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt.md")).unwrap()
+}
+
+/// The docs' ACL example and a password file for `users` (user, password)
+/// in `dir`; returns mosquitto's lines for both
+/// (`password_file …`, `acl_file …`) and anonymous access off.
+fn acl_from_docs(dir: &std::path::Path, users: &[(&str, &str)]) -> String {
+    let doc = mqtt_doc();
     let acl = doc
         .split("mosquitto `acl_file`:\n\n```\n")
         .nth(1)
         .and_then(|r| r.split("```").next())
         .expect("the ACL example in docs/mqtt.md");
-    let acl_path = dir.path().join("acl");
+    let acl_path = dir.join("acl");
     std::fs::write(&acl_path, acl).unwrap();
-    let site = test_site();
-    let other = format!("{site}-b");
-    let pw = dir.path().join("passwd");
-    for (i, (user, pass)) in [
-        (site.as_str(), "pa"),
-        (other.as_str(), "pb"),
-        ("ioc-cmd", "pc"),
-    ]
-    .iter()
-    .enumerate()
-    {
+    let pw = dir.join("passwd");
+    for (i, (user, pass)) in users.iter().enumerate() {
         let mut c = std::process::Command::new("mosquitto_passwd");
         c.arg("-b");
         if i == 0 {
@@ -733,11 +726,27 @@ async fn acl_example_keeps_sites_apart() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let broker = Broker::start_with(&format!(
+    format!(
         "allow_anonymous false\npassword_file {}\nacl_file {}\n",
         pw.display(),
         acl_path.display()
-    ));
+    )
+}
+
+/// The ACL example of docs/mqtt.md, as written there: the gateway (user =
+/// its site id) gets its own site's commands and answers them, the IOC's
+/// command user sends them and reads the replies, and a gateway cannot
+/// read another site's commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_example_keeps_sites_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = test_site();
+    let other = format!("{site}-b");
+    let access = acl_from_docs(
+        dir.path(),
+        &[(&site, "pa"), (&other, "pb"), ("ioc-cmd", "pc")],
+    );
+    let broker = Broker::start_with(&access);
     std::fs::write(dir.path().join("gw.pass"), "pa\n").unwrap();
     let login = format!(
         "[mqtt]\nusername = \"{site}\"\npassword_file = \"{}\"\nallow_plaintext_credentials = true\n",
@@ -1392,13 +1401,7 @@ async fn config_set_killed_at_every_start_rolls_back() {
 async fn acl_example_binds_client_ids_and_writes() {
     use rumqttc::{AsyncClient, Event, MqttOptions, QoS};
     let dir = tempfile::tempdir().unwrap();
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqtt.md")).unwrap();
-    let acl = doc
-        .split("mosquitto `acl_file`:\n\n```\n")
-        .nth(1)
-        .and_then(|r| r.split("```").next())
-        .expect("the ACL example in docs/mqtt.md");
+    let doc = mqtt_doc();
     let listener = doc
         .split("# mosquitto.conf: the gateways' listener\n")
         .nth(1)
@@ -1406,40 +1409,15 @@ async fn acl_example_binds_client_ids_and_writes() {
         .expect("the gateways' listener in docs/mqtt.md");
     let rule = "use_username_as_clientid true";
     assert!(listener.contains(rule), "{listener}");
-    let acl_path = dir.path().join("acl");
-    std::fs::write(&acl_path, acl).unwrap();
     let site = test_site();
     let other = format!("{site}-b");
-    let pw = dir.path().join("passwd");
-    for (i, (user, pass)) in [
-        (site.as_str(), "pa"),
-        (other.as_str(), "pb"),
-        ("ioc-ingest", "pi"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let mut c = std::process::Command::new("mosquitto_passwd");
-        c.arg("-b");
-        if i == 0 {
-            c.arg("-c");
-        }
-        assert!(c.arg(&pw).args([user, pass]).status().unwrap().success());
-    }
-    for f in [&pw, &acl_path] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    let access = acl_from_docs(
+        dir.path(),
+        &[(&site, "pa"), (&other, "pb"), ("ioc-ingest", "pi")],
+    );
     // The gateways' listener with the docs' rule (TLS aside); the IOC's
     // consumer on a second listener without it.
-    let broker = Broker::start_with_second_listener(
-        &format!(
-            "{rule}\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
-            pw.display(),
-            acl_path.display()
-        ),
-        "",
-    );
+    let broker = Broker::start_with_second_listener(&format!("{rule}\n{access}"), "");
     let ingest = Subscriber::start_login(
         broker.second_port.unwrap(),
         "ioc",
