@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, KernelClock};
-use crate::config::{Config, GATEWAY_DEVICE};
+use crate::config::Config;
+use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health};
 use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
 use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, StopReason, SINK_NAME};

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod events;
 pub mod host;
+pub mod ids;
 pub mod model;
 pub mod power;
 pub mod provision;
@@ -17,6 +18,7 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub mod telemetry;
+pub mod types;
 pub mod tls;
 
 /// The security contact is set once, as the package's `Maintainer`

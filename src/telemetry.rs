@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, GATEWAY_DEVICE};
+use crate::config::Config;
+use crate::ids::GATEWAY_DEVICE;
 use crate::events;
 use crate::model::{now_ms, Severity, Values};
 use crate::sink::mqtt::SinkCounters;
@@ -186,7 +187,7 @@ pub fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
             // Command replies are kept in the spool as events of a reserved
             // device, but travel as replies with no sequence: nothing to
             // correct at the operations centre.
-            if device == crate::command::REPLY_DEVICE {
+            if device == crate::ids::REPLY_DEVICE {
                 return;
             }
             let leaf = match kind {
@@ -528,7 +529,7 @@ mod tests {
             &cfg,
             &h,
             Notice::ClockCorrected {
-                device: crate::command::REPLY_DEVICE.into(),
+                device: crate::ids::REPLY_DEVICE.into(),
                 kind: Kind::Event,
                 epoch: 1,
                 first_seq: 0,

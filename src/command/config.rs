@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::request::Op;
-use crate::config::types::{defaults_of, Within};
+use crate::types::{defaults_of, Within};
 
 /// How long a config set by `config.set` has to prove itself: 10 s to 1 h.
 pub type ConfirmWithin = Within<10_000, 3_600_000>;

@@ -74,11 +74,7 @@ use crate::status::StatusHub;
 use request::{Op, Reply, State, Target, TopicError};
 use store::ReplayStore;
 
-/// The reserved device id whose event records are command replies (no
-/// configured device may use it).
-pub const REPLY_DEVICE: &str = "cmd-reply";
-/// The event code of a reply record in the spool.
-pub const REPLY_CODE: &str = "cmd.reply";
+pub use crate::ids::{REPLY_CODE, REPLY_DEVICE};
 
 /// Requests waiting for the dispatcher; more are dropped (logged).
 pub const INBOX: usize = 64;

@@ -11,8 +11,9 @@ const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-use super::types::{duration_problem, DAY_MS};
-use super::{read_gathering, GATEWAY_DEVICE};
+use crate::types::{duration_problem, DAY_MS};
+use super::read_gathering;
+use crate::ids::GATEWAY_DEVICE;
 use crate::host::file::FileKind;
 use crate::model::valid_id;
 use crate::source::threshold::ThresholdConfig;
@@ -239,7 +240,7 @@ pub(super) fn problems<'a>(
             p.push(format!(
                 "{key}.id: {id:?} is reserved for the gateway's own telemetry"
             ));
-        } else if id == crate::command::REPLY_DEVICE {
+        } else if id == crate::ids::REPLY_DEVICE {
             p.push(format!("{key}.id: {id:?} is reserved for command replies"));
         } else if !seen.insert(id) {
             p.push(format!("{key}.id: {id:?} is used by another device"));

@@ -21,7 +21,6 @@ mod device;
 pub mod secrets;
 #[cfg(test)]
 mod tests;
-pub mod types;
 
 use std::path::Path;
 use std::time::Duration;
@@ -52,8 +51,9 @@ pub use device::DeviceConfig;
 /// Where the daemon looks when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/wardgate/wardgate.toml";
 
-/// The device id reserved for the gateway's own health telemetry.
-pub const GATEWAY_DEVICE: &str = "gateway";
+// Kept while other branches still name the old paths.
+pub use crate::ids::GATEWAY_DEVICE;
+pub use crate::types;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::duration_problem;
+use crate::types::duration_problem;
 use crate::config::DeviceConfig;
 
 /// The gateway shuts the Pi down cleanly before the UPS it reads runs flat

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::types::{defaults_of, AbsPath, Bounded, MessageRate, Port, Within};
+use crate::types::{defaults_of, AbsPath, Bounded, MessageRate, Port, Within};
 
 /// Backlog messages per second: at least 1 (a slower pace is a stuck
 /// uplink by another name, and `1e-300` stopped the publisher), at most

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{default_interval, BcmPin, Within};
+use crate::types::{default_interval, BcmPin, Within};
 use crate::model::Severity;
 use crate::source::threshold::ThresholdConfig;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::default_interval;
+use crate::types::default_interval;
 use crate::source::threshold::ThresholdConfig;
 
 /// DS18B20 probes on the 1-Wire bus.

@@ -305,7 +305,7 @@ mod tests {
             id: "wan".into(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
-            window: crate::config::types::Bounded::of(4),
+            window: crate::types::Bounded::of(4),
             targets: vec![ProbeTarget {
                 name: "local".into(),
                 address: format!("127.0.0.1:{port}"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{duration_problem, Bounded};
+use crate::types::{duration_problem, Bounded};
 use crate::model::valid_id;
 use crate::source::nut::config::{default_nut_timeout, TIMEOUT_MAX, TIMEOUT_MIN};
 use crate::source::threshold::ThresholdConfig;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{default_interval, Bounded};
+use crate::types::{default_interval, Bounded};
 use crate::source::threshold::ThresholdConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

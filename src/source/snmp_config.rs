@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{Bounded, Port, Within};
+use crate::types::{Bounded, Port, Within};
 use crate::source::threshold::ThresholdConfig;
 
 /// How long to wait for each SNMP reply: 100ms to 30s.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{defaults_of, BcmPin, Bounded, Within};
+use crate::types::{defaults_of, BcmPin, Bounded, Within};
 
 /// How many connections the page serves at once (a quarter of them per
 /// client). Every connection holds a file descriptor; the gateway lowers

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Snapshot;
-use crate::config::GATEWAY_DEVICE;
+use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{defaults_of, AbsPath, Bounded, Within};
+use crate::types::{defaults_of, AbsPath, Bounded, Within};
 use crate::sink::config::is_loopback;
 
 /// One request (connect, TLS, write, answer): 1 s to 10 min.

@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use self::http::{classify, describe, Class, Client, HttpError};
 use super::lane::Lane;
 use super::mqtt::{Backoff, EventReport};
-use crate::config::{Config, GATEWAY_DEVICE};
+use crate::config::Config;
+use crate::ids::GATEWAY_DEVICE;
 use crate::events;
 use crate::model::{now_ms, Values};
 use crate::spool::Batch;
@@ -363,7 +364,7 @@ impl<L: Lane> InfluxSink<L> {
             // Command replies travel through the spool as records of a
             // reserved device, for the MQTT sink only: acknowledged with
             // the round, never written.
-            if &*b.device == crate::command::REPLY_DEVICE {
+            if &*b.device == crate::ids::REPLY_DEVICE {
                 continue;
             }
             let ty = self.types.get(&*b.device).map(String::as_str).unwrap_or("");

@@ -461,7 +461,7 @@ async fn publish_loop<L: Lane>(
                 next_backlog = tokio::time::Instant::now().max(next_backlog) + gap;
             }
         }
-        if &*batch.device == crate::command::REPLY_DEVICE && batch.kind == Kind::Event {
+        if &*batch.device == crate::ids::REPLY_DEVICE && batch.kind == Kind::Event {
             if let Err(e) = publish_replies(&client, &lane, &tracker, &cfg, &counters, &batch).await
             {
                 return e;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{default_interval, Baud, SerialPath};
+use crate::types::{default_interval, Baud, SerialPath};
 use crate::source::megatec::config::{default_reply_timeout, default_ups_baud, ReplyTimeout};
 use crate::source::threshold::ThresholdConfig;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{default_interval, Baud, SerialPath, Within};
+use crate::types::{default_interval, Baud, SerialPath, Within};
 use crate::source::threshold::ThresholdConfig;
 
 /// How long to wait for each reply from a UPS on a serial line: 100ms to 30s.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::map::RegisterConfig;
 use super::profile::{self, Profile};
-use crate::config::types::{default_interval, Baud, Port, SerialPath, Within};
+use crate::types::{default_interval, Baud, Port, SerialPath, Within};
 use crate::source::threshold::ThresholdConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

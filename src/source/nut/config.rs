@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::types::{default_interval, duration_problem, AbsPath, Port};
+use crate::types::{default_interval, duration_problem, AbsPath, Port};
 use crate::source::threshold::ThresholdConfig;
 
 /// A UPS served by an existing NUT `upsd` (any UPS NUT supports, USB HID

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::strings::{event_words, Strings};
-use crate::config::GATEWAY_DEVICE;
+use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health, Severity, Value};
 use crate::status::history::{svg_chart, History, CHARTED};
 use crate::status::words::{self, Zone};
