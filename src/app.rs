@@ -182,7 +182,7 @@ pub async fn run_with_clock(
     let mqtt_lane = lane.clone();
     let (sink, dispatcher) = crate::command::attach(
         MqttSink::new(
-            cfg.clone(),
+            Arc::new(cfg.mqtt_setup()),
             lane,
             status.clone(),
             run_info.clone(),
@@ -220,7 +220,7 @@ pub async fn run_with_clock(
         Some(lane) => {
             let c = Arc::new(InfluxCounters::default());
             let sink =
-                InfluxSink::new(cfg.clone(), lane.clone(), status.clone(), c.clone(), report);
+                InfluxSink::new(Arc::new(cfg.influx_setup()), lane.clone(), status.clone(), c.clone(), report);
             supervisor.spawn(
                 &uplink,
                 "InfluxDB sink",
@@ -571,7 +571,7 @@ async fn status_refresher(
             if let (Some(i), Some((_, c)), Some(depth)) =
                 (s.influxdb.as_mut(), influx.as_ref(), influx_depth)
             {
-                i.refresh(c, depth);
+                c.refresh(i, depth);
             }
             s.spool = stats;
             s.uplink.acked = acked;

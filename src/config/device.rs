@@ -1,178 +1,65 @@
-//! The `[[device]]` tables: the closed set of kinds, reading each table by
-//! its `type` into that kind's struct (which lives beside its source), and
-//! the checks every kind shares (id, interval, thresholds) or that span
-//! devices.
+//! Reading the `[[device]]` tables: each table by its `type` into that
+//! kind's struct (the set of kinds is closed: [`DeviceConfig`] in
+//! `source/`), and the checks every kind shares (id, interval, thresholds)
+//! or that span devices.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
+
+use super::read_gathering;
+use crate::ids::{GATEWAY_DEVICE, REPLY_DEVICE};
+use crate::model::valid_id;
+use crate::source::config::KINDS;
+use crate::source::threshold::ThresholdConfig;
+use crate::types::{duration_problem, DAY_MS};
+
+pub use crate::source::config::DeviceConfig;
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-use crate::types::{duration_problem, DAY_MS};
-use super::read_gathering;
-use crate::ids::GATEWAY_DEVICE;
-use crate::host::file::FileKind;
-use crate::model::valid_id;
-use crate::source::threshold::ThresholdConfig;
-
-use super::{
-    ApcSmartConfig, GpioConfig, MegatecConfig, ModbusConfig, NutConfig, OneWireConfig, ProbeConfig,
-    SimConfig, SnmpConfig, SystemConfig,
-};
-
-/// One `[[device]]` table. The set of kinds is closed; the `type` key picks one.
-#[derive(Debug, Clone)]
-pub enum DeviceConfig {
-    Sim(SimConfig),
-    Megatec(MegatecConfig),
-    Nut(NutConfig),
-    ApcSmart(ApcSmartConfig),
-    OneWire(OneWireConfig),
-    System(SystemConfig),
-    Probe(ProbeConfig),
-    Gpio(GpioConfig),
-    Modbus(ModbusConfig),
-    Snmp(SnmpConfig),
-}
-
-/// The `type` of each kind, in the order the docs list them.
-const KINDS: &[&str] = &[
-    "sim",
-    "megatec",
-    "nut",
-    "apc-smart",
-    "onewire",
-    "system",
-    "probe",
-    "gpio",
-    "modbus",
-    "snmp",
-];
-
-/// One arm per device kind, for accessors every kind has (each kind's
-/// struct has `id`, `interval` and `threshold`; serde's flatten would break
-/// deny_unknown_fields, so there is no shared struct).
-macro_rules! each_kind {
-    ($d:expr, $c:ident => $e:expr) => {
-        match $d {
-            DeviceConfig::Sim($c) => $e,
-            DeviceConfig::Megatec($c) => $e,
-            DeviceConfig::Nut($c) => $e,
-            DeviceConfig::ApcSmart($c) => $e,
-            DeviceConfig::OneWire($c) => $e,
-            DeviceConfig::System($c) => $e,
-            DeviceConfig::Probe($c) => $e,
-            DeviceConfig::Gpio($c) => $e,
-            DeviceConfig::Modbus($c) => $e,
-            DeviceConfig::Snmp($c) => $e,
+/// Reads one `[[device]]` table (`key` is `device[i]`), gathering
+/// problems; `None` when it cannot be read.
+fn read_one(key: &str, v: ::config::Value, p: &mut Vec<String>) -> Option<DeviceConfig> {
+    let ::config::ValueKind::Table(mut t) = v.kind else {
+        p.push(format!("{key}: must be a [[device]] table"));
+        return None;
+    };
+    let kind = match t.remove("type").map(|k| k.into_string()) {
+        Some(Ok(k)) => k,
+        Some(Err(e)) => {
+            p.push(format!("{key}.type: {e}"));
+            return None;
+        }
+        None => {
+            p.push(format!(
+                "{key}: missing field `type` (one of {})",
+                KINDS.join(", ")
+            ));
+            return None;
         }
     };
-}
-
-impl DeviceConfig {
-    pub fn id(&self) -> &str {
-        each_kind!(self, c => &c.id)
-    }
-
-    pub fn interval(&self) -> Duration {
-        each_kind!(self, c => c.interval)
-    }
-
-    pub fn thresholds(&self) -> &[ThresholdConfig] {
-        each_kind!(self, c => &c.threshold)
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DeviceConfig::Sim(_) => "sim",
-            DeviceConfig::Megatec(_) => "megatec",
-            DeviceConfig::Nut(_) => "nut",
-            DeviceConfig::ApcSmart(_) => "apc-smart",
-            DeviceConfig::OneWire(_) => "onewire",
-            DeviceConfig::System(_) => "system",
-            DeviceConfig::Probe(_) => "probe",
-            DeviceConfig::Gpio(_) => "gpio",
-            DeviceConfig::Modbus(_) => "modbus",
-            DeviceConfig::Snmp(_) => "snmp",
-        }
-    }
-
-    /// This kind's own problems, each naming its key under `key`.
-    fn kind_problems(&self, key: &str) -> Vec<String> {
-        each_kind!(self, c => c.problems(key))
-    }
-
-    /// The files this device reads, with what they are (the host's one
-    /// reader's rules: [`crate::host::file`]).
-    fn files(&self) -> Vec<(&'static str, &Path, FileKind)> {
-        let mut f = Vec::new();
-        match self {
-            DeviceConfig::Nut(c) => {
-                if let Some(p) = &c.password_file {
-                    f.push(("password_file", &**p, FileKind::Secret));
-                }
-                if let Some(p) = &c.ca_file {
-                    f.push(("ca_file", &**p, FileKind::Certificate));
-                }
-            }
-            DeviceConfig::System(c) => {
-                f.push(("thermal_path", c.thermal_path.as_path(), FileKind::Kernel));
-                f.push((
-                    "throttled_path",
-                    c.throttled_path.as_path(),
-                    FileKind::Kernel,
-                ));
-            }
-            _ => {}
-        }
-        f
-    }
-
-    /// Reads one `[[device]]` table (`key` is `device[i]`), gathering
-    /// problems; `None` when it cannot be read.
-    fn read(key: &str, v: ::config::Value, p: &mut Vec<String>) -> Option<DeviceConfig> {
-        let ::config::ValueKind::Table(mut t) = v.kind else {
-            p.push(format!("{key}: must be a [[device]] table"));
+    let v = ::config::Value::new(None, ::config::ValueKind::Table(t));
+    Some(match kind.as_str() {
+        "sim" => DeviceConfig::Sim(read_gathering(v, key, p)?),
+        "megatec" => DeviceConfig::Megatec(read_gathering(v, key, p)?),
+        "nut" => DeviceConfig::Nut(read_gathering(v, key, p)?),
+        "apc-smart" => DeviceConfig::ApcSmart(read_gathering(v, key, p)?),
+        "onewire" => DeviceConfig::OneWire(read_gathering(v, key, p)?),
+        "system" => DeviceConfig::System(read_gathering(v, key, p)?),
+        "probe" => DeviceConfig::Probe(read_gathering(v, key, p)?),
+        "gpio" => DeviceConfig::Gpio(read_gathering(v, key, p)?),
+        "modbus" => DeviceConfig::Modbus(read_gathering(v, key, p)?),
+        "snmp" => DeviceConfig::Snmp(read_gathering(v, key, p)?),
+        other => {
+            p.push(format!(
+                "{key}.type: unknown variant `{other}`, expected one of {}",
+                KINDS.join(", ")
+            ));
             return None;
-        };
-        let kind = match t.remove("type").map(|k| k.into_string()) {
-            Some(Ok(k)) => k,
-            Some(Err(e)) => {
-                p.push(format!("{key}.type: {e}"));
-                return None;
-            }
-            None => {
-                p.push(format!(
-                    "{key}: missing field `type` (one of {})",
-                    KINDS.join(", ")
-                ));
-                return None;
-            }
-        };
-        let v = ::config::Value::new(None, ::config::ValueKind::Table(t));
-        Some(match kind.as_str() {
-            "sim" => DeviceConfig::Sim(read_gathering(v, key, p)?),
-            "megatec" => DeviceConfig::Megatec(read_gathering(v, key, p)?),
-            "nut" => DeviceConfig::Nut(read_gathering(v, key, p)?),
-            "apc-smart" => DeviceConfig::ApcSmart(read_gathering(v, key, p)?),
-            "onewire" => DeviceConfig::OneWire(read_gathering(v, key, p)?),
-            "system" => DeviceConfig::System(read_gathering(v, key, p)?),
-            "probe" => DeviceConfig::Probe(read_gathering(v, key, p)?),
-            "gpio" => DeviceConfig::Gpio(read_gathering(v, key, p)?),
-            "modbus" => DeviceConfig::Modbus(read_gathering(v, key, p)?),
-            "snmp" => DeviceConfig::Snmp(read_gathering(v, key, p)?),
-            other => {
-                p.push(format!(
-                    "{key}.type: unknown variant `{other}`, expected one of {}",
-                    KINDS.join(", ")
-                ));
-                return None;
-            }
-        })
-    }
+        }
+    })
 }
 
 /// Reads every `[[device]]` table (`tables`: the `device` key, if any),
@@ -195,7 +82,7 @@ pub(super) fn read_all(
     let mut devices = Vec::new();
     let mut all = true;
     for (i, v) in list.into_iter().enumerate() {
-        match DeviceConfig::read(&format!("device[{i}]"), v, p) {
+        match read_one(&format!("device[{i}]"), v, p) {
             Some(d) => devices.push((i, d)),
             None => all = false,
         }
@@ -240,7 +127,7 @@ pub(super) fn problems<'a>(
             p.push(format!(
                 "{key}.id: {id:?} is reserved for the gateway's own telemetry"
             ));
-        } else if id == crate::ids::REPLY_DEVICE {
+        } else if id == REPLY_DEVICE {
             p.push(format!("{key}.id: {id:?} is reserved for command replies"));
         } else if !seen.insert(id) {
             p.push(format!("{key}.id: {id:?} is used by another device"));

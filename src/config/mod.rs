@@ -416,10 +416,29 @@ impl Config {
     }
 
     pub fn mqtt_port(&self) -> u16 {
-        match self.mqtt.port {
-            Some(p) => p.get(),
-            None if self.mqtt_tls() => 8883,
-            None => 1883,
+        self.mqtt.port_in_effect()
+    }
+
+    /// The InfluxDB sink's section, site and device kinds.
+    pub fn influx_setup(&self) -> crate::sink::influx::config::InfluxSetup {
+        let mut device_kinds: std::collections::HashMap<String, String> = self
+            .all_devices()
+            .iter()
+            .map(|d| (d.id().to_owned(), d.kind().to_owned()))
+            .collect();
+        device_kinds.insert(crate::ids::GATEWAY_DEVICE.to_owned(), "gateway".to_owned());
+        crate::sink::influx::config::InfluxSetup {
+            site: self.site.clone(),
+            influxdb: self.influxdb.clone(),
+            device_kinds,
+        }
+    }
+
+    /// The MQTT sink's section and site.
+    pub fn mqtt_setup(&self) -> crate::sink::config::MqttSetup {
+        crate::sink::config::MqttSetup {
+            site: self.site.clone(),
+            mqtt: self.mqtt.clone(),
         }
     }
 
@@ -431,10 +450,7 @@ impl Config {
     }
 
     pub fn mqtt_client_id(&self) -> String {
-        self.mqtt
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("wardgate-{}", self.site))
+        self.mqtt.client_id_for(&self.site)
     }
 }
 

@@ -79,6 +79,28 @@ pub struct MqttConfig {
     pub stall_timeout: StallTimeout,
 }
 
+/// What the MQTT sink is built from: its own section and the site it
+/// speaks for (never the whole config).
+#[derive(Debug, Clone)]
+pub struct MqttSetup {
+    pub site: String,
+    pub mqtt: MqttConfig,
+}
+
+impl MqttSetup {
+    pub fn mqtt_tls(&self) -> bool {
+        self.mqtt.tls_in_effect()
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt.port_in_effect()
+    }
+
+    pub fn mqtt_client_id(&self) -> String {
+        self.mqtt.client_id_for(&self.site)
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         defaults_of("mqtt")
@@ -117,6 +139,22 @@ impl MqttConfig {
     /// TLS in effect: as configured, or on unless the broker is on loopback.
     pub fn tls_in_effect(&self) -> bool {
         self.tls.unwrap_or_else(|| !is_loopback(&self.host))
+    }
+
+    /// The port in effect: as configured, or 8883 with TLS and 1883 without.
+    pub fn port_in_effect(&self) -> u16 {
+        match self.port {
+            Some(p) => p.get(),
+            None if self.tls_in_effect() => 8883,
+            None => 1883,
+        }
+    }
+
+    /// The client id in effect: as configured, or `wardgate-<site>`.
+    pub fn client_id_for(&self, site: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("wardgate-{site}"))
     }
 
     /// Problems the types cannot see, each naming its key.

@@ -5,6 +5,7 @@
 //! one retry loop in [`supervisor`].
 
 pub mod apc;
+pub mod config;
 pub mod gpio;
 pub mod gpio_config;
 pub mod megatec;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DeviceConfig;
+use self::config::DeviceConfig;
 use crate::events::{self, EventDef};
 use crate::model::{now_ms, valid_value_name, Health, Reading, Severity, Value, Values};
 use crate::spool::Spool;

@@ -113,7 +113,7 @@ pub struct Snapshot {
     pub uplink: Uplink,
     /// The InfluxDB sink, when it is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub influxdb: Option<crate::sink::influx::InfluxStatus>,
+    pub influxdb: Option<InfluxStatus>,
     pub spool: SpoolStats,
     pub devices: BTreeMap<String, DeviceStatus>,
     pub events: VecDeque<RecentEvent>,
@@ -220,3 +220,27 @@ impl StatusHub {
         });
     }
 }
+
+/// What the status shows about the InfluxDB sink.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct InfluxStatus {
+    pub url: String,
+    pub connected: bool,
+    /// When `connected` last changed, ms since the epoch.
+    pub since_ms: i64,
+    /// Records of this sink's lane not yet written (memory and disk).
+    pub depth: u64,
+    pub written: u64,
+    pub rejected: u64,
+    pub retention_dropped: u64,
+    pub too_large: u64,
+    pub refused: u64,
+    pub retries: u64,
+    pub batch_limit: u64,
+    /// The class of the last failed answer: `too_large`, `bad_points`,
+    /// `retention`, `refused`, `retry` or `unreachable`.
+    pub last_class: Option<String>,
+    pub last_error: Option<String>,
+    pub last_write_ms: Option<i64>,
+}
+

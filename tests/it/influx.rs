@@ -208,7 +208,7 @@ fn influx_section(url: &str, extra: &str) -> String {
     )
 }
 
-fn influx_status(gw: &Gateway) -> wardgate::sink::influx::InfluxStatus {
+fn influx_status(gw: &Gateway) -> wardgate::status::InfluxStatus {
     // None until the sink has started (just after the gateway said ready).
     gw.status.get().influxdb.unwrap_or_default()
 }

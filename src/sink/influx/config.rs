@@ -39,6 +39,16 @@ pub struct InfluxConfig {
     pub gzip: bool,
 }
 
+/// What the InfluxDB sink is built from: its own section, the site, and
+/// each device's kind (a tag of its points), never the whole config.
+#[derive(Debug, Clone)]
+pub struct InfluxSetup {
+    pub site: String,
+    pub influxdb: InfluxConfig,
+    /// Device id -> kind (`ups`, `modbus`, ...), the gateway's own included.
+    pub device_kinds: std::collections::HashMap<String, String>,
+}
+
 impl Default for InfluxConfig {
     fn default() -> Self {
         defaults_of("influxdb")

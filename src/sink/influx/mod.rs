@@ -43,12 +43,11 @@ use tokio_util::sync::CancellationToken;
 use self::http::{classify, describe, Class, Client, HttpError};
 use super::lane::Lane;
 use super::mqtt::{Backoff, EventReport};
-use crate::config::Config;
-use crate::ids::GATEWAY_DEVICE;
+use self::config::InfluxSetup;
 use crate::events;
 use crate::model::{now_ms, Values};
 use crate::spool::Batch;
-use crate::status::StatusHub;
+use crate::status::{InfluxStatus, StatusHub};
 
 /// The name of this sink's lane in the spool.
 pub const SINK_NAME: &str = "influxdb";
@@ -116,42 +115,20 @@ pub struct InfluxCounters {
     pub alive: AtomicU64,
 }
 
-/// What the status shows about the InfluxDB sink.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct InfluxStatus {
-    pub url: String,
-    pub connected: bool,
-    /// When `connected` last changed, ms since the epoch.
-    pub since_ms: i64,
-    /// Records of this sink's lane not yet written (memory and disk).
-    pub depth: u64,
-    pub written: u64,
-    pub rejected: u64,
-    pub retention_dropped: u64,
-    pub too_large: u64,
-    pub refused: u64,
-    pub retries: u64,
-    pub batch_limit: u64,
-    /// The class of the last failed answer: `too_large`, `bad_points`,
-    /// `retention`, `refused`, `retry` or `unreachable`.
-    pub last_class: Option<String>,
-    pub last_error: Option<String>,
-    pub last_write_ms: Option<i64>,
-}
-
-impl InfluxStatus {
-    /// Copies the counters in (the app's status refresher, once a second).
-    pub fn refresh(&mut self, c: &InfluxCounters, depth: u64) {
-        self.depth = depth;
-        self.written = c.points_written.load(Ordering::Relaxed);
-        self.rejected = c.rejected.load(Ordering::Relaxed);
-        self.retention_dropped = c.retention_dropped.load(Ordering::Relaxed);
-        self.too_large = c.too_large.load(Ordering::Relaxed);
-        self.refused = c.refused.load(Ordering::Relaxed);
-        self.retries = c.retries.load(Ordering::Relaxed);
-        self.batch_limit = c.batch_limit.load(Ordering::Relaxed);
-        let last = c.last_write_ms.load(Ordering::Relaxed);
-        self.last_write_ms = (last > 0).then_some(last);
+impl InfluxCounters {
+    /// Copies the counters into the status (the app's status refresher,
+    /// once a second).
+    pub fn refresh(&self, s: &mut InfluxStatus, depth: u64) {
+        s.depth = depth;
+        s.written = self.points_written.load(Ordering::Relaxed);
+        s.rejected = self.rejected.load(Ordering::Relaxed);
+        s.retention_dropped = self.retention_dropped.load(Ordering::Relaxed);
+        s.too_large = self.too_large.load(Ordering::Relaxed);
+        s.refused = self.refused.load(Ordering::Relaxed);
+        s.retries = self.retries.load(Ordering::Relaxed);
+        s.batch_limit = self.batch_limit.load(Ordering::Relaxed);
+        let last = self.last_write_ms.load(Ordering::Relaxed);
+        s.last_write_ms = (last > 0).then_some(last);
     }
 }
 
@@ -179,7 +156,7 @@ struct Failure {
 }
 
 pub struct InfluxSink<L: Lane> {
-    cfg: Arc<Config>,
+    cfg: Arc<InfluxSetup>,
     lane: L,
     status: StatusHub,
     counters: Arc<InfluxCounters>,
@@ -190,18 +167,13 @@ pub struct InfluxSink<L: Lane> {
 
 impl<L: Lane> InfluxSink<L> {
     pub fn new(
-        cfg: Arc<Config>,
+        cfg: Arc<InfluxSetup>,
         lane: L,
         status: StatusHub,
         counters: Arc<InfluxCounters>,
         report: EventReport,
     ) -> Self {
-        let mut types: HashMap<String, String> = cfg
-            .all_devices()
-            .iter()
-            .map(|d| (d.id().to_owned(), d.kind().to_owned()))
-            .collect();
-        types.insert(GATEWAY_DEVICE.to_owned(), "gateway".to_owned());
+        let types = cfg.device_kinds.clone();
         counters
             .batch_limit
             .store(cfg.influxdb.max_batch.get(), Ordering::Relaxed);

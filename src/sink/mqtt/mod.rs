@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::AckTracker;
 use super::lane::Lane;
-use crate::config::Config;
+use crate::sink::config::MqttSetup;
 use crate::model::{now_ms, Severity, Values};
 use crate::status::StatusHub;
 
@@ -117,7 +117,7 @@ impl StopReason {
 pub type EventReport = Arc<dyn Fn(Severity, &str, &str, Values) + Send + Sync>;
 
 pub struct MqttSink<L: Lane> {
-    cfg: Arc<Config>,
+    cfg: Arc<MqttSetup>,
     lane: L,
     status: StatusHub,
     run: RunInfo,
@@ -146,7 +146,7 @@ fn lock(m: &Mutex<AckTracker>) -> MutexGuard<'_, AckTracker> {
 
 impl<L: Lane> MqttSink<L> {
     pub fn new(
-        cfg: Arc<Config>,
+        cfg: Arc<MqttSetup>,
         lane: L,
         status: StatusHub,
         run: RunInfo,

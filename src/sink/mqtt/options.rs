@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
 
 use super::{MqttError, MqttSink};
-use crate::config::Config;
+use crate::sink::config::MqttSetup;
 use crate::sink::lane::Lane;
 use crate::sink::payload;
 
@@ -25,7 +25,7 @@ pub(super) const MIN_INCOMING_PACKET: usize = 8 << 20;
 
 /// The incoming limit in force: [`MIN_INCOMING_PACKET`], or more when
 /// `mqtt.max_packet_size` is bigger (the broker's limit is at least that).
-pub(super) fn max_incoming_packet(cfg: &Config) -> usize {
+pub(super) fn max_incoming_packet(cfg: &MqttSetup) -> usize {
     MIN_INCOMING_PACKET.max(max_packet_size(cfg))
 }
 
@@ -67,14 +67,14 @@ impl<L: Lane> MqttSink<L> {
 }
 
 /// `mqtt.max_packet_size` in bytes, as rumqttc counts packets.
-pub(super) fn max_packet_size(cfg: &Config) -> usize {
+pub(super) fn max_packet_size(cfg: &MqttSetup) -> usize {
     usize::try_from(cfg.mqtt.max_packet_size.as_u64()).unwrap_or(usize::MAX)
 }
 
 /// rumqttc's own connection timeout (whole seconds, default 5 s) would cut
 /// an attempt short of `mqtt.connect_timeout`: set it to at least that, so
 /// the sink's own timeout is the one that applies.
-pub(super) fn network_options(cfg: &Config) -> NetworkOptions {
+pub(super) fn network_options(cfg: &MqttSetup) -> NetworkOptions {
     let t = cfg.mqtt.connect_timeout.get();
     let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
     let mut n = NetworkOptions::new();

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::options::{max_packet_size, network_options};
 use super::{lock, MqttSink, SessionEnd, SinkCounters};
-use crate::config::Config;
+use crate::sink::config::MqttSetup;
 use crate::model::{now_ms, Kind, Values};
 use crate::sink::ack::{AckTracker, Acked, Sent, Tag};
 use crate::sink::lane::Lane;
@@ -390,7 +390,7 @@ async fn publish_loop<L: Lane>(
     client: AsyncClient,
     lane: L,
     tracker: Arc<Mutex<AckTracker>>,
-    cfg: Arc<Config>,
+    cfg: Arc<MqttSetup>,
     counters: Arc<SinkCounters>,
     mut inventory: Option<(String, tokio::sync::watch::Receiver<Vec<u8>>)>,
 ) -> String {
@@ -536,7 +536,7 @@ async fn publish_replies<L: Lane>(
     client: &AsyncClient,
     lane: &L,
     tracker: &Mutex<AckTracker>,
-    cfg: &Config,
+    cfg: &MqttSetup,
     counters: &SinkCounters,
     batch: &crate::spool::Batch,
 ) -> Result<(), String> {
@@ -590,7 +590,7 @@ fn oversized(e: &ConnectionError) -> Option<usize> {
 }
 
 /// A connection error in words a technician can act on.
-fn describe(e: &ConnectionError, cfg: &Config) -> String {
+fn describe(e: &ConnectionError, cfg: &MqttSetup) -> String {
     let broker = format!("{}:{}", cfg.mqtt.host, cfg.mqtt_port());
     match e {
         ConnectionError::ConnectionRefused(code) => match code {
@@ -685,10 +685,11 @@ mod tests {
     #[tokio::test]
     async fn publisher_sets_aside_what_cannot_be_sent_and_never_stops_silently() {
         let cfg = Arc::new(
-            Config::from_toml(
+            crate::config::Config::from_toml(
                 "site = \"s\"\n[mqtt]\nmax_packet_size = \"4 KiB\"\nmax_batch_bytes = \"1 KiB\"\n",
             )
-            .unwrap(),
+            .unwrap()
+            .mqtt_setup(),
         );
         let lane = FakeLane::default();
         let big = format!("{{\"seq\":1,\"pad\":\"{}\"}}", "x".repeat(5000));

@@ -268,7 +268,7 @@ mod tests {
         let hub = StatusHub::new("xa-a");
         assert!(!render_metrics(&hub.get()).contains("influxdb"));
         hub.update(|s| {
-            s.influxdb = Some(crate::sink::influx::InfluxStatus {
+            s.influxdb = Some(crate::status::InfluxStatus {
                 connected: true,
                 depth: 12,
                 written: 900,

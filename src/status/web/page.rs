@@ -441,7 +441,7 @@ mod tests {
             ),
         ] {
             hub.update(|s| {
-                s.influxdb = Some(crate::sink::influx::InfluxStatus {
+                s.influxdb = Some(crate::status::InfluxStatus {
                     connected: false,
                     depth: 4321,
                     rejected: 7,
