@@ -88,7 +88,7 @@ pub async fn run_with_clock(
     telemetry::report_start(&gateway, &report);
     // What the spool found while opening (degraded store, new epoch).
     for n in spool.take_notices() {
-        telemetry::report_notice(&cfg, &gateway, n);
+        telemetry::report_notice(&cfg.telemetry_setup(), &gateway, n);
     }
     let notices_gateway = gateway.clone();
     // Every configured device is in the status from the start.
@@ -104,7 +104,7 @@ pub async fn run_with_clock(
                 status.clone(),
             )
             .with_thresholds(dev.thresholds());
-            let labels = crate::status::words::configured_labels(dev);
+            let labels = crate::source::config::configured_labels(dev);
             if !labels.is_empty() {
                 status.set_labels(dev.id(), labels);
             }
@@ -296,7 +296,7 @@ pub async fn run_with_clock(
         "gateway telemetry",
         &sources_stop,
         telemetry::run(
-            cfg.clone(),
+            cfg.telemetry_setup(),
             gateway,
             status.clone(),
             spool.clone(),
@@ -335,7 +335,7 @@ pub async fn run_with_clock(
         "spool notices",
         &sources_stop,
         telemetry::spool_notices(
-            cfg.clone(),
+            cfg.telemetry_setup(),
             spool.clone(),
             notices_gateway,
             sources_stop.clone(),

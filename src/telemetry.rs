@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use serde::Deserialize;
 use crate::ids::GATEWAY_DEVICE;
 use crate::events;
 use crate::model::{now_ms, Severity, Values};
@@ -63,10 +63,48 @@ pub fn report_start(gateway: &DeviceHandle, report: &StartReport) {
     }
 }
 
+/// The `[gateway]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// How often the gateway publishes its own health on
+    /// `{prefix}/{site}/gateway/telemetry`.
+    #[serde(default = "default_gateway_interval")]
+    pub telemetry_interval: TelemetryInterval,
+    /// Read the Pi's own health as device "pi" without configuring it.
+    #[serde(default = "default_true")]
+    pub system_health: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        crate::types::defaults_of("gateway")
+    }
+}
+
+/// The gateway's own telemetry: every 100 ms (tests) to once a day.
+pub type TelemetryInterval = crate::types::Within<100, { crate::types::DAY_MS }>;
+
+fn default_gateway_interval() -> TelemetryInterval {
+    TelemetryInterval::of(Duration::from_secs(60))
+}
+fn default_true() -> bool {
+    true
+}
+
+/// What the gateway's own telemetry is built from (never the whole config).
+#[derive(Debug, Clone, Copy)]
+pub struct TelemetrySetup {
+    /// `gateway.telemetry_interval`.
+    pub interval: Duration,
+    /// `mqtt.max_packet_size`, said beside a record set aside as too big.
+    pub max_packet_size: u64,
+}
+
 /// Turns what the spool reports into gateway events (shown on the page and
 /// sent to the operations centre like any event).
 pub async fn spool_notices(
-    cfg: Arc<Config>,
+    cfg: TelemetrySetup,
     spool: Arc<Spool>,
     gateway: DeviceHandle,
     cancel: CancellationToken,
@@ -82,7 +120,7 @@ pub async fn spool_notices(
     }
 }
 
-pub fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
+pub fn report_notice(cfg: &TelemetrySetup, gateway: &DeviceHandle, n: Notice) {
     let mut v = Values::new();
     let (severity, code, msg, vi) = match n {
         Notice::CorruptRecords { count, reason } => {
@@ -135,7 +173,7 @@ pub fn report_notice(cfg: &Config, gateway: &DeviceHandle, n: Notice) {
             v.num("record.bytes", bytes as f64);
             v.num(
                 "mqtt.max_packet_size",
-                cfg.mqtt.max_packet_size.as_u64() as f64,
+                cfg.max_packet_size as f64,
             );
             words(
                 events::SPOOL_QUARANTINED,
@@ -259,14 +297,14 @@ fn words(
 
 /// The gateway's own health on `{prefix}/{site}/gateway/telemetry`.
 pub async fn run(
-    cfg: Arc<Config>,
+    cfg: TelemetrySetup,
     gateway: DeviceHandle,
     status: StatusHub,
     spool: Arc<Spool>,
     counters: Arc<SinkCounters>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(cfg.gateway.telemetry_interval.get());
+    let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_msgs = 0u64;
     let mut last_at = tokio::time::Instant::now();
@@ -366,9 +404,9 @@ mod tests {
     use crate::spool::Resumed;
     use crate::status::RecentEvent;
 
-    fn setup() -> (Config, DeviceHandle, StatusHub, tempfile::TempDir) {
+    fn setup() -> (TelemetrySetup, DeviceHandle, StatusHub, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let cfg = Config::from_toml(&format!(
+        let cfg = crate::config::Config::from_toml(&format!(
             "site = \"s\"\n[spool]\npath = \"{}\"\n",
             dir.path().join("s.db").display()
         ))
@@ -382,7 +420,7 @@ mod tests {
             spool,
             hub.clone(),
         );
-        (cfg, h, hub, dir)
+        (cfg.telemetry_setup(), h, hub, dir)
     }
 
     fn last(hub: &StatusHub) -> RecentEvent {

@@ -23,7 +23,6 @@ pub mod secrets;
 mod tests;
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -46,6 +45,7 @@ pub use crate::source::snmp_config::{IfRef, SnmpConfig};
 pub use crate::source::system_config::SystemConfig;
 pub use crate::spool::config::{SpoolConfig, SpoolPolicy};
 pub use crate::status::config::{LedBackend, LedConfig, WebConfig};
+pub use crate::telemetry::{GatewayConfig, TelemetryInterval};
 pub use device::DeviceConfig;
 
 /// Where the daemon looks when no `--config` is given.
@@ -116,33 +116,6 @@ pub struct Config {
     pub remote_policy: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayConfig {
-    /// How often the gateway publishes its own health on
-    /// `{prefix}/{site}/gateway/telemetry`.
-    #[serde(default = "default_gateway_interval")]
-    pub telemetry_interval: TelemetryInterval,
-    /// Read the Pi's own health as device "pi" without configuring it.
-    #[serde(default = "default_true")]
-    pub system_health: bool,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        types::defaults_of("gateway")
-    }
-}
-
-/// The gateway's own telemetry: every 100 ms (tests) to once a day.
-pub type TelemetryInterval = types::Within<100, { types::DAY_MS }>;
-
-fn default_gateway_interval() -> TelemetryInterval {
-    TelemetryInterval::of(Duration::from_secs(60))
-}
-fn default_true() -> bool {
-    true
-}
 
 /// The largest config file read (a real one is a few KiB; the same cap as
 /// provisioning's).
@@ -431,6 +404,14 @@ impl Config {
             site: self.site.clone(),
             influxdb: self.influxdb.clone(),
             device_kinds,
+        }
+    }
+
+    /// What the gateway's own telemetry is built from.
+    pub fn telemetry_setup(&self) -> crate::telemetry::TelemetrySetup {
+        crate::telemetry::TelemetrySetup {
+            interval: self.gateway.telemetry_interval.get(),
+            max_packet_size: self.mqtt.max_packet_size.as_u64(),
         }
     }
 

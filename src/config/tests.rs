@@ -1,6 +1,7 @@
 //! The config loader's tests: defaults, layers, and that every problem
 //! names its key.
 
+use std::time::Duration;
 use super::*;
 
 use bytesize::ByteSize;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::types::duration_problem;
-use crate::config::DeviceConfig;
+use crate::source::config::DeviceConfig;
 
 /// The gateway shuts the Pi down cleanly before the UPS it reads runs flat
 /// (docs/ups.md, "Shutting the Pi down on a long power cut").

@@ -49,8 +49,8 @@ pub const UPS_COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// and `INSTCMD`, each tracked for up to 3 timeouts. APC Smart: stepping
 /// the grace delay (up to 12 steps of `p` and `-`), then `Q`, `S`, `@000`.
 /// Megatec: a poll and the command.
-pub fn command_wait(dev: &crate::config::DeviceConfig) -> Duration {
-    use crate::config::DeviceConfig;
+pub fn command_wait(dev: &crate::source::config::DeviceConfig) -> Duration {
+    use crate::source::config::DeviceConfig;
     let (timeout, replies) = match dev {
         DeviceConfig::Nut(n) => (n.timeout, 10),
         DeviceConfig::ApcSmart(a) => (a.timeout.get(), 32),

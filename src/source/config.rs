@@ -3,11 +3,13 @@
 //! beside its source). The loader in `config/` reads the tables by their
 //! `type`; the accessors here are what every kind has.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::host::file::FileKind;
 use crate::source::threshold::ThresholdConfig;
+use crate::status::words::Label;
 
 use super::apc::config::ApcSmartConfig;
 use super::gpio_config::GpioConfig;
@@ -127,4 +129,45 @@ impl DeviceConfig {
         }
         f
     }
+}
+
+/// The words a device's configuration gives its values: a Modbus
+/// register's `label`/`label_en`/`unit`, a GPIO input's `label` (for its
+/// state, `.active` and `.count`). Values without configured words are not
+/// in the map.
+pub fn configured_labels(dev: &DeviceConfig) -> BTreeMap<String, Label> {
+    let mut out = BTreeMap::new();
+    match dev {
+        DeviceConfig::Modbus(m) => {
+            for r in &m.registers {
+                if r.label.is_some() || r.label_en.is_some() {
+                    let l = Label {
+                        vi: r.label.clone(),
+                        en: r.label_en.clone(),
+                        unit: r.unit.clone(),
+                    };
+                    out.insert(r.name.clone(), l);
+                }
+            }
+        }
+        DeviceConfig::Gpio(g) => {
+            for i in &g.inputs {
+                if let Some(label) = &i.label {
+                    let l = |vi: &str, en: &str| Label {
+                        vi: Some(format!("{label}{vi}")),
+                        en: Some(format!("{label}{en}")),
+                        unit: None,
+                    };
+                    out.insert(i.name.clone(), l("", ""));
+                    out.insert(
+                        format!("{}.active", i.name),
+                        l(" (đang tác động)", " (active)"),
+                    );
+                    out.insert(format!("{}.count", i.name), l(" (số xung)", " (pulses)"));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
 }

@@ -9,7 +9,6 @@
 //! part. Exact names are looked up first, then patterns in table order. A
 //! value without an entry still shows, with its own name.
 
-use std::collections::BTreeMap;
 
 use crate::model::Value;
 use table::YES_NO;
@@ -272,48 +271,6 @@ pub struct Label {
     pub vi: Option<String>,
     pub en: Option<String>,
     pub unit: Option<String>,
-}
-
-/// The words a device's configuration gives its values: a Modbus
-/// register's `label`/`label_en`/`unit`, a GPIO input's `label` (for its
-/// state, `.active` and `.count`). Values without configured words are not
-/// in the map.
-pub fn configured_labels(dev: &crate::config::DeviceConfig) -> BTreeMap<String, Label> {
-    use crate::config::DeviceConfig;
-    let mut out = BTreeMap::new();
-    match dev {
-        DeviceConfig::Modbus(m) => {
-            for r in &m.registers {
-                if r.label.is_some() || r.label_en.is_some() {
-                    let l = Label {
-                        vi: r.label.clone(),
-                        en: r.label_en.clone(),
-                        unit: r.unit.clone(),
-                    };
-                    out.insert(r.name.clone(), l);
-                }
-            }
-        }
-        DeviceConfig::Gpio(g) => {
-            for i in &g.inputs {
-                if let Some(label) = &i.label {
-                    let l = |vi: &str, en: &str| Label {
-                        vi: Some(format!("{label}{vi}")),
-                        en: Some(format!("{label}{en}")),
-                        unit: None,
-                    };
-                    out.insert(i.name.clone(), l("", ""));
-                    out.insert(
-                        format!("{}.active", i.name),
-                        l(" (đang tác động)", " (active)"),
-                    );
-                    out.insert(format!("{}.count", i.name), l(" (số xung)", " (pulses)"));
-                }
-            }
-        }
-        _ => {}
-    }
-    out
 }
 
 /// As [`show`], with the configured words first: a value with a

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq as _;
 
-use crate::config::WebConfig;
+use crate::status::config::WebConfig;
 
 /// Failed attempts a client may make before it has to wait.
 pub const FREE_FAILURES: u32 = 5;

@@ -160,7 +160,7 @@ pub struct AllowedHosts {
 impl AllowedHosts {
     /// `localhost`, `hostname` and `hostname.local` (when the box has a
     /// name), and the configured names. Names that do not parse are left
-    /// out here; [`crate::config::WebConfig::problems`] reports them.
+    /// out here; [`crate::status::config::WebConfig::problems`] reports them.
     pub fn new(hostname: Option<&str>, configured: &[String]) -> AllowedHosts {
         let mut names = BTreeSet::from(["localhost".to_owned()]);
         if let Some(h) = hostname.and_then(|h| parse_name(h).ok()) {

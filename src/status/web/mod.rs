@@ -287,7 +287,7 @@ pub enum WebError {
 /// server future. Reads (and raises, if it may) the process's descriptor
 /// limit and fits the connection cap under it.
 pub async fn bind(
-    cfg: &crate::config::WebConfig,
+    cfg: &crate::status::config::WebConfig,
     status: watch::Receiver<Snapshot>,
     history: Arc<History>,
     cancel: CancellationToken,

@@ -1,6 +1,7 @@
 use super::*;
 use crate::model::Values;
 use crate::source;
+use crate::source::config::configured_labels;
 
 fn names_of(v: &Values, out: &mut Vec<String>) {
     out.extend(v.0.keys().cloned());
