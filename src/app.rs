@@ -191,7 +191,8 @@ pub async fn run_with_clock(
         )
         .with_stop_reason(stop_reason.clone()),
         crate::command::Parts {
-            cfg: cfg.clone(),
+            cfg: cfg.command_setup(),
+            changes: cfg.clone(),
             spool: spool.clone(),
             status: status.clone(),
             devices: devices

@@ -97,7 +97,7 @@ pub async fn check(
             .contains(&crate::command::request::Op::ConfigSet);
     if config_set {
         // Said with --config-only too: it is about files, not devices.
-        let _ = match crate::command::policy::Policy::load(policy) {
+        let _ = match crate::config::remote_policy::Policy::load(policy) {
             Ok(p) => writeln!(out, "config.set: remote change policy: {}", p.describe()),
             Err(e) => writeln!(out, "config.set: remote change policy NOT USABLE: {e}"),
         };

@@ -20,7 +20,7 @@ struct Cli {
     config: Option<PathBuf>,
     /// What a remote `config.set` may change beyond the built-in rules: a
     /// file only root may write (docs/security.md, "Remote changes").
-    #[arg(long, global = true, value_name = "PATH", default_value = wardgate::command::policy::DEFAULT_PATH)]
+    #[arg(long, global = true, value_name = "PATH", default_value = wardgate::config::remote_policy::DEFAULT_PATH)]
     remote_change_policy: PathBuf,
     #[command(subcommand)]
     command: Command,

@@ -23,7 +23,27 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+
+/// The running configuration as `config.set` checks a change against it.
+/// Implemented where configs are loaded and compared (`config/`), and
+/// handed to the dispatcher by the app: the command room never reads a
+/// config itself.
+pub trait ChangeCheck: Send + Sync {
+    /// The file the running config was read from, if any.
+    fn file(&self) -> Option<&Path>;
+
+    /// Reads `new_text` as a config and checks it against the running
+    /// one (`path` holds its text): valid, allowed by the remote-change
+    /// policy, a move to another broker, site or prefix only with
+    /// `allow_broker_change`. Ok: the running file's text and the new
+    /// config's `commands.confirm_within`.
+    fn check(
+        &self,
+        path: &Path,
+        new_text: &str,
+        allow_broker_change: bool,
+    ) -> Result<(String, std::time::Duration), ChangeError>;
+}
 
 /// Where the state of a change being tried is kept: beside the config.
 pub fn state_path(config: &Path) -> PathBuf {
@@ -249,13 +269,13 @@ pub enum ChangeError {
 /// Checks the change against the running config and, if it may be tried,
 /// writes it and the state. Ok: restart now. Err: why not (nothing changed).
 pub fn apply(
-    running: &Config,
+    running: &dyn ChangeCheck,
     running_hash: &str,
     id: &str,
     a: &SetArgs,
 ) -> Result<Pending, ChangeError> {
     use ChangeError::Failed;
-    let Some(path) = running.file.as_deref() else {
+    let Some(path) = running.file() else {
         return Err(Failed(
             "the gateway runs without a config file: nothing to change".into(),
         ));
@@ -266,47 +286,7 @@ pub fn apply(
             a.base_hash
         )));
     }
-    let new = Config::from_toml(&a.toml).map_err(|e| {
-        Failed(format!(
-            "the new config is not valid: {}",
-            e.problems().join("; ")
-        ))
-    })?;
-    let old_text = std::fs::read(path)
-        .map_err(|e| Failed(format!("{}: {e}", path.display())))
-        .and_then(|b| {
-            String::from_utf8(b).map_err(|_| Failed(format!("{}: not UTF-8", path.display())))
-        })?;
-    if old_text != a.toml {
-        let policy_path = running.remote_policy_path();
-        let policy = super::policy::Policy::load(&policy_path)
-            .map_err(|e| ChangeError::Refused(format!("remote change policy: {e}")))?;
-        let refused = policy.refusals(&old_text, running, &a.toml, &new);
-        if !refused.is_empty() {
-            let keys: Vec<&str> = refused.iter().map(|r| r.key.as_str()).collect();
-            let why: Vec<String> = refused
-                .iter()
-                .map(|r| format!("{}: {}", r.key, r.why))
-                .collect();
-            return Err(ChangeError::Refused(format!(
-                "the remote change policy ({}) refuses {}: {}",
-                policy_path.display(),
-                keys.join(", "),
-                why.join("; ")
-            )));
-        }
-    }
-    let moved = new.mqtt.host != running.mqtt.host
-        || new.mqtt_port() != running.mqtt_port()
-        || new.mqtt_tls() != running.mqtt_tls()
-        || new.mqtt.prefix != running.mqtt.prefix
-        || new.site != running.site;
-    if moved && !a.allow_broker_change {
-        return Err(Failed(
-            "the new config changes the broker, site or prefix: set args.allow_broker_change = true to allow it"
-                .into(),
-        ));
-    }
+    let (old_text, confirm_within) = running.check(path, &a.toml, a.allow_broker_change)?;
     let old = old_text.into_bytes();
     let new_hash = super::inventory::sha256_hex(a.toml.as_bytes());
     let pending = Pending {
@@ -317,7 +297,7 @@ pub fn apply(
         reason: None,
         attempts: 0,
         first_start: None,
-        confirm_within_ms: new.commands.confirm_within.get().as_millis() as u64,
+        confirm_within_ms: confirm_within.as_millis() as u64,
     };
     // A write refused by the sandbox or the directory's permissions: the
     // reason names the fix (docs/mqtt.md, "config.set on the packaged
@@ -347,6 +327,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn setup(text: &str) -> (tempfile::TempDir, Config, String) {
         let dir = tempfile::tempdir().unwrap();

@@ -73,6 +73,36 @@ impl CommandsConfig {
     }
 }
 
+
+/// One device as the commands see it (the inventory, `config.set`'s
+/// confirmation).
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub kind: String,
+    pub interval: std::time::Duration,
+}
+
+/// What the dispatcher is built from: its own section and the few facts
+/// of the rest of the config its ops report (never the whole config).
+#[derive(Debug, Clone)]
+pub struct CommandSetup {
+    pub commands: CommandsConfig,
+    pub site: String,
+    /// `mqtt.prefix`: the command and reply topics live under it.
+    pub prefix: String,
+    /// `mqtt.max_packet_size`: a reply must fit one packet.
+    pub max_packet_size: u64,
+    /// `spool.path`: the replay store sits beside it; `spool.stats` reads it.
+    pub spool_path: std::path::PathBuf,
+    /// The file the running config was read from (`config.get`).
+    pub file: Option<std::path::PathBuf>,
+    /// Every device the gateway reads, the automatic Pi health included.
+    pub devices: Vec<DeviceInfo>,
+    /// Whether the InfluxDB sink is on (the inventory lists the sinks).
+    pub influx_enabled: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use super::config::CommandSetup;
 use crate::model::ClockState;
 use crate::sink::mqtt::RunInfo;
 use crate::status::Snapshot;
@@ -175,12 +175,12 @@ fn words_of(name: &str, configured: Option<&crate::status::words::Label>) -> Val
 
 /// The inventory message. It holds nothing that changes every second, so
 /// it is published again only when something in it changed.
-pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) -> Vec<u8> {
+pub fn build(cfg: &CommandSetup, run: &RunInfo, file: &ConfigFile, status: &Snapshot) -> Vec<u8> {
     let devices: Vec<DeviceEntry> = cfg
-        .all_devices()
+        .devices
         .iter()
         .map(|d| {
-            let st = status.devices.get(d.id());
+            let st = status.devices.get(&d.id);
             let values: Vec<String> = st
                 .map(|s| s.last_values.0.keys().cloned().collect())
                 .unwrap_or_default();
@@ -189,9 +189,9 @@ pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) 
                 .map(|n| (n.clone(), words_of(n, st.and_then(|s| s.labels.get(n)))))
                 .collect();
             DeviceEntry {
-                id: d.id().to_owned(),
-                kind: d.kind().to_owned(),
-                interval_ms: d.interval().as_millis() as u64,
+                id: d.id.clone(),
+                kind: d.kind.clone(),
+                interval_ms: d.interval.as_millis() as u64,
                 values,
                 words,
             }
@@ -203,7 +203,7 @@ pub fn build(cfg: &Config, run: &RunInfo, file: &ConfigFile, status: &Snapshot) 
     };
     let allowed: Vec<&str> = cfg.commands.allowed().iter().map(|o| o.name()).collect();
     let mut sinks = vec![crate::sink::mqtt::SINK_NAME];
-    if cfg.influxdb.enabled() {
+    if cfg.influx_enabled {
         sinks.push(crate::sink::influx::SINK_NAME);
     }
     let v = json!({
@@ -251,10 +251,11 @@ mod tests {
 
     #[test]
     fn inventory_lists_devices_sinks_and_commands() {
-        let cfg = Config::from_toml(
+        let cfg = crate::config::Config::from_toml(
             "site = \"s\"\n[gateway]\nsystem_health = false\n[commands]\nallow = [\"status\", \"config.get\"]\n[[device]]\nid = \"ups1\"\ntype = \"sim\"\ninterval = \"2s\"\n",
         )
-        .unwrap();
+        .unwrap()
+        .command_setup();
         let run = RunInfo {
             version: "1.2.3".into(),
             boot_id: "b".into(),

@@ -53,7 +53,6 @@ pub mod inventory;
 pub mod limit;
 pub mod logring;
 mod ops;
-pub mod policy;
 pub mod request;
 pub mod store;
 
@@ -65,7 +64,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::model::{now_ms, ClockState, Event, Reading, Severity, Values};
 use crate::sink::mqtt::{RunInfo, SinkCounters};
 use crate::source::DeviceHandle;
@@ -157,7 +155,9 @@ impl CommandLink {
 
 /// Everything the dispatcher runs commands with.
 pub struct Parts {
-    pub cfg: Arc<Config>,
+    pub cfg: config::CommandSetup,
+    /// The running config, to check a `config.set` against.
+    pub changes: Arc<dyn change::ChangeCheck>,
     pub spool: Arc<Spool>,
     pub status: StatusHub,
     /// Configured devices by id (for `poll`).
@@ -215,7 +215,7 @@ pub fn request_digest(op: &str, payload: &[u8]) -> String {
 /// is opened when the dispatcher starts (on a blocking thread).
 pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
     let (tx, rx) = mpsc::channel(INBOX);
-    let prefix = parts.cfg.mqtt.prefix.clone();
+    let prefix = parts.cfg.prefix.clone();
     let site = parts.cfg.site.clone();
     let enabled = parts.cfg.commands.enabled;
     let ops = ops::Ops::new(parts);

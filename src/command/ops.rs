@@ -34,11 +34,11 @@ impl Ops {
     }
 
     pub(super) fn spool_path(&self) -> PathBuf {
-        self.p.cfg.spool.path.to_path_buf()
+        self.p.cfg.spool_path.clone()
     }
 
     pub(super) fn prefix_site(&self) -> (String, String) {
-        (self.p.cfg.mqtt.prefix.clone(), self.p.cfg.site.clone())
+        (self.p.cfg.prefix.clone(), self.p.cfg.site.clone())
     }
 
     pub(super) fn allowed(&self) -> Vec<Op> {
@@ -48,7 +48,7 @@ impl Ops {
     /// The largest reply that fits in a message (`mqtt.max_packet_size`
     /// less room for the topic and header).
     pub(super) fn max_reply(&self) -> usize {
-        usize::try_from(self.p.cfg.mqtt.max_packet_size.as_u64())
+        usize::try_from(self.p.cfg.max_packet_size)
             .unwrap_or(usize::MAX)
             .saturating_sub(1024)
     }
@@ -170,12 +170,12 @@ impl Ops {
         a: &super::change::SetArgs,
     ) -> Result<super::change::Pending, super::change::ChangeError> {
         let (cfg, hash, id, a) = (
-            self.p.cfg.clone(),
+            self.p.changes.clone(),
             self.file.hash.clone(),
             id.to_owned(),
             a.clone(),
         );
-        tokio::task::spawn_blocking(move || super::change::apply(&cfg, &hash, &id, &a))
+        tokio::task::spawn_blocking(move || super::change::apply(&*cfg, &hash, &id, &a))
             .await
             .map_err(|e| super::change::ChangeError::Failed(e.to_string()))?
     }
@@ -198,9 +198,9 @@ impl Ops {
         let silent: Vec<String> = self
             .p
             .cfg
-            .all_devices()
+            .devices
             .iter()
-            .map(|d| d.id().to_owned())
+            .map(|d| d.id.clone())
             .filter(|id| s.devices.get(id).is_none_or(|d| d.samples == 0))
             .collect();
         if !silent.is_empty() {

@@ -18,6 +18,8 @@
 //! rest is read and checked on.
 
 mod device;
+mod remote;
+pub mod remote_policy;
 pub mod secrets;
 #[cfg(test)]
 mod tests;
@@ -415,6 +417,28 @@ impl Config {
         }
     }
 
+    /// What the command dispatcher is built from.
+    pub fn command_setup(&self) -> crate::command::config::CommandSetup {
+        crate::command::config::CommandSetup {
+            commands: self.commands.clone(),
+            site: self.site.clone(),
+            prefix: self.mqtt.prefix.clone(),
+            max_packet_size: self.mqtt.max_packet_size.as_u64(),
+            spool_path: self.spool.path.to_path_buf(),
+            file: self.file.clone(),
+            devices: self
+                .all_devices()
+                .iter()
+                .map(|d| crate::command::config::DeviceInfo {
+                    id: d.id().to_owned(),
+                    kind: d.kind().to_owned(),
+                    interval: d.interval(),
+                })
+                .collect(),
+            influx_enabled: self.influxdb.enabled(),
+        }
+    }
+
     /// The MQTT sink's section and site.
     pub fn mqtt_setup(&self) -> crate::sink::config::MqttSetup {
         crate::sink::config::MqttSetup {
@@ -427,7 +451,7 @@ impl Config {
     pub fn remote_policy_path(&self) -> std::path::PathBuf {
         self.remote_policy
             .clone()
-            .unwrap_or_else(|| crate::command::policy::DEFAULT_PATH.into())
+            .unwrap_or_else(|| crate::config::remote_policy::DEFAULT_PATH.into())
     }
 
     pub fn mqtt_client_id(&self) -> String {
