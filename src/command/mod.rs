@@ -106,6 +106,27 @@ pub struct CommandLink {
     /// The rate limit, shared by every session of the sink (a reconnect
     /// does not refill it).
     pub limiter: Arc<Mutex<limit::Limiter>>,
+    /// `mqtt.prefix` and the site: the reply topics live under them.
+    pub prefix: String,
+    pub site: String,
+}
+
+impl crate::sink::mqtt::CommandPort for CommandLink {
+    fn filter(&self) -> Option<String> {
+        self.filter.clone()
+    }
+
+    fn inventory(&self) -> (String, watch::Receiver<Vec<u8>>) {
+        (self.inventory_topic.clone(), self.inventory.clone())
+    }
+
+    fn hand_over(&self, topic: &str, payload: &[u8], counters: &SinkCounters) -> bool {
+        CommandLink::hand_over(self, topic, payload, counters)
+    }
+
+    fn reply_messages(&self, batch: &Batch) -> Result<Vec<(String, Vec<u8>)>, String> {
+        reply_messages(&self.prefix, &self.site, batch)
+    }
 }
 
 impl CommandLink {
@@ -227,6 +248,8 @@ pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
             inventory_topic: inventory::topic(&prefix, &site),
             inventory: inv_rx,
             limiter: Arc::new(Mutex::new(limit::Limiter::new(std::time::Instant::now()))),
+            prefix,
+            site,
         },
         Dispatcher {
             ops,
@@ -248,7 +271,7 @@ pub fn attach<L: crate::sink::lane::Lane>(
     parts: Parts,
 ) -> (crate::sink::mqtt::MqttSink<L>, Dispatcher) {
     let (link, d) = wire(parts);
-    (sink.with_commands(link), d)
+    (sink.with_commands(Arc::new(link)), d)
 }
 
 impl Dispatcher {
@@ -630,6 +653,8 @@ mod tests {
             inventory_topic: "ioc/s/inventory".into(),
             inventory: inv_rx,
             limiter: Arc::new(Mutex::new(l)),
+            prefix: "ioc".into(),
+            site: "s".into(),
         };
         (link, rx)
     }

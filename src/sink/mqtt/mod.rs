@@ -38,10 +38,12 @@ use crate::model::{now_ms, Severity, Values};
 use crate::status::StatusHub;
 
 mod backoff;
+mod commands;
 mod options;
 mod session;
 
 pub use backoff::Backoff;
+pub use commands::CommandPort;
 use backoff::{BACKOFF_FAST_TRIES, BACKOFF_HEALTHY_AFTER, BACKOFF_MAX, BACKOFF_MIN};
 
 /// The name of this sink's lane in the spool.
@@ -124,7 +126,7 @@ pub struct MqttSink<L: Lane> {
     counters: Arc<SinkCounters>,
     report: EventReport,
     /// Commands and the inventory, when `[commands] enabled`.
-    commands: Option<crate::command::CommandLink>,
+    commands: Option<Arc<dyn CommandPort>>,
     /// The offline status's reason at a clean stop.
     stop_reason: StopReason,
     /// Until when the command subscription is left out: the broker sent a
@@ -175,7 +177,7 @@ impl<L: Lane> MqttSink<L> {
     /// Subscribes to the command topics on every connection, hands requests
     /// to the dispatcher, publishes reply records on their reply topics and
     /// the retained inventory.
-    pub fn with_commands(mut self, link: crate::command::CommandLink) -> Self {
+    pub fn with_commands(mut self, link: Arc<dyn CommandPort>) -> Self {
         self.commands = Some(link);
         self
     }

@@ -84,7 +84,7 @@ impl<L: Lane> MqttSink<L> {
         let filter = self
             .commands
             .as_ref()
-            .and_then(|l| l.filter.clone())
+            .and_then(|l| l.filter())
             .filter(|_| !self.commands_suspended_now());
         let subscribed = filter.clone();
         if let Some(filter) = filter {
@@ -99,9 +99,7 @@ impl<L: Lane> MqttSink<L> {
             tracker.clone(),
             self.cfg.clone(),
             self.counters.clone(),
-            self.commands
-                .as_ref()
-                .map(|l| (l.inventory_topic.clone(), l.inventory.clone())),
+            self.commands.clone(),
         ));
         let failed_up = |error: String| SessionEnd::Failed {
             error,
@@ -392,8 +390,9 @@ async fn publish_loop<L: Lane>(
     tracker: Arc<Mutex<AckTracker>>,
     cfg: Arc<MqttSetup>,
     counters: Arc<SinkCounters>,
-    mut inventory: Option<(String, tokio::sync::watch::Receiver<Vec<u8>>)>,
+    port: Option<Arc<dyn super::CommandPort>>,
 ) -> String {
+    let mut inventory = port.as_ref().map(|p| p.inventory());
     let max = cfg.mqtt.max_batch.as_usize();
     let max_bytes = usize::try_from(cfg.mqtt.max_batch_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_packet = max_packet_size(&cfg);
@@ -462,7 +461,7 @@ async fn publish_loop<L: Lane>(
             }
         }
         if &*batch.device == crate::ids::REPLY_DEVICE && batch.kind == Kind::Event {
-            if let Err(e) = publish_replies(&client, &lane, &tracker, &cfg, &counters, &batch).await
+            if let Err(e) = publish_replies(&client, &lane, &tracker, &cfg, &counters, port.as_deref(), &batch).await
             {
                 return e;
             }
@@ -538,9 +537,14 @@ async fn publish_replies<L: Lane>(
     tracker: &Mutex<AckTracker>,
     cfg: &MqttSetup,
     counters: &SinkCounters,
+    port: Option<&dyn super::CommandPort>,
     batch: &crate::spool::Batch,
 ) -> Result<(), String> {
-    let msgs = match crate::command::reply_messages(&cfg.mqtt.prefix, &cfg.site, batch) {
+    let msgs = match port.map(|p| p.reply_messages(batch)) {
+        Some(m) => m,
+        None => Err("no command port: replies cannot be addressed".into()),
+    };
+    let msgs = match msgs {
         Ok(m) => m,
         Err(e) => {
             counters.set_aside.fetch_add(1, Ordering::Relaxed);
