@@ -3,10 +3,13 @@
 //! /etc/wardgate (the newest few batches kept) or deleted, and the result
 //! file says where they went. Never read back by wardgate.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::*;
+use std::io::Write;
+
+use super::card::*;
+use super::files::*;
 
 /// What happened to the password and key files of a card whose
 /// configuration was not installed.

@@ -23,13 +23,7 @@ pub enum ModbusTransport {
     Tcp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParityName {
-    None,
-    Even,
-    Odd,
-}
+pub use super::profile::ParityName;
 
 /// How long to wait for each Modbus reply: 20ms to 30s.
 pub type ModbusTimeout = Within<20, 30_000>;

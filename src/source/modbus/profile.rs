@@ -2,8 +2,18 @@
 //! settings, default slave id and register map of devices common in
 //! service centres.
 
-use super::config::ParityName;
+use serde::Deserialize;
+
 use super::map::{DataType, Function, RegisterConfig, WordOrder};
+
+/// A serial line's parity, as a config or a profile names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParityName {
+    None,
+    Even,
+    Odd,
+}
 
 pub struct Profile {
     pub baud: u32,
