@@ -18,8 +18,8 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub mod telemetry;
-pub mod types;
 pub mod tls;
+pub mod types;
 
 /// The security contact is set once, as the package's `Maintainer`
 /// (Cargo.toml, `[package.metadata.deb] maintainer`), and SECURITY.md must

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use serde::Deserialize;
-use crate::ids::GATEWAY_DEVICE;
 use crate::events;
+use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Severity, Values};
 use crate::sink::mqtt::SinkCounters;
 use crate::source::DeviceHandle;
 use crate::spool::{Notice, Spool, StartReport};
 use crate::status::StatusHub;
+use serde::Deserialize;
 
 /// Tells the operations centre what opening the spool found.
 pub fn report_start(gateway: &DeviceHandle, report: &StartReport) {
@@ -171,10 +171,7 @@ pub fn report_notice(cfg: &TelemetrySetup, gateway: &DeviceHandle, n: Notice) {
             );
             v.num("record.seq", seq as f64);
             v.num("record.bytes", bytes as f64);
-            v.num(
-                "mqtt.max_packet_size",
-                cfg.max_packet_size as f64,
-            );
+            v.num("mqtt.max_packet_size", cfg.max_packet_size as f64);
             words(
                 events::SPOOL_QUARANTINED,
                 &[

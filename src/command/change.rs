@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-
 /// The running configuration as `config.set` checks a change against it.
 /// Implemented where configs are loaded and compared (`config/`), and
 /// handed to the dispatcher by the app: the command room never reads a

@@ -73,7 +73,6 @@ impl CommandsConfig {
     }
 }
 
-
 /// One device as the commands see it (the inventory, `config.set`'s
 /// confirmation).
 #[derive(Debug, Clone)]

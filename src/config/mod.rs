@@ -118,7 +118,6 @@ pub struct Config {
     pub remote_policy: Option<std::path::PathBuf>,
 }
 
-
 /// The largest config file read (a real one is a few KiB; the same cap as
 /// provisioning's).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;

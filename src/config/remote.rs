@@ -21,7 +21,7 @@ impl ChangeCheck for Config {
         allow_broker_change: bool,
     ) -> Result<(String, Duration), ChangeError> {
         use ChangeError::Failed;
-        let new = Config::from_toml(&new_text).map_err(|e| {
+        let new = Config::from_toml(new_text).map_err(|e| {
             Failed(format!(
                 "the new config is not valid: {}",
                 e.problems().join("; ")

@@ -1,8 +1,8 @@
 //! The config loader's tests: defaults, layers, and that every problem
 //! names its key.
 
-use std::time::Duration;
 use super::*;
+use std::time::Duration;
 
 use bytesize::ByteSize;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::duration_problem;
 use crate::source::config::DeviceConfig;
+use crate::types::duration_problem;
 
 /// The gateway shuts the Pi down cleanly before the UPS it reads runs flat
 /// (docs/ups.md, "Shutting the Pi down on a long power cut").

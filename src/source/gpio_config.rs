@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{default_interval, BcmPin, Within};
 use crate::model::Severity;
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{default_interval, BcmPin, Within};
 
 /// How long an input must stay put to count as a change: at most 10s.
 pub type Debounce = Within<0, 10_000>;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::default_interval;
 use crate::source::threshold::ThresholdConfig;
+use crate::types::default_interval;
 
 /// DS18B20 probes on the 1-Wire bus.
 #[derive(Debug, Clone, Deserialize)]

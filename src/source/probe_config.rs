@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{duration_problem, Bounded};
 use crate::model::valid_id;
 use crate::source::nut::config::{default_nut_timeout, TIMEOUT_MAX, TIMEOUT_MIN};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{duration_problem, Bounded};
 
 /// Reachability of hosts: TCP connect time or ICMP echo.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{default_interval, Bounded};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{default_interval, Bounded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{Bounded, Port, Within};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{Bounded, Port, Within};
 
 /// How long to wait for each SNMP reply: 100ms to 30s.
 pub type SnmpTimeout = Within<100, 30_000>;

@@ -243,4 +243,3 @@ pub struct InfluxStatus {
     pub last_error: Option<String>,
     pub last_write_ms: Option<i64>,
 }
-

@@ -9,7 +9,6 @@
 //! part. Exact names are looked up first, then patterns in table order. A
 //! value without an entry still shows, with its own name.
 
-
 use crate::model::Value;
 use table::YES_NO;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{defaults_of, AbsPath, Bounded, Within};
 use crate::sink::config::is_loopback;
+use crate::types::{defaults_of, AbsPath, Bounded, Within};
 
 /// One request (connect, TLS, write, answer): 1 s to 10 min.
 pub type WriteTimeout = Within<1_000, 600_000>;

@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use self::config::InfluxSetup;
 use self::http::{classify, describe, Class, Client, HttpError};
 use super::lane::Lane;
 use super::mqtt::{Backoff, EventReport};
-use self::config::InfluxSetup;
 use crate::events;
 use crate::model::{now_ms, Values};
 use crate::spool::Batch;

@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::AckTracker;
 use super::lane::Lane;
-use crate::sink::config::MqttSetup;
 use crate::model::{now_ms, Severity, Values};
+use crate::sink::config::MqttSetup;
 use crate::status::StatusHub;
 
 mod backoff;
@@ -43,8 +43,8 @@ mod options;
 mod session;
 
 pub use backoff::Backoff;
-pub use commands::CommandPort;
 use backoff::{BACKOFF_FAST_TRIES, BACKOFF_HEALTHY_AFTER, BACKOFF_MAX, BACKOFF_MIN};
+pub use commands::CommandPort;
 
 /// The name of this sink's lane in the spool.
 pub const SINK_NAME: &str = "mqtt";

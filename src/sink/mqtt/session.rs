@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::options::{max_packet_size, network_options};
 use super::{lock, MqttSink, SessionEnd, SinkCounters};
-use crate::sink::config::MqttSetup;
 use crate::model::{now_ms, Kind, Values};
 use crate::sink::ack::{AckTracker, Acked, Sent, Tag};
+use crate::sink::config::MqttSetup;
 use crate::sink::lane::Lane;
 use crate::sink::payload;
 
@@ -461,7 +461,16 @@ async fn publish_loop<L: Lane>(
             }
         }
         if &*batch.device == crate::ids::REPLY_DEVICE && batch.kind == Kind::Event {
-            if let Err(e) = publish_replies(&client, &lane, &tracker, &cfg, &counters, port.as_deref(), &batch).await
+            if let Err(e) = publish_replies(
+                &client,
+                &lane,
+                &tracker,
+                &cfg,
+                &counters,
+                port.as_deref(),
+                &batch,
+            )
+            .await
             {
                 return e;
             }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{default_interval, Baud, SerialPath};
 use crate::source::megatec::config::{default_reply_timeout, default_ups_baud, ReplyTimeout};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{default_interval, Baud, SerialPath};
 
 /// An APC Smart-UPS on a serial line (APC's "smart" cable, 940-0024).
 #[derive(Debug, Clone, Deserialize)]

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{default_interval, Baud, SerialPath, Within};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{default_interval, Baud, SerialPath, Within};
 
 /// How long to wait for each reply from a UPS on a serial line: 100ms to 30s.
 pub type ReplyTimeout = Within<100, 30_000>;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::map::RegisterConfig;
 use super::profile::{self, Profile};
-use crate::types::{default_interval, Baud, Port, SerialPath, Within};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{default_interval, Baud, Port, SerialPath, Within};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,208 @@
+//! The tasks a running gateway keeps beside its sources and sinks: the
+//! supervisor that names a task ending early, the health monitor, the
+//! status refresher, systemd's watchdog and readiness.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ids::GATEWAY_DEVICE;
+use crate::model::{now_ms, Health};
+use crate::sink::influx::InfluxCounters;
+use crate::sink::mqtt::SinkCounters;
+use crate::source::DeviceHandle;
+use crate::spool::{LaneHandle, Spool};
+use crate::status::StatusHub;
+
+/// Spawns tasks that must run until their stop token: one that ends
+/// before (returns or panics) is logged and named on `died`.
+pub(super) struct Supervisor {
+    pub(super) died: tokio::sync::mpsc::UnboundedSender<&'static str>,
+}
+
+impl Supervisor {
+    pub(super) fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        name: &'static str,
+        stop: &CancellationToken,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let handle = tracker.spawn(task);
+        let (died, stop) = (self.died.clone(), stop.clone());
+        tracker.spawn(async move {
+            let result = handle.await;
+            if stop.is_cancelled() {
+                return;
+            }
+            match result {
+                Ok(()) => tracing::error!(task = name, "task ended before shutdown"),
+                Err(e) => tracing::error!(task = name, error = %e, "task failed"),
+            }
+            let _ = died.send(name);
+        });
+    }
+}
+
+pub(super) fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The kernel's boot id, so the operations centre can tell a reboot from a
+/// restart of the service.
+pub(super) fn boot_id() -> String {
+    let id = crate::spool::used::boot_id();
+    if id.is_empty() {
+        "unknown".into()
+    } else {
+        id
+    }
+}
+
+pub(super) async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for h in handles.iter().filter(|h| h.id() != GATEWAY_DEVICE) {
+            h.check_stale();
+        }
+    }
+}
+
+/// Copies counters into the snapshot once a second.
+pub(super) async fn status_refresher(
+    status: StatusHub,
+    spool: Arc<Spool>,
+    counters: Arc<SinkCounters>,
+    influx: Option<(LaneHandle, Arc<InfluxCounters>)>,
+    history: Arc<crate::status::history::History>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stats = spool.stats();
+        let acked = counters.records_acked.load(Ordering::Relaxed);
+        let last = counters.last_ack_ms.load(Ordering::Relaxed);
+        let influx_depth = influx.as_ref().map(|(lane, _)| lane.pending());
+        status.update(|s| {
+            if let (Some(i), Some((_, c)), Some(depth)) =
+                (s.influxdb.as_mut(), influx.as_ref(), influx_depth)
+            {
+                c.refresh(i, depth);
+            }
+            s.spool = stats;
+            s.uplink.acked = acked;
+            s.uplink.last_ack_ms = (last > 0).then_some(last);
+            if let Some(g) = s.devices.get_mut(GATEWAY_DEVICE) {
+                g.health = Health::Ok;
+            }
+            s.updated_ms = now_ms();
+        });
+        history.record(&status.get(), now_ms());
+    }
+}
+
+/// Half of systemd's watchdog interval, when it watches us.
+pub(super) fn watchdog_period() -> Option<Duration> {
+    let mut usec = 0u64;
+    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+        .then(|| Duration::from_micros(usec / 2))
+}
+
+/// The MQTT sink's sign of life advances every second; this long without
+/// it, the sink is wedged.
+const SINK_SILENT: Duration = Duration::from_secs(5);
+
+/// Pings systemd's watchdog only while delivery is alive: the spool's commit
+/// loop makes progress, the MQTT sink's loop turns, and delivery is not
+/// stalled (records pending with the link up and no PUBACK for
+/// `mqtt.stall_timeout`). A broker that is simply down is not a stall.
+pub(super) async fn watchdog(
+    period: Duration,
+    spool: Arc<Spool>,
+    counters: Arc<SinkCounters>,
+    cancel: CancellationToken,
+) {
+    let mut last = spool.progress();
+    let mut sink_seen = (counters.alive.load(Ordering::Relaxed), Instant::now());
+    // The first check one period after start (an interval's first tick is
+    // at once, before the spool could have made progress: a false warning
+    // at every start).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let alive = counters.alive.load(Ordering::Relaxed);
+        if alive != sink_seen.0 {
+            sink_seen = (alive, Instant::now());
+        }
+        let now = spool.progress();
+        if now == last {
+            tracing::warn!("no spool progress since the last watchdog period; not pinging");
+        } else if sink_seen.1.elapsed() > SINK_SILENT {
+            tracing::warn!("the MQTT sink's loop is not turning; not pinging the watchdog");
+        } else if counters.stalled.load(Ordering::Relaxed) {
+            tracing::warn!("MQTT delivery stalled; not pinging the watchdog");
+        } else {
+            last = now;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A supervised task that returns or panics before its stop token is
+    /// named on `died`; one that ends after the token was cancelled is not.
+    #[tokio::test]
+    async fn supervisor_reports_tasks_that_end_early() {
+        let (tx, mut died) = tokio::sync::mpsc::unbounded_channel();
+        let sup = Supervisor { died: tx };
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        sup.spawn(&tracker, "returns", &stop, async {});
+        sup.spawn(&tracker, "panics", &stop, async { panic!("boom") });
+        let s = stop.clone();
+        sup.spawn(&tracker, "runs until stop", &stop, async move {
+            s.cancelled().await
+        });
+        let mut names = Vec::new();
+        for _ in 0..2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), died.recv())
+                .await
+                .expect("reported within 5 s")
+                .expect("a name");
+            names.push(n);
+        }
+        names.sort_unstable();
+        assert_eq!(names, vec!["panics", "returns"]);
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("all stop");
+        drop(sup);
+        assert_eq!(
+            died.recv().await,
+            None,
+            "a task stopped on request is not reported"
+        );
+    }
+}
