@@ -1,11 +1,11 @@
 //! Fault-injection suite: runs the real `wardgate` binary (any build: the
 //! path comes from `--bin PATH` or `WARDGATE_BIN`, default the
-//! `target/release/wardgate` that `cargo bench` builds) against a real
+//! `target/release/wardgate` that `cargo test --release` builds) against a real
 //! mosquitto on loopback, injects one kind of fault per scenario, and
 //! accounts for every reading.
 //!
 //! Run with `scripts/faults [--short] [--only NAME[,NAME]] [--list]`
-//! (which is `cargo bench --bench faults -- …`). `--short` is the quick
+//! (which is `cargo test --release --test faults -- …`). `--short` is the quick
 //! version the test suite runs; without it the runs are long (kill -9 × 200,
 //! 20 broker restarts 20–40 s apart). `--figures` prints the slow-fsync
 //! benchmark figures instead (used by `scripts/bench`); `--self-test` checks
@@ -3691,8 +3691,6 @@ fn main() {
                 println!("accounting self-test passed");
                 return;
             }
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => {}
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -3724,8 +3722,8 @@ fn main() {
             std::process::exit(2);
         }
     }
-    // cargo bench builds the binary with the bench profile, which is the
-    // release profile (Cargo.toml): target/release/wardgate.
+    // scripts/faults runs `cargo test --release`, which builds the binary
+    // with the release profile: target/release/wardgate.
     let bin = bin.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wardgate")));
     if !bin.exists() {
         eprintln!("no binary at {} (cargo build --release)", bin.display());
