@@ -10,6 +10,7 @@ mod contract;
 pub mod devices;
 mod gateway;
 mod harness;
+pub mod influx;
 pub mod megatec_sim;
 mod mosquitto;
 pub mod nut;
