@@ -190,7 +190,7 @@ impl Drop for Recorder {
     }
 }
 
-/// The contract's JSON Schemas (docs/schema/), as tests/it/common/mod.rs
+/// The contract's JSON Schemas (docs/schema/), as tests/it/common/contract.rs
 /// loads them.
 pub struct Schemas {
     telemetry: jsonschema::Validator,

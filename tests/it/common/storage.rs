@@ -1,4 +1,4 @@
-//! Helpers for the storage-fault tests (tests/it/storage.rs): a
+//! Helpers for the storage-fault tests (tests/it/storage/): a
 //! gateway rig (broker + durable subscriber + config on disk), the binary run
 //! behind a command prefix (another user), a tmpfs unmounted on drop, direct
 //! edits of spool rows, and reading what the gateway reports about itself.
