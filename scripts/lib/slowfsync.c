@@ -3,7 +3,8 @@
  * sleep WARDGATE_FSYNC_DELAY_MS milliseconds (default 250), then call the
  * real function (found with dlsym(RTLD_NEXT)).
  *
- * Built on demand by benches/faults.rs and benches/pipeline.rs:
+ * Built on demand by the fault suite (tests/faults/scenarios/slow_fsync.rs)
+ * and benches/pipeline.rs:
  *   gcc -shared -fPIC -O2 -o target/slowfsync.so scripts/lib/slowfsync.c -ldl
  * Used as: LD_PRELOAD=target/slowfsync.so WARDGATE_FSYNC_DELAY_MS=250 wardgate run
  *

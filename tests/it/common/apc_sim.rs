@@ -1,6 +1,6 @@
 //! An APC Smart-UPS simulator on a real pseudo-terminal pair, with
 //! unsolicited alert characters on demand, and the shutdown commands of
-//! issue 14 as a Smart-UPS answers them: the grace delay `p` (020, 180,
+//! the power-off as a Smart-UPS answers them: the grace delay `p` (020, 180,
 //! 300, 600 s) stepped with `-` (`OK` then `|`, the EEPROM-changed
 //! notice), `S` (`OK` on battery, `NA` on mains), `@` + three digits
 //! (`OK`); older models answer `*` instead of `OK`. What it received

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The upsd.users entry for the power-off (issue 14): instant commands
+/// The upsd.users entry for the power-off ([power]): instant commands
 /// and SET, as docs/ups.md tells technicians to write it.
 pub const CMD_USER: &str = "wardgate";
 pub const CMD_PASSWORD: &str = "cmd-s3cret";

@@ -1,4 +1,4 @@
-//! Helpers for the storage-fault tests (issue 10, tests/it/storage.rs): a
+//! Helpers for the storage-fault tests (tests/it/storage/): a
 //! gateway rig (broker + durable subscriber + config on disk), the binary run
 //! behind a command prefix (another user), a tmpfs unmounted on drop, direct
 //! edits of spool rows, and reading what the gateway reports about itself.
@@ -98,21 +98,6 @@ impl Rig {
         tokio::time::sleep(outage).await;
         gw.assert_running("during the outage");
         gw.stop_clean("stop with the broker down").await;
-    }
-}
-
-impl Broker {
-    /// SIGSTOP: the broker hangs with its sockets open (nothing is acked).
-    pub fn pause(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), libc::SIGSTOP);
-        }
-    }
-
-    pub fn resume(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), libc::SIGCONT);
-        }
     }
 }
 
@@ -260,7 +245,7 @@ pub struct Rec {
     pub device: String,
     /// "samples" or "events".
     pub kind: &'static str,
-    /// The envelope's `epoch`; "" where there is none (before issue 10).
+    /// The envelope's `epoch`; "" where there is none.
     pub epoch: String,
     pub seq: u64,
     pub historical: bool,
@@ -371,12 +356,12 @@ pub struct SpoolRow {
     pub kind: i64,
     pub device: String,
     pub seq: u64,
-    /// The `epoch` column (issue 10); 0 where the table has none.
+    /// The `epoch` column; 0 where the table has none.
     pub epoch: i64,
-    /// The `crc` column (issue 10), if the table has one and it is set.
+    /// The `crc` column, if the table has one and it is set.
     pub crc: Option<i64>,
     pub body: String,
-    /// The `boot` and `boottime` columns (issue 14), when set: the
+    /// The `boot` and `boottime` columns, when set: the
     /// checksum covers them too.
     pub taken: Option<(String, i64)>,
 }
