@@ -160,105 +160,140 @@ pub fn report_notice(cfg: &TelemetrySetup, gateway: &DeviceHandle, n: Notice) {
             seq,
             bytes,
             reason,
-        } => {
-            v.set("record.device", device.clone());
-            v.set(
-                "record.kind",
-                match kind {
-                    crate::model::Kind::Sample => "samples",
-                    crate::model::Kind::Event => "events",
-                },
-            );
-            v.num("record.seq", seq as f64);
-            v.num("record.bytes", bytes as f64);
-            v.num("mqtt.max_packet_size", cfg.max_packet_size as f64);
-            words(
-                events::SPOOL_QUARANTINED,
-                &[
-                    ("device", &device),
-                    ("seq", &seq),
-                    ("bytes", &bytes),
-                    ("reason", &reason),
-                ],
-                &[("device", &device)],
-            )
-        }
+        } => quarantined(&mut v, cfg, device, kind, seq, bytes, reason),
         Notice::SequenceReset {
             epoch,
             previous,
             reason,
             first_start,
-        } => {
-            v.set("epoch", crate::spool::positions::epoch_hex(epoch));
-            if let Some(p) = previous {
-                v.set("previous_epoch", crate::spool::positions::epoch_hex(p));
-            }
-            v.set("reason", reason.clone());
-            let (severity, code, msg, vi) = words(
-                events::GATEWAY_SEQUENCE_RESET,
-                &[
-                    ("epoch", &crate::spool::positions::epoch_hex(epoch)),
-                    ("reason", &reason),
-                ],
-                &[],
-            );
-            // A first start has no numbers before it to lose.
-            let severity = if first_start {
-                Severity::Info
-            } else {
-                severity
-            };
-            (severity, code, msg, vi)
-        }
-        Notice::ClockCorrected {
-            device,
-            kind,
-            epoch,
-            first_seq,
-            last_seq,
-            records,
-            offset_ms,
-        } => {
-            // Command replies are kept in the spool as events of a reserved
-            // device, but travel as replies with no sequence: nothing to
-            // correct at the operations centre.
-            if device == crate::ids::REPLY_DEVICE {
-                return;
-            }
-            let leaf = match kind {
-                crate::model::Kind::Sample => "samples",
-                crate::model::Kind::Event => "events",
-            };
-            let epoch = crate::spool::positions::epoch_hex(epoch);
-            v.set("record.device", device.clone());
-            v.set("record.kind", leaf);
-            v.set("record.epoch", epoch.clone());
-            v.num("record.first_seq", first_seq as f64);
-            v.num("record.last_seq", last_seq as f64);
-            v.num("record.count", records as f64);
-            v.num("clock.offset_ms", offset_ms as f64);
-            words(
-                events::GATEWAY_CLOCK_CORRECTED,
-                &[
-                    ("offset", &off_words(offset_ms)),
-                    ("count", &records),
-                    ("kind", &leaf),
-                    ("device", &device),
-                    ("first", &first_seq),
-                    ("last", &last_seq),
-                    ("epoch", &epoch),
-                    ("offset_ms", &offset_ms),
-                ],
-                &[
-                    ("count", &records),
-                    ("device", &device),
-                    ("offset_ms", &offset_ms),
-                ],
-            )
-        }
+        } => sequence_reset(&mut v, epoch, previous, reason, first_start),
+        n @ Notice::ClockCorrected { .. } => match clock_corrected(&mut v, n) {
+            Some(w) => w,
+            // Command replies travel with no sequence: nothing to correct.
+            None => return,
+        },
     };
     v.set("message.vi", vi);
     gateway.event(severity, code, &msg, v);
+}
+
+/// The words of a record set aside as too big to publish.
+#[allow(clippy::too_many_arguments)]
+fn quarantined(
+    v: &mut Values,
+    cfg: &TelemetrySetup,
+    device: String,
+    kind: crate::model::Kind,
+    seq: u64,
+    bytes: u64,
+    reason: String,
+) -> Words {
+    v.set("record.device", device.clone());
+    v.set(
+        "record.kind",
+        match kind {
+            crate::model::Kind::Sample => "samples",
+            crate::model::Kind::Event => "events",
+        },
+    );
+    v.num("record.seq", seq as f64);
+    v.num("record.bytes", bytes as f64);
+    v.num("mqtt.max_packet_size", cfg.max_packet_size as f64);
+    words(
+        events::SPOOL_QUARANTINED,
+        &[
+            ("device", &device),
+            ("seq", &seq),
+            ("bytes", &bytes),
+            ("reason", &reason),
+        ],
+        &[("device", &device)],
+    )
+}
+
+/// The words of a new sequence epoch (an Info on the first start, which
+/// has no numbers before it to lose).
+fn sequence_reset(
+    v: &mut Values,
+    epoch: u64,
+    previous: Option<u64>,
+    reason: String,
+    first_start: bool,
+) -> Words {
+    v.set("epoch", crate::spool::positions::epoch_hex(epoch));
+    if let Some(p) = previous {
+        v.set("previous_epoch", crate::spool::positions::epoch_hex(p));
+    }
+    v.set("reason", reason.clone());
+    let (severity, code, msg, vi) = words(
+        events::GATEWAY_SEQUENCE_RESET,
+        &[
+            ("epoch", &crate::spool::positions::epoch_hex(epoch)),
+            ("reason", &reason),
+        ],
+        &[],
+    );
+    // A first start has no numbers before it to lose.
+    let severity = if first_start {
+        Severity::Info
+    } else {
+        severity
+    };
+    (severity, code, msg, vi)
+}
+
+/// The words of records sent with an unsynchronised time and corrected
+/// at the sync; None for command replies, which are kept in the spool as
+/// events of a reserved device but travel as replies with no sequence.
+fn clock_corrected(v: &mut Values, n: Notice) -> Option<Words> {
+    let Notice::ClockCorrected {
+        device,
+        kind,
+        epoch,
+        first_seq,
+        last_seq,
+        records,
+        offset_ms,
+    } = n
+    else {
+        return None;
+    };
+    // Command replies are kept in the spool as events of a reserved
+    // device, but travel as replies with no sequence: nothing to
+    // correct at the operations centre.
+    if device == crate::ids::REPLY_DEVICE {
+        return None;
+    }
+    let leaf = match kind {
+        crate::model::Kind::Sample => "samples",
+        crate::model::Kind::Event => "events",
+    };
+    let epoch = crate::spool::positions::epoch_hex(epoch);
+    v.set("record.device", device.clone());
+    v.set("record.kind", leaf);
+    v.set("record.epoch", epoch.clone());
+    v.num("record.first_seq", first_seq as f64);
+    v.num("record.last_seq", last_seq as f64);
+    v.num("record.count", records as f64);
+    v.num("clock.offset_ms", offset_ms as f64);
+    Some(words(
+        events::GATEWAY_CLOCK_CORRECTED,
+        &[
+            ("offset", &off_words(offset_ms)),
+            ("count", &records),
+            ("kind", &leaf),
+            ("device", &device),
+            ("first", &first_seq),
+            ("last", &last_seq),
+            ("epoch", &epoch),
+            ("offset_ms", &offset_ms),
+        ],
+        &[
+            ("count", &records),
+            ("device", &device),
+            ("offset_ms", &offset_ms),
+        ],
+    ))
 }
 
 /// How far off the clock was, in words: a positive offset means the
@@ -279,6 +314,9 @@ fn off_words(offset_ms: i64) -> String {
 
 /// A spool notice's severity, code, English message (filled with `en`) and
 /// Vietnamese message (filled with `vi`).
+/// An event's severity, code, English and Vietnamese words.
+type Words = (Severity, &'static str, String, String);
+
 fn words(
     ev: events::EventDef,
     en: &[(&str, &dyn std::fmt::Display)],
