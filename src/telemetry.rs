@@ -462,7 +462,7 @@ mod tests {
         hub.get().events.front().cloned().expect("an event")
     }
 
-    /// The words are the contract's: the same as before the catalogue.
+    /// The words are the contract's (docs/mqtt.md), checked word for word.
     #[test]
     fn start_report_events() {
         let (_, h, hub, _d) = setup();

@@ -415,7 +415,7 @@ mod tests {
         assert!(!roll_back(&path, "none"));
     }
 
-    /// Issue 23, high 4: a new config that gets the gateway killed before
+    /// A new config that gets the gateway killed before
     /// it can confirm or roll back is counted at each start (before it is
     /// loaded) and rolled back at the fourth, or at a start later than
     /// confirm_within and the margin after the first.

@@ -261,7 +261,7 @@ mod tests {
 
     /// The commented `[power]` block of the example config loads, as it
     /// is once uncommented.
-    /// Issue 23: a spoofed upsd (another box, no TLS) answering "OB LB"
+    /// A spoofed upsd (another box, no TLS) answering "OB LB"
     /// powered the Pi off for good. `power.ups` on such a NUT device is a
     /// config error unless allowed on purpose; on loopback or with TLS it
     /// is fine.

@@ -1,5 +1,5 @@
 //! Power: the gateway shuts the Pi down cleanly before the UPS that powers
-//! it runs flat (issue 14; docs/ups.md, "Shutting the Pi down on a long
+//! it runs flat (docs/ups.md, "Shutting the Pi down on a long
 //! power cut").
 //!
 //! [`Monitor`] watches every poll of the configured UPS (the device's poll

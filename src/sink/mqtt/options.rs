@@ -102,7 +102,7 @@ mod tests {
     use super::*;
 
     /// The shared builder's tests are in src/tls.rs; here, that its errors
-    /// stay this sink's TLS setup errors, worded as before the move.
+    /// stay this sink's TLS setup errors, naming the sink's keys.
     #[test]
     fn tls_errors_are_the_sinks() {
         let e = tls_config(Some(Path::new("/nonexistent/ca.pem")), None, None).unwrap_err();

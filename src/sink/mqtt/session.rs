@@ -692,7 +692,7 @@ mod tests {
         }
     }
 
-    /// Findings 5 and 6 in milliseconds: a batch with a device id that cannot
+    /// In milliseconds: a batch with a device id that cannot
     /// be a topic, and one too big for a packet, are set aside and the next
     /// one is published; when the client is gone the loop says why.
     #[tokio::test]

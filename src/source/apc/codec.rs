@@ -7,7 +7,7 @@
 //! changed) and `&` (check the alarm register) are dropped, as NUT's
 //! apcsmart driver drops them.
 //!
-//! The power-off (issue 14) uses the commands NUT's apcsmart driver uses
+//! The power-off uses the commands NUT's apcsmart driver uses
 //! for `shutdown.return` (drivers/apcsmart.c, `sdtype = 0`): `S` (soft
 //! hibernate) on battery, `@000` (hard hibernate, no extra wake-up delay)
 //! otherwise. Both switch the output off after the UPS's grace delay (the
