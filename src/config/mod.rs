@@ -52,8 +52,9 @@ pub use device::DeviceConfig;
 /// Where the daemon looks when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/wardgate/wardgate.toml";
 
-/// The device id reserved for the gateway's own health telemetry.
-pub const GATEWAY_DEVICE: &str = "gateway";
+/// The device id reserved for the gateway's own health telemetry (the
+/// MQTT contract's).
+pub use wardgate_contract::GATEWAY_DEVICE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
