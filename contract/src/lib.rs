@@ -28,9 +28,10 @@
 //! `gateway.sequence_reset` opening a new epoch), with its store; and the
 //! storage of records keyed by [`RecordKey`].
 //!
-//! What stays in the gateway: reading devices, the spool and its storage
-//! codes' use, and the fast encoder that splices stored record bodies into
-//! an envelope (its tests decode what it makes with this crate).
+//! What stays in the gateway: its sources, spool and sinks, and the fast
+//! encoder that splices the spool's stored record bodies into an envelope
+//! (its tests decode what it makes with this crate and check it against
+//! the schemas).
 
 pub mod correction;
 pub mod envelope;
