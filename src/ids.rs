@@ -2,8 +2,8 @@
 //! them; no configured `[[device]]` may take one (the loader refuses it).
 
 /// The gateway's own health telemetry and events
-/// (`{prefix}/{site}/gateway/...`).
-pub const GATEWAY_DEVICE: &str = "gateway";
+/// (`{prefix}/{site}/gateway/...`): the contract's.
+pub use wardgate_contract::GATEWAY_DEVICE;
 
 /// The pseudo-device whose event records in the spool are command replies:
 /// durable like events, and published on the reply topic instead of a

@@ -197,7 +197,7 @@ pub fn build(cfg: &CommandSetup, run: &RunInfo, file: &ConfigFile, status: &Snap
             }
         })
         .collect();
-    let clock = match ClockState::from_kernel() {
+    let clock = match crate::model::kernel_clock_state() {
         ClockState::Synced => "synced",
         ClockState::Unsynced | ClockState::Corrected => "unsynced",
     };

@@ -345,7 +345,8 @@ impl Dispatcher {
             return;
         }
         let allow = self.ops.allowed();
-        let trusted = self.ops.trust_clock() || ClockState::from_kernel() == ClockState::Synced;
+        let trusted =
+            self.ops.trust_clock() || crate::model::kernel_clock_state() == ClockState::Synced;
         let policy = request::Policy {
             allow: &allow,
             clock_trusted: trusted,

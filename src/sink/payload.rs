@@ -1,22 +1,18 @@
-//! Topic names and payload encoders: pure functions, no I/O.
+//! Payload encoders and the MQTT sink's size arithmetic: pure functions, no
+//! I/O.
 //!
 //! The contract is written up in `docs/mqtt.md`, with JSON Schemas in
-//! `docs/schema/`.
+//! `docs/schema/`; its types, topics and decoders are the contract crate's
+//! (`wardgate_contract`), which the operations centre's consumer builds
+//! from. What is here is the gateway's own side: [`encode_batch`] splices
+//! the spool's stored record bodies into an envelope without re-encoding
+//! them, and its tests decode what it makes with the contract's decoder.
 
-use serde::Serialize;
+use wardgate_contract::{Epoch, OfflineReason, Status};
 
-use crate::model::Kind;
 use crate::spool::Batch;
 
-/// `{prefix}/{site}/{device}/telemetry` or `.../event`.
-pub fn data_topic(prefix: &str, site: &str, device: &str, kind: Kind) -> String {
-    format!("{prefix}/{site}/{device}/{}", kind.topic_leaf())
-}
-
-/// `{prefix}/{site}/status`: retained birth and last will.
-pub fn status_topic(prefix: &str, site: &str) -> String {
-    format!("{prefix}/{site}/status")
-}
+pub use wardgate_contract::topic::{data_topic, status_topic};
 
 /// Whether `device` may be a topic level: `^[a-z0-9][a-z0-9_-]{0,63}$`, so
 /// never `#`, `+` or `/` (a record whose device is not is set aside, never
@@ -51,7 +47,7 @@ pub fn encode_batch(site: &str, batch: &Batch, epoch: u64) -> Vec<u8> {
     push_json_str(&mut out, site);
     out.extend_from_slice(b",\"device\":");
     push_json_str(&mut out, &batch.device);
-    out.extend_from_slice(format!(",\"epoch\":\"{epoch:016x}\"").as_bytes());
+    out.extend_from_slice(format!(",\"epoch\":\"{}\"", Epoch(epoch)).as_bytes());
     out.extend_from_slice(b",\"");
     out.extend_from_slice(batch.kind.array_name().as_bytes());
     out.extend_from_slice(b"\":[");
@@ -81,46 +77,33 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Online<'a> {
-    state: &'static str,
-    version: &'a str,
-    boot_id: &'a str,
-    run_id: &'a str,
-    started: i64,
-}
-
-#[derive(Debug, Serialize)]
-struct Offline<'a> {
-    state: &'static str,
-    reason: &'a str,
-}
-
 /// The retained birth message.
 pub fn status_online(version: &str, boot_id: &str, run_id: &str, started_ms: i64) -> Vec<u8> {
-    serde_json::to_vec(&Online {
-        state: "online",
-        version,
-        boot_id,
-        run_id,
+    Status::Online {
+        version: version.to_owned(),
+        boot_id: boot_id.to_owned(),
+        run_id: run_id.to_owned(),
         started: started_ms,
-    })
-    .unwrap_or_default()
+    }
+    .to_vec()
 }
 
-/// The retained offline message: `lost` (the last will) or `shutdown`.
+/// The retained offline message: `lost` (the last will), `shutdown` or
+/// `power`.
 pub fn status_offline(reason: &str) -> Vec<u8> {
-    serde_json::to_vec(&Offline {
-        state: "offline",
-        reason,
-    })
-    .unwrap_or_default()
+    Status::Offline {
+        reason: OfflineReason::from(reason),
+    }
+    .to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    use crate::model::{ClockState, Event, Kind, Sample, Severity, Values};
+    use wardgate_contract::{schema, Delivered, Envelope, Events, Record, Telemetry};
 
     fn batch(kind: Kind, historical: bool, bodies: &[&str]) -> Batch {
         Batch {
@@ -228,5 +211,172 @@ mod tests {
             serde_json::from_slice(&status_online("0.1.0", "b", "r", 9)).unwrap();
         assert_eq!(v["state"], "online");
         assert_eq!(v["started"], 9);
+    }
+    /// Records as the spool stores them: each body is the record's JSON
+    /// (src/spool/stamp.rs), with the clock states, value types and strings
+    /// that need escaping.
+    fn samples() -> Vec<Sample> {
+        let mut v = Values::new();
+        v.num("battery.charge", 100.0);
+        v.num("input.voltage", 228.1);
+        v.num("ups.load", -0.5e-3);
+        v.set("ups.status", "OL CHRG");
+        v.set("door.open", false);
+        v.set("note", "\"quoted\"\n\\ Điện áp vào \u{1}");
+        vec![
+            Sample {
+                seq: 0,
+                ts: 1_795_832_190_039,
+                clock: ClockState::Synced,
+                values: v.clone(),
+            },
+            Sample {
+                seq: 1,
+                ts: 0,
+                clock: ClockState::Unsynced,
+                values: Values::new(),
+            },
+            Sample {
+                seq: u64::MAX,
+                ts: i64::MAX,
+                clock: ClockState::Corrected,
+                values: v,
+            },
+        ]
+    }
+
+    fn events() -> Vec<Event> {
+        let mut v = Values::new();
+        v.set("ups.status", "OB");
+        v.set("message.vi", "Mất điện lưới");
+        vec![
+            Event {
+                seq: 12,
+                ts: 1_795_832_201_040,
+                clock: ClockState::Synced,
+                severity: Severity::Critical,
+                code: "ups.on_battery".into(),
+                message: "UPS on battery: mains power lost".into(),
+                values: v,
+            },
+            Event {
+                seq: 13,
+                ts: 1_795_832_201_041,
+                clock: ClockState::Unsynced,
+                severity: Severity::Info,
+                code: "device.restored".into(),
+                message: "ups1: readings again (\"ok\")".into(),
+                values: Values::new(),
+            },
+        ]
+    }
+
+    fn stored<R: serde::Serialize>(kind: Kind, historical: bool, records: &[R]) -> Batch {
+        let bodies: Vec<String> = records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        batch(kind, historical, &refs)
+    }
+
+    /// What the gateway encodes, the contract decodes into the same records,
+    /// byte for byte what the contract's own encoder writes, and valid per
+    /// the JSON Schema.
+    fn round_trip<R: Record + std::fmt::Debug>(records: Vec<R>, kind: Kind) {
+        let validator = {
+            let v: serde_json::Value = serde_json::from_str(schema::for_kind(kind)).unwrap();
+            jsonschema::validator_for(&v).unwrap()
+        };
+        for historical in [false, true] {
+            for epoch in [0, 0xab, 0x5f3a_9c0e_12d4_b7a1, u64::MAX] {
+                for n in 1..=records.len() {
+                    let b = stored(kind, historical, &records[..n]);
+                    let out = encode_batch("phuong-tan-phong", &b, epoch);
+                    let env = Envelope::<R>::from_slice(&out)
+                        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                    let want = Envelope {
+                        site: "phuong-tan-phong".to_owned(),
+                        device: "ups1".to_owned(),
+                        epoch: wardgate_contract::Epoch(epoch),
+                        records: records[..n]
+                            .iter()
+                            .map(|r| Delivered {
+                                historical,
+                                record: r.clone(),
+                            })
+                            .collect(),
+                    };
+                    assert_eq!(env, want);
+                    assert_eq!(
+                        String::from_utf8(out.clone()).unwrap(),
+                        String::from_utf8(want.to_vec()).unwrap()
+                    );
+                    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                    let errors: Vec<String> = validator
+                        .iter_errors(&json)
+                        .map(|e| e.to_string())
+                        .collect();
+                    assert!(errors.is_empty(), "{errors:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_telemetry_decodes_with_the_contract() {
+        round_trip::<Sample>(samples(), Kind::Sample);
+        // The docs' telemetry example, type for type.
+        let t = Telemetry::from_slice(&encode_batch(
+            "xa-a",
+            &stored(Kind::Sample, false, &samples()[..1]),
+            7,
+        ))
+        .unwrap();
+        assert_eq!(t.stream_key().epoch, wardgate_contract::Epoch(7));
+    }
+
+    #[test]
+    fn encoded_events_decode_with_the_contract() {
+        round_trip::<Event>(events(), Kind::Event);
+        let e = Events::from_slice(&encode_batch(
+            "xa-a",
+            &stored(Kind::Event, true, &events()),
+            1,
+        ))
+        .unwrap();
+        assert!(e.records.iter().all(|d| d.historical));
+    }
+
+    #[test]
+    fn status_messages_decode_with_the_contract() {
+        use wardgate_contract::{OfflineReason, Status};
+        let validator = {
+            let v: serde_json::Value = serde_json::from_str(schema::STATUS).unwrap();
+            jsonschema::validator_for(&v).unwrap()
+        };
+        let online = status_online("0.1.0", "boot", "run", 1_795_832_190_037);
+        assert_eq!(
+            Status::from_slice(&online).unwrap(),
+            Status::Online {
+                version: "0.1.0".into(),
+                boot_id: "boot".into(),
+                run_id: "run".into(),
+                started: 1_795_832_190_037,
+            }
+        );
+        assert!(validator.is_valid(&serde_json::from_slice(&online).unwrap()));
+        for (reason, want) in [
+            ("lost", OfflineReason::Lost),
+            ("shutdown", OfflineReason::Shutdown),
+            ("power", OfflineReason::Power),
+        ] {
+            let off = status_offline(reason);
+            assert_eq!(
+                Status::from_slice(&off).unwrap(),
+                Status::Offline { reason: want }
+            );
+            assert!(validator.is_valid(&serde_json::from_slice(&off).unwrap()));
+        }
     }
 }
