@@ -16,7 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::model::now_ms;
+/// Milliseconds since the Unix epoch, UTC.
+pub fn now_ms() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        // A clock before 1970 is a broken clock; say so with a zero rather
+        // than a negative time no consumer expects.
+        Err(_) => 0,
+    }
+}
 
 /// The clocks a reading is stamped with.
 pub trait Clock: Send + Sync {

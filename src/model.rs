@@ -13,8 +13,6 @@
 //! sequence number, the time and the clock state, and from then on the reading
 //! travels as a [`Sample`] (or an [`Event`]) until a sink has it acknowledged.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use wardgate_contract::model::{
     valid_event_code, valid_id, valid_value_name, ClockState, Event, Health, Kind, Sample,
     Severity, Value, Values,
@@ -30,15 +28,7 @@ pub fn kernel_clock_state() -> ClockState {
     }
 }
 
-/// Milliseconds since the Unix epoch, UTC.
-pub fn now_ms() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        // A clock before 1970 is a broken clock; say so with a zero rather
-        // than a negative time no consumer expects.
-        Err(_) => 0,
-    }
-}
+pub use crate::clock::now_ms;
 
 /// What a source hands to the spool: the spool stamps it with seq, ts and clock.
 #[derive(Debug, Clone, PartialEq)]
