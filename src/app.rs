@@ -11,11 +11,10 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Clock, KernelClock};
 use crate::config::{Config, GATEWAY_DEVICE};
 use crate::model::{now_ms, Health};
-use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
-use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, StopReason, SINK_NAME};
+use crate::sink::influx::{InfluxCounters, InfluxSink};
+use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, StopReason};
 use crate::source::{self, DeviceHandle};
-use crate::spool::LaneHandle;
-use crate::spool::Spool;
+use crate::spool::{Lane, LaneHandle, Spool};
 use crate::status::StatusHub;
 use crate::telemetry;
 
@@ -58,9 +57,9 @@ pub async fn run_with_clock(
     let spool_cfg = cfg.spool.clone();
     let site = cfg.site.clone();
     // A lane per sink: InfluxDB's only when it is configured.
-    let mut lanes = vec![SINK_NAME];
+    let mut lanes = vec![Lane::Mqtt];
     if cfg.influxdb.enabled() {
-        lanes.push(INFLUX_SINK);
+        lanes.push(Lane::Influx);
     }
     let (spool, report) = tokio::task::spawn_blocking(move || {
         Spool::open_with_clock(&spool_cfg, &site, &lanes, clock)
@@ -164,7 +163,7 @@ pub async fn run_with_clock(
 
     let counters = Arc::new(SinkCounters::default());
     let lane = spool
-        .lane(SINK_NAME)
+        .lane(Lane::Mqtt)
         .context("the spool has no lane for the MQTT sink")?;
     let run_info = RunInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -215,7 +214,7 @@ pub async fn run_with_clock(
     );
     // The InfluxDB sink on its own lane: it never waits for MQTT, nor
     // MQTT for it.
-    let influx = match spool.lane(INFLUX_SINK) {
+    let influx = match spool.lane(Lane::Influx) {
         Some(lane) => {
             let c = Arc::new(InfluxCounters::default());
             let sink =

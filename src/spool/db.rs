@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::SpoolError;
+use super::error::SpoolError;
 use crate::model::Kind;
 
 mod check;

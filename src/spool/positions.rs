@@ -157,7 +157,7 @@ pub fn stream_key(kind: crate::model::Kind, device: &str) -> String {
 pub fn parse_stream_key(key: &str) -> Option<(crate::model::Kind, &str)> {
     let (k, dev) = key.split_once('/')?;
     let kind = crate::model::Kind::from_i64(k.parse().ok()?)?;
-    (k == kind.as_i64().to_string() && super::valid_device_id(dev)).then_some((kind, dev))
+    (k == kind.as_i64().to_string() && super::db::valid_device_id(dev)).then_some((kind, dev))
 }
 
 #[cfg(test)]
