@@ -65,7 +65,8 @@ use store::StoreSlot;
 
 pub use db::{row_checksum, valid_device_id};
 pub use error::SpoolError;
-pub use queue::{Batch, Lane, SEQ_BLOCK};
+pub use queue::seq::SEQ_BLOCK;
+pub use queue::{Batch, Lane};
 pub use report::{DropReason, Notice, Resumed, SpoolCounters, SpoolStats, StartReport};
 pub use store::degraded_words;
 
@@ -188,7 +189,7 @@ impl Spool {
 
     /// Whether records are committed before they are sent: policy `wal`,
     /// or write-through asked for at run time.
-    pub fn write_through(&self) -> bool {
+    pub(crate) fn write_through(&self) -> bool {
         self.cfg.policy == SpoolPolicy::Wal || self.write_through.load(Ordering::SeqCst)
     }
 
@@ -305,10 +306,6 @@ impl Spool {
 /// short lock: never waits for the disk (acknowledged rows are left for
 /// the commit round to delete).
 impl LaneHandle {
-    pub fn name(&self) -> &'static str {
-        self.lane.name()
-    }
-
     pub fn spool(&self) -> &Arc<Spool> {
         &self.spool
     }
@@ -406,10 +403,5 @@ impl LaneHandle {
     /// the queue's `pending` for which disk rows count).
     pub fn pending(&self) -> u64 {
         lock(&self.spool.queue).pending(self.lane, &self.spool.report.counters)
-    }
-
-    /// Batches in flight.
-    pub fn inflight(&self) -> usize {
-        lock(&self.spool.queue).inflight(self.lane)
     }
 }

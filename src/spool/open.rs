@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use super::config::SpoolConfig;
 use super::positions::{self, Mark};
-use super::queue::{new_epoch, Lane, Queue, SeqState, SEQ_BLOCK};
+use super::queue::seq::{new_epoch, SEQ_BLOCK};
+use super::queue::{Lane, Queue, SeqState};
 use super::report::{Notice, Reporter, Resumed, SpoolCounters, StartReport};
-use super::store::{self, Known, Store};
-use super::used::{self, Previous};
+use super::store::open::{self as store_open, Known};
+use super::store::{Failure, Store};
+use super::used::{self, Previous, UsedMarks};
 use crate::model::Kind;
 
 /// The streams' sequence states, by device and kind.
@@ -38,17 +40,18 @@ pub(super) struct Opened {
 pub(super) fn open(cfg: &SpoolConfig, lanes: &[Lane], clock_boot: Arc<str>) -> Opened {
     let counters = SpoolCounters::default();
     let mut notices = Vec::new();
-    let store::Opened {
+    let store_open::Opened {
         mut store,
         known,
         empty_db,
         moved_aside,
         mut degraded,
-    } = store::open(&cfg.path, &counters);
+    } = store_open::open(&cfg.path, &counters);
     let mut start = StartReport {
         moved_aside,
         resumed_unclean: Vec::new(),
     };
+    // Where each stream continues: where it stood, or in a new epoch.
     let prev_used = used::read_previous(&used::path_for(&cfg.path));
     let boot = used::boot_id();
     let (mut seqs, epoch, reset) = match known {
@@ -58,16 +61,11 @@ pub(super) fn open(cfg: &SpoolConfig, lanes: &[Lane], clock_boot: Arc<str>) -> O
         }
         None => {
             let first_start = empty_db && start.moved_aside.is_none() && degraded.is_none();
-            let reason = if first_start {
-                "first start: no sequence positions yet".to_owned()
-            } else if start.moved_aside.is_some() {
-                "the spool was unreadable and no sequence positions were kept beside it".to_owned()
-            } else {
-                "no sequence positions could be read".to_owned()
-            };
+            let reason = new_epoch_reason(first_start, start.moved_aside.is_some());
             (HashMap::new(), new_epoch(), Some((reason, first_start)))
         }
     };
+    // Numbers reserved ahead, or an epoch of its own when they cannot be.
     let (epoch, epoch_durable, reset) = match reserve_ahead(&mut store, &mut seqs, epoch) {
         Ok(()) => (epoch, true, reset),
         Err((reason, detail)) => {
@@ -92,27 +90,12 @@ pub(super) fn open(cfg: &SpoolConfig, lanes: &[Lane], clock_boot: Arc<str>) -> O
     // last-used numbers; it takes the file over once its own epoch is
     // on disk (the commit round that makes it durable).
     let used = if epoch_durable {
-        store.take_over_used(epoch).map(|mut u| {
-            for s in seqs.values() {
-                if let Some(slot) = s.slot {
-                    u.set(slot, s.mark);
-                }
-            }
-            u
-        })
+        take_over_used(&store, &seqs, epoch)
     } else {
         None
     };
     let mut queue = Queue::new(lanes, seqs, (epoch, epoch_durable), used, clock_boot);
-    if let Some(d) = store.db.as_ref() {
-        queue.note_backlog(|lane, kind| match d.streams(lane.name(), kind) {
-            Ok(keys) => Some(keys),
-            Err(e) => {
-                tracing::error!(error = %e, "listing the backlog failed");
-                None
-            }
-        });
-    }
+    note_backlog(&mut queue, &store);
     let rows = counters.disk_rows.load(Ordering::Relaxed);
     if rows > 0 {
         tracing::info!(rows, "spool holds a backlog from before");
@@ -132,6 +115,42 @@ pub(super) fn open(cfg: &SpoolConfig, lanes: &[Lane], clock_boot: Arc<str>) -> O
         store,
         report: Reporter::new(counters, notices, degraded_now),
         start,
+    }
+}
+
+/// Why a new epoch starts when no positions were found.
+fn new_epoch_reason(first_start: bool, moved_aside: bool) -> String {
+    if first_start {
+        "first start: no sequence positions yet".to_owned()
+    } else if moved_aside {
+        "the spool was unreadable and no sequence positions were kept beside it".to_owned()
+    } else {
+        "no sequence positions could be read".to_owned()
+    }
+}
+
+/// The used-marks file taken over for `epoch`, holding each stream's mark.
+fn take_over_used(store: &Store, seqs: &Seqs, epoch: u64) -> Option<UsedMarks> {
+    store.take_over_used(epoch).map(|mut u| {
+        for s in seqs.values() {
+            if let Some(slot) = s.slot {
+                u.set(slot, s.mark);
+            }
+        }
+        u
+    })
+}
+
+/// Notes in each lane the backlog streams the store holds for it.
+fn note_backlog(queue: &mut Queue, store: &Store) {
+    if let Some(d) = store.db.as_ref() {
+        queue.note_backlog(|lane, kind| match d.streams(lane.name(), kind) {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                tracing::error!(error = %e, "listing the backlog failed");
+                None
+            }
+        });
     }
 }
 
@@ -186,7 +205,7 @@ fn resume(
 /// Reserves a block ahead for every known stream and marks the run
 /// unclean until a clean stop says otherwise; once on disk, the streams
 /// may send the reserved numbers.
-fn reserve_ahead(store: &mut Store, seqs: &mut Seqs, epoch: u64) -> Result<(), store::Failure> {
+fn reserve_ahead(store: &mut Store, seqs: &mut Seqs, epoch: u64) -> Result<(), Failure> {
     let marks = seqs
         .iter()
         .map(|((dev, kind), s)| {

@@ -119,7 +119,7 @@ pub fn parse(bytes: &[u8]) -> Result<Positions, String> {
 
 /// Writes the file atomically: a temp file beside it, fsync, rename, fsync
 /// of the directory (so the rename survives a power cut).
-pub fn write(path: &Path, p: &Positions) -> Result<(), PositionsError> {
+pub(crate) fn write(path: &Path, p: &Positions) -> Result<(), PositionsError> {
     let io = |what: &'static str| {
         let path = path.display().to_string();
         move |source| PositionsError::Io { what, path, source }

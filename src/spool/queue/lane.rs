@@ -71,6 +71,7 @@ impl Batch {
     }
 }
 
+/// A record in memory; each lane holds its own copy.
 pub(crate) struct Entry {
     /// Unique per run: how the commit task finds the entry again.
     pub(crate) rid: u64,
@@ -94,7 +95,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn clone_for_lane(&self) -> Entry {
+    pub(super) fn clone_for_lane(&self) -> Entry {
         Entry {
             rid: self.rid,
             kind: self.kind,
@@ -118,6 +119,8 @@ impl Entry {
 /// and clock distance `ts - boottime`).
 pub(super) type DiskRec = (i64, u64, usize, Option<(i64, i64)>);
 
+/// A batch handed to the sink, until it is acknowledged: records from
+/// memory, or rows read from one backlog stream.
 pub(super) enum InFlight {
     Memory(Vec<Entry>),
     Disk(Vec<DiskRec>, StreamKey),
@@ -142,6 +145,8 @@ pub(super) struct Cursor {
     pub(super) exhausted: bool,
 }
 
+/// One kind's backlog on disk: each stream's read position, and the
+/// batches read ahead.
 #[derive(Default)]
 pub(super) struct KindBacklog {
     pub(super) streams: BTreeMap<StreamKey, Cursor>,
@@ -149,13 +154,15 @@ pub(super) struct KindBacklog {
 }
 
 impl KindBacklog {
+    /// Some stream may hold more rows.
     pub(super) fn maybe(&self) -> bool {
         self.streams.values().any(|c| !c.exhausted)
     }
 }
 
+/// One sink's lane in memory.
 pub(crate) struct LaneQueue {
-    pub(crate) id: Lane,
+    pub(super) id: Lane,
     pub(super) link: Link,
     pub(super) events: VecDeque<Entry>,
     pub(crate) live: VecDeque<Entry>,

@@ -10,9 +10,9 @@
 //! and gives the results back.
 
 mod lane;
-mod seq;
+pub(crate) mod seq;
 mod time;
-mod work;
+pub(crate) mod work;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -29,13 +29,12 @@ use lane::{InFlight, LaneQueue, Link};
 
 pub use lane::{Batch, Lane};
 pub(crate) use lane::{Entry, READY_TARGET};
-pub use seq::SEQ_BLOCK;
-pub(crate) use seq::{new_epoch, SeqState};
-pub(crate) use work::{Done, ReadResult, ReadWant, Work, WorkRules};
 
 /// A record that can never be sent: (device, kind, seq, body bytes).
 pub(crate) type SetAside = (String, Kind, u64, u64);
 
+/// The memory queue: every lane, the streams' sequence numbers, and
+/// what waits for a commit.
 pub(crate) struct Queue {
     pub(crate) lanes: Vec<LaneQueue>,
     seqs: HashMap<(Arc<str>, Kind), SeqState>,
@@ -55,6 +54,31 @@ pub(crate) struct Queue {
     used: Option<UsedMarks>,
     /// The clock's base and what was delivered unsynchronised.
     time: TimeState,
+}
+
+/// One stream's sequence state.
+pub(crate) struct SeqState {
+    pub(crate) next: u64,
+    /// Numbers below this are covered by a reservation on disk (durable
+    /// epochs only).
+    pub(crate) durable: u64,
+    /// The stream's slot in the used-marks file, once it has one.
+    pub(crate) slot: Option<u32>,
+    /// What the slot holds: one past the last number known to be used (0:
+    /// not known). At start it is the previous run's, not `next`: the
+    /// numbers skipped by the resume were never used.
+    pub(crate) mark: u64,
+}
+
+impl SeqState {
+    fn new() -> SeqState {
+        SeqState {
+            next: 0,
+            durable: 0,
+            slot: None,
+            mark: 0,
+        }
+    }
 }
 
 impl Queue {
@@ -323,10 +347,5 @@ impl Queue {
             0
         };
         (lane.events.len() + lane.live.len() + inflight + self.wal_pending.len()) as u64 + disk
-    }
-
-    /// Batches of this lane in flight.
-    pub(crate) fn inflight(&self, lane: Lane) -> usize {
-        self.lane(lane).inflight.len()
     }
 }

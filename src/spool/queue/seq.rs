@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::lane::Entry;
-use super::Queue;
+use super::{Queue, SeqState};
 use crate::clock::Now;
 use crate::events;
 use crate::model::{ClockState, Event, Kind, Reading, Sample};
@@ -34,31 +34,6 @@ const WRITE_THROUGH_EVENTS: &[&str] = &[
     events::SPOOL_CORRUPT.code,
     events::POWER_SHUTDOWN.code,
 ];
-
-/// One stream's sequence state.
-pub(crate) struct SeqState {
-    pub(crate) next: u64,
-    /// Numbers below this are covered by a reservation on disk (durable
-    /// epochs only).
-    pub(crate) durable: u64,
-    /// The stream's slot in the used-marks file, once it has one.
-    pub(crate) slot: Option<u32>,
-    /// What the slot holds: one past the last number known to be used (0:
-    /// not known). At start it is the previous run's, not `next`: the
-    /// numbers skipped by the resume were never used.
-    pub(crate) mark: u64,
-}
-
-impl SeqState {
-    fn new() -> SeqState {
-        SeqState {
-            next: 0,
-            durable: 0,
-            slot: None,
-            mark: 0,
-        }
-    }
-}
 
 /// How far ahead of use numbers are reserved again: once per block, with
 /// an eighth of a block left, so a reservation is on disk well before a

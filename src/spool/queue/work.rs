@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lane::{Entry, InFlight, LaneQueue, Link};
-use super::seq::needs_reservation;
-use super::{Queue, SEQ_BLOCK};
+use super::seq::{needs_reservation, SEQ_BLOCK};
+use super::Queue;
 use crate::spool::db::{BadRow, Row, StreamKey};
 use crate::spool::positions::{self, Mark};
 use crate::spool::report::{DropReason, Reporter, EVENT_SHARE};

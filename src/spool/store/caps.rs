@@ -56,7 +56,7 @@ impl Caps {
     /// ([`EVENT_SHARE`]) first, then the oldest telemetry, events only when
     /// no telemetry is left) and `max_age` (checked once a minute, by
     /// `clock`).
-    pub(crate) fn enforce(
+    pub(super) fn enforce(
         &mut self,
         db: &mut Db,
         cfg: &SpoolConfig,

@@ -12,7 +12,7 @@ use crate::spool::error::SpoolError;
 use crate::spool::report::{DropReason, Notice, Reporter};
 
 /// How often a degraded store is tried again.
-pub(crate) const STORE_RETRY: Duration = Duration::from_secs(5);
+pub(super) const STORE_RETRY: Duration = Duration::from_secs(5);
 
 /// Why the store is degraded, since when.
 struct Degraded {
@@ -30,7 +30,7 @@ pub(crate) struct Health {
 }
 
 /// The degraded reason for an OS error, in the contract's words.
-pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
+pub(super) fn io_reason(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EROFS) => "read_only",
         Some(libc::EACCES) | Some(libc::EPERM) => "permission_denied",
@@ -40,7 +40,7 @@ pub(crate) fn io_reason(e: &std::io::Error) -> &'static str {
 }
 
 /// The degraded reason for an SQLite error.
-pub(crate) fn sql_reason(e: &rusqlite::Error, path: &Path) -> (&'static str, String) {
+pub(super) fn sql_reason(e: &rusqlite::Error, path: &Path) -> (&'static str, String) {
     use rusqlite::ErrorCode as C;
     let code = e.sqlite_error_code();
     let reason = match code {
@@ -89,7 +89,7 @@ fn probe_dir(path: &Path) -> &'static str {
 }
 
 /// The degraded reason for a failure to open the store.
-pub(crate) fn spool_error_reason(e: &SpoolError, path: &Path) -> (&'static str, String) {
+pub(super) fn spool_error_reason(e: &SpoolError, path: &Path) -> (&'static str, String) {
     match e {
         SpoolError::Sql { source, .. } => {
             let (r, _) = sql_reason(source, path);
@@ -112,7 +112,7 @@ pub fn degraded_words(reason: &str) -> &'static str {
 
 impl Health {
     /// A healthy store, tried again (if it degrades) from `next_try`.
-    pub(crate) fn new(next_try: Instant) -> Health {
+    pub(super) fn new(next_try: Instant) -> Health {
         Health {
             degraded: None,
             next_try,
@@ -140,7 +140,7 @@ impl Health {
 
     /// A store that could not be opened still cannot: tried again later,
     /// reported once.
-    pub(crate) fn still_closed(&mut self, reason: &'static str, detail: String, report: &Reporter) {
+    pub(super) fn still_closed(&mut self, reason: &'static str, detail: String, report: &Reporter) {
         tracing::debug!(reason, %detail, "spool still cannot be opened");
         self.next_try = Instant::now() + STORE_RETRY;
         if self.degraded.is_none() {
@@ -160,7 +160,7 @@ impl Health {
     /// Ends a round: on `failure` the store is (still) degraded, reported
     /// once and tried again later; when the round `wrote` to a degraded
     /// store, it is restored and that is reported with what was lost.
-    pub(crate) fn settle(
+    pub(super) fn settle(
         &mut self,
         failure: Option<(&'static str, String)>,
         wrote: bool,

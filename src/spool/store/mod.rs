@@ -11,7 +11,7 @@
 
 mod caps;
 mod health;
-mod open;
+pub(crate) mod open;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +33,6 @@ use caps::Caps;
 use health::{io_reason, spool_error_reason, sql_reason, Health};
 
 pub use health::degraded_words;
-pub(crate) use open::{open, Known, Opened};
 
 /// Rows corrected per commit round (one transaction), so that a large
 /// backlog does not hold up the round; rows read before their pass are
@@ -44,6 +43,8 @@ const CORRECT_CHUNK: usize = 2000;
 /// the error in words.
 pub(crate) type Failure = (&'static str, String);
 
+/// The disk side: the database, the positions it has written, and its
+/// health and caps.
 pub(crate) struct Store {
     path: PathBuf,
     pos_path: PathBuf,
