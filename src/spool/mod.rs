@@ -1,12 +1,12 @@
 //! The durable buffer between sources and sinks, split in two:
 //!
-//! - the **queue** (memory, [`queue`]): stamping, lanes (one per sink,
+//! - the **queue** (memory, `queue/`): stamping, lanes (one per sink,
 //!   named by [`Lane`]), batches, acknowledgements, priorities. Sources and
 //!   sinks touch only this, under a short lock that is never held across
 //!   disk I/O, so `push` and `next_batch` never wait for the SD card.
 //! - the **store** (SQLite, [`db`], and the sequence files, [`positions`]
-//!   and [`used`]), behind [`store`]: used only by the commit task
-//!   ([`Spool::run_flusher`]). Each commit round ([`commit`]) takes its
+//!   and [`used`]), behind `store/`: used only by the commit task
+//!   ([`Spool::run_flusher`]). Each commit round (`commit.rs`) takes its
 //!   work out of the queue, does the disk work with the lock released, and
 //!   gives the results back.
 //!
@@ -228,7 +228,7 @@ impl Spool {
         }
     }
 
-    /// One commit round ([`commit`]). Blocking; run it on a blocking
+    /// One commit round (`commit.rs`). Blocking; run it on a blocking
     /// thread. `all` writes every unacknowledged record in memory
     /// (shutdown).
     pub fn flush(&self, all: bool) -> Result<(), SpoolError> {
