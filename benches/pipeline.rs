@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use wardgate::config::Config;
 use wardgate::model::{Reading, Values};
-use wardgate::spool::Spool;
+use wardgate::spool::{Lane, Spool};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -257,7 +257,7 @@ async fn influx_figures(mqtt_port: u16) {
     );
     let cfg = Config::from_toml(&text).unwrap();
     let t = Instant::now();
-    fill_backlog(&cfg, "influxdb", backlog_n);
+    fill_backlog(&cfg, Lane::Influx, backlog_n);
     println!(
         "influx backlog prepared:  {:>10} readings ({:.1} s)",
         backlog_n,
@@ -350,7 +350,7 @@ async fn main() {
     );
     let cfg = Config::from_toml(&text).unwrap();
     let t = Instant::now();
-    fill_backlog(&cfg, "mqtt", backlog_n);
+    fill_backlog(&cfg, Lane::Mqtt, backlog_n);
     let db_bytes = std::fs::metadata(dir.path().join("spool.db"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -389,7 +389,7 @@ async fn main() {
 
 /// Fills the spool of `cfg` with `n` UPS samples for the sink `lane`, as a
 /// long outage would, committing every 50,000.
-fn fill_backlog(cfg: &Config, lane: &str, n: u64) {
+fn fill_backlog(cfg: &Config, lane: Lane, n: u64) {
     let (spool, _) = Spool::open(&cfg.spool, "bench", &[lane]).unwrap();
     let dev: Arc<str> = Arc::from("ups1");
     let mut v = Values::new();

@@ -446,7 +446,7 @@ mod tests {
             dir.path().join("s.db").display()
         ))
         .expect("config");
-        let (spool, _) = Spool::open(&cfg.spool, "s", &["mqtt"]).expect("spool");
+        let (spool, _) = Spool::open(&cfg.spool, "s", &[crate::spool::Lane::Mqtt]).expect("spool");
         let hub = StatusHub::new("s");
         let h = DeviceHandle::new(
             GATEWAY_DEVICE,

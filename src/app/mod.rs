@@ -21,11 +21,11 @@ use crate::config::Config;
 use crate::ids::GATEWAY_DEVICE;
 use crate::model::now_ms;
 use crate::power::Shutdown;
-use crate::sink::influx::{InfluxCounters, InfluxSink, SINK_NAME as INFLUX_SINK};
-use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, StopReason, SINK_NAME};
+use crate::sink::influx::{InfluxCounters, InfluxSink};
+use crate::sink::mqtt::{EventReport, MqttSink, RunInfo, SinkCounters, StopReason};
 use crate::source::config::DeviceConfig;
 use crate::source::{self, DeviceHandle};
-use crate::spool::{LaneHandle, Spool, StartReport};
+use crate::spool::{Lane, LaneHandle, Spool, StartReport};
 use crate::status::history::History;
 use crate::status::StatusHub;
 use crate::telemetry;
@@ -198,9 +198,9 @@ async fn open_spool(
 ) -> anyhow::Result<(Arc<Spool>, StartReport)> {
     let spool_cfg = cfg.spool.clone();
     let site = cfg.site.clone();
-    let mut lanes = vec![SINK_NAME];
+    let mut lanes = vec![Lane::Mqtt];
     if cfg.influxdb.enabled() {
-        lanes.push(INFLUX_SINK);
+        lanes.push(Lane::Influx);
     }
     tokio::task::spawn_blocking(move || Spool::open_with_clock(&spool_cfg, &site, &lanes, clock))
         .await
@@ -290,7 +290,7 @@ fn start_uplink(
 ) -> anyhow::Result<Uplink> {
     let counters = Arc::new(SinkCounters::default());
     let lane = spool
-        .lane(SINK_NAME)
+        .lane(Lane::Mqtt)
         .context("the spool has no lane for the MQTT sink")?;
     let run_info = RunInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -337,7 +337,7 @@ fn start_uplink(
         &tasks.sink_stop,
         sink.run(tasks.sink_stop.clone()),
     );
-    let influx = spool.lane(INFLUX_SINK).map(|lane| {
+    let influx = spool.lane(Lane::Influx).map(|lane| {
         let c = Arc::new(InfluxCounters::default());
         let sink = InfluxSink::new(
             Arc::new(cfg.influx_setup()),

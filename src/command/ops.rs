@@ -221,7 +221,7 @@ impl Ops {
     /// After `restart`'s reply was queued: waits briefly for the uplink to
     /// take it, then stops the gateway.
     pub(super) async fn restart_after_reply(&self) {
-        if let Some(lane) = self.p.spool.lane(crate::sink::mqtt::SINK_NAME) {
+        if let Some(lane) = self.p.spool.lane(crate::spool::Lane::Mqtt) {
             let deadline = tokio::time::Instant::now() + RESTART_REPLY_WAIT;
             while lane.pending() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;

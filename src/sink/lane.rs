@@ -11,13 +11,16 @@ use crate::spool::{Batch, LaneHandle, SpoolError};
 /// One sink's position in the spool.
 pub trait Lane: Send + Sync + Clone + 'static {
     /// The next batch: events first, then live telemetry, then the backlog;
-    /// at most `max_records` records whose bodies total at most `max_bytes`
-    /// (a single bigger record comes alone). Never waits on the disk.
+    /// at most `max_records` records whose bodies total at most the lane's
+    /// `max_bytes` (a single bigger record comes alone). Never waits on the
+    /// disk.
     fn next_batch(
         &self,
         max_records: usize,
-        max_bytes: usize,
     ) -> impl Future<Output = Result<Batch, SpoolError>> + Send;
+    /// The bytes of bodies a batch holds at most: said once, when the sink
+    /// takes its lane.
+    fn set_max_bytes(&self, max_bytes: usize);
     /// The broker acknowledged the batch; returns how many records it held.
     fn ack(&self, batch_id: u64) -> usize;
     /// The link went down: nothing in flight will be acknowledged; it is all
@@ -37,9 +40,12 @@ impl Lane for LaneHandle {
     fn next_batch(
         &self,
         max_records: usize,
-        max_bytes: usize,
     ) -> impl Future<Output = Result<Batch, SpoolError>> + Send {
-        LaneHandle::next_batch(self, max_records, max_bytes)
+        LaneHandle::next_batch(self, max_records)
+    }
+
+    fn set_max_bytes(&self, max_bytes: usize) {
+        LaneHandle::set_max_bytes(self, max_bytes)
     }
 
     fn ack(&self, batch_id: u64) -> usize {

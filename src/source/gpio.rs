@@ -274,7 +274,8 @@ mod tests {
             dir.path().join("s.db").display()
         ))
         .unwrap();
-        let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
+        let (spool, _) =
+            crate::spool::Spool::open(&cfg.spool, "s", &[crate::spool::Lane::Mqtt]).unwrap();
         let hub = crate::status::StatusHub::new("s");
         let h = DeviceHandle::new("c", "gpio", Duration::from_secs(1), spool, hub.clone());
         let (fake, handle) = FakeInput::new(initial);

@@ -7,7 +7,7 @@ fn handle() -> (DeviceHandle, StatusHub, tempfile::TempDir) {
         dir.path().join("s.db").display()
     );
     let cfg = crate::config::Config::from_toml(&text).expect("config");
-    let (spool, _) = Spool::open(&cfg.spool, "s", &["mqtt"]).expect("spool");
+    let (spool, _) = Spool::open(&cfg.spool, "s", &[crate::spool::Lane::Mqtt]).expect("spool");
     let hub = StatusHub::new("s");
     let h = DeviceHandle::new("d", "nut", Duration::from_secs(1), spool, hub.clone());
     (h, hub, dir)

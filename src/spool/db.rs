@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::SpoolError;
+use super::error::SpoolError;
 use crate::model::Kind;
 
 mod check;
@@ -14,7 +14,7 @@ mod correct;
 pub use check::{check_row, check_row_at, row_checksum, row_checksum_at, valid_device_id};
 
 /// A record on its way to disk.
-pub struct NewRow<'a> {
+pub(crate) struct NewRow<'a> {
     pub sink: &'a str,
     pub kind: Kind,
     pub device: &'a str,
@@ -32,14 +32,14 @@ pub struct NewRow<'a> {
 
 impl NewRow<'_> {
     /// The boot and boottime as stored: none without a boot id.
-    pub fn taken(&self) -> Option<(&str, i64)> {
+    pub(crate) fn taken(&self) -> Option<(&str, i64)> {
         (!self.boot.is_empty()).then_some((self.boot, self.boottime))
     }
 }
 
 /// A record read back for sending, checked: its checksum matched, its device
 /// id is one a topic can carry and its body is text.
-pub struct Row {
+pub(crate) struct Row {
     pub id: i64,
     pub seq: u64,
     pub body: String,
@@ -49,7 +49,7 @@ pub struct Row {
 }
 
 /// A row that failed the checks when read back.
-pub struct BadRow {
+pub(crate) struct BadRow {
     pub id: i64,
     pub reason: &'static str,
 }
@@ -78,7 +78,7 @@ pub struct SummaryRow {
 
 /// What opening found.
 #[derive(Debug, Default)]
-pub struct OpenReport {
+pub(crate) struct OpenReport {
     /// Where an unreadable spool was moved, and why.
     pub moved_aside: Option<(PathBuf, String)>,
 }
@@ -130,7 +130,7 @@ impl Db {
     /// as `<name>.corrupt-<time>` and a new spool is created in its place;
     /// other failures (permissions, a read-only or full disk) are errors the
     /// caller reports as a degraded store and retries.
-    pub fn open(path: &Path) -> Result<(Db, OpenReport), SpoolError> {
+    pub(crate) fn open(path: &Path) -> Result<(Db, OpenReport), SpoolError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| SpoolError::Io {
@@ -221,7 +221,8 @@ impl Db {
                  DROP INDEX IF EXISTS rec_lane;",
             )?;
         } else if rec.len() == 10 && rec[..] == REC_COLUMNS[..10] {
-            // Before issue 14: rows keep no boot; they are never corrected.
+            // A spool without the boot columns: its rows keep no boot and
+            // are never corrected.
             self.conn.execute_batch(
                 "ALTER TABLE rec ADD COLUMN boot TEXT;
                  ALTER TABLE rec ADD COLUMN boottime INTEGER;",
@@ -264,7 +265,7 @@ impl Db {
 
     /// One durable transaction: inserts `rows` (returning their ids in
     /// order), deletes `delete` (returning how many existed) and sets `meta`.
-    pub fn commit(
+    pub(crate) fn commit(
         &mut self,
         rows: &[NewRow<'_>],
         delete: &[i64],
@@ -310,21 +311,8 @@ impl Db {
         Ok((ids, deleted))
     }
 
-    /// Inserts rows in one durable transaction; returns their ids in order.
-    pub fn insert(&mut self, rows: &[NewRow<'_>]) -> rusqlite::Result<Vec<i64>> {
-        self.commit(rows, &[], &[]).map(|(ids, _)| ids)
-    }
-
-    /// Deletes rows by id; returns how many existed.
-    pub fn delete(&mut self, ids: &[i64]) -> rusqlite::Result<usize> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        self.commit(&[], ids, &[]).map(|(_, n)| n)
-    }
-
     /// The backlog streams of one sink and kind that hold rows.
-    pub fn streams(&self, sink: &str, kind: Kind) -> rusqlite::Result<Vec<StreamKey>> {
+    pub(crate) fn streams(&self, sink: &str, kind: Kind) -> rusqlite::Result<Vec<StreamKey>> {
         let mut st = self.conn.prepare_cached(
             "SELECT DISTINCT device, epoch FROM rec WHERE sink = ?1 AND kind = ?2",
         )?;
@@ -344,7 +332,7 @@ impl Db {
 
     /// Up to `limit` rows of one stream with `seq > after`, in `seq` order,
     /// each checked; rows that fail the checks come back apart.
-    pub fn window(
+    pub(crate) fn window(
         &self,
         sink: &str,
         key: &StreamKey,
@@ -429,7 +417,7 @@ impl Db {
 
     /// Deletes the `n` oldest records of one kind (all sinks); returns how
     /// many went.
-    pub fn drop_oldest(&mut self, kind: Kind, n: usize) -> rusqlite::Result<usize> {
+    pub(crate) fn drop_oldest(&mut self, kind: Kind, n: usize) -> rusqlite::Result<usize> {
         self.conn.execute(
             "DELETE FROM rec WHERE id IN (SELECT id FROM rec WHERE kind = ?1 ORDER BY ts, id LIMIT ?2)",
             params![kind.as_i64(), n as i64],
@@ -437,7 +425,8 @@ impl Db {
     }
 
     /// Deletes records taken with a synchronised clock before `cutoff_ms`.
-    pub fn drop_older_than(&mut self, cutoff_ms: i64) -> rusqlite::Result<usize> {
+    #[cfg(test)]
+    pub(crate) fn drop_older_than(&mut self, cutoff_ms: i64) -> rusqlite::Result<usize> {
         self.conn.execute(
             "DELETE FROM rec WHERE synced = 1 AND ts < ?1",
             params![cutoff_ms],
@@ -449,7 +438,7 @@ impl Db {
     /// `boottime_cutoff`: a step of the wall clock does not move them),
     /// the others (another boot, or none known) by their wall time before
     /// `wall_cutoff`, and not at all when it is `None`.
-    pub fn drop_aged(
+    pub(crate) fn drop_aged(
         &mut self,
         boot: &str,
         boottime_cutoff: i64,
@@ -470,7 +459,7 @@ impl Db {
         Ok(this_boot + others)
     }
 
-    pub fn count_kind(&self, kind: Kind) -> rusqlite::Result<u64> {
+    pub(crate) fn count_kind(&self, kind: Kind) -> rusqlite::Result<u64> {
         let n: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM rec WHERE kind = ?1",
             [kind.as_i64()],
@@ -480,18 +469,18 @@ impl Db {
     }
 
     /// Gives free pages back to the filesystem, a little at a time.
-    pub fn vacuum_some(&mut self, pages: u32) -> rusqlite::Result<()> {
+    pub(crate) fn vacuum_some(&mut self, pages: u32) -> rusqlite::Result<()> {
         self.conn
             .execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))
     }
 
-    pub fn checkpoint(&mut self) -> rusqlite::Result<()> {
+    pub(crate) fn checkpoint(&mut self) -> rusqlite::Result<()> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
     }
 
     /// Removes sequence positions kept by the first version of the spool.
-    pub fn forget_positions(&mut self) -> rusqlite::Result<usize> {
+    pub(crate) fn forget_positions(&mut self) -> rusqlite::Result<usize> {
         self.conn.execute(
             "DELETE FROM meta WHERE key LIKE 'seq/%' OR key LIKE 'used/%' OR key IN ('clean', 'epoch')",
             [],
@@ -504,21 +493,7 @@ impl Db {
             .optional()
     }
 
-    /// Sets counters in one durable transaction.
-    pub fn meta_set(&mut self, pairs: &[(String, i64)]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?;
-            for (k, v) in pairs {
-                st.execute(params![k, v])?;
-            }
-        }
-        tx.commit()
-    }
-
-    pub fn meta_all(&self, prefix: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+    pub(crate) fn meta_all(&self, prefix: &str) -> rusqlite::Result<Vec<(String, i64)>> {
         let mut st = self
             .conn
             .prepare("SELECT key, value FROM meta WHERE key >= ?1 AND key < ?2")?;
@@ -589,7 +564,7 @@ impl Db {
 
 /// What one [`Db::correct_boot`] pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DiskCorrection {
+pub(crate) struct DiskCorrection {
     /// The last row id looked at (the next pass starts after it).
     pub last_id: i64,
     /// Rows looked at (fewer than the limit: none are left).

@@ -1,13 +1,14 @@
 //! The durable buffer between sources and sinks, split in two:
 //!
-//! - the **queue** (memory, [`queue`]): stamping, lanes (one per sink),
-//!   batches, acknowledgements, priorities. Sources and sinks touch only
-//!   this, under a short lock that is never held across disk I/O, so `push`
-//!   and `next_batch` never wait for the SD card.
-//! - the **store** (SQLite, [`db`], and the sequence positions file,
-//!   [`positions`]): owned by one commit task ([`Spool::run_flusher`]). Each
-//!   commit round takes its work out of the queue, does the disk work with
-//!   the lock released, and gives the results back.
+//! - the **queue** (memory, `queue/`): stamping, lanes (one per sink,
+//!   named by [`Lane`]), batches, acknowledgements, priorities. Sources and
+//!   sinks touch only this, under a short lock that is never held across
+//!   disk I/O, so `push` and `next_batch` never wait for the SD card.
+//! - the **store** (SQLite, [`db`], and the sequence files, [`positions`]
+//!   and [`used`]), behind `store/`: used only by the commit task
+//!   ([`Spool::run_flusher`]). Each commit round (`commit.rs`) takes its
+//!   work out of the queue, does the disk work with the lock released, and
+//!   gives the results back.
 //!
 //! Under the default `spill` policy a record goes to the sinks from memory
 //! and is written to SQLite only when it was not acknowledged within
@@ -24,307 +25,60 @@
 //! ever used twice. When no reservation can be made or found, a new epoch is
 //! started and announced.
 //!
-//! The rooms: this file holds the types every room shares (the spool, its
-//! queue, counters, notices, stats) and does no I/O. `stamp.rs` is the way
-//! in (`push`, epochs) and `handle.rs` the sinks' side ([`LaneHandle`]),
-//! both memory only. `retime.rs` corrects the time of readings taken
-//! before the clock synchronised. `commit.rs` is the commit round, the one owner of the
-//! store, helped by `backlog.rs` (read-ahead) and `health.rs` (a degraded
-//! store and its notices); `open.rs` runs once at start.
+//! The rooms: this file is the facade ([`Spool`], and [`LaneHandle`] for a
+//! sink), holding the parts and delegating; it does no I/O itself.
+//! `report.rs` holds what the spool tells the gateway (counters, notices,
+//! stats), `error.rs` its error, `retime.rs` the correction of the time of
+//! readings taken before the clock synchronised. `open.rs` runs once at
+//! start; `commit.rs` is the commit round, the only place where the queue
+//! and the store meet.
 
-mod backlog;
-mod caps;
 mod commit;
 pub mod config;
 pub mod db;
-mod handle;
-mod health;
+mod error;
 mod open;
 #[cfg(feature = "plant-faults")]
 mod plant;
 pub mod positions;
-pub mod queue;
-pub mod retime;
-mod stamp;
+mod queue;
+mod report;
+mod retime;
+mod store;
 #[cfg(test)]
 mod tests;
 pub mod used;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use self::config::SpoolConfig;
-use crate::model::Kind;
+use self::config::{SpoolConfig, SpoolPolicy};
+use crate::clock::{Clock, KernelClock};
+use crate::model::Reading;
+use queue::Queue;
+use report::{lock, Reporter};
+use retime::ClockCache;
+use store::StoreSlot;
 
-use commit::Store;
 pub use db::{row_checksum, valid_device_id};
-pub use health::degraded_words;
-pub use queue::SEQ_BLOCK;
-use queue::{Entry, Lane, SeqState};
-use stamp::ClockCache;
-
-/// How often a degraded store is tried again.
-pub const STORE_RETRY: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// SQLite refused an operation: logged and counted; records stay in
-    /// memory and the write is retried at the next commit.
-    #[error("spool {what}: {source}")]
-    Sql {
-        what: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// A file operation failed (creating the directory, moving a corrupt
-    /// spool aside): the store is degraded and tried again later.
-    #[error("spool {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A spool stayed unreadable even after being replaced: degraded.
-    #[error("spool is corrupt and could not be replaced: {0}")]
-    Corrupt(String),
-    /// The store cannot be written now (the reason in words): records stay in
-    /// memory; the caller need not do anything, the spool retries.
-    #[error("spool degraded: {0}")]
-    Degraded(String),
-    /// A blocking task failed to complete (runtime shutting down).
-    #[error("spool task failed: {0}")]
-    Task(String),
-}
-
-/// Why records were dropped; each reason is counted separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// `spool.max_bytes` reached: oldest telemetry went first.
-    Full,
-    /// Older than `spool.max_age`.
-    Age,
-    /// Memory overflowed while the disk could not be written.
-    WriteFailed,
-    /// A row read back from disk failed its checks.
-    Corrupt,
-    /// A record too large for the broker was set aside.
-    TooLarge,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 5] = [
-        DropReason::Full,
-        DropReason::Age,
-        DropReason::WriteFailed,
-        DropReason::Corrupt,
-        DropReason::TooLarge,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Full => "full",
-            DropReason::Age => "age",
-            DropReason::WriteFailed => "write_failed",
-            DropReason::Corrupt => "corrupt",
-            DropReason::TooLarge => "too_large",
-        }
-    }
-}
-
-/// A group of records of one device, kind and epoch, sent as one message.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub id: u64,
-    pub kind: Kind,
-    pub device: Arc<str>,
-    /// The sequence epoch of every record in it.
-    pub epoch: u64,
-    /// The first record's `seq` (for logs and events).
-    pub first_seq: u64,
-    /// Sent from the disk backlog rather than live.
-    pub historical: bool,
-    /// Each record's JSON object, without the `historical` flag.
-    pub bodies: Vec<Arc<str>>,
-}
-
-impl Batch {
-    /// The bodies' bytes.
-    pub fn bytes(&self) -> usize {
-        self.bodies.iter().map(|b| b.len()).sum()
-    }
-}
-
-/// Something the spool wants the operations centre and the page to know;
-/// the app turns each into a gateway event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Notice {
-    /// Rows failed their checks when read back and were dropped.
-    CorruptRecords { count: u64, reason: String },
-    /// The store cannot be written; `reason` is one of `read_only`,
-    /// `permission_denied`, `disk_full`, `io_error`.
-    Degraded {
-        reason: &'static str,
-        detail: String,
-    },
-    /// The store works again.
-    Restored { degraded_for: Duration, lost: u64 },
-    /// A record too large to send was set aside.
-    Quarantined {
-        device: String,
-        kind: Kind,
-        seq: u64,
-        bytes: u64,
-        reason: String,
-    },
-    /// Sequence numbers start again in a new epoch.
-    SequenceReset {
-        epoch: u64,
-        previous: Option<u64>,
-        reason: String,
-        first_start: bool,
-    },
-    /// Records of this boot were delivered (or may have been) with the
-    /// unsynchronised time; their true time is `ts + offset_ms`. Covers
-    /// those of `first_seq..=last_seq` that went out `unsynced`.
-    ClockCorrected {
-        device: String,
-        kind: Kind,
-        epoch: u64,
-        first_seq: u64,
-        last_seq: u64,
-        /// How many records were delivered in that range.
-        records: u64,
-        offset_ms: i64,
-    },
-}
-
-/// Counters the gateway reports about its spool.
-#[derive(Debug, Default)]
-pub struct SpoolCounters {
-    pub pushed: AtomicU64,
-    pub acked: AtomicU64,
-    pub spilled: AtomicU64,
-    pub dropped_full: AtomicU64,
-    pub dropped_age: AtomicU64,
-    pub dropped_write_failed: AtomicU64,
-    pub dropped_corrupt: AtomicU64,
-    pub dropped_too_large: AtomicU64,
-    /// Dropped before this run (persisted).
-    pub dropped_before: AtomicU64,
-    pub write_errors: AtomicU64,
-    pub disk_rows: AtomicI64,
-    pub disk_bytes: AtomicU64,
-    /// Records whose time was corrected once the clock synchronised
-    /// (memory, read-ahead and disk copies each count).
-    pub clock_corrected: AtomicU64,
-    /// Records whose time could not be corrected (a body not as the spool
-    /// writes it): sent as taken.
-    pub clock_uncorrected: AtomicU64,
-}
-
-impl SpoolCounters {
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.counter(reason).load(Ordering::Relaxed)
-    }
-
-    fn counter(&self, reason: DropReason) -> &AtomicU64 {
-        match reason {
-            DropReason::Full => &self.dropped_full,
-            DropReason::Age => &self.dropped_age,
-            DropReason::WriteFailed => &self.dropped_write_failed,
-            DropReason::Corrupt => &self.dropped_corrupt,
-            DropReason::TooLarge => &self.dropped_too_large,
-        }
-    }
-
-    /// Every record ever dropped by this spool, this run and before.
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped_before.load(Ordering::Relaxed)
-            + DropReason::ALL
-                .iter()
-                .map(|r| self.dropped(*r))
-                .sum::<u64>()
-    }
-}
-
-/// A snapshot of the spool for status and telemetry.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SpoolStats {
-    /// Records on disk (all sinks).
-    pub disk_rows: u64,
-    pub disk_bytes: u64,
-    /// Records in memory not yet acknowledged (all sinks).
-    pub memory: u64,
-    pub dropped: u64,
-    pub write_errors: u64,
-    /// Records written to disk since start (not acknowledged in time, or
-    /// the link was down).
-    pub spilled: u64,
-    /// Why the store cannot be written (`read_only`, `permission_denied`,
-    /// `disk_full`, `io_error`), while it cannot.
-    pub degraded: Option<String>,
-    /// The same in words, with the OS's message.
-    pub degraded_detail: Option<String>,
-    /// The current sequence epoch, 16 hex digits.
-    pub epoch: String,
-}
-
-/// One stream's position after an unclean stop.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resumed {
-    pub device: String,
-    pub kind: Kind,
-    /// The first number of this run.
-    pub at: u64,
-    /// The highest number known to have been used before the stop.
-    pub last_used: Option<u64>,
-}
-
-/// What opening the spool found, for the gateway to report.
-#[derive(Debug, Default)]
-pub struct StartReport {
-    pub moved_aside: Option<(PathBuf, String)>,
-    /// Streams whose sequence resumed after an unclean stop.
-    pub resumed_unclean: Vec<Resumed>,
-}
-
-struct Queue {
-    lanes: Vec<Lane>,
-    seqs: HashMap<(Arc<str>, Kind), SeqState>,
-    epoch: u64,
-    /// The epoch's positions are on disk; numbers are sent only once
-    /// reserved. An epoch that is not durable is never reused anyway.
-    epoch_durable: bool,
-    /// Reservations cannot be written: a stream that runs out of reserved
-    /// numbers moves everything to a new epoch.
-    reserve_failing: bool,
-    /// `wal` policy: records waiting for their commit before being queued.
-    wal_pending: Vec<Entry>,
-    next_batch_id: u64,
-    next_rid: u64,
-    /// Exact last-used marks, when the file could be made.
-    used: Option<used::UsedMarks>,
-    /// The clock's base and what was delivered unsynchronised.
-    time: retime::TimeState,
-}
+pub use error::SpoolError;
+pub use queue::seq::SEQ_BLOCK;
+pub use queue::{Batch, Lane};
+pub use report::{DropReason, Notice, Resumed, SpoolCounters, SpoolStats, StartReport};
+pub use store::degraded_words;
 
 pub struct Spool {
     cfg: SpoolConfig,
     site: Arc<str>,
-    q: Mutex<Queue>,
-    /// Taken out by a commit round for its duration (no lock is held across
-    /// disk work); `store_free` wakes a second caller.
-    store: Mutex<Option<Store>>,
-    store_free: Condvar,
+    queue: Mutex<Queue>,
+    store: StoreSlot,
     /// Wakes the commit task early (a reservation, a wal record, a backlog
     /// read is wanted).
     wake: Notify,
-    counters: SpoolCounters,
+    report: Reporter,
     clock: ClockCache,
     closed: AtomicBool,
     /// Write-through asked for at run time (the UPS is on battery): every
@@ -332,26 +86,52 @@ pub struct Spool {
     write_through: AtomicBool,
     /// Completed commit rounds.
     progress: AtomicU64,
-    notices: Mutex<Vec<Notice>>,
-    notice_wake: Notify,
-    degraded: Mutex<Option<(String, String)>>,
 }
 
 /// A handle a sink uses to take batches and acknowledge them.
 #[derive(Clone)]
 pub struct LaneHandle {
     spool: Arc<Spool>,
-    idx: usize,
+    lane: Lane,
     notify: Arc<Notify>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the spool's data half
-    // written in a way that matters more than stopping: keep going.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Spool {
+    /// Opens the spool at `cfg.path` for the sinks' `lanes`. Never fails on
+    /// the disk's account: a corrupt file is moved aside and replaced, and
+    /// a store that cannot be opened or written leaves the spool degraded
+    /// (reported by [`Spool::take_notices`]), retried every few seconds.
+    pub fn open(
+        cfg: &SpoolConfig,
+        site: &str,
+        lanes: &[Lane],
+    ) -> Result<(Arc<Spool>, StartReport), SpoolError> {
+        Self::open_with_clock(cfg, site, lanes, Arc::new(KernelClock::new()))
+    }
+
+    /// [`Spool::open`] with the clock readings are stamped by (a test's).
+    pub fn open_with_clock(
+        cfg: &SpoolConfig,
+        site: &str,
+        lanes: &[Lane],
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Arc<Spool>, StartReport), SpoolError> {
+        let opened = open::open(cfg, lanes, clock.boot_id());
+        let spool = Arc::new(Spool {
+            cfg: cfg.clone(),
+            site: Arc::from(site),
+            queue: Mutex::new(opened.queue),
+            store: StoreSlot::new(opened.store),
+            wake: Notify::new(),
+            report: opened.report,
+            clock: ClockCache::new(clock),
+            closed: AtomicBool::new(false),
+            write_through: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
+        });
+        Ok((spool, opened.start))
+    }
+
     pub fn site(&self) -> &str {
         &self.site
     }
@@ -361,47 +141,66 @@ impl Spool {
     }
 
     pub fn counters(&self) -> &SpoolCounters {
-        &self.counters
+        &self.report.counters
     }
 
     /// The current sequence epoch.
     pub fn epoch(&self) -> u64 {
-        lock(&self.q).epoch
+        lock(&self.queue).epoch()
     }
 
-    /// The handle of the named sink's lane.
-    pub fn lane(self: &Arc<Self>, sink: &str) -> Option<LaneHandle> {
-        let q = lock(&self.q);
-        let idx = q.lanes.iter().position(|l| l.name == sink)?;
-        Some(LaneHandle {
+    /// The handle of a sink's lane, if the spool was opened with it.
+    pub fn lane(self: &Arc<Self>, lane: Lane) -> Option<LaneHandle> {
+        let q = lock(&self.queue);
+        q.has_lane(lane).then(|| LaneHandle {
             spool: self.clone(),
-            idx,
-            notify: q.lanes[idx].notify.clone(),
+            lane,
+            notify: q.lane_notify(lane),
         })
     }
 
-    fn notice(&self, n: Notice) {
-        lock(&self.notices).push(n);
-        self.notice_wake.notify_one();
+    /// Stamps a reading with seq, time and clock state and queues it for
+    /// every sink. Never waits for the disk (the kernel's clock state is
+    /// asked at most every few seconds). Returns the record's sequence
+    /// number.
+    pub fn push(&self, device: &Arc<str>, reading: Reading) -> Result<u64, SpoolError> {
+        let mut q = lock(&self.queue);
+        let now = q.see_clock(&self.clock, &self.report, &self.wake);
+        let pushed = q.push(device, reading, now, self.write_through(), &self.report)?;
+        drop(q);
+        if pushed.wake {
+            self.wake.notify_one();
+        }
+        Ok(pushed.seq)
+    }
+
+    /// Switches write-through on or off at run time (on while the UPS is
+    /// on battery, so a power cut that follows loses nothing). Under
+    /// policy `wal` it is always on.
+    pub fn set_write_through(&self, on: bool) {
+        let was = self.write_through.swap(on, Ordering::SeqCst);
+        if was != on {
+            tracing::info!(
+                on,
+                "spool write-through (every reading committed before it is sent)"
+            );
+        }
+    }
+
+    /// Whether records are committed before they are sent: policy `wal`,
+    /// or write-through asked for at run time.
+    pub(crate) fn write_through(&self) -> bool {
+        self.cfg.policy == SpoolPolicy::Wal || self.write_through.load(Ordering::SeqCst)
     }
 
     /// What happened since the last call, oldest first.
     pub fn take_notices(&self) -> Vec<Notice> {
-        std::mem::take(&mut *lock(&self.notices))
+        self.report.take_notices()
     }
 
     /// Waits for notices and returns them.
     pub async fn next_notices(&self) -> Vec<Notice> {
-        loop {
-            let wait = self.notice_wake.notified();
-            tokio::pin!(wait);
-            wait.as_mut().enable();
-            let n = self.take_notices();
-            if !n.is_empty() {
-                return n;
-            }
-            wait.await;
-        }
+        self.report.next_notices().await
     }
 
     /// Completed commit rounds.
@@ -409,35 +208,200 @@ impl Spool {
         self.progress.load(Ordering::Relaxed)
     }
 
-    fn count_drop(&self, reason: DropReason, n: u64) {
-        self.counters
-            .counter(reason)
-            .fetch_add(n, Ordering::Relaxed);
-        tracing::warn!(
-            reason = reason.as_str(),
-            dropped = n,
-            total = self.counters.dropped_total(),
-            "spool dropped records"
-        );
-    }
-
     pub fn stats(&self) -> SpoolStats {
         let (memory, epoch) = {
-            let q = lock(&self.q);
-            let m: usize = q.lanes.iter().map(|l| l.memory()).sum::<usize>() + q.wal_pending.len();
-            (m, q.epoch)
+            let q = lock(&self.queue);
+            (q.memory(), q.epoch())
         };
-        let degraded = lock(&self.degraded).clone();
+        let degraded = self.report.degraded();
+        let counters = &self.report.counters;
         SpoolStats {
-            disk_rows: self.counters.disk_rows.load(Ordering::Relaxed).max(0) as u64,
-            disk_bytes: self.counters.disk_bytes.load(Ordering::Relaxed),
+            disk_rows: counters.disk_rows.load(Ordering::Relaxed).max(0) as u64,
+            disk_bytes: counters.disk_bytes.load(Ordering::Relaxed),
             memory: memory as u64,
-            dropped: self.counters.dropped_total(),
-            write_errors: self.counters.write_errors.load(Ordering::Relaxed),
-            spilled: self.counters.spilled.load(Ordering::Relaxed),
+            dropped: counters.dropped_total(),
+            write_errors: counters.write_errors.load(Ordering::Relaxed),
+            spilled: counters.spilled.load(Ordering::Relaxed),
             degraded: degraded.as_ref().map(|d| d.0.clone()),
             degraded_detail: degraded.map(|d| d.1),
             epoch: positions::epoch_hex(epoch),
         }
+    }
+
+    /// One commit round (`commit.rs`). Blocking; run it on a blocking
+    /// thread. `all` writes every unacknowledged record in memory
+    /// (shutdown).
+    pub fn flush(&self, all: bool) -> Result<(), SpoolError> {
+        let mut store = self.store.take();
+        let round = commit::Round {
+            cfg: &self.cfg,
+            queue: &self.queue,
+            report: &self.report,
+            clock: &self.clock,
+            wake: &self.wake,
+        };
+        let r = round.run(&mut store, all);
+        self.store.put(store);
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// The last commit at shutdown: everything unacknowledged is written,
+    /// acknowledged rows deleted, exact sequence positions recorded and the
+    /// spool marked clean. A store that cannot be written is reported, not
+    /// an error: what it could not keep is the loss a degraded store
+    /// declares.
+    pub fn close(&self) -> Result<(), SpoolError> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let flushed = self.flush(true);
+        let mut store = self.store.take();
+        let (epoch, durable, exact) = lock(&self.queue).exact_positions();
+        let mut result = flushed;
+        if durable {
+            if let Err(e) = store.record_clean_stop(epoch, &exact, &self.report.counters) {
+                result = Err(e);
+            }
+        }
+        let memory = self.stats().memory;
+        self.store.put(store);
+        match &result {
+            Ok(()) => tracing::info!(
+                rows = self.report.counters.disk_rows.load(Ordering::Relaxed),
+                "spool closed cleanly"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, lost = memory, "spool closed without keeping everything")
+            }
+        }
+        result
+    }
+
+    /// Runs the commit loop until `cancel`; the caller calls [`Spool::close`]
+    /// afterwards.
+    pub async fn run_flusher(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+            }
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.flush(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "spool commit round"),
+                Err(e) => tracing::error!(error = %e, "spool commit task failed"),
+            }
+        }
+    }
+}
+
+/// A sink's side of the spool: taking batches (events, then live
+/// telemetry, then the backlog the commit round read ahead), acknowledging
+/// them, giving everything in flight back when the link drops, and setting
+/// aside what can never be sent. Touches only the memory queue, under its
+/// short lock: never waits for the disk (acknowledged rows are left for
+/// the commit round to delete).
+impl LaneHandle {
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// Cuts this lane's batches at about `max_bytes` bytes of bodies (a
+    /// single larger record goes alone). The sink says it once, when it
+    /// takes its lane; batches read ahead for another bound are read again.
+    pub fn set_max_bytes(&self, max_bytes: usize) {
+        lock(&self.spool.queue).set_max_bytes(self.lane, max_bytes.max(1));
+    }
+
+    /// Tells the spool whether this sink can deliver. While it cannot, the
+    /// next commit writes its queued records to disk.
+    pub fn set_link(&self, up: bool) {
+        lock(&self.spool.queue).set_link(self.lane, up);
+        if up {
+            self.spool.wake.notify_one();
+        }
+    }
+
+    /// Waits for the next batch: events first, then live telemetry, then the
+    /// disk backlog (each stream in `seq` order), within `max_records`
+    /// records and the lane's byte bound ([`LaneHandle::set_max_bytes`]).
+    /// Never waits for the disk: the commit task reads the backlog ahead.
+    pub async fn next_batch(&self, max_records: usize) -> Result<Batch, SpoolError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (batch, want) = lock(&self.spool.queue).next_batch(self.lane, max_records.max(1));
+            if want {
+                self.spool.wake.notify_one();
+            }
+            if let Some(b) = batch {
+                return Ok(b);
+            }
+            notified.await;
+        }
+    }
+
+    /// The sink's broker acknowledged a batch; returns how many records it held.
+    /// A record taken with the clock unsynchronised and not corrected
+    /// before it went is noted (`retime.rs`): the operations centre is told
+    /// how to correct it once the clock syncs.
+    pub fn ack(&self, batch_id: u64) -> usize {
+        let n = lock(&self.spool.queue).ack(self.lane, batch_id);
+        if n > 0 {
+            self.spool
+                .report
+                .counters
+                .acked
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// The link went down: nothing in flight will be acknowledged. Memory
+    /// records go back to the front of their queues (those already on disk
+    /// are left to the backlog), and the backlog is read again from the
+    /// start of each stream, in `seq` order.
+    pub fn nack_all(&self) {
+        lock(&self.spool.queue).nack_all(self.lane);
+    }
+
+    /// Sets a batch aside for good: its records are never sent, counted as
+    /// dropped (`too_large`, or `corrupt` for any other reason), and each
+    /// reported in a `spool.quarantined` notice. For records the broker can
+    /// never take.
+    pub fn set_aside(&self, batch_id: u64, reason: &str) {
+        let Some(out) = lock(&self.spool.queue).set_aside(self.lane, batch_id) else {
+            return;
+        };
+        // A record that cannot be sent is either too large for the broker
+        // or carries a device id no topic can (damage the checksum missed).
+        let why = if reason.contains("large") {
+            DropReason::TooLarge
+        } else {
+            DropReason::Corrupt
+        };
+        let report = &self.spool.report;
+        report.count_drop(why, out.len() as u64);
+        for (device, kind, seq, bytes) in out {
+            tracing::error!(%device, ?kind, seq, bytes, reason, "record set aside: it can never be sent");
+            report.notice(Notice::Quarantined {
+                device,
+                kind,
+                seq,
+                bytes,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Records of this sink not yet acknowledged (memory and disk; see
+    /// the queue's `pending` for which disk rows count).
+    pub fn pending(&self) -> u64 {
+        lock(&self.spool.queue).pending(self.lane, &self.spool.report.counters)
     }
 }

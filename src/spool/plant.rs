@@ -22,8 +22,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::db::{Db, NewRow};
-use super::queue::Entry;
-use super::{Queue, SpoolCounters};
+use super::queue::{Entry, Queue};
+use super::report::SpoolCounters;
 use crate::model::Kind;
 
 /// Which loss `WARDGATE_PLANT` asks for, if this is it.

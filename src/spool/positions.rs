@@ -119,7 +119,7 @@ pub fn parse(bytes: &[u8]) -> Result<Positions, String> {
 
 /// Writes the file atomically: a temp file beside it, fsync, rename, fsync
 /// of the directory (so the rename survives a power cut).
-pub fn write(path: &Path, p: &Positions) -> Result<(), PositionsError> {
+pub(crate) fn write(path: &Path, p: &Positions) -> Result<(), PositionsError> {
     let io = |what: &'static str| {
         let path = path.display().to_string();
         move |source| PositionsError::Io { what, path, source }
@@ -157,7 +157,7 @@ pub fn stream_key(kind: crate::model::Kind, device: &str) -> String {
 pub fn parse_stream_key(key: &str) -> Option<(crate::model::Kind, &str)> {
     let (k, dev) = key.split_once('/')?;
     let kind = crate::model::Kind::from_i64(k.parse().ok()?)?;
-    (k == kind.as_i64().to_string() && super::valid_device_id(dev)).then_some((kind, dev))
+    (k == kind.as_i64().to_string() && super::db::valid_device_id(dev)).then_some((kind, dev))
 }
 
 #[cfg(test)]

@@ -1,19 +1,19 @@
-//! Correcting the time of readings taken before the clock synchronised
-//! (issue 14). Every record keeps the boot it was taken in and the
-//! monotonic `CLOCK_BOOTTIME` beside `ts` ([`crate::clock`]). When the
+//! Correcting the time of readings taken before the clock synchronised.
+//! Every record keeps the boot it was taken in and the monotonic
+//! `CLOCK_BOOTTIME` beside `ts` ([`crate::clock`]). When the
 //! clock is seen synchronised, the *base* of this boot is known: the true
 //! wall time at boottime 0, `wall_now - boottime_now`; a record of this
 //! boot taken at `boottime` really happened at `boottime + base`.
 //!
 //! - Records of this boot still in the spool are corrected before they are
-//!   sent: memory queues of every lane (here, under the queue lock, at the
-//!   moment the sync is seen, so a reading stamped meanwhile cannot slip
-//!   between), batches read ahead from disk, and the rows on disk (by the
-//!   commit round, in passes: [`super::db::Db::correct_boot`]; a row read
-//!   before its pass reached it is corrected as it is read). The body is
-//!   pre-encoded JSON: only its leading `"ts":…,"clock":"unsynced"` is
-//!   rewritten ([`retime`]); a body that does not start that way is
-//!   counted and left as it is.
+//!   sent: memory queues of every lane (by the queue, `queue/time.rs`,
+//!   under its lock, at the moment the sync is seen, so a reading stamped
+//!   meanwhile cannot slip between), batches read ahead from disk, and the
+//!   rows on disk (by the commit round, in passes:
+//!   [`super::db::Db::correct_boot`]; a row read before its pass reached
+//!   it is corrected as it is read). The body is pre-encoded JSON: only
+//!   its leading `"ts":…,"clock":"unsynced"` is rewritten ([`retime`]); a
+//!   body that does not start that way is counted and left as it is.
 //! - Records of this boot a sink acknowledged while the clock was
 //!   unsynchronised (or that were in flight when it synced, so may have
 //!   been delivered) cannot be changed any more: they are remembered per
@@ -23,20 +23,18 @@
 //! - A record of another boot (rows kept from before a reboot) never gets
 //!   this boot's base: its boottime counts from another start.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::queue::{Entry, InFlight};
-use super::{Notice, Queue, Spool};
-use crate::clock::Now;
+use super::report::Notice;
+use crate::clock::{Clock, Now};
 use crate::model::Kind;
 
 /// Readings whose clock distances (`ts - boottime`) differ by at most this
 /// belong to one stretch, with one offset: reading the wall and monotonic
 /// clocks one after the other may differ by a millisecond; a larger
 /// difference means the wall clock was stepped while unsynchronised.
-pub const SAME_OFFSET_MS: i64 = 50;
+const SAME_OFFSET_MS: i64 = 50;
 
 /// Stretches kept per stream; past this, a new one joins the nearest.
 const MAX_STRETCHES: usize = 16;
@@ -44,32 +42,32 @@ const MAX_STRETCHES: usize = 16;
 /// Records of one stream delivered while unsynchronised, whose wall clock
 /// stood `k` ms from the boottime (`ts - boottime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stretch {
-    pub k: i64,
-    pub first: u64,
-    pub last: u64,
-    pub count: u64,
+struct Stretch {
+    k: i64,
+    first: u64,
+    last: u64,
+    count: u64,
 }
 
 /// The spool's side of time, in the queue (under its lock).
-pub(crate) struct TimeState {
+pub(super) struct TimeState {
     /// This run's kernel boot id (empty: unknown; memory records are still
     /// corrected, rows on disk never).
-    pub boot: Arc<str>,
+    pub(super) boot: Arc<str>,
     /// The true wall time at boottime 0 of this boot, set when the clock is
     /// seen synchronised; None while it is not.
-    pub base: Option<i64>,
+    pub(super) base: Option<i64>,
     /// Bumped whenever `base` is set anew.
-    pub gen: u64,
+    pub(super) gen: u64,
     /// Rows on disk may still hold uncorrected records of this boot.
-    pub disk_pending: bool,
+    pub(super) disk_pending: bool,
     /// Unsynchronised records of this boot delivered (or possibly
     /// delivered), not yet reported, per (device, kind, epoch).
-    pub delivered: BTreeMap<(Arc<str>, Kind, u64), Vec<Stretch>>,
+    delivered: BTreeMap<(Arc<str>, Kind, u64), Vec<Stretch>>,
 }
 
 impl TimeState {
-    pub fn new(boot: Arc<str>) -> TimeState {
+    pub(super) fn new(boot: Arc<str>) -> TimeState {
         TimeState {
             boot,
             base: None,
@@ -81,7 +79,14 @@ impl TimeState {
 
     /// Notes a record delivered (or possibly delivered) with its
     /// unsynchronised time, `k = ts - boottime`.
-    pub fn note_delivered(&mut self, device: &Arc<str>, kind: Kind, epoch: u64, seq: u64, k: i64) {
+    pub(super) fn note_delivered(
+        &mut self,
+        device: &Arc<str>,
+        kind: Kind,
+        epoch: u64,
+        seq: u64,
+        k: i64,
+    ) {
         let v = self
             .delivered
             .entry((device.clone(), kind, epoch))
@@ -111,7 +116,7 @@ impl TimeState {
     /// notices (offset = base - k). A stretch whose offset is within
     /// [`SAME_OFFSET_MS`] of zero (taken after the kernel had synced, before
     /// the spool saw it) needs nothing and is dropped.
-    pub fn take_corrections(&mut self) -> Vec<Notice> {
+    pub(super) fn take_corrections(&mut self) -> Vec<Notice> {
         let Some(base) = self.base else {
             return Vec::new();
         };
@@ -139,7 +144,7 @@ impl TimeState {
 
 /// The true wall time of a reading taken at `boottime` in a boot whose
 /// base is `base` (never before 1970: the contract's `ts` is not negative).
-pub fn true_ts(boottime: i64, base: i64) -> i64 {
+pub(super) fn true_ts(boottime: i64, base: i64) -> i64 {
     boottime.saturating_add(base).max(0)
 }
 
@@ -168,14 +173,14 @@ fn head(body: &str) -> Option<(&str, i64, &str, &str)> {
 
 /// The `ts` of a body this spool encoded while the clock was
 /// unsynchronised; None for any other body.
-pub fn unsynced_ts(body: &str) -> Option<i64> {
+pub(super) fn unsynced_ts(body: &str) -> Option<i64> {
     head(body).and_then(|(_, ts, clock, _)| (clock == "unsynced").then_some(ts))
 }
 
 /// Rewrites the leading `ts` of an unsynchronised body to `ts` and its
 /// `clock` to `corrected`, leaving every other byte as it was; None if the
 /// body does not start as the spool writes an unsynchronised record.
-pub fn retime(body: &str, ts: i64) -> Option<String> {
+pub(super) fn retime(body: &str, ts: i64) -> Option<String> {
     let (seq, _, clock, rest) = head(body)?;
     if clock != "unsynced" {
         return None;
@@ -185,207 +190,22 @@ pub fn retime(body: &str, ts: i64) -> Option<String> {
     ))
 }
 
-/// How one correction went, for the log and the counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Corrected {
-    pub records: u64,
-    pub unrewritable: u64,
+/// The spool's clock ([`crate::clock::Clock`]: the kernel's, or a test's).
+pub(super) struct ClockCache {
+    clock: Arc<dyn Clock>,
 }
 
-impl Queue {
-    /// Looks at the clock (under the queue lock, so no reading is stamped
-    /// in between): when it is synchronised and was not, the base is set and
-    /// every record of this boot in memory is corrected; when it is not, the
-    /// base is forgotten (a later sync sets it again). Returns what
-    /// delivered records need reporting, and what was corrected.
-    pub(super) fn observe_clock(&mut self, now: Now) -> (Vec<Notice>, Option<Corrected>) {
-        if !now.synced {
-            self.time.base = None;
-            return (Vec::new(), None);
-        }
-        let mut done = None;
-        if self.time.base.is_none() {
-            let base = now.wall_ms - now.boottime_ms;
-            self.time.base = Some(base);
-            self.time.gen += 1;
-            self.time.disk_pending = !self.time.boot.is_empty();
-            done = Some(self.correct_memory(base));
-        }
-        (self.time.take_corrections(), done)
+impl ClockCache {
+    pub(super) fn new(clock: Arc<dyn Clock>) -> ClockCache {
+        ClockCache { clock }
     }
 
-    /// Corrects every unsynchronised record in memory (all lanes, waiting
-    /// for a commit, queued, in flight, read ahead from disk). Records in
-    /// flight may already have reached their sink: they are also noted as
-    /// delivered. Memory only.
-    fn correct_memory(&mut self, base: i64) -> Corrected {
-        let mut done = Corrected::default();
-        // Every lane holds its own copy of a record: rewrite once per record.
-        let mut bodies: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-        let mut fix = |e: &mut Entry, done: &mut Corrected| {
-            if e.synced {
-                return;
-            }
-            let ts = true_ts(e.boottime, base);
-            let new = bodies.entry(e.rid).or_insert_with(|| {
-                let b = retime(&e.body, ts).map(Arc::from);
-                match b {
-                    Some(_) => done.records += 1,
-                    None => done.unrewritable += 1,
-                }
-                b
-            });
-            if let Some(b) = new {
-                e.body = b.clone();
-                e.ts = ts;
-                e.synced = true;
-            }
-        };
-        let Queue {
-            wal_pending,
-            lanes,
-            time,
-            ..
-        } = self;
-        for e in wal_pending.iter_mut() {
-            fix(e, &mut done);
-        }
-        for lane in lanes.iter_mut() {
-            for e in lane.events.iter_mut().chain(lane.live.iter_mut()) {
-                fix(e, &mut done);
-            }
-            let ready: HashMap<u64, (usize, usize)> = lane
-                .backlog
-                .iter()
-                .enumerate()
-                .flat_map(|(k, b)| b.ready.iter().enumerate().map(move |(i, x)| (x.id, (k, i))))
-                .collect();
-            for (id, f) in lane.inflight.iter_mut() {
-                match f {
-                    InFlight::Memory(v) => {
-                        for e in v.iter_mut() {
-                            if !e.synced {
-                                time.note_delivered(
-                                    &e.device,
-                                    e.kind,
-                                    e.epoch,
-                                    e.seq,
-                                    e.ts - e.boottime,
-                                );
-                            }
-                            fix(e, &mut done);
-                        }
-                    }
-                    InFlight::Disk(rows, key) => match ready.get(id) {
-                        // Read ahead, not yet taken: the batch's bodies
-                        // (one per row, in order) are rewritten.
-                        Some((k, i)) => {
-                            let batch = &mut lane.backlog[*k].ready[*i];
-                            for (row, body) in rows.iter_mut().zip(batch.bodies.iter_mut()) {
-                                let Some((boottime, _)) = row.3 else {
-                                    continue;
-                                };
-                                match retime(body, true_ts(boottime, base)) {
-                                    Some(b) => {
-                                        row.2 = b.len();
-                                        row.3 = None;
-                                        *body = Arc::from(b);
-                                        done.records += 1;
-                                    }
-                                    None => done.unrewritable += 1,
-                                }
-                            }
-                        }
-                        // Taken by the sink: possibly delivered.
-                        None => {
-                            let device: Arc<str> = Arc::from(key.device.as_str());
-                            for row in rows.iter_mut() {
-                                if let Some((_, k)) = row.3.take() {
-                                    time.note_delivered(&device, key.kind, key.epoch, row.1, k);
-                                }
-                            }
-                        }
-                    },
-                }
-            }
-        }
-        done
+    pub(super) fn now(&self) -> Now {
+        crate::clock::now(&*self.clock)
     }
 
-    /// Prepares rows read from disk: a row taken unsynchronised in this
-    /// boot is corrected now when the base is known (its disk pass may not
-    /// have reached it yet), else it keeps its timing so that its
-    /// acknowledgement is noted. Returns the rows' timings, in order.
-    pub(super) fn time_rows(
-        &self,
-        rows: &mut [super::db::Row],
-        done: &mut Corrected,
-    ) -> Vec<Option<(i64, i64)>> {
-        rows.iter_mut()
-            .map(|r| {
-                let (boot, boottime) = r.taken.as_ref()?;
-                if self.time.boot.is_empty() || **boot != *self.time.boot {
-                    // Another boot's boottime: never this boot's base.
-                    return None;
-                }
-                let ts = unsynced_ts(&r.body)?;
-                match self.time.base {
-                    Some(base) => {
-                        match retime(&r.body, true_ts(*boottime, base)) {
-                            Some(b) => {
-                                r.body = b;
-                                done.records += 1;
-                            }
-                            None => done.unrewritable += 1,
-                        }
-                        None
-                    }
-                    None => Some((*boottime, ts - boottime)),
-                }
-            })
-            .collect()
-    }
-}
-
-impl Spool {
-    /// Logs and counts a correction.
-    pub(super) fn count_corrected(&self, c: Corrected, what: &str) {
-        if c.records > 0 {
-            self.counters
-                .clock_corrected
-                .fetch_add(c.records, Ordering::Relaxed);
-            tracing::info!(
-                records = c.records,
-                what,
-                "clock synchronised: times of readings taken before corrected"
-            );
-        }
-        if c.unrewritable > 0 {
-            self.counters
-                .clock_uncorrected
-                .fetch_add(c.unrewritable, Ordering::Relaxed);
-            tracing::warn!(
-                records = c.unrewritable,
-                what,
-                "readings whose time could not be corrected (body not as the spool writes it); sent as taken"
-            );
-        }
-    }
-
-    /// Reads the clock and acts on what it says (under the queue lock).
-    pub(super) fn observe_clock(&self, q: &mut Queue) -> Now {
-        let now = self.clock.now();
-        let (notices, done) = q.observe_clock(now);
-        if let Some(done) = done {
-            self.count_corrected(done, "memory");
-            if q.time.disk_pending {
-                self.wake.notify_one();
-            }
-        }
-        for n in notices {
-            self.notice(n);
-        }
-        now
+    pub(super) fn boot_id(&self) -> Arc<str> {
+        self.clock.boot_id()
     }
 }
 

@@ -22,24 +22,24 @@ use memmap2::MmapMut;
 const MAGIC: &[u8; 8] = b"WGUSED01";
 const HEADER: usize = 64;
 /// Streams with a slot; beyond this, streams have no exact mark.
-pub const SLOTS: usize = 4096;
+pub(crate) const SLOTS: usize = 4096;
 const SIZE: usize = HEADER + SLOTS * 8;
 
-pub struct UsedMarks {
+pub(crate) struct UsedMarks {
     map: MmapMut,
 }
 
 /// What the file held from the previous run.
 #[derive(Debug, Default, PartialEq)]
-pub struct Previous {
-    pub epoch: u64,
+pub(crate) struct Previous {
+    pub(crate) epoch: u64,
     /// The kernel boot id when it was written.
-    pub boot_id: String,
+    pub(crate) boot_id: String,
     /// Slot -> next number (0: none stamped).
-    pub next: Vec<u64>,
+    pub(crate) next: Vec<u64>,
 }
 
-pub fn path_for(spool: &Path) -> PathBuf {
+pub(crate) fn path_for(spool: &Path) -> PathBuf {
     super::positions::sibling(spool, ".used")
 }
 
@@ -51,7 +51,7 @@ pub fn boot_id() -> String {
 }
 
 /// Reads what a previous run left; None if there is no usable file.
-pub fn read_previous(path: &Path) -> Option<Previous> {
+pub(crate) fn read_previous(path: &Path) -> Option<Previous> {
     let bytes = std::fs::read(path).ok()?;
     if bytes.len() != SIZE || &bytes[..8] != MAGIC {
         return None;
@@ -74,7 +74,7 @@ pub fn read_previous(path: &Path) -> Option<Previous> {
 impl UsedMarks {
     /// Creates (or takes over) the file for this run; `Err` leaves the run
     /// without exact marks (a read-only card, say).
-    pub fn create(path: &Path, epoch: u64, boot_id: &str) -> std::io::Result<UsedMarks> {
+    pub(crate) fn create(path: &Path, epoch: u64, boot_id: &str) -> std::io::Result<UsedMarks> {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -102,7 +102,7 @@ impl UsedMarks {
     }
 
     /// Records a stream's next number (a plain memory write).
-    pub fn set(&mut self, slot: u32, next: u64) {
+    pub(crate) fn set(&mut self, slot: u32, next: u64) {
         let at = HEADER + slot as usize * 8;
         if let Some(s) = self.map.get_mut(at..at + 8) {
             s.copy_from_slice(&next.to_le_bytes());

@@ -40,7 +40,8 @@ impl Running {
             dir.path().join("s.db").display()
         ))
         .unwrap();
-        let (spool, _) = wardgate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
+        let (spool, _) =
+            wardgate::spool::Spool::open(&cfg.spool, "s", &[wardgate::spool::Lane::Mqtt]).unwrap();
         let hub = wardgate::status::StatusHub::new("s");
         let dev = cfg.devices[0].clone();
         let h = DeviceHandle::new(dev.id(), dev.kind(), Duration::from_millis(300), spool, hub);

@@ -50,7 +50,7 @@ use crate::spool::Batch;
 use crate::status::{InfluxStatus, StatusHub};
 
 /// The name of this sink's lane in the spool.
-pub const SINK_NAME: &str = "influxdb";
+pub const SINK_NAME: &str = crate::spool::Lane::Influx.name();
 
 /// A lane batch's bodies total at most this; a round is cut by points.
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -174,6 +174,7 @@ impl<L: Lane> InfluxSink<L> {
         report: EventReport,
     ) -> Self {
         let types = cfg.device_kinds.clone();
+        lane.set_max_bytes(MAX_BATCH_BYTES);
         counters
             .batch_limit
             .store(cfg.influxdb.max_batch.get(), Ordering::Relaxed);
@@ -214,7 +215,7 @@ impl<L: Lane> InfluxSink<L> {
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => return,
-                b = self.alive(self.lane.next_batch(max, MAX_BATCH_BYTES)) => b,
+                b = self.alive(self.lane.next_batch(max)) => b,
             };
             let first = match first {
                 Ok(b) => b,
@@ -228,12 +229,7 @@ impl<L: Lane> InfluxSink<L> {
             let mut points = batches[0].bodies.len();
             // More of what is ready now, without waiting.
             while points < max {
-                match tokio::time::timeout(
-                    Duration::ZERO,
-                    self.lane.next_batch(max, MAX_BATCH_BYTES),
-                )
-                .await
-                {
+                match tokio::time::timeout(Duration::ZERO, self.lane.next_batch(max)).await {
                     Ok(Ok(b)) => {
                         points += b.bodies.len();
                         batches.push(b);

@@ -47,7 +47,7 @@ use backoff::{BACKOFF_FAST_TRIES, BACKOFF_HEALTHY_AFTER, BACKOFF_MAX, BACKOFF_MI
 pub use commands::CommandPort;
 
 /// The name of this sink's lane in the spool.
-pub const SINK_NAME: &str = "mqtt";
+pub const SINK_NAME: &str = crate::spool::Lane::Mqtt.name();
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -155,6 +155,9 @@ impl<L: Lane> MqttSink<L> {
         counters: Arc<SinkCounters>,
         report: EventReport,
     ) -> Self {
+        lane.set_max_bytes(
+            usize::try_from(cfg.mqtt.max_batch_bytes.as_u64()).unwrap_or(usize::MAX),
+        );
         MqttSink {
             cfg,
             lane,

@@ -394,7 +394,6 @@ async fn publish_loop<L: Lane>(
 ) -> String {
     let mut inventory = port.as_ref().map(|p| p.inventory());
     let max = cfg.mqtt.max_batch.as_usize();
-    let max_bytes = usize::try_from(cfg.mqtt.max_batch_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_packet = max_packet_size(&cfg);
     let gap = cfg.mqtt.backlog_rate.map(|r| r.gap());
     let mut next_backlog = tokio::time::Instant::now();
@@ -412,10 +411,10 @@ async fn publish_loop<L: Lane>(
         // while it waits for one.
         let changed = match &mut inventory {
             Some((_, rx)) => tokio::select! {
-                b = lane.next_batch(max, max_bytes) => Err(b),
+                b = lane.next_batch(max) => Err(b),
                 r = rx.changed() => Ok(r.is_ok()),
             },
-            None => Err(lane.next_batch(max, max_bytes).await),
+            None => Err(lane.next_batch(max).await),
         };
         let batch = match changed {
             Err(b) => b,
@@ -668,7 +667,7 @@ mod tests {
     }
 
     impl Lane for FakeLane {
-        async fn next_batch(&self, _max: usize, _bytes: usize) -> Result<Batch, SpoolError> {
+        async fn next_batch(&self, _max: usize) -> Result<Batch, SpoolError> {
             loop {
                 if let Some(b) = self.state().batches.pop_front() {
                     return Ok(b);
@@ -684,6 +683,7 @@ mod tests {
             self.state().nacks += 1;
         }
         fn set_link(&self, _up: bool) {}
+        fn set_max_bytes(&self, _max_bytes: usize) {}
         fn set_aside(&self, id: u64, reason: &str) {
             self.state().set_aside.push((id, reason.to_owned()));
         }

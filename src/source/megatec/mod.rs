@@ -396,7 +396,8 @@ mod tests {
         let crate::config::DeviceConfig::Megatec(mcfg) = cfg.devices[0].clone() else {
             panic!("not megatec")
         };
-        let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
+        let (spool, _) =
+            crate::spool::Spool::open(&cfg.spool, "s", &[crate::spool::Lane::Mqtt]).unwrap();
         let hub = crate::status::StatusHub::new("s");
         let h = DeviceHandle::new("u", "megatec", mcfg.interval, spool, hub.clone());
         (dir, mcfg, hub, h)

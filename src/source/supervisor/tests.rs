@@ -75,7 +75,8 @@ fn handle(interval: Duration) -> (DeviceHandle, StatusHub, tempfile::TempDir) {
         dir.path().join("s.db").display()
     ))
     .unwrap();
-    let (spool, _) = crate::spool::Spool::open(&cfg.spool, "s", &["mqtt"]).unwrap();
+    let (spool, _) =
+        crate::spool::Spool::open(&cfg.spool, "s", &[crate::spool::Lane::Mqtt]).unwrap();
     let hub = StatusHub::new("s");
     let h = DeviceHandle::new("d", "fake", interval, spool, hub.clone());
     (h, hub, dir)

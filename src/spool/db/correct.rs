@@ -11,7 +11,7 @@ impl Db {
     /// `ts` and `clock` are rewritten ([`crate::spool::retime::retime`]: `ts =
     /// boottime + base`, `clock` `corrected`), and its checksum is made
     /// anew; all in one durable transaction.
-    pub fn correct_boot(
+    pub(crate) fn correct_boot(
         &mut self,
         boot: &str,
         base: i64,

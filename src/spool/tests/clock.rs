@@ -1,4 +1,4 @@
-//! Time (issue 14): readings taken before the clock synchronised, driven
+//! Time: readings taken before the clock synchronised, driven
 //! by a fake clock that stands still unless moved, so times are exact.
 //! Spooled readings (memory and disk, every lane) go out corrected;
 //! delivered ones are reported with their exact seq range; a reading of
@@ -17,10 +17,17 @@ const B0: i64 = 20_000;
 fn open_clocked(
     c: &SpoolConfig,
     clock: &Arc<FakeClock>,
-    sinks: &[&str],
+    sinks: &[Lane],
 ) -> (Arc<Spool>, Vec<LaneHandle>) {
     let (s, _) = Spool::open_with_clock(c, "s", sinks, clock.clone() as Arc<dyn Clock>).unwrap();
-    let lanes = sinks.iter().map(|n| s.lane(n).unwrap()).collect();
+    let lanes = sinks
+        .iter()
+        .map(|n| {
+            let lane = s.lane(*n).unwrap();
+            lane.set_max_bytes(1 << 20);
+            lane
+        })
+        .collect();
     (s, lanes)
 }
 
@@ -69,7 +76,7 @@ async fn drain_all(lane: &LaneHandle, max: usize) -> Vec<(Kind, Batch)> {
     let mut idle = 0;
     while idle < 3 {
         let _ = lane.spool().flush(false);
-        match tokio::time::timeout(Duration::from_millis(50), lane.next_batch(max, 1 << 20)).await {
+        match tokio::time::timeout(Duration::from_millis(50), lane.next_batch(max)).await {
             Ok(b) => {
                 idle = 0;
                 let b = b.unwrap();
@@ -109,7 +116,11 @@ fn corrected(device: &str, kind: Kind, epoch: u64, range: (u64, u64), n: u64, of
 async fn spooled_readings_go_out_corrected_and_delivered_ones_are_reported_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
-    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &["mqtt", "influxdb"]);
+    let (s, lanes) = open_clocked(
+        &cfg(dir.path(), "spill", ""),
+        &clock,
+        &[Lane::Mqtt, Lane::Influx],
+    );
     let (mqtt, influx) = (&lanes[0], &lanes[1]);
     mqtt.set_link(true);
     let dev: Arc<str> = Arc::from("ups1");
@@ -220,7 +231,7 @@ async fn spooled_readings_go_out_corrected_and_delivered_ones_are_reported_exact
 async fn read_ahead_backlog_is_corrected_and_acks_after_sync_are_not_reported() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
-    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &[Lane::Mqtt]);
     let lane = &lanes[0];
     lane.set_link(false);
     let dev: Arc<str> = Arc::from("d");
@@ -269,7 +280,7 @@ async fn readings_taken_while_the_clock_syncs_are_never_left_behind() {
     let (s, lanes) = open_clocked(
         &cfg(dir.path(), "spill", "memory_max = 100000"),
         &clock,
-        &["mqtt"],
+        &[Lane::Mqtt],
     );
     let pushers: Vec<_> = (0..3)
         .map(|t| {
@@ -310,7 +321,7 @@ async fn a_restart_in_a_new_boot_never_applies_the_offset_of_another_boot() {
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
     let dev: Arc<str> = Arc::from("d");
     {
-        let (s, lanes) = open_clocked(&c, &clock, &["mqtt"]);
+        let (s, lanes) = open_clocked(&c, &clock, &[Lane::Mqtt]);
         lanes[0].set_link(true);
         for i in 0..2 {
             s.push(&dev, sample(i as f64)).unwrap();
@@ -328,7 +339,7 @@ async fn a_restart_in_a_new_boot_never_applies_the_offset_of_another_boot() {
     // A power cut and a reboot: the monotonic clock starts again, the wall
     // clock is the stale one again.
     clock.reboot("boot-b", W0 + 60_000, 5_000);
-    let (s, lanes) = open_clocked(&c, &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&c, &clock, &[Lane::Mqtt]);
     let lane = &lanes[0];
     lane.set_link(true);
     let first_b = s.push(&dev, sample(5.0)).unwrap();
@@ -376,7 +387,7 @@ async fn a_restart_in_the_same_boot_corrects_the_rows_of_the_previous_run() {
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
     let dev: Arc<str> = Arc::from("d");
     {
-        let (s, lanes) = open_clocked(&c, &clock, &["mqtt"]);
+        let (s, lanes) = open_clocked(&c, &clock, &[Lane::Mqtt]);
         lanes[0].set_link(false);
         for i in 0..3 {
             s.push(&dev, sample(i as f64)).unwrap();
@@ -386,7 +397,7 @@ async fn a_restart_in_the_same_boot_corrects_the_rows_of_the_previous_run() {
     }
     clock.advance(5000);
     clock.sync(-DAY);
-    let (s, lanes) = open_clocked(&c, &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&c, &clock, &[Lane::Mqtt]);
     lanes[0].set_link(true);
     let out = drain(&lanes[0], Kind::Sample).await;
     assert_eq!(
@@ -405,7 +416,7 @@ async fn a_restart_in_the_same_boot_corrects_the_rows_of_the_previous_run() {
 async fn sync_lost_and_found_again_reports_each_stretch_once() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
-    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &[Lane::Mqtt]);
     let lane = &lanes[0];
     lane.set_link(true);
     let dev: Arc<str> = Arc::from("d");
@@ -464,7 +475,7 @@ async fn a_spool_of_the_previous_version_keeps_its_rows_uncorrected() {
         .unwrap();
     }
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
-    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &[Lane::Mqtt]);
     assert_eq!(rows(&s), 1, "the row was kept");
     clock.sync(DAY);
     assert_eq!(s.push(&Arc::from("d"), sample(0.0)).unwrap(), 7);
@@ -483,7 +494,7 @@ async fn a_spool_of_the_previous_version_keeps_its_rows_uncorrected() {
 async fn the_correction_never_blesses_a_damaged_row() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
-    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&cfg(dir.path(), "spill", ""), &clock, &[Lane::Mqtt]);
     lanes[0].set_link(false);
     let dev: Arc<str> = Arc::from("d");
     for i in 0..3 {
@@ -529,10 +540,11 @@ fn disk_rows(s: &Spool) -> Vec<u64> {
 
 /// One age check now (the commit round makes one a minute).
 fn age_check(s: &Spool) {
-    let mut st = s.take_store();
-    st.last_age_check = None;
-    s.enforce_caps(&mut st, std::time::Instant::now()).unwrap();
-    s.put_store(st);
+    let mut st = s.store.take();
+    st.caps.last_age_check = None;
+    st.enforce_caps(&s.cfg, std::time::Instant::now(), &s.clock, &s.report)
+        .unwrap();
+    s.store.put(st);
 }
 
 /// `spool.max_age` (1 day here) against a wall clock stepped relative to
@@ -545,7 +557,7 @@ async fn a_stepped_clock_does_not_purge_the_backlog_through_max_age() {
     let c = cfg(dir.path(), "spill", "max_age = \"1d\"");
     let clock = Arc::new(FakeClock::new(W0, B0, "boot-a"));
     clock.sync(0);
-    let (s, lanes) = open_clocked(&c, &clock, &["mqtt"]);
+    let (s, lanes) = open_clocked(&c, &clock, &[Lane::Mqtt]);
     lanes[0].set_link(false);
     let dev: Arc<str> = Arc::from("d");
     for i in 0..3 {

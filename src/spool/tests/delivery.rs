@@ -8,7 +8,7 @@ use super::*;
 /// should have held it back.
 async fn nothing_sent(lane: &LaneHandle, why: &str) {
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100, 1 << 20))
+        tokio::time::timeout(Duration::from_millis(200), lane.next_batch(100))
             .await
             .is_err(),
         "{why}"
@@ -28,7 +28,7 @@ async fn sent_after_its_commit(s: &Spool, lane: &LaneHandle, committed: &str) ->
 /// The record just pushed is sent from memory without a commit round
 /// (waits up to 5 s, so a loaded machine does not fail it).
 async fn sent_without_a_commit(lane: &LaneHandle) -> Batch {
-    tokio::time::timeout(Duration::from_secs(5), lane.next_batch(100, 1 << 20))
+    tokio::time::timeout(Duration::from_secs(5), lane.next_batch(100))
         .await
         .expect("sent without a commit")
         .unwrap()
@@ -240,7 +240,7 @@ async fn push_and_next_batch_never_wait_for_the_disk() {
     lane.ack(b.id);
     // A commit round that takes long (a slow SD card) holds the store,
     // not the queue.
-    let store = s.take_store();
+    let store = s.store.take();
     let t = Instant::now();
     for i in 0..100 {
         s.push(&dev, sample(i as f64)).unwrap();
@@ -248,13 +248,13 @@ async fn push_and_next_batch_never_wait_for_the_disk() {
     // The store is held until the end: a queue that waited for it would
     // wait for ever, so a bound of seconds tells the two apart on a
     // loaded machine too.
-    let b = tokio::time::timeout(Duration::from_secs(5), lane.next_batch(1000, 1 << 20))
+    let b = tokio::time::timeout(Duration::from_secs(5), lane.next_batch(1000))
         .await
         .expect("a live batch while the store is busy")
         .unwrap();
     assert_eq!(b.bodies.len(), 100);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    s.put_store(store);
+    s.store.put(store);
 }
 
 #[tokio::test]

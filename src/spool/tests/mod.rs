@@ -1,11 +1,15 @@
 //! The spool's unit tests: the whole spool (queue, commit rounds, store)
 //! driven through its API, with a real SQLite file in a temporary directory.
 
-use super::*;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::db::Db;
-use crate::model::{now_ms, Reading, Severity, Values};
+use super::*;
+use crate::model::{now_ms, Kind, Reading, Severity, Values};
 
 mod clock;
 mod delivery;
@@ -21,8 +25,9 @@ fn cfg(dir: &Path, policy: &str, extra: &str) -> SpoolConfig {
 }
 
 fn open(c: &SpoolConfig) -> (Arc<Spool>, StartReport, LaneHandle) {
-    let (s, r) = Spool::open(c, "s", &["mqtt"]).unwrap();
-    let lane = s.lane("mqtt").unwrap();
+    let (s, r) = Spool::open(c, "s", &[Lane::Mqtt]).unwrap();
+    let lane = s.lane(Lane::Mqtt).unwrap();
+    lane.set_max_bytes(1 << 20);
     (s, r, lane)
 }
 
@@ -46,7 +51,7 @@ fn event() -> Reading {
 async fn next(lane: &LaneHandle, max: usize) -> Batch {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match tokio::time::timeout(Duration::from_millis(20), lane.next_batch(max, 1 << 20)).await {
+        match tokio::time::timeout(Duration::from_millis(20), lane.next_batch(max)).await {
             Ok(b) => return b.unwrap(),
             Err(_) => {
                 assert!(tokio::time::Instant::now() < deadline, "a batch is ready");
@@ -58,9 +63,9 @@ async fn next(lane: &LaneHandle, max: usize) -> Batch {
 
 /// The store's database, for looking inside in tests.
 fn with_db<T>(s: &Spool, f: impl FnOnce(&mut Db) -> T) -> T {
-    let mut st = s.take_store();
+    let mut st = s.store.take();
     let r = f(st.db.as_mut().expect("store open"));
-    s.put_store(st);
+    s.store.put(st);
     r
 }
 

@@ -184,9 +184,9 @@ async fn an_epoch_of_its_own_takes_the_used_marks_over_once_on_disk() {
         s.push(&dev, sample(0.0)).unwrap();
         std::fs::remove_dir(&blocker).unwrap();
         {
-            let mut st = s.take_store();
-            st.next_try = Instant::now();
-            s.put_store(st);
+            let mut st = s.store.take();
+            st.health.next_try = Instant::now();
+            s.store.put(st);
         }
         s.flush(false).unwrap();
         for _ in 0..3 {

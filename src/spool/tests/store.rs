@@ -42,7 +42,7 @@ async fn max_age_drops_old_synced_records_only() {
         s.push(&dev, sample(i as f64)).unwrap();
     }
     s.flush(false).unwrap();
-    let mut st = s.take_store();
+    let mut st = s.store.take();
     let db = st.db.as_mut().unwrap();
     // Two old readings, one taken with a synchronised clock, one not.
     db.conn
@@ -195,9 +195,9 @@ async fn unwritable_store_degrades_live_readings_flow_and_it_recovers() {
     std::fs::remove_file(&blocker).unwrap();
     std::fs::create_dir(&blocker).unwrap();
     {
-        let mut st = s.take_store();
-        st.next_try = Instant::now();
-        s.put_store(st);
+        let mut st = s.store.take();
+        st.health.next_try = Instant::now();
+        s.store.put(st);
     }
     s.flush(false).unwrap();
     assert!(s.stats().degraded.is_none());

@@ -1,24 +1,15 @@
-//! The spool's memory side: lanes (one per sink), stamping, batches,
-//! acknowledgements, and what the store must write, delete, reserve or read.
-//!
-//! Nothing here does I/O. Tasks (sources, sinks) touch only this, under a
-//! short lock; the commit task takes work out of it, does the disk work with
-//! the lock released, and gives the results back (`commit.rs`).
+//! One sink's lane of the memory queue: its name ([`Lane`]), its records
+//! (events, live telemetry, batches in flight), the backlog read ahead for
+//! it, and the batches cut from both. Nothing here does I/O or locks.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::db::StreamKey;
-use super::Batch;
 use crate::model::Kind;
-
-/// Sequence numbers are reserved on disk this many at a time, so that a
-/// healthy gateway writes almost nothing per sample; after a power cut a
-/// device's sequence resumes after the reserved block (a declared jump).
-pub const SEQ_BLOCK: u64 = 65_536;
+use crate::spool::db::{Row, StreamKey};
 
 /// Batches kept ready from the backlog, per lane and kind.
 pub(crate) const READY_TARGET: usize = 8;
@@ -26,33 +17,85 @@ pub(crate) const READY_TARGET: usize = 8;
 /// Bytes a record adds to a message besides its body (the `historical` flag
 /// and separators), and the envelope's own bytes: batches are cut so that the
 /// encoded message stays within the byte bound.
-pub const RECORD_OVERHEAD: usize = 24;
-pub const ENVELOPE_OVERHEAD: usize = 256;
+const RECORD_OVERHEAD: usize = 24;
+const ENVELOPE_OVERHEAD: usize = 256;
 
-pub(crate) struct Entry {
-    /// Unique per run: how the commit task finds the entry again.
-    pub rid: u64,
+/// A sink's lane: each sink keeps its own position in the spool. The name
+/// is what the store's rows carry (`rec.sink`): never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// The MQTT sink's: what the operations centre receives.
+    Mqtt,
+    /// The InfluxDB sink's.
+    Influx,
+}
+
+impl Lane {
+    /// The lane's name in the store.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Lane::Mqtt => "mqtt",
+            Lane::Influx => "influxdb",
+        }
+    }
+
+    /// Whether a record this lane delivered with the unsynchronised time is
+    /// noted for the `gateway.clock_corrected` event: the event is for the
+    /// operations centre's MQTT copies, and a record that also went to
+    /// InfluxDB is not counted twice.
+    pub(super) fn reports_clock_corrections(self) -> bool {
+        self == Lane::Mqtt
+    }
+}
+
+/// A group of records of one device, kind and epoch, sent as one message.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub id: u64,
     pub kind: Kind,
     pub device: Arc<str>,
+    /// The sequence epoch of every record in it.
     pub epoch: u64,
-    pub seq: u64,
-    pub ts: i64,
+    /// The first record's `seq` (for logs and events).
+    pub first_seq: u64,
+    /// Sent from the disk backlog rather than live.
+    pub historical: bool,
+    /// Each record's JSON object, without the `historical` flag.
+    pub bodies: Vec<Arc<str>>,
+}
+
+impl Batch {
+    /// The bodies' bytes.
+    pub fn bytes(&self) -> usize {
+        self.bodies.iter().map(|b| b.len()).sum()
+    }
+}
+
+/// A record in memory; each lane holds its own copy.
+pub(crate) struct Entry {
+    /// Unique per run: how the commit task finds the entry again.
+    pub(crate) rid: u64,
+    pub(crate) kind: Kind,
+    pub(crate) device: Arc<str>,
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+    pub(crate) ts: i64,
     /// `ts` can be trusted: taken synchronised, or corrected since.
-    pub synced: bool,
+    pub(crate) synced: bool,
     /// The kernel boot it was taken in, and `CLOCK_BOOTTIME` then (ms):
     /// how its `ts` is corrected once the clock syncs (`retime.rs`).
-    pub boot: Arc<str>,
-    pub boottime: i64,
-    pub body: Arc<str>,
-    pub born: Instant,
+    pub(crate) boot: Arc<str>,
+    pub(crate) boottime: i64,
+    pub(crate) body: Arc<str>,
+    pub(crate) born: Instant,
     /// The row holding this record on disk, once written.
-    pub row: Option<i64>,
+    pub(crate) row: Option<i64>,
     /// Handed to the commit task, not yet written.
-    pub writing: bool,
+    pub(crate) writing: bool,
 }
 
 impl Entry {
-    pub fn clone_for_lane(&self) -> Entry {
+    pub(super) fn clone_for_lane(&self) -> Entry {
         Entry {
             rid: self.rid,
             kind: self.kind,
@@ -74,16 +117,18 @@ impl Entry {
 /// A record read from disk: (row id, seq, body length, and for a record
 /// of this boot taken unsynchronised and not yet corrected, its boottime
 /// and clock distance `ts - boottime`).
-pub(crate) type DiskRec = (i64, u64, usize, Option<(i64, i64)>);
+pub(super) type DiskRec = (i64, u64, usize, Option<(i64, i64)>);
 
-pub(crate) enum InFlight {
+/// A batch handed to the sink, until it is acknowledged: records from
+/// memory, or rows read from one backlog stream.
+pub(super) enum InFlight {
     Memory(Vec<Entry>),
     Disk(Vec<DiskRec>, StreamKey),
 }
 
 /// What the queue knows of a sink's link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Link {
+pub(super) enum Link {
     /// Not tried yet (start-up): records wait in memory as if the link were up.
     Unknown,
     Up,
@@ -93,55 +138,62 @@ pub(crate) enum Link {
 
 /// One backlog stream's read position.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Cursor {
+pub(super) struct Cursor {
     /// The last `seq` handed out from disk (None: from the start).
-    pub after: Option<u64>,
+    pub(super) after: Option<u64>,
     /// The last read found nothing more.
-    pub exhausted: bool,
+    pub(super) exhausted: bool,
 }
 
+/// One kind's backlog on disk: each stream's read position, and the
+/// batches read ahead.
 #[derive(Default)]
-pub(crate) struct KindBacklog {
-    pub streams: BTreeMap<StreamKey, Cursor>,
-    pub ready: VecDeque<Batch>,
+pub(super) struct KindBacklog {
+    pub(super) streams: BTreeMap<StreamKey, Cursor>,
+    pub(super) ready: VecDeque<Batch>,
 }
 
 impl KindBacklog {
-    pub fn maybe(&self) -> bool {
+    /// Some stream may hold more rows.
+    pub(super) fn maybe(&self) -> bool {
         self.streams.values().any(|c| !c.exhausted)
     }
 }
 
-pub(crate) struct Lane {
-    pub name: String,
-    pub link: Link,
-    pub events: VecDeque<Entry>,
-    pub live: VecDeque<Entry>,
-    pub inflight: HashMap<u64, InFlight>,
+/// One sink's lane in memory.
+pub(crate) struct LaneQueue {
+    pub(super) id: Lane,
+    pub(super) link: Link,
+    pub(super) events: VecDeque<Entry>,
+    pub(crate) live: VecDeque<Entry>,
+    pub(super) inflight: HashMap<u64, InFlight>,
     /// Rows whose records are in flight from memory: the backlog skips them.
-    pub mem_rows: HashSet<i64>,
+    pub(super) mem_rows: HashSet<i64>,
     /// Rows acknowledged, set aside or found damaged, not yet deleted: the
     /// backlog skips them, so a row that cannot be deleted (full disk) is
     /// never sent twice in one run.
-    pub gone_rows: HashSet<i64>,
+    pub(super) gone_rows: HashSet<i64>,
     /// Rows to delete at the next commit.
-    pub to_delete: Vec<i64>,
+    pub(super) to_delete: Vec<i64>,
     /// [samples, events].
-    pub backlog: [KindBacklog; 2],
+    pub(super) backlog: [KindBacklog; 2],
     /// Bumped on every reset, so a backlog read started before it is thrown away.
-    pub gen: u64,
-    /// The batch bounds the sink last asked for; the backlog is not read
-    /// before the sink has said them (`bounds_known`).
-    pub max_records: usize,
-    pub max_bytes: usize,
-    pub bounds_known: bool,
-    pub notify: Arc<Notify>,
+    pub(super) gen: u64,
+    /// The records per batch the sink last asked for; the backlog is not
+    /// read before the sink has said it (`bounds_known`).
+    pub(super) max_records: usize,
+    pub(super) bounds_known: bool,
+    /// About how many bytes of bodies a batch holds (a single larger record
+    /// goes alone): said once by the sink when it takes its lane
+    /// (`LaneHandle::set_max_bytes`), this default until then.
+    pub(super) max_bytes: usize,
+    pub(super) notify: Arc<Notify>,
 }
 
-impl Lane {
-    pub fn new(name: &str) -> Lane {
-        Lane {
-            name: name.to_owned(),
+impl LaneQueue {
+    pub(super) fn new(id: Lane) -> LaneQueue {
+        LaneQueue {
+            id,
             link: Link::Unknown,
             events: VecDeque::new(),
             live: VecDeque::new(),
@@ -152,8 +204,8 @@ impl Lane {
             backlog: Default::default(),
             gen: 0,
             max_records: 100,
-            max_bytes: 256 * 1024,
             bounds_known: false,
+            max_bytes: 256 * 1024,
             notify: Arc::new(Notify::new()),
         }
     }
@@ -165,12 +217,12 @@ impl Lane {
         }
     }
 
-    pub fn enqueue(&mut self, e: Entry) {
+    pub(super) fn enqueue(&mut self, e: Entry) {
         self.queue(e.kind).push_back(e);
     }
 
     /// Records in memory not yet acknowledged and not on disk.
-    pub fn memory(&self) -> usize {
+    pub(super) fn memory(&self) -> usize {
         self.events.len()
             + self.live.len()
             + self
@@ -186,7 +238,7 @@ impl Lane {
     /// Takes the front record of a memory queue and, when the queue is deep,
     /// the records of the same device right behind it, within the bounds.
     /// `sendable` says whether a record's number may leave yet.
-    pub fn take_memory(
+    pub(super) fn take_memory(
         &mut self,
         kind: Kind,
         id: u64,
@@ -236,7 +288,7 @@ impl Lane {
     /// acknowledged. Memory records go back to the front of their queues
     /// (those already on disk are left to the backlog), and the backlog is
     /// read again from the start of each stream.
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         let mut back: Vec<Entry> = Vec::new();
         for (_, f) in self.inflight.drain() {
             if let InFlight::Memory(v) = f {
@@ -266,7 +318,7 @@ impl Lane {
 
     /// Whether a backlog read would help: the link is up, some stream may
     /// have more, and few batches are ready.
-    pub fn wants_backlog(&self, k: usize) -> bool {
+    pub(super) fn wants_backlog(&self, k: usize) -> bool {
         self.link != Link::Down
             && self.bounds_known
             && self.backlog[k].ready.len() < READY_TARGET / 2
@@ -274,7 +326,7 @@ impl Lane {
     }
 
     /// Notes that `key` has rows on disk (again).
-    pub fn stream_has_rows(&mut self, key: &StreamKey) {
+    pub(super) fn stream_has_rows(&mut self, key: &StreamKey) {
         let k = key.kind.as_i64() as usize;
         self.backlog[k]
             .streams
@@ -287,10 +339,10 @@ impl Lane {
     /// makes them ready. `timing` (one per row, or none at all) says which
     /// rows were taken unsynchronised in this boot ([`DiskRec`]). Returns
     /// the batches' count.
-    pub fn add_backlog(
+    pub(super) fn add_backlog(
         &mut self,
         key: &StreamKey,
-        rows: Vec<super::db::Row>,
+        rows: Vec<Row>,
         timing: Vec<Option<(i64, i64)>>,
         next_id: &mut u64,
     ) -> usize {
@@ -341,40 +393,6 @@ impl Lane {
     }
 }
 
-/// One stream's sequence state.
-pub(crate) struct SeqState {
-    pub next: u64,
-    /// Numbers below this are covered by a reservation on disk (durable
-    /// epochs only).
-    pub durable: u64,
-    /// The stream's slot in the used-marks file, once it has one.
-    pub slot: Option<u32>,
-    /// What the slot holds: one past the last number known to be used (0:
-    /// not known). At start it is the previous run's, not `next`: the
-    /// numbers skipped by the resume were never used.
-    pub mark: u64,
-}
-
-/// How far ahead of use numbers are reserved again: once per block, with
-/// an eighth of a block left, so a reservation is on disk well before a
-/// stream needs it.
-pub(crate) fn needs_reservation(s: &SeqState) -> bool {
-    s.durable.saturating_sub(s.next) < SEQ_BLOCK / 8
-}
-
-/// Rewrites the `seq` at the front of a body this spool encoded
-/// (`{"seq":N,…`); None if the body does not start that way.
-pub fn restamp(body: &str, seq: u64) -> Option<String> {
-    let rest = body.strip_prefix("{\"seq\":")?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    Some(format!("{{\"seq\":{seq}{}", &rest[end..]))
-}
-
-/// How long a record may wait in memory under the spill policy.
-pub fn due(born: Instant, now: Instant, spill_after: Duration) -> bool {
-    now.duration_since(born) >= spill_after
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,18 +416,8 @@ mod tests {
     }
 
     #[test]
-    fn restamp_rewrites_only_the_leading_seq() {
-        assert_eq!(
-            restamp("{\"seq\":65536,\"ts\":1,\"values\":{\"seq\":3}}", 0).as_deref(),
-            Some("{\"seq\":0,\"ts\":1,\"values\":{\"seq\":3}}")
-        );
-        assert_eq!(restamp("{\"ts\":1}", 5), None);
-        assert_eq!(restamp("{\"seq\":", 5), None);
-    }
-
-    #[test]
     fn memory_batches_respect_count_bytes_device_and_the_send_gate() {
-        let mut lane = Lane::new("mqtt");
+        let mut lane = LaneQueue::new(Lane::Mqtt);
         lane.max_records = 3;
         lane.max_bytes = ENVELOPE_OVERHEAD + 3 * (10 + RECORD_OVERHEAD);
         let body = "0123456789";
@@ -433,7 +441,7 @@ mod tests {
 
     #[test]
     fn reset_puts_memory_records_back_in_push_order() {
-        let mut lane = Lane::new("mqtt");
+        let mut lane = LaneQueue::new(Lane::Mqtt);
         for i in 0..4 {
             lane.enqueue(entry(i, "a", i, "{}"));
         }
@@ -449,7 +457,7 @@ mod tests {
 
     #[test]
     fn backlog_batches_skip_rows_in_memory_or_gone() {
-        let mut lane = Lane::new("mqtt");
+        let mut lane = LaneQueue::new(Lane::Mqtt);
         lane.max_records = 2;
         let key = StreamKey {
             kind: Kind::Sample,
@@ -459,7 +467,7 @@ mod tests {
         lane.mem_rows.insert(2);
         lane.gone_rows.insert(3);
         let rows = (1..=6)
-            .map(|i| super::super::db::Row {
+            .map(|i| Row {
                 id: i,
                 seq: i as u64,
                 body: "{}".into(),

@@ -1,9 +1,14 @@
-//! The cap rule of a full spool: events past their share go first.
+//! The store's rules: a full spool drops events past their share first,
+//! and a full disk deletes before it writes.
 
+use std::sync::Arc;
+
+use super::caps::first_to_drop;
 use super::*;
 use crate::model::Kind;
 use crate::model::{Reading, Severity, Values};
-use crate::spool::caps::{first_to_drop, EVENT_SHARE};
+use crate::spool::report::EVENT_SHARE;
+use crate::spool::{DropReason, Lane, Spool};
 
 #[test]
 fn events_past_their_share_go_first() {
@@ -24,8 +29,8 @@ async fn an_event_storm_cannot_push_telemetry_out() {
         dir.path().join("spool.db").display()
     );
     let cfg = crate::config::Config::from_toml(&text).unwrap().spool;
-    let (s, _) = Spool::open(&cfg, "s", &["mqtt"]).unwrap();
-    s.lane("mqtt").unwrap().set_link(false);
+    let (s, _) = Spool::open(&cfg, "s", &[Lane::Mqtt]).unwrap();
+    s.lane(Lane::Mqtt).unwrap().set_link(false);
     let dev: Arc<str> = Arc::from("d");
     for i in 0..4000 {
         let r = if i % 11 == 0 {
@@ -46,11 +51,11 @@ async fn an_event_storm_cannot_push_telemetry_out() {
         }
     }
     s.flush(false).unwrap();
-    let mut st = s.take_store();
+    let mut st = s.store.take();
     let db = st.db.as_mut().unwrap();
     let (rows, events) = (db.row_count().unwrap(), db.count_kind(Kind::Event).unwrap());
     assert!(db.used_bytes().unwrap() <= 64 * 1024);
-    s.put_store(st);
+    s.store.put(st);
     assert!(events > 0, "events are kept too");
     assert!(rows - events >= rows / 2, "{events} events of {rows} rows");
     assert!(
@@ -68,9 +73,8 @@ fn disk_full() -> rusqlite::Error {
 }
 
 /// The full-disk fallback: the deletions count as done only when the
-/// commit that carried them succeeded. (The first version marked them done
-/// whenever the rows' commit succeeded, so rows still on disk left the
-/// backlog's skip list and were sent again in the same run.)
+/// commit that carried them succeeded (rows still on disk must stay on the
+/// backlog's skip list, or they are sent again in the same run).
 #[test]
 fn a_full_disk_deletes_first_and_says_what_was_deleted() {
     let new = NewRow {
