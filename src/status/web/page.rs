@@ -10,7 +10,7 @@ use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health, Severity, Value};
 use crate::status::history::{svg_chart, History, CHARTED};
 use crate::status::words::{self, Zone};
-use crate::status::{PowerState, Snapshot};
+use crate::status::{DeviceStatus, InfluxStatus, PowerState, Snapshot};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -111,7 +111,7 @@ pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static s
 /// A device's values in words (the configured ones, else the words
 /// table's), in the order of the words table (names without words last):
 /// the status first for a UPS.
-fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, String)> {
+fn value_lines(d: &DeviceStatus, t: &Strings) -> Vec<(String, String)> {
     let v = &d.last_values;
     let mut names: Vec<&String> = v.0.keys().collect();
     names.sort_by_key(|k| (words::rank(k), k.as_str()));
@@ -128,7 +128,9 @@ pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str
     render_body_in(s, history, t, notices, Zone::default())
 }
 
-/// [`render_body`] with times in the site's time zone.
+/// [`render_body`] with times in the site's time zone: the headline and
+/// its notices, the link line, the catch-up, the InfluxDB line, a card
+/// per device, the recent events and the LED legend, in that order.
 pub fn render_body_in(
     s: &Snapshot,
     history: &History,
@@ -136,8 +138,39 @@ pub fn render_body_in(
     notices: &[&str],
     zone: Zone,
 ) -> String {
-    let (sentence, class) = headline_in(s, t, zone);
     let mut b = String::new();
+    write_headline(&mut b, s, t, notices, zone);
+    write_link_bar(&mut b, s, t);
+    if let Some(c) = history.catchup(s) {
+        let (sent, total) = (c.sent.unwrap_or(0), c.total.unwrap_or(c.left));
+        let _ = write!(
+            b,
+            "<div class=\"catchup\" id=\"catchup\"><progress max=\"{total}\" value=\"{sent}\"></progress><p>{}</p></div>",
+            esc(&c.line(t.lang))
+        );
+    }
+    if let Some(i) = &s.influxdb {
+        write_influx_bar(&mut b, i, t);
+    }
+    b.push_str("<main>");
+    let now = now_ms();
+    for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
+        write_device_card(&mut b, id, d, history, t, now, zone);
+    }
+    b.push_str("</main>");
+    write_events(&mut b, s, t, zone);
+    let _ = write!(b, "<section class=\"led\"><h2>{}</h2><ul>", t.led_title);
+    for l in t.led_legend {
+        let _ = write!(b, "<li>{l}</li>");
+    }
+    b.push_str("</ul></section>");
+    b
+}
+
+/// The headline, then one line per notice, the on-battery line and the
+/// identify line when they apply.
+fn write_headline(b: &mut String, s: &Snapshot, t: &Strings, notices: &[&str], zone: Zone) {
+    let (sentence, class) = headline_in(s, t, zone);
     let _ = write!(
         b,
         "<header class=\"{class}\"><h1 id=\"headline\">{}</h1></header>",
@@ -163,6 +196,11 @@ pub fn render_body_in(
             esc(t.identify_by_ioc)
         );
     }
+}
+
+/// The language switch, the site, the link and the records kept on the
+/// device.
+fn write_link_bar(b: &mut String, s: &Snapshot, t: &Strings) {
     let _ = write!(
         b,
         "<p class=\"bar\"><a href=\"?lang={}\" id=\"lang\">{}</a> · {} · {}: <b>{}</b>",
@@ -187,82 +225,91 @@ pub fn render_body_in(
         let _ = write!(b, " · {}: {}", t.kept_on_device, words::count(kept, t.lang));
     }
     b.push_str("</p>");
-    if let Some(c) = history.catchup(s) {
-        let (sent, total) = (c.sent.unwrap_or(0), c.total.unwrap_or(c.left));
+}
+
+/// The InfluxDB sink's line: link, waiting, set aside, outside retention,
+/// and the last failure in the reader's words.
+fn write_influx_bar(b: &mut String, i: &InfluxStatus, t: &Strings) {
+    let _ = write!(
+        b,
+        "<p class=\"bar\" id=\"influxdb\">{}: <b>{}</b> · {}: {}",
+        t.influx,
+        if i.connected { t.link_up } else { t.link_down },
+        t.influx_waiting,
+        i.depth
+    );
+    if i.rejected > 0 {
+        let _ = write!(b, " · {}: {}", t.influx_rejected, i.rejected);
+    }
+    if i.retention_dropped > 0 {
+        let _ = write!(b, " · {}: {}", t.influx_retention, i.retention_dropped);
+    }
+    if let Some(c) = &i.last_class {
+        let words = t
+            .influx_classes
+            .iter()
+            .find(|(k, _)| k == c)
+            .map(|(_, w)| *w)
+            .unwrap_or(c.as_str());
         let _ = write!(
             b,
-            "<div class=\"catchup\" id=\"catchup\"><progress max=\"{total}\" value=\"{sent}\"></progress><p>{}</p></div>",
-            esc(&c.line(t.lang))
+            " · <span class=\"influx-class\" data-class=\"{}\">{}</span>",
+            esc(c),
+            esc(words)
         );
     }
-    if let Some(i) = &s.influxdb {
-        let _ = write!(
-            b,
-            "<p class=\"bar\" id=\"influxdb\">{}: <b>{}</b> · {}: {}",
-            t.influx,
-            if i.connected { t.link_up } else { t.link_down },
-            t.influx_waiting,
-            i.depth
-        );
-        if i.rejected > 0 {
-            let _ = write!(b, " · {}: {}", t.influx_rejected, i.rejected);
-        }
-        if i.retention_dropped > 0 {
-            let _ = write!(b, " · {}: {}", t.influx_retention, i.retention_dropped);
-        }
-        if let Some(c) = &i.last_class {
-            let words = t
-                .influx_classes
-                .iter()
-                .find(|(k, _)| k == c)
-                .map(|(_, w)| *w)
-                .unwrap_or(c.as_str());
+    b.push_str("</p>");
+}
+
+/// One device's card: its health, its values in words, a 24-hour chart
+/// per charted value with at least two points, and when it was last seen.
+fn write_device_card(
+    b: &mut String,
+    id: &str,
+    d: &DeviceStatus,
+    history: &History,
+    t: &Strings,
+    now: i64,
+    zone: Zone,
+) {
+    let (hw, hc) = match &d.health {
+        Health::Ok => (t.health_ok.to_owned(), "ok"),
+        Health::Stale => (t.health_stale.to_owned(), "warn"),
+        Health::Fault(r) => (format!("{}: {}", t.health_fault, r), "bad"),
+    };
+    let _ = write!(
+        b,
+        "<section class=\"card {hc}\" data-device=\"{id}\"><h2>{id}</h2><p class=\"health\">{}</p><dl>",
+        esc(&hw),
+        id = esc(id)
+    );
+    for (k, v) in value_lines(d, t) {
+        let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(&k), esc(&v));
+    }
+    b.push_str("</dl>");
+    for key in CHARTED {
+        let pts = history.get(id, key);
+        if pts.len() >= 2 {
             let _ = write!(
                 b,
-                " · <span class=\"influx-class\" data-class=\"{}\">{}</span>",
-                esc(c),
-                esc(words)
+                "<figure><figcaption>{} — {}</figcaption>{}</figure>",
+                esc(&words::label(key, t.lang)),
+                t.last_24h,
+                svg_chart(&pts, now, words::unit(key).unwrap_or(""), zone, t.lang)
             );
         }
-        b.push_str("</p>");
     }
-    b.push_str("<main>");
-    let now = now_ms();
-    for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
-        let (hw, hc) = match &d.health {
-            Health::Ok => (t.health_ok.to_owned(), "ok"),
-            Health::Stale => (t.health_stale.to_owned(), "warn"),
-            Health::Fault(r) => (format!("{}: {}", t.health_fault, r), "bad"),
-        };
-        let _ = write!(
-            b,
-            "<section class=\"card {hc}\" data-device=\"{id}\"><h2>{id}</h2><p class=\"health\">{}</p><dl>",
-            esc(&hw),
-            id = esc(id)
-        );
-        for (k, v) in value_lines(d, t) {
-            let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(&k), esc(&v));
-        }
-        b.push_str("</dl>");
-        for key in CHARTED {
-            let pts = history.get(id, key);
-            if pts.len() >= 2 {
-                let _ = write!(
-                    b,
-                    "<figure><figcaption>{} — {}</figcaption>{}</figure>",
-                    esc(&words::label(key, t.lang)),
-                    t.last_24h,
-                    svg_chart(&pts, now, words::unit(key).unwrap_or(""), zone, t.lang)
-                );
-            }
-        }
-        let seen = d
-            .last_seen_ms
-            .map(|ms| zone.hhmm(ms))
-            .unwrap_or_else(|| t.never.to_owned());
-        let _ = write!(b, "<p class=\"seen\">{}: {seen}</p></section>", t.last_seen);
-    }
-    let _ = write!(b, "</main><section class=\"events\"><h2>{}</h2>", t.events);
+    let seen = d
+        .last_seen_ms
+        .map(|ms| zone.hhmm(ms))
+        .unwrap_or_else(|| t.never.to_owned());
+    let _ = write!(b, "<p class=\"seen\">{}: {seen}</p></section>", t.last_seen);
+}
+
+/// The recent events, in the order the snapshot keeps them, each in the
+/// reader's language.
+fn write_events(b: &mut String, s: &Snapshot, t: &Strings, zone: Zone) {
+    let _ = write!(b, "<section class=\"events\"><h2>{}</h2>", t.events);
     if s.events.is_empty() {
         let _ = write!(b, "<p>{}</p>", t.no_events);
     } else {
@@ -286,16 +333,7 @@ pub fn render_body_in(
         }
         b.push_str("</ul>");
     }
-    let _ = write!(
-        b,
-        "</section><section class=\"led\"><h2>{}</h2><ul>",
-        t.led_title
-    );
-    for l in t.led_legend {
-        let _ = write!(b, "<li>{l}</li>");
-    }
-    b.push_str("</ul></section>");
-    b
+    b.push_str("</section>");
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}\
