@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::{default_interval, duration_problem, AbsPath, Port};
 use crate::source::threshold::ThresholdConfig;
+use crate::types::{default_interval, duration_problem, AbsPath, Port};
 
 /// A UPS served by an existing NUT `upsd` (any UPS NUT supports, USB HID
 /// models included). One device per UPS name, so each has its own health,
