@@ -14,16 +14,12 @@ use super::{authorised, AppState, Client};
 use crate::model::now_ms;
 use crate::status::{InfluxStatus, Snapshot};
 
-/// Prometheus text exposition of the snapshot.
-pub fn render_metrics(s: &Snapshot) -> String {
-    render_metrics_with(s, 0)
-}
-
-/// As [`render_metrics`], with what the page itself counts:
+/// Prometheus text exposition of the snapshot, with what the page itself
+/// counts:
 /// `refused_hosts`, the requests refused for a name the gateway does not
 /// answer to (a DNS rebinding attempt, or a name missing from
 /// `web.allowed_hosts`).
-pub fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
+fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
     let mut r = Registry::with_prefix("wardgate");
     register_devices(&mut r, s);
     register_records(&mut r, s);
@@ -271,6 +267,11 @@ pub(super) async fn metrics(
 mod tests {
     use super::*;
     use crate::status::StatusHub;
+
+    /// The exposition with no refused hosts.
+    fn render_metrics(s: &Snapshot) -> String {
+        render_metrics_with(s, 0)
+    }
 
     #[test]
     fn metrics_exposition() {

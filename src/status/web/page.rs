@@ -24,14 +24,8 @@ fn is_ups(kind: &str, values: &crate::model::Values) -> bool {
 }
 
 /// The one big sentence, and its colour class (ok / warn / bad), with
-/// times in Vietnam's time zone.
-pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
-    headline_in(s, t, Zone::default())
-}
-
-/// The one big sentence, and its colour class (ok / warn / bad), with
 /// times in the site's time zone.
-pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static str) {
+fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static str) {
     if let Some(p) = &s.power {
         match p.state {
             PowerState::ShuttingDown => {
@@ -121,17 +115,12 @@ fn value_lines(d: &DeviceStatus, t: &Strings) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The page body (also what the page fetches to refresh itself);
-/// `notices` are warnings for whoever looks after the box, one line each
-/// under the headline.
-pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
-    render_body_in(s, history, t, notices, Zone::default())
-}
-
-/// [`render_body`] with times in the site's time zone: the headline and
-/// its notices, the link line, the catch-up, the InfluxDB line, a card
+/// The page body (also what the page fetches to refresh itself), with
+/// times in the site's time zone; `notices` are warnings for whoever looks
+/// after the box, one line each under the headline. In order: the headline
+/// and its notices, the link line, the catch-up, the InfluxDB line, a card
 /// per device, the recent events and the LED legend, in that order.
-pub fn render_body_in(
+pub(super) fn render_body_in(
     s: &Snapshot,
     history: &History,
     t: &Strings,
@@ -354,7 +343,7 @@ const SCRIPT: &str = "setInterval(function(){fetch('body'+location.search).then(
 /// SHA-256, so an injected `<script>` or `style` would not run), the
 /// refresh may fetch from this origin only, and no other site may frame
 /// the page.
-pub fn content_security_policy() -> &'static str {
+pub(super) fn content_security_policy() -> &'static str {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CSP.get_or_init(|| {
         let hash = |text: &str| {
@@ -374,12 +363,9 @@ pub fn content_security_policy() -> &'static str {
     })
 }
 
-pub fn render_page(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
-    render_page_in(s, history, t, notices, Zone::default())
-}
-
-/// [`render_page`] with times in the site's time zone.
-pub fn render_page_in(
+/// The whole page: its style, the body ([`render_body_in`]) and the
+/// script that refreshes it, with times in the site's time zone.
+pub(super) fn render_page_in(
     s: &Snapshot,
     history: &History,
     t: &Strings,

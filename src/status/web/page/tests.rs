@@ -1,6 +1,22 @@
 use super::*;
-use crate::status::web::{EN, VI};
+use crate::status::web::strings::{EN, VI};
 use crate::status::StatusHub;
+
+/// The one big sentence, and its colour class, with times in Vietnam's
+/// time zone.
+fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
+    headline_in(s, t, Zone::default())
+}
+
+/// The page body, with times in Vietnam's time zone.
+fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
+    render_body_in(s, history, t, notices, Zone::default())
+}
+
+/// The whole page, with times in Vietnam's time zone.
+fn render_page(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
+    render_page_in(s, history, t, notices, Zone::default())
+}
 
 #[test]
 fn headlines_worst_first() {
