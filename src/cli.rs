@@ -14,7 +14,7 @@ use crate::spool::db::Db;
 pub mod exit {
     pub const OK: u8 = 0;
     /// A device could not be reached.
-    pub const UNAVAILABLE: u8 = 69;
+    pub(super) const UNAVAILABLE: u8 = 69;
     /// The spool or another file could not be read.
     pub const IO: u8 = 74;
     /// The configuration is invalid.
@@ -23,7 +23,7 @@ pub mod exit {
     /// systemd's `Restart=on-failure` starts it again (EX_TEMPFAIL).
     pub const RESTART: u8 = 75;
     /// `[power]`: the shutdown command would not be allowed (EX_NOPERM).
-    pub const NOPERM: u8 = 77;
+    pub(super) const NOPERM: u8 = 77;
 }
 
 /// Prints config problems, one per line, for a technician.
@@ -425,7 +425,7 @@ struct Stats {
 
 /// How long `spool stats` watches a non-empty spool drain to measure the
 /// rate the backlog is sent at.
-pub const CATCHUP_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+const CATCHUP_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The spool's records now, and again after `look`, as the catch-up line.
 fn catchup_of(path: &Path, first: u64, look: std::time::Duration) -> Option<[String; 2]> {

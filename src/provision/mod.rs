@@ -25,9 +25,9 @@ mod card;
 mod files;
 mod secrets;
 
-pub use self::card::*;
+pub use self::card::BOOT_DIRS;
+use self::card::*;
 use self::files::*;
-pub use self::files::{wardgate_gid, write_atomic};
 use self::secrets::*;
 
 #[derive(Debug, thiserror::Error)]

@@ -26,11 +26,11 @@ pub const MAX_LINE: usize = 1024;
 /// 50 to 150 (an APC Smart-UPS over usbhid-ups about 90, an Eaton 5PX
 /// about 140); a reply longer than this is a broken or hostile upsd, and
 /// collecting it without end would run the gateway out of memory.
-pub const MAX_VARS: usize = 1000;
+const MAX_VARS: usize = 1000;
 
 /// Most bytes (names and values) accepted in one `LIST VAR` reply: 150
 /// variables of a real UPS take about 6 KiB.
-pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+const MAX_REPLY_BYTES: usize = 256 * 1024;
 
 /// Line framing of upsd's replies, sans-IO: the reader feeds it what the
 /// socket gave until a line is complete. Pure, so it is fuzzed
@@ -249,7 +249,7 @@ pub fn to_values(vars: &[(String, String)]) -> Values {
 /// As [`to_values`], with the names left out for being outside the
 /// contract, for the device to count and log
 /// ([`crate::source::DeviceHandle::left_out`]).
-pub fn to_values_checked(vars: &[(String, String)]) -> (Values, Vec<String>) {
+pub(crate) fn to_values_checked(vars: &[(String, String)]) -> (Values, Vec<String>) {
     let mut v = Values::new();
     let mut bad = Vec::new();
     for (name, value) in vars {
