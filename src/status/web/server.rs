@@ -4,8 +4,8 @@
 //! nothing a LAN client does can hold file descriptors the data path needs.
 //!
 //! Why not `axum::serve`: it has no header-read timeout, no idle timeout
-//! and no connection cap (issue 11 item 1: 1,100 half-sent requests used up
-//! the process's 1,024 descriptors and the MQTT link could not reconnect).
+//! and no connection cap, so 1,100 half-sent requests would use up the
+//! process's 1,024 descriptors and the MQTT link could not reconnect.
 //! Why hyper's builder rather than tower's limit layers: a tower layer sees
 //! a request only once its head has been read, so it can neither time out a
 //! slow head nor refuse a connection; hyper's `http1::Builder` has the

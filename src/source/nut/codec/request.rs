@@ -105,8 +105,9 @@ mod tests {
     }
 
     /// A word with a line break would end the command and start another
-    /// (a PEM key as a password file went out whole, line by line): every
-    /// builder refuses CR, LF and NUL, naming the word and not its content.
+    /// (a PEM key given as a password file would go out whole, line by
+    /// line): every builder refuses CR, LF and NUL, naming the word and
+    /// not its content.
     #[test]
     fn line_breaks_and_nul_are_refused_not_sent() {
         let key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----";

@@ -249,7 +249,10 @@ fn power_states_head_the_page() {
         });
     });
     let (h, _) = headline(&hub.get(), &VI);
-    assert_eq!(h, VI.ups_not_responding, "mains: as before");
+    assert_eq!(
+        h, VI.ups_not_responding,
+        "on mains, the UPS not answering heads the page"
+    );
     hub.update(|s| {
         let p = s.power.as_mut().unwrap();
         p.state = PowerState::OnBattery;
