@@ -244,6 +244,7 @@ fn from_card(extras: &[Extra], installed: &Path) -> bool {
     extras.iter().any(|e| e.to == installed)
 }
 
+/// The card's config refused for `problems`: nothing is installed.
 fn invalid(src: &Path, problems: Vec<String>) -> ProvisionError {
     ProvisionError::Invalid {
         path: src.to_owned(),
