@@ -14,7 +14,7 @@ use crate::spool::db::Db;
 pub mod exit {
     pub const OK: u8 = 0;
     /// A device could not be reached.
-    pub const UNAVAILABLE: u8 = 69;
+    pub(super) const UNAVAILABLE: u8 = 69;
     /// The spool or another file could not be read.
     pub const IO: u8 = 74;
     /// The configuration is invalid.
@@ -23,7 +23,7 @@ pub mod exit {
     /// systemd's `Restart=on-failure` starts it again (EX_TEMPFAIL).
     pub const RESTART: u8 = 75;
     /// `[power]`: the shutdown command would not be allowed (EX_NOPERM).
-    pub const NOPERM: u8 = 77;
+    pub(super) const NOPERM: u8 = 77;
 }
 
 /// Prints config problems, one per line, for a technician.
@@ -54,6 +54,47 @@ pub async fn check(
             return exit::CONFIG;
         }
     };
+    print_config_summary(path, &cfg, out);
+    let config_set = cfg.commands.enabled
+        && cfg
+            .commands
+            .allowed()
+            .contains(&crate::command::request::Op::ConfigSet);
+    if config_set {
+        // Said with --config-only too: it is about files, not devices.
+        let _ = match crate::config::remote_policy::Policy::load(policy) {
+            Ok(p) => writeln!(out, "config.set: remote change policy: {}", p.describe()),
+            Err(e) => writeln!(out, "config.set: remote change policy NOT USABLE: {e}"),
+        };
+    }
+    if config_only {
+        return exit::OK;
+    }
+    if config_set {
+        for l in crate::command::access::check_lines(path) {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+    let mut code = exit::OK;
+    if cfg.influxdb.enabled() && !influx_usable(&cfg, out).await {
+        code = exit::UNAVAILABLE;
+    }
+    if let Some(p) = &cfg.power {
+        let allowed = shutdown_allowed(p, out).await;
+        if !allowed && code == exit::OK {
+            code = exit::NOPERM;
+        }
+    }
+    if !probe_devices(&cfg, out).await {
+        code = exit::UNAVAILABLE;
+    }
+    code
+}
+
+/// The config's one-line summary, then the warnings the config alone
+/// gives (files readable by others, logins in clear text), and the
+/// InfluxDB target.
+fn print_config_summary(path: &Path, cfg: &Config, out: &mut impl Write) {
     let _ = writeln!(
         out,
         "config {}: ok (site {}, {} device(s), broker {}:{}{})",
@@ -90,45 +131,28 @@ pub async fn check(
             cfg.influxdb.org, cfg.influxdb.bucket
         );
     }
-    let config_set = cfg.commands.enabled
-        && cfg
-            .commands
-            .allowed()
-            .contains(&crate::command::request::Op::ConfigSet);
-    if config_set {
-        // Said with --config-only too: it is about files, not devices.
-        let _ = match crate::config::remote_policy::Policy::load(policy) {
-            Ok(p) => writeln!(out, "config.set: remote change policy: {}", p.describe()),
-            Err(e) => writeln!(out, "config.set: remote change policy NOT USABLE: {e}"),
-        };
-    }
-    if config_only {
-        return exit::OK;
-    }
-    if config_set {
-        for l in crate::command::access::check_lines(path) {
-            let _ = writeln!(out, "{l}");
+}
+
+/// One authenticated request to InfluxDB (a zero-point write); false when
+/// it failed.
+async fn influx_usable(cfg: &Config, out: &mut impl Write) -> bool {
+    match crate::sink::influx::check(&cfg.influxdb).await {
+        Ok(found) => {
+            let _ = writeln!(out, "influxdb: ok: {found}");
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(out, "influxdb: NOT USABLE: {e}");
+            false
         }
     }
-    let mut code = exit::OK;
-    if cfg.influxdb.enabled() {
-        // One authenticated request: a zero-point write.
-        match crate::sink::influx::check(&cfg.influxdb).await {
-            Ok(found) => {
-                let _ = writeln!(out, "influxdb: ok: {found}");
-            }
-            Err(e) => {
-                let _ = writeln!(out, "influxdb: NOT USABLE: {e}");
-                code = exit::UNAVAILABLE;
-            }
-        }
-    }
-    if let Some(p) = &cfg.power {
-        let allowed = shutdown_allowed(p, out).await;
-        if !allowed && code == exit::OK {
-            code = exit::NOPERM;
-        }
-    }
+}
+
+/// Reads each device once and prints its values (and, for a NUT device
+/// with a login, whether upsd accepts it: the power-off needs it); false
+/// when a device could not be read or its login is refused.
+async fn probe_devices(cfg: &Config, out: &mut impl Write) -> bool {
+    let mut all_fine = true;
     for dev in &cfg.devices {
         match source::probe(dev).await {
             Ok(values) => {
@@ -137,14 +161,10 @@ pub async fn check(
                     let raw = serde_json::to_string(v).unwrap_or_default();
                     let _ = writeln!(out, "  {k} = {raw}{}", in_words(k, v, &values));
                 }
-                // A NUT device with a login: does upsd accept it (the
-                // power-off needs it)?
                 if let crate::config::DeviceConfig::Nut(n) = dev {
                     for (fine, line) in source::nut::check_login(n).await {
                         let _ = writeln!(out, "  {line}");
-                        if !fine {
-                            code = exit::UNAVAILABLE;
-                        }
+                        all_fine &= fine;
                     }
                 }
             }
@@ -155,11 +175,11 @@ pub async fn check(
                     dev.id(),
                     dev.kind()
                 );
-                code = exit::UNAVAILABLE;
+                all_fine = false;
             }
         }
     }
-    code
+    all_fine
 }
 
 /// Prints whether `power.shutdown_command` would be allowed for the
@@ -405,7 +425,7 @@ struct Stats {
 
 /// How long `spool stats` watches a non-empty spool drain to measure the
 /// rate the backlog is sent at.
-pub const CATCHUP_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+const CATCHUP_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The spool's records now, and again after `look`, as the catch-up line.
 fn catchup_of(path: &Path, first: u64, look: std::time::Duration) -> Option<[String; 2]> {

@@ -76,7 +76,12 @@ pub(super) fn size_text(bytes: u64) -> String {
 /// new one, never a torn one: temp file, fsync, rename, fsync the directory.
 /// The temp file has a random name and is created exclusively (O_EXCL,
 /// O_NOFOLLOW): nothing planted in the directory is followed or reused.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, gid: Option<u32>) -> std::io::Result<()> {
+pub(super) fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    gid: Option<u32>,
+) -> std::io::Result<()> {
     write_atomic_with(path, bytes, mode, gid, true)
 }
 
@@ -128,7 +133,7 @@ pub(super) fn write_atomic_with(
 }
 
 /// The `wardgate` group's id, if the package created it.
-pub fn wardgate_gid() -> Option<u32> {
+pub(super) fn wardgate_gid() -> Option<u32> {
     let name = std::ffi::CString::new("wardgate").ok()?;
     // SAFETY: getgrnam returns a pointer to static storage or null; we only
     // read gr_gid before any other call could overwrite it.

@@ -18,15 +18,16 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::secrets::{Role, SecretUse};
 use crate::config::Config;
 
 mod card;
 mod files;
 mod secrets;
 
-pub use self::card::*;
+pub use self::card::BOOT_DIRS;
+use self::card::*;
 use self::files::*;
-pub use self::files::{wardgate_gid, write_atomic};
 use self::secrets::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,36 +231,80 @@ fn in_etc(f: &Path, etc: &Path) -> PathBuf {
         .unwrap_or_else(|_| f.to_owned())
 }
 
-fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config), ProvisionError> {
-    let invalid = |problems| ProvisionError::Invalid {
+/// A file taken off the card: where it is on the card, where it is
+/// installed, and its bytes (read once).
+struct Extra {
+    card: PathBuf,
+    to: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Whether `installed` is one of the files brought on the card.
+fn from_card(extras: &[Extra], installed: &Path) -> bool {
+    extras.iter().any(|e| e.to == installed)
+}
+
+/// The card's config refused for `problems`: nothing is installed.
+fn invalid(src: &Path, problems: Vec<String>) -> ProvisionError {
+    ProvisionError::Invalid {
         path: src.to_owned(),
         problems,
-    };
-    let bytes = match look(src, CONFIG_MAX).map_err(io(src))? {
-        CardFile::Read(b) => b,
-        CardFile::Absent => {
-            return Err(io(src)(std::io::ErrorKind::NotFound.into()));
-        }
-        CardFile::NotAFile(what) => {
-            return Err(invalid(vec![format!(
+    }
+}
+
+/// Reads the card's config and extra files, checks them against what is
+/// installed, and only when nothing is wrong puts them in place.
+fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config), ProvisionError> {
+    let bytes = read_card_config(src)?;
+    let (extras, mut problems) = read_card_extras(boot, etc)?;
+    let (text, cfg) = parse_card_config(src, bytes, &mut problems)?;
+    let secrets = cfg.secret_uses();
+    problems.extend(missing_files(&cfg, &secrets, etc, &extras));
+    problems.extend(credentials_for_another_broker(&cfg, etc, &extras));
+    problems.extend(secrets_sent_elsewhere(&secrets, etc, &extras));
+    if !problems.is_empty() {
+        return Err(invalid(src, problems));
+    }
+    let installed = put_in_place(boot, src, etc, &extras, &text)?;
+    Ok((installed, cfg))
+}
+
+/// The config file's bytes, read with the care every card file gets
+/// ([`look`]).
+fn read_card_config(src: &Path) -> Result<Vec<u8>, ProvisionError> {
+    match look(src, CONFIG_MAX).map_err(io(src))? {
+        CardFile::Read(b) => Ok(b),
+        CardFile::Absent => Err(io(src)(std::io::ErrorKind::NotFound.into())),
+        CardFile::NotAFile(what) => Err(invalid(
+            src,
+            vec![format!(
                 "{CONFIG_NAME} {what}; copy the file itself onto the card"
-            )]))
-        }
-        CardFile::TooBig(max) => {
-            return Err(invalid(vec![format!(
+            )],
+        )),
+        CardFile::TooBig(max) => Err(invalid(
+            src,
+            vec![format!(
                 "{CONFIG_NAME} is larger than {}: not a wardgate configuration (nothing was read)",
                 size_text(max)
-            )]))
-        }
-    };
-    // The extra files on the card, each read once, with the same care.
+            )],
+        )),
+    }
+}
+
+/// The extra files on the card, each read once, with the same care; and
+/// the problems with those that cannot be taken.
+fn read_card_extras(boot: &Path, etc: &Path) -> Result<(Vec<Extra>, Vec<String>), ProvisionError> {
     let mut problems = Vec::new();
-    let mut extras: Vec<(PathBuf, PathBuf, Vec<u8>)> = Vec::new();
+    let mut extras = Vec::new();
     for (from, to) in EXTRA_FILES {
         let p = boot.join(from);
         match look(&p, EXTRA_MAX).map_err(io(&p))? {
             CardFile::Absent => {}
-            CardFile::Read(b) => extras.push((p, etc.join(to), b)),
+            CardFile::Read(bytes) => extras.push(Extra {
+                card: p,
+                to: etc.join(to),
+                bytes,
+            }),
             CardFile::NotAFile(what) => {
                 problems.push(format!("{from} {what}; copy the file itself onto the card"))
             }
@@ -269,39 +314,49 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
             )),
         }
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| invalid(vec!["the file is not UTF-8 text (save it as UTF-8)".into()]))?;
-    let cfg = match Config::from_toml(&text) {
-        Ok(cfg) => cfg,
+    Ok((extras, problems))
+}
+
+/// The config as text and parsed. When it does not parse, its problems
+/// come first, then the card's (`card_problems`).
+fn parse_card_config(
+    src: &Path,
+    bytes: Vec<u8>,
+    card_problems: &mut Vec<String>,
+) -> Result<(String, Config), ProvisionError> {
+    let text = String::from_utf8(bytes).map_err(|_| {
+        invalid(
+            src,
+            vec!["the file is not UTF-8 text (save it as UTF-8)".into()],
+        )
+    })?;
+    match Config::from_toml(&text) {
+        Ok(cfg) => Ok((text, cfg)),
         Err(e) => {
             let mut p = match e {
                 crate::config::ConfigError::Invalid(p) => p,
                 other => vec![other.to_string()],
             };
-            p.append(&mut problems);
-            return Err(invalid(p));
+            p.append(card_problems);
+            Err(invalid(src, p))
         }
-    };
-    let from_card = |installed: &Path| extras.iter().any(|(_, to, _)| to == installed);
-    // Files the config names must exist once installed: on the card now
-    // (as wardgate-*.crt etc.) or already in /etc/wardgate.
-    let secrets = cfg.secret_uses();
-    let named: Vec<(String, Option<&Path>)> = [
+    }
+}
+
+/// Files the config names must exist once installed: on the card now
+/// (as wardgate-*.crt etc.) or already in /etc/wardgate.
+fn missing_files(cfg: &Config, secrets: &[SecretUse], etc: &Path, extras: &[Extra]) -> Vec<String> {
+    let named = [
         ("mqtt.ca_file", cfg.mqtt.ca_file.as_deref()),
         ("mqtt.cert_file", cfg.mqtt.cert_file.as_deref()),
     ]
     .into_iter()
-    .map(|(k, f)| (k.to_owned(), f))
-    .chain(
-        secrets
-            .iter()
-            .map(|u| (u.key.clone(), Some(u.path.as_path()))),
-    )
-    .collect();
+    .filter_map(|(k, f)| Some((k.to_owned(), f?)))
+    .chain(secrets.iter().map(|u| (u.key.clone(), u.path.as_path())));
+    let mut problems = Vec::new();
     for (key, f) in named {
-        let Some(f) = f else { continue };
         let installed = in_etc(f, etc);
-        if !installed.exists() && !from_card(&installed) {
+        if !installed.exists() && !from_card(extras, &installed) {
             problems.push(format!(
                 "{key}: {} does not exist; put the file on the card as {} or fix the path",
                 f.display(),
@@ -313,66 +368,73 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
             ));
         }
     }
-    // A config for another broker (host, port, TLS or CA) never inherits
-    // the credentials installed for the old one: it could send them
-    // anywhere, in clear. It must bring its own in the same provisioning.
-    let new = Broker::of(&cfg, |f| {
+    problems
+}
+
+/// A config for another broker (host, port, TLS or CA) never inherits
+/// the credentials installed for the old one: it could send them
+/// anywhere, in clear. It must bring its own in the same provisioning.
+fn credentials_for_another_broker(cfg: &Config, etc: &Path, extras: &[Extra]) -> Vec<String> {
+    let new = Broker::of(cfg, |f| {
         let installed = in_etc(f, etc);
-        match extras.iter().find(|(_, to, _)| *to == installed) {
-            Some((_, _, b)) => Some(b.clone()),
+        match extras.iter().find(|e| e.to == installed) {
+            Some(e) => Some(e.bytes.clone()),
             None => read_installed(&installed, EXTRA_MAX),
         }
     });
     let old = installed_broker(etc);
-    if new.is_none() || old != new {
-        for (key, card, f) in [
-            (
-                "mqtt.password_file",
-                "wardgate-mqtt.password",
-                &cfg.mqtt.password_file,
-            ),
-            ("mqtt.cert_file", "wardgate-client.crt", &cfg.mqtt.cert_file),
-            ("mqtt.key_file", "wardgate-client.key", &cfg.mqtt.key_file),
-        ] {
-            let Some(f) = f else { continue };
-            let installed = in_etc(f, etc);
-            if from_card(&installed) || std::fs::symlink_metadata(&installed).is_err() {
-                // Brought along, or missing (reported above).
-                continue;
-            }
-            problems.push(format!(
-                "{key}: this config is for another broker (installed: {old}; new: {new}), so the \
-                 installed {path} is not given to it. Put that broker's own file on the card as \
-                 {card}, next to wardgate.toml. / Cấu hình này dùng máy chủ MQTT khác, nên \
-                 mật khẩu/khoá đã cài ({path}) không được gửi tới máy chủ đó. Hãy chép tệp {card} \
-                 của máy chủ mới vào thẻ nhớ, cạnh wardgate.toml.",
-                old = Broker::describe(old.as_ref(), new.as_ref()),
-                new = Broker::describe(new.as_ref(), old.as_ref()),
-                path = f.display(),
-            ));
-        }
+    let mut problems = Vec::new();
+    if new.is_some() && old == new {
+        return problems;
     }
-    // Every other secret too: an installed secret goes only where it went
-    // before, under the same key (a card that keeps the broker could
-    // otherwise hand the installed MQTT password, under any name, to a
-    // NUT device on any host, or to a database).
+    for (key, card, f) in [
+        (
+            "mqtt.password_file",
+            "wardgate-mqtt.password",
+            &cfg.mqtt.password_file,
+        ),
+        ("mqtt.cert_file", "wardgate-client.crt", &cfg.mqtt.cert_file),
+        ("mqtt.key_file", "wardgate-client.key", &cfg.mqtt.key_file),
+    ] {
+        let Some(f) = f else { continue };
+        let installed = in_etc(f, etc);
+        if from_card(extras, &installed) || std::fs::symlink_metadata(&installed).is_err() {
+            // Brought along, or missing (reported by missing_files).
+            continue;
+        }
+        problems.push(format!(
+            "{key}: this config is for another broker (installed: {old}; new: {new}), so the \
+             installed {path} is not given to it. Put that broker's own file on the card as \
+             {card}, next to wardgate.toml. / Cấu hình này dùng máy chủ MQTT khác, nên \
+             mật khẩu/khoá đã cài ({path}) không được gửi tới máy chủ đó. Hãy chép tệp {card} \
+             của máy chủ mới vào thẻ nhớ, cạnh wardgate.toml.",
+            old = Broker::describe(old.as_ref(), new.as_ref()),
+            new = Broker::describe(new.as_ref(), old.as_ref()),
+            path = f.display(),
+        ));
+    }
+    problems
+}
+
+/// Every secret but the broker's ([`credentials_for_another_broker`]):
+/// an installed secret goes only where it went before, under the same key
+/// (a card that keeps the broker could otherwise hand the installed MQTT
+/// password, under any name, to a NUT device on any host, or to a
+/// database).
+fn secrets_sent_elsewhere(secrets: &[SecretUse], etc: &Path, extras: &[Extra]) -> Vec<String> {
     let before = installed_config(etc)
         .map(|c| c.secret_uses())
         .unwrap_or_default();
-    for u in &secrets {
-        if matches!(
-            u.role,
-            crate::config::secrets::Role::MqttPassword | crate::config::secrets::Role::MqttKey
-        ) {
-            continue; // the broker rule above
+    let mut problems = Vec::new();
+    for u in secrets {
+        if matches!(u.role, Role::MqttPassword | Role::MqttKey) {
+            continue; // the broker rule
         }
         let installed = in_etc(&u.path, etc);
-        if from_card(&installed) || std::fs::symlink_metadata(&installed).is_err() {
+        if from_card(extras, &installed) || std::fs::symlink_metadata(&installed).is_err() {
             continue;
         }
-        let same = |b: &&crate::config::secrets::SecretUse| {
-            in_etc(&b.path, etc).components().eq(installed.components())
-        };
+        let same = |b: &&SecretUse| in_etc(&b.path, etc).components().eq(installed.components());
         let card = EXTRA_FILES
             .iter()
             .find(|(_, to)| Some(*to) == u.path.file_name().and_then(|n| n.to_str()))
@@ -394,17 +456,26 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
             )),
         }
     }
-    if !problems.is_empty() {
-        return Err(invalid(problems));
-    }
+    problems
+}
+
+/// Writes the extra files, then the config (keeping the previous one),
+/// then takes them off the card. Returns the files installed.
+fn put_in_place(
+    boot: &Path,
+    src: &Path,
+    etc: &Path,
+    extras: &[Extra],
+    text: &str,
+) -> Result<Vec<PathBuf>, ProvisionError> {
     std::fs::create_dir_all(etc).map_err(io(etc))?;
     let gid = wardgate_gid();
     let mut installed = Vec::new();
     // Extras first, the config last: the service never sees a config whose
     // files are not there yet.
-    for (_, to, b) in &extras {
-        write_atomic(to, b, 0o640, gid).map_err(io(to))?;
-        installed.push(to.clone());
+    for e in extras {
+        write_atomic(&e.to, &e.bytes, 0o640, gid).map_err(io(&e.to))?;
+        installed.push(e.to.clone());
     }
     let dest = etc.join(CONFIG_NAME);
     // The previous config is kept only when it is a regular file: a link
@@ -425,14 +496,14 @@ fn install(boot: &Path, src: &Path, etc: &Path) -> Result<(Vec<PathBuf>, Config)
     write_atomic(&dest, text.as_bytes(), 0o640, gid).map_err(io(&dest))?;
     installed.push(dest);
     // Only now take the secrets off the card.
-    for (from, _, _) in &extras {
-        std::fs::remove_file(from).map_err(io(from))?;
+    for e in extras {
+        std::fs::remove_file(&e.card).map_err(io(&e.card))?;
     }
     std::fs::remove_file(src).map_err(io(src))?;
     if let Ok(d) = std::fs::File::open(boot) {
         let _ = d.sync_all();
     }
-    Ok((installed, cfg))
+    Ok(installed)
 }
 
 #[cfg(test)]

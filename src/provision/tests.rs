@@ -233,11 +233,10 @@ fn dates() {
     assert_eq!(civil_from_days(11_016), (2000, 2, 29));
 }
 
-/// Issue 23: provisioning runs as root and /etc/wardgate may be
-/// group-writable (config.set): a link planted at the installed config or
-/// at an installed secret is never followed. Before, the config's link was
-/// read and its target copied to wardgate.toml.previous (mode 0640, group
-/// wardgate).
+/// Provisioning runs as root and /etc/wardgate may be group-writable
+/// (config.set): a link planted at the installed config or at an installed
+/// secret is never followed, so its target (/etc/shadow, say) is never
+/// copied to wardgate.toml.previous (mode 0640, group wardgate).
 #[test]
 fn installed_files_are_never_read_through_a_link() {
     let (t, boot, etc) = dirs();
@@ -269,9 +268,9 @@ fn installed_files_are_never_read_through_a_link() {
     assert_eq!(read_installed(&etc.join("mqtt.password"), EXTRA_MAX), None);
 }
 
-/// Issue 23: the broker rule holds for every secret. A card that keeps the
-/// broker cannot hand an installed secret, under any name, to a NUT device
-/// on another host; the same device on the same upsd keeps its password.
+/// The broker rule holds for every secret. A card that keeps the broker
+/// cannot hand an installed secret, under any name, to a NUT device on
+/// another host; the same device on the same upsd keeps its password.
 #[test]
 fn an_installed_secret_goes_only_where_it_went_before() {
     let (_t, boot, etc) = dirs();

@@ -47,7 +47,7 @@ pub struct NutConfig {
 }
 
 /// Longest upsd user name accepted.
-pub(crate) const USERNAME_MAX: usize = 64;
+const USERNAME_MAX: usize = 64;
 
 fn default_nut_host() -> String {
     "127.0.0.1".into()
@@ -70,7 +70,7 @@ pub(crate) fn default_nut_timeout() -> Duration {
 
 impl NutConfig {
     /// Problems the types cannot see, each naming its key under `key`.
-    pub fn problems(&self, key: &str) -> Vec<String> {
+    pub(crate) fn problems(&self, key: &str) -> Vec<String> {
         let mut p = Vec::new();
         if self.host.trim().is_empty() {
             p.push(format!("{key}.host: must not be empty"));

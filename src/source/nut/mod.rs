@@ -24,7 +24,7 @@ use crate::model::{Value, Values};
 use codec::{Line, ListOutcome, ListVar};
 
 #[derive(Debug, thiserror::Error)]
-pub enum NutError {
+pub(crate) enum NutError {
     /// upsd cannot be reached or the connection broke: fault, reconnect.
     #[error("upsd at {0}: {1}")]
     Connect(String, std::io::Error),
@@ -64,11 +64,11 @@ pub enum NutError {
 /// bound stops a peer that drips one line at a time from holding a poll
 /// (and the device's health) for up to the variable limit times the
 /// per-line timeout.
-pub const REPLY_DEADLINE_FACTOR: u32 = 3;
+const REPLY_DEADLINE_FACTOR: u32 = 3;
 
 /// The variable that holds the UPS's delay before its output goes off
 /// (NUT's name; in seconds).
-pub const DELAY_VAR: &str = "ups.delay.shutdown";
+const DELAY_VAR: &str = "ups.delay.shutdown";
 
 /// How often a tracked command's outcome is asked for while it waits for
 /// the driver (which acts between its own polls).
@@ -80,13 +80,13 @@ const TRACKING_POLL: Duration = Duration::from_millis(200);
 const LOGIN_PROBE_VAR: &str = "wardgate.login.check";
 
 /// One connection to upsd, over any byte stream.
-pub struct Nut<S> {
+struct Nut<S> {
     io: BufReader<S>,
     timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
-    pub fn new(io: S, timeout: Duration) -> Self {
+    fn new(io: S, timeout: Duration) -> Self {
         Nut {
             io: BufReader::new(io),
             timeout,
@@ -146,7 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// its answer until the handshake: bytes already waiting would be
     /// read as if they came over TLS (a man in the middle's injection), so
     /// they are an error too. Returns the stream for the handshake.
-    pub async fn starttls(mut self) -> Result<S, NutError> {
+    async fn starttls(mut self) -> Result<S, NutError> {
         self.send(codec::CMD_STARTTLS).await?;
         let answer = match self.line().await {
             Err(NutError::Timeout(t)) => {
@@ -168,7 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         Ok(self.io.into_inner())
     }
 
-    pub async fn login(&mut self, user: &str, password: &str) -> Result<(), NutError> {
+    async fn login(&mut self, user: &str, password: &str) -> Result<(), NutError> {
         self.send(&codec::cmd_username(user)?).await?;
         self.expect_ok().await?;
         self.send(&codec::cmd_password(password)?).await?;
@@ -176,7 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     }
 
     /// `LIST VAR <ups>`, mapped to values.
-    pub async fn list_var(&mut self, ups: &str) -> Result<Values, NutError> {
+    async fn list_var(&mut self, ups: &str) -> Result<Values, NutError> {
         self.list_vars(ups).await.map(|v| codec::to_values(&v))
     }
 
@@ -184,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// line length, variables and bytes ([`codec::ListVar`]).
     /// The whole reply must arrive within [`REPLY_DEADLINE_FACTOR`] times
     /// the per-line timeout.
-    pub async fn list_vars(&mut self, ups: &str) -> Result<Vec<(String, String)>, NutError> {
+    async fn list_vars(&mut self, ups: &str) -> Result<Vec<(String, String)>, NutError> {
         self.send(&codec::cmd_list_var(ups)?).await?;
         let deadline = self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
         let read = async {
@@ -213,7 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
 
     /// `SET TRACKING ON`: true when upsd keeps each command's outcome
     /// (upsd 2.8 and later); an older one answers ERR.
-    pub async fn tracking_on(&mut self) -> Result<bool, NutError> {
+    async fn tracking_on(&mut self) -> Result<bool, NutError> {
         match self.ask(codec::CMD_TRACKING_ON).await? {
             Line::Ok => Ok(true),
             Line::Err(_) => Ok(false),
@@ -222,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     }
 
     /// `GET VAR <ups> <var>`.
-    pub async fn get_var(&mut self, ups: &str, var: &str) -> Result<String, NutError> {
+    async fn get_var(&mut self, ups: &str, var: &str) -> Result<String, NutError> {
         match self.ask(&codec::cmd_get_var(ups, var)?).await? {
             Line::Var {
                 ups: u,
@@ -309,11 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// lets it be set. The connection must be logged in (USERNAME and
     /// PASSWORD sent). Returns what was sent in words; `Err` says why the
     /// command was not taken (each ERR of upsd in plain words).
-    pub async fn shutdown_return(
-        &mut self,
-        ups: &str,
-        off_after: Duration,
-    ) -> Result<String, String> {
+    async fn shutdown_return(&mut self, ups: &str, off_after: Duration) -> Result<String, String> {
         let secs = off_after.as_secs() + u64::from(off_after.subsec_nanos() > 0);
         let io = |e: NutError| e.to_string();
         self.tracking_on().await.map_err(io)?;
@@ -337,7 +333,7 @@ fn unexpected(what: &str, line: &Line) -> NutError {
 }
 
 /// The byte stream to upsd: clear text, or TLS after `STARTTLS`.
-pub enum Conn {
+enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -437,7 +433,7 @@ fn handshake_words(e: &std::io::Error, host: &str) -> String {
 /// and the handshake (checking upsd's certificate against the CA and
 /// `host`) come first, and a refusal or a failed handshake ends the
 /// attempt: nothing goes in clear text but the word STARTTLS.
-pub async fn connect(cfg: &NutConfig) -> Result<Nut<Conn>, NutError> {
+async fn connect(cfg: &NutConfig) -> Result<Nut<Conn>, NutError> {
     let tls = cfg.tls.then(|| tls_connector(cfg)).transpose()?;
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let tcp = tokio::time::timeout(cfg.timeout, TcpStream::connect(&addr))
@@ -568,14 +564,14 @@ pub async fn run(cfg: NutConfig, h: DeviceHandle, cancel: CancellationToken) {
 }
 
 /// Reads the UPS once, for `wardgate check`.
-pub async fn probe(cfg: &NutConfig) -> Result<Values, NutError> {
+pub(crate) async fn probe(cfg: &NutConfig) -> Result<Values, NutError> {
     let mut c = connect(cfg).await?;
     c.list_var(&cfg.ups).await
 }
 
 /// The warning for a password file that other users of the box can read,
 /// naming the device; None when private, absent or unreadable.
-pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
+fn password_file_warning(cfg: &NutConfig) -> Option<String> {
     let path = cfg.password_file.as_deref()?;
     crate::host::file::readable_by_others(path).then(|| {
             format!(
@@ -592,7 +588,7 @@ pub fn password_file_warning(cfg: &NutConfig) -> Option<String> {
 /// certificate (or no TLS at all) yet.
 /// Without a login, the readings themselves: anyone who can answer for
 /// that address can forge them.
-pub fn cleartext_warning(cfg: &NutConfig) -> Option<String> {
+pub(crate) fn cleartext_warning(cfg: &NutConfig) -> Option<String> {
     if cfg.tls || crate::tls::is_loopback(&cfg.host) {
         return None;
     }
@@ -613,7 +609,7 @@ pub fn cleartext_warning(cfg: &NutConfig) -> Option<String> {
 /// accepts the login, and the delay the power-off would set. Each line
 /// with true when it is fine (a warning included), false when the
 /// power-off could not work.
-pub async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
+pub(crate) async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
     let Some(user) = &cfg.username else {
         return Vec::new();
     };

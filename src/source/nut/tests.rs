@@ -521,7 +521,7 @@ fn a_login_to_another_box_in_clear_text_is_warned_about() {
     );
     assert!(w.contains("login"), "{w}");
     // No login: nothing secret crosses, but the readings can be forged by
-    // whoever answers for that address (issue 23): warned too.
+    // whoever answers for that address: warned too.
     let mut anon = off(cfg("192.0.2.7", ""));
     anon.username = None;
     let w = cleartext_warning(&anon).expect("a warning without a login too");

@@ -5,32 +5,56 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::{authorised, AppState, Client};
 use crate::model::now_ms;
-use crate::status::Snapshot;
+use crate::status::{InfluxStatus, Snapshot};
 
-/// Prometheus text exposition of the snapshot.
-pub fn render_metrics(s: &Snapshot) -> String {
-    render_metrics_with(s, 0)
-}
-
-/// As [`render_metrics`], with what the page itself counts:
+/// Prometheus text exposition of the snapshot, with what the page itself
+/// counts:
 /// `refused_hosts`, the requests refused for a name the gateway does not
 /// answer to (a DNS rebinding attempt, or a name missing from
 /// `web.allowed_hosts`).
-pub fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
-    use prometheus_client::encoding::text::encode;
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
-    use prometheus_client::registry::Registry;
-    type Labels = Vec<(String, String)>;
+fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
     let mut r = Registry::with_prefix("wardgate");
-    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
-        let g: Gauge = Gauge::default();
-        g.set(v);
-        r.register(name, help, g);
-    };
+    register_devices(&mut r, s);
+    register_records(&mut r, s);
+    register_spool_and_uplink(&mut r, s);
+    if let Some(i) = &s.influxdb {
+        register_influx(&mut r, i);
+    }
+    register_gauge(
+        &mut r,
+        "web_refused_hosts",
+        "Page requests refused since start for a Host that is not the gateway's (421/400)",
+        refused_hosts as i64,
+    );
+    let build: Family<Labels, Gauge> = Family::default();
+    build
+        .get_or_create(&vec![("version".into(), s.version.clone())])
+        .set(1);
+    r.register("build_info", "Build information", build);
+    let mut out = String::new();
+    let _ = encode(&mut out, &r);
+    out
+}
+
+/// A metric's labels, as `(name, value)` pairs.
+type Labels = Vec<(String, String)>;
+
+/// One gauge without labels.
+fn register_gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    r.register(name, help, g);
+}
+
+/// Per device: readings taken, the current health state, failed reads.
+fn register_devices(r: &mut Registry, s: &Snapshot) {
     let samples: Family<Labels, Gauge> = Family::default();
     let health: Family<Labels, Gauge> = Family::default();
     let errors: Family<Labels, Gauge> = Family::default();
@@ -65,6 +89,10 @@ pub fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
         "Failed reads per device since start",
         errors,
     );
+}
+
+/// Per sink: records acknowledged, and records written to disk.
+fn register_records(r: &mut Registry, s: &Snapshot) {
     let published: Family<Labels, Gauge> = Family::default();
     published
         .get_or_create(&vec![("sink".into(), "mqtt".into())])
@@ -88,6 +116,10 @@ pub fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
         "Records written to disk since start (link down or slow)",
         spooled,
     );
+}
+
+/// What the spool holds and drops, and the MQTT link.
+fn register_spool_and_uplink(r: &mut Registry, s: &Snapshot) {
     for (name, help, value) in [
         (
             "spool_records",
@@ -120,72 +152,61 @@ pub fn render_metrics_with(s: &Snapshot, refused_hosts: u64) -> String {
             s.uplink.reconnects as i64,
         ),
     ] {
-        gauge(&mut r, name, help, value);
+        register_gauge(r, name, help, value);
     }
-    if let Some(i) = &s.influxdb {
-        gauge(
-            &mut r,
-            "influxdb_up",
-            "1 when the last InfluxDB write was accepted",
-            i.connected as i64,
-        );
-        gauge(
-            &mut r,
-            "influxdb_depth",
-            "Records waiting for the InfluxDB sink (memory and disk)",
-            i.depth as i64,
-        );
-        let answers: Family<Labels, Gauge> = Family::default();
-        for (class, n) in [
-            ("written", i.written),
-            ("rejected", i.rejected),
-            ("retention", i.retention_dropped),
-        ] {
-            answers
-                .get_or_create(&vec![("class".into(), class.into())])
-                .set(n as i64);
-        }
-        r.register(
-            "influxdb_points",
-            "Points written to InfluxDB, set aside as bad, or dropped as outside retention, since start",
-            answers,
-        );
-        let errors: Family<Labels, Gauge> = Family::default();
-        for (class, n) in [
-            ("too_large", i.too_large),
-            ("refused", i.refused),
-            ("retry", i.retries),
-        ] {
-            errors
-                .get_or_create(&vec![("class".into(), class.into())])
-                .set(n as i64);
-        }
-        r.register(
-            "influxdb_errors",
-            "InfluxDB answers that held data back, by class, since start (413 too_large, 401/403/4xx refused, 429/5xx/unreachable retry)",
-            errors,
-        );
-        gauge(
-            &mut r,
-            "influxdb_batch_limit",
-            "Points per InfluxDB request now (halved on 413)",
-            i.batch_limit as i64,
-        );
-    }
-    gauge(
-        &mut r,
-        "web_refused_hosts",
-        "Page requests refused since start for a Host that is not the gateway's (421/400)",
-        refused_hosts as i64,
+}
+
+/// The InfluxDB sink, when it is on: its link, depth, answers by class
+/// and batch limit.
+fn register_influx(r: &mut Registry, i: &InfluxStatus) {
+    register_gauge(
+        r,
+        "influxdb_up",
+        "1 when the last InfluxDB write was accepted",
+        i.connected as i64,
     );
-    let build: Family<Labels, Gauge> = Family::default();
-    build
-        .get_or_create(&vec![("version".into(), s.version.clone())])
-        .set(1);
-    r.register("build_info", "Build information", build);
-    let mut out = String::new();
-    let _ = encode(&mut out, &r);
-    out
+    register_gauge(
+        r,
+        "influxdb_depth",
+        "Records waiting for the InfluxDB sink (memory and disk)",
+        i.depth as i64,
+    );
+    let answers: Family<Labels, Gauge> = Family::default();
+    for (class, n) in [
+        ("written", i.written),
+        ("rejected", i.rejected),
+        ("retention", i.retention_dropped),
+    ] {
+        answers
+            .get_or_create(&vec![("class".into(), class.into())])
+            .set(n as i64);
+    }
+    r.register(
+        "influxdb_points",
+        "Points written to InfluxDB, set aside as bad, or dropped as outside retention, since start",
+        answers,
+    );
+    let errors: Family<Labels, Gauge> = Family::default();
+    for (class, n) in [
+        ("too_large", i.too_large),
+        ("refused", i.refused),
+        ("retry", i.retries),
+    ] {
+        errors
+            .get_or_create(&vec![("class".into(), class.into())])
+            .set(n as i64);
+    }
+    r.register(
+        "influxdb_errors",
+        "InfluxDB answers that held data back, by class, since start (413 too_large, 401/403/4xx refused, 429/5xx/unreachable retry)",
+        errors,
+    );
+    register_gauge(
+        r,
+        "influxdb_batch_limit",
+        "Points per InfluxDB request now (halved on 413)",
+        i.batch_limit as i64,
+    );
 }
 
 pub(super) async fn api_status(
@@ -246,6 +267,11 @@ pub(super) async fn metrics(
 mod tests {
     use super::*;
     use crate::status::StatusHub;
+
+    /// The exposition with no refused hosts.
+    fn render_metrics(s: &Snapshot) -> String {
+        render_metrics_with(s, 0)
+    }
 
     #[test]
     fn metrics_exposition() {

@@ -12,20 +12,20 @@ use subtle::ConstantTimeEq as _;
 use crate::status::config::WebConfig;
 
 /// Failed attempts a client may make before it has to wait.
-pub const FREE_FAILURES: u32 = 5;
+pub(super) const FREE_FAILURES: u32 = 5;
 /// Failed attempts all the neighbours in the gateway's own IPv6 /64 may
 /// make together before all of them have to wait (each also has its own
 /// [`FREE_FAILURES`]). Enough for a busy office's typos within an hour;
 /// a LAN host that rotates addresses to guess gets this many, not five per
 /// address. The cost: such a host can make the office's IPv6 devices wait
 /// too, as it could already keep them off the page by holding connections.
-pub const SHARED_FREE_FAILURES: u32 = 20;
+const SHARED_FREE_FAILURES: u32 = 20;
 /// The first wait, after the fifth failure; it doubles with each further one.
-pub const FIRST_WAIT: Duration = Duration::from_secs(5);
+const FIRST_WAIT: Duration = Duration::from_secs(5);
 /// The longest wait.
-pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 /// Clients remembered at most; the table never grows past this.
-pub const TABLE_CAP: usize = 1024;
+const TABLE_CAP: usize = 1024;
 /// A client not heard from for this long may be forgotten when the table
 /// is full.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
@@ -49,7 +49,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 ///   host more guesses than the office as a whole gets.
 /// - IPv6 from any other /64 (a routed network): the /64, one site's worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Client {
+pub(super) enum Client {
     /// An IPv4 address.
     V4(Ipv4Addr),
     /// An IPv6 address in the gateway's own /64.
@@ -66,7 +66,7 @@ fn net64(a: Ipv6Addr) -> Ipv6Addr {
 impl Client {
     /// The client `peer` is, for a connection that came in on the gateway's
     /// own address `local`.
-    pub fn of(peer: IpAddr, local: IpAddr) -> Client {
+    pub(super) fn of(peer: IpAddr, local: IpAddr) -> Client {
         match (peer.to_canonical(), local.to_canonical()) {
             (IpAddr::V4(v4), _) => Client::V4(v4),
             (IpAddr::V6(p), IpAddr::V6(l)) if net64(p) == net64(l) => Client::Neighbour(p),
@@ -97,7 +97,7 @@ impl std::fmt::Display for Client {
 /// The expected `Authorization` header, kept as its SHA-256 so that the
 /// comparison takes the same time whatever the length or content of what a
 /// client sends.
-pub struct Credentials {
+pub(super) struct Credentials {
     digest: [u8; 32],
 }
 
@@ -109,7 +109,7 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 }
 
 impl Credentials {
-    pub fn new(user: &str, password: &str) -> Credentials {
+    pub(super) fn new(user: &str, password: &str) -> Credentials {
         use base64::Engine as _;
         let header = format!(
             "Basic {}",
@@ -122,7 +122,7 @@ impl Credentials {
 
     /// Whether `header` (the whole `Authorization` value) is the expected
     /// one; constant time in its content and length.
-    pub fn matches(&self, header: &[u8]) -> bool {
+    pub(super) fn matches(&self, header: &[u8]) -> bool {
         bool::from(sha256(header).ct_eq(&self.digest))
     }
 }
@@ -158,7 +158,7 @@ impl Key {
 }
 
 /// Failed attempts per client, and the waits they earn.
-pub struct Backoff {
+pub(super) struct Backoff {
     table: Mutex<HashMap<Key, Strikes>>,
     cap: usize,
 }
@@ -170,7 +170,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn with_cap(cap: usize) -> Backoff {
+    fn with_cap(cap: usize) -> Backoff {
         Backoff {
             table: Mutex::new(HashMap::new()),
             cap: cap.max(1),
@@ -185,14 +185,14 @@ impl Backoff {
 
     /// How long `who` must still wait, if it must (its own wait, or its
     /// /64's when it is a neighbour).
-    pub fn waiting(&self, who: Client, now: Instant) -> Option<Duration> {
+    pub(super) fn waiting(&self, who: Client, now: Instant) -> Option<Duration> {
         let t = self.table();
         let until = Key::of(who).filter_map(|k| t.get(&k)?.until).max()?;
         (until > now).then(|| until - now)
     }
 
     /// Records a failed attempt; returns the wait it earned, if any.
-    pub fn failed(&self, who: Client, now: Instant) -> Option<Duration> {
+    pub(super) fn failed(&self, who: Client, now: Instant) -> Option<Duration> {
         let mut t = self.table();
         Key::of(who)
             .filter_map(|k| self.strike(&mut t, k, now))
@@ -233,22 +233,20 @@ impl Backoff {
 
     /// A client that got in starts again from zero (its /64's shared count
     /// stays).
-    pub fn succeeded(&self, who: Client) {
+    pub(super) fn succeeded(&self, who: Client) {
         self.table().remove(&Key::Client(who));
     }
 
-    pub fn len(&self) -> usize {
+    /// Keys in the table (clients and shared /64s).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.table().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// The wait after `failures` failed attempts when `free` - 1 of them are
 /// free: none before, then [`FIRST_WAIT`], doubling, at most [`MAX_WAIT`].
-pub fn wait_after(failures: u32, free: u32) -> Option<Duration> {
+fn wait_after(failures: u32, free: u32) -> Option<Duration> {
     let over = failures.checked_sub(free)?;
     let factor = 1u32.checked_shl(over.min(20)).unwrap_or(u32::MAX);
     Some(FIRST_WAIT.saturating_mul(factor).min(MAX_WAIT))
@@ -257,7 +255,7 @@ pub fn wait_after(failures: u32, free: u32) -> Option<Duration> {
 /// The warning for a password file that other users of the box can read
 /// (mode `o+r`), naming the key; `None` when it is private, absent or
 /// cannot be read (reading it reports that).
-pub fn password_file_warning(cfg: &WebConfig) -> Option<String> {
+pub(crate) fn password_file_warning(cfg: &WebConfig) -> Option<String> {
     let path = cfg.password_file.as_deref()?;
     crate::host::file::readable_by_others(path).then(|| {
         format!(

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 /// What the `Host` header names, port aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
+enum Host {
     /// An IPv4 address, or an IPv6 address written in brackets.
     Ip(IpAddr),
     /// A name, in lower case and without a trailing dot.
@@ -41,7 +41,7 @@ pub enum Host {
 
 /// Why a `Host` value is not a host: the request is refused with 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     /// The request has no `Host` header (HTTP/1.1 requires one).
     #[error("no Host header")]
     Missing,
@@ -71,7 +71,7 @@ const MAX_LABEL: usize = 63;
 /// Parses a `Host` header value (or a request target's authority):
 /// `name`, `name:port`, `a.b.c.d[:port]` or `[v6][:port]`. Pure; never
 /// panics on any bytes.
-pub fn parse(value: &[u8]) -> Result<Host, HostError> {
+fn parse(value: &[u8]) -> Result<Host, HostError> {
     let v = value.trim_ascii();
     if v.is_empty() {
         return Err(HostError::Empty);
@@ -133,7 +133,7 @@ fn check_port(p: &[u8]) -> Result<(), HostError> {
 /// A host name in the form it is compared in: lower case, one trailing dot
 /// dropped (`Localhost.` is `localhost`), labels of letters, digits, `-`
 /// and `_`, none empty.
-pub fn parse_name(name: &str) -> Result<String, HostError> {
+pub(crate) fn parse_name(name: &str) -> Result<String, HostError> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(HostError::Name);
@@ -153,7 +153,7 @@ pub fn parse_name(name: &str) -> Result<String, HostError> {
 
 /// The names the page answers to besides IP addresses.
 #[derive(Debug, Clone)]
-pub struct AllowedHosts {
+pub(super) struct AllowedHosts {
     names: BTreeSet<String>,
 }
 
@@ -161,7 +161,7 @@ impl AllowedHosts {
     /// `localhost`, `hostname` and `hostname.local` (when the box has a
     /// name), and the configured names. Names that do not parse are left
     /// out here; [`crate::status::config::WebConfig::problems`] reports them.
-    pub fn new(hostname: Option<&str>, configured: &[String]) -> AllowedHosts {
+    pub(super) fn new(hostname: Option<&str>, configured: &[String]) -> AllowedHosts {
         let mut names = BTreeSet::from(["localhost".to_owned()]);
         if let Some(h) = hostname.and_then(|h| parse_name(h).ok()) {
             names.insert(format!("{h}.local"));
@@ -172,7 +172,7 @@ impl AllowedHosts {
     }
 
     /// Whether the page answers to `host`.
-    pub fn allows(&self, host: &Host) -> bool {
+    fn allows(&self, host: &Host) -> bool {
         match host {
             Host::Ip(_) => true,
             Host::Name(n) => self.names.contains(n),
@@ -180,7 +180,7 @@ impl AllowedHosts {
     }
 
     /// The names, for the log line at start.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(String::as_str)
     }
 }
@@ -188,7 +188,7 @@ impl AllowedHosts {
 /// The box's host name, from the kernel (`None` if it cannot be read).
 /// Read once at start: a renamed Pi is picked up by the restart that
 /// renaming needs anyway for mDNS to follow.
-pub fn own_hostname() -> Option<String> {
+pub(super) fn own_hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim();
     (!h.is_empty()).then(|| h.to_owned())
@@ -196,7 +196,7 @@ pub fn own_hostname() -> Option<String> {
 
 /// How a request's host came out: allowed, or refused with why.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     Allowed,
     /// Not a host at all: 400.
     Malformed(HostError),
@@ -208,7 +208,7 @@ pub enum Verdict {
 /// absolute form (`GET http://name/ HTTP/1.1`), its authority too: a
 /// server must take the target's authority over `Host`, so both must be
 /// ours.
-pub fn check<'a>(
+pub(super) fn check<'a>(
     allowed: &AllowedHosts,
     host_headers: impl Iterator<Item = &'a [u8]>,
     target_authority: Option<&str>,
@@ -244,19 +244,19 @@ pub fn check<'a>(
 /// Refused requests, counted since start and logged at most once a minute
 /// (a scan is one log line a minute, not one per request).
 #[derive(Default)]
-pub struct Refusals {
+pub(super) struct Refusals {
     count: AtomicU64,
     logged: Mutex<Option<Instant>>,
 }
 
 impl Refusals {
     /// Refusals since start (for /metrics).
-    pub fn total(&self) -> u64 {
+    pub(super) fn total(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// Counts one; returns the count so far when it is time to log.
-    pub fn count(&self, now: Instant) -> Option<u64> {
+    pub(super) fn count(&self, now: Instant) -> Option<u64> {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         let mut last = self.logged.lock().unwrap_or_else(|p| p.into_inner());
         let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));

@@ -10,7 +10,7 @@
 
 mod api;
 mod auth;
-pub mod host;
+pub(crate) mod host;
 mod page;
 mod server;
 mod strings;
@@ -31,14 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::History;
 use super::Snapshot;
-pub use api::render_metrics;
-pub use auth::{password_file_warning, Backoff, Client, Credentials};
-pub use page::{
-    content_security_policy, headline, headline_in, render_body, render_body_in, render_page,
-    render_page_in,
-};
-pub use server::{Limits, FD_RESERVE};
-pub use strings::{choose_language, cookie_language, Strings, EN, LANG_COOKIE, VI};
+pub(crate) use auth::password_file_warning;
+use auth::{Backoff, Client, Credentials};
+use page::{content_security_policy, render_body_in, render_page_in};
+use server::{Limits, FD_RESERVE};
+use strings::{choose_language, cookie_language, Strings, LANG_COOKIE};
 
 #[derive(Clone)]
 struct AppState {

@@ -10,7 +10,7 @@ use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health, Severity, Value};
 use crate::status::history::{svg_chart, History, CHARTED};
 use crate::status::words::{self, Zone};
-use crate::status::{PowerState, Snapshot};
+use crate::status::{DeviceStatus, InfluxStatus, PowerState, Snapshot};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -24,14 +24,8 @@ fn is_ups(kind: &str, values: &crate::model::Values) -> bool {
 }
 
 /// The one big sentence, and its colour class (ok / warn / bad), with
-/// times in Vietnam's time zone.
-pub fn headline(s: &Snapshot, t: &Strings) -> (String, &'static str) {
-    headline_in(s, t, Zone::default())
-}
-
-/// The one big sentence, and its colour class (ok / warn / bad), with
 /// times in the site's time zone.
-pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static str) {
+fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static str) {
     if let Some(p) = &s.power {
         match p.state {
             PowerState::ShuttingDown => {
@@ -111,7 +105,7 @@ pub fn headline_in(s: &Snapshot, t: &Strings, zone: Zone) -> (String, &'static s
 /// A device's values in words (the configured ones, else the words
 /// table's), in the order of the words table (names without words last):
 /// the status first for a UPS.
-fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, String)> {
+fn value_lines(d: &DeviceStatus, t: &Strings) -> Vec<(String, String)> {
     let v = &d.last_values;
     let mut names: Vec<&String> = v.0.keys().collect();
     names.sort_by_key(|k| (words::rank(k), k.as_str()));
@@ -121,23 +115,51 @@ fn value_lines(d: &crate::status::DeviceStatus, t: &Strings) -> Vec<(String, Str
         .collect()
 }
 
-/// The page body (also what the page fetches to refresh itself);
-/// `notices` are warnings for whoever looks after the box, one line each
-/// under the headline.
-pub fn render_body(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
-    render_body_in(s, history, t, notices, Zone::default())
-}
-
-/// [`render_body`] with times in the site's time zone.
-pub fn render_body_in(
+/// The page body (also what the page fetches to refresh itself), with
+/// times in the site's time zone; `notices` are warnings for whoever looks
+/// after the box, one line each under the headline. In order: the headline
+/// and its notices, the link line, the catch-up, the InfluxDB line, a card
+/// per device, the recent events and the LED legend, in that order.
+pub(super) fn render_body_in(
     s: &Snapshot,
     history: &History,
     t: &Strings,
     notices: &[&str],
     zone: Zone,
 ) -> String {
-    let (sentence, class) = headline_in(s, t, zone);
     let mut b = String::new();
+    write_headline(&mut b, s, t, notices, zone);
+    write_link_bar(&mut b, s, t);
+    if let Some(c) = history.catchup(s) {
+        let (sent, total) = (c.sent.unwrap_or(0), c.total.unwrap_or(c.left));
+        let _ = write!(
+            b,
+            "<div class=\"catchup\" id=\"catchup\"><progress max=\"{total}\" value=\"{sent}\"></progress><p>{}</p></div>",
+            esc(&c.line(t.lang))
+        );
+    }
+    if let Some(i) = &s.influxdb {
+        write_influx_bar(&mut b, i, t);
+    }
+    b.push_str("<main>");
+    let now = now_ms();
+    for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
+        write_device_card(&mut b, id, d, history, t, now, zone);
+    }
+    b.push_str("</main>");
+    write_events(&mut b, s, t, zone);
+    let _ = write!(b, "<section class=\"led\"><h2>{}</h2><ul>", t.led_title);
+    for l in t.led_legend {
+        let _ = write!(b, "<li>{l}</li>");
+    }
+    b.push_str("</ul></section>");
+    b
+}
+
+/// The headline, then one line per notice, the on-battery line and the
+/// identify line when they apply.
+fn write_headline(b: &mut String, s: &Snapshot, t: &Strings, notices: &[&str], zone: Zone) {
+    let (sentence, class) = headline_in(s, t, zone);
     let _ = write!(
         b,
         "<header class=\"{class}\"><h1 id=\"headline\">{}</h1></header>",
@@ -163,6 +185,11 @@ pub fn render_body_in(
             esc(t.identify_by_ioc)
         );
     }
+}
+
+/// The language switch, the site, the link and the records kept on the
+/// device.
+fn write_link_bar(b: &mut String, s: &Snapshot, t: &Strings) {
     let _ = write!(
         b,
         "<p class=\"bar\"><a href=\"?lang={}\" id=\"lang\">{}</a> · {} · {}: <b>{}</b>",
@@ -187,82 +214,91 @@ pub fn render_body_in(
         let _ = write!(b, " · {}: {}", t.kept_on_device, words::count(kept, t.lang));
     }
     b.push_str("</p>");
-    if let Some(c) = history.catchup(s) {
-        let (sent, total) = (c.sent.unwrap_or(0), c.total.unwrap_or(c.left));
+}
+
+/// The InfluxDB sink's line: link, waiting, set aside, outside retention,
+/// and the last failure in the reader's words.
+fn write_influx_bar(b: &mut String, i: &InfluxStatus, t: &Strings) {
+    let _ = write!(
+        b,
+        "<p class=\"bar\" id=\"influxdb\">{}: <b>{}</b> · {}: {}",
+        t.influx,
+        if i.connected { t.link_up } else { t.link_down },
+        t.influx_waiting,
+        i.depth
+    );
+    if i.rejected > 0 {
+        let _ = write!(b, " · {}: {}", t.influx_rejected, i.rejected);
+    }
+    if i.retention_dropped > 0 {
+        let _ = write!(b, " · {}: {}", t.influx_retention, i.retention_dropped);
+    }
+    if let Some(c) = &i.last_class {
+        let words = t
+            .influx_classes
+            .iter()
+            .find(|(k, _)| k == c)
+            .map(|(_, w)| *w)
+            .unwrap_or(c.as_str());
         let _ = write!(
             b,
-            "<div class=\"catchup\" id=\"catchup\"><progress max=\"{total}\" value=\"{sent}\"></progress><p>{}</p></div>",
-            esc(&c.line(t.lang))
+            " · <span class=\"influx-class\" data-class=\"{}\">{}</span>",
+            esc(c),
+            esc(words)
         );
     }
-    if let Some(i) = &s.influxdb {
-        let _ = write!(
-            b,
-            "<p class=\"bar\" id=\"influxdb\">{}: <b>{}</b> · {}: {}",
-            t.influx,
-            if i.connected { t.link_up } else { t.link_down },
-            t.influx_waiting,
-            i.depth
-        );
-        if i.rejected > 0 {
-            let _ = write!(b, " · {}: {}", t.influx_rejected, i.rejected);
-        }
-        if i.retention_dropped > 0 {
-            let _ = write!(b, " · {}: {}", t.influx_retention, i.retention_dropped);
-        }
-        if let Some(c) = &i.last_class {
-            let words = t
-                .influx_classes
-                .iter()
-                .find(|(k, _)| k == c)
-                .map(|(_, w)| *w)
-                .unwrap_or(c.as_str());
+    b.push_str("</p>");
+}
+
+/// One device's card: its health, its values in words, a 24-hour chart
+/// per charted value with at least two points, and when it was last seen.
+fn write_device_card(
+    b: &mut String,
+    id: &str,
+    d: &DeviceStatus,
+    history: &History,
+    t: &Strings,
+    now: i64,
+    zone: Zone,
+) {
+    let (hw, hc) = match &d.health {
+        Health::Ok => (t.health_ok.to_owned(), "ok"),
+        Health::Stale => (t.health_stale.to_owned(), "warn"),
+        Health::Fault(r) => (format!("{}: {}", t.health_fault, r), "bad"),
+    };
+    let _ = write!(
+        b,
+        "<section class=\"card {hc}\" data-device=\"{id}\"><h2>{id}</h2><p class=\"health\">{}</p><dl>",
+        esc(&hw),
+        id = esc(id)
+    );
+    for (k, v) in value_lines(d, t) {
+        let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(&k), esc(&v));
+    }
+    b.push_str("</dl>");
+    for key in CHARTED {
+        let pts = history.get(id, key);
+        if pts.len() >= 2 {
             let _ = write!(
                 b,
-                " · <span class=\"influx-class\" data-class=\"{}\">{}</span>",
-                esc(c),
-                esc(words)
+                "<figure><figcaption>{} — {}</figcaption>{}</figure>",
+                esc(&words::label(key, t.lang)),
+                t.last_24h,
+                svg_chart(&pts, now, words::unit(key).unwrap_or(""), zone, t.lang)
             );
         }
-        b.push_str("</p>");
     }
-    b.push_str("<main>");
-    let now = now_ms();
-    for (id, d) in s.devices.iter().filter(|(id, _)| *id != GATEWAY_DEVICE) {
-        let (hw, hc) = match &d.health {
-            Health::Ok => (t.health_ok.to_owned(), "ok"),
-            Health::Stale => (t.health_stale.to_owned(), "warn"),
-            Health::Fault(r) => (format!("{}: {}", t.health_fault, r), "bad"),
-        };
-        let _ = write!(
-            b,
-            "<section class=\"card {hc}\" data-device=\"{id}\"><h2>{id}</h2><p class=\"health\">{}</p><dl>",
-            esc(&hw),
-            id = esc(id)
-        );
-        for (k, v) in value_lines(d, t) {
-            let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(&k), esc(&v));
-        }
-        b.push_str("</dl>");
-        for key in CHARTED {
-            let pts = history.get(id, key);
-            if pts.len() >= 2 {
-                let _ = write!(
-                    b,
-                    "<figure><figcaption>{} — {}</figcaption>{}</figure>",
-                    esc(&words::label(key, t.lang)),
-                    t.last_24h,
-                    svg_chart(&pts, now, words::unit(key).unwrap_or(""), zone, t.lang)
-                );
-            }
-        }
-        let seen = d
-            .last_seen_ms
-            .map(|ms| zone.hhmm(ms))
-            .unwrap_or_else(|| t.never.to_owned());
-        let _ = write!(b, "<p class=\"seen\">{}: {seen}</p></section>", t.last_seen);
-    }
-    let _ = write!(b, "</main><section class=\"events\"><h2>{}</h2>", t.events);
+    let seen = d
+        .last_seen_ms
+        .map(|ms| zone.hhmm(ms))
+        .unwrap_or_else(|| t.never.to_owned());
+    let _ = write!(b, "<p class=\"seen\">{}: {seen}</p></section>", t.last_seen);
+}
+
+/// The recent events, in the order the snapshot keeps them, each in the
+/// reader's language.
+fn write_events(b: &mut String, s: &Snapshot, t: &Strings, zone: Zone) {
+    let _ = write!(b, "<section class=\"events\"><h2>{}</h2>", t.events);
     if s.events.is_empty() {
         let _ = write!(b, "<p>{}</p>", t.no_events);
     } else {
@@ -286,16 +322,7 @@ pub fn render_body_in(
         }
         b.push_str("</ul>");
     }
-    let _ = write!(
-        b,
-        "</section><section class=\"led\"><h2>{}</h2><ul>",
-        t.led_title
-    );
-    for l in t.led_legend {
-        let _ = write!(b, "<li>{l}</li>");
-    }
-    b.push_str("</ul></section>");
-    b
+    b.push_str("</section>");
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}\
@@ -316,7 +343,7 @@ const SCRIPT: &str = "setInterval(function(){fetch('body'+location.search).then(
 /// SHA-256, so an injected `<script>` or `style` would not run), the
 /// refresh may fetch from this origin only, and no other site may frame
 /// the page.
-pub fn content_security_policy() -> &'static str {
+pub(super) fn content_security_policy() -> &'static str {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CSP.get_or_init(|| {
         let hash = |text: &str| {
@@ -336,12 +363,9 @@ pub fn content_security_policy() -> &'static str {
     })
 }
 
-pub fn render_page(s: &Snapshot, history: &History, t: &Strings, notices: &[&str]) -> String {
-    render_page_in(s, history, t, notices, Zone::default())
-}
-
-/// [`render_page`] with times in the site's time zone.
-pub fn render_page_in(
+/// The whole page: its style, the body ([`render_body_in`]) and the
+/// script that refreshes it, with times in the site's time zone.
+pub(super) fn render_page_in(
     s: &Snapshot,
     history: &History,
     t: &Strings,
@@ -358,309 +382,4 @@ pub fn render_page_in(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::status::web::{EN, VI};
-    use crate::status::StatusHub;
-
-    #[test]
-    fn headlines_worst_first() {
-        let hub = StatusHub::new("s");
-        hub.add_device("ups1", "megatec");
-        hub.add_device("env1", "sim");
-        hub.update(|s| {
-            s.uplink.attempts = 1;
-            s.uplink.since_ms = 1;
-        });
-        let all_ok = |s: &mut Snapshot| {
-            for d in s.devices.values_mut() {
-                d.health = Health::Ok;
-            }
-            s.uplink.connected = true;
-        };
-        hub.update(all_ok);
-        assert_eq!(headline(&hub.get(), &VI).0, "Mọi thứ hoạt động bình thường");
-        assert_eq!(
-            headline(&hub.get(), &EN),
-            ("All systems normal".into(), "ok")
-        );
-        hub.update(|s| {
-            s.uplink.connected = false;
-            s.spool.disk_rows = 42;
-        });
-        let (h, c) = headline(&hub.get(), &VI);
-        assert!(
-            h.starts_with("Mất kết nối tới trung tâm — dữ liệu đang được lưu tạm (42 bản ghi"),
-            "{h}"
-        );
-        assert_eq!(c, "warn");
-        hub.update(|s| s.spool.degraded = Some("read_only".into()));
-        let (h, c) = headline(&hub.get(), &VI);
-        assert!(h.contains("thẻ nhớ chỉ đọc"), "{h}");
-        assert_eq!(c, "bad");
-        assert!(headline(&hub.get(), &EN).0.contains("read-only"));
-        hub.update(|s| s.spool.degraded = None);
-        hub.update(|s| s.devices.get_mut("ups1").unwrap().health = Health::Fault("x".into()));
-        assert_eq!(headline(&hub.get(), &VI).0, "Thiết bị UPS không phản hồi");
-        assert_eq!(headline(&hub.get(), &EN).0, "The UPS is not responding");
-    }
-
-    /// The InfluxDB sink's line: link, waiting, set aside, retention, and
-    /// the last failure in the reader's words.
-    #[test]
-    fn influx_line_shows_each_class() {
-        let hub = StatusHub::new("xa-a");
-        hub.update(|s| {
-            s.uplink.attempts = 1;
-            s.uplink.since_ms = 1;
-        });
-        let body = render_body(&hub.get(), &History::default(), &EN, &[]);
-        assert!(!body.contains("id=\"influxdb\""), "off: no line");
-        for (class, en, vi) in [
-            (
-                "too_large",
-                "request too large, batch halved",
-                "yêu cầu quá lớn",
-            ),
-            ("bad_points", "bad points set aside", "điểm dữ liệu sai"),
-            (
-                "retention",
-                "points outside retention dropped",
-                "quá hạn lưu trữ",
-            ),
-            (
-                "refused",
-                "token refused, readings kept",
-                "mã truy cập bị từ chối",
-            ),
-            ("retry", "server busy, retrying", "máy chủ bận"),
-            (
-                "unreachable",
-                "cannot reach it, retrying",
-                "không kết nối được",
-            ),
-        ] {
-            hub.update(|s| {
-                s.influxdb = Some(crate::status::InfluxStatus {
-                    connected: false,
-                    depth: 4321,
-                    rejected: 7,
-                    retention_dropped: 2,
-                    last_class: Some(class.into()),
-                    ..Default::default()
-                })
-            });
-            let b = render_body(&hub.get(), &History::default(), &EN, &[]);
-            assert!(
-                b.contains(
-                    "InfluxDB: <b>down</b> · waiting: 4321 · set aside: 7 · outside retention: 2"
-                ),
-                "{b}"
-            );
-            assert!(b.contains(&format!("data-class=\"{class}\">{en}<")), "{b}");
-            let b = render_body(&hub.get(), &History::default(), &VI, &[]);
-            assert!(b.contains(vi), "{class}: {b}");
-        }
-    }
-
-    #[test]
-    fn page_has_cards_and_no_external_references() {
-        let hub = StatusHub::new("xa-a");
-        hub.add_device("ups1", "sim");
-        hub.update(|s| {
-            s.uplink.attempts = 1;
-            s.uplink.since_ms = 1;
-            let d = s.devices.get_mut("ups1").unwrap();
-            d.last_values.set("ups.status", "OB");
-            d.last_values.num("ups.load", 31.0);
-            d.last_values.num("battery.runtime", 1200.0);
-        });
-        let page = render_page(&hub.get(), &History::default(), &VI, &[]);
-        assert!(page.contains("data-device=\"ups1\""));
-        assert!(page.contains("đang chạy bằng pin"));
-        assert!(page.contains("20 phút"));
-        hub.record_event(crate::status::RecentEvent {
-            device: "ups1".into(),
-            ts: 0,
-            severity: Severity::Critical,
-            code: "ups.on_battery".into(),
-            message: "UPS on battery: mains power lost".into(),
-            message_vi: None,
-        });
-        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
-        assert!(
-            vi.contains("UPS chuyển sang chạy pin: mất điện lưới"),
-            "{vi}"
-        );
-        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
-        assert!(en.contains("UPS on battery: mains power lost"));
-        assert!(
-            !page.contains("http://") && !page.contains("https://"),
-            "no external URL"
-        );
-    }
-
-    #[test]
-    fn values_in_words_configured_words_first() {
-        let hub = StatusHub::new("xa-a");
-        hub.add_device("pi", "system");
-        hub.add_device("tank", "modbus");
-        hub.update(|s| {
-            s.uplink.attempts = 1;
-            s.uplink.since_ms = 1;
-            let d = s.devices.get_mut("pi").unwrap();
-            d.last_values.num("disk.free", 80_267_124_736.0);
-            d.last_values.num("disk.total", 120_000_000_000.0);
-            d.last_values.num("system.uptime", 273_645.0);
-            d.last_values.num("pi.throttled", 327_680.0);
-            let d = s.devices.get_mut("tank").unwrap();
-            d.last_values.num("tank.level", 1234.5);
-            d.last_values.num("raw.thing", 7.0);
-        });
-        hub.set_labels(
-            "tank",
-            [(
-                "tank.level".to_owned(),
-                words::Label {
-                    vi: Some("Mức nước bể".into()),
-                    en: Some("Tank level".into()),
-                    unit: Some("cm".into()),
-                },
-            )]
-            .into(),
-        );
-        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
-        assert!(
-            vi.contains("<dt>Thẻ nhớ còn trống</dt><dd>80,3 GB (67 %)</dd>"),
-            "{vi}"
-        );
-        assert!(vi.contains("<dd>3 ngày 4 giờ</dd>"), "{vi}");
-        assert!(
-            !vi.contains("327680") && !vi.contains("327.680"),
-            "raw bits: {vi}"
-        );
-        assert!(
-            vi.contains("<dt>Mức nước bể</dt><dd>1.234,5 cm</dd>"),
-            "{vi}"
-        );
-        // A value nobody gave words still shows, with its name.
-        assert!(vi.contains("<dt>raw.thing</dt><dd>7</dd>"), "{vi}");
-        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
-        assert!(
-            en.contains("<dt>SD card free</dt><dd>80.3 GB (67 %)</dd>"),
-            "{en}"
-        );
-        assert!(
-            en.contains("<dt>Tank level</dt><dd>1,234.5 cm</dd>"),
-            "{en}"
-        );
-    }
-
-    #[test]
-    fn identify_by_the_operations_centre_is_shown() {
-        let hub = StatusHub::new("xa-a");
-        hub.identify(std::time::Duration::from_secs(60));
-        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
-        assert!(!en.contains("id=\"identify\""), "SIGUSR1: no line");
-        hub.identify_remote(std::time::Duration::from_secs(60));
-        let en = render_body(&hub.get(), &History::default(), &EN, &[]);
-        assert!(
-            en.contains("Identify requested by the operations centre"),
-            "{en}"
-        );
-        let vi = render_body(&hub.get(), &History::default(), &VI, &[]);
-        assert!(vi.contains("Trung tâm điều hành yêu cầu nhận diện"), "{vi}");
-        hub.identify_remote(std::time::Duration::ZERO);
-        let over = render_body(&hub.get(), &History::default(), &EN, &[]);
-        assert!(!over.contains("id=\"identify\""), "over: no line");
-    }
-
-    /// `[power]`: on battery and shutting down head the page, in the
-    /// reader's language, over a device that is not answering.
-    #[test]
-    fn power_states_head_the_page() {
-        let hub = crate::status::StatusHub::new("s");
-        hub.add_device("ups1", "megatec");
-        hub.update(|s| {
-            s.uplink.attempts = 1;
-            s.uplink.since_ms = 1;
-            s.power = Some(crate::status::PowerStatus {
-                ups: "ups1".into(),
-                state: PowerState::Mains,
-                since_ms: 0,
-                write_through: false,
-                reason: None,
-                reason_vi: None,
-            });
-        });
-        let (h, _) = headline(&hub.get(), &VI);
-        assert_eq!(h, VI.ups_not_responding, "mains: as before");
-        hub.update(|s| {
-            let p = s.power.as_mut().unwrap();
-            p.state = PowerState::OnBattery;
-        });
-        let snap = hub.get();
-        assert_eq!(headline(&snap, &VI), (VI.on_battery.to_owned(), "bad"));
-        assert_eq!(headline(&snap, &EN), (EN.on_battery.to_owned(), "bad"));
-        let body = render_body(&snap, &History::default(), &VI, &[]);
-        assert!(body.contains("id=\"power\""), "{body}");
-        assert!(body.contains("Ba lần nháy ngắn"), "the LED legend");
-        hub.update(|s| {
-            s.devices
-                .get_mut("ups1")
-                .unwrap()
-                .last_values
-                .set("ups.status", "OB LB");
-        });
-        assert_eq!(headline(&hub.get(), &VI).0, VI.low_battery);
-        hub.update(|s| {
-            let p = s.power.as_mut().unwrap();
-            p.state = PowerState::ShuttingDown;
-            p.reason = Some("the UPS says its battery is low".into());
-            p.reason_vi = Some("UPS báo pin yếu".into());
-        });
-        let snap = hub.get();
-        assert_eq!(
-            headline(&snap, &VI).0,
-            format!("{} (UPS báo pin yếu)", VI.power_shutting_down)
-        );
-        assert!(headline(&snap, &EN)
-            .0
-            .ends_with("(the UPS says its battery is low)"));
-        let body = render_body(&snap, &History::default(), &VI, &[]);
-        assert!(
-            !body.contains("id=\"power\""),
-            "the on-battery line is gone"
-        );
-    }
-
-    #[test]
-    fn the_csp_allows_exactly_what_the_page_inlines() {
-        let hub = StatusHub::new("xa-a");
-        hub.update(|s| {
-            s.uplink.attempts = 1;
-            s.uplink.since_ms = 1;
-        });
-        let page = render_page(&hub.get(), &History::default(), &EN, &["<b>careful</b>"]);
-        let inner = |open: &str, close: &str| {
-            let a = page.find(open).unwrap() + open.len();
-            page[a..a + page[a..].find(close).unwrap()].to_owned()
-        };
-        assert_eq!(inner("<script>", "</script>"), SCRIPT);
-        assert_eq!(inner("<style>", "</style>"), STYLE);
-        assert_eq!(page.matches("<script").count(), 1, "one inline script");
-        assert_eq!(page.matches("<style").count(), 1, "one inline style");
-        assert!(
-            !page.contains(" style="),
-            "no style attributes (the CSP blocks them)"
-        );
-        let csp = content_security_policy();
-        assert!(
-            csp.starts_with("default-src 'none'; script-src 'sha256-"),
-            "{csp}"
-        );
-        assert!(!csp.contains("unsafe"), "{csp}");
-        // A notice is escaped like everything else.
-        assert!(page.contains("⚠ &lt;b&gt;careful&lt;/b&gt;"), "{page}");
-    }
-}
+mod tests;

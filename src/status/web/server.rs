@@ -4,8 +4,8 @@
 //! nothing a LAN client does can hold file descriptors the data path needs.
 //!
 //! Why not `axum::serve`: it has no header-read timeout, no idle timeout
-//! and no connection cap (issue 11 item 1: 1,100 half-sent requests used up
-//! the process's 1,024 descriptors and the MQTT link could not reconnect).
+//! and no connection cap, so 1,100 half-sent requests would use up the
+//! process's 1,024 descriptors and the MQTT link could not reconnect.
 //! Why hyper's builder rather than tower's limit layers: a tower layer sees
 //! a request only once its head has been read, so it can neither time out a
 //! slow head nor refuse a connection; hyper's `http1::Builder` has the
@@ -38,38 +38,38 @@ use super::auth::Client;
 /// files, the MQTT (and other) sinks, serial ports, GPIO, 1-Wire, SNMP and
 /// Modbus sockets, the journal. The page's cap is lowered so that its
 /// connections never eat into these.
-pub const FD_RESERVE: u64 = 256;
+pub(super) const FD_RESERVE: u64 = 256;
 /// The soft descriptor limit the gateway raises itself to, when the hard
 /// limit allows (as `LimitNOFILE=4096` in the unit does).
-pub const FD_TARGET: u64 = 4096;
+const FD_TARGET: u64 = 4096;
 /// The largest request head (request line and headers) taken.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// The most header lines taken.
-pub const MAX_HEADERS: usize = 32;
+const MAX_HEADERS: usize = 32;
 /// A client that reads none of its response for this long is dropped.
-pub const WRITE_STALL: Duration = Duration::from_secs(10);
+const WRITE_STALL: Duration = Duration::from_secs(10);
 /// A connection is asked to close after this long (its request in flight
 /// is finished first), so that a slow reader cannot keep one for ever.
-pub const MAX_AGE: Duration = Duration::from_secs(300);
+const MAX_AGE: Duration = Duration::from_secs(300);
 /// How long a connection asked to close may take to finish its request.
-pub const GRACE: Duration = Duration::from_secs(5);
+const GRACE: Duration = Duration::from_secs(5);
 
 /// The limits one server runs with.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(super) struct Limits {
     /// Connections at once.
-    pub total: usize,
+    pub(super) total: usize,
     /// Connections at once from one client.
-    pub per_client: usize,
+    pub(super) per_client: usize,
     /// Header-read and idle keep-alive timeout.
-    pub header_timeout: Duration,
+    pub(super) header_timeout: Duration,
 }
 
 impl Limits {
     /// The limits for `wanted` connections, lowered to fit the process's
     /// descriptor limit `soft` (with [`FD_RESERVE`] kept for the data path
     /// and at least as many descriptors again as the page may use).
-    pub fn fitting(wanted: usize, soft: Option<u64>, header_timeout: Duration) -> Limits {
+    pub(super) fn fitting(wanted: usize, soft: Option<u64>, header_timeout: Duration) -> Limits {
         let room = soft.map_or(u64::MAX, |s| s.saturating_sub(FD_RESERVE) / 2);
         // Never below 2 (the page stays reachable), never above `wanted`.
         let room = usize::try_from(room).unwrap_or(usize::MAX).max(2);
@@ -86,7 +86,7 @@ impl Limits {
 /// limit allows, and returns the soft limit now in force (`None` if it
 /// cannot be read). The page is where this is kept because it is the one
 /// part whose descriptor count is driven from outside.
-pub fn descriptor_limit() -> Option<u64> {
+pub(super) fn descriptor_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -193,7 +193,12 @@ impl Quiet {
 }
 
 /// Serves `app` on `listener` until `cancel`, within `lim`.
-pub async fn serve(listener: TcpListener, app: Router, lim: Limits, cancel: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    lim: Limits,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(Slots::default());
     let conns = TaskTracker::new();
     let mut refused = Quiet::default();

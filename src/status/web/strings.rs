@@ -3,73 +3,59 @@
 //! the page takes from the event catalogue (`crate::events`).
 
 /// Every word the page shows, one set per language.
-pub struct Strings {
-    pub lang: &'static str,
-    pub title: &'static str,
-    pub all_normal: &'static str,
-    pub starting: &'static str,
-    pub no_link: &'static str,
-    pub kept: &'static str,
-    pub readings_since: &'static str,
-    pub ups_not_responding: &'static str,
-    pub device_not_responding: &'static str,
+pub(super) struct Strings {
+    pub(super) lang: &'static str,
+    pub(super) title: &'static str,
+    pub(super) all_normal: &'static str,
+    pub(super) starting: &'static str,
+    pub(super) no_link: &'static str,
+    pub(super) kept: &'static str,
+    pub(super) readings_since: &'static str,
+    pub(super) ups_not_responding: &'static str,
+    pub(super) device_not_responding: &'static str,
     /// The operations centre's `identify` command is flickering the LED.
-    pub identify_by_ioc: &'static str,
+    pub(super) identify_by_ioc: &'static str,
     /// The spool cannot be written; followed by the reason.
-    pub storage_bad: &'static str,
-    pub storage_read_only: &'static str,
-    pub storage_permission: &'static str,
-    pub storage_full: &'static str,
-    pub storage_io: &'static str,
-    pub on_battery: &'static str,
-    pub low_battery: &'static str,
+    pub(super) storage_bad: &'static str,
+    pub(super) storage_read_only: &'static str,
+    pub(super) storage_permission: &'static str,
+    pub(super) storage_full: &'static str,
+    pub(super) storage_io: &'static str,
+    pub(super) on_battery: &'static str,
+    pub(super) low_battery: &'static str,
     /// `[power]` on battery: what the gateway does meanwhile.
-    pub power_on_battery: &'static str,
+    pub(super) power_on_battery: &'static str,
     /// `[power]`: the Pi is being shut down; followed by the reason.
-    pub power_shutting_down: &'static str,
-    pub health_ok: &'static str,
-    pub health_stale: &'static str,
-    pub health_fault: &'static str,
-    pub last_seen: &'static str,
-    pub never: &'static str,
-    pub on_mains: &'static str,
-    pub yes: &'static str,
-    pub no: &'static str,
-    pub on_battery_word: &'static str,
-    pub low_battery_word: &'static str,
-    pub load: &'static str,
-    pub charge: &'static str,
-    pub runtime: &'static str,
-    pub minutes: &'static str,
-    pub temperature: &'static str,
-    pub humidity: &'static str,
-    pub input_voltage: &'static str,
-    pub status_word: &'static str,
-    pub events: &'static str,
-    pub no_events: &'static str,
-    pub last_24h: &'static str,
-    pub led_title: &'static str,
-    pub led_legend: [&'static str; 8],
-    pub switch_to: &'static str,
-    pub switch_lang: &'static str,
-    pub gateway: &'static str,
-    pub link: &'static str,
-    pub link_up: &'static str,
-    pub link_down: &'static str,
-    pub kept_on_device: &'static str,
+    pub(super) power_shutting_down: &'static str,
+    pub(super) health_ok: &'static str,
+    pub(super) health_stale: &'static str,
+    pub(super) health_fault: &'static str,
+    pub(super) last_seen: &'static str,
+    pub(super) never: &'static str,
+    pub(super) events: &'static str,
+    pub(super) no_events: &'static str,
+    pub(super) last_24h: &'static str,
+    pub(super) led_title: &'static str,
+    pub(super) led_legend: [&'static str; 8],
+    pub(super) switch_to: &'static str,
+    pub(super) switch_lang: &'static str,
+    pub(super) link: &'static str,
+    pub(super) link_up: &'static str,
+    pub(super) link_down: &'static str,
+    pub(super) kept_on_device: &'static str,
     /// The InfluxDB sink's line: its name, then waiting / set aside /
     /// dropped (retention), then why the last write failed, by class.
-    pub influx: &'static str,
-    pub influx_waiting: &'static str,
-    pub influx_rejected: &'static str,
-    pub influx_retention: &'static str,
+    pub(super) influx: &'static str,
+    pub(super) influx_waiting: &'static str,
+    pub(super) influx_rejected: &'static str,
+    pub(super) influx_retention: &'static str,
     /// too_large, bad_points, retention, refused, retry, unreachable.
-    pub influx_classes: [(&'static str, &'static str); 6],
+    pub(super) influx_classes: [(&'static str, &'static str); 6],
     /// `web.password_file` can be read by other users of the box.
-    pub password_file_open: &'static str,
+    pub(super) password_file_open: &'static str,
 }
 
-pub const VI: Strings = Strings {
+pub(super) const VI: Strings = Strings {
     lang: "vi",
     title: "Trạng thái thiết bị giám sát",
     all_normal: "Mọi thứ hoạt động bình thường",
@@ -95,19 +81,6 @@ pub const VI: Strings = Strings {
     health_fault: "lỗi",
     last_seen: "Cập nhật lúc",
     never: "chưa có",
-    on_mains: "đang dùng điện lưới",
-    yes: "có",
-    no: "không",
-    on_battery_word: "đang chạy bằng pin",
-    low_battery_word: "pin yếu",
-    load: "Tải",
-    charge: "Pin",
-    runtime: "Thời gian còn lại",
-    minutes: "phút",
-    temperature: "Nhiệt độ",
-    humidity: "Độ ẩm",
-    input_voltage: "Điện áp vào",
-    status_word: "Trạng thái",
     events: "Sự kiện gần đây",
     no_events: "Chưa có sự kiện nào",
     last_24h: "24 giờ qua",
@@ -124,7 +97,6 @@ pub const VI: Strings = Strings {
     ],
     switch_to: "en",
     switch_lang: "English",
-    gateway: "Kết nối",
     link: "Kết nối tới trung tâm",
     link_up: "đang kết nối",
     link_down: "mất kết nối",
@@ -144,7 +116,7 @@ pub const VI: Strings = Strings {
     password_file_open: "Tệp mật khẩu của trang này đang để người dùng khác trên thiết bị đọc được: hãy để riêng (chmod o-r)",
 };
 
-pub const EN: Strings = Strings {
+pub(super) const EN: Strings = Strings {
     lang: "en",
     title: "Monitoring box status",
     all_normal: "All systems normal",
@@ -169,19 +141,6 @@ pub const EN: Strings = Strings {
     health_fault: "fault",
     last_seen: "Last reading",
     never: "none yet",
-    on_mains: "on mains power",
-    yes: "yes",
-    no: "no",
-    on_battery_word: "on battery",
-    low_battery_word: "low battery",
-    load: "Load",
-    charge: "Battery",
-    runtime: "Time left",
-    minutes: "min",
-    temperature: "Temperature",
-    humidity: "Humidity",
-    input_voltage: "Input voltage",
-    status_word: "Status",
     events: "Recent events",
     no_events: "No events yet",
     last_24h: "last 24 hours",
@@ -198,7 +157,6 @@ pub const EN: Strings = Strings {
     ],
     switch_to: "vi",
     switch_lang: "Tiếng Việt",
-    gateway: "Link",
     link: "Link to the operations centre",
     link_up: "connected",
     link_down: "down",
@@ -244,14 +202,18 @@ pub(super) fn strings(lang: &str) -> &'static Strings {
 }
 
 /// The cookie that remembers the language a person picked with the link.
-pub const LANG_COOKIE: &str = "wardgate_lang";
+pub(super) const LANG_COOKIE: &str = "wardgate_lang";
 
 /// The language: `?lang=` (the link), else the one remembered in the
 /// cookie, else the configured one (`web.language`, Vietnamese by
 /// default). The browser's `Accept-Language` is not asked: office PCs and
 /// phones here often run an English interface for Vietnamese-speaking
 /// staff.
-pub fn choose_language(query: Option<&str>, cookie: Option<&str>, default: &str) -> &'static str {
+pub(super) fn choose_language(
+    query: Option<&str>,
+    cookie: Option<&str>,
+    default: &str,
+) -> &'static str {
     let pick = |l: &str| if l == "en" { "en" } else { "vi" };
     if let Some(q) = query {
         return pick(q);
@@ -263,7 +225,7 @@ pub fn choose_language(query: Option<&str>, cookie: Option<&str>, default: &str)
 }
 
 /// The language remembered in a `Cookie` header's value, if any.
-pub fn cookie_language(header: &str) -> Option<&str> {
+pub(super) fn cookie_language(header: &str) -> Option<&str> {
     header.split(';').find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         (k == LANG_COOKIE).then_some(v.trim())
