@@ -317,6 +317,7 @@ fn start_uplink(
         crate::command::Parts {
             cfg: cfg.command_setup(),
             changes: cfg.clone(),
+            stored_stats: crate::cli::spool_stats_json,
             spool: spool.clone(),
             status: status.clone(),
             devices: devices

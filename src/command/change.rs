@@ -244,13 +244,7 @@ pub fn roll_back(config: &Path, why: &str) -> bool {
     true
 }
 
-/// `config.set`'s arguments.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SetArgs {
-    pub toml: String,
-    pub base_hash: String,
-    pub allow_broker_change: bool,
-}
+pub use super::request::SetArgs;
 
 /// Why a `config.set` was not tried; nothing was changed either way.
 #[derive(Debug, thiserror::Error)]

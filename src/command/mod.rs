@@ -174,11 +174,17 @@ impl CommandLink {
     }
 }
 
+/// Reads the spool file's own figures (blocking), as JSON.
+pub type StoredStats = fn(&std::path::Path) -> Result<serde_json::Value, String>;
+
 /// Everything the dispatcher runs commands with.
 pub struct Parts {
     pub cfg: config::CommandSetup,
     /// The running config, to check a `config.set` against.
     pub changes: Arc<dyn change::ChangeCheck>,
+    /// What `wardgate spool stats` says of the spool file (`spool.stats`
+    /// answers with it beside the running figures); given by the app.
+    pub stored_stats: StoredStats,
     pub spool: Arc<Spool>,
     pub status: StatusHub,
     /// Configured devices by id (for `poll`).

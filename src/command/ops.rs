@@ -77,10 +77,10 @@ impl Ops {
                 let running =
                     serde_json::to_value(self.p.spool.stats()).map_err(|e| e.to_string())?;
                 let path = self.spool_path();
-                let stored =
-                    tokio::task::spawn_blocking(move || crate::cli::spool_stats_json(&path))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                let read = self.p.stored_stats;
+                let stored = tokio::task::spawn_blocking(move || read(&path))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(match stored {
                     Ok(s) => json!({ "running": running, "store": s }),
                     Err(e) => json!({ "running": running, "store": null, "store_error": e }),

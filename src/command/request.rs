@@ -196,7 +196,7 @@ pub enum Args {
     SpoolStats,
     LogTail { lines: usize, level: Option<Level> },
     ConfigGet,
-    ConfigSet(super::change::SetArgs),
+    ConfigSet(SetArgs),
     Restart,
 }
 
@@ -268,6 +268,14 @@ fn default_lines() -> usize {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
+
+/// `config.set`'s arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetArgs {
+    pub toml: String,
+    pub base_hash: String,
+    pub allow_broker_change: bool,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -367,7 +375,7 @@ pub fn validate(target: &Target, payload: &[u8], p: &Policy<'_>) -> Result<Reque
         }
         Op::ConfigSet => {
             let a: ConfigSetArgs = args_of(op, args)?;
-            Args::ConfigSet(super::change::SetArgs {
+            Args::ConfigSet(SetArgs {
                 toml: a.toml,
                 base_hash: a.base_hash,
                 allow_broker_change: a.allow_broker_change,

@@ -53,10 +53,6 @@ pub use device::DeviceConfig;
 /// Where the daemon looks when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/wardgate/wardgate.toml";
 
-// Kept while other branches still name the old paths.
-pub use crate::ids::GATEWAY_DEVICE;
-pub use crate::types;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or parsed as TOML, or has no keys a
@@ -294,7 +290,7 @@ impl Config {
             .web
             .password_file
             .as_ref()
-            .and_then(|f| types::absolute_path_problem(f))
+            .and_then(|f| crate::types::absolute_path_problem(f))
         {
             p.push(format!("web.password_file: {why}"));
         }
@@ -444,13 +440,6 @@ impl Config {
             site: self.site.clone(),
             mqtt: self.mqtt.clone(),
         }
-    }
-
-    /// Where `config.set` reads what a remote change may touch.
-    pub fn remote_policy_path(&self) -> std::path::PathBuf {
-        self.remote_policy
-            .clone()
-            .unwrap_or_else(|| crate::config::remote_policy::DEFAULT_PATH.into())
     }
 
     pub fn mqtt_client_id(&self) -> String {

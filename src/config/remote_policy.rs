@@ -47,6 +47,15 @@ use crate::config::{Config, DeviceConfig, ModbusTransport};
 /// Where the policy file is looked for unless the command line says.
 pub const DEFAULT_PATH: &str = "/etc/wardgate-remote-change.toml";
 
+impl Config {
+    /// Where `config.set` reads what a remote change may touch.
+    pub fn remote_policy_path(&self) -> PathBuf {
+        self.remote_policy
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PATH.into())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file is there but the service (or another user) could change

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::types::{defaults_of, duration_problem, AbsPath, Bounded};
+use crate::types::{defaults_of, duration_problem, AbsPath, Bounded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -32,7 +32,7 @@ fn wanted(name: &str) -> bool {
 }
 
 fn is_device(kind: Kind, device: &str) -> bool {
-    kind == Kind::Sample && device != crate::config::GATEWAY_DEVICE
+    kind == Kind::Sample && device != crate::ids::GATEWAY_DEVICE
 }
 
 /// A reading of a device (not the gateway's own telemetry or events).
@@ -118,7 +118,7 @@ pub(super) fn on_disk(db: &mut Db, rows: &[NewRow<'_>], ids: &[i64], counters: &
     let deleted = db.conn.execute(
         "DELETE FROM rec WHERE id = (SELECT min(id) FROM rec \
          WHERE kind = 0 AND device != ?1 AND id >= ?2)",
-        rusqlite::params![crate::config::GATEWAY_DEVICE, first],
+        rusqlite::params![crate::ids::GATEWAY_DEVICE, first],
     );
     if let Ok(1) = deleted {
         counters.disk_rows.fetch_sub(1, Ordering::Relaxed);

@@ -9,15 +9,11 @@
 //! power-off GET/SET VAR, INSTCMD and TRACKING, and STARTTLS) is small.
 
 mod explain;
-mod request;
+pub(crate) mod request;
 
 use crate::model::Values;
 
 pub(crate) use self::explain::{explain, explain_refusal, explain_starttls};
-pub(crate) use self::request::{
-    cmd_get_tracking, cmd_get_var, cmd_instcmd, cmd_list_var, cmd_password, cmd_set_var,
-    cmd_username, CMD_STARTTLS, CMD_TRACKING_ON,
-};
 
 /// Longest line accepted from upsd; NUT's own limit is 512 bytes.
 pub const MAX_LINE: usize = 1024;
@@ -461,7 +457,7 @@ mod tests {
                 (w, g) => panic!("{line:?}: wanted {w:?}, got {g:?}"),
             }
         }
-        assert_eq!(CMD_STARTTLS, "STARTTLS\n");
+        assert_eq!(request::CMD_STARTTLS, "STARTTLS\n");
     }
 
     #[test]

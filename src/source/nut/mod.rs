@@ -147,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// read as if they came over TLS (a man in the middle's injection), so
     /// they are an error too. Returns the stream for the handshake.
     async fn starttls(mut self) -> Result<S, NutError> {
-        self.send(codec::CMD_STARTTLS).await?;
+        self.send(codec::request::CMD_STARTTLS).await?;
         let answer = match self.line().await {
             Err(NutError::Timeout(t)) => {
                 return Err(NutError::Codec(codec::CodecError::Malformed(format!(
@@ -169,9 +169,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     }
 
     async fn login(&mut self, user: &str, password: &str) -> Result<(), NutError> {
-        self.send(&codec::cmd_username(user)?).await?;
+        self.send(&codec::request::cmd_username(user)?).await?;
         self.expect_ok().await?;
-        self.send(&codec::cmd_password(password)?).await?;
+        self.send(&codec::request::cmd_password(password)?).await?;
         self.expect_ok().await
     }
 
@@ -185,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// The whole reply must arrive within [`REPLY_DEADLINE_FACTOR`] times
     /// the per-line timeout.
     async fn list_vars(&mut self, ups: &str) -> Result<Vec<(String, String)>, NutError> {
-        self.send(&codec::cmd_list_var(ups)?).await?;
+        self.send(&codec::request::cmd_list_var(ups)?).await?;
         let deadline = self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
         let read = async {
             let mut list = ListVar::default();
@@ -214,7 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
     /// `SET TRACKING ON`: true when upsd keeps each command's outcome
     /// (upsd 2.8 and later); an older one answers ERR.
     async fn tracking_on(&mut self) -> Result<bool, NutError> {
-        match self.ask(codec::CMD_TRACKING_ON).await? {
+        match self.ask(codec::request::CMD_TRACKING_ON).await? {
             Line::Ok => Ok(true),
             Line::Err(_) => Ok(false),
             other => Err(unexpected("SET TRACKING ON", &other)),
@@ -223,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
 
     /// `GET VAR <ups> <var>`.
     async fn get_var(&mut self, ups: &str, var: &str) -> Result<String, NutError> {
-        match self.ask(&codec::cmd_get_var(ups, var)?).await? {
+        match self.ask(&codec::request::cmd_get_var(ups, var)?).await? {
             Line::Var {
                 ups: u,
                 name,
@@ -251,7 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         let deadline =
             tokio::time::Instant::now() + self.timeout.saturating_mul(REPLY_DEADLINE_FACTOR);
         loop {
-            match self.ask(&codec::cmd_get_tracking(id)?).await? {
+            match self.ask(&codec::request::cmd_get_tracking(id)?).await? {
                 Line::Success => return Ok(true),
                 Line::Pending => {}
                 Line::Err(code) => return Err(NutError::Server(code)),
@@ -293,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         if now.trim().parse::<f64>().ok() == Some(secs as f64) {
             return Ok(format!("{DELAY_VAR} is {secs} s already"));
         }
-        let set = codec::cmd_set_var(ups, DELAY_VAR, &secs.to_string())?;
+        let set = codec::request::cmd_set_var(ups, DELAY_VAR, &secs.to_string())?;
         match self.act_and_wait(&set).await {
             Ok(how) => Ok(format!("{DELAY_VAR} set to {secs} s (was {now} s): {how}")),
             Err(NutError::Server(code)) => Ok(format!(
@@ -314,7 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Nut<S> {
         let io = |e: NutError| e.to_string();
         self.tracking_on().await.map_err(io)?;
         let delay = self.set_delay(ups, secs).await.map_err(io)?;
-        let cmd = codec::cmd_instcmd(ups, "shutdown.return").map_err(|e| e.to_string())?;
+        let cmd = codec::request::cmd_instcmd(ups, "shutdown.return").map_err(|e| e.to_string())?;
         match self.act_and_wait(&cmd).await {
             Ok(how) => Ok(format!("{delay}; then INSTCMD shutdown.return: {how}")),
             Err(NutError::Server(code)) => Err(format!(
@@ -628,7 +628,7 @@ pub(crate) async fn check_login(cfg: &NutConfig) -> Vec<(bool, String)> {
     // upsd checks the password only when it is used: a SET of a variable
     // no driver has is refused for a wrong password or a missing SET right
     // (ACCESS-DENIED), and otherwise answered VAR-NOT-SUPPORTED.
-    let probe = match codec::cmd_set_var(&cfg.ups, LOGIN_PROBE_VAR, "0") {
+    let probe = match codec::request::cmd_set_var(&cfg.ups, LOGIN_PROBE_VAR, "0") {
         Ok(p) => p,
         Err(e) => {
             lines.push((false, format!("login: NOT CHECKED: {e}")));
