@@ -23,16 +23,67 @@ use crate::sink::lane::Lane;
 use crate::sink::payload;
 
 impl<L: Lane> MqttSink<L> {
+    /// One connection: connect, announce (birth, command subscription),
+    /// then publish and follow acknowledgements until it ends.
     pub(super) async fn session(&self, cancel: &CancellationToken) -> SessionEnd {
+        let (client, mut el) = match self.connect(cancel).await {
+            Ok(c) => c,
+            Err(end) => return end,
+        };
+        let up_since = Instant::now();
+        let tracker: Arc<Mutex<AckTracker>> = Arc::default();
+        let status_topic = payload::status_topic(&self.cfg.mqtt.prefix, &self.cfg.site);
+        let subscribed = match self.announce(&client, &tracker, &status_topic) {
+            Ok(s) => s,
+            Err(error) => {
+                return self.end(SessionEnd::Failed {
+                    error,
+                    up: Duration::ZERO,
+                })
+            }
+        };
+        let publisher = tokio::spawn(publish_loop(
+            client.clone(),
+            self.lane.clone(),
+            tracker.clone(),
+            self.cfg.clone(),
+            self.counters.clone(),
+            self.commands.clone(),
+        ));
+        let end = self
+            .follow(
+                cancel,
+                &client,
+                &mut el,
+                &tracker,
+                publisher,
+                &status_topic,
+                subscribed.as_deref(),
+                up_since,
+            )
+            .await;
+        let lost = lock(&tracker).connection_lost();
+        if !lost.is_empty() {
+            tracing::debug!(
+                batches = lost.len(),
+                "unacknowledged batches go back to the spool"
+            );
+        }
+        self.end(end)
+    }
+
+    /// Connects and waits for the broker's CONNACK (within
+    /// `mqtt.connect_timeout`); marks the link up.
+    async fn connect(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<(AsyncClient, EventLoop), SessionEnd> {
         let failed = |error: String| SessionEnd::Failed {
             error,
             up: Duration::ZERO,
         };
         self.status.update(|s| s.uplink.attempts += 1);
-        let opts = match self.options() {
-            Ok(o) => o,
-            Err(e) => return failed(e.to_string()),
-        };
+        let opts = self.options().map_err(|e| failed(e.to_string()))?;
         let (client, mut el) = AsyncClient::new(opts, 64);
         el.set_network_options(network_options(&self.cfg));
         let connect =
@@ -40,16 +91,15 @@ impl<L: Lane> MqttSink<L> {
         let connected = tokio::select! {
             _ = cancel.cancelled() => {
                 tracing::warn!("stopping before the broker answered; offline status not sent");
-                return SessionEnd::Cancelled;
+                return Err(SessionEnd::Cancelled);
             }
             r = self.alive(connect) => r,
         };
         match connected {
-            Err(_) => return failed("timed out waiting for the broker's CONNACK".into()),
-            Ok(Err(e)) => return failed(describe(&e, &self.cfg)),
+            Err(_) => return Err(failed("timed out waiting for the broker's CONNACK".into())),
+            Ok(Err(e)) => return Err(failed(describe(&e, &self.cfg))),
             Ok(Ok(())) => {}
         }
-        let up_since = Instant::now();
         let n = self.counters.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             broker = %format!("{}:{}", self.cfg.mqtt.host, self.cfg.mqtt_port()),
@@ -65,19 +115,27 @@ impl<L: Lane> MqttSink<L> {
             }
         });
         self.lane.set_link(true);
+        Ok((client, el))
+    }
 
-        let tracker: Arc<Mutex<AckTracker>> = Arc::default();
-        let status_topic = payload::status_topic(&self.cfg.mqtt.prefix, &self.cfg.site);
+    /// Queues the retained birth message and subscribes to the command
+    /// topics; the subscription's filter when there is one.
+    fn announce(
+        &self,
+        client: &AsyncClient,
+        tracker: &Mutex<AckTracker>,
+        status_topic: &str,
+    ) -> Result<Option<String>, String> {
         let birth = payload::status_online(
             &self.run.version,
             &self.run.boot_id,
             &self.run.run_id,
             self.run.started_ms,
         );
-        lock(&tracker).queue(Tag::Birth);
-        if let Err(e) = client.try_publish(&status_topic, QoS::AtLeastOnce, true, birth) {
-            return self.end(failed(format!("queueing the birth message: {e}")));
-        }
+        lock(tracker).queue(Tag::Birth);
+        client
+            .try_publish(status_topic, QoS::AtLeastOnce, true, birth)
+            .map_err(|e| format!("queueing the birth message: {e}"))?;
         // rumqttc does not restore subscriptions, and with a clean session
         // neither does the broker: subscribe on every connection (unless a
         // request too big to read suspended it, below).
@@ -86,21 +144,29 @@ impl<L: Lane> MqttSink<L> {
             .as_ref()
             .and_then(|l| l.filter())
             .filter(|_| !self.commands_suspended_now());
-        let subscribed = filter.clone();
-        if let Some(filter) = filter {
-            if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-                return self.end(failed(format!("subscribing to commands: {e}")));
-            }
+        if let Some(filter) = &filter {
+            client
+                .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                .map_err(|e| format!("subscribing to commands: {e}"))?;
         }
+        Ok(filter)
+    }
 
-        let mut publisher = tokio::spawn(publish_loop(
-            client.clone(),
-            self.lane.clone(),
-            tracker.clone(),
-            self.cfg.clone(),
-            self.counters.clone(),
-            self.commands.clone(),
-        ));
+    /// Polls the connection until it ends: acknowledgements to the
+    /// tracker, requests to the dispatcher, a stall or a dead publisher
+    /// ends it; a stop says goodbye.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        cancel: &CancellationToken,
+        client: &AsyncClient,
+        el: &mut EventLoop,
+        tracker: &Arc<Mutex<AckTracker>>,
+        mut publisher: tokio::task::JoinHandle<String>,
+        status_topic: &str,
+        subscribed: Option<&str>,
+        up_since: Instant,
+    ) -> SessionEnd {
         let failed_up = |error: String| SessionEnd::Failed {
             error,
             up: up_since.elapsed(),
@@ -109,13 +175,13 @@ impl<L: Lane> MqttSink<L> {
         // When delivery last moved: connected, a batch acknowledged, or
         // nothing pending.
         let mut moved = Instant::now();
-        let end = loop {
+        loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     publisher.abort();
                     let _ = (&mut publisher).await;
-                    self.goodbye(&client, &mut el, &tracker, &status_topic).await;
-                    break SessionEnd::Cancelled;
+                    self.goodbye(client, el, tracker, status_topic).await;
+                    return SessionEnd::Cancelled;
                 }
                 r = &mut publisher => {
                     let error = match r {
@@ -123,7 +189,7 @@ impl<L: Lane> MqttSink<L> {
                         Err(e) => format!("the MQTT publisher task failed: {e}"),
                     };
                     tracing::error!(%error, "MQTT publishing stopped; ending the connection");
-                    break failed_up(error);
+                    return failed_up(error);
                 }
                 _ = tick.tick() => {
                     self.counters.alive.fetch_add(1, Ordering::Relaxed);
@@ -133,11 +199,11 @@ impl<L: Lane> MqttSink<L> {
                         self.unstalled();
                     } else if moved.elapsed() >= self.cfg.mqtt.stall_timeout.get() {
                         publisher.abort();
-                        break failed_up(self.stalled(pending, moved.elapsed()));
+                        return failed_up(self.stalled(pending, moved.elapsed()));
                     }
                 }
                 ev = el.poll() => match ev {
-                    Ok(ev) => match self.on_event(ev, &tracker) {
+                    Ok(ev) => match self.on_event(ev, tracker) {
                         Ok(Some(Tag::Batch(_))) => {
                             moved = Instant::now();
                             self.unstalled();
@@ -146,27 +212,19 @@ impl<L: Lane> MqttSink<L> {
                         Err(error) => {
                             publisher.abort();
                             tracing::error!(%error, "MQTT acknowledgements cannot be tied to messages; ending the connection");
-                            break failed_up(error);
+                            return failed_up(error);
                         }
                     },
                     Err(e) => {
                         publisher.abort();
-                        if let (Some(size), Some(filter)) = (oversized(&e), &subscribed) {
+                        if let (Some(size), Some(filter)) = (oversized(&e), subscribed) {
                             self.suspend_commands(size, filter);
                         }
-                        break failed_up(describe(&e, &self.cfg));
+                        return failed_up(describe(&e, &self.cfg));
                     }
                 },
             }
-        };
-        let lost = lock(&tracker).connection_lost();
-        if !lost.is_empty() {
-            tracing::debug!(
-                batches = lost.len(),
-                "unacknowledged batches go back to the spool"
-            );
         }
-        self.end(end)
     }
 
     fn commands_suspended_now(&self) -> bool {
@@ -633,126 +691,4 @@ fn describe(e: &ConnectionError, cfg: &MqttSetup) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spool::{Batch, SpoolError};
-
-    /// A lane fed by the test, recording what the sink did with it.
-    #[derive(Clone, Default)]
-    struct FakeLane(Arc<Mutex<FakeState>>);
-
-    #[derive(Default)]
-    struct FakeState {
-        batches: std::collections::VecDeque<Batch>,
-        set_aside: Vec<(u64, String)>,
-        acked: Vec<u64>,
-        nacks: usize,
-    }
-
-    impl FakeLane {
-        fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
-            self.0.lock().unwrap()
-        }
-        fn push(&self, id: u64, device: &str, bodies: &[&str]) {
-            self.state().batches.push_back(Batch {
-                id,
-                kind: crate::model::Kind::Sample,
-                device: Arc::from(device),
-                epoch: 0,
-                first_seq: 0,
-                historical: false,
-                bodies: bodies.iter().map(|b| Arc::from(*b)).collect(),
-            });
-        }
-    }
-
-    impl Lane for FakeLane {
-        async fn next_batch(&self, _max: usize) -> Result<Batch, SpoolError> {
-            loop {
-                if let Some(b) = self.state().batches.pop_front() {
-                    return Ok(b);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        fn ack(&self, id: u64) -> usize {
-            self.state().acked.push(id);
-            1
-        }
-        fn nack_all(&self) {
-            self.state().nacks += 1;
-        }
-        fn set_link(&self, _up: bool) {}
-        fn set_max_bytes(&self, _max_bytes: usize) {}
-        fn set_aside(&self, id: u64, reason: &str) {
-            self.state().set_aside.push((id, reason.to_owned()));
-        }
-        fn pending(&self) -> u64 {
-            self.state().batches.len() as u64
-        }
-    }
-
-    /// In milliseconds: a batch with a device id that cannot
-    /// be a topic, and one too big for a packet, are set aside and the next
-    /// one is published; when the client is gone the loop says why.
-    #[tokio::test]
-    async fn publisher_sets_aside_what_cannot_be_sent_and_never_stops_silently() {
-        let cfg = Arc::new(
-            crate::config::Config::from_toml(
-                "site = \"s\"\n[mqtt]\nmax_packet_size = \"4 KiB\"\nmax_batch_bytes = \"1 KiB\"\n",
-            )
-            .unwrap()
-            .mqtt_setup(),
-        );
-        let lane = FakeLane::default();
-        let big = format!("{{\"seq\":1,\"pad\":\"{}\"}}", "x".repeat(5000));
-        lane.push(1, "ups#1", &[r#"{"seq":0}"#]);
-        lane.push(2, "ups1", &[&big]);
-        lane.push(3, "ups1", &[r#"{"seq":2}"#]);
-        let (tx, rx) = flume::bounded(10);
-        let client = AsyncClient::from_senders(tx);
-        let tracker: Arc<Mutex<AckTracker>> = Arc::default();
-        let counters = Arc::new(SinkCounters::default());
-        let task = tokio::spawn(publish_loop(
-            client,
-            lane.clone(),
-            tracker.clone(),
-            cfg,
-            counters.clone(),
-            None,
-        ));
-        let req = tokio::time::timeout(Duration::from_secs(5), rx.recv_async())
-            .await
-            .expect("a publish within 5 s")
-            .unwrap();
-        let rumqttc::Request::Publish(p) = req else {
-            panic!("not a publish: {req:?}");
-        };
-        assert_eq!(p.topic, "ioc/s/ups1/telemetry");
-        assert!(String::from_utf8_lossy(&p.payload).contains(r#""seq":2"#));
-        assert_eq!(
-            lane.state().set_aside,
-            vec![(1, "bad device id".to_owned()), (2, "too large".to_owned())]
-        );
-        assert_eq!(counters.set_aside.load(Ordering::Relaxed), 2);
-        assert_eq!(lock(&tracker).sent(1), Sent::Ok);
-        assert_eq!(lock(&tracker).acked(1), Acked::Tag(Tag::Batch(3)));
-
-        // The client's channel closes (the event loop is gone).
-        drop(rx);
-        lane.push(4, "ups1", &[r#"{"seq":3}"#]);
-        let why = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the publisher ends")
-            .unwrap();
-        assert!(
-            why.contains("handing a message to the MQTT client failed"),
-            "{why}"
-        );
-        assert_eq!(
-            lock(&tracker).outstanding(),
-            0,
-            "the abandoned tag was taken back"
-        );
-    }
-}
+mod tests;
