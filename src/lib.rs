@@ -7,19 +7,19 @@ pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod config;
-pub mod events;
-pub mod host;
-pub mod ids;
+pub(crate) mod events;
+pub(crate) mod host;
+pub(crate) mod ids;
 pub mod model;
-pub mod power;
+pub(crate) mod power;
 pub mod provision;
-pub mod sink;
+pub(crate) mod sink;
 pub mod source;
 pub mod spool;
 pub mod status;
-pub mod telemetry;
-pub mod tls;
-pub mod types;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
+pub(crate) mod types;
 
 /// The security contact is set once, as the package's `Maintainer`
 /// (Cargo.toml, `[package.metadata.deb] maintainer`), and SECURITY.md must

@@ -46,15 +46,15 @@
 //! inventory, `logring.rs` keeps the last log lines, `config.rs` is the
 //! `[commands]` section.
 
-pub mod access;
+pub(crate) mod access;
 pub mod change;
-pub mod config;
-pub mod inventory;
-pub mod limit;
+pub(crate) mod config;
+pub(crate) mod inventory;
+pub(crate) mod limit;
 pub mod logring;
 mod ops;
-pub mod request;
-pub mod store;
+pub(crate) mod request;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

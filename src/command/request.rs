@@ -412,6 +412,7 @@ pub enum State {
 
 impl State {
     /// The command is over: its reply is remembered.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn is_final(self) -> bool {
         matches!(self, State::Successful | State::Failed | State::Rejected)
     }

@@ -386,6 +386,7 @@ impl ReplayStore {
     }
 
     /// How many replies the file holds (tests).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn len_on_disk(&self) -> Option<usize> {
         let conn = self.conn.as_ref()?;
         lock(conn)
@@ -397,6 +398,7 @@ impl ReplayStore {
     }
 
     /// How many replies memory holds (tests).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn len_in_memory(&self) -> usize {
         lock(&self.memory).len()
     }

@@ -20,7 +20,7 @@
 mod device;
 mod remote;
 pub mod remote_policy;
-pub mod secrets;
+pub(crate) mod secrets;
 #[cfg(test)]
 mod tests;
 

@@ -11,7 +11,7 @@
 //! rules and its maintainer script, and fail when any entry here is not
 //! granted, or when the unit grants something that is not here.
 
-pub mod file;
+pub(crate) mod file;
 
 /// The Pi's activity LED, the status LED by default (`led.path`).
 pub const LED_ACT: &str = "/sys/class/leds/ACT";
@@ -24,6 +24,7 @@ pub const W1_DEVICES: &str = "/sys/bus/w1/devices";
 
 /// One thing on the host the daemon opens.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub struct Access {
     /// What it is for, in words.
     pub what: &'static str,
@@ -34,6 +35,7 @@ pub struct Access {
 
 /// What the unit and package must give for an [`Access`].
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub enum Grant {
     /// A device node opened read-write: the unit's `DeviceAllow=<allow> rw`
     /// (a `char-NAME` class from /proc/devices, or the path), and the group
@@ -62,6 +64,7 @@ pub enum Grant {
 
 /// Whose udev rule gives a device node its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub enum Rule {
     /// Debian's own (`50-udev-default.rules`: `tty[A-Z]*[0-9]` is group
     /// dialout).
@@ -70,9 +73,11 @@ pub enum Rule {
     Package,
 }
 
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 const LED_FILES: &[&str] = &["trigger", "brightness"];
 
 /// Every device node and kernel file the daemon opens.
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub const ACCESS: &[Access] = &[
     Access {
         what: "USB serial adapters (UPS, RS-485)",
@@ -222,11 +227,13 @@ pub const ACCESS: &[Access] = &[
 
 /// The entry for `path` (a concrete path: `*` in the table matches one
 /// path component's number or name).
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub fn entry_for(path: &str) -> Option<&'static Access> {
     ACCESS.iter().find(|a| glob(a.path, path))
 }
 
 /// `*` matches any run of characters other than `/`.
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 fn glob(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,

@@ -212,6 +212,7 @@ impl Decider {
     }
 
     /// Whether the UPS is on battery, as last seen.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn on_battery(&self) -> bool {
         self.on_battery_since.is_some()
     }

@@ -13,9 +13,9 @@
 //! and runs `shutdown_command` ([`run_shutdown_command`]). Mains returning
 //! before the stop begins cancel it all with `power.restored`.
 
-pub mod config;
-pub mod decide;
-pub mod logind;
+pub(crate) mod config;
+pub(crate) mod decide;
+pub(crate) mod logind;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,7 +66,6 @@ pub const COMMAND_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     pub reason: Reason,
-    pub reading: UpsReading,
 }
 
 /// How the monitor tells that the MQTT sink delivered the event: its lane
@@ -147,7 +146,7 @@ impl Monitor {
                         }
                         Waited::Done => {}
                     }
-                    let _ = decided.send(Shutdown { reason, reading });
+                    let _ = decided.send(Shutdown { reason });
                     cancel.cancelled().await;
                     return;
                 }

@@ -59,6 +59,7 @@ pub struct AckTracker {
 }
 
 impl AckTracker {
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn new() -> Self {
         Self::default()
     }
@@ -95,6 +96,7 @@ impl AckTracker {
     }
 
     /// Publishes queued or sent and not yet acknowledged.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn outstanding(&self) -> usize {
         self.queued.len() + self.inflight.len()
     }

@@ -2,9 +2,9 @@
 //! spool and reports success only after the remote acknowledged: MQTT
 //! (always) and InfluxDB (when `influxdb.url` is set).
 
-pub mod ack;
-pub mod config;
-pub mod influx;
-pub mod lane;
-pub mod mqtt;
-pub mod payload;
+pub(crate) mod ack;
+pub(crate) mod config;
+pub(crate) mod influx;
+pub(crate) mod lane;
+pub(crate) mod mqtt;
+pub(crate) mod payload;

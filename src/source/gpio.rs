@@ -31,6 +31,7 @@ pub trait ContactInput: Send {
 }
 
 /// A fake input for tests: set levels through the sender.
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub struct FakeInput {
     level: std::sync::Arc<std::sync::atomic::AtomicBool>,
     edges: mpsc::UnboundedReceiver<()>,
@@ -38,12 +39,14 @@ pub struct FakeInput {
 
 /// The test's end of a [`FakeInput`].
 #[derive(Clone)]
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub struct FakeInputHandle {
     level: std::sync::Arc<std::sync::atomic::AtomicBool>,
     edges: mpsc::UnboundedSender<()>,
 }
 
 impl FakeInput {
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn new(initial: bool) -> (FakeInput, FakeInputHandle) {
         let level = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(initial));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -58,6 +61,7 @@ impl FakeInput {
 }
 
 impl FakeInputHandle {
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn set(&self, high: bool) {
         let old = self.level.swap(high, std::sync::atomic::Ordering::SeqCst);
         if old != high {

@@ -5,27 +5,27 @@
 //! one retry loop in [`supervisor`].
 
 pub mod apc;
-pub mod config;
-pub mod gpio;
-pub mod gpio_config;
+pub(crate) mod config;
+pub(crate) mod gpio;
+pub(crate) mod gpio_config;
 pub mod megatec;
-pub mod modbus;
+pub(crate) mod modbus;
 pub mod nut;
-pub mod onewire;
-pub mod onewire_config;
-pub mod probe;
-pub mod probe_config;
-pub mod serial;
-pub mod sim;
-pub mod sim_config;
-pub mod snmp;
-pub mod snmp_config;
-pub mod supervisor;
+pub(crate) mod onewire;
+pub(crate) mod onewire_config;
+pub(crate) mod probe;
+pub(crate) mod probe_config;
+pub(crate) mod serial;
+pub(crate) mod sim;
+pub(crate) mod sim_config;
+pub(crate) mod snmp;
+pub(crate) mod snmp_config;
+pub(crate) mod supervisor;
 pub mod system;
 pub mod system_config;
 pub mod tap;
-pub mod threshold;
-pub mod ups;
+pub(crate) mod threshold;
+pub(crate) mod ups;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -27,6 +27,7 @@ pub enum W1Error {
 /// Most bytes read of a `w1_slave` file: the kernel's is 75 bytes; a
 /// bigger file is not a DS18B20's (a wrong `root`, a FUSE mount) and is
 /// refused (the host's one file reader, as a kernel attribute).
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub const MAX_FILE_BYTES: u64 = crate::host::file::MAX_KERNEL_BYTES;
 
 /// Most probes read per poll: a 1-Wire bus on a Pi carries a handful, the

@@ -34,20 +34,20 @@
 //! and the store meet.
 
 mod commit;
-pub mod config;
+pub(crate) mod config;
 pub mod db;
 mod error;
 mod open;
 #[cfg(feature = "plant-faults")]
 mod plant;
-pub mod positions;
+pub(crate) mod positions;
 mod queue;
 mod report;
 mod retime;
 mod store;
 #[cfg(test)]
 mod tests;
-pub mod used;
+pub(crate) mod used;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -251,6 +251,7 @@ impl Led for GpioLed {
 
 /// Records what it was told, for tests.
 #[derive(Clone, Default)]
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests
 pub struct FakeLed {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, bool)>>>,
 }

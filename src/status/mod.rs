@@ -2,9 +2,9 @@
 //! web page, the gateway telemetry and the watchdog only read it. Nothing
 //! here sits on the data path.
 
-pub mod config;
+pub(crate) mod config;
 pub mod history;
-pub mod led;
+pub(crate) mod led;
 pub mod web;
 pub mod words;
 

@@ -94,6 +94,7 @@ impl Client {
     }
 
     /// Closes the kept connection (the next request opens a new one).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn reset(&mut self) {
         self.conn = None;
     }

@@ -24,9 +24,9 @@
 //! `check.rs` what `wardgate check` asks of the database.
 
 mod check;
-pub mod config;
-pub mod http;
-pub mod line;
+pub(crate) mod config;
+pub(crate) mod http;
+pub(crate) mod line;
 
 pub use check::check;
 

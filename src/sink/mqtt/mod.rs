@@ -58,9 +58,6 @@ pub enum MqttError {
     /// The password file could not be read: as for `Tls`.
     #[error("reading mqtt.password_file {0}")]
     Password(#[source] crate::host::file::FileError),
-    /// The broker could not be reached or refused us: retried with backoff.
-    #[error("{0}")]
-    Connect(String),
 }
 
 /// Counters this sink keeps for status and gateway telemetry.

@@ -3,8 +3,8 @@
 //! Alerts (`!` line fail, `$` restored, `%` low battery, `+` recovered)
 //! arrive unsolicited; they become events at once, not at the next poll.
 
-pub mod codec;
-pub mod config;
+pub(crate) mod codec;
+pub(crate) mod config;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! to it through `tokio::io::duplex` and integration tests through a real
 //! pseudo-terminal pair; the protocol itself lives in [`codec`].
 
-pub mod codec;
-pub mod config;
+pub(crate) mod codec;
+pub(crate) mod config;
 
 use std::time::Duration;
 

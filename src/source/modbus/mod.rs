@@ -3,10 +3,10 @@
 //! registers that sit together are read in one request; devices naming
 //! the same bus take turns on it (see `bus`).
 
-pub mod bus;
-pub mod config;
-pub mod map;
-pub mod profile;
+pub(crate) mod bus;
+pub(crate) mod config;
+pub(crate) mod map;
+pub(crate) mod profile;
 
 use std::sync::Arc;
 

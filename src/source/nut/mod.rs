@@ -4,8 +4,8 @@
 //! handshake checking upsd's certificate) before anything else is said,
 //! and never falls back to clear text ([`connect`]).
 
-pub mod codec;
-pub mod config;
+pub(crate) mod codec;
+pub(crate) mod config;
 
 use std::pin::Pin;
 use std::sync::Arc;
