@@ -65,7 +65,7 @@ impl EventDef {
 /// itself contains braces is not read again). A part without a value stays
 /// as it is written, so a forgotten argument shows in the message and in
 /// tests rather than vanishing.
-pub fn fill(template: &str, args: &[(&str, &dyn fmt::Display)]) -> String {
+pub(crate) fn fill(template: &str, args: &[(&str, &dyn fmt::Display)]) -> String {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -108,106 +108,106 @@ const fn def(code: &'static str, severity: Severity, message: &'static str, vi: 
 
 // ---- UPS: changes of `ups.status` (source/ups.rs) and APC alerts ----
 
-pub const UPS_ON_BATTERY: EventDef = def(
+pub(crate) const UPS_ON_BATTERY: EventDef = def(
     "ups.on_battery",
     Critical,
     "UPS on battery: mains power lost",
     Vi::Page("UPS chuyển sang chạy pin: mất điện lưới"),
 );
-pub const UPS_ON_LINE: EventDef = def(
+pub(crate) const UPS_ON_LINE: EventDef = def(
     "ups.on_line",
     Info,
     "UPS back on mains power",
     Vi::Page("UPS đã có điện lưới trở lại"),
 );
-pub const UPS_LOW_BATTERY: EventDef = def(
+pub(crate) const UPS_LOW_BATTERY: EventDef = def(
     "ups.low_battery",
     Critical,
     "UPS battery low: the UPS will shut down soon",
     Vi::Page("Pin UPS yếu: UPS sắp tắt"),
 );
-pub const UPS_BATTERY_OK: EventDef = def(
+pub(crate) const UPS_BATTERY_OK: EventDef = def(
     "ups.battery_ok",
     Info,
     "UPS battery no longer low",
     Vi::Page("Pin UPS không còn yếu"),
 );
-pub const UPS_REPLACE_BATTERY: EventDef = def(
+pub(crate) const UPS_REPLACE_BATTERY: EventDef = def(
     "ups.replace_battery",
     Warning,
     "UPS asks for its battery to be replaced",
     Vi::Page("UPS báo cần thay pin"),
 );
-pub const UPS_OVERLOAD: EventDef = def(
+pub(crate) const UPS_OVERLOAD: EventDef = def(
     "ups.overload",
     Warning,
     "UPS overloaded",
     Vi::Page("UPS quá tải"),
 );
-pub const UPS_OVERLOAD_CLEARED: EventDef = def(
+pub(crate) const UPS_OVERLOAD_CLEARED: EventDef = def(
     "ups.overload_cleared",
     Info,
     "UPS no longer overloaded",
     Vi::Page("UPS hết quá tải"),
 );
-pub const UPS_BYPASS: EventDef = def(
+pub(crate) const UPS_BYPASS: EventDef = def(
     "ups.bypass",
     Warning,
     "UPS on bypass: the load is not protected",
     Vi::Page("UPS chạy bypass: thiết bị không được bảo vệ"),
 );
-pub const UPS_BYPASS_ENDED: EventDef = def(
+pub(crate) const UPS_BYPASS_ENDED: EventDef = def(
     "ups.bypass_ended",
     Info,
     "UPS no longer on bypass",
     Vi::Page("UPS hết chạy bypass"),
 );
-pub const UPS_SHUTDOWN_PENDING: EventDef = def(
+pub(crate) const UPS_SHUTDOWN_PENDING: EventDef = def(
     "ups.shutdown_pending",
     Critical,
     "UPS shutdown pending",
     Vi::Page("UPS sắp tắt"),
 );
 /// `ups.shutdown_pending` as an APC Smart-UPS announces it (alert `*`).
-pub const UPS_TURNING_OFF: EventDef = def(
+pub(crate) const UPS_TURNING_OFF: EventDef = def(
     "ups.shutdown_pending",
     Critical,
     "UPS is about to turn off",
     Vi::Page("UPS sắp tắt"),
 );
-pub const UPS_TEST_STARTED: EventDef = def(
+pub(crate) const UPS_TEST_STARTED: EventDef = def(
     "ups.test_started",
     Info,
     "UPS battery test in progress",
     Vi::Page("UPS đang kiểm tra pin"),
 );
-pub const UPS_TEST_ENDED: EventDef = def(
+pub(crate) const UPS_TEST_ENDED: EventDef = def(
     "ups.test_ended",
     Info,
     "UPS battery test ended",
     Vi::Page("UPS đã kiểm tra pin xong"),
 );
-pub const UPS_OFF: EventDef = def(
+pub(crate) const UPS_OFF: EventDef = def(
     "ups.off",
     Critical,
     "UPS output is off",
     Vi::Page("UPS đã tắt nguồn ra"),
 );
-pub const UPS_ON: EventDef = def(
+pub(crate) const UPS_ON: EventDef = def(
     "ups.on",
     Info,
     "UPS output is on again",
     Vi::Page("UPS đã bật nguồn ra"),
 );
 /// APC Smart-UPS alert `?`.
-pub const UPS_ABNORMAL: EventDef = def(
+pub(crate) const UPS_ABNORMAL: EventDef = def(
     "ups.abnormal",
     Warning,
     "UPS reports an abnormal condition",
     Vi::Page("UPS báo có tình trạng bất thường"),
 );
 /// APC Smart-UPS alert `=`.
-pub const UPS_ABNORMAL_CLEARED: EventDef = def(
+pub(crate) const UPS_ABNORMAL_CLEARED: EventDef = def(
     "ups.abnormal_cleared",
     Info,
     "UPS abnormal condition cleared",
@@ -217,26 +217,26 @@ pub const UPS_ABNORMAL_CLEARED: EventDef = def(
 // ---- Any device: health (source/mod.rs, DeviceHandle) ----
 
 /// No good reading for three intervals (`{limit}`: how long, in words).
-pub const DEVICE_LOST: EventDef = def(
+pub(crate) const DEVICE_LOST: EventDef = def(
     "device.lost",
     Warning,
     "{device} has not answered for {limit}",
     Vi::Page("Thiết bị không có số liệu mới"),
 );
 /// `device.lost` for a reason the source knows (e.g. upsd's DATA-STALE).
-pub const DEVICE_STALE: EventDef = def(
+pub(crate) const DEVICE_STALE: EventDef = def(
     "device.lost",
     Warning,
     "{device}: {reason}",
     Vi::Page("Thiết bị không có số liệu mới"),
 );
-pub const DEVICE_FAULT: EventDef = def(
+pub(crate) const DEVICE_FAULT: EventDef = def(
     "device.fault",
     Warning,
     "{device}: {reason}",
     Vi::Page("Thiết bị bị lỗi"),
 );
-pub const DEVICE_RESTORED: EventDef = def(
+pub(crate) const DEVICE_RESTORED: EventDef = def(
     "device.restored",
     Info,
     "{device} is answering again",
@@ -245,13 +245,13 @@ pub const DEVICE_RESTORED: EventDef = def(
 
 // ---- Simulated sensor (source/sim.rs) ----
 
-pub const DOOR_OPEN: EventDef = def(
+pub(crate) const DOOR_OPEN: EventDef = def(
     "door.open",
     Warning,
     "Equipment room door opened",
     Vi::Page("Cửa phòng máy mở"),
 );
-pub const DOOR_CLOSED: EventDef = def(
+pub(crate) const DOOR_CLOSED: EventDef = def(
     "door.closed",
     Info,
     "Equipment room door closed",
@@ -262,21 +262,21 @@ pub const DOOR_CLOSED: EventDef = def(
 // `{label}`: the configured label (English or Vietnamese), `{unit}`: the
 // unit with its leading space, or nothing.
 
-pub const THRESHOLD_HIGH: EventDef = EventDef {
+pub(crate) const THRESHOLD_HIGH: EventDef = EventDef {
     code: "threshold.high",
     severity: Warning,
     varies: Some("per config (the threshold's `severity`)"),
     message: "{label} {value}{unit} > {limit}{unit}",
     vi: Vi::Carried("{label} {value}{unit} > {limit}{unit}"),
 };
-pub const THRESHOLD_LOW: EventDef = EventDef {
+pub(crate) const THRESHOLD_LOW: EventDef = EventDef {
     code: "threshold.low",
     severity: Warning,
     varies: Some("per config (the threshold's `severity`)"),
     message: "{label} {value}{unit} < {limit}{unit}",
     vi: Vi::Carried("{label} {value}{unit} < {limit}{unit}"),
 };
-pub const THRESHOLD_CLEARED: EventDef = def(
+pub(crate) const THRESHOLD_CLEARED: EventDef = def(
     "threshold.cleared",
     Info,
     "{label} back to normal: {value}{unit}",
@@ -287,7 +287,7 @@ pub const THRESHOLD_CLEARED: EventDef = def(
 
 /// A contact changed: the code is the input's `name` and the state's word
 /// (`door.open`); `{label}` is the input's label, or its name.
-pub const GPIO_CONTACT: EventDef = EventDef {
+pub(crate) const GPIO_CONTACT: EventDef = EventDef {
     code: "<input>.<state>",
     severity: Warning,
     varies: Some("per config (the input's `severity`) when it becomes active; info when inactive"),
@@ -297,13 +297,13 @@ pub const GPIO_CONTACT: EventDef = EventDef {
 
 // ---- The Pi itself (source/system.rs) ----
 
-pub const PI_UNDER_VOLTAGE: EventDef = def(
+pub(crate) const PI_UNDER_VOLTAGE: EventDef = def(
     "pi.under_voltage",
     Warning,
     "Under-voltage on the Pi: check its power supply (a weak supply corrupts SD cards)",
     Vi::Page("Nguồn điện của Pi bị yếu: kiểm tra bộ nguồn (nguồn yếu làm hỏng thẻ nhớ)"),
 );
-pub const PI_VOLTAGE_OK: EventDef = def(
+pub(crate) const PI_VOLTAGE_OK: EventDef = def(
     "pi.voltage_ok",
     Info,
     "The Pi's supply voltage is normal again",
@@ -313,31 +313,31 @@ pub const PI_VOLTAGE_OK: EventDef = def(
 // ---- The router over SNMP (source/snmp.rs) ----
 // `{interface}`: the interface's name, `{state}`: its oper status word.
 
-pub const ROUTER_RESTARTED: EventDef = def(
+pub(crate) const ROUTER_RESTARTED: EventDef = def(
     "router.restarted",
     Warning,
     "The router restarted (its uptime went back)",
     Vi::Page("Router vừa khởi động lại"),
 );
-pub const WAN_DOWN: EventDef = def(
+pub(crate) const WAN_DOWN: EventDef = def(
     "wan.down",
     Critical,
     "The router's WAN interface {interface} is {state}: the internet link is down",
     Vi::Page("Mất kết nối Internet"),
 );
-pub const WAN_UP: EventDef = def(
+pub(crate) const WAN_UP: EventDef = def(
     "wan.up",
     Info,
     "The router's WAN interface {interface} is up again",
     Vi::Page("Kết nối Internet đã có lại"),
 );
-pub const INTERFACE_DOWN: EventDef = def(
+pub(crate) const INTERFACE_DOWN: EventDef = def(
     "interface.down",
     Warning,
     "Router interface {interface} is {state}",
     Vi::Page("Một cổng mạng của router không hoạt động"),
 );
-pub const INTERFACE_UP: EventDef = def(
+pub(crate) const INTERFACE_UP: EventDef = def(
     "interface.up",
     Info,
     "Router interface {interface} is up again",
@@ -347,14 +347,14 @@ pub const INTERFACE_UP: EventDef = def(
 // ---- Reachability probes (source/probe.rs) ----
 
 /// `wan.down` as the probes see it (no target answers).
-pub const PROBE_WAN_DOWN: EventDef = def(
+pub(crate) const PROBE_WAN_DOWN: EventDef = def(
     "wan.down",
     Critical,
     "No probe target answers: the internet link is down",
     Vi::Page("Mất kết nối Internet"),
 );
 /// `wan.up` as the probes see it.
-pub const PROBE_WAN_UP: EventDef = def(
+pub(crate) const PROBE_WAN_UP: EventDef = def(
     "wan.up",
     Info,
     "The internet link is back",
@@ -364,7 +364,7 @@ pub const PROBE_WAN_UP: EventDef = def(
 // ---- Modbus (source/modbus) ----
 
 /// Part of the register map was refused (`{reason}`: the exception).
-pub const MODBUS_EXCEPTION: EventDef = def(
+pub(crate) const MODBUS_EXCEPTION: EventDef = def(
     "modbus.exception",
     Warning,
     "{device}: {reason}",
@@ -373,7 +373,7 @@ pub const MODBUS_EXCEPTION: EventDef = def(
 
 // ---- The MQTT sink (sink/mqtt/session.rs) ----
 
-pub const MQTT_STALLED: EventDef = def(
+pub(crate) const MQTT_STALLED: EventDef = def(
     "mqtt.stalled",
     Warning,
     "The broker has not acknowledged anything for {secs} s while {pending} records wait to be sent; reconnecting.",
@@ -382,28 +382,28 @@ pub const MQTT_STALLED: EventDef = def(
 
 // ---- The InfluxDB sink (reported by sink/influx) ----
 
-pub const INFLUXDB_TOKEN_REFUSED: EventDef = def(
+pub(crate) const INFLUXDB_TOKEN_REFUSED: EventDef = def(
     "influxdb.token_refused",
     Critical,
     "InfluxDB at {url} refused the write ({status}): {reason}. Every reading is kept and the write is tried again every few minutes; check influxdb.token_file, org and bucket.",
     Vi::Page("Cơ sở dữ liệu InfluxDB từ chối mã truy cập; dữ liệu vẫn được giữ lại."),
 );
 
-pub const INFLUXDB_REJECTED: EventDef = def(
+pub(crate) const INFLUXDB_REJECTED: EventDef = def(
     "influxdb.rejected",
     Warning,
     "InfluxDB refused {count} point(s) as malformed ({status}: {reason}); they were set aside and will not be written there (MQTT still has them). The rest were written.",
     Vi::Page("InfluxDB từ chối một số số liệu sai định dạng (MQTT vẫn có đủ)"),
 );
 
-pub const INFLUXDB_RETENTION: EventDef = def(
+pub(crate) const INFLUXDB_RETENTION: EventDef = def(
     "influxdb.retention",
     Warning,
     "InfluxDB dropped {count} point(s) as outside the bucket's retention ({reason}); they are not sent again.",
     Vi::Page("InfluxDB bỏ một số số liệu quá hạn lưu giữ"),
 );
 
-pub const INFLUXDB_RESTORED: EventDef = def(
+pub(crate) const INFLUXDB_RESTORED: EventDef = def(
     "influxdb.restored",
     Info,
     "InfluxDB accepts writes again after {after}; {pending} reading(s) waiting are being written.",
@@ -412,7 +412,7 @@ pub const INFLUXDB_RESTORED: EventDef = def(
 
 // ---- The spool and the gateway (reported by telemetry.rs) ----
 
-pub const SPOOL_CORRUPT: EventDef = def(
+pub(crate) const SPOOL_CORRUPT: EventDef = def(
     "spool.corrupt",
     Critical,
     "The spool was unreadable ({reason}) and was moved to {moved_to}; a new one was started. Readings in it were not sent.",
@@ -420,17 +420,18 @@ pub const SPOOL_CORRUPT: EventDef = def(
 );
 /// `{streams}`: one [`UNCLEAN_STREAM_USED`] or [`UNCLEAN_STREAM`] per
 /// stream, joined with "; ".
-pub const GATEWAY_UNCLEAN_STOP: EventDef = def(
+pub(crate) const GATEWAY_UNCLEAN_STOP: EventDef = def(
     "gateway.unclean_stop",
     Warning,
     "wardgate did not stop cleanly last time (power cut or crash). {streams}. Numbers after the last known used one and before the resume point that never arrive were either never used or were readings lost in the stop (at most those of the last spool.spill_after + spool.commit_interval).",
     Vi::Page("Lần trước thiết bị bị tắt đột ngột (mất điện?)"),
 );
 /// One stream of [`GATEWAY_UNCLEAN_STOP`] whose last used number is known.
-pub const UNCLEAN_STREAM_USED: &str = "{device} {kind}: last known used {used}, resumes at {at}";
+pub(crate) const UNCLEAN_STREAM_USED: &str =
+    "{device} {kind}: last known used {used}, resumes at {at}";
 /// One stream of [`GATEWAY_UNCLEAN_STOP`] (after a power cut).
-pub const UNCLEAN_STREAM: &str = "{device} {kind}: resumes at {at}";
-pub const SPOOL_CORRUPT_RECORD: EventDef = def(
+pub(crate) const UNCLEAN_STREAM: &str = "{device} {kind}: resumes at {at}";
+pub(crate) const SPOOL_CORRUPT_RECORD: EventDef = def(
     "spool.corrupt_record",
     Warning,
     "{count} damaged record(s) in the spool were dropped, not sent ({reason}).",
@@ -438,26 +439,26 @@ pub const SPOOL_CORRUPT_RECORD: EventDef = def(
 );
 /// `{reason}`: the reason in words (English: `spool::degraded_words`,
 /// Vietnamese: [`degraded_reason_vi`]), `{detail}`: the system's words.
-pub const SPOOL_DEGRADED: EventDef = def(
+pub(crate) const SPOOL_DEGRADED: EventDef = def(
     "spool.degraded",
     Critical,
     "Readings cannot be kept on the card: {reason} ({detail}). They are sent from memory; if the link drops they are lost. Tried again every few seconds.",
     Vi::Carried("Không lưu được dữ liệu vào thẻ nhớ: {reason}. Dữ liệu vẫn được gửi từ bộ nhớ."),
 );
 /// `{after}`: how long the card could not be written, in words.
-pub const SPOOL_RESTORED: EventDef = def(
+pub(crate) const SPOOL_RESTORED: EventDef = def(
     "spool.restored",
     Info,
     "The spool can be written again after {after}; {lost} reading(s) could not be kept meanwhile.",
     Vi::Carried("Đã lưu được dữ liệu vào thẻ nhớ trở lại."),
 );
-pub const SPOOL_QUARANTINED: EventDef = def(
+pub(crate) const SPOOL_QUARANTINED: EventDef = def(
     "spool.quarantined",
     Warning,
     "A record of {device} (seq {seq}, {bytes} bytes) was set aside and will not be sent: {reason}.",
     Vi::Carried("Một bản ghi của {device} đã bị để riêng, không gửi được."),
 );
-pub const GATEWAY_SEQUENCE_RESET: EventDef = EventDef {
+pub(crate) const GATEWAY_SEQUENCE_RESET: EventDef = EventDef {
     code: "gateway.sequence_reset",
     severity: Critical,
     varies: Some("info on a first start"),
@@ -467,7 +468,7 @@ pub const GATEWAY_SEQUENCE_RESET: EventDef = EventDef {
 
 /// `{kind}`: `samples` or `events`; `{offset}`: the offset in words;
 /// `{offset_ms}`: the same in ms, signed.
-pub const GATEWAY_CLOCK_CORRECTED: EventDef = def(
+pub(crate) const GATEWAY_CLOCK_CORRECTED: EventDef = def(
     "gateway.clock_corrected",
     Info,
     "The clock synchronised after running {offset}: {count} {kind} of {device} (seq {first} to {last}, epoch {epoch}) were sent with the unsynchronised time; add {offset_ms} ms to the ts of those marked unsynced.",
@@ -476,7 +477,7 @@ pub const GATEWAY_CLOCK_CORRECTED: EventDef = def(
 
 // ---- Power: the gateway shuts the Pi down before the UPS runs flat (power/) ----
 
-pub const POWER_SHUTDOWN: EventDef = def(
+pub(crate) const POWER_SHUTDOWN: EventDef = def(
     "power.shutdown",
     Critical,
     "Shutting the Pi down: {reason} (UPS {ups}, {status}). Readings are kept on the SD card.",
@@ -484,7 +485,7 @@ pub const POWER_SHUTDOWN: EventDef = def(
         "Đang tắt thiết bị an toàn do mất điện kéo dài: {reason}. Dữ liệu được giữ trên thẻ nhớ.",
     ),
 );
-pub const POWER_RESTORED: EventDef = def(
+pub(crate) const POWER_RESTORED: EventDef = def(
     "power.restored",
     Info,
     "Mains power back after {for} on battery{cancelled}.",
@@ -492,7 +493,7 @@ pub const POWER_RESTORED: EventDef = def(
 );
 
 /// The spool's `spool.degraded` reason in Vietnamese.
-pub fn degraded_reason_vi(reason: &str) -> &'static str {
+pub(crate) fn degraded_reason_vi(reason: &str) -> &'static str {
     match reason {
         "read_only" => "thẻ nhớ chỉ đọc",
         "permission_denied" => "không có quyền ghi thư mục lưu trữ",
@@ -502,7 +503,7 @@ pub fn degraded_reason_vi(reason: &str) -> &'static str {
 }
 
 /// Every entry of the catalogue.
-pub const ALL: &[EventDef] = &[
+pub(crate) const ALL: &[EventDef] = &[
     UPS_ON_BATTERY,
     UPS_ON_LINE,
     UPS_LOW_BATTERY,
@@ -559,7 +560,7 @@ pub const ALL: &[EventDef] = &[
 
 /// The words the page shows for `code` in Vietnamese, when the event did
 /// not carry its own (`message.vi`).
-pub fn page_vi(code: &str) -> Option<&'static str> {
+pub(crate) fn page_vi(code: &str) -> Option<&'static str> {
     ALL.iter().find_map(|d| match d.vi {
         Vi::Page(w) if d.code == code => Some(w),
         _ => None,

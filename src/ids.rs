@@ -3,7 +3,7 @@
 
 /// The gateway's own health telemetry and events
 /// (`{prefix}/{site}/gateway/...`): the contract's.
-pub use wardgate_contract::GATEWAY_DEVICE;
+pub(crate) use wardgate_contract::GATEWAY_DEVICE;
 
 /// The pseudo-device whose event records in the spool are command replies:
 /// durable like events, and published on the reply topic instead of a

@@ -2,6 +2,10 @@
 //!
 //! Data runs one way: sources -> spool -> sinks. Status only observes.
 
+// An item public inside a room the crate keeps to itself must say so
+// (`pub(crate)`): visibility shows the rooms.
+#![warn(unreachable_pub)]
+
 pub mod app;
 pub mod cli;
 pub mod clock;

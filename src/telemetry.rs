@@ -20,7 +20,7 @@ use crate::status::StatusHub;
 use serde::Deserialize;
 
 /// Tells the operations centre what opening the spool found.
-pub fn report_start(gateway: &DeviceHandle, report: &StartReport) {
+pub(crate) fn report_start(gateway: &DeviceHandle, report: &StartReport) {
     if let Some((aside, reason)) = &report.moved_aside {
         let mut v = Values::new();
         v.set("spool.moved_to", aside.display().to_string());
@@ -103,7 +103,7 @@ pub struct TelemetrySetup {
 
 /// Turns what the spool reports into gateway events (shown on the page and
 /// sent to the operations centre like any event).
-pub async fn spool_notices(
+pub(crate) async fn spool_notices(
     cfg: TelemetrySetup,
     spool: Arc<Spool>,
     gateway: DeviceHandle,
@@ -120,7 +120,7 @@ pub async fn spool_notices(
     }
 }
 
-pub fn report_notice(cfg: &TelemetrySetup, gateway: &DeviceHandle, n: Notice) {
+pub(crate) fn report_notice(cfg: &TelemetrySetup, gateway: &DeviceHandle, n: Notice) {
     let mut v = Values::new();
     let (severity, code, msg, vi) = match n {
         Notice::CorruptRecords { count, reason } => {
@@ -331,7 +331,7 @@ fn words(
 }
 
 /// The gateway's own health on `{prefix}/{site}/gateway/telemetry`.
-pub async fn run(
+pub(crate) async fn run(
     cfg: TelemetrySetup,
     gateway: DeviceHandle,
     status: StatusHub,

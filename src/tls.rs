@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// A CA, certificate or key file could not be read or holds nothing
     /// usable: the caller reports it (naming its own key) and tries again
     /// at its next connection (the technician may be copying it in).
@@ -34,7 +34,7 @@ pub enum TlsError {
 impl TlsError {
     /// The message, with the key to set when the system store had no CA
     /// (`ca_key`, e.g. `mqtt.ca_file`).
-    pub fn hint(&self, ca_key: &str) -> String {
+    pub(crate) fn hint(&self, ca_key: &str) -> String {
         match self {
             TlsError::NoSystemRoots => format!("{self}; set {ca_key}"),
             other => other.to_string(),
@@ -44,7 +44,7 @@ impl TlsError {
 
 /// rustls with the ring provider; roots from `ca_file` or the system store;
 /// a client certificate when both `cert_file` and `key_file` are given.
-pub fn tls_config(
+pub(crate) fn tls_config(
     ca_file: Option<&Path>,
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
@@ -109,7 +109,7 @@ pub fn tls_config(
 }
 
 /// A peer on this machine: traffic to it never leaves the box.
-pub fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
             .parse::<IpAddr>()

@@ -72,7 +72,7 @@ impl fmt::Display for BcmPin {
 }
 
 /// The serial line speeds a UART and the devices we read agree on.
-pub const BAUD_RATES: &[u32] = &[
+pub(crate) const BAUD_RATES: &[u32] = &[
     300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200,
 ];
 
@@ -200,7 +200,7 @@ impl<const MIN: u64, const MAX: u64> fmt::Display for MessageRate<MIN, MAX> {
 /// interval or threshold duration. Timers and staleness deadlines are
 /// built by adding these to the clock; a longer period has no use on a
 /// ward and a huge one overflows the clock (a panic, not a config error).
-pub const DAY_MS: u64 = 86_400_000;
+pub(crate) const DAY_MS: u64 = 86_400_000;
 
 /// A duration within `MIN_MS..=MAX_MS` milliseconds, written as humantime
 /// (`"2s"`, `"500ms"`, `"1h"`). `MAX_MS = u64::MAX` means no upper bound.
@@ -231,7 +231,11 @@ impl<const MIN_MS: u64, const MAX_MS: u64> Within<MIN_MS, MAX_MS> {
 /// Why `d` is not within `min..=max` (`max = None`: no upper bound), as the
 /// second half of a problem line; also used for durations with bounds that
 /// depend on other keys.
-pub fn duration_problem(d: Duration, min: Duration, max: Option<Duration>) -> Option<String> {
+pub(crate) fn duration_problem(
+    d: Duration,
+    min: Duration,
+    max: Option<Duration>,
+) -> Option<String> {
     let f = humantime::format_duration;
     match max {
         Some(max) if d < min || d > max => Some(format!(
@@ -337,13 +341,13 @@ path_type!(AbsPath);
 path_type!(SerialPath);
 
 /// The default polling interval of most device kinds.
-pub fn default_interval() -> Duration {
+pub(crate) fn default_interval() -> Duration {
     Duration::from_secs(5)
 }
 
 /// A section's defaults, from an empty table through serde: the
 /// `#[serde(default = ...)]` attributes stay the one place defaults live.
-pub fn defaults_of<T: serde::de::DeserializeOwned>(what: &str) -> T {
+pub(crate) fn defaults_of<T: serde::de::DeserializeOwned>(what: &str) -> T {
     ::config::Config::default()
         .try_deserialize()
         .unwrap_or_else(|e| panic!("defaults of [{what}] must deserialize from nothing: {e}"))
@@ -351,7 +355,7 @@ pub fn defaults_of<T: serde::de::DeserializeOwned>(what: &str) -> T {
 
 /// Why `p` is not absolute, as the second half of a problem line (for
 /// path keys kept as plain `PathBuf`).
-pub fn absolute_path_problem(p: &Path) -> Option<String> {
+pub(crate) fn absolute_path_problem(p: &Path) -> Option<String> {
     AbsPath::try_from(p.to_path_buf()).err()
 }
 

@@ -16,17 +16,17 @@
 use std::path::{Path, PathBuf};
 
 /// The drop-in the package ships, inactive.
-pub const DROP_IN_SHIPPED: &str = "/usr/share/wardgate/config-set.conf";
+pub(crate) const DROP_IN_SHIPPED: &str = "/usr/share/wardgate/config-set.conf";
 /// Where a technician puts it to make it active.
-pub const DROP_IN: &str = "/etc/systemd/system/wardgate.service.d/config-set.conf";
+pub(crate) const DROP_IN: &str = "/etc/systemd/system/wardgate.service.d/config-set.conf";
 /// The config directory the shipped drop-in opens.
-pub const PACKAGED_DIR: &str = "/etc/wardgate";
+pub(crate) const PACKAGED_DIR: &str = "/etc/wardgate";
 /// The service's user and group.
-pub const SERVICE_USER: &str = "wardgate";
+pub(crate) const SERVICE_USER: &str = "wardgate";
 
 /// What stands between the service and a write in its config directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Missing {
+pub(crate) enum Missing {
     /// The directory is read-only for the service (`ProtectSystem=strict`
     /// without the drop-in). `drop_in_present`: the drop-in file is there
     /// but not in effect yet (no daemon-reload or restart since).
@@ -44,7 +44,7 @@ pub enum Missing {
 
 impl Missing {
     /// In words, for a technician.
-    pub fn words(&self, dir: &Path) -> String {
+    pub(crate) fn words(&self, dir: &Path) -> String {
         match self {
             Missing::ReadOnly {
                 drop_in_present: false,
@@ -69,7 +69,7 @@ impl Missing {
 }
 
 /// The commands that remove what is missing, in order.
-pub fn fix(dir: &Path, missing: &[Missing]) -> Vec<String> {
+pub(crate) fn fix(dir: &Path, missing: &[Missing]) -> Vec<String> {
     let mut out = Vec::new();
     let mut reload = false;
     for m in missing {
@@ -114,7 +114,7 @@ pub fn fix(dir: &Path, missing: &[Missing]) -> Vec<String> {
 
 /// The reason a `config.set` that could not write gives: what is missing
 /// and the commands, in one line.
-pub fn advice(dir: &Path, missing: &[Missing]) -> String {
+pub(crate) fn advice(dir: &Path, missing: &[Missing]) -> String {
     let what: Vec<String> = missing.iter().map(|m| m.words(dir)).collect();
     format!(
         "config.set cannot write {}: {}; to allow it, run on the gateway: {} (docs/mqtt.md, \"config.set on the packaged service\"; `wardgate check` says what is missing)",
@@ -126,7 +126,7 @@ pub fn advice(dir: &Path, missing: &[Missing]) -> String {
 
 /// A user and the groups it is in.
 #[derive(Debug, Clone)]
-pub struct Who {
+pub(crate) struct Who {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
@@ -135,7 +135,7 @@ pub struct Who {
 
 impl Who {
     /// The service's user, when the package created it.
-    pub fn service() -> Option<Who> {
+    pub(crate) fn service() -> Option<Who> {
         let name = std::ffi::CString::new(SERVICE_USER).ok()?;
         // SAFETY: getpwnam returns static storage or null; the fields are
         // copied before any other call could overwrite them.
@@ -160,7 +160,7 @@ impl Who {
     }
 
     /// This process.
-    pub fn me() -> Who {
+    pub(crate) fn me() -> Who {
         // SAFETY: plain getters without arguments.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let mut groups = vec![0 as libc::gid_t; 256];
@@ -202,7 +202,7 @@ fn name_of_user(uid: u32) -> String {
 
 /// Whether the permission bits of a directory (mode, owner, group) let
 /// `who` create files in it (write and search).
-pub fn bits_allow(mode: u32, owner: u32, group: u32, who: &Who) -> bool {
+pub(crate) fn bits_allow(mode: u32, owner: u32, group: u32, who: &Who) -> bool {
     let need = |w: u32, x: u32| mode & w != 0 && mode & x != 0;
     if who.uid == 0 {
         return true;
@@ -217,7 +217,7 @@ pub fn bits_allow(mode: u32, owner: u32, group: u32, who: &Who) -> bool {
 }
 
 /// The permission part: None when `who` may create files in `dir`.
-pub fn permission(dir: &Path, who: &Who) -> Option<Missing> {
+pub(crate) fn permission(dir: &Path, who: &Who) -> Option<Missing> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(dir).ok()?;
     if bits_allow(m.mode(), m.uid(), m.gid(), who) {
@@ -233,7 +233,7 @@ pub fn permission(dir: &Path, who: &Who) -> Option<Missing> {
 
 /// The daemon's side: what is missing after a write in `dir` failed with
 /// `e` (empty when the error is of another kind).
-pub fn after_failure(dir: &Path, e: &std::io::Error) -> Vec<Missing> {
+pub(crate) fn after_failure(dir: &Path, e: &std::io::Error) -> Vec<Missing> {
     let me = Who::me();
     match e.raw_os_error() {
         Some(libc::EROFS) => {
@@ -252,7 +252,7 @@ pub fn after_failure(dir: &Path, e: &std::io::Error) -> Vec<Missing> {
 
 /// The daemon's side, before any write: what is missing for this process
 /// to create files in `dir` (`access(2)`, which sees read-only mounts).
-pub fn for_this_process(dir: &Path) -> Vec<Missing> {
+pub(crate) fn for_this_process(dir: &Path) -> Vec<Missing> {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return Vec::new();
@@ -267,7 +267,7 @@ pub fn for_this_process(dir: &Path) -> Vec<Missing> {
 
 /// The mount point of `dir` in a mountinfo text and whether it is mounted
 /// read-write (the longest mount point that contains `dir`).
-pub fn mount_rw(mountinfo: &str, dir: &Path) -> Option<(PathBuf, bool)> {
+pub(crate) fn mount_rw(mountinfo: &str, dir: &Path) -> Option<(PathBuf, bool)> {
     let mut best: Option<(PathBuf, bool)> = None;
     for line in mountinfo.lines() {
         let f: Vec<&str> = line.split(' ').collect();
@@ -292,7 +292,7 @@ pub fn mount_rw(mountinfo: &str, dir: &Path) -> Option<(PathBuf, bool)> {
 
 /// Whether a `ReadWritePaths=` list (as `systemctl show` prints it, or as
 /// written in a unit) opens `dir`.
-pub fn paths_open(list: &str, dir: &Path) -> bool {
+pub(crate) fn paths_open(list: &str, dir: &Path) -> bool {
     list.split_whitespace()
         .map(|p| p.trim_start_matches(['-', '+', ':']))
         .any(|p| !p.is_empty() && dir.starts_with(p))
@@ -334,7 +334,7 @@ fn systemctl_show(props: &[&str]) -> Option<std::collections::HashMap<String, St
 
 /// `wardgate check`'s lines about `config.set` for the config at `path`:
 /// whether the service could write it, and what to run if not.
-pub fn check_lines(path: &Path) -> Vec<String> {
+pub(crate) fn check_lines(path: &Path) -> Vec<String> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -10,7 +10,7 @@ use super::request::Op;
 use crate::types::{defaults_of, Within};
 
 /// How long a config set by `config.set` has to prove itself: 10 s to 1 h.
-pub type ConfirmWithin = Within<10_000, 3_600_000>;
+pub(crate) type ConfirmWithin = Within<10_000, 3_600_000>;
 
 /// An op name in `[commands] allow`, checked when the config is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

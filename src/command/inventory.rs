@@ -14,7 +14,7 @@ use crate::sink::mqtt::RunInfo;
 use crate::status::Snapshot;
 
 /// `{prefix}/{site}/inventory`.
-pub fn topic(prefix: &str, site: &str) -> String {
+pub(crate) fn topic(prefix: &str, site: &str) -> String {
     format!("{prefix}/{site}/inventory")
 }
 
@@ -30,7 +30,7 @@ fn is_secret(key: &str) -> bool {
 
 /// The config file the gateway started with.
 #[derive(Debug, Clone, Default)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     pub path: Option<PathBuf>,
     /// `sha256:` and the hex SHA-256 of the file's bytes (of nothing when
     /// the gateway runs on defaults and environment only).
@@ -51,7 +51,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 
 impl ConfigFile {
     /// Reads the file once (at start: the hash is the running config's).
-    pub fn read(path: Option<&Path>) -> ConfigFile {
+    pub(crate) fn read(path: Option<&Path>) -> ConfigFile {
         let Some(path) = path else {
             return ConfigFile {
                 hash: sha256_hex(b""),
@@ -75,7 +75,7 @@ impl ConfigFile {
     }
 
     /// The TOML text with secrets taken out.
-    pub fn from_text(text: &str) -> ConfigFile {
+    pub(crate) fn from_text(text: &str) -> ConfigFile {
         let mut f = ConfigFile {
             hash: sha256_hex(text.as_bytes()),
             ..Default::default()
@@ -91,7 +91,7 @@ impl ConfigFile {
     }
 
     /// `config.get`'s result.
-    pub fn result(&self) -> Value {
+    pub(crate) fn result(&self) -> Value {
         let env: Vec<String> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .filter(|k| k.starts_with("WARDGATE__"))
@@ -175,7 +175,12 @@ fn words_of(name: &str, configured: Option<&crate::status::words::Label>) -> Val
 
 /// The inventory message. It holds nothing that changes every second, so
 /// it is published again only when something in it changed.
-pub fn build(cfg: &CommandSetup, run: &RunInfo, file: &ConfigFile, status: &Snapshot) -> Vec<u8> {
+pub(crate) fn build(
+    cfg: &CommandSetup,
+    run: &RunInfo,
+    file: &ConfigFile,
+    status: &Snapshot,
+) -> Vec<u8> {
     let devices: Vec<DeviceEntry> = cfg
         .devices
         .iter()

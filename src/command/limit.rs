@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 /// centre sends a command now and then, a fleet-wide sweep a few per
 /// gateway; ten a second is far above that, and at three reply records a
 /// request still little for the card and the link to carry.
-pub const RATE_PER_SEC: u32 = 10;
+pub(crate) const RATE_PER_SEC: u32 = 10;
 
 /// Requests taken at once before the rate applies: a reconnect delivers
 /// every retained request together, and the IOC may send a handful at
 /// once (config.get, then config.set, then status).
-pub const BURST: u32 = 50;
+pub(crate) const BURST: u32 = 50;
 
 /// At most one warning about refused requests in this long.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// A token bucket of `burst` tokens, refilled at `rate` a second.
 #[derive(Debug, Clone)]

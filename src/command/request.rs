@@ -11,17 +11,17 @@ use serde::{Deserialize, Serialize};
 
 /// The largest request payload accepted (64 KiB); a larger one is rejected
 /// without being parsed.
-pub const MAX_REQUEST: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 
 /// How far ahead `expires` may be: a request valid for longer could be
 /// replayed after its id is forgotten (ids are kept 7 days).
-pub const MAX_EXPIRES_AHEAD_MS: i64 = 24 * 3600 * 1000;
+pub(crate) const MAX_EXPIRES_AHEAD_MS: i64 = 24 * 3600 * 1000;
 
 /// The most `log.tail` returns.
-pub const MAX_LOG_LINES: usize = 1000;
+pub(crate) const MAX_LOG_LINES: usize = 1000;
 
 /// The longest `identify` (one hour).
-pub const MAX_IDENTIFY_SECS: u64 = 3600;
+pub(crate) const MAX_IDENTIFY_SECS: u64 = 3600;
 
 /// Every operation this gateway knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,7 +85,7 @@ impl Op {
 }
 
 /// `id`: `[A-Za-z0-9_-]{1,64}`, chosen by the operations centre.
-pub fn valid_request_id(id: &str) -> bool {
+pub(crate) fn valid_request_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -94,7 +94,7 @@ pub fn valid_request_id(id: &str) -> bool {
 
 /// An op word that may name a reply topic even when it is not a known op
 /// (so an unknown op can still be answered): `[a-z0-9._-]{1,64}`.
-pub fn valid_op_word(op: &str) -> bool {
+pub(crate) fn valid_op_word(op: &str) -> bool {
     (1..=64).contains(&op.len())
         && op.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
@@ -102,25 +102,25 @@ pub fn valid_op_word(op: &str) -> bool {
 }
 
 /// The subscription: `{prefix}/{site}/cmd/+/+`.
-pub fn request_filter(prefix: &str, site: &str) -> String {
+pub(crate) fn request_filter(prefix: &str, site: &str) -> String {
     format!("{prefix}/{site}/cmd/+/+")
 }
 
 /// `{prefix}/{site}/cmd/{op}/{id}/reply`.
-pub fn reply_topic(prefix: &str, site: &str, op: &str, id: &str) -> String {
+pub(crate) fn reply_topic(prefix: &str, site: &str, op: &str, id: &str) -> String {
     format!("{prefix}/{site}/cmd/{op}/{id}/reply")
 }
 
 /// The op and id a request topic names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub op: String,
     pub id: String,
 }
 
 /// Why a topic is not answered at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopicError {
+pub(crate) enum TopicError {
     /// Not `{prefix}/{site}/cmd/{op}/{id}` of this gateway: ignored (the
     /// broker should never deliver it).
     #[error("not a request topic of this gateway")]
@@ -134,7 +134,7 @@ pub enum TopicError {
 }
 
 /// Reads a request topic.
-pub fn parse_topic(prefix: &str, site: &str, topic: &str) -> Result<Target, TopicError> {
+pub(crate) fn parse_topic(prefix: &str, site: &str, topic: &str) -> Result<Target, TopicError> {
     let rest = topic
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('/'))
@@ -189,7 +189,7 @@ impl Level {
 
 /// A validated request's arguments.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Args {
+pub(crate) enum Args {
     Identify { seconds: u64 },
     Poll { device: String },
     Status,
@@ -202,7 +202,7 @@ pub enum Args {
 
 /// A request that may run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+pub(crate) struct Request {
     pub id: String,
     pub op: Op,
     pub expires: i64,
@@ -212,7 +212,7 @@ pub struct Request {
 /// Why a request is rejected, in words for the `reason` field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Rejection(pub String);
+pub(crate) struct Rejection(pub String);
 
 fn reject<T>(why: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection(why.into()))
@@ -220,7 +220,7 @@ fn reject<T>(why: impl Into<String>) -> Result<T, Rejection> {
 
 /// What [`validate`] needs to know about the gateway.
 #[derive(Debug, Clone)]
-pub struct Policy<'a> {
+pub(crate) struct Policy<'a> {
     /// `[commands] allow`.
     pub allow: &'a [Op],
     /// The clock is synchronised (or `[commands] trust_clock`).
@@ -294,7 +294,11 @@ fn args_of<T: serde::de::DeserializeOwned>(op: Op, v: serde_json::Value) -> Resu
 /// Checks a request's payload: size, op known and allowed, JSON shape,
 /// `expires` present and (with a trusted clock) neither past nor more than
 /// a day ahead, the clock rule, and the op's arguments.
-pub fn validate(target: &Target, payload: &[u8], p: &Policy<'_>) -> Result<Request, Rejection> {
+pub(crate) fn validate(
+    target: &Target,
+    payload: &[u8],
+    p: &Policy<'_>,
+) -> Result<Request, Rejection> {
     if payload.len() > MAX_REQUEST {
         return reject(format!(
             "too large: {} bytes, at most {MAX_REQUEST}",
@@ -402,7 +406,7 @@ pub fn validate(target: &Target, payload: &[u8], p: &Policy<'_>) -> Result<Reque
 /// Where a command is in its workflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     Accepted,
     Executing,
     Successful,
@@ -413,14 +417,14 @@ pub enum State {
 impl State {
     /// The command is over: its reply is remembered.
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(self, State::Successful | State::Failed | State::Rejected)
     }
 }
 
 /// `{"id","op","status","reason","result","ts","replayed"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub id: String,
     pub op: String,
     pub status: State,
@@ -431,7 +435,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn new(t: &Target, status: State, ts: i64) -> Reply {
+    pub(crate) fn new(t: &Target, status: State, ts: i64) -> Reply {
         Reply {
             id: t.id.clone(),
             op: t.op.clone(),
@@ -443,12 +447,12 @@ impl Reply {
         }
     }
 
-    pub fn with_reason(mut self, why: impl Into<String>) -> Reply {
+    pub(crate) fn with_reason(mut self, why: impl Into<String>) -> Reply {
         self.reason = Some(why.into());
         self
     }
 
-    pub fn with_result(mut self, r: serde_json::Value) -> Reply {
+    pub(crate) fn with_result(mut self, r: serde_json::Value) -> Reply {
         self.result = Some(r);
         self
     }
@@ -456,7 +460,7 @@ impl Reply {
     /// Makes the reply fit in `max` bytes of JSON: a `lines` list (log.tail)
     /// loses its oldest lines and says `"truncated": true`; any other
     /// result too large turns the reply into `failed` with the reason.
-    pub fn fit(mut self, max: usize) -> Reply {
+    pub(crate) fn fit(mut self, max: usize) -> Reply {
         let len = self.to_json().len();
         if len <= max {
             return self;
@@ -503,7 +507,7 @@ impl Reply {
         self
     }
 
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // A struct of strings, numbers and JSON values always serialises.
         serde_json::to_string(self).unwrap_or_default()
     }

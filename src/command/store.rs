@@ -29,21 +29,21 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::request::Reply;
 
 /// How long a completed id is remembered.
-pub const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+pub(crate) const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The most replies remembered. Only commands that change something are
 /// remembered, and the IOC sends those by hand or in the odd fleet-wide
 /// change: a thousand is years of them on one gateway, and at the rate
 /// limit's ten a second still a hundred seconds of a flood before the
 /// oldest is forgotten (which then, sent again, would run again).
-pub const MAX_REPLIES: usize = 1_000;
+pub(crate) const MAX_REPLIES: usize = 1_000;
 
 /// The most bytes of replies remembered (ids, replies and digests; the
 /// file is larger by SQLite's pages and index, about twice at worst). A
 /// remembered reply is a few hundred bytes (a config.set refusal listing
 /// every key it refuses, a few KiB): a MiB holds the thousand above, and
 /// it is little beside a spool of hundreds of MiB on a card.
-pub const MAX_BYTES: usize = 1 << 20;
+pub(crate) const MAX_BYTES: usize = 1 << 20;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS cmd_replies (
     id TEXT PRIMARY KEY,
@@ -59,7 +59,7 @@ const ROW_BYTES: &str =
     "LENGTH(CAST(id AS BLOB)) + LENGTH(CAST(reply AS BLOB)) + COALESCE(LENGTH(CAST(digest AS BLOB)), 0)";
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// SQLite refused: the caller logs it; the reply is kept in memory
     /// for this run.
     #[error("command replay store: {0}")]
@@ -73,11 +73,11 @@ pub enum StoreError {
 }
 
 /// The store's file beside the spool's: `<spool>.replies`.
-pub fn path_for(spool: &Path) -> PathBuf {
+pub(crate) fn path_for(spool: &Path) -> PathBuf {
     crate::spool::positions::sibling(spool, ".replies")
 }
 
-pub struct ReplayStore {
+pub(crate) struct ReplayStore {
     conn: Option<Mutex<Connection>>,
     /// Used when the file cannot be; and always for this run's ids, so a
     /// write that fails still prevents a second run. Capped like the file.
@@ -88,14 +88,14 @@ pub struct ReplayStore {
 /// stored by an older version, or a reply given in a later run, such as a
 /// config change confirmed after the restart).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub reply: Reply,
     pub digest: Option<String>,
 }
 
 impl Stored {
     /// Whether this answers the request `op` with `digest`.
-    pub fn answers(&self, op: &str, digest: &str) -> bool {
+    pub(crate) fn answers(&self, op: &str, digest: &str) -> bool {
         self.reply.op == op && self.digest.as_deref().is_none_or(|d| d == digest)
     }
 }
@@ -109,7 +109,7 @@ struct Entry {
 
 /// How many of the newest replies to keep, given their sizes newest first:
 /// as many as fit both `max_count` and `max_bytes`.
-pub fn keep_newest(
+pub(crate) fn keep_newest(
     sizes_newest_first: impl IntoIterator<Item = usize>,
     max_count: usize,
     max_bytes: usize,
@@ -147,7 +147,7 @@ impl ReplayStore {
     /// there what an older version kept in the spool's file, and forgets
     /// replies older than 7 days or past the caps. Never fails: without
     /// the file, memory.
-    pub fn open(spool: &Path, now_ms: i64) -> ReplayStore {
+    pub(crate) fn open(spool: &Path, now_ms: i64) -> ReplayStore {
         let path = path_for(spool);
         let conn = match Self::open_file(&path, now_ms) {
             Err(e) if is_damaged(&e) => {
@@ -188,7 +188,7 @@ impl ReplayStore {
     }
 
     /// Memory only (tests, or no spool file).
-    pub fn in_memory() -> ReplayStore {
+    pub(crate) fn in_memory() -> ReplayStore {
         ReplayStore {
             conn: None,
             memory: Mutex::default(),
@@ -310,7 +310,7 @@ impl ReplayStore {
 
     /// The stored final reply of `id`, if it completed in the last 7 days
     /// and was not pushed out by the caps since.
-    pub fn get(&self, id: &str, now_ms: i64) -> Option<Stored> {
+    pub(crate) fn get(&self, id: &str, now_ms: i64) -> Option<Stored> {
         if let Some(e) = lock(&self.memory).get(id) {
             if e.ts >= now_ms - KEEP_MS {
                 return Some(e.stored.clone());
@@ -343,7 +343,7 @@ impl ReplayStore {
 
     /// Remembers a final reply and the digest of the request it answered;
     /// forgets the oldest past the caps.
-    pub fn put(&self, reply: &Reply, digest: Option<&str>, now_ms: i64) {
+    pub(crate) fn put(&self, reply: &Reply, digest: Option<&str>, now_ms: i64) {
         let text = reply.to_json();
         let bytes = reply.id.len() + text.len() + digest.map_or(0, str::len);
         {
@@ -387,7 +387,7 @@ impl ReplayStore {
 
     /// How many replies the file holds (tests).
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn len_on_disk(&self) -> Option<usize> {
+    pub(crate) fn len_on_disk(&self) -> Option<usize> {
         let conn = self.conn.as_ref()?;
         lock(conn)
             .query_row("SELECT COUNT(*) FROM cmd_replies", [], |r| {
@@ -399,7 +399,7 @@ impl ReplayStore {
 
     /// How many replies memory holds (tests).
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn len_in_memory(&self) -> usize {
+    pub(crate) fn len_in_memory(&self) -> usize {
         lock(&self.memory).len()
     }
 }

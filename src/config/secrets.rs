@@ -49,7 +49,7 @@ impl Role {
 /// The file names each secret is installed under (provisioning's names in
 /// /etc/wardgate, and the docs'): only its own key may name such a file,
 /// wherever it is.
-pub const INSTALLED: &[(&str, Role)] = &[
+pub(crate) const INSTALLED: &[(&str, Role)] = &[
     ("mqtt.password", Role::MqttPassword),
     ("client.key", Role::MqttKey),
     ("influx.token", Role::InfluxToken),

@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// What a file is, which sets how it is opened and how much of it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
+pub(crate) enum FileKind {
     /// A password, token or private key: no symbolic link, at most
     /// [`MAX_SECRET_BYTES`].
     Secret,
@@ -26,14 +26,14 @@ pub enum FileKind {
 }
 
 /// A password, a token, a private key: a few KiB at most.
-pub const MAX_SECRET_BYTES: u64 = 64 << 10;
+pub(crate) const MAX_SECRET_BYTES: u64 = 64 << 10;
 /// A CA bundle (Debian's whole ca-certificates.crt is about 220 KiB).
-pub const MAX_PEM_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_PEM_BYTES: u64 = 1 << 20;
 /// A sysfs attribute is at most a page.
-pub const MAX_KERNEL_BYTES: u64 = 4096;
+pub(crate) const MAX_KERNEL_BYTES: u64 = 4096;
 
 impl FileKind {
-    pub fn max_bytes(self) -> u64 {
+    pub(crate) fn max_bytes(self) -> u64 {
         match self {
             FileKind::Secret => MAX_SECRET_BYTES,
             FileKind::Certificate => MAX_PEM_BYTES,
@@ -102,7 +102,7 @@ fn kind_words(kind: FileKind) -> &'static str {
 }
 
 /// Reads the file at `path` as `kind` says.
-pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, FileError> {
+pub(crate) fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, FileError> {
     let shown = || path.display().to_string();
     let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     if !kind.follows_links() {
@@ -155,7 +155,7 @@ pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, FileError> {
 
 /// Reads a one-line secret (a password or token file): the text without
 /// its trailing line break.
-pub fn read_secret_line(path: &Path) -> Result<String, FileError> {
+pub(crate) fn read_secret_line(path: &Path) -> Result<String, FileError> {
     let bytes = read(path, FileKind::Secret)?;
     Ok(String::from_utf8_lossy(&bytes)
         .trim_end_matches(['\r', '\n'])
@@ -163,13 +163,13 @@ pub fn read_secret_line(path: &Path) -> Result<String, FileError> {
 }
 
 /// Reads a kernel attribute as text.
-pub fn read_kernel_text(path: &Path) -> Result<String, FileError> {
+pub(crate) fn read_kernel_text(path: &Path) -> Result<String, FileError> {
     read(path, FileKind::Kernel).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Whether other users of the box may read the file (mode `o+r`); false
 /// when it is private, absent or cannot be looked at.
-pub fn readable_by_others(path: &Path) -> bool {
+pub(crate) fn readable_by_others(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
@@ -179,7 +179,7 @@ pub fn readable_by_others(path: &Path) -> bool {
 /// but is not a regular file, or a secret that is a link. A file that does
 /// not exist yet is not a config error here (provisioning may bring it;
 /// the component that reads it says so at run time).
-pub fn config_problem(path: &Path, kind: FileKind) -> Option<String> {
+pub(crate) fn config_problem(path: &Path, kind: FileKind) -> Option<String> {
     let meta = if kind.follows_links() {
         std::fs::metadata(path)
     } else {

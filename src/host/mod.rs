@@ -14,18 +14,18 @@
 pub(crate) mod file;
 
 /// The Pi's activity LED, the status LED by default (`led.path`).
-pub const LED_ACT: &str = "/sys/class/leds/ACT";
+pub(crate) const LED_ACT: &str = "/sys/class/leds/ACT";
 /// The SoC's temperature (the Pi health source).
-pub const THERMAL_ZONE0: &str = "/sys/class/thermal/thermal_zone0/temp";
+pub(crate) const THERMAL_ZONE0: &str = "/sys/class/thermal/thermal_zone0/temp";
 /// The firmware's throttling flags (the Pi health source).
-pub const THROTTLED: &str = "/sys/devices/platform/soc/soc:firmware/get_throttled";
+pub(crate) const THROTTLED: &str = "/sys/devices/platform/soc/soc:firmware/get_throttled";
 /// Where the kernel lists 1-Wire devices.
-pub const W1_DEVICES: &str = "/sys/bus/w1/devices";
+pub(crate) const W1_DEVICES: &str = "/sys/bus/w1/devices";
 
 /// One thing on the host the daemon opens.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub struct Access {
+pub(crate) struct Access {
     /// What it is for, in words.
     pub what: &'static str,
     /// The path as the code opens it; `*` stands for a number or a name.
@@ -36,7 +36,7 @@ pub struct Access {
 /// What the unit and package must give for an [`Access`].
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub enum Grant {
+pub(crate) enum Grant {
     /// A device node opened read-write: the unit's `DeviceAllow=<allow> rw`
     /// (a `char-NAME` class from /proc/devices, or the path), and the group
     /// that owns the node in the unit's groups; `rule` says whose udev rule
@@ -65,7 +65,7 @@ pub enum Grant {
 /// Whose udev rule gives a device node its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub enum Rule {
+pub(crate) enum Rule {
     /// Debian's own (`50-udev-default.rules`: `tty[A-Z]*[0-9]` is group
     /// dialout).
     Debian,
@@ -78,7 +78,7 @@ const LED_FILES: &[&str] = &["trigger", "brightness"];
 
 /// Every device node and kernel file the daemon opens.
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub const ACCESS: &[Access] = &[
+pub(crate) const ACCESS: &[Access] = &[
     Access {
         what: "USB serial adapters (UPS, RS-485)",
         path: "/dev/ttyUSB*",
@@ -228,7 +228,7 @@ pub const ACCESS: &[Access] = &[
 /// The entry for `path` (a concrete path: `*` in the table matches one
 /// path component's number or name).
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub fn entry_for(path: &str) -> Option<&'static Access> {
+pub(crate) fn entry_for(path: &str) -> Option<&'static Access> {
     ACCESS.iter().find(|a| glob(a.path, path))
 }
 

@@ -57,14 +57,14 @@ fn default_ups_off_delay() -> Duration {
 }
 
 /// The device kinds that can be `power.ups`.
-pub const UPS_KINDS: &[&str] = &["megatec", "apc-smart", "nut"];
+pub(crate) const UPS_KINDS: &[&str] = &["megatec", "apc-smart", "nut"];
 
 /// The UPS's delay before it cuts the power: a Megatec UPS takes 12 s to
 /// 10 min (`S.2` to `S10`), APC and NUT as much; but the Pi must have
 /// powered off by then (a Pi takes 10-20 s after the gateway's own stop),
 /// so no less than 30 s is accepted.
-pub const OFF_DELAY_MIN: Duration = Duration::from_secs(30);
-pub const OFF_DELAY_MAX: Duration = Duration::from_secs(600);
+pub(crate) const OFF_DELAY_MIN: Duration = Duration::from_secs(30);
+pub(crate) const OFF_DELAY_MAX: Duration = Duration::from_secs(600);
 
 impl PowerConfig {
     /// Problems, each naming its key; `devices` are the configured ones.

@@ -23,7 +23,7 @@ use super::config::PowerConfig;
 
 /// What the decision needs of a UPS reading.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UpsReading {
+pub(crate) struct UpsReading {
     /// `ups.status` as the UPS gave it (`OB LB`).
     pub status: String,
     pub on_battery: bool,
@@ -37,7 +37,7 @@ pub struct UpsReading {
 
 impl UpsReading {
     /// None when the values have no `ups.status`.
-    pub fn of(values: &Values) -> Option<UpsReading> {
+    pub(crate) fn of(values: &Values) -> Option<UpsReading> {
         let Some(Value::Str(status)) = values.get("ups.status") else {
             return None;
         };
@@ -61,7 +61,7 @@ impl UpsReading {
 
 /// Why the Pi is shut down.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The UPS's own low-battery flag.
     LowBattery,
     /// `battery.runtime` (seconds) below the limit.
@@ -74,7 +74,7 @@ pub enum Reason {
 
 impl Reason {
     /// The reason's name in the event (`power.reason`).
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Reason::LowBattery => "low_battery",
             Reason::Runtime { .. } => "runtime",
@@ -84,7 +84,7 @@ impl Reason {
     }
 
     /// In English.
-    pub fn words(&self) -> String {
+    pub(crate) fn words(&self) -> String {
         let f = |d: Duration| humantime::format_duration(d).to_string();
         match self {
             Reason::LowBattery => "the UPS says its battery is low".into(),
@@ -101,7 +101,7 @@ impl Reason {
     }
 
     /// In Vietnamese.
-    pub fn words_vi(&self) -> String {
+    pub(crate) fn words_vi(&self) -> String {
         let min = |s: f64| (s / 60.0).round() as u64;
         match self {
             Reason::LowBattery => "UPS báo pin yếu".into(),
@@ -122,7 +122,7 @@ impl Reason {
 
 /// What one poll leads to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
+pub(crate) enum Step {
     Nothing,
     /// The UPS went on battery.
     OnBattery,
@@ -140,14 +140,14 @@ pub enum Step {
 
 /// The limits a decision uses (from `[power]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub runtime_below: Option<Duration>,
     pub charge_below: Option<f64>,
     pub after_on_battery: Option<Duration>,
 }
 
 impl Limits {
-    pub fn of(cfg: &PowerConfig) -> Limits {
+    pub(crate) fn of(cfg: &PowerConfig) -> Limits {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         Limits {
             runtime_below: nonzero(cfg.shutdown_when_runtime_below),
@@ -157,7 +157,7 @@ impl Limits {
     }
 
     /// The first condition that holds for `r`, on battery for `for_`.
-    pub fn check(&self, r: &UpsReading, for_: Duration) -> Option<Reason> {
+    pub(crate) fn check(&self, r: &UpsReading, for_: Duration) -> Option<Reason> {
         if r.low_battery {
             return Some(Reason::LowBattery);
         }
@@ -179,16 +179,16 @@ impl Limits {
 }
 
 /// Good polls in a row a condition must hold on.
-pub const POLLS_TO_TRIGGER: u32 = 2;
+pub(crate) const POLLS_TO_TRIGGER: u32 = 2;
 
 /// No good reading for this long: the time on battery starts again at the
 /// next one (the mains may have come and gone meanwhile), so a long gap in
 /// readings never makes `shutdown_after_on_battery` fire at once.
-pub const GAP_RESTARTS_TIMER: Duration = Duration::from_secs(120);
+pub(crate) const GAP_RESTARTS_TIMER: Duration = Duration::from_secs(120);
 
 /// The decision's state between polls.
 #[derive(Debug)]
-pub struct Decider {
+pub(crate) struct Decider {
     limits: Limits,
     /// The number of the last poll seen (the tap's `n`).
     last_n: u64,
@@ -201,7 +201,7 @@ pub struct Decider {
 }
 
 impl Decider {
-    pub fn new(limits: Limits) -> Decider {
+    pub(crate) fn new(limits: Limits) -> Decider {
         Decider {
             limits,
             last_n: 0,
@@ -213,13 +213,13 @@ impl Decider {
 
     /// Whether the UPS is on battery, as last seen.
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn on_battery(&self) -> bool {
+    pub(crate) fn on_battery(&self) -> bool {
         self.on_battery_since.is_some()
     }
 
     /// Poll number `n` ended with `values` (None: failed, or the device
     /// went stale or faulted).
-    pub fn poll(&mut self, n: u64, values: Option<&Values>, now: Instant) -> Step {
+    pub(crate) fn poll(&mut self, n: u64, values: Option<&Values>, now: Instant) -> Step {
         // A poll not seen (two came before the watcher looked) may have
         // been a failed one: the chain starts again.
         if n != self.last_n.wrapping_add(1) {

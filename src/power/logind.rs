@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The user the service runs as (systemd/wardgate.service).
-pub const SERVICE_USER: &str = "wardgate";
+pub(crate) const SERVICE_USER: &str = "wardgate";
 
 /// How long one D-Bus call may take.
 const CALL_WAIT: Duration = Duration::from_secs(5);
 
 /// logind's answer, or why there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// `yes`, `no`, `challenge` (a password would be asked: not for a
     /// service), `na` (not possible here), or `unknown`.
     pub answer: String,
@@ -25,7 +25,7 @@ pub struct Verdict {
 
 impl Verdict {
     /// The answer in words.
-    pub fn words(&self) -> &'static str {
+    pub(crate) fn words(&self) -> &'static str {
         match self.answer.as_str() {
             "yes" => "allowed",
             "challenge" => "NOT allowed (logind would ask for a password; a service has none)",
@@ -44,7 +44,7 @@ impl Verdict {
 }
 
 /// Whether `cmd` powers off through logind (so `CanPowerOff` tells).
-pub fn goes_through_logind(cmd: &[String]) -> bool {
+pub(crate) fn goes_through_logind(cmd: &[String]) -> bool {
     let Some((prog, args)) = cmd.split_first() else {
         return false;
     };
@@ -61,7 +61,7 @@ pub fn goes_through_logind(cmd: &[String]) -> bool {
 
 /// `prog` found as the system would run it: an absolute path as it is, a
 /// bare name in `PATH`.
-pub fn find_program(prog: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(prog: &str) -> Option<PathBuf> {
     if prog.contains('/') {
         let p = PathBuf::from(prog);
         return is_executable(&p).then_some(p);
@@ -117,7 +117,7 @@ const CLIENTS: &[(&str, &[&str])] = &[
 
 /// The answer in a client's output: busctl `s "yes"`, gdbus `('yes',)`,
 /// dbus-send `string "yes"`.
-pub fn parse_answer(out: &str) -> Option<String> {
+pub(crate) fn parse_answer(out: &str) -> Option<String> {
     for quote in ['"', '\''] {
         let mut parts = out.split(quote);
         parts.next();
@@ -131,7 +131,7 @@ pub fn parse_answer(out: &str) -> Option<String> {
 }
 
 /// Asks logind whether the service's user may power off.
-pub async fn can_power_off() -> Verdict {
+pub(crate) async fn can_power_off() -> Verdict {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let me = whoami();

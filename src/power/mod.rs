@@ -37,11 +37,11 @@ use crate::status::{PowerState, PowerStatus, StatusHub};
 
 /// How long `power.shutdown` has to reach the broker, while the link is
 /// up, before the gateway begins to stop.
-pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 /// How long the UPS's own link has to take the shutdown-and-return command
 /// (it goes between two polls; a UPS that cannot be opened never takes it),
 /// at least: [`command_wait`] gives each kind what its exchange can take.
-pub const UPS_COMMAND_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const UPS_COMMAND_WAIT: Duration = Duration::from_secs(10);
 
 /// How long the UPS `dev` may take the shutdown-and-return command: a poll
 /// in progress first, then the command's own exchange, each reply within
@@ -49,7 +49,7 @@ pub const UPS_COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// and `INSTCMD`, each tracked for up to 3 timeouts. APC Smart: stepping
 /// the grace delay (up to 12 steps of `p` and `-`), then `Q`, `S`, `@000`.
 /// Megatec: a poll and the command.
-pub fn command_wait(dev: &crate::source::config::DeviceConfig) -> Duration {
+pub(crate) fn command_wait(dev: &crate::source::config::DeviceConfig) -> Duration {
     use crate::source::config::DeviceConfig;
     let (timeout, replies) = match dev {
         DeviceConfig::Nut(n) => (n.timeout, 10),
@@ -60,23 +60,23 @@ pub fn command_wait(dev: &crate::source::config::DeviceConfig) -> Duration {
     UPS_COMMAND_WAIT.max(timeout.saturating_mul(replies) + Duration::from_secs(5))
 }
 /// How long `shutdown_command` may run before it is killed.
-pub const COMMAND_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const COMMAND_WAIT: Duration = Duration::from_secs(30);
 
 /// A shutdown the monitor decided, for the app to carry out.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     pub reason: Reason,
 }
 
 /// How the monitor tells that the MQTT sink delivered the event: its lane
 /// in the spool and its acknowledgement counter.
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub lane: LaneHandle,
     pub counters: Arc<SinkCounters>,
 }
 
 /// The power monitor's parts (app.rs wires them).
-pub struct Monitor {
+pub(crate) struct Monitor {
     pub cfg: PowerConfig,
     /// The UPS that powers the Pi.
     pub ups: DeviceHandle,
@@ -99,7 +99,7 @@ enum Waited {
 impl Monitor {
     /// The snapshot's `power` at start: on mains until the UPS says
     /// otherwise.
-    pub fn initial_status(cfg: &PowerConfig) -> PowerStatus {
+    pub(crate) fn initial_status(cfg: &PowerConfig) -> PowerStatus {
         PowerStatus {
             ups: cfg.ups.clone(),
             state: PowerState::Mains,
@@ -112,7 +112,7 @@ impl Monitor {
 
     /// Watches the UPS until `cancel`; sends a decided shutdown on
     /// `decided` (once), then waits for `cancel`.
-    pub async fn run(self, cancel: CancellationToken, decided: oneshot::Sender<Shutdown>) {
+    pub(crate) async fn run(self, cancel: CancellationToken, decided: oneshot::Sender<Shutdown>) {
         tracing::info!(
             ups = %self.cfg.ups,
             conditions = %self.cfg.conditions().join("; "),
@@ -313,7 +313,7 @@ async fn next_poll(
 /// `ups_off_delay` and on again with the mains (`0s`: not asked). Waits at
 /// most `wait` ([`command_wait`]); the outcome is logged and returned in
 /// words.
-pub async fn ups_command(
+pub(crate) async fn ups_command(
     cfg: &PowerConfig,
     ups: &DeviceHandle,
     wait: Duration,
@@ -345,7 +345,7 @@ pub async fn ups_command(
 
 /// Runs `shutdown_command` as a child process (at most [`COMMAND_WAIT`]),
 /// logging its outcome; true when it exited 0.
-pub async fn run_shutdown_command(cfg: &PowerConfig) -> bool {
+pub(crate) async fn run_shutdown_command(cfg: &PowerConfig) -> bool {
     let Some((prog, args)) = cfg.shutdown_command.split_first() else {
         return false;
     };
@@ -390,7 +390,7 @@ pub async fn run_shutdown_command(cfg: &PowerConfig) -> bool {
 }
 
 /// The value of `name` in `values` in words, for `wardgate check`.
-pub fn shown(values: &Values, name: &str) -> String {
+pub(crate) fn shown(values: &Values, name: &str) -> String {
     match values.get(name) {
         Some(Value::Str(s)) => s.clone(),
         Some(v) => v

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 /// What a publish request carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tag {
+pub(crate) enum Tag {
     /// A spool batch: committed when acknowledged.
     Batch(u64),
     /// The retained birth message.
@@ -28,7 +28,7 @@ pub enum Tag {
 
 /// What a PUBACK acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acked {
+pub(crate) enum Acked {
     Tag(Tag),
     /// No publish is in flight under this packet id (a broker bug, or a
     /// duplicate PUBACK): nothing to commit.
@@ -37,7 +37,7 @@ pub enum Acked {
 
 /// What leaving the client did to the bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     Ok,
     /// A publish left with no request queued for it: its ack cannot be tied
     /// to anything. The caller ends the session (everything is sent again).
@@ -51,7 +51,7 @@ pub enum Sent {
 }
 
 #[derive(Debug, Default)]
-pub struct AckTracker {
+pub(crate) struct AckTracker {
     /// Handed to the client, not yet given a packet id, oldest first.
     queued: VecDeque<Tag>,
     /// Sent, waiting for the broker's PUBACK.
@@ -60,24 +60,24 @@ pub struct AckTracker {
 
 impl AckTracker {
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A publish request is about to be handed to the client. Call it
     /// before the request can reach the event loop.
-    pub fn queue(&mut self, tag: Tag) {
+    pub(crate) fn queue(&mut self, tag: Tag) {
         self.queued.push_back(tag);
     }
 
     /// The client refused the request just queued (it never entered the
     /// channel): forget its tag.
-    pub fn unqueue_last(&mut self) -> Option<Tag> {
+    pub(crate) fn unqueue_last(&mut self) -> Option<Tag> {
         self.queued.pop_back()
     }
 
     /// `Outgoing::Publish(pkid)`: the oldest queued request left under `pkid`.
-    pub fn sent(&mut self, pkid: u16) -> Sent {
+    pub(crate) fn sent(&mut self, pkid: u16) -> Sent {
         let Some(tag) = self.queued.pop_front() else {
             return Sent::Untagged(pkid);
         };
@@ -88,7 +88,7 @@ impl AckTracker {
     }
 
     /// `Incoming::PubAck(pkid)`.
-    pub fn acked(&mut self, pkid: u16) -> Acked {
+    pub(crate) fn acked(&mut self, pkid: u16) -> Acked {
         match self.inflight.remove(&pkid) {
             Some(tag) => Acked::Tag(tag),
             None => Acked::Unknown(pkid),
@@ -97,13 +97,13 @@ impl AckTracker {
 
     /// Publishes queued or sent and not yet acknowledged.
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn outstanding(&self) -> usize {
+    pub(crate) fn outstanding(&self) -> usize {
         self.queued.len() + self.inflight.len()
     }
 
     /// The connection is gone: nothing outstanding will be acknowledged.
     /// Returns the batches that were (the spool sends them again).
-    pub fn connection_lost(&mut self) -> Vec<u64> {
+    pub(crate) fn connection_lost(&mut self) -> Vec<u64> {
         let mut batches: Vec<u64> = self
             .queued
             .drain(..)

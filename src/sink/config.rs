@@ -12,15 +12,15 @@ use crate::types::{defaults_of, AbsPath, Bounded, MessageRate, Port, Within};
 /// uplink by another name, and `1e-300` stopped the publisher), at most
 /// 10,000 (beyond what a Pi's broker link acknowledges: the same as
 /// unpaced).
-pub type BacklogRate = MessageRate<1, 10_000>;
+pub(crate) type BacklogRate = MessageRate<1, 10_000>;
 /// MQTT keep-alive: 5 s to 65,535 s. The CONNECT packet carries it as a
 /// 16-bit count of seconds, so 65,536 s would wrap to 0 (keep-alive off);
 /// below 5 s a slow link drops for nothing.
-pub type KeepAlive = Within<5_000, 65_535_000>;
+pub(crate) type KeepAlive = Within<5_000, 65_535_000>;
 /// One connection attempt (TCP, TLS and CONNACK): 1 s to 10 min.
-pub type ConnectTimeout = Within<1_000, 600_000>;
+pub(crate) type ConnectTimeout = Within<1_000, 600_000>;
 /// No PUBACK for this long with records pending is a stuck link: 1 s to 1 h.
-pub type StallTimeout = Within<1_000, 3_600_000>;
+pub(crate) type StallTimeout = Within<1_000, 3_600_000>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,4 +257,4 @@ impl MqttConfig {
     }
 }
 
-pub use crate::tls::is_loopback;
+pub(crate) use crate::tls::is_loopback;

@@ -72,7 +72,7 @@ impl Lane for LaneHandle {
 /// Runs `f`, advancing a sink's sign of life (`alive`) every second
 /// meanwhile, so the watchdog tells a sink that waits (on the broker, the
 /// database, a back-off) from one that is stuck. Both sinks use it.
-pub async fn beating<T>(alive: &AtomicU64, f: impl Future<Output = T>) -> T {
+pub(crate) async fn beating<T>(alive: &AtomicU64, f: impl Future<Output = T>) -> T {
     tokio::pin!(f);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -12,20 +12,20 @@ use wardgate_contract::{Epoch, OfflineReason, Status};
 
 use crate::spool::Batch;
 
-pub use wardgate_contract::topic::{data_topic, status_topic};
+pub(crate) use wardgate_contract::topic::{data_topic, status_topic};
 
 /// Whether `device` may be a topic level: `^[a-z0-9][a-z0-9_-]{0,63}$`, so
 /// never `#`, `+` or `/` (a record whose device is not is set aside, never
 /// published: rumqttc refuses such a topic). The one pattern the spool
 /// also checks rows read back against ([`crate::spool::valid_device_id`]).
-pub fn valid_device(device: &str) -> bool {
+pub(crate) fn valid_device(device: &str) -> bool {
     crate::spool::valid_device_id(device)
 }
 
 /// The size on the wire of a QoS 1 PUBLISH of `payload_len` bytes on `topic`
 /// (fixed header, topic, packet id, payload), as rumqttc counts it against
 /// its outgoing packet limit.
-pub fn publish_packet_size(topic: &str, payload_len: usize) -> usize {
+pub(crate) fn publish_packet_size(topic: &str, payload_len: usize) -> usize {
     let remaining = 2 + topic.len() + 2 + payload_len;
     let len_len = match remaining {
         0..=127 => 1,
@@ -40,7 +40,7 @@ pub fn publish_packet_size(topic: &str, payload_len: usize) -> usize {
 /// record with its `historical` flag; `epoch` is the sequence epoch as 16
 /// lowercase hex digits. The stored bodies are JSON objects; the flag is
 /// spliced in front of their first key rather than re-encoding each record.
-pub fn encode_batch(site: &str, batch: &Batch, epoch: u64) -> Vec<u8> {
+pub(crate) fn encode_batch(site: &str, batch: &Batch, epoch: u64) -> Vec<u8> {
     let body_len: usize = batch.bodies.iter().map(|b| b.len() + 20).sum();
     let mut out = Vec::with_capacity(body_len + 96 + site.len() + batch.device.len());
     out.extend_from_slice(b"{\"site\":");
@@ -78,7 +78,12 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The retained birth message.
-pub fn status_online(version: &str, boot_id: &str, run_id: &str, started_ms: i64) -> Vec<u8> {
+pub(crate) fn status_online(
+    version: &str,
+    boot_id: &str,
+    run_id: &str,
+    started_ms: i64,
+) -> Vec<u8> {
     Status::Online {
         version: version.to_owned(),
         boot_id: boot_id.to_owned(),
@@ -90,7 +95,7 @@ pub fn status_online(version: &str, boot_id: &str, run_id: &str, started_ms: i64
 
 /// The retained offline message: `lost` (the last will), `shutdown` or
 /// `power`.
-pub fn status_offline(reason: &str) -> Vec<u8> {
+pub(crate) fn status_offline(reason: &str) -> Vec<u8> {
     Status::Offline {
         reason: OfflineReason::from(reason),
     }

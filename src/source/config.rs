@@ -135,7 +135,7 @@ impl DeviceConfig {
 /// register's `label`/`label_en`/`unit`, a GPIO input's `label` (for its
 /// state, `.active` and `.count`). Values without configured words are not
 /// in the map.
-pub fn configured_labels(dev: &DeviceConfig) -> BTreeMap<String, Label> {
+pub(crate) fn configured_labels(dev: &DeviceConfig) -> BTreeMap<String, Label> {
     let mut out = BTreeMap::new();
     match dev {
         DeviceConfig::Modbus(m) => {

@@ -15,7 +15,7 @@ use super::DeviceHandle;
 use crate::model::{Severity, Values};
 
 #[derive(Debug, thiserror::Error)]
-pub enum GpioError {
+pub(crate) enum GpioError {
     /// No GPIO chip (not a Raspberry Pi) or the pin is taken: the gateway
     /// does not start with this configuration; the technician fixes it.
     #[error("GPIO {pin}: {message}")]
@@ -23,7 +23,7 @@ pub enum GpioError {
 }
 
 /// One input pin, named after embedded-hal's input methods.
-pub trait ContactInput: Send {
+pub(crate) trait ContactInput: Send {
     /// The level now (true = high).
     fn is_high(&self) -> bool;
     /// Waits for the next edge; None when the input is gone.
@@ -32,7 +32,7 @@ pub trait ContactInput: Send {
 
 /// A fake input for tests: set levels through the sender.
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub struct FakeInput {
+pub(crate) struct FakeInput {
     level: std::sync::Arc<std::sync::atomic::AtomicBool>,
     edges: mpsc::UnboundedReceiver<()>,
 }
@@ -40,14 +40,14 @@ pub struct FakeInput {
 /// The test's end of a [`FakeInput`].
 #[derive(Clone)]
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub struct FakeInputHandle {
+pub(crate) struct FakeInputHandle {
     level: std::sync::Arc<std::sync::atomic::AtomicBool>,
     edges: mpsc::UnboundedSender<()>,
 }
 
 impl FakeInput {
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn new(initial: bool) -> (FakeInput, FakeInputHandle) {
+    pub(crate) fn new(initial: bool) -> (FakeInput, FakeInputHandle) {
         let level = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(initial));
         let (tx, rx) = mpsc::unbounded_channel();
         (
@@ -62,7 +62,7 @@ impl FakeInput {
 
 impl FakeInputHandle {
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn set(&self, high: bool) {
+    pub(crate) fn set(&self, high: bool) {
         let old = self.level.swap(high, std::sync::atomic::Ordering::SeqCst);
         if old != high {
             let _ = self.edges.send(());
@@ -81,13 +81,13 @@ impl ContactInput for FakeInput {
 
 /// A Raspberry Pi GPIO input through rppal; edges come from rppal's
 /// interrupt thread over a channel.
-pub struct PiInput {
+pub(crate) struct PiInput {
     pin: rppal::gpio::InputPin,
     edges: mpsc::UnboundedReceiver<()>,
 }
 
 impl PiInput {
-    pub fn open(bcm: u8, pull: Pull) -> Result<PiInput, GpioError> {
+    pub(crate) fn open(bcm: u8, pull: Pull) -> Result<PiInput, GpioError> {
         let err = |m: String| GpioError::Unavailable {
             pin: bcm,
             message: m,
@@ -133,7 +133,7 @@ fn word(input: &GpioInput, is_active: bool) -> String {
 
 /// Watches one input: debounced changes become events and state values;
 /// in counter mode, debounced rising edges are counted.
-pub async fn watch_input<I: ContactInput>(
+pub(crate) async fn watch_input<I: ContactInput>(
     input: GpioInput,
     mut pin: I,
     h: DeviceHandle,
@@ -195,7 +195,7 @@ pub async fn watch_input<I: ContactInput>(
 }
 
 /// Runs every input of a `gpio` device on the Pi.
-pub async fn run(cfg: GpioConfig, h: DeviceHandle, cancel: CancellationToken) {
+pub(crate) async fn run(cfg: GpioConfig, h: DeviceHandle, cancel: CancellationToken) {
     let state = std::sync::Arc::new(std::sync::Mutex::new(Values::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for input in cfg.inputs.clone() {
@@ -219,7 +219,7 @@ pub async fn run(cfg: GpioConfig, h: DeviceHandle, cancel: CancellationToken) {
 }
 
 /// Publishes the inputs' state every interval.
-pub async fn report(
+pub(crate) async fn report(
     interval: Duration,
     h: DeviceHandle,
     state: std::sync::Arc<std::sync::Mutex<Values>>,
@@ -237,7 +237,7 @@ pub async fn report(
 }
 
 /// Checks that the GPIO chip is there, for start-up and `wardgate check`.
-pub fn probe(cfg: &GpioConfig) -> Result<Values, GpioError> {
+pub(crate) fn probe(cfg: &GpioConfig) -> Result<Values, GpioError> {
     let mut v = Values::new();
     for input in &cfg.inputs {
         let pin = PiInput::open(input.pin.get(), input.pull)?;

@@ -11,7 +11,7 @@ use crate::source::threshold::ThresholdConfig;
 use crate::types::{default_interval, BcmPin, Within};
 
 /// How long an input must stay put to count as a change: at most 10s.
-pub type Debounce = Within<0, 10_000>;
+pub(crate) type Debounce = Within<0, 10_000>;
 
 /// Dry contacts and pulse counters on GPIO inputs.
 #[derive(Debug, Clone, Deserialize)]

@@ -24,15 +24,9 @@ pub enum W1Error {
     Malformed(String),
 }
 
-/// Most bytes read of a `w1_slave` file: the kernel's is 75 bytes; a
-/// bigger file is not a DS18B20's (a wrong `root`, a FUSE mount) and is
-/// refused (the host's one file reader, as a kernel attribute).
-#[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub const MAX_FILE_BYTES: u64 = crate::host::file::MAX_KERNEL_BYTES;
-
 /// Most probes read per poll: a 1-Wire bus on a Pi carries a handful, the
 /// kernel driver at most 64 by default (`w1 max_slave_count`).
-pub const MAX_PROBES: usize = 64;
+pub(crate) const MAX_PROBES: usize = 64;
 
 /// Reads a probe's file: a regular file of at most [`MAX_FILE_BYTES`].
 fn read_capped(path: &Path) -> Result<String, crate::host::file::FileError> {
@@ -71,7 +65,7 @@ pub fn parse_w1_slave(text: &str) -> Result<f64, W1Error> {
 }
 
 /// The probes present under `root` (directories named `28-*`), sorted.
-pub fn probes(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+pub(crate) fn probes(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(root)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -110,7 +104,7 @@ fn value_name(cfg: &OneWireConfig, id: &str, count: usize) -> String {
 }
 
 /// One reading of every probe: values, and the bad reads by kind.
-pub fn read_all(cfg: &OneWireConfig) -> Result<(Values, Vec<(String, W1Error)>), String> {
+pub(crate) fn read_all(cfg: &OneWireConfig) -> Result<(Values, Vec<(String, W1Error)>), String> {
     let list = probes(&cfg.root).map_err(|e| format!("{}: {e}", cfg.root.display()))?;
     if list.is_empty() {
         return Err(format!(
@@ -173,7 +167,7 @@ impl Device for Bus {
     }
 }
 
-pub async fn run(cfg: OneWireConfig, h: DeviceHandle, cancel: CancellationToken) {
+pub(crate) async fn run(cfg: OneWireConfig, h: DeviceHandle, cancel: CancellationToken) {
     let policy = Policy {
         missed: tokio::time::MissedTickBehavior::Burst,
         ..Policy::new(cfg.interval)

@@ -24,7 +24,7 @@ use super::DeviceHandle;
 use crate::model::Values;
 
 /// Loss in percent over a window of results (true = answered).
-pub fn loss_percent(window: &VecDeque<bool>) -> f64 {
+pub(crate) fn loss_percent(window: &VecDeque<bool>) -> f64 {
     if window.is_empty() {
         return 0.0;
     }
@@ -37,7 +37,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One TCP connect attempt: latency in ms, or the error in words.
-pub async fn tcp_ping(address: &str, timeout: Duration) -> Result<f64, String> {
+pub(crate) async fn tcp_ping(address: &str, timeout: Duration) -> Result<f64, String> {
     let t = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
         Ok(Ok(_)) => Ok(ms(t.elapsed())),
@@ -48,14 +48,14 @@ pub async fn tcp_ping(address: &str, timeout: Duration) -> Result<f64, String> {
 
 /// ICMP sockets, one per address family, opened once.
 #[derive(Clone, Default)]
-pub struct Icmp {
+pub(crate) struct Icmp {
     v4: Option<Arc<Client>>,
     v6: Option<Arc<Client>>,
 }
 
 impl Icmp {
     /// Opens the sockets; the error says why ICMP cannot be used.
-    pub fn open() -> Result<Icmp, String> {
+    pub(crate) fn open() -> Result<Icmp, String> {
         let v4 = Client::new(&surge_ping::Config::default()).map_err(|e| e.to_string())?;
         let v6 = Client::new(&surge_ping::Config::builder().kind(ICMP::V6).build()).ok();
         Ok(Icmp {
@@ -217,7 +217,7 @@ impl Device for Targets {
     }
 }
 
-pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
+pub(crate) async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
     let policy = Policy {
         missed: tokio::time::MissedTickBehavior::Burst,
         ..Policy::new(cfg.interval)
@@ -232,7 +232,7 @@ pub async fn run(cfg: ProbeConfig, h: DeviceHandle, cancel: CancellationToken) {
 }
 
 /// One round, for `wardgate check`.
-pub async fn probe_once(cfg: &ProbeConfig) -> Values {
+pub(crate) async fn probe_once(cfg: &ProbeConfig) -> Values {
     let mut prober = Prober::new(cfg, &cfg.id);
     let mut v = Values::new();
     for (t, r) in cfg.targets.iter().zip(prober.round(cfg).await) {

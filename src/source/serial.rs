@@ -27,7 +27,7 @@ pub enum SerialError {
 
 /// Line settings besides the baud rate.
 #[derive(Debug, Clone, Copy)]
-pub struct Line {
+pub(crate) struct Line {
     pub data_bits: DataBits,
     pub parity: Parity,
     pub stop_bits: StopBits,
@@ -73,7 +73,7 @@ pub fn push_byte(reply: &mut Vec<u8>, b: u8, terminator: &[u8], max: usize) -> F
     }
 }
 
-pub fn open(path: &Path, baud: u32, line: Line) -> Result<SerialStream, SerialError> {
+pub(crate) fn open(path: &Path, baud: u32, line: Line) -> Result<SerialStream, SerialError> {
     let p = path.display().to_string();
     if !path.exists() {
         return Err(SerialError::Missing { path: p });

@@ -13,7 +13,7 @@ use crate::model::{Severity, Values};
 
 /// The simulated device's state; `step` is pure apart from the random source.
 #[derive(Debug, Clone)]
-pub struct SimState {
+pub(crate) struct SimState {
     profile: SimProfile,
     load: f64,
     charge: f64,
@@ -24,7 +24,7 @@ pub struct SimState {
 }
 
 impl SimState {
-    pub fn new(profile: SimProfile) -> Self {
+    pub(crate) fn new(profile: SimProfile) -> Self {
         SimState {
             profile,
             load: 23.0,
@@ -41,7 +41,7 @@ impl SimState {
         (v + rng.random_range(-step..=step)).clamp(lo, hi)
     }
 
-    pub fn step(&mut self, rng: &mut impl Rng) -> Values {
+    pub(crate) fn step(&mut self, rng: &mut impl Rng) -> Values {
         let mut v = Values::new();
         match self.profile {
             SimProfile::Ups => {
@@ -88,7 +88,7 @@ impl SimState {
     /// One tick, the `n`th sample (from 1): on an event tick the event
     /// comes first and the sample of the same tick already agrees with it
     /// (a UPS gone on battery reads `OB`, not the `OL` of before).
-    pub fn tick(
+    pub(crate) fn tick(
         &mut self,
         rng: &mut impl Rng,
         n: u64,
@@ -103,7 +103,7 @@ impl SimState {
 
     /// The configured event: toggles mains on/off for a UPS, a door for a
     /// sensor. Returns (severity, code, message, values).
-    pub fn toggle(&mut self) -> (Severity, &'static str, &'static str, Values) {
+    pub(crate) fn toggle(&mut self) -> (Severity, &'static str, &'static str, Values) {
         self.on_battery = !self.on_battery;
         let mut v = Values::new();
         let ev = match (self.profile, self.on_battery) {
@@ -132,7 +132,7 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-pub async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
+pub(crate) async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
     let mut state = SimState::new(cfg.profile);
     let mut rng = StdRng::from_os_rng();
     let mut tick = tokio::time::interval(cfg.interval);
@@ -163,7 +163,7 @@ pub async fn run(cfg: SimConfig, h: DeviceHandle, cancel: CancellationToken) {
 }
 
 /// One reading, for `wardgate check`.
-pub fn probe(cfg: &SimConfig) -> Values {
+pub(crate) fn probe(cfg: &SimConfig) -> Values {
     SimState::new(cfg.profile).step(&mut StdRng::seed_from_u64(1))
 }
 

@@ -18,7 +18,7 @@ pub enum SimProfile {
 }
 
 /// A whole number, 0 or more.
-pub type NonNegative = Bounded<0, { u64::MAX }>;
+pub(crate) type NonNegative = Bounded<0, { u64::MAX }>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -37,7 +37,7 @@ const IF_HC_OUT_OCTETS: &str = "1.3.6.1.2.1.31.1.1.1.10";
 /// Most rows read from one column of the interface table. A large router
 /// has a few hundred interfaces (VLANs, tunnels, PPP sessions); an agent
 /// listing more is broken or hostile, and csnmp's own walk has no end.
-pub const MAX_TABLE_ROWS: usize = 2048;
+pub(crate) const MAX_TABLE_ROWS: usize = 2048;
 
 /// Interface names quoted in a "not found" reason, each at most 64
 /// characters.
@@ -72,7 +72,7 @@ fn column(base: &str, index: u32) -> ObjectIdentifier {
 }
 
 /// `ifOperStatus` in words (RFC 2863).
-pub fn oper_word(v: i32) -> &'static str {
+pub(crate) fn oper_word(v: i32) -> &'static str {
     match v {
         1 => "up",
         2 => "down",
@@ -530,7 +530,7 @@ impl Device for Agent {
 }
 
 /// Asks the router every interval; any failure faults the device at once.
-pub async fn run(cfg: SnmpConfig, h: DeviceHandle, cancel: CancellationToken) {
+pub(crate) async fn run(cfg: SnmpConfig, h: DeviceHandle, cancel: CancellationToken) {
     let policy = Policy::new(cfg.interval);
     supervisor::run(Agent { cfg }, policy, h, cancel).await
 }
@@ -580,7 +580,7 @@ fn report(h: &DeviceHandle, c: Change) {
 }
 
 /// One reading, for `wardgate check`.
-pub async fn probe(cfg: &SnmpConfig) -> Result<Values, SnmpError> {
+pub(crate) async fn probe(cfg: &SnmpConfig) -> Result<Values, SnmpError> {
     let mut r = Router::new(cfg).await?;
     r.poll(cfg).await.map(|(v, _)| v)
 }

@@ -9,7 +9,7 @@ use crate::source::threshold::ThresholdConfig;
 use crate::types::{Bounded, Port, Within};
 
 /// How long to wait for each SNMP reply: 100ms to 30s.
-pub type SnmpTimeout = Within<100, 30_000>;
+pub(crate) type SnmpTimeout = Within<100, 30_000>;
 
 /// A router (or switch) read over SNMP v2c.
 #[derive(Debug, Clone, Deserialize)]

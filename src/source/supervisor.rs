@@ -21,7 +21,7 @@ use super::{DeviceHandle, STALE_AFTER_INTERVALS};
 
 /// What a failed open or poll asks the supervisor to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// The device said nothing useful (timeout, garbage): one more in the
     /// streak. After [`Policy::streak`] in a row, [`Policy::after_streak`];
     /// before that, stale once no good reading came for three intervals.
@@ -40,7 +40,7 @@ pub enum Action {
 
 /// A failed open or poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fail {
+pub(crate) struct Fail {
     pub action: Action,
     /// The error-count key in the status (`timeout`, `garbage`, ...); None
     /// when the device counted it already or does not count it.
@@ -50,7 +50,11 @@ pub struct Fail {
 }
 
 impl Fail {
-    pub fn new(action: Action, count: Option<&'static str>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        action: Action,
+        count: Option<&'static str>,
+        reason: impl Into<String>,
+    ) -> Self {
         Fail {
             action,
             count,
@@ -61,7 +65,7 @@ impl Fail {
 
 /// What a streak of failed polls leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterStreak {
+pub(crate) enum AfterStreak {
     /// Stale with the last failure's reason (`device.lost`), and the link
     /// reopened in case it is confused (the serial UPS kinds).
     StaleAndReopen,
@@ -72,7 +76,7 @@ pub enum AfterStreak {
 
 /// A kind's timings and what its failures lead to.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Time between polls.
     pub interval: Duration,
     /// When a poll overruns its interval (as each kind's loop did before).
@@ -90,7 +94,7 @@ pub struct Policy {
 impl Policy {
     /// Polls every `interval` (a late poll delays the next), faults after
     /// three failures in a row, and opens and reopens every interval.
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Policy {
             interval,
             missed: MissedTickBehavior::Delay,

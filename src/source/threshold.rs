@@ -66,20 +66,20 @@ impl ThresholdConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     High,
     Low,
 }
 
 /// A change worth an event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Transition {
+pub(crate) enum Transition {
     Raised { side: Side, value: f64, limit: f64 },
     Cleared { side: Side, value: f64, limit: f64 },
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ThresholdState {
+pub(crate) struct ThresholdState {
     /// Since when the value has been past a limit, and which.
     pending: Option<(Side, Duration)>,
     active: Option<Side>,
@@ -87,7 +87,7 @@ pub struct ThresholdState {
 
 impl ThresholdState {
     /// Feeds one reading taken at `now` (any monotonic clock).
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         cfg: &ThresholdConfig,
         value: f64,
@@ -142,7 +142,7 @@ impl ThresholdState {
 }
 
 /// (code, English message, Vietnamese message) for a transition.
-pub fn describe(cfg: &ThresholdConfig, t: &Transition) -> (&'static str, String, String) {
+pub(crate) fn describe(cfg: &ThresholdConfig, t: &Transition) -> (&'static str, String, String) {
     let en = cfg
         .label_en
         .clone()

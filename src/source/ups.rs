@@ -31,7 +31,7 @@ const TABLE: &[(&str, EventDef, Option<EventDef>)] = &[
 
 /// Events for a change from `prev` (None: first reading) to `now`. On the
 /// first reading only alarming tokens are reported.
-pub fn status_events(prev: Option<&str>, now: &str) -> Vec<EventDef> {
+pub(crate) fn status_events(prev: Option<&str>, now: &str) -> Vec<EventDef> {
     let mut out = Vec::new();
     for (token, raised, cleared) in TABLE {
         let was = prev.is_some_and(|p| has(p, token));
@@ -48,7 +48,7 @@ pub fn status_events(prev: Option<&str>, now: &str) -> Vec<EventDef> {
 }
 
 /// Sends the sample, with an event first for each change of `ups.status`.
-pub fn publish(h: &DeviceHandle, last: &mut Option<String>, values: Values) {
+pub(crate) fn publish(h: &DeviceHandle, last: &mut Option<String>, values: Values) {
     if let Some(crate::model::Value::Str(status)) = values.get("ups.status") {
         let status = status.clone();
         for ev in status_events(last.as_deref(), &status) {

@@ -70,7 +70,7 @@ fn default_memory_max() -> Bounded<1, 10_000_000> {
 }
 
 /// The longest `spool.max_age`: 10 years of 365.25 days.
-pub const MAX_AGE_MS: u64 = 10 * 31_557_600_000;
+pub(crate) const MAX_AGE_MS: u64 = 10 * 31_557_600_000;
 
 impl SpoolConfig {
     /// Problems, each naming its key.

@@ -40,7 +40,7 @@ mod error;
 mod open;
 #[cfg(feature = "plant-faults")]
 mod plant;
-pub(crate) mod positions;
+pub mod positions;
 mod queue;
 mod report;
 mod retime;

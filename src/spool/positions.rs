@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
-pub enum PositionsError {
+pub(crate) enum PositionsError {
     /// The file could not be read or written: the store is degraded, the
     /// caller reports it and works with an epoch of its own.
     #[error("{what} {path}: {source}")]
@@ -31,7 +31,7 @@ pub enum PositionsError {
 
 impl PositionsError {
     /// The OS error behind a failure, if any.
-    pub fn io_error(&self) -> Option<&std::io::Error> {
+    pub(crate) fn io_error(&self) -> Option<&std::io::Error> {
         match self {
             PositionsError::Io { source, .. } => Some(source),
             PositionsError::Damaged { .. } => None,
@@ -62,12 +62,12 @@ pub struct Positions {
 }
 
 /// Where the positions of the spool at `spool` live.
-pub fn path_for(spool: &Path) -> PathBuf {
+pub(crate) fn path_for(spool: &Path) -> PathBuf {
     sibling(spool, ".seq")
 }
 
 /// `<spool file name><suffix>` beside the spool: the files that belong to it.
-pub fn sibling(spool: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(spool: &Path, suffix: &str) -> PathBuf {
     let mut name = spool
         .file_name()
         .map(|n| n.to_os_string())
@@ -87,7 +87,7 @@ pub fn parse_epoch(s: &str) -> Option<u64> {
 }
 
 /// Reads the file; `Ok(None)` when there is none.
-pub fn read(path: &Path) -> Result<Option<Positions>, PositionsError> {
+pub(crate) fn read(path: &Path) -> Result<Option<Positions>, PositionsError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

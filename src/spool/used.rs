@@ -44,7 +44,7 @@ pub(crate) fn path_for(spool: &Path) -> PathBuf {
 }
 
 /// The kernel's boot id (changes on every boot).
-pub fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()

@@ -11,10 +11,10 @@ use crate::types::{defaults_of, BcmPin, Bounded, Within};
 /// How many connections the page serves at once (a quarter of them per
 /// client). Every connection holds a file descriptor; the gateway lowers
 /// this at start if the process's descriptor limit is small.
-pub type MaxConnections = Bounded<1, 1024>;
+pub(crate) type MaxConnections = Bounded<1, 1024>;
 /// How long a client may take to send a request's head, and how long a
 /// kept-alive connection may sit idle between requests.
-pub type HeaderTimeout = Within<1_000, 60_000>;
+pub(crate) type HeaderTimeout = Within<1_000, 60_000>;
 
 /// The local status page.
 #[derive(Debug, Clone, Deserialize)]

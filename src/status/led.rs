@@ -34,7 +34,7 @@ use crate::ids::GATEWAY_DEVICE;
 use crate::model::{now_ms, Health};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Pattern {
+pub(crate) enum Pattern {
     /// All good.
     Steady,
     /// Uplink down, readings kept on the device.
@@ -53,7 +53,7 @@ pub enum Pattern {
 
 /// What the LED reflects, taken from the status snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LedInputs {
+pub(crate) struct LedInputs {
     pub starting: bool,
     pub uplink_up: bool,
     pub device_bad: bool,
@@ -68,7 +68,7 @@ pub struct LedInputs {
 
 impl LedInputs {
     /// Starting lasts until the first connection attempt to the broker.
-    pub fn from_snapshot(s: &Snapshot) -> LedInputs {
+    pub(crate) fn from_snapshot(s: &Snapshot) -> LedInputs {
         LedInputs {
             starting: s.uplink.starting(),
             // A stalled link delivers nothing: shown as a link that is down.
@@ -92,7 +92,7 @@ impl LedInputs {
 }
 
 /// The pattern for the gateway's state: the worst that applies.
-pub fn pattern(i: LedInputs) -> Pattern {
+pub(crate) fn pattern(i: LedInputs) -> Pattern {
     if i.identify {
         Pattern::Flicker
     } else if i.power_shutdown {
@@ -111,7 +111,7 @@ pub fn pattern(i: LedInputs) -> Pattern {
 }
 
 /// Whether the LED is lit `t` into a pattern.
-pub fn lit(p: Pattern, t: Duration) -> bool {
+pub(crate) fn lit(p: Pattern, t: Duration) -> bool {
     let ms = t.as_millis() as u64;
     match p {
         Pattern::Steady => true,
@@ -131,7 +131,7 @@ pub fn lit(p: Pattern, t: Duration) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LedError {
+pub(crate) enum LedError {
     /// The LED could not be driven: logged once, the LED is given up on;
     /// the gateway goes on without it.
     #[error("LED {path}: {source}")]
@@ -143,7 +143,7 @@ pub enum LedError {
 }
 
 /// One LED, named after embedded-hal's output pin methods.
-pub trait Led: Send {
+pub(crate) trait Led: Send {
     fn set_high(&mut self) -> Result<(), LedError>;
     fn set_low(&mut self) -> Result<(), LedError>;
 }
@@ -151,14 +151,14 @@ pub trait Led: Send {
 /// An LED of the kernel's LED class (`/sys/class/leds/ACT` on current
 /// Raspberry Pi OS, `led0` on older): takes it over from its trigger, and
 /// gives it back on drop.
-pub struct SysfsLed {
+pub(crate) struct SysfsLed {
     dir: PathBuf,
     old_trigger: Option<String>,
     active_low: bool,
 }
 
 impl SysfsLed {
-    pub fn open(dir: &Path, active_low: bool) -> Result<SysfsLed, LedError> {
+    pub(crate) fn open(dir: &Path, active_low: bool) -> Result<SysfsLed, LedError> {
         let io = |p: &Path| {
             let path = p.display().to_string();
             move |e| LedError::Io { path, source: e }
@@ -206,13 +206,13 @@ impl Drop for SysfsLed {
 }
 
 /// An external LED on a GPIO pin (BCM numbering), through rppal.
-pub struct GpioLed {
+pub(crate) struct GpioLed {
     pin: rppal::gpio::OutputPin,
     active_low: bool,
 }
 
 impl GpioLed {
-    pub fn open(bcm: u8, active_low: bool) -> Result<GpioLed, LedError> {
+    pub(crate) fn open(bcm: u8, active_low: bool) -> Result<GpioLed, LedError> {
         let gpio = rppal::gpio::Gpio::new().map_err(|e| LedError::Io {
             path: format!("GPIO {bcm}"),
             source: std::io::Error::other(format!(
@@ -252,7 +252,7 @@ impl Led for GpioLed {
 /// Records what it was told, for tests.
 #[derive(Clone, Default)]
 #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-pub struct FakeLed {
+pub(crate) struct FakeLed {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, bool)>>>,
 }
 
@@ -275,7 +275,7 @@ impl Led for FakeLed {
 
 /// The LED the config asks for: `None` when `led.backend = "none"`, else
 /// the opened LED or why it cannot be used.
-pub fn open(cfg: &super::config::LedConfig) -> Option<Result<Box<dyn Led>, LedError>> {
+pub(crate) fn open(cfg: &super::config::LedConfig) -> Option<Result<Box<dyn Led>, LedError>> {
     match cfg.backend {
         super::config::LedBackend::None => None,
         super::config::LedBackend::Sysfs => {
@@ -289,7 +289,7 @@ pub fn open(cfg: &super::config::LedConfig) -> Option<Result<Box<dyn Led>, LedEr
 }
 
 /// Drives `led` from the snapshot until `cancel`, then switches it off.
-pub async fn run(
+pub(crate) async fn run(
     mut led: Box<dyn Led>,
     status: watch::Receiver<Snapshot>,
     cancel: CancellationToken,

@@ -7,7 +7,7 @@ use super::config;
 use super::http::{self, describe, Client};
 
 /// `wardgate check`: one authenticated request, and what it found, in words.
-pub async fn check(cfg: &config::InfluxConfig) -> Result<String, String> {
+pub(crate) async fn check(cfg: &config::InfluxConfig) -> Result<String, String> {
     let url = cfg.url.clone().unwrap_or_default();
     let ep = config::parse_url(&url)?;
     let mut client = Client::new(

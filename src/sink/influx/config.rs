@@ -9,7 +9,7 @@ use crate::sink::config::is_loopback;
 use crate::types::{defaults_of, AbsPath, Bounded, Within};
 
 /// One request (connect, TLS, write, answer): 1 s to 10 min.
-pub type WriteTimeout = Within<1_000, 600_000>;
+pub(crate) type WriteTimeout = Within<1_000, 600_000>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,7 +89,7 @@ impl Endpoint {
 
 /// Parses `http(s)://host[:port][/path]`; the words say what is wrong.
 /// (`influxdb2`'s `Client::new` panics on a bad URL: this never does.)
-pub fn parse_url(url: &str) -> Result<Endpoint, String> {
+pub(crate) fn parse_url(url: &str) -> Result<Endpoint, String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("http://") {

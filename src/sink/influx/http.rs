@@ -28,7 +28,7 @@ const MAX_ANSWER: usize = 64 << 10;
 
 /// What the server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     /// `Retry-After` in seconds, when given.
     pub retry_after: Option<Duration>,
@@ -37,7 +37,7 @@ pub struct Answer {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// No connection (refused, unreachable, DNS, TLS): retried with back-off.
     #[error("cannot reach {0}")]
     Connect(String),
@@ -53,7 +53,7 @@ pub enum HttpError {
     Setup(String),
 }
 
-pub struct Client {
+pub(crate) struct Client {
     ep: Endpoint,
     tls: Option<tokio_rustls::TlsConnector>,
     timeout: Duration,
@@ -64,7 +64,7 @@ pub struct Client {
 
 impl Client {
     /// Loads the CA (for https) now; the token is read at each connection.
-    pub fn new(
+    pub(crate) fn new(
         ep: Endpoint,
         ca_file: Option<&Path>,
         token_file: Option<&Path>,
@@ -89,18 +89,12 @@ impl Client {
         })
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.ep
     }
 
-    /// Closes the kept connection (the next request opens a new one).
-    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub fn reset(&mut self) {
-        self.conn = None;
-    }
-
     /// One request; `path` starts with `/` and includes the query.
-    pub async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: hyper::Method,
         path: &str,
@@ -224,12 +218,12 @@ where
 
 /// `Retry-After: <seconds>` (an HTTP date is not honoured: the back-off
 /// applies instead).
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// `?org=…&bucket=…&precision=ms` with both names percent-encoded.
-pub fn write_path(base: &str, org: &str, bucket: &str) -> String {
+pub(crate) fn write_path(base: &str, org: &str, bucket: &str) -> String {
     format!(
         "{base}/api/v2/write?org={}&bucket={}&precision=ms",
         pct(org),
@@ -252,7 +246,7 @@ fn pct(s: &str) -> String {
 /// What an answer means for the points it was about (Telegraf's
 /// `outputs.influxdb_v2` classes; see docs/influxdb.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// 2xx: written; acknowledge.
     Written,
     /// 413: the request was too large; halve the batch and send again.
@@ -271,7 +265,7 @@ pub enum Class {
     Retry { after: Option<Duration> },
 }
 
-pub fn classify(a: &Answer) -> Class {
+pub(crate) fn classify(a: &Answer) -> Class {
     match a.status {
         200..=299 => Class::Written,
         413 => Class::TooLarge,
@@ -309,7 +303,7 @@ fn dropped_count(body: &str) -> Option<u64> {
 /// The server's error message for logs and events: InfluxDB's JSON
 /// `{"code":…,"message":…}` when it is one, else the body's first 200
 /// characters.
-pub fn describe(a: &Answer) -> String {
+pub(crate) fn describe(a: &Answer) -> String {
     let msg = serde_json::from_str::<serde_json::Value>(&a.body)
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))

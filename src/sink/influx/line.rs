@@ -37,7 +37,7 @@ struct EventBody {
 
 /// One record as a line (no trailing newline), or `None` when its body is
 /// not a record.
-pub fn encode(
+pub(crate) fn encode(
     site: &str,
     device: &str,
     device_type: &str,

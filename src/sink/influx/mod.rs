@@ -28,7 +28,7 @@ pub(crate) mod config;
 pub(crate) mod http;
 pub(crate) mod line;
 
-pub use check::check;
+pub(crate) use check::check;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -50,7 +50,7 @@ use crate::spool::Batch;
 use crate::status::{InfluxStatus, StatusHub};
 
 /// The name of this sink's lane in the spool.
-pub const SINK_NAME: &str = crate::spool::Lane::Influx.name();
+pub(crate) const SINK_NAME: &str = crate::spool::Lane::Influx.name();
 
 /// A lane batch's bodies total at most this; a round is cut by points.
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -92,7 +92,7 @@ impl Throttle {
 
 /// Counters this sink keeps for status, metrics and gateway telemetry.
 #[derive(Debug, Default)]
-pub struct InfluxCounters {
+pub(crate) struct InfluxCounters {
     /// The last write was answered 2xx.
     pub connected: AtomicBool,
     pub points_written: AtomicU64,
@@ -118,7 +118,7 @@ pub struct InfluxCounters {
 impl InfluxCounters {
     /// Copies the counters into the status (the app's status refresher,
     /// once a second).
-    pub fn refresh(&self, s: &mut InfluxStatus, depth: u64) {
+    pub(crate) fn refresh(&self, s: &mut InfluxStatus, depth: u64) {
         s.depth = depth;
         s.written = self.points_written.load(Ordering::Relaxed);
         s.rejected = self.rejected.load(Ordering::Relaxed);
@@ -155,7 +155,7 @@ struct Failure {
     after: Option<Duration>,
 }
 
-pub struct InfluxSink<L: Lane> {
+pub(crate) struct InfluxSink<L: Lane> {
     cfg: Arc<InfluxSetup>,
     lane: L,
     status: StatusHub,
@@ -166,7 +166,7 @@ pub struct InfluxSink<L: Lane> {
 }
 
 impl<L: Lane> InfluxSink<L> {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Arc<InfluxSetup>,
         lane: L,
         status: StatusHub,
@@ -199,7 +199,7 @@ impl<L: Lane> InfluxSink<L> {
 
     /// Writes rounds until `cancel`; what is in hand then goes back to the
     /// spool (it was not acknowledged).
-    pub async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
         let Some(ep) = self.cfg.influxdb.endpoint() else {
             tracing::error!("influxdb.url is not usable; the InfluxDB sink does not run");
             cancel.cancelled().await;

@@ -27,7 +27,7 @@ pub(super) const BACKOFF_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// connection that stayed up `healthy_after` resets it; a shorter one does
 /// not (a broker that accepts and then drops us keeps backing off).
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     fast_tries: u32,
@@ -36,7 +36,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration, fast_tries: u32, healthy_after: Duration) -> Self {
+    pub(crate) fn new(
+        min: Duration,
+        max: Duration,
+        fast_tries: u32,
+        healthy_after: Duration,
+    ) -> Self {
         Backoff {
             min,
             max,
@@ -47,7 +52,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt, after one more failure.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    pub(crate) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
         let doublings = self
             .failures
             .saturating_add(1)
@@ -66,7 +71,7 @@ impl Backoff {
     }
 
     /// A connection ended after being up for `up` (zero: it never came up).
-    pub fn connection_ended(&mut self, up: Duration) {
+    pub(crate) fn connection_ended(&mut self, up: Duration) {
         if up >= self.healthy_after {
             self.failures = 0;
         }

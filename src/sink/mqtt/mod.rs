@@ -42,15 +42,15 @@ mod commands;
 mod options;
 mod session;
 
-pub use backoff::Backoff;
+pub(crate) use backoff::Backoff;
 use backoff::{BACKOFF_FAST_TRIES, BACKOFF_HEALTHY_AFTER, BACKOFF_MAX, BACKOFF_MIN};
-pub use commands::CommandPort;
+pub(crate) use commands::CommandPort;
 
 /// The name of this sink's lane in the spool.
-pub const SINK_NAME: &str = crate::spool::Lane::Mqtt.name();
+pub(crate) const SINK_NAME: &str = crate::spool::Lane::Mqtt.name();
 
 #[derive(Debug, thiserror::Error)]
-pub enum MqttError {
+pub(crate) enum MqttError {
     /// TLS material could not be loaded: logged and shown in the status;
     /// retried with backoff (the technician may be copying the files in).
     #[error("TLS setup: {0}")]
@@ -113,7 +113,7 @@ impl StopReason {
 
 /// How the sink raises a gateway event (app.rs passes one that records it
 /// on the gateway device): severity, code, message, values.
-pub type EventReport = Arc<dyn Fn(Severity, &str, &str, Values) + Send + Sync>;
+pub(crate) type EventReport = Arc<dyn Fn(Severity, &str, &str, Values) + Send + Sync>;
 
 pub struct MqttSink<L: Lane> {
     cfg: Arc<MqttSetup>,

@@ -88,7 +88,7 @@ fn read_password(path: &Path) -> Result<String, MqttError> {
 
 /// The shared rustls configuration ([`crate::tls::tls_config`]), its
 /// errors as this sink's.
-pub fn tls_config(
+pub(super) fn tls_config(
     ca_file: Option<&Path>,
     cert_file: Option<&Path>,
     key_file: Option<&Path>,

@@ -161,7 +161,7 @@ pub fn split_alerts(bytes: &[u8]) -> (Vec<Alert>, Vec<u8>) {
 
 /// The reply to a command that changes something (`-`, `S`, `@000`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ack {
+pub(crate) enum Ack {
     /// `OK` (or `*` from older models): done.
     Ok,
     /// `NO`: the value cannot be changed (`-`).
@@ -173,7 +173,7 @@ pub enum Ack {
 
 /// Decodes the reply to `-`, `S` or `@000`; `*` is how older models say OK
 /// to a shutdown command (NUT's apcsmart driver reads it so).
-pub fn parse_ack(line: &[u8]) -> Result<Ack, CodecError> {
+pub(crate) fn parse_ack(line: &[u8]) -> Result<Ack, CodecError> {
     let text = std::str::from_utf8(line)
         .map_err(|_| CodecError::Malformed("not ASCII".into()))?
         .trim_end_matches(['\r', '\n']);
@@ -191,15 +191,15 @@ pub fn parse_ack(line: &[u8]) -> Result<Ack, CodecError> {
 /// The grace delays of a Smart-UPS (EEPROM `p`, seconds), in the order
 /// `-` steps through them (APC's Smart protocol: 020, 180, 300, 600).
 /// A model with other values is walked once round to learn its own.
-pub const GRACE_DELAYS: [u32; 4] = [20, 180, 300, 600];
+pub(crate) const GRACE_DELAYS: [u32; 4] = [20, 180, 300, 600];
 
 /// Most `-` steps wardgate takes to reach a grace delay: enough to learn a
 /// model's values (one round) and walk to the chosen one.
-pub const MAX_GRACE_STEPS: usize = 12;
+pub(crate) const MAX_GRACE_STEPS: usize = 12;
 
 /// The grace delay for an output-off after `wanted`: the shortest of
 /// `offered` not shorter than it, else the longest (None if none offered).
-pub fn choose_grace(wanted: std::time::Duration, offered: &[u32]) -> Option<u32> {
+pub(crate) fn choose_grace(wanted: std::time::Duration, offered: &[u32]) -> Option<u32> {
     let w = wanted.as_secs_f64();
     offered
         .iter()
@@ -211,7 +211,7 @@ pub fn choose_grace(wanted: std::time::Duration, offered: &[u32]) -> Option<u32>
 
 /// One step of walking the grace delay toward the one wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GraceStep {
+pub(crate) enum GraceStep {
     /// The value now is the one to keep.
     Stay(u32),
     /// Step on with `-` (towards the target, or to learn the values).
@@ -224,7 +224,7 @@ pub enum GraceStep {
 /// the current one last. The standard values ([`GRACE_DELAYS`]) are
 /// assumed while only those have been seen; once the walk has come back to
 /// the first value, the values seen are the model's own.
-pub fn grace_step(wanted: std::time::Duration, seen: &[u32]) -> GraceStep {
+pub(crate) fn grace_step(wanted: std::time::Duration, seen: &[u32]) -> GraceStep {
     let Some((&now, _)) = seen.split_last() else {
         return GraceStep::GiveUp;
     };
@@ -252,7 +252,7 @@ pub fn grace_step(wanted: std::time::Duration, seen: &[u32]) -> GraceStep {
 
 /// Hard hibernate with no extra wake-up delay, as NUT sends it (`awd`
 /// unset): `@` alone first, then the digits once the UPS said nothing.
-pub const HIBERNATE_DIGITS: &[u8] = b"000";
+pub(crate) const HIBERNATE_DIGITS: &[u8] = b"000";
 
 /// A decoded reply.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 //! Alerts (`!` line fail, `$` restored, `%` low battery, `+` recovered)
 //! arrive unsolicited; they become events at once, not at the next poll.
 
-pub(crate) mod codec;
+pub mod codec;
 pub(crate) mod config;
 
 use std::collections::HashSet;

@@ -57,17 +57,17 @@ impl Command {
 
 /// The shortest delay before a Megatec UPS switches its output off: `S.2`,
 /// 12 s (the protocol's `.2` to `.9` are tenths of a minute).
-pub const OFF_DELAY_MIN: std::time::Duration = std::time::Duration::from_secs(12);
+pub(crate) const OFF_DELAY_MIN: std::time::Duration = std::time::Duration::from_secs(12);
 /// The longest: `S10`, 10 minutes.
-pub const OFF_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const OFF_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 /// The longest wait before the output returns: `R9999`, in minutes.
-pub const RETURN_MINUTES_MAX: u32 = 9999;
+pub(crate) const RETURN_MINUTES_MAX: u32 = 9999;
 
 /// A delayed shutdown with return, as it goes on the wire, and the delays
 /// the UPS will really use (the protocol's steps are coarser than a
 /// duration).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShutdownReturn {
+pub(crate) struct ShutdownReturn {
     /// `S<n>R<m>` and CR.
     pub bytes: Vec<u8>,
     /// The off delay the UPS counts: `off_after` rounded down to a step of
@@ -85,7 +85,7 @@ pub struct ShutdownReturn {
 /// mains are still out stays off until they return. As NUT's blazer and
 /// nutdrv_qx drivers send it (`offdelay` 12-600 s, `ondelay` in minutes).
 /// `R0000` (stay off) is never sent: the Pi must come back with the mains.
-pub fn shutdown_return(
+pub(crate) fn shutdown_return(
     off_after: std::time::Duration,
     return_minutes: u32,
 ) -> Result<ShutdownReturn, CodecError> {
@@ -116,7 +116,7 @@ pub fn shutdown_return(
 /// What a UPS answered to a command that needs no answer (`S..R..`): most
 /// send nothing (`None`); some say `ACK` or `(ACK`. `(NAK` or the command
 /// echoed back means it was refused.
-pub fn parse_command_reply(reply: Option<&[u8]>) -> Result<(), CodecError> {
+pub(crate) fn parse_command_reply(reply: Option<&[u8]>) -> Result<(), CodecError> {
     let Some(reply) = reply else {
         return Ok(());
     };
@@ -330,7 +330,7 @@ impl ChargeEstimate {
 }
 
 /// NUT's `ups.status` tokens for a Q1 reply.
-pub fn status_tokens(q: &Q1) -> String {
+pub(crate) fn status_tokens(q: &Q1) -> String {
     let s = q.status;
     let mut t: Vec<&str> = Vec::new();
     if s.utility_fail {

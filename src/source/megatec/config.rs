@@ -8,7 +8,7 @@ use crate::source::threshold::ThresholdConfig;
 use crate::types::{default_interval, Baud, SerialPath, Within};
 
 /// How long to wait for each reply from a UPS on a serial line: 100ms to 30s.
-pub type ReplyTimeout = Within<100, 30_000>;
+pub(crate) type ReplyTimeout = Within<100, 30_000>;
 
 /// A Megatec / Q1 UPS on a serial line (Santak-class and most low-cost UPS).
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +42,7 @@ pub struct MegatecConfig {
 }
 
 /// `return_delay`: 1 minute to 9999 minutes.
-pub type ReturnDelay = Within<60_000, { 9999 * 60_000 }>;
+pub(crate) type ReturnDelay = Within<60_000, { 9999 * 60_000 }>;
 
 fn default_return_delay() -> ReturnDelay {
     ReturnDelay::of(Duration::from_secs(180))

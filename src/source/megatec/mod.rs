@@ -4,7 +4,7 @@
 //! to it through `tokio::io::duplex` and integration tests through a real
 //! pseudo-terminal pair; the protocol itself lives in [`codec`].
 
-pub(crate) mod codec;
+pub mod codec;
 pub(crate) mod config;
 
 use std::time::Duration;

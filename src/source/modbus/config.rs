@@ -26,9 +26,9 @@ pub enum ModbusTransport {
 pub use super::profile::ParityName;
 
 /// How long to wait for each Modbus reply: 20ms to 30s.
-pub type ModbusTimeout = Within<20, 30_000>;
+pub(crate) type ModbusTimeout = Within<20, 30_000>;
 /// Quiet time on the bus between a reply and the next request: at most 5s.
-pub type BusGap = Within<0, 5_000>;
+pub(crate) type BusGap = Within<0, 5_000>;
 
 /// A Modbus slave: a sensor or meter on an RS-485 bus or over TCP.
 /// Several devices may name the same `serial` bus (or TCP gateway); their
@@ -190,7 +190,7 @@ impl ModbusConfig {
 
 /// Modbus devices on one serial bus must agree on the line settings.
 /// `devices` are the Modbus devices with their index in `[[device]]`.
-pub fn shared_bus_problems<'a>(
+pub(crate) fn shared_bus_problems<'a>(
     devices: impl IntoIterator<Item = (usize, &'a ModbusConfig)>,
 ) -> Vec<String> {
     let mut p = Vec::new();

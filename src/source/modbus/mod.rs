@@ -5,7 +5,7 @@
 
 pub(crate) mod bus;
 pub(crate) mod config;
-pub(crate) mod map;
+pub mod map;
 pub(crate) mod profile;
 
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use crate::model::Values;
 /// waiting will not change it.
 const FAULT_AFTER: u32 = 3;
 
-pub struct Poller {
+pub(crate) struct Poller {
     cfg: ModbusConfig,
     regs: Vec<RegisterConfig>,
     blocks: Vec<Block>,
@@ -33,7 +33,7 @@ pub struct Poller {
 
 /// What one poll gave.
 #[derive(Debug, Default)]
-pub struct Poll {
+pub(crate) struct Poll {
     pub values: Values,
     pub errors: Vec<ModbusError>,
     /// Registers whose words could not be decoded (NaN, short reply).
@@ -41,7 +41,7 @@ pub struct Poll {
 }
 
 impl Poller {
-    pub fn new(cfg: ModbusConfig, bus: Arc<Bus>) -> Self {
+    pub(crate) fn new(cfg: ModbusConfig, bus: Arc<Bus>) -> Self {
         let regs = cfg.all_registers();
         let blocks = map::plan(&regs);
         Poller {
@@ -52,7 +52,7 @@ impl Poller {
         }
     }
 
-    pub async fn poll(&self) -> Poll {
+    pub(crate) async fn poll(&self) -> Poll {
         let mut out = Poll::default();
         let unit = self.cfg.unit_id();
         for b in &self.blocks {
@@ -175,7 +175,12 @@ impl Device for Slave {
 
 /// Polls every interval; after [`FAULT_AFTER`] failed polls in a row the
 /// device is faulted (lost first, if it was still ok).
-pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: CancellationToken) {
+pub(crate) async fn run(
+    cfg: ModbusConfig,
+    bus: Arc<Bus>,
+    h: DeviceHandle,
+    cancel: CancellationToken,
+) {
     let policy = Policy {
         streak: FAULT_AFTER,
         ..Policy::new(cfg.interval)
@@ -189,7 +194,7 @@ pub async fn run(cfg: ModbusConfig, bus: Arc<Bus>, h: DeviceHandle, cancel: Canc
 
 /// One poll, for `wardgate check`: the values, or the first error when
 /// nothing could be read.
-pub async fn probe(cfg: &ModbusConfig) -> Result<Values, ModbusError> {
+pub(crate) async fn probe(cfg: &ModbusConfig) -> Result<Values, ModbusError> {
     let bus = Bus::for_device(cfg);
     let p = Poller::new(cfg.clone(), bus).poll().await;
     if p.values.is_empty() {

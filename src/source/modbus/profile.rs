@@ -15,7 +15,7 @@ pub enum ParityName {
     Odd,
 }
 
-pub struct Profile {
+pub(crate) struct Profile {
     pub baud: u32,
     pub parity: ParityName,
     pub stop_bits: u8,
@@ -24,7 +24,7 @@ pub struct Profile {
 }
 
 /// Names of the built-in profiles.
-pub const NAMES: &[&str] = &["xy-md02", "sdm120"];
+pub(crate) const NAMES: &[&str] = &["xy-md02", "sdm120"];
 
 fn input(name: &str, address: i64, t: DataType, scale: f64, unit: &str) -> RegisterConfig {
     RegisterConfig {
@@ -42,7 +42,7 @@ fn input(name: &str, address: i64, t: DataType, scale: f64, unit: &str) -> Regis
     }
 }
 
-pub fn get(name: &str) -> Option<Profile> {
+pub(crate) fn get(name: &str) -> Option<Profile> {
     match name {
         // XY-MD02 (SHT20) temperature/humidity sensor: function 04,
         // register 1 temperature x10 signed, register 2 humidity x10.

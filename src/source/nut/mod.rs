@@ -4,7 +4,7 @@
 //! handshake checking upsd's certificate) before anything else is said,
 //! and never falls back to clear text ([`connect`]).
 
-pub(crate) mod codec;
+pub mod codec;
 pub(crate) mod config;
 
 use std::pin::Pin;
