@@ -1,4 +1,4 @@
-//! Time (issue 14): the real gateway, in-process with a fake clock (this
+//! Time: the real gateway, in-process with a fake clock (this
 //! machine's kernel says unsynced and cannot be stepped by a test), a real
 //! mosquitto, every message checked against the schemas. Readings are taken
 //! unsynchronised and delivered, then spooled while the broker is down, then

@@ -77,7 +77,7 @@ async fn modbus_rtu_bus_to_the_broker() {
     assert_eq!(mixed["relay1"], true);
     assert_eq!(mixed["relay2"], false);
     assert_eq!(mixed["in2"], true);
-    // The local page shows the meter's values, in words (issue 15).
+    // The local page shows the meter's values, in words.
     let (_, page) = http_get(gw.web.unwrap(), "/body?lang=vi", "").await;
     assert!(page.contains("<dt>Điện áp</dt><dd>231,2 V</dd>"), "{page}");
 

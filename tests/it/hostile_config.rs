@@ -1,4 +1,4 @@
-//! Issue 11 items 4 and 7: config values that passed `wardgate check` and
+//! Config values that passed `wardgate check` and
 //! broke at run time, and credentials that went out in clear without a
 //! word. Each bad value is given to the real binary's `wardgate check`,
 //! which must refuse it (exit 78) with a line naming the key and what is

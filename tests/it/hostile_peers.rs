@@ -1,4 +1,4 @@
-//! Hostile and broken peers (issue 11, items 2, 5 and 8): a NUT server that
+//! Hostile and broken peers: a NUT server that
 //! never stops listing variables, one that offers names outside the
 //! contract and overlong values, and one whose error changes every poll.
 //! Each peer is a fake upsd written here (a tokio listener on port 0

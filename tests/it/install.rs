@@ -164,7 +164,7 @@ fn result_on(boot: &std::path::Path) -> String {
 const LEGIT: &str = "site = \"xa-test\"\n[mqtt]\nhost = \"ioc.example\"\nusername = \"xa-test\"\n\
                      password_file = \"/etc/wardgate/mqtt.password\"\n";
 
-/// Issue 11 item 3: a config for another broker must not be handed the
+/// A config for another broker must not be handed the
 /// installed password. The installed password stays where it is, the new
 /// config is not installed, the card says why; with a password of its own
 /// it is accepted. The same broker keeps using the installed password.
@@ -583,7 +583,7 @@ fn recording_broker() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     (port, seen)
 }
 
-/// The attack of issue 11 end to end, with the real daemon: a card config
+/// The card attack end to end, with the real daemon: a card config
 /// pointing at another broker (plaintext, the installed password_file) is
 /// refused, and the gateway started afterwards still sends the password
 /// only to the broker it was issued for.

@@ -251,7 +251,7 @@ async fn check_warns_about_a_login_in_clear_text() {
     let (code, out) = check_only(config_text(no_broker.port, dir.path(), &with_tls)).await;
     assert!(!out.contains("clear text"), "{out}");
     assert_eq!(code, Some(0), "{out}");
-    // Issue 23: no login, but readings from another box in clear text can
+    // No login, but readings from another box in clear text can
     // be forged: warned too.
     let no_login =
         "[[device]]\nid = \"ups3\"\ntype = \"nut\"\nhost = \"192.0.2.1\"\nups = \"dummy\"\n";
@@ -264,7 +264,7 @@ async fn check_warns_about_a_login_in_clear_text() {
     assert_eq!(code, Some(0), "a warning, not an error: {out}");
 }
 
-/// Issue 23: a password file with a line break (a PEM key named as the
+/// A password file with a line break (a PEM key named as the
 /// password, or a file with a second line) went out whole, line by line,
 /// each line a command to upsd. Now the device faults naming the password
 /// (not its content) and nothing of it crosses: the relay sees the

@@ -1,4 +1,4 @@
-//! `[power]` end to end (issue 14): the real binary, a real mosquitto, the
+//! `[power]` end to end: the real binary, a real mosquitto, the
 //! Megatec simulator on a pseudo-terminal (and NUT's dummy-ups for
 //! `battery.runtime`), a shutdown command that only records that it ran.
 

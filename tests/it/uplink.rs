@@ -1,4 +1,4 @@
-//! The MQTT uplink under faults (issue 10, findings 5, 6, 10 and 12): bad
+//! The MQTT uplink under faults: bad
 //! records never stop delivery, connection attempts last as configured,
 //! broker restarts are caught quickly, and a link that takes messages but
 //! never acknowledges them is found stuck.
@@ -24,7 +24,7 @@ fn with_mqtt(
     wardgate::config::Config::from_toml(&text).expect("test config is valid")
 }
 
-/// Finding 5: a record whose device id is not a valid topic level (a bit
+/// A record whose device id is not a valid topic level (a bit
 /// flip turned a letter into `#`) used to end the publish loop silently:
 /// the link stayed "connected", nothing was logged, nothing more was sent.
 /// Now it is set aside and every later reading still arrives.
@@ -57,9 +57,9 @@ async fn a_bad_device_id_does_not_stop_delivery() {
     sub.assert_all_valid();
 }
 
-/// Finding 6: a reading bigger than the packet limit used to fail the
-/// connection, come back to the head of the queue and do it again, forever.
-/// Now it is set aside and the rest flows on one connection.
+/// A reading bigger than the packet limit is set aside and the rest flows
+/// on one connection (it must not fail the connection, come back to the
+/// head of the queue and do it again, forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_reading_is_set_aside_and_the_rest_flows() {
     let broker = Broker::start();
@@ -112,7 +112,7 @@ async fn silent_listener() -> (u16, CancellationToken) {
     (port, cancel)
 }
 
-/// Finding 12: `mqtt.connect_timeout` is honoured; rumqttc's own 5 s
+/// `mqtt.connect_timeout` is honoured; rumqttc's own 5 s
 /// connection timeout used to cut every attempt short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_is_honoured() {
@@ -147,7 +147,7 @@ async fn connect_timeout_is_honoured() {
     assert!(error.contains("timed out"), "{error}");
 }
 
-/// Finding 12: after a broker restart the gateway is back within 5 s, every
+/// After a broker restart the gateway is back within 5 s, every
 /// time, even after several restarts in a row (the old backoff only reset
 /// after a minute up, so each blip doubled the wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +185,7 @@ async fn back_within_five_seconds_after_each_broker_restart() {
     );
 }
 
-/// Finding 10: records pending, link up, no PUBACK for `mqtt.stall_timeout`
+/// Records pending, link up, no PUBACK for `mqtt.stall_timeout`
 /// is a stuck link: `mqtt.stalled` event, a reconnect, `/healthz` 503 until
 /// acknowledgements move again; then the event itself is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! The UPS's own power-off with return (issue 14), sent by wardgate over
+//! The UPS's own power-off with return, sent by wardgate over
 //! the device's link, against real peers: the APC Smart simulator on a
 //! pty, and a real upsd (dummy-ups, which has no `shutdown.return`, and
 //! nutdrv_qx on a pty with a Megatec UPS that records what reaches it).

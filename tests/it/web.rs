@@ -234,7 +234,7 @@ async fn page_in_headless_chromium() {
     broker.stop();
     eventually(WAIT, "link down", || !gw.status.get().uplink.connected).await;
     // A browser that has not picked English with the link (the profile
-    // above remembers that choice in a cookie since issue 15).
+    // above remembers that choice in a cookie).
     let profile = tempfile::tempdir().unwrap();
     // A stale UPS would come before the outage in the headline.
     let dom = while_steady(&gw.status, "outage page", || {

@@ -1,4 +1,4 @@
-//! What people read (issue 15): the page in a real headless browser at
+//! What people read: the page in a real headless browser at
 //! phone size, in Vietnamese and English, with several device kinds (sim
 //! UPS and sensor, the Pi's health from fixture files, snmpd router,
 //! pymodbus meters): every value in words, no raw dotted name, no long raw

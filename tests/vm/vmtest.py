@@ -643,7 +643,7 @@ def boot_b(args, broker):
             probs.append(f"{len(denials)} denial line(s) in the journal, e.g. {denials[0]!r}")
         if not got:
             probs.append("no telemetry at the host's mosquitto")
-        # The limits of issue 11 in force on the real system: the running
+        # The hardening limits in force on the real system: the running
         # process may open 4096 files (LimitNOFILE), the provisioning job
         # is memory-capped.
         _, nofile = a.sh("grep 'Max open files' /proc/$(systemctl show -p MainPID --value wardgate)/limits")
