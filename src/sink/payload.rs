@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(v["started"], 9);
     }
     /// Records as the spool stores them: each body is the record's JSON
-    /// (src/spool/stamp.rs), with the clock states, value types and strings
+    /// (src/spool/queue/seq.rs), with the clock states, value types and strings
     /// that need escaping.
     fn samples() -> Vec<Sample> {
         let mut v = Values::new();
