@@ -22,6 +22,7 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub(crate) mod telemetry;
+pub(crate) mod tick;
 pub(crate) mod tls;
 pub(crate) mod types;
 

@@ -104,7 +104,16 @@ fn main() -> ExitCode {
     let explicit = cli.config.is_some();
     let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
     let policy = cli.remote_change_policy;
-    let rt = match tokio::runtime::Runtime::new() {
+    // One thread runs every task: a ward's gateway waits on a few devices
+    // and one broker, and a second worker only adds wake-ups (tasks handed
+    // between threads, each thread's stack and malloc arena) without
+    // adding throughput it needs (docs/packaging.md, "Idle cost"). Disk
+    // work still runs on blocking threads (`spawn_blocking`), never on
+    // this one.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wardgate: cannot start the runtime: {e}");
@@ -214,6 +223,7 @@ async fn run(path: &std::path::Path, explicit: bool, policy: PathBuf) -> u8 {
             return exit::CONFIG;
         }
     };
+    wardgate::app::settle_memory();
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {

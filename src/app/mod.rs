@@ -54,6 +54,25 @@ pub async fn run(
     run_with_clock(cfg, cancel, ready, Arc::new(KernelClock::new())).await
 }
 
+/// How long after start the pages only start-up used are handed back.
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The daemon's memory settings (src/host/memory.rs): one malloc arena
+/// from now on, and, [`TRIM_AFTER`] start, the program file's pages that
+/// only start-up used handed back to the system. `wardgate run` calls it;
+/// gateways that tests run in their own process do not.
+pub fn settle_memory() {
+    crate::host::memory::bound_arenas();
+    tokio::spawn(async {
+        tokio::time::sleep(TRIM_AFTER).await;
+        let advised = crate::host::memory::trim();
+        tracing::debug!(
+            mib = advised / (1024 * 1024),
+            "start-up over: program pages handed back"
+        );
+    });
+}
+
 /// The groups of tasks, each stopped by its own token in the order of
 /// [`stop::shut_down`]: sources first, then the sinks, the spool's
 /// flusher, the UPS that powers the Pi, the LED last.

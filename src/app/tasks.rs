@@ -65,15 +65,34 @@ pub(super) fn boot_id() -> String {
     }
 }
 
+/// Marks devices stale (`device.lost`) when their readings stop. Sleeps
+/// until the earliest moment one could become stale (a good reading since
+/// moves that moment on, and the next look sees it), rather than looking
+/// on a timer.
 pub(super) async fn health_monitor(handles: Vec<DeviceHandle>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let watched: Vec<_> = handles
+        .into_iter()
+        .filter(|h| h.id() != GATEWAY_DEVICE)
+        .collect();
+    let Some(fallback) = watched.iter().map(|h| h.stale_period()).min() else {
+        return;
+    };
     loop {
+        for h in &watched {
+            h.check_stale();
+        }
+        let now = tokio::time::Instant::now();
+        // A device that has not read yet, or is already stale or faulty,
+        // has no deadline: looked at again within its stale limit.
+        let next = watched
+            .iter()
+            .filter_map(|h| h.stale_at())
+            .min()
+            .unwrap_or(now + fallback)
+            .max(now + Duration::from_millis(5));
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for h in handles.iter().filter(|h| h.id() != GATEWAY_DEVICE) {
-            h.check_stale();
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }
@@ -87,7 +106,7 @@ pub(super) async fn status_refresher(
     history: Arc<crate::status::history::History>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = crate::tick::every(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,

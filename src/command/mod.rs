@@ -290,8 +290,10 @@ impl Dispatcher {
         self.store = Some(Arc::new(store));
         self.resume_change().await;
         self.warn_if_config_set_cannot_write().await;
-        let mut tick = tokio::time::interval(INVENTORY_EVERY);
-        let mut second = tokio::time::interval(Duration::from_secs(1));
+        // The inventory at once, then on the housekeeping grid.
+        self.refresh_inventory();
+        let mut tick = crate::tick::every(INVENTORY_EVERY);
+        let mut second = crate::tick::every(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -300,19 +302,21 @@ impl Dispatcher {
                     Some(m) => self.handle(m).await,
                     None => return,
                 },
-                _ = tick.tick() => {
-                    let inv = self.ops.inventory();
-                    self.inventory.send_if_modified(|cur| {
-                        if *cur == inv {
-                            false
-                        } else {
-                            *cur = inv;
-                            true
-                        }
-                    });
-                }
+                _ = tick.tick() => self.refresh_inventory(),
             }
         }
+    }
+
+    fn refresh_inventory(&self) {
+        let inv = self.ops.inventory();
+        self.inventory.send_if_modified(|cur| {
+            if *cur == inv {
+                false
+            } else {
+                *cur = inv;
+                true
+            }
+        });
     }
 
     async fn handle(&mut self, m: Inbound) {

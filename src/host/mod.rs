@@ -12,6 +12,7 @@
 //! granted, or when the unit grants something that is not here.
 
 pub(crate) mod file;
+pub(crate) mod memory;
 
 /// The Pi's activity LED, the status LED by default (`led.path`).
 pub(crate) const LED_ACT: &str = "/sys/class/leds/ACT";

@@ -74,7 +74,7 @@ impl Lane for LaneHandle {
 /// database, a back-off) from one that is stuck. Both sinks use it.
 pub(crate) async fn beating<T>(alive: &AtomicU64, f: impl Future<Output = T>) -> T {
     tokio::pin!(f);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = crate::tick::every(Duration::from_secs(1));
     loop {
         tokio::select! {
             r = &mut f => return r,

@@ -404,11 +404,31 @@ impl DeviceHandle {
         self.lose(true)
     }
 
-    fn lose(&self, now: bool) {
-        let limit = self
-            .interval
+    /// How long without a good reading makes the device stale.
+    fn stale_limit(&self) -> Duration {
+        self.interval
             .saturating_mul(STALE_AFTER_INTERVALS)
-            .max(Duration::from_millis(10));
+            .max(Duration::from_millis(10))
+    }
+
+    /// When [`DeviceHandle::check_stale`] would next find the device stale
+    /// if no good reading comes: None while it is not ok or has never read.
+    pub fn stale_at(&self) -> Option<Instant> {
+        let limit = self.stale_limit();
+        let st = self.lock();
+        match st.last_good {
+            Some(t) if st.health == Health::Ok => Some(t + limit + Duration::from_millis(1)),
+            _ => None,
+        }
+    }
+
+    /// How often to look at a device with no deadline: its stale limit.
+    pub fn stale_period(&self) -> Duration {
+        self.stale_limit()
+    }
+
+    fn lose(&self, now: bool) {
+        let limit = self.stale_limit();
         let became_stale = {
             let mut st = self.lock();
             let late = st.last_good.is_some_and(|t| now || t.elapsed() > limit);

@@ -281,13 +281,16 @@ impl Spool {
     /// Runs the commit loop until `cancel`; the caller calls [`Spool::close`]
     /// afterwards.
     pub async fn run_flusher(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(self.cfg.commit_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first round at once, then on the housekeeping grid.
+        let mut tick = crate::tick::every(self.cfg.commit_interval);
+        let mut first = true;
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-                _ = self.wake.notified() => {}
+            if !std::mem::take(&mut first) {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                    _ = self.wake.notified() => {}
+                }
             }
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.flush(false)).await {

@@ -288,23 +288,37 @@ pub(crate) fn open(cfg: &super::config::LedConfig) -> Option<Result<Box<dyn Led>
     }
 }
 
+/// Every edge of every pattern falls on this grid (the shortest phase is
+/// the flicker's 50 ms, the fast blink's 125 ms is five steps).
+const GRID_MS: u64 = 25;
+
+/// How long after `t` into pattern `p` the LED next changes: None for a
+/// steady pattern (nothing to do until the state changes).
+pub(crate) fn next_edge(p: Pattern, t: Duration) -> Option<Duration> {
+    let ms = t.as_millis() as u64;
+    let now = lit(p, t);
+    // The patterns repeat within 2 s: one period of grid steps is enough.
+    (1..=2000 / GRID_MS)
+        .map(|k| (ms / GRID_MS + k) * GRID_MS)
+        .find(|&m| lit(p, Duration::from_millis(m)) != now)
+        .map(|m| Duration::from_millis(m - ms))
+}
+
 /// Drives `led` from the snapshot until `cancel`, then switches it off.
+/// Wakes only when the snapshot changes or the pattern has an edge: with
+/// the LED steady, not at all.
 pub(crate) async fn run(
     mut led: Box<dyn Led>,
-    status: watch::Receiver<Snapshot>,
+    mut status: watch::Receiver<Snapshot>,
     cancel: CancellationToken,
 ) {
     let mut current = None;
     let mut since = tokio::time::Instant::now();
     let mut level = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    let mut watching = true;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
         let now = tokio::time::Instant::now();
-        let inputs = LedInputs::from_snapshot(&status.borrow());
+        let inputs = LedInputs::from_snapshot(&status.borrow_and_update());
         let p = pattern(inputs);
         if current != Some(p) {
             current = Some(p);
@@ -319,8 +333,24 @@ pub(crate) async fn run(
             }
             level = Some(on);
         }
+        // Identify ends by the wall clock: its flicker's edges come every
+        // 50 ms, so its end is seen within one.
+        let edge = next_edge(p, now - since).map(|d| now + d);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = status.changed(), if watching => watching = r.is_ok(),
+            _ = sleep_until_some(edge) => {}
+        }
     }
     let _ = led.set_low();
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +434,28 @@ mod tests {
         assert_eq!(pattern(inputs(true, false, true, true)), Pattern::Flicker);
     }
 
+    /// The next edge agrees with `lit` sampled every millisecond, for every
+    /// pattern and every moment of its cycle.
+    #[test]
+    fn next_edge_is_the_first_change_of_lit() {
+        let ms = Duration::from_millis;
+        for p in [
+            Pattern::SlowBlink,
+            Pattern::FastBlink,
+            Pattern::TripleFlash,
+            Pattern::DoubleFlash,
+            Pattern::SingleFlash,
+            Pattern::Flicker,
+        ] {
+            for t in (0..4000).step_by(7) {
+                let now = lit(p, ms(t));
+                let want = (t + 1..t + 2001).find(|&u| lit(p, ms(u)) != now).unwrap();
+                assert_eq!(next_edge(p, ms(t)), Some(ms(want - t)), "{p:?} at {t} ms");
+            }
+        }
+        assert_eq!(next_edge(Pattern::Steady, ms(1234)), None);
+    }
+
     #[test]
     fn timings() {
         let ms = Duration::from_millis;
@@ -447,6 +499,9 @@ mod tests {
         let edges: Vec<bool> = log.lock().unwrap().iter().map(|(_, on)| *on).collect();
         // Uplink down: on/off each 500 ms, 4 s -> 8 edges (+1 for the start).
         assert!((8..=9).contains(&edges.len()), "{edges:?}");
+        // Into the dark half of a blink (4.51 s into it), so that steady
+        // has an edge to make.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         log.lock().unwrap().clear();
         hub.update(|s| s.uplink.connected = true);
         tokio::time::sleep(Duration::from_millis(2000)).await;

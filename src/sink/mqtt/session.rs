@@ -171,7 +171,7 @@ impl<L: Lane> MqttSink<L> {
             error,
             up: up_since.elapsed(),
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = crate::tick::every(Duration::from_secs(1));
         // When delivery last moved: connected, a batch acknowledged, or
         // nothing pending.
         let mut moved = Instant::now();
