@@ -32,17 +32,23 @@ pub enum Seen {
 }
 
 /// The last digests of one stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Window {
     recent: VecDeque<(u64, Fingerprint)>,
+    size: usize,
     used: u64,
+    /// The highest number ever held (it may have left the window).
+    top: Option<u64>,
 }
 
 impl Window {
     /// Judges record `seq` with digest `fp` and remembers it.
-    pub fn observe(&mut self, seq: u64, fp: Fingerprint, window: usize) -> Seen {
-        // Newest first: copies usually come soon after the first.
-        if let Some(slot) = self.recent.iter_mut().rev().find(|(s, _)| *s == seq) {
+    pub fn observe(&mut self, seq: u64, fp: Fingerprint) -> Seen {
+        // Above every number held (a live record in order): not a copy, no
+        // search. Else newest first: copies usually come soon after the first.
+        if self.top.is_none_or(|t| seq > t) {
+            self.top = Some(seq);
+        } else if let Some(slot) = self.recent.iter_mut().rev().find(|(s, _)| *s == seq) {
             return match keep_fingerprints(seq, &slot.1, &fp) {
                 Ok(Keep::Second) => {
                     slot.1 = fp;
@@ -52,7 +58,7 @@ impl Window {
                 Err(c) => Seen::Conflict(c),
             };
         }
-        if self.recent.len() >= window.max(1) {
+        if self.recent.len() >= self.size {
             self.recent.pop_front();
         }
         self.recent.push_back((seq, fp));
@@ -82,22 +88,30 @@ impl Dedup {
 
     /// Judges a record of `stream` and remembers it.
     pub fn observe(&mut self, stream: &StreamKey, seq: u64, fp: Fingerprint) -> Seen {
+        self.window(stream).observe(seq, fp)
+    }
+
+    /// The window of `stream` (look it up once for a message's records).
+    pub fn window(&mut self, stream: &StreamKey) -> &mut Window {
         self.tick += 1;
-        let window = self.window;
-        if let Some(w) = self.streams.get_mut(stream) {
-            w.used = self.tick;
-            return w.observe(seq, fp, window);
+        if !self.streams.contains_key(stream) {
+            if self.streams.len() >= self.max_streams {
+                self.forget_least_used();
+            }
+            let w = Window {
+                recent: VecDeque::new(),
+                size: self.window,
+                used: 0,
+                top: None,
+            };
+            self.streams.insert(stream.clone(), w);
         }
-        if self.streams.len() >= self.max_streams {
-            self.forget_least_used();
-        }
-        let mut w = Window {
-            used: self.tick,
-            ..Window::default()
-        };
-        let seen = w.observe(seq, fp, window);
-        self.streams.insert(stream.clone(), w);
-        seen
+        let w = self
+            .streams
+            .get_mut(stream)
+            .expect("the window was inserted just above");
+        w.used = self.tick;
+        w
     }
 
     /// How many streams are remembered.

@@ -68,8 +68,11 @@ pub enum LedgerError {
 pub enum RecordOutcome {
     /// A new record. `corrected_ts`: it came `unsynced` and a clock
     /// correction already received covers it: store it with this `ts`, as
-    /// corrected.
-    New { corrected_ts: Option<i64> },
+    /// corrected. `opened`: numbers below it are missing (a new hole).
+    New {
+        corrected_ts: Option<i64>,
+        opened: bool,
+    },
     /// A new record whose number was a hole (it came late).
     FilledLate { corrected_ts: Option<i64> },
     /// A copy of a record received before (same content, or content the
@@ -196,29 +199,62 @@ impl Ledger {
             kind: key.kind,
             epoch: key.epoch,
         };
-        let from_zero = self.config.from_zero;
-        let Ledger { state, dedup, .. } = self;
+        let Ledger {
+            state,
+            dedup,
+            config,
+        } = self;
         let site = site_entry(state, &env.site);
         site.epoch_order(env.epoch);
         if env.records.iter().any(|d| !d.historical) {
             site.note_live(env.epoch);
         }
+        if !site.streams.contains_key(&id) {
+            let first = env.records.first().map(|d| d.record.seq()).unwrap_or(0);
+            let start = if config.from_zero || site.reset_of(id.epoch).is_some() {
+                0
+            } else {
+                first
+            };
+            site.streams.insert(id.clone(), StreamState::new(start));
+        }
         let mut applied = Applied {
             records: Vec::with_capacity(env.records.len()),
             changes: Vec::new(),
         };
+        let window = dedup.window(&key);
         let mut dirty = false;
-        for d in &env.records {
-            let seen = dedup.observe(&key, d.record.seq(), fingerprint(&d.record));
-            let outcome = record(site, &id, &key, d, seen, from_zero, &mut dirty);
-            let fresh = matches!(
-                outcome,
-                RecordOutcome::New { .. } | RecordOutcome::FilledLate { .. }
-            );
-            if fresh && id.device == GATEWAY_DEVICE {
-                dirty |= R::gateway(site, &key, d, &mut applied.changes);
+        let mut gateway_records = Vec::new();
+        {
+            let SiteState {
+                streams,
+                corrections,
+                totals,
+                ..
+            } = &mut *site;
+            let st = streams
+                .get_mut(&id)
+                .expect("the stream was inserted just above");
+            for (i, d) in env.records.iter().enumerate() {
+                let seen = window.observe(d.record.seq(), fingerprint(&d.record));
+                let corrected = corrected_ts(corrections, &key, &d.record);
+                let outcome = record(st, totals, d.record.seq(), d.record.ts(), seen, corrected);
+                dirty |= matches!(
+                    outcome,
+                    RecordOutcome::FilledLate { .. } | RecordOutcome::New { opened: true, .. }
+                );
+                let fresh = matches!(
+                    outcome,
+                    RecordOutcome::New { .. } | RecordOutcome::FilledLate { .. }
+                );
+                if fresh && id.device == GATEWAY_DEVICE {
+                    gateway_records.push(i);
+                }
+                applied.records.push(outcome);
             }
-            applied.records.push(outcome);
+        }
+        for i in gateway_records {
+            dirty |= R::gateway(site, &key, &env.records[i], &mut applied.changes);
         }
         if dirty {
             for (stream, before, after) in explain::recompute(site) {
@@ -246,81 +282,66 @@ fn site_entry<'a>(state: &'a mut LedgerState, site: &str) -> &'a mut SiteState {
 }
 
 /// Takes one record into its stream.
-fn record<R: Record>(
-    site: &mut SiteState,
-    id: &StreamId,
-    key: &StreamKey,
-    d: &Delivered<R>,
+fn record(
+    st: &mut StreamState,
+    totals: &mut SiteTotals,
+    seq: u64,
+    ts: i64,
     seen: Seen,
-    from_zero: bool,
-    dirty: &mut bool,
+    corrected_ts: Option<i64>,
 ) -> RecordOutcome {
     match seen {
         Seen::Copy(Keep::Second) => {
-            site.totals.corrected_copies += 1;
-            if let Some(st) = site.streams.get_mut(id) {
-                st.corrected_copies += 1;
-            }
+            totals.corrected_copies += 1;
+            st.corrected_copies += 1;
             return RecordOutcome::CorrectedCopy;
         }
         Seen::Copy(_) => {
-            site.totals.duplicates += 1;
-            if let Some(st) = site.streams.get_mut(id) {
-                st.duplicates += 1;
-            }
+            totals.duplicates += 1;
+            st.duplicates += 1;
             return RecordOutcome::Duplicate;
         }
         Seen::Conflict(_) => {
-            site.totals.contract_breaks += 1;
-            if let Some(st) = site.streams.get_mut(id) {
-                st.contract_breaks += 1;
-            }
+            totals.contract_breaks += 1;
+            st.contract_breaks += 1;
             return RecordOutcome::Conflict;
         }
         Seen::First => {}
     }
-    let seq = d.record.seq();
-    if !site.streams.contains_key(id) {
-        let start = if from_zero || site.reset_of(id.epoch).is_some() {
-            0
-        } else {
-            seq
-        };
-        site.streams.insert(id.clone(), StreamState::new(start));
-    }
-    let corrected_ts = corrected_ts(site, key, &d.record);
-    let Some(st) = site.streams.get_mut(id) else {
-        return RecordOutcome::Duplicate;
-    };
-    match st.receive(seq, d.record.ts()) {
+    match st.receive(seq, ts) {
         Received::New { opened } => {
-            *dirty |= opened;
-            site.totals.received += 1;
-            RecordOutcome::New { corrected_ts }
+            totals.received += 1;
+            RecordOutcome::New {
+                corrected_ts,
+                opened,
+            }
         }
         Received::Filled => {
-            *dirty = true;
-            site.totals.received += 1;
-            site.totals.filled_late += 1;
+            totals.received += 1;
+            totals.filled_late += 1;
             RecordOutcome::FilledLate { corrected_ts }
         }
         Received::Old => {
-            site.totals.duplicates += 1;
+            totals.duplicates += 1;
             RecordOutcome::Duplicate
         }
         Received::BeforeStart => {
-            site.totals.before_start += 1;
+            totals.before_start += 1;
             RecordOutcome::BeforeStart
         }
     }
 }
 
 /// The corrected `ts` of an `unsynced` record a correction received covers.
-fn corrected_ts<R: Record>(site: &SiteState, key: &StreamKey, rec: &R) -> Option<i64> {
-    if rec.clock() != ClockState::Unsynced || site.corrections.is_empty() {
+fn corrected_ts<R: Record>(
+    corrections: &[CorrectionSeen],
+    key: &StreamKey,
+    rec: &R,
+) -> Option<i64> {
+    if rec.clock() != ClockState::Unsynced || corrections.is_empty() {
         return None;
     }
-    site.corrections
+    corrections
         .iter()
         .find(|c| {
             c.stream.device == key.device

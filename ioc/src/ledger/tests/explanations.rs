@@ -56,12 +56,10 @@ fn restored(lost: u64) -> Values {
 }
 
 #[test]
-fn explanations_table() {
+fn explanations_table_quarantine_counts_and_degraded() {
     use Reason::*;
     let q = codes::SPOOL_QUARANTINED;
-    // (what it shows, steps, holes of ups1 in epoch A)
-    #[allow(clippy::type_complexity)]
-    let cases: Vec<(&str, Vec<Step>, Vec<(u64, u64, HoleState)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "spool.quarantined names one number, at once",
             vec![
@@ -162,6 +160,14 @@ fn explanations_table() {
             ],
             vec![(2, 4, explained(Degraded)), (7, 7, Unexplained)],
         ),
+    ];
+    check(cases);
+}
+
+#[test]
+fn explanations_table_unclean_stops_and_resets() {
+    use Reason::*;
+    let cases: Vec<Case> = vec![
         (
             "unclean stop after a crash: lost up to seq_last_used, unused after",
             vec![
@@ -267,6 +273,13 @@ fn explanations_table() {
             vec![(1, 4, Pending)],
         ),
     ];
+    check(cases);
+}
+
+/// What a case shows, its steps, the holes of ups1 in epoch A.
+type Case = (&'static str, Vec<Step>, Vec<(u64, u64, HoleState)>);
+
+fn check(cases: Vec<Case>) {
     for (what, steps, want) in cases {
         let l = run(&steps);
         assert_eq!(holes(&l, "ups1", A), want, "{what}");
@@ -372,7 +385,13 @@ fn a_clock_correction_replaces_the_unsynced_copy_and_covers_later_ones() {
     let mut l = Ledger::default();
     apply(&mut l, &ON);
     let first = apply(&mut l, &Timed("ups1", A, 0, ClockState::Unsynced, 1000));
-    assert_eq!(first.records, [RecordOutcome::New { corrected_ts: None }]);
+    assert_eq!(
+        first.records,
+        [RecordOutcome::New {
+            corrected_ts: None,
+            opened: false
+        }]
+    );
     let c = wardgate_contract::ClockCorrection {
         stream: StreamKey {
             site: SITE.into(),
@@ -405,12 +424,19 @@ fn a_clock_correction_replaces_the_unsynced_copy_and_covers_later_ones() {
     assert_eq!(
         later.records,
         [RecordOutcome::New {
-            corrected_ts: Some(86_402_000)
+            corrected_ts: Some(86_402_000),
+            opened: false
         }]
     );
-    // Outside the range: as it came.
+    // Outside the range: as it came (and 2 is missing).
     let outside = apply(&mut l, &Timed("ups1", A, 3, ClockState::Unsynced, 3000));
-    assert_eq!(outside.records, [RecordOutcome::New { corrected_ts: None }]);
+    assert_eq!(
+        outside.records,
+        [RecordOutcome::New {
+            corrected_ts: None,
+            opened: true
+        }]
+    );
     // Three samples and the gateway's event.
     let t = l.totals(SITE).unwrap();
     assert_eq!(
