@@ -144,3 +144,41 @@ fn counts_received_filled_and_copies() {
         .unwrap();
     assert_eq!((r.received, r.filled_late, r.duplicates), (4, 1, 2));
 }
+
+#[test]
+fn changes_name_the_streams_whose_holes_moved() {
+    let mut l = Ledger::default();
+    apply(&mut l, &ON);
+    let opened = apply(&mut l, &S("ups1", A, &[0, 5], false));
+    let id = StreamId {
+        device: "ups1".into(),
+        kind: Kind::Sample,
+        epoch: A,
+    };
+    let counts = |pending, explained, unexplained| HoleCounts {
+        pending,
+        explained,
+        unexplained,
+    };
+    assert_eq!(
+        opened.changes,
+        [Change::Holes {
+            site: SITE.into(),
+            stream: id.clone(),
+            before: counts(0, 0, 0),
+            after: counts(4, 0, 0),
+        }]
+    );
+    // In order, nothing changes: no recomputation, no change.
+    assert!(apply(&mut l, &S("ups1", A, &[6], false)).changes.is_empty());
+    let settled = apply(&mut l, &Gw(A, 0, 0, 0, 60));
+    assert_eq!(
+        settled.changes,
+        [Change::Holes {
+            site: SITE.into(),
+            stream: id,
+            before: counts(4, 0, 0),
+            after: counts(0, 0, 4),
+        }]
+    );
+}
