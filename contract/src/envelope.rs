@@ -86,6 +86,10 @@ pub trait Record: Serialize + DeserializeOwned + Clone + PartialEq {
     /// What the contract checks in the record beyond its types: its value
     /// names, an event's code.
     fn check(&self) -> Result<(), DecodeError>;
+    /// Writes the record's content but its time and clock state, as JSON
+    /// (what [`crate::seq::fingerprint`] hashes: two copies that differ only
+    /// by a clock correction write the same).
+    fn write_body<W: std::io::Write>(&self, w: W) -> serde_json::Result<()>;
 }
 
 fn check_values(seq: u64, ts: i64, values: &crate::model::Values) -> Result<(), DecodeError> {
@@ -119,6 +123,9 @@ impl Record for Sample {
     fn check(&self) -> Result<(), DecodeError> {
         check_values(self.seq, self.ts, &self.values)
     }
+    fn write_body<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
+        serde_json::to_writer(w, &(self.seq, &self.values))
+    }
 }
 
 impl Record for Event {
@@ -144,6 +151,18 @@ impl Record for Event {
             });
         }
         check_values(self.seq, self.ts, &self.values)
+    }
+    fn write_body<W: std::io::Write>(&self, w: W) -> serde_json::Result<()> {
+        let Event {
+            seq,
+            ts: _,
+            clock: _,
+            severity,
+            code,
+            message,
+            values,
+        } = self;
+        serde_json::to_writer(w, &(seq, severity, code, message, values))
     }
 }
 

@@ -17,6 +17,12 @@
 //!   the duplicate rule ([`keep`]: of an unsynced and a corrected copy,
 //!   keep the corrected one).
 //! - [`correction`]: the `gateway.clock_corrected` rule.
+//! - [`gateway`]: what the gateway says about its own losses (its
+//!   telemetry's `spool.depth` and `spool.dropped.<reason>`, the
+//!   `gateway.unclean_stop`, `gateway.sequence_reset` and `spool.*`
+//!   events), readers and writers, and which numbers each explains.
+//! - [`seq`] also has [`fingerprint`] and [`keep_fingerprints`]: the
+//!   duplicate rule on digests, for a consumer that remembers many records.
 //!
 //! All of it is pure: no I/O, no clock, no state kept between calls.
 //!
@@ -35,6 +41,7 @@
 
 pub mod correction;
 pub mod envelope;
+pub mod gateway;
 pub mod model;
 pub mod schema;
 pub mod seq;
@@ -45,11 +52,18 @@ pub use envelope::{
     BadEpoch, DecodeError, Delivered, Envelope, Epoch, Events, Message, OfflineReason, Record,
     Status, Telemetry,
 };
+pub use gateway::{
+    CorruptRecords, Degraded, DropReason, GatewayError, GatewayHealth, Quarantined, Restored,
+    ResumedStream, SequenceReset, StopExplains, UncleanStop,
+};
 pub use model::{
     valid_event_code, valid_id, valid_value_name, ClockState, Event, Health, Kind, Sample,
     Severity, Value, Values,
 };
-pub use seq::{gaps, keep, CopyConflict, Gaps, Keep, RecordKey, SeqRange, StreamKey};
+pub use seq::{
+    fingerprint, gaps, keep, keep_fingerprints, CopyConflict, Fingerprint, Gaps, Keep, RecordKey,
+    SeqRange, StreamKey,
+};
 pub use topic::{data_topic, status_topic, Topic, TopicError, GATEWAY_DEVICE};
 
 /// Event codes the rules of this crate and the IOC's ledger refer to
@@ -62,4 +76,17 @@ pub mod codes {
     pub const UNCLEAN_STOP: &str = "gateway.unclean_stop";
     /// Records sent `unsynced` had a wrong `ts` ([`crate::correction`]).
     pub const CLOCK_CORRECTED: &str = "gateway.clock_corrected";
+    /// A record set aside, never sent (`values`: `record.device`,
+    /// `record.kind`, `record.seq`, `record.bytes`).
+    pub const SPOOL_QUARANTINED: &str = "spool.quarantined";
+    /// Damaged records dropped (`values`: `spool.records`, `spool.reason`).
+    pub const SPOOL_CORRUPT_RECORD: &str = "spool.corrupt_record";
+    /// The card cannot be written (`values`: `spool.reason`, `spool.detail`).
+    pub const SPOOL_DEGRADED: &str = "spool.degraded";
+    /// The card can be written again (`values`: `spool.degraded_for`,
+    /// `spool.lost`).
+    pub const SPOOL_RESTORED: &str = "spool.restored";
+    /// The spool was unreadable at start and moved aside (`values`:
+    /// `spool.moved_to`, `spool.reason`); it says no count.
+    pub const SPOOL_CORRUPT: &str = "spool.corrupt";
 }

@@ -10,12 +10,47 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// One reading's value: a number, a flag or a word (`"OL"`, `"closed"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// On the wire a bare JSON number, boolean or string.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     Bool(bool),
     Num(f64),
     Str(String),
+}
+
+/// Read by the JSON token's type, which says the variant: the same values
+/// as serde's untagged reading, without building and discarding an error
+/// for each variant tried (decoding is the consumer's hot path).
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, a boolean or a string")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Value, E> {
+                Ok(Value::Bool(b))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Value, E> {
+                Ok(Value::Num(n as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Value, E> {
+                Ok(Value::Num(n as f64))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Value, E> {
+                Ok(Value::Num(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Value, E> {
+                Ok(Value::Str(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Value, E> {
+                Ok(Value::Str(s))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Value {
@@ -325,6 +360,30 @@ mod tests {
         );
         let back: Values = serde_json::from_str(&s).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn values_read_by_their_json_type() {
+        let v: Values =
+            serde_json::from_str(r#"{"a":1,"b":-2,"c":2.5,"d":true,"e":"OL","f":1e300}"#).unwrap();
+        let want = [
+            ("a", Value::Num(1.0)),
+            ("b", Value::Num(-2.0)),
+            ("c", Value::Num(2.5)),
+            ("d", Value::Bool(true)),
+            ("e", Value::from("OL")),
+            ("f", Value::Num(1e300)),
+        ];
+        for (name, value) in want {
+            assert_eq!(v.get(name), Some(&value), "{name}");
+        }
+        for bad in [r#"{"a":null}"#, r#"{"a":[1]}"#, r#"{"a":{}}"#] {
+            let err = serde_json::from_str::<Values>(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("expected a number, a boolean or a string"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

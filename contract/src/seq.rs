@@ -59,7 +59,9 @@ impl<R: Record> Envelope<R> {
 }
 
 /// Sequence numbers `first..=last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SeqRange {
     pub first: u64,
     pub last: u64,
@@ -185,6 +187,67 @@ pub fn keep<R: Record>(first: &R, second: &R) -> Result<Keep, CopyConflict> {
             Ok(Keep::First)
         }
         _ => Err(conflict),
+    }
+}
+
+/// One copy of a record as a digest: enough to apply the duplicate rule
+/// ([`keep`]) without holding the copy, so a consumer can remember many
+/// records cheaply. `body` is a 64-bit FNV-1a hash of the record's JSON
+/// with its time and clock state left out (`Record::write_body`) (stable across builds and
+/// versions, so a store may keep it); `ts` and `clock` are kept as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub body: u64,
+    pub ts: i64,
+    pub clock: ClockState,
+}
+
+/// The FNV-1a 64-bit hash, written to by serde_json.
+struct Fnv(u64);
+
+impl std::io::Write for Fnv {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The digest of one copy (see [`Fingerprint`]).
+pub fn fingerprint<R: Record>(record: &R) -> Fingerprint {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    // Strings, numbers and maps with string keys: serde_json cannot fail,
+    // and the writer never does.
+    let _ = record.write_body(&mut h);
+    Fingerprint {
+        body: h.0,
+        ts: record.ts(),
+        clock: record.clock(),
+    }
+}
+
+/// [`keep`] on digests: the same answer for the copies the digests were
+/// made from (up to a 64-bit hash collision of their bodies). `seq` is the
+/// records' number, for the error.
+pub fn keep_fingerprints(
+    seq: u64,
+    first: &Fingerprint,
+    second: &Fingerprint,
+) -> Result<Keep, CopyConflict> {
+    if first == second {
+        return Ok(Keep::Either);
+    }
+    if first.body != second.body {
+        return Err(CopyConflict { seq });
+    }
+    match (first.clock, second.clock) {
+        (ClockState::Unsynced, ClockState::Corrected) => Ok(Keep::Second),
+        (ClockState::Corrected, ClockState::Unsynced) => Ok(Keep::First),
+        _ => Err(CopyConflict { seq }),
     }
 }
 
@@ -369,6 +432,57 @@ mod tests {
         assert_eq!(
             keep(&event(Unsynced, 5, "a"), &event(Corrected, 7, "b")),
             Err(CopyConflict { seq: 3 })
+        );
+    }
+
+    #[test]
+    fn fingerprints_keep_what_keep_keeps() {
+        use ClockState::*;
+        let mut other_values = sample(1, Synced, 5);
+        other_values.values.num("ups.load", 30.0);
+        let copies = [
+            sample(1, Synced, 5),
+            sample(1, Synced, 6),
+            sample(1, Unsynced, 5),
+            sample(1, Corrected, 9),
+            sample(1, Corrected, 5),
+            sample(2, Synced, 5),
+            other_values,
+        ];
+        for a in &copies {
+            for b in &copies {
+                let want = keep(a, b).map_err(|_| CopyConflict { seq: a.seq });
+                let got = keep_fingerprints(a.seq, &fingerprint(a), &fingerprint(b));
+                assert_eq!(got, want, "{a:?} / {b:?}");
+            }
+        }
+        // Events: the same rule, over severity, code, message and values.
+        let event = |clock, ts, message: &str| Event {
+            seq: 3,
+            ts,
+            clock,
+            severity: Severity::Critical,
+            code: "ups.on_battery".into(),
+            message: message.into(),
+            values: Values::new(),
+        };
+        let events = [
+            event(Unsynced, 5, "a"),
+            event(Corrected, 7, "a"),
+            event(Corrected, 7, "b"),
+            event(Synced, 5, "a"),
+        ];
+        for a in &events {
+            for b in &events {
+                let want = keep(a, b).map_err(|_| CopyConflict { seq: 3 });
+                assert_eq!(keep_fingerprints(3, &fingerprint(a), &fingerprint(b)), want);
+            }
+        }
+        // Stable: a store may keep it across versions.
+        // FNV-1a 64 of [1,{"ups.load":22.6}] (seq and values).
+        assert_eq!(
+            fingerprint(&sample(1, Synced, 5)).body,
+            0xff7e_593a_590c_0730
         );
     }
 }

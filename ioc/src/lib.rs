@@ -1,0 +1,21 @@
+//! The operations centre's consumer of the wardgate MQTT contract
+//! (docs/mqtt.md; docs/ioc.md says what this crate does). Built from the
+//! contract crate (`wardgate-contract`): its envelopes, topics and rules
+//! are used as they are, never copied.
+//!
+//! - [`dedup`]: de-duplication by record key, a bounded window per stream.
+//! - [`ledger`]: the gap ledger, a pure state machine: every missing
+//!   number pending, filled late, explained (and why) or unexplained.
+//! - [`pipeline`]: topic and payload in, through decode, de-duplication
+//!   and the ledger.
+//! - [`loadgen`]: contract-valid traffic for many sites with planted
+//!   duplicates, holes (declared and not), resets, backlog and clock
+//!   corrections, and the list of the undeclared holes it planted.
+//!
+//! Not yet: MQTT ingest, the store (SQLite/PostgreSQL; the ledger's state
+//! is plain serializable structs for it), the web page, metrics.
+
+pub mod dedup;
+pub mod ledger;
+pub mod loadgen;
+pub mod pipeline;
