@@ -129,7 +129,7 @@ fn inventory(site: &str, version: &str, clock: &str, devices: &[String]) -> Vec<
             let (kind, words) = match d.as_str() {
                 "ups1" => ("megatec", r#"{"ups.load":{"unit":"%","vi":"Tải","en":"Load"},"ups.status":{"vi":"Trạng thái","en":"Status"},"battery.runtime":{"unit":"s","vi":"Thời gian pin còn","en":"Battery runtime"}}"#),
                 "env1" => ("modbus", r#"{"ambient.temperature":{"unit":"°C","vi":"Nhiệt độ","en":"Temperature"}}"#),
-                _ => ("gpio", "{}"),
+                _ => ("gpio", r#"{"door":{"vi":"Cửa phòng máy","en":"Equipment room door"}}"#),
             };
             format!(r#"{{"id":"{d}","type":"{kind}","interval_ms":5000,"values":[],"words":{words}}}"#)
         })
@@ -187,6 +187,18 @@ fn now_messages(site: &str, i: usize, devices: &[String], now: i64) -> Vec<(Now,
         );
         v.num("ups.load", 22.6);
         out.push((tel(site, "ups1", sample(seq, t, c, v)), t));
+    }
+    for d in devices
+        .iter()
+        .filter(|d| *d != "ups1" && *d != GATEWAY_DEVICE)
+    {
+        let mut v = Values::new();
+        if d == "env1" {
+            v.num("ambient.temperature", if i == ALARMS { 38.5 } else { 27.0 });
+        } else {
+            v.set("door", "closed");
+        }
+        out.push((tel(site, d, sample(seq, t, c, v)), t));
     }
     if i == ALARMS {
         let mut v = Values::new();

@@ -54,6 +54,10 @@ pub struct FleetConfig {
     pub silent_intervals: u32,
     /// The interval of a device the inventory has not described.
     pub default_interval_ms: u64,
+    /// Never silent sooner than this: a device read every 5 s is not
+    /// silent after 15 s of a slow link (3 of the gateway's telemetry
+    /// intervals by default).
+    pub min_silent_ms: u64,
 }
 
 impl Default for FleetConfig {
@@ -61,6 +65,7 @@ impl Default for FleetConfig {
         FleetConfig {
             silent_intervals: 3,
             default_interval_ms: 60_000,
+            min_silent_ms: 180_000,
         }
     }
 }
@@ -146,8 +151,10 @@ impl Fleet {
             let online_since = p.since_ms;
             for d in s.devices.values_mut() {
                 let interval = d.interval_ms.unwrap_or(cfg.default_interval_ms);
-                let limit = i64::try_from(interval.saturating_mul(u64::from(cfg.silent_intervals)))
-                    .unwrap_or(i64::MAX);
+                let limit = interval
+                    .saturating_mul(u64::from(cfg.silent_intervals))
+                    .max(cfg.min_silent_ms);
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
                 let heard = d.last_reading_ms.unwrap_or(online_since).max(online_since);
                 let quiet = now_ms.saturating_sub(heard) > limit;
                 let ok = matches!(

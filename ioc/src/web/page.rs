@@ -22,7 +22,8 @@ a{color:#0b57d0}
 .summary b.bad{color:#b3261e}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #dadce0}
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e8eaed;vertical-align:top}
-th{background:#eef0f3;font-weight:600;font-size:.85rem;position:sticky;top:0}
+th{background:#eef0f3;font-weight:600;font-size:.85rem}
+table.fleet td:first-child{white-space:nowrap}
 tr.bad td:first-child{border-left:6px solid #b3261e}
 tr.warn td:first-child{border-left:6px solid #e37400}
 tr.ok td:first-child{border-left:6px solid #188038}
@@ -32,21 +33,26 @@ tr.ok td:first-child{border-left:6px solid #188038}
 .num{font-variant-numeric:tabular-nums}
 .small{font-size:.8rem;color:#5f6368}
 ul.alarms{margin:0;padding-left:1.1em}
+ul.holes{margin:0;padding-left:1.1em}
+.id{white-space:nowrap}
+.stale,.stale span{color:#80868b !important;font-weight:normal !important}
+table.kv th{width:14em}
 @media (max-width:760px){
  body{padding:8px}
- table.fleet,table.fleet tbody,table.fleet tr,table.fleet td{display:block;width:100%}
- table.fleet{border:none;background:none}
- table.fleet thead{display:none}
- table.fleet tr{background:#fff;border:1px solid #dadce0;border-radius:8px;margin-bottom:10px;padding:4px 0}
- table.fleet tr.bad{border-left:6px solid #b3261e}
- table.fleet tr.warn{border-left:6px solid #e37400}
- table.fleet tr.ok{border-left:6px solid #188038}
- table.fleet td{border:none;padding:3px 10px;display:flex;gap:8px}
- table.fleet td:first-child{border-left:none;font-size:1.05rem}
- table.fleet td[data-label]::before{content:attr(data-label);flex:0 0 8.5em;color:#5f6368;font-size:.85rem}
- table.fleet td.empty{display:none}
+ table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:100%}
+ table.cards{border:none;background:none}
+ table.cards thead{display:none}
+ table.cards tr{background:#fff;border:1px solid #dadce0;border-radius:8px;margin-bottom:10px;padding:4px 0}
+ table.cards tr.bad{border-left:6px solid #b3261e}
+ table.cards tr.warn{border-left:6px solid #e37400}
+ table.cards tr.ok{border-left:6px solid #188038}
+ table.cards td{border:none;padding:3px 10px;display:flex;gap:8px}
+ table.cards td:first-child{border-left:none;font-size:1.05rem}
+ table.cards td[data-label]::before{content:attr(data-label);flex:0 0 7.5em;color:#5f6368;font-size:.85rem}
+ table.cards td.empty{display:none}
  table.list{font-size:.85rem}
  table.list th,table.list td{padding:4px 5px}
+ table.kv th{width:8em}
 }
 "#;
 
@@ -124,9 +130,10 @@ pub(super) fn power_cell(t: &Strings, s: &Site, now_ms: i64) -> String {
     };
     let runtime = u.runtime_s.map(|r| {
         format!(
-            ", <span class=\"small\">{} {}</span>",
+            ", <span class=\"small\">{} {}{}</span>",
             t.runtime_left,
-            duration(r, t.lang)
+            duration(r, t.lang),
+            t.runtime_after
         )
     });
     if u.on_battery.value {
@@ -225,41 +232,65 @@ pub(super) fn holes_cell(t: &Strings, totals: Option<&SiteTotals>) -> String {
     }
 }
 
+/// Whether a cell says nothing worth a line on a phone's card (nothing
+/// known, nothing wrong): such cells are left out of the card.
+fn unremarkable(s: &Site, totals: Option<&SiteTotals>) -> [bool; 8] {
+    [
+        false,
+        false,
+        s.wan.as_ref().is_none_or(|w| w.value),
+        s.alarms.is_empty(),
+        s.backlog.is_none_or(|b| b.depth == 0),
+        s.clock.as_ref().is_none_or(|c| c.value),
+        false,
+        totals.is_none_or(|x| x.unexplained == 0),
+    ]
+}
+
 /// One site's row (a card on a phone).
 fn row(out: &mut String, t: &Strings, id: &str, s: &Site, totals: Option<&SiteTotals>, now: i64) {
     let worst = concerns(s, totals).first().copied();
-    let version = s.identity.version.as_deref().unwrap_or("—");
     let heard = s
         .last_seen_ms
         .map(|m| format!("{} {}", ago(t, m, now), t.ago))
         .unwrap_or_else(|| t.never.to_owned());
     let lang = if t.lang == "en" { "?lang=en" } else { "" };
+    let offline = s.online() == Some(false);
     let _ = write!(
         out,
-        "<tr class=\"{cls}\"><td><a href=\"/site/{id}{lang}\"><b>{id}</b></a><br><span class=\"small\">{lh}: {heard}</span></td>\
-<td data-label=\"{l1}\">{c1}</td><td data-label=\"{l2}\">{c2}</td><td data-label=\"{l3}\">{c3}</td>\
-<td data-label=\"{l4}\">{c4}</td><td data-label=\"{l5}\">{c5}</td><td data-label=\"{l6}\">{c6}</td>\
-<td data-label=\"{l7}\">{c7}</td><td data-label=\"{l8}\">{c8}</td></tr>",
-        cls = class(worst),
+        "<tr class=\"{}\"><td><div><a class=\"id\" href=\"/site/{id}{lang}\"><b>{id}</b></a><br><span class=\"small\">{}: {heard}</span></div></td>",
+        class(worst),
+        t.last_heard,
         id = esc(id),
-        lh = t.last_heard,
-        l1 = t.link,
-        c1 = link_cell(t, s, now),
-        l2 = t.power,
-        c2 = power_cell(t, s, now),
-        l3 = t.wan,
-        c3 = wan_cell(t, s, now),
-        l4 = t.alarms,
-        c4 = alarms_cell(t, s),
-        l5 = t.backlog,
-        c5 = backlog_cell(t, s, now),
-        l6 = t.clock,
-        c6 = clock_cell(t, s, now),
-        l7 = t.version,
-        c7 = esc(version),
-        l8 = t.holes,
-        c8 = holes_cell(t, totals),
     );
+    let cells = [
+        (t.link, link_cell(t, s, now)),
+        (t.power, power_cell(t, s, now)),
+        (t.wan, wan_cell(t, s, now)),
+        (t.alarms, alarms_cell(t, s)),
+        (t.backlog, backlog_cell(t, s, now)),
+        (t.clock, clock_cell(t, s, now)),
+        (t.version, esc(s.identity.version.as_deref().unwrap_or("—"))),
+        (t.holes, holes_cell(t, totals)),
+    ];
+    let quiet = unremarkable(s, totals);
+    for (i, ((label, cell), quiet)) in cells.into_iter().zip(quiet).enumerate() {
+        // An offline site's power, internet, backlog and clock are what it
+        // said last: shown grey, and said so.
+        let stale = offline && (1..=5).contains(&i);
+        let _ = write!(
+            out,
+            "<td data-label=\"{label}\"{}><div{}>{}{cell}</div></td>",
+            if quiet { " class=\"empty\"" } else { "" },
+            if stale { " class=\"stale\"" } else { "" },
+            if stale && i == 1 {
+                format!("<span class=\"small\">{}:</span> ", t.last_known)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out.push_str("</tr>");
 }
 
 /// A site with its ledger totals and its place in the order.
@@ -303,7 +334,7 @@ pub fn fleet_page(t: &Strings, fleet: &Fleet, ledger: &Ledger, now_ms: i64) -> S
     );
     let _ = write!(
         out,
-        "<table class=\"fleet\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th title=\"{}\">{}</th></tr></thead><tbody>",
+        "<table class=\"fleet cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th title=\"{}\">{}</th></tr></thead><tbody>",
         t.site, t.link, t.power, t.wan, t.alarms, t.backlog, t.clock, t.version, t.holes_help, t.holes
     );
     for (id, s, totals, _) in &sites {

@@ -81,7 +81,7 @@ fn values(t: &Strings, d: &Device) -> String {
 fn devices(out: &mut String, t: &Strings, s: &Site, now_ms: i64) {
     let _ = write!(
         out,
-        "<h2>{}</h2><table class=\"list\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        "<h2>{}</h2><table class=\"list cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
         t.devices, t.device, t.kind, t.health, t.last_reading, t.values
     );
     for (id, d) in &s.devices {
@@ -96,12 +96,22 @@ fn devices(out: &mut String, t: &Strings, s: &Site, now_ms: i64) {
                 )
             })
             .unwrap_or_else(|| t.never.to_owned());
+        let cls = match d.health.as_ref().map(|h| &h.value) {
+            Some(DeviceHealth::Ok) => "ok",
+            Some(DeviceHealth::Fault(_)) => "bad",
+            Some(_) => "warn",
+            None => "",
+        };
         let _ = write!(
             out,
-            "<tr><td><b>{}</b></td><td>{}</td><td>{}</td><td>{last}</td><td>{}</td></tr>",
+            "<tr class=\"{cls}\"><td><div><b>{}</b></div></td><td data-label=\"{}\"><div>{}</div></td><td data-label=\"{}\"><div>{}</div></td><td data-label=\"{}\"><div>{last}</div></td><td data-label=\"{}\"><div>{}</div></td></tr>",
             esc(id),
+            t.kind,
             esc(d.kind.as_deref().unwrap_or("—")),
+            t.health,
             health(t, d),
+            t.last_reading,
+            t.values,
             values(t, d)
         );
     }
@@ -153,8 +163,8 @@ fn ledger(out: &mut String, t: &Strings, id: &str, l: &Ledger) {
     }
     let _ = write!(
         out,
-        "</p><table class=\"list\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
-        t.stream, t.received, t.unexplained, t.pending, t.explained, t.filled
+        "</p><table class=\"list\"><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        t.stream, t.received, t.holes
     );
     for r in l.streams(id) {
         let kind = match r.stream.kind {
@@ -162,26 +172,45 @@ fn ledger(out: &mut String, t: &Strings, id: &str, l: &Ledger) {
             Kind::Event => t.events,
         };
         let c = r.counts;
-        let cell = |n: u64, cls: &str, text: String| {
-            if n == 0 {
-                "<span class=\"small\">0</span>".to_owned()
-            } else {
-                format!(
-                    "<span class=\"{cls} num\">{}</span><br><span class=\"small\">{text}</span>",
-                    count(n, t.lang)
-                )
+        let mut holes = String::new();
+        let states: [(u64, &str, &str, fn(HoleState) -> bool); 3] = [
+            (c.unexplained, t.unexplained, "bad-t", |s| {
+                s == HoleState::Unexplained
+            }),
+            (c.pending, t.pending, "warn-t", |s| s == HoleState::Pending),
+            (c.explained, t.explained, "", |s| {
+                matches!(s, HoleState::Explained(_))
+            }),
+        ];
+        for (n, word, cls, pick) in states {
+            if n > 0 {
+                let _ = write!(
+                    holes,
+                    "<li><span class=\"{cls}\">{word}: <b class=\"num\">{}</b></span> <span class=\"small\">{}</span></li>",
+                    count(n, t.lang),
+                    ranges(t, &r, pick)
+                );
             }
-        };
+        }
+        if r.filled_late > 0 {
+            let _ = write!(
+                holes,
+                "<li>{}: <b class=\"num\">{}</b></li>",
+                t.filled,
+                count(r.filled_late, t.lang)
+            );
+        }
+        if holes.is_empty() {
+            holes = format!("<span class=\"small\">{}</span>", t.no_holes);
+        } else {
+            holes = format!("<ul class=\"holes\">{holes}</ul>");
+        }
         let _ = write!(
             out,
-            "<tr><td><b>{}</b> {kind}<br><span class=\"small\">epoch {}</span></td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td><b>{}</b> {kind}<br><span class=\"small\">epoch {}</span></td><td class=\"num\">{}</td><td>{holes}</td></tr>",
             esc(&r.stream.device),
             r.stream.epoch,
             count(r.received, t.lang),
-            cell(c.unexplained, "bad-t", ranges(t, &r, |s| s == HoleState::Unexplained)),
-            cell(c.pending, "warn-t", ranges(t, &r, |s| s == HoleState::Pending)),
-            cell(c.explained, "", ranges(t, &r, |s| matches!(s, HoleState::Explained(_)))),
-            count(r.filled_late, t.lang),
         );
     }
     out.push_str("</tbody></table>");
@@ -238,7 +267,7 @@ pub fn site_page(t: &Strings, id: &str, s: &Site, l: &Ledger, now_ms: i64) -> St
         ),
         (t.holes, holes_cell(t, totals.as_ref())),
     ];
-    out.push_str("<table class=\"list\"><tbody>");
+    out.push_str("<table class=\"list kv\"><tbody>");
     for (k, v) in rows {
         let _ = write!(out, "<tr><th>{k}</th><td>{v}</td></tr>");
     }
