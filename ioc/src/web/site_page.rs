@@ -17,6 +17,9 @@ const RANGES_SHOWN: usize = 20;
 /// Values shown per device.
 const VALUES_SHOWN: usize = 10;
 
+/// Which hole states a list shows.
+type Pick = fn(HoleState) -> bool;
+
 /// Why numbers will not come, in words.
 fn reason(t: &Strings, r: Reason) -> &'static str {
     let vi = t.lang != "en";
@@ -173,7 +176,7 @@ fn ledger(out: &mut String, t: &Strings, id: &str, l: &Ledger) {
         };
         let c = r.counts;
         let mut holes = String::new();
-        let states: [(u64, &str, &str, fn(HoleState) -> bool); 3] = [
+        let states: [(u64, &str, &str, Pick); 3] = [
             (c.unexplained, t.unexplained, "bad-t", |s| {
                 s == HoleState::Unexplained
             }),

@@ -93,7 +93,7 @@ fn now() -> i64 {
 
 fn shots_dir() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fleet-shots");
-    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(&d).expect("target/ is writable");
     d
 }
 
@@ -114,7 +114,7 @@ fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .output()
-        .unwrap()
+        .expect("chromium runs (apt-get install chromium)")
 }
 
 /// Both pages, both languages, a phone (390 px) and a desk (1366 px):
