@@ -12,9 +12,10 @@ pub enum Concern {
     Offline,
     LowBattery,
     OnBattery,
-    UnexplainedHoles,
+    /// The link may go next: before the holes, which are about the past.
     WanDown,
     CriticalAlarm,
+    UnexplainedHoles,
     Alarm,
     DeviceTrouble,
     Backlog,

@@ -600,7 +600,7 @@ fn sites_rank_worst_first() {
         .collect();
     order.sort_by_key(|(id, r)| (*r, *id));
     let ids: Vec<&str> = order.iter().map(|(id, _)| *id).collect();
-    assert_eq!(ids, ["off", "low", "bat", "ok", "wan", "log", "clk", "new"]);
+    assert_eq!(ids, ["off", "low", "bat", "wan", "ok", "log", "clk", "new"]);
     assert_eq!(
         rank::concerns(f.site("ok").unwrap(), None),
         Vec::<Concern>::new()
