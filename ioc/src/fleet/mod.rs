@@ -87,6 +87,22 @@ impl Fleet {
         }
     }
 
+    /// A fleet view from a saved state ([`Fleet::state`]): what a store
+    /// gives back after a restart. The retained status and inventory that
+    /// the broker sends again on subscribing then correct it.
+    pub fn restore(config: FleetConfig, sites: BTreeMap<String, Site>) -> Self {
+        Fleet {
+            config,
+            sites,
+            now_ms: 0,
+        }
+    }
+
+    /// The state to save: every site (plain serde structs).
+    pub fn state(&self) -> &BTreeMap<String, Site> {
+        &self.sites
+    }
+
     /// Takes one decoded message of `site` (the topic's) received at
     /// `received_at_ms` (the consumer's clock).
     pub fn apply(&mut self, site: &str, msg: &Message, received_at_ms: i64) {

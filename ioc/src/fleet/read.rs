@@ -229,7 +229,7 @@ fn message_vi(v: &Values) -> Option<String> {
 }
 
 fn raise(site: &mut Site, device: &str, key: String, e: &Event, at_ms: i64) {
-    let slot = (device.to_owned(), key);
+    let slot = alarm_key(device, &key);
     if site.alarms.contains_key(&slot) {
         return;
     }
@@ -246,8 +246,13 @@ fn raise(site: &mut Site, device: &str, key: String, e: &Event, at_ms: i64) {
     );
 }
 
+/// `<device>/<key>`: a device id has no `/` (the contract's grammar).
+fn alarm_key(device: &str, key: &str) -> String {
+    format!("{device}/{key}")
+}
+
 fn clear(site: &mut Site, device: &str, key: String) {
-    site.alarms.remove(&(device.to_owned(), key));
+    site.alarms.remove(&alarm_key(device, &key));
 }
 
 /// The value a threshold event is about: its values but the limit and

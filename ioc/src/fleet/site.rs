@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wardgate_contract::{ClockState, Severity};
 
 /// Online or offline, from the retained status (birth or last will).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Presence {
     /// The birth message of a run.
     Online,
@@ -18,7 +18,7 @@ pub enum Presence {
 }
 
 /// A value with the time (the consumer's clock, ms) it took that value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Since<T> {
     pub value: T,
     pub since_ms: i64,
@@ -42,7 +42,7 @@ impl<T: PartialEq> Since<T> {
 
 /// Mains or battery, as one UPS last said (a live `ups.status`, or a live
 /// `ups.on_battery` / `ups.on_line` event).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ups {
     /// On battery, since when (the consumer's clock).
     pub on_battery: Since<bool>,
@@ -55,7 +55,7 @@ pub struct Ups {
 /// A device's health: the gateway's `device.<id>.health`, or its
 /// `device.lost` / `device.fault` / `device.restored` events, or (at the
 /// IOC) no reading for three of the device's intervals.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceHealth {
     Ok,
     /// The gateway has no fresh reading of it.
@@ -80,7 +80,7 @@ impl DeviceHealth {
 }
 
 /// One device of a site (not the gateway itself).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     /// The inventory's `type` (`megatec`, `nut`, `probe`, `gpio`…).
     pub kind: Option<String>,
@@ -100,7 +100,7 @@ pub struct Device {
 
 /// An alarm that is raised now: a threshold crossed, a contact active, a
 /// UPS or Pi condition; it goes away when cleared.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alarm {
     pub device: String,
     /// The event code that raised it.
@@ -114,7 +114,7 @@ pub struct Alarm {
 }
 
 /// An event kept for the site's page (the last few).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recent {
     pub device: String,
     pub code: String,
@@ -128,7 +128,7 @@ pub struct Recent {
 
 /// The backlog waiting on the gateway's card (`spool.depth` of its live
 /// telemetry) and since when it has been above 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backlog {
     pub depth: u64,
     /// When a depth above 0 was first seen after a 0 (None at 0).
@@ -138,7 +138,7 @@ pub struct Backlog {
 
 /// Seconds since the Pi booted (`system.uptime`) or, without it, since
 /// the service started (`gateway.uptime`), at a time (consumer's clock).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Uptime {
     pub seconds: f64,
     pub at_ms: i64,
@@ -148,7 +148,7 @@ pub struct Uptime {
 }
 
 /// What the inventory says.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub version: Option<String>,
     pub config_hash: Option<String>,
@@ -158,7 +158,7 @@ pub struct Identity {
 }
 
 /// Everything the fleet view keeps of one site.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Site {
     pub presence: Option<Since<Presence>>,
     /// When any message of the site last arrived (consumer's clock).
@@ -173,9 +173,9 @@ pub struct Site {
     pub uptime: Option<Uptime>,
     pub identity: Identity,
     pub devices: BTreeMap<String, Device>,
-    /// Raised alarms by (device, key): the key is the value name of a
+    /// Raised alarms by `<device>/<key>`: the key is the value name of a
     /// threshold, the input name of a contact, the code of a paired event.
-    pub alarms: BTreeMap<(String, String), Alarm>,
+    pub alarms: BTreeMap<String, Alarm>,
     /// The last [`RECENT`] events, newest last.
     pub recent: VecDeque<Recent>,
 }

@@ -67,6 +67,13 @@ impl SharedView {
     pub fn now_ms(&self) -> i64 {
         (self.clock)()
     }
+
+    /// `Fleet::tick` at the view's clock: ingest calls it every few
+    /// seconds (devices turn silent).
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        self.write().fleet.tick(now);
+    }
 }
 
 /// `?lang=en` (anything else, or none: Vietnamese).
