@@ -48,6 +48,15 @@ fn monitor_feeds_ledger_and_fleet_in_one_call() {
         assert_eq!(s.backlog.map(|b| b.depth), Some(0), "{id}");
         assert!(s.devices.contains_key("ups1"), "{id}");
     }
+    // The inventory through the same call: the fleet's identity.
+    let inv = br#"{"site":"site-00000","version":"0.2.0","boot_id":"b","run_id":"r","started":1,"config_hash":"sha256:ab","clock":"unsynced","devices":[{"id":"ups1","type":"nut","interval_ms":5000,"values":[],"words":{}}],"sinks":["mqtt"],"commands":{"enabled":true,"allow":[]}}"#;
+    m.handle("ioc/site-00000/inventory", inv, 1).unwrap();
+    let s = m.fleet.site("site-00000").unwrap();
+    assert_eq!(s.identity.version.as_deref(), Some("0.2.0"));
+    assert_eq!(s.devices["ups1"].kind.as_deref(), Some("nut"));
+    assert_eq!(s.clock.as_ref().map(|c| c.value), Some(false));
+    // A command reply is the contract's but not the fleet's: taken, unused.
+    m.handle("ioc/site-00000/cmd/poll/c-1/reply", b"{}", 1).unwrap();
     // Malformed inventory counts against the site, like any payload.
     assert!(m.handle("ioc/site-00000/inventory", b"{", 1).is_err());
     assert_eq!(m.ledger.totals("site-00000").unwrap().malformed, 1);
