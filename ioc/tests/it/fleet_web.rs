@@ -56,7 +56,8 @@ fn monitor_feeds_ledger_and_fleet_in_one_call() {
     assert_eq!(s.devices["ups1"].kind.as_deref(), Some("nut"));
     assert_eq!(s.clock.as_ref().map(|c| c.value), Some(false));
     // A command reply is the contract's but not the fleet's: taken, unused.
-    m.handle("ioc/site-00000/cmd/poll/c-1/reply", b"{}", 1).unwrap();
+    m.handle("ioc/site-00000/cmd/poll/c-1/reply", b"{}", 1)
+        .unwrap();
     // Malformed inventory counts against the site, like any payload.
     assert!(m.handle("ioc/site-00000/inventory", b"{", 1).is_err());
     assert_eq!(m.ledger.totals("site-00000").unwrap().malformed, 1);
