@@ -143,7 +143,7 @@ pub(super) fn power_cell(t: &Strings, s: &Site, now_ms: i64) -> String {
             t.on_battery
         };
         format!(
-            "<span class=\"bad-t\">{what}</span> {}{}",
+            "<span class=\"bad-t\">{what}</span> ({}){}",
             ago(t, u.on_battery.since_ms, now_ms),
             runtime.unwrap_or_default()
         )
@@ -157,7 +157,7 @@ pub(super) fn wan_cell(t: &Strings, s: &Site, now_ms: i64) -> String {
         None => "—".into(),
         Some(w) if w.value => format!("<span class=\"ok-t\">{}</span>", t.wan_up),
         Some(w) => format!(
-            "<span class=\"bad-t\">{}</span> {}",
+            "<span class=\"bad-t\">{}</span> ({})",
             t.wan_down,
             ago(t, w.since_ms, now_ms)
         ),
@@ -213,7 +213,7 @@ pub(super) fn clock_cell(t: &Strings, s: &Site, now_ms: i64) -> String {
         None => "—".into(),
         Some(c) if c.value => format!("<span class=\"ok-t\">{}</span>", t.clock_ok),
         Some(c) => format!(
-            "<span class=\"warn-t\">{}</span> {}",
+            "<span class=\"warn-t\">{}</span> ({})",
             t.clock_bad,
             ago(t, c.since_ms, now_ms)
         ),
