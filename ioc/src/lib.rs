@@ -16,6 +16,9 @@
 //! is plain serializable structs for it), the web page, metrics.
 
 pub mod dedup;
+pub mod fleet;
 pub mod ledger;
 pub mod loadgen;
+pub mod metrics;
 pub mod pipeline;
+pub mod web;
