@@ -74,7 +74,11 @@ pub(super) async fn health_monitor(handles: Vec<DeviceHandle>, cancel: Cancellat
         .into_iter()
         .filter(|h| h.id() != GATEWAY_DEVICE)
         .collect();
+    // With no device to watch (a gateway that only reports itself) the
+    // monitor still runs until the stop: the supervisor takes a task that
+    // ends early for a failure.
     let Some(fallback) = watched.iter().map(|h| h.stale_period()).min() else {
+        cancel.cancelled().await;
         return;
     };
     loop {
@@ -187,6 +191,58 @@ pub(super) async fn watchdog(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Values;
+
+    fn device(dir: &tempfile::TempDir, id: &str, interval: Duration) -> DeviceHandle {
+        let cfg = crate::config::Config::from_toml(&format!(
+            "site = \"s\"\n[spool]\npath = \"{}\"\n",
+            dir.path().join(format!("{id}.db")).display()
+        ))
+        .unwrap();
+        let (spool, _) =
+            crate::spool::Spool::open(&cfg.spool, "s", &[crate::spool::Lane::Mqtt]).unwrap();
+        DeviceHandle::new(id, "fake", interval, spool, StatusHub::new("s"))
+    }
+
+    /// A gateway with no device but itself: the monitor has nothing to
+    /// watch and still runs until the stop (the supervisor takes a task
+    /// that ends early for a failure and stops the gateway).
+    #[tokio::test(start_paused = true)]
+    async fn health_monitor_with_nothing_to_watch_runs_until_the_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = device(&dir, GATEWAY_DEVICE, Duration::from_secs(60));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(health_monitor(vec![gateway], cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!task.is_finished(), "the monitor ended before the stop");
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("it ends at the stop")
+            .unwrap();
+    }
+
+    /// The monitor, sleeping until deadlines rather than looking on a
+    /// timer, marks a device stale just after three intervals without a
+    /// good reading, and a reading in between moves the deadline on.
+    #[tokio::test(start_paused = true)]
+    async fn health_monitor_marks_a_device_stale_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = device(&dir, "d", Duration::from_secs(1));
+        let cancel = CancellationToken::new();
+        d.sample(Values::new());
+        let task = tokio::spawn(health_monitor(vec![d.clone()], cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        d.sample(Values::new());
+        // 5.4 s after the first reading, 2.9 s after the second: still ok.
+        tokio::time::sleep(Duration::from_millis(2900)).await;
+        assert_eq!(d.health(), Health::Ok);
+        // Just past three intervals after the second: stale.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(d.health(), Health::Stale);
+        cancel.cancel();
+        task.await.unwrap();
+    }
 
     /// A supervised task that returns or panics before its stop token is
     /// named on `died`; one that ends after the token was cancelled is not.
