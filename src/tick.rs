@@ -17,12 +17,22 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-/// The first grid point for `period` strictly after `now`.
+/// The first grid point for `period` strictly after `now`. The grid runs
+/// both ways from `origin`: a runtime whose clock stands before the origin
+/// (tests run runtimes side by side, some on paused clocks that jumped
+/// ahead) still gets a point within one period, never one far ahead.
 pub(crate) fn next_on_grid(origin: Instant, now: Instant, period: Duration) -> Instant {
     let p = period.as_nanos().max(1);
-    let since = now.saturating_duration_since(origin).as_nanos();
-    let k = since / p + 1;
-    origin + Duration::from_nanos(u64::try_from(k * p).unwrap_or(u64::MAX))
+    let nanos = |n: u128| Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX));
+    if now >= origin {
+        let since = (now - origin).as_nanos();
+        origin + nanos((since / p + 1) * p)
+    } else {
+        // origin - k*p, the last point at or before the origin that is
+        // still after now: now + (distance mod p), or a period on.
+        let ahead = (origin - now).as_nanos() % p;
+        now + nanos(if ahead == 0 { p } else { ahead })
+    }
 }
 
 /// An interval of `period` whose ticks fall on the grid. Unlike
@@ -55,8 +65,12 @@ mod tests {
         // A second and a five-second chore meet every fifth second.
         assert_eq!(next_on_grid(o, o + ms(4200), s(1)), o + s(5));
         assert_eq!(next_on_grid(o, o + ms(4200), s(5)), o + s(5));
-        // Before the origin (another runtime's paused clock): the first point.
-        assert_eq!(next_on_grid(o + s(3), o, s(1)), o + s(4));
+        // Before the origin (another runtime's paused clock had jumped
+        // ahead when it set it): the grid runs back from it, within a
+        // period of now.
+        assert_eq!(next_on_grid(o + s(3), o, s(1)), o + s(1));
+        assert_eq!(next_on_grid(o + ms(3500), o, s(1)), o + ms(500));
+        assert_eq!(next_on_grid(o + s(3600), o + ms(10), s(5)), o + s(5));
     }
 
     /// Two chores with periods of 1 s and 5 s, started at different

@@ -101,7 +101,8 @@ pub(super) async fn health_monitor(handles: Vec<DeviceHandle>, cancel: Cancellat
     }
 }
 
-/// Copies counters into the snapshot once a second.
+/// Copies counters into the snapshot at once (`/healthz` reads its time),
+/// then once a second on the housekeeping grid.
 pub(super) async fn status_refresher(
     status: StatusHub,
     spool: Arc<Spool>,
@@ -110,12 +111,7 @@ pub(super) async fn status_refresher(
     history: Arc<crate::status::history::History>,
     cancel: CancellationToken,
 ) {
-    let mut tick = crate::tick::every(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let refresh = || {
         let stats = spool.stats();
         let acked = counters.records_acked.load(Ordering::Relaxed);
         let last = counters.last_ack_ms.load(Ordering::Relaxed);
@@ -135,6 +131,14 @@ pub(super) async fn status_refresher(
             s.updated_ms = now_ms();
         });
         history.record(&status.get(), now_ms());
+    };
+    refresh();
+    let mut tick = crate::tick::every(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => refresh(),
+        }
     }
 }
 
@@ -223,8 +227,10 @@ mod tests {
     }
 
     /// The monitor, sleeping until deadlines rather than looking on a
-    /// timer, marks a device stale just after three intervals without a
-    /// good reading, and a reading in between moves the deadline on.
+    /// timer, marks a device stale within half a second (the grace a
+    /// source has to give its own verdict first) after three intervals
+    /// without a good reading, and a reading in between moves the
+    /// deadline on.
     #[tokio::test(start_paused = true)]
     async fn health_monitor_marks_a_device_stale_at_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
@@ -234,11 +240,12 @@ mod tests {
         let task = tokio::spawn(health_monitor(vec![d.clone()], cancel.clone()));
         tokio::time::sleep(Duration::from_millis(2500)).await;
         d.sample(Values::new());
-        // 5.4 s after the first reading, 2.9 s after the second: still ok.
-        tokio::time::sleep(Duration::from_millis(2900)).await;
+        // 5.7 s after the first reading, 3.2 s after the second: still ok
+        // (past the limit, within the grace).
+        tokio::time::sleep(Duration::from_millis(3200)).await;
         assert_eq!(d.health(), Health::Ok);
-        // Just past three intervals after the second: stale.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Three intervals and the grace after the second: stale.
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(d.health(), Health::Stale);
         cancel.cancel();
         task.await.unwrap();

@@ -109,6 +109,13 @@ struct PollNow {
     pending: std::sync::atomic::AtomicBool,
 }
 
+/// How long after the stale limit the health monitor, the backstop, looks:
+/// a source whose own polls are just then failing gives its verdict first,
+/// with the reason it knows (the port not answering, upsd's DATA-STALE).
+/// The monitor used to look every 500 ms, so `device.lost` came within
+/// half a second after the limit; it still does.
+pub(crate) const STALE_GRACE: Duration = Duration::from_millis(500);
+
 impl DeviceHandle {
     pub fn new(
         id: &str,
@@ -411,13 +418,15 @@ impl DeviceHandle {
             .max(Duration::from_millis(10))
     }
 
-    /// When [`DeviceHandle::check_stale`] would next find the device stale
-    /// if no good reading comes: None while it is not ok or has never read.
+    /// When the health monitor looks at the device next if no good
+    /// reading comes: [`STALE_GRACE`] after [`DeviceHandle::check_stale`]
+    /// would first find it stale. None while it is not ok or has never
+    /// read.
     pub fn stale_at(&self) -> Option<Instant> {
         let limit = self.stale_limit();
         let st = self.lock();
         match st.last_good {
-            Some(t) if st.health == Health::Ok => Some(t + limit + Duration::from_millis(1)),
+            Some(t) if st.health == Health::Ok => Some(t + limit + STALE_GRACE),
             _ => None,
         }
     }
