@@ -1,0 +1,189 @@
+//! One batch of messages between two commits: each message through the
+//! pipeline ([`Consumer`]), and what the commit must save: the sites and
+//! streams it touched, device types from inventories, and the
+//! line-protocol points of the new readings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use wardgate_contract::{Message, StreamKey, Topic, GATEWAY_DEVICE};
+
+use super::ratelog::RateLog;
+use crate::ledger::{Ledger, RecordOutcome};
+use crate::pipeline::{ConsumeError, Consumer};
+use crate::store::Commit;
+use crate::tsdb::line;
+
+/// The part of an inventory the ingest reads: each device's `type`, the
+/// time-series `type` tag (docs/influxdb.md).
+#[derive(Deserialize)]
+struct Inventory {
+    devices: Vec<InventoryDevice>,
+}
+
+#[derive(Deserialize)]
+struct InventoryDevice {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// What a batch holds until its commit.
+#[derive(Debug)]
+pub struct Batch {
+    prefix: String,
+    types: BTreeMap<(String, String), String>,
+    sites: BTreeSet<String>,
+    streams: BTreeSet<StreamKey>,
+    new_types: Vec<((String, String), String)>,
+    lines: Vec<String>,
+    log: RateLog,
+}
+
+impl Batch {
+    /// A batch knowing the device types saved before.
+    pub fn new(prefix: &str, types: BTreeMap<(String, String), String>) -> Self {
+        Batch {
+            prefix: prefix.to_owned(),
+            types,
+            sites: BTreeSet::new(),
+            streams: BTreeSet::new(),
+            new_types: Vec::new(),
+            lines: Vec::new(),
+            log: RateLog::new(Duration::from_secs(60)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty() && self.new_types.is_empty() && self.lines.is_empty()
+    }
+
+    /// Takes one message; returns true when its topic is not the
+    /// contract's (counted by the caller, logged here once a minute).
+    pub fn take(&mut self, c: &mut Consumer, topic: &str, payload: &[u8], at_ms: i64) -> bool {
+        let parsed = match Topic::parse(&self.prefix, topic) {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing of the contract to count it under: the caller
+                // counts it; logged once a minute.
+                if let Some(held) = self.log.allow("", Instant::now()) {
+                    tracing::warn!(topic, error = %e, held, "message on a topic outside the contract: dropped");
+                }
+                return true;
+            }
+        };
+        let site = parsed.site().to_owned();
+        self.sites.insert(site.clone());
+        match c.handle(topic, payload, at_ms) {
+            Ok(Some(applied)) => {
+                if let Topic::Data { .. } = parsed {
+                    // It decoded in `handle`: decode again for the points
+                    // (the consumer keeps the message to itself).
+                    if let Ok(m) = Message::decode(&parsed, payload) {
+                        self.points(&site, &m, &applied.records);
+                    }
+                }
+            }
+            Ok(None) => {
+                if let Topic::Inventory { .. } = parsed {
+                    self.inventory(&mut c.ledger, &site, payload);
+                }
+            }
+            Err(ConsumeError::Decode { site, source }) => {
+                // Counted as malformed in the site's totals (saved with
+                // the site at this batch's commit).
+                if let Some(held) = self.log.allow(&site, Instant::now()) {
+                    tracing::warn!(%site, topic, error = %source, held, "payload outside the contract: counted as malformed, not stored");
+                }
+            }
+            Err(ConsumeError::Topic(_)) => {}
+        }
+        false
+    }
+
+    fn inventory(&mut self, ledger: &mut Ledger, site: &str, payload: &[u8]) {
+        match serde_json::from_slice::<Inventory>(payload) {
+            Ok(inv) => {
+                for d in inv.devices {
+                    let k = (site.to_owned(), d.id);
+                    if self.types.get(&k) != Some(&d.kind) {
+                        self.types.insert(k.clone(), d.kind.clone());
+                        self.new_types.push((k, d.kind));
+                    }
+                }
+            }
+            Err(e) => {
+                ledger.malformed(site);
+                if let Some(held) = self.log.allow(site, Instant::now()) {
+                    tracing::warn!(%site, error = %e, held, "inventory outside the contract: counted as malformed");
+                }
+            }
+        }
+    }
+
+    /// The points of a data message's new readings.
+    fn points(&mut self, site: &str, m: &Message, outcomes: &[RecordOutcome]) {
+        let write_ts = |o: &RecordOutcome, ts: i64| match o {
+            RecordOutcome::New { corrected_ts, .. }
+            | RecordOutcome::FilledLate { corrected_ts } => Some(corrected_ts.unwrap_or(ts)),
+            RecordOutcome::CorrectedCopy => Some(ts),
+            _ => None,
+        };
+        match m {
+            Message::Telemetry(env) => {
+                self.streams.insert(env.stream_key());
+                let ty = if env.device == GATEWAY_DEVICE {
+                    GATEWAY_DEVICE.to_owned()
+                } else {
+                    match self.types.get(&(site.to_owned(), env.device.clone())) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let key = format!("{site}/{}/type", env.device);
+                            if let Some(held) = self.log.allow(&key, Instant::now()) {
+                                tracing::warn!(%site, device = %env.device, held, "no inventory names this device's type yet: written with type=-");
+                            }
+                            String::new()
+                        }
+                    }
+                };
+                for (d, o) in env.records.iter().zip(outcomes) {
+                    if let Some(ts) = write_ts(o, d.record.ts) {
+                        self.lines
+                            .push(line::sample(site, &env.device, &ty, &d.record, ts));
+                    }
+                }
+            }
+            Message::Events(env) => {
+                self.streams.insert(env.stream_key());
+                for (d, o) in env.records.iter().zip(outcomes) {
+                    if let Some(ts) = write_ts(o, d.record.ts) {
+                        self.lines
+                            .push(line::event(site, &env.device, &d.record, ts));
+                    }
+                }
+            }
+            Message::Status(_) => {}
+        }
+    }
+
+    /// What the commit saves; the batch starts empty again.
+    pub fn drain(&mut self, ledger: &Ledger, messages: u64) -> Commit {
+        let state = ledger.state();
+        let sites = std::mem::take(&mut self.sites)
+            .into_iter()
+            .filter_map(|s| state.sites.get(&s).map(|st| (s, st.clone())))
+            .collect();
+        let windows = std::mem::take(&mut self.streams)
+            .into_iter()
+            .filter_map(|k| ledger.dedup().saved(&k).map(|w| (k, w)))
+            .collect();
+        Commit {
+            sites,
+            windows,
+            types: std::mem::take(&mut self.new_types),
+            lines: std::mem::take(&mut self.lines),
+            messages,
+        }
+    }
+}
