@@ -18,7 +18,7 @@ pub mod mqtt;
 pub mod ratelog;
 pub mod service;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::ledger::{Ledger, LedgerConfig, LedgerError};
 use crate::pipeline::Consumer;
-use crate::store::{Store, StoreError};
+use crate::store::{message_digest, Store, StoreError};
 
 pub use batch::Batch;
 pub use mqtt::FromBroker;
@@ -50,6 +50,10 @@ pub enum IngestError {
     Secret { key: &'static str, why: String },
 }
 
+/// How many commits a message committed but not acknowledged is
+/// remembered ([`Ingest`]'s `committed`).
+pub const KEEP_UNACKED: u64 = 300;
+
 /// Counts of the running ingest (logged; the metrics page reads them later).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IngestCounts {
@@ -59,13 +63,18 @@ pub struct IngestCounts {
     /// Not acknowledged because the connection they came on is gone (the
     /// broker sends them again) or the request channel was full.
     pub not_acked: u64,
+    /// Copies the broker sent again of messages committed before.
+    pub redelivered: u64,
     /// Topics outside the contract (counted, logged once a minute).
     pub foreign: u64,
     pub lines: u64,
 }
 
 /// The ledger restored from what the store saved.
-pub fn restore(cfg: &Config, store: &mut dyn Store) -> Result<(Ledger, Batch), IngestError> {
+pub fn restore(
+    cfg: &Config,
+    store: &mut dyn Store,
+) -> Result<(Ledger, Batch, HashMap<u64, u64>), IngestError> {
     let loaded = tokio::task::block_in_place(|| store.load())?;
     let mut dedup = Dedup::default();
     for (k, w) in loaded.windows {
@@ -83,7 +92,8 @@ pub fn restore(cfg: &Config, store: &mut dyn Store) -> Result<(Ledger, Batch), I
         messages = loaded.messages,
         "ledger restored from the store"
     );
-    Ok((ledger, Batch::new(&cfg.mqtt.prefix, loaded.types)))
+    let unacked = loaded.unacked.into_iter().map(|d| (d, 0)).collect();
+    Ok((ledger, Batch::new(&cfg.mqtt.prefix, loaded.types), unacked))
 }
 
 /// The running ingest.
@@ -97,7 +107,14 @@ pub struct Ingest {
     pub wake: Arc<Notify>,
     pub counts: IngestCounts,
     generation: u64,
-    pending: Vec<(u64, Publish)>,
+    /// This batch's messages: connection, message, digest.
+    pending: Vec<(u64, Publish, u64)>,
+    /// Digests of messages committed and perhaps not acknowledged (with
+    /// the commit count when they became so): a copy with DUP set is the
+    /// broker sending it again, acknowledged without being applied again.
+    /// Kept [`KEEP_UNACKED`] commits (the broker resends right after a
+    /// reconnect).
+    committed: HashMap<u64, u64>,
 }
 
 impl Ingest {
@@ -105,6 +122,7 @@ impl Ingest {
         cfg: Config,
         ledger: Ledger,
         batch: Batch,
+        committed: HashMap<u64, u64>,
         store: Box<dyn Store>,
         client: AsyncClient,
         wake: Arc<Notify>,
@@ -119,6 +137,7 @@ impl Ingest {
             counts: IngestCounts::default(),
             generation: 0,
             pending: Vec::new(),
+            committed,
         }
     }
 
@@ -152,6 +171,7 @@ impl Ingest {
                     c.commits,
                     c.acked,
                     c.not_acked,
+                    c.redelivered,
                     c.foreign,
                     c.lines,
                     "ingest"
@@ -185,13 +205,21 @@ impl Ingest {
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
                     .unwrap_or(0);
                 self.counts.messages += 1;
+                let digest = message_digest(publish.pkid, &publish.topic, &publish.payload);
+                if publish.dup && self.committed.remove(&digest).is_some() {
+                    // Committed before (a restart or a reconnect came
+                    // between the commit and its acknowledgement).
+                    self.counts.redelivered += 1;
+                    self.pending.push((generation, publish, digest));
+                    return Ok(());
+                }
                 let foreign =
                     self.batch
                         .take(&mut self.consumer, &publish.topic, &publish.payload, now_ms);
                 if foreign {
                     self.counts.foreign += 1;
                 }
-                self.pending.push((generation, publish));
+                self.pending.push((generation, publish, digest));
             }
         }
         Ok(())
@@ -202,16 +230,21 @@ impl Ingest {
         if self.pending.is_empty() && self.batch.is_empty() {
             return Ok(());
         }
-        let c = self
+        let mut c = self
             .batch
             .drain(&self.consumer.ledger, self.pending.len() as u64);
+        let no = self.counts.commits + 1;
+        self.committed.retain(|_, at| *at + KEEP_UNACKED >= no);
+        c.unacked = self.pending.iter().map(|p| p.2).collect();
+        c.unacked.extend(self.committed.keys());
         let lines = c.lines.len() as u64;
         tokio::task::block_in_place(|| self.store.commit(&c))?;
         self.counts.commits += 1;
         self.counts.lines += lines;
-        for (generation, p) in self.pending.drain(..) {
+        for (generation, p, digest) in self.pending.drain(..) {
             if generation != self.generation || self.client.try_ack(&p).is_err() {
                 self.counts.not_acked += 1;
+                self.committed.insert(digest, no);
             } else {
                 self.counts.acked += 1;
             }

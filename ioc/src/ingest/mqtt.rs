@@ -169,11 +169,15 @@ pub async fn poll(
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
                 generation += 1;
                 up_since = Some(Instant::now());
-                // Every connection: a broker that lost the session (or a
-                // first start) has no subscriptions; one that kept them
-                // takes the same filters again.
-                if let Err(e) = subscribe(&client, &filters) {
-                    tracing::error!(error = %e, "cannot subscribe");
+                // A broker that kept the session kept its subscriptions:
+                // subscribing again would send the retained status and
+                // inventory again, ahead of older messages still queued
+                // for this session (out of order for the ledger). A new
+                // session (first start, or the broker lost it) subscribes.
+                if !c.session_present {
+                    if let Err(e) = subscribe(&client, &filters) {
+                        tracing::error!(error = %e, "cannot subscribe");
+                    }
                 }
                 FromBroker::Connected {
                     generation,
@@ -187,6 +191,8 @@ pub async fn poll(
             Ok(Event::Incoming(Packet::SubAck(s))) => {
                 if s.return_codes.contains(&SubscribeReasonCode::Failure) {
                     tracing::error!(codes = ?s.return_codes, ?filters, "the broker refused a subscription (ACL?)");
+                } else {
+                    tracing::info!(?filters, "subscribed");
                 }
                 continue;
             }

@@ -14,7 +14,7 @@ use crate::tsdb::{Writer, WriterCounts};
 /// Runs until a stop signal or an error.
 pub async fn serve(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), IngestError> {
     let mut store: Box<dyn Store> = Box::new(SqliteStore::open(&cfg.store_path)?);
-    let (ledger, batch) = restore(&cfg, store.as_mut())?;
+    let (ledger, batch, committed) = restore(&cfg, store.as_mut())?;
     let opts = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, false)?;
     // Room for every acknowledgement of a full batch and the subscriptions.
     let cap = cfg.ingest.commit_messages * 2 + 16;
@@ -48,7 +48,7 @@ pub async fn serve(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), Inges
         filters = ?mqtt::filters(&cfg.mqtt),
         "wardgate-ioc running"
     );
-    let mut ingest = Ingest::new(cfg, ledger, batch, store, client.clone(), wake);
+    let mut ingest = Ingest::new(cfg, ledger, batch, committed, store, client.clone(), wake);
     let res = ingest.run(rx, stop).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = client.try_disconnect();

@@ -54,6 +54,28 @@ pub struct Loaded {
     pub types: BTreeMap<(String, String), String>,
     /// Messages committed since the store was made.
     pub messages: u64,
+    /// Digests ([`message_digest`]) of the messages committed and perhaps
+    /// not acknowledged (those of the last commit, and any whose
+    /// acknowledgement could not be sent): a copy the broker sends again
+    /// (DUP set, the same packet id) of one of them is not applied again.
+    pub unacked: Vec<u64>,
+}
+
+/// A message's digest: 64-bit FNV-1a of its packet id, topic and payload.
+/// The broker resends an unacknowledged message with its packet id; two
+/// messages in flight at once never share one.
+pub fn message_digest(pkid: u16, topic: &str, payload: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let id = pkid.to_be_bytes();
+    for b in id
+        .iter()
+        .chain(topic.as_bytes())
+        .chain(&[0u8])
+        .chain(payload)
+    {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// One batch's changes, written in one transaction.
@@ -66,6 +88,10 @@ pub struct Commit {
     pub lines: Vec<String>,
     /// Messages in this batch.
     pub messages: u64,
+    /// The digests ([`message_digest`]) to keep as perhaps not
+    /// acknowledged: this batch's and older ones whose acknowledgement
+    /// could not be sent; they replace those saved before.
+    pub unacked: Vec<u64>,
 }
 
 /// Points waiting for the time-series database: `(id, line)` by id.

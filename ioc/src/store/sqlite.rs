@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE TABLE IF NOT EXISTS device_types (
     site TEXT NOT NULL, device TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (site, device));
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unacked (digest INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1), ('messages', 0);
 ";
 
@@ -162,6 +163,17 @@ impl Store for SqliteStore {
             })
             .map_err(|e| self.db(e))?;
         loaded.messages = u64::try_from(n).unwrap_or(0);
+        let mut st = self
+            .conn
+            .prepare("SELECT digest FROM unacked")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(|e| self.db(e))?;
+        for row in rows {
+            // Stored as the same 64 bits, signed.
+            loaded.unacked.push(row.map_err(|e| self.db(e))? as u64);
+        }
         Ok(loaded)
     }
 
@@ -216,6 +228,14 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             for l in &c.lines {
                 ins.execute(params![l]).map_err(db)?;
+            }
+            tx.execute("DELETE FROM unacked", []).map_err(db)?;
+            let mut ins = tx
+                .prepare_cached("INSERT INTO unacked (digest) VALUES (?1)")
+                .map_err(db)?;
+            for d in &c.unacked {
+                // The same 64 bits, signed (SQLite's integers).
+                ins.execute(params![*d as i64]).map_err(db)?;
             }
             tx.execute(
                 "UPDATE meta SET value = value + ?1 WHERE key='messages'",
@@ -299,6 +319,7 @@ mod tests {
             types: vec![(("xa-a".into(), "ups1".into()), "megatec".into())],
             lines: vec!["a".into(), "b".into(), "c".into()],
             messages: 2,
+            unacked: vec![u64::MAX, 5],
         };
         s.commit(&c).unwrap();
         s.commit(&Commit {
@@ -313,6 +334,7 @@ mod tests {
         assert_eq!(l.windows, vec![(key, w)]);
         assert_eq!(l.types[&("xa-a".into(), "ups1".into())], "megatec");
         assert_eq!(l.messages, 3);
+        assert_eq!(l.unacked, vec![u64::MAX, 5]);
         let rows = s.outbox_peek(2).unwrap();
         assert_eq!(rows.len(), 2);
         s.outbox_done(rows[1].0).unwrap();

@@ -1,4 +1,6 @@
 //! Integration tests of wardgate-ioc: one binary, a module per subject.
 
+mod ingest;
+mod ingest_peers;
 mod loadgen;
 mod schemas;

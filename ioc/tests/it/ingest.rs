@@ -1,0 +1,292 @@
+//! `wardgate-ioc run` (the binary) against a real mosquitto and a real
+//! VictoriaMetrics, fed with the load generator's traffic (planted
+//! duplicates, holes, corrected copies, conflicts) by a QoS 1 publisher.
+//! The reference is the same traffic through the pipeline in-process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use wardgate_ioc::ingest::Batch;
+use wardgate_ioc::ledger::{Ledger, SiteTotals};
+use wardgate_ioc::loadgen::{generate, LoadConfig};
+use wardgate_ioc::pipeline::Consumer;
+
+use super::ingest_peers::{
+    committed, counts, firm, pause, publish, wait_for, Broker, Ioc, Series, Vm, WAIT,
+};
+
+struct Reference {
+    messages: Vec<(String, Vec<u8>)>,
+    totals: SiteTotals,
+    /// Records in data messages (every outcome counter adds up to it).
+    records: u64,
+    /// Points (lines) written, and distinct (series, timestamp) among
+    /// them: a corrected copy of a record that was written at its
+    /// corrected time already lands on the same point (InfluxDB overwrites
+    /// it; VictoriaMetrics keeps both samples).
+    samples: (usize, usize),
+    events: (usize, usize),
+    keys: BTreeSet<(BTreeMap<String, String>, i64)>,
+}
+
+/// The (labels, timestamp) of each line's `seq` field as VictoriaMetrics
+/// names it (`telemetry_seq{device=..,site=..,type=..}`).
+fn seq_keys(lines: &[String]) -> BTreeSet<(BTreeMap<String, String>, i64)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (series, rest) = l.split_once(' ')?;
+            let ts = rest.rsplit(' ').next()?.parse().ok()?;
+            let mut parts = series.split(',');
+            let m = parts.next()?;
+            let mut labels: BTreeMap<String, String> = parts
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect();
+            labels.insert("__name__".into(), format!("{m}_seq"));
+            Some((labels, ts))
+        })
+        .collect()
+}
+
+fn vm_keys(s: &Series) -> BTreeSet<(BTreeMap<String, String>, i64)> {
+    s.iter()
+        .flat_map(|(l, pts)| pts.iter().map(move |p| (l.clone(), p.0)))
+        .collect()
+}
+
+fn points(lines: &[String], measurement: &str) -> (usize, usize) {
+    let mine: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with(measurement))
+        .collect();
+    let distinct: std::collections::BTreeSet<(&str, &str)> = mine
+        .iter()
+        .filter_map(|l| Some((l.split(' ').next()?, l.rsplit(' ').next()?)))
+        .collect();
+    (mine.len(), distinct.len())
+}
+
+fn reference(sites: usize, seed: u64) -> Reference {
+    let traffic = generate(&LoadConfig {
+        sites,
+        seed,
+        prefix: "ioc".into(),
+        steps: 4,
+    })
+    .expect("loadgen");
+    let mut c = Consumer::new("ioc", Ledger::default());
+    let mut b = Batch::new("ioc", Default::default());
+    let mut messages = Vec::new();
+    for w in &traffic.messages {
+        b.take(&mut c, &w.topic, &w.payload, w.at_ms);
+        messages.push((w.topic.clone(), w.payload.clone()));
+    }
+    let commit = b.drain(&c.ledger, 0);
+    let t = c.ledger.fleet_totals();
+    Reference {
+        messages,
+        totals: t,
+        records: outcomes(&t),
+        samples: points(&commit.lines, "telemetry,"),
+        events: points(&commit.lines, "event,"),
+        keys: seq_keys(&commit.lines),
+    }
+}
+
+/// Every record of a data message ends in exactly one of these.
+fn outcomes(t: &SiteTotals) -> u64 {
+    t.received + t.duplicates + t.corrected_copies + t.contract_breaks + t.before_start
+}
+
+/// Waits until the store has the reference's records and the outbox is empty.
+fn wait_all_in(stores: &[&std::path::Path], want: u64) {
+    wait_for("every record committed and written", WAIT, || {
+        let mut got = 0;
+        let mut waiting = 0;
+        for s in stores {
+            let (l, _, w) = committed(s);
+            got += outcomes(&l.fleet_totals());
+            waiting += w;
+        }
+        got >= want && waiting == 0
+    });
+}
+
+/// (a) readings land in VictoriaMetrics with the gateway's measurement,
+/// tags and fields, once each; (b) the traffic's own duplicates and the
+/// whole traffic published a second time are not written again, and the
+/// ledger counts them as duplicates, not readings.
+#[test]
+fn readings_land_once_with_the_gateways_tags() {
+    let t0 = Instant::now();
+    let r = reference(12, 3);
+    let broker = Broker::start();
+    let vm = Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut ioc = Ioc::start(dir.path(), broker.port, "ioc-a", None, Some(&vm.url()));
+    publish(broker.port, &r.messages);
+    wait_all_in(&[&ioc.store], r.records);
+    let (l, _, _) = ioc.committed();
+    assert_eq!(l.fleet_totals(), r.totals);
+
+    let tel = vm.export("telemetry_seq");
+    let ev = vm.export("event_seq");
+    assert_eq!(counts(&tel), r.samples, "telemetry points, written once");
+    assert_eq!(counts(&ev), r.events, "event points, written once");
+    for labels in tel.keys() {
+        let names: Vec<_> = labels.keys().map(String::as_str).collect();
+        assert_eq!(names, ["__name__", "device", "site", "type"], "{labels:?}");
+    }
+    for labels in ev.keys() {
+        let names: Vec<_> = labels.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["__name__", "code", "device", "severity", "site"],
+            "{labels:?}"
+        );
+    }
+    let mut got = vm_keys(&tel);
+    got.extend(vm_keys(&ev));
+    assert_eq!(got, r.keys, "the same points as the pipeline's");
+    // The gateway's own telemetry: type=gateway, its values as fields.
+    let gw = vm.export("telemetry_spool.depth");
+    assert!(!gw.is_empty());
+    assert!(gw
+        .keys()
+        .all(|l| l["type"] == "gateway" && l["device"] == "gateway"));
+
+    // (b) Everything again: all duplicates.
+    publish(broker.port, &r.messages);
+    wait_all_in(&[&ioc.store], 2 * r.records);
+    let (l, _, _) = ioc.committed();
+    let t = l.fleet_totals();
+    assert_eq!(t.received, r.totals.received, "nothing counted twice");
+    assert_eq!(outcomes(&t), 2 * r.records, "every copy counted once");
+    pause(Duration::from_millis(500));
+    assert_eq!(counts(&vm.export("telemetry_seq")), r.samples);
+    assert_eq!(counts(&vm.export("event_seq")), r.events);
+    ioc.stop();
+    eprintln!("readings_land_once: {:?}", t0.elapsed());
+}
+
+/// (c) kill -9 of the process mid-stream, then a restart: the ledger
+/// counts what an uninterrupted run counts (redeliveries of what was
+/// committed but not acknowledged add to `duplicates` only), and every
+/// reading is in VictoriaMetrics (a batch posted but not yet marked
+/// written may be posted again: same series and time).
+#[test]
+fn kill9_mid_stream_then_restart_counts_as_an_uninterrupted_run() {
+    let t0 = Instant::now();
+    let r = reference(60, 5);
+    let broker = Broker::start();
+    let vm = Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut ioc = Ioc::start(dir.path(), broker.port, "ioc-k", None, Some(&vm.url()));
+    let (port, msgs) = (broker.port, r.messages.clone());
+    let publisher = std::thread::spawn(move || publish(port, &msgs));
+    let quarter = r.records / 4;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (l, _, _) = ioc.committed();
+        if outcomes(&l.fleet_totals()) >= quarter {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing committed");
+        pause(Duration::from_millis(5));
+    }
+    ioc.kill9();
+    let (l, _, _) = ioc.committed();
+    let at_kill = outcomes(&l.fleet_totals());
+    assert!(
+        at_kill < r.records,
+        "killed after the end: {at_kill}/{}",
+        r.records
+    );
+    ioc.restart();
+    publisher.join().expect("publisher");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (l, _, w) = ioc.committed();
+        let t = l.fleet_totals();
+        if firm(&t) == firm(&r.totals) && w == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart: {t:?}\nuninterrupted: {:?}\n{w} points waiting",
+            r.totals
+        );
+        pause(Duration::from_millis(50));
+    }
+    ioc.stop();
+    let (l, _, _) = ioc.committed();
+    let t = l.fleet_totals();
+    assert_eq!(firm(&t), firm(&r.totals));
+    assert!(t.duplicates >= r.totals.duplicates);
+    let mut got = vm_keys(&vm.export("telemetry_seq"));
+    got.extend(vm_keys(&vm.export("event_seq")));
+    assert_eq!(got, r.keys, "every reading written, none in another place");
+    eprintln!(
+        "kill9: killed at {at_kill}/{} records, {} redelivered duplicates, {:?}",
+        r.records,
+        t.duplicates - r.totals.duplicates,
+        t0.elapsed()
+    );
+}
+
+/// (d) Two instances sharing `$share/ingest/...`: every record of every
+/// data message is taken by exactly one of them, and every reading is in
+/// VictoriaMetrics. Each has its own SQLite ledger of the half it got (its
+/// holes are the other's readings: docs/ioc.md, "Shared subscriptions").
+#[test]
+fn two_instances_sharing_a_subscription_take_everything_once() {
+    let t0 = Instant::now();
+    let r = reference(20, 9);
+    let broker = Broker::start();
+    let vm = Vm::start();
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut a = Ioc::start(
+        d1.path(),
+        broker.port,
+        "ioc-1",
+        Some("ingest"),
+        Some(&vm.url()),
+    );
+    let mut b = Ioc::start(
+        d2.path(),
+        broker.port,
+        "ioc-2",
+        Some("ingest"),
+        Some(&vm.url()),
+    );
+    publish(broker.port, &r.messages);
+    wait_all_in(&[&a.store, &b.store], r.records);
+    pause(Duration::from_millis(300));
+    a.stop();
+    b.stop();
+    let ta = a.committed().0.fleet_totals();
+    let tb = b.committed().0.fleet_totals();
+    assert_eq!(
+        outcomes(&ta) + outcomes(&tb),
+        r.records,
+        "each record taken once"
+    );
+    assert!(outcomes(&ta) > 0 && outcomes(&tb) > 0, "both took a share");
+    let mut got = vm_keys(&vm.export("telemetry_seq"));
+    got.extend(vm_keys(&vm.export("event_seq")));
+    let missing: Vec<_> = r.keys.difference(&got).take(3).collect();
+    assert!(missing.is_empty(), "not written: {missing:?}");
+    eprintln!(
+        "shared: {} + {} records, {} points beyond the single ledger's (copies the other instance's window did not hold), {:?}",
+        outcomes(&ta),
+        outcomes(&tb),
+        got.len() - r.keys.len(),
+        t0.elapsed()
+    );
+}
