@@ -184,7 +184,7 @@ impl Batch {
             types: std::mem::take(&mut self.new_types),
             lines: std::mem::take(&mut self.lines),
             messages,
-            unacked: Vec::new(),
+            delivered: Vec::new(),
         }
     }
 }

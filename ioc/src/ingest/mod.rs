@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::ledger::{Ledger, LedgerConfig, LedgerError};
 use crate::pipeline::Consumer;
-use crate::store::{message_digest, Store, StoreError};
+use crate::store::{message_digest, Store, StoreError, KEEP_COMMITS};
 
 pub use batch::Batch;
 pub use mqtt::FromBroker;
@@ -49,10 +49,6 @@ pub enum IngestError {
     #[error("{key}: {why}")]
     Secret { key: &'static str, why: String },
 }
-
-/// How many commits a message committed but not acknowledged is
-/// remembered ([`Ingest`]'s `committed`).
-pub const KEEP_UNACKED: u64 = 300;
 
 /// Counts of the running ingest (logged; the metrics page reads them later).
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,8 +88,12 @@ pub fn restore(
         messages = loaded.messages,
         "ledger restored from the store"
     );
-    let unacked = loaded.unacked.into_iter().map(|d| (d, 0)).collect();
-    Ok((ledger, Batch::new(&cfg.mqtt.prefix, loaded.types), unacked))
+    let delivered = loaded.delivered.into_iter().map(|d| (d, 0)).collect();
+    Ok((
+        ledger,
+        Batch::new(&cfg.mqtt.prefix, loaded.types),
+        delivered,
+    ))
 }
 
 /// The running ingest.
@@ -109,11 +109,10 @@ pub struct Ingest {
     generation: u64,
     /// This batch's messages: connection, message, digest.
     pending: Vec<(u64, Publish, u64)>,
-    /// Digests of messages committed and perhaps not acknowledged (with
-    /// the commit count when they became so): a copy with DUP set is the
-    /// broker sending it again, acknowledged without being applied again.
-    /// Kept [`KEEP_UNACKED`] commits (the broker resends right after a
-    /// reconnect).
+    /// Digests of the messages of the last [`KEEP_COMMITS`] commits (and
+    /// the commit's number): a copy with DUP set of one of them is the
+    /// broker sending again a message whose acknowledgement it did not
+    /// get; it is acknowledged without being applied again.
     committed: HashMap<u64, u64>,
 }
 
@@ -179,6 +178,17 @@ impl Ingest {
             }
         }
         self.commit()?;
+        let c = self.counts;
+        tracing::info!(
+            c.messages,
+            c.commits,
+            c.acked,
+            c.not_acked,
+            c.redelivered,
+            c.foreign,
+            c.lines,
+            "ingest stopped"
+        );
         Ok(())
     }
 
@@ -213,6 +223,9 @@ impl Ingest {
                     self.pending.push((generation, publish, digest));
                     return Ok(());
                 }
+                if publish.dup {
+                    tracing::debug!(pkid = publish.pkid, topic = %publish.topic, "a copy sent again of a message not committed: applied");
+                }
                 let foreign =
                     self.batch
                         .take(&mut self.consumer, &publish.topic, &publish.payload, now_ms);
@@ -233,18 +246,19 @@ impl Ingest {
         let mut c = self
             .batch
             .drain(&self.consumer.ledger, self.pending.len() as u64);
-        let no = self.counts.commits + 1;
-        self.committed.retain(|_, at| *at + KEEP_UNACKED >= no);
-        c.unacked = self.pending.iter().map(|p| p.2).collect();
-        c.unacked.extend(self.committed.keys());
+        c.delivered = self.pending.iter().map(|p| p.2).collect();
         let lines = c.lines.len() as u64;
         tokio::task::block_in_place(|| self.store.commit(&c))?;
         self.counts.commits += 1;
+        let no = self.counts.commits;
+        self.committed.retain(|_, at| *at + KEEP_COMMITS > no);
+        for d in &c.delivered {
+            self.committed.insert(*d, no);
+        }
         self.counts.lines += lines;
-        for (generation, p, digest) in self.pending.drain(..) {
+        for (generation, p, _) in self.pending.drain(..) {
             if generation != self.generation || self.client.try_ack(&p).is_err() {
                 self.counts.not_acked += 1;
-                self.committed.insert(digest, no);
             } else {
                 self.counts.acked += 1;
             }

@@ -54,16 +54,22 @@ pub struct Loaded {
     pub types: BTreeMap<(String, String), String>,
     /// Messages committed since the store was made.
     pub messages: u64,
-    /// Digests ([`message_digest`]) of the messages committed and perhaps
-    /// not acknowledged (those of the last commit, and any whose
-    /// acknowledgement could not be sent): a copy the broker sends again
-    /// (DUP set, the same packet id) of one of them is not applied again.
-    pub unacked: Vec<u64>,
+    /// Digests ([`message_digest`]) of the messages of the last
+    /// [`KEEP_COMMITS`] commits: a copy the broker sends again (DUP set,
+    /// the same packet id) of one of them was committed, perhaps not
+    /// acknowledged (an acknowledgement handed to the client may never
+    /// have reached the broker), and is not applied again.
+    pub delivered: Vec<u64>,
 }
 
+/// How many commits' message digests are kept: a minute at the default
+/// `ingest.commit_interval` (the broker resends right after a reconnect).
+pub const KEEP_COMMITS: u64 = 300;
+
 /// A message's digest: 64-bit FNV-1a of its packet id, topic and payload.
-/// The broker resends an unacknowledged message with its packet id; two
-/// messages in flight at once never share one.
+/// The broker resends an unacknowledged message with its packet id (and
+/// DUP set); mosquitto gives a client's messages ids in turn, so the same
+/// id, topic and payload come again only after 65,535 other messages.
 pub fn message_digest(pkid: u16, topic: &str, payload: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let id = pkid.to_be_bytes();
@@ -88,10 +94,8 @@ pub struct Commit {
     pub lines: Vec<String>,
     /// Messages in this batch.
     pub messages: u64,
-    /// The digests ([`message_digest`]) to keep as perhaps not
-    /// acknowledged: this batch's and older ones whose acknowledgement
-    /// could not be sent; they replace those saved before.
-    pub unacked: Vec<u64>,
+    /// The digests ([`message_digest`]) of this batch's messages.
+    pub delivered: Vec<u64>,
 }
 
 /// Points waiting for the time-series database: `(id, line)` by id.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use wardgate_contract::{Epoch, Kind, StreamKey};
 
-use super::{Commit, Loaded, OutboxRows, Store, StoreError};
+use super::{Commit, Loaded, OutboxRows, Store, StoreError, KEEP_COMMITS};
 use crate::dedup::SavedWindow;
 use crate::ledger::SiteState;
 
@@ -26,8 +26,9 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE TABLE IF NOT EXISTS device_types (
     site TEXT NOT NULL, device TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (site, device));
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS unacked (digest INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1), ('messages', 0);
+CREATE TABLE IF NOT EXISTS delivered (digest INTEGER NOT NULL, commit_no INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS delivered_commit ON delivered (commit_no);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1), ('messages', 0), ('commits', 0);
 ";
 
 /// The SQLite store at one path.
@@ -165,14 +166,14 @@ impl Store for SqliteStore {
         loaded.messages = u64::try_from(n).unwrap_or(0);
         let mut st = self
             .conn
-            .prepare("SELECT digest FROM unacked")
+            .prepare("SELECT digest FROM delivered")
             .map_err(|e| self.db(e))?;
         let rows = st
             .query_map([], |r| r.get::<_, i64>(0))
             .map_err(|e| self.db(e))?;
         for row in rows {
             // Stored as the same 64 bits, signed.
-            loaded.unacked.push(row.map_err(|e| self.db(e))? as u64);
+            loaded.delivered.push(row.map_err(|e| self.db(e))? as u64);
         }
         Ok(loaded)
     }
@@ -229,14 +230,25 @@ impl Store for SqliteStore {
             for l in &c.lines {
                 ins.execute(params![l]).map_err(db)?;
             }
-            tx.execute("DELETE FROM unacked", []).map_err(db)?;
-            let mut ins = tx
-                .prepare_cached("INSERT INTO unacked (digest) VALUES (?1)")
+            tx.execute("UPDATE meta SET value = value + 1 WHERE key='commits'", [])
                 .map_err(db)?;
-            for d in &c.unacked {
+            let no: i64 = tx
+                .query_row("SELECT value FROM meta WHERE key='commits'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db)?;
+            let mut ins = tx
+                .prepare_cached("INSERT INTO delivered (digest, commit_no) VALUES (?1, ?2)")
+                .map_err(db)?;
+            for d in &c.delivered {
                 // The same 64 bits, signed (SQLite's integers).
-                ins.execute(params![*d as i64]).map_err(db)?;
+                ins.execute(params![*d as i64, no]).map_err(db)?;
             }
+            tx.execute(
+                "DELETE FROM delivered WHERE commit_no <= ?1",
+                params![no - KEEP_COMMITS as i64],
+            )
+            .map_err(db)?;
             tx.execute(
                 "UPDATE meta SET value = value + ?1 WHERE key='messages'",
                 params![i64::try_from(c.messages).unwrap_or(i64::MAX)],
@@ -319,7 +331,7 @@ mod tests {
             types: vec![(("xa-a".into(), "ups1".into()), "megatec".into())],
             lines: vec!["a".into(), "b".into(), "c".into()],
             messages: 2,
-            unacked: vec![u64::MAX, 5],
+            delivered: vec![u64::MAX, 5],
         };
         s.commit(&c).unwrap();
         s.commit(&Commit {
@@ -334,7 +346,7 @@ mod tests {
         assert_eq!(l.windows, vec![(key, w)]);
         assert_eq!(l.types[&("xa-a".into(), "ups1".into())], "megatec");
         assert_eq!(l.messages, 3);
-        assert_eq!(l.unacked, vec![u64::MAX, 5]);
+        assert_eq!(l.delivered, vec![u64::MAX, 5]);
         let rows = s.outbox_peek(2).unwrap();
         assert_eq!(rows.len(), 2);
         s.outbox_done(rows[1].0).unwrap();

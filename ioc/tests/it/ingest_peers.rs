@@ -281,7 +281,7 @@ impl Ioc {
             .arg("run")
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,wardgate_ioc=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
