@@ -321,3 +321,45 @@ fn two_instances_sharing_a_subscription_take_everything_once() {
         t0.elapsed()
     );
 }
+
+/// `wardgate-ioc check`: 0 with a real broker and VictoriaMetrics, 69 when
+/// the broker does not answer, 78 for a bad config naming the key.
+#[test]
+fn check_probes_the_peers_and_exits_like_the_gateways_check() {
+    let broker = Broker::start();
+    let vm = Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let check = |text: String| {
+        let p = dir.path().join("check.toml");
+        std::fs::write(&p, text).expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate-ioc"))
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .expect("wardgate-ioc check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let store = dir.path().join("s.sqlite");
+    let conf = |port: u16, extra: &str| {
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{extra}[store]\npath = \"{}\"\n[tsdb]\nurl = \"{}\"\n",
+            store.display(),
+            vm.url()
+        )
+    };
+    let (code, out) = check(conf(broker.port, ""));
+    assert_eq!(code, Some(0), "{out}");
+    for line in ["config: ok", "store: ok", "mqtt: ok", "tsdb: ok"] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let closed = super::ingest_peers::free_port();
+    let (code, out) = check(conf(closed, ""));
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("mqtt: NOT USABLE"), "{out}");
+    let (code, out) = check(conf(broker.port, "shared_group = \"a/b\"\n"));
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("mqtt.shared_group"), "{out}");
+}

@@ -151,9 +151,14 @@ impl Vm {
     /// Every series whose name matches the regex `name_re`, after a flush:
     /// labels (with `__name__`) -> timestamps (ms) and values.
     pub fn export(&self, name_re: &str) -> Series {
+        self.export_matching(&format!("{{__name__=~\"{name_re}\"}}"))
+    }
+
+    /// Every series matching a selector (`{__name__=~"…",device="ups1"}`).
+    pub fn export_matching(&self, selector: &str) -> Series {
         let (s, _) = http_get(self.port, "/internal/force_flush").expect("flush");
         assert_eq!(s, 200);
-        let q: String = format!("{{__name__=~\"{name_re}\"}}")
+        let q: String = selector
             .bytes()
             .map(|b| {
                 if b.is_ascii_alphanumeric() {

@@ -1,6 +1,7 @@
 //! Integration tests of wardgate-ioc: one binary, a module per subject.
 
 mod ingest;
+mod ingest_gateway;
 mod ingest_peers;
 mod loadgen;
 mod schemas;
