@@ -25,7 +25,7 @@ fn gateway_bin() -> Option<PathBuf> {
 fn ups1(vm: &Vm) -> Series {
     let mut s = vm.export_matching(r#"{__name__=~"(telemetry|event)_.+",device="ups1"}"#);
     for pts in s.values_mut() {
-        pts.sort_by(|a, b| a.0.cmp(&b.0));
+        pts.sort_by_key(|p| p.0);
     }
     s
 }
