@@ -16,6 +16,7 @@
 //!   (`wardgate-ioc run`): MQTT in, through the pipeline, committed to the
 //!   store (SQLite) and acknowledged, readings to a time-series database.
 
+pub mod backoff;
 pub mod config;
 pub mod dedup;
 pub mod ingest;

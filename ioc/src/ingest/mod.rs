@@ -11,7 +11,6 @@
 //! (the ledger's numbers and the saved windows say so): counted as one,
 //! never as a new reading.
 
-pub mod backoff;
 pub mod batch;
 pub mod check;
 pub mod mqtt;
@@ -205,7 +204,14 @@ impl Ingest {
                 self.generation = generation;
                 tracing::info!(session_present, "MQTT connected");
             }
-            FromBroker::Down(_) => self.commit()?,
+            FromBroker::Down(_) => {
+                // The packet ids of this connection's messages die with it:
+                // commit them, acknowledge none (the broker sends them again
+                // with DUP set on the next connection, and they are
+                // recognised as committed).
+                self.generation = 0;
+                self.commit()?;
+            }
             FromBroker::Publish {
                 generation,
                 publish,

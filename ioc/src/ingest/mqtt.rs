@@ -20,8 +20,8 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::backoff::Backoff;
 use super::IngestError;
+use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 
 /// The largest message read: the gateway sends at most

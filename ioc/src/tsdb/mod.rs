@@ -133,10 +133,8 @@ impl Writer {
     /// Drains the outbox until `stop` turns true; returns on a store error.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), TsdbError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut backoff = crate::ingest::backoff::Backoff::new(
-            Duration::from_millis(500),
-            Duration::from_secs(60),
-        );
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
             if *stop.borrow() {
                 return Ok(());
