@@ -56,48 +56,74 @@ impl Drop for Proc {
     }
 }
 
-/// A real mosquitto.
+/// A real mosquitto, with persistence (a restart keeps the sessions).
 pub struct Broker {
     pub port: u16,
-    _dir: tempfile::TempDir,
-    _p: Proc,
+    dir: tempfile::TempDir,
+    p: Proc,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let mut b = Broker {
+            port: 0,
+            dir: tempfile::tempdir().expect("temp dir"),
+            p: Proc(None),
+        };
         for _ in 0..10 {
-            let port = free_port();
-            let conf = dir.path().join("mosquitto.conf");
-            let text = format!(
-                "per_listener_settings false\nuser root\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type all\nlistener {port} 127.0.0.1\n",
-                dir.path().display()
-            );
-            std::fs::write(&conf, text).expect("mosquitto.conf");
-            let mut child = Command::new("mosquitto")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto (apt-get install mosquitto)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // port taken: try another
-                }
-                if answers(port) {
-                    return Broker {
-                        port,
-                        _dir: dir,
-                        _p: Proc(Some(child)),
-                    };
-                }
-                assert!(Instant::now() < deadline, "mosquitto did not start");
-                pause(Duration::from_millis(30));
+            b.port = free_port();
+            if b.spawn() {
+                return b;
             }
         }
         panic!("mosquitto found no free port");
+    }
+
+    /// Starts mosquitto on `self.port`; false if the port was taken.
+    fn spawn(&mut self) -> bool {
+        let d = self.dir.path().display();
+        let conf = self.dir.path().join("mosquitto.conf");
+        let text = format!(
+            "per_listener_settings false\nuser root\nallow_anonymous true\npersistence true\npersistence_location {d}/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {d}/mosquitto.log\nlog_type all\nlistener {} 127.0.0.1\n",
+            self.port
+        );
+        std::fs::write(&conf, text).expect("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        self.p = Proc(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = self.p.0.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    self.p.0 = None;
+                    return false;
+                }
+            }
+            if answers(self.port) {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            pause(Duration::from_millis(30));
+        }
+    }
+
+    /// A clean stop (SIGTERM: sessions and queues saved), then a start on
+    /// the same port.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.p.0.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "port {} taken", self.port);
+            pause(Duration::from_millis(100));
+        }
     }
 }
 
