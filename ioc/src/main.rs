@@ -39,6 +39,10 @@ enum Command {
     Check {
         #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
         config: PathBuf,
+        /// Validate the config only; probe nothing (the unit's
+        /// ExecCondition).
+        #[arg(long)]
+        config_only: bool,
     },
     /// Contract-valid traffic of many sites with planted duplicates, holes,
     /// resets, backlog and clock corrections. Writes one JSON line per
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => return serve(&config),
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            config_only,
+        } => {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
             };
             let code = rt.block_on(wardgate_ioc::ingest::check::check(
                 &config,
+                config_only,
                 &mut std::io::stdout(),
             ));
             return ExitCode::from(code);

@@ -401,4 +401,13 @@ fn check_probes_the_peers_and_exits_like_the_gateways_check() {
     let (code, out) = check(conf(broker.port, "shared_group = \"a/b\"\n"));
     assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("mqtt.shared_group"), "{out}");
+    // --config-only probes nothing: 0 with the broker's port closed.
+    let p = dir.path().join("only.toml");
+    std::fs::write(&p, conf(closed, "")).expect("config");
+    let only = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate-ioc"))
+        .args(["check", "--config-only", "--config"])
+        .arg(&p)
+        .output()
+        .expect("wardgate-ioc check");
+    assert_eq!(only.status.code(), Some(0));
 }
