@@ -38,6 +38,9 @@ pub struct Batch {
     streams: BTreeSet<StreamKey>,
     new_types: Vec<((String, String), String)>,
     lines: Vec<String>,
+    /// False without a `[tsdb]`: no points are made (nothing would drain
+    /// the outbox).
+    write_points: bool,
     log: RateLog,
 }
 
@@ -51,8 +54,15 @@ impl Batch {
             streams: BTreeSet::new(),
             new_types: Vec::new(),
             lines: Vec::new(),
+            write_points: true,
             log: RateLog::new(Duration::from_secs(60)),
         }
+    }
+
+    /// Makes no time-series points (no `[tsdb]` configured).
+    pub fn without_points(mut self) -> Self {
+        self.write_points = false;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,7 +87,7 @@ impl Batch {
         self.sites.insert(site.clone());
         match c.handle(topic, payload, at_ms) {
             Ok(Some(applied)) => {
-                if let Topic::Data { .. } = parsed {
+                if let (Topic::Data { .. }, true) = (parsed, self.write_points) {
                     // It decoded in `handle`: decode again for the points
                     // (the consumer keeps the message to itself).
                     if let Ok(m) = Message::decode(&parsed, payload) {

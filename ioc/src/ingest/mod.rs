@@ -88,11 +88,11 @@ pub fn restore(
         "ledger restored from the store"
     );
     let delivered = loaded.delivered.into_iter().map(|d| (d, 0)).collect();
-    Ok((
-        ledger,
-        Batch::new(&cfg.mqtt.prefix, loaded.types),
-        delivered,
-    ))
+    let mut batch = Batch::new(&cfg.mqtt.prefix, loaded.types);
+    if cfg.tsdb.is_none() {
+        batch = batch.without_points();
+    }
+    Ok((ledger, batch, delivered))
 }
 
 /// The running ingest.

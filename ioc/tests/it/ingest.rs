@@ -304,6 +304,7 @@ fn broker_restart_mid_stream_then_the_same_counts() {
     }
     ioc.stop();
     assert!(ioc.log().contains("MQTT connection down"));
+    assert_eq!(ioc.committed().2, 0, "no [tsdb]: no points kept");
     eprintln!("broker restart: {:?}", t0.elapsed());
 }
 
