@@ -268,6 +268,34 @@ fn kill9_mid_stream_then_restart_counts_as_an_uninterrupted_run() {
     );
 }
 
+/// The time-series database down while the traffic comes: the ledger
+/// commits and acknowledges all the same (MQTT never waits for it), the
+/// points wait in the store's outbox, and once VictoriaMetrics is up they
+/// are all written, once.
+#[test]
+fn points_wait_in_the_outbox_while_the_database_is_down() {
+    let r = reference(8, 13);
+    let broker = Broker::start();
+    let port = super::ingest_peers::free_port();
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut ioc = Ioc::start(dir.path(), broker.port, "ioc-t", None, Some(&url));
+    publish(broker.port, &r.messages);
+    let lines = (r.samples.0 + r.events.0) as u64;
+    wait_for("every record committed, every point waiting", WAIT, || {
+        let (l, _, w) = ioc.committed();
+        l.fleet_totals() == r.totals && w == lines
+    });
+    let vm = Vm::start_on(port).expect("the database's port is free");
+    wait_for("the outbox drained", WAIT, || ioc.committed().2 == 0);
+    ioc.stop();
+    assert!(ioc.log().contains("tsdb write failed; will retry"));
+    let tel = vm.export("telemetry_seq");
+    let ev = vm.export("event_seq");
+    assert_eq!(counts(&tel), r.samples);
+    assert_eq!(counts(&ev), r.events);
+}
+
 /// The broker restarted between two halves of the traffic (its sessions
 /// persisted): wardgate-ioc loses the connection, reconnects after its
 /// back-off to the session the broker kept (what was published meanwhile

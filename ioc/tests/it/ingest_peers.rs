@@ -136,38 +136,44 @@ pub struct Vm {
 
 impl Vm {
     pub fn start() -> Vm {
-        let dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..10 {
-            let port = free_port();
-            let mut child = Command::new("/usr/bin/victoria-metrics")
-                .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-                .arg(format!(
-                    "-storageDataPath={}",
-                    dir.path().join("data").display()
-                ))
-                .arg("-loggerLevel=ERROR")
-                .arg("-search.disableCache")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("victoria-metrics (apt-get install victoria-metrics)");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if http_get(port, "/health").is_some_and(|(s, _)| s == 200) {
-                    return Vm {
-                        port,
-                        _dir: dir,
-                        _p: Proc(Some(child)),
-                    };
-                }
-                assert!(Instant::now() < deadline, "victoria-metrics did not start");
-                pause(Duration::from_millis(50));
+            if let Some(vm) = Vm::start_on(free_port()) {
+                return vm;
             }
         }
         panic!("victoria-metrics found no free port");
+    }
+
+    /// A VictoriaMetrics on `port`; `None` if the port was taken.
+    pub fn start_on(port: u16) -> Option<Vm> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new("/usr/bin/victoria-metrics")
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.path().join("data").display()
+            ))
+            .arg("-loggerLevel=ERROR")
+            .arg("-search.disableCache")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("victoria-metrics (apt-get install victoria-metrics)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            if http_get(port, "/health").is_some_and(|(s, _)| s == 200) {
+                return Some(Vm {
+                    port,
+                    _dir: dir,
+                    _p: Proc(Some(child)),
+                });
+            }
+            assert!(Instant::now() < deadline, "victoria-metrics did not start");
+            pause(Duration::from_millis(50));
+        }
     }
 
     pub fn url(&self) -> String {
