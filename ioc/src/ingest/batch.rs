@@ -87,9 +87,22 @@ impl Batch {
         self.sites.insert(site.clone());
         match c.handle(topic, payload, at_ms) {
             Ok(Some(applied)) => {
-                if let (Topic::Data { .. }, true) = (parsed, self.write_points) {
-                    // It decoded in `handle`: decode again for the points
-                    // (the consumer keeps the message to itself).
+                let conflicts = applied
+                    .records
+                    .iter()
+                    .filter(|o| matches!(o, RecordOutcome::Conflict))
+                    .count();
+                if conflicts > 0 {
+                    // Counted in the site's `contract_breaks`; the first
+                    // copy is kept.
+                    let key = format!("{site}/conflict");
+                    if let Some(held) = self.log.allow(&key, Instant::now()) {
+                        tracing::warn!(%site, topic, conflicts, held, "a copy with other content than the record received before (contract break): first kept");
+                    }
+                }
+                if let Topic::Data { .. } = parsed {
+                    // It decoded in `handle`: decode again for its stream
+                    // and points (the consumer keeps the message to itself).
                     if let Ok(m) = Message::decode(&parsed, payload) {
                         self.points(&site, &m, &applied.records);
                     }
@@ -132,7 +145,8 @@ impl Batch {
         }
     }
 
-    /// The points of a data message's new readings.
+    /// The stream a data message touched, and the points of its new
+    /// readings.
     fn points(&mut self, site: &str, m: &Message, outcomes: &[RecordOutcome]) {
         let write_ts = |o: &RecordOutcome, ts: i64| match o {
             RecordOutcome::New { corrected_ts, .. }
@@ -143,6 +157,9 @@ impl Batch {
         match m {
             Message::Telemetry(env) => {
                 self.streams.insert(env.stream_key());
+                if !self.write_points {
+                    return;
+                }
                 let ty = if env.device == GATEWAY_DEVICE {
                     GATEWAY_DEVICE.to_owned()
                 } else {
@@ -166,6 +183,9 @@ impl Batch {
             }
             Message::Events(env) => {
                 self.streams.insert(env.stream_key());
+                if !self.write_points {
+                    return;
+                }
                 for (d, o) in env.records.iter().zip(outcomes) {
                     if let Some(ts) = write_ts(o, d.record.ts) {
                         self.lines
@@ -196,5 +216,58 @@ impl Batch {
             messages,
             delivered: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEL: &[u8] = br#"{"site":"xa-a","device":"ups1","epoch":"0000000000000001","samples":[{"historical":false,"seq":0,"ts":5,"clock":"synced","values":{"battery.charge":97.0}}]}"#;
+
+    #[test]
+    fn types_from_the_inventory_points_once_and_everything_counted() {
+        let mut c = Consumer::new("ioc", Ledger::default());
+        let mut b = Batch::new("ioc", BTreeMap::new());
+        // Before any inventory: type "-".
+        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", TEL, 0));
+        let inv = br#"{"site":"xa-a","devices":[{"id":"ups1","type":"megatec"}]}"#;
+        assert!(!b.take(&mut c, "ioc/xa-a/inventory", inv, 0));
+        let tel2 = String::from_utf8_lossy(TEL).replace("\"seq\":0", "\"seq\":1");
+        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", tel2.as_bytes(), 0));
+        // A copy: nothing written. A bad payload and a bad inventory: malformed.
+        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", TEL, 0));
+        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", b"{", 0));
+        assert!(!b.take(&mut c, "ioc/xa-a/inventory", b"[]", 0));
+        // Outside the contract: the caller counts it.
+        assert!(b.take(&mut c, "elsewhere/x", b"{}", 0));
+        let commit = b.drain(&c.ledger, 7);
+        assert_eq!(
+            commit.lines,
+            vec![
+                "telemetry,device=ups1,site=xa-a,type=- battery.charge=97.0,seq=0i 5",
+                "telemetry,device=ups1,site=xa-a,type=megatec battery.charge=97.0,seq=1i 5",
+            ]
+        );
+        assert_eq!(
+            commit.types,
+            vec![(("xa-a".into(), "ups1".into()), "megatec".into())]
+        );
+        assert_eq!(commit.sites.len(), 1);
+        assert_eq!(commit.windows.len(), 1);
+        let t = c.ledger.totals("xa-a").unwrap();
+        assert_eq!((t.received, t.duplicates, t.malformed), (2, 1, 2));
+        assert!(b.is_empty());
+        // Without [tsdb]: no points.
+        let mut b = Batch::new("ioc", BTreeMap::new()).without_points();
+        let tel3 = String::from_utf8_lossy(TEL).replace("\"seq\":0", "\"seq\":2");
+        b.take(&mut c, "ioc/xa-a/ups1/telemetry", tel3.as_bytes(), 0);
+        let commit = b.drain(&c.ledger, 1);
+        assert!(commit.lines.is_empty());
+        assert_eq!(
+            commit.windows.len(),
+            1,
+            "the stream's window is saved all the same"
+        );
     }
 }
