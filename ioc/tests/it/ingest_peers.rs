@@ -155,6 +155,9 @@ impl Vm {
             ))
             .arg("-loggerLevel=ERROR")
             .arg("-search.disableCache")
+            // The load generator's readings are dated late 2026: without
+            // this they would fall out of the default month's retention.
+            .arg("-retentionPeriod=100y")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
