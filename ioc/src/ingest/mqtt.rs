@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
@@ -149,7 +149,8 @@ pub fn subscribe(client: &AsyncClient, filters: &[String]) -> Result<(), rumqttc
     )
 }
 
-/// Drives the event loop until `stop`; see the module comment.
+/// Drives the event loop until the client's disconnect is written, or
+/// `stop`; see the module comment.
 pub async fn poll(
     mut el: EventLoop,
     client: AsyncClient,
@@ -196,6 +197,9 @@ pub async fn poll(
                 }
                 continue;
             }
+            // The ingest asked to disconnect after its last commit: the
+            // acknowledgements queued before it have been written.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
                 if up_since.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
@@ -204,9 +208,7 @@ pub async fn poll(
                 up_since = None;
                 let wait = backoff.next_wait();
                 tracing::warn!(error = %e, ?wait, "MQTT connection down; reconnecting after the wait");
-                if tx.send(FromBroker::Down(e.to_string())).await.is_err() {
-                    return;
-                }
+                let _ = tx.send(FromBroker::Down(e.to_string())).await;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return,
@@ -214,9 +216,10 @@ pub async fn poll(
                 continue;
             }
         };
-        if tx.send(msg).await.is_err() {
-            return;
-        }
+        // The ingest has stopped: keep polling (its last acknowledgements
+        // and the disconnect are still to be written); what comes now is
+        // not acknowledged and comes again.
+        let _ = tx.send(msg).await;
     }
 }
 

@@ -20,12 +20,15 @@ pub async fn serve(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), Inges
     let cap = cfg.ingest.commit_messages * 2 + 16;
     let (client, el) = rumqttc::AsyncClient::new(opts, cap);
     let (tx, rx) = mpsc::channel(cfg.ingest.commit_messages * 2);
-    let poller = tokio::spawn(mqtt::poll(
+    // The broker side outlives the ingest by a moment: it writes the last
+    // acknowledgements and the disconnect, then ends (or is stopped).
+    let (poll_stop_tx, poll_stop) = watch::channel(false);
+    let mut poller = tokio::spawn(mqtt::poll(
         el,
         client.clone(),
         mqtt::filters(&cfg.mqtt),
         tx,
-        stop.clone(),
+        poll_stop,
     ));
     let wake = Arc::new(Notify::new());
     let writer = match &cfg.tsdb {
@@ -53,13 +56,18 @@ pub async fn serve(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), Inges
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = client.try_disconnect();
     if res.is_err() {
-        // Stopped by an error, not by `stop`: the other tasks do not know.
-        poller.abort();
+        // Stopped by an error, not by `stop`: the writer does not know.
         if let Some(w) = &writer {
             w.abort();
         }
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), poller).await;
+    if tokio::time::timeout(std::time::Duration::from_secs(3), &mut poller)
+        .await
+        .is_err()
+    {
+        let _ = poll_stop_tx.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), poller).await;
+    }
     if let Some(w) = writer {
         match tokio::time::timeout(std::time::Duration::from_secs(5), w).await {
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "tsdb writer"),

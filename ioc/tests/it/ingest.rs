@@ -177,6 +177,18 @@ fn readings_land_once_with_the_gateways_tags() {
     assert_eq!(counts(&vm.export("telemetry_seq")), r.samples);
     assert_eq!(counts(&vm.export("event_seq")), r.events);
     ioc.stop();
+    // A clean stop wrote every acknowledgement: after a restart nothing
+    // comes again.
+    ioc.restart();
+    pause(Duration::from_secs(1));
+    ioc.stop();
+    let log = ioc.log();
+    let last = log
+        .lines()
+        .filter(|l| l.contains("ingest stopped"))
+        .next_back()
+        .unwrap_or_default();
+    assert!(last.contains("messages=0"), "{last}");
     eprintln!("readings_land_once: {:?}", t0.elapsed());
 }
 
