@@ -185,8 +185,7 @@ fn readings_land_once_with_the_gateways_tags() {
     let log = ioc.log();
     let last = log
         .lines()
-        .filter(|l| l.contains("ingest stopped"))
-        .next_back()
+        .rfind(|l| l.contains("ingest stopped"))
         .unwrap_or_default();
     assert!(last.contains("messages=0"), "{last}");
     eprintln!("readings_land_once: {:?}", t0.elapsed());
