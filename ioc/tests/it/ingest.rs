@@ -451,3 +451,32 @@ fn check_probes_the_peers_and_exits_like_the_gateways_check() {
         .expect("wardgate-ioc check");
     assert_eq!(only.status.code(), Some(0));
 }
+
+/// Throughput, by hand: `cargo test -p wardgate-ioc --release --test it
+/// ingest::throughput -- --ignored --nocapture`. Publishes the load
+/// generator's traffic of 300 sites first (queued in the session while
+/// wardgate-ioc is stopped), then starts it and times the drain.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn throughput() {
+    let r = reference(300, 21);
+    let broker = Broker::start();
+    let vm = Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut ioc = Ioc::start(dir.path(), broker.port, "ioc-bench", None, Some(&vm.url()));
+    ioc.stop();
+    publish(broker.port, &r.messages);
+    let t0 = Instant::now();
+    ioc.restart();
+    wait_all_in(&[&ioc.store], r.records);
+    let took = t0.elapsed();
+    ioc.stop();
+    eprintln!(
+        "throughput: {} messages, {} records, {} points in {took:?}: {:.0} messages/s, {:.0} records/s",
+        r.messages.len(),
+        r.records,
+        r.samples.0 + r.events.0,
+        r.messages.len() as f64 / took.as_secs_f64(),
+        r.records as f64 / took.as_secs_f64()
+    );
+}
