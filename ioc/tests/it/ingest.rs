@@ -480,3 +480,130 @@ fn throughput() {
         r.records as f64 / took.as_secs_f64()
     );
 }
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let st = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// TLS with a test CA and a password, through `check` (the same
+/// connection options as `run`): connected and subscribed; a wrong
+/// password or no CA for the broker's certificate is NOT USABLE (69).
+#[test]
+fn check_over_tls_with_a_password() {
+    let certs = tempfile::tempdir().expect("dir");
+    let d = certs.path();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=ioc test CA",
+            "-days",
+            "2",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        d,
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("ext");
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+        d,
+    );
+    let pw = d.join("passwd");
+    let st = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args(["ioc-ingest", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(st.success());
+    let broker = Broker::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        pw.display(),
+        d.join("ca.pem").display(),
+        d.join("server.pem").display(),
+        d.join("server.key").display()
+    ));
+    std::fs::write(d.join("good"), "s3cret\n").expect("pw");
+    std::fs::write(d.join("bad"), "wrong\n").expect("pw");
+    let check = |pwfile: &str, ca: &str| {
+        let p = d.join("ioc.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[mqtt]\nhost = \"localhost\"\nport = {}\ntls = true\nca_file = \"{}\"\nusername = \"ioc-ingest\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n",
+                broker.port,
+                d.join(ca).display(),
+                d.join(pwfile).display(),
+                d.join("s.sqlite").display()
+            ),
+        )
+        .expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate-ioc"))
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .expect("check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check("good", "ca.pem");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("mqtt: ok"), "{out}");
+    let (code, out) = check("bad", "ca.pem");
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("mqtt: NOT USABLE"), "{out}");
+    // The server's certificate as the only CA: not a CA, refused.
+    let (code, out) = check("good", "server.pem");
+    assert_eq!(code, Some(69), "{out}");
+}

@@ -60,14 +60,22 @@ impl Drop for Proc {
 pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Lines after the listener's (TLS, passwords).
+    extra: String,
     p: Proc,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with("allow_anonymous true\n")
+    }
+
+    /// `extra`: the listener's settings.
+    pub fn start_with(extra: &str) -> Broker {
         let mut b = Broker {
             port: 0,
             dir: tempfile::tempdir().expect("temp dir"),
+            extra: extra.to_owned(),
             p: Proc(None),
         };
         for _ in 0..10 {
@@ -84,8 +92,8 @@ impl Broker {
         let d = self.dir.path().display();
         let conf = self.dir.path().join("mosquitto.conf");
         let text = format!(
-            "per_listener_settings false\nuser root\nallow_anonymous true\npersistence true\npersistence_location {d}/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {d}/mosquitto.log\nlog_type all\nlistener {} 127.0.0.1\n",
-            self.port
+            "per_listener_settings false\nuser root\npersistence true\npersistence_location {d}/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {d}/mosquitto.log\nlog_type all\nlistener {} 127.0.0.1\n{}",
+            self.port, self.extra
         );
         std::fs::write(&conf, text).expect("mosquitto.conf");
         let child = Command::new("mosquitto")
