@@ -66,6 +66,14 @@ impl Window {
     }
 }
 
+/// One stream's window as a store saves it ([`Dedup::saved`],
+/// [`Dedup::restore_window`]): the digests by arrival and the top number.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedWindow {
+    pub recent: Vec<(u64, Fingerprint)>,
+    pub top: Option<u64>,
+}
+
 /// The windows of every stream.
 #[derive(Debug, Clone)]
 pub struct Dedup {
@@ -112,6 +120,22 @@ impl Dedup {
             .expect("the window was inserted just above");
         w.used = self.tick;
         w
+    }
+
+    /// The window of `stream` to save, if it has one.
+    pub fn saved(&self, stream: &StreamKey) -> Option<SavedWindow> {
+        self.streams.get(stream).map(|w| SavedWindow {
+            recent: w.recent.iter().copied().collect(),
+            top: w.top,
+        })
+    }
+
+    /// Puts back a saved window (its newest `window` digests).
+    pub fn restore_window(&mut self, stream: &StreamKey, saved: SavedWindow) {
+        let w = self.window(stream);
+        let skip = saved.recent.len().saturating_sub(w.size);
+        w.recent = saved.recent.into_iter().skip(skip).collect();
+        w.top = saved.top;
     }
 
     /// How many streams are remembered.

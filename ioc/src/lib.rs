@@ -12,13 +12,19 @@
 //!   duplicates, holes (declared and not), resets, backlog and clock
 //!   corrections, and the list of the undeclared holes it planted.
 //!
-//! Not yet: MQTT ingest, the store (SQLite/PostgreSQL; the ledger's state
-//! is plain serializable structs for it), the web page, metrics.
+//! - [`config`], [`ingest`], [`store`], [`tsdb`]: the running service
+//!   (`wardgate-ioc run`): MQTT in, through the pipeline, committed to the
+//!   store (SQLite) and acknowledged, readings to a time-series database.
 
+pub mod backoff;
+pub mod config;
 pub mod dedup;
 pub mod fleet;
+pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod store;
+pub mod tsdb;
 pub mod web;

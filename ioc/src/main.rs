@@ -1,8 +1,11 @@
-//! `wardgate-ioc`: the operations centre's consumer. For now one
-//! subcommand, `loadgen`, which writes the load generator's traffic or
+//! `wardgate-ioc`: the operations centre's consumer. `run` ingests the
+//! gateways' MQTT traffic (docs/ioc.md, "Running wardgate-ioc"); `check`
+//! validates the config and probes the broker, the store and the
+//! time-series database; `loadgen` writes the load generator's traffic or
 //! checks the ledger against it.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -24,6 +27,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ingest: MQTT in, through de-duplication and the ledger, committed to
+    /// the store, then acknowledged; readings to the time-series database.
+    Run {
+        #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the config and probe the broker, the store and the
+    /// time-series database. Exit 0 usable, 78 bad config, 69 a peer is not
+    /// usable.
+    Check {
+        #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Validate the config only; probe nothing (the unit's
+        /// ExecCondition).
+        #[arg(long)]
+        config_only: bool,
+    },
     /// Contract-valid traffic of many sites with planted duplicates, holes,
     /// resets, backlog and clock corrections. Writes one JSON line per
     /// message (`{"topic":…,"at_ms":…,"payload":…}`), or with --check feeds
@@ -47,7 +67,29 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match cli.command {
+        Command::Run { config } => return serve(&config),
+        Command::Check {
+            config,
+            config_only,
+        } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("wardgate-ioc: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = rt.block_on(wardgate_ioc::ingest::check::check(
+                &config,
+                config_only,
+                &mut std::io::stdout(),
+            ));
+            return ExitCode::from(code);
+        }
+        Command::Loadgen { .. } => {}
+    }
+    match loadgen(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -57,14 +99,83 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<bool> {
+/// Two workers: the ingest and its store commits on one, the broker's
+/// event loop and the time-series writer beside it.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// `run`: exit 0 after a stop signal, 78 on a bad config, 1 on an error
+/// (systemd's Restart=on-failure starts it again from the last commit).
+fn serve(path: &std::path::Path) -> ExitCode {
+    init_logging();
+    let cfg = match wardgate_ioc::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wardgate-ioc: {e}");
+            return ExitCode::from(wardgate_ioc::ingest::check::exit::CONFIG);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wardgate-ioc: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            tracing::info!("stop signal: committing what is pending");
+            let _ = stop_tx.send(true);
+        });
+        wardgate_ioc::ingest::service::serve(cfg, stop).await
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "wardgate-ioc stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn loadgen(cli: Cli) -> anyhow::Result<bool> {
     let Command::Loadgen {
         sites,
         seed,
         steps,
         prefix,
         check,
-    } = cli.command;
+    } = cli.command
+    else {
+        return Ok(false);
+    };
     let cfg = LoadConfig {
         sites,
         seed,

@@ -171,6 +171,12 @@ impl Ledger {
         &self.state
     }
 
+    /// The de-duplication windows (a store saves those of the streams a
+    /// commit touched, `Dedup::saved`).
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
     /// Takes in one decoded message of `site` (the topic's; a data
     /// message's envelope names the same, `Message::decode` checks it)
     /// received at `at_ms` (the consumer's clock, ms since 1970; for the

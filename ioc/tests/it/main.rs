@@ -1,5 +1,8 @@
 //! Integration tests of wardgate-ioc: one binary, a module per subject.
 
 mod fleet_web;
+mod ingest;
+mod ingest_gateway;
+mod ingest_peers;
 mod loadgen;
 mod schemas;
