@@ -24,7 +24,12 @@ Usage:
 
 With several --bin, the builds are measured in turn in each window
 (A B A B ...), on one running bus and broker, so they are compared side by
-side. --guard compares the first build's figures with
+side. --nodered DIR adds Node-RED to the turns, for the same work: DIR
+holds node_modules with node-red and node-red-contrib-modbus 5.23.3 (the
+last release whose dependencies are all on the npm registry); the flow
+(written here) reads the same registers of the same two slaves every
+second, one request per block as wardgate does, and publishes one JSON
+message per device and second to the same broker with QoS 1. --guard compares the first build's figures with
 scripts/lib/idle-limits.json and exits 1 when RSS or wake-ups/s are past
 their limit (CPU and wall time are printed, never judged: at a fraction of a
 percent of a core they vary from run to run more than any change does).
@@ -253,6 +258,79 @@ class Gateway:
             self.proc.kill()
 
 
+def nodered_flow(peers):
+    """The flow: a serial client on the bus, a read node per register
+    block, a function per device that turns registers into values, one
+    MQTT publish per device and second."""
+    blocks = [("room", 1, 1, 2)] + [
+        ("meter", 2, adr, qty)
+        for adr, qty in [(0, 2), (6, 2), (12, 2), (18, 2), (24, 2), (30, 2), (70, 6), (342, 2)]
+    ]
+    room = """const p = msg.payload;
+msg.topic = 'idle/nodered/room/telemetry';
+msg.payload = JSON.stringify({ts: Date.now(), values: {temperature: p[0] / 10, humidity: p[1] / 10}});
+return msg;"""
+    meter = """const v = context.get('v') || {};
+const b = Buffer.alloc(msg.payload.length * 2);
+msg.payload.forEach((r, i) => b.writeUInt16BE(r, i * 2));
+for (let i = 0; i < b.length / 4; i++) v[msg.topic + '.' + i] = b.readFloatBE(i * 4);
+context.set('v', v);
+if (msg.topic !== 'meter342') return null;
+msg.topic = 'idle/nodered/meter/telemetry';
+msg.payload = JSON.stringify({ts: Date.now(), values: v});
+return msg;"""
+    nodes = [
+        {"id": "tab", "type": "tab", "label": "idle"},
+        {"id": "broker", "type": "mqtt-broker", "broker": "127.0.0.1", "port": str(peers.mqtt_port),
+         "clientid": "nodered-idle", "protocolVersion": "4", "keepalive": "60", "cleansession": True},
+        {"id": "bus", "type": "modbus-client", "clienttype": "simpleser", "bufferCommands": True,
+         "serialPort": peers.bus, "serialType": "RTU-BUFFERD", "serialBaudrate": 9600, "serialDatabits": 8,
+         "serialStopbits": 1, "serialParity": "none", "serialConnectionDelay": 100, "unit_id": 1,
+         "commandDelay": 20, "clientTimeout": 1000, "reconnectOnTimeout": True, "reconnectTimeout": 2000,
+         "parallelUnitIdsAllowed": False, "stateLogEnabled": False, "queueLogEnabled": False,
+         "failureLogEnabled": True, "tcpHost": "127.0.0.1", "tcpPort": 502, "tcpType": "DEFAULT"},
+        {"id": "f-room", "type": "function", "z": "tab", "func": room, "outputs": 1, "wires": [["out"]]},
+        {"id": "f-meter", "type": "function", "z": "tab", "func": meter, "outputs": 1, "wires": [["out"]]},
+        {"id": "out", "type": "mqtt out", "z": "tab", "broker": "broker", "qos": "1", "retain": "false",
+         "topic": "", "wires": []},
+    ]
+    for i, (dev, unit, adr, qty) in enumerate(blocks):
+        nodes.append({"id": f"r{i}", "type": "modbus-read", "z": "tab", "topic": f"{dev}{adr}",
+                      "unitid": str(unit), "dataType": "InputRegister", "adr": str(adr),
+                      "quantity": str(qty), "rate": "1", "rateUnit": "s", "delayOnStart": False,
+                      "server": "bus", "showStatusActivities": False, "showErrors": True,
+                      "wires": [[f"f-{dev}"], []]})
+    return nodes
+
+
+class NodeRed:
+    """Node-RED with the flow above, measured like a gateway."""
+
+    def __init__(self, home, tmp, peers):
+        self.binary = "node-red"
+        home = os.path.abspath(home)
+        self.dir = os.path.join(tmp, "nodered")
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "flows.json"), "w") as f:
+            json.dump(nodered_flow(peers), f)
+        self.log = open(os.path.join(self.dir, "log"), "w")
+        red = os.path.join(home, "node_modules", "node-red", "red.js")
+        self.proc = subprocess.Popen(["node", red, "--userDir", self.dir, "--port", str(free_port()),
+                                      "flows.json"], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, NODE_PATH=os.path.join(home, "node_modules")),
+                                     cwd=home)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def window(gw, peers, seconds):
     """One measuring window over one running gateway."""
     pid = gw.proc.pid
@@ -311,6 +389,10 @@ def show(label, w, maps=False):
             print(f"      {rss:7d} KiB resident ({anon:6d} anonymous)  {name}")
 
 
+def label(b):
+    return b if b == "node-red" else os.path.relpath(b, ROOT)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="length of a window (default 60)")
@@ -318,6 +400,7 @@ def main():
     ap.add_argument("--windows", type=int, default=1, help="windows per build (default 1)")
     ap.add_argument("--bin", action="append", help="a wardgate binary (default target/release/wardgate)")
     ap.add_argument("--guard", action="store_true", help="exit 1 past scripts/lib/idle-limits.json")
+    ap.add_argument("--nodered", metavar="DIR", help="also measure Node-RED from DIR/node_modules")
     ap.add_argument("--maps", action="store_true", help="print the resident set by mapping")
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()
@@ -330,21 +413,22 @@ def main():
             sys.exit(f"idle bench: {tool} is needed")
     tmp = tempfile.mkdtemp(prefix="wardgate-idle-")
     peers = Peers(tmp)
-    results = {b: [] for b in bins}
+    runs = list(bins) + (["node-red"] if a.nodered else [])
+    results = {b: [] for b in runs}
     try:
         print(f"idle bench: 2 Modbus RTU devices polled every 1 s, QoS 1 to mosquitto; "
               f"warm-up {a.warmup:.0f} s, {a.windows} window(s) of {a.seconds:.0f} s per build")
         for k in range(a.windows):
-            for n, b in enumerate(bins):
+            for n, b in enumerate(runs):
                 # The builds take turns on the one bus: one gateway at a time.
-                gw = Gateway(b, tmp, n, peers)
+                gw = NodeRed(a.nodered, tmp, peers) if b == "node-red" else Gateway(b, tmp, n, peers)
                 time.sleep(a.warmup)
                 if not gw.alive():
                     sys.exit(f"idle bench: {b} exited; its log: {gw.dir}/log")
                 w = window(gw, peers, a.seconds)
                 gw.stop()
                 results[b].append(w)
-                show(f"{os.path.relpath(b, ROOT)} window {k + 1}", w, a.maps)
+                show(f"{label(b)} window {k + 1}", w, a.maps)
     finally:
         peers.stop()
     print("idle bench: medians")
@@ -353,7 +437,7 @@ def main():
         m = {key: statistics.median(w[key] for w in ws)
              for key in ("rss_kib", "cpu_s_per_1000", "cpu_pct", "wakeups_per_s", "msgs_per_s")}
         summary[b] = m
-        print(f"  {os.path.relpath(b, ROOT)}: RSS {m['rss_kib'] / 1024:.2f} MiB, "
+        print(f"  {label(b)}: RSS {m['rss_kib'] / 1024:.2f} MiB, "
               f"{m['cpu_s_per_1000']:.3f} CPU s per 1,000 messages ({m['cpu_pct']:.2f} % of a core), "
               f"{m['wakeups_per_s']:.1f} wake-ups/s, {m['msgs_per_s']:.2f} messages/s")
     if a.json:
