@@ -304,6 +304,16 @@ fn pages_and_metrics_from_the_running_service_survive_kill9() {
         let known = metric(&m, "wardgate_ioc_messages_redelivered_total");
         again.is_some() && again == known
     });
+    // `check` beside the running service: its pages' address is taken,
+    // by the service itself (its /healthz answers): usable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate-ioc"))
+        .args(["check", "--config"])
+        .arg(&ioc.config)
+        .output()
+        .expect("wardgate-ioc check");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("in use by a running wardgate-ioc"), "{said}");
     ioc.stop();
     eprintln!(
         "ingest_web: {} messages, {:?}",
