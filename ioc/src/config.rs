@@ -4,6 +4,7 @@
 //! [`RawConfig::validate`] into a [`Config`] whose values are known good.
 //! Every message names the key. `config/ioc.example.toml` documents each key.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ pub struct RawConfig {
     pub tsdb: Option<RawTsdb>,
     #[serde(default)]
     pub ingest: RawIngest,
+    #[serde(default)]
+    pub web: RawWeb,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +115,22 @@ pub struct RawIngest {
     pub from_zero: bool,
 }
 
+/// `[web]`: the fleet pages and `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    #[serde(default = "default_web_listen")]
+    pub listen: String,
+}
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        RawWeb {
+            listen: default_web_listen(),
+        }
+    }
+}
+
 impl Default for RawIngest {
     fn default() -> Self {
         RawIngest {
@@ -146,6 +165,12 @@ fn default_commit_messages() -> usize {
 fn default_from_zero() -> bool {
     true
 }
+/// Loopback: the pages and `/metrics` have no login (docs/ioc.md,
+/// "Running wardgate-ioc"); another host reaches them only when the
+/// operator says so.
+fn default_web_listen() -> String {
+    "127.0.0.1:8090".into()
+}
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -154,6 +179,8 @@ pub struct Config {
     pub store_path: PathBuf,
     pub tsdb: Option<TsdbConfig>,
     pub ingest: IngestConfig,
+    /// Where the fleet pages and `/metrics` are served (`web.listen`).
+    pub web_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +275,18 @@ impl RawConfig {
         if !(1..=10_000).contains(&i.commit_messages) {
             return Err(invalid("ingest.commit_messages", "must be 1-10000"));
         }
+        let web_listen: SocketAddr = self.web.listen.parse().map_err(|_| {
+            invalid(
+                "web.listen",
+                format!(
+                    "{:?} is not an address and port (127.0.0.1:8090, 0.0.0.0:8090, [::]:8090)",
+                    self.web.listen
+                ),
+            )
+        })?;
+        if web_listen.port() == 0 {
+            return Err(invalid("web.listen", "the port must be 1-65535"));
+        }
         Ok(Config {
             mqtt,
             store_path: self.store.path,
@@ -257,6 +296,7 @@ impl RawConfig {
                 commit_messages: i.commit_messages,
                 from_zero: i.from_zero,
             },
+            web_listen,
         })
     }
 }
@@ -418,6 +458,7 @@ path = "/var/lib/wardgate-ioc/ioc.sqlite"
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.mqtt.prefix, "ioc");
         assert!(c.tsdb.is_none());
+        assert_eq!(c.web_listen.to_string(), "127.0.0.1:8090");
         let example = include_str!("../../config/ioc.example.toml");
         let c = parse(example).unwrap().validate().unwrap();
         let t = c.tsdb.unwrap();
@@ -453,6 +494,18 @@ path = "/var/lib/wardgate-ioc/ioc.sqlite"
             (
                 "[mqtt]\nhost=\"h\"\n[store]\npath=\"/x\"\n[ingest]\ncommit_messages=0",
                 "ingest.commit_messages",
+            ),
+            (
+                "[mqtt]\nhost=\"h\"\n[store]\npath=\"/x\"\n[web]\nlisten=\"localhost:80\"",
+                "web.listen",
+            ),
+            (
+                "[mqtt]\nhost=\"h\"\n[store]\npath=\"/x\"\n[web]\nlisten=\"0.0.0.0:0\"",
+                "web.listen",
+            ),
+            (
+                "[mqtt]\nhost=\"h\"\n[store]\npath=\"/x\"\n[web]\nlissten=\"0.0.0.0:1\"",
+                "lissten",
             ),
         ];
         for (text, key) in cases {

@@ -12,9 +12,14 @@
 //!   duplicates, holes (declared and not), resets, backlog and clock
 //!   corrections, and the list of the undeclared holes it planted.
 //!
+//! - [`fleet`], [`web`], [`metrics`]: the fleet view (a state machine per
+//!   site), its pages and `/metrics`.
+//!
 //! - [`config`], [`ingest`], [`store`], [`tsdb`]: the running service
-//!   (`wardgate-ioc run`): MQTT in, through the pipeline, committed to the
-//!   store (SQLite) and acknowledged, readings to a time-series database.
+//!   (`wardgate-ioc run`): MQTT in, through the pipeline and the fleet view
+//!   (one decode), committed to the store (SQLite) and acknowledged,
+//!   readings to a time-series database, the pages and `/metrics` served
+//!   from the same ledger and fleet view.
 
 pub mod backoff;
 pub mod config;

@@ -1,7 +1,8 @@
 //! `wardgate-ioc`: the operations centre's consumer. `run` ingests the
-//! gateways' MQTT traffic (docs/ioc.md, "Running wardgate-ioc"); `check`
-//! validates the config and probes the broker, the store and the
-//! time-series database; `loadgen` writes the load generator's traffic or
+//! gateways' MQTT traffic and serves the fleet pages and `/metrics`
+//! (docs/ioc.md, "Running wardgate-ioc"); `check` validates the config and
+//! probes the broker, the store, the time-series database and the pages'
+//! address; `loadgen` writes the load generator's traffic or
 //! checks the ledger against it.
 
 use std::io::Write;
@@ -27,15 +28,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Ingest: MQTT in, through de-duplication and the ledger, committed to
-    /// the store, then acknowledged; readings to the time-series database.
+    /// Ingest: MQTT in, through de-duplication, the ledger and the fleet
+    /// view, committed to the store, then acknowledged; readings to the
+    /// time-series database; the fleet pages and /metrics on web.listen.
     Run {
         #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Validate the config and probe the broker, the store and the
-    /// time-series database. Exit 0 usable, 78 bad config, 69 a peer is not
-    /// usable.
+    /// Validate the config and probe the broker, the store, the
+    /// time-series database and the pages' address. Exit 0 usable, 78 bad
+    /// config, 69 a peer is not usable.
     Check {
         #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
         config: PathBuf,
@@ -100,7 +102,7 @@ fn main() -> ExitCode {
 }
 
 /// Two workers: the ingest and its store commits on one, the broker's
-/// event loop and the time-series writer beside it.
+/// event loop, the time-series writer and the pages beside it.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

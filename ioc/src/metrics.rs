@@ -3,10 +3,13 @@
 //! a thing (no UPS, no gateway telemetry yet) has no series for it, rather
 //! than a 0 that would read as "on mains" or "nothing waiting".
 //! docs/ioc.md, "Metrics and alerts", lists them with the alert rules
-//! (ioc/rules/wardgate.rules.yml) built on them.
+//! (ioc/rules/wardgate.rules.yml) built on them. `wardgate-ioc run` adds
+//! its own counts ([`ServiceCounts`], [`render_service`]).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::fleet::{Fleet, Site};
 use crate::ledger::{Ledger, SiteTotals};
@@ -210,6 +213,80 @@ pub fn render(fleet: &Fleet, ledger: &Ledger, now_ms: i64) -> String {
     out
 }
 
+/// The running service's own counts (since the process started): written
+/// by the ingest and the time-series writer, read by `/metrics` and the
+/// logs. Plain atomics: nobody waits for anybody.
+#[derive(Debug, Default)]
+pub struct ServiceCounts {
+    /// Messages received from the broker.
+    pub received: AtomicU64,
+    /// Messages in a batch the store committed.
+    pub committed: AtomicU64,
+    /// Messages acknowledged to the broker after their commit.
+    pub acknowledged: AtomicU64,
+    /// Committed but not acknowledged: the connection they came on is gone
+    /// (the broker sends them again).
+    pub not_acknowledged: AtomicU64,
+    /// Copies the broker sent again of messages committed before.
+    pub redelivered: AtomicU64,
+    /// Payloads (inventories included) outside the contract.
+    pub malformed: AtomicU64,
+    /// Messages on topics outside the contract.
+    pub foreign: AtomicU64,
+    /// Store commits.
+    pub commits: AtomicU64,
+    /// Points of new readings put into the outbox.
+    pub points_queued: AtomicU64,
+    /// Points the time-series database accepted.
+    pub points_written: AtomicU64,
+    /// Points of failed writes kept for another try (one count a try).
+    pub points_retried: AtomicU64,
+    /// Points of batches the database refused (4xx), set aside.
+    pub points_set_aside: AtomicU64,
+    /// Points waiting in the outbox now.
+    pub outbox: AtomicU64,
+}
+
+impl ServiceCounts {
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Lowers the outbox gauge by `n`, never below 0.
+    pub fn outbox_down(&self, n: u64) {
+        let _ = self
+            .outbox
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+}
+
+type CountOf = fn(&ServiceCounts) -> &AtomicU64;
+
+const SERVICE_FAMILIES: &[(&str, &str, &str, CountOf)] = &[
+    ("wardgate_ioc_messages_received_total", "counter", "Messages received from the broker since the start.", |c| &c.received),
+    ("wardgate_ioc_messages_committed_total", "counter", "Messages in batches the store committed.", |c| &c.committed),
+    ("wardgate_ioc_messages_acknowledged_total", "counter", "Messages acknowledged to the broker (after their commit).", |c| &c.acknowledged),
+    ("wardgate_ioc_messages_not_acknowledged_total", "counter", "Committed messages not acknowledged (their connection was gone): the broker sends them again.", |c| &c.not_acknowledged),
+    ("wardgate_ioc_messages_redelivered_total", "counter", "Copies the broker sent again of messages committed before: acknowledged, not applied again.", |c| &c.redelivered),
+    ("wardgate_ioc_messages_malformed_total", "counter", "Payloads outside the contract (inventories included), all sites.", |c| &c.malformed),
+    ("wardgate_ioc_messages_foreign_total", "counter", "Messages on topics outside the contract.", |c| &c.foreign),
+    ("wardgate_ioc_commits_total", "counter", "Store commits.", |c| &c.commits),
+    ("wardgate_ioc_tsdb_points_queued_total", "counter", "Points of new readings put into the outbox.", |c| &c.points_queued),
+    ("wardgate_ioc_tsdb_points_written_total", "counter", "Points the time-series database accepted.", |c| &c.points_written),
+    ("wardgate_ioc_tsdb_points_retried_total", "counter", "Points of failed writes kept for another try (counted at each try).", |c| &c.points_retried),
+    ("wardgate_ioc_tsdb_points_set_aside_total", "counter", "Points of batches the time-series database refused (4xx): set aside, not written.", |c| &c.points_set_aside),
+    ("wardgate_ioc_tsdb_outbox_points", "gauge", "Points waiting in the outbox for the time-series database.", |c| &c.outbox),
+];
+
+/// Appends the service's own counts (no `site` label).
+pub fn render_service(out: &mut String, c: &ServiceCounts) {
+    for (name, kind, help, count) in SERVICE_FAMILIES {
+        head(out, name, kind, help);
+        let _ = writeln!(out, "{name} {}", count(c).load(Relaxed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +346,31 @@ mod tests {
             scrape.docs.get("wardgate_site_online").map(String::as_str),
             Some("1 when the site's gateway is online (its retained status), 0 when offline.")
         );
+    }
+
+    #[test]
+    fn service_counts_parse_without_a_site_label() {
+        let c = ServiceCounts::default();
+        ServiceCounts::add(&c.received, 7);
+        ServiceCounts::add(&c.outbox, 2);
+        c.outbox_down(5);
+        let mut text = String::new();
+        render_service(&mut text, &c);
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let value = |name: &str| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name)
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        assert_eq!(value("wardgate_ioc_messages_received_total"), Some(7.0));
+        assert_eq!(value("wardgate_ioc_tsdb_outbox_points"), Some(0.0));
+        assert_eq!(scrape.samples.len(), SERVICE_FAMILIES.len());
     }
 
     #[test]

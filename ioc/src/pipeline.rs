@@ -1,6 +1,9 @@
 //! One message from the broker through the consumer: the topic parsed
 //! (`Topic::parse`), the payload decoded and checked against it
-//! (`Message::decode`), then de-duplication and the ledger.
+//! (`Message::decode`), then de-duplication and the ledger. [`consume`]
+//! is the one decode path: [`Consumer`] (the ledger alone) and
+//! [`crate::fleet::Monitor`] (the ledger and the fleet view, what `run`
+//! feeds) both call it, and hand back what it decoded.
 
 use wardgate_contract::{DecodeError, Message, Topic, TopicError};
 
@@ -22,6 +25,61 @@ pub enum ConsumeError {
     },
 }
 
+/// What one message was, decoded once.
+#[derive(Debug)]
+pub enum Handled<'t> {
+    /// Telemetry, events or a status: decoded, and what the ledger made
+    /// of its records (`applied.records`, in the message's order).
+    Message {
+        topic: Topic<'t>,
+        message: Message,
+        applied: Applied,
+    },
+    /// A topic of the contract the ledger does not follow (inventory,
+    /// command requests and replies): its payload is not decoded here.
+    Untyped(Topic<'t>),
+}
+
+impl<'t> Handled<'t> {
+    /// The topic's site.
+    pub fn site(&self) -> &'t str {
+        match self {
+            Handled::Message { topic, .. } | Handled::Untyped(topic) => topic.site(),
+        }
+    }
+}
+
+/// Parses `topic` under `prefix`, decodes `payload` and gives a message of
+/// the ledger's to `ledger`, received at `at_ms`. A payload outside the
+/// contract is counted as malformed for the topic's site.
+pub fn consume<'t>(
+    prefix: &str,
+    ledger: &mut Ledger,
+    topic: &'t str,
+    payload: &[u8],
+    at_ms: i64,
+) -> Result<Handled<'t>, ConsumeError> {
+    let t = Topic::parse(prefix, topic)?;
+    match Message::decode(&t, payload) {
+        Ok(message) => {
+            let applied = ledger.apply(t.site(), &message, at_ms);
+            Ok(Handled::Message {
+                topic: t,
+                message,
+                applied,
+            })
+        }
+        Err(DecodeError::Untyped(_)) => Ok(Handled::Untyped(t)),
+        Err(source) => {
+            ledger.malformed(t.site());
+            Err(ConsumeError::Decode {
+                site: t.site().to_owned(),
+                source,
+            })
+        }
+    }
+}
+
 /// The consumer: a topic prefix and the ledger it feeds.
 #[derive(Debug, Clone)]
 pub struct Consumer {
@@ -37,26 +95,14 @@ impl Consumer {
         }
     }
 
-    /// Takes one message received at `at_ms`. `Ok(None)`: a topic of the
-    /// contract the ledger does not follow (inventory, commands).
-    pub fn handle(
+    /// Takes one message received at `at_ms` ([`consume`]).
+    pub fn handle<'t>(
         &mut self,
-        topic: &str,
+        topic: &'t str,
         payload: &[u8],
         at_ms: i64,
-    ) -> Result<Option<Applied>, ConsumeError> {
-        let t = Topic::parse(&self.prefix, topic)?;
-        match Message::decode(&t, payload) {
-            Ok(m) => Ok(Some(self.ledger.apply(t.site(), &m, at_ms))),
-            Err(DecodeError::Untyped(_)) => Ok(None),
-            Err(source) => {
-                self.ledger.malformed(t.site());
-                Err(ConsumeError::Decode {
-                    site: t.site().to_owned(),
-                    source,
-                })
-            }
-        }
+    ) -> Result<Handled<'t>, ConsumeError> {
+        consume(&self.prefix, &mut self.ledger, topic, payload, at_ms)
     }
 }
 
@@ -82,6 +128,9 @@ mod tests {
             assert!(err.contains(says), "{topic}: {err}");
         }
         assert_eq!(c.ledger.totals("xa-a").unwrap().malformed, 3);
-        assert!(c.handle("ioc/xa-a/inventory", b"{}", 0).unwrap().is_none());
+        assert!(matches!(
+            c.handle("ioc/xa-a/inventory", b"{}", 0).unwrap(),
+            Handled::Untyped(Topic::Inventory { site: "xa-a" })
+        ));
     }
 }

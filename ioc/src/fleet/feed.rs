@@ -1,13 +1,13 @@
-//! One message from the broker into both views: decoded once, then given
-//! to the ledger and to the fleet view. What `pipeline::Consumer::handle`
-//! does for the ledger, plus the fleet and the inventory; ingest calls
-//! [`Monitor::handle`] for every message it receives.
+//! One message from the broker into both views: decoded once
+//! ([`crate::pipeline::consume`], the ledger's path), then the decoded
+//! message, or the inventory, given to the fleet view. `wardgate-ioc run`
+//! calls [`Monitor::handle`] for every message it receives.
 
-use wardgate_contract::{DecodeError, Message, Topic};
+use wardgate_contract::Topic;
 
 use super::{Fleet, FleetError};
 use crate::ledger::Ledger;
-use crate::pipeline::ConsumeError;
+use crate::pipeline::{consume, ConsumeError, Handled};
 
 /// Why a message went no further.
 #[derive(Debug, thiserror::Error)]
@@ -38,34 +38,27 @@ impl Monitor {
         }
     }
 
-    /// Takes one message received at `at_ms`.
-    pub fn handle(&mut self, topic: &str, payload: &[u8], at_ms: i64) -> Result<(), FeedError> {
-        let t = Topic::parse(&self.prefix, topic).map_err(ConsumeError::from)?;
-        let site = t.site();
-        match Message::decode(&t, payload) {
-            Ok(m) => {
-                self.ledger.apply(site, &m, at_ms);
-                self.fleet.apply(site, &m, at_ms);
-                Ok(())
+    /// Takes one message received at `at_ms`; hands back what it decoded
+    /// (the ingest writes the points of the new readings from it).
+    pub fn handle<'t>(
+        &mut self,
+        topic: &'t str,
+        payload: &[u8],
+        at_ms: i64,
+    ) -> Result<Handled<'t>, FeedError> {
+        let h = consume(&self.prefix, &mut self.ledger, topic, payload, at_ms)?;
+        match &h {
+            Handled::Message { topic, message, .. } => {
+                self.fleet.apply(topic.site(), message, at_ms);
             }
-            Err(DecodeError::Untyped(_)) => match t {
-                Topic::Inventory { .. } => {
-                    let r = self.fleet.inventory(site, payload, at_ms);
-                    if r.is_err() {
-                        self.ledger.malformed(site);
-                    }
-                    Ok(r?)
+            Handled::Untyped(Topic::Inventory { site }) => {
+                if let Err(e) = self.fleet.inventory(site, payload, at_ms) {
+                    self.ledger.malformed(site);
+                    return Err(e.into());
                 }
-                _ => Ok(()),
-            },
-            Err(source) => {
-                self.ledger.malformed(site);
-                Err(ConsumeError::Decode {
-                    site: site.to_owned(),
-                    source,
-                }
-                .into())
             }
+            Handled::Untyped(_) => {}
         }
+        Ok(h)
     }
 }

@@ -46,6 +46,15 @@ pub enum FleetError {
     InventorySite { site: String, named: String },
 }
 
+impl FleetError {
+    /// The site whose message it was.
+    pub fn site(&self) -> &str {
+        match self {
+            FleetError::Inventory { site, .. } | FleetError::InventorySite { site, .. } => site,
+        }
+    }
+}
+
 /// How time turns into state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FleetConfig {
@@ -157,14 +166,17 @@ impl Fleet {
 
     /// Moves what time alone changes: a device of an online site with no
     /// reading for `silent_intervals` of its intervals becomes silent.
-    pub fn tick(&mut self, now_ms: i64) {
+    /// Returns the sites it changed (for the store to save them).
+    pub fn tick(&mut self, now_ms: i64) -> Vec<String> {
         self.now_ms = now_ms;
         let cfg = self.config;
-        for s in self.sites.values_mut() {
+        let mut changed = Vec::new();
+        for (id, s) in self.sites.iter_mut() {
             let Some(p) = s.presence.as_ref().filter(|p| p.value == Presence::Online) else {
                 continue;
             };
             let online_since = p.since_ms;
+            let mut touched = false;
             for d in s.devices.values_mut() {
                 let interval = d.interval_ms.unwrap_or(cfg.default_interval_ms);
                 let limit = interval
@@ -177,11 +189,15 @@ impl Fleet {
                     d.health.as_ref().map(|h| &h.value),
                     None | Some(DeviceHealth::Ok)
                 );
-                if quiet && ok {
-                    Since::set(&mut d.health, DeviceHealth::Silent, now_ms);
+                if quiet && ok && Since::set(&mut d.health, DeviceHealth::Silent, now_ms) {
+                    touched = true;
                 }
             }
+            if touched {
+                changed.push(id.clone());
+            }
         }
+        changed
     }
 
     /// The time of the last tick (0 before any).

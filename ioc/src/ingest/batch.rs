@@ -1,38 +1,36 @@
 //! One batch of messages between two commits: each message through the
-//! pipeline ([`Consumer`]), and what the commit must save: the sites and
-//! streams it touched, device types from inventories, and the
-//! line-protocol points of the new readings.
+//! ledger and the fleet view ([`Monitor::handle`], one decode), and what
+//! the commit must save: the sites and streams it touched, device types
+//! from inventories, and the line-protocol points of the new readings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use wardgate_contract::{Message, StreamKey, Topic, GATEWAY_DEVICE};
 
 use super::ratelog::RateLog;
-use crate::ledger::{Ledger, RecordOutcome};
-use crate::pipeline::{ConsumeError, Consumer};
+use crate::fleet::{FeedError, Monitor};
+use crate::ledger::RecordOutcome;
+use crate::pipeline::{ConsumeError, Handled};
 use crate::store::Commit;
 use crate::tsdb::line;
 
-/// The part of an inventory the ingest reads: each device's `type`, the
-/// time-series `type` tag (docs/influxdb.md).
-#[derive(Deserialize)]
-struct Inventory {
-    devices: Vec<InventoryDevice>,
-}
-
-#[derive(Deserialize)]
-struct InventoryDevice {
-    id: String,
-    #[serde(rename = "type")]
-    kind: String,
+/// What became of one message, for the caller's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Decoded and applied (or a topic of the contract nobody reads).
+    Applied,
+    /// A payload (or inventory) outside the contract: counted as
+    /// malformed for its site, logged here at most once a minute.
+    Malformed,
+    /// A topic outside the contract: nothing to count it under but the
+    /// caller's count; logged here at most once a minute.
+    Foreign,
 }
 
 /// What a batch holds until its commit.
 #[derive(Debug)]
 pub struct Batch {
-    prefix: String,
     types: BTreeMap<(String, String), String>,
     sites: BTreeSet<String>,
     streams: BTreeSet<StreamKey>,
@@ -46,9 +44,8 @@ pub struct Batch {
 
 impl Batch {
     /// A batch knowing the device types saved before.
-    pub fn new(prefix: &str, types: BTreeMap<(String, String), String>) -> Self {
+    pub fn new(types: BTreeMap<(String, String), String>) -> Self {
         Batch {
-            prefix: prefix.to_owned(),
             types,
             sites: BTreeSet::new(),
             streams: BTreeSet::new(),
@@ -69,24 +66,22 @@ impl Batch {
         self.sites.is_empty() && self.new_types.is_empty() && self.lines.is_empty()
     }
 
-    /// Takes one message; returns true when its topic is not the
-    /// contract's (counted by the caller, logged here once a minute).
-    pub fn take(&mut self, c: &mut Consumer, topic: &str, payload: &[u8], at_ms: i64) -> bool {
-        let parsed = match Topic::parse(&self.prefix, topic) {
-            Ok(t) => t,
-            Err(e) => {
-                // Nothing of the contract to count it under: the caller
-                // counts it; logged once a minute.
-                if let Some(held) = self.log.allow("", Instant::now()) {
-                    tracing::warn!(topic, error = %e, held, "message on a topic outside the contract: dropped");
-                }
-                return true;
-            }
-        };
-        let site = parsed.site().to_owned();
-        self.sites.insert(site.clone());
-        match c.handle(topic, payload, at_ms) {
-            Ok(Some(applied)) => {
+    /// Sites changed by something else than a message (a device turned
+    /// silent): saved at the next commit.
+    pub fn touch(&mut self, sites: impl IntoIterator<Item = String>) {
+        self.sites.extend(sites);
+    }
+
+    /// Takes one message through the ledger and the fleet view.
+    pub fn take(&mut self, m: &mut Monitor, topic: &str, payload: &[u8], at_ms: i64) -> Taken {
+        match m.handle(topic, payload, at_ms) {
+            Ok(Handled::Message {
+                topic: t,
+                message,
+                applied,
+            }) => {
+                let site = t.site();
+                self.sites.insert(site.to_owned());
                 let conflicts = applied
                     .records
                     .iter()
@@ -100,47 +95,55 @@ impl Batch {
                         tracing::warn!(%site, topic, conflicts, held, "a copy with other content than the record received before (contract break): first kept");
                     }
                 }
-                if let Topic::Data { .. } = parsed {
-                    // It decoded in `handle`: decode again for its stream
-                    // and points (the consumer keeps the message to itself).
-                    if let Ok(m) = Message::decode(&parsed, payload) {
-                        self.points(&site, &m, &applied.records);
-                    }
-                }
+                self.points(site, &message, &applied.records);
+                Taken::Applied
             }
-            Ok(None) => {
-                if let Topic::Inventory { .. } = parsed {
-                    self.inventory(&mut c.ledger, &site, payload);
+            Ok(Handled::Untyped(t)) => {
+                let site = t.site();
+                self.sites.insert(site.to_owned());
+                if let Topic::Inventory { .. } = t {
+                    self.inventory(m, site);
                 }
+                Taken::Applied
             }
-            Err(ConsumeError::Decode { site, source }) => {
+            Err(FeedError::Consume(ConsumeError::Topic(e))) => {
+                if let Some(held) = self.log.allow("", Instant::now()) {
+                    tracing::warn!(topic, error = %e, held, "message on a topic outside the contract: dropped");
+                }
+                Taken::Foreign
+            }
+            Err(FeedError::Consume(ConsumeError::Decode { site, source })) => {
                 // Counted as malformed in the site's totals (saved with
                 // the site at this batch's commit).
                 if let Some(held) = self.log.allow(&site, Instant::now()) {
                     tracing::warn!(%site, topic, error = %source, held, "payload outside the contract: counted as malformed, not stored");
                 }
+                self.sites.insert(site);
+                Taken::Malformed
             }
-            Err(ConsumeError::Topic(_)) => {}
-        }
-        false
-    }
-
-    fn inventory(&mut self, ledger: &mut Ledger, site: &str, payload: &[u8]) {
-        match serde_json::from_slice::<Inventory>(payload) {
-            Ok(inv) => {
-                for d in inv.devices {
-                    let k = (site.to_owned(), d.id);
-                    if self.types.get(&k) != Some(&d.kind) {
-                        self.types.insert(k.clone(), d.kind.clone());
-                        self.new_types.push((k, d.kind));
-                    }
-                }
-            }
-            Err(e) => {
-                ledger.malformed(site);
-                if let Some(held) = self.log.allow(site, Instant::now()) {
+            Err(FeedError::Fleet(e)) => {
+                let site = e.site().to_owned();
+                if let Some(held) = self.log.allow(&site, Instant::now()) {
                     tracing::warn!(%site, error = %e, held, "inventory outside the contract: counted as malformed");
                 }
+                self.sites.insert(site);
+                Taken::Malformed
+            }
+        }
+    }
+
+    /// The devices' types, as the fleet view read them from the inventory
+    /// just taken: the time-series `type` tag.
+    fn inventory(&mut self, m: &Monitor, site: &str) {
+        let Some(s) = m.fleet.site(site) else {
+            return;
+        };
+        for (id, d) in &s.devices {
+            let Some(kind) = &d.kind else { continue };
+            let k = (site.to_owned(), id.clone());
+            if self.types.get(&k) != Some(kind) {
+                self.types.insert(k.clone(), kind.clone());
+                self.new_types.push((k, kind.clone()));
             }
         }
     }
@@ -198,9 +201,15 @@ impl Batch {
     }
 
     /// What the commit saves; the batch starts empty again.
-    pub fn drain(&mut self, ledger: &Ledger, messages: u64) -> Commit {
+    pub fn drain(&mut self, m: &Monitor, messages: u64) -> Commit {
+        let ledger = &m.ledger;
         let state = ledger.state();
-        let sites = std::mem::take(&mut self.sites)
+        let touched = std::mem::take(&mut self.sites);
+        let fleet = touched
+            .iter()
+            .filter_map(|s| m.fleet.site(s).map(|st| (s.clone(), st.clone())))
+            .collect();
+        let sites = touched
             .into_iter()
             .filter_map(|s| state.sites.get(&s).map(|st| (s, st.clone())))
             .collect();
@@ -210,6 +219,7 @@ impl Batch {
             .collect();
         Commit {
             sites,
+            fleet,
             windows,
             types: std::mem::take(&mut self.new_types),
             lines: std::mem::take(&mut self.lines),
@@ -222,26 +232,39 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::Fleet;
+    use crate::ledger::Ledger;
 
     const TEL: &[u8] = br#"{"site":"xa-a","device":"ups1","epoch":"0000000000000001","samples":[{"historical":false,"seq":0,"ts":5,"clock":"synced","values":{"battery.charge":97.0}}]}"#;
+    const INV: &[u8] = br#"{"site":"xa-a","version":"0.1.0","boot_id":"b","run_id":"r","started":1,"config_hash":"sha256:ab","clock":"synced","devices":[{"id":"ups1","type":"megatec","interval_ms":5000,"values":[],"words":{}}],"sinks":["mqtt"],"commands":{"enabled":false,"allow":[]}}"#;
 
     #[test]
     fn types_from_the_inventory_points_once_and_everything_counted() {
-        let mut c = Consumer::new("ioc", Ledger::default());
-        let mut b = Batch::new("ioc", BTreeMap::new());
+        let mut m = Monitor::new("ioc", Ledger::default(), Fleet::default());
+        let mut b = Batch::new(BTreeMap::new());
         // Before any inventory: type "-".
-        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", TEL, 0));
-        let inv = br#"{"site":"xa-a","devices":[{"id":"ups1","type":"megatec"}]}"#;
-        assert!(!b.take(&mut c, "ioc/xa-a/inventory", inv, 0));
+        assert_eq!(
+            b.take(&mut m, "ioc/xa-a/ups1/telemetry", TEL, 0),
+            Taken::Applied
+        );
+        assert_eq!(b.take(&mut m, "ioc/xa-a/inventory", INV, 0), Taken::Applied);
         let tel2 = String::from_utf8_lossy(TEL).replace("\"seq\":0", "\"seq\":1");
-        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", tel2.as_bytes(), 0));
+        let t2 = b.take(&mut m, "ioc/xa-a/ups1/telemetry", tel2.as_bytes(), 0);
+        assert_eq!(t2, Taken::Applied);
         // A copy: nothing written. A bad payload and a bad inventory: malformed.
-        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", TEL, 0));
-        assert!(!b.take(&mut c, "ioc/xa-a/ups1/telemetry", b"{", 0));
-        assert!(!b.take(&mut c, "ioc/xa-a/inventory", b"[]", 0));
+        assert_eq!(
+            b.take(&mut m, "ioc/xa-a/ups1/telemetry", TEL, 0),
+            Taken::Applied
+        );
+        let bad = b.take(&mut m, "ioc/xa-a/ups1/telemetry", b"{", 0);
+        assert_eq!(bad, Taken::Malformed);
+        assert_eq!(
+            b.take(&mut m, "ioc/xa-a/inventory", b"[]", 0),
+            Taken::Malformed
+        );
         // Outside the contract: the caller counts it.
-        assert!(b.take(&mut c, "elsewhere/x", b"{}", 0));
-        let commit = b.drain(&c.ledger, 7);
+        assert_eq!(b.take(&mut m, "elsewhere/x", b"{}", 0), Taken::Foreign);
+        let commit = b.drain(&m, 7);
         assert_eq!(
             commit.lines,
             vec![
@@ -255,19 +278,26 @@ mod tests {
         );
         assert_eq!(commit.sites.len(), 1);
         assert_eq!(commit.windows.len(), 1);
-        let t = c.ledger.totals("xa-a").unwrap();
+        // The fleet view of the site, saved beside its ledger.
+        assert_eq!(commit.fleet.len(), 1);
+        assert_eq!(commit.fleet[0].1.identity.version.as_deref(), Some("0.1.0"));
+        let t = m.ledger.totals("xa-a").unwrap();
         assert_eq!((t.received, t.duplicates, t.malformed), (2, 1, 2));
         assert!(b.is_empty());
         // Without [tsdb]: no points.
-        let mut b = Batch::new("ioc", BTreeMap::new()).without_points();
+        let mut b = Batch::new(BTreeMap::new()).without_points();
         let tel3 = String::from_utf8_lossy(TEL).replace("\"seq\":0", "\"seq\":2");
-        b.take(&mut c, "ioc/xa-a/ups1/telemetry", tel3.as_bytes(), 0);
-        let commit = b.drain(&c.ledger, 1);
+        b.take(&mut m, "ioc/xa-a/ups1/telemetry", tel3.as_bytes(), 0);
+        let commit = b.drain(&m, 1);
         assert!(commit.lines.is_empty());
         assert_eq!(
             commit.windows.len(),
             1,
             "the stream's window is saved all the same"
         );
+        // A site a tick changed is saved too.
+        b.touch(["xa-a".to_owned()]);
+        assert!(!b.is_empty());
+        assert_eq!(b.drain(&m, 0).fleet.len(), 1);
     }
 }

@@ -1,6 +1,6 @@
 //! `wardgate-ioc check`: the config, then one probe of each peer (the
-//! broker, the store's path, the time-series database), each printed on a
-//! line of its own. Exit codes as the gateway's `wardgate check`
+//! broker, the store's path, the time-series database) and of the pages'
+//! address (`web.listen`), each printed on a line of its own. Exit codes as the gateway's `wardgate check`
 //! (sysexits.h): 0 all usable, 78 the config is not, 69 a peer is not.
 
 use std::io::Write;
@@ -47,6 +47,7 @@ pub async fn check(path: &Path, config_only: bool, out: &mut dyn Write) -> u8 {
         }
     };
     report("store", probe_store(&cfg));
+    report("web", probe_web(&cfg).await);
     report("mqtt", probe_broker(&cfg).await);
     if let Some(t) = &cfg.tsdb {
         let r = crate::tsdb::post(t, String::new())
@@ -75,6 +76,58 @@ fn probe_store(cfg: &Config) -> Result<String, String> {
         loaded.messages,
         waiting
     ))
+}
+
+/// Binds `web.listen` for a moment. Taken by a running wardgate-ioc (its
+/// `/healthz` answers `ok`) is fine: that is the service's own address.
+async fn probe_web(cfg: &Config) -> Result<String, String> {
+    let addr = cfg.web_listen;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            drop(l);
+            Ok(format!("{addr}: can listen (the fleet pages and /metrics)"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if healthz_ok(addr).await {
+                Ok(format!(
+                    "{addr}: in use by a running wardgate-ioc (its /healthz answers)"
+                ))
+            } else {
+                Err(format!("{addr}: {e} (by another program)"))
+            }
+        }
+        Err(e) => Err(format!("{addr}: {e}")),
+    }
+}
+
+/// `GET /healthz` on `addr` (the loopback address for a wildcard one)
+/// answers `ok` within 2 s.
+async fn healthz_ok(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut to = addr;
+    if to.ip().is_unspecified() {
+        to.set_ip(match to {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(to).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: wardgate-ioc\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.take(4096).read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        Some(
+            text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.ends_with("\r\n\r\nok\n"),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Connects once with a client id of its own and a clean session (the

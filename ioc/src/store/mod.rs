@@ -3,9 +3,9 @@
 //! SQLite ([`sqlite::SqliteStore`]).
 //!
 //! One [`Commit`] holds everything a batch of messages changed: the
-//! touched sites' ledger state, the touched streams' de-duplication
-//! windows, device types from inventories, the time-series points of new
-//! readings (the outbox) and the running count of messages. It is written
+//! touched sites' ledger state and fleet-view state, the touched streams'
+//! de-duplication windows, device types from inventories, the time-series
+//! points of new readings (the outbox) and the running count of messages. It is written
 //! in one transaction, and only after it the messages are acknowledged to
 //! the broker: a restart resumes from the last commit, and the broker
 //! redelivers what was not acknowledged.
@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use wardgate_contract::StreamKey;
 
 use crate::dedup::SavedWindow;
+use crate::fleet::Site;
 use crate::ledger::{LedgerState, SiteState};
 
 pub use sqlite::SqliteStore;
@@ -49,6 +50,13 @@ pub enum StoreError {
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     pub state: LedgerState,
+    /// Each site's fleet-view state (online since, alarms, versions…).
+    pub fleet: BTreeMap<String, Site>,
+    /// Fleet-view rows that could not be read (site, why): left out, the
+    /// site's view starts afresh (the retained status and inventory and
+    /// the next readings fill it in). The ledger's rows are not so
+    /// lenient ([`StoreError::Corrupt`]): its counts cannot be rebuilt.
+    pub fleet_unreadable: Vec<(String, String)>,
     pub windows: Vec<(StreamKey, SavedWindow)>,
     /// `(site, device)` -> the device's `type` from the inventory.
     pub types: BTreeMap<(String, String), String>,
@@ -88,6 +96,10 @@ pub fn message_digest(pkid: u16, topic: &str, payload: &[u8]) -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     pub sites: Vec<(String, SiteState)>,
+    /// The fleet-view state of the sites the batch touched (a message, or
+    /// a device turning silent). A store keeping several instances' one
+    /// ledger writes these under the same row lock as the site's ledger.
+    pub fleet: Vec<(String, Site)>,
     pub windows: Vec<(StreamKey, SavedWindow)>,
     pub types: Vec<((String, String), String)>,
     /// Line-protocol lines of the new readings, for the time-series writer.

@@ -3,6 +3,10 @@
 //!
 //! Tables: `sites` (the ledger's `SiteState` of each site as JSON: its
 //! streams' numbers and holes as ranges, what the gateway said),
+//! `fleet_sites` (the fleet view's `Site` of each site as JSON: online
+//! since, alarms, versions, devices; added to schema 1 without a new
+//! version number: an older build ignores the table, a store it made
+//! gets the table on the first open),
 //! `windows` (each stream's de-duplication digests), `device_types`
 //! (from inventories), `outbox` (line-protocol points for the time-series
 //! writer) and `meta` (the count of messages committed, the schema
@@ -15,11 +19,13 @@ use wardgate_contract::{Epoch, Kind, StreamKey};
 
 use super::{Commit, Loaded, OutboxRows, Store, StoreError, KEEP_COMMITS};
 use crate::dedup::SavedWindow;
+use crate::fleet::Site;
 use crate::ledger::SiteState;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sites (site TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_sites (site TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS windows (
     site TEXT NOT NULL, device TEXT NOT NULL, kind INTEGER NOT NULL, epoch TEXT NOT NULL,
     window TEXT NOT NULL, PRIMARY KEY (site, device, kind, epoch));
@@ -82,6 +88,28 @@ impl SqliteStore {
             what,
             why: why.to_string(),
         }
+    }
+
+    /// The fleet view's rows; one that does not read is left out and
+    /// named ([`Loaded::fleet_unreadable`]).
+    fn load_fleet(&self, loaded: &mut Loaded) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT site, state FROM fleet_sites")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.db(e))?;
+        for row in rows {
+            let (site, json) = row.map_err(|e| self.db(e))?;
+            match serde_json::from_str::<Site>(&json) {
+                Ok(s) => {
+                    loaded.fleet.insert(site, s);
+                }
+                Err(e) => loaded.fleet_unreadable.push((site, e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     fn load_windows(&self) -> Result<Vec<(StreamKey, SavedWindow)>, StoreError> {
@@ -157,6 +185,7 @@ impl Store for SqliteStore {
             }
         }
         loaded.windows = self.load_windows()?;
+        self.load_fleet(&mut loaded)?;
         let n: i64 = self
             .conn
             .query_row("SELECT value FROM meta WHERE key='messages'", [], |r| {
@@ -197,6 +226,14 @@ impl Store for SqliteStore {
             for (site, s) in &c.sites {
                 let json =
                     serde_json::to_string(s).map_err(|e| corrupt(format!("site {site}"), e))?;
+                up.execute(params![site, json]).map_err(db)?;
+            }
+            let mut up = tx
+                .prepare_cached("INSERT OR REPLACE INTO fleet_sites (site, state) VALUES (?1, ?2)")
+                .map_err(db)?;
+            for (site, s) in &c.fleet {
+                let json =
+                    serde_json::to_string(s).map_err(|e| corrupt(format!("fleet {site}"), e))?;
                 up.execute(params![site, json]).map_err(db)?;
             }
             let mut up = tx
@@ -325,8 +362,22 @@ mod tests {
             )],
             top: Some(3),
         };
+        let fleet_site = Site {
+            identity: crate::fleet::Identity {
+                version: Some("0.1.0".into()),
+                ..Default::default()
+            },
+            presence: Some(crate::fleet::Since {
+                value: crate::fleet::Presence::Offline {
+                    reason: "lost".into(),
+                },
+                since_ms: 1_700_000_000_000,
+            }),
+            ..Site::default()
+        };
         let c = Commit {
             sites: vec![("xa-a".into(), site.clone())],
+            fleet: vec![("xa-a".into(), fleet_site.clone())],
             windows: vec![(key.clone(), w.clone())],
             types: vec![(("xa-a".into(), "ups1".into()), "megatec".into())],
             lines: vec!["a".into(), "b".into(), "c".into()],
@@ -343,6 +394,7 @@ mod tests {
         let mut s = SqliteStore::open(&p).unwrap();
         let l = s.load().unwrap();
         assert_eq!(l.state.sites["xa-a"], site);
+        assert_eq!(l.fleet["xa-a"], fleet_site);
         assert_eq!(l.windows, vec![(key, w)]);
         assert_eq!(l.types[&("xa-a".into(), "ups1".into())], "megatec");
         assert_eq!(l.messages, 3);
@@ -364,5 +416,17 @@ mod tests {
             .unwrap();
         let e = s.load().unwrap_err().to_string();
         assert!(e.contains("site x"), "{e}");
+        // A fleet-view row that does not read is left out, not an error.
+        s.conn.execute("DELETE FROM sites", []).unwrap();
+        s.conn
+            .execute(
+                "INSERT INTO fleet_sites VALUES ('y', '{\"presence\":7}')",
+                [],
+            )
+            .unwrap();
+        let l = s.load().unwrap();
+        assert!(l.fleet.is_empty());
+        assert_eq!(l.fleet_unreadable.len(), 1);
+        assert_eq!(l.fleet_unreadable[0].0, "y");
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 
 use crate::config::TsdbConfig;
+use crate::metrics::ServiceCounts;
 use crate::store::{Store, StoreError};
 
 /// Why a write failed.
@@ -114,25 +115,19 @@ pub async fn post(cfg: &TsdbConfig, body: String) -> Result<u16, TsdbError> {
         })
 }
 
-/// Counts the writer keeps (for logs; the metrics page reads them later).
-#[derive(Debug, Default)]
-pub struct WriterCounts {
-    pub written: std::sync::atomic::AtomicU64,
-    pub refused: std::sync::atomic::AtomicU64,
-}
-
 /// The outbox drainer: its own store connection, woken after each commit.
 pub struct Writer {
     pub cfg: TsdbConfig,
     pub store: Box<dyn Store>,
     pub wake: Arc<Notify>,
-    pub counts: Arc<WriterCounts>,
+    /// The service's counts: points written, retried, set aside, and the
+    /// outbox gauge (lowered as rows leave it).
+    pub counts: Arc<ServiceCounts>,
 }
 
 impl Writer {
     /// Drains the outbox until `stop` turns true; returns on a store error.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), TsdbError> {
-        use std::sync::atomic::Ordering::Relaxed;
         let mut backoff =
             crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         loop {
@@ -157,15 +152,18 @@ impl Writer {
             match post(&self.cfg, body).await {
                 Ok(_) => {
                     tokio::task::block_in_place(|| self.store.outbox_done(last))?;
-                    self.counts.written.fetch_add(n, Relaxed);
+                    ServiceCounts::add(&self.counts.points_written, n);
+                    self.counts.outbox_down(n);
                     backoff.reset();
                 }
                 Err(TsdbError::Refused { status, body }) => {
                     tracing::error!(points = n, status, %body, "tsdb refused a batch: set aside (points not written)");
                     tokio::task::block_in_place(|| self.store.outbox_done(last))?;
-                    self.counts.refused.fetch_add(n, Relaxed);
+                    ServiceCounts::add(&self.counts.points_set_aside, n);
+                    self.counts.outbox_down(n);
                 }
                 Err(e) => {
+                    ServiceCounts::add(&self.counts.points_retried, n);
                     let wait = backoff.next_wait();
                     tracing::warn!(points = n, error = %e, ?wait, "tsdb write failed; will retry");
                     tokio::select! {

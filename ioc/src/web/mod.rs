@@ -4,9 +4,10 @@
 //! (meta refresh). Vietnamese first, English with `?lang=en`.
 //!
 //! The pages only read: ingest writes the [`Monitor`] inside the
-//! [`SharedView`] (`view.write().handle(topic, payload, at_ms)`), the
-//! handlers take the read lock for as long as one page takes to render
-//! (a few milliseconds for a thousand sites; never across an await).
+//! [`SharedView`] (`view.write().handle(topic, payload, at_ms)`, one
+//! message at a time), the handlers take the read lock for as long as one
+//! page takes to render (a few milliseconds for a thousand sites; never
+//! across an await), so a message waits at most that long.
 
 mod page;
 mod site_page;
@@ -22,6 +23,7 @@ use axum::Router;
 use serde::Deserialize;
 
 use crate::fleet::Monitor;
+use crate::metrics::ServiceCounts;
 
 pub use page::fleet_page;
 pub use site_page::site_page;
@@ -31,6 +33,9 @@ pub struct SharedView {
     monitor: RwLock<Monitor>,
     /// The consumer's clock, ms since 1970 (a fixed one in tests).
     clock: fn() -> i64,
+    /// The running service's own counts, for `/metrics` (none in tests
+    /// of the pages alone).
+    counts: Option<Arc<ServiceCounts>>,
 }
 
 /// The system clock in ms since 1970 (0 if it reads before 1970).
@@ -50,7 +55,14 @@ impl SharedView {
         SharedView {
             monitor: RwLock::new(monitor),
             clock,
+            counts: None,
         }
+    }
+
+    /// `/metrics` also shows the service's own counts.
+    pub fn with_counts(mut self, counts: Arc<ServiceCounts>) -> Self {
+        self.counts = Some(counts);
+        self
     }
 
     /// For the pages. A writer that panicked leaves the view as it was
@@ -68,11 +80,11 @@ impl SharedView {
         (self.clock)()
     }
 
-    /// `Fleet::tick` at the view's clock: ingest calls it every few
-    /// seconds (devices turn silent).
-    pub fn tick(&self) {
+    /// `Fleet::tick` at the view's clock: ingest calls it once a second
+    /// (devices turn silent). Returns the sites it changed.
+    pub fn tick(&self) -> Vec<String> {
         let now = self.now_ms();
-        self.write().fleet.tick(now);
+        self.write().fleet.tick(now)
     }
 }
 
@@ -126,10 +138,13 @@ async fn site(
 
 async fn metrics(State(v): State<Arc<SharedView>>) -> Response {
     let now = v.now_ms();
-    let body = {
+    let mut body = {
         let m = v.read();
         crate::metrics::render(&m.fleet, &m.ledger, now)
     };
+    if let Some(c) = &v.counts {
+        crate::metrics::render_service(&mut body, c);
+    }
     (
         [(
             header::CONTENT_TYPE,

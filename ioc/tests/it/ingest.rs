@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use wardgate_ioc::fleet::{Fleet, Monitor};
 use wardgate_ioc::ingest::Batch;
 use wardgate_ioc::ledger::{Ledger, SiteTotals};
 use wardgate_ioc::loadgen::{generate, LoadConfig};
@@ -77,15 +78,15 @@ fn reference(sites: usize, seed: u64) -> Reference {
         steps: 4,
     })
     .expect("loadgen");
-    let mut c = Consumer::new("ioc", Ledger::default());
-    let mut b = Batch::new("ioc", Default::default());
+    let mut m = Monitor::new("ioc", Ledger::default(), Fleet::default());
+    let mut b = Batch::new(Default::default());
     let mut messages = Vec::new();
     for w in &traffic.messages {
-        b.take(&mut c, &w.topic, &w.payload, w.at_ms);
+        b.take(&mut m, &w.topic, &w.payload, w.at_ms);
         messages.push((w.topic.clone(), w.payload.clone()));
     }
-    let commit = b.drain(&c.ledger, 0);
-    let t = c.ledger.fleet_totals();
+    let commit = b.drain(&m, 0);
+    let t = m.ledger.fleet_totals();
     Reference {
         messages,
         totals: t,
@@ -422,18 +423,27 @@ fn check_probes_the_peers_and_exits_like_the_gateways_check() {
         )
     };
     let store = dir.path().join("s.sqlite");
-    let conf = |port: u16, extra: &str| {
+    let web = super::ingest_peers::free_port();
+    let conf_web = |port: u16, extra: &str, web: u16| {
         format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{extra}[store]\npath = \"{}\"\n[tsdb]\nurl = \"{}\"\n",
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{extra}[store]\npath = \"{}\"\n[tsdb]\nurl = \"{}\"\n[web]\nlisten = \"127.0.0.1:{web}\"\n",
             store.display(),
             vm.url()
         )
     };
+    let conf = |port: u16, extra: &str| conf_web(port, extra, web);
     let (code, out) = check(conf(broker.port, ""));
     assert_eq!(code, Some(0), "{out}");
-    for line in ["config: ok", "store: ok", "mqtt: ok", "tsdb: ok"] {
+    for line in ["config: ok", "store: ok", "web: ok", "mqtt: ok", "tsdb: ok"] {
         assert!(out.contains(line), "{line}: {out}");
     }
+    // The pages' address held by another program: not usable.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let held_port = held.local_addr().expect("its address").port();
+    let (code, out) = check(conf_web(broker.port, "", held_port));
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("web: NOT USABLE"), "{out}");
+    drop(held);
     let closed = super::ingest_peers::free_port();
     let (code, out) = check(conf(closed, ""));
     assert_eq!(code, Some(69), "{out}");
@@ -579,11 +589,12 @@ fn check_over_tls_with_a_password() {
         std::fs::write(
             &p,
             format!(
-                "[mqtt]\nhost = \"localhost\"\nport = {}\ntls = true\nca_file = \"{}\"\nusername = \"ioc-ingest\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n",
+                "[mqtt]\nhost = \"localhost\"\nport = {}\ntls = true\nca_file = \"{}\"\nusername = \"ioc-ingest\"\npassword_file = \"{}\"\n[store]\npath = \"{}\"\n[web]\nlisten = \"127.0.0.1:{}\"\n",
                 broker.port,
                 d.join(ca).display(),
                 d.join(pwfile).display(),
-                d.join("s.sqlite").display()
+                d.join("s.sqlite").display(),
+                super::ingest_peers::free_port()
             ),
         )
         .expect("config");

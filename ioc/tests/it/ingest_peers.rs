@@ -1,7 +1,7 @@
 //! Real peers for the ingest tests, each on a loopback port of its own
 //! with its data in a temp dir, stopped when dropped: mosquitto,
-//! VictoriaMetrics, the wardgate-ioc binary, and a QoS 1 publisher of the
-//! load generator's traffic. Synchronous (threads and deadlines), so no
+//! VictoriaMetrics, the wardgate-ioc binary (its pages on a port of its
+//! own), and a QoS 1 publisher of the load generator's traffic. Synchronous (threads and deadlines), so no
 //! await can hang a test.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -271,6 +271,8 @@ pub struct Ioc {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub store: PathBuf,
+    /// The loopback port of its pages and `/metrics` (`web.listen`).
+    pub web: u16,
     p: Proc,
 }
 
@@ -297,12 +299,15 @@ impl Ioc {
             ));
         }
         text.push_str("[ingest]\ncommit_interval = \"50ms\"\ncommit_messages = 200\n");
+        let web = free_port();
+        text.push_str(&format!("[web]\nlisten = \"127.0.0.1:{web}\"\n"));
         let config = dir.join("ioc.toml");
         std::fs::write(&config, text).expect("ioc.toml");
         let mut ioc = Ioc {
             dir: dir.to_owned(),
             config,
             store,
+            web,
             p: Proc(None),
         };
         ioc.restart();
@@ -342,6 +347,11 @@ impl Ioc {
             assert!(!log.contains("ERROR"), "{log}");
             log.matches("MQTT connected").count() > connected && log.contains("subscribed")
         });
+    }
+
+    /// GET `path` of its pages: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.web, path).unwrap_or_else(|| panic!("GET {path}: no answer"))
     }
 
     /// kill -9.

@@ -4,5 +4,6 @@ mod fleet_web;
 mod ingest;
 mod ingest_gateway;
 mod ingest_peers;
+mod ingest_web;
 mod loadgen;
 mod schemas;
