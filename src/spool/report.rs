@@ -14,40 +14,10 @@ use tokio::sync::Notify;
 
 use crate::model::Kind;
 
-/// Why records were dropped; each reason is counted separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// `spool.max_bytes` reached: oldest telemetry went first.
-    Full,
-    /// Older than `spool.max_age`.
-    Age,
-    /// Memory overflowed while the disk could not be written.
-    WriteFailed,
-    /// A row read back from disk failed its checks.
-    Corrupt,
-    /// A record too large for the broker was set aside.
-    TooLarge,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 5] = [
-        DropReason::Full,
-        DropReason::Age,
-        DropReason::WriteFailed,
-        DropReason::Corrupt,
-        DropReason::TooLarge,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Full => "full",
-            DropReason::Age => "age",
-            DropReason::WriteFailed => "write_failed",
-            DropReason::Corrupt => "corrupt",
-            DropReason::TooLarge => "too_large",
-        }
-    }
-}
+/// Why records were dropped, each reason counted separately: the
+/// contract's reasons (`spool.dropped.<reason>`), which the operations
+/// centre's ledger reads back.
+pub use wardgate_contract::gateway::DropReason;
 
 /// When the spool is full, events keep their place ahead of telemetry only
 /// up to one record in this many (a quarter): past that share the oldest
