@@ -1,11 +1,12 @@
 //! Fault-injection suite: runs the real `wardgate` binary (any build: the
-//! path comes from `--bin PATH` or `WARDGATE_BIN`, default the
-//! `target/release/wardgate` that `cargo test --release` builds) against a real
+//! path comes from `--bin PATH` or `WARDGATE_BIN`; `scripts/faults` passes
+//! the shipped `cargo build --release` binary) against a real
 //! mosquitto on loopback, injects one kind of fault per scenario, and
 //! accounts for every reading.
 //!
 //! Run with `scripts/faults [--short] [--only NAME[,NAME]] [--list]`
-//! (which is `cargo test --release --test faults -- …`). `--short` is the quick
+//! (which builds the release binary, then runs
+//! `cargo test --test faults -- … --bin target/release/wardgate`). `--short` is the quick
 //! version the test suite runs; without it the runs are long (kill -9 × 200,
 //! 20 broker restarts 20–40 s apart). `--figures` prints the slow-fsync
 //! benchmark figures instead (used by `scripts/bench`); `--self-test` checks
@@ -71,7 +72,7 @@ impl Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: scripts/faults [--short] [--only NAME[,NAME…]] [--bin PATH] [--list] [--figures] [--self-test] [--planted]\n\
-         the binary is --bin, else $WARDGATE_BIN, else target/release/wardgate;\n\
+         the binary is --bin, else $WARDGATE_BIN, else the one cargo built with the suite;\n\
          --planted: the binary must be built with --features plant-faults (scripts/faults --planted does)"
     );
     std::process::exit(2);
@@ -205,11 +206,12 @@ fn main() {
             std::process::exit(2);
         }
     }
-    // scripts/faults runs `cargo test --release`, which builds the binary
-    // with the release profile: target/release/wardgate.
+    // scripts/faults passes --bin target/release/wardgate (the shipped
+    // build); a bare `cargo test --test faults` measures the binary cargo
+    // built with the suite, in the suite's profile.
     let bin = bin.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wardgate")));
     if !bin.exists() {
-        eprintln!("no binary at {} (cargo build --release)", bin.display());
+        eprintln!("no binary at {} (cargo build --release --bin wardgate)", bin.display());
         std::process::exit(2);
     }
     let o = Opts {
