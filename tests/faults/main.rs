@@ -211,7 +211,10 @@ fn main() {
     // built with the suite, in the suite's profile.
     let bin = bin.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wardgate")));
     if !bin.exists() {
-        eprintln!("no binary at {} (cargo build --release --bin wardgate)", bin.display());
+        eprintln!(
+            "no binary at {} (cargo build --release --bin wardgate)",
+            bin.display()
+        );
         std::process::exit(2);
     }
     let o = Opts {
