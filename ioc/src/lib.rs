@@ -20,6 +20,9 @@
 //!   (one decode), committed to the store (SQLite) and acknowledged,
 //!   readings to a time-series database, the pages and `/metrics` served
 //!   from the same ledger and fleet view.
+//!
+//! - [`send`]: one command to a site's gateway over MQTT
+//!   (`wardgate-ioc send`).
 
 pub mod backoff;
 pub mod config;
@@ -30,6 +33,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod send;
 pub mod store;
 pub mod tsdb;
 pub mod web;

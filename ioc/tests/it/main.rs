@@ -7,3 +7,4 @@ mod ingest_peers;
 mod ingest_web;
 mod loadgen;
 mod schemas;
+mod send;
