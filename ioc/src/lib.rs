@@ -21,11 +21,13 @@
 //!   readings to a time-series database, the pages and `/metrics` served
 //!   from the same ledger and fleet view.
 //!
-//! - [`send`]: one command to a site's gateway over MQTT
-//!   (`wardgate-ioc send`).
+//! - [`send`], [`console`]: the operator's commands: one command to a
+//!   site's gateway over MQTT (`wardgate-ioc send`), the fleet table in a
+//!   terminal from the store (`wardgate-ioc fleet`).
 
 pub mod backoff;
 pub mod config;
+pub mod console;
 pub mod dedup;
 pub mod fleet;
 pub mod ingest;

@@ -3,8 +3,8 @@
 //! (docs/ioc.md, "Running wardgate-ioc"); `check` validates the config and
 //! probes the broker, the store, the time-series database and the pages'
 //! address; `send` sends one command to a site's gateway and prints its
-//! replies; `loadgen` writes the load generator's traffic or checks the
-//! ledger against it.
+//! replies; `fleet` prints the fleet table from the store; `loadgen`
+//! writes the load generator's traffic or checks the ledger against it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,6 +73,19 @@ enum Command {
         /// The op's arguments, e.g. device=ups1 or seconds:=30.
         #[arg(allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The fleet in a terminal, worst first, one line per site within 100
+    /// columns, from the store the config names (read-only); --json for
+    /// scripts. Exit 0, 69 the store cannot be read, 78 bad config.
+    Fleet {
+        #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// vi (default) or en.
+        #[arg(long, default_value = "vi", value_parser = ["vi", "en"])]
+        lang: String,
+        /// Every site as JSON (times in ms), nothing cut.
+        #[arg(long)]
+        json: bool,
     },
     /// Contract-valid traffic of many sites with planted duplicates, holes,
     /// resets, backlog and clock corrections. Writes one JSON line per
@@ -148,6 +161,15 @@ fn main() -> ExitCode {
                 &mut std::io::stderr(),
             ));
             return ExitCode::from(code);
+        }
+        Command::Fleet { config, lang, json } => {
+            return ExitCode::from(wardgate_ioc::console::fleet(
+                &config,
+                &lang,
+                json,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
         }
         Command::Loadgen { .. } => {}
     }
