@@ -2,8 +2,9 @@
 //! gateway (the binary: `WARDGATE_BIN`, else the workspace's build) with a
 //! simulated UPS and commands on: `status` and `poll` answered, each
 //! refusal the contract documents (not allowed, unknown op, expired,
-//! malformed args, no such device), an unknown site, a site whose gateway
-//! is gone (no reply in time), a broker that is not there.
+//! malformed args, no such device), an unknown site, a site that takes no
+//! commands, a site whose gateway is gone (no reply in time), a broker
+//! that is not there.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 use super::ingest_gateway::gateway_bin;
-use super::ingest_peers::{free_port, Broker, Proc};
+use super::ingest_peers::{free_port, publish, Broker, Proc};
 
 const SITE: &str = "xa-cli";
 
@@ -193,6 +194,16 @@ fn send_commands_to_a_real_gateway() {
     let o = send(&["xa-none", "status"]);
     assert_eq!(o.code, 68, "{o:?}");
     assert!(o.stderr.contains("unknown site xa-none"), "{o:?}");
+    assert!(!o.stderr.contains("send: sent"), "{o:?}");
+    // A site whose inventory says it takes no commands: nothing sent.
+    let inv = r#"{"site":"xa-off","version":"0.1.0","boot_id":"b","run_id":"r","started":1,"config_hash":"sha256:00","clock":"synced","devices":[],"sinks":["mqtt"],"commands":{"enabled":false,"allow":[]}}"#;
+    publish(
+        broker.port,
+        &[("ioc/xa-off/inventory".to_owned(), inv.as_bytes().to_vec())],
+    );
+    let o = send(&["xa-off", "status"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("xa-off takes no commands"), "{o:?}");
     assert!(!o.stderr.contains("send: sent"), "{o:?}");
     let o = send(&["XA", "status"]);
     assert_eq!(o.code, 2, "{o:?}");
