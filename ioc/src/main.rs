@@ -47,8 +47,10 @@ enum Command {
         #[arg(long)]
         config_only: bool,
     },
-    /// Send one command to a site's gateway (docs/mqtt.md, "Commands from
-    /// the IOC") and print its replies until the final one. Args:
+    /// Send one command to a site's gateway and print its replies until
+    /// the final one.
+    ///
+    /// docs/mqtt.md, "Commands from the IOC"; docs/ioc.md, "send". Args:
     /// key=value (a string), key:=json (a number, true, …), key=@file (the
     /// file's text), or one JSON object. Exit 0 successful, 1 rejected or
     /// failed, 2 bad command line, 68 unknown site, 69 broker unusable, 75
@@ -74,13 +76,15 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The fleet in a terminal, worst first, one line per site within 100
-    /// columns, from the store the config names (read-only); --json for
-    /// scripts. Exit 0, 69 the store cannot be read, 78 bad config.
+    /// The fleet in a terminal: one line per site, worst first.
+    ///
+    /// docs/ioc.md, "fleet". Read-only from the store the config names;
+    /// within 100 columns; --json for scripts. Exit 0, 69 the store cannot
+    /// be read, 78 bad config.
     Fleet {
         #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
         config: PathBuf,
-        /// vi (default) or en.
+        /// The table's language.
         #[arg(long, default_value = "vi", value_parser = ["vi", "en"])]
         lang: String,
         /// Every site as JSON (times in ms), nothing cut.
