@@ -407,7 +407,8 @@ pub enum Message {
 impl Message {
     /// Decodes `payload` as the message `topic` carries, and checks that a
     /// data message's site and device are the topic's. Inventory and
-    /// command payloads are not typed here ([`DecodeError::Untyped`]).
+    /// command payloads are not decoded here ([`DecodeError::Untyped`]):
+    /// a reply is read with [`crate::command::Reply::decode`].
     pub fn decode(topic: &Topic<'_>, payload: &[u8]) -> Result<Message, DecodeError> {
         match topic {
             Topic::Data {
@@ -472,8 +473,9 @@ pub enum DecodeError {
     /// The envelope was checked against a topic of another kind.
     #[error("not a {want} topic")]
     WrongTopic { want: &'static str },
-    /// The topic carries a payload this crate does not type (inventory,
-    /// commands): read it with serde_json against its schema.
+    /// The topic carries a payload [`Message::decode`] does not take:
+    /// an inventory (read it with serde_json against its schema) or a
+    /// command ([`crate::command`]).
     #[error("{0} payloads are not typed by the contract crate")]
     Untyped(&'static str),
 }

@@ -17,6 +17,8 @@
 //!   the duplicate rule ([`keep`]: of an unsynced and a corrected copy,
 //!   keep the corrected one).
 //! - [`correction`]: the `gateway.clock_corrected` rule.
+//! - [`command`]: the IOC's command request ([`Request`]) and the
+//!   gateway's replies ([`Reply`], [`ReplyStatus`]), and their topics.
 //! - [`gateway`]: what the gateway says about its own losses (its
 //!   telemetry's `spool.depth` and `spool.dropped.<reason>`, the
 //!   `gateway.unclean_stop`, `gateway.sequence_reset` and `spool.*`
@@ -39,6 +41,7 @@
 //! (its tests decode what it makes with this crate and check it against
 //! the schemas).
 
+pub mod command;
 pub mod correction;
 pub mod envelope;
 pub mod gateway;
@@ -47,6 +50,7 @@ pub mod schema;
 pub mod seq;
 pub mod topic;
 
+pub use command::{CommandError, Reply, ReplyStatus, Request};
 pub use correction::{ClockCorrection, CorrectionError};
 pub use envelope::{
     BadEpoch, DecodeError, Delivered, Envelope, Epoch, Events, Message, OfflineReason, Record,

@@ -20,9 +20,14 @@
 //!   (one decode), committed to the store (SQLite) and acknowledged,
 //!   readings to a time-series database, the pages and `/metrics` served
 //!   from the same ledger and fleet view.
+//!
+//! - [`send`], [`console`]: the operator's commands: one command to a
+//!   site's gateway over MQTT (`wardgate-ioc send`), the fleet table in a
+//!   terminal from the store (`wardgate-ioc fleet`).
 
 pub mod backoff;
 pub mod config;
+pub mod console;
 pub mod dedup;
 pub mod fleet;
 pub mod ingest;
@@ -30,6 +35,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod send;
 pub mod store;
 pub mod tsdb;
 pub mod web;

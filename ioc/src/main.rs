@@ -2,8 +2,9 @@
 //! gateways' MQTT traffic and serves the fleet pages and `/metrics`
 //! (docs/ioc.md, "Running wardgate-ioc"); `check` validates the config and
 //! probes the broker, the store, the time-series database and the pages'
-//! address; `loadgen` writes the load generator's traffic or
-//! checks the ledger against it.
+//! address; `send` sends one command to a site's gateway and prints its
+//! replies; `fleet` prints the fleet table from the store; `loadgen`
+//! writes the load generator's traffic or checks the ledger against it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +46,50 @@ enum Command {
         /// ExecCondition).
         #[arg(long)]
         config_only: bool,
+    },
+    /// Send one command to a site's gateway and print its replies until
+    /// the final one.
+    ///
+    /// docs/mqtt.md, "Commands from the IOC"; docs/ioc.md, "send". Args:
+    /// key=value (a string), key:=json (a number, true, …), key=@file (the
+    /// file's text), or one JSON object. Exit 0 successful, 1 rejected or
+    /// failed, 2 bad command line, 68 unknown site, 69 broker unusable, 75
+    /// no final reply in time, 78 bad config.
+    Send {
+        #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The request expires this long after it is sent (at most 24h).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        expires_in: std::time::Duration,
+        /// How long to wait for the final reply [default: the expiry + 30s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print each reply as one line of JSON.
+        #[arg(long)]
+        json: bool,
+        /// The site id (the gateway's `site`).
+        site: String,
+        /// The op: identify, poll, status, spool.stats, log.tail,
+        /// config.get, config.set, restart.
+        op: String,
+        /// The op's arguments, e.g. device=ups1 or seconds:=30.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The fleet in a terminal: one line per site, worst first.
+    ///
+    /// docs/ioc.md, "fleet". Read-only from the store the config names;
+    /// within 100 columns; --json for scripts. Exit 0, 69 the store cannot
+    /// be read, 78 bad config.
+    Fleet {
+        #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The table's language.
+        #[arg(long, default_value = "vi", value_parser = ["vi", "en"])]
+        lang: String,
+        /// Every site as JSON (times in ms), nothing cut.
+        #[arg(long)]
+        json: bool,
     },
     /// Contract-valid traffic of many sites with planted duplicates, holes,
     /// resets, backlog and clock corrections. Writes one JSON line per
@@ -88,6 +133,47 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             ));
             return ExitCode::from(code);
+        }
+        Command::Send {
+            config,
+            expires_in,
+            timeout,
+            json,
+            site,
+            op,
+            args,
+        } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("wardgate-ioc: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = wardgate_ioc::send::SendOptions {
+                site,
+                op,
+                args,
+                expires_in,
+                timeout,
+                json,
+            };
+            let code = rt.block_on(wardgate_ioc::send::send(
+                &config,
+                &opts,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            return ExitCode::from(code);
+        }
+        Command::Fleet { config, lang, json } => {
+            return ExitCode::from(wardgate_ioc::console::fleet(
+                &config,
+                &lang,
+                json,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
         }
         Command::Loadgen { .. } => {}
     }

@@ -14,7 +14,7 @@ use super::ingest_peers::{counts, pause, wait_for, Broker, Ioc, Proc, Series, Vm
 /// runs it, builds the gateway's binary before any test runs). This crate
 /// does not depend on the gateway's, so a test of this crate alone may
 /// find none: then it fails, saying how to get one.
-fn gateway_bin() -> Option<PathBuf> {
+pub(super) fn gateway_bin() -> Option<PathBuf> {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
     let candidates = [
         std::env::var_os("WARDGATE_BIN").map(PathBuf::from),

@@ -1,5 +1,6 @@
 //! Integration tests of wardgate-ioc: one binary, a module per subject.
 
+mod fleet_cli;
 mod fleet_web;
 mod ingest;
 mod ingest_gateway;
@@ -7,3 +8,4 @@ mod ingest_peers;
 mod ingest_web;
 mod loadgen;
 mod schemas;
+mod send;
