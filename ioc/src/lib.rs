@@ -20,16 +20,22 @@
 //!   (one decode), committed to the store (SQLite) and acknowledged,
 //!   readings to a time-series database, the pages and `/metrics` served
 //!   from the same ledger and fleet view.
+//!
+//! - [`history`], [`report`]: the monthly report, computed from the
+//!   history the ingest keeps beside the ledger (per site: spans heard,
+//!   condition intervals, day counts).
 
 pub mod backoff;
 pub mod config;
 pub mod dedup;
 pub mod fleet;
+pub mod history;
 pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod store;
 pub mod tsdb;
 pub mod web;

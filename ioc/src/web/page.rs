@@ -64,13 +64,16 @@ pub(super) fn open(out: &mut String, t: &Strings, title: &str, path: &str) {
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"30\"><title>{title}</title><style>{STYLE}</style></head><body>\
 <header><h1>{title}</h1><span class=\"muted\">{refresh}</span>\
-<a class=\"lang\" href=\"{path}?lang={to}\" hreflang=\"{to}\">{switch}</a></header>",
+<a class=\"lang\" href=\"/report{q}\">{report}</a>\
+<a href=\"{path}?lang={to}\" hreflang=\"{to}\">{switch}</a></header>",
         lang = t.lang,
         title = esc(title),
         refresh = t.refresh,
         path = path,
         to = t.switch_to,
         switch = t.switch_lang,
+        report = t.report,
+        q = if t.lang == "en" { "?lang=en" } else { "" },
     );
 }
 

@@ -1,0 +1,300 @@
+//! The report as one HTML page: no script, no external request, a print
+//! stylesheet (A4 landscape, the column headings on every page), a card
+//! per site below 760 px like the fleet page.
+
+use std::fmt::Write as _;
+
+use super::calendar::{civil, Month};
+use super::compute::{Episodes, Report, Row};
+use super::config::ReportConfig;
+use crate::web::words::{count, duration, esc, number, ReportStrings};
+
+/// Where the page lives, for its links (`/report/2026-12`), and when it
+/// was made (ms).
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The path of the report pages without the month (`/report/`); no
+    /// links when `None` (a file written by the CLI).
+    pub base: Option<String>,
+    pub now_ms: i64,
+}
+
+const STYLE: &str = r#"
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;margin:0;padding:12px 16px;background:#fff;color:#1b1d21;font-size:14px;line-height:1.35}
+header{display:flex;flex-wrap:wrap;align-items:baseline;gap:4px 16px;margin-bottom:6px}
+h1{font-size:1.35rem;margin:0}
+h2{font-size:1.05rem;margin:16px 0 4px}
+a{color:#0b57d0}
+nav{display:flex;flex-wrap:wrap;gap:4px 14px;margin-left:auto}
+.meta{margin:2px 0;color:#3c4043;font-size:.9rem}
+table{border-collapse:collapse;width:100%;border:1px solid #c4c7c5}
+th,td{padding:4px 6px;border:1px solid #dadce0;vertical-align:top}
+th{background:#eef0f3;font-weight:600;font-size:.8rem;text-align:center}
+thead tr.groups th{font-size:.85rem;background:#e2e6ea}
+td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.id{text-align:left;font-weight:600}
+tr.total td{font-weight:700;background:#f4f5f7;border-top:2px solid #80868b}
+.bad{color:#b3261e;font-weight:700}
+.warn{color:#a15c00;font-weight:600}
+.nil{color:#9aa0a6}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:4px 0;font-size:.85rem}
+dt{font-weight:600}
+dd{margin:0;color:#3c4043}
+@media (max-width:760px){
+ body{padding:8px}
+ nav{margin-left:0}
+ table.cards,table.cards tbody,table.cards tr,table.cards td{display:block;width:100%;border:none}
+ table.cards thead{display:none}
+ table.cards tr{border:1px solid #c4c7c5;border-radius:8px;margin-bottom:10px;padding:4px 0}
+ table.cards td{display:flex;gap:8px;justify-content:space-between;padding:2px 10px;text-align:right;white-space:normal}
+ table.cards td.id{font-size:1.05rem}
+ table.cards td[data-label]::before{content:attr(data-label);text-align:left;color:#5f6368;font-size:.85rem;font-weight:normal}
+ tr.total td{border-top:none}
+ dl{grid-template-columns:1fr}
+ dd{margin-bottom:4px}
+}
+@media print{
+ @page{size:A4 landscape;margin:10mm}
+ body{padding:0;font-size:8.5pt}
+ nav{display:none}
+ th,td{padding:2px 3px}
+ thead{display:table-header-group}
+ tr{break-inside:avoid}
+ th,tr.total td{-webkit-print-color-adjust:exact;print-color-adjust:exact}
+ a{color:inherit;text-decoration:none}
+}
+"#;
+
+fn month_title(m: Month, t: &ReportStrings) -> String {
+    let name = t.months[(m.month as usize).saturating_sub(1) % 12];
+    format!("{} {name} {}", t.title, m.year)
+}
+
+/// `dd/mm/yyyy HH:MM` local.
+fn stamp(ms: i64, offset_s: i32) -> String {
+    let local = ms.div_euclid(1000) + i64::from(offset_s);
+    let (y, m, d) = civil(local.div_euclid(86_400));
+    let sod = local.rem_euclid(86_400);
+    format!("{d:02}/{m:02}/{y} {:02}:{:02}", sod / 3600, sod % 3600 / 60)
+}
+
+fn offset(s: i32) -> String {
+    let sign = if s < 0 { '-' } else { '+' };
+    let a = s.unsigned_abs();
+    format!("UTC{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
+}
+
+fn hhmm(m: u32) -> String {
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// A percentage, red below 95 and orange below 99.
+fn pct(p: Option<f64>, lang: &str) -> String {
+    match p {
+        None => "<span class=\"nil\">—</span>".into(),
+        Some(p) => {
+            let class = if p < 95.0 {
+                " class=\"bad\""
+            } else if p < 99.0 {
+                " class=\"warn\""
+            } else {
+                ""
+            };
+            format!("<span{class}>{}&nbsp;%</span>", number(p, 2, lang))
+        }
+    }
+}
+
+fn dur(ms: i64, lang: &str) -> String {
+    if ms <= 0 {
+        return "<span class=\"nil\">—</span>".into();
+    }
+    duration(ms as f64 / 1000.0, lang).replace(' ', "&nbsp;")
+}
+
+fn episodes(e: Episodes, t: &ReportStrings, lang: &str) -> String {
+    if e.count == 0 && e.ms <= 0 {
+        return "<span class=\"nil\">—</span>".into();
+    }
+    let word = if e.count == 1 { t.time_one } else { t.times };
+    format!("{}&nbsp;{word}, {}", count(e.count, lang), dur(e.ms, lang))
+}
+
+fn n(x: u64, lang: &str, alarm: bool) -> String {
+    match x {
+        0 => "<span class=\"nil\">0</span>".into(),
+        x if alarm => format!("<span class=\"bad\">{}</span>", count(x, lang)),
+        x => count(x, lang),
+    }
+}
+
+/// The cells of one row, in the order of `t.columns`.
+fn cells(r: &Row, t: &ReportStrings, lang: &str) -> [String; 18] {
+    [
+        pct(r.availability(), lang),
+        pct(r.office_availability(), lang),
+        dur(r.longest_backlog_ms, lang),
+        n(r.battery.count, lang, false),
+        dur(r.battery.ms, lang),
+        episodes(r.wan_down, t, lang),
+        episodes(r.temperature, t, lang),
+        episodes(r.humidity, t, lang),
+        episodes(r.contacts, t, lang),
+        count(r.counts.received, lang),
+        n(r.counts.filled_late, lang, false),
+        n(r.explained, lang, false),
+        n(r.unexplained, lang, true),
+        n(r.pending, lang, false),
+        pct(r.completeness(), lang),
+        n(r.copies_removed(), lang, false),
+        n(r.counts.contract_breaks, lang, true),
+        n(r.counts.malformed, lang, true),
+    ]
+}
+
+fn row(out: &mut String, class: &str, name: &str, r: &Row, t: &ReportStrings, lang: &str) {
+    let _ = write!(out, "<tr{class}><td class=\"id\">{}</td>", esc(name));
+    for (c, label) in cells(r, t, lang).iter().zip(t.columns) {
+        let _ = write!(out, "<td data-label=\"{}\">{c}</td>", esc(label));
+    }
+    out.push_str("</tr>");
+}
+
+fn head(out: &mut String, t: &ReportStrings) {
+    let groups = [
+        (t.g_live, 3),
+        (t.g_power, 3),
+        (t.g_env, 3),
+        (t.g_complete, 6),
+        (t.g_clean, 1),
+        (t.g_correct, 2),
+    ];
+    let _ = write!(
+        out,
+        "<table class=\"cards\"><thead><tr class=\"groups\"><th rowspan=\"2\">{}</th>",
+        t.site
+    );
+    for (g, span) in groups {
+        let _ = write!(out, "<th colspan=\"{span}\">{g}</th>");
+    }
+    out.push_str("</tr><tr>");
+    for (c, help) in t.columns.iter().zip(t.help) {
+        let _ = write!(out, "<th title=\"{}\">{c}</th>", esc(help));
+    }
+    out.push_str("</tr></thead><tbody>");
+}
+
+/// The lines under the title: what was measured, office hours, the
+/// offline rule, the bounds, when made; and the links.
+fn preamble(out: &mut String, r: &Report, cfg: &ReportConfig, t: &ReportStrings, page: &Page) {
+    let lang = t.lang;
+    let days: Vec<&str> = t
+        .days
+        .iter()
+        .zip(cfg.office_days)
+        .filter(|(_, on)| *on)
+        .map(|(d, _)| *d)
+        .collect();
+    let hours: Vec<String> = cfg
+        .office_hours
+        .iter()
+        .map(|(a, b)| format!("{}–{}", hhmm(*a), hhmm(*b)))
+        .collect();
+    let zone = offset(cfg.offset_s);
+    let _ = write!(
+        out,
+        "<p class=\"meta\">{}: {} – {} ({} {zone}). {}: {}, {}{}.</p>",
+        t.measured,
+        stamp(r.from_ms, cfg.offset_s),
+        stamp(r.to_ms, cfg.offset_s),
+        t.local_time,
+        t.office,
+        days.join(", "),
+        hours.join(", "),
+        if cfg.holidays.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} {})", t.holidays, cfg.holidays.len())
+        },
+    );
+    let mut bounds = Vec::new();
+    if let Some((lo, hi)) = cfg.temperature {
+        bounds.push(format!(
+            "{}–{}&nbsp;°C",
+            number(lo, 0, lang),
+            number(hi, 0, lang)
+        ));
+    }
+    if let Some((lo, hi)) = cfg.humidity {
+        bounds.push(format!(
+            "{}–{}&nbsp;%",
+            number(lo, 0, lang),
+            number(hi, 0, lang)
+        ));
+    }
+    let _ = write!(
+        out,
+        "<p class=\"meta\">{} {}. {}: {}. {} {}.</p>",
+        t.offline_rule,
+        duration(cfg.offline_after_ms as f64 / 1000.0, lang),
+        t.bounds,
+        if bounds.is_empty() {
+            "—".into()
+        } else {
+            bounds.join(", ")
+        },
+        t.generated,
+        stamp(page.now_ms, cfg.offset_s),
+    );
+}
+
+/// The whole page.
+pub fn html(r: &Report, cfg: &ReportConfig, t: &ReportStrings, page: &Page) -> String {
+    let lang = t.lang;
+    let title = month_title(r.month, t);
+    let mut out = String::with_capacity(8192 + r.rows.len() * 1500);
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>{title}</title><style>{STYLE}</style></head><body><header><h1>{title}</h1>",
+        title = esc(&title)
+    );
+    if let Some(base) = &page.base {
+        let q = if lang == "en" { "?lang=en" } else { "" };
+        let (other, other_q, other_word) = if lang == "en" {
+            ("vi", "", "Tiếng Việt")
+        } else {
+            ("en", "?lang=en", "English")
+        };
+        let _ = write!(
+            out,
+            "<nav><a href=\"{base}{p}{q}\">{}</a><a href=\"{base}{nx}{q}\">{}</a>\
+<a href=\"{base}{m}.csv{q}\">{}</a><a href=\"{base}{m}{other_q}\" hreflang=\"{other}\">{other_word}</a></nav>",
+            t.prev,
+            t.next,
+            t.csv,
+            p = r.month.prev(),
+            nx = r.month.next(),
+            m = r.month,
+        );
+    }
+    out.push_str("</header>");
+    preamble(&mut out, r, cfg, t, page);
+    if r.to_ms <= r.from_ms {
+        let _ = write!(out, "<p><b>{}</b></p>", t.nothing);
+    }
+    head(&mut out, t);
+    for s in &r.rows {
+        row(&mut out, "", &s.site, s, t, lang);
+    }
+    let total = format!("{} ({})", t.total, count(r.rows.len() as u64, lang));
+    row(&mut out, " class=\"total\"", &total, &r.total, t, lang);
+    let _ = write!(out, "</tbody></table><h2>{}</h2><dl>", t.how_to_read);
+    for (c, help) in t.columns.iter().zip(t.help) {
+        let _ = write!(out, "<dt>{c}</dt><dd>{help}</dd>");
+    }
+    out.push_str("</dl></body></html>");
+    out
+}
