@@ -241,7 +241,7 @@ fn the_month_so_far_and_a_history_started_in_it() {
     };
     // Kept since Tuesday the 15th, now Sunday the 20th: 5 days, 4 working.
     let r = compute(
-        &[site.clone()],
+        std::slice::from_ref(&site),
         month,
         dec(20, 0, 0),
         Some(dec(15, 0, 0)),
@@ -253,7 +253,13 @@ fn the_month_so_far_and_a_history_started_in_it() {
     assert_eq!(row.availability(), Some(100.0));
     assert_eq!(row.office_ms, 4 * 8 * H);
     // Nothing kept yet, or a month still to come: nothing measured.
-    let r = compute(&[site.clone()], month, dec(20, 0, 0), None, &cfg);
+    let r = compute(
+        std::slice::from_ref(&site),
+        month,
+        dec(20, 0, 0),
+        None,
+        &cfg,
+    );
     assert_eq!((r.rows[0].window_ms, r.rows[0].availability()), (0, None));
     let r = compute(
         &[site],

@@ -67,8 +67,12 @@ dd{margin:0;color:#3c4043}
 "#;
 
 fn month_title(m: Month, t: &ReportStrings) -> String {
+    if t.lang == "vi" {
+        // "Báo cáo tháng 12/2026".
+        return format!("{} {}/{}", t.title, m.month, m.year);
+    }
     let name = t.months[(m.month as usize).saturating_sub(1) % 12];
-    format!("{} {name} {}", t.title, m.year)
+    format!("{}: {name} {}", t.title, m.year)
 }
 
 /// `dd/mm/yyyy HH:MM` local.

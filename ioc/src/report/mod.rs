@@ -210,3 +210,56 @@ pub fn render(
         Format::Csv => csv(r, t).into_bytes(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_escapes_and_csv_has_the_bom_a_header_and_quotes() {
+        let cfg = ReportConfig::default();
+        let month: Month = "2026-12".parse().unwrap();
+        let (start, end) = month.bounds_ms(cfg.offset_s);
+        let site = SiteInput {
+            site: "<b>x\",y".into(),
+            heard: vec![crate::history::Heard {
+                start_ms: start,
+                last_ms: end,
+            }],
+            ..SiteInput::default()
+        };
+        let r = compute(&[site], month, end, Some(start), &cfg);
+        let page = Page {
+            base: Some("/report/".into()),
+            now_ms: end,
+        };
+        let vi = String::from_utf8(render(&r, &cfg, Format::Html, None, &page)).unwrap();
+        assert!(vi.contains("&lt;b&gt;x&quot;,y") && !vi.contains("<b>x"));
+        assert!(vi.contains("<h1>Báo cáo tháng 12/2026</h1>"));
+        assert!(vi.contains("href=\"/report/2026-11\"") && vi.contains("href=\"/report/2027-01\""));
+        assert!(vi.contains("100,00&nbsp;%"), "Vietnamese decimals");
+        let en = String::from_utf8(render(&r, &cfg, Format::Html, Some("en"), &page)).unwrap();
+        assert!(
+            en.contains("<h1>Monthly report: December 2026</h1>") && en.contains("100.00&nbsp;%")
+        );
+        let none = Page {
+            base: None,
+            now_ms: end,
+        };
+        assert!(
+            !String::from_utf8(render(&r, &cfg, Format::Html, None, &none))
+                .unwrap()
+                .contains("<nav>")
+        );
+        let csv = String::from_utf8(render(&r, &cfg, Format::Csv, Some("en"), &page)).unwrap();
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert!(lines[0].starts_with("\u{feff}site,month,measured_min,available_24h_pct,"));
+        assert_eq!(lines[0].split(',').count(), 26);
+        assert!(
+            lines[1].starts_with("\"<b>x\"\",y\",2026-12,44640,100.00,100.00,11040,0,"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "");
+    }
+}

@@ -364,8 +364,10 @@ mod tests {
             duplicates: 1,
             ..DayCounts::default()
         };
-        let mut d = Delta::default();
-        d.intervals = vec![iv(100, None), iv(10, Some(20))];
+        let mut d = Delta {
+            intervals: vec![iv(100, None), iv(10, Some(20))],
+            ..Delta::default()
+        };
         d.heard.insert(("xa-a".into(), 5), 150);
         d.days.insert(("xa-a".into(), 0), day);
         s.commit(&Commit {

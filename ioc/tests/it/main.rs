@@ -6,4 +6,5 @@ mod ingest_gateway;
 mod ingest_peers;
 mod ingest_web;
 mod loadgen;
+mod report;
 mod schemas;
