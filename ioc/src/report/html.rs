@@ -28,11 +28,13 @@ h2{font-size:1.05rem;margin:16px 0 4px}
 a{color:#0b57d0}
 nav{display:flex;flex-wrap:wrap;gap:4px 14px;margin-left:auto}
 .meta{margin:2px 0;color:#3c4043;font-size:.9rem}
-table{border-collapse:collapse;width:100%;border:1px solid #c4c7c5}
-th,td{padding:4px 6px;border:1px solid #dadce0;vertical-align:top}
-th{background:#eef0f3;font-weight:600;font-size:.8rem;text-align:center}
-thead tr.groups th{font-size:.85rem;background:#e2e6ea}
+div.wide{overflow-x:auto}
+table{border-collapse:collapse;width:100%;border:1px solid #c4c7c5;font-size:13px}
+th,td{padding:3px 5px;border:1px solid #dadce0;vertical-align:top}
+th{background:#eef0f3;font-weight:600;font-size:12px;text-align:center;hyphens:auto}
+thead tr.groups th{font-size:13px;background:#e2e6ea}
 td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td small{display:block;color:#3c4043;font-size:12px}
 td.id{text-align:left;font-weight:600}
 tr.total td{font-weight:700;background:#f4f5f7;border-top:2px solid #80868b}
 .bad{color:#b3261e;font-weight:700}
@@ -49,6 +51,9 @@ dd{margin:0;color:#3c4043}
  table.cards tr{border:1px solid #c4c7c5;border-radius:8px;margin-bottom:10px;padding:4px 0}
  table.cards td{display:flex;gap:8px;justify-content:space-between;padding:2px 10px;text-align:right;white-space:normal}
  table.cards td.id{font-size:1.05rem}
+ table.cards td.e{display:none}
+ table.cards td small{display:inline;font-size:inherit;color:inherit}
+ table.cards td small::before{content:", "}
  table.cards td[data-label]::before{content:attr(data-label);text-align:left;color:#5f6368;font-size:.85rem;font-weight:normal}
  tr.total td{border-top:none}
  dl{grid-template-columns:1fr}
@@ -56,15 +61,23 @@ dd{margin:0;color:#3c4043}
 }
 @media print{
  @page{size:A4 landscape;margin:10mm}
- body{padding:0;font-size:8.5pt}
+ body{padding:0;font-size:8pt}
  nav{display:none}
- th,td{padding:2px 3px}
+ div.wide{overflow:visible}
+ table{font-size:7pt}
+ th{font-size:6.5pt}
+ td small{font-size:6.5pt}
+ thead tr.groups th{font-size:7pt}
+ th,td{padding:1px 2px}
  thead{display:table-header-group}
  tr{break-inside:avoid}
  th,tr.total td{-webkit-print-color-adjust:exact;print-color-adjust:exact}
  a{color:inherit;text-decoration:none}
 }
 "#;
+
+const NIL: &str = "<span class=\"nil\">";
+const NIL_DASH: &str = "<span class=\"nil\">—</span>";
 
 fn month_title(m: Month, t: &ReportStrings) -> String {
     if t.lang == "vi" {
@@ -89,6 +102,29 @@ fn offset(s: i32) -> String {
     format!("UTC{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
 }
 
+/// Office days as runs: "T2–T6", "Mon–Fri, Sun".
+fn day_ranges(on: &[bool; 7], t: &ReportStrings) -> String {
+    let mut runs: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < 7 {
+        if !on[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i + 1 < 7 && on[i + 1] {
+            i += 1;
+        }
+        runs.push(match i - start {
+            0 => t.days[start].to_owned(),
+            1 => format!("{}, {}", t.days[start], t.days[i]),
+            _ => format!("{}–{}", t.days[start], t.days[i]),
+        });
+        i += 1;
+    }
+    runs.join(", ")
+}
+
 fn hhmm(m: u32) -> String {
     format!("{:02}:{:02}", m / 60, m % 60)
 }
@@ -96,7 +132,7 @@ fn hhmm(m: u32) -> String {
 /// A percentage, red below 95 and orange below 99.
 fn pct(p: Option<f64>, lang: &str) -> String {
     match p {
-        None => "<span class=\"nil\">—</span>".into(),
+        None => NIL_DASH.into(),
         Some(p) => {
             let class = if p < 95.0 {
                 " class=\"bad\""
@@ -105,29 +141,34 @@ fn pct(p: Option<f64>, lang: &str) -> String {
             } else {
                 ""
             };
-            format!("<span{class}>{}&nbsp;%</span>", number(p, 2, lang))
+            format!("<span{class}>{}%</span>", number(p, 2, lang))
         }
     }
 }
 
 fn dur(ms: i64, lang: &str) -> String {
     if ms <= 0 {
-        return "<span class=\"nil\">—</span>".into();
+        return NIL_DASH.into();
     }
     duration(ms as f64 / 1000.0, lang).replace(' ', "&nbsp;")
 }
 
 fn episodes(e: Episodes, t: &ReportStrings, lang: &str) -> String {
     if e.count == 0 && e.ms <= 0 {
-        return "<span class=\"nil\">—</span>".into();
+        return NIL_DASH.into();
     }
     let word = if e.count == 1 { t.time_one } else { t.times };
-    format!("{}&nbsp;{word}, {}", count(e.count, lang), dur(e.ms, lang))
+    let times = format!("{}&nbsp;{word}", count(e.count, lang));
+    if e.ms <= 0 {
+        // Every minute of it while the site was not heard.
+        return times;
+    }
+    format!("<span>{times}<small>{}</small></span>", dur(e.ms, lang))
 }
 
 fn n(x: u64, lang: &str, alarm: bool) -> String {
     match x {
-        0 => "<span class=\"nil\">0</span>".into(),
+        0 => format!("{NIL}0</span>"),
         x if alarm => format!("<span class=\"bad\">{}</span>", count(x, lang)),
         x => count(x, lang),
     }
@@ -160,7 +201,13 @@ fn cells(r: &Row, t: &ReportStrings, lang: &str) -> [String; 18] {
 fn row(out: &mut String, class: &str, name: &str, r: &Row, t: &ReportStrings, lang: &str) {
     let _ = write!(out, "<tr{class}><td class=\"id\">{}</td>", esc(name));
     for (c, label) in cells(r, t, lang).iter().zip(t.columns) {
-        let _ = write!(out, "<td data-label=\"{}\">{c}</td>", esc(label));
+        // Nothing to say: left off a phone's card.
+        let e = if c.starts_with(NIL) {
+            " class=\"e\""
+        } else {
+            ""
+        };
+        let _ = write!(out, "<td{e} data-label=\"{}\">{c}</td>", esc(label));
     }
     out.push_str("</tr>");
 }
@@ -176,7 +223,7 @@ fn head(out: &mut String, t: &ReportStrings) {
     ];
     let _ = write!(
         out,
-        "<table class=\"cards\"><thead><tr class=\"groups\"><th rowspan=\"2\">{}</th>",
+        "<div class=\"wide\"><table class=\"cards\"><thead><tr class=\"groups\"><th rowspan=\"2\">{}</th>",
         t.site
     );
     for (g, span) in groups {
@@ -193,13 +240,7 @@ fn head(out: &mut String, t: &ReportStrings) {
 /// offline rule, the bounds, when made; and the links.
 fn preamble(out: &mut String, r: &Report, cfg: &ReportConfig, t: &ReportStrings, page: &Page) {
     let lang = t.lang;
-    let days: Vec<&str> = t
-        .days
-        .iter()
-        .zip(cfg.office_days)
-        .filter(|(_, on)| *on)
-        .map(|(d, _)| *d)
-        .collect();
+    let days = day_ranges(&cfg.office_days, t);
     let hours: Vec<String> = cfg
         .office_hours
         .iter()
@@ -214,7 +255,7 @@ fn preamble(out: &mut String, r: &Report, cfg: &ReportConfig, t: &ReportStrings,
         stamp(r.to_ms, cfg.offset_s),
         t.local_time,
         t.office,
-        days.join(", "),
+        days,
         hours.join(", "),
         if cfg.holidays.is_empty() {
             String::new()
@@ -295,7 +336,7 @@ pub fn html(r: &Report, cfg: &ReportConfig, t: &ReportStrings, page: &Page) -> S
     }
     let total = format!("{} ({})", t.total, count(r.rows.len() as u64, lang));
     row(&mut out, " class=\"total\"", &total, &r.total, t, lang);
-    let _ = write!(out, "</tbody></table><h2>{}</h2><dl>", t.how_to_read);
+    let _ = write!(out, "</tbody></table></div><h2>{}</h2><dl>", t.how_to_read);
     for (c, help) in t.columns.iter().zip(t.help) {
         let _ = write!(out, "<dt>{c}</dt><dd>{help}</dd>");
     }

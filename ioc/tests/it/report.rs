@@ -293,7 +293,7 @@ fn shots(ioc: &Ioc, month: Month) {
         for (w, h, tag) in [
             (1366, 1000, "desk"),
             (390, 2400, "phone"),
-            (1123, 794, "a4"),
+            (1047, 740, "a4"),
         ] {
             if (name == "print-vi") != (tag == "a4") {
                 continue;
@@ -421,8 +421,8 @@ fn a_full_month_in_headless_chromium() {
         std::fs::write(&print, html.replace("@media print{", "@media all{")).expect("write");
         let shots = [
             (&file, 1366, 1100, "desk"),
-            (&file, 390, 3000, "phone"),
-            (&print, 1123, 794, "a4"),
+            (&file, 390, 1500, "phone"),
+            (&print, 1047, 740, "a4"),
         ];
         for (f, w, hgt, tag) in shots {
             let png = dir.join(format!("month-{lang}-{tag}.png"));
