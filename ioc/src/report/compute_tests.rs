@@ -46,14 +46,14 @@ struct Case {
     battery: (u64, i64),
 }
 
-/// December 2026 (UTC+7): 31 days, 23 working days of 8 hours.
-#[test]
-fn availability_office_hours_and_episodes() {
+/// The table: December 2026 (and its neighbours) in Vietnam, the 24th a
+/// holiday.
+fn cases() -> Vec<Case> {
     use Condition::*;
     let always = || heard(&[(at(2026, 10, 1, 0, 0), at(2027, 2, 1, 0, 0))]);
     let after = at(2027, 1, 5, 0, 0);
     let long_ago = at(2026, 1, 1, 0, 0);
-    let cases = vec![
+    vec![
         Case {
             name: "heard all month, never offline",
             month: "2026-12",
@@ -173,7 +173,13 @@ fn availability_office_hours_and_episodes() {
             office_down_min: 8 * 8 * 60,
             battery: (0, 0),
         },
-    ];
+    ]
+}
+
+/// December 2026 (UTC+7): 31 days, 23 working days of 8 hours.
+#[test]
+fn availability_office_hours_and_episodes() {
+    let cases = cases();
     let cfg = ReportConfig {
         holidays: [days_from_civil(2026, 12, 24)].into(),
         ..ReportConfig::default()

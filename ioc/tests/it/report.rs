@@ -150,9 +150,18 @@ fn report_of_real_traffic_through_the_running_service() {
         s.counts.received == 9
     });
 
-    // The figures, this month (by arrival) and the readings' month (the
-    // load generator's readings are dated late November 2026: their
-    // holes are that month's).
+    let readings = Month::of_ms(traffic.messages[0].at_ms, 7 * 3600);
+    figures(&ioc, month, readings, &want);
+    subcommand(&ioc, month, dir.path());
+    pages(&ioc, month);
+    shots(&ioc, month);
+    ioc.stop();
+}
+
+/// The figures, this month (by arrival) and the readings' month (the
+/// load generator's readings are dated late November 2026: their holes
+/// are that month's), against the pipeline's totals `want`.
+fn figures(ioc: &Ioc, month: Month, readings: Month, want: &SiteTotals) {
     let r = report(&ioc.store, month);
     assert_eq!(r.rows.len(), 21, "20 generated sites and the hand-made one");
     let s = row(&r, SITE).expect("the site");
@@ -184,7 +193,6 @@ fn report_of_real_traffic_through_the_running_service() {
         let a = x.availability().expect("measured");
         assert!((0.0..=100.0).contains(&a), "{}: {a}", x.site);
     }
-    let readings = Month::of_ms(traffic.messages[0].at_ms, 7 * 3600);
     if readings != month {
         let nov = report(&ioc.store, readings);
         assert_eq!(nov.total.unexplained, want.unexplained);
@@ -199,10 +207,13 @@ fn report_of_real_traffic_through_the_running_service() {
             "nothing measured before the history began"
         );
     }
+}
 
-    // The subcommand, beside the running service.
-    let csv_path = dir.path().join("r.csv");
-    let html_path = dir.path().join("r.html");
+/// `wardgate-ioc report` beside the running service: CSV and HTML files,
+/// a bad month.
+fn subcommand(ioc: &Ioc, month: Month, dir: &Path) {
+    let csv_path = dir.join("r.csv");
+    let html_path = dir.join("r.html");
     let cli = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_wardgate-ioc"))
             .arg("report")
@@ -244,8 +255,10 @@ fn report_of_real_traffic_through_the_running_service() {
         .expect("wardgate-ioc report");
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a month"));
+}
 
-    // The pages.
+/// `/report/<month>` and `.csv` on the running service's pages.
+fn pages(ioc: &Ioc, month: Month) {
     let (st, body) = ioc.get(&format!("/report/{month}"));
     assert_eq!(st, 200);
     assert!(body.contains("Báo cáo tháng") && body.contains("@media print"));
@@ -257,8 +270,6 @@ fn report_of_real_traffic_through_the_running_service() {
     );
     assert_eq!(ioc.get("/report/2026-13").0, 404);
     assert_eq!(ioc.get("/report").0, 303);
-    shots(&ioc, month);
-    ioc.stop();
 }
 
 fn shots_dir() -> PathBuf {
