@@ -30,9 +30,11 @@ CREATE TABLE IF NOT EXISTS history_intervals (
     start_ms INTEGER NOT NULL, end_ms INTEGER,
     PRIMARY KEY (site, condition, detail, start_ms));
 CREATE INDEX IF NOT EXISTS history_intervals_end ON history_intervals (end_ms);
+CREATE INDEX IF NOT EXISTS history_intervals_start ON history_intervals (start_ms);
 CREATE TABLE IF NOT EXISTS history_heard (
     site TEXT NOT NULL, start_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
     PRIMARY KEY (site, start_ms));
+CREATE INDEX IF NOT EXISTS history_heard_last ON history_heard (last_ms);
 CREATE TABLE IF NOT EXISTS history_days (
     site TEXT NOT NULL, day INTEGER NOT NULL,
     received INTEGER NOT NULL, filled_late INTEGER NOT NULL, duplicates INTEGER NOT NULL,
