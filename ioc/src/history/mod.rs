@@ -227,7 +227,6 @@ impl Tracker {
         totals: Option<SiteTotals>,
         at_ms: i64,
     ) {
-        self.hear(site, at_ms);
         if let Some(view) = view {
             let now = conditions(view, &self.cfg);
             let open = self.open.entry(site.to_owned()).or_default();
@@ -270,7 +269,10 @@ impl Tracker {
         }
     }
 
-    fn hear(&mut self, site: &str, at_ms: i64) {
+    /// A sign of life of `site` at `at_ms`: a message its gateway sent
+    /// (not a status or an inventory: the broker sends the retained ones
+    /// again to every new subscriber, and the last will is the broker's).
+    pub fn hear(&mut self, site: &str, at_ms: i64) {
         let span = match self.heard.get(site) {
             Some(h) if at_ms - h.last_ms <= self.cfg.offline_after_ms => Heard {
                 start_ms: h.start_ms,

@@ -31,6 +31,9 @@ impl Feed {
         let _ = self
             .m
             .handle(&format!("ioc/xa-a/{topic}"), payload.as_bytes(), at);
+        if topic != "status" {
+            self.t.hear("xa-a", at);
+        }
         self.t.observe(
             "xa-a",
             self.m.fleet.site("xa-a"),
@@ -143,10 +146,12 @@ fn conditions_open_and_close_with_the_fleet_view() {
             (Offline, "".into(), 8 * min, None),
         ]
     );
-    // One span heard: no two messages more than 3 minutes apart.
+    // One span heard, from the first message the gateway sent to its
+    // last (a status is not a sign of life): no two more than 3 minutes
+    // apart.
     assert_eq!(
         d.heard.into_iter().collect::<Vec<_>>(),
-        vec![(("xa-a".into(), 0), 8 * min)]
+        vec![(("xa-a".into(), min), 7 * min)]
     );
     // Five samples and six events, received on one local day.
     let day = d.days[&("xa-a".into(), 0)];
@@ -158,14 +163,17 @@ fn conditions_open_and_close_with_the_fleet_view() {
 fn a_silence_longer_than_offline_after_starts_a_new_span() {
     let mut f = Feed::new();
     f.status(true, 0);
-    f.sample("ups1", r#"{"ups.status":"OL"}"#, 180_000);
-    f.sample("ups1", r#"{"ups.status":"OL"}"#, 360_001);
+    f.sample("ups1", r#"{"ups.status":"OL"}"#, 1_000);
+    f.sample("ups1", r#"{"ups.status":"OL"}"#, 181_000);
+    f.sample("ups1", r#"{"ups.status":"OL"}"#, 361_001);
+    // The retained status again at a restart of the consumer: not heard.
+    f.status(true, 900_000);
     let d = f.t.drain();
     assert_eq!(
         d.heard.into_iter().collect::<Vec<_>>(),
         vec![
-            (("xa-a".into(), 0), 180_000),
-            (("xa-a".into(), 360_001), 360_001)
+            (("xa-a".into(), 1_000), 181_000),
+            (("xa-a".into(), 361_001), 361_001)
         ]
     );
 }
@@ -238,6 +246,7 @@ fn a_restored_tracker_keeps_the_open_intervals_start() {
     .into();
     let mut t = Tracker::new(CFG, Resumed { open, heard }, BTreeMap::new());
     // The same view: nothing changes, the span goes on.
+    t.hear("xa-a", 2_000);
     t.observe("xa-a", f.m.fleet.site("xa-a"), None, 2_000);
     let d = t.drain();
     assert!(d.intervals.is_empty());

@@ -80,10 +80,16 @@ impl Batch {
     }
 
     /// Takes one message (below), then shows its site's fleet view and
-    /// ledger totals to the history tracker.
+    /// ledger totals to the history tracker; what the gateway sent itself
+    /// (not a status or an inventory, retained at the broker) is a sign
+    /// of life.
     pub fn take(&mut self, m: &mut Monitor, topic: &str, payload: &[u8], at_ms: i64) -> Taken {
         let (taken, site) = self.apply(m, topic, payload, at_ms);
         if let (Some(t), Some(site)) = (self.history.as_mut(), site) {
+            let retained = topic.ends_with("/status") || topic.ends_with("/inventory");
+            if !retained {
+                t.hear(&site, at_ms);
+            }
             t.observe(&site, m.fleet.site(&site), m.ledger.totals(&site), at_ms);
         }
         taken
