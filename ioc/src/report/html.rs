@@ -29,13 +29,13 @@ a{color:#0b57d0}
 nav{display:flex;flex-wrap:wrap;gap:4px 14px;margin-left:auto}
 .meta{margin:2px 0;color:#3c4043;font-size:.9rem}
 div.wide{overflow-x:auto}
-table{border-collapse:collapse;width:100%;border:1px solid #c4c7c5;font-size:13px}
-th,td{padding:3px 5px;border:1px solid #dadce0;vertical-align:top}
-th{background:#eef0f3;font-weight:600;font-size:12px;text-align:center;hyphens:auto}
+table{border-collapse:collapse;width:100%;border:1px solid #c4c7c5;font-size:12.5px}
+th,td{padding:3px 4px;border:1px solid #dadce0;vertical-align:top}
+th{background:#eef0f3;font-weight:600;font-size:11.5px;text-align:center}
 thead tr.groups th{font-size:13px;background:#e2e6ea}
-td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td small{display:block;color:#3c4043;font-size:12px}
-td.id{text-align:left;font-weight:600}
+td{text-align:right;font-variant-numeric:tabular-nums}
+td small{display:block;color:#3c4043;font-size:11.5px}
+td.id{text-align:left;font-weight:600;white-space:nowrap}
 tr.total td{font-weight:700;background:#f4f5f7;border-top:2px solid #80868b}
 .bad{color:#b3261e;font-weight:700}
 .warn{color:#a15c00;font-weight:600}
@@ -150,7 +150,18 @@ fn dur(ms: i64, lang: &str) -> String {
     if ms <= 0 {
         return NIL_DASH.into();
     }
-    duration(ms as f64 / 1000.0, lang).replace(' ', "&nbsp;")
+    // "16&nbsp;h 30&nbsp;min": a number stays with its unit; the parts
+    // may wrap in a narrow column.
+    let text = duration(ms as f64 / 1000.0, lang);
+    let mut out = String::new();
+    for w in text.split(' ') {
+        if !out.is_empty() {
+            let glue = out.ends_with(|c: char| c.is_ascii_digit());
+            out.push_str(if glue { "&nbsp;" } else { " " });
+        }
+        out.push_str(w);
+    }
+    out
 }
 
 fn episodes(e: Episodes, t: &ReportStrings, lang: &str) -> String {

@@ -420,7 +420,7 @@ pub const REPORT_EN: ReportStrings = ReportStrings {
         "Complete",
         "Copies removed",
         "Contract breaks",
-        "Malformed messages",
+        "Malformed",
     ],
     help: [
         "share of the time measured the site was online and heard from",
