@@ -19,8 +19,21 @@ use super::ingest_peers::{publish, wait_for, Broker, Ioc, WAIT};
 
 const SITE: &str = "xa-report";
 
+/// What the test's service is configured with after its restart: a site
+/// unheard for 30 s is offline (the shortest allowed).
+const OFFLINE_AFTER_MS: i64 = 30_000;
+
 fn report(store: &Path, month: Month) -> Report {
-    from_store(store, month, system_ms(), &ReportConfig::default(), true).expect("report")
+    let cfg = ReportConfig {
+        offline_after_ms: OFFLINE_AFTER_MS,
+        ..ReportConfig::default()
+    };
+    from_store(store, month, system_ms(), &cfg, true).expect("report")
+}
+
+fn received(store: &Path, month: Month) -> u64 {
+    let r = report(store, month);
+    row(&r, SITE).map_or(0, |s| s.counts.received)
 }
 
 fn row<'a>(r: &'a Report, site: &str) -> Option<&'a Row> {
@@ -135,7 +148,22 @@ fn report_of_real_traffic_through_the_running_service() {
         ),
         (1, 1, 1, 1)
     );
+    // A reading (still too hot: nothing changes), committed; then kill -9
+    // and a restart with `[report] offline_after = "30s"`.
+    publish(
+        broker.port,
+        &[env.msg("env1", r#"{"ambient.temperature":41.0}"#)],
+    );
+    wait_for("the sixth message committed", WAIT, || {
+        received(&ioc.store, month) == 6
+    });
     ioc.kill9();
+    let mut text = std::fs::read_to_string(&ioc.config).expect("config");
+    text.push_str(&format!(
+        "[report]\noffline_after = \"{}s\"\n",
+        OFFLINE_AFTER_MS / 1000
+    ));
+    std::fs::write(&ioc.config, text).expect("config");
     ioc.restart();
     let back = vec![
         ups.msg("ups1", r#"{"ups.status":"OL"}"#),
@@ -145,10 +173,26 @@ fn report_of_real_traffic_through_the_running_service() {
     ];
     publish(broker.port, &back);
     wait_for("the site back to normal in the history", WAIT, || {
-        let r = report(&ioc.store, month);
-        let s = row(&r, SITE).cloned().unwrap_or_default();
-        s.counts.received == 9
+        received(&ioc.store, month) == 10
     });
+    // Then nothing at all from the site for 40 s (its status still
+    // online), then a reading: offline from 30 s after the last message.
+    let quiet_from = system_ms();
+    super::ingest_peers::pause(std::time::Duration::from_secs(40));
+    let quiet_to = system_ms();
+    publish(broker.port, &[ups.msg("ups1", r#"{"ups.status":"OL"}"#)]);
+    wait_for("the reading after the silence", WAIT, || {
+        received(&ioc.store, month) == 11
+    });
+    let s = row(&report(&ioc.store, month), SITE)
+        .cloned()
+        .expect("the site");
+    let down = s.window_ms - s.available_ms;
+    let quiet = quiet_to - quiet_from;
+    assert!(
+        down >= quiet - OFFLINE_AFTER_MS - 1_000 && down <= quiet - OFFLINE_AFTER_MS + 15_000,
+        "unavailable {down} ms after {quiet} ms of silence"
+    );
 
     let readings = Month::of_ms(traffic.messages[0].at_ms, 7 * 3600);
     figures(&ioc, month, readings, &want);
@@ -181,7 +225,7 @@ fn figures(ioc: &Ioc, month: Month, readings: Month, want: &SiteTotals) {
         s.battery
     );
     let t = &r.total;
-    assert_eq!(t.counts.received, want.received + 9);
+    assert_eq!(t.counts.received, want.received + 11);
     assert_eq!(t.counts.contract_breaks, want.contract_breaks);
     assert_eq!(t.counts.corrected_copies, want.corrected_copies);
     assert!(
@@ -242,7 +286,7 @@ fn subcommand(ioc: &Ioc, month: Month, dir: &Path) {
         .split(',')
         .collect();
     assert_eq!((mine[7], mine[9], mine[11], mine[15]), ("1", "1", "1", "1"));
-    assert_eq!(mine[17], "9");
+    assert_eq!(mine[17], "11");
     let html = cli(&["--lang", "en", "--out", &html_path.display().to_string()]);
     assert!(html.is_empty());
     let page = std::fs::read_to_string(&html_path).expect("html");
