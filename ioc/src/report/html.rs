@@ -125,6 +125,18 @@ fn day_ranges(on: &[bool; 7], t: &ReportStrings) -> String {
     runs.join(", ")
 }
 
+/// The offline limit in words, exactly: "3 phút", "90 giây" / "90 s".
+fn limit(ms: i64, lang: &str) -> String {
+    let s = ms / 1000;
+    if s % 60 == 0 {
+        duration(s as f64, lang)
+    } else if lang == "en" {
+        format!("{s} s")
+    } else {
+        format!("{s} giây")
+    }
+}
+
 fn hhmm(m: u32) -> String {
     format!("{:02}:{:02}", m / 60, m % 60)
 }
@@ -293,7 +305,7 @@ fn preamble(out: &mut String, r: &Report, cfg: &ReportConfig, t: &ReportStrings,
         out,
         "<p class=\"meta\">{} {}. {}: {}. {} {}.</p>",
         t.offline_rule,
-        duration(cfg.offline_after_ms as f64 / 1000.0, lang),
+        limit(cfg.offline_after_ms, lang),
         t.bounds,
         if bounds.is_empty() {
             "—".into()

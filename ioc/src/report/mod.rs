@@ -238,6 +238,13 @@ mod tests {
         assert!(vi.contains("<h1>Báo cáo tháng 12/2026</h1>"));
         assert!(vi.contains("href=\"/report/2026-11\"") && vi.contains("href=\"/report/2027-01\""));
         assert!(vi.contains("100,00%"), "Vietnamese decimals");
+        assert!(vi.contains("quá 3 phút."), "the offline limit");
+        let short = ReportConfig {
+            offline_after_ms: 30_000,
+            ..cfg.clone()
+        };
+        let en = String::from_utf8(render(&r, &short, Format::Html, Some("en"), &page)).unwrap();
+        assert!(en.contains("more than 30 s."), "the offline limit");
         let en = String::from_utf8(render(&r, &cfg, Format::Html, Some("en"), &page)).unwrap();
         assert!(en.contains("<h1>Monthly report: December 2026</h1>") && en.contains("100.00%"));
         let none = Page {
