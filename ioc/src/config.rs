@@ -52,6 +52,9 @@ pub struct RawConfig {
     pub ingest: RawIngest,
     #[serde(default)]
     pub web: RawWeb,
+    /// `[report]`: the monthly report (`report/config.rs`).
+    #[serde(default)]
+    pub report: crate::report::config::RawReport,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +184,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Where the fleet pages and `/metrics` are served (`web.listen`).
     pub web_listen: SocketAddr,
+    pub report: crate::report::ReportConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +291,10 @@ impl RawConfig {
         if web_listen.port() == 0 {
             return Err(invalid("web.listen", "the port must be 1-65535"));
         }
+        let report = self.report.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            why: e.why,
+        })?;
         Ok(Config {
             mqtt,
             store_path: self.store.path,
@@ -297,6 +305,7 @@ impl RawConfig {
                 from_zero: i.from_zero,
             },
             web_listen,
+            report,
         })
     }
 }

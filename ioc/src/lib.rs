@@ -24,17 +24,22 @@
 //! - [`send`], [`console`]: the operator's commands: one command to a
 //!   site's gateway over MQTT (`wardgate-ioc send`), the fleet table in a
 //!   terminal from the store (`wardgate-ioc fleet`).
+//! - [`history`], [`report`]: the monthly report, computed from the
+//!   history the ingest keeps beside the ledger (per site: spans heard,
+//!   condition intervals, day counts).
 
 pub mod backoff;
 pub mod config;
 pub mod console;
 pub mod dedup;
 pub mod fleet;
+pub mod history;
 pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod send;
 pub mod store;
 pub mod tsdb;

@@ -3,8 +3,9 @@
 //! (docs/ioc.md, "Running wardgate-ioc"); `check` validates the config and
 //! probes the broker, the store, the time-series database and the pages'
 //! address; `send` sends one command to a site's gateway and prints its
-//! replies; `fleet` prints the fleet table from the store; `loadgen`
-//! writes the load generator's traffic or checks the ledger against it.
+//! replies; `fleet` prints the fleet table from the store; `report`
+//! writes the monthly report; `loadgen` writes the load generator's
+//! traffic or checks the ledger against it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -110,6 +111,24 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The monthly report of every site: availability (24 h and office
+    /// hours), power outages, internet, environment, completeness
+    /// (docs/ioc.md, "Monthly report"). Reads the store read-only, beside
+    /// a running service. Exit 78 on a bad config, 1 on an error.
+    Report {
+        #[arg(long, default_value = wardgate_ioc::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// YYYY-MM, in the report's local time (`[report] utc_offset`).
+        #[arg(long)]
+        month: String,
+        #[arg(long, default_value = "vi", value_parser = ["vi", "en"])]
+        lang: String,
+        #[arg(long, default_value = "html", value_parser = ["html", "csv"])]
+        format: String,
+        /// Write here (replaced whole) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -175,6 +194,13 @@ fn main() -> ExitCode {
                 &mut std::io::stderr(),
             ));
         }
+        Command::Report {
+            config,
+            month,
+            lang,
+            format,
+            out,
+        } => return report(&config, &month, &lang, &format, out.as_deref()),
         Command::Loadgen { .. } => {}
     }
     match loadgen(cli) {
@@ -183,6 +209,31 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("wardgate-ioc: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn report(
+    config: &std::path::Path,
+    month: &str,
+    lang: &str,
+    format: &str,
+    out: Option<&std::path::Path>,
+) -> ExitCode {
+    use wardgate_ioc::report::{cli, Format, ReportError};
+    let format = if format == "csv" {
+        Format::Csv
+    } else {
+        Format::Html
+    };
+    match cli(config, month, lang, format, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wardgate-ioc: {e}");
+            match e {
+                ReportError::Config(_) => ExitCode::from(wardgate_ioc::ingest::check::exit::CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

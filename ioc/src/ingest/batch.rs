@@ -10,6 +10,7 @@ use wardgate_contract::{Message, StreamKey, Topic, GATEWAY_DEVICE};
 
 use super::ratelog::RateLog;
 use crate::fleet::{FeedError, Monitor};
+use crate::history::Tracker;
 use crate::ledger::RecordOutcome;
 use crate::pipeline::{ConsumeError, Handled};
 use crate::store::Commit;
@@ -39,6 +40,9 @@ pub struct Batch {
     /// False without a `[tsdb]`: no points are made (nothing would drain
     /// the outbox).
     write_points: bool,
+    /// The monthly report's history (none: not kept, as in tests of the
+    /// ledger alone).
+    history: Option<Tracker>,
     log: RateLog,
 }
 
@@ -52,8 +56,17 @@ impl Batch {
             new_types: Vec::new(),
             lines: Vec::new(),
             write_points: true,
+            history: None,
             log: RateLog::new(Duration::from_secs(60)),
         }
+    }
+
+    /// Keeps the monthly report's history with `tracker`: each message's
+    /// site observed after it was applied, the changes saved in the
+    /// batch's commit.
+    pub fn with_history(mut self, tracker: Tracker) -> Self {
+        self.history = Some(tracker);
+        self
     }
 
     /// Makes no time-series points (no `[tsdb]` configured).
@@ -66,14 +79,37 @@ impl Batch {
         self.sites.is_empty() && self.new_types.is_empty() && self.lines.is_empty()
     }
 
+    /// Takes one message (below), then shows its site's fleet view and
+    /// ledger totals to the history tracker; what the gateway sent itself
+    /// (not a status or an inventory, retained at the broker) is a sign
+    /// of life.
+    pub fn take(&mut self, m: &mut Monitor, topic: &str, payload: &[u8], at_ms: i64) -> Taken {
+        let (taken, site) = self.apply(m, topic, payload, at_ms);
+        if let (Some(t), Some(site)) = (self.history.as_mut(), site) {
+            let retained = topic.ends_with("/status") || topic.ends_with("/inventory");
+            if !retained {
+                t.hear(&site, at_ms);
+            }
+            t.observe(&site, m.fleet.site(&site), m.ledger.totals(&site), at_ms);
+        }
+        taken
+    }
+
     /// Sites changed by something else than a message (a device turned
     /// silent): saved at the next commit.
     pub fn touch(&mut self, sites: impl IntoIterator<Item = String>) {
         self.sites.extend(sites);
     }
 
-    /// Takes one message through the ledger and the fleet view.
-    pub fn take(&mut self, m: &mut Monitor, topic: &str, payload: &[u8], at_ms: i64) -> Taken {
+    /// Takes one message through the ledger and the fleet view; and the
+    /// site it was about, if its topic named one.
+    fn apply(
+        &mut self,
+        m: &mut Monitor,
+        topic: &str,
+        payload: &[u8],
+        at_ms: i64,
+    ) -> (Taken, Option<String>) {
         match m.handle(topic, payload, at_ms) {
             Ok(Handled::Message {
                 topic: t,
@@ -96,7 +132,7 @@ impl Batch {
                     }
                 }
                 self.points(site, &message, &applied.records);
-                Taken::Applied
+                (Taken::Applied, Some(site.to_owned()))
             }
             Ok(Handled::Untyped(t)) => {
                 let site = t.site();
@@ -104,13 +140,13 @@ impl Batch {
                 if let Topic::Inventory { .. } = t {
                     self.inventory(m, site);
                 }
-                Taken::Applied
+                (Taken::Applied, Some(site.to_owned()))
             }
             Err(FeedError::Consume(ConsumeError::Topic(e))) => {
                 if let Some(held) = self.log.allow("", Instant::now()) {
                     tracing::warn!(topic, error = %e, held, "message on a topic outside the contract: dropped");
                 }
-                Taken::Foreign
+                (Taken::Foreign, None)
             }
             Err(FeedError::Consume(ConsumeError::Decode { site, source })) => {
                 // Counted as malformed in the site's totals (saved with
@@ -118,16 +154,16 @@ impl Batch {
                 if let Some(held) = self.log.allow(&site, Instant::now()) {
                     tracing::warn!(%site, topic, error = %source, held, "payload outside the contract: counted as malformed, not stored");
                 }
-                self.sites.insert(site);
-                Taken::Malformed
+                self.sites.insert(site.clone());
+                (Taken::Malformed, Some(site))
             }
             Err(FeedError::Fleet(e)) => {
                 let site = e.site().to_owned();
                 if let Some(held) = self.log.allow(&site, Instant::now()) {
                     tracing::warn!(%site, error = %e, held, "inventory outside the contract: counted as malformed");
                 }
-                self.sites.insert(site);
-                Taken::Malformed
+                self.sites.insert(site.clone());
+                (Taken::Malformed, Some(site))
             }
         }
     }
@@ -225,6 +261,11 @@ impl Batch {
             lines: std::mem::take(&mut self.lines),
             messages,
             delivered: Vec::new(),
+            history: self
+                .history
+                .as_mut()
+                .map(Tracker::drain)
+                .unwrap_or_default(),
         }
     }
 }

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::fleet::{Fleet, FleetConfig, Monitor};
+use crate::history::Tracker;
 use crate::ledger::{Ledger, LedgerConfig, LedgerError};
 use crate::metrics::ServiceCounts;
 use crate::store::{message_digest, Store, StoreError, KEEP_COMMITS};
@@ -100,7 +101,14 @@ pub fn restore(cfg: &Config, store: &mut dyn Store) -> Result<(Monitor, Resume),
         "ledger and fleet view restored from the store"
     );
     let committed = loaded.delivered.into_iter().map(|d| (d, 0)).collect();
-    let mut batch = Batch::new(loaded.types);
+    let totals = ledger
+        .state()
+        .sites
+        .iter()
+        .map(|(site, s)| (site.clone(), s.totals))
+        .collect();
+    let tracker = Tracker::new(cfg.report.track(), loaded.history, totals);
+    let mut batch = Batch::new(loaded.types).with_history(tracker);
     if cfg.tsdb.is_none() {
         batch = batch.without_points();
     }

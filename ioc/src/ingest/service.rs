@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::ServiceCounts;
 use crate::store::{SqliteStore, Store};
 use crate::tsdb::Writer;
-use crate::web::{router, SharedView};
+use crate::web::{router, ReportSource, SharedView};
 
 /// Runs until a stop signal or an error.
 pub async fn serve(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), IngestError> {
@@ -22,7 +22,14 @@ pub async fn serve(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), Inges
     let (monitor, resume) = restore(&cfg, store.as_mut())?;
     let counts = Arc::new(ServiceCounts::default());
     ServiceCounts::add(&counts.outbox, resume.outbox);
-    let view = Arc::new(SharedView::new(monitor).with_counts(counts.clone()));
+    let view = Arc::new(
+        SharedView::new(monitor)
+            .with_counts(counts.clone())
+            .with_report(ReportSource {
+                store: cfg.store_path.clone(),
+                cfg: cfg.report.clone(),
+            }),
+    );
     // Bound before anything connects: a taken address stops the start
     // with its reason, not a service without its pages.
     let listener = TcpListener::bind(cfg.web_listen)

@@ -7,9 +7,11 @@
 //! de-duplication windows, device types from inventories, the time-series
 //! points of new readings (the outbox) and the running count of messages. It is written
 //! in one transaction, and only after it the messages are acknowledged to
-//! the broker: a restart resumes from the last commit, and the broker
+//! the broker (the report's history, [`history`], goes in the same
+//! transaction): a restart resumes from the last commit, and the broker
 //! redelivers what was not acknowledged.
 
+pub mod history;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -18,8 +20,10 @@ use wardgate_contract::StreamKey;
 
 use crate::dedup::SavedWindow;
 use crate::fleet::Site;
+use crate::history::{Delta, Resumed};
 use crate::ledger::{LedgerState, SiteState};
 
+pub use history::{HistoryReader, HistoryRows, SiteHistory};
 pub use sqlite::SqliteStore;
 
 /// Why the store failed.
@@ -68,6 +72,9 @@ pub struct Loaded {
     /// acknowledged (an acknowledgement handed to the client may never
     /// have reached the broker), and is not applied again.
     pub delivered: Vec<u64>,
+    /// The report's history: open intervals and each site's last span
+    /// heard ([`crate::history::Tracker`] resumes from them).
+    pub history: Resumed,
 }
 
 /// How many commits' message digests are kept: a minute at the default
@@ -108,6 +115,8 @@ pub struct Commit {
     pub messages: u64,
     /// The digests ([`message_digest`]) of this batch's messages.
     pub delivered: Vec<u64>,
+    /// The report's history this batch added ([`history`]).
+    pub history: Delta,
 }
 
 /// Points waiting for the time-series database: `(id, line)` by id.

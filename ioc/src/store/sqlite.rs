@@ -10,7 +10,8 @@
 //! `windows` (each stream's de-duplication digests), `device_types`
 //! (from inventories), `outbox` (line-protocol points for the time-series
 //! writer) and `meta` (the count of messages committed, the schema
-//! version). The time-series writer opens a second connection.
+//! version), and the monthly report's history (`store/history.rs`). The
+//! time-series writer opens a second connection.
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +58,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(super::history::SCHEMA).map_err(db)?;
         let version: i64 = conn
             .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
                 r.get(0)
@@ -186,6 +188,7 @@ impl Store for SqliteStore {
         }
         loaded.windows = self.load_windows()?;
         self.load_fleet(&mut loaded)?;
+        loaded.history = super::history::resume(&self.conn).map_err(|e| self.db(e))?;
         let n: i64 = self
             .conn
             .query_row("SELECT value FROM meta WHERE key='messages'", [], |r| {
@@ -286,6 +289,7 @@ impl Store for SqliteStore {
                 params![no - KEEP_COMMITS as i64],
             )
             .map_err(db)?;
+            super::history::write(&tx, &c.history).map_err(db)?;
             tx.execute(
                 "UPDATE meta SET value = value + ?1 WHERE key='messages'",
                 params![i64::try_from(c.messages).unwrap_or(i64::MAX)],
@@ -383,6 +387,7 @@ mod tests {
             lines: vec!["a".into(), "b".into(), "c".into()],
             messages: 2,
             delivered: vec![u64::MAX, 5],
+            history: Default::default(),
         };
         s.commit(&c).unwrap();
         s.commit(&Commit {

@@ -1,5 +1,6 @@
 //! The fleet pages over HTTP: `/` every site on one screen, `/site/<id>`
-//! one site with its devices and ledger, `/metrics` (Prometheus text),
+//! one site with its devices and ledger, `/report/<YYYY-MM>` (and
+//! `.csv`) the monthly report, `/metrics` (Prometheus text),
 //! `/healthz`. Server-side HTML, no script; the pages refresh themselves
 //! (meta refresh). Vietnamese first, English with `?lang=en`.
 //!
@@ -10,6 +11,7 @@
 //! across an await), so a message waits at most that long.
 
 mod page;
+mod report_page;
 mod site_page;
 pub mod words;
 
@@ -36,6 +38,15 @@ pub struct SharedView {
     /// The running service's own counts, for `/metrics` (none in tests
     /// of the pages alone).
     counts: Option<Arc<ServiceCounts>>,
+    /// Where the monthly report's history is (none: `/report` is 404).
+    report: Option<Arc<ReportSource>>,
+}
+
+/// The store the report pages read (read-only) and `[report]`.
+#[derive(Debug, Clone)]
+pub struct ReportSource {
+    pub store: std::path::PathBuf,
+    pub cfg: crate::report::ReportConfig,
 }
 
 /// The system clock in ms since 1970 (0 if it reads before 1970).
@@ -56,7 +67,14 @@ impl SharedView {
             monitor: RwLock::new(monitor),
             clock,
             counts: None,
+            report: None,
         }
+    }
+
+    /// `/report/<YYYY-MM>` reads the history in this store.
+    pub fn with_report(mut self, source: ReportSource) -> Self {
+        self.report = Some(Arc::new(source));
+        self
     }
 
     /// `/metrics` also shows the service's own counts.
@@ -99,6 +117,8 @@ pub fn router(state: Arc<SharedView>) -> Router {
     Router::new()
         .route("/", get(fleet))
         .route("/site/{id}", get(site))
+        .route("/report", get(report_page::current))
+        .route("/report/{month}", get(report_page::month))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)

@@ -16,7 +16,7 @@ header{display:flex;flex-wrap:wrap;align-items:baseline;gap:4px 16px;margin-bott
 h1{font-size:1.35rem;margin:0}
 h2{font-size:1.1rem;margin:18px 0 6px}
 a{color:#0b57d0}
-.lang{margin-left:auto}
+.lang{margin-left:auto;white-space:nowrap}
 .muted{color:#5f6368;font-size:.85rem}
 .summary{margin:4px 0 10px;font-size:1rem}
 .summary b.bad{color:#b3261e}
@@ -64,13 +64,16 @@ pub(super) fn open(out: &mut String, t: &Strings, title: &str, path: &str) {
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"30\"><title>{title}</title><style>{STYLE}</style></head><body>\
 <header><h1>{title}</h1><span class=\"muted\">{refresh}</span>\
-<a class=\"lang\" href=\"{path}?lang={to}\" hreflang=\"{to}\">{switch}</a></header>",
+<span class=\"lang\"><a href=\"/report{q}\">{report}</a> · \
+<a href=\"{path}?lang={to}\" hreflang=\"{to}\">{switch}</a></span></header>",
         lang = t.lang,
         title = esc(title),
         refresh = t.refresh,
         path = path,
         to = t.switch_to,
         switch = t.switch_lang,
+        report = t.report,
+        q = if t.lang == "en" { "?lang=en" } else { "" },
     );
 }
 

@@ -210,3 +210,32 @@ async fn free_text_from_the_wire_is_escaped() {
     let (_, _, page) = get(&v, &format!("/site/{}", site(0))).await;
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_pages_need_a_store_and_a_month() {
+    let v = view(3);
+    assert_eq!(get(&v, "/report/2026-12").await.0, StatusCode::NOT_FOUND);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.sqlite");
+    drop(crate::store::SqliteStore::open(&store).unwrap());
+    let (m, _) = demo(3, 1).unwrap();
+    let v = Arc::new(SharedView::with_clock(m, now).with_report(ReportSource {
+        store,
+        cfg: crate::report::ReportConfig::default(),
+    }));
+    let (st, ctype, vi) = get(&v, "/report/2026-12").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(ctype.starts_with("text/html"));
+    assert!(vi.contains("Báo cáo tháng 12/2026") && vi.contains("@media print"));
+    let (st, ctype, csv) = get(&v, "/report/2026-12.csv?lang=en").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(ctype.starts_with("text/csv"), "{ctype}");
+    assert!(csv.starts_with("\u{feff}site,month,"));
+    for bad in ["/report/2026-13", "/report/x.csv", "/report/2026-1"] {
+        assert_eq!(get(&v, bad).await.0, StatusCode::NOT_FOUND, "{bad}");
+    }
+    let (st, _, _) = get(&v, "/report?lang=en").await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    // The fleet page links to it.
+    assert!(get(&v, "/").await.2.contains("href=\"/report\""));
+}

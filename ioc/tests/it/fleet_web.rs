@@ -16,7 +16,7 @@ use wardgate_ioc::loadgen::{generate, LoadConfig};
 use wardgate_ioc::metrics;
 use wardgate_ioc::web::{router, SharedView};
 
-fn have(cmd: &str) -> bool {
+pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
@@ -107,7 +107,7 @@ fn shots_dir() -> PathBuf {
     d
 }
 
-fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
+pub fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
     Command::new("chromium")
         .args([
             "--headless",

@@ -95,6 +95,23 @@ fn a_real_gateway_through_mqtt_writes_what_its_own_influx_sink_writes() {
     assert!(want
         .keys()
         .all(|l| l.get("type").is_none_or(|t| t == "sim")));
+    // The monthly report of the same store: the simulated UPS goes on
+    // battery every 14 readings (an event each 7 toggles mains), three
+    // times in 40; every record received this month.
+    let now = wardgate_ioc::web::system_ms();
+    let month = wardgate_ioc::report::Month::of_ms(now, 7 * 3600);
+    let cfg = wardgate_ioc::report::ReportConfig::default();
+    let r = wardgate_ioc::report::from_store(&ioc.store, month, now, &cfg, true).expect("report");
+    let row = r
+        .rows
+        .iter()
+        .find(|x| x.site == "xa-e2e")
+        .expect("the site's row");
+    let (ledger, _, _) = ioc.committed();
+    let received = ledger.totals("xa-e2e").expect("totals").received;
+    assert_eq!(row.counts.received, received);
+    assert_eq!(row.battery.count, 3, "{row:?}");
+    assert!(row.availability().is_some_and(|a| a > 50.0), "{row:?}");
     ioc.stop();
     eprintln!(
         "gateway e2e: {} series, {} points each side, {:?}",

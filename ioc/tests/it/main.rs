@@ -7,5 +7,6 @@ mod ingest_gateway;
 mod ingest_peers;
 mod ingest_web;
 mod loadgen;
+mod report;
 mod schemas;
 mod send;
