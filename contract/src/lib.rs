@@ -17,6 +17,9 @@
 //!   the duplicate rule ([`keep`]: of an unsynced and a corrected copy,
 //!   keep the corrected one).
 //! - [`correction`]: the `gateway.clock_corrected` rule.
+//! - [`words`]: what people read for a value (Vietnamese and English
+//!   labels, units, formats), numbers and durations the local way, the
+//!   site's time zone: the gateway's page and the IOC's pages say the same.
 //! - [`command`]: the IOC's command request ([`Request`]) and the
 //!   gateway's replies ([`Reply`], [`ReplyStatus`]), and their topics.
 //! - [`gateway`]: what the gateway says about its own losses (its
@@ -49,6 +52,7 @@ pub mod model;
 pub mod schema;
 pub mod seq;
 pub mod topic;
+pub mod words;
 
 pub use command::{CommandError, Reply, ReplyStatus, Request};
 pub use correction::{ClockCorrection, CorrectionError};

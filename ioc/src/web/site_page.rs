@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use wardgate_contract::{DropReason, Kind};
+use wardgate_contract::words as cwords;
+use wardgate_contract::{DropReason, Kind, Value, Values};
 
 use super::page::{
     alarms_cell, backlog_cell, clock_cell, holes_cell, link_cell, open, power_cell, wan_cell,
@@ -56,29 +57,71 @@ fn health(t: &Strings, d: &Device) -> String {
     }
 }
 
+/// A device's last values as the gateway's own page shows them: a name in
+/// the contract's words table in its words and format (a duration in
+/// words, a contact's state, a UPS status as a phrase; hidden ones left
+/// out), in the table's order, under the label the site's inventory gave
+/// it; a name the table lacks with the inventory's label and unit (a
+/// configured register), else as it is.
 fn values(t: &Strings, d: &Device) -> String {
-    let mut out = String::new();
-    for (name, v) in d.values.iter().take(VALUES_SHOWN) {
-        let (label, unit) = match d.words.get(name) {
-            Some(w) => (
-                if t.lang == "en" { &w.en } else { &w.vi },
-                w.unit.as_deref().unwrap_or(""),
-            ),
-            None => (name, ""),
+    let all = Values(
+        d.values
+            .iter()
+            .map(|(k, v)| (k.clone(), stored_value(v)))
+            .collect(),
+    );
+    let mut names: Vec<&String> = all.0.keys().collect();
+    names.sort_by_key(|n| cwords::rank(n));
+    let mut lines = Vec::new();
+    for name in names {
+        let Some(v) = all.0.get(name) else { continue };
+        let inventory = d.words.get(name);
+        let shown = if cwords::lookup(name).is_some() {
+            cwords::show(name, v, &all, t.lang)
+        } else {
+            let label = inventory.map(|w| cwords::Label {
+                vi: Some(w.vi.clone()),
+                en: Some(w.en.clone()),
+                unit: w.unit.clone(),
+            });
+            cwords::show_labelled(name, v, &all, t.lang, label.as_ref())
         };
+        // The label the site's inventory gives (what its own page says).
+        if let Some((label, text)) = shown {
+            let label = match inventory {
+                Some(w) if t.lang == "en" => w.en.clone(),
+                Some(w) => w.vi.clone(),
+                None => label,
+            };
+            lines.push((label, text));
+        }
+    }
+    let mut out = String::new();
+    for (label, text) in lines.iter().take(VALUES_SHOWN) {
         let _ = write!(
             out,
-            "{}: <b class=\"num\">{}</b>{}{}<br>",
+            "{}: <b class=\"num\">{}</b><br>",
             esc(label),
-            esc(v),
-            if unit.is_empty() { "" } else { " " },
-            esc(unit)
+            esc(text)
         );
     }
-    if d.values.len() > VALUES_SHOWN {
-        let _ = write!(out, "{} {}…", t.more, d.values.len() - VALUES_SHOWN);
+    if lines.len() > VALUES_SHOWN {
+        let _ = write!(out, "{} {}…", t.more, lines.len() - VALUES_SHOWN);
     }
     out
+}
+
+/// A value as the fleet view keeps it (its text) back as a value: a
+/// number, `true`/`false`, or the word.
+fn stored_value(v: &str) -> Value {
+    match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => Value::Num(x),
+            _ => Value::Str(v.to_owned()),
+        },
+    }
 }
 
 fn devices(out: &mut String, t: &Strings, s: &Site, now_ms: i64) {

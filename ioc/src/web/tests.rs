@@ -111,6 +111,10 @@ async fn site_page_shows_devices_and_ledger() {
         "ups1",
         "megatec",
         "pin còn khoảng 21 phút",
+        // The values in the contract's words, as the gateway's own page
+        // writes them: a duration in words, a UPS status as a phrase.
+        "Thời gian pin còn: <b class=\"num\">21 phút</b>",
+        "Tải: <b class=\"num\">23 %</b>",
         "Sự kiện gần đây",
         "href=\"/site/site-00003?lang=en\"",
     ] {
@@ -123,6 +127,8 @@ async fn site_page_shows_devices_and_ledger() {
         "lost, no reason given",
         "Battery runtime",
         "about 21 min",
+        "Battery runtime: <b class=\"num\">21 min</b>",
+        "Load: <b class=\"num\">23 %</b>",
         "Recent events",
         "href=\"/?lang=en\"",
     ] {

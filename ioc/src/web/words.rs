@@ -487,38 +487,14 @@ pub fn report_strings(lang: Option<&str>) -> &'static ReportStrings {
     }
 }
 
-/// `x` with `decimals` decimals and grouped thousands: `12.345,6` in
-/// Vietnamese, `12,345.6` in English (the gateway's page writes them so).
-pub fn number(x: f64, decimals: usize, lang: &str) -> String {
-    if !x.is_finite() {
-        return "—".into();
-    }
-    let (thousands, point) = if lang == "en" { (',', '.') } else { ('.', ',') };
-    let s = format!("{:.*}", decimals, x.abs());
-    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
-    let mut out = String::new();
-    if x < 0.0 && s.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
-        out.push('-');
-    }
-    for (i, c) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            out.push(thousands);
-        }
-        out.push(c);
-    }
-    if !frac.is_empty() {
-        out.push(point);
-        out.push_str(frac);
-    }
-    out
-}
+/// Numbers the local way (`12.345,6` in Vietnamese, `12,345.6` in
+/// English): the contract's, as the gateway's page writes them.
+pub use wardgate_contract::words::{count, number};
 
-pub fn count(n: u64, lang: &str) -> String {
-    number(n as f64, 0, lang)
-}
-
-/// Seconds in words: "3 ngày 4 giờ" / "3 days 4 h", "2 giờ 5 phút",
-/// "20 phút", "dưới 1 phút".
+/// Seconds in words, short for the tables: "3 ngày 4 giờ" / "3 days 4 h",
+/// "2 giờ 5 phút", "20 phút", "dưới 1 phút". The contract's
+/// [`wardgate_contract::words::duration`] (the gateway's page, and a
+/// value's own duration on the site page) spells the English units out.
 pub fn duration(secs: f64, lang: &str) -> String {
     let en = lang == "en";
     let s = secs.max(0.0).round() as u64;
