@@ -164,10 +164,20 @@ fn thirty_eight_gateways_an_outage_and_a_crash_leave_only_declared_holes() {
     stop_all(&mut gws, Duration::from_secs(30));
     let heard = witness.heard();
     assert!(heard.refused.is_empty(), "{:?}", heard.refused);
-    wait_for("the ioc's ledger to hold every record heard", WAIT, || {
+    let deadline = Instant::now() + WAIT;
+    loop {
         let (l, _, waiting) = ioc.committed();
-        waiting == 0 && checks::received_as_heard(&l, &heard, false)
-    });
+        let behind = checks::not_as_heard(&l, &heard, false);
+        if waiting == 0 && behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ioc's ledger is not what the witness heard ({waiting} points waiting): \
+             (stream, ledger, witness) {behind:?}"
+        );
+        pause(Duration::from_millis(250));
+    }
     let (ledger, _, _) = ioc.committed();
     let explained = checks::ledger(&ledger, &heard, damaged);
     checks::metrics_after(&ioc, explained);
