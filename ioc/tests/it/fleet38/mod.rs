@@ -185,6 +185,8 @@ fn thirty_eight_gateways_an_outage_and_a_crash_leave_only_declared_holes() {
     ioc.stop();
     let log = ioc.log();
     assert!(!log.contains(" ERROR "), "{}", tail(&log));
+    // The broker kept the ioc's session through its restart.
+    assert!(log.contains("session_present=true"), "{}", tail(&log));
     eprintln!(
         "fleet38: {SITES} gateways; online in {started:?}; outage {outage:?}; settled {drained:?} \
          after; xa-23 row seq {damaged} damaged, {explained} numbers explained; {} messages \
