@@ -337,7 +337,20 @@ pub fn tsdb(vm: &Vm, heard: &Heard) -> usize {
                 .or_default()
                 .extend(seqs);
         }
-        assert_eq!(got, want, "{name}: VictoriaMetrics against what was sent");
+        let keys: BTreeSet<_> = got.keys().chain(want.keys()).cloned().collect();
+        let differ: Vec<_> = keys
+            .iter()
+            .filter_map(|k| {
+                let (g, w) = (got.get(k).cloned(), want.get(k).cloned());
+                let (g, w) = (g.unwrap_or_default(), w.unwrap_or_default());
+                let missing: Vec<_> = w.difference(&g).collect();
+                let extra: Vec<_> = g.difference(&w).collect();
+                (!missing.is_empty() || !extra.is_empty()).then(|| {
+                    format!("{k:?}: not in VictoriaMetrics {missing:?}, not sent {extra:?}")
+                })
+            })
+            .collect();
+        assert!(differ.is_empty(), "{name}: {differ:#?}");
         total += got.values().map(BTreeSet::len).sum::<usize>();
         if kind == Kind::Sample {
             let sites: BTreeSet<&String> = got.keys().map(|(s, _)| s).collect();

@@ -162,6 +162,19 @@ fn thirty_eight_gateways_an_outage_and_a_crash_leave_only_declared_holes() {
 
     // Stop the fleet cleanly, and let the ioc take all that was sent.
     stop_all(&mut gws, Duration::from_secs(30));
+    // Nothing more is published: wait until the witness has heard the
+    // last of it (2 s without a new message), then for the ioc's ledger.
+    let mut last = (witness.len(), Instant::now());
+    wait_for(
+        "the witness to hear the fleet's last messages",
+        WAIT,
+        || {
+            if witness.len() != last.0 {
+                last = (witness.len(), Instant::now());
+            }
+            last.1.elapsed() > Duration::from_secs(2)
+        },
+    );
     let heard = witness.heard();
     assert!(heard.refused.is_empty(), "{:?}", heard.refused);
     let deadline = Instant::now() + WAIT;
