@@ -123,10 +123,20 @@ impl Broker {
     /// A clean stop (SIGTERM: sessions and queues saved), then a start on
     /// the same port.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// A clean stop (SIGTERM: sessions and queues saved).
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.p.0.take() {
             let _ = Command::new("kill").arg(c.id().to_string()).status();
             let _ = c.wait();
         }
+    }
+
+    /// A start on the same port after `stop`.
+    pub fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.spawn() {
             assert!(Instant::now() < deadline, "port {} taken", self.port);

@@ -1,5 +1,6 @@
 //! Integration tests of wardgate-ioc: one binary, a module per subject.
 
+mod fleet38;
 mod fleet_cli;
 mod fleet_web;
 mod ingest;
