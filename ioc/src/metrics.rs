@@ -123,7 +123,7 @@ fn ledger_families(out: &mut String, sites: &[(&str, Option<SiteTotals>)]) {
         out,
         "wardgate_ledger_holes",
         "gauge",
-        "Missing readings by state: pending (backlog may still bring them), filled (arrived late), explained (the gateway said why), unexplained.",
+        "Missing readings by state: pending (backlog may still bring them), filled (arrived late), explained (the gateway said why), unexplained; and unused: numbers the gateway reserved and never used (no reading missing).",
     );
     for (site, t) in sites {
         let Some(t) = t else { continue };
@@ -132,6 +132,7 @@ fn ledger_families(out: &mut String, sites: &[(&str, Option<SiteTotals>)]) {
             ("filled", t.filled_late),
             ("explained", t.explained),
             ("unexplained", t.unexplained),
+            ("unused", t.unused),
         ] {
             let _ = writeln!(
                 out,

@@ -246,10 +246,12 @@ pub(crate) fn recompute(site: &mut SiteState) -> Vec<(StreamId, HoleCounts, Hole
         t.pending += st.counts.pending;
         t.explained += st.counts.explained;
         t.unexplained += st.counts.unexplained;
+        t.unused += st.counts.unused;
     }
     site.totals.pending = t.pending;
     site.totals.explained = t.explained;
     site.totals.unexplained = t.unexplained;
+    site.totals.unused = t.unused;
     changed
 }
 

@@ -123,8 +123,8 @@ pub struct CorrectionSeen {
     pub offset_ms: i64,
 }
 
-/// Counts per site; `pending`, `explained` and `unexplained` are the
-/// numbers in each state now (derived), the others running totals.
+/// Counts per site; `pending`, `explained`, `unexplained` and `unused` are
+/// the numbers in each state now (derived), the others running totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteTotals {
     /// Distinct records received.
@@ -132,8 +132,15 @@ pub struct SiteTotals {
     /// Records that arrived after their number had become a hole.
     pub filled_late: u64,
     pub pending: u64,
+    /// Missing readings the gateway gave a reason for, numbers it never
+    /// used left out (`unused`).
     pub explained: u64,
     pub unexplained: u64,
+    /// Numbers the gateway reserved and never used (an unclean stop skips
+    /// to the end of its reserved block): explained, but no reading was
+    /// ever taken under them, so they are not missing readings.
+    #[serde(default)]
+    pub unused: u64,
     /// Plain redeliveries (the same content), in the window or not.
     pub duplicates: u64,
     /// Corrected copies of records first received `unsynced`.
@@ -280,8 +287,12 @@ pub struct Piece {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoleCounts {
     pub pending: u64,
+    /// Explained by any reason but `Unused`.
     pub explained: u64,
     pub unexplained: u64,
+    /// Explained as numbers never used (no reading was taken under them).
+    #[serde(default)]
+    pub unused: u64,
 }
 
 impl HoleCounts {
@@ -291,6 +302,7 @@ impl HoleCounts {
             let n = p.range.len();
             let slot = match p.state {
                 HoleState::Pending => &mut c.pending,
+                HoleState::Explained(Reason::Unused) => &mut c.unused,
                 HoleState::Explained(_) => &mut c.explained,
                 HoleState::Unexplained => &mut c.unexplained,
             };

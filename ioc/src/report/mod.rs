@@ -20,7 +20,7 @@ use std::path::Path;
 
 use crate::dedup::Dedup;
 use crate::history::TrackConfig;
-use crate::ledger::{HoleState, Ledger, LedgerConfig, LedgerError};
+use crate::ledger::{HoleState, Ledger, LedgerConfig, LedgerError, Reason};
 use crate::store::{HistoryReader, HistoryRows, StoreError};
 
 pub use calendar::Month;
@@ -87,6 +87,8 @@ pub fn holes(ledger: &Ledger, site: &str) -> Vec<HoleAt> {
                 continue;
             };
             let kind = match p.state {
+                // Numbers never used: no reading is missing under them.
+                HoleState::Explained(Reason::Unused) => continue,
                 HoleState::Pending => HoleKind::Pending,
                 HoleState::Explained(_) => HoleKind::Explained,
                 HoleState::Unexplained => HoleKind::Unexplained,

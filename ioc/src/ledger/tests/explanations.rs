@@ -319,6 +319,10 @@ fn an_unclean_stop_in_an_epoch_of_its_own_speaks_of_the_previous_one() {
     );
     // Not applied to B's own numbers: its hole is unexplained.
     assert_eq!(holes(&l, "ups1", B), [(1, 2, Unexplained)]);
+    // Numbers never used are not missing readings: counted apart from
+    // the two lost in the crash.
+    let t = l.totals(SITE).unwrap();
+    assert_eq!((t.explained, t.unused, t.unexplained), (2, 59, 2));
     // The stop arriving before the reset that names A: the same once both are in.
     let mut reordered = steps.to_vec();
     reordered.swap(3, 4);

@@ -159,6 +159,7 @@ fn changes_name_the_streams_whose_holes_moved() {
         pending,
         explained,
         unexplained,
+        unused: 0,
     };
     assert_eq!(
         opened.changes,

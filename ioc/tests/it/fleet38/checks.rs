@@ -238,8 +238,9 @@ fn declared(heard: &Heard, x: &str, damaged: u64) -> BTreeMap<StreamKey, Vec<Pie
 /// The ledger as committed, stream by stream, against the witness: the
 /// same streams and records; holes only where the killed gateway declared
 /// them, with its reasons; what each gateway lost is what it declared.
-/// Returns the numbers explained.
-pub fn ledger(l: &Ledger, heard: &Heard, damaged: u64) -> u64 {
+/// Returns the numbers explained as lost and those explained as never
+/// used (the rest of the blocks the killed gateway had reserved).
+pub fn ledger(l: &Ledger, heard: &Heard, damaged: u64) -> (u64, u64) {
     let fleet = l.fleet_totals();
     assert_eq!(fleet.unexplained, 0, "unexplained: {:?}", l.unexplained());
     assert_eq!(
@@ -295,24 +296,51 @@ pub fn ledger(l: &Ledger, heard: &Heard, damaged: u64) -> u64 {
         eprintln!("fleet38: {x} {} {:?}: {pieces:?}", k.device, k.kind);
     }
     let t = l.totals(&x).expect("the killed site");
-    let n: u64 = want.values().flatten().map(|p| p.range.len()).sum();
-    assert_eq!((t.explained, t.pending, t.unexplained), (n, 0, 0), "{x}");
-    n
+    let is_unused = |p: &&Piece| p.state == HoleState::Explained(Reason::Unused);
+    let unused: u64 = want
+        .values()
+        .flatten()
+        .filter(is_unused)
+        .map(|p| p.range.len())
+        .sum();
+    let lost: u64 = want
+        .values()
+        .flatten()
+        .filter(|p| !is_unused(p))
+        .map(|p| p.range.len())
+        .sum();
+    // Numbers never used are not missing readings: counted apart.
+    assert!(lost >= 1, "{x}: the damaged row is a lost reading");
+    assert_eq!(
+        (t.explained, t.unused, t.pending, t.unexplained),
+        (lost, unused, 0, 0),
+        "{x}"
+    );
+    (lost, unused)
 }
 
 /// `/metrics` says the same: no pending, no unexplained hole anywhere;
-/// `explained` numbers at the killed site only.
-pub fn metrics_after(ioc: &Ioc, explained: u64) {
+/// `explained` and `unused` numbers at the killed site only.
+pub fn metrics_after(ioc: &Ioc, (explained, unused): (u64, u64)) {
     let m = metrics(ioc);
     assert_eq!(m.get("wardgate_fleet_sites"), Some(&(SITES as f64)));
     assert_eq!(m.get("wardgate_ioc_messages_malformed_total"), Some(&0.0));
     for i in 0..SITES {
         let s = site(i);
         let holes = |state| of(&m, "wardgate_ledger_holes", &s, Some(state));
-        let x = if i == KILLED { explained as f64 } else { 0.0 };
+        let (x, u) = if i == KILLED {
+            (explained as f64, unused as f64)
+        } else {
+            (0.0, 0.0)
+        };
         assert_eq!(
-            (holes("pending"), holes("unexplained"), holes("explained")),
-            (Some(0.0), Some(0.0), Some(x)),
+            (
+                holes("pending"),
+                holes("unexplained"),
+                holes("explained"),
+                holes("unused")
+            ),
+            (Some(0.0), Some(0.0), Some(x), Some(u)),
             "{s}: holes on /metrics"
         );
     }

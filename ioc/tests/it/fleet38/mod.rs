@@ -192,8 +192,8 @@ fn thirty_eight_gateways_an_outage_and_a_crash_leave_only_declared_holes() {
         pause(Duration::from_millis(250));
     }
     let (ledger, _, _) = ioc.committed();
-    let explained = checks::ledger(&ledger, &heard, damaged);
-    checks::metrics_after(&ioc, explained);
+    let (explained, unused) = checks::ledger(&ledger, &heard, damaged);
+    checks::metrics_after(&ioc, (explained, unused));
     let points = checks::tsdb(&vm, &heard);
     ioc.stop();
     let log = ioc.log();
@@ -202,7 +202,7 @@ fn thirty_eight_gateways_an_outage_and_a_crash_leave_only_declared_holes() {
     assert!(log.contains("session_present=true"), "{}", tail(&log));
     eprintln!(
         "fleet38: {SITES} gateways; online in {started:?}; outage {outage:?}; settled {drained:?} \
-         after; xa-23 row seq {damaged} damaged, {explained} numbers explained; {} messages \
+         after; xa-23 row seq {damaged} damaged, {explained} readings lost with a reason, {unused} numbers never used; {} messages \
          heard, {points} readings in VictoriaMetrics; {:?} in all",
         witness.len(),
         t0.elapsed()
