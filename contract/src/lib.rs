@@ -18,7 +18,9 @@
 //!   keep the corrected one).
 //! - [`correction`]: the `gateway.clock_corrected` rule.
 //! - [`command`]: the IOC's command request ([`Request`]) and the
-//!   gateway's replies ([`Reply`], [`ReplyStatus`]), and their topics.
+//!   gateway's replies ([`Reply`], [`ReplyStatus`]), their topics, and the
+//!   envelope's rules as a gateway reads a request (the 64 KiB cap, the
+//!   payload's shape, the expiry rule), with the words of each rejection.
 //! - [`gateway`]: what the gateway says about its own losses (its
 //!   telemetry's `spool.depth` and `spool.dropped.<reason>`, the
 //!   `gateway.unclean_stop`, `gateway.sequence_reset` and `spool.*`
