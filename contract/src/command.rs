@@ -2,27 +2,42 @@
 //! IOC"): the request the IOC publishes on `{prefix}/{site}/cmd/{op}/{id}`
 //! and the replies the gateway publishes on `.../{id}/reply`.
 //!
-//! [`Request`] builds a request's payload (`{"expires": …, "args": {…}}`);
-//! [`Reply::decode`] reads a reply and names what is wrong with one that is
-//! not the contract's, never panics. Which ops exist and what their args
-//! are is the gateway's business (it rejects what it does not know, with
-//! the reason): this module checks only the envelope's own rules.
+//! The IOC builds a request's payload (`{"expires": …, "args": {…}}`) with
+//! [`Request`] and reads replies with [`Reply::decode`], which names what
+//! is wrong with one that is not the contract's and never panics. A gateway
+//! reads a request with [`Target::parse`] (its topic), [`check_size`] and
+//! [`RequestPayload`] (its payload), and builds its replies with
+//! [`Reply::new`]; [`Request::decode`] is all of the reading in one call,
+//! for a reader with no rules of its own between the steps.
+//!
+//! Which ops exist, what their args are, who may send which and when the
+//! clock is good enough to run them is the gateway's business (it rejects
+//! what it does not know, with the reason): this module has only the
+//! envelope's own rules, and their words, which go into the `reason` of a
+//! `rejected` reply.
 
 use serde::{Deserialize, Serialize};
 
-use crate::topic::{valid_command_id, valid_op};
+use crate::topic::{valid_command_id, valid_op, Topic, TopicError};
 
 /// The largest request payload a gateway reads (64 KiB); a larger one is
-/// rejected (`too large`).
+/// rejected (`too large`) before it is parsed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// How far ahead of the gateway's clock `expires` may be (24 h); further
-/// is rejected.
+/// is rejected: a request valid for longer could be replayed after a
+/// gateway forgot its id (ids are kept 7 days).
 pub const MAX_EXPIRES_AHEAD_MS: i64 = 24 * 3600 * 1000;
 
 /// `{prefix}/{site}/cmd/{op}/{id}`: where a request is published.
 pub fn request_topic(prefix: &str, site: &str, op: &str, id: &str) -> String {
     format!("{prefix}/{site}/cmd/{op}/{id}")
+}
+
+/// `{prefix}/{site}/cmd/+/+`: what a gateway subscribes to for its
+/// requests.
+pub fn request_filter(prefix: &str, site: &str) -> String {
+    format!("{prefix}/{site}/cmd/+/+")
 }
 
 /// `{prefix}/{site}/cmd/{op}/{id}/reply`: where its replies come (QoS 1,
@@ -37,7 +52,9 @@ pub fn inventory_topic(prefix: &str, site: &str) -> String {
     format!("{prefix}/{site}/inventory")
 }
 
-/// Why a request cannot be built or a reply is not the contract's.
+/// Why a request cannot be built or read, or a reply is not the
+/// contract's. A gateway puts the words of the request's errors in the
+/// `reason` of its `rejected` reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     /// The op is not `[a-z0-9._-]{1,64}`: no topic can carry it; fix the
@@ -48,12 +65,26 @@ pub enum CommandError {
     /// choose another (a random one).
     #[error("id {0:?} is not [A-Za-z0-9_-]{{1,64}}")]
     BadId(String),
-    /// The payload would be larger than a gateway reads: send less.
-    #[error("the request is {0} bytes, a gateway reads at most {MAX_REQUEST_BYTES}")]
+    /// The payload is larger than a gateway reads: rejected unread; send
+    /// less.
+    #[error("too large: {0} bytes, at most {MAX_REQUEST_BYTES}")]
     TooLarge(usize),
     /// `expires` is before 1970: a request that no gateway runs.
     #[error("expires {0} is before 1970")]
     BadExpires(i64),
+    /// A payload that is not a request's JSON (the words say what is
+    /// wrong): rejected; fix the sender.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// `expires` is not after the gateway's time: rejected, never run;
+    /// send it again with a new `expires` if it is still wanted.
+    #[error("expired: expires {expires} is not after the gateway's time {now}")]
+    Expired { expires: i64, now: i64 },
+    /// `expires` is more than [`MAX_EXPIRES_AHEAD_MS`] ahead of the
+    /// gateway's time: rejected; send a nearer one (or the clocks
+    /// disagree).
+    #[error("expires is more than 24 h ahead of the gateway's time")]
+    TooFarAhead,
     /// A reply that is not JSON of the reply's shape (the message names
     /// the field): not from a gateway of this contract; count it, ignore it.
     #[error("a reply that is not the contract's: {0}")]
@@ -89,6 +120,45 @@ impl ReplyStatus {
             ReplyStatus::Successful => "successful",
             ReplyStatus::Failed => "failed",
             ReplyStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// The op and id a request's topic names; its replies name them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub op: String,
+    pub id: String,
+}
+
+impl Target {
+    /// The op and id of a request to `site` under `prefix`. `Ok(None)`: not
+    /// a request to this site (another site's, a reply, another kind of
+    /// topic): ignore it. An error: a request to this site whose op or id
+    /// breaks its pattern, so no reply topic can name it: log it and drop
+    /// it, no reply.
+    pub fn parse(prefix: &str, site: &str, topic: &str) -> Result<Option<Target>, TopicError> {
+        match Topic::parse(prefix, topic) {
+            Ok(Topic::Command { site: s, op, id }) if s == site => Ok(Some(Target {
+                op: op.to_owned(),
+                id: id.to_owned(),
+            })),
+            Err(e @ TopicError::BadCommand { .. }) => {
+                // Only `{prefix}/{site}/cmd/{op}/{id}` of this site, not a
+                // reply topic or another site's request.
+                let ours = topic
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .and_then(|r| r.strip_prefix(site))
+                    .and_then(|r| r.strip_prefix("/cmd/"))
+                    .is_some_and(|r| r.matches('/').count() == 1);
+                if ours {
+                    Err(e)
+                } else {
+                    Ok(None)
+                }
+            }
+            _ => Ok(None),
         }
     }
 }
@@ -136,6 +206,38 @@ impl Request {
         })
     }
 
+    /// Reads a request as a gateway does, every rule of the contract in a
+    /// gateway's order: the op and id patterns, [`check_size`], the
+    /// payload's shape ([`RequestPayload::decode`]), `expires` against
+    /// `now_ms` ([`RequestPayload::check_expires`]; `None`: a clock that
+    /// cannot judge it, so it is not judged) and `args`
+    /// ([`RequestPayload::into_args`]).
+    pub fn decode(
+        op: &str,
+        id: &str,
+        payload: &[u8],
+        now_ms: Option<i64>,
+    ) -> Result<Request, CommandError> {
+        if !valid_op(op) {
+            return Err(CommandError::BadOp(op.to_owned()));
+        }
+        if !valid_command_id(id) {
+            return Err(CommandError::BadId(id.to_owned()));
+        }
+        check_size(payload)?;
+        let p = RequestPayload::decode(payload)?;
+        if let Some(now) = now_ms {
+            p.check_expires(now)?;
+        }
+        let expires = p.expires;
+        Ok(Request {
+            op: op.to_owned(),
+            id: id.to_owned(),
+            expires,
+            args: p.into_args()?,
+        })
+    }
+
     /// `{prefix}/{site}/cmd/{op}/{id}`.
     pub fn topic(&self, prefix: &str, site: &str) -> String {
         request_topic(prefix, site, &self.op, &self.id)
@@ -153,11 +255,92 @@ impl Request {
             expires: self.expires,
             args: &self.args,
         })
-        .map_err(|e| CommandError::BadReply(e.to_string()))?;
-        if body.len() > MAX_REQUEST_BYTES {
-            return Err(CommandError::TooLarge(body.len()));
-        }
+        .map_err(|e| CommandError::Malformed(e.to_string()))?;
+        check_size(&body)?;
         Ok(body)
+    }
+}
+
+/// The first rule a request meets, before it is parsed: at most
+/// [`MAX_REQUEST_BYTES`] (exactly that many is fine).
+pub fn check_size(payload: &[u8]) -> Result<(), CommandError> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(CommandError::TooLarge(payload.len()));
+    }
+    Ok(())
+}
+
+/// A request's payload as a gateway reads it: `expires` read, the rest
+/// checked step by step, so that a gateway can put its own rules (which
+/// ops run while its clock is not synchronised) between the steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestPayload {
+    /// ms since the epoch, at least 0.
+    pub expires: i64,
+    args: Option<serde_json::Value>,
+}
+
+/// The payload's keys: no others (the schema's `additionalProperties`).
+/// Its name is in serde's words for a payload of the wrong type ("expected
+/// struct Envelope"), which go into the reason: keep it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    #[serde(default)]
+    expires: Option<serde_json::Value>,
+    #[serde(default)]
+    args: Option<serde_json::Value>,
+}
+
+impl RequestPayload {
+    /// Reads the JSON: an object of `expires` (required, an integer, at
+    /// least 0) and `args`, no other key. `args` is checked by
+    /// [`RequestPayload::into_args`].
+    pub fn decode(payload: &[u8]) -> Result<RequestPayload, CommandError> {
+        let w: Envelope =
+            serde_json::from_slice(payload).map_err(|e| CommandError::Malformed(e.to_string()))?;
+        let expires = match w.expires {
+            None | Some(serde_json::Value::Null) => {
+                return Err(CommandError::Malformed("expires is required".into()))
+            }
+            Some(v) => match v.as_i64() {
+                Some(ms) if ms >= 0 => ms,
+                _ => {
+                    return Err(CommandError::Malformed(
+                        "expires must be milliseconds since the epoch (an integer)".into(),
+                    ))
+                }
+            },
+        };
+        Ok(RequestPayload {
+            expires,
+            args: w.args,
+        })
+    }
+
+    /// The expiry rule, for a gateway whose clock can judge it: `expires`
+    /// after `now_ms`, and at most [`MAX_EXPIRES_AHEAD_MS`] after it.
+    pub fn check_expires(&self, now_ms: i64) -> Result<(), CommandError> {
+        if self.expires <= now_ms {
+            return Err(CommandError::Expired {
+                expires: self.expires,
+                now: now_ms,
+            });
+        }
+        if self.expires - now_ms > MAX_EXPIRES_AHEAD_MS {
+            return Err(CommandError::TooFarAhead);
+        }
+        Ok(())
+    }
+
+    /// `args`: an object; left out or `null` is the empty one. What keys
+    /// it may have is the op's (the gateway's) business.
+    pub fn into_args(self) -> Result<serde_json::Map<String, serde_json::Value>, CommandError> {
+        match self.args {
+            None | Some(serde_json::Value::Null) => Ok(Default::default()),
+            Some(serde_json::Value::Object(m)) => Ok(m),
+            Some(_) => Err(CommandError::Malformed("args must be an object".into())),
+        }
     }
 }
 
@@ -181,6 +364,32 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A reply to the request `t` with `status`, written at `ts`: no
+    /// reason or result yet, not replayed.
+    pub fn new(t: &Target, status: ReplyStatus, ts: i64) -> Reply {
+        Reply {
+            id: t.id.clone(),
+            op: t.op.clone(),
+            status,
+            reason: None,
+            result: None,
+            ts,
+            replayed: false,
+        }
+    }
+
+    /// With why it was rejected or failed.
+    pub fn with_reason(mut self, why: impl Into<String>) -> Reply {
+        self.reason = Some(why.into());
+        self
+    }
+
+    /// With the op's result.
+    pub fn with_result(mut self, r: serde_json::Value) -> Reply {
+        self.result = Some(r);
+        self
+    }
+
     /// Reads a reply payload; every field is required (the schema's), and
     /// a `rejected` or `failed` reply must say why.
     pub fn decode(payload: &[u8]) -> Result<Reply, CommandError> {
@@ -223,152 +432,17 @@ impl Reply {
         })
     }
 
+    /// The reply as the gateway writes it, as text.
+    pub fn to_json(&self) -> String {
+        // Strings, numbers and JSON values: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// The reply as the gateway writes it.
     pub fn to_vec(&self) -> Vec<u8> {
-        // Strings, numbers and JSON values: serialising cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        self.to_json().into_bytes()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-        match v {
-            serde_json::Value::Object(m) => m,
-            _ => panic!("an object"),
-        }
-    }
-
-    #[test]
-    fn a_request_is_the_schemas_and_names_its_topics() {
-        let r = Request::new(
-            "poll",
-            "c-81",
-            1_795_832_250_000,
-            args(json!({"device": "ups1"})),
-        )
-        .unwrap();
-        assert_eq!(r.topic("ioc", "xa-a"), "ioc/xa-a/cmd/poll/c-81");
-        assert_eq!(r.reply_topic("ioc", "xa-a"), "ioc/xa-a/cmd/poll/c-81/reply");
-        let body = r.to_vec().unwrap();
-        assert_eq!(
-            String::from_utf8(body.clone()).unwrap(),
-            r#"{"expires":1795832250000,"args":{"device":"ups1"}}"#
-        );
-        let schema: serde_json::Value =
-            serde_json::from_str(crate::schema::COMMAND_REQUEST).unwrap();
-        let v = jsonschema::validator_for(&schema).unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert!(v.is_valid(&doc));
-        let none = Request::new("status", "x", 1, Default::default()).unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&none.to_vec().unwrap()).unwrap();
-        assert_eq!(doc, json!({"expires": 1, "args": {}}));
-        assert!(v.is_valid(&doc));
-        // Both topics parse back as the contract's.
-        use crate::topic::Topic;
-        let t = r.topic("ioc", "xa-a");
-        assert!(matches!(
-            Topic::parse("ioc", &t),
-            Ok(Topic::Command {
-                op: "poll",
-                id: "c-81",
-                ..
-            })
-        ));
-        let t = r.reply_topic("ioc", "xa-a");
-        assert!(matches!(
-            Topic::parse("ioc", &t),
-            Ok(Topic::Reply {
-                op: "poll",
-                id: "c-81",
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn a_request_outside_the_patterns_is_refused() {
-        let a = Default::default;
-        assert!(matches!(
-            Request::new("Poll", "c1", 1, a()),
-            Err(CommandError::BadOp(_))
-        ));
-        assert!(matches!(
-            Request::new("poll", "c 1", 1, a()),
-            Err(CommandError::BadId(_))
-        ));
-        assert!(matches!(
-            Request::new("poll", &"a".repeat(65), 1, a()),
-            Err(CommandError::BadId(_))
-        ));
-        assert!(matches!(
-            Request::new("poll", "c1", -1, a()),
-            Err(CommandError::BadExpires(-1))
-        ));
-        let big = args(json!({"toml": "x".repeat(MAX_REQUEST_BYTES)}));
-        let r = Request::new("config.set", "c1", 1, big).unwrap();
-        assert!(matches!(r.to_vec(), Err(CommandError::TooLarge(_))));
-    }
-
-    #[test]
-    fn replies_decode_and_bad_ones_are_named() {
-        // docs/mqtt.md's example.
-        let ok = br#"{"id":"c-81","op":"poll","status":"successful","reason":null,
- "result":{"device":"ups1","ts":1795832191000,"values":{"ups.load":31.0}},
- "ts":1795832191020,"replayed":false}"#;
-        let r = Reply::decode(ok).unwrap();
-        assert_eq!(r.status, ReplyStatus::Successful);
-        assert!(r.status.is_final());
-        assert_eq!(r.result.as_ref().unwrap()["device"], "ups1");
-        let schema: serde_json::Value = serde_json::from_str(crate::schema::COMMAND_REPLY).unwrap();
-        let v = jsonschema::validator_for(&schema).unwrap();
-        let back: serde_json::Value = serde_json::from_slice(&r.to_vec()).unwrap();
-        assert!(v.is_valid(&back), "{back}");
-        assert_eq!(Reply::decode(&r.to_vec()).unwrap(), r);
-
-        let rejected = br#"{"id":"c1","op":"reboot","status":"rejected","reason":"unknown op \"reboot\"","result":null,"ts":1,"replayed":false}"#;
-        let r = Reply::decode(rejected).unwrap();
-        assert_eq!(r.status, ReplyStatus::Rejected);
-        assert_eq!(r.reason.as_deref(), Some("unknown op \"reboot\""));
-        assert_eq!(r.result, None);
-        for s in ["accepted", "executing"] {
-            let p = format!(
-                r#"{{"id":"c1","op":"poll","status":"{s}","reason":null,"result":null,"ts":1,"replayed":false}}"#
-            );
-            assert!(!Reply::decode(p.as_bytes()).unwrap().status.is_final());
-        }
-
-        let bad: &[(&[u8], &str)] = &[
-            (b"", "EOF"),
-            (b"\xff\xfe", "expected value"),
-            (br#"{"id":"c1"}"#, "missing field"),
-            (
-                br#"{"id":"c1","op":"poll","status":"done","reason":null,"result":null,"ts":1,"replayed":false}"#,
-                "unknown variant",
-            ),
-            (
-                br#"{"id":"c1","op":"poll","status":"failed","reason":null,"result":null,"ts":1,"replayed":false}"#,
-                "without a reason",
-            ),
-            (
-                br#"{"id":"c 1","op":"poll","status":"accepted","reason":null,"result":null,"ts":1,"replayed":false}"#,
-                "id",
-            ),
-            (
-                br#"{"id":"c1","op":"poll","status":"accepted","reason":null,"ts":1,"replayed":false}"#,
-                "missing field `result`",
-            ),
-            (
-                br#"{"id":"c1","op":"poll","status":"accepted","reason":null,"result":null,"ts":1,"replayed":false,"x":1}"#,
-                "unknown field",
-            ),
-        ];
-        for (payload, says) in bad {
-            let e = Reply::decode(payload).unwrap_err().to_string();
-            assert!(e.contains(says), "{e} should say {says}");
-        }
-    }
-}
+mod tests;

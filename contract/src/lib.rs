@@ -21,7 +21,9 @@
 //!   labels, units, formats), numbers and durations the local way, the
 //!   site's time zone: the gateway's page and the IOC's pages say the same.
 //! - [`command`]: the IOC's command request ([`Request`]) and the
-//!   gateway's replies ([`Reply`], [`ReplyStatus`]), and their topics.
+//!   gateway's replies ([`Reply`], [`ReplyStatus`]), their topics, and the
+//!   envelope's rules as a gateway reads a request (the 64 KiB cap, the
+//!   payload's shape, the expiry rule), with the words of each rejection.
 //! - [`gateway`]: what the gateway says about its own losses (its
 //!   telemetry's `spool.depth` and `spool.dropped.<reason>`, the
 //!   `gateway.unclean_stop`, `gateway.sequence_reset` and `spool.*`

@@ -13,11 +13,6 @@ use crate::model::ClockState;
 use crate::sink::mqtt::RunInfo;
 use crate::status::Snapshot;
 
-/// `{prefix}/{site}/inventory`.
-pub(crate) fn topic(prefix: &str, site: &str) -> String {
-    format!("{prefix}/{site}/inventory")
-}
-
 /// Key names whose values are secrets, wherever they are in the file
 /// (`community` is SNMP's password).
 const SECRET_KEYS: [&str; 6] = ["password", "token", "secret", "community", "psk", "api_key"];

@@ -36,7 +36,9 @@
 //! spool's file, which counts against `spool.max_bytes`: a flood of
 //! commands made the spool drop readings as `full`.
 //!
-//! The rooms: `request.rs` parses and validates (pure), `limit.rs` is the
+//! The rooms: `request.rs` validates with this gateway's ops and rules on
+//! top of the contract's (`wardgate_contract::command`: topics, envelope,
+//! expiry, replies; pure), `limit.rs` is the
 //! rate limit (pure), `store.rs` remembers completed ids, `ops.rs` runs
 //! each op, `change.rs` is `config.set` (write,
 //! restart, confirm or roll back), `policy.rs` what a remote change may
@@ -69,8 +71,10 @@ use crate::sink::mqtt::{RunInfo, SinkCounters};
 use crate::source::DeviceHandle;
 use crate::spool::{Batch, Spool};
 use crate::status::StatusHub;
-use request::{Op, Reply, State, Target, TopicError};
+use request::{Fit, Op};
 use store::ReplayStore;
+use wardgate_contract::command::{self as contract, Reply, ReplyStatus, Target};
+use wardgate_contract::topic::{valid_command_id, valid_op};
 
 pub use crate::ids::{REPLY_CODE, REPLY_DEVICE};
 
@@ -250,8 +254,8 @@ pub fn wire(parts: Parts) -> (CommandLink, Dispatcher) {
     (
         CommandLink {
             inbox: tx,
-            filter: enabled.then(|| request::request_filter(&prefix, &site)),
-            inventory_topic: inventory::topic(&prefix, &site),
+            filter: enabled.then(|| contract::request_filter(&prefix, &site)),
+            inventory_topic: contract::inventory_topic(&prefix, &site),
             inventory: inv_rx,
             limiter: Arc::new(Mutex::new(limit::Limiter::new(std::time::Instant::now()))),
             prefix,
@@ -321,10 +325,13 @@ impl Dispatcher {
 
     async fn handle(&mut self, m: Inbound) {
         let (prefix, site) = self.ops.prefix_site();
-        let t = match request::parse_topic(&prefix, &site, &m.topic) {
-            Ok(t) => t,
-            Err(TopicError::NotOurs) => return,
-            Err(e @ TopicError::BadId(_)) => {
+        let t = match Target::parse(&prefix, &site, &m.topic) {
+            Ok(Some(t)) => t,
+            // Not a request to this gateway (the broker should never
+            // deliver one): ignored.
+            Ok(None) => return,
+            // No reply topic can name it: logged and dropped, no reply.
+            Err(e) => {
                 tracing::warn!(topic = %m.topic, error = %e, "command request ignored");
                 return;
             }
@@ -346,7 +353,7 @@ impl Dispatcher {
                 // Another request under an id that already answered one:
                 // never run, never stored (the first one's reply stays).
                 tracing::warn!(op = %t.op, id = %t.id, first_op = %stored.reply.op, "command id reused by another request: rejected");
-                let reply = Reply::new(&t, State::Rejected, now).with_reason(format!(
+                let reply = Reply::new(&t, ReplyStatus::Rejected, now).with_reason(format!(
                     "id reused: {:?} already answered another request (op {}); use a new id for each request",
                     t.id, stored.reply.op
                 ));
@@ -369,7 +376,7 @@ impl Dispatcher {
                 // same answer, and a rejected request cannot claim its id
                 // (or fill the store) for one that comes later.
                 tracing::warn!(op = %t.op, id = %t.id, reason = %rej, "command rejected");
-                let reply = Reply::new(&t, State::Rejected, now).with_reason(rej.0);
+                let reply = Reply::new(&t, ReplyStatus::Rejected, now).with_reason(rej.0);
                 self.send(&t, &reply);
                 return;
             }
@@ -382,8 +389,8 @@ impl Dispatcher {
             return;
         }
         tracing::info!(op = %t.op, id = %t.id, "command from the operations centre");
-        self.send(&t, &Reply::new(&t, State::Accepted, now_ms()));
-        self.send(&t, &Reply::new(&t, State::Executing, now_ms()));
+        self.send(&t, &Reply::new(&t, ReplyStatus::Accepted, now_ms()));
+        self.send(&t, &Reply::new(&t, ReplyStatus::Executing, now_ms()));
         if let request::Args::ConfigSet(a) = &req.args {
             match self.ops.config_set(&t.id, a).await {
                 Ok(_) => {
@@ -393,8 +400,8 @@ impl Dispatcher {
                 Err(e) => {
                     tracing::warn!(id = %t.id, reason = %e, "config.set refused");
                     let state = match e {
-                        change::ChangeError::Refused(_) => State::Rejected,
-                        change::ChangeError::Failed(_) => State::Failed,
+                        change::ChangeError::Refused(_) => ReplyStatus::Rejected,
+                        change::ChangeError::Failed(_) => ReplyStatus::Failed,
                     };
                     let reply = Reply::new(&t, state, now_ms()).with_reason(e.to_string());
                     self.finish(&t, reply).await;
@@ -404,14 +411,14 @@ impl Dispatcher {
         }
         let outcome = self.ops.run(&req).await;
         let reply = match outcome {
-            Ok(result) => Reply::new(&t, State::Successful, now_ms()).with_result(result),
+            Ok(result) => Reply::new(&t, ReplyStatus::Successful, now_ms()).with_result(result),
             Err(why) => {
                 tracing::warn!(op = %t.op, id = %t.id, reason = %why, "command failed");
-                Reply::new(&t, State::Failed, now_ms()).with_reason(why)
+                Reply::new(&t, ReplyStatus::Failed, now_ms()).with_reason(why)
             }
         };
         let reply = reply.fit(self.ops.max_reply());
-        let restart = req.op == Op::Restart && reply.status == State::Successful;
+        let restart = req.op == Op::Restart && reply.status == ReplyStatus::Successful;
         self.finish(&t, reply).await;
         if restart {
             self.ops.restart_after_reply().await;
@@ -451,7 +458,7 @@ impl Dispatcher {
                     }
                     _ => "the config running is not the one config.set wrote".to_owned(),
                 };
-                let reply = Reply::new(&t, State::Failed, now_ms())
+                let reply = Reply::new(&t, ReplyStatus::Failed, now_ms())
                     .with_reason(why)
                     .with_result(
                         serde_json::json!({ "hash": running, "rejected_hash": p.new_hash }),
@@ -504,7 +511,7 @@ impl Dispatcher {
             Ok(()) => {
                 self.confirming = None;
                 tracing::info!(id = %p.id, "config change confirmed");
-                let reply = Reply::new(&t, State::Successful, now_ms()).with_result(
+                let reply = Reply::new(&t, ReplyStatus::Successful, now_ms()).with_result(
                     serde_json::json!({ "hash": p.new_hash, "previous_hash": p.old_hash }),
                 );
                 self.finish(&t, reply).await;
@@ -588,16 +595,13 @@ pub fn reply_messages(
                 _ => Err(format!("a reply record has no {k}")),
             };
             let (op, id) = (word("op")?, word("id")?);
-            if ev.code != REPLY_CODE
-                || !request::valid_op_word(&op)
-                || !request::valid_request_id(&id)
-            {
+            if ev.code != REPLY_CODE || !valid_op(&op) || !valid_command_id(&id) {
                 return Err(format!(
                     "a reply record names no reply topic ({op:?}, {id:?})"
                 ));
             }
             Ok((
-                request::reply_topic(prefix, site, &op, &id),
+                contract::reply_topic(prefix, site, &op, &id),
                 ev.message.into_bytes(),
             ))
         })

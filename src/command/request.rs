@@ -1,21 +1,18 @@
 //! Requests and replies of the command channel: pure functions, no I/O.
 //!
-//! A request arrives on `{prefix}/{site}/cmd/{op}/{id}` with the payload
-//! `{"expires": <ms since epoch>, "args": {…}}`; [`parse_topic`] reads the
-//! topic, [`validate`] the payload against the allow-list, the clock and
-//! each op's arguments. Whatever is wrong becomes a [`Rejection`] whose
-//! words go into the `rejected` reply. The reply is [`Reply`], published on
-//! `{prefix}/{site}/cmd/{op}/{id}/reply`.
+//! The contract's part (the topics, the 64 KiB cap, the id and op
+//! patterns, the payload's shape, the expiry rule, the reply and its
+//! statuses) is `wardgate_contract::command`, shared with the operations
+//! centre. This module adds this gateway's rules: which ops it knows and
+//! their arguments, the allow-list, and which ops run while the clock is
+//! not synchronised. [`validate`] applies both in one order; whatever is
+//! wrong becomes a [`Rejection`] whose words go into the `rejected` reply.
+//! [`Fit`] cuts a reply to the size of a message.
 
-use serde::{Deserialize, Serialize};
-
-/// The largest request payload accepted (64 KiB); a larger one is rejected
-/// without being parsed.
-pub(crate) const MAX_REQUEST: usize = 64 * 1024;
-
-/// How far ahead `expires` may be: a request valid for longer could be
-/// replayed after its id is forgotten (ids are kept 7 days).
-pub(crate) const MAX_EXPIRES_AHEAD_MS: i64 = 24 * 3600 * 1000;
+use serde::Deserialize;
+use wardgate_contract::command::{
+    check_size, CommandError, Reply, ReplyStatus, RequestPayload, Target,
+};
 
 /// The most `log.tail` returns.
 pub(crate) const MAX_LOG_LINES: usize = 1000;
@@ -82,76 +79,6 @@ impl Op {
     pub fn from_name(s: &str) -> Option<Op> {
         Op::ALL.into_iter().find(|o| o.name() == s)
     }
-}
-
-/// `id`: `[A-Za-z0-9_-]{1,64}`, chosen by the operations centre.
-pub(crate) fn valid_request_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// An op word that may name a reply topic even when it is not a known op
-/// (so an unknown op can still be answered): `[a-z0-9._-]{1,64}`.
-pub(crate) fn valid_op_word(op: &str) -> bool {
-    (1..=64).contains(&op.len())
-        && op.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        })
-}
-
-/// The subscription: `{prefix}/{site}/cmd/+/+`.
-pub(crate) fn request_filter(prefix: &str, site: &str) -> String {
-    format!("{prefix}/{site}/cmd/+/+")
-}
-
-/// `{prefix}/{site}/cmd/{op}/{id}/reply`.
-pub(crate) fn reply_topic(prefix: &str, site: &str, op: &str, id: &str) -> String {
-    format!("{prefix}/{site}/cmd/{op}/{id}/reply")
-}
-
-/// The op and id a request topic names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    pub op: String,
-    pub id: String,
-}
-
-/// Why a topic is not answered at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum TopicError {
-    /// Not `{prefix}/{site}/cmd/{op}/{id}` of this gateway: ignored (the
-    /// broker should never deliver it).
-    #[error("not a request topic of this gateway")]
-    NotOurs,
-    /// The id or op cannot name a reply topic or be remembered: logged
-    /// and dropped, no reply.
-    #[error(
-        "request id {0:?} is not [A-Za-z0-9_-]{{1,64}} (or the op word is unusable); no reply"
-    )]
-    BadId(String),
-}
-
-/// Reads a request topic.
-pub(crate) fn parse_topic(prefix: &str, site: &str, topic: &str) -> Result<Target, TopicError> {
-    let rest = topic
-        .strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix('/'))
-        .and_then(|r| r.strip_prefix(site))
-        .and_then(|r| r.strip_prefix("/cmd/"))
-        .ok_or(TopicError::NotOurs)?;
-    let mut parts = rest.split('/');
-    let (Some(op), Some(id), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(TopicError::NotOurs);
-    };
-    if !valid_request_id(id) || !valid_op_word(op) {
-        return Err(TopicError::BadId(id.chars().take(80).collect()));
-    }
-    Ok(Target {
-        op: op.to_owned(),
-        id: id.to_owned(),
-    })
 }
 
 /// A log level for `log.tail`'s filter.
@@ -230,15 +157,6 @@ pub(crate) struct Policy<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
-    #[serde(default)]
-    expires: Option<serde_json::Value>,
-    #[serde(default)]
-    args: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct IdentifyArgs {
     #[serde(default = "default_identify")]
     seconds: u64,
@@ -291,20 +209,24 @@ fn args_of<T: serde::de::DeserializeOwned>(op: Op, v: serde_json::Value) -> Resu
         .map_err(|e| Rejection(format!("malformed args for {}: {e}", op.name())))
 }
 
-/// Checks a request's payload: size, op known and allowed, JSON shape,
-/// `expires` present and (with a trusted clock) neither past nor more than
-/// a day ahead, the clock rule, and the op's arguments.
+/// A rule of the contract broken: its words are the reason.
+impl From<CommandError> for Rejection {
+    fn from(e: CommandError) -> Rejection {
+        Rejection(e.to_string())
+    }
+}
+
+/// Checks a request's payload: the contract's size cap, op known and
+/// allowed, the contract's JSON shape and `expires` (with a trusted clock,
+/// the contract's expiry rule; without one, only the ops that change
+/// nothing), `args` an object, and the op's arguments. The order decides
+/// which reason a request wrong in several ways gets.
 pub(crate) fn validate(
     target: &Target,
     payload: &[u8],
     p: &Policy<'_>,
 ) -> Result<Request, Rejection> {
-    if payload.len() > MAX_REQUEST {
-        return reject(format!(
-            "too large: {} bytes, at most {MAX_REQUEST}",
-            payload.len()
-        ));
-    }
+    check_size(payload)?;
     let Some(op) = Op::from_name(&target.op) else {
         return reject(format!("unknown op {:?}", target.op));
     };
@@ -314,43 +236,17 @@ pub(crate) fn validate(
             op.name()
         ));
     }
-    let env: Envelope = match serde_json::from_slice(payload) {
-        Ok(e) => e,
-        Err(e) => return reject(format!("malformed request: {e}")),
-    };
-    let expires =
-        match env.expires {
-            None | Some(serde_json::Value::Null) => {
-                return reject("malformed request: expires is required")
-            }
-            Some(v) => match v.as_i64() {
-                Some(ms) if ms >= 0 => ms,
-                _ => return reject(
-                    "malformed request: expires must be milliseconds since the epoch (an integer)",
-                ),
-            },
-        };
+    let payload = RequestPayload::decode(payload)?;
     if p.clock_trusted {
-        if expires <= p.now_ms {
-            return reject(format!(
-                "expired: expires {expires} is not after the gateway's time {}",
-                p.now_ms
-            ));
-        }
-        if expires - p.now_ms > MAX_EXPIRES_AHEAD_MS {
-            return reject("expires is more than 24 h ahead of the gateway's time");
-        }
+        payload.check_expires(p.now_ms)?;
     } else if !Op::SAFE_UNSYNCED.contains(&op) {
         return reject(format!(
             "the gateway's clock is not synchronised: only identify, poll and status run, not {}",
             op.name()
         ));
     }
-    let args = match env.args {
-        None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
-        Some(v @ serde_json::Value::Object(_)) => v,
-        Some(_) => return reject("malformed request: args must be an object"),
-    };
+    let expires = payload.expires;
+    let args = serde_json::Value::Object(payload.into_args()?);
     let args = match op {
         Op::Identify => {
             let a: IdentifyArgs = args_of(op, args)?;
@@ -403,64 +299,18 @@ pub(crate) fn validate(
     })
 }
 
-/// Where a command is in its workflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum State {
-    Accepted,
-    Executing,
-    Successful,
-    Failed,
-    Rejected,
+/// Cutting a reply to the size of a message: this gateway's rule for its
+/// own results (`log.tail`'s `lines`), on the contract's reply.
+pub(crate) trait Fit {
+    /// Makes the reply fit in `max` bytes of JSON: a `lines` list
+    /// (log.tail) loses its oldest lines and says `"truncated": true`; any
+    /// other result too large turns the reply into `failed` with the
+    /// reason.
+    fn fit(self, max: usize) -> Reply;
 }
 
-impl State {
-    /// The command is over: its reply is remembered.
-    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
-    pub(crate) fn is_final(self) -> bool {
-        matches!(self, State::Successful | State::Failed | State::Rejected)
-    }
-}
-
-/// `{"id","op","status","reason","result","ts","replayed"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Reply {
-    pub id: String,
-    pub op: String,
-    pub status: State,
-    pub reason: Option<String>,
-    pub result: Option<serde_json::Value>,
-    pub ts: i64,
-    pub replayed: bool,
-}
-
-impl Reply {
-    pub(crate) fn new(t: &Target, status: State, ts: i64) -> Reply {
-        Reply {
-            id: t.id.clone(),
-            op: t.op.clone(),
-            status,
-            reason: None,
-            result: None,
-            ts,
-            replayed: false,
-        }
-    }
-
-    pub(crate) fn with_reason(mut self, why: impl Into<String>) -> Reply {
-        self.reason = Some(why.into());
-        self
-    }
-
-    pub(crate) fn with_result(mut self, r: serde_json::Value) -> Reply {
-        self.result = Some(r);
-        self
-    }
-
-    /// Makes the reply fit in `max` bytes of JSON: a `lines` list (log.tail)
-    /// loses its oldest lines and says `"truncated": true`; any other
-    /// result too large turns the reply into `failed` with the reason.
-    pub(crate) fn fit(mut self, max: usize) -> Reply {
+impl Fit for Reply {
+    fn fit(mut self, max: usize) -> Reply {
         let len = self.to_json().len();
         if len <= max {
             return self;
@@ -495,7 +345,7 @@ impl Reply {
                     l.remove(0);
                 }
                 _ => {
-                    self.status = State::Failed;
+                    self.status = ReplyStatus::Failed;
                     self.reason = Some(format!(
                         "the result ({len} bytes) is larger than a message may be ({max} bytes)"
                     ));
@@ -505,11 +355,6 @@ impl Reply {
             }
         }
         self
-    }
-
-    pub(crate) fn to_json(&self) -> String {
-        // A struct of strings, numbers and JSON values always serialises.
-        serde_json::to_string(self).unwrap_or_default()
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::request::Reply;
+use wardgate_contract::command::Reply;
 
 /// How long a completed id is remembered.
 pub(crate) const KEEP_MS: i64 = 7 * 24 * 3600 * 1000;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::model::Kind;
+use wardgate_contract::command::ReplyStatus as State;
 
 /// The same op and args are the same request whatever `expires` and
 /// the keys' order; other args or another op are another request.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::command::request::{State, Target};
+use wardgate_contract::command::{ReplyStatus as State, Target};
 
 fn reply(id: &str) -> Reply {
     Reply::new(
