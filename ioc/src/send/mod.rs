@@ -50,7 +50,8 @@ pub mod exit {
 
 /// The longest `--expires-in`: a gateway rejects a request that expires
 /// further ahead.
-pub const MAX_EXPIRES_IN: Duration = Duration::from_millis(24 * 3600 * 1000);
+pub const MAX_EXPIRES_IN: Duration =
+    Duration::from_millis(wardgate_contract::command::MAX_EXPIRES_AHEAD_MS as u64);
 
 /// Why a command could not be sent or did not succeed.
 #[derive(Debug, thiserror::Error)]
