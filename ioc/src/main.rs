@@ -352,7 +352,7 @@ fn loadgen(cli: Cli) -> anyhow::Result<bool> {
     let t = c.ledger.fleet_totals();
     let p = &traffic.planted;
     println!(
-        "{} sites, {} messages: received {} (planted {}), unexplained holes {} (planted {}), explained numbers {} (declared {}), pending {}, duplicates {} ({}), corrected copies {} ({}), contract breaks {} ({})",
+        "{} sites, {} messages: received {} (planted {}), unexplained holes {} (planted {}), explained numbers {} + unused {} (declared {}), pending {}, duplicates {} ({}), corrected copies {} ({}), contract breaks {} ({})",
         cfg.sites,
         traffic.messages.len(),
         t.received,
@@ -360,6 +360,7 @@ fn loadgen(cli: Cli) -> anyhow::Result<bool> {
         got.len(),
         want.len(),
         t.explained,
+        t.unused,
         p.declared,
         t.pending,
         t.duplicates,
@@ -371,7 +372,7 @@ fn loadgen(cli: Cli) -> anyhow::Result<bool> {
     );
     let ok = got == want
         && t.pending == 0
-        && t.explained == p.declared
+        && t.explained + t.unused == p.declared
         && t.duplicates == p.duplicates
         && t.contract_breaks == p.conflicts;
     println!("{}", if ok { "ok" } else { "MISMATCH" });

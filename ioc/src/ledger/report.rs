@@ -77,6 +77,7 @@ impl Ledger {
             t.pending += s.pending;
             t.explained += s.explained;
             t.unexplained += s.unexplained;
+            t.unused += s.unused;
             t.duplicates += s.duplicates;
             t.corrected_copies += s.corrected_copies;
             t.contract_breaks += s.contract_breaks;

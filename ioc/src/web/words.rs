@@ -541,24 +541,8 @@ pub fn when(ms: i64, now_ms: i64) -> String {
     if t.div_euclid(86_400) == now.div_euclid(86_400) {
         return hhmm;
     }
-    let (y, m, d) = civil(t.div_euclid(86_400));
-    let _ = y;
+    let (_, m, d) = crate::report::calendar::civil(t.div_euclid(86_400));
     format!("{d:02}/{m:02} {hhmm}")
-}
-
-/// The calendar date of a day number since 1970-01-01 (Howard Hinnant's
-/// days-to-civil).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Escapes text for HTML (element content and quoted attributes).
