@@ -1,5 +1,6 @@
 //! End-to-end ingest figures of `wardgate-ioc run` (issue 25):
-//! `scripts/bench --ioc [--sites N] [--bin PATH] [--no-tsdb] [--tsdb-only]`
+//! `scripts/bench --ioc [--sites N] [--bin PATH] [--no-tsdb] [--tsdb-only]
+//! [--broker-inflight N] [--commit-interval D] [--commit-messages N]`
 //! (or `cargo bench -p wardgate-ioc --bench ingest -- ...`).
 //!
 //! The load generator's traffic for N sites (1,000 by default) is
@@ -37,8 +38,12 @@ struct Args {
     bin: PathBuf,
     tsdb: bool,
     plain: bool,
-    commit_interval: String,
-    commit_messages: usize,
+    /// `[ingest]` keys; none: the service's defaults.
+    commit_interval: Option<String>,
+    commit_messages: Option<usize>,
+    /// mosquitto's `max_inflight_messages` (0: unlimited, as in the
+    /// tests; mosquitto's own default is 20).
+    broker_inflight: u32,
 }
 
 fn args() -> Args {
@@ -47,8 +52,9 @@ fn args() -> Args {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_wardgate-ioc")),
         tsdb: true,
         plain: true,
-        commit_interval: "200ms".into(),
-        commit_messages: 500,
+        commit_interval: None,
+        commit_messages: None,
+        broker_inflight: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -58,8 +64,11 @@ fn args() -> Args {
             "--bin" => a.bin = PathBuf::from(val("--bin")),
             "--no-tsdb" => a.tsdb = false,
             "--tsdb-only" => a.plain = false,
-            "--commit-interval" => a.commit_interval = val("--commit-interval"),
-            "--commit-messages" => a.commit_messages = val("--commit-messages").parse().expect("N"),
+            "--commit-interval" => a.commit_interval = Some(val("--commit-interval")),
+            "--commit-messages" => {
+                a.commit_messages = Some(val("--commit-messages").parse().expect("N"))
+            }
+            "--broker-inflight" => a.broker_inflight = val("--broker-inflight").parse().expect("N"),
             // `cargo bench` adds `--bench`.
             _ => {}
         }
@@ -173,12 +182,14 @@ impl Ioc {
         if let Some(u) = tsdb {
             text.push_str(&format!("[tsdb]\nurl = \"{u}\"\nbatch = 5000\n"));
         }
-        text.push_str(&format!(
-            "[ingest]\ncommit_interval = \"{}\"\ncommit_messages = {}\n[web]\nlisten = \"127.0.0.1:{}\"\n",
-            a.commit_interval,
-            a.commit_messages,
-            free_port()
-        ));
+        text.push_str("[ingest]\n");
+        if let Some(i) = &a.commit_interval {
+            text.push_str(&format!("commit_interval = \"{i}\"\n"));
+        }
+        if let Some(m) = a.commit_messages {
+            text.push_str(&format!("commit_messages = {m}\n"));
+        }
+        text.push_str(&format!("[web]\nlisten = \"127.0.0.1:{}\"\n", free_port()));
         let config = dir.join("ioc.toml");
         std::fs::write(&config, text).expect("ioc.toml");
         Ioc {
@@ -252,7 +263,10 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 /// One timed drain; `tsdb` the VictoriaMetrics URL or none.
 fn run(a: &Args, l: &Load, tsdb: Option<&str>) {
-    let broker = Broker::start();
+    let broker = Broker::start_with(&format!(
+        "allow_anonymous true\nmax_inflight_messages {}\n",
+        a.broker_inflight
+    ));
     let dir = tempfile::tempdir().expect("dir");
     let mut ioc = Ioc::new(dir.path(), a, broker.port, tsdb);
     // The first start makes the session and subscribes; stopped, the
@@ -332,8 +346,10 @@ fn run(a: &Args, l: &Load, tsdb: Option<&str>) {
         "wardgate-ioc's CPU (its one ingest task is busy: see the in-process ceiling)"
     } else if busy + mcpu / s > 1.7 {
         "the two cores (wardgate-ioc and mosquitto together)"
+    } else if a.broker_inflight > 0 {
+        "waiting: the broker's in-flight window (max_inflight_messages), whose messages are acknowledged only after each commit"
     } else {
-        "waiting, not CPU: commits (fsync) and the acknowledgement round trips (the broker's in-flight window)"
+        "the ingest task, in turn busy (decode, ledger, each commit's rewrite of the touched sites' state) and waiting on the commit's fsync (the next batch is not taken during a commit)"
     };
     println!("bound by: {bound}");
 }
@@ -358,8 +374,11 @@ fn main() {
         l.records as f64 / l.inproc.as_secs_f64()
     );
     println!(
-        "config: commit_interval {}, commit_messages {}",
-        a.commit_interval, a.commit_messages
+        "config: commit_interval {}, commit_messages {}; mosquitto max_inflight_messages {} (0: unlimited)",
+        a.commit_interval.as_deref().unwrap_or("default"),
+        a.commit_messages
+            .map_or("default".to_owned(), |m| m.to_string()),
+        a.broker_inflight
     );
     if a.plain {
         run(&a, &l, None);
