@@ -77,9 +77,12 @@ pub struct Loaded {
     pub history: Resumed,
 }
 
-/// How many commits' message digests are kept: a minute at the default
-/// `ingest.commit_interval` (the broker resends right after a reconnect).
-pub const KEEP_COMMITS: u64 = 300;
+/// How many commits' message digests are kept: 15 s at the default
+/// `ingest.commit_interval` (the broker resends right after a reconnect,
+/// before anything new), and 150,000 messages in a backlog of full
+/// commits at the default `ingest.commit_messages` (2,000), as 300
+/// commits of 500 were before.
+pub const KEEP_COMMITS: u64 = 75;
 
 /// A message's digest: 64-bit FNV-1a of its packet id, topic and payload.
 /// The broker resends an unacknowledged message with its packet id (and
