@@ -139,19 +139,11 @@ fn main() -> ExitCode {
             config,
             config_only,
         } => {
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("wardgate-ioc: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let code = rt.block_on(wardgate_ioc::ingest::check::check(
+            return block_on(wardgate_ioc::ingest::check::check(
                 &config,
                 config_only,
                 &mut std::io::stdout(),
             ));
-            return ExitCode::from(code);
         }
         Command::Send {
             config,
@@ -162,13 +154,6 @@ fn main() -> ExitCode {
             op,
             args,
         } => {
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("wardgate-ioc: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             let opts = wardgate_ioc::send::SendOptions {
                 site,
                 op,
@@ -177,13 +162,12 @@ fn main() -> ExitCode {
                 timeout,
                 json,
             };
-            let code = rt.block_on(wardgate_ioc::send::send(
+            return block_on(wardgate_ioc::send::send(
                 &config,
                 &opts,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             ));
-            return ExitCode::from(code);
         }
         Command::Fleet { config, lang, json } => {
             return ExitCode::from(wardgate_ioc::console::fleet(
@@ -240,6 +224,18 @@ fn report(
 
 /// Two workers: the ingest and its store commits on one, the broker's
 /// event loop, the time-series writer and the pages beside it.
+/// Runs a command's future to its exit code on a runtime of its own
+/// (`check`, `send`); a runtime that cannot start is exit 1.
+fn block_on(fut: impl std::future::Future<Output = u8>) -> ExitCode {
+    match runtime() {
+        Ok(rt) => ExitCode::from(rt.block_on(fut)),
+        Err(e) => {
+            eprintln!("wardgate-ioc: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
